@@ -1,0 +1,104 @@
+//! Tables for people: every number with its unit.
+
+use crate::domain::units::format_bytes;
+use serde_json::Value;
+
+/// Renders rows as an aligned table with a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(header.iter().map(|s| s.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n") + "\n"
+}
+
+pub fn pct(v: &Value) -> String {
+    v.as_f64().map(|p| format!("{p}%")).unwrap_or_else(|| "-".into())
+}
+
+pub fn bytes(v: &Value) -> String {
+    v.as_u64().map(format_bytes).unwrap_or_else(|| "-".into())
+}
+
+pub fn limit_bytes(v: &Value) -> String {
+    match v {
+        Value::String(s) if s == "max" => "max".into(),
+        _ => bytes(v),
+    }
+}
+
+pub fn num(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One line per tenant for `tenant list`.
+pub fn tenants(list: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            let s = &t["spec"];
+            let eff = &t["effective"];
+            vec![
+                num(&t["name"]),
+                s["parent"].as_str().unwrap_or("-").to_string(),
+                pct(&s["cpu"]["guarantee_pct"]),
+                pct(&s["cpu"]["limit_pct"]),
+                num(&eff["cpu_weight"]),
+                bytes(&s["memory"]["guarantee_bytes"]),
+                bytes(&s["memory"]["limit_bytes"]),
+                num(&s["pids"]["limit"]),
+                num(&t["procs"]),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "PARENT", "CPU GUARANTEE", "CPU LIMIT", "CPU.WEIGHT", "MEM GUARANTEE", "MEM LIMIT", "PIDS LIMIT", "PROCS"],
+        &rows,
+    )
+}
+
+/// A tenant in detail for `tenant get`.
+pub fn tenant(t: &Value) -> String {
+    let s = &t["spec"];
+    let e = &t["effective"];
+    let mut out = String::new();
+    out += &format!("name:        {}\n", num(&t["name"]));
+    out += &format!("parent:      {}\n", s["parent"].as_str().unwrap_or("-"));
+    out += &format!("cgroup:      {}\n", num(&t["cgroup"]));
+    out += &format!("processes:   {}\n", num(&t["procs"]));
+    out += &format!("generation:  {}\n", num(&t["generation"]));
+    if let Some(err) = t["effective_error"].as_str() {
+        out += &format!("kernel:      cannot read: {err}\n");
+    }
+    let rows = vec![
+        vec!["cpu guarantee".into(), pct(&s["cpu"]["guarantee_pct"]), format!("cpu.weight {}", num(&e["cpu_weight"]))],
+        vec!["cpu limit".into(), pct(&s["cpu"]["limit_pct"]), format!("cpu.max {} {} (us)", num(&e["cpu_max_quota_us"]), num(&e["cpu_max_period_us"]))],
+        vec!["memory guarantee".into(), bytes(&s["memory"]["guarantee_bytes"]), format!("memory.min {} / memory.low {}", bytes(&e["memory_min_bytes"]), bytes(&e["memory_low_bytes"]))],
+        vec!["memory high".into(), bytes(&s["memory"]["high_bytes"]), format!("memory.high {}", limit_bytes(&e["memory_high_bytes"]))],
+        vec!["memory limit".into(), bytes(&s["memory"]["limit_bytes"]), format!("memory.max {}", limit_bytes(&e["memory_max_bytes"]))],
+        vec!["swap limit".into(), bytes(&s["memory"]["swap_limit_bytes"]), format!("memory.swap.max {}", limit_bytes(&e["memory_swap_max_bytes"]))],
+        vec!["io guarantee".into(), pct(&s["io"]["guarantee_pct"]), format!("io.weight {}", num(&e["io_weight"]))],
+        vec!["pids limit".into(), num(&s["pids"]["limit"]), format!("pids.max {}", num(&e["pids_max"]))],
+    ];
+    out += "\n";
+    out += &table(&["SLA", "SPEC", "KERNEL NOW"], &rows);
+    out
+}

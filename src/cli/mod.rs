@@ -1,0 +1,327 @@
+//! The `tenantd` command line: `serve` runs the daemon; every other subcommand is a client of
+//! the HTTP API. Errors are one line on stderr and a non-zero exit.
+
+mod client;
+mod format;
+pub mod serve;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use client::{Client, ClientError};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "tenantd", version, about = "Share a Linux host among tenants with cgroup v2, and prove each got its SLA")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// The daemon's API address.
+    #[arg(long, global = true, env = "TENANTD_ADDR", default_value = "http://127.0.0.1:7878")]
+    pub addr: String,
+    /// Bearer token (needed when the daemon has a token file).
+    #[arg(long, global = true, env = "TENANTD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the daemon.
+    Serve(serve::ServeArgs),
+    /// Create, change, show and delete tenants.
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Place processes in tenants.
+    Procs {
+        #[command(subcommand)]
+        cmd: ProcsCmd,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Start a command inside a tenant (like systemd-run --scope); exit status and signals pass through.
+    Run {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// What this host's cgroup setup can do.
+    Host {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Recent events: tenant changes, drift corrections, OOM kills.
+    Events {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// Unix milliseconds, or a duration back from now: 15m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create or replace tenants from a TOML or JSON file (units like 4GiB and 50% accepted).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Show one tenant: its SLA and the values the kernel holds.
+    Get { name: String },
+    /// List tenants.
+    List,
+    /// Delete a tenant. Refused while processes live in it unless --kill or --move-to.
+    Delete {
+        name: String,
+        #[arg(long, conflicts_with = "move_to")]
+        kill: bool,
+        #[arg(long)]
+        move_to: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProcsCmd {
+    /// Move a running process into a tenant.
+    Add { tenant: String, pid: u32 },
+    /// List a tenant's processes.
+    List { tenant: String },
+}
+
+/// Parses an apply file into (name, spec) pairs. Accepts one tenant (`name = ...` at the top)
+/// or many (`[[tenant]]` in TOML, `{"tenants": [...]}` or a JSON array).
+pub fn parse_apply_file(path: &std::path::Path) -> Result<Vec<(String, Value)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let is_json = path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with(['{', '[']);
+    let doc: Value = if is_json {
+        serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?
+    } else {
+        toml::from_str(&text).map_err(|e| format!("{}: not valid TOML: {}", path.display(), e.message()))?
+    };
+    let items: Vec<Value> = match doc {
+        Value::Array(a) => a,
+        Value::Object(ref o) if o.contains_key("tenant") || o.contains_key("tenants") => {
+            match o.get("tenant").or_else(|| o.get("tenants")) {
+                Some(Value::Array(a)) => a.clone(),
+                _ => return Err(format!("{}: 'tenant' must be a list ([[tenant]] in TOML)", path.display())),
+            }
+        }
+        other => vec![other],
+    };
+    let mut out = Vec::new();
+    for (i, mut item) in items.into_iter().enumerate() {
+        let Some(obj) = item.as_object_mut() else {
+            return Err(format!("{}: entry {} is not a table", path.display(), i + 1));
+        };
+        let Some(Value::String(name)) = obj.remove("name") else {
+            return Err(format!("{}: entry {} has no 'name'", path.display(), i + 1));
+        };
+        out.push((name, item));
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no tenants in the file", path.display()));
+    }
+    Ok(out)
+}
+
+fn print(out: Output, v: &Value, table: impl FnOnce(&Value) -> String) {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Output::Table => print!("{}", table(v)),
+    }
+}
+
+async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
+    match cmd {
+        Cmd::Serve(_) => unreachable!("handled in main"),
+        Cmd::Tenant { cmd, client: o } => {
+            let c = Client::new(&o.addr, o.token.clone());
+            match cmd {
+                TenantCmd::Apply { file } => {
+                    let items = parse_apply_file(&file).map_err(ClientError)?;
+                    let total = items.len();
+                    let mut results = Vec::new();
+                    for (i, (name, spec)) in items.into_iter().enumerate() {
+                        let v: Value = c
+                            .call(Method::PUT, &format!("/v1/tenants/{name}"), Some(&spec))
+                            .await
+                            .map_err(|e| ClientError(format!("tenant '{name}': {e} ({i} of {total} applied before it)")))?;
+                        if o.output == Output::Table {
+                            eprintln!("[{}/{total}] applied tenant '{name}' (cpu.weight {})", i + 1, format::num(&v["effective"]["cpu_weight"]));
+                        }
+                        results.push(v);
+                    }
+                    if o.output == Output::Json {
+                        println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
+                    }
+                }
+                TenantCmd::Get { name } => {
+                    let v: Value = c.call(Method::GET, &format!("/v1/tenants/{name}"), None).await?;
+                    print(o.output, &v, format::tenant);
+                }
+                TenantCmd::List => {
+                    let v: Value = c.call(Method::GET, "/v1/tenants", None).await?;
+                    print(o.output, &v, |v| format::tenants(v.as_array().map(Vec::as_slice).unwrap_or(&[])));
+                }
+                TenantCmd::Delete { name, kill, move_to } => {
+                    let q = match (kill, move_to) {
+                        (true, _) => "?kill=true".to_string(),
+                        (false, Some(t)) => format!("?move_to={t}"),
+                        _ => String::new(),
+                    };
+                    let _: Value = c.call(Method::DELETE, &format!("/v1/tenants/{name}{q}"), None).await?;
+                    eprintln!("deleted tenant '{name}'");
+                }
+            }
+        }
+        Cmd::Procs { cmd, client: o } => {
+            let c = Client::new(&o.addr, o.token.clone());
+            match cmd {
+                ProcsCmd::Add { tenant, pid } => {
+                    let v: Value = c.call(Method::POST, &format!("/v1/tenants/{tenant}/procs"), Some(&json!({"pid": pid}))).await?;
+                    print(o.output, &v, |_| format!("moved PID {pid} into tenant '{tenant}'\n"));
+                }
+                ProcsCmd::List { tenant } => {
+                    let v: Value = c.call(Method::GET, &format!("/v1/tenants/{tenant}/procs"), None).await?;
+                    print(o.output, &v, |v| {
+                        let rows: Vec<Vec<String>> = v
+                            .as_array()
+                            .map(|a| a.iter().map(|p| vec![format::num(&p["pid"]), format::num(&p["comm"])]).collect())
+                            .unwrap_or_default();
+                        format::table(&["PID", "COMMAND"], &rows)
+                    });
+                }
+            }
+        }
+        Cmd::Run { tenant, client: o, command } => {
+            let c = Client::new(&o.addr, o.token.clone());
+            let me = std::process::id();
+            let _: Value = c.call(Method::POST, &format!("/v1/tenants/{tenant}/procs"), Some(&json!({"pid": me}))).await?;
+            // Now in the tenant's leaf: replace this process with the command, so its exit
+            // status and signals are the command's own.
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+            return Err(ClientError(format!("cannot start '{}': {err}", command[0])));
+        }
+        Cmd::Host { client: o } => {
+            let c = Client::new(&o.addr, o.token.clone());
+            let v: Value = c.call(Method::GET, "/v1/host", None).await?;
+            print(o.output, &v, host_table);
+        }
+        Cmd::Events { tenant, kind, since, client: o } => {
+            let c = Client::new(&o.addr, o.token.clone());
+            let mut q = vec![];
+            for (k, v) in [("tenant", tenant), ("kind", kind), ("since", since)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={v}"));
+                }
+            }
+            let path = if q.is_empty() { "/v1/events".to_string() } else { format!("/v1/events?{}", q.join("&")) };
+            let v: Value = c.call(Method::GET, &path, None).await?;
+            print(o.output, &v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|e| {
+                                vec![
+                                    format::num(&e["ts_ms"]),
+                                    e["tenant"].as_str().unwrap_or("-").to_string(),
+                                    format::num(&e["kind"]),
+                                    e["actor"].as_str().unwrap_or("-").to_string(),
+                                    e["detail"].to_string(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format::table(&["TIME (UNIX MS)", "TENANT", "KIND", "ACTOR", "DETAIL"], &rows)
+            });
+        }
+    }
+    Ok(())
+}
+
+fn host_table(v: &Value) -> String {
+    let cg = &v["cgroup"];
+    let mut s = format!(
+        "tenantd {}  cgroup {}  root {}\ncpus {}  memory {}  (reserve {})\ncontrollers: {}\nmissing: {}\nPSI: {}  cgroup.kill: {}\n\n",
+        format::num(&v["tenantd_version"]),
+        format::num(&cg["version"]),
+        format::num(&cg["root"]),
+        format::num(&v["cpus"]),
+        format::bytes(&v["memory_bytes"]),
+        format::bytes(&v["memory_reserve_bytes"]),
+        cg["controllers"].as_array().map(|a| a.iter().map(format::num).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
+        cg["missing"].as_array().map(|a| if a.is_empty() { "none".into() } else { a.iter().map(format::num).collect::<Vec<_>>().join(" ") }).unwrap_or_default(),
+        format::num(&cg["psi"]),
+        format::num(&cg["kill"]),
+    );
+    let rows: Vec<Vec<String>> = cg["devices"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    vec![
+                        format!("{}:{}", format::num(&d["device"]["major"]), format::num(&d["device"]["minor"])),
+                        format::num(&d["name"]),
+                        format::num(&d["scheduler"]),
+                        if d["io_weight_effective"].as_bool() == Some(true) { "yes".into() } else { "no".into() },
+                        format::num(&d["io_weight_reason"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    s += &format::table(&["DEVICE", "NAME", "SCHEDULER", "IO WEIGHTS WORK", "WHY"], &rows);
+    s
+}
+
+/// Entry point for the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.cmd {
+        Cmd::Serve(args) => rt.block_on(serve::run(args)).map_err(|e| format!("{e:#}")),
+        cmd => rt.block_on(client_main(cmd)).map_err(|e| e.0),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tenantd: error: {}", e.lines().next().unwrap_or(""));
+            ExitCode::from(1)
+        }
+    }
+}

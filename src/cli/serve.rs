@@ -1,0 +1,203 @@
+//! `tenantd serve`: load the configuration, open the store, take the cgroup root, reconcile,
+//! serve the API and reconcile periodically until SIGINT or SIGTERM.
+
+use crate::api::{self, auth::Tokens, AppState};
+use crate::cgroup::v2::V2;
+use crate::config::{default_root, FileConfig};
+use crate::domain::plan::PlanParams;
+use crate::domain::tenant::Capacity;
+use crate::engine::{EngineConfig, Governor};
+use crate::store::{NewEvent, Store};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML config file (default /etc/tenantd/tenantd.toml if it exists).
+    #[arg(long, env = "TENANTD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the admin API [default 127.0.0.1:7878].
+    #[arg(long, env = "TENANTD_LISTEN")]
+    pub listen: Option<String>,
+    /// SQLite database file [default /var/lib/tenantd/tenantd.db].
+    #[arg(long, env = "TENANTD_DB")]
+    pub db: Option<PathBuf>,
+    /// The governor's cgroup root [default: the delegated subtree, else /sys/fs/cgroup/tenantd].
+    #[arg(long, env = "TENANTD_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+    /// The cgroup2 mount point [default /sys/fs/cgroup].
+    #[arg(long, env = "TENANTD_CGROUP_MOUNT")]
+    pub cgroup_mount: Option<PathBuf>,
+    /// Token file: lines 'NAME admin|viewer TOKEN'. Without it the API is loopback-only.
+    #[arg(long, env = "TENANTD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Seconds between reconcile passes [default 30].
+    #[arg(long, env = "TENANTD_RECONCILE_INTERVAL_S")]
+    pub reconcile_interval_s: Option<f64>,
+    /// Do not move the daemon into <root>/_tenantd (tests; not for production).
+    #[arg(long)]
+    pub no_move_self: bool,
+}
+
+impl ServeArgs {
+    fn as_file_config(&self) -> FileConfig {
+        FileConfig {
+            listen: self.listen.clone(),
+            db: self.db.clone(),
+            cgroup_mount: self.cgroup_mount.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+            token_file: self.token_file.clone(),
+            reconcile_interval_s: self.reconcile_interval_s,
+            move_self: self.no_move_self.then_some(false),
+            ..Default::default()
+        }
+    }
+}
+
+fn host_capacity(reserve: u64) -> Result<Capacity> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_ascii_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("/proc/meminfo has no MemTotal line")?;
+    Ok(Capacity {
+        cpus,
+        memory_bytes: kib * 1024,
+        memory_reserve_bytes: reserve,
+    })
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let file_path = args
+        .config
+        .clone()
+        .or_else(|| Some(PathBuf::from("/etc/tenantd/tenantd.toml")).filter(|p| p.exists()));
+    let file = match &file_path {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let own = crate::cgroup::v2_path_of_pid(std::path::Path::new("/proc"), std::process::id()).ok().flatten();
+    let cfg = args
+        .as_file_config()
+        .or(file)
+        .resolve(|mount| default_root(mount, own.as_deref()))?;
+
+    let tokens = match &cfg.token_file {
+        Some(p) => Tokens::load(p).map_err(anyhow::Error::msg)?,
+        None => {
+            tracing::warn!("no token file: the API accepts every local caller as admin and listens on loopback only ({})", cfg.listen);
+            Tokens::open()
+        }
+    };
+    let store = Store::open(&cfg.db).await?;
+    let backend = Arc::new(V2::new(&cfg.cgroup_mount, &cfg.cgroup_root, "/sys"));
+    let gov = Governor::new(
+        backend,
+        store.clone(),
+        EngineConfig {
+            params: PlanParams {
+                best_effort_weight: cfg.best_effort_weight,
+                ..Default::default()
+            },
+            memory_reserve_bytes: cfg.memory_reserve_bytes,
+            daemon_cpu_weight: cfg.daemon_cpu_weight,
+            daemon_memory_min_bytes: cfg.daemon_memory_min_bytes,
+            proc_root: PathBuf::from("/proc"),
+        },
+        host_capacity(cfg.memory_reserve_bytes)?,
+    );
+    let host = gov.host().await?;
+    if !host.missing.is_empty() {
+        tracing::warn!(
+            "controllers missing below {}: {} (settings that need them are refused; see GET /v1/host)",
+            cfg.cgroup_root.display(),
+            host.missing.join(", ")
+        );
+    }
+    let report = gov
+        .start(cfg.move_self)
+        .await
+        .with_context(|| format!("cannot take the cgroup root {}", cfg.cgroup_root.display()))?;
+    tracing::info!(
+        "reconciled: {} created, {} corrected, {} unknown directories, {} errors",
+        report.created.len(),
+        report.corrected.len(),
+        report.unknown.len(),
+        report.errors.len()
+    );
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(
+        "tenantd {} serving on http://{} (db {}, cgroup root {})",
+        env!("CARGO_PKG_VERSION"),
+        listener.local_addr()?,
+        cfg.db.display(),
+        cfg.cgroup_root.display()
+    );
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        gov: gov.clone(),
+        tokens: Arc::new(tokens),
+        max_body_bytes: cfg.max_body_bytes,
+        request_timeout: cfg.request_timeout,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (gov, stop, every) = (gov.clone(), shutdown.clone(), cfg.reconcile_interval);
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = gov.reconcile().await {
+                            tracing::warn!("reconcile failed: {e}");
+                        }
+                    }
+                }
+            }
+        });
+    }
+    {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                _ = stop.cancelled() => {}
+            }
+            tracing::info!("stopping: tenants keep running and stay governed by the kernel");
+            stop.cancel();
+        });
+    }
+    api::serve(listener, state, shutdown.clone()).await?;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    store
+        .add_events(&[NewEvent {
+            ts_ms: crate::engine::now_ms(),
+            tenant: None,
+            kind: "daemon_stop".into(),
+            actor: None,
+            detail: serde_json::json!({}),
+        }])
+        .await?;
+    store.close().await;
+    Ok(())
+}

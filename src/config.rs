@@ -1,0 +1,223 @@
+//! Configuration: a TOML file, then `TENANTD_*` environment variables, then flags, merged
+//! into one validated `Config`. Validation needs no syscalls; paths are resolved at start.
+
+use crate::domain::units::Bytes;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default admin API address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+pub const DEFAULT_DB: &str = "/var/lib/tenantd/tenantd.db";
+pub const DEFAULT_CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+/// The config file's shape; every key optional. Durations in seconds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub db: Option<PathBuf>,
+    pub cgroup_mount: Option<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub reconcile_interval_s: Option<f64>,
+    pub best_effort_weight: Option<u32>,
+    pub memory_reserve_bytes: Option<Bytes>,
+    pub daemon_cpu_weight: Option<u32>,
+    pub daemon_memory_min_bytes: Option<Bytes>,
+    pub move_self: Option<bool>,
+    pub request_timeout_s: Option<f64>,
+    pub max_body_bytes: Option<Bytes>,
+}
+
+/// The validated configuration of `tenantd serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    /// The cgroup2 mount point.
+    pub cgroup_mount: PathBuf,
+    /// The governor's own root: every tenant lives below it.
+    pub cgroup_root: PathBuf,
+    pub token_file: Option<PathBuf>,
+    pub reconcile_interval: Duration,
+    pub best_effort_weight: u32,
+    pub memory_reserve_bytes: u64,
+    pub daemon_cpu_weight: u32,
+    pub daemon_memory_min_bytes: u64,
+    /// Move the daemon into `<root>/_tenantd` at start.
+    pub move_self: bool,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// Fills unset keys from `other` (lower precedence).
+    pub fn or(self, other: FileConfig) -> FileConfig {
+        FileConfig {
+            listen: self.listen.or(other.listen),
+            db: self.db.or(other.db),
+            cgroup_mount: self.cgroup_mount.or(other.cgroup_mount),
+            cgroup_root: self.cgroup_root.or(other.cgroup_root),
+            token_file: self.token_file.or(other.token_file),
+            reconcile_interval_s: self.reconcile_interval_s.or(other.reconcile_interval_s),
+            best_effort_weight: self.best_effort_weight.or(other.best_effort_weight),
+            memory_reserve_bytes: self.memory_reserve_bytes.or(other.memory_reserve_bytes),
+            daemon_cpu_weight: self.daemon_cpu_weight.or(other.daemon_cpu_weight),
+            daemon_memory_min_bytes: self.daemon_memory_min_bytes.or(other.daemon_memory_min_bytes),
+            move_self: self.move_self.or(other.move_self),
+            request_timeout_s: self.request_timeout_s.or(other.request_timeout_s),
+            max_body_bytes: self.max_body_bytes.or(other.max_body_bytes),
+        }
+    }
+
+    /// Validates and applies defaults. `default_root` is where tenants go when no root is
+    /// configured (the delegated subtree the daemon runs in, or `<mount>/tenantd`).
+    pub fn resolve(self, default_root: impl FnOnce(&Path) -> PathBuf) -> Result<Config, ConfigError> {
+        let listen_s = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| ConfigError::Invalid {
+            field: "listen",
+            message: format!("'{listen_s}' is not an address: use IP:PORT such as {DEFAULT_LISTEN}"),
+        })?;
+        if self.token_file.is_none() && !listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                field: "listen",
+                message: format!(
+                    "{listen} is not a loopback address and no token file is set: set --token-file, or listen on 127.0.0.1"
+                ),
+            });
+        }
+        let secs = |field: &'static str, v: Option<f64>, default: f64, min: f64| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(default);
+            if !(v.is_finite() && v >= min && v <= 86_400.0) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: format!("{v} s is out of range: use {min} to 86400 seconds"),
+                });
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let weight = |field: &'static str, v: Option<u32>, default: u32| -> Result<u32, ConfigError> {
+            let v = v.unwrap_or(default);
+            if !(1..=10_000).contains(&v) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: format!("{v} is out of range: cgroup weights are 1 to 10000"),
+                });
+            }
+            Ok(v)
+        };
+        let mount = self.cgroup_mount.unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_MOUNT));
+        let root = match self.cgroup_root {
+            Some(r) => r,
+            None => default_root(&mount),
+        };
+        if !root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                field: "cgroup_root",
+                message: format!("'{}' must be an absolute path", root.display()),
+            });
+        }
+        if root.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(ConfigError::Invalid {
+                field: "cgroup_root",
+                message: format!("'{}' may not contain '..'", root.display()),
+            });
+        }
+        Ok(Config {
+            listen,
+            db: self.db.unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
+            cgroup_mount: mount,
+            cgroup_root: root,
+            token_file: self.token_file,
+            reconcile_interval: secs("reconcile_interval_s", self.reconcile_interval_s, 30.0, 0.1)?,
+            best_effort_weight: weight("best_effort_weight", self.best_effort_weight, 1)?,
+            memory_reserve_bytes: self.memory_reserve_bytes.map(|b| b.0).unwrap_or(512 << 20),
+            daemon_cpu_weight: weight("daemon_cpu_weight", self.daemon_cpu_weight, 500)?,
+            daemon_memory_min_bytes: self.daemon_memory_min_bytes.map(|b| b.0).unwrap_or(64 << 20),
+            move_self: self.move_self.unwrap_or(true),
+            request_timeout: secs("request_timeout_s", self.request_timeout_s, 30.0, 0.1)?,
+            max_body_bytes: self.max_body_bytes.map(|b| b.0 as usize).unwrap_or(1 << 20),
+        })
+    }
+}
+
+/// Where tenants go by default: if this process sits in a delegated v2 subtree (systemd
+/// `Delegate=yes` makes the unit's cgroup writable by it), that subtree; else `<mount>/tenantd`.
+pub fn default_root(mount: &Path, own_v2_path: Option<&str>) -> PathBuf {
+    if let Some(p) = own_v2_path {
+        let rel = p.trim_start_matches('/');
+        let here = mount.join(rel);
+        let delegated = !rel.is_empty()
+            && rel.ends_with(".service")
+            && std::fs::metadata(here.join("cgroup.subtree_control"))
+                .map(|m| !m.permissions().readonly())
+                .unwrap_or(false)
+            && here.join("cgroup.controllers").exists();
+        if delegated {
+            return here;
+        }
+    }
+    mount.join("tenantd")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(_: &Path) -> PathBuf {
+        PathBuf::from("/sys/fs/cgroup/tenantd")
+    }
+
+    #[test]
+    fn defaults_work_with_no_configuration() {
+        let c = FileConfig::default().resolve(root).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.db, PathBuf::from(DEFAULT_DB));
+        assert_eq!(c.best_effort_weight, 1);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file = FileConfig { listen: Some("127.0.0.1:1".into()), db: Some("/f.db".into()), ..Default::default() };
+        let env = FileConfig { listen: Some("127.0.0.1:2".into()), ..Default::default() };
+        let flags = FileConfig { db: Some("/flag.db".into()), ..Default::default() };
+        let c = flags.or(env).or(file).resolve(root).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.db, PathBuf::from("/flag.db"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = FileConfig { listen: Some("0.0.0.0:80".into()), ..Default::default() }.resolve(root).unwrap_err();
+        assert!(e.to_string().starts_with("listen: 0.0.0.0:80 is not a loopback address"), "{e}");
+        let e = FileConfig { best_effort_weight: Some(0), ..Default::default() }.resolve(root).unwrap_err();
+        assert!(e.to_string().starts_with("best_effort_weight:"), "{e}");
+        let e = FileConfig { cgroup_root: Some("rel".into()), ..Default::default() }.resolve(root).unwrap_err();
+        assert!(e.to_string().starts_with("cgroup_root:"), "{e}");
+        let e: Result<FileConfig, _> = toml::from_str("listen_addr = 'x'");
+        assert!(e.unwrap_err().message().contains("unknown field"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Pure domain logic: no clock, no IO, no async. Tenants and their SLA, the mapping to kernel
+//! settings, rates from samples and SLA accounting.
+
+pub mod plan;
+pub mod tenant;
+pub mod units;
+
+pub use plan::{Limit, Settings, TenantPlan};
+pub use tenant::{DomainError, TenantName, TenantSpec};

@@ -1,0 +1,633 @@
+//! The tenant and its SLA spec: names, field validation, tree rules and admission control.
+//!
+//! Everything here is pure: the caller passes the host's capacity and the other tenants.
+
+use super::units::{Bytes, Percent};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Largest cpu limit accepted, in percent of one CPU (1024 CPUs).
+pub const MAX_CPU_LIMIT_PCT: f64 = 102_400.0;
+
+/// A validated tenant name: `[a-z0-9][a-z0-9-]{0,62}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TenantName(String);
+
+impl TenantName {
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let bad = |why: &str| DomainError::invalid("name", format!("tenant name '{s}' {why}"));
+        if s.is_empty() {
+            return Err(bad("is empty: use 1-63 characters from a-z, 0-9 and '-'"));
+        }
+        if s.len() > 63 {
+            return Err(bad("is longer than 63 characters"));
+        }
+        let first = s.as_bytes()[0];
+        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+            return Err(bad("must start with a lowercase letter or a digit"));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(bad(&format!(
+                "contains '{c}': only a-z, 0-9 and '-' are allowed"
+            )));
+        }
+        Ok(TenantName(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TenantName::parse(&s).map_err(|e| serde::de::Error::custom(e.message()))
+    }
+}
+
+impl fmt::Display for TenantName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The SLA a tenant is promised. Every section and field is optional: absent means
+/// "no guarantee" or "no limit".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    #[serde(default)]
+    pub parent: Option<TenantName>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cpu: CpuSpec,
+    #[serde(default)]
+    pub memory: MemorySpec,
+    #[serde(default)]
+    pub io: IoSpec,
+    #[serde(default)]
+    pub pids: PidsSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuSpec {
+    /// Share of the parent's CPU, delivered whenever siblings compete (0 < g <= 100).
+    #[serde(default)]
+    pub guarantee_pct: Option<Percent>,
+    /// Hard cap in percent of one CPU (200 = two CPUs), like systemd's CPUQuota.
+    #[serde(default)]
+    pub limit_pct: Option<Percent>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protection {
+    /// memory.min: the kernel never reclaims below it.
+    #[default]
+    Hard,
+    /// memory.low: reclaimed only when unprotected memory is exhausted.
+    Soft,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySpec {
+    #[serde(default)]
+    pub guarantee_bytes: Option<Bytes>,
+    #[serde(default)]
+    pub protection: Protection,
+    #[serde(default)]
+    pub high_bytes: Option<Bytes>,
+    #[serde(default)]
+    pub limit_bytes: Option<Bytes>,
+    #[serde(default)]
+    pub swap_limit_bytes: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoSpec {
+    #[serde(default)]
+    pub guarantee_pct: Option<Percent>,
+    #[serde(default)]
+    pub limits: Vec<IoLimit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoLimit {
+    /// Block device as "MAJOR:MINOR", as in /proc/partitions and io.stat.
+    pub device: String,
+    #[serde(default)]
+    pub rbps: Option<Bytes>,
+    #[serde(default)]
+    pub wbps: Option<Bytes>,
+    #[serde(default)]
+    pub riops: Option<u64>,
+    #[serde(default)]
+    pub wiops: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PidsSpec {
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// A device number "MAJOR:MINOR".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DevId {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DevId {
+    pub fn parse(s: &str) -> Option<DevId> {
+        let (a, b) = s.split_once(':')?;
+        Some(DevId {
+            major: a.parse().ok()?,
+            minor: b.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for DevId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+/// Errors of the domain layer: a request that breaks a rule. Each names the field at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DomainError {
+    /// The value itself is wrong (HTTP 422).
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The value is fine but does not fit beside the other tenants (HTTP 409).
+    #[error("{field}: {message}")]
+    Conflict { field: String, message: String },
+    /// A tenant named in the request does not exist (HTTP 404 or 422).
+    #[error("{field}: {message}")]
+    NotFound { field: String, message: String },
+}
+
+impl DomainError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        DomainError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+    pub fn conflict(field: &str, message: impl Into<String>) -> Self {
+        DomainError::Conflict {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+    pub fn field(&self) -> &str {
+        match self {
+            DomainError::Invalid { field, .. }
+            | DomainError::Conflict { field, .. }
+            | DomainError::NotFound { field, .. } => field,
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            DomainError::Invalid { message, .. }
+            | DomainError::Conflict { message, .. }
+            | DomainError::NotFound { message, .. } => message,
+        }
+    }
+}
+
+fn check_pct(field: &str, p: Option<Percent>, max: f64) -> Result<(), DomainError> {
+    if let Some(Percent(v)) = p
+        && !(v > 0.0 && v <= max)
+    {
+        return Err(DomainError::invalid(
+            field,
+            format!("{v}% is out of range: use a value above 0 and at most {max}%"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_positive(field: &str, v: Option<u64>) -> Result<(), DomainError> {
+    if v == Some(0) {
+        return Err(DomainError::invalid(field, "must be at least 1 (omit it for no limit)"));
+    }
+    Ok(())
+}
+
+/// Checks one spec on its own: ranges, units, limit >= guarantee. No syscalls.
+pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainError> {
+    if spec.parent.as_ref() == Some(name) {
+        return Err(DomainError::invalid("parent", format!("tenant '{name}' cannot be its own parent")));
+    }
+    for (k, v) in &spec.labels {
+        if k.is_empty() || k.len() > 63 || v.len() > 255 {
+            return Err(DomainError::invalid(
+                &format!("labels.{k}"),
+                "label keys must have 1-63 characters and values at most 255",
+            ));
+        }
+    }
+    check_pct("cpu.guarantee_pct", spec.cpu.guarantee_pct, 100.0)?;
+    check_pct("cpu.limit_pct", spec.cpu.limit_pct, MAX_CPU_LIMIT_PCT)?;
+    if let Some(Percent(l)) = spec.cpu.limit_pct
+        && l < 1.0
+    {
+        return Err(DomainError::invalid(
+            "cpu.limit_pct",
+            format!("{l}% is below the smallest cap the kernel enforces well (1% of a CPU)"),
+        ));
+    }
+    check_pct("io.guarantee_pct", spec.io.guarantee_pct, 100.0)?;
+    let m = &spec.memory;
+    for (field, v) in [
+        ("memory.guarantee_bytes", m.guarantee_bytes),
+        ("memory.high_bytes", m.high_bytes),
+        ("memory.limit_bytes", m.limit_bytes),
+    ] {
+        check_positive(field, v.map(|b| b.0))?;
+    }
+    if let Some(g) = m.guarantee_bytes {
+        for (field, v) in [("memory.high_bytes", m.high_bytes), ("memory.limit_bytes", m.limit_bytes)] {
+            if let Some(l) = v
+                && l < g
+            {
+                return Err(DomainError::invalid(
+                    field,
+                    format!("{l} is below the guarantee of {g}: a limit may not be below its guarantee"),
+                ));
+            }
+        }
+    }
+    if let (Some(h), Some(l)) = (m.high_bytes, m.limit_bytes)
+        && h > l
+    {
+        return Err(DomainError::invalid(
+            "memory.high_bytes",
+            format!("{h} is above limit_bytes {l}: the throttling point must be at or below the hard limit"),
+        ));
+    }
+    check_positive("pids.limit", spec.pids.limit)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, l) in spec.io.limits.iter().enumerate() {
+        let field = format!("io.limits[{i}].device");
+        let Some(dev) = DevId::parse(&l.device) else {
+            return Err(DomainError::invalid(
+                &field,
+                format!("'{}' is not a device number: use MAJOR:MINOR, e.g. 8:0 (see lsblk)", l.device),
+            ));
+        };
+        if !seen.insert(dev) {
+            return Err(DomainError::invalid(&field, format!("device {dev} is listed twice")));
+        }
+        for (f, v) in [
+            ("rbps", l.rbps.map(|b| b.0)),
+            ("wbps", l.wbps.map(|b| b.0)),
+            ("riops", l.riops),
+            ("wiops", l.wiops),
+        ] {
+            check_positive(&format!("io.limits[{i}].{f}"), v)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the host offers, for admission control.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    /// Memory kept back from guarantees for the host and the daemon.
+    pub memory_reserve_bytes: u64,
+}
+
+/// Checks that `name` with `spec` fits beside the other tenants (`others` excludes `name`).
+/// Sibling guarantees may not sum past 100% (cpu, io); memory guarantees may not exceed host
+/// memory minus the reserve; a cpu limit may not be below the CPUs its guarantee promises;
+/// the parent must exist and the tree must stay a tree. Errors say what headroom is left.
+pub fn admit(
+    name: &TenantName,
+    spec: &TenantSpec,
+    others: &BTreeMap<TenantName, TenantSpec>,
+    cap: Capacity,
+) -> Result<(), DomainError> {
+    validate_spec(name, spec)?;
+    if let Some(p) = &spec.parent {
+        if !others.contains_key(p) {
+            return Err(DomainError::NotFound {
+                field: "parent".into(),
+                message: format!("parent tenant '{p}' does not exist: create it first"),
+            });
+        }
+        // Walk up from the parent: meeting `name` means a cycle.
+        let mut cur = Some(p.clone());
+        let mut steps = 0;
+        while let Some(c) = cur {
+            if &c == name || steps > others.len() {
+                return Err(DomainError::invalid(
+                    "parent",
+                    format!("making '{p}' the parent of '{name}' would create a cycle"),
+                ));
+            }
+            cur = others.get(&c).and_then(|s| s.parent.clone());
+            steps += 1;
+        }
+    }
+    let siblings = || others.values().filter(|s| s.parent == spec.parent);
+    for (field, mine, of) in [
+        (
+            "cpu.guarantee_pct",
+            spec.cpu.guarantee_pct,
+            (|s: &TenantSpec| s.cpu.guarantee_pct) as fn(&TenantSpec) -> Option<Percent>,
+        ),
+        ("io.guarantee_pct", spec.io.guarantee_pct, |s: &TenantSpec| s.io.guarantee_pct),
+    ] {
+        if let Some(Percent(g)) = mine {
+            let taken: f64 = siblings().filter_map(of).map(|p| p.0).sum();
+            if taken + g > 100.0 + 1e-9 {
+                let scope = match &spec.parent {
+                    Some(p) => format!("of parent '{p}'"),
+                    None => "at the top level".to_string(),
+                };
+                return Err(DomainError::conflict(
+                    field,
+                    format!(
+                        "{g}% does not fit: siblings {scope} already hold {taken}%, so at most {}% is left",
+                        round2((100.0 - taken).max(0.0))
+                    ),
+                ));
+            }
+        }
+    }
+    // Memory: every hard or soft guarantee in the whole tree is backed by host memory, so the
+    // sum over top-level subtrees must fit; a child's guarantee lies within its parent's.
+    if let Some(g) = spec.memory.guarantee_bytes {
+        let budget = cap.memory_bytes.saturating_sub(cap.memory_reserve_bytes);
+        let mut all = others.clone();
+        all.insert(name.clone(), spec.clone());
+        let total = committed_memory(&all, None);
+        if total > budget {
+            let without_me = {
+                let mut o = others.clone();
+                o.remove(name);
+                committed_memory(&o, None)
+            };
+            return Err(DomainError::conflict(
+                "memory.guarantee_bytes",
+                format!(
+                    "{} does not fit: host memory {} minus the reserve {} leaves {}, of which {} is already guaranteed, so at most {} is left",
+                    g,
+                    Bytes(cap.memory_bytes),
+                    Bytes(cap.memory_reserve_bytes),
+                    Bytes(budget),
+                    Bytes(without_me),
+                    Bytes(budget.saturating_sub(without_me))
+                ),
+            ));
+        }
+    }
+    if let (Some(Percent(limit)), Some(cpus)) = (spec.cpu.limit_pct, guaranteed_cpus(spec, others, cap.cpus)) {
+        if limit / 100.0 + 1e-9 < cpus {
+            return Err(DomainError::invalid(
+                "cpu.limit_pct",
+                format!(
+                    "{limit}% is below the guarantee, which promises {} CPUs ({}%): a limit may not be below its guarantee",
+                    round2(cpus),
+                    round2(cpus * 100.0)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// The memory a subtree holds back: max(own guarantee, sum of its children's).
+pub fn committed_memory(all: &BTreeMap<TenantName, TenantSpec>, parent: Option<&TenantName>) -> u64 {
+    all.iter()
+        .filter(|(_, s)| s.parent.as_ref() == parent)
+        .map(|(n, s)| {
+            let own = s.memory.guarantee_bytes.map(|b| b.0).unwrap_or(0);
+            own.max(committed_memory(all, Some(n)))
+        })
+        .sum()
+}
+
+/// CPUs the guarantee promises when everything competes: host CPUs times the product of the
+/// guarantees up the chain. `None` when the tenant or an ancestor has no guarantee.
+pub fn guaranteed_cpus(
+    spec: &TenantSpec,
+    others: &BTreeMap<TenantName, TenantSpec>,
+    host_cpus: f64,
+) -> Option<f64> {
+    let mut frac = spec.cpu.guarantee_pct?.0 / 100.0;
+    let mut parent = spec.parent.clone();
+    let mut steps = 0;
+    while let Some(p) = parent {
+        let ps = others.get(&p)?;
+        frac *= ps.cpu.guarantee_pct?.0 / 100.0;
+        parent = ps.parent.clone();
+        steps += 1;
+        if steps > others.len() {
+            return None;
+        }
+    }
+    Some(frac * host_cpus)
+}
+
+/// Tenants in an order where every parent comes before its children.
+pub fn topo_order(all: &BTreeMap<TenantName, TenantSpec>) -> Vec<TenantName> {
+    let mut out = Vec::with_capacity(all.len());
+    fn visit(
+        all: &BTreeMap<TenantName, TenantSpec>,
+        parent: Option<&TenantName>,
+        out: &mut Vec<TenantName>,
+    ) {
+        for (n, s) in all {
+            if s.parent.as_ref() == parent {
+                out.push(n.clone());
+                visit(all, Some(n), out);
+            }
+        }
+    }
+    visit(all, None, &mut out);
+    out
+}
+
+/// The chain of names from the top-level ancestor down to `name`.
+pub fn lineage(name: &TenantName, all: &BTreeMap<TenantName, TenantSpec>) -> Vec<TenantName> {
+    let mut chain = vec![name.clone()];
+    let mut cur = all.get(name).and_then(|s| s.parent.clone());
+    while let Some(p) = cur {
+        if chain.contains(&p) || chain.len() > all.len() {
+            break;
+        }
+        cur = all.get(&p).and_then(|s| s.parent.clone());
+        chain.push(p);
+    }
+    chain.reverse();
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> TenantName {
+        TenantName::parse(s).unwrap()
+    }
+
+    fn cpu(g: f64) -> TenantSpec {
+        TenantSpec {
+            cpu: CpuSpec {
+                guarantee_pct: Some(Percent(g)),
+                limit_pct: None,
+            },
+            ..Default::default()
+        }
+    }
+
+    const CAP: Capacity = Capacity {
+        cpus: 2.0,
+        memory_bytes: 8 << 30,
+        memory_reserve_bytes: 1 << 30,
+    };
+
+    #[test]
+    fn names() {
+        for ok in ["a", "acme", "team-7", "0", &"x".repeat(63)] {
+            assert!(TenantName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "..", "/", "a/b", "Acme", "-a", "a_b", "a.b", " a", &"x".repeat(64), "é"] {
+            let e = TenantName::parse(bad).unwrap_err();
+            assert_eq!(e.field(), "name");
+            assert!(e.message().contains("tenant name"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn spec_json_round_trip_and_unknown_fields_refused() {
+        let json = r#"{"parent":null,"labels":{"customer":"acme"},
+            "cpu":{"guarantee_pct":50,"limit_pct":150},
+            "memory":{"guarantee_bytes":1073741824,"protection":"hard","high_bytes":null,"limit_bytes":4294967296,"swap_limit_bytes":0},
+            "io":{"guarantee_pct":50,"limits":[{"device":"254:0","rbps":10485760,"wbps":null,"riops":null,"wiops":null}]},
+            "pids":{"limit":1024}}"#;
+        let spec: TenantSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(spec.memory.limit_bytes, Some(Bytes(4 << 30)));
+        let again: TenantSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(spec, again);
+        let e = serde_json::from_str::<TenantSpec>(r#"{"cpu":{"guarantee":5}}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `guarantee`"), "{e}");
+    }
+
+    #[test]
+    fn field_validation_names_the_field() {
+        let cases: Vec<(&str, TenantSpec)> = vec![
+            ("cpu.guarantee_pct", cpu(0.0)),
+            ("cpu.guarantee_pct", cpu(100.5)),
+            ("cpu.limit_pct", TenantSpec { cpu: CpuSpec { guarantee_pct: None, limit_pct: Some(Percent(0.5)) }, ..Default::default() }),
+            ("memory.limit_bytes", TenantSpec { memory: MemorySpec { guarantee_bytes: Some(Bytes(2 << 30)), limit_bytes: Some(Bytes(1 << 30)), ..Default::default() }, ..Default::default() }),
+            ("memory.high_bytes", TenantSpec { memory: MemorySpec { high_bytes: Some(Bytes(3 << 30)), limit_bytes: Some(Bytes(1 << 30)), ..Default::default() }, ..Default::default() }),
+            ("pids.limit", TenantSpec { pids: PidsSpec { limit: Some(0) }, ..Default::default() }),
+            ("io.limits[0].device", TenantSpec { io: IoSpec { guarantee_pct: None, limits: vec![IoLimit { device: "sda".into(), rbps: None, wbps: None, riops: None, wiops: None }] }, ..Default::default() }),
+        ];
+        for (field, spec) in cases {
+            let e = validate_spec(&n("t"), &spec).unwrap_err();
+            assert_eq!(e.field(), field, "{e}");
+        }
+    }
+
+    #[test]
+    fn sibling_guarantees_may_not_pass_100_and_the_error_says_what_is_left() {
+        let mut others = BTreeMap::new();
+        others.insert(n("a"), cpu(50.0));
+        others.insert(n("b"), cpu(30.0));
+        assert!(admit(&n("c"), &cpu(20.0), &others, CAP).is_ok());
+        let e = admit(&n("c"), &cpu(25.0), &others, CAP).unwrap_err();
+        assert!(matches!(e, DomainError::Conflict { .. }));
+        assert!(e.message().contains("at most 20% is left"), "{e}");
+        // Replacing a tenant does not count its old value.
+        assert!(admit(&n("a"), &cpu(70.0), &{ let mut o = others.clone(); o.remove(&n("a")); o }, CAP).is_ok());
+        // Children share their parent's 100%, separately from the top level.
+        let child = TenantSpec { parent: Some(n("a")), ..cpu(90.0) };
+        assert!(admit(&n("a1"), &child, &others, CAP).is_ok());
+    }
+
+    #[test]
+    fn memory_guarantees_fit_in_host_memory_minus_reserve() {
+        let mem = |g: u64, parent: Option<&str>| TenantSpec {
+            parent: parent.map(n),
+            memory: MemorySpec { guarantee_bytes: Some(Bytes(g)), ..Default::default() },
+            ..Default::default()
+        };
+        let mut others = BTreeMap::new();
+        others.insert(n("a"), mem(4 << 30, None));
+        assert!(admit(&n("b"), &mem(3 << 30, None), &others, CAP).is_ok());
+        let e = admit(&n("b"), &mem(3 << 30 | 1, None), &others, CAP).unwrap_err();
+        assert!(e.message().contains("at most 3 GiB is left"), "{e}");
+        // A child inside its parent's guarantee adds nothing.
+        assert!(admit(&n("a1"), &mem(4 << 30, Some("a")), &others, CAP).is_ok());
+    }
+
+    #[test]
+    fn cpu_limit_below_guarantee_is_refused() {
+        let spec = TenantSpec { cpu: CpuSpec { guarantee_pct: Some(Percent(50.0)), limit_pct: Some(Percent(90.0)) }, ..Default::default() };
+        // 50% of 2 CPUs is one CPU, so a 90% cap is below it.
+        let e = admit(&n("a"), &spec, &BTreeMap::new(), CAP).unwrap_err();
+        assert_eq!(e.field(), "cpu.limit_pct");
+        let ok = TenantSpec { cpu: CpuSpec { guarantee_pct: Some(Percent(50.0)), limit_pct: Some(Percent(100.0)) }, ..Default::default() };
+        assert!(admit(&n("a"), &ok, &BTreeMap::new(), CAP).is_ok());
+    }
+
+    #[test]
+    fn parents_must_exist_and_cycles_are_refused() {
+        let mut others = BTreeMap::new();
+        let e = admit(&n("a"), &TenantSpec { parent: Some(n("zz")), ..Default::default() }, &others, CAP).unwrap_err();
+        assert!(matches!(e, DomainError::NotFound { .. }));
+        others.insert(n("b"), TenantSpec { parent: Some(n("a")), ..Default::default() });
+        let e = admit(&n("a"), &TenantSpec { parent: Some(n("b")), ..Default::default() }, &others, CAP).unwrap_err();
+        assert!(e.message().contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn topo_order_puts_parents_first() {
+        let mut all = BTreeMap::new();
+        all.insert(n("z"), TenantSpec::default());
+        all.insert(n("a"), TenantSpec { parent: Some(n("z")), ..Default::default() });
+        all.insert(n("b"), TenantSpec { parent: Some(n("a")), ..Default::default() });
+        assert_eq!(topo_order(&all), vec![n("z"), n("a"), n("b")]);
+        assert_eq!(lineage(&n("b"), &all), vec![n("z"), n("a"), n("b")]);
+    }
+
+    proptest::proptest! {
+        /// Whatever order requests come in, admitted sibling guarantees never sum past 100%.
+        #[test]
+        fn admitted_shares_never_exceed_100(gs in proptest::collection::vec(0.01f64..100.0, 1..20)) {
+            let mut admitted = BTreeMap::new();
+            for (i, g) in gs.iter().enumerate() {
+                let name = n(&format!("t{i}"));
+                if admit(&name, &cpu(*g), &admitted, CAP).is_ok() {
+                    admitted.insert(name, cpu(*g));
+                }
+            }
+            let sum: f64 = admitted.values().map(|s| s.cpu.guarantee_pct.unwrap().0).sum();
+            proptest::prop_assert!(sum <= 100.0 + 1e-9);
+        }
+    }
+}

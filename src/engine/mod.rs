@@ -1,0 +1,555 @@
+//! Where side effects meet: a change is validated, applied to the kernel and committed to the
+//! store so the two never diverge; reconcile restores the kernel from the store; placement.
+//!
+//! Only this layer reads the clock. Kernel calls run on the blocking pool.
+
+pub mod placement;
+
+use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, HostCgroup, DAEMON_LEAF, LEAF};
+use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};
+use crate::domain::tenant::{self, Capacity, DomainError, TenantName, TenantSpec};
+use crate::store::{NewEvent, Store, StoreError, StoredTenant};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Errors of the engine: what went wrong in the user's terms, keeping the layer's cause.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("the kernel refused the change: {source}")]
+    Kernel {
+        #[source]
+        source: CgroupError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("tenant '{0}' does not exist")]
+    NotFound(String),
+    #[error("{field}: {message}")]
+    Conflict { field: String, message: String },
+    #[error("pid: {message}")]
+    BadPid { pid: u32, message: String },
+    #[error("internal task failed: {0}")]
+    Join(String),
+}
+
+impl From<CgroupError> for EngineError {
+    fn from(source: CgroupError) -> Self {
+        EngineError::Kernel { source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How to treat live processes when a tenant is deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteMode {
+    Refuse,
+    Kill,
+    MoveTo(TenantName),
+}
+
+/// A tenant as the API shows it: the spec, and what the kernel really holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantView {
+    pub name: TenantName,
+    #[serde(flatten)]
+    pub stored: StoredTenant,
+    pub cgroup: PathBuf,
+    /// The settings tenantd wants (from the spec).
+    pub planned: TenantPlan,
+    /// The values read from the kernel now; `None` when the directory is missing.
+    pub effective: Option<Settings>,
+    pub effective_error: Option<String>,
+    pub procs: usize,
+}
+
+/// What a reconcile pass found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReconcileReport {
+    pub created: Vec<String>,
+    pub corrected: Vec<(String, Change)>,
+    /// Directories under the root that no tenant owns (reported, never deleted).
+    pub unknown: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Tunables the engine needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub params: PlanParams,
+    pub memory_reserve_bytes: u64,
+    pub daemon_cpu_weight: u32,
+    pub daemon_memory_min_bytes: u64,
+    /// Where /proc is (tests and the VM may differ).
+    pub proc_root: PathBuf,
+}
+
+pub struct Governor {
+    backend: Arc<dyn Backend>,
+    store: Store,
+    cfg: EngineConfig,
+    cap: Capacity,
+    self_pid: u32,
+    writes: tokio::sync::Mutex<()>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Join(e.to_string()))
+}
+
+fn specs_of(stored: &BTreeMap<TenantName, StoredTenant>) -> BTreeMap<TenantName, TenantSpec> {
+    stored.iter().map(|(n, t)| (n.clone(), t.spec.clone())).collect()
+}
+
+fn dir_of(name: &TenantName, specs: &BTreeMap<TenantName, TenantSpec>) -> CgroupPath {
+    CgroupPath::tenant(&tenant::lineage(name, specs))
+}
+
+impl Governor {
+    pub fn new(backend: Arc<dyn Backend>, store: Store, cfg: EngineConfig, cap: Capacity) -> Arc<Self> {
+        Arc::new(Governor {
+            backend,
+            store,
+            cfg,
+            cap,
+            self_pid: std::process::id(),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.cap
+    }
+
+    pub fn self_pid(&self) -> u32 {
+        self.self_pid
+    }
+
+    pub fn proc_root(&self) -> &std::path::Path {
+        &self.cfg.proc_root
+    }
+
+    pub async fn host(&self) -> Result<HostCgroup> {
+        let b = self.backend.clone();
+        Ok(blocking(move || b.host()).await??)
+    }
+
+    /// Prepares the root, optionally moves the daemon into its own protected leaf, and
+    /// reconciles. Called once at start.
+    pub async fn start(&self, move_self: bool) -> Result<ReconcileReport> {
+        let b = self.backend.clone();
+        let pid = self.self_pid;
+        let (w, m) = (self.cfg.daemon_cpu_weight, self.cfg.daemon_memory_min_bytes);
+        blocking(move || -> std::result::Result<(), CgroupError> {
+            b.prepare_root()?;
+            let daemon = CgroupPath::daemon();
+            if move_self {
+                b.attach(&daemon, pid)?;
+            }
+            b.ensure(&CgroupPath::root(), false)?;
+            let mut s = b.read(&daemon)?;
+            s.cpu_weight = w;
+            s.memory_min_bytes = m;
+            b.apply(&daemon, &s)?;
+            Ok(())
+        })
+        .await??;
+        self.store
+            .add_events(&[NewEvent {
+                ts_ms: now_ms(),
+                tenant: None,
+                kind: "daemon_start".into(),
+                actor: None,
+                detail: serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "pid": pid}),
+            }])
+            .await?;
+        self.reconcile().await
+    }
+
+    /// Writes the kernel from the store: creates what is missing, rewrites drifted values
+    /// (each recorded as an event), and reports directories no tenant owns.
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let _w = self.writes.lock().await;
+        let specs = specs_of(&self.store.tenants().await?);
+        let b = self.backend.clone();
+        let cfg = self.cfg.clone();
+        let report = blocking(move || reconcile_kernel(b.as_ref(), &specs, &cfg)).await?;
+        let ts = now_ms();
+        let mut events: Vec<NewEvent> = report
+            .corrected
+            .iter()
+            .map(|(t, c)| NewEvent {
+                ts_ms: ts,
+                tenant: Some(t.clone()),
+                kind: "drift_corrected".into(),
+                actor: None,
+                detail: serde_json::to_value(c).unwrap_or_default(),
+            })
+            .collect();
+        events.extend(report.created.iter().map(|t| NewEvent {
+            ts_ms: ts,
+            tenant: Some(t.clone()),
+            kind: "cgroup_created".into(),
+            actor: None,
+            detail: serde_json::json!({}),
+        }));
+        self.store.add_events(&events).await?;
+        for e in &report.errors {
+            tracing::warn!("reconcile: {e}");
+        }
+        if !report.unknown.is_empty() {
+            tracing::warn!("directories under the root that no tenant owns (left alone): {:?}", report.unknown);
+        }
+        Ok(report)
+    }
+
+    pub async fn list(&self) -> Result<Vec<TenantView>> {
+        let stored = self.store.tenants().await?;
+        let specs = specs_of(&stored);
+        let plans = plan::plan(&specs, self.cfg.params);
+        let b = self.backend.clone();
+        let views = blocking(move || {
+            stored
+                .into_iter()
+                .map(|(n, st)| view(b.as_ref(), &n, st, &specs, &plans))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        Ok(views)
+    }
+
+    pub async fn get(&self, name: &TenantName) -> Result<TenantView> {
+        let stored = self.store.tenants().await?;
+        let specs = specs_of(&stored);
+        let st = stored.get(name).cloned().ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        let plans = plan::plan(&specs, self.cfg.params);
+        let b = self.backend.clone();
+        let n = name.clone();
+        blocking(move || view(b.as_ref(), &n, st, &specs, &plans)).await
+    }
+
+    /// Creates or replaces a tenant. Returns the view and whether it was created.
+    pub async fn put(&self, name: &TenantName, spec: TenantSpec, actor: &str) -> Result<(TenantView, bool)> {
+        let _w = self.writes.lock().await;
+        let stored = self.store.tenants().await?;
+        let mut specs = specs_of(&stored);
+        let old_specs = specs.clone();
+        let old = specs.remove(name);
+        if let Some(o) = &old
+            && o.parent != spec.parent
+        {
+            return Err(EngineError::Conflict {
+                field: "parent".into(),
+                message: format!(
+                    "tenant '{name}' already has parent {:?}: moving a tenant to another parent is not supported; delete and recreate it",
+                    o.parent.as_ref().map(|p| p.as_str())
+                ),
+            });
+        }
+        tenant::admit(name, &spec, &specs, self.cap)?;
+        if old.as_ref() == Some(&spec) {
+            drop(_w);
+            return Ok((self.get(name).await?, false));
+        }
+        specs.insert(name.clone(), spec.clone());
+        let b = self.backend.clone();
+        let cfg = self.cfg.clone();
+        let (n, new_specs, olds) = (name.clone(), specs.clone(), old_specs.clone());
+        blocking(move || apply_change(b.as_ref(), &cfg, &olds, &new_specs, Some(&n))).await??;
+
+        let created = old.is_none();
+        let event = NewEvent {
+            ts_ms: now_ms(),
+            tenant: Some(name.to_string()),
+            kind: if created { "tenant_created" } else { "tenant_changed" }.into(),
+            actor: Some(actor.to_string()),
+            detail: serde_json::json!({"spec": spec, "previous": old}),
+        };
+        if let Err(e) = self.store.put_tenant(name, &spec, now_ms(), event).await {
+            // Keep the kernel as the store says: undo what was just written.
+            let b = self.backend.clone();
+            let cfg = self.cfg.clone();
+            let n = name.clone();
+            let undo = blocking(move || apply_change(b.as_ref(), &cfg, &specs, &old_specs, created.then_some(&n))).await;
+            if let Ok(Err(u)) | Err(u) = undo.map(|r| r.map_err(EngineError::from)) {
+                tracing::error!("could not undo the kernel change after a store failure (reconcile will): {u}");
+            }
+            return Err(e.into());
+        }
+        drop(_w);
+        Ok((self.get(name).await?, created))
+    }
+
+    /// Deletes a tenant: refused while it has children, or live processes unless `mode` says
+    /// to kill them or move them to another tenant.
+    pub async fn delete(&self, name: &TenantName, mode: DeleteMode, actor: &str) -> Result<()> {
+        let _w = self.writes.lock().await;
+        let stored = self.store.tenants().await?;
+        let specs = specs_of(&stored);
+        if !specs.contains_key(name) {
+            return Err(EngineError::NotFound(name.to_string()));
+        }
+        let kids: Vec<&str> = specs
+            .iter()
+            .filter(|(_, s)| s.parent.as_ref() == Some(name))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !kids.is_empty() {
+            return Err(EngineError::Conflict {
+                field: "name".into(),
+                message: format!("tenant '{name}' has children ({}): delete them first", kids.join(", ")),
+            });
+        }
+        let dir = dir_of(name, &specs);
+        let target = match &mode {
+            DeleteMode::MoveTo(t) if t == name => {
+                return Err(EngineError::Domain(DomainError::invalid("move_to", "cannot move processes to the tenant being deleted")));
+            }
+            DeleteMode::MoveTo(t) if !specs.contains_key(t) => {
+                return Err(EngineError::Domain(DomainError::NotFound {
+                    field: "move_to".into(),
+                    message: format!("tenant '{t}' does not exist"),
+                }));
+            }
+            DeleteMode::MoveTo(t) => Some(dir_of(t, &specs).leaf()),
+            _ => None,
+        };
+        let b = self.backend.clone();
+        let m = mode.clone();
+        let moved = blocking(move || -> Result<Vec<u32>> {
+            if !b.exists(&dir) {
+                return Ok(Vec::new());
+            }
+            let mut moved = Vec::new();
+            if b.populated(&dir)? {
+                match (&m, &target) {
+                    (DeleteMode::Kill, _) => b.kill(&dir)?,
+                    (DeleteMode::MoveTo(_), Some(to)) => {
+                        // Processes may fork while we move them: repeat until the leaf is empty.
+                        for _ in 0..100 {
+                            let pids = b.procs(&dir.leaf())?;
+                            if pids.is_empty() {
+                                break;
+                            }
+                            for pid in pids {
+                                match b.attach(to, pid) {
+                                    Ok(()) => moved.push(pid),
+                                    Err(e) if e.is_gone() => {}
+                                    Err(e) => return Err(e.into()),
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        let n = b.procs(&dir.leaf()).map(|p| p.len()).unwrap_or(0);
+                        return Err(EngineError::Conflict {
+                            field: "name".into(),
+                            message: format!(
+                                "{n} processes still live in this tenant: pass kill=true to kill them or move_to=TENANT to move them"
+                            ),
+                        });
+                    }
+                }
+            }
+            b.remove(&dir)?;
+            Ok(moved)
+        })
+        .await??;
+        let mut remaining = specs.clone();
+        remaining.remove(name);
+        let event = NewEvent {
+            ts_ms: now_ms(),
+            tenant: Some(name.to_string()),
+            kind: "tenant_deleted".into(),
+            actor: Some(actor.to_string()),
+            detail: serde_json::json!({
+                "mode": match &mode { DeleteMode::Refuse => "refuse".to_string(), DeleteMode::Kill => "kill".into(), DeleteMode::MoveTo(t) => format!("move_to:{t}") },
+                "moved_pids": moved,
+            }),
+        };
+        self.store.delete_tenant(name, event).await?;
+        let b = self.backend.clone();
+        let cfg = self.cfg.clone();
+        blocking(move || apply_change(b.as_ref(), &cfg, &specs, &remaining, None)).await??;
+        Ok(())
+    }
+
+    /// The tenant's leaf cgroup path (for placement and sampling).
+    pub async fn leaf_of(&self, name: &TenantName) -> Result<CgroupPath> {
+        let specs = specs_of(&self.store.tenants().await?);
+        if !specs.contains_key(name) {
+            return Err(EngineError::NotFound(name.to_string()));
+        }
+        Ok(dir_of(name, &specs).leaf())
+    }
+
+    /// Every tenant's directory, for the sampler.
+    pub async fn tenant_dirs(&self) -> Result<Vec<(TenantName, CgroupPath)>> {
+        let specs = specs_of(&self.store.tenants().await?);
+        Ok(specs.keys().map(|n| (n.clone(), dir_of(n, &specs))).collect())
+    }
+}
+
+fn view(
+    b: &dyn Backend,
+    name: &TenantName,
+    stored: StoredTenant,
+    specs: &BTreeMap<TenantName, TenantSpec>,
+    plans: &BTreeMap<TenantName, TenantPlan>,
+) -> TenantView {
+    let dir = dir_of(name, specs);
+    let (effective, effective_error) = match b.read(&dir) {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    TenantView {
+        name: name.clone(),
+        stored,
+        cgroup: b.path_of(&dir),
+        planned: plans.get(name).cloned().unwrap_or(TenantPlan {
+            tenant: Settings::default(),
+            leaf: Settings::default(),
+        }),
+        effective,
+        effective_error,
+        procs: b.procs(&dir.leaf()).map(|p| p.len()).unwrap_or(0),
+    }
+}
+
+/// Applies the difference between two sets of specs to the kernel. On failure, rewrites the
+/// old plan for what was touched and removes a directory created for `created`.
+fn apply_change(
+    b: &dyn Backend,
+    cfg: &EngineConfig,
+    old: &BTreeMap<TenantName, TenantSpec>,
+    new: &BTreeMap<TenantName, TenantSpec>,
+    target: Option<&TenantName>,
+) -> std::result::Result<(), CgroupError> {
+    let old_plans = plan::plan(old, cfg.params);
+    let new_plans = plan::plan(new, cfg.params);
+    let mut created = None;
+    let mut touched: Vec<&TenantName> = Vec::new();
+    let result = (|| {
+        if let Some(t) = target
+            && new.contains_key(t)
+        {
+            let dir = dir_of(t, new);
+            if b.ensure(&dir, true)? && !old.contains_key(t) {
+                created = Some(dir);
+            }
+        }
+        apply_root_protection(b, cfg, new)?;
+        for n in tenant::topo_order(new) {
+            let p = &new_plans[&n];
+            if old_plans.get(&n) == Some(p) && Some(&n) != target {
+                continue;
+            }
+            let dir = dir_of(&n, new);
+            b.ensure(&dir, true)?;
+            touched.push(new.get_key_value(&n).map(|(k, _)| k).expect("from topo_order"));
+            b.apply(&dir, &p.tenant)?;
+            b.apply(&dir.leaf(), &p.leaf)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for n in touched.iter().rev() {
+            if let Some(p) = old_plans.get(*n) {
+                let dir = dir_of(n, old);
+                let _ = b.apply(&dir, &p.tenant);
+                let _ = b.apply(&dir.leaf(), &p.leaf);
+            }
+        }
+        let _ = apply_root_protection(b, cfg, old);
+        if let Some(dir) = created {
+            let _ = b.remove(&dir);
+        }
+    }
+    result
+}
+
+/// The governor root must hold the sum of the tenants' memory protection, or theirs is void.
+fn apply_root_protection(b: &dyn Backend, cfg: &EngineConfig, specs: &BTreeMap<TenantName, TenantSpec>) -> std::result::Result<(), CgroupError> {
+    let root = CgroupPath::root();
+    let (min, low) = plan::root_protection(specs, cfg.daemon_memory_min_bytes);
+    let mut s = b.read(&root)?;
+    if (s.memory_min_bytes, s.memory_low_bytes) == (min, low) {
+        return Ok(());
+    }
+    s.memory_min_bytes = min;
+    s.memory_low_bytes = low;
+    match b.apply(&root, &s) {
+        // A root whose parent does not delegate memory cannot hold protection; the host
+        // report says memory is missing.
+        Err(CgroupError::Unsupported { .. }) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+fn reconcile_kernel(b: &dyn Backend, specs: &BTreeMap<TenantName, TenantSpec>, cfg: &EngineConfig) -> ReconcileReport {
+    let mut r = ReconcileReport::default();
+    if let Err(e) = b.prepare_root().and_then(|_| b.ensure(&CgroupPath::root(), false)) {
+        r.errors.push(e.to_string());
+        return r;
+    }
+    if let Err(e) = apply_root_protection(b, cfg, specs) {
+        r.errors.push(e.to_string());
+    }
+    let plans = plan::plan(specs, cfg.params);
+    for n in tenant::topo_order(specs) {
+        let dir = dir_of(&n, specs);
+        match b.ensure(&dir, true) {
+            Ok(true) => r.created.push(n.to_string()),
+            Ok(false) => {}
+            Err(e) => {
+                r.errors.push(format!("tenant '{n}': {e}"));
+                continue;
+            }
+        }
+        let p = &plans[&n];
+        for (d, s) in [(dir.clone(), &p.tenant), (dir.leaf(), &p.leaf)] {
+            match b.apply(&d, s) {
+                Ok(changes) => r.corrected.extend(changes.into_iter().map(|c| (n.to_string(), c))),
+                Err(e) => r.errors.push(format!("tenant '{n}': {e}")),
+            }
+        }
+    }
+    // Unknown directories: walk the tree we know and list what is not ours.
+    let mut stack = vec![(CgroupPath::root(), None::<TenantName>)];
+    while let Some((dir, parent)) = stack.pop() {
+        let Ok(kids) = b.children(&dir) else { continue };
+        for k in kids {
+            if k == LEAF || (parent.is_none() && k == DAEMON_LEAF) {
+                continue;
+            }
+            let owned = TenantName::parse(&k)
+                .ok()
+                .filter(|t| specs.get(t).is_some_and(|s| s.parent == parent));
+            match owned {
+                Some(t) => stack.push((dir.join(&k).expect("tenant names are valid segments"), Some(t))),
+                None => r.unknown.push(b.path_of(&dir).join(&k).display().to_string()),
+            }
+        }
+    }
+    r
+}
