@@ -1,6 +1,7 @@
 //! Configuration: a TOML file, then `TENANTD_*` environment variables, then flags, merged
 //! into one validated `Config`. Validation needs no syscalls; paths are resolved at start.
 
+use crate::cgroup::CgroupVersion;
 use crate::domain::units::Bytes;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub struct FileConfig {
     pub db: Option<PathBuf>,
     pub cgroup_mount: Option<PathBuf>,
     pub cgroup_root: Option<PathBuf>,
+    /// "auto" (default), "v2" or "v1".
+    pub cgroup_version: Option<CgroupVersion>,
     pub token_file: Option<PathBuf>,
     pub reconcile_interval_s: Option<f64>,
     pub best_effort_weight: Option<u32>,
@@ -48,8 +51,11 @@ pub struct Config {
     pub db: PathBuf,
     /// The cgroup2 mount point.
     pub cgroup_mount: PathBuf,
-    /// The governor's own root: every tenant lives below it.
+    /// The governor's own root: every tenant lives below it. On cgroup v1 a configured root is
+    /// the path inside every hierarchy (`/tenantd` is `/sys/fs/cgroup/cpu/tenantd`, ...).
     pub cgroup_root: PathBuf,
+    /// Which cgroup version to drive; `auto` detects it at start.
+    pub cgroup_version: CgroupVersion,
     pub token_file: Option<PathBuf>,
     pub reconcile_interval: Duration,
     pub best_effort_weight: u32,
@@ -81,6 +87,7 @@ impl FileConfig {
             db: self.db.or(other.db),
             cgroup_mount: self.cgroup_mount.or(other.cgroup_mount),
             cgroup_root: self.cgroup_root.or(other.cgroup_root),
+            cgroup_version: self.cgroup_version.or(other.cgroup_version),
             token_file: self.token_file.or(other.token_file),
             reconcile_interval_s: self.reconcile_interval_s.or(other.reconcile_interval_s),
             best_effort_weight: self.best_effort_weight.or(other.best_effort_weight),
@@ -151,6 +158,7 @@ impl FileConfig {
             db: self.db.unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
             cgroup_mount: mount,
             cgroup_root: root,
+            cgroup_version: self.cgroup_version.unwrap_or_default(),
             token_file: self.token_file,
             reconcile_interval: secs("reconcile_interval_s", self.reconcile_interval_s, 30.0, 0.1)?,
             best_effort_weight: weight("best_effort_weight", self.best_effort_weight, 1)?,
@@ -197,6 +205,13 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.db, PathBuf::from(DEFAULT_DB));
         assert_eq!(c.best_effort_weight, 1);
+        assert_eq!(c.cgroup_version, CgroupVersion::Auto);
+    }
+
+    #[test]
+    fn cgroup_version_from_the_file() {
+        let f: FileConfig = toml::from_str("cgroup_version = 'v1'").unwrap();
+        assert_eq!(f.resolve(root).unwrap().cgroup_version, CgroupVersion::V1);
     }
 
     #[test]
@@ -217,6 +232,8 @@ mod tests {
         assert!(e.to_string().starts_with("best_effort_weight:"), "{e}");
         let e = FileConfig { cgroup_root: Some("rel".into()), ..Default::default() }.resolve(root).unwrap_err();
         assert!(e.to_string().starts_with("cgroup_root:"), "{e}");
+        let e: Result<FileConfig, _> = toml::from_str("cgroup_version = 'v3'");
+        assert!(e.unwrap_err().message().contains("unknown variant"));
         let e: Result<FileConfig, _> = toml::from_str("listen_addr = 'x'");
         assert!(e.unwrap_err().message().contains("unknown field"));
     }

@@ -2,8 +2,10 @@
 //! serve the API and reconcile periodically until SIGINT or SIGTERM.
 
 use crate::api::{self, auth::Tokens, AppState};
+use crate::cgroup::v1::V1;
 use crate::cgroup::v2::V2;
-use crate::config::{default_root, FileConfig};
+use crate::cgroup::{choose, Backend, CgroupVersion, Detected, HostMounts};
+use crate::config::{default_root, FileConfig, DEFAULT_CGROUP_MOUNT};
 use crate::domain::plan::PlanParams;
 use crate::domain::tenant::Capacity;
 use crate::engine::{EngineConfig, Governor};
@@ -31,6 +33,10 @@ pub struct ServeArgs {
     /// The cgroup2 mount point [default /sys/fs/cgroup].
     #[arg(long, env = "TENANTD_CGROUP_MOUNT")]
     pub cgroup_mount: Option<PathBuf>,
+    /// Cgroup version to drive: auto (v2 when the cgroup2 mount has cpu and memory, else the
+    /// v1 hierarchies), v2 or v1 [default auto].
+    #[arg(long, env = "TENANTD_CGROUP_VERSION", value_enum)]
+    pub cgroup_version: Option<CgroupVersion>,
     /// Token file: lines 'NAME admin|viewer TOKEN'. Without it the API is loopback-only.
     #[arg(long, env = "TENANTD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -49,6 +55,7 @@ impl ServeArgs {
             db: self.db.clone(),
             cgroup_mount: self.cgroup_mount.clone(),
             cgroup_root: self.cgroup_root.clone(),
+            cgroup_version: self.cgroup_version,
             token_file: self.token_file.clone(),
             reconcile_interval_s: self.reconcile_interval_s,
             move_self: self.no_move_self.then_some(false),
@@ -89,11 +96,32 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         None => FileConfig::default(),
     };
     let own = crate::cgroup::v2_path_of_pid(std::path::Path::new("/proc"), std::process::id()).ok().flatten();
-    let cfg = args
-        .as_file_config()
-        .or(file)
-        .resolve(|mount| default_root(mount, own.as_deref()))?;
-
+    let merged = args.as_file_config().or(file);
+    let mount = merged.cgroup_mount.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_MOUNT));
+    let version = merged.cgroup_version.unwrap_or_default();
+    let mounts = HostMounts::detect(&mount, std::path::Path::new("/proc"))?;
+    let detected = choose(version, &mounts, &mount).context("cannot choose a cgroup backend (set cgroup_version to override)")?;
+    // On v1 a configured root is the same path inside every hierarchy; the default is
+    // `<the daemon's own cgroup>/tenantd` in each, so the host's accounting still covers tenants.
+    let v1_roots = match &detected {
+        Detected::V1(h) => Some(match &merged.cgroup_root {
+            Some(r) => h.roots_at(r),
+            None => h.default_roots(),
+        }),
+        Detected::V2 => None,
+    };
+    let v1_shown = v1_roots.as_ref().and_then(|r| r.distinct().first().map(|p| p.to_path_buf()));
+    let mut cfg = merged.resolve(|mount| match v1_shown {
+        Some(p) => p,
+        None => default_root(mount, own.as_deref()),
+    })?;
+    if v1_roots.is_some() && cfg.daemon_memory_min_bytes > 0 {
+        tracing::warn!(
+            "cgroup v1 has no memory.min: the daemon's own memory protection ({} bytes) is not applied",
+            cfg.daemon_memory_min_bytes
+        );
+        cfg.daemon_memory_min_bytes = 0;
+    }
     let tokens = match &cfg.token_file {
         Some(p) => Tokens::load(p).map_err(anyhow::Error::msg)?,
         None => {
@@ -102,7 +130,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     };
     let store = Store::open(&cfg.db).await?;
-    let backend = Arc::new(V2::new(&cfg.cgroup_mount, &cfg.cgroup_root, "/sys"));
+    let backend: Arc<dyn Backend> = match v1_roots {
+        Some(roots) => {
+            tracing::info!("cgroup v1 backend: roots {:?}", roots.distinct());
+            Arc::new(V1::new(roots, "/sys", "/proc"))
+        }
+        None => Arc::new(V2::new(&cfg.cgroup_mount, &cfg.cgroup_root, "/sys")),
+    };
     let gov = Governor::new(
         backend,
         store.clone(),
