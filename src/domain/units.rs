@@ -104,6 +104,9 @@ impl<'de> Deserialize<'de> for Bytes {
             serde::de::Error::custom("expected a byte count: a whole number or a string like \"4GiB\"")
         })? {
             NumOrStr::U(v) => Ok(Bytes(v)),
+            NumOrStr::F(v) if v < 0.0 => Err(serde::de::Error::custom(format!(
+                "{v} is negative: a byte count is 0 or more"
+            ))),
             NumOrStr::F(v) => Err(serde::de::Error::custom(format!(
                 "{v} is not a whole number of bytes"
             ))),
