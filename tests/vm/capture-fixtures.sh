@@ -114,19 +114,20 @@ capture_v2_guest() {
     echo "$dev wbps=52428800 riops=2000" >"$P/work/io.max"
     echo "$dev 200" >"$P/work/io.weight"
     run_in() { bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$@"; }
-    echo "  workload: busy loop 3 s"
+    SECONDS=0
+    echo "  [${SECONDS}s] workload: busy loop 3 s"
     run_in "$P/work" timeout 3 /bin/sh -c 'while :; do :; done' || true
-    echo "  workload: dd 16 MiB write + 8 MiB read, O_DIRECT, /dev/$name"
+    echo "  [${SECONDS}s] workload: dd 16 MiB write + 8 MiB read, O_DIRECT, /dev/$name"
     run_in "$P/work" dd if=/dev/zero of="/dev/$name" bs=1M count=16 oflag=direct status=none
     run_in "$P/work" dd if="/dev/$name" of=/dev/null bs=1M count=8 iflag=direct status=none
-    echo "  workload: python3 allocating 200 MiB under memory.max 64M (expect SIGKILL)"
+    echo "  [${SECONDS}s] workload: python3 allocating 200 MiB under memory.max 64M (expect SIGKILL)"
     { run_in "$P/work" python3 -c 'b = b"x" * (200 << 20)'; } 2>/dev/null && echo "  !! not killed"
-    echo "  workload: 24 background sleeps under pids.max 16"
+    echo "  [${SECONDS}s] workload: 24 background sleeps under pids.max 16"
     run_in "$P/work" /bin/sh -c 'for i in $(seq 24); do sleep 1 & done 2>/dev/null; wait' 2>/dev/null || true
     sleep 0.5
     # --- throttled: cpu.max 20 ms per 100 ms, busy loop 3 s
     echo "20000 100000" >"$P/throttled/cpu.max"
-    echo "  workload: busy loop 3 s under cpu.max 20000 100000"
+    echo "  [${SECONDS}s] workload: busy loop 3 s under cpu.max 20000 100000"
     run_in "$P/throttled" timeout 3 /bin/sh -c 'while :; do :; done' || true
     # /proc/self/cgroup of a process inside a child
     bash -c 'echo $$ >"$0/cgroup.procs" && exec cat /proc/self/cgroup' "$P/empty" >"$out/proc-self-cgroup.in-child" 2>/dev/null \
