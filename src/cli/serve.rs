@@ -1,9 +1,9 @@
 //! `tenantd serve`: load the configuration, open the store, take the cgroup root, reconcile,
 //! serve the API and reconcile periodically until SIGINT or SIGTERM.
 
-use crate::api::{self, auth::Tokens, AppState};
+use crate::api::{self, AppState, auth::Tokens};
 use crate::cgroup::v2::V2;
-use crate::config::{default_root, FileConfig};
+use crate::config::{FileConfig, default_root};
 use crate::domain::plan::PlanParams;
 use crate::domain::tenant::Capacity;
 use crate::engine::{EngineConfig, Governor};
@@ -58,7 +58,9 @@ impl ServeArgs {
 }
 
 fn host_capacity(reserve: u64) -> Result<Capacity> {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
     let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
     let kib: u64 = meminfo
         .lines()
@@ -76,7 +78,8 @@ fn host_capacity(reserve: u64) -> Result<Capacity> {
 pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -88,7 +91,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let own = crate::cgroup::v2_path_of_pid(std::path::Path::new("/proc"), std::process::id()).ok().flatten();
+    let own = crate::cgroup::v2_path_of_pid(std::path::Path::new("/proc"), std::process::id())
+        .ok()
+        .flatten();
     let cfg = args
         .as_file_config()
         .or(file)
@@ -97,7 +102,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let tokens = match &cfg.token_file {
         Some(p) => Tokens::load(p).map_err(anyhow::Error::msg)?,
         None => {
-            tracing::warn!("no token file: the API accepts every local caller as admin and listens on loopback only ({})", cfg.listen);
+            tracing::warn!(
+                "no token file: the API accepts every local caller as admin and listens on loopback only ({})",
+                cfg.listen
+            );
             Tokens::open()
         }
     };
@@ -176,7 +184,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     {
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -51,7 +51,11 @@ impl TestRoot {
         if path.exists() {
             remove_tree(&path);
         }
-        TestRoot { mount, path, dir: tempfile::tempdir().expect("tempdir") }
+        TestRoot {
+            mount,
+            path,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn db(&self) -> PathBuf {
@@ -60,7 +64,10 @@ impl TestRoot {
 
     pub fn read(&self, rel: &str) -> String {
         let p = self.path.join(rel);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())).trim().to_string()
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+            .trim()
+            .to_string()
     }
 }
 
@@ -76,7 +83,9 @@ impl Drop for TestRoot {
 pub fn remove_tree(path: &Path) {
     let _ = std::fs::write(path.join("cgroup.kill"), "1");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(path.join("cgroup.events")).map(|s| s.contains("populated 1")).unwrap_or(false)
+    while std::fs::read_to_string(path.join("cgroup.events"))
+        .map(|s| s.contains("populated 1"))
+        .unwrap_or(false)
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(20));
@@ -99,7 +108,11 @@ pub fn bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `tenantd serve` started from the built binary.
@@ -112,7 +125,8 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(root: &TestRoot) -> Daemon {
         let port = free_port();
-        let log = std::fs::File::create(root.dir.path().join(format!("daemon-{port}.log"))).unwrap();
+        let log =
+            std::fs::File::create(root.dir.path().join(format!("daemon-{port}.log"))).unwrap();
         let child = Command::new(bin())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--db")
@@ -131,15 +145,24 @@ impl Daemon {
         let d = Daemon {
             child,
             addr: format!("http://127.0.0.1:{port}"),
-            http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if d.http.get(format!("{}/healthz", d.addr)).send().is_ok_and(|r| r.status().is_success()) {
+            if d.http
+                .get(format!("{}/healthz", d.addr))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return d;
             }
             if Instant::now() > deadline {
-                let logs = std::fs::read_to_string(root.dir.path().join(format!("daemon-{port}.log"))).unwrap_or_default();
+                let logs =
+                    std::fs::read_to_string(root.dir.path().join(format!("daemon-{port}.log")))
+                        .unwrap_or_default();
                 panic!("tenantd did not answer /healthz within 60 s; its log:\n{logs}");
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -151,16 +174,26 @@ impl Daemon {
     }
 
     /// Sends a request; returns the status and the JSON body (Null when empty).
-    pub fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(m, self.url(path));
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.text().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     pub fn kill9(&mut self) {
@@ -202,20 +235,32 @@ impl Drop for Owned {
 }
 
 pub fn sleeper() -> Owned {
-    Owned(Command::new("sleep").arg("600").stdin(Stdio::null()).spawn().expect("spawn sleep"))
+    Owned(
+        Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep"),
+    )
 }
 
 /// The cgroup v2 path of a process ("/a/b").
 pub fn cgroup_of(pid: u32) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("").to_string()
+    s.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Waits until `f` is true or panics with `what` after `secs`.
 pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

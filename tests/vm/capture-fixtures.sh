@@ -17,14 +17,13 @@ FIX="${TENANTD_FIXTURES_DIR:-$(cd "$HERE/../fixtures" 2>/dev/null && pwd || echo
 NOW="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 # cp_file SRC DEST: copy one kernel file by reading it (cat; never opens SRC for writing).
+# DEST's directory must exist (process spawns are slow under emulation: one per file).
 cp_file() {
     local src="$1" dst="$2"
-    mkdir -p "$(dirname "$dst")"
-    if [ -r "$src" ] && cat "$src" >"$dst.tmp" 2>/dev/null; then
-        mv "$dst.tmp" "$dst"
+    if [ -r "$src" ] && cat "$src" >"$dst" 2>/dev/null; then
         return 0
     fi
-    rm -f "$dst.tmp"
+    rm -f "$dst"
     echo "  (not present: $src)"
     MISSING+=("$src")
     return 1
@@ -43,7 +42,7 @@ capture_v1_host() {
     fi
     echo "capturing v1 files of this host (read-only) into $out"
     rm -rf "$out"
-    mkdir -p "$out"
+    mkdir -p "$out"/{memory,cpu,cpuacct,blkio,pids,proc}
     MISSING=()
     for f in memory.usage_in_bytes memory.limit_in_bytes memory.stat memory.oom_control \
         memory.failcnt memory.soft_limit_in_bytes; do
@@ -63,6 +62,7 @@ capture_v1_host() {
     cp_file /proc/self/mountinfo "$out/proc/self-mountinfo"
     local missing_txt="none"
     [ "${#MISSING[@]}" -gt 0 ] && missing_txt="$(printf '`%s` ' "${MISSING[@]}")"
+    find "$out" -type d -empty -delete
     cat >"$out/PROVENANCE.md" <<EOF
 # cgroup v1 files of a hybrid-mode host
 
@@ -89,7 +89,7 @@ capture_v2_guest() {
     name="$(basename "$(readlink -f "/sys/dev/block/$dev")")"
     echo "capturing cgroup v2 files of $rel into $out"
     rm -rf "$out"
-    mkdir -p "$out"
+    mkdir -p "$out"/root "$out"/fixture/{work,throttled,empty}
     MISSING=()
     P="$root/fixture" # global: the EXIT trap uses it
     trap 'for d in "$P"/*/; do rmdir "$d" 2>/dev/null; done; rmdir "$P" 2>/dev/null' EXIT
@@ -163,6 +163,7 @@ capture_v2_guest() {
 
     local missing_txt="none"
     [ "${#MISSING[@]}" -gt 0 ] && missing_txt="$(printf '`%s` ' "${MISSING[@]}")"
+    find "$out" -type d -empty -delete
     cat >"$out/PROVENANCE.md" <<EOF
 # cgroup v2 files of Debian's stock kernel $rel
 
