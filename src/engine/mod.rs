@@ -315,15 +315,21 @@ impl Governor {
             // Keep the kernel as the store says: undo what was just written.
             let b = self.backend.clone();
             let cfg = self.cfg.clone();
-            let n = name.clone();
+            let dir = dir_of(name, &specs);
             let undo = blocking(move || {
-                apply_change(b.as_ref(), &cfg, &specs, &old_specs, created.then_some(&n))
+                apply_change(b.as_ref(), &cfg, &specs, &old_specs, None)?;
+                if created {
+                    b.remove(&dir)?;
+                }
+                Ok::<(), CgroupError>(())
             })
             .await;
-            if let Ok(Err(u)) | Err(u) = undo.map(|r| r.map_err(EngineError::from)) {
-                tracing::error!(
+            match undo {
+                Ok(Ok(())) => {}
+                Ok(Err(u)) => tracing::error!(
                     "could not undo the kernel change after a store failure (reconcile will): {u}"
-                );
+                ),
+                Err(u) => tracing::error!("could not undo the kernel change: {u}"),
             }
             return Err(e.into());
         }
