@@ -146,7 +146,10 @@ impl CgroupError {
 
     /// True when the cgroup or process went away under us (ENOENT, ENODEV, ESRCH).
     pub fn is_gone(&self) -> bool {
-        matches!(self.errno(), Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH))
+        matches!(
+            self.errno(),
+            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH)
+        )
     }
 }
 
@@ -359,7 +362,10 @@ mod tests {
             assert!(CgroupPath::parse(bad).is_err(), "{bad}");
         }
         let p = CgroupPath::parse("a/b").unwrap();
-        assert_eq!(p.leaf().under(Path::new("/r")), PathBuf::from("/r/a/b/_procs"));
+        assert_eq!(
+            p.leaf().under(Path::new("/r")),
+            PathBuf::from("/r/a/b/_procs")
+        );
         assert_eq!(p.to_string(), "/a/b");
     }
 

@@ -385,47 +385,51 @@ mod tests {
         assert!(throttle_device("254:0").is_err());
     }
 
+    // The host-root files (cpuacct/, memory/, blkio/) are re-captured now and then by
+    // tests/vm/capture-fixtures.sh: check their shape, not their numbers. The workload/ files
+    // are fixed.
     #[test]
     fn cpuacct() {
-        assert_eq!(
-            cpuacct_usage_ns(&fixture("cpuacct/cpuacct.usage")).unwrap(),
-            651_249_576_053
-        );
+        assert!(cpuacct_usage_ns(&fixture("cpuacct/cpuacct.usage")).unwrap() > 0);
         let s = cpuacct_stat(&fixture("cpuacct/cpuacct.stat")).unwrap();
-        assert_eq!((s.user_ticks, s.system_ticks), (Some(60630), Some(4495)));
+        assert!(s.user_ticks.is_some() && s.system_ticks.is_some());
+        let s = cpuacct_stat(&fixture("workload/cpuacct.stat")).unwrap();
+        assert_eq!((s.user_ticks, s.system_ticks), (Some(269), Some(5)));
         // The workload ran a 2 s busy loop, among others.
-        assert!(cpuacct_usage_ns(&fixture("workload/cpuacct.usage")).unwrap() > 1_500_000_000);
+        assert_eq!(
+            cpuacct_usage_ns(&fixture("workload/cpuacct.usage")).unwrap(),
+            2_758_114_017
+        );
     }
 
     #[test]
     fn memory() {
-        assert_eq!(
-            memory_usage_bytes(&fixture("memory/memory.usage_in_bytes")).unwrap(),
-            1_167_388_672
-        );
+        assert!(memory_usage_bytes(&fixture("memory/memory.usage_in_bytes")).unwrap() > 0);
         let st = memory_stat(&fixture("memory/memory.stat")).unwrap();
-        assert_eq!(st.get("rss"), Some(&2_322_432));
-        assert_eq!(
-            st.get("hierarchical_memory_limit"),
-            Some(&9_223_372_036_854_771_712)
-        );
-        assert_eq!(
-            memory_failcnt(&fixture("memory/memory.failcnt")).unwrap(),
-            0
-        );
+        for k in ["rss", "cache", "total_rss", "pgmajfault"] {
+            assert!(st.contains_key(k), "memory.stat has no {k}");
+        }
+        let limit = st["hierarchical_memory_limit"];
+        assert_eq!(memory_limit(&limit.to_string()).unwrap(), Limit::Max);
+        memory_failcnt(&fixture("memory/memory.failcnt")).unwrap();
         let o = oom_control(&fixture("memory/memory.oom_control")).unwrap();
+        assert!(!o.oom_kill_disable && o.oom_kill.is_some());
+        // The workload was OOM-killed once under its 50 MiB limit.
+        let o = oom_control(&fixture("workload/memory.oom_control")).unwrap();
         assert_eq!(
             o,
             OomControl {
                 oom_kill_disable: false,
                 under_oom: false,
-                oom_kill: Some(0)
+                oom_kill: Some(1)
             }
         );
-        // The workload was OOM-killed once under its 50 MiB limit.
-        let o = oom_control(&fixture("workload/memory.oom_control")).unwrap();
-        assert_eq!(o.oom_kill, Some(1));
-        assert!(memory_failcnt(&fixture("workload/memory.failcnt")).unwrap() > 0);
+        assert_eq!(
+            memory_failcnt(&fixture("workload/memory.failcnt")).unwrap(),
+            100
+        );
+        let st = memory_stat(&fixture("workload/memory.stat")).unwrap();
+        assert_eq!(st.get("hierarchical_memory_limit"), Some(&(50 << 20)));
         // Hand-typed: kernels before 4.13 have no oom_kill line.
         assert_eq!(
             oom_control("oom_kill_disable 0\nunder_oom 0\n")
@@ -437,11 +441,7 @@ mod tests {
 
     #[test]
     fn blkio_and_pids() {
-        assert!(
-            blkio_rw(&fixture("blkio/blkio.throttle.io_service_bytes"))
-                .unwrap()
-                .is_empty()
-        );
+        blkio_rw(&fixture("blkio/blkio.throttle.io_service_bytes")).unwrap();
         let b = blkio_rw(&fixture("workload/blkio.throttle.io_service_bytes")).unwrap();
         assert_eq!(
             b[&DevId {

@@ -1,11 +1,11 @@
 //! `tenantd serve`: load the configuration, open the store, take the cgroup root, reconcile,
 //! serve the API and reconcile periodically until SIGINT or SIGTERM.
 
-use crate::api::{self, auth::Tokens, AppState};
+use crate::api::{self, AppState, auth::Tokens};
 use crate::cgroup::v1::V1;
 use crate::cgroup::v2::V2;
-use crate::cgroup::{choose, Backend, CgroupVersion, Detected, HostMounts};
-use crate::config::{default_root, FileConfig, DEFAULT_CGROUP_MOUNT};
+use crate::cgroup::{Backend, CgroupVersion, Detected, HostMounts, choose};
+use crate::config::{DEFAULT_CGROUP_MOUNT, FileConfig, default_root};
 use crate::domain::plan::PlanParams;
 use crate::domain::tenant::Capacity;
 use crate::engine::{EngineConfig, Governor};
@@ -65,7 +65,9 @@ impl ServeArgs {
 }
 
 fn host_capacity(reserve: u64) -> Result<Capacity> {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
     let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
     let kib: u64 = meminfo
         .lines()
@@ -83,7 +85,8 @@ fn host_capacity(reserve: u64) -> Result<Capacity> {
 pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -95,12 +98,18 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let own = crate::cgroup::v2_path_of_pid(std::path::Path::new("/proc"), std::process::id()).ok().flatten();
+    let own = crate::cgroup::v2_path_of_pid(std::path::Path::new("/proc"), std::process::id())
+        .ok()
+        .flatten();
     let merged = args.as_file_config().or(file);
-    let mount = merged.cgroup_mount.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_MOUNT));
+    let mount = merged
+        .cgroup_mount
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_MOUNT));
     let version = merged.cgroup_version.unwrap_or_default();
     let mounts = HostMounts::detect(&mount, std::path::Path::new("/proc"))?;
-    let detected = choose(version, &mounts, &mount).context("cannot choose a cgroup backend (set cgroup_version to override)")?;
+    let detected = choose(version, &mounts, &mount)
+        .context("cannot choose a cgroup backend (set cgroup_version to override)")?;
     // On v1 a configured root is the same path inside every hierarchy; the default is
     // `<the daemon's own cgroup>/tenantd` in each, so the host's accounting still covers tenants.
     let v1_roots = match &detected {
@@ -110,7 +119,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }),
         Detected::V2 => None,
     };
-    let v1_shown = v1_roots.as_ref().and_then(|r| r.distinct().first().map(|p| p.to_path_buf()));
+    let v1_shown = v1_roots
+        .as_ref()
+        .and_then(|r| r.distinct().first().map(|p| p.to_path_buf()));
     let mut cfg = merged.resolve(|mount| match v1_shown {
         Some(p) => p,
         None => default_root(mount, own.as_deref()),
@@ -125,7 +136,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let tokens = match &cfg.token_file {
         Some(p) => Tokens::load(p).map_err(anyhow::Error::msg)?,
         None => {
-            tracing::warn!("no token file: the API accepts every local caller as admin and listens on loopback only ({})", cfg.listen);
+            tracing::warn!(
+                "no token file: the API accepts every local caller as admin and listens on loopback only ({})",
+                cfg.listen
+            );
             Tokens::open()
         }
     };
@@ -210,7 +224,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     {
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
