@@ -426,7 +426,7 @@ mod tests {
         );
         assert_eq!(
             memory_failcnt(&fixture("workload/memory.failcnt")).unwrap(),
-            100
+            96
         );
         let st = memory_stat(&fixture("workload/memory.stat")).unwrap();
         assert_eq!(st.get("hierarchical_memory_limit"), Some(&(50 << 20)));
