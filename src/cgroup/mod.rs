@@ -256,7 +256,7 @@ impl std::fmt::Display for CgroupVersion {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detected {
     V2,
-    V1(v1::V1Hierarchies),
+    V1(Box<v1::V1Hierarchies>),
 }
 
 /// What the host offers, as `choose` needs it: the controllers of the cgroup2 mount at the
@@ -329,13 +329,13 @@ pub fn choose(choice: CgroupVersion, host: &HostMounts, mount: &Path) -> Result<
             what: "cgroup_version = \"v2\"".into(),
             why: v2_why(),
         }),
-        CgroupVersion::V1 if host.v1.usable() => Ok(Detected::V1(host.v1.clone())),
+        CgroupVersion::V1 if host.v1.usable() => Ok(Detected::V1(Box::new(host.v1.clone()))),
         CgroupVersion::V1 => Err(CgroupError::Unsupported {
             what: "cgroup_version = \"v1\"".into(),
             why: v1_why(),
         }),
         CgroupVersion::Auto if v2_ok => Ok(Detected::V2),
-        CgroupVersion::Auto if host.v1.usable() => Ok(Detected::V1(host.v1.clone())),
+        CgroupVersion::Auto if host.v1.usable() => Ok(Detected::V1(Box::new(host.v1.clone()))),
         CgroupVersion::Auto => Err(CgroupError::Unsupported {
             what: "cgroups".into(),
             why: format!("{}, and {}", v2_why(), v1_why()),
