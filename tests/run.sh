@@ -18,6 +18,9 @@ set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO="$PWD"
+mkdir -p "$REPO/target"
+LOG="$REPO/target/tenantd-test-run.log"
+exec > >(tee "$LOG") 2>&1
 MODE="${TENANTD_KERNEL:-vm}"
 case "$MODE" in vm | host | none) ;; *) echo "TENANTD_KERNEL must be vm, host or none" >&2; exit 2 ;; esac
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -43,6 +46,17 @@ summary() {
     banner "SUMMARY (TENANTD_KERNEL=$MODE, $(($(date +%s) - T_START)) s total)"
     printf '%s\n' "${SUMMARY[@]}"
     if [ "$FAILED" = 0 ]; then echo "RESULT: PASS"; else echo "RESULT: FAIL"; fi
+    # One closing line with the test counts of every runner above (host and VM).
+    python3 - "$LOG" <<'PY'
+import re, sys
+text = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[1], errors="replace").read())
+passed = failed = 0
+for m in re.finditer(r"\d+ tests? run: (\d+) passed(?:[^\n]*?(\d+) failed)?", text):
+    passed += int(m.group(1)); failed += int(m.group(2) or 0)
+for m in re.finditer(r"test result: \w+\. (\d+) passed; (\d+) failed", text):
+    passed += int(m.group(1)); failed += int(m.group(2))
+print(f"tests: {passed} passed, {failed} failed")
+PY
 }
 
 # ---------------------------------------------------------------- 1. host
