@@ -155,5 +155,8 @@ pub fn tenant(t: &Value) -> String {
     ];
     out += "\n";
     out += &table(&["SLA", "SPEC", "KERNEL NOW"], &rows);
+    for n in t["not_applied"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        out += &format!("not applied on this host: {}: {}\n", num(&n["setting"]), num(&n["why"]));
+    }
     out
 }

@@ -72,6 +72,8 @@ pub struct TenantView {
     /// The values read from the kernel now; `None` when the directory is missing.
     pub effective: Option<Settings>,
     pub effective_error: Option<String>,
+    /// Settings of the plan this host cannot apply (cgroup v1), each with the reason.
+    pub not_applied: Vec<crate::cgroup::NotApplied>,
     pub procs: usize,
 }
 
@@ -472,6 +474,7 @@ fn view(
         name: name.clone(),
         stored,
         cgroup: b.path_of(&dir),
+        not_applied: plans.get(name).map(|p| b.not_applied(&p.tenant)).unwrap_or_default(),
         planned: plans.get(name).cloned().unwrap_or(TenantPlan {
             tenant: Settings::default(),
             leaf: Settings::default(),
