@@ -128,14 +128,16 @@ pub enum ProcsCmd {
 pub fn parse_apply_file(path: &std::path::Path) -> Result<Vec<(String, Value)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let is_json =
-        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with(['{', '[']);
-    let doc: Value = if is_json {
-        serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?
-    } else {
-        toml::from_str(&text)
-            .map_err(|e| format!("{}: not valid TOML: {}", path.display(), e.message()))?
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let as_json = || serde_json::from_str::<Value>(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()));
+    let as_toml = || {
+        toml::from_str::<Value>(&text).map_err(|e| format!("{}: not valid TOML: {}", path.display(), e.message().trim()))
+    };
+    // By extension; otherwise JSON if it parses as JSON, else TOML (`[[tenant]]` starts with '[').
+    let doc = match ext {
+        "json" => as_json()?,
+        "toml" => as_toml()?,
+        _ => as_json().or_else(|_| as_toml())?,
     };
     let items: Vec<Value> = match doc {
         Value::Array(a) => a,
