@@ -387,7 +387,8 @@ impl StatsReader {
     }
 
     /// Reads every file once. `Ok(None)` when the cgroup vanished (its open files answer
-    /// ENODEV once it is removed); the caller drops this reader and opens the path again.
+    /// ENODEV once it is removed) or the path now names another directory; the caller drops
+    /// this reader and opens the path again.
     pub fn sample(&mut self, buf: &mut Vec<u8>) -> Result<Option<Sample>> {
         let mut stats = CgroupStats::default();
         for (i, f) in self.files.iter().enumerate() {
@@ -411,10 +412,21 @@ impl StatsReader {
                 source,
             })?;
         }
-        Ok(Some(Sample {
-            ino: self.ino,
-            stats,
-        }))
+        // Files held open on an ordinary filesystem stay readable after their directory is
+        // removed, and a cgroup may be recreated under the same name between two reads: the
+        // directory must still be the one the files were opened in (one stat per sample).
+        match std::fs::metadata(&self.dir) {
+            Ok(m) if m.ino() == self.ino => Ok(Some(Sample {
+                ino: self.ino,
+                stats,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(source) => Err(CgroupError::Read {
+                path: self.dir.clone(),
+                source,
+            }),
+        }
     }
 }
 
@@ -599,6 +611,25 @@ mod tests {
             .unwrap();
         assert_eq!(s.stats.cpu.usage_usec, Some(1));
         assert_eq!(s.stats.memory_peak, None);
+    }
+
+    #[test]
+    fn a_recreated_directory_is_sampled_with_its_new_inode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for (d, usage) in [(&a, 10), (&b, 3)] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("cpu.stat"), format!("usage_usec {usage}\n")).unwrap();
+        }
+        let mut buf = Vec::new();
+        let mut slot = None;
+        let first = sample_dir(&mut slot, &a, &mut buf).unwrap().unwrap();
+        // "a" is deleted and a new cgroup takes its name (b renamed over it: a new inode).
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::rename(&b, &a).unwrap();
+        let second = sample_dir(&mut slot, &a, &mut buf).unwrap().unwrap();
+        assert_ne!(first.ino, second.ino);
+        assert_eq!(second.stats.cpu.usage_usec, Some(3));
     }
 
     #[test]
