@@ -193,4 +193,109 @@ mod tests {
             422
         );
     }
+
+    /// `router(state).oneshot(request)`: both routes, their content types and problem+json.
+    #[tokio::test]
+    async fn routes_answer_with_the_right_types() {
+        use crate::api::{auth::Tokens, router};
+        use crate::domain::tenant::{Capacity, TenantSpec};
+        use crate::engine::{EngineConfig, Governor};
+        use crate::store::{NewEvent, Store, UsageRow};
+        use axum::body::Body;
+        use axum::http::Request;
+        use http_body_util::BodyExt;
+        use std::sync::Arc;
+        use tower::ServiceExt;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("t.db")).await.unwrap();
+        let ev = NewEvent {
+            ts_ms: 0,
+            tenant: Some("web".into()),
+            kind: "tenant_created".into(),
+            actor: None,
+            detail: serde_json::json!({}),
+        };
+        store
+            .put_tenant(
+                &TenantName::parse("web").unwrap(),
+                &TenantSpec::default(),
+                0,
+                ev,
+            )
+            .await
+            .unwrap();
+        let now = now_ms();
+        let mut row = UsageRow {
+            tenant: "web".into(),
+            ts_ms: now - 5_000,
+            interval_ms: Some(1000),
+            ..Default::default()
+        };
+        row.rates[0] = Some(0.75);
+        store.add_usage(&[row]).await.unwrap();
+        let backend = Arc::new(crate::cgroup::v2::V2::new(
+            tmp.path(),
+            tmp.path().join("root"),
+            "/sys",
+        ));
+        let cfg = EngineConfig {
+            params: Default::default(),
+            memory_reserve_bytes: 0,
+            daemon_cpu_weight: 100,
+            daemon_memory_min_bytes: 0,
+            proc_root: "/proc".into(),
+        };
+        let gov = Governor::new(
+            backend,
+            store,
+            cfg,
+            Capacity {
+                cpus: 2.0,
+                memory_bytes: 1 << 30,
+                memory_reserve_bytes: 0,
+            },
+        );
+        let state = AppState {
+            gov,
+            tokens: Arc::new(Tokens::open()),
+            max_body_bytes: 1 << 20,
+            request_timeout: std::time::Duration::from_secs(5),
+            metrics: crate::metrics::Metrics::new(),
+            usage_retention: Default::default(),
+        };
+        let get = |uri: &str| {
+            let app = router(state.clone());
+            let req = Request::get(uri).body(Body::empty()).unwrap();
+            async move {
+                let resp = app.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let ct = resp
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .map(|v| v.to_str().unwrap().to_string());
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, ct, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        let (status, ct, body) = get("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ct.as_deref(), Some(crate::metrics::CONTENT_TYPE));
+        assert!(body.ends_with("# EOF\n"), "{body}");
+
+        let (status, _, body) = get("/v1/tenants/web/usage?from=1m&step=10s").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["level"], "raw");
+        assert_eq!(v["step_s"], 10);
+        assert_eq!(v["points"][0]["cpu_cores_mean"], 0.75);
+
+        let (status, ct, body) = get("/v1/tenants/nope/usage").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(ct.as_deref(), Some("application/problem+json"));
+        assert!(body.contains("does not exist"));
+        let (status, _, body) = get("/v1/tenants/web/usage?step=fast").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(body.contains("\"field\":\"step\""), "{body}");
+    }
 }
