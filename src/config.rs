@@ -1,6 +1,7 @@
 //! Configuration: a TOML file, then `TENANTD_*` environment variables, then flags, merged
 //! into one validated `Config`. Validation needs no syscalls; paths are resolved at start.
 
+use crate::cgroup::CgroupVersion;
 use crate::domain::units::Bytes;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -15,11 +16,17 @@ pub const DEFAULT_CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// The config file's shape; every key optional. Durations in seconds.
@@ -30,6 +37,8 @@ pub struct FileConfig {
     pub db: Option<PathBuf>,
     pub cgroup_mount: Option<PathBuf>,
     pub cgroup_root: Option<PathBuf>,
+    /// "auto" (default), "v2" or "v1".
+    pub cgroup_version: Option<CgroupVersion>,
     pub token_file: Option<PathBuf>,
     pub reconcile_interval_s: Option<f64>,
     pub best_effort_weight: Option<u32>,
@@ -56,8 +65,11 @@ pub struct Config {
     pub db: PathBuf,
     /// The cgroup2 mount point.
     pub cgroup_mount: PathBuf,
-    /// The governor's own root: every tenant lives below it.
+    /// The governor's own root: every tenant lives below it. On cgroup v1 a configured root is
+    /// the path inside every hierarchy (`/tenantd` is `/sys/fs/cgroup/cpu/tenantd`, ...).
     pub cgroup_root: PathBuf,
+    /// Which cgroup version to drive; `auto` detects it at start.
+    pub cgroup_version: CgroupVersion,
     pub token_file: Option<PathBuf>,
     pub reconcile_interval: Duration,
     pub best_effort_weight: u32,
@@ -91,29 +103,39 @@ impl FileConfig {
             db: self.db.or(other.db),
             cgroup_mount: self.cgroup_mount.or(other.cgroup_mount),
             cgroup_root: self.cgroup_root.or(other.cgroup_root),
+            cgroup_version: self.cgroup_version.or(other.cgroup_version),
             token_file: self.token_file.or(other.token_file),
             reconcile_interval_s: self.reconcile_interval_s.or(other.reconcile_interval_s),
             best_effort_weight: self.best_effort_weight.or(other.best_effort_weight),
             memory_reserve_bytes: self.memory_reserve_bytes.or(other.memory_reserve_bytes),
             daemon_cpu_weight: self.daemon_cpu_weight.or(other.daemon_cpu_weight),
-            daemon_memory_min_bytes: self.daemon_memory_min_bytes.or(other.daemon_memory_min_bytes),
+            daemon_memory_min_bytes: self
+                .daemon_memory_min_bytes
+                .or(other.daemon_memory_min_bytes),
             move_self: self.move_self.or(other.move_self),
             request_timeout_s: self.request_timeout_s.or(other.request_timeout_s),
             max_body_bytes: self.max_body_bytes.or(other.max_body_bytes),
             sample_interval_s: self.sample_interval_s.or(other.sample_interval_s),
             usage_raw_retention_h: self.usage_raw_retention_h.or(other.usage_raw_retention_h),
-            usage_minute_retention_d: self.usage_minute_retention_d.or(other.usage_minute_retention_d),
+            usage_minute_retention_d: self
+                .usage_minute_retention_d
+                .or(other.usage_minute_retention_d),
             usage_hour_retention_d: self.usage_hour_retention_d.or(other.usage_hour_retention_d),
         }
     }
 
     /// Validates and applies defaults. `default_root` is where tenants go when no root is
     /// configured (the delegated subtree the daemon runs in, or `<mount>/tenantd`).
-    pub fn resolve(self, default_root: impl FnOnce(&Path) -> PathBuf) -> Result<Config, ConfigError> {
+    pub fn resolve(
+        self,
+        default_root: impl FnOnce(&Path) -> PathBuf,
+    ) -> Result<Config, ConfigError> {
         let listen_s = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_s.parse().map_err(|_| ConfigError::Invalid {
             field: "listen",
-            message: format!("'{listen_s}' is not an address: use IP:PORT such as {DEFAULT_LISTEN}"),
+            message: format!(
+                "'{listen_s}' is not an address: use IP:PORT such as {DEFAULT_LISTEN}"
+            ),
         })?;
         if self.token_file.is_none() && !listen.ip().is_loopback() {
             return Err(ConfigError::Invalid {
@@ -123,7 +145,11 @@ impl FileConfig {
                 ),
             });
         }
-        let secs = |field: &'static str, v: Option<f64>, default: f64, min: f64| -> Result<Duration, ConfigError> {
+        let secs = |field: &'static str,
+                    v: Option<f64>,
+                    default: f64,
+                    min: f64|
+         -> Result<Duration, ConfigError> {
             let v = v.unwrap_or(default);
             if !(v.is_finite() && v >= min && v <= 86_400.0) {
                 return Err(ConfigError::Invalid {
@@ -133,17 +159,20 @@ impl FileConfig {
             }
             Ok(Duration::from_secs_f64(v))
         };
-        let weight = |field: &'static str, v: Option<u32>, default: u32| -> Result<u32, ConfigError> {
-            let v = v.unwrap_or(default);
-            if !(1..=10_000).contains(&v) {
-                return Err(ConfigError::Invalid {
-                    field,
-                    message: format!("{v} is out of range: cgroup weights are 1 to 10000"),
-                });
-            }
-            Ok(v)
-        };
-        let mount = self.cgroup_mount.unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_MOUNT));
+        let weight =
+            |field: &'static str, v: Option<u32>, default: u32| -> Result<u32, ConfigError> {
+                let v = v.unwrap_or(default);
+                if !(1..=10_000).contains(&v) {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        message: format!("{v} is out of range: cgroup weights are 1 to 10000"),
+                    });
+                }
+                Ok(v)
+            };
+        let mount = self
+            .cgroup_mount
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_MOUNT));
         let root = match self.cgroup_root {
             Some(r) => r,
             None => default_root(&mount),
@@ -154,13 +183,20 @@ impl FileConfig {
                 message: format!("'{}' must be an absolute path", root.display()),
             });
         }
-        if root.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if root
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(ConfigError::Invalid {
                 field: "cgroup_root",
                 message: format!("'{}' may not contain '..'", root.display()),
             });
         }
-        let keep = |field: &'static str, v: Option<f64>, default: f64, unit_ms: f64| -> Result<i64, ConfigError> {
+        let keep = |field: &'static str,
+                    v: Option<f64>,
+                    default: f64,
+                    unit_ms: f64|
+         -> Result<i64, ConfigError> {
             let v = v.unwrap_or(default);
             if !(v.is_finite() && v > 0.0 && v <= 36_500.0) {
                 return Err(ConfigError::Invalid {
@@ -171,9 +207,24 @@ impl FileConfig {
             Ok((v * unit_ms) as i64)
         };
         let usage_retention = crate::store::Retention {
-            raw_ms: keep("usage_raw_retention_h", self.usage_raw_retention_h, 48.0, 3_600_000.0)?,
-            minute_ms: keep("usage_minute_retention_d", self.usage_minute_retention_d, 30.0, 86_400_000.0)?,
-            hour_ms: keep("usage_hour_retention_d", self.usage_hour_retention_d, 400.0, 86_400_000.0)?,
+            raw_ms: keep(
+                "usage_raw_retention_h",
+                self.usage_raw_retention_h,
+                48.0,
+                3_600_000.0,
+            )?,
+            minute_ms: keep(
+                "usage_minute_retention_d",
+                self.usage_minute_retention_d,
+                30.0,
+                86_400_000.0,
+            )?,
+            hour_ms: keep(
+                "usage_hour_retention_d",
+                self.usage_hour_retention_d,
+                400.0,
+                86_400_000.0,
+            )?,
         };
         Ok(Config {
             sample_interval: secs("sample_interval_s", self.sample_interval_s, 1.0, 0.1)?,
@@ -182,12 +233,16 @@ impl FileConfig {
             db: self.db.unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
             cgroup_mount: mount,
             cgroup_root: root,
+            cgroup_version: self.cgroup_version.unwrap_or_default(),
             token_file: self.token_file,
             reconcile_interval: secs("reconcile_interval_s", self.reconcile_interval_s, 30.0, 0.1)?,
             best_effort_weight: weight("best_effort_weight", self.best_effort_weight, 1)?,
             memory_reserve_bytes: self.memory_reserve_bytes.map(|b| b.0).unwrap_or(512 << 20),
             daemon_cpu_weight: weight("daemon_cpu_weight", self.daemon_cpu_weight, 500)?,
-            daemon_memory_min_bytes: self.daemon_memory_min_bytes.map(|b| b.0).unwrap_or(64 << 20),
+            daemon_memory_min_bytes: self
+                .daemon_memory_min_bytes
+                .map(|b| b.0)
+                .unwrap_or(64 << 20),
             move_self: self.move_self.unwrap_or(true),
             request_timeout: secs("request_timeout_s", self.request_timeout_s, 30.0, 0.1)?,
             max_body_bytes: self.max_body_bytes.map(|b| b.0 as usize).unwrap_or(1 << 20),
@@ -228,13 +283,30 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.db, PathBuf::from(DEFAULT_DB));
         assert_eq!(c.best_effort_weight, 1);
+        assert_eq!(c.cgroup_version, CgroupVersion::Auto);
+    }
+
+    #[test]
+    fn cgroup_version_from_the_file() {
+        let f: FileConfig = toml::from_str("cgroup_version = 'v1'").unwrap();
+        assert_eq!(f.resolve(root).unwrap().cgroup_version, CgroupVersion::V1);
     }
 
     #[test]
     fn flags_beat_env_beat_file() {
-        let file = FileConfig { listen: Some("127.0.0.1:1".into()), db: Some("/f.db".into()), ..Default::default() };
-        let env = FileConfig { listen: Some("127.0.0.1:2".into()), ..Default::default() };
-        let flags = FileConfig { db: Some("/flag.db".into()), ..Default::default() };
+        let file = FileConfig {
+            listen: Some("127.0.0.1:1".into()),
+            db: Some("/f.db".into()),
+            ..Default::default()
+        };
+        let env = FileConfig {
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let flags = FileConfig {
+            db: Some("/flag.db".into()),
+            ..Default::default()
+        };
         let c = flags.or(env).or(file).resolve(root).unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.db, PathBuf::from("/flag.db"));
@@ -242,12 +314,33 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = FileConfig { listen: Some("0.0.0.0:80".into()), ..Default::default() }.resolve(root).unwrap_err();
-        assert!(e.to_string().starts_with("listen: 0.0.0.0:80 is not a loopback address"), "{e}");
-        let e = FileConfig { best_effort_weight: Some(0), ..Default::default() }.resolve(root).unwrap_err();
+        let e = FileConfig {
+            listen: Some("0.0.0.0:80".into()),
+            ..Default::default()
+        }
+        .resolve(root)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("listen: 0.0.0.0:80 is not a loopback address"),
+            "{e}"
+        );
+        let e = FileConfig {
+            best_effort_weight: Some(0),
+            ..Default::default()
+        }
+        .resolve(root)
+        .unwrap_err();
         assert!(e.to_string().starts_with("best_effort_weight:"), "{e}");
-        let e = FileConfig { cgroup_root: Some("rel".into()), ..Default::default() }.resolve(root).unwrap_err();
+        let e = FileConfig {
+            cgroup_root: Some("rel".into()),
+            ..Default::default()
+        }
+        .resolve(root)
+        .unwrap_err();
         assert!(e.to_string().starts_with("cgroup_root:"), "{e}");
+        let e: Result<FileConfig, _> = toml::from_str("cgroup_version = 'v3'");
+        assert!(e.unwrap_err().message().contains("unknown variant"));
         let e: Result<FileConfig, _> = toml::from_str("listen_addr = 'x'");
         assert!(e.unwrap_err().message().contains("unknown field"));
     }

@@ -16,4 +16,5 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod metrics;
+pub mod report;
 pub mod store;

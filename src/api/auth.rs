@@ -4,7 +4,7 @@
 
 use super::error::Problem;
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::path::Path;
@@ -30,7 +30,11 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokens({} entries)", self.entries.as_ref().map_or(0, |e| e.len()))
+        write!(
+            f,
+            "Tokens({} entries)",
+            self.entries.as_ref().map_or(0, |e| e.len())
+        )
     }
 }
 
@@ -54,21 +58,32 @@ impl Tokens {
             let role = match role {
                 "admin" => Role::Admin,
                 "viewer" => Role::Viewer,
-                other => return Err(format!("line {}: role '{other}' is not 'admin' or 'viewer'", i + 1)),
+                other => {
+                    return Err(format!(
+                        "line {}: role '{other}' is not 'admin' or 'viewer'",
+                        i + 1
+                    ));
+                }
             };
             if token.len() < 16 {
-                return Err(format!("line {}: the token of '{name}' is shorter than 16 characters", i + 1));
+                return Err(format!(
+                    "line {}: the token of '{name}' is shorter than 16 characters",
+                    i + 1
+                ));
             }
             entries.push((name.to_string(), role, token.to_string()));
         }
         if entries.is_empty() {
             return Err("no tokens: add lines 'NAME admin|viewer TOKEN'".into());
         }
-        Ok(Tokens { entries: Some(entries) })
+        Ok(Tokens {
+            entries: Some(entries),
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
         Tokens::parse(&text).map_err(|e| format!("token file {}: {e}", path.display()))
     }
 
@@ -82,9 +97,16 @@ impl Tokens {
         let mut found = None;
         for (name, role, token) in entries {
             let same = token.len() == presented.len()
-                && token.bytes().zip(presented.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+                && token
+                    .bytes()
+                    .zip(presented.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
             if same {
-                found = Some(Caller { name: name.clone(), role: *role });
+                found = Some(Caller {
+                    name: name.clone(),
+                    role: *role,
+                });
             }
         }
         found
@@ -96,12 +118,19 @@ fn public(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/v1/openapi.json")
 }
 
-pub async fn authenticate(State(tokens): State<Arc<Tokens>>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(tokens): State<Arc<Tokens>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if public(req.uri().path()) {
         return next.run(req).await;
     }
     let caller = if tokens.is_open() {
-        Caller { name: "local".into(), role: Role::Admin }
+        Caller {
+            name: "local".into(),
+            role: Role::Admin,
+        }
     } else {
         let presented = req
             .headers()
@@ -117,7 +146,8 @@ pub async fn authenticate(State(tokens): State<Arc<Tokens>>, mut req: Request, n
                     "missing or unknown bearer token: send 'Authorization: Bearer TOKEN' with a token from the daemon's token file",
                 )
                 .into_response();
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
                 return r;
             }
         }
@@ -127,7 +157,10 @@ pub async fn authenticate(State(tokens): State<Arc<Tokens>>, mut req: Request, n
         return Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("token '{}' has the viewer role, which can only read: use an admin token", caller.name),
+            format!(
+                "token '{}' has the viewer role, which can only read: use an admin token",
+                caller.name
+            ),
         )
         .into_response();
     }
@@ -141,13 +174,27 @@ mod tests {
 
     #[test]
     fn token_file_format() {
-        let t = Tokens::parse("# ops\nalice admin 0123456789abcdef0123\nbob viewer fedcba9876543210fedc\n").unwrap();
+        let t = Tokens::parse(
+            "# ops\nalice admin 0123456789abcdef0123\nbob viewer fedcba9876543210fedc\n",
+        )
+        .unwrap();
         assert_eq!(t.find("0123456789abcdef0123").unwrap().role, Role::Admin);
         assert_eq!(t.find("fedcba9876543210fedc").unwrap().name, "bob");
         assert!(t.find("0123456789abcdef012").is_none());
-        assert!(Tokens::parse("alice root 0123456789abcdef0123").unwrap_err().contains("role 'root'"));
-        assert!(Tokens::parse("alice admin short").unwrap_err().contains("shorter than 16"));
+        assert!(
+            Tokens::parse("alice root 0123456789abcdef0123")
+                .unwrap_err()
+                .contains("role 'root'")
+        );
+        assert!(
+            Tokens::parse("alice admin short")
+                .unwrap_err()
+                .contains("shorter than 16")
+        );
         assert!(Tokens::parse("").is_err());
-        assert!(!format!("{t:?}").contains("0123"), "tokens never appear in debug output");
+        assert!(
+            !format!("{t:?}").contains("0123"),
+            "tokens never appear in debug output"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use crate::cgroup::CgroupError;
 use crate::domain::DomainError;
 use crate::engine::EngineError;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -57,7 +57,12 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -75,10 +80,15 @@ impl From<DomainError> for Problem {
 fn kernel(e: CgroupError) -> Problem {
     let detail = format!("{e}: {}", e_source(&e));
     match (&e, e.errno()) {
-        (CgroupError::Unsupported { .. }, _) => {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported-by-host", e.to_string())
-        }
-        (_, Some(libc::EINVAL) | Some(libc::ERANGE) | Some(libc::ENODEV) | Some(libc::EOPNOTSUPP)) => Problem::new(
+        (CgroupError::Unsupported { .. }, _) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported-by-host",
+            e.to_string(),
+        ),
+        (
+            _,
+            Some(libc::EINVAL) | Some(libc::ERANGE) | Some(libc::ENODEV) | Some(libc::EOPNOTSUPP),
+        ) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "kernel-refused",
             format!("the kernel refused the value, nothing was stored: {detail}"),
@@ -96,7 +106,9 @@ fn kernel(e: CgroupError) -> Problem {
 }
 
 fn e_source(e: &CgroupError) -> String {
-    std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default()
+    std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 impl From<EngineError> for Problem {
@@ -104,15 +116,21 @@ impl From<EngineError> for Problem {
         match e {
             EngineError::Domain(d) => d.into(),
             EngineError::Kernel { source } => kernel(source),
-            EngineError::NotFound(n) => {
-                Problem::new(StatusCode::NOT_FOUND, "not-found", format!("tenant '{n}' does not exist")).field("name")
-            }
+            EngineError::NotFound(n) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("tenant '{n}' does not exist"),
+            )
+            .field("name"),
             EngineError::Conflict { field, message } => {
                 Problem::new(StatusCode::CONFLICT, "conflict", message).field(field)
             }
             EngineError::BadPid { message, .. } => Problem::invalid("pid", message),
             e @ (EngineError::Store(_) | EngineError::Join(_)) => {
-                tracing::error!("{e}: {:?}", std::error::Error::source(&e).map(|s| s.to_string()));
+                tracing::error!(
+                    "{e}: {:?}",
+                    std::error::Error::source(&e).map(|s| s.to_string())
+                );
                 Problem::internal()
             }
         }

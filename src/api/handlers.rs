@@ -1,14 +1,14 @@
 //! Thin handlers: parse the request, call the engine, shape the answer.
 
+use super::AppState;
 use super::auth::Caller;
 use super::error::Problem;
-use super::json::{from_slice, JsonBody};
-use super::AppState;
+use super::json::{JsonBody, from_slice};
 use crate::domain::{TenantName, TenantSpec};
-use crate::engine::{now_ms, DeleteMode};
+use crate::engine::{DeleteMode, now_ms};
 use crate::store::EventFilter;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -27,7 +27,11 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(st): State<AppState>) -> Res<&'static str> {
     st.gov.store().tenants().await.map_err(|e| {
         tracing::warn!("readyz: {e}");
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "the database is not answering")
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "the database is not answering",
+        )
     })?;
     Ok("ready\n")
 }
@@ -37,14 +41,21 @@ pub async fn openapi() -> impl IntoResponse {
 }
 
 pub async fn not_found(uri: Uri) -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "not-found", format!("no such endpoint: {}; see /v1/openapi.json", uri.path()))
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!("no such endpoint: {}; see /v1/openapi.json", uri.path()),
+    )
 }
 
 pub async fn method_not_allowed(uri: Uri) -> Problem {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
-        format!("{} does not take this method; see /v1/openapi.json", uri.path()),
+        format!(
+            "{} does not take this method; see /v1/openapi.json",
+            uri.path()
+        ),
     )
 }
 
@@ -65,7 +76,10 @@ pub async fn list(State(st): State<AppState>) -> Res<impl IntoResponse> {
     Ok(Json(st.gov.list().await?))
 }
 
-pub async fn get_tenant(State(st): State<AppState>, Path(n): Path<String>) -> Res<impl IntoResponse> {
+pub async fn get_tenant(
+    State(st): State<AppState>,
+    Path(n): Path<String>,
+) -> Res<impl IntoResponse> {
     Ok(Json(st.gov.get(&name(&n)?).await?))
 }
 
@@ -77,7 +91,14 @@ pub async fn put_tenant(
 ) -> Res<impl IntoResponse> {
     let n = name(&n)?;
     let (view, created) = st.gov.put(&n, spec, &caller.name).await?;
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(view),
+    ))
 }
 
 /// RFC 7396 JSON merge patch: objects merge, `null` removes, anything else replaces.
@@ -104,7 +125,10 @@ pub async fn patch_tenant(
 ) -> Res<impl IntoResponse> {
     let n = name(&n)?;
     if !patch.is_object() {
-        return Err(Problem::invalid("body", "a merge patch must be a JSON object"));
+        return Err(Problem::invalid(
+            "body",
+            "a merge patch must be a JSON object",
+        ));
     }
     let current = st.gov.get(&n).await?;
     let mut doc = serde_json::to_value(&current.stored.spec).map_err(|_| Problem::internal())?;
@@ -123,25 +147,44 @@ pub async fn delete_tenant(
     let n = name(&n)?;
     for k in q.keys() {
         if k != "kill" && k != "move_to" {
-            return Err(Problem::invalid(k, format!("unknown query parameter '{k}': use kill=true or move_to=TENANT")));
+            return Err(Problem::invalid(
+                k,
+                format!("unknown query parameter '{k}': use kill=true or move_to=TENANT"),
+            ));
         }
     }
     let kill = match q.get("kill").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
-        Some(v) => return Err(Problem::invalid("kill", format!("'{v}' is not true or false"))),
+        Some(v) => {
+            return Err(Problem::invalid(
+                "kill",
+                format!("'{v}' is not true or false"),
+            ));
+        }
     };
     let mode = match (kill, q.get("move_to")) {
-        (true, Some(_)) => return Err(Problem::invalid("move_to", "use either kill=true or move_to, not both")),
+        (true, Some(_)) => {
+            return Err(Problem::invalid(
+                "move_to",
+                "use either kill=true or move_to, not both",
+            ));
+        }
         (true, None) => DeleteMode::Kill,
-        (false, Some(t)) => DeleteMode::MoveTo(TenantName::parse(t).map_err(|e| Problem::invalid("move_to", e.message().to_string()))?),
+        (false, Some(t)) => DeleteMode::MoveTo(
+            TenantName::parse(t)
+                .map_err(|e| Problem::invalid("move_to", e.message().to_string()))?,
+        ),
         (false, None) => DeleteMode::Refuse,
     };
     st.gov.delete(&n, mode, &caller.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn list_procs(State(st): State<AppState>, Path(n): Path<String>) -> Res<impl IntoResponse> {
+pub async fn list_procs(
+    State(st): State<AppState>,
+    Path(n): Path<String>,
+) -> Res<impl IntoResponse> {
     Ok(Json(st.gov.procs(&name(&n)?).await?))
 }
 
@@ -159,7 +202,10 @@ pub async fn add_proc(
 ) -> Res<impl IntoResponse> {
     let n = name(&n)?;
     st.gov.attach(&n, body.pid, &caller.name).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({"tenant": n, "pid": body.pid}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"tenant": n, "pid": body.pid})),
+    ))
 }
 
 pub async fn reconcile(State(st): State<AppState>) -> Res<impl IntoResponse> {
@@ -183,15 +229,26 @@ pub fn parse_since(s: &str, now: i64) -> Option<i64> {
     Some(now - n * mult)
 }
 
-pub async fn events(State(st): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Res<impl IntoResponse> {
-    let mut f = EventFilter { limit: 1000, ..Default::default() };
+pub async fn events(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Res<impl IntoResponse> {
+    let mut f = EventFilter {
+        limit: 1000,
+        ..Default::default()
+    };
     for (k, v) in q {
         match k.as_str() {
             "tenant" => f.tenant = Some(name(&v)?.to_string()),
             "kind" => f.kind = Some(v),
             "since" => {
                 f.since_ms = Some(parse_since(&v, now_ms()).ok_or_else(|| {
-                    Problem::invalid("since", format!("'{v}' is neither Unix milliseconds nor a duration like 15m, 2h, 7d"))
+                    Problem::invalid(
+                        "since",
+                        format!(
+                            "'{v}' is neither Unix milliseconds nor a duration like 15m, 2h, 7d"
+                        ),
+                    )
                 })?)
             }
             "limit" => {
@@ -199,11 +256,23 @@ pub async fn events(State(st): State<AppState>, Query(q): Query<HashMap<String, 
                     .parse()
                     .ok()
                     .filter(|l| (1..=100_000).contains(l))
-                    .ok_or_else(|| Problem::invalid("limit", format!("'{v}' is not a number from 1 to 100000")))?
+                    .ok_or_else(|| {
+                        Problem::invalid("limit", format!("'{v}' is not a number from 1 to 100000"))
+                    })?
             }
-            other => return Err(Problem::invalid(other, format!("unknown query parameter '{other}': use tenant, kind, since, limit"))),
+            other => {
+                return Err(Problem::invalid(
+                    other,
+                    format!("unknown query parameter '{other}': use tenant, kind, since, limit"),
+                ));
+            }
         }
     }
-    let ev = st.gov.store().events(&f).await.map_err(|e| Problem::from(crate::engine::EngineError::from(e)))?;
+    let ev = st
+        .gov
+        .store()
+        .events(&f)
+        .await
+        .map_err(|e| Problem::from(crate::engine::EngineError::from(e)))?;
     Ok(Json(ev))
 }

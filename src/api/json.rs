@@ -3,7 +3,7 @@
 use super::error::Problem;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
 /// Like `axum::Json`, but errors say which field is wrong, as problem+json.
@@ -17,11 +17,15 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         let inner = e.into_inner();
         use serde_json::error::Category;
         match inner.classify() {
-            Category::Syntax | Category::Eof | Category::Io => Problem::bad_request(format!(
-                "the body is not valid JSON: {inner}"
-            )),
+            Category::Syntax | Category::Eof | Category::Io => {
+                Problem::bad_request(format!("the body is not valid JSON: {inner}"))
+            }
             Category::Data => {
-                let field = if path == "." { "body".to_string() } else { path };
+                let field = if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
                 let msg = inner.to_string();
                 // serde_json appends " at line L column C"; keep the message, it helps.
                 Problem::invalid(&field, format!("{field}: {msg}"))
@@ -41,7 +45,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .unwrap_or("")
             .to_string();
         let essence = ct.split(';').next().unwrap_or("").trim();
-        if !(essence == "application/json" || essence == "application/merge-patch+json" || essence.ends_with("+json")) {
+        if !(essence == "application/json"
+            || essence == "application/merge-patch+json"
+            || essence.ends_with("+json"))
+        {
             return Err(Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -50,7 +57,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "the body is larger than the daemon accepts (max_body_bytes)")
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    "the body is larger than the daemon accepts (max_body_bytes)",
+                )
             } else {
                 Problem::bad_request(format!("cannot read the body: {e}"))
             }

@@ -9,8 +9,8 @@ mod usage;
 
 use crate::engine::Governor;
 use auth::Tokens;
-use axum::routing::get;
 use axum::Router;
+use axum::routing::get;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -68,14 +68,20 @@ pub fn router(state: AppState) -> Router {
                 .patch(handlers::patch_tenant)
                 .delete(handlers::delete_tenant),
         )
-        .route("/v1/tenants/{name}/procs", get(handlers::list_procs).post(handlers::add_proc))
+        .route(
+            "/v1/tenants/{name}/procs",
+            get(handlers::list_procs).post(handlers::add_proc),
+        )
         .route("/v1/reconcile", post(handlers::reconcile))
         .route("/v1/events", get(handlers::events))
         .route("/v1/tenants/{name}/usage", get(usage::usage))
         .route("/metrics", get(usage::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(tokens, auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::authenticate,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -85,7 +91,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

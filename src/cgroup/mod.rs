@@ -8,6 +8,8 @@
 
 pub mod parse;
 pub mod stats;
+pub mod v1;
+pub mod v1_parse;
 pub mod v2;
 
 use crate::domain::plan::Settings;
@@ -145,7 +147,10 @@ impl CgroupError {
 
     /// True when the cgroup or process went away under us (ENOENT, ENODEV, ESRCH).
     pub fn is_gone(&self) -> bool {
-        matches!(self.errno(), Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH))
+        matches!(
+            self.errno(),
+            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH)
+        )
     }
 }
 
@@ -213,6 +218,130 @@ pub trait Backend: Send + Sync + 'static {
     fn exists(&self, dir: &CgroupPath) -> bool;
     /// The absolute directory of `dir`, for messages and for the usage sampler.
     fn path_of(&self, dir: &CgroupPath) -> PathBuf;
+    /// Settings of `want` this backend leaves unset on this host (they differ from the kernel
+    /// default and have no equivalent here), each with the reason. `apply` skips them.
+    fn not_applied(&self, _want: &Settings) -> Vec<NotApplied> {
+        Vec::new()
+    }
+}
+
+/// A setting a backend cannot apply on this host, reported rather than refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotApplied {
+    /// The `Settings` field, e.g. "memory_high_bytes".
+    pub setting: String,
+    pub why: String,
+}
+
+/// Which cgroup version to drive: `auto` detects it (see `detect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    #[default]
+    Auto,
+    V2,
+    V1,
+}
+
+impl std::fmt::Display for CgroupVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupVersion::Auto => "auto",
+            CgroupVersion::V2 => "v2",
+            CgroupVersion::V1 => "v1",
+        })
+    }
+}
+
+/// The backend `detect` chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detected {
+    V2,
+    V1(Box<v1::V1Hierarchies>),
+}
+
+/// What the host offers, as `choose` needs it: the controllers of the cgroup2 mount at the
+/// configured mount point (`None` when no cgroup2 is mounted there) and the v1 hierarchies.
+#[derive(Debug, Clone, Default)]
+pub struct HostMounts {
+    pub v2_controllers: Option<Vec<String>>,
+    pub v1: v1::V1Hierarchies,
+}
+
+impl HostMounts {
+    /// Reads `<proc>/self/mountinfo`, `<proc>/self/cgroup` and `<mount>/cgroup.controllers`.
+    pub fn detect(mount: &Path, proc_root: &Path) -> Result<HostMounts> {
+        let mi_path = proc_root.join("self/mountinfo");
+        let mi = std::fs::read_to_string(&mi_path).map_err(|source| CgroupError::Read {
+            path: mi_path.clone(),
+            source,
+        })?;
+        let mounts = v1_parse::cgroup_mounts(&mi).map_err(|source| CgroupError::Parse {
+            path: mi_path,
+            source,
+        })?;
+        let v2_here = mounts.iter().any(|m| m.v2 && m.mount_point == mount);
+        let v2_controllers = if v2_here {
+            let p = mount.join("cgroup.controllers");
+            Some(parse::controllers(
+                &std::fs::read_to_string(&p)
+                    .map_err(|source| CgroupError::Read { path: p, source })?,
+            ))
+        } else {
+            None
+        };
+        Ok(HostMounts {
+            v2_controllers,
+            v1: v1::V1Hierarchies::detect(proc_root)?,
+        })
+    }
+}
+
+/// Picks the backend: v2 when the cgroup2 mount at the configured mount point has the cpu and
+/// memory controllers, else v1 when its cpu and memory hierarchies are mounted. A hybrid
+/// host's controller-less cgroup2 mount (/sys/fs/cgroup/unified) is never used for control.
+/// `choice` forces a version, and is refused when the host cannot deliver it.
+pub fn choose(choice: CgroupVersion, host: &HostMounts, mount: &Path) -> Result<Detected> {
+    let v2_ok = host
+        .v2_controllers
+        .as_ref()
+        .is_some_and(|c| ["cpu", "memory"].iter().all(|w| c.iter().any(|x| x == w)));
+    let v2_why = || match &host.v2_controllers {
+        None => format!("no cgroup2 filesystem is mounted at {}", mount.display()),
+        Some(c) => format!(
+            "the cgroup2 mount at {} has controllers [{}], not cpu and memory (a hybrid host: they are bound to v1 hierarchies)",
+            mount.display(),
+            c.join(" ")
+        ),
+    };
+    let v1_why = || {
+        let missing: Vec<&str> = ["cpu", "memory"]
+            .into_iter()
+            .filter(|c| host.v1.get(c).is_none())
+            .collect();
+        format!(
+            "no cgroup v1 hierarchy is mounted for {} (see /proc/self/mountinfo)",
+            missing.join(" and ")
+        )
+    };
+    match choice {
+        CgroupVersion::V2 if v2_ok => Ok(Detected::V2),
+        CgroupVersion::V2 => Err(CgroupError::Unsupported {
+            what: "cgroup_version = \"v2\"".into(),
+            why: v2_why(),
+        }),
+        CgroupVersion::V1 if host.v1.usable() => Ok(Detected::V1(Box::new(host.v1.clone()))),
+        CgroupVersion::V1 => Err(CgroupError::Unsupported {
+            what: "cgroup_version = \"v1\"".into(),
+            why: v1_why(),
+        }),
+        CgroupVersion::Auto if v2_ok => Ok(Detected::V2),
+        CgroupVersion::Auto if host.v1.usable() => Ok(Detected::V1(Box::new(host.v1.clone()))),
+        CgroupVersion::Auto => Err(CgroupError::Unsupported {
+            what: "cgroups".into(),
+            why: format!("{}, and {}", v2_why(), v1_why()),
+        }),
+    }
 }
 
 /// The cgroup v2 path of a process, from /proc/PID/cgroup ("0::/a/b").
@@ -234,7 +363,88 @@ mod tests {
             assert!(CgroupPath::parse(bad).is_err(), "{bad}");
         }
         let p = CgroupPath::parse("a/b").unwrap();
-        assert_eq!(p.leaf().under(Path::new("/r")), PathBuf::from("/r/a/b/_procs"));
+        assert_eq!(
+            p.leaf().under(Path::new("/r")),
+            PathBuf::from("/r/a/b/_procs")
+        );
         assert_eq!(p.to_string(), "/a/b");
+    }
+
+    fn hybrid() -> HostMounts {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/cgroupfs/v1-host-6.18.44-fc-v657/proc"
+        );
+        let mi = std::fs::read_to_string(format!("{dir}/self-mountinfo")).unwrap();
+        let cg = std::fs::read_to_string(format!("{dir}/self-cgroup")).unwrap();
+        HostMounts {
+            // /sys/fs/cgroup is a tmpfs on this host; its cgroup2 mount is /sys/fs/cgroup/unified.
+            v2_controllers: None,
+            v1: v1::V1Hierarchies::from_proc(&mi, &cg).unwrap(),
+        }
+    }
+
+    #[test]
+    fn issue_7_hybrid_host_chooses_v1() {
+        let mount = Path::new("/sys/fs/cgroup");
+        let h = hybrid();
+        assert!(matches!(
+            choose(CgroupVersion::Auto, &h, mount).unwrap(),
+            Detected::V1(_)
+        ));
+        assert!(matches!(
+            choose(CgroupVersion::V1, &h, mount).unwrap(),
+            Detected::V1(_)
+        ));
+        let e = choose(CgroupVersion::V2, &h, mount)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no cgroup2 filesystem is mounted at /sys/fs/cgroup"),
+            "{e}"
+        );
+        // Pointing the mount at the controller-less unified hierarchy does not make it usable.
+        let unified = HostMounts {
+            v2_controllers: Some(vec![]),
+            ..hybrid()
+        };
+        let e = choose(
+            CgroupVersion::V2,
+            &unified,
+            Path::new("/sys/fs/cgroup/unified"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not cpu and memory"), "{e}");
+        assert!(matches!(
+            choose(CgroupVersion::Auto, &unified, mount).unwrap(),
+            Detected::V1(_)
+        ));
+    }
+
+    #[test]
+    fn pure_v2_host_chooses_v2() {
+        let v2 = HostMounts {
+            v2_controllers: Some(
+                ["cpuset", "cpu", "io", "memory", "pids"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            v1: v1::V1Hierarchies::default(),
+        };
+        let mount = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            choose(CgroupVersion::Auto, &v2, mount).unwrap(),
+            Detected::V2
+        );
+        let e = choose(CgroupVersion::V1, &v2, mount)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no cgroup v1 hierarchy is mounted for cpu and memory"),
+            "{e}"
+        );
+        let none = HostMounts::default();
+        assert!(choose(CgroupVersion::Auto, &none, mount).is_err());
     }
 }

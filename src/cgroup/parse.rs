@@ -26,7 +26,9 @@ pub fn flat_keyed(s: &str) -> Result<BTreeMap<String, u64>, ParseError> {
         let (Some(k), Some(v), None) = (it.next(), it.next(), it.next()) else {
             return Err(err("'KEY VALUE'", line));
         };
-        let v = v.parse().map_err(|_| err("'KEY <unsigned integer>'", line))?;
+        let v = v
+            .parse()
+            .map_err(|_| err("'KEY <unsigned integer>'", line))?;
         out.insert(k.to_string(), v);
     }
     Ok(out)
@@ -40,7 +42,9 @@ pub fn nested_keyed(s: &str) -> Result<BTreeMap<String, BTreeMap<String, String>
         let key = it.next().ok_or_else(|| err("a key", line))?;
         let mut inner = BTreeMap::new();
         for kv in it {
-            let (k, v) = kv.split_once('=').ok_or_else(|| err("'SUBKEY=VALUE'", kv))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| err("'SUBKEY=VALUE'", kv))?;
             inner.insert(k.to_string(), v.to_string());
         }
         out.insert(key.to_string(), inner);
@@ -61,7 +65,11 @@ pub fn single_u64(s: &str) -> Result<u64, ParseError> {
 /// cpu.max: "$MAX $PERIOD" -> (quota, period).
 pub fn cpu_max(s: &str) -> Result<(Limit, u64), ParseError> {
     let mut it = s.split_ascii_whitespace();
-    match (it.next().and_then(Limit::parse), it.next().and_then(|p| p.parse().ok()), it.next()) {
+    match (
+        it.next().and_then(Limit::parse),
+        it.next().and_then(|p| p.parse().ok()),
+        it.next(),
+    ) {
         (Some(q), Some(p), None) => Ok((q, p)),
         _ => Err(err("'max|QUOTA PERIOD'", s)),
     }
@@ -181,7 +189,12 @@ mod tests {
     fn flat_and_nested() {
         let m = flat_keyed("usage_usec 10\nuser_usec 7\n").unwrap();
         assert_eq!(m["usage_usec"], 10);
-        assert!(flat_keyed("usage_usec ten\n").unwrap_err().0.contains("usage_usec ten"));
+        assert!(
+            flat_keyed("usage_usec ten\n")
+                .unwrap_err()
+                .0
+                .contains("usage_usec ten")
+        );
         let n = nested_keyed("8:0 rbytes=1 wbytes=2\n").unwrap();
         assert_eq!(n["8:0"]["wbytes"], "2");
     }
@@ -192,7 +205,10 @@ mod tests {
         assert_eq!(limit("4096\n").unwrap(), Limit::Value(4096));
         assert!(limit("-1").is_err());
         assert_eq!(cpu_max("max 100000\n").unwrap(), (Limit::Max, 100000));
-        assert_eq!(cpu_max("50000 100000\n").unwrap(), (Limit::Value(50000), 100000));
+        assert_eq!(
+            cpu_max("50000 100000\n").unwrap(),
+            (Limit::Value(50000), 100000)
+        );
         assert!(cpu_max("50000").is_err());
     }
 
@@ -205,7 +221,13 @@ mod tests {
     #[test]
     fn io_max_lines() {
         let v = io_max("254:0 rbps=10485760 wbps=max riops=max wiops=100\n").unwrap();
-        assert_eq!(v[0].device, DevId { major: 254, minor: 0 });
+        assert_eq!(
+            v[0].device,
+            DevId {
+                major: 254,
+                minor: 0
+            }
+        );
         assert_eq!(v[0].rbps, Limit::Value(10485760));
         assert_eq!(v[0].wiops, Limit::Value(100));
         assert!(io_max("").unwrap().is_empty());
@@ -225,6 +247,12 @@ mod tests {
     #[test]
     fn iocost_devices() {
         let d = iocost_enabled("254:0 enable=1 ctrl=user rpct=95.00 rlat=5000 wpct=95.00 wlat=5000 min=1.00 max=10000.00\n8:0 enable=0 ctrl=auto rpct=0.00 rlat=0 wpct=0.00 wlat=0 min=0.00 max=0.00\n").unwrap();
-        assert_eq!(d, vec![DevId { major: 254, minor: 0 }]);
+        assert_eq!(
+            d,
+            vec![DevId {
+                major: 254,
+                minor: 0
+            }]
+        );
     }
 }

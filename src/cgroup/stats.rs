@@ -469,14 +469,14 @@ mod tests {
     #[test]
     fn cpu_stat_of_a_real_kernel() {
         let c = cpu_stat(&fixture("fixture/work/cpu.stat")).unwrap();
-        assert_eq!(c.usage_usec, Some(8367167));
-        assert_eq!(c.user_usec, Some(4980649));
-        assert_eq!(c.system_usec, Some(3386517));
+        assert_eq!(c.usage_usec, Some(25178281));
+        assert_eq!(c.user_usec, Some(8515936));
+        assert_eq!(c.system_usec, Some(16662345));
         assert_eq!(c.nr_throttled, Some(0));
         let t = cpu_stat(&fixture("fixture/throttled/cpu.stat")).unwrap();
         assert_eq!(
             (t.nr_periods, t.nr_throttled, t.throttled_usec),
-            (Some(38), Some(34), Some(2752271))
+            (Some(50), Some(42), Some(3090888))
         );
     }
 
@@ -495,27 +495,27 @@ mod tests {
         let m = memory_stat(&fixture("fixture/work/memory.stat")).unwrap();
         assert_eq!(
             (m.anon, m.file, m.inactive_file),
-            (Some(0), Some(106496), Some(65536))
+            (Some(0), Some(233472), Some(81920))
         );
         let e = memory_events(&fixture("fixture/work/memory.events")).unwrap();
         assert_eq!(
             (e.low, e.high, e.max, e.oom, e.oom_kill),
-            (Some(0), Some(0), Some(82), Some(1), Some(1))
+            (Some(0), Some(0), Some(80), Some(1), Some(1))
         );
         assert_eq!(
             single(&fixture("fixture/work/memory.current")).unwrap(),
-            155648
+            270336
         );
         assert_eq!(
             single(&fixture("fixture/work/memory.peak")).unwrap(),
             67108864
         );
         let s = CgroupStats {
-            memory_current: Some(155648),
+            memory_current: Some(270336),
             memory: m,
             ..Default::default()
         };
-        assert_eq!(s.working_set(), Some(155648 - 65536));
+        assert_eq!(s.working_set(), Some(270336 - 81920));
     }
 
     #[test]
@@ -552,13 +552,13 @@ mod tests {
         assert_eq!(io_stat(&fixture("root/io.stat")).unwrap()[0].rios, Some(11));
         assert_eq!(
             pids_events_max(&fixture("fixture/work/pids.events")).unwrap(),
-            Some(2)
+            Some(1)
         );
         assert_eq!(single(&fixture("fixture/work/pids.current")).unwrap(), 0);
         let p = pressure_totals(&fixture("fixture/work/cpu.pressure")).unwrap();
-        assert_eq!((p.some_usec, p.full_usec), (Some(749823), Some(55979)));
+        assert_eq!((p.some_usec, p.full_usec), (Some(5743277), Some(1198975)));
         let p = pressure_totals(&fixture("fixture/work/io.pressure")).unwrap();
-        assert_eq!(p.some_usec, Some(275968));
+        assert_eq!(p.some_usec, Some(88133));
         assert!(io_stat("").unwrap().is_empty());
     }
 
@@ -582,10 +582,10 @@ mod tests {
         let s = sample_dir(&mut slot, dir.path(), &mut buf)
             .unwrap()
             .unwrap();
-        assert_eq!(s.stats.cpu.usage_usec, Some(8367167));
+        assert_eq!(s.stats.cpu.usage_usec, Some(25178281));
         assert_eq!(s.stats.memory_events.oom_kill, Some(1));
-        assert_eq!(s.stats.pids_max_events, Some(2));
-        assert_eq!(s.stats.cpu_pressure.unwrap().full_usec, Some(55979));
+        assert_eq!(s.stats.pids_max_events, Some(1));
+        assert_eq!(s.stats.cpu_pressure.unwrap().full_usec, Some(1198975));
         assert_eq!(s.ino, std::fs::metadata(dir.path()).unwrap().ino());
         // The same open file, rewritten in place, is read again from offset 0.
         std::fs::write(dir.path().join("pids.current"), "7\n").unwrap();

@@ -2,7 +2,9 @@
 //! Documentation/admin-guide/cgroup-v2.rst.
 
 use super::parse;
-use super::{Backend, BlockDevice, CgroupError, CgroupPath, Change, HostCgroup, Result, DAEMON_LEAF, LEAF};
+use super::{
+    Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF, Result,
+};
 use crate::domain::plan::{IoMax, Limit, Settings};
 use crate::domain::tenant::DevId;
 use std::fs;
@@ -24,7 +26,11 @@ pub struct V2 {
 }
 
 impl V2 {
-    pub fn new(mount: impl Into<PathBuf>, root: impl Into<PathBuf>, sys: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        mount: impl Into<PathBuf>,
+        root: impl Into<PathBuf>,
+        sys: impl Into<PathBuf>,
+    ) -> Self {
         V2 {
             mount: mount.into(),
             root: root.into(),
@@ -52,7 +58,11 @@ impl V2 {
         })
     }
 
-    fn parsed<T>(&self, path: &Path, f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>) -> Result<T> {
+    fn parsed<T>(
+        &self,
+        path: &Path,
+        f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
+    ) -> Result<T> {
         let s = self.read_file(path)?;
         f(&s).map_err(|source| CgroupError::Parse {
             path: path.to_path_buf(),
@@ -61,7 +71,11 @@ impl V2 {
     }
 
     /// Reads a file that exists only when its controller is enabled; `None` when absent.
-    fn optional<T>(&self, path: &Path, f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>) -> Result<Option<T>> {
+    fn optional<T>(
+        &self,
+        path: &Path,
+        f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
+    ) -> Result<Option<T>> {
         match fs::read_to_string(path) {
             Ok(s) => f(&s).map(Some).map_err(|source| CgroupError::Parse {
                 path: path.to_path_buf(),
@@ -210,7 +224,10 @@ impl Backend for V2 {
         {
             return Err(CgroupError::Unsupported {
                 what: format!("cgroup root {}", self.root.display()),
-                why: format!("{} is not a cgroup v2 directory: create it or choose another --cgroup-root", parent.display()),
+                why: format!(
+                    "{} is not a cgroup v2 directory: create it or choose another --cgroup-root",
+                    parent.display()
+                ),
             });
         }
         self.mkdir(&self.root)?;
@@ -249,9 +266,15 @@ impl Backend for V2 {
             Ok(())
         };
         if have.cpu_weight != want.cpu_weight {
-            put("cpu.weight", have.cpu_weight.to_string(), want.cpu_weight.to_string())?;
+            put(
+                "cpu.weight",
+                have.cpu_weight.to_string(),
+                want.cpu_weight.to_string(),
+            )?;
         }
-        if (have.cpu_max_quota_us, have.cpu_max_period_us) != (want.cpu_max_quota_us, want.cpu_max_period_us) {
+        if (have.cpu_max_quota_us, have.cpu_max_period_us)
+            != (want.cpu_max_quota_us, want.cpu_max_period_us)
+        {
             put(
                 "cpu.max",
                 format!("{} {}", have.cpu_max_quota_us, have.cpu_max_period_us),
@@ -259,24 +282,48 @@ impl Backend for V2 {
             )?;
         }
         for (file, h, w) in [
-            ("memory.min", have.memory_min_bytes, self.pages(want.memory_min_bytes)),
-            ("memory.low", have.memory_low_bytes, self.pages(want.memory_low_bytes)),
+            (
+                "memory.min",
+                have.memory_min_bytes,
+                self.pages(want.memory_min_bytes),
+            ),
+            (
+                "memory.low",
+                have.memory_low_bytes,
+                self.pages(want.memory_low_bytes),
+            ),
         ] {
             if h != w {
                 put(file, h.to_string(), w.to_string())?;
             }
         }
         for (file, h, w) in [
-            ("memory.high", have.memory_high_bytes, self.page_limit(want.memory_high_bytes)),
-            ("memory.max", have.memory_max_bytes, self.page_limit(want.memory_max_bytes)),
-            ("memory.swap.max", have.memory_swap_max_bytes, self.page_limit(want.memory_swap_max_bytes)),
+            (
+                "memory.high",
+                have.memory_high_bytes,
+                self.page_limit(want.memory_high_bytes),
+            ),
+            (
+                "memory.max",
+                have.memory_max_bytes,
+                self.page_limit(want.memory_max_bytes),
+            ),
+            (
+                "memory.swap.max",
+                have.memory_swap_max_bytes,
+                self.page_limit(want.memory_swap_max_bytes),
+            ),
         ] {
             if h != w {
                 put(file, limit_text(h), limit_text(w))?;
             }
         }
         if have.io_weight != want.io_weight {
-            put("io.weight", format!("default {}", have.io_weight), format!("default {}", want.io_weight))?;
+            put(
+                "io.weight",
+                format!("default {}", have.io_weight),
+                format!("default {}", want.io_weight),
+            )?;
         }
         // io.max: write each wanted line that differs, and reset devices no longer limited.
         for w in &want.io_max {
@@ -285,7 +332,11 @@ impl Backend for V2 {
                 put("io.max", h.map(io_line).unwrap_or_default(), io_line(w))?;
             }
         }
-        for h in have.io_max.iter().filter(|h| !want.io_max.iter().any(|w| w.device == h.device)) {
+        for h in have
+            .io_max
+            .iter()
+            .filter(|h| !want.io_max.iter().any(|w| w.device == h.device))
+        {
             let reset = IoMax {
                 device: h.device,
                 rbps: Limit::Max,
@@ -296,7 +347,11 @@ impl Backend for V2 {
             put("io.max", io_line(h), io_line(&reset))?;
         }
         if have.pids_max != want.pids_max {
-            put("pids.max", limit_text(have.pids_max), limit_text(want.pids_max))?;
+            put(
+                "pids.max",
+                limit_text(have.pids_max),
+                limit_text(want.pids_max),
+            )?;
         }
         Ok(changes)
     }
@@ -315,22 +370,41 @@ impl Backend for V2 {
             .optional(&p.join("cpu.max"), parse::cpu_max)?
             .unwrap_or((d.cpu_max_quota_us, d.cpu_max_period_us));
         Ok(Settings {
-            cpu_weight: self.optional(&p.join("cpu.weight"), parse::weight)?.unwrap_or(d.cpu_weight),
+            cpu_weight: self
+                .optional(&p.join("cpu.weight"), parse::weight)?
+                .unwrap_or(d.cpu_weight),
             cpu_max_quota_us: q,
             cpu_max_period_us: period,
-            memory_min_bytes: self.optional(&p.join("memory.min"), parse::single_u64)?.unwrap_or(0),
-            memory_low_bytes: self.optional(&p.join("memory.low"), parse::single_u64)?.unwrap_or(0),
-            memory_high_bytes: self.optional(&p.join("memory.high"), parse::limit)?.unwrap_or(Limit::Max),
-            memory_max_bytes: self.optional(&p.join("memory.max"), parse::limit)?.unwrap_or(Limit::Max),
-            memory_swap_max_bytes: self.optional(&p.join("memory.swap.max"), parse::limit)?.unwrap_or(Limit::Max),
-            io_weight: self.optional(&p.join("io.weight"), parse::weight)?.unwrap_or(d.io_weight),
+            memory_min_bytes: self
+                .optional(&p.join("memory.min"), parse::single_u64)?
+                .unwrap_or(0),
+            memory_low_bytes: self
+                .optional(&p.join("memory.low"), parse::single_u64)?
+                .unwrap_or(0),
+            memory_high_bytes: self
+                .optional(&p.join("memory.high"), parse::limit)?
+                .unwrap_or(Limit::Max),
+            memory_max_bytes: self
+                .optional(&p.join("memory.max"), parse::limit)?
+                .unwrap_or(Limit::Max),
+            memory_swap_max_bytes: self
+                .optional(&p.join("memory.swap.max"), parse::limit)?
+                .unwrap_or(Limit::Max),
+            io_weight: self
+                .optional(&p.join("io.weight"), parse::weight)?
+                .unwrap_or(d.io_weight),
             io_max: self
                 .optional(&p.join("io.max"), parse::io_max)?
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|m| (m.rbps, m.wbps, m.riops, m.wiops) != (Limit::Max, Limit::Max, Limit::Max, Limit::Max))
+                .filter(|m| {
+                    (m.rbps, m.wbps, m.riops, m.wiops)
+                        != (Limit::Max, Limit::Max, Limit::Max, Limit::Max)
+                })
                 .collect(),
-            pids_max: self.optional(&p.join("pids.max"), parse::limit)?.unwrap_or(Limit::Max),
+            pids_max: self
+                .optional(&p.join("pids.max"), parse::limit)?
+                .unwrap_or(Limit::Max),
         })
     }
 
@@ -339,12 +413,18 @@ impl Backend for V2 {
     }
 
     fn populated(&self, dir: &CgroupPath) -> Result<bool> {
-        let ev = self.parsed(&dir.under(&self.root).join("cgroup.events"), parse::flat_keyed)?;
+        let ev = self.parsed(
+            &dir.under(&self.root).join("cgroup.events"),
+            parse::flat_keyed,
+        )?;
         Ok(ev.get("populated").copied().unwrap_or(0) == 1)
     }
 
     fn attach(&self, dir: &CgroupPath, pid: u32) -> Result<()> {
-        self.write_file(&dir.under(&self.root).join("cgroup.procs"), &pid.to_string())
+        self.write_file(
+            &dir.under(&self.root).join("cgroup.procs"),
+            &pid.to_string(),
+        )
     }
 
     fn kill(&self, dir: &CgroupPath) -> Result<()> {

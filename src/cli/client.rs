@@ -26,7 +26,12 @@ impl Client {
         }
     }
 
-    pub async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<T, ClientError> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -43,17 +48,27 @@ impl Client {
             ))
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError(format!("reading the answer from {url}: {e}")))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError(format!("reading the answer from {url}: {e}")))?;
         if !status.is_success() {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let detail = v["detail"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-            let field = v["field"].as_str().map(|f| format!(" [field: {f}]")).unwrap_or_default();
+            let detail = v["detail"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
+            let field = v["field"]
+                .as_str()
+                .map(|f| format!(" [field: {f}]"))
+                .unwrap_or_default();
             return Err(ClientError(format!("{} {detail}{field}", status.as_u16())));
         }
         if bytes.is_empty() {
             return serde_json::from_value(Value::Null).map_err(|e| ClientError(e.to_string()));
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError(format!("unexpected answer from {url}: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError(format!("unexpected answer from {url}: {e}")))
     }
 }
 

@@ -27,7 +27,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub fn pct(v: &Value) -> String {
-    v.as_f64().map(|p| format!("{p}%")).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|p| format!("{p}%"))
+        .unwrap_or_else(|| "-".into())
 }
 
 pub fn bytes(v: &Value) -> String {
@@ -70,7 +72,17 @@ pub fn tenants(list: &[Value]) -> String {
         })
         .collect();
     table(
-        &["NAME", "PARENT", "CPU GUARANTEE", "CPU LIMIT", "CPU.WEIGHT", "MEM GUARANTEE", "MEM LIMIT", "PIDS LIMIT", "PROCS"],
+        &[
+            "NAME",
+            "PARENT",
+            "CPU GUARANTEE",
+            "CPU LIMIT",
+            "CPU.WEIGHT",
+            "MEM GUARANTEE",
+            "MEM LIMIT",
+            "PIDS LIMIT",
+            "PROCS",
+        ],
         &rows,
     )
 }
@@ -89,14 +101,57 @@ pub fn tenant(t: &Value) -> String {
         out += &format!("kernel:      cannot read: {err}\n");
     }
     let rows = vec![
-        vec!["cpu guarantee".into(), pct(&s["cpu"]["guarantee_pct"]), format!("cpu.weight {}", num(&e["cpu_weight"]))],
-        vec!["cpu limit".into(), pct(&s["cpu"]["limit_pct"]), format!("cpu.max {} {} (us)", num(&e["cpu_max_quota_us"]), num(&e["cpu_max_period_us"]))],
-        vec!["memory guarantee".into(), bytes(&s["memory"]["guarantee_bytes"]), format!("memory.min {} / memory.low {}", bytes(&e["memory_min_bytes"]), bytes(&e["memory_low_bytes"]))],
-        vec!["memory high".into(), bytes(&s["memory"]["high_bytes"]), format!("memory.high {}", limit_bytes(&e["memory_high_bytes"]))],
-        vec!["memory limit".into(), bytes(&s["memory"]["limit_bytes"]), format!("memory.max {}", limit_bytes(&e["memory_max_bytes"]))],
-        vec!["swap limit".into(), bytes(&s["memory"]["swap_limit_bytes"]), format!("memory.swap.max {}", limit_bytes(&e["memory_swap_max_bytes"]))],
-        vec!["io guarantee".into(), pct(&s["io"]["guarantee_pct"]), format!("io.weight {}", num(&e["io_weight"]))],
-        vec!["pids limit".into(), num(&s["pids"]["limit"]), format!("pids.max {}", num(&e["pids_max"]))],
+        vec![
+            "cpu guarantee".into(),
+            pct(&s["cpu"]["guarantee_pct"]),
+            format!("cpu.weight {}", num(&e["cpu_weight"])),
+        ],
+        vec![
+            "cpu limit".into(),
+            pct(&s["cpu"]["limit_pct"]),
+            format!(
+                "cpu.max {} {} (us)",
+                num(&e["cpu_max_quota_us"]),
+                num(&e["cpu_max_period_us"])
+            ),
+        ],
+        vec![
+            "memory guarantee".into(),
+            bytes(&s["memory"]["guarantee_bytes"]),
+            format!(
+                "memory.min {} / memory.low {}",
+                bytes(&e["memory_min_bytes"]),
+                bytes(&e["memory_low_bytes"])
+            ),
+        ],
+        vec![
+            "memory high".into(),
+            bytes(&s["memory"]["high_bytes"]),
+            format!("memory.high {}", limit_bytes(&e["memory_high_bytes"])),
+        ],
+        vec![
+            "memory limit".into(),
+            bytes(&s["memory"]["limit_bytes"]),
+            format!("memory.max {}", limit_bytes(&e["memory_max_bytes"])),
+        ],
+        vec![
+            "swap limit".into(),
+            bytes(&s["memory"]["swap_limit_bytes"]),
+            format!(
+                "memory.swap.max {}",
+                limit_bytes(&e["memory_swap_max_bytes"])
+            ),
+        ],
+        vec![
+            "io guarantee".into(),
+            pct(&s["io"]["guarantee_pct"]),
+            format!("io.weight {}", num(&e["io_weight"])),
+        ],
+        vec![
+            "pids limit".into(),
+            num(&s["pids"]["limit"]),
+            format!("pids.max {}", num(&e["pids_max"])),
+        ],
     ];
     out += "\n";
     out += &table(&["SLA", "SPEC", "KERNEL NOW"], &rows);
@@ -119,8 +174,14 @@ pub fn usage(v: &Value) -> String {
                         f(&p["cpu_cores_mean"], 1.0, 3, " cores"),
                         f(&p["cpu_cores_max"], 1.0, 3, " cores"),
                         f(&p["cpu_throttled_cores_mean"], 1.0, 3, " cores"),
-                        p["memory_current_bytes_mean"].as_f64().map(|b| format_bytes(b as u64)).unwrap_or_else(|| "-".into()),
-                        p["memory_working_set_bytes_max"].as_f64().map(|b| format_bytes(b as u64)).unwrap_or_else(|| "-".into()),
+                        p["memory_current_bytes_mean"]
+                            .as_f64()
+                            .map(|b| format_bytes(b as u64))
+                            .unwrap_or_else(|| "-".into()),
+                        p["memory_working_set_bytes_max"]
+                            .as_f64()
+                            .map(|b| format_bytes(b as u64))
+                            .unwrap_or_else(|| "-".into()),
                         f(&p["io_read_bytes_per_s_mean"], 1.0, 0, " B/s"),
                         f(&p["io_write_bytes_per_s_mean"], 1.0, 0, " B/s"),
                         f(&p["memory_some_stall_ratio_mean"], 100.0, 1, "%"),
@@ -139,7 +200,19 @@ pub fn usage(v: &Value) -> String {
         num(&v["from_ms"]),
         num(&v["to_ms"]),
         table(
-            &["TIME (UNIX MS)", "CPU MEAN", "CPU MAX", "THROTTLED", "MEM MEAN", "WORKING SET MAX", "READ", "WRITE", "MEM STALL", "PIDS MAX", "OOM KILLS"],
+            &[
+                "TIME (UNIX MS)",
+                "CPU MEAN",
+                "CPU MAX",
+                "THROTTLED",
+                "MEM MEAN",
+                "WORKING SET MAX",
+                "READ",
+                "WRITE",
+                "MEM STALL",
+                "PIDS MAX",
+                "OOM KILLS"
+            ],
             &rows
         )
     )

@@ -8,12 +8,16 @@ pub mod serve;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::{Client, ClientError};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "tenantd", version, about = "Share a Linux host among tenants with cgroup v2, and prove each got its SLA")]
+#[command(
+    name = "tenantd",
+    version,
+    about = "Share a Linux host among tenants with cgroup v2, and prove each got its SLA"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -22,7 +26,12 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct ClientOpts {
     /// The daemon's API address.
-    #[arg(long, global = true, env = "TENANTD_ADDR", default_value = "http://127.0.0.1:7878")]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTD_ADDR",
+        default_value = "http://127.0.0.1:7878"
+    )]
     pub addr: String,
     /// Bearer token (needed when the daemon has a token file).
     #[arg(long, global = true, env = "TENANTD_TOKEN", hide_env_values = true)]
@@ -132,19 +141,28 @@ pub enum ProcsCmd {
 /// Parses an apply file into (name, spec) pairs. Accepts one tenant (`name = ...` at the top)
 /// or many (`[[tenant]]` in TOML, `{"tenants": [...]}` or a JSON array).
 pub fn parse_apply_file(path: &std::path::Path) -> Result<Vec<(String, Value)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let is_json = path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with(['{', '[']);
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with(['{', '[']);
     let doc: Value = if is_json {
-        serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?
     } else {
-        toml::from_str(&text).map_err(|e| format!("{}: not valid TOML: {}", path.display(), e.message()))?
+        toml::from_str(&text)
+            .map_err(|e| format!("{}: not valid TOML: {}", path.display(), e.message()))?
     };
     let items: Vec<Value> = match doc {
         Value::Array(a) => a,
         Value::Object(ref o) if o.contains_key("tenant") || o.contains_key("tenants") => {
             match o.get("tenant").or_else(|| o.get("tenants")) {
                 Some(Value::Array(a)) => a.clone(),
-                _ => return Err(format!("{}: 'tenant' must be a list ([[tenant]] in TOML)", path.display())),
+                _ => {
+                    return Err(format!(
+                        "{}: 'tenant' must be a list ([[tenant]] in TOML)",
+                        path.display()
+                    ));
+                }
             }
         }
         other => vec![other],
@@ -152,7 +170,11 @@ pub fn parse_apply_file(path: &std::path::Path) -> Result<Vec<(String, Value)>, 
     let mut out = Vec::new();
     for (i, mut item) in items.into_iter().enumerate() {
         let Some(obj) = item.as_object_mut() else {
-            return Err(format!("{}: entry {} is not a table", path.display(), i + 1));
+            return Err(format!(
+                "{}: entry {} is not a table",
+                path.display(),
+                i + 1
+            ));
         };
         let Some(Value::String(name)) = obj.remove("name") else {
             return Err(format!("{}: entry {} has no 'name'", path.display(), i + 1));
@@ -186,31 +208,52 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                         let v: Value = c
                             .call(Method::PUT, &format!("/v1/tenants/{name}"), Some(&spec))
                             .await
-                            .map_err(|e| ClientError(format!("tenant '{name}': {e} ({i} of {total} applied before it)")))?;
+                            .map_err(|e| {
+                                ClientError(format!(
+                                    "tenant '{name}': {e} ({i} of {total} applied before it)"
+                                ))
+                            })?;
                         if o.output == Output::Table {
-                            eprintln!("[{}/{total}] applied tenant '{name}' (cpu.weight {})", i + 1, format::num(&v["effective"]["cpu_weight"]));
+                            eprintln!(
+                                "[{}/{total}] applied tenant '{name}' (cpu.weight {})",
+                                i + 1,
+                                format::num(&v["effective"]["cpu_weight"])
+                            );
                         }
                         results.push(v);
                     }
                     if o.output == Output::Json {
-                        println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&results).unwrap_or_default()
+                        );
                     }
                 }
                 TenantCmd::Get { name } => {
-                    let v: Value = c.call(Method::GET, &format!("/v1/tenants/{name}"), None).await?;
+                    let v: Value = c
+                        .call(Method::GET, &format!("/v1/tenants/{name}"), None)
+                        .await?;
                     print(o.output, &v, format::tenant);
                 }
                 TenantCmd::List => {
                     let v: Value = c.call(Method::GET, "/v1/tenants", None).await?;
-                    print(o.output, &v, |v| format::tenants(v.as_array().map(Vec::as_slice).unwrap_or(&[])));
+                    print(o.output, &v, |v| {
+                        format::tenants(v.as_array().map(Vec::as_slice).unwrap_or(&[]))
+                    });
                 }
-                TenantCmd::Delete { name, kill, move_to } => {
+                TenantCmd::Delete {
+                    name,
+                    kill,
+                    move_to,
+                } => {
                     let q = match (kill, move_to) {
                         (true, _) => "?kill=true".to_string(),
                         (false, Some(t)) => format!("?move_to={t}"),
                         _ => String::new(),
                     };
-                    let _: Value = c.call(Method::DELETE, &format!("/v1/tenants/{name}{q}"), None).await?;
+                    let _: Value = c
+                        .call(Method::DELETE, &format!("/v1/tenants/{name}{q}"), None)
+                        .await?;
                     eprintln!("deleted tenant '{name}'");
                 }
             }
@@ -219,29 +262,55 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             let c = Client::new(&o.addr, o.token.clone());
             match cmd {
                 ProcsCmd::Add { tenant, pid } => {
-                    let v: Value = c.call(Method::POST, &format!("/v1/tenants/{tenant}/procs"), Some(&json!({"pid": pid}))).await?;
-                    print(o.output, &v, |_| format!("moved PID {pid} into tenant '{tenant}'\n"));
+                    let v: Value = c
+                        .call(
+                            Method::POST,
+                            &format!("/v1/tenants/{tenant}/procs"),
+                            Some(&json!({"pid": pid})),
+                        )
+                        .await?;
+                    print(o.output, &v, |_| {
+                        format!("moved PID {pid} into tenant '{tenant}'\n")
+                    });
                 }
                 ProcsCmd::List { tenant } => {
-                    let v: Value = c.call(Method::GET, &format!("/v1/tenants/{tenant}/procs"), None).await?;
+                    let v: Value = c
+                        .call(Method::GET, &format!("/v1/tenants/{tenant}/procs"), None)
+                        .await?;
                     print(o.output, &v, |v| {
                         let rows: Vec<Vec<String>> = v
                             .as_array()
-                            .map(|a| a.iter().map(|p| vec![format::num(&p["pid"]), format::num(&p["comm"])]).collect())
+                            .map(|a| {
+                                a.iter()
+                                    .map(|p| vec![format::num(&p["pid"]), format::num(&p["comm"])])
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         format::table(&["PID", "COMMAND"], &rows)
                     });
                 }
             }
         }
-        Cmd::Run { tenant, client: o, command } => {
+        Cmd::Run {
+            tenant,
+            client: o,
+            command,
+        } => {
             let c = Client::new(&o.addr, o.token.clone());
             let me = std::process::id();
-            let _: Value = c.call(Method::POST, &format!("/v1/tenants/{tenant}/procs"), Some(&json!({"pid": me}))).await?;
+            let _: Value = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/tenants/{tenant}/procs"),
+                    Some(&json!({"pid": me})),
+                )
+                .await?;
             // Now in the tenant's leaf: replace this process with the command, so its exit
             // status and signals are the command's own.
             use std::os::unix::process::CommandExt;
-            let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+            let err = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .exec();
             return Err(ClientError(format!("cannot start '{}': {err}", command[0])));
         }
         Cmd::Host { client: o } => {
@@ -249,17 +318,32 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             let v: Value = c.call(Method::GET, "/v1/host", None).await?;
             print(o.output, &v, host_table);
         }
-        Cmd::Usage { name, from, to, step, client: o } => {
+        Cmd::Usage {
+            name,
+            from,
+            to,
+            step,
+            client: o,
+        } => {
             let c = Client::new(&o.addr, o.token.clone());
             let q: Vec<String> = [("from", from), ("to", to), ("step", step)]
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
                 .collect();
-            let path = format!("/v1/tenants/{name}/usage{}{}", if q.is_empty() { "" } else { "?" }, q.join("&"));
+            let path = format!(
+                "/v1/tenants/{name}/usage{}{}",
+                if q.is_empty() { "" } else { "?" },
+                q.join("&")
+            );
             let v: Value = c.call(Method::GET, &path, None).await?;
             print(o.output, &v, format::usage);
         }
-        Cmd::Events { tenant, kind, since, client: o } => {
+        Cmd::Events {
+            tenant,
+            kind,
+            since,
+            client: o,
+        } => {
             let c = Client::new(&o.addr, o.token.clone());
             let mut q = vec![];
             for (k, v) in [("tenant", tenant), ("kind", kind), ("since", since)] {
@@ -267,7 +351,11 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                     q.push(format!("{k}={v}"));
                 }
             }
-            let path = if q.is_empty() { "/v1/events".to_string() } else { format!("/v1/events?{}", q.join("&")) };
+            let path = if q.is_empty() {
+                "/v1/events".to_string()
+            } else {
+                format!("/v1/events?{}", q.join("&"))
+            };
             let v: Value = c.call(Method::GET, &path, None).await?;
             print(o.output, &v, |v| {
                 let rows: Vec<Vec<String>> = v
@@ -286,7 +374,10 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                             .collect()
                     })
                     .unwrap_or_default();
-                format::table(&["TIME (UNIX MS)", "TENANT", "KIND", "ACTOR", "DETAIL"], &rows)
+                format::table(
+                    &["TIME (UNIX MS)", "TENANT", "KIND", "ACTOR", "DETAIL"],
+                    &rows,
+                )
             });
         }
     }
@@ -303,8 +394,18 @@ fn host_table(v: &Value) -> String {
         format::num(&v["cpus"]),
         format::bytes(&v["memory_bytes"]),
         format::bytes(&v["memory_reserve_bytes"]),
-        cg["controllers"].as_array().map(|a| a.iter().map(format::num).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
-        cg["missing"].as_array().map(|a| if a.is_empty() { "none".into() } else { a.iter().map(format::num).collect::<Vec<_>>().join(" ") }).unwrap_or_default(),
+        cg["controllers"]
+            .as_array()
+            .map(|a| a.iter().map(format::num).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+        cg["missing"]
+            .as_array()
+            .map(|a| if a.is_empty() {
+                "none".into()
+            } else {
+                a.iter().map(format::num).collect::<Vec<_>>().join(" ")
+            })
+            .unwrap_or_default(),
         format::num(&cg["psi"]),
         format::num(&cg["kill"]),
     );
@@ -314,24 +415,39 @@ fn host_table(v: &Value) -> String {
             a.iter()
                 .map(|d| {
                     vec![
-                        format!("{}:{}", format::num(&d["device"]["major"]), format::num(&d["device"]["minor"])),
+                        format!(
+                            "{}:{}",
+                            format::num(&d["device"]["major"]),
+                            format::num(&d["device"]["minor"])
+                        ),
                         format::num(&d["name"]),
                         format::num(&d["scheduler"]),
-                        if d["io_weight_effective"].as_bool() == Some(true) { "yes".into() } else { "no".into() },
+                        if d["io_weight_effective"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
                         format::num(&d["io_weight_reason"]),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    s += &format::table(&["DEVICE", "NAME", "SCHEDULER", "IO WEIGHTS WORK", "WHY"], &rows);
+    s += &format::table(
+        &["DEVICE", "NAME", "SCHEDULER", "IO WEIGHTS WORK", "WHY"],
+        &rows,
+    );
     s
 }
 
 /// Entry point for the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tenantd: cannot start the async runtime: {e}");

@@ -1,9 +1,11 @@
 //! `tenantd serve`: load the configuration, open the store, take the cgroup root, reconcile,
 //! serve the API and reconcile periodically until SIGINT or SIGTERM.
 
-use crate::api::{self, auth::Tokens, AppState};
+use crate::api::{self, AppState, auth::Tokens};
+use crate::cgroup::v1::V1;
 use crate::cgroup::v2::V2;
-use crate::config::{default_root, FileConfig};
+use crate::cgroup::{Backend, CgroupVersion, Detected, HostMounts, choose};
+use crate::config::{DEFAULT_CGROUP_MOUNT, FileConfig, default_root};
 use crate::domain::plan::PlanParams;
 use crate::domain::tenant::Capacity;
 use crate::engine::sampler::{Sampler, SamplerConfig};
@@ -33,6 +35,10 @@ pub struct ServeArgs {
     /// The cgroup2 mount point [default /sys/fs/cgroup].
     #[arg(long, env = "TENANTD_CGROUP_MOUNT")]
     pub cgroup_mount: Option<PathBuf>,
+    /// Cgroup version to drive: auto (v2 when the cgroup2 mount has cpu and memory, else the
+    /// v1 hierarchies), v2 or v1 [default auto].
+    #[arg(long, env = "TENANTD_CGROUP_VERSION", value_enum)]
+    pub cgroup_version: Option<CgroupVersion>,
     /// Token file: lines 'NAME admin|viewer TOKEN'. Without it the API is loopback-only.
     #[arg(long, env = "TENANTD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -54,6 +60,7 @@ impl ServeArgs {
             db: self.db.clone(),
             cgroup_mount: self.cgroup_mount.clone(),
             cgroup_root: self.cgroup_root.clone(),
+            cgroup_version: self.cgroup_version,
             token_file: self.token_file.clone(),
             reconcile_interval_s: self.reconcile_interval_s,
             sample_interval_s: self.sample_interval_s,
@@ -64,7 +71,9 @@ impl ServeArgs {
 }
 
 fn host_capacity(reserve: u64) -> Result<Capacity> {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
     let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
     let kib: u64 = meminfo
         .lines()
@@ -82,7 +91,8 @@ fn host_capacity(reserve: u64) -> Result<Capacity> {
 pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -94,21 +104,59 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let own = crate::cgroup::v2_path_of_pid(std::path::Path::new("/proc"), std::process::id()).ok().flatten();
-    let cfg = args
-        .as_file_config()
-        .or(file)
-        .resolve(|mount| default_root(mount, own.as_deref()))?;
-
+    let own = crate::cgroup::v2_path_of_pid(std::path::Path::new("/proc"), std::process::id())
+        .ok()
+        .flatten();
+    let merged = args.as_file_config().or(file);
+    let mount = merged
+        .cgroup_mount
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_MOUNT));
+    let version = merged.cgroup_version.unwrap_or_default();
+    let mounts = HostMounts::detect(&mount, std::path::Path::new("/proc"))?;
+    let detected = choose(version, &mounts, &mount)
+        .context("cannot choose a cgroup backend (set cgroup_version to override)")?;
+    // On v1 a configured root is the same path inside every hierarchy; the default is
+    // `<the daemon's own cgroup>/tenantd` in each, so the host's accounting still covers tenants.
+    let v1_roots = match &detected {
+        Detected::V1(h) => Some(match &merged.cgroup_root {
+            Some(r) => h.roots_at(r),
+            None => h.default_roots(),
+        }),
+        Detected::V2 => None,
+    };
+    let v1_shown = v1_roots
+        .as_ref()
+        .and_then(|r| r.distinct().first().map(|p| p.to_path_buf()));
+    let mut cfg = merged.resolve(|mount| match v1_shown {
+        Some(p) => p,
+        None => default_root(mount, own.as_deref()),
+    })?;
+    if v1_roots.is_some() && cfg.daemon_memory_min_bytes > 0 {
+        tracing::warn!(
+            "cgroup v1 has no memory.min: the daemon's own memory protection ({} bytes) is not applied",
+            cfg.daemon_memory_min_bytes
+        );
+        cfg.daemon_memory_min_bytes = 0;
+    }
     let tokens = match &cfg.token_file {
         Some(p) => Tokens::load(p).map_err(anyhow::Error::msg)?,
         None => {
-            tracing::warn!("no token file: the API accepts every local caller as admin and listens on loopback only ({})", cfg.listen);
+            tracing::warn!(
+                "no token file: the API accepts every local caller as admin and listens on loopback only ({})",
+                cfg.listen
+            );
             Tokens::open()
         }
     };
     let store = Store::open(&cfg.db).await?;
-    let backend = Arc::new(V2::new(&cfg.cgroup_mount, &cfg.cgroup_root, "/sys"));
+    let backend: Arc<dyn Backend> = match v1_roots {
+        Some(roots) => {
+            tracing::info!("cgroup v1 backend: roots {:?}", roots.distinct());
+            Arc::new(V1::new(roots, "/sys", "/proc"))
+        }
+        None => Arc::new(V2::new(&cfg.cgroup_mount, &cfg.cgroup_root, "/sys")),
+    };
     let gov = Governor::new(
         backend,
         store.clone(),
@@ -166,7 +214,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     {
-        let (gov, stop, every, m) = (gov.clone(), shutdown.clone(), cfg.reconcile_interval, metrics.clone());
+        let (gov, stop, every, m) = (
+            gov.clone(),
+            shutdown.clone(),
+            cfg.reconcile_interval,
+            metrics.clone(),
+        );
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -200,7 +253,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     {
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -161,7 +161,11 @@ fn committed(all: &BTreeMap<TenantName, TenantSpec>, name: &TenantName, kind: Pr
     own.max(children_committed(all, Some(name), kind))
 }
 
-fn children_committed(all: &BTreeMap<TenantName, TenantSpec>, parent: Option<&TenantName>, kind: Protection) -> u64 {
+fn children_committed(
+    all: &BTreeMap<TenantName, TenantSpec>,
+    parent: Option<&TenantName>,
+    kind: Protection,
+) -> u64 {
     all.iter()
         .filter(|(_, s)| s.parent.as_ref() == parent)
         .map(|(n, _)| committed(all, n, kind))
@@ -169,7 +173,10 @@ fn children_committed(all: &BTreeMap<TenantName, TenantSpec>, parent: Option<&Te
 }
 
 /// Maps every tenant to the settings that deliver its SLA. `all` must be admitted already.
-pub fn plan(all: &BTreeMap<TenantName, TenantSpec>, params: PlanParams) -> BTreeMap<TenantName, TenantPlan> {
+pub fn plan(
+    all: &BTreeMap<TenantName, TenantSpec>,
+    params: PlanParams,
+) -> BTreeMap<TenantName, TenantPlan> {
     let mut out = BTreeMap::new();
     for (name, spec) in all {
         let quota = spec.cpu.limit_pct.map(|p| {
@@ -178,7 +185,10 @@ pub fn plan(all: &BTreeMap<TenantName, TenantSpec>, params: PlanParams) -> BTree
         let min = committed(all, name, Protection::Hard);
         let low = committed(all, name, Protection::Soft);
         let tenant = Settings {
-            cpu_weight: weight_for(spec.cpu.guarantee_pct.map(|p| p.0), params.best_effort_weight),
+            cpu_weight: weight_for(
+                spec.cpu.guarantee_pct.map(|p| p.0),
+                params.best_effort_weight,
+            ),
             cpu_max_quota_us: Limit::from_opt(quota),
             cpu_max_period_us: params.cpu_period_us,
             memory_min_bytes: min,
@@ -186,7 +196,10 @@ pub fn plan(all: &BTreeMap<TenantName, TenantSpec>, params: PlanParams) -> BTree
             memory_high_bytes: Limit::from_opt(spec.memory.high_bytes.map(|b| b.0)),
             memory_max_bytes: Limit::from_opt(spec.memory.limit_bytes.map(|b| b.0)),
             memory_swap_max_bytes: Limit::from_opt(spec.memory.swap_limit_bytes.map(|b| b.0)),
-            io_weight: weight_for(spec.io.guarantee_pct.map(|p| p.0), params.best_effort_weight),
+            io_weight: weight_for(
+                spec.io.guarantee_pct.map(|p| p.0),
+                params.best_effort_weight,
+            ),
             io_max: spec
                 .io
                 .limits
@@ -203,7 +216,10 @@ pub fn plan(all: &BTreeMap<TenantName, TenantSpec>, params: PlanParams) -> BTree
                 .collect(),
             pids_max: Limit::from_opt(spec.pids.limit),
         };
-        let children: Vec<&TenantSpec> = all.values().filter(|s| s.parent.as_ref() == Some(name)).collect();
+        let children: Vec<&TenantSpec> = all
+            .values()
+            .filter(|s| s.parent.as_ref() == Some(name))
+            .collect();
         let leaf_weight = |of: fn(&TenantSpec) -> Option<f64>| {
             if children.is_empty() {
                 100
@@ -216,8 +232,16 @@ pub fn plan(all: &BTreeMap<TenantName, TenantSpec>, params: PlanParams) -> BTree
         let leaf = Settings {
             cpu_weight: leaf_weight(|s| s.cpu.guarantee_pct.map(|p| p.0)),
             io_weight: leaf_weight(|s| s.io.guarantee_pct.map(|p| p.0)),
-            memory_min_bytes: min.saturating_sub(children_committed(all, Some(name), Protection::Hard)),
-            memory_low_bytes: low.saturating_sub(children_committed(all, Some(name), Protection::Soft)),
+            memory_min_bytes: min.saturating_sub(children_committed(
+                all,
+                Some(name),
+                Protection::Hard,
+            )),
+            memory_low_bytes: low.saturating_sub(children_committed(
+                all,
+                Some(name),
+                Protection::Soft,
+            )),
             cpu_max_period_us: params.cpu_period_us,
             ..Settings::default()
         };
@@ -228,7 +252,10 @@ pub fn plan(all: &BTreeMap<TenantName, TenantSpec>, params: PlanParams) -> BTree
 
 /// Protection the governor's own root needs so that its tenants' guarantees hold:
 /// (memory.min, memory.low) = top-level sums plus the daemon's own protection.
-pub fn root_protection(all: &BTreeMap<TenantName, TenantSpec>, daemon_min_bytes: u64) -> (u64, u64) {
+pub fn root_protection(
+    all: &BTreeMap<TenantName, TenantSpec>,
+    daemon_min_bytes: u64,
+) -> (u64, u64) {
     (
         children_committed(all, None, Protection::Hard) + daemon_min_bytes,
         children_committed(all, None, Protection::Soft),
@@ -248,7 +275,10 @@ mod tests {
     fn spec(parent: Option<&str>, cpu: Option<f64>, mem: Option<(u64, Protection)>) -> TenantSpec {
         TenantSpec {
             parent: parent.map(n),
-            cpu: CpuSpec { guarantee_pct: cpu.map(Percent), limit_pct: None },
+            cpu: CpuSpec {
+                guarantee_pct: cpu.map(Percent),
+                limit_pct: None,
+            },
             memory: MemorySpec {
                 guarantee_bytes: mem.map(|m| Bytes(m.0)),
                 protection: mem.map(|m| m.1).unwrap_or_default(),
@@ -275,7 +305,10 @@ mod tests {
         all.insert(n("b"), spec(None, Some(30.0), None));
         all.insert(n("c"), spec(None, Some(20.0), None));
         let p = plan(&all, PlanParams::default());
-        let w: Vec<u32> = ["a", "b", "c"].iter().map(|t| p[&n(t)].tenant.cpu_weight).collect();
+        let w: Vec<u32> = ["a", "b", "c"]
+            .iter()
+            .map(|t| p[&n(t)].tenant.cpu_weight)
+            .collect();
         assert_eq!(w, vec![5000, 3000, 2000]);
         let s = busy_shares(&w);
         assert!((s[0] - 0.5).abs() < 1e-9 && (s[1] - 0.3).abs() < 1e-9);
@@ -290,7 +323,13 @@ mod tests {
         s.memory.high_bytes = Some(Bytes(3 << 30));
         s.memory.swap_limit_bytes = Some(Bytes(0));
         s.io.guarantee_pct = Some(Percent(25.0));
-        s.io.limits = vec![IoLimit { device: "254:0".into(), rbps: Some(Bytes(10 << 20)), wbps: None, riops: None, wiops: Some(100) }];
+        s.io.limits = vec![IoLimit {
+            device: "254:0".into(),
+            rbps: Some(Bytes(10 << 20)),
+            wbps: None,
+            riops: None,
+            wiops: Some(100),
+        }];
         s.pids.limit = Some(1024);
         all.insert(n("a"), s);
         let t = &plan(&all, PlanParams::default())[&n("a")];
@@ -312,17 +351,36 @@ mod tests {
     #[test]
     fn parents_hold_their_childrens_protection_and_leaves_the_rest() {
         let mut all = BTreeMap::new();
-        all.insert(n("p"), spec(None, Some(60.0), Some((1 << 30, Protection::Hard))));
-        all.insert(n("c1"), spec(Some("p"), Some(50.0), Some((768 << 20, Protection::Hard))));
-        all.insert(n("c2"), spec(Some("p"), Some(30.0), Some((512 << 20, Protection::Hard))));
-        all.insert(n("s"), spec(None, None, Some((256 << 20, Protection::Soft))));
+        all.insert(
+            n("p"),
+            spec(None, Some(60.0), Some((1 << 30, Protection::Hard))),
+        );
+        all.insert(
+            n("c1"),
+            spec(Some("p"), Some(50.0), Some((768 << 20, Protection::Hard))),
+        );
+        all.insert(
+            n("c2"),
+            spec(Some("p"), Some(30.0), Some((512 << 20, Protection::Hard))),
+        );
+        all.insert(
+            n("s"),
+            spec(None, None, Some((256 << 20, Protection::Soft))),
+        );
         let p = plan(&all, PlanParams::default());
         assert_eq!(p[&n("p")].tenant.memory_min_bytes, 1280 << 20);
         assert_eq!(p[&n("p")].leaf.memory_min_bytes, 0);
-        assert_eq!(p[&n("p")].leaf.cpu_weight, 2000, "leaf gets the 20% its children leave");
+        assert_eq!(
+            p[&n("p")].leaf.cpu_weight,
+            2000,
+            "leaf gets the 20% its children leave"
+        );
         assert_eq!(p[&n("s")].tenant.memory_low_bytes, 256 << 20);
         assert_eq!(p[&n("s")].tenant.cpu_weight, 1);
-        assert_eq!(root_protection(&all, 64 << 20), ((1280 + 64) << 20, 256 << 20));
+        assert_eq!(
+            root_protection(&all, 64 << 20),
+            ((1280 + 64) << 20, 256 << 20)
+        );
     }
 
     #[test]
@@ -331,7 +389,12 @@ mod tests {
         let mut s = spec(None, None, None);
         s.cpu.limit_pct = Some(Percent(0.5));
         all.insert(n("a"), s);
-        assert_eq!(plan(&all, PlanParams::default())[&n("a")].tenant.cpu_max_quota_us, Limit::Value(MIN_QUOTA_US));
+        assert_eq!(
+            plan(&all, PlanParams::default())[&n("a")]
+                .tenant
+                .cpu_max_quota_us,
+            Limit::Value(MIN_QUOTA_US)
+        );
     }
 
     proptest::proptest! {

@@ -223,7 +223,10 @@ fn check_pct(field: &str, p: Option<Percent>, max: f64) -> Result<(), DomainErro
 
 fn check_positive(field: &str, v: Option<u64>) -> Result<(), DomainError> {
     if v == Some(0) {
-        return Err(DomainError::invalid(field, "must be at least 1 (omit it for no limit)"));
+        return Err(DomainError::invalid(
+            field,
+            "must be at least 1 (omit it for no limit)",
+        ));
     }
     Ok(())
 }
@@ -231,7 +234,10 @@ fn check_positive(field: &str, v: Option<u64>) -> Result<(), DomainError> {
 /// Checks one spec on its own: ranges, units, limit >= guarantee. No syscalls.
 pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainError> {
     if spec.parent.as_ref() == Some(name) {
-        return Err(DomainError::invalid("parent", format!("tenant '{name}' cannot be its own parent")));
+        return Err(DomainError::invalid(
+            "parent",
+            format!("tenant '{name}' cannot be its own parent"),
+        ));
     }
     for (k, v) in &spec.labels {
         if k.is_empty() || k.len() > 63 || v.len() > 255 {
@@ -261,13 +267,18 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
         check_positive(field, v.map(|b| b.0))?;
     }
     if let Some(g) = m.guarantee_bytes {
-        for (field, v) in [("memory.high_bytes", m.high_bytes), ("memory.limit_bytes", m.limit_bytes)] {
+        for (field, v) in [
+            ("memory.high_bytes", m.high_bytes),
+            ("memory.limit_bytes", m.limit_bytes),
+        ] {
             if let Some(l) = v
                 && l < g
             {
                 return Err(DomainError::invalid(
                     field,
-                    format!("{l} is below the guarantee of {g}: a limit may not be below its guarantee"),
+                    format!(
+                        "{l} is below the guarantee of {g}: a limit may not be below its guarantee"
+                    ),
                 ));
             }
         }
@@ -277,7 +288,9 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
     {
         return Err(DomainError::invalid(
             "memory.high_bytes",
-            format!("{h} is above limit_bytes {l}: the throttling point must be at or below the hard limit"),
+            format!(
+                "{h} is above limit_bytes {l}: the throttling point must be at or below the hard limit"
+            ),
         ));
     }
     check_positive("pids.limit", spec.pids.limit)?;
@@ -287,11 +300,17 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
         let Some(dev) = DevId::parse(&l.device) else {
             return Err(DomainError::invalid(
                 &field,
-                format!("'{}' is not a device number: use MAJOR:MINOR, e.g. 8:0 (see lsblk)", l.device),
+                format!(
+                    "'{}' is not a device number: use MAJOR:MINOR, e.g. 8:0 (see lsblk)",
+                    l.device
+                ),
             ));
         };
         if !seen.insert(dev) {
-            return Err(DomainError::invalid(&field, format!("device {dev} is listed twice")));
+            return Err(DomainError::invalid(
+                &field,
+                format!("device {dev} is listed twice"),
+            ));
         }
         for (f, v) in [
             ("rbps", l.rbps.map(|b| b.0)),
@@ -353,7 +372,11 @@ pub fn admit(
             spec.cpu.guarantee_pct,
             (|s: &TenantSpec| s.cpu.guarantee_pct) as fn(&TenantSpec) -> Option<Percent>,
         ),
-        ("io.guarantee_pct", spec.io.guarantee_pct, |s: &TenantSpec| s.io.guarantee_pct),
+        (
+            "io.guarantee_pct",
+            spec.io.guarantee_pct,
+            |s: &TenantSpec| s.io.guarantee_pct,
+        ),
     ] {
         if let Some(Percent(g)) = mine {
             let taken: f64 = siblings().filter_map(of).map(|p| p.0).sum();
@@ -399,7 +422,9 @@ pub fn admit(
             ));
         }
     }
-    if let (Some(Percent(limit)), Some(cpus)) = (spec.cpu.limit_pct, guaranteed_cpus(spec, others, cap.cpus)) {
+    if let (Some(Percent(limit)), Some(cpus)) =
+        (spec.cpu.limit_pct, guaranteed_cpus(spec, others, cap.cpus))
+    {
         if limit / 100.0 + 1e-9 < cpus {
             return Err(DomainError::invalid(
                 "cpu.limit_pct",
@@ -419,7 +444,10 @@ fn round2(v: f64) -> f64 {
 }
 
 /// The memory a subtree holds back: max(own guarantee, sum of its children's).
-pub fn committed_memory(all: &BTreeMap<TenantName, TenantSpec>, parent: Option<&TenantName>) -> u64 {
+pub fn committed_memory(
+    all: &BTreeMap<TenantName, TenantSpec>,
+    parent: Option<&TenantName>,
+) -> u64 {
     all.iter()
         .filter(|(_, s)| s.parent.as_ref() == parent)
         .map(|(n, s)| {
@@ -514,7 +542,19 @@ mod tests {
         for ok in ["a", "acme", "team-7", "0", &"x".repeat(63)] {
             assert!(TenantName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "..", "/", "a/b", "Acme", "-a", "a_b", "a.b", " a", &"x".repeat(64), "é"] {
+        for bad in [
+            "",
+            "..",
+            "/",
+            "a/b",
+            "Acme",
+            "-a",
+            "a_b",
+            "a.b",
+            " a",
+            &"x".repeat(64),
+            "é",
+        ] {
             let e = TenantName::parse(bad).unwrap_err();
             assert_eq!(e.field(), "name");
             assert!(e.message().contains("tenant name"), "{bad}: {e}");
@@ -530,7 +570,8 @@ mod tests {
             "pids":{"limit":1024}}"#;
         let spec: TenantSpec = serde_json::from_str(json).unwrap();
         assert_eq!(spec.memory.limit_bytes, Some(Bytes(4 << 30)));
-        let again: TenantSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        let again: TenantSpec =
+            serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(spec, again);
         let e = serde_json::from_str::<TenantSpec>(r#"{"cpu":{"guarantee":5}}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `guarantee`"), "{e}");
@@ -541,11 +582,61 @@ mod tests {
         let cases: Vec<(&str, TenantSpec)> = vec![
             ("cpu.guarantee_pct", cpu(0.0)),
             ("cpu.guarantee_pct", cpu(100.5)),
-            ("cpu.limit_pct", TenantSpec { cpu: CpuSpec { guarantee_pct: None, limit_pct: Some(Percent(0.5)) }, ..Default::default() }),
-            ("memory.limit_bytes", TenantSpec { memory: MemorySpec { guarantee_bytes: Some(Bytes(2 << 30)), limit_bytes: Some(Bytes(1 << 30)), ..Default::default() }, ..Default::default() }),
-            ("memory.high_bytes", TenantSpec { memory: MemorySpec { high_bytes: Some(Bytes(3 << 30)), limit_bytes: Some(Bytes(1 << 30)), ..Default::default() }, ..Default::default() }),
-            ("pids.limit", TenantSpec { pids: PidsSpec { limit: Some(0) }, ..Default::default() }),
-            ("io.limits[0].device", TenantSpec { io: IoSpec { guarantee_pct: None, limits: vec![IoLimit { device: "sda".into(), rbps: None, wbps: None, riops: None, wiops: None }] }, ..Default::default() }),
+            (
+                "cpu.limit_pct",
+                TenantSpec {
+                    cpu: CpuSpec {
+                        guarantee_pct: None,
+                        limit_pct: Some(Percent(0.5)),
+                    },
+                    ..Default::default()
+                },
+            ),
+            (
+                "memory.limit_bytes",
+                TenantSpec {
+                    memory: MemorySpec {
+                        guarantee_bytes: Some(Bytes(2 << 30)),
+                        limit_bytes: Some(Bytes(1 << 30)),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            ),
+            (
+                "memory.high_bytes",
+                TenantSpec {
+                    memory: MemorySpec {
+                        high_bytes: Some(Bytes(3 << 30)),
+                        limit_bytes: Some(Bytes(1 << 30)),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            ),
+            (
+                "pids.limit",
+                TenantSpec {
+                    pids: PidsSpec { limit: Some(0) },
+                    ..Default::default()
+                },
+            ),
+            (
+                "io.limits[0].device",
+                TenantSpec {
+                    io: IoSpec {
+                        guarantee_pct: None,
+                        limits: vec![IoLimit {
+                            device: "sda".into(),
+                            rbps: None,
+                            wbps: None,
+                            riops: None,
+                            wiops: None,
+                        }],
+                    },
+                    ..Default::default()
+                },
+            ),
         ];
         for (field, spec) in cases {
             let e = validate_spec(&n("t"), &spec).unwrap_err();
@@ -563,9 +654,24 @@ mod tests {
         assert!(matches!(e, DomainError::Conflict { .. }));
         assert!(e.message().contains("at most 20% is left"), "{e}");
         // Replacing a tenant does not count its old value.
-        assert!(admit(&n("a"), &cpu(70.0), &{ let mut o = others.clone(); o.remove(&n("a")); o }, CAP).is_ok());
+        assert!(
+            admit(
+                &n("a"),
+                &cpu(70.0),
+                &{
+                    let mut o = others.clone();
+                    o.remove(&n("a"));
+                    o
+                },
+                CAP
+            )
+            .is_ok()
+        );
         // Children share their parent's 100%, separately from the top level.
-        let child = TenantSpec { parent: Some(n("a")), ..cpu(90.0) };
+        let child = TenantSpec {
+            parent: Some(n("a")),
+            ..cpu(90.0)
+        };
         assert!(admit(&n("a1"), &child, &others, CAP).is_ok());
     }
 
@@ -573,7 +679,10 @@ mod tests {
     fn memory_guarantees_fit_in_host_memory_minus_reserve() {
         let mem = |g: u64, parent: Option<&str>| TenantSpec {
             parent: parent.map(n),
-            memory: MemorySpec { guarantee_bytes: Some(Bytes(g)), ..Default::default() },
+            memory: MemorySpec {
+                guarantee_bytes: Some(Bytes(g)),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let mut others = BTreeMap::new();
@@ -587,21 +696,57 @@ mod tests {
 
     #[test]
     fn cpu_limit_below_guarantee_is_refused() {
-        let spec = TenantSpec { cpu: CpuSpec { guarantee_pct: Some(Percent(50.0)), limit_pct: Some(Percent(90.0)) }, ..Default::default() };
+        let spec = TenantSpec {
+            cpu: CpuSpec {
+                guarantee_pct: Some(Percent(50.0)),
+                limit_pct: Some(Percent(90.0)),
+            },
+            ..Default::default()
+        };
         // 50% of 2 CPUs is one CPU, so a 90% cap is below it.
         let e = admit(&n("a"), &spec, &BTreeMap::new(), CAP).unwrap_err();
         assert_eq!(e.field(), "cpu.limit_pct");
-        let ok = TenantSpec { cpu: CpuSpec { guarantee_pct: Some(Percent(50.0)), limit_pct: Some(Percent(100.0)) }, ..Default::default() };
+        let ok = TenantSpec {
+            cpu: CpuSpec {
+                guarantee_pct: Some(Percent(50.0)),
+                limit_pct: Some(Percent(100.0)),
+            },
+            ..Default::default()
+        };
         assert!(admit(&n("a"), &ok, &BTreeMap::new(), CAP).is_ok());
     }
 
     #[test]
     fn parents_must_exist_and_cycles_are_refused() {
         let mut others = BTreeMap::new();
-        let e = admit(&n("a"), &TenantSpec { parent: Some(n("zz")), ..Default::default() }, &others, CAP).unwrap_err();
+        let e = admit(
+            &n("a"),
+            &TenantSpec {
+                parent: Some(n("zz")),
+                ..Default::default()
+            },
+            &others,
+            CAP,
+        )
+        .unwrap_err();
         assert!(matches!(e, DomainError::NotFound { .. }));
-        others.insert(n("b"), TenantSpec { parent: Some(n("a")), ..Default::default() });
-        let e = admit(&n("a"), &TenantSpec { parent: Some(n("b")), ..Default::default() }, &others, CAP).unwrap_err();
+        others.insert(
+            n("b"),
+            TenantSpec {
+                parent: Some(n("a")),
+                ..Default::default()
+            },
+        );
+        let e = admit(
+            &n("a"),
+            &TenantSpec {
+                parent: Some(n("b")),
+                ..Default::default()
+            },
+            &others,
+            CAP,
+        )
+        .unwrap_err();
         assert!(e.message().contains("cycle"), "{e}");
     }
 
@@ -609,8 +754,20 @@ mod tests {
     fn topo_order_puts_parents_first() {
         let mut all = BTreeMap::new();
         all.insert(n("z"), TenantSpec::default());
-        all.insert(n("a"), TenantSpec { parent: Some(n("z")), ..Default::default() });
-        all.insert(n("b"), TenantSpec { parent: Some(n("a")), ..Default::default() });
+        all.insert(
+            n("a"),
+            TenantSpec {
+                parent: Some(n("z")),
+                ..Default::default()
+            },
+        );
+        all.insert(
+            n("b"),
+            TenantSpec {
+                parent: Some(n("a")),
+                ..Default::default()
+            },
+        );
         assert_eq!(topo_order(&all), vec![n("z"), n("a"), n("b")]);
         assert_eq!(lineage(&n("b"), &all), vec![n("z"), n("a"), n("b")]);
     }

@@ -23,7 +23,9 @@ pub fn parse_bytes(input: &str) -> Result<u64, String> {
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("'{input}' is not a size: expected a number such as 4GiB"));
+        return Err(format!(
+            "'{input}' is not a size: expected a number such as 4GiB"
+        ));
     }
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
@@ -101,9 +103,14 @@ enum NumOrStr {
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match NumOrStr::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a byte count: a whole number or a string like \"4GiB\"")
+            serde::de::Error::custom(
+                "expected a byte count: a whole number or a string like \"4GiB\"",
+            )
         })? {
             NumOrStr::U(v) => Ok(Bytes(v)),
+            NumOrStr::F(v) if v < 0.0 => Err(serde::de::Error::custom(format!(
+                "{v} is negative: a byte count is 0 or more"
+            ))),
             NumOrStr::F(v) => Err(serde::de::Error::custom(format!(
                 "{v} is not a whole number of bytes"
             ))),
@@ -125,7 +132,9 @@ impl<'de> Deserialize<'de> for Percent {
         })? {
             NumOrStr::U(v) => Ok(Percent(v as f64)),
             NumOrStr::F(v) => Ok(Percent(v)),
-            NumOrStr::S(s) => parse_percent(&s).map(Percent).map_err(serde::de::Error::custom),
+            NumOrStr::S(s) => parse_percent(&s)
+                .map(Percent)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -176,9 +185,21 @@ mod tests {
     #[test]
     fn bad_byte_sizes_say_why() {
         assert!(parse_bytes("").unwrap_err().contains("not a size"));
-        assert!(parse_bytes("4 parsecs").unwrap_err().contains("unknown unit"));
-        assert!(parse_bytes("99999999999999999999TiB").unwrap_err().contains("bad number"));
-        assert!(parse_bytes("16777216TiB").unwrap_err().contains("too large"));
+        assert!(
+            parse_bytes("4 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            parse_bytes("99999999999999999999TiB")
+                .unwrap_err()
+                .contains("bad number")
+        );
+        assert!(
+            parse_bytes("16777216TiB")
+                .unwrap_err()
+                .contains("too large")
+        );
         assert!(parse_bytes("-1").is_err());
     }
 

@@ -6,7 +6,7 @@
 pub mod placement;
 pub mod sampler;
 
-use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, HostCgroup, DAEMON_LEAF, LEAF};
+use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF};
 use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};
 use crate::domain::tenant::{self, Capacity, DomainError, TenantName, TenantSpec};
 use crate::store::{NewEvent, Store, StoreError, StoredTenant};
@@ -107,11 +107,16 @@ pub struct Governor {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Join(e.to_string()))
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Join(e.to_string()))
 }
 
 fn specs_of(stored: &BTreeMap<TenantName, StoredTenant>) -> BTreeMap<TenantName, TenantSpec> {
-    stored.iter().map(|(n, t)| (n.clone(), t.spec.clone())).collect()
+    stored
+        .iter()
+        .map(|(n, t)| (n.clone(), t.spec.clone()))
+        .collect()
 }
 
 fn dir_of(name: &TenantName, specs: &BTreeMap<TenantName, TenantSpec>) -> CgroupPath {
@@ -119,7 +124,12 @@ fn dir_of(name: &TenantName, specs: &BTreeMap<TenantName, TenantSpec>) -> Cgroup
 }
 
 impl Governor {
-    pub fn new(backend: Arc<dyn Backend>, store: Store, cfg: EngineConfig, cap: Capacity) -> Arc<Self> {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        store: Store,
+        cfg: EngineConfig,
+        cap: Capacity,
+    ) -> Arc<Self> {
         Arc::new(Governor {
             backend,
             store,
@@ -219,7 +229,10 @@ impl Governor {
             tracing::warn!("reconcile: {e}");
         }
         if !report.unknown.is_empty() {
-            tracing::warn!("directories under the root that no tenant owns (left alone): {:?}", report.unknown);
+            tracing::warn!(
+                "directories under the root that no tenant owns (left alone): {:?}",
+                report.unknown
+            );
         }
         Ok(report)
     }
@@ -242,7 +255,10 @@ impl Governor {
     pub async fn get(&self, name: &TenantName) -> Result<TenantView> {
         let stored = self.store.tenants().await?;
         let specs = specs_of(&stored);
-        let st = stored.get(name).cloned().ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        let st = stored
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
         let plans = plan::plan(&specs, self.cfg.params);
         let b = self.backend.clone();
         let n = name.clone();
@@ -250,7 +266,12 @@ impl Governor {
     }
 
     /// Creates or replaces a tenant. Returns the view and whether it was created.
-    pub async fn put(&self, name: &TenantName, spec: TenantSpec, actor: &str) -> Result<(TenantView, bool)> {
+    pub async fn put(
+        &self,
+        name: &TenantName,
+        spec: TenantSpec,
+        actor: &str,
+    ) -> Result<(TenantView, bool)> {
         let _w = self.writes.lock().await;
         let stored = self.store.tenants().await?;
         let mut specs = specs_of(&stored);
@@ -282,7 +303,12 @@ impl Governor {
         let event = NewEvent {
             ts_ms: now_ms(),
             tenant: Some(name.to_string()),
-            kind: if created { "tenant_created" } else { "tenant_changed" }.into(),
+            kind: if created {
+                "tenant_created"
+            } else {
+                "tenant_changed"
+            }
+            .into(),
             actor: Some(actor.to_string()),
             detail: serde_json::json!({"spec": spec, "previous": old}),
         };
@@ -290,10 +316,21 @@ impl Governor {
             // Keep the kernel as the store says: undo what was just written.
             let b = self.backend.clone();
             let cfg = self.cfg.clone();
-            let n = name.clone();
-            let undo = blocking(move || apply_change(b.as_ref(), &cfg, &specs, &old_specs, created.then_some(&n))).await;
-            if let Ok(Err(u)) | Err(u) = undo.map(|r| r.map_err(EngineError::from)) {
-                tracing::error!("could not undo the kernel change after a store failure (reconcile will): {u}");
+            let dir = dir_of(name, &specs);
+            let undo = blocking(move || {
+                apply_change(b.as_ref(), &cfg, &specs, &old_specs, None)?;
+                if created {
+                    b.remove(&dir)?;
+                }
+                Ok::<(), CgroupError>(())
+            })
+            .await;
+            match undo {
+                Ok(Ok(())) => {}
+                Ok(Err(u)) => tracing::error!(
+                    "could not undo the kernel change after a store failure (reconcile will): {u}"
+                ),
+                Err(u) => tracing::error!("could not undo the kernel change: {u}"),
             }
             return Err(e.into());
         }
@@ -318,13 +355,19 @@ impl Governor {
         if !kids.is_empty() {
             return Err(EngineError::Conflict {
                 field: "name".into(),
-                message: format!("tenant '{name}' has children ({}): delete them first", kids.join(", ")),
+                message: format!(
+                    "tenant '{name}' has children ({}): delete them first",
+                    kids.join(", ")
+                ),
             });
         }
         let dir = dir_of(name, &specs);
         let target = match &mode {
             DeleteMode::MoveTo(t) if t == name => {
-                return Err(EngineError::Domain(DomainError::invalid("move_to", "cannot move processes to the tenant being deleted")));
+                return Err(EngineError::Domain(DomainError::invalid(
+                    "move_to",
+                    "cannot move processes to the tenant being deleted",
+                )));
             }
             DeleteMode::MoveTo(t) if !specs.contains_key(t) => {
                 return Err(EngineError::Domain(DomainError::NotFound {
@@ -407,7 +450,10 @@ impl Governor {
     /// Every tenant's directory, for the sampler.
     pub async fn tenant_dirs(&self) -> Result<Vec<(TenantName, CgroupPath)>> {
         let specs = specs_of(&self.store.tenants().await?);
-        Ok(specs.keys().map(|n| (n.clone(), dir_of(n, &specs))).collect())
+        Ok(specs
+            .keys()
+            .map(|n| (n.clone(), dir_of(n, &specs)))
+            .collect())
     }
 }
 
@@ -467,7 +513,11 @@ fn apply_change(
             }
             let dir = dir_of(&n, new);
             b.ensure(&dir, true)?;
-            touched.push(new.get_key_value(&n).map(|(k, _)| k).expect("from topo_order"));
+            touched.push(
+                new.get_key_value(&n)
+                    .map(|(k, _)| k)
+                    .expect("from topo_order"),
+            );
             b.apply(&dir, &p.tenant)?;
             b.apply(&dir.leaf(), &p.leaf)?;
         }
@@ -490,7 +540,11 @@ fn apply_change(
 }
 
 /// The governor root must hold the sum of the tenants' memory protection, or theirs is void.
-fn apply_root_protection(b: &dyn Backend, cfg: &EngineConfig, specs: &BTreeMap<TenantName, TenantSpec>) -> std::result::Result<(), CgroupError> {
+fn apply_root_protection(
+    b: &dyn Backend,
+    cfg: &EngineConfig,
+    specs: &BTreeMap<TenantName, TenantSpec>,
+) -> std::result::Result<(), CgroupError> {
     let root = CgroupPath::root();
     let (min, low) = plan::root_protection(specs, cfg.daemon_memory_min_bytes);
     let mut s = b.read(&root)?;
@@ -507,9 +561,16 @@ fn apply_root_protection(b: &dyn Backend, cfg: &EngineConfig, specs: &BTreeMap<T
     }
 }
 
-fn reconcile_kernel(b: &dyn Backend, specs: &BTreeMap<TenantName, TenantSpec>, cfg: &EngineConfig) -> ReconcileReport {
+fn reconcile_kernel(
+    b: &dyn Backend,
+    specs: &BTreeMap<TenantName, TenantSpec>,
+    cfg: &EngineConfig,
+) -> ReconcileReport {
     let mut r = ReconcileReport::default();
-    if let Err(e) = b.prepare_root().and_then(|_| b.ensure(&CgroupPath::root(), false)) {
+    if let Err(e) = b
+        .prepare_root()
+        .and_then(|_| b.ensure(&CgroupPath::root(), false))
+    {
         r.errors.push(e.to_string());
         return r;
     }
@@ -530,7 +591,9 @@ fn reconcile_kernel(b: &dyn Backend, specs: &BTreeMap<TenantName, TenantSpec>, c
         let p = &plans[&n];
         for (d, s) in [(dir.clone(), &p.tenant), (dir.leaf(), &p.leaf)] {
             match b.apply(&d, s) {
-                Ok(changes) => r.corrected.extend(changes.into_iter().map(|c| (n.to_string(), c))),
+                Ok(changes) => r
+                    .corrected
+                    .extend(changes.into_iter().map(|c| (n.to_string(), c))),
                 Err(e) => r.errors.push(format!("tenant '{n}': {e}")),
             }
         }
@@ -547,8 +610,13 @@ fn reconcile_kernel(b: &dyn Backend, specs: &BTreeMap<TenantName, TenantSpec>, c
                 .ok()
                 .filter(|t| specs.get(t).is_some_and(|s| s.parent == parent));
             match owned {
-                Some(t) => stack.push((dir.join(&k).expect("tenant names are valid segments"), Some(t))),
-                None => r.unknown.push(b.path_of(&dir).join(&k).display().to_string()),
+                Some(t) => stack.push((
+                    dir.join(&k).expect("tenant names are valid segments"),
+                    Some(t),
+                )),
+                None => r
+                    .unknown
+                    .push(b.path_of(&dir).join(&k).display().to_string()),
             }
         }
     }

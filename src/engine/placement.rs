@@ -1,7 +1,7 @@
 //! Placement: attach a process to a tenant's leaf, list a tenant's processes. Refuses PIDs
 //! that do not exist, kernel threads and the daemon itself, each with its reason.
 
-use super::{blocking, EngineError, Governor, Result};
+use super::{EngineError, Governor, Result, blocking};
 use crate::domain::TenantName;
 use crate::store::NewEvent;
 use serde::Serialize;
@@ -22,7 +22,9 @@ pub fn check_pid(proc_root: &Path, pid: u32, self_pid: u32) -> Option<String> {
         return Some("0 is not a process ID".into());
     }
     if pid == self_pid {
-        return Some(format!("{pid} is tenantd itself, which stays in its own protected cgroup"));
+        return Some(format!(
+            "{pid} is tenantd itself, which stays in its own protected cgroup"
+        ));
     }
     let stat = match std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
         Ok(s) => s,
@@ -30,9 +32,15 @@ pub fn check_pid(proc_root: &Path, pid: u32, self_pid: u32) -> Option<String> {
     };
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let flags: u64 = rest.split_ascii_whitespace().nth(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let flags: u64 = rest
+        .split_ascii_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
     if flags & PF_KTHREAD != 0 {
-        return Some(format!("PID {pid} is a kernel thread, which cannot be moved between cgroups"));
+        return Some(format!(
+            "PID {pid} is a kernel thread, which cannot be moved between cgroups"
+        ));
     }
     None
 }
@@ -85,7 +93,13 @@ impl Governor {
         let proc_root = self.proc_root().to_path_buf();
         blocking(move || {
             let pids = b.procs(&leaf)?;
-            Ok(pids.into_iter().map(|pid| ProcInfo { pid, comm: comm(&proc_root, pid) }).collect())
+            Ok(pids
+                .into_iter()
+                .map(|pid| ProcInfo {
+                    pid,
+                    comm: comm(&proc_root, pid),
+                })
+                .collect())
         })
         .await?
     }
@@ -98,15 +112,27 @@ mod tests {
     #[test]
     fn refuses_self_missing_and_kernel_threads() {
         let me = std::process::id();
-        assert!(check_pid(Path::new("/proc"), me, me).unwrap().contains("tenantd itself"));
+        assert!(
+            check_pid(Path::new("/proc"), me, me)
+                .unwrap()
+                .contains("tenantd itself")
+        );
         assert!(check_pid(Path::new("/proc"), 0, me).is_some());
-        assert!(check_pid(Path::new("/proc"), u32::MAX - 1, me).unwrap().contains("no process"));
+        assert!(
+            check_pid(Path::new("/proc"), u32::MAX - 1, me)
+                .unwrap()
+                .contains("no process")
+        );
         assert_eq!(check_pid(Path::new("/proc"), me, 1), None);
         // kthreadd is PID 2 on every Linux host with a normal PID namespace.
         if let Ok(s) = std::fs::read_to_string("/proc/2/comm")
             && s.trim() == "kthreadd"
         {
-            assert!(check_pid(Path::new("/proc"), 2, me).unwrap().contains("kernel thread"));
+            assert!(
+                check_pid(Path::new("/proc"), 2, me)
+                    .unwrap()
+                    .contains("kernel thread")
+            );
         }
     }
 }

@@ -415,9 +415,15 @@ mod tests {
             "low 0\nhigh 0\nmax 83\noom 2\noom_kill 2\noom_group_kill 0\n",
         )
         .unwrap();
-        let cpu = std::fs::read_to_string(dir.join("cpu.stat"))
+        let cpu = std::fs::read_to_string(dir.join("cpu.stat")).unwrap();
+        let usage = crate::cgroup::stats::cpu_stat(&cpu)
             .unwrap()
-            .replace("usage_usec 8367167", "usage_usec 9367167");
+            .usage_usec
+            .unwrap();
+        let cpu = cpu.replace(
+            &format!("usage_usec {usage}\n"),
+            &format!("usage_usec {}\n", usage + 1_000_000),
+        );
         std::fs::write(dir.join("cpu.stat"), cpu).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let r = sampler.sweep().await.unwrap();

@@ -99,7 +99,10 @@ impl Store {
             let _ = std::fs::create_dir_all(dir);
         }
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(|source| StoreError::Open { path: path.into(), source })?
+            .map_err(|source| StoreError::Open {
+                path: path.into(),
+                source,
+            })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -109,11 +112,17 @@ impl Store {
             .max_connections(4)
             .connect_with(opts)
             .await
-            .map_err(|source| StoreError::Open { path: path.into(), source })?;
+            .map_err(|source| StoreError::Open {
+                path: path.into(),
+                source,
+            })?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
-            .map_err(|source| StoreError::Migrate { path: path.into(), source })?;
+            .map_err(|source| StoreError::Migrate {
+                path: path.into(),
+                source,
+            })?;
         Ok(Store { pool })
     }
 
@@ -127,17 +136,21 @@ impl Store {
 
     /// Every tenant, by name.
     pub async fn tenants(&self) -> Result<BTreeMap<TenantName, StoredTenant>> {
-        let rows = sqlx::query("SELECT name, spec, generation, created_ms, updated_ms FROM tenants")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("list tenants"))?;
+        let rows =
+            sqlx::query("SELECT name, spec, generation, created_ms, updated_ms FROM tenants")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("list tenants"))?;
         let mut out = BTreeMap::new();
         for r in rows {
             let name: String = r.get("name");
-            let corrupt = |why: String| StoreError::Corrupt { name: name.clone(), why };
+            let corrupt = |why: String| StoreError::Corrupt {
+                name: name.clone(),
+                why,
+            };
             let tn = TenantName::parse(&name).map_err(|e| corrupt(e.to_string()))?;
-            let spec: TenantSpec =
-                serde_json::from_str(r.get::<&str, _>("spec")).map_err(|e| corrupt(e.to_string()))?;
+            let spec: TenantSpec = serde_json::from_str(r.get::<&str, _>("spec"))
+                .map_err(|e| corrupt(e.to_string()))?;
             out.insert(
                 tn,
                 StoredTenant {
@@ -152,7 +165,13 @@ impl Store {
     }
 
     /// Creates or replaces a tenant and records `event`, in one transaction.
-    pub async fn put_tenant(&self, name: &TenantName, spec: &TenantSpec, now_ms: i64, event: NewEvent) -> Result<i64> {
+    pub async fn put_tenant(
+        &self,
+        name: &TenantName,
+        spec: &TenantSpec,
+        now_ms: i64,
+        event: NewEvent,
+    ) -> Result<i64> {
         let json = serde_json::to_string(spec).expect("a spec always serializes");
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let generation: i64 = sqlx::query_scalar(
@@ -221,22 +240,25 @@ impl Store {
                 tenant: r.get("tenant"),
                 kind: r.get("kind"),
                 actor: r.get("actor"),
-                detail: serde_json::from_str(r.get::<&str, _>("detail")).unwrap_or(serde_json::Value::Null),
+                detail: serde_json::from_str(r.get::<&str, _>("detail"))
+                    .unwrap_or(serde_json::Value::Null),
             })
             .collect())
     }
 }
 
 async fn insert_event(tx: &mut sqlx::SqliteConnection, e: &NewEvent) -> Result<()> {
-    sqlx::query("INSERT INTO events (ts_ms, tenant, kind, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .bind(e.ts_ms)
-        .bind(&e.tenant)
-        .bind(&e.kind)
-        .bind(&e.actor)
-        .bind(e.detail.to_string())
-        .execute(tx)
-        .await
-        .map_err(q("record event"))?;
+    sqlx::query(
+        "INSERT INTO events (ts_ms, tenant, kind, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(e.ts_ms)
+    .bind(&e.tenant)
+    .bind(&e.kind)
+    .bind(&e.actor)
+    .bind(e.detail.to_string())
+    .execute(tx)
+    .await
+    .map_err(q("record event"))?;
     Ok(())
 }
 
@@ -263,9 +285,21 @@ mod tests {
         let a = TenantName::parse("a").unwrap();
         let mut spec = TenantSpec::default();
         spec.cpu.guarantee_pct = Some(Percent(50.0));
-        assert_eq!(store.put_tenant(&a, &spec, 10, ev("tenant_created", "a", 10)).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .put_tenant(&a, &spec, 10, ev("tenant_created", "a", 10))
+                .await
+                .unwrap(),
+            1
+        );
         spec.cpu.guarantee_pct = Some(Percent(60.0));
-        assert_eq!(store.put_tenant(&a, &spec, 20, ev("tenant_changed", "a", 20)).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .put_tenant(&a, &spec, 20, ev("tenant_changed", "a", 20))
+                .await
+                .unwrap(),
+            2
+        );
         store.close().await;
 
         let store = Store::open(&path).await.unwrap();
@@ -273,10 +307,21 @@ mod tests {
         assert_eq!(all[&a].spec, spec);
         assert_eq!((all[&a].created_ms, all[&a].updated_ms), (10, 20));
         let events = store.events(&EventFilter::default()).await.unwrap();
-        assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["tenant_changed", "tenant_created"]);
-        assert!(store.delete_tenant(&a, ev("tenant_deleted", "a", 30)).await.unwrap());
+        assert_eq!(
+            events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["tenant_changed", "tenant_created"]
+        );
+        assert!(
+            store
+                .delete_tenant(&a, ev("tenant_deleted", "a", 30))
+                .await
+                .unwrap()
+        );
         assert!(store.tenants().await.unwrap().is_empty());
-        let journal: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(store.pool()).await.unwrap();
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
         assert_eq!(journal, "wal");
     }
 
@@ -286,11 +331,29 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         let p = TenantName::parse("p").unwrap();
         let c = TenantName::parse("c").unwrap();
-        store.put_tenant(&p, &TenantSpec::default(), 1, ev("tenant_created", "p", 1)).await.unwrap();
-        let child = TenantSpec { parent: Some(p.clone()), ..Default::default() };
-        store.put_tenant(&c, &child, 2, ev("tenant_created", "c", 2)).await.unwrap();
-        assert!(store.delete_tenant(&p, ev("tenant_deleted", "p", 3)).await.is_err());
-        assert_eq!(store.tenants().await.unwrap().len(), 2, "the failed delete lost nothing");
+        store
+            .put_tenant(&p, &TenantSpec::default(), 1, ev("tenant_created", "p", 1))
+            .await
+            .unwrap();
+        let child = TenantSpec {
+            parent: Some(p.clone()),
+            ..Default::default()
+        };
+        store
+            .put_tenant(&c, &child, 2, ev("tenant_created", "c", 2))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .delete_tenant(&p, ev("tenant_deleted", "p", 3))
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            store.tenants().await.unwrap().len(),
+            2,
+            "the failed delete lost nothing"
+        );
     }
 
     #[tokio::test]
@@ -298,7 +361,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         store
-            .add_events(&[ev("oom_kill", "a", 1), ev("drift", "a", 2), ev("oom_kill", "b", 3)])
+            .add_events(&[
+                ev("oom_kill", "a", 1),
+                ev("drift", "a", 2),
+                ev("oom_kill", "b", 3),
+            ])
             .await
             .unwrap();
         let f = |t: Option<&str>, k: Option<&str>, s: Option<i64>| EventFilter {
@@ -307,9 +374,25 @@ mod tests {
             since_ms: s,
             limit: 0,
         };
-        assert_eq!(store.events(&f(Some("a"), None, None)).await.unwrap().len(), 2);
-        assert_eq!(store.events(&f(None, Some("oom_kill"), None)).await.unwrap().len(), 2);
-        assert_eq!(store.events(&f(None, None, Some(2))).await.unwrap().len(), 2);
-        assert_eq!(store.events(&f(None, None, None)).await.unwrap()[0].detail["x"], 1);
+        assert_eq!(
+            store.events(&f(Some("a"), None, None)).await.unwrap().len(),
+            2
+        );
+        assert_eq!(
+            store
+                .events(&f(None, Some("oom_kill"), None))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            store.events(&f(None, None, Some(2))).await.unwrap().len(),
+            2
+        );
+        assert_eq!(
+            store.events(&f(None, None, None)).await.unwrap()[0].detail["x"],
+            1
+        );
     }
 }

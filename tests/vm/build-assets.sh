@@ -26,7 +26,7 @@ APT_UPDATED=0
 apt_update_once() {
     if [ "$APT_UPDATED" = 0 ]; then
         log "apt-get update"
-        apt-get update -qq >&2 || die "apt-get update failed"
+        apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 || die "apt-get update failed"
         APT_UPDATED=1
     fi
 }
@@ -43,7 +43,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
     # Bookworm's qemu-system-x86 may replace a newer qemu-utils from backports; the project
     # does not need qemu-utils, so we let apt remove it (--allow-remove-essential is NOT used).
     log "installing ${need_pkgs[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2 \
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2 \
         || die "apt-get install ${need_pkgs[*]} failed"
 fi
 

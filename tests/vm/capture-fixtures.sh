@@ -17,14 +17,13 @@ FIX="${TENANTD_FIXTURES_DIR:-$(cd "$HERE/../fixtures" 2>/dev/null && pwd || echo
 NOW="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 # cp_file SRC DEST: copy one kernel file by reading it (cat; never opens SRC for writing).
+# DEST's directory must exist (process spawns are slow under emulation: one per file).
 cp_file() {
     local src="$1" dst="$2"
-    mkdir -p "$(dirname "$dst")"
-    if [ -r "$src" ] && cat "$src" >"$dst.tmp" 2>/dev/null; then
-        mv "$dst.tmp" "$dst"
+    if [ -r "$src" ] && cat "$src" >"$dst" 2>/dev/null; then
         return 0
     fi
-    rm -f "$dst.tmp"
+    rm -f "$dst"
     echo "  (not present: $src)"
     MISSING+=("$src")
     return 1
@@ -43,7 +42,7 @@ capture_v1_host() {
     fi
     echo "capturing v1 files of this host (read-only) into $out"
     rm -rf "$out"
-    mkdir -p "$out"
+    mkdir -p "$out"/{memory,cpu,cpuacct,blkio,pids,proc}
     MISSING=()
     for f in memory.usage_in_bytes memory.limit_in_bytes memory.stat memory.oom_control \
         memory.failcnt memory.soft_limit_in_bytes; do
@@ -63,6 +62,7 @@ capture_v1_host() {
     cp_file /proc/self/mountinfo "$out/proc/self-mountinfo"
     local missing_txt="none"
     [ "${#MISSING[@]}" -gt 0 ] && missing_txt="$(printf '`%s` ' "${MISSING[@]}")"
+    find "$out" -type d -empty -delete
     cat >"$out/PROVENANCE.md" <<EOF
 # cgroup v1 files of a hybrid-mode host
 
@@ -89,7 +89,7 @@ capture_v2_guest() {
     name="$(basename "$(readlink -f "/sys/dev/block/$dev")")"
     echo "capturing cgroup v2 files of $rel into $out"
     rm -rf "$out"
-    mkdir -p "$out"
+    mkdir -p "$out"/root "$out"/fixture/{work,throttled,empty}
     MISSING=()
     P="$root/fixture" # global: the EXIT trap uses it
     trap 'for d in "$P"/*/; do rmdir "$d" 2>/dev/null; done; rmdir "$P" 2>/dev/null' EXIT
@@ -114,19 +114,20 @@ capture_v2_guest() {
     echo "$dev wbps=52428800 riops=2000" >"$P/work/io.max"
     echo "$dev 200" >"$P/work/io.weight"
     run_in() { bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$@"; }
-    echo "  workload: busy loop 3 s"
+    SECONDS=0
+    echo "  [${SECONDS}s] workload: busy loop 3 s"
     run_in "$P/work" timeout 3 /bin/sh -c 'while :; do :; done' || true
-    echo "  workload: dd 16 MiB write + 8 MiB read, O_DIRECT, /dev/$name"
+    echo "  [${SECONDS}s] workload: dd 16 MiB write + 8 MiB read, O_DIRECT, /dev/$name"
     run_in "$P/work" dd if=/dev/zero of="/dev/$name" bs=1M count=16 oflag=direct status=none
     run_in "$P/work" dd if="/dev/$name" of=/dev/null bs=1M count=8 iflag=direct status=none
-    echo "  workload: python3 allocating 200 MiB under memory.max 64M (expect SIGKILL)"
+    echo "  [${SECONDS}s] workload: python3 allocating 200 MiB under memory.max 64M (expect SIGKILL)"
     { run_in "$P/work" python3 -c 'b = b"x" * (200 << 20)'; } 2>/dev/null && echo "  !! not killed"
-    echo "  workload: 24 background sleeps under pids.max 16"
+    echo "  [${SECONDS}s] workload: 24 background sleeps under pids.max 16"
     run_in "$P/work" /bin/sh -c 'for i in $(seq 24); do sleep 1 & done 2>/dev/null; wait' 2>/dev/null || true
     sleep 0.5
     # --- throttled: cpu.max 20 ms per 100 ms, busy loop 3 s
     echo "20000 100000" >"$P/throttled/cpu.max"
-    echo "  workload: busy loop 3 s under cpu.max 20000 100000"
+    echo "  [${SECONDS}s] workload: busy loop 3 s under cpu.max 20000 100000"
     run_in "$P/throttled" timeout 3 /bin/sh -c 'while :; do :; done' || true
     # /proc/self/cgroup of a process inside a child
     bash -c 'echo $$ >"$0/cgroup.procs" && exec cat /proc/self/cgroup' "$P/empty" >"$out/proc-self-cgroup.in-child" 2>/dev/null \
@@ -162,6 +163,7 @@ capture_v2_guest() {
 
     local missing_txt="none"
     [ "${#MISSING[@]}" -gt 0 ] && missing_txt="$(printf '`%s` ' "${MISSING[@]}")"
+    find "$out" -type d -empty -delete
     cat >"$out/PROVENANCE.md" <<EOF
 # cgroup v2 files of Debian's stock kernel $rel
 

@@ -55,9 +55,11 @@ fi
 
 mkdir -p "$CACHE/runs"
 RUNDIR="$(mktemp -d "$CACHE/runs/run.XXXXXX")"
-QPID=""
 cleanup() {
-    [ -n "$QPID" ] && kill "$QPID" 2>/dev/null || true
+    if [ -s "$RUNDIR/qemu.pid" ] && [ ! -e "$RUNDIR/qemu.rc" ]; then
+        kill "$(cat "$RUNDIR/qemu.pid")" 2>/dev/null && say "killed qemu"
+        sleep 1
+    fi
     if [ "${TENANTD_VM_KEEP:-0}" = 1 ]; then say "run dir kept: $RUNDIR"; else rm -rf "$RUNDIR"; fi
 }
 trap cleanup EXIT
@@ -111,14 +113,18 @@ fi
 
 say "booting $(cat "$CACHE/kernel-release") (cpus=$CPUS mem=$MEM timeout=${TIMEOUT}s): $*"
 START=$(date +%s.%N)
-set +e
 # Console: strip the serial line's \r, keep a full log, hide the status marker from the caller.
-timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "${QARGS[@]}" -append "$APPEND" </dev/null 2>"$RUNDIR/qemu.stderr" \
-    | sed -u 's/\r$//' | tee "$RUNDIR/console.log" \
-    | sed -u -e '/^TENANTD-VM-EXIT=[0-9]*$/d' -e '/^\[ *[0-9.]*\] reboot: Power down$/d'
-STATUS=("${PIPESTATUS[@]}")
-set -e
-QRC=${STATUS[0]}
+# The pipeline runs in the background and we `wait` for it, so INT/TERM reach our trap at once
+# (cleanup then kills qemu through its pidfile).
+{
+    qrc=0
+    timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "${QARGS[@]}" -append "$APPEND" \
+        -pidfile "$RUNDIR/qemu.pid" </dev/null 2>"$RUNDIR/qemu.stderr" || qrc=$?
+    echo "$qrc" >"$RUNDIR/qemu.rc"
+} | sed -u 's/\r$//' | tee "$RUNDIR/console.log" \
+    | sed -u -e '/^TENANTD-VM-EXIT=[0-9]*$/d' -e '/^\[ *[0-9.]*\] reboot: Power down$/d' &
+wait $! || true
+QRC="$(cat "$RUNDIR/qemu.rc" 2>/dev/null || echo 255)"
 ELAPSED=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
 
 if [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then

@@ -1,0 +1,1002 @@
+//! The cgroup v1 backend, for v1 and hybrid hosts: each controller has its own hierarchy, so a
+//! tenant is one directory in each of the cpu, cpuacct, memory, blkio and pids hierarchies
+//! (cpu and cpuacct may be one co-mounted hierarchy). Files as documented in
+//! Documentation/admin-guide/cgroup-v1/ and Documentation/scheduler/sched-bwc.rst.
+//!
+//! The same `Settings` as v2, mapped (docs/v1.md has the table):
+//! - cpu_weight -> cpu.shares = weight x 1024 / 100 (rounded): the v2 default weight 100 is the
+//!   v1 default 1024 shares and ratios between siblings are kept; read back as shares x 100 / 1024.
+//! - cpu.max -> cpu.cfs_quota_us (-1 for max) and cpu.cfs_period_us.
+//! - memory_max -> memory.limit_in_bytes; memory_swap_max -> memory.memsw.limit_in_bytes =
+//!   memory_max + swap (v1 limits memory and swap together), where swap accounting exists.
+//! - memory_low (soft protection) -> memory.soft_limit_in_bytes: under host memory pressure v1
+//!   reclaims first from cgroups above their soft limit. A new cgroup's soft limit is
+//!   "unlimited" and reads back as that many bytes.
+//! - memory_min (hard protection): no v1 equivalent, refused with `CgroupError::Unsupported`.
+//! - memory_high: no v1 equivalent, not applied (`Backend::not_applied` says so).
+//! - io_weight -> blkio.bfq.weight (BFQ, 1-1000) or blkio.weight (CFQ, 10-1000, x5) where the
+//!   file exists, else not applied; io_max -> blkio.throttle.{read,write}_{bps,iops}_device.
+//! - pids_max -> pids.max.
+//!
+//! v1 has no cgroup.kill: `kill` SIGKILLs, through pidfds, the PIDs listed in the tenant's own
+//! cgroup.procs files until none are left.
+
+use super::parse;
+use super::v1_parse::{self, CgroupMount, ProcCgroup};
+use super::{
+    Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF,
+    NotApplied, Result,
+};
+use crate::domain::plan::{IoMax, Limit, Settings};
+use crate::domain::tenant::DevId;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The v1 controllers tenantd uses, in the order the backend visits them.
+pub const CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "blkio", "pids"];
+
+/// Name of the governor's directory below the daemon's own cgroup in each hierarchy.
+pub const DEFAULT_ROOT_NAME: &str = "tenantd";
+
+/// cpu.shares for a v2 cpu.weight: proportional, so weight 100 (the v2 default) is 1024 shares
+/// (the v1 default) and 300:100 is 3072:1024. Never the linear formula of the kernel's
+/// v1-to-v2 conversion, which maps 1024 shares to weight 39.
+pub fn shares_for_weight(weight: u32) -> u64 {
+    (u64::from(weight) * 1024 + 50) / 100
+}
+
+/// The inverse of `shares_for_weight`, exact on its values; clamped to the v2 range 1-10000.
+pub fn weight_for_shares(shares: u64) -> u32 {
+    ((shares.saturating_mul(100) + 512) / 1024).clamp(1, 10_000) as u32
+}
+
+/// One v1 hierarchy: its mount point and the directory this process sits in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Mount {
+    pub mount: PathBuf,
+    pub own: PathBuf,
+}
+
+/// Where each v1 hierarchy tenantd uses is mounted; `None` for a controller not mounted as v1.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct V1Hierarchies {
+    pub cpu: Option<V1Mount>,
+    pub cpuacct: Option<V1Mount>,
+    pub memory: Option<V1Mount>,
+    pub blkio: Option<V1Mount>,
+    pub pids: Option<V1Mount>,
+}
+
+impl V1Hierarchies {
+    /// From the contents of /proc/self/mountinfo and /proc/self/cgroup.
+    pub fn from_proc(
+        mountinfo: &str,
+        proc_cgroup: &str,
+    ) -> std::result::Result<Self, parse::ParseError> {
+        let mounts = v1_parse::cgroup_mounts(mountinfo)?;
+        let cgroups = v1_parse::proc_cgroup(proc_cgroup)?;
+        let find = |c: &str| find_mount(&mounts, &cgroups, c);
+        Ok(V1Hierarchies {
+            cpu: find("cpu"),
+            cpuacct: find("cpuacct"),
+            memory: find("memory"),
+            blkio: find("blkio"),
+            pids: find("pids"),
+        })
+    }
+
+    /// Reads `<proc>/self/mountinfo` and `<proc>/self/cgroup`.
+    pub fn detect(proc_root: &Path) -> Result<Self> {
+        let read = |p: PathBuf| {
+            fs::read_to_string(&p).map_err(|source| CgroupError::Read { path: p, source })
+        };
+        let mi_path = proc_root.join("self/mountinfo");
+        let mi = read(mi_path.clone())?;
+        let cg = read(proc_root.join("self/cgroup"))?;
+        V1Hierarchies::from_proc(&mi, &cg).map_err(|source| CgroupError::Parse {
+            path: mi_path,
+            source,
+        })
+    }
+
+    pub fn get(&self, controller: &str) -> Option<&V1Mount> {
+        match controller {
+            "cpu" => self.cpu.as_ref(),
+            "cpuacct" => self.cpuacct.as_ref(),
+            "memory" => self.memory.as_ref(),
+            "blkio" => self.blkio.as_ref(),
+            "pids" => self.pids.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// True when the controllers tenantd cannot work without (cpu, memory) are mounted.
+    pub fn usable(&self) -> bool {
+        self.cpu.is_some() && self.memory.is_some()
+    }
+
+    /// The default roots: `<own cgroup>/tenantd` in each hierarchy, so tenants live below the
+    /// daemon's own cgroup and the host's accounting of it still covers them.
+    pub fn default_roots(&self) -> V1Roots {
+        self.roots_with(|m| m.own.join(DEFAULT_ROOT_NAME))
+    }
+
+    /// The same path inside every hierarchy: `/tenantd` is `<cpu mount>/tenantd`, ...
+    pub fn roots_at(&self, inside: &Path) -> V1Roots {
+        let rel = inside.strip_prefix("/").unwrap_or(inside);
+        self.roots_with(|m| m.mount.join(rel))
+    }
+
+    fn roots_with(&self, f: impl Fn(&V1Mount) -> PathBuf) -> V1Roots {
+        V1Roots {
+            cpu: self.cpu.as_ref().map(&f),
+            cpuacct: self.cpuacct.as_ref().map(&f),
+            memory: self.memory.as_ref().map(&f),
+            blkio: self.blkio.as_ref().map(&f),
+            pids: self.pids.as_ref().map(&f),
+        }
+    }
+}
+
+fn find_mount(mounts: &[CgroupMount], cgroups: &[ProcCgroup], controller: &str) -> Option<V1Mount> {
+    let m = mounts
+        .iter()
+        .find(|m| !m.v2 && m.controllers.iter().any(|c| c == controller))?;
+    let c = cgroups
+        .iter()
+        .find(|c| c.id != 0 && c.controllers.iter().any(|x| x == controller))?;
+    // The path in /proc/self/cgroup is relative to the hierarchy's root; the mount shows the
+    // subtree at `m.root`, so strip it (a path outside the mount is not reachable).
+    let rel = if m.root == "/" {
+        c.path.as_str()
+    } else {
+        let rest = c.path.strip_prefix(m.root.as_str())?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        rest
+    };
+    Some(V1Mount {
+        mount: m.mount_point.clone(),
+        own: m.mount_point.join(rel.trim_start_matches('/')),
+    })
+}
+
+/// The governor's root in each v1 hierarchy; `None` where the controller is not mounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct V1Roots {
+    pub cpu: Option<PathBuf>,
+    pub cpuacct: Option<PathBuf>,
+    pub memory: Option<PathBuf>,
+    pub blkio: Option<PathBuf>,
+    pub pids: Option<PathBuf>,
+}
+
+impl V1Roots {
+    pub fn get(&self, controller: &str) -> Option<&Path> {
+        match controller {
+            "cpu" => self.cpu.as_deref(),
+            "cpuacct" => self.cpuacct.as_deref(),
+            "memory" => self.memory.as_deref(),
+            "blkio" => self.blkio.as_deref(),
+            "pids" => self.pids.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The distinct root directories (a co-mounted cpu,cpuacct counts once).
+    pub fn distinct(&self) -> Vec<&Path> {
+        let mut out: Vec<&Path> = Vec::new();
+        for c in CONTROLLERS {
+            if let Some(p) = self.get(c)
+                && !out.contains(&p)
+            {
+                out.push(p);
+            }
+        }
+        out
+    }
+}
+
+/// A tenant's directory in each hierarchy, for the usage sampler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Dirs {
+    pub cpu: Option<PathBuf>,
+    pub cpuacct: Option<PathBuf>,
+    pub memory: Option<PathBuf>,
+    pub blkio: Option<PathBuf>,
+    pub pids: Option<PathBuf>,
+}
+
+/// The cgroup v1 backend. `sys` is the sysfs mount (block devices), `proc` the procfs mount.
+#[derive(Debug, Clone)]
+pub struct V1 {
+    roots: V1Roots,
+    sys: PathBuf,
+    proc: PathBuf,
+    page: u64,
+}
+
+const THROTTLE: [&str; 4] = [
+    "blkio.throttle.read_bps_device",
+    "blkio.throttle.write_bps_device",
+    "blkio.throttle.read_iops_device",
+    "blkio.throttle.write_iops_device",
+];
+
+fn throttle_field(m: &IoMax, i: usize) -> Limit {
+    [m.rbps, m.wbps, m.riops, m.wiops][i]
+}
+
+/// "-1" for no limit, as v1 memory and cfs files take it.
+fn v1_text(l: Limit) -> String {
+    match l {
+        Limit::Max => "-1".into(),
+        Limit::Value(v) => v.to_string(),
+    }
+}
+
+/// A limit as a number for ordering (`Limit`'s derived order puts Max first).
+fn magnitude(l: Limit) -> u64 {
+    l.value().unwrap_or(u64::MAX)
+}
+
+impl V1 {
+    pub fn new(roots: V1Roots, sys: impl Into<PathBuf>, proc: impl Into<PathBuf>) -> Self {
+        V1 {
+            roots,
+            sys: sys.into(),
+            proc: proc.into(),
+            page: procfs::page_size().max(1),
+        }
+    }
+
+    pub fn roots(&self) -> &V1Roots {
+        &self.roots
+    }
+
+    /// The directory of `dir` in each hierarchy.
+    pub fn dirs_of(&self, dir: &CgroupPath) -> V1Dirs {
+        let d = |c: &str| self.roots.get(c).map(|r| dir.under(r));
+        V1Dirs {
+            cpu: d("cpu"),
+            cpuacct: d("cpuacct"),
+            memory: d("memory"),
+            blkio: d("blkio"),
+            pids: d("pids"),
+        }
+    }
+
+    fn primary(&self) -> Option<&Path> {
+        CONTROLLERS.iter().find_map(|c| self.roots.get(c))
+    }
+
+    fn write_file(path: &Path, value: &str) -> Result<()> {
+        fs::write(path, value).map_err(|source| CgroupError::Write {
+            path: path.to_path_buf(),
+            value: value.to_string(),
+            source,
+        })
+    }
+
+    /// Reads and parses a file that may be absent (controller not mounted, feature not built).
+    fn optional<T>(
+        path: &Path,
+        f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
+    ) -> Result<Option<T>> {
+        match fs::read_to_string(path) {
+            Ok(s) => f(&s).map(Some).map_err(|source| CgroupError::Parse {
+                path: path.to_path_buf(),
+                source,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CgroupError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    fn file_in(&self, controller: &str, dir: &CgroupPath, file: &str) -> Option<PathBuf> {
+        self.roots.get(controller).map(|r| dir.under(r).join(file))
+    }
+
+    fn read_opt<T>(
+        &self,
+        controller: &str,
+        dir: &CgroupPath,
+        file: &str,
+        f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
+    ) -> Result<Option<T>> {
+        match self.file_in(controller, dir, file) {
+            Some(p) => V1::optional(&p, f),
+            None => Ok(None),
+        }
+    }
+
+    fn mkdir(path: &Path) -> Result<bool> {
+        match fs::create_dir(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(CgroupError::Dir {
+                op: "create",
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    fn pages(&self, v: u64) -> u64 {
+        v / self.page * self.page
+    }
+
+    fn page_limit(&self, l: Limit) -> Limit {
+        match l {
+            Limit::Max => Limit::Max,
+            Limit::Value(v) => Limit::Value(self.pages(v)),
+        }
+    }
+
+    /// The io weight file of `dir` and how a v2 weight maps onto it: BFQ's blkio.bfq.weight
+    /// (1-1000, default 100: same scale) or CFQ's blkio.weight (10-1000, default 500: x5).
+    fn io_weight_file(&self, dir: &CgroupPath) -> Option<(PathBuf, bool)> {
+        let d = dir.under(self.roots.blkio.as_deref()?);
+        [("blkio.bfq.weight", true), ("blkio.weight", false)]
+            .into_iter()
+            .map(|(f, bfq)| (d.join(f), bfq))
+            .find(|(p, _)| p.exists())
+    }
+
+    /// The memsw limit that delivers `want`'s memory_max and swap_max; `None` when v1 cannot.
+    fn memsw_for(&self, want: &Settings) -> Option<Limit> {
+        match (
+            self.page_limit(want.memory_max_bytes),
+            self.page_limit(want.memory_swap_max_bytes),
+        ) {
+            (_, Limit::Max) => Some(Limit::Max),
+            (Limit::Value(m), Limit::Value(s)) => Some(Limit::Value(m.saturating_add(s))),
+            (Limit::Max, Limit::Value(_)) => None,
+        }
+    }
+
+    /// Every PID in `dir` and below, in every hierarchy.
+    fn subtree_pids(&self, dir: &CgroupPath) -> Result<BTreeSet<u32>> {
+        fn walk(p: &Path, out: &mut BTreeSet<u32>) -> Result<()> {
+            match V1::optional(&p.join("cgroup.procs"), parse::pids)? {
+                Some(v) => out.extend(v),
+                None => return Ok(()),
+            }
+            let Ok(rd) = fs::read_dir(p) else {
+                return Ok(());
+            };
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&e.path(), out)?;
+                }
+            }
+            Ok(())
+        }
+        let mut out = BTreeSet::new();
+        for r in self.roots.distinct() {
+            walk(&dir.under(r), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn block_devices(&self, weight_file: Option<(PathBuf, bool)>) -> Vec<BlockDevice> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(self.sys.join("block")) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("loop") || name.starts_with("ram") {
+                continue;
+            }
+            let Some(device) = fs::read_to_string(e.path().join("dev"))
+                .ok()
+                .and_then(|s| DevId::parse(s.trim()))
+            else {
+                continue;
+            };
+            let scheduler = fs::read_to_string(e.path().join("queue/scheduler"))
+                .ok()
+                .and_then(|s| {
+                    s.split_ascii_whitespace()
+                        .find(|w| w.starts_with('['))
+                        .map(|w| w.trim_matches(['[', ']']).to_string())
+                });
+            let (eff, why) = match (&weight_file, scheduler.as_deref()) {
+                (Some((_, true)), Some("bfq")) => (true, "the device uses BFQ and blkio.bfq.weight exists".to_string()),
+                (Some((_, false)), Some("cfq")) => (true, "the device uses CFQ and blkio.weight exists".to_string()),
+                (None, _) => (
+                    false,
+                    "cgroup v1 has no blkio.weight or blkio.bfq.weight here (no CFQ, BFQ without v1 weights): io_weight is not applied; io_max (blkio.throttle.*) works".to_string(),
+                ),
+                (Some(_), s) => (
+                    false,
+                    format!(
+                        "the scheduler of {name} is {}: blkio weights only act under BFQ (or CFQ before Linux 5.0)",
+                        s.unwrap_or("unknown")
+                    ),
+                ),
+            };
+            out.push(BlockDevice {
+                device,
+                name,
+                scheduler,
+                io_weight_effective: eff,
+                io_weight_reason: why,
+            });
+        }
+        out.sort_by_key(|d| d.device);
+        out
+    }
+
+    fn unsupported(what: String, why: impl Into<String>) -> CgroupError {
+        CgroupError::Unsupported {
+            what,
+            why: why.into(),
+        }
+    }
+}
+
+impl Backend for V1 {
+    fn host(&self) -> Result<HostCgroup> {
+        let controllers: Vec<String> = CONTROLLERS
+            .iter()
+            .filter(|c| self.roots.get(c).is_some())
+            .map(|c| c.to_string())
+            .collect();
+        let missing = CONTROLLERS
+            .iter()
+            .filter(|c| self.roots.get(c).is_none())
+            .map(|c| c.to_string())
+            .collect();
+        // Per-cgroup pressure files are a v2 feature; a v1 cpu hierarchy has none.
+        let psi = self.proc.join("pressure").exists()
+            && self.roots.cpu.as_ref().is_some_and(|r| {
+                r.join("cpu.pressure").exists()
+                    || r.parent().is_some_and(|p| p.join("cpu.pressure").exists())
+            });
+        let weight = self
+            .io_weight_file(&CgroupPath::root())
+            .or_else(|| self.io_weight_file(&CgroupPath::daemon()));
+        Ok(HostCgroup {
+            version: "v1",
+            root: self.primary().map(Path::to_path_buf).unwrap_or_default(),
+            controllers,
+            missing,
+            psi,
+            kill: false,
+            devices: self.block_devices(weight),
+        })
+    }
+
+    fn prepare_root(&self) -> Result<()> {
+        if self.roots.distinct().is_empty() {
+            return Err(V1::unsupported(
+                "cgroup v1".into(),
+                "none of the cpu, cpuacct, memory, blkio and pids hierarchies is mounted",
+            ));
+        }
+        for root in self.roots.distinct() {
+            if let Some(parent) = root.parent()
+                && !parent.join("cgroup.procs").exists()
+            {
+                return Err(V1::unsupported(
+                    format!("cgroup root {}", root.display()),
+                    format!(
+                        "{} is not a cgroup v1 directory: create it or choose another --cgroup-root",
+                        parent.display()
+                    ),
+                ));
+            }
+            V1::mkdir(root)?;
+            V1::mkdir(&root.join(DAEMON_LEAF))?;
+        }
+        Ok(())
+    }
+
+    fn ensure(&self, dir: &CgroupPath, leaf: bool) -> Result<bool> {
+        let mut created = false;
+        for root in self.roots.distinct() {
+            let p = dir.under(root);
+            created |= V1::mkdir(&p)?;
+            if leaf {
+                created |= V1::mkdir(&p.join(LEAF))?;
+            }
+        }
+        Ok(created)
+    }
+
+    fn apply(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>> {
+        if want.memory_min_bytes > 0 {
+            return Err(V1::unsupported(
+                format!("memory.min of {} bytes for {dir}", want.memory_min_bytes),
+                "cgroup v1 has no hard memory protection (memory.min exists only in cgroup v2): use a soft guarantee (memory.low, mapped to memory.soft_limit_in_bytes) or run tenantd on a cgroup v2 host",
+            ));
+        }
+        let have = self.read(dir)?;
+        let mut changes = Vec::new();
+        let mut put = |controller: &str, file: &str, was: String, now: String| -> Result<()> {
+            let Some(p) = self.file_in(controller, dir, file) else {
+                return Err(V1::unsupported(
+                    format!("{file} for {dir}"),
+                    format!("the {controller} v1 hierarchy is not mounted (see GET /v1/host)"),
+                ));
+            };
+            V1::write_file(&p, &now)?;
+            changes.push(Change {
+                file: file.to_string(),
+                was,
+                now,
+            });
+            Ok(())
+        };
+
+        if have.cpu_weight != want.cpu_weight {
+            put(
+                "cpu",
+                "cpu.shares",
+                shares_for_weight(have.cpu_weight).to_string(),
+                shares_for_weight(want.cpu_weight).to_string(),
+            )?;
+        }
+        if have.cpu_max_period_us != want.cpu_max_period_us {
+            // Lift the quota first, so no intermediate quota/period pair is refused.
+            if have.cpu_max_quota_us != Limit::Max {
+                put(
+                    "cpu",
+                    "cpu.cfs_quota_us",
+                    v1_text(have.cpu_max_quota_us),
+                    "-1".into(),
+                )?;
+            }
+            put(
+                "cpu",
+                "cpu.cfs_period_us",
+                have.cpu_max_period_us.to_string(),
+                want.cpu_max_period_us.to_string(),
+            )?;
+            if want.cpu_max_quota_us != Limit::Max {
+                put(
+                    "cpu",
+                    "cpu.cfs_quota_us",
+                    "-1".into(),
+                    v1_text(want.cpu_max_quota_us),
+                )?;
+            }
+        } else if have.cpu_max_quota_us != want.cpu_max_quota_us {
+            put(
+                "cpu",
+                "cpu.cfs_quota_us",
+                v1_text(have.cpu_max_quota_us),
+                v1_text(want.cpu_max_quota_us),
+            )?;
+        }
+
+        // memory.limit_in_bytes <= memory.memsw.limit_in_bytes must hold after every write:
+        // raise memsw before the limit, lower it after.
+        let limit_now = have.memory_max_bytes;
+        let limit_new = self.page_limit(want.memory_max_bytes);
+        let memsw_file = self
+            .file_in("memory", dir, "memory.memsw.limit_in_bytes")
+            .filter(|p| p.exists());
+        let memsw_now = match &memsw_file {
+            Some(p) => V1::optional(p, v1_parse::memory_limit)?,
+            None => None,
+        };
+        let memsw_new = match (memsw_now, self.memsw_for(want)) {
+            (Some(_), None) => {
+                return Err(V1::unsupported(
+                    format!("memory.swap.max without memory.max for {dir}"),
+                    "cgroup v1 limits memory and swap together (memory.memsw.limit_in_bytes): set a memory limit too",
+                ));
+            }
+            (Some(now), Some(new)) if now != new => Some((now, new)),
+            _ => None,
+        };
+        let write_memsw =
+            |put: &mut dyn FnMut(&str, &str, String, String) -> Result<()>| -> Result<()> {
+                if let Some((now, new)) = memsw_new {
+                    put(
+                        "memory",
+                        "memory.memsw.limit_in_bytes",
+                        v1_text(now),
+                        v1_text(new),
+                    )?;
+                }
+                Ok(())
+            };
+        let raise_memsw_first =
+            memsw_new.is_some_and(|(now, new)| magnitude(new) >= magnitude(now));
+        if raise_memsw_first {
+            write_memsw(&mut put)?;
+        }
+        if limit_now != limit_new {
+            put(
+                "memory",
+                "memory.limit_in_bytes",
+                v1_text(limit_now),
+                v1_text(limit_new),
+            )?;
+        }
+        if !raise_memsw_first {
+            write_memsw(&mut put)?;
+        }
+        let low = self.pages(want.memory_low_bytes);
+        if have.memory_low_bytes != low {
+            put(
+                "memory",
+                "memory.soft_limit_in_bytes",
+                have.memory_low_bytes.to_string(),
+                low.to_string(),
+            )?;
+        }
+
+        if have.io_weight != want.io_weight
+            && let Some((p, bfq)) = self.io_weight_file(dir)
+        {
+            let v = if bfq {
+                want.io_weight.clamp(1, 1000)
+            } else {
+                (want.io_weight * 5).clamp(10, 1000)
+            };
+            let file = p
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default();
+            put("blkio", &file, have.io_weight.to_string(), v.to_string())?;
+        }
+
+        // blkio.throttle.*: one file per field; "MAJ:MIN 0" removes a rule.
+        let devices: BTreeSet<DevId> = want
+            .io_max
+            .iter()
+            .chain(&have.io_max)
+            .map(|m| m.device)
+            .collect();
+        for d in devices {
+            let w = want.io_max.iter().find(|m| m.device == d);
+            let h = have.io_max.iter().find(|m| m.device == d);
+            for (i, file) in THROTTLE.iter().enumerate() {
+                let wv = w.map_or(Limit::Max, |m| throttle_field(m, i));
+                let hv = h.map_or(Limit::Max, |m| throttle_field(m, i));
+                if wv != hv {
+                    let text = |l: Limit| format!("{d} {}", l.value().unwrap_or(0));
+                    put("blkio", file, text(hv), text(wv))?;
+                }
+            }
+        }
+
+        if have.pids_max != want.pids_max {
+            put(
+                "pids",
+                "pids.max",
+                have.pids_max.to_string(),
+                want.pids_max.to_string(),
+            )?;
+        }
+        Ok(changes)
+    }
+
+    fn read(&self, dir: &CgroupPath) -> Result<Settings> {
+        for r in self.roots.distinct() {
+            let p = dir.under(r);
+            if !p.is_dir() {
+                return Err(CgroupError::Dir {
+                    op: "find",
+                    path: p,
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                });
+            }
+        }
+        let d = Settings::default();
+        let memory_max = self
+            .read_opt(
+                "memory",
+                dir,
+                "memory.limit_in_bytes",
+                v1_parse::memory_limit,
+            )?
+            .unwrap_or(Limit::Max);
+        let memsw = self
+            .read_opt(
+                "memory",
+                dir,
+                "memory.memsw.limit_in_bytes",
+                v1_parse::memory_limit,
+            )?
+            .unwrap_or(Limit::Max);
+        let swap = match (memsw, memory_max) {
+            (Limit::Max, _) => Limit::Max,
+            (Limit::Value(t), Limit::Value(m)) => Limit::Value(t.saturating_sub(m)),
+            (Limit::Value(t), Limit::Max) => Limit::Value(t),
+        };
+        let io_weight = match self.io_weight_file(dir) {
+            Some((p, bfq)) => {
+                let w = V1::optional(&p, parse::weight)?.unwrap_or(d.io_weight);
+                if bfq { w } else { w / 5 }
+            }
+            None => d.io_weight,
+        };
+        let mut io: BTreeMap<DevId, IoMax> = BTreeMap::new();
+        for (i, file) in THROTTLE.iter().enumerate() {
+            for (dev, v) in self
+                .read_opt("blkio", dir, file, v1_parse::throttle_device)?
+                .unwrap_or_default()
+            {
+                let m = io.entry(dev).or_insert(IoMax {
+                    device: dev,
+                    rbps: Limit::Max,
+                    wbps: Limit::Max,
+                    riops: Limit::Max,
+                    wiops: Limit::Max,
+                });
+                *[&mut m.rbps, &mut m.wbps, &mut m.riops, &mut m.wiops][i] = Limit::Value(v);
+            }
+        }
+        Ok(Settings {
+            cpu_weight: self
+                .read_opt("cpu", dir, "cpu.shares", parse::single_u64)?
+                .map_or(d.cpu_weight, weight_for_shares),
+            cpu_max_quota_us: self
+                .read_opt("cpu", dir, "cpu.cfs_quota_us", v1_parse::cfs_quota)?
+                .unwrap_or(d.cpu_max_quota_us),
+            cpu_max_period_us: self
+                .read_opt("cpu", dir, "cpu.cfs_period_us", parse::single_u64)?
+                .unwrap_or(d.cpu_max_period_us),
+            memory_min_bytes: 0,
+            // The soft limit as the kernel holds it: "unlimited" reads as that many bytes,
+            // which as a protection means "all of it", as it acts in v1.
+            memory_low_bytes: self
+                .read_opt(
+                    "memory",
+                    dir,
+                    "memory.soft_limit_in_bytes",
+                    parse::single_u64,
+                )?
+                .unwrap_or(0),
+            memory_high_bytes: Limit::Max,
+            memory_max_bytes: memory_max,
+            memory_swap_max_bytes: swap,
+            io_weight,
+            io_max: io.into_values().collect(),
+            pids_max: self
+                .read_opt("pids", dir, "pids.max", parse::limit)?
+                .unwrap_or(Limit::Max),
+        })
+    }
+
+    fn not_applied(&self, want: &Settings) -> Vec<NotApplied> {
+        let mut out = Vec::new();
+        if want.memory_high_bytes != Limit::Max {
+            out.push(NotApplied {
+                setting: "memory_high_bytes".into(),
+                why: "cgroup v1 has no memory.high (throttling before the hard limit); only memory_max (memory.limit_in_bytes) is enforced".into(),
+            });
+        }
+        if want.io_weight != Settings::default().io_weight
+            && self.io_weight_file(&CgroupPath::root()).is_none()
+        {
+            out.push(NotApplied {
+                setting: "io_weight".into(),
+                why: "neither blkio.bfq.weight nor blkio.weight exists on this v1 host: io_weight has no effect".into(),
+            });
+        }
+        if want.memory_swap_max_bytes != Limit::Max
+            && self
+                .roots
+                .memory
+                .as_ref()
+                .is_some_and(|r| !r.join("memory.memsw.limit_in_bytes").exists())
+        {
+            out.push(NotApplied {
+                setting: "memory_swap_max_bytes".into(),
+                why: "swap accounting is off (no memory.memsw.limit_in_bytes; boot with swapaccount=1)".into(),
+            });
+        }
+        out
+    }
+
+    fn procs(&self, dir: &CgroupPath) -> Result<Vec<u32>> {
+        let mut out = BTreeSet::new();
+        for r in self.roots.distinct() {
+            out.extend(
+                V1::optional(&dir.under(r).join("cgroup.procs"), parse::pids)?.unwrap_or_default(),
+            );
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn populated(&self, dir: &CgroupPath) -> Result<bool> {
+        Ok(!self.subtree_pids(dir)?.is_empty())
+    }
+
+    fn attach(&self, dir: &CgroupPath, pid: u32) -> Result<()> {
+        for r in self.roots.distinct() {
+            V1::write_file(&dir.under(r).join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// v1 has no cgroup.kill: SIGKILL every PID listed in `dir` and below, again until none
+    /// is left (a process may fork meanwhile). A PID is signalled through a pidfd opened
+    /// before checking that it is still listed, so a recycled PID outside is never hit.
+    fn kill(&self, dir: &CgroupPath) -> Result<()> {
+        use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+        let path = self.path_of(dir);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = self.subtree_pids(dir)?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::Dir {
+                    op: "empty (processes survived SIGKILL for 10 s)",
+                    path,
+                    source: io::Error::from(io::ErrorKind::TimedOut),
+                });
+            }
+            let fds: Vec<_> = pids
+                .iter()
+                .filter_map(|&p| {
+                    Pid::from_raw(p as i32)
+                        .and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
+                        .map(|fd| (p, fd))
+                })
+                .collect();
+            let still = self.subtree_pids(dir)?;
+            for (p, fd) in fds.iter().filter(|(p, _)| still.contains(p)) {
+                match pidfd_send_signal(fd, Signal::KILL) {
+                    Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                    Err(e) => {
+                        return Err(CgroupError::Write {
+                            path: self.proc.join(p.to_string()),
+                            value: "SIGKILL".into(),
+                            source: e.into(),
+                        });
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn remove(&self, dir: &CgroupPath) -> Result<()> {
+        for r in self.roots.distinct() {
+            let path = dir.under(r);
+            for p in [path.join(LEAF), path] {
+                match fs::remove_dir(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(CgroupError::Dir {
+                            op: "remove",
+                            path: p,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn children(&self, dir: &CgroupPath) -> Result<Vec<String>> {
+        let mut out = BTreeSet::new();
+        for r in self.roots.distinct() {
+            let path = dir.under(r);
+            let rd = fs::read_dir(&path).map_err(|source| CgroupError::Dir {
+                op: "list",
+                path: path.clone(),
+                source,
+            })?;
+            out.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().to_string()),
+            );
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn exists(&self, dir: &CgroupPath) -> bool {
+        let roots = self.roots.distinct();
+        !roots.is_empty() && roots.iter().all(|r| dir.under(r).is_dir())
+    }
+
+    fn path_of(&self, dir: &CgroupPath) -> PathBuf {
+        dir.under(self.primary().unwrap_or(Path::new("/")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cgroupfs/v1-host-6.18.44-fc-v657/proc"
+    );
+
+    #[test]
+    fn weight_to_shares_is_proportional() {
+        assert_eq!(shares_for_weight(100), 1024);
+        assert_eq!(shares_for_weight(300), 3072);
+        assert_eq!(shares_for_weight(1), 10);
+        assert_eq!(shares_for_weight(10_000), 102_400);
+        assert_eq!(weight_for_shares(1024), 100);
+        assert_eq!(weight_for_shares(2), 1);
+        for w in 1..=10_000 {
+            assert_eq!(
+                weight_for_shares(shares_for_weight(w)),
+                w,
+                "round trip of weight {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn hierarchies_of_the_hybrid_host() {
+        let mi = std::fs::read_to_string(format!("{HOST}/self-mountinfo")).unwrap();
+        let cg = std::fs::read_to_string(format!("{HOST}/self-cgroup")).unwrap();
+        let h = V1Hierarchies::from_proc(&mi, &cg).unwrap();
+        assert!(h.usable());
+        assert_eq!(
+            h.cpu.as_ref().unwrap().own,
+            Path::new("/sys/fs/cgroup/cpu/")
+        );
+        assert_eq!(
+            h.memory.as_ref().unwrap().own,
+            Path::new("/sys/fs/cgroup/memory/process_api/dfeced73022461b19fc976a3395add92")
+        );
+        let r = h.default_roots();
+        assert_eq!(
+            r.cpu.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/cpu/tenantd"))
+        );
+        assert_eq!(
+            r.cpuacct.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/cpuacct/tenantd"))
+        );
+        assert_eq!(
+            r.memory.as_deref(),
+            Some(Path::new(
+                "/sys/fs/cgroup/memory/process_api/dfeced73022461b19fc976a3395add92/tenantd"
+            ))
+        );
+        assert_eq!(r.distinct().len(), 5);
+        let at = h.roots_at(Path::new("/gov"));
+        assert_eq!(
+            at.pids.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/pids/gov"))
+        );
+    }
+
+    #[test]
+    fn co_mounted_and_bind_mounted_hierarchies() {
+        // Hand-typed: systemd's co-mounted cpu,cpuacct, and a container's bind mount whose root
+        // is the container's own cgroup; this host has neither.
+        let mi = "1 0 0:1 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+                  2 0 0:2 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let cg = "3:cpu,cpuacct:/system.slice/x.service\n2:memory:/docker/abc/inner\n0::/\n";
+        let h = V1Hierarchies::from_proc(mi, cg).unwrap();
+        assert_eq!(h.cpu, h.cpuacct);
+        assert_eq!(
+            h.cpu.as_ref().unwrap().own,
+            Path::new("/sys/fs/cgroup/cpu,cpuacct/system.slice/x.service")
+        );
+        assert_eq!(
+            h.memory.as_ref().unwrap().own,
+            Path::new("/sys/fs/cgroup/memory/inner")
+        );
+        assert!(h.blkio.is_none());
+        assert_eq!(h.default_roots().distinct().len(), 2);
+    }
+}

@@ -1,0 +1,390 @@
+//! SLA accounting: from per-interval observations to delivered share, contention, violations
+//! and attainment; and the adaptive weight controller. Pure: times are passed in.
+//!
+//! A weight only gives a share among *busy* siblings, so a tenant below its guarantee is only
+//! in violation when it actually wanted more CPU: it was **contended** (its cpu.pressure `some`
+//! stall, or run-queue wait where PSI is missing, took at least `contention_threshold` of the
+//! interval) and it was not merely held back by its own cpu.max (throttling is the tenant's own
+//! limit, not a breach of its guarantee).
+
+use serde::{Deserialize, Serialize};
+
+/// What one tenant did over one interval, computed from two samples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// CPU time the tenant used (Δ cpu.stat usage_usec).
+    pub used_usec: u64,
+    /// CPU time its parent could hand out in the interval (host CPUs × Δt for a top-level tenant,
+    /// the parent's own usage for a child).
+    pub capacity_usec: f64,
+    /// Δ cpu.pressure `some` total: time at least one of its tasks waited for a CPU. `None`
+    /// without PSI; then `runq_wait_usec` is used.
+    pub stall_usec: Option<u64>,
+    /// Δ of the summed run-queue wait of its tasks (/proc/PID/schedstat), for hosts without PSI.
+    pub runq_wait_usec: Option<u64>,
+    /// Δ cpu.stat throttled_usec: time held back by its own cpu.max.
+    pub throttled_usec: u64,
+}
+
+impl Interval {
+    pub fn secs(&self) -> f64 {
+        (self.end_ms - self.start_ms).max(0) as f64 / 1000.0
+    }
+
+    /// Share of the parent's capacity delivered, 0..1.
+    pub fn delivered(&self) -> f64 {
+        if self.capacity_usec <= 0.0 {
+            0.0
+        } else {
+            (self.used_usec as f64 / self.capacity_usec).clamp(0.0, 1.0)
+        }
+    }
+
+    fn frac(&self, v: u64) -> f64 {
+        let dt_us = (self.end_ms - self.start_ms).max(1) as f64 * 1000.0;
+        v as f64 / dt_us
+    }
+}
+
+/// Tunables of the accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SlaParams {
+    /// Stall fraction (0..1) at or above which a tenant counts as wanting more CPU.
+    pub contention_threshold: f64,
+    /// Percentage points below the guarantee that are tolerated.
+    pub tolerance_pp: f64,
+    /// Consecutive below-guarantee contended intervals before a violation opens.
+    pub min_intervals: u32,
+}
+
+impl Default for SlaParams {
+    fn default() -> Self {
+        SlaParams {
+            contention_threshold: 0.10,
+            tolerance_pp: 2.0,
+            min_intervals: 3,
+        }
+    }
+}
+
+/// The verdict on one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub delivered: f64,
+    pub contended: bool,
+    /// Contended and below the guarantee minus the tolerance (before the `min_intervals` rule).
+    pub below: bool,
+    /// Part of an open violation.
+    pub violating: bool,
+}
+
+/// Whether the tenant wanted more CPU than it got in `i`.
+pub fn contended(i: &Interval, p: &SlaParams) -> bool {
+    let wait = match (i.stall_usec, i.runq_wait_usec) {
+        (Some(s), _) => s,
+        (None, Some(w)) => w,
+        (None, None) => return false,
+    };
+    let waiting = i.frac(wait) >= p.contention_threshold;
+    // Held back by its own cpu.max for most of its waiting: not a breach of the guarantee.
+    let own_limit = i.throttled_usec > 0 && i.throttled_usec >= wait / 2;
+    waiting && !own_limit
+}
+
+/// A violation: a run of contended intervals below the guarantee.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    pub start_ms: i64,
+    /// `None` while still open.
+    pub end_ms: Option<i64>,
+    /// Lowest delivered share seen (0..1).
+    pub worst_share: f64,
+    pub guarantee: f64,
+}
+
+/// What feeding one interval produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlaEvent {
+    Opened(Violation),
+    Closed(Violation),
+}
+
+/// Per-tenant state machine: feed intervals in order, get verdicts and violation events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tracker {
+    run: u32,
+    run_start_ms: i64,
+    run_worst: f64,
+    open: Option<Violation>,
+}
+
+impl Tracker {
+    pub fn open(&self) -> Option<&Violation> {
+        self.open.as_ref()
+    }
+
+    /// `guarantee` is the share promised (0..1); `None` for best effort (never violated).
+    pub fn feed(
+        &mut self,
+        i: &Interval,
+        guarantee: Option<f64>,
+        p: &SlaParams,
+    ) -> (Verdict, Option<SlaEvent>) {
+        let delivered = i.delivered();
+        let contended = contended(i, p);
+        let below = match guarantee {
+            Some(g) => contended && delivered * 100.0 < g * 100.0 - p.tolerance_pp,
+            None => false,
+        };
+        let mut event = None;
+        if below {
+            if self.run == 0 {
+                self.run_start_ms = i.start_ms;
+                self.run_worst = delivered;
+            }
+            self.run += 1;
+            self.run_worst = self.run_worst.min(delivered);
+            if let Some(v) = &mut self.open {
+                v.worst_share = v.worst_share.min(delivered);
+            } else if self.run >= p.min_intervals.max(1) {
+                let v = Violation {
+                    start_ms: self.run_start_ms,
+                    end_ms: None,
+                    worst_share: self.run_worst,
+                    guarantee: guarantee.unwrap_or(0.0),
+                };
+                self.open = Some(v.clone());
+                event = Some(SlaEvent::Opened(v));
+            }
+        } else {
+            self.run = 0;
+            if let Some(mut v) = self.open.take() {
+                v.end_ms = Some(i.start_ms);
+                event = Some(SlaEvent::Closed(v));
+            }
+        }
+        let verdict = Verdict {
+            delivered,
+            contended,
+            below,
+            violating: self.open.is_some(),
+        };
+        (verdict, event)
+    }
+}
+
+/// Totals over a period, for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Attainment {
+    pub contended_s: f64,
+    pub violation_s: f64,
+}
+
+impl Attainment {
+    pub fn add(&mut self, v: &Verdict, secs: f64) {
+        if v.contended {
+            self.contended_s += secs;
+        }
+        if v.violating {
+            self.violation_s += secs;
+        }
+    }
+
+    /// 1 - violation time / contended time; 1 when never contended.
+    pub fn ratio(&self) -> f64 {
+        if self.contended_s <= 0.0 {
+            1.0
+        } else {
+            (1.0 - self.violation_s / self.contended_s).clamp(0.0, 1.0)
+        }
+    }
+}
+
+/// The `q`-quantile (0..1) of `values` by nearest rank; `None` when empty.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v.get(rank - 1).copied()
+}
+
+/// Adaptive enforcement: the next weight for a tenant (or the governor's root) given how far
+/// below its guarantee it was delivered while contended. Multiplicative increase proportional
+/// to the shortfall, exponential decay back toward `base` when the pressure is gone; clamped
+/// to `[base, max]`. Small steps near the target and the decay dead band keep it from
+/// oscillating (see the convergence test).
+pub fn next_weight(current: u32, base: u32, max: u32, shortfall_pp: Option<f64>) -> u32 {
+    let cur = current.clamp(base, max.max(base)) as f64;
+    let next = match shortfall_pp {
+        Some(s) if s > 0.0 => cur * (1.0 + (s / 100.0).min(0.5)),
+        // Contended but delivered: hold. Not contended: decay 10% of the excess per step.
+        Some(_) => cur,
+        None => base as f64 + ((cur - base as f64) * 0.9).floor(),
+    };
+    (next.round() as u32).clamp(base, max.max(base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: SlaParams = SlaParams {
+        contention_threshold: 0.10,
+        tolerance_pp: 2.0,
+        min_intervals: 3,
+    };
+
+    fn iv(t: i64, share: f64, stall_frac: f64, throttled: u64) -> Interval {
+        Interval {
+            start_ms: t * 1000,
+            end_ms: t * 1000 + 1000,
+            used_usec: (share * 2_000_000.0) as u64,
+            capacity_usec: 2_000_000.0,
+            stall_usec: Some((stall_frac * 1_000_000.0) as u64),
+            runq_wait_usec: None,
+            throttled_usec: throttled,
+        }
+    }
+
+    #[test]
+    fn contention_table() {
+        assert!(contended(&iv(0, 0.3, 0.5, 0), &P));
+        assert!(!contended(&iv(0, 0.3, 0.05, 0), &P), "below the threshold");
+        assert!(
+            !contended(&iv(0, 0.3, 0.5, 400_000), &P),
+            "its own cpu.max held it back"
+        );
+        let mut no_psi = iv(0, 0.3, 0.0, 0);
+        no_psi.stall_usec = None;
+        no_psi.runq_wait_usec = Some(200_000);
+        assert!(contended(&no_psi, &P), "run-queue wait stands in for PSI");
+        no_psi.runq_wait_usec = None;
+        assert!(!contended(&no_psi, &P), "no signal: never claim contention");
+    }
+
+    #[test]
+    fn violation_opens_after_n_intervals_and_closes_with_its_worst_share() {
+        let mut t = Tracker::default();
+        let g = Some(0.5);
+        let mut events = vec![];
+        let shares = [0.5, 0.40, 0.35, 0.42, 0.30, 0.5, 0.5];
+        for (k, s) in shares.iter().enumerate() {
+            let (_, e) = t.feed(&iv(k as i64, *s, 0.5, 0), g, &P);
+            events.extend(e);
+        }
+        assert_eq!(events.len(), 2, "{events:?}");
+        let SlaEvent::Opened(o) = &events[0] else {
+            panic!()
+        };
+        assert_eq!(
+            o.start_ms, 1000,
+            "the violation starts at the first below interval"
+        );
+        let SlaEvent::Closed(c) = &events[1] else {
+            panic!()
+        };
+        assert_eq!((c.start_ms, c.end_ms), (1000, Some(5000)));
+        assert!((c.worst_share - 0.30).abs() < 1e-9);
+    }
+
+    #[test]
+    fn idle_or_within_tolerance_or_best_effort_is_never_a_violation() {
+        let mut t = Tracker::default();
+        for k in 0..10 {
+            // Idle: low share but no stall.
+            let (v, e) = t.feed(&iv(k, 0.01, 0.0, 0), Some(0.5), &P);
+            assert!(!v.contended && e.is_none());
+            // Within 2 pp of the guarantee.
+            let (v, e) = t.feed(&iv(k, 0.485, 0.9, 0), Some(0.5), &P);
+            assert!(v.contended && !v.below && e.is_none());
+            let (v, _) = t.feed(&iv(k, 0.0, 1.0, 0), None, &P);
+            assert!(!v.below);
+        }
+    }
+
+    #[test]
+    fn attainment_and_quantiles() {
+        let mut a = Attainment::default();
+        a.add(
+            &Verdict {
+                delivered: 0.5,
+                contended: true,
+                below: false,
+                violating: false,
+            },
+            30.0,
+        );
+        a.add(
+            &Verdict {
+                delivered: 0.3,
+                contended: true,
+                below: true,
+                violating: true,
+            },
+            10.0,
+        );
+        assert!((a.ratio() - 0.75).abs() < 1e-9);
+        assert_eq!(Attainment::default().ratio(), 1.0);
+        assert_eq!(quantile(&[0.5, 0.1, 0.3, 0.2, 0.4], 0.05), Some(0.1));
+        assert_eq!(quantile(&[0.5, 0.1, 0.3, 0.2, 0.4], 0.5), Some(0.3));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    /// A plant: the tenant's share is w / (w + outside), where `outside` is competition the
+    /// weights do not see. The controller must bring the share to the guarantee and stay.
+    #[test]
+    fn adaptive_weight_converges_without_oscillating_and_decays_after() {
+        let (base, max, guarantee, outside) = (5000u32, 10_000u32 * 10, 0.5, 7000.0);
+        let mut w = base;
+        let mut shares = vec![];
+        for _ in 0..60 {
+            let share = w as f64 / (w as f64 + outside);
+            shares.push(share);
+            let shortfall = (guarantee - share) * 100.0;
+            w = next_weight(
+                w,
+                base,
+                max,
+                Some(if shortfall > P.tolerance_pp {
+                    shortfall
+                } else {
+                    0.0
+                }),
+            );
+        }
+        let last = &shares[40..];
+        assert!(
+            last.iter()
+                .all(|s| (s - guarantee).abs() * 100.0 <= P.tolerance_pp + 0.5),
+            "{last:?}"
+        );
+        let spread = last.iter().cloned().fold(f64::MIN, f64::max)
+            - last.iter().cloned().fold(f64::MAX, f64::min);
+        assert!(spread < 1e-9, "settled, not oscillating: {last:?}");
+        // Pressure gone: the extra weight decays back to the base.
+        for _ in 0..200 {
+            w = next_weight(w, base, max, None);
+        }
+        assert_eq!(w, base);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn delivered_share_is_a_fraction(used in 0u64..10_000_000, cap in 0.0f64..10_000_000.0) {
+            let i = Interval { start_ms: 0, end_ms: 1000, used_usec: used, capacity_usec: cap, stall_usec: Some(0), runq_wait_usec: None, throttled_usec: 0 };
+            let d = i.delivered();
+            proptest::prop_assert!((0.0..=1.0).contains(&d));
+        }
+
+        #[test]
+        fn weights_stay_in_bounds(cur in 1u32..20_000, base in 1u32..10_000, max in 1u32..100_000, s in proptest::option::of(-50.0f64..100.0)) {
+            let w = next_weight(cur, base, max, s);
+            proptest::prop_assert!(w >= base && w <= max.max(base));
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The HTTP API on any host: everything here is answered or refused before a cgroup is touched
+//! (the backend points at a directory that does not exist, so a test that reached the kernel
+//! would fail). Kernel-backed API behaviour is in `kernel`.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tenantd::api::auth::Tokens;
+use tenantd::api::{AppState, OPENAPI, ROUTES, router};
+use tenantd::cgroup::v2::V2;
+use tenantd::domain::plan::PlanParams;
+use tenantd::domain::tenant::Capacity;
+use tenantd::engine::{EngineConfig, Governor};
+use tenantd::store::Store;
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-token-0123456789";
+const VIEWER: &str = "viewer-token-0123456789";
+
+struct Api {
+    state: AppState,
+    _dir: tempfile::TempDir,
+}
+
+async fn api(tokens: Tokens) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+    let missing = dir.path().join("no-cgroupfs-here");
+    let gov = Governor::new(
+        Arc::new(V2::new(&missing, missing.join("tenantd"), "/sys")),
+        store,
+        EngineConfig {
+            params: PlanParams::default(),
+            memory_reserve_bytes: 0,
+            daemon_cpu_weight: 100,
+            daemon_memory_min_bytes: 0,
+            proc_root: "/proc".into(),
+        },
+        Capacity {
+            cpus: 2.0,
+            memory_bytes: 8 << 30,
+            memory_reserve_bytes: 1 << 30,
+        },
+    );
+    Api {
+        state: AppState {
+            gov,
+            tokens: Arc::new(tokens),
+            max_body_bytes: 4096,
+            request_timeout: std::time::Duration::from_secs(5),
+            metrics: tenantd::metrics::Metrics::new(),
+            usage_retention: Default::default(),
+        },
+        _dir: dir,
+    }
+}
+
+fn tokens() -> Tokens {
+    Tokens::parse(&format!("alice admin {ADMIN}\nbob viewer {VIEWER}\n")).unwrap()
+}
+
+async fn send(
+    a: &Api,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, String, Value) {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        b = b.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = b
+        .body(
+            body.map(|s| Body::from(s.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
+        .unwrap();
+    let resp = router(a.state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        ct,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn assert_problem(
+    r: &(StatusCode, String, Value),
+    status: StatusCode,
+    field: Option<&str>,
+    detail_has: &str,
+) {
+    assert_eq!(r.0, status, "{:?}", r.2);
+    assert_eq!(r.1, "application/problem+json");
+    assert_eq!(r.2["status"], status.as_u16());
+    assert_eq!(r.2["field"].as_str(), field, "{:?}", r.2);
+    let detail = r.2["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(detail_has),
+        "detail {detail:?} lacks {detail_has:?}"
+    );
+}
+
+#[tokio::test]
+async fn probes_and_openapi_need_no_token() {
+    let a = api(tokens()).await;
+    assert_eq!(
+        send(&a, "GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&a, "GET", "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
+    let (s, _, doc) = send(&a, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+}
+
+#[tokio::test]
+async fn tokens_and_roles() {
+    let a = api(tokens()).await;
+    let r = send(&a, "GET", "/v1/tenants", None, None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, None, "bearer token");
+    let r = send(
+        &a,
+        "GET",
+        "/v1/tenants",
+        Some("wrong-token-0123456789"),
+        None,
+    )
+    .await;
+    assert_eq!(r.0, StatusCode::UNAUTHORIZED);
+    let r = send(&a, "GET", "/v1/tenants", Some(VIEWER), None).await;
+    assert_eq!((r.0, r.2.clone()), (StatusCode::OK, json!([])));
+    let r = send(&a, "PUT", "/v1/tenants/a", Some(VIEWER), Some("{}")).await;
+    assert_problem(&r, StatusCode::FORBIDDEN, None, "viewer role");
+}
+
+#[tokio::test]
+async fn bad_bodies_name_the_field_at_fault() {
+    let a = api(tokens()).await;
+    let put = |body: &'static str| send(&a, "PUT", "/v1/tenants/acme", Some(ADMIN), Some(body));
+    assert_problem(
+        &put("{\"cpu\": ").await,
+        StatusCode::BAD_REQUEST,
+        None,
+        "not valid JSON",
+    );
+    assert_problem(
+        &put(r#"{"cpu": {"guarantee_pct": "lots"}}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("cpu.guarantee_pct"),
+        "percentage",
+    );
+    assert_problem(
+        &put(r#"{"cpu": {"guarantee": 5}}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("cpu.guarantee"),
+        "unknown field `guarantee`",
+    );
+    assert_problem(
+        &put(r#"{"memory": {"limit_bytes": -5}}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("memory.limit_bytes"),
+        "negative",
+    );
+    assert_problem(
+        &put(r#"{"memory": {"protection": "firm"}}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("memory.protection"),
+        "unknown variant",
+    );
+    assert_problem(
+        &put(r#"{"cpu": {"guarantee_pct": 150}}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("cpu.guarantee_pct"),
+        "out of range",
+    );
+    assert_problem(
+        &put(r#"{"pids": {"limit": 0}}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("pids.limit"),
+        "at least 1",
+    );
+    assert_problem(
+        &put(r#"{"parent": "nobody"}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("parent"),
+        "does not exist",
+    );
+    assert_problem(
+        &put(r#"{"io": {"limits": [{"device": "sda"}]}}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("io.limits[0].device"),
+        "MAJOR:MINOR",
+    );
+    // Nothing was stored by any of them.
+    assert_eq!(
+        send(&a, "GET", "/v1/tenants", Some(ADMIN), None).await.2,
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn bad_names_media_types_sizes_and_paths() {
+    let a = api(tokens()).await;
+    assert_problem(
+        &send(&a, "PUT", "/v1/tenants/Acme", Some(ADMIN), Some("{}")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("name"),
+        "lowercase",
+    );
+    assert_problem(
+        &send(&a, "GET", "/v1/tenants/a..b", Some(ADMIN), None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("name"),
+        "'.'",
+    );
+    assert_problem(
+        &send(&a, "GET", "/v1/tenants/ghost", Some(ADMIN), None).await,
+        StatusCode::NOT_FOUND,
+        Some("name"),
+        "does not exist",
+    );
+    assert_problem(
+        &send(&a, "DELETE", "/v1/tenants/ghost", Some(ADMIN), None).await,
+        StatusCode::NOT_FOUND,
+        Some("name"),
+        "does not exist",
+    );
+    assert_problem(
+        &send(
+            &a,
+            "DELETE",
+            "/v1/tenants/ghost?kill=yes",
+            Some(ADMIN),
+            None,
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("kill"),
+        "true or false",
+    );
+    assert_problem(
+        &send(&a, "GET", "/v1/nothing", Some(ADMIN), None).await,
+        StatusCode::NOT_FOUND,
+        None,
+        "no such endpoint",
+    );
+    assert_problem(
+        &send(&a, "POST", "/v1/tenants", Some(ADMIN), None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        None,
+        "method",
+    );
+    assert_problem(
+        &send(&a, "GET", "/v1/events?since=yesterday", Some(ADMIN), None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("since"),
+        "duration",
+    );
+    let big = format!("{{\"labels\": {{\"k\": \"{}\"}}}}", "x".repeat(5000));
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/v1/tenants/a")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(big))
+        .unwrap();
+    assert_eq!(
+        router(a.state.clone()).oneshot(req).await.unwrap().status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/v1/tenants/a")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(
+        router(a.state.clone()).oneshot(req).await.unwrap().status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let r = send(
+        &a,
+        "POST",
+        "/v1/tenants/ghost/procs",
+        Some(ADMIN),
+        Some(r#"{"pid": "one"}"#),
+    )
+    .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("pid"),
+        "invalid type",
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_router() {
+    let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented = vec![];
+    for (p, ops) in paths {
+        for m in ops
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| ["get", "put", "post", "patch", "delete"].contains(&k.as_str()))
+        {
+            documented.push((m.clone(), p.clone()));
+        }
+    }
+    let mut served: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(
+        documented, served,
+        "src/api/openapi.json and api::ROUTES disagree"
+    );
+    // And every listed route is really served (not a 404/405 from the fallbacks).
+    let a = api(Tokens::open()).await;
+    for (m, p) in &served {
+        let uri = p.replace("{name}", "ghost");
+        let body = matches!(m.as_str(), "put" | "post" | "patch").then_some("{}");
+        let r = send(&a, &m.to_uppercase(), &uri, None, body).await;
+        assert!(
+            r.0 != StatusCode::METHOD_NOT_ALLOWED
+                && r.2["detail"]
+                    .as_str()
+                    .is_none_or(|d| !d.contains("no such endpoint")),
+            "{m} {p} is documented but not routed: {:?}",
+            r
+        );
+    }
+}
+
+#[tokio::test]
+async fn serves_over_a_real_socket_and_stops_on_cancel() {
+    let a = api(Tokens::open()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(tenantd::api::serve(listener, a.state.clone(), stop.clone()));
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .put(format!("http://{addr}/v1/tenants/BAD"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        r.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    stop.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "still listening after shutdown"
+    );
+}

@@ -1,0 +1,266 @@
+//! Shared test helpers: a fresh governor root in the real cgroup v2 tree, a daemon started from
+//! the built binary on a real socket, and processes the test owns.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NEEDS_V2: &str = "needs a cgroup v2 kernel: run through tests/vm/run.sh (see README)";
+
+/// The cgroup2 mount to test against. Panics loudly when the environment does not provide a
+/// cgroup v2 tree with the controllers, so nothing passes by checking nothing.
+pub fn v2_mount() -> PathBuf {
+    let root = std::env::var("TENANTD_TEST_CGROUP_ROOT").unwrap_or_else(|_| {
+        panic!(
+            "TENANTD_TEST_CGROUP_ROOT is not set: the kernel tests need a cgroup v2 tree with cpu, memory, io and pids \
+             (run `bash tests/run.sh`, which boots the VM, or set TENANTD_KERNEL=host on a pure v2 host)"
+        )
+    });
+    let root = PathBuf::from(root);
+    let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))
+        .unwrap_or_else(|e| panic!("{} is not a cgroup v2 directory: {e}", root.display()));
+    let subtree = std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
+    for c in ["cpu", "memory", "io", "pids"] {
+        assert!(
+            controllers.split_whitespace().any(|x| x == c),
+            "controller '{c}' is missing from {}/cgroup.controllers ({controllers:?}): this is not the kernel the tests need",
+            root.display()
+        );
+        assert!(
+            subtree.split_whitespace().any(|x| x == c),
+            "controller '{c}' is not enabled in {}/cgroup.subtree_control ({subtree:?})",
+            root.display()
+        );
+    }
+    root
+}
+
+/// A governor root of the test's own, removed (processes killed first) when dropped.
+pub struct TestRoot {
+    pub mount: PathBuf,
+    pub path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRoot {
+    pub fn new(name: &str) -> TestRoot {
+        let mount = v2_mount();
+        let path = mount.join(format!("tenantd-test-{name}-{}", std::process::id()));
+        if path.exists() {
+            remove_tree(&path);
+        }
+        TestRoot {
+            mount,
+            path,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("tenantd.db")
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        let p = self.path.join(rel);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            remove_tree(&self.path);
+        }
+    }
+}
+
+/// Kills everything in a cgroup tree the test created and removes it bottom-up.
+pub fn remove_tree(path: &Path) {
+    let _ = std::fs::write(path.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(path.join("cgroup.events"))
+        .map(|s| s.contains("populated 1"))
+        .unwrap_or(false)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fn rm(p: &Path) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    rm(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(p);
+    }
+    rm(path);
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tenantd")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `tenantd serve` started from the built binary.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub http: reqwest::blocking::Client,
+}
+
+impl Daemon {
+    pub fn start(root: &TestRoot) -> Daemon {
+        let port = free_port();
+        let log =
+            std::fs::File::create(root.dir.path().join(format!("daemon-{port}.log"))).unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--db")
+            .arg(root.db())
+            .arg("--cgroup-root")
+            .arg(&root.path)
+            .arg("--cgroup-mount")
+            .arg(&root.mount)
+            .args(["--reconcile-interval-s", "3600"])
+            .env("TENANTD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tenantd serve");
+        let d = Daemon {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if d.http
+                .get(format!("{}/healthz", d.addr))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return d;
+            }
+            if Instant::now() > deadline {
+                let logs =
+                    std::fs::read_to_string(root.dir.path().join(format!("daemon-{port}.log")))
+                        .unwrap_or_default();
+                panic!("tenantd did not answer /healthz within 60 s; its log:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.addr, path)
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null when empty).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(m, self.url(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A `tenantd` client command against this daemon.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("TENANTD_ADDR", &self.addr);
+        c
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A child process the test started; killed and reaped on drop.
+pub struct Owned(pub Child);
+
+impl Owned {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    pub fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn sleeper() -> Owned {
+    Owned(
+        Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep"),
+    )
+}
+
+/// The cgroup v2 path of a process ("/a/b").
+pub fn cgroup_of(pid: u32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Waits until `f` is true or panics with `what` after `secs`.
+pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
