@@ -327,13 +327,25 @@ pub fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<()> {
     }
 }
 
+/// How one stat file is read.
+#[derive(Debug)]
+enum Handle {
+    /// Held open, re-read with `pread`.
+    Held(File),
+    /// Opened on each sample: the process ran out of file descriptors (EMFILE/ENFILE) when
+    /// the reader was made. Raise `LimitNOFILE` (11 files per tenant) to hold them all.
+    Reopen,
+    /// Not offered by this kernel or with these controllers.
+    Absent,
+}
+
 /// Samples one cgroup directory: its stat files stay open and are re-read with `pread`.
 /// Files the kernel does not offer (a controller not enabled, an older kernel) are skipped.
 #[derive(Debug)]
 pub struct StatsReader {
     dir: PathBuf,
     ino: u64,
-    files: Vec<Option<File>>,
+    files: Vec<Handle>,
 }
 
 impl StatsReader {
@@ -353,8 +365,11 @@ impl StatsReader {
         for name in FILES {
             let path = dir.join(name);
             match File::open(&path) {
-                Ok(f) => files.push(Some(f)),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => files.push(None),
+                Ok(f) => files.push(Handle::Held(f)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => files.push(Handle::Absent),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    files.push(Handle::Reopen)
+                }
                 Err(e) if is_gone(&e) => return Ok(None),
                 Err(source) => return Err(CgroupError::Read { path, source }),
             }
@@ -391,9 +406,19 @@ impl StatsReader {
     /// this reader and opens the path again.
     pub fn sample(&mut self, buf: &mut Vec<u8>) -> Result<Option<Sample>> {
         let mut stats = CgroupStats::default();
-        for (i, f) in self.files.iter().enumerate() {
-            let Some(f) = f else { continue };
-            match pread_all(f, buf) {
+        for (i, h) in self.files.iter().enumerate() {
+            let read = match h {
+                Handle::Held(f) => pread_all(f, buf),
+                // A file missing now may never have existed: the inode check below tells
+                // a vanished cgroup apart.
+                Handle::Reopen => match File::open(self.dir.join(FILES[i])) {
+                    Ok(f) => pread_all(&f, buf),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(e) => Err(e),
+                },
+                Handle::Absent => continue,
+            };
+            match read {
                 Ok(()) => {}
                 Err(e) if is_gone(&e) => return Ok(None),
                 Err(source) => {
@@ -611,6 +636,19 @@ mod tests {
             .unwrap();
         assert_eq!(s.stats.cpu.usage_usec, Some(1));
         assert_eq!(s.stats.memory_peak, None);
+    }
+
+    /// Hand-typed: a reader made while the process has no file descriptors left still
+    /// samples, opening the files each time.
+    #[test]
+    fn a_reader_without_descriptors_to_hold_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 4\n").unwrap();
+        let mut r = StatsReader::open(dir.path()).unwrap().unwrap();
+        r.files = FILES.iter().map(|_| Handle::Reopen).collect();
+        let mut buf = Vec::new();
+        let s = r.sample(&mut buf).unwrap().unwrap();
+        assert_eq!(s.stats.cpu.usage_usec, Some(4));
     }
 
     #[test]
