@@ -1,6 +1,7 @@
 //! The usage sampler: every interval, read every tenant's cgroup off the async runtime,
 //! compute rates from the previous sample, record limit hits as events, write the samples in
-//! one transaction and publish the snapshot `/metrics` renders.
+//! one transaction, roll up closed minutes and hours once a minute, and publish the snapshot
+//! `/metrics` renders.
 //!
 //! IO (`cgroup::stats`) and maths (`domain::usage`) stay apart; this file only wires them to
 //! the clock, the store and the metrics.
@@ -69,6 +70,8 @@ pub struct Sampler {
     readers: Option<Readers>,
     last: HashMap<String, Last>,
     last_prune: Option<Instant>,
+    /// The minute (Unix ms / 60000) of the last rollup.
+    last_rollup_minute: i64,
 }
 
 /// Builds the stored row of one sample and the rates since the previous one.
@@ -168,6 +171,7 @@ impl Sampler {
             readers: Some(Readers::default()),
             last: HashMap::new(),
             last_prune: None,
+            last_rollup_minute: i64::MIN,
         }
     }
 
@@ -268,6 +272,10 @@ impl Sampler {
         self.metrics
             .db_write_seconds
             .observe(started.elapsed().as_secs_f64());
+        if ts_ms / 60_000 != self.last_rollup_minute {
+            self.last_rollup_minute = ts_ms / 60_000;
+            store.roll_up(ts_ms).await?;
+        }
         report.rows = rows.len();
         report.events = events.len();
 
