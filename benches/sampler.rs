@@ -14,7 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenantd::cgroup::stats::{FILES, pread_all, sample_dir};
+use tenantd::cgroup::stats::{FILES, held_tenants_budget, pread_all, sample_dir_mode};
 use tenantd::domain::tenant::{Capacity, TenantName, TenantSpec};
 use tenantd::engine::sampler::{Sampler, SamplerConfig};
 use tenantd::engine::{EngineConfig, Governor};
@@ -134,12 +134,13 @@ async fn bench(n: usize) {
         _ => 3,
     };
     println!(
-        "\n== {n} tenants ({}), {sweeps} sweeps each, averages per sweep",
+        "\n== {n} tenants ({}), {sweeps} sweeps each, averages per sweep; files held open for {} tenants (RLIMIT_NOFILE budget)",
         if tree.real {
             "REAL cgroup v2 directories"
         } else {
             "ORDINARY FILES shaped like cgroup dirs, not cgroupfs"
-        }
+        },
+        held_tenants_budget().min(n)
     );
 
     // Minimal reader 1: open + read + close every file, no parsing.
@@ -161,9 +162,12 @@ async fn bench(n: usize) {
     }
     let open_read = per_sweep(t.elapsed(), thread_cpu_ns() - c, sweeps);
 
-    // Minimal reader 2: the same files held open, pread, no parsing.
-    let held: Vec<Vec<File>> = dirs
+    // Minimal reader 2: the same files, held open (within the same descriptor budget as the
+    // sampler; beyond it opened each time), pread, no parsing.
+    let held = held_tenants_budget();
+    let kept: Vec<Vec<File>> = dirs
         .iter()
+        .take(held)
         .map(|d| {
             FILES
                 .iter()
@@ -173,26 +177,37 @@ async fn bench(n: usize) {
         .collect();
     let (t, c) = (Instant::now(), thread_cpu_ns());
     for _ in 0..sweeps {
-        for files in &held {
+        for files in &kept {
             for f in files {
                 let _ = pread_all(f, &mut buf);
             }
         }
+        for d in dirs.iter().skip(held) {
+            for f in FILES {
+                if let Ok(file) = File::open(d.join(f)) {
+                    let _ = pread_all(&file, &mut buf);
+                }
+            }
+        }
     }
     let pread_only = per_sweep(t.elapsed(), thread_cpu_ns() - c, sweeps);
-    drop(held);
+    drop(kept);
 
     // The sampler's read phase: held files, pread, parse, inode check (sample_dir).
     let mut slots: Vec<Option<tenantd::cgroup::stats::StatsReader>> =
         (0..n).map(|_| None).collect();
-    for (slot, d) in slots.iter_mut().zip(&dirs) {
-        sample_dir(slot, d, &mut buf).expect("sample");
+    for (i, (slot, d)) in slots.iter_mut().zip(&dirs).enumerate() {
+        sample_dir_mode(slot, d, &mut buf, i < held).expect("sample");
     }
     let (t, c) = (Instant::now(), thread_cpu_ns());
     let mut sampled = 0;
     for _ in 0..sweeps {
-        for (slot, d) in slots.iter_mut().zip(&dirs) {
-            sampled += usize::from(sample_dir(slot, d, &mut buf).expect("sample").is_some());
+        for (i, (slot, d)) in slots.iter_mut().zip(&dirs).enumerate() {
+            sampled += usize::from(
+                sample_dir_mode(slot, d, &mut buf, i < held)
+                    .expect("sample")
+                    .is_some(),
+            );
         }
     }
     let read_phase = per_sweep(t.elapsed(), thread_cpu_ns() - c, sweeps);

@@ -349,8 +349,15 @@ pub struct StatsReader {
 }
 
 impl StatsReader {
-    /// Opens the directory's stat files. `Ok(None)` when the directory does not exist.
+    /// Opens the directory's stat files and holds them. `Ok(None)` when the directory does
+    /// not exist.
     pub fn open(dir: &Path) -> Result<Option<StatsReader>> {
+        Self::open_mode(dir, true)
+    }
+
+    /// Like `open`; with `hold` false no file is held: each sample opens them (for tenants
+    /// beyond the process's file-descriptor budget, see `held_tenants_budget`).
+    pub fn open_mode(dir: &Path, hold: bool) -> Result<Option<StatsReader>> {
         let ino = match std::fs::metadata(dir) {
             Ok(m) => m.ino(),
             Err(e) if is_gone(&e) => return Ok(None),
@@ -363,6 +370,10 @@ impl StatsReader {
         };
         let mut files = Vec::with_capacity(FILES.len());
         for name in FILES {
+            if !hold {
+                files.push(Handle::Reopen);
+                continue;
+            }
             let path = dir.join(name);
             match File::open(&path) {
                 Ok(f) => files.push(Handle::Held(f)),
@@ -395,6 +406,12 @@ impl StatsReader {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether this reader holds its files open.
+    pub fn holds_files(&self) -> bool {
+        self.files.iter().any(|h| matches!(h, Handle::Held(_)))
+            || self.files.iter().all(|h| matches!(h, Handle::Absent))
     }
 
     pub fn ino(&self) -> u64 {
@@ -462,9 +479,22 @@ pub fn sample_dir(
     dir: &Path,
     buf: &mut Vec<u8>,
 ) -> Result<Option<Sample>> {
+    sample_dir_mode(slot, dir, buf, true)
+}
+
+/// `sample_dir` with the hold mode chosen by the caller; a reader in the other mode is
+/// reopened in this one.
+pub fn sample_dir_mode(
+    slot: &mut Option<StatsReader>,
+    dir: &Path,
+    buf: &mut Vec<u8>,
+    hold: bool,
+) -> Result<Option<Sample>> {
     for _ in 0..2 {
-        if slot.as_ref().is_none_or(|r| r.dir != dir) {
-            *slot = StatsReader::open(dir)?;
+        if slot.as_ref().is_none_or(|r| {
+            r.dir != dir || (hold && !r.holds_files()) || (!hold && r.holds_files())
+        }) {
+            *slot = StatsReader::open_mode(dir, hold)?;
         }
         let Some(r) = slot.as_mut() else {
             return Ok(None);
@@ -475,6 +505,29 @@ pub fn sample_dir(
         }
     }
     Ok(None)
+}
+
+/// How many tenants can hold their stat files open: the soft `RLIMIT_NOFILE` (from
+/// /proc/self/limits) less a reserve for sockets, the database and the rest, divided by the
+/// files per tenant. Raise `LimitNOFILE` to hold more; the rest are opened on each sample.
+pub fn held_tenants_budget() -> usize {
+    const RESERVE: usize = 512;
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| {
+                    if v == "unlimited" {
+                        Some(usize::MAX)
+                    } else {
+                        v.parse().ok()
+                    }
+                })
+        })
+        .unwrap_or(1024);
+    soft.saturating_sub(RESERVE) / FILES.len()
 }
 
 #[cfg(test)]
@@ -636,6 +689,24 @@ mod tests {
             .unwrap();
         assert_eq!(s.stats.cpu.usage_usec, Some(1));
         assert_eq!(s.stats.memory_peak, None);
+    }
+
+    #[test]
+    fn the_budget_follows_the_descriptor_limit_and_unheld_readers_still_sample() {
+        let b = held_tenants_budget();
+        assert!(b > 0 && b < usize::MAX / FILES.len(), "{b}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 9\n").unwrap();
+        let (mut slot, mut buf) = (None, Vec::new());
+        let s = sample_dir_mode(&mut slot, dir.path(), &mut buf, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.stats.cpu.usage_usec, Some(9));
+        assert!(!slot.as_ref().unwrap().holds_files());
+        sample_dir_mode(&mut slot, dir.path(), &mut buf, true)
+            .unwrap()
+            .unwrap();
+        assert!(slot.as_ref().unwrap().holds_files());
     }
 
     /// Hand-typed: a reader made while the process has no file descriptors left still

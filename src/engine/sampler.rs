@@ -8,7 +8,7 @@
 
 use super::{EngineError, Governor, Result, now_ms};
 use crate::cgroup::CgroupPath;
-use crate::cgroup::stats::{Sample, StatsReader, sample_dir};
+use crate::cgroup::stats::{Sample, StatsReader, held_tenants_budget, sample_dir_mode};
 use crate::domain::tenant::{self, TenantName, TenantSpec};
 use crate::domain::usage::{self, Rates};
 use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
@@ -52,10 +52,21 @@ pub struct SweepReport {
 }
 
 /// The reader state that moves to the blocking pool and back each sweep.
-#[derive(Default)]
 struct Readers {
     by_tenant: HashMap<String, Option<StatsReader>>,
     buf: Vec<u8>,
+    /// Tenants (the first, by name) whose files stay open; see `held_tenants_budget`.
+    held: usize,
+}
+
+impl Default for Readers {
+    fn default() -> Self {
+        Readers {
+            by_tenant: HashMap::new(),
+            buf: Vec::new(),
+            held: held_tenants_budget(),
+        }
+    }
 }
 
 struct Last {
@@ -300,12 +311,17 @@ fn read_all(
 )> {
     let keep: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
     readers.by_tenant.retain(|n, _| keep.contains(n.as_str()));
-    let Readers { by_tenant, buf } = readers;
+    let Readers {
+        by_tenant,
+        buf,
+        held,
+    } = readers;
     targets
         .iter()
-        .map(|(name, path)| {
+        .enumerate()
+        .map(|(i, (name, path))| {
             let slot = by_tenant.entry(name.clone()).or_insert(None);
-            (name.clone(), sample_dir(slot, path, buf))
+            (name.clone(), sample_dir_mode(slot, path, buf, i < *held))
         })
         .collect()
 }
