@@ -83,6 +83,13 @@ pub struct Sampler {
     last_prune: Option<Instant>,
     /// The minute (Unix ms / 60000) of the last rollup.
     last_rollup_minute: i64,
+    /// The specs and directories of the last sweep, and the fingerprint they were read at.
+    tenants: Option<((i64, i64, i64, i64), Arc<Targets>)>,
+}
+
+struct Targets {
+    specs: BTreeMap<TenantName, TenantSpec>,
+    dirs: Vec<(String, PathBuf)>,
 }
 
 /// Builds the stored row of one sample and the rates since the previous one.
@@ -183,6 +190,7 @@ impl Sampler {
             last: HashMap::new(),
             last_prune: None,
             last_rollup_minute: i64::MIN,
+            tenants: None,
         }
     }
 
@@ -203,20 +211,35 @@ impl Sampler {
         }
     }
 
-    /// One sweep: read, compute, store, publish.
-    pub async fn sweep(&mut self) -> Result<SweepReport> {
-        let stored = self.gov.store().tenants().await?;
-        let specs: BTreeMap<TenantName, TenantSpec> = stored
-            .iter()
-            .map(|(n, t)| (n.clone(), t.spec.clone()))
-            .collect();
-        let targets: Vec<(String, PathBuf)> = specs
+    /// The tenants to sample, re-read from the store only when its fingerprint changed.
+    async fn targets(&mut self) -> Result<Arc<Targets>> {
+        let store = self.gov.store();
+        let fp = store.tenants_fingerprint().await?;
+        if let Some((f, t)) = &self.tenants
+            && *f == fp
+        {
+            return Ok(t.clone());
+        }
+        let stored = store.tenants().await?;
+        let specs: BTreeMap<TenantName, TenantSpec> =
+            stored.into_iter().map(|(n, t)| (n, t.spec)).collect();
+        let dirs = specs
             .keys()
             .map(|n| {
                 let dir = CgroupPath::tenant(&tenant::lineage(n, &specs));
                 (n.to_string(), self.gov.backend().path_of(&dir))
             })
             .collect();
+        let t = Arc::new(Targets { specs, dirs });
+        self.tenants = Some((fp, t.clone()));
+        Ok(t)
+    }
+
+    /// One sweep: read, compute, store, publish.
+    pub async fn sweep(&mut self) -> Result<SweepReport> {
+        let tt = self.targets().await?;
+        let targets = tt.dirs.clone();
+        let specs = &tt.specs;
         let mut readers = self.readers.take().unwrap_or_default();
         let ts_ms = now_ms();
         let started = Instant::now();
