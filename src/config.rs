@@ -48,6 +48,14 @@ pub struct FileConfig {
     pub move_self: Option<bool>,
     pub request_timeout_s: Option<f64>,
     pub max_body_bytes: Option<Bytes>,
+    /// Seconds between usage samples [default 1].
+    pub sample_interval_s: Option<f64>,
+    /// How long raw usage samples are kept, in hours [default 48].
+    pub usage_raw_retention_h: Option<f64>,
+    /// How long per-minute usage rollups are kept, in days [default 30].
+    pub usage_minute_retention_d: Option<f64>,
+    /// How long per-hour usage rollups are kept, in days [default 400].
+    pub usage_hour_retention_d: Option<f64>,
 }
 
 /// The validated configuration of `tenantd serve`.
@@ -72,6 +80,8 @@ pub struct Config {
     pub move_self: bool,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    pub sample_interval: Duration,
+    pub usage_retention: crate::store::Retention,
 }
 
 impl FileConfig {
@@ -105,6 +115,12 @@ impl FileConfig {
             move_self: self.move_self.or(other.move_self),
             request_timeout_s: self.request_timeout_s.or(other.request_timeout_s),
             max_body_bytes: self.max_body_bytes.or(other.max_body_bytes),
+            sample_interval_s: self.sample_interval_s.or(other.sample_interval_s),
+            usage_raw_retention_h: self.usage_raw_retention_h.or(other.usage_raw_retention_h),
+            usage_minute_retention_d: self
+                .usage_minute_retention_d
+                .or(other.usage_minute_retention_d),
+            usage_hour_retention_d: self.usage_hour_retention_d.or(other.usage_hour_retention_d),
         }
     }
 
@@ -176,7 +192,43 @@ impl FileConfig {
                 message: format!("'{}' may not contain '..'", root.display()),
             });
         }
+        let keep = |field: &'static str,
+                    v: Option<f64>,
+                    default: f64,
+                    unit_ms: f64|
+         -> Result<i64, ConfigError> {
+            let v = v.unwrap_or(default);
+            if !(v.is_finite() && v > 0.0 && v <= 36_500.0) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: format!("{v} is out of range: use a positive number up to 36500"),
+                });
+            }
+            Ok((v * unit_ms) as i64)
+        };
+        let usage_retention = crate::store::Retention {
+            raw_ms: keep(
+                "usage_raw_retention_h",
+                self.usage_raw_retention_h,
+                48.0,
+                3_600_000.0,
+            )?,
+            minute_ms: keep(
+                "usage_minute_retention_d",
+                self.usage_minute_retention_d,
+                30.0,
+                86_400_000.0,
+            )?,
+            hour_ms: keep(
+                "usage_hour_retention_d",
+                self.usage_hour_retention_d,
+                400.0,
+                86_400_000.0,
+            )?,
+        };
         Ok(Config {
+            sample_interval: secs("sample_interval_s", self.sample_interval_s, 1.0, 0.1)?,
+            usage_retention,
             listen,
             db: self.db.unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
             cgroup_mount: mount,

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 mod handlers;
 pub mod json;
+mod usage;
 
 use crate::engine::Governor;
 use auth::Tokens;
@@ -32,6 +33,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/tenants/{name}/procs"),
     ("post", "/v1/reconcile"),
     ("get", "/v1/events"),
+    ("get", "/v1/tenants/{name}/usage"),
+    ("get", "/metrics"),
 ];
 
 /// Everything a handler may use; passed explicitly, no globals.
@@ -41,6 +44,10 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// The sampler's snapshot and tenantd's own instruments, for `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Retention of the usage levels, so a usage query picks a level that still has data.
+    pub usage_retention: crate::store::Retention,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -67,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/reconcile", post(handlers::reconcile))
         .route("/v1/events", get(handlers::events))
+        .route("/v1/tenants/{name}/usage", get(usage::usage))
+        .route("/metrics", get(usage::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

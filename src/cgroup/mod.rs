@@ -7,6 +7,7 @@
 //! cannot be tenant names, so they never collide.
 
 pub mod parse;
+pub mod stats;
 pub mod v1;
 pub mod v1_parse;
 pub mod v2;

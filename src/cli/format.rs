@@ -160,3 +160,63 @@ pub fn tenant(t: &Value) -> String {
     }
     out
 }
+
+/// `tenantd usage`: one row per bucket, every number with its unit.
+pub fn usage(v: &Value) -> String {
+    let f = |x: &Value, scale: f64, digits: usize, unit: &str| match x.as_f64() {
+        Some(n) => format!("{:.*}{unit}", digits, n * scale),
+        None => "-".into(),
+    };
+    let rows: Vec<Vec<String>> = v["points"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    vec![
+                        num(&p["ts_ms"]),
+                        f(&p["cpu_cores_mean"], 1.0, 3, " cores"),
+                        f(&p["cpu_cores_max"], 1.0, 3, " cores"),
+                        f(&p["cpu_throttled_cores_mean"], 1.0, 3, " cores"),
+                        p["memory_current_bytes_mean"]
+                            .as_f64()
+                            .map(|b| format_bytes(b as u64))
+                            .unwrap_or_else(|| "-".into()),
+                        p["memory_working_set_bytes_max"]
+                            .as_f64()
+                            .map(|b| format_bytes(b as u64))
+                            .unwrap_or_else(|| "-".into()),
+                        f(&p["io_read_bytes_per_s_mean"], 1.0, 0, " B/s"),
+                        f(&p["io_write_bytes_per_s_mean"], 1.0, 0, " B/s"),
+                        f(&p["memory_some_stall_ratio_mean"], 100.0, 1, "%"),
+                        f(&p["pids_current_max"], 1.0, 0, ""),
+                        f(&p["new_oom_kills"], 1.0, 0, ""),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "tenant {}  level {}  step {} s  from {} to {} (Unix ms)\n\n{}",
+        num(&v["tenant"]),
+        num(&v["level"]),
+        num(&v["step_s"]),
+        num(&v["from_ms"]),
+        num(&v["to_ms"]),
+        table(
+            &[
+                "TIME (UNIX MS)",
+                "CPU MEAN",
+                "CPU MAX",
+                "THROTTLED",
+                "MEM MEAN",
+                "WORKING SET MAX",
+                "READ",
+                "WRITE",
+                "MEM STALL",
+                "PIDS MAX",
+                "OOM KILLS"
+            ],
+            &rows
+        )
+    )
+}

@@ -80,6 +80,21 @@ pub enum Cmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// A tenant's usage over time: CPU, memory, IO, pressure, limit hits.
+    Usage {
+        name: String,
+        /// Start: Unix milliseconds, or a duration back from now: 15m, 2h, 7d [default 1h].
+        #[arg(long)]
+        from: Option<String>,
+        /// End: Unix milliseconds, or a duration back from now [default now].
+        #[arg(long)]
+        to: Option<String>,
+        /// Bucket size: seconds, or 30s, 5m, 1h, 1d [default: about 240 rows].
+        #[arg(long)]
+        step: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Recent events: tenant changes, drift corrections, OOM kills.
     Events {
         #[arg(long)]
@@ -304,6 +319,26 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             let c = Client::new(&o.addr, o.token.clone());
             let v: Value = c.call(Method::GET, "/v1/host", None).await?;
             print(o.output, &v, host_table);
+        }
+        Cmd::Usage {
+            name,
+            from,
+            to,
+            step,
+            client: o,
+        } => {
+            let c = Client::new(&o.addr, o.token.clone());
+            let q: Vec<String> = [("from", from), ("to", to), ("step", step)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+                .collect();
+            let path = format!(
+                "/v1/tenants/{name}/usage{}{}",
+                if q.is_empty() { "" } else { "?" },
+                q.join("&")
+            );
+            let v: Value = c.call(Method::GET, &path, None).await?;
+            print(o.output, &v, format::usage);
         }
         Cmd::Events {
             tenant,

@@ -8,7 +8,9 @@ use crate::cgroup::{Backend, CgroupVersion, Detected, HostMounts, choose};
 use crate::config::{DEFAULT_CGROUP_MOUNT, FileConfig, default_root};
 use crate::domain::plan::PlanParams;
 use crate::domain::tenant::Capacity;
+use crate::engine::sampler::{Sampler, SamplerConfig};
 use crate::engine::{EngineConfig, Governor};
+use crate::metrics::Metrics;
 use crate::store::{NewEvent, Store};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -43,6 +45,9 @@ pub struct ServeArgs {
     /// Seconds between reconcile passes [default 30].
     #[arg(long, env = "TENANTD_RECONCILE_INTERVAL_S")]
     pub reconcile_interval_s: Option<f64>,
+    /// Seconds between usage samples [default 1].
+    #[arg(long, env = "TENANTD_SAMPLE_INTERVAL_S")]
+    pub sample_interval_s: Option<f64>,
     /// Do not move the daemon into <root>/_tenantd (tests; not for production).
     #[arg(long)]
     pub no_move_self: bool,
@@ -58,6 +63,7 @@ impl ServeArgs {
             cgroup_version: self.cgroup_version,
             token_file: self.token_file.clone(),
             reconcile_interval_s: self.reconcile_interval_s,
+            sample_interval_s: self.sample_interval_s,
             move_self: self.no_move_self.then_some(false),
             ..Default::default()
         }
@@ -197,7 +203,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         cfg.cgroup_root.display()
     );
     let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
     let state = AppState {
+        metrics: metrics.clone(),
+        usage_retention: cfg.usage_retention,
         gov: gov.clone(),
         tokens: Arc::new(tokens),
         max_body_bytes: cfg.max_body_bytes,
@@ -205,7 +214,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     {
-        let (gov, stop, every) = (gov.clone(), shutdown.clone(), cfg.reconcile_interval);
+        let (gov, stop, every, m) = (
+            gov.clone(),
+            shutdown.clone(),
+            cfg.reconcile_interval,
+            metrics.clone(),
+        );
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -213,13 +227,28 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {
-                        if let Err(e) = gov.reconcile().await {
-                            tracing::warn!("reconcile failed: {e}");
+                        match gov.reconcile().await {
+                            Ok(r) => {
+                                m.reconcile_corrections.inc_by(r.corrected.len() as u64);
+                                m.reconcile_errors.inc_by(r.errors.len() as u64);
+                            }
+                            Err(e) => {
+                                m.reconcile_errors.inc();
+                                tracing::warn!("reconcile failed: {e}");
+                            }
                         }
                     }
                 }
             }
         });
+    }
+    {
+        let sampler_cfg = SamplerConfig {
+            interval: cfg.sample_interval,
+            retention: cfg.usage_retention,
+        };
+        let sampler = Sampler::new(gov.clone(), metrics.clone(), sampler_cfg);
+        tasks.spawn(sampler.run(shutdown.clone()));
     }
     {
         let stop = shutdown.clone();

@@ -5,6 +5,7 @@ pub mod plan;
 pub mod sla;
 pub mod tenant;
 pub mod units;
+pub mod usage;
 
 pub use plan::{Limit, Settings, TenantPlan};
 pub use tenant::{DomainError, TenantName, TenantSpec};

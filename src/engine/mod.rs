@@ -4,6 +4,7 @@
 //! Only this layer reads the clock. Kernel calls run on the blocking pool.
 
 pub mod placement;
+pub mod sampler;
 
 use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF};
 use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};

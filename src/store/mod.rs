@@ -1,6 +1,10 @@
 //! All SQL lives here: the desired state (tenants) and the event log, in one SQLite file
 //! (WAL mode, `migrations/` applied at open). Callers pass times in; the store reads no clock.
 
+mod samples;
+
+pub use samples::{Level, Retention, Usage, UsagePoint, UsageRow};
+
 use crate::domain::{TenantName, TenantSpec};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

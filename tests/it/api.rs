@@ -50,6 +50,8 @@ async fn api(tokens: Tokens) -> Api {
             tokens: Arc::new(tokens),
             max_body_bytes: 4096,
             request_timeout: std::time::Duration::from_secs(5),
+            metrics: tenantd::metrics::Metrics::new(),
+            usage_retention: Default::default(),
         },
         _dir: dir,
     }

@@ -10,4 +10,5 @@
 mod api;
 mod kernel;
 mod support;
+mod usage;
 mod v1;

@@ -1,0 +1,432 @@
+//! Sampler benchmark: `cargo bench --bench sampler [-- SIZES...]` (default 100 1000 10000).
+//!
+//! Creates SIZE tenant cgroups, then per sweep reports the wall and CPU time of the sampler's
+//! read phase against two minimal readers of the same files in the same run (open+read+close
+//! with no parsing, and pread on held files with no parsing), the full sweep (store read,
+//! rates, one-transaction write), rows written per second, the /metrics render time and
+//! size, and RSS. Then measures the database size of one tenant for one day at 1 s.
+//!
+//! With `TENANTD_BENCH_CGROUP_ROOT` (a delegated, writable cgroup v2 directory) the tenants
+//! are real cgroups. Without it, they are directories of ORDINARY FILES copied from the 6.1
+//! kernel fixture: cgroupfs generates its files on every read, so real numbers differ.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tenantd::cgroup::stats::{FILES, held_tenants_budget, pread_all, sample_dir_mode};
+use tenantd::domain::tenant::{Capacity, TenantName, TenantSpec};
+use tenantd::engine::sampler::{Sampler, SamplerConfig};
+use tenantd::engine::{EngineConfig, Governor};
+use tenantd::metrics::Metrics;
+use tenantd::store::{NewEvent, Store};
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/cgroupfs/6.1.0-56-amd64/fixture/work"
+);
+
+/// CPU time of the whole process (every thread), from /proc/self/task/*/schedstat (ns).
+fn cpu_ns() -> u64 {
+    let mut total = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                total += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// CPU time of the calling thread (ns).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn rss() -> String {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l[k.len()..].trim().to_string())
+            .unwrap_or_default()
+    };
+    format!("VmRSS {} (peak {})", get("VmRSS:"), get("VmHWM:"))
+}
+
+struct Tree {
+    root: PathBuf,
+    real: bool,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn make_tree(n: usize) -> Tree {
+    if let Ok(base) = std::env::var("TENANTD_BENCH_CGROUP_ROOT") {
+        let root = PathBuf::from(base).join(format!("bench{n}"));
+        std::fs::create_dir_all(&root)
+            .expect("create the bench root under TENANTD_BENCH_CGROUP_ROOT");
+        for i in 0..n {
+            let d = root.join(format!("t{i:05}"));
+            if !d.exists() {
+                std::fs::create_dir(&d).expect("mkdir a cgroup");
+            }
+        }
+        return Tree {
+            root,
+            real: true,
+            _tmp: None,
+        };
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let files: Vec<(String, Vec<u8>)> = FILES
+        .iter()
+        .filter_map(|f| {
+            std::fs::read(Path::new(FIXTURE).join(f))
+                .ok()
+                .map(|b| (f.to_string(), b))
+        })
+        .collect();
+    for i in 0..n {
+        let d = root.join(format!("t{i:05}"));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        for (f, b) in &files {
+            std::fs::write(d.join(f), b).expect("write a fixture file");
+        }
+    }
+    Tree {
+        root,
+        real: false,
+        _tmp: Some(tmp),
+    }
+}
+
+struct Stat {
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn per_sweep(total_wall: Duration, total_cpu_ns: u64, sweeps: u32) -> Stat {
+    Stat {
+        wall: total_wall / sweeps,
+        cpu: Duration::from_nanos(total_cpu_ns / u64::from(sweeps)),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn bench(n: usize) {
+    let tree = make_tree(n);
+    let dirs: Vec<PathBuf> = (0..n).map(|i| tree.root.join(format!("t{i:05}"))).collect();
+    let sweeps: u32 = match n {
+        0..=100 => 50,
+        101..=1000 => 10,
+        _ => 3,
+    };
+    println!(
+        "\n== {n} tenants ({}), {sweeps} sweeps each, averages per sweep; files held open for {} tenants (RLIMIT_NOFILE budget)",
+        if tree.real {
+            "REAL cgroup v2 directories"
+        } else {
+            "ORDINARY FILES shaped like cgroup dirs, not cgroupfs"
+        },
+        held_tenants_budget().min(n)
+    );
+
+    // Minimal reader 1: open + read + close every file, no parsing.
+    let mut buf = Vec::with_capacity(8192);
+    let run_open = |buf: &mut Vec<u8>| {
+        for d in &dirs {
+            for f in FILES {
+                if let Ok(mut file) = File::open(d.join(f)) {
+                    buf.clear();
+                    let _ = std::io::Read::read_to_end(&mut file, buf);
+                }
+            }
+        }
+    };
+    run_open(&mut buf);
+    let (t, c) = (Instant::now(), thread_cpu_ns());
+    for _ in 0..sweeps {
+        run_open(&mut buf);
+    }
+    let open_read = per_sweep(t.elapsed(), thread_cpu_ns() - c, sweeps);
+
+    // Minimal reader 2: the same files, held open (within the same descriptor budget as the
+    // sampler; beyond it opened each time), pread, no parsing.
+    let held = held_tenants_budget();
+    let kept: Vec<Vec<File>> = dirs
+        .iter()
+        .take(held)
+        .map(|d| {
+            FILES
+                .iter()
+                .filter_map(|f| File::open(d.join(f)).ok())
+                .collect()
+        })
+        .collect();
+    let (t, c) = (Instant::now(), thread_cpu_ns());
+    for _ in 0..sweeps {
+        for files in &kept {
+            for f in files {
+                let _ = pread_all(f, &mut buf);
+            }
+        }
+        for d in dirs.iter().skip(held) {
+            for f in FILES {
+                if let Ok(file) = File::open(d.join(f)) {
+                    let _ = pread_all(&file, &mut buf);
+                }
+            }
+        }
+    }
+    let pread_only = per_sweep(t.elapsed(), thread_cpu_ns() - c, sweeps);
+    drop(kept);
+
+    // The sampler's read phase: held files, pread, parse, inode check (sample_dir).
+    let mut slots: Vec<Option<tenantd::cgroup::stats::StatsReader>> =
+        (0..n).map(|_| None).collect();
+    for (i, (slot, d)) in slots.iter_mut().zip(&dirs).enumerate() {
+        sample_dir_mode(slot, d, &mut buf, i < held).expect("sample");
+    }
+    let (t, c) = (Instant::now(), thread_cpu_ns());
+    let mut sampled = 0;
+    for _ in 0..sweeps {
+        for (i, (slot, d)) in slots.iter_mut().zip(&dirs).enumerate() {
+            sampled += usize::from(
+                sample_dir_mode(slot, d, &mut buf, i < held)
+                    .expect("sample")
+                    .is_some(),
+            );
+        }
+    }
+    let read_phase = per_sweep(t.elapsed(), thread_cpu_ns() - c, sweeps);
+    assert_eq!(sampled, n * sweeps as usize, "every tenant sampled");
+    drop(slots);
+
+    // The whole sweep through the engine, with a real SQLite file.
+    let db_dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&db_dir.path().join("bench.db"))
+        .await
+        .expect("open store");
+    for i in 0..n {
+        let name = TenantName::parse(&format!("t{i:05}")).expect("name");
+        let ev = NewEvent {
+            ts_ms: 0,
+            tenant: None,
+            kind: "bench".into(),
+            actor: None,
+            detail: serde_json::json!({}),
+        };
+        store
+            .put_tenant(&name, &TenantSpec::default(), 0, ev)
+            .await
+            .expect("put tenant");
+    }
+    let mount = tree.root.parent().unwrap_or(&tree.root).to_path_buf();
+    let backend = Arc::new(tenantd::cgroup::v2::V2::new(mount, &tree.root, "/sys"));
+    let cfg = EngineConfig {
+        params: Default::default(),
+        memory_reserve_bytes: 0,
+        daemon_cpu_weight: 100,
+        daemon_memory_min_bytes: 0,
+        proc_root: "/proc".into(),
+    };
+    let gov = Governor::new(
+        backend,
+        store.clone(),
+        cfg,
+        Capacity {
+            cpus: 64.0,
+            memory_bytes: 1 << 40,
+            memory_reserve_bytes: 0,
+        },
+    );
+    let metrics = Metrics::new();
+    let mut sampler = Sampler::new(gov, metrics.clone(), SamplerConfig::default());
+    sampler.sweep().await.expect("first sweep");
+    let (t, c) = (Instant::now(), cpu_ns());
+    let mut rows = 0;
+    for _ in 0..sweeps {
+        tokio::time::sleep(Duration::from_millis(2)).await; // distinct timestamps
+        rows += sampler.sweep().await.expect("sweep").rows;
+    }
+    let wall = t.elapsed() - Duration::from_millis(2) * sweeps;
+    let full = per_sweep(wall, cpu_ns() - c, sweeps);
+    let db_s = metrics.render();
+    let db_sum = db_s
+        .lines()
+        .find_map(|l| l.strip_prefix("tenantd_db_write_duration_seconds_sum "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    let db_count = db_s
+        .lines()
+        .find_map(|l| l.strip_prefix("tenantd_db_write_duration_seconds_count "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+
+    // /metrics render of the snapshot the sweeps left.
+    let t = Instant::now();
+    let mut size = 0;
+    for _ in 0..3 {
+        size = metrics.render().len();
+    }
+    let render = t.elapsed() / 3;
+
+    println!(
+        "minimal reader, open+read+close, no parse : wall {:>12}  cpu {:>12}",
+        ms(open_read.wall),
+        ms(open_read.cpu)
+    );
+    println!(
+        "minimal reader, held files + pread, no parse: wall {:>12}  cpu {:>12}",
+        ms(pread_only.wall),
+        ms(pread_only.cpu)
+    );
+    println!(
+        "sampler read phase (pread + parse + inode) : wall {:>12}  cpu {:>12}",
+        ms(read_phase.wall),
+        ms(read_phase.cpu)
+    );
+    println!(
+        "  ratio sampler / open+read+close: wall {:.2}x cpu {:.2}x;  sampler / pread-only: wall {:.2}x cpu {:.2}x",
+        read_phase.wall.as_secs_f64() / open_read.wall.as_secs_f64(),
+        read_phase.cpu.as_secs_f64() / open_read.cpu.as_secs_f64(),
+        read_phase.wall.as_secs_f64() / pread_only.wall.as_secs_f64(),
+        read_phase.cpu.as_secs_f64() / pread_only.cpu.as_secs_f64(),
+    );
+    println!(
+        "full sweep (store read, read, rates, 1-tx write): wall {:>12}  cpu (all threads) {:>12}",
+        ms(full.wall),
+        ms(full.cpu)
+    );
+    println!(
+        "  at a 1 s interval: {:.2}% of one core;  db write {:.3} ms/sweep, {:.0} rows/s while writing ({rows} rows)",
+        full.cpu.as_secs_f64() * 100.0,
+        db_sum / db_count * 1e3,
+        n as f64 / (db_sum / db_count),
+    );
+    println!(
+        "/metrics render: {} for {:.2} MB",
+        ms(render),
+        size as f64 / 1e6
+    );
+    println!("RSS after this size: {}", rss());
+    store.close().await;
+    if tree.real {
+        for d in &dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+        let _ = std::fs::remove_dir(&tree.root);
+    }
+}
+
+/// One tenant, one day at 1 s: the database size, VACUUMed.
+async fn db_size_per_tenant_day() {
+    use tenantd::store::UsageRow;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("day.db");
+    let store = Store::open(&path).await.expect("open");
+    let t0 = 1_800_000_000_000i64;
+    let t = Instant::now();
+    for s in 0..86_400i64 {
+        // Plausible values: counters that grow, gauges that wander, rates with fractions.
+        let mut r = UsageRow {
+            tenant: "tenant-0001".into(),
+            ts_ms: t0 + s * 1000,
+            interval_ms: Some(1000),
+            ..Default::default()
+        };
+        for (i, c) in r.counters.iter_mut().enumerate() {
+            *c = Some(1_000_000_000 + s * 12_345 * (i as i64 + 1));
+        }
+        for (i, g) in r.gauges.iter_mut().enumerate() {
+            *g = Some(500_000_000 + (s * 7919 % 10_000_000) * (i as i64 + 1));
+        }
+        for (i, x) in r.rates.iter_mut().enumerate() {
+            *x = Some(((s * 31 + i as i64 * 17) % 1000) as f64 / 997.0);
+        }
+        r.events = [Some(0), Some(s % 600 / 599), Some(0), Some(0)];
+        store.add_usage(&[r]).await.expect("write");
+    }
+    let write = t.elapsed();
+    let count = |sql: &'static str| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+    let raw = count("SELECT count(*) FROM usage_raw").await;
+    let rollups = count("SELECT count(*) FROM usage_rollup").await;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(store.pool())
+        .await
+        .expect("checkpoint");
+    sqlx::query("VACUUM")
+        .execute(store.pool())
+        .await
+        .expect("vacuum");
+    let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    sqlx::query("DELETE FROM usage_raw")
+        .execute(store.pool())
+        .await
+        .expect("delete");
+    sqlx::query("VACUUM")
+        .execute(store.pool())
+        .await
+        .expect("vacuum");
+    let without_raw = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    store.close().await;
+    println!(
+        "\n== database size, one tenant, one day at 1 s ({raw} raw rows, {rollups} rollup rows; written in {:.1} s)",
+        write.as_secs_f64()
+    );
+    println!(
+        "total {:.2} MB, of which rollups + schema {:.3} MB;  {:.0} bytes per raw row",
+        total as f64 / 1e6,
+        without_raw as f64 / 1e6,
+        (total - without_raw) as f64 / raw as f64
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let sizes: Vec<usize> = if args.is_empty() {
+        vec![100, 1000, 10_000]
+    } else {
+        args.iter().filter_map(|a| a.parse().ok()).collect()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "tenantd sampler benchmark; {} CPUs online",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    for n in sizes {
+        rt.block_on(bench(n));
+    }
+    if std::env::var_os("TENANTD_BENCH_SKIP_DB_SIZE").is_none() {
+        rt.block_on(db_size_per_tenant_day());
+    }
+}

@@ -1,0 +1,301 @@
+//! Usage handlers: `GET /v1/tenants/{name}/usage` (history from the store at a step that picks
+//! the level) and `GET /metrics` (OpenMetrics text of the sampler's current snapshot).
+
+use super::AppState;
+use super::error::Problem;
+use super::handlers::parse_since;
+use crate::domain::TenantName;
+use crate::engine::{EngineError, now_ms};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use std::collections::HashMap;
+
+/// Most points one answer may hold.
+pub const MAX_POINTS: i64 = 20_000;
+
+/// Parses a step: seconds, or a number with `s`, `m`, `h` or `d`.
+pub fn parse_step(s: &str) -> Option<i64> {
+    if let Ok(n) = s.parse::<i64>() {
+        return (n > 0).then_some(n);
+    }
+    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: i64 = num.parse().ok().filter(|n| *n > 0)?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// The validated query of a usage request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub step_s: i64,
+}
+
+/// Validates `from`, `to` and `step` (no IO). Defaults: the last hour, about 240 points.
+pub fn usage_query(q: &HashMap<String, String>, now: i64) -> Result<UsageQuery, Problem> {
+    for k in q.keys() {
+        if !matches!(k.as_str(), "from" | "to" | "step") {
+            return Err(Problem::invalid(
+                k,
+                format!("unknown query parameter '{k}': use from, to, step"),
+            ));
+        }
+    }
+    let time = |k: &str, default: i64| -> Result<i64, Problem> {
+        match q.get(k) {
+            None => Ok(default),
+            Some(v) => parse_since(v, now).ok_or_else(|| {
+                Problem::invalid(k, format!("'{v}' is neither Unix milliseconds nor a duration back from now like 15m, 2h, 7d"))
+            }),
+        }
+    };
+    let from_ms = time("from", now - 3_600_000)?;
+    let to_ms = time("to", now)?;
+    if to_ms <= from_ms {
+        return Err(Problem::invalid(
+            "to",
+            format!("to ({to_ms}) must be after from ({from_ms})"),
+        ));
+    }
+    let step_s = match q.get("step") {
+        None => ((to_ms - from_ms) / 1000 / 240).max(1),
+        Some(v) => parse_step(v).ok_or_else(|| {
+            Problem::invalid(
+                "step",
+                format!("'{v}' is not a step like 10, 30s, 5m, 1h, 1d"),
+            )
+        })?,
+    };
+    if (to_ms - from_ms) / 1000 / step_s > MAX_POINTS {
+        return Err(Problem::invalid(
+            "step",
+            format!(
+                "{step_s} s over this range gives more than {MAX_POINTS} points: use a larger step or a shorter range"
+            ),
+        ));
+    }
+    Ok(UsageQuery {
+        from_ms,
+        to_ms,
+        step_s,
+    })
+}
+
+pub async fn usage(
+    State(st): State<AppState>,
+    Path(n): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, Problem> {
+    let name = TenantName::parse(&n).map_err(Problem::from)?;
+    let now = now_ms();
+    let uq = usage_query(&q, now)?;
+    let store = st.gov.store();
+    let tenants = store
+        .tenants()
+        .await
+        .map_err(|e| Problem::from(EngineError::from(e)))?;
+    if !tenants.contains_key(&name) {
+        return Err(Problem::from(EngineError::NotFound(name.to_string())));
+    }
+    let u = store
+        .usage(
+            name.as_str(),
+            uq.from_ms,
+            uq.to_ms,
+            uq.step_s,
+            now,
+            &st.usage_retention,
+        )
+        .await
+        .map_err(|e| Problem::from(EngineError::from(e)))?;
+    Ok(Json(u))
+}
+
+pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, Problem> {
+    // Rendering 10,000 tenants takes tens of milliseconds of CPU: keep it off the workers.
+    let m = st.metrics.clone();
+    let body = tokio::task::spawn_blocking(move || m.render())
+        .await
+        .map_err(|e| {
+            tracing::error!("rendering /metrics failed: {e}");
+            Problem::internal()
+        })?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        body,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn steps_and_ranges() {
+        assert_eq!(parse_step("10"), Some(10));
+        assert_eq!(parse_step("1m"), Some(60));
+        assert_eq!(parse_step("1h"), Some(3600));
+        assert_eq!(parse_step("0"), None);
+        assert_eq!(parse_step("-5s"), None);
+        assert_eq!(parse_step("1w"), None);
+        let now = 10_000_000_000;
+        let u = usage_query(&q(&[("from", "2h"), ("step", "1m")]), now).unwrap();
+        assert_eq!(
+            u,
+            UsageQuery {
+                from_ms: now - 7_200_000,
+                to_ms: now,
+                step_s: 60
+            }
+        );
+        let u = usage_query(&q(&[]), now).unwrap();
+        assert_eq!((u.to_ms - u.from_ms, u.step_s), (3_600_000, 15));
+        assert_eq!(
+            usage_query(&q(&[("from", "1h"), ("to", "2h")]), now)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("to")
+        );
+        assert_eq!(
+            usage_query(&q(&[("from", "30d"), ("step", "1")]), now)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("step")
+        );
+        assert_eq!(
+            usage_query(&q(&[("since", "1h")]), now)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("since")
+        );
+        assert_eq!(
+            usage_query(&q(&[("step", "x")]), now).unwrap_err().status,
+            422
+        );
+    }
+
+    /// `router(state).oneshot(request)`: both routes, their content types and problem+json.
+    #[tokio::test]
+    async fn routes_answer_with_the_right_types() {
+        use crate::api::{auth::Tokens, router};
+        use crate::domain::tenant::{Capacity, TenantSpec};
+        use crate::engine::{EngineConfig, Governor};
+        use crate::store::{NewEvent, Store, UsageRow};
+        use axum::body::Body;
+        use axum::http::Request;
+        use http_body_util::BodyExt;
+        use std::sync::Arc;
+        use tower::ServiceExt;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("t.db")).await.unwrap();
+        let ev = NewEvent {
+            ts_ms: 0,
+            tenant: Some("web".into()),
+            kind: "tenant_created".into(),
+            actor: None,
+            detail: serde_json::json!({}),
+        };
+        store
+            .put_tenant(
+                &TenantName::parse("web").unwrap(),
+                &TenantSpec::default(),
+                0,
+                ev,
+            )
+            .await
+            .unwrap();
+        let now = now_ms();
+        let mut row = UsageRow {
+            tenant: "web".into(),
+            ts_ms: now - 5_000,
+            interval_ms: Some(1000),
+            ..Default::default()
+        };
+        row.rates[0] = Some(0.75);
+        store.add_usage(&[row]).await.unwrap();
+        let backend = Arc::new(crate::cgroup::v2::V2::new(
+            tmp.path(),
+            tmp.path().join("root"),
+            "/sys",
+        ));
+        let cfg = EngineConfig {
+            params: Default::default(),
+            memory_reserve_bytes: 0,
+            daemon_cpu_weight: 100,
+            daemon_memory_min_bytes: 0,
+            proc_root: "/proc".into(),
+        };
+        let gov = Governor::new(
+            backend,
+            store,
+            cfg,
+            Capacity {
+                cpus: 2.0,
+                memory_bytes: 1 << 30,
+                memory_reserve_bytes: 0,
+            },
+        );
+        let state = AppState {
+            gov,
+            tokens: Arc::new(Tokens::open()),
+            max_body_bytes: 1 << 20,
+            request_timeout: std::time::Duration::from_secs(5),
+            metrics: crate::metrics::Metrics::new(),
+            usage_retention: Default::default(),
+        };
+        let get = |uri: &str| {
+            let app = router(state.clone());
+            let req = Request::get(uri).body(Body::empty()).unwrap();
+            async move {
+                let resp = app.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let ct = resp
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .map(|v| v.to_str().unwrap().to_string());
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, ct, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        let (status, ct, body) = get("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ct.as_deref(), Some(crate::metrics::CONTENT_TYPE));
+        assert!(body.ends_with("# EOF\n"), "{body}");
+
+        let (status, _, body) = get("/v1/tenants/web/usage?from=1m&step=10s").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["level"], "raw");
+        assert_eq!(v["step_s"], 10);
+        assert_eq!(v["points"][0]["cpu_cores_mean"], 0.75);
+
+        let (status, ct, body) = get("/v1/tenants/nope/usage").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(ct.as_deref(), Some("application/problem+json"));
+        assert!(body.contains("does not exist"));
+        let (status, _, body) = get("/v1/tenants/web/usage?step=fast").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(body.contains("\"field\":\"step\""), "{body}");
+    }
+}

@@ -1,0 +1,754 @@
+//! Usage statistics of one cgroup: typed stats parsed from `&str`, and a reader that samples a
+//! cgroup directory cheaply by holding its files open and re-reading them with `pread`.
+//!
+//! Every field is an `Option<u64>`: a key an older kernel lacks (memory.peak before 5.19,
+//! a controller not enabled) is `None`, not an error. Formats and meanings follow
+//! Documentation/admin-guide/cgroup-v2.rst ("cpu.stat", "memory.stat", "memory.events",
+//! "io.stat", "pids.events") and Documentation/accounting/psi.rst (pressure files).
+//!
+//! The reader records the directory's inode with each sample: a cgroup deleted and
+//! recreated under the same name has a new inode, and the usage model takes no delta
+//! across it. A cgroup that vanishes mid-read gives "no sample", not an error.
+
+use super::parse::ParseError;
+use super::{CgroupError, Result};
+use crate::domain::tenant::DevId;
+use serde::Serialize;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// cpu.stat (microseconds and period counts; all cumulative).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CpuStat {
+    pub usage_usec: Option<u64>,
+    pub user_usec: Option<u64>,
+    pub system_usec: Option<u64>,
+    pub nr_periods: Option<u64>,
+    pub nr_throttled: Option<u64>,
+    pub throttled_usec: Option<u64>,
+}
+
+/// The memory.stat keys tenantd uses (bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryStat {
+    pub anon: Option<u64>,
+    pub file: Option<u64>,
+    pub inactive_file: Option<u64>,
+}
+
+/// memory.events (cumulative counts, hierarchical: this cgroup and its descendants).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryEvents {
+    pub low: Option<u64>,
+    pub high: Option<u64>,
+    pub max: Option<u64>,
+    pub oom: Option<u64>,
+    pub oom_kill: Option<u64>,
+}
+
+/// One io.stat line (cumulative bytes and operations of one device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IoDevStat {
+    pub device: DevId,
+    pub rbytes: Option<u64>,
+    pub wbytes: Option<u64>,
+    pub rios: Option<u64>,
+    pub wios: Option<u64>,
+    pub dbytes: Option<u64>,
+    pub dios: Option<u64>,
+}
+
+impl IoDevStat {
+    /// A device with no counters read yet.
+    pub fn new(device: DevId) -> Self {
+        IoDevStat {
+            device,
+            rbytes: None,
+            wbytes: None,
+            rios: None,
+            wios: None,
+            dbytes: None,
+            dios: None,
+        }
+    }
+}
+
+/// The `total=` fields (microseconds of stall) of a pressure file. `full` is absent from
+/// cpu.pressure before 5.13.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PressureTotals {
+    pub some_usec: Option<u64>,
+    pub full_usec: Option<u64>,
+}
+
+/// Everything read from one cgroup directory at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CgroupStats {
+    pub cpu: CpuStat,
+    pub memory_current: Option<u64>,
+    pub memory_peak: Option<u64>,
+    pub memory: MemoryStat,
+    pub memory_events: MemoryEvents,
+    /// Sorted by device.
+    pub io: Vec<IoDevStat>,
+    pub pids_current: Option<u64>,
+    /// pids.events `max`: forks refused because pids.max was reached.
+    pub pids_max_events: Option<u64>,
+    pub cpu_pressure: Option<PressureTotals>,
+    pub memory_pressure: Option<PressureTotals>,
+    pub io_pressure: Option<PressureTotals>,
+}
+
+impl CgroupStats {
+    /// The working set as cAdvisor computes it: memory.current minus inactive file pages,
+    /// never below zero.
+    pub fn working_set(&self) -> Option<u64> {
+        let cur = self.memory_current?;
+        Some(cur.saturating_sub(self.memory.inactive_file.unwrap_or(0)))
+    }
+}
+
+/// One sample: the stats and the inode of the directory they came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    pub ino: u64,
+    pub stats: CgroupStats,
+}
+
+fn err(what: &str, line: &str) -> ParseError {
+    ParseError(format!("expected {what}, found '{}'", line.trim()))
+}
+
+fn num(v: &str, line: &str) -> std::result::Result<u64, ParseError> {
+    v.parse().map_err(|_| err("'KEY <unsigned integer>'", line))
+}
+
+/// Calls `f(key, value_text, line)` for each "KEY VALUE" line, without allocating.
+fn each_flat(
+    s: &str,
+    mut f: impl FnMut(&str, &str, &str) -> std::result::Result<(), ParseError>,
+) -> std::result::Result<(), ParseError> {
+    for line in s.lines() {
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let (k, v) = t.split_once(' ').ok_or_else(|| err("'KEY VALUE'", line))?;
+        f(k, v.trim(), line)?;
+    }
+    Ok(())
+}
+
+/// cpu.stat. Unknown keys (nr_bursts, burst_usec, ...) are skipped.
+pub fn cpu_stat(s: &str) -> std::result::Result<CpuStat, ParseError> {
+    let mut c = CpuStat::default();
+    each_flat(s, |k, v, line| {
+        let slot = match k {
+            "usage_usec" => &mut c.usage_usec,
+            "user_usec" => &mut c.user_usec,
+            "system_usec" => &mut c.system_usec,
+            "nr_periods" => &mut c.nr_periods,
+            "nr_throttled" => &mut c.nr_throttled,
+            "throttled_usec" => &mut c.throttled_usec,
+            _ => return Ok(()),
+        };
+        *slot = Some(num(v, line)?);
+        Ok(())
+    })?;
+    Ok(c)
+}
+
+/// memory.stat: anon, file and inactive_file.
+pub fn memory_stat(s: &str) -> std::result::Result<MemoryStat, ParseError> {
+    let mut m = MemoryStat::default();
+    each_flat(s, |k, v, line| {
+        let slot = match k {
+            "anon" => &mut m.anon,
+            "file" => &mut m.file,
+            "inactive_file" => &mut m.inactive_file,
+            _ => return Ok(()),
+        };
+        *slot = Some(num(v, line)?);
+        Ok(())
+    })?;
+    Ok(m)
+}
+
+/// memory.events.
+pub fn memory_events(s: &str) -> std::result::Result<MemoryEvents, ParseError> {
+    let mut m = MemoryEvents::default();
+    each_flat(s, |k, v, line| {
+        let slot = match k {
+            "low" => &mut m.low,
+            "high" => &mut m.high,
+            "max" => &mut m.max,
+            "oom" => &mut m.oom,
+            "oom_kill" => &mut m.oom_kill,
+            _ => return Ok(()),
+        };
+        *slot = Some(num(v, line)?);
+        Ok(())
+    })?;
+    Ok(m)
+}
+
+/// pids.events: the `max` count.
+pub fn pids_events_max(s: &str) -> std::result::Result<Option<u64>, ParseError> {
+    let mut out = None;
+    each_flat(s, |k, v, line| {
+        if k == "max" {
+            out = Some(num(v, line)?);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=.. [cost.*=..]".
+/// Keys that are not counters tenantd uses (cost.usage, cost.vrate) are skipped.
+pub fn io_stat(s: &str) -> std::result::Result<Vec<IoDevStat>, ParseError> {
+    let mut out = Vec::new();
+    for line in s.lines().filter(|l| !l.trim().is_empty()) {
+        let mut it = line.split_ascii_whitespace();
+        let dev = it.next().unwrap_or_default();
+        let device = DevId::parse(dev).ok_or_else(|| err("MAJ:MIN", line))?;
+        let mut d = IoDevStat::new(device);
+        for kv in it {
+            let (k, v) = kv.split_once('=').ok_or_else(|| err("'KEY=VALUE'", kv))?;
+            let slot = match k {
+                "rbytes" => &mut d.rbytes,
+                "wbytes" => &mut d.wbytes,
+                "rios" => &mut d.rios,
+                "wios" => &mut d.wios,
+                "dbytes" => &mut d.dbytes,
+                "dios" => &mut d.dios,
+                _ => continue,
+            };
+            *slot = Some(v.parse().map_err(|_| err("an unsigned integer", kv))?);
+        }
+        out.push(d);
+    }
+    out.sort_by_key(|d| d.device);
+    Ok(out)
+}
+
+/// The `total=` of the `some` and `full` lines of a pressure file.
+pub fn pressure_totals(s: &str) -> std::result::Result<PressureTotals, ParseError> {
+    let mut p = PressureTotals::default();
+    for line in s.lines().filter(|l| !l.trim().is_empty()) {
+        let mut it = line.split_ascii_whitespace();
+        let slot = match it.next() {
+            Some("some") => &mut p.some_usec,
+            Some("full") => &mut p.full_usec,
+            _ => return Err(err("'some' or 'full'", line)),
+        };
+        let total = it
+            .find_map(|kv| kv.strip_prefix("total="))
+            .ok_or_else(|| err("a 'total=' field", line))?;
+        *slot = Some(
+            total
+                .parse()
+                .map_err(|_| err("an unsigned integer", line))?,
+        );
+    }
+    Ok(p)
+}
+
+fn single(s: &str) -> std::result::Result<u64, ParseError> {
+    super::parse::single_u64(s)
+}
+
+/// The files a sample reads, in this order.
+pub const FILES: [&str; 11] = [
+    "cpu.stat",
+    "memory.current",
+    "memory.peak",
+    "memory.stat",
+    "memory.events",
+    "io.stat",
+    "pids.current",
+    "pids.events",
+    "cpu.pressure",
+    "memory.pressure",
+    "io.pressure",
+];
+
+/// Parses the text of file `FILES[i]` into `out`.
+fn apply(i: usize, text: &str, out: &mut CgroupStats) -> std::result::Result<(), ParseError> {
+    match i {
+        0 => out.cpu = cpu_stat(text)?,
+        1 => out.memory_current = Some(single(text)?),
+        2 => out.memory_peak = Some(single(text)?),
+        3 => out.memory = memory_stat(text)?,
+        4 => out.memory_events = memory_events(text)?,
+        5 => out.io = io_stat(text)?,
+        6 => out.pids_current = Some(single(text)?),
+        7 => out.pids_max_events = pids_events_max(text)?,
+        8 => out.cpu_pressure = Some(pressure_totals(text)?),
+        9 => out.memory_pressure = Some(pressure_totals(text)?),
+        10 => out.io_pressure = Some(pressure_totals(text)?),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// True for the errors that mean "the cgroup went away" (ENOENT, ENODEV).
+fn is_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV))
+}
+
+/// Reads the whole file from offset 0 with `pread` into `buf` (reused across calls).
+pub fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    if buf.capacity() < 4096 {
+        buf.reserve(4096);
+    }
+    loop {
+        let len = buf.len();
+        if buf.capacity() - len < 1024 {
+            buf.reserve(buf.capacity());
+        }
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        match f.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(());
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => {
+                buf.truncate(len);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// How one stat file is read.
+#[derive(Debug)]
+enum Handle {
+    /// Held open, re-read with `pread`.
+    Held(File),
+    /// Opened on each sample: the process ran out of file descriptors (EMFILE/ENFILE) when
+    /// the reader was made. Raise `LimitNOFILE` (11 files per tenant) to hold them all.
+    Reopen,
+    /// Not offered by this kernel or with these controllers.
+    Absent,
+}
+
+/// Samples one cgroup directory: its stat files stay open and are re-read with `pread`.
+/// Files the kernel does not offer (a controller not enabled, an older kernel) are skipped.
+#[derive(Debug)]
+pub struct StatsReader {
+    dir: PathBuf,
+    ino: u64,
+    files: Vec<Handle>,
+}
+
+impl StatsReader {
+    /// Opens the directory's stat files and holds them. `Ok(None)` when the directory does
+    /// not exist.
+    pub fn open(dir: &Path) -> Result<Option<StatsReader>> {
+        Self::open_mode(dir, true)
+    }
+
+    /// Like `open`; with `hold` false no file is held: each sample opens them (for tenants
+    /// beyond the process's file-descriptor budget, see `held_tenants_budget`).
+    pub fn open_mode(dir: &Path, hold: bool) -> Result<Option<StatsReader>> {
+        let ino = match std::fs::metadata(dir) {
+            Ok(m) => m.ino(),
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(source) => {
+                return Err(CgroupError::Read {
+                    path: dir.into(),
+                    source,
+                });
+            }
+        };
+        let mut files = Vec::with_capacity(FILES.len());
+        for name in FILES {
+            if !hold {
+                files.push(Handle::Reopen);
+                continue;
+            }
+            let path = dir.join(name);
+            match File::open(&path) {
+                Ok(f) => files.push(Handle::Held(f)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => files.push(Handle::Absent),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    files.push(Handle::Reopen)
+                }
+                Err(e) if is_gone(&e) => return Ok(None),
+                Err(source) => return Err(CgroupError::Read { path, source }),
+            }
+        }
+        // The directory may have been replaced while the files were being opened.
+        match std::fs::metadata(dir) {
+            Ok(m) if m.ino() == ino => {}
+            Ok(_) => return Ok(None),
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(source) => {
+                return Err(CgroupError::Read {
+                    path: dir.into(),
+                    source,
+                });
+            }
+        }
+        Ok(Some(StatsReader {
+            dir: dir.into(),
+            ino,
+            files,
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether this reader holds its files open.
+    pub fn holds_files(&self) -> bool {
+        self.files.iter().any(|h| matches!(h, Handle::Held(_)))
+            || self.files.iter().all(|h| matches!(h, Handle::Absent))
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// Reads every file once. `Ok(None)` when the cgroup vanished (its open files answer
+    /// ENODEV once it is removed) or the path now names another directory; the caller drops
+    /// this reader and opens the path again.
+    pub fn sample(&mut self, buf: &mut Vec<u8>) -> Result<Option<Sample>> {
+        let mut stats = CgroupStats::default();
+        for (i, h) in self.files.iter().enumerate() {
+            let read = match h {
+                Handle::Held(f) => pread_all(f, buf),
+                // A file missing now may never have existed: the inode check below tells
+                // a vanished cgroup apart.
+                Handle::Reopen => match File::open(self.dir.join(FILES[i])) {
+                    Ok(f) => pread_all(&f, buf),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(e) => Err(e),
+                },
+                Handle::Absent => continue,
+            };
+            match read {
+                Ok(()) => {}
+                Err(e) if is_gone(&e) => return Ok(None),
+                Err(source) => {
+                    return Err(CgroupError::Read {
+                        path: self.dir.join(FILES[i]),
+                        source,
+                    });
+                }
+            }
+            let text = std::str::from_utf8(buf).map_err(|_| CgroupError::Parse {
+                path: self.dir.join(FILES[i]),
+                source: ParseError("expected UTF-8 text".into()),
+            })?;
+            apply(i, text, &mut stats).map_err(|source| CgroupError::Parse {
+                path: self.dir.join(FILES[i]),
+                source,
+            })?;
+        }
+        // Files held open on an ordinary filesystem stay readable after their directory is
+        // removed, and a cgroup may be recreated under the same name between two reads: the
+        // directory must still be the one the files were opened in (one stat per sample).
+        match std::fs::metadata(&self.dir) {
+            Ok(m) if m.ino() == self.ino => Ok(Some(Sample {
+                ino: self.ino,
+                stats,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(source) => Err(CgroupError::Read {
+                path: self.dir.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Samples `dir` through `slot`, opening it when needed and reopening it once when the held
+/// files belong to a removed cgroup (the name may now be a new cgroup, with a new inode).
+pub fn sample_dir(
+    slot: &mut Option<StatsReader>,
+    dir: &Path,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Sample>> {
+    sample_dir_mode(slot, dir, buf, true)
+}
+
+/// `sample_dir` with the hold mode chosen by the caller; a reader in the other mode is
+/// reopened in this one.
+pub fn sample_dir_mode(
+    slot: &mut Option<StatsReader>,
+    dir: &Path,
+    buf: &mut Vec<u8>,
+    hold: bool,
+) -> Result<Option<Sample>> {
+    for _ in 0..2 {
+        if slot.as_ref().is_none_or(|r| {
+            r.dir != dir || (hold && !r.holds_files()) || (!hold && r.holds_files())
+        }) {
+            *slot = StatsReader::open_mode(dir, hold)?;
+        }
+        let Some(r) = slot.as_mut() else {
+            return Ok(None);
+        };
+        match r.sample(buf)? {
+            Some(s) => return Ok(Some(s)),
+            None => *slot = None,
+        }
+    }
+    Ok(None)
+}
+
+/// How many tenants can hold their stat files open: the soft `RLIMIT_NOFILE` (from
+/// /proc/self/limits) less a reserve for sockets, the database and the rest, divided by the
+/// files per tenant. Raise `LimitNOFILE` to hold more; the rest are opened on each sample.
+pub fn held_tenants_budget() -> usize {
+    const RESERVE: usize = 512;
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| {
+                    if v == "unlimited" {
+                        Some(usize::MAX)
+                    } else {
+                        v.parse().ok()
+                    }
+                })
+        })
+        .unwrap_or(1024);
+    soft.saturating_sub(RESERVE) / FILES.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K61: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cgroupfs/6.1.0-56-amd64"
+    );
+
+    fn fixture(rel: &str) -> String {
+        std::fs::read_to_string(format!("{K61}/{rel}"))
+            .unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+    }
+
+    #[test]
+    fn cpu_stat_of_a_real_kernel() {
+        let c = cpu_stat(&fixture("fixture/work/cpu.stat")).unwrap();
+        assert_eq!(c.usage_usec, Some(25178281));
+        assert_eq!(c.user_usec, Some(8515936));
+        assert_eq!(c.system_usec, Some(16662345));
+        assert_eq!(c.nr_throttled, Some(0));
+        let t = cpu_stat(&fixture("fixture/throttled/cpu.stat")).unwrap();
+        assert_eq!(
+            (t.nr_periods, t.nr_throttled, t.throttled_usec),
+            (Some(50), Some(42), Some(3090888))
+        );
+    }
+
+    /// Hand-typed: a cgroup without the cpu controller enabled shows only the three usage
+    /// keys (cgroup-v2.rst, "cpu.stat"); the VM capture always had the controller on.
+    #[test]
+    fn cpu_stat_without_the_cpu_controller() {
+        let c = cpu_stat("usage_usec 5\nuser_usec 3\nsystem_usec 2\n").unwrap();
+        assert_eq!(c.usage_usec, Some(5));
+        assert_eq!(c.nr_throttled, None);
+        assert!(cpu_stat("usage_usec x\n").is_err());
+    }
+
+    #[test]
+    fn memory_files_of_a_real_kernel() {
+        let m = memory_stat(&fixture("fixture/work/memory.stat")).unwrap();
+        assert_eq!(
+            (m.anon, m.file, m.inactive_file),
+            (Some(0), Some(233472), Some(81920))
+        );
+        let e = memory_events(&fixture("fixture/work/memory.events")).unwrap();
+        assert_eq!(
+            (e.low, e.high, e.max, e.oom, e.oom_kill),
+            (Some(0), Some(0), Some(80), Some(1), Some(1))
+        );
+        assert_eq!(
+            single(&fixture("fixture/work/memory.current")).unwrap(),
+            270336
+        );
+        assert_eq!(
+            single(&fixture("fixture/work/memory.peak")).unwrap(),
+            67108864
+        );
+        let s = CgroupStats {
+            memory_current: Some(270336),
+            memory: m,
+            ..Default::default()
+        };
+        assert_eq!(s.working_set(), Some(270336 - 81920));
+    }
+
+    #[test]
+    fn working_set_saturates() {
+        let s = CgroupStats {
+            memory_current: Some(10),
+            memory: MemoryStat {
+                inactive_file: Some(20),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(s.working_set(), Some(0));
+        assert_eq!(CgroupStats::default().working_set(), None);
+    }
+
+    #[test]
+    fn io_pids_and_pressure_of_a_real_kernel() {
+        let io = io_stat(&fixture("fixture/work/io.stat")).unwrap();
+        assert_eq!(io.len(), 1);
+        assert_eq!(
+            io[0].device,
+            DevId {
+                major: 254,
+                minor: 0
+            }
+        );
+        assert_eq!(
+            (io[0].rbytes, io[0].wbytes, io[0].rios, io[0].wios),
+            (Some(8388608), Some(16777216), Some(8), Some(16))
+        );
+        assert_eq!((io[0].dbytes, io[0].dios), (Some(0), Some(0)));
+        // The root's io.stat carries cost.vrate, a float: skipped.
+        assert_eq!(io_stat(&fixture("root/io.stat")).unwrap()[0].rios, Some(11));
+        assert_eq!(
+            pids_events_max(&fixture("fixture/work/pids.events")).unwrap(),
+            Some(1)
+        );
+        assert_eq!(single(&fixture("fixture/work/pids.current")).unwrap(), 0);
+        let p = pressure_totals(&fixture("fixture/work/cpu.pressure")).unwrap();
+        assert_eq!((p.some_usec, p.full_usec), (Some(5743277), Some(1198975)));
+        let p = pressure_totals(&fixture("fixture/work/io.pressure")).unwrap();
+        assert_eq!(p.some_usec, Some(88133));
+        assert!(io_stat("").unwrap().is_empty());
+    }
+
+    /// Hand-typed: cpu.pressure has no `full` line before 5.13, which the 6.1 VM cannot show.
+    #[test]
+    fn pressure_without_full() {
+        let p = pressure_totals("some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n").unwrap();
+        assert_eq!((p.some_usec, p.full_usec), (Some(7), None));
+        assert!(pressure_totals("some avg10=0.00\n").is_err());
+    }
+
+    #[test]
+    fn reader_samples_a_fixture_directory_and_rereads_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(format!("{K61}/fixture/work")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+        let mut buf = Vec::new();
+        let mut slot = None;
+        let s = sample_dir(&mut slot, dir.path(), &mut buf)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.stats.cpu.usage_usec, Some(25178281));
+        assert_eq!(s.stats.memory_events.oom_kill, Some(1));
+        assert_eq!(s.stats.pids_max_events, Some(1));
+        assert_eq!(s.stats.cpu_pressure.unwrap().full_usec, Some(1198975));
+        assert_eq!(s.ino, std::fs::metadata(dir.path()).unwrap().ino());
+        // The same open file, rewritten in place, is read again from offset 0.
+        std::fs::write(dir.path().join("pids.current"), "7\n").unwrap();
+        let s = sample_dir(&mut slot, dir.path(), &mut buf)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.stats.pids_current, Some(7));
+    }
+
+    #[test]
+    fn a_missing_directory_is_no_sample_and_missing_files_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let mut slot = None;
+        assert!(
+            sample_dir(&mut slot, &dir.path().join("gone"), &mut buf)
+                .unwrap()
+                .is_none()
+        );
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 1\n").unwrap();
+        let s = sample_dir(&mut slot, dir.path(), &mut buf)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.stats.cpu.usage_usec, Some(1));
+        assert_eq!(s.stats.memory_peak, None);
+    }
+
+    #[test]
+    fn the_budget_follows_the_descriptor_limit_and_unheld_readers_still_sample() {
+        let b = held_tenants_budget();
+        assert!(b > 0 && b < usize::MAX / FILES.len(), "{b}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 9\n").unwrap();
+        let (mut slot, mut buf) = (None, Vec::new());
+        let s = sample_dir_mode(&mut slot, dir.path(), &mut buf, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.stats.cpu.usage_usec, Some(9));
+        assert!(!slot.as_ref().unwrap().holds_files());
+        sample_dir_mode(&mut slot, dir.path(), &mut buf, true)
+            .unwrap()
+            .unwrap();
+        assert!(slot.as_ref().unwrap().holds_files());
+    }
+
+    /// Hand-typed: a reader made while the process has no file descriptors left still
+    /// samples, opening the files each time.
+    #[test]
+    fn a_reader_without_descriptors_to_hold_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 4\n").unwrap();
+        let mut r = StatsReader::open(dir.path()).unwrap().unwrap();
+        r.files = FILES.iter().map(|_| Handle::Reopen).collect();
+        let mut buf = Vec::new();
+        let s = r.sample(&mut buf).unwrap().unwrap();
+        assert_eq!(s.stats.cpu.usage_usec, Some(4));
+    }
+
+    #[test]
+    fn a_recreated_directory_is_sampled_with_its_new_inode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for (d, usage) in [(&a, 10), (&b, 3)] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("cpu.stat"), format!("usage_usec {usage}\n")).unwrap();
+        }
+        let mut buf = Vec::new();
+        let mut slot = None;
+        let first = sample_dir(&mut slot, &a, &mut buf).unwrap().unwrap();
+        // "a" is deleted and a new cgroup takes its name (b renamed over it: a new inode).
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::rename(&b, &a).unwrap();
+        let second = sample_dir(&mut slot, &a, &mut buf).unwrap().unwrap();
+        assert_ne!(first.ino, second.ino);
+        assert_eq!(second.stats.cpu.usage_usec, Some(3));
+    }
+
+    #[test]
+    fn pread_all_reads_files_larger_than_the_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        let text = "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n".repeat(1000);
+        std::fs::write(&p, &text).unwrap();
+        let mut buf = Vec::new();
+        pread_all(&File::open(&p).unwrap(), &mut buf).unwrap();
+        assert_eq!(buf, text.as_bytes());
+    }
+}

@@ -1,0 +1,278 @@
+//! Two samples of a cgroup -> rates over the interval between them. Pure: the timestamps are
+//! passed in, nothing here reads a clock or a file.
+//!
+//! Guarded deltas, as facebookincubator/below takes them: a changed inode (the cgroup was
+//! deleted and recreated) gives no rates at all for the interval; a counter that went
+//! backwards gives no rate for that counter. A rate is never negative and never wrapped.
+
+use crate::cgroup::stats::{CgroupStats, PressureTotals, Sample};
+use crate::domain::tenant::DevId;
+use serde::Serialize;
+
+/// Rates of one device's io.stat counters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct IoRates {
+    pub device: DevId,
+    pub read_bytes_per_s: Option<f64>,
+    pub write_bytes_per_s: Option<f64>,
+    pub read_ops_per_s: Option<f64>,
+    pub write_ops_per_s: Option<f64>,
+    pub discard_bytes_per_s: Option<f64>,
+    pub discard_ops_per_s: Option<f64>,
+}
+
+/// Stall fractions (0..1 of wall time) of one pressure file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StallFractions {
+    pub some: Option<f64>,
+    pub full: Option<f64>,
+}
+
+/// What happened between two samples.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rates {
+    /// Length of the interval in seconds (> 0).
+    pub interval_s: f64,
+    /// CPU time used per second of wall time (1.0 = one core busy).
+    pub cpu_cores: Option<f64>,
+    pub cpu_user_cores: Option<f64>,
+    pub cpu_system_cores: Option<f64>,
+    /// Time throttled per second of wall time (cpu.stat throttled_usec).
+    pub cpu_throttled_cores: Option<f64>,
+    /// Periods in which the cgroup was throttled.
+    pub cpu_throttled_periods: Option<u64>,
+    pub io: Vec<IoRates>,
+    pub cpu_stall: StallFractions,
+    pub memory_stall: StallFractions,
+    pub io_stall: StallFractions,
+    /// Processes the OOM killer killed in the interval.
+    pub new_oom_kills: Option<u64>,
+    /// Times memory.high was exceeded (reclaim was forced).
+    pub new_memory_high: Option<u64>,
+    /// Times memory.max was about to be exceeded.
+    pub new_memory_max: Option<u64>,
+    /// Forks refused because pids.max was reached.
+    pub new_pids_max: Option<u64>,
+}
+
+/// The growth of a cumulative counter, or `None` when either side is missing or it went
+/// backwards (a reset: no honest delta exists).
+pub fn delta(prev: Option<u64>, cur: Option<u64>) -> Option<u64> {
+    let (p, c) = (prev?, cur?);
+    c.checked_sub(p)
+}
+
+fn per_s(prev: Option<u64>, cur: Option<u64>, dt_s: f64) -> Option<f64> {
+    delta(prev, cur).map(|d| d as f64 / dt_s)
+}
+
+/// Microsecond counters per second of wall time: a fraction of time (or cores).
+fn usec_per_s(prev: Option<u64>, cur: Option<u64>, dt_s: f64) -> Option<f64> {
+    delta(prev, cur).map(|d| d as f64 / 1e6 / dt_s)
+}
+
+fn stall(prev: Option<PressureTotals>, cur: Option<PressureTotals>, dt_s: f64) -> StallFractions {
+    let (Some(p), Some(c)) = (prev, cur) else {
+        return StallFractions::default();
+    };
+    StallFractions {
+        some: usec_per_s(p.some_usec, c.some_usec, dt_s),
+        full: usec_per_s(p.full_usec, c.full_usec, dt_s),
+    }
+}
+
+/// Rates between two samples taken at `prev_ms` and `cur_ms` (Unix milliseconds). `None`
+/// when the interval is empty or backwards, or the cgroup was recreated (inode changed).
+pub fn rates(prev: &Sample, prev_ms: i64, cur: &Sample, cur_ms: i64) -> Option<Rates> {
+    if prev.ino != cur.ino || cur_ms <= prev_ms {
+        return None;
+    }
+    let dt = (cur_ms - prev_ms) as f64 / 1000.0;
+    let (p, c): (&CgroupStats, &CgroupStats) = (&prev.stats, &cur.stats);
+    let io =
+        c.io.iter()
+            .filter_map(|d| {
+                let o = p.io.iter().find(|o| o.device == d.device)?;
+                Some(IoRates {
+                    device: d.device,
+                    read_bytes_per_s: per_s(o.rbytes, d.rbytes, dt),
+                    write_bytes_per_s: per_s(o.wbytes, d.wbytes, dt),
+                    read_ops_per_s: per_s(o.rios, d.rios, dt),
+                    write_ops_per_s: per_s(o.wios, d.wios, dt),
+                    discard_bytes_per_s: per_s(o.dbytes, d.dbytes, dt),
+                    discard_ops_per_s: per_s(o.dios, d.dios, dt),
+                })
+            })
+            .collect();
+    Some(Rates {
+        interval_s: dt,
+        cpu_cores: usec_per_s(p.cpu.usage_usec, c.cpu.usage_usec, dt),
+        cpu_user_cores: usec_per_s(p.cpu.user_usec, c.cpu.user_usec, dt),
+        cpu_system_cores: usec_per_s(p.cpu.system_usec, c.cpu.system_usec, dt),
+        cpu_throttled_cores: usec_per_s(p.cpu.throttled_usec, c.cpu.throttled_usec, dt),
+        cpu_throttled_periods: delta(p.cpu.nr_throttled, c.cpu.nr_throttled),
+        io,
+        cpu_stall: stall(p.cpu_pressure, c.cpu_pressure, dt),
+        memory_stall: stall(p.memory_pressure, c.memory_pressure, dt),
+        io_stall: stall(p.io_pressure, c.io_pressure, dt),
+        new_oom_kills: delta(p.memory_events.oom_kill, c.memory_events.oom_kill),
+        new_memory_high: delta(p.memory_events.high, c.memory_events.high),
+        new_memory_max: delta(p.memory_events.max, c.memory_events.max),
+        new_pids_max: delta(p.pids_max_events, c.pids_max_events),
+    })
+}
+
+impl Rates {
+    /// Sum over devices of one io rate; `None` when no device has it.
+    pub fn io_total(&self, f: impl Fn(&IoRates) -> Option<f64>) -> Option<f64> {
+        self.io
+            .iter()
+            .filter_map(f)
+            .fold(None, |acc, v| Some(acc.unwrap_or(0.0) + v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::stats::{CpuStat, IoDevStat, MemoryEvents};
+    use proptest::prelude::*;
+
+    fn sample(ino: u64, usage: u64, oom_kill: u64, rbytes: u64) -> Sample {
+        Sample {
+            ino,
+            stats: CgroupStats {
+                cpu: CpuStat {
+                    usage_usec: Some(usage),
+                    user_usec: Some(usage / 2),
+                    system_usec: Some(usage / 2),
+                    throttled_usec: Some(0),
+                    nr_throttled: Some(0),
+                    ..Default::default()
+                },
+                memory_events: MemoryEvents {
+                    oom_kill: Some(oom_kill),
+                    ..Default::default()
+                },
+                io: vec![IoDevStat {
+                    rbytes: Some(rbytes),
+                    ..IoDevStat::new(DevId { major: 8, minor: 0 })
+                }],
+                cpu_pressure: Some(PressureTotals {
+                    some_usec: Some(usage / 4),
+                    full_usec: None,
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn table_of_rates() {
+        // (usage before, after, ms between, expected cores)
+        let table = [
+            (0, 1_000_000, 1000, Some(1.0)),
+            (0, 500_000, 1000, Some(0.5)),
+            (1_000_000, 3_000_000, 1000, Some(2.0)),
+            (0, 1_000_000, 2000, Some(0.5)),
+            (5, 5, 1000, Some(0.0)),
+            (10, 5, 1000, None),
+        ];
+        for (a, b, ms, want) in table {
+            let r = rates(&sample(1, a, 0, 0), 0, &sample(1, b, 0, 0), ms).unwrap();
+            assert_eq!(r.cpu_cores, want, "{a} -> {b} in {ms} ms");
+        }
+    }
+
+    #[test]
+    fn events_io_and_stall() {
+        let r = rates(
+            &sample(1, 0, 1, 0),
+            1000,
+            &sample(1, 4_000_000, 3, 4096),
+            3000,
+        )
+        .unwrap();
+        assert_eq!(r.interval_s, 2.0);
+        assert_eq!(r.new_oom_kills, Some(2));
+        assert_eq!(r.io[0].read_bytes_per_s, Some(2048.0));
+        assert_eq!(r.io_total(|d| d.read_bytes_per_s), Some(2048.0));
+        assert_eq!(r.io_total(|d| d.write_bytes_per_s), None);
+        assert_eq!(r.cpu_stall.some, Some(0.5));
+        assert_eq!(r.cpu_stall.full, None);
+        assert_eq!(r.cpu_user_cores, Some(1.0));
+    }
+
+    #[test]
+    fn a_new_inode_or_an_empty_interval_gives_nothing() {
+        assert!(rates(&sample(1, 0, 0, 0), 0, &sample(2, 10, 0, 0), 1000).is_none());
+        assert!(rates(&sample(1, 0, 0, 0), 1000, &sample(1, 10, 0, 0), 1000).is_none());
+        assert!(rates(&sample(1, 0, 0, 0), 2000, &sample(1, 10, 0, 0), 1000).is_none());
+    }
+
+    #[test]
+    fn a_device_seen_once_has_no_rate() {
+        let mut b = sample(1, 0, 0, 0);
+        b.stats.io[0].device = DevId { major: 9, minor: 9 };
+        assert!(
+            rates(&sample(1, 0, 0, 0), 0, &b, 1000)
+                .unwrap()
+                .io
+                .is_empty()
+        );
+    }
+
+    fn all_rates(r: &Rates) -> Vec<f64> {
+        let mut v: Vec<f64> = [
+            r.cpu_cores,
+            r.cpu_user_cores,
+            r.cpu_system_cores,
+            r.cpu_throttled_cores,
+            r.cpu_stall.some,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for d in &r.io {
+            v.extend(
+                [
+                    d.read_bytes_per_s,
+                    d.write_bytes_per_s,
+                    d.read_ops_per_s,
+                    d.write_ops_per_s,
+                ]
+                .into_iter()
+                .flatten(),
+            );
+        }
+        v
+    }
+
+    proptest! {
+        #[test]
+        fn rates_are_never_negative(a in any::<u64>(), b in any::<u64>(), k1 in 0u64..1000, k2 in 0u64..1000,
+                                    r1 in any::<u64>(), r2 in any::<u64>(), t0 in 0i64..1_000_000, dt in 1i64..100_000) {
+            let r = rates(&sample(7, a, k1, r1), t0, &sample(7, b, k2, r2), t0 + dt).unwrap();
+            for v in all_rates(&r) {
+                prop_assert!(v >= 0.0 && v.is_finite());
+            }
+            prop_assert_eq!(r.new_oom_kills, k2.checked_sub(k1));
+        }
+
+        #[test]
+        fn a_counter_going_backwards_gives_no_rate(a in 1u64..u64::MAX, back in 1u64..u64::MAX, dt in 1i64..100_000) {
+            let b = a.saturating_sub(back);
+            prop_assume!(b < a);
+            let r = rates(&sample(3, a, 5, a), 0, &sample(3, b, 4, b), dt).unwrap();
+            prop_assert_eq!(r.cpu_cores, None);
+            prop_assert_eq!(r.new_oom_kills, None);
+            prop_assert_eq!(r.io[0].read_bytes_per_s, None);
+        }
+
+        #[test]
+        fn a_new_inode_gives_no_rates(i in any::<u64>(), j in any::<u64>(), a in any::<u64>(), b in any::<u64>()) {
+            prop_assume!(i != j);
+            prop_assert!(rates(&sample(i, a, 0, a), 0, &sample(j, b, 0, b), 1000).is_none());
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! The usage sampler: every interval, read every tenant's cgroup off the async runtime,
+//! compute rates from the previous sample, record limit hits as events, write the samples in
+//! one transaction, roll up closed minutes and hours once a minute, and publish the snapshot
+//! `/metrics` renders.
+//!
+//! IO (`cgroup::stats`) and maths (`domain::usage`) stay apart; this file only wires them to
+//! the clock, the store and the metrics.
+
+use super::{EngineError, Governor, Result, now_ms};
+use crate::cgroup::CgroupPath;
+use crate::cgroup::stats::{Sample, StatsReader, held_tenants_budget, sample_dir_mode};
+use crate::domain::tenant::{self, TenantName, TenantSpec};
+use crate::domain::usage::{self, Rates};
+use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
+use crate::store::{NewEvent, Retention, UsageRow};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Default time between samples.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often old usage rows are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy)]
+pub struct SamplerConfig {
+    pub interval: Duration,
+    pub retention: Retention,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            interval: DEFAULT_INTERVAL,
+            retention: Retention::default(),
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SweepReport {
+    pub sampled: usize,
+    /// Tenants whose directory was missing (being created or deleted).
+    pub missing: usize,
+    pub errors: usize,
+    pub rows: usize,
+    pub events: usize,
+}
+
+/// The reader state that moves to the blocking pool and back each sweep.
+struct Readers {
+    by_tenant: HashMap<String, Option<StatsReader>>,
+    buf: Vec<u8>,
+    /// Tenants (the first, by name) whose files stay open; see `held_tenants_budget`.
+    held: usize,
+}
+
+impl Default for Readers {
+    fn default() -> Self {
+        Readers {
+            by_tenant: HashMap::new(),
+            buf: Vec::new(),
+            held: held_tenants_budget(),
+        }
+    }
+}
+
+struct Last {
+    sample: Sample,
+    ts_ms: i64,
+}
+
+pub struct Sampler {
+    gov: Arc<Governor>,
+    metrics: Arc<Metrics>,
+    cfg: SamplerConfig,
+    readers: Option<Readers>,
+    last: HashMap<String, Last>,
+    last_prune: Option<Instant>,
+    /// The minute (Unix ms / 60000) of the last rollup.
+    last_rollup_minute: i64,
+    /// The specs and directories of the last sweep, and the fingerprint they were read at.
+    tenants: Option<((i64, i64, i64, i64), Arc<Targets>)>,
+}
+
+struct Targets {
+    specs: BTreeMap<TenantName, TenantSpec>,
+    dirs: Vec<(String, PathBuf)>,
+}
+
+/// Builds the stored row of one sample and the rates since the previous one.
+pub fn usage_row(tenant: &str, ts_ms: i64, s: &Sample, r: Option<&Rates>) -> UsageRow {
+    let st = &s.stats;
+    let i = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    let io_sum = |f: fn(&crate::cgroup::stats::IoDevStat) -> Option<u64>| {
+        st.io.iter().filter_map(f).fold(None, |a: Option<u64>, v| {
+            Some(a.unwrap_or(0).saturating_add(v))
+        })
+    };
+    let mut row = UsageRow {
+        tenant: tenant.to_string(),
+        ts_ms,
+        interval_ms: r.map(|r| (r.interval_s * 1000.0).round() as i64),
+        counters: [
+            i(st.cpu.usage_usec),
+            i(st.cpu.user_usec),
+            i(st.cpu.system_usec),
+            i(st.cpu.throttled_usec),
+            i(st.cpu.nr_throttled),
+            i(io_sum(|d| d.rbytes)),
+            i(io_sum(|d| d.wbytes)),
+            i(io_sum(|d| d.rios)),
+            i(io_sum(|d| d.wios)),
+            i(st.memory_events.oom_kill),
+            i(st.memory_events.high),
+            i(st.memory_events.max),
+            i(st.pids_max_events),
+            i(st.memory.anon),
+            i(st.memory.file),
+        ],
+        gauges: [
+            i(st.memory_current),
+            i(st.working_set()),
+            i(st.memory_peak),
+            i(st.pids_current),
+        ],
+        ..Default::default()
+    };
+    if let Some(r) = r {
+        row.rates = [
+            r.cpu_cores,
+            r.cpu_user_cores,
+            r.cpu_system_cores,
+            r.cpu_throttled_cores,
+            r.io_total(|d| d.read_bytes_per_s),
+            r.io_total(|d| d.write_bytes_per_s),
+            r.io_total(|d| d.read_ops_per_s),
+            r.io_total(|d| d.write_ops_per_s),
+            r.cpu_stall.some,
+            r.cpu_stall.full,
+            r.memory_stall.some,
+            r.memory_stall.full,
+            r.io_stall.some,
+            r.io_stall.full,
+        ];
+        row.events = [
+            i(r.new_oom_kills),
+            i(r.new_memory_high),
+            i(r.new_memory_max),
+            i(r.new_pids_max),
+        ];
+    }
+    row
+}
+
+/// Events for the limit hits in `r`: kinds `oom_kill`, `memory_high`, `memory_max`, `pids_max`.
+pub fn limit_events(tenant: &str, ts_ms: i64, s: &Sample, r: &Rates) -> Vec<NewEvent> {
+    let st = &s.stats;
+    [
+        ("oom_kill", r.new_oom_kills, st.memory_events.oom_kill),
+        ("memory_high", r.new_memory_high, st.memory_events.high),
+        ("memory_max", r.new_memory_max, st.memory_events.max),
+        ("pids_max", r.new_pids_max, st.pids_max_events),
+    ]
+    .into_iter()
+    .filter_map(|(kind, new, total)| {
+        let n = new.filter(|n| *n > 0)?;
+        Some(NewEvent {
+            ts_ms,
+            tenant: Some(tenant.to_string()),
+            kind: kind.into(),
+            actor: None,
+            detail: serde_json::json!({"count": n, "total": total}),
+        })
+    })
+    .collect()
+}
+
+impl Sampler {
+    pub fn new(gov: Arc<Governor>, metrics: Arc<Metrics>, cfg: SamplerConfig) -> Self {
+        Sampler {
+            gov,
+            metrics,
+            cfg,
+            readers: Some(Readers::default()),
+            last: HashMap::new(),
+            last_prune: None,
+            last_rollup_minute: i64::MIN,
+            tenants: None,
+        }
+    }
+
+    /// Samples until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.sweep().await {
+                        self.metrics.sampler_errors.inc();
+                        tracing::warn!("usage sampler: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tenants to sample, re-read from the store only when its fingerprint changed.
+    async fn targets(&mut self) -> Result<Arc<Targets>> {
+        let store = self.gov.store();
+        let fp = store.tenants_fingerprint().await?;
+        if let Some((f, t)) = &self.tenants
+            && *f == fp
+        {
+            return Ok(t.clone());
+        }
+        let stored = store.tenants().await?;
+        let specs: BTreeMap<TenantName, TenantSpec> =
+            stored.into_iter().map(|(n, t)| (n, t.spec)).collect();
+        let dirs = specs
+            .keys()
+            .map(|n| {
+                let dir = CgroupPath::tenant(&tenant::lineage(n, &specs));
+                (n.to_string(), self.gov.backend().path_of(&dir))
+            })
+            .collect();
+        let t = Arc::new(Targets { specs, dirs });
+        self.tenants = Some((fp, t.clone()));
+        Ok(t)
+    }
+
+    /// One sweep: read, compute, store, publish.
+    pub async fn sweep(&mut self) -> Result<SweepReport> {
+        let tt = self.targets().await?;
+        let targets = tt.dirs.clone();
+        let specs = &tt.specs;
+        let mut readers = self.readers.take().unwrap_or_default();
+        let ts_ms = now_ms();
+        let started = Instant::now();
+        let joined = tokio::task::spawn_blocking(move || {
+            let results = read_all(&mut readers, &targets);
+            (readers, results)
+        })
+        .await;
+        let (readers, results) = joined.map_err(|e| EngineError::Join(e.to_string()))?;
+        self.readers = Some(readers);
+        self.metrics
+            .sweep_seconds
+            .observe(started.elapsed().as_secs_f64());
+
+        let mut report = SweepReport::default();
+        let mut rows = Vec::with_capacity(results.len());
+        let mut events = Vec::new();
+        let mut snap = Snapshot::default();
+        let mut last = HashMap::with_capacity(results.len());
+        for (name, res) in results {
+            let sample = match res {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    report.missing += 1;
+                    continue;
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    self.metrics.sampler_errors.inc();
+                    tracing::warn!("usage sampler: tenant '{name}': {e}");
+                    continue;
+                }
+            };
+            report.sampled += 1;
+            let rates = self
+                .last
+                .get(&name)
+                .and_then(|p| usage::rates(&p.sample, p.ts_ms, &sample, ts_ms));
+            rows.push(usage_row(&name, ts_ms, &sample, rates.as_ref()));
+            if let Some(r) = &rates {
+                events.extend(limit_events(&name, ts_ms, &sample, r));
+            }
+            let spec = TenantName::parse(&name)
+                .ok()
+                .and_then(|n| specs.get(&n).cloned())
+                .unwrap_or_default();
+            snap.tenants.insert(
+                name.clone(),
+                TenantSnapshot {
+                    stats: sample.stats.clone(),
+                    spec,
+                },
+            );
+            last.insert(name, Last { sample, ts_ms });
+        }
+        // Tenants that are gone leave no previous sample behind.
+        self.last = last;
+        self.metrics.set_snapshot(snap);
+
+        let store = self.gov.store();
+        let started = Instant::now();
+        store.add_usage(&rows).await?;
+        store.add_events(&events).await?;
+        self.metrics
+            .db_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if ts_ms / 60_000 != self.last_rollup_minute {
+            self.last_rollup_minute = ts_ms / 60_000;
+            store.roll_up(ts_ms).await?;
+        }
+        report.rows = rows.len();
+        report.events = events.len();
+
+        if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            self.last_prune = Some(Instant::now());
+            let n = store.prune_usage(ts_ms, &self.cfg.retention).await?;
+            if n > 0 {
+                tracing::debug!("usage sampler: pruned {n} old rows");
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Reads every target; drops readers of tenants no longer listed. Runs on the blocking pool.
+fn read_all(
+    readers: &mut Readers,
+    targets: &[(String, PathBuf)],
+) -> Vec<(
+    String,
+    std::result::Result<Option<Sample>, crate::cgroup::CgroupError>,
+)> {
+    let keep: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
+    readers.by_tenant.retain(|n, _| keep.contains(n.as_str()));
+    let Readers {
+        by_tenant,
+        buf,
+        held,
+    } = readers;
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, (name, path))| {
+            let slot = by_tenant.entry(name.clone()).or_insert(None);
+            (name.clone(), sample_dir_mode(slot, path, buf, i < *held))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::stats::{CgroupStats, CpuStat, MemoryEvents};
+
+    fn s(usage: u64, oom: u64, high: u64) -> Sample {
+        Sample {
+            ino: 1,
+            stats: CgroupStats {
+                cpu: CpuStat {
+                    usage_usec: Some(usage),
+                    ..Default::default()
+                },
+                memory_events: MemoryEvents {
+                    oom_kill: Some(oom),
+                    high: Some(high),
+                    max: Some(0),
+                    ..Default::default()
+                },
+                pids_max_events: Some(0),
+                memory_current: Some(100),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn new_limit_hits_become_events_and_rows_carry_rates() {
+        let (a, b) = (s(0, 1, 5), s(2_000_000, 3, 5));
+        let r = usage::rates(&a, 0, &b, 1000).unwrap();
+        let ev = limit_events("t", 1000, &b, &r);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].kind, "oom_kill");
+        assert_eq!(ev[0].detail, serde_json::json!({"count": 2, "total": 3}));
+        let row = usage_row("t", 1000, &b, Some(&r));
+        assert_eq!(row.interval_ms, Some(1000));
+        assert_eq!(row.rates[0], Some(2.0));
+        assert_eq!(row.counters[0], Some(2_000_000));
+        assert_eq!(row.gauges[0], Some(100));
+        assert_eq!(row.events[0], Some(2));
+        let first = usage_row("t", 0, &a, None);
+        assert_eq!(
+            (first.interval_ms, first.rates[0], first.events[0]),
+            (None, None, None)
+        );
+    }
+
+    /// A sweep over a directory of ordinary files shaped like cgroups (the fixture of a real
+    /// 6.1 kernel), with a real SQLite file: rates, events, rows and the snapshot.
+    #[tokio::test]
+    async fn sweeps_write_rows_events_and_the_snapshot() {
+        use crate::domain::tenant::Capacity;
+        use crate::engine::EngineConfig;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let dir = root.join("web");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/cgroupfs/6.1.0-56-amd64/fixture/work"
+        );
+        for f in std::fs::read_dir(fixture).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        }
+        let store = crate::store::Store::open(&tmp.path().join("t.db"))
+            .await
+            .unwrap();
+        let name = TenantName::parse("web").unwrap();
+        let ev = NewEvent {
+            ts_ms: 0,
+            tenant: Some("web".into()),
+            kind: "tenant_created".into(),
+            actor: None,
+            detail: serde_json::json!({}),
+        };
+        store
+            .put_tenant(&name, &TenantSpec::default(), 0, ev)
+            .await
+            .unwrap();
+        let backend = Arc::new(crate::cgroup::v2::V2::new(tmp.path(), &root, "/sys"));
+        let cfg = EngineConfig {
+            params: Default::default(),
+            memory_reserve_bytes: 0,
+            daemon_cpu_weight: 100,
+            daemon_memory_min_bytes: 0,
+            proc_root: "/proc".into(),
+        };
+        let gov = Governor::new(
+            backend,
+            store.clone(),
+            cfg,
+            Capacity {
+                cpus: 2.0,
+                memory_bytes: 1 << 30,
+                memory_reserve_bytes: 0,
+            },
+        );
+        let metrics = Metrics::new();
+        let mut sampler = Sampler::new(gov, metrics.clone(), SamplerConfig::default());
+
+        let r = sampler.sweep().await.unwrap();
+        assert_eq!(
+            (r.sampled, r.rows, r.events),
+            (1, 1, 0),
+            "the first sample has nothing to compare with"
+        );
+        // The kernel counts on: one more OOM kill, one more CPU second.
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 83\noom 2\noom_kill 2\noom_group_kill 0\n",
+        )
+        .unwrap();
+        let cpu = std::fs::read_to_string(dir.join("cpu.stat")).unwrap();
+        let usage = crate::cgroup::stats::cpu_stat(&cpu)
+            .unwrap()
+            .usage_usec
+            .unwrap();
+        let cpu = cpu.replace(
+            &format!("usage_usec {usage}\n"),
+            &format!("usage_usec {}\n", usage + 1_000_000),
+        );
+        std::fs::write(dir.join("cpu.stat"), cpu).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let r = sampler.sweep().await.unwrap();
+        assert_eq!((r.sampled, r.rows, r.events), (1, 1, 2));
+        let kinds: Vec<String> = store
+            .events(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(
+            kinds.contains(&"oom_kill".to_string()) && kinds.contains(&"memory_max".to_string()),
+            "{kinds:?}"
+        );
+        let cores: Option<f64> =
+            sqlx::query_scalar("SELECT cpu_cores FROM usage_raw ORDER BY ts_ms DESC LIMIT 1")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert!(cores.unwrap() > 1.0, "1 CPU second in ~20 ms: {cores:?}");
+        assert!(
+            metrics
+                .render()
+                .contains("tenantd_tenant_memory_oom_kills_total{tenant=\"web\"} 2")
+        );
+
+        // A deleted tenant leaves the snapshot at once.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let r = sampler.sweep().await.unwrap();
+        assert_eq!((r.sampled, r.missing), (0, 1));
+        assert!(!metrics.render().contains("tenant=\"web\""));
+    }
+}

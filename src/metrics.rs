@@ -1,0 +1,781 @@
+//! Every metric name and label, in one place (`METRICS`), and `GET /metrics` rendered in the
+//! OpenMetrics text format from the sampler's current snapshot.
+//!
+//! Per-tenant series come from a collector that reads the snapshot at scrape time, so a
+//! deleted tenant disappears from the very next scrape. Names follow the Prometheus rules:
+//! prefix `tenantd_`, base units in the name (seconds, bytes, ratios), counters end in
+//! `_total`. The Grafana dashboards are checked against `METRICS` (see `exposed_names`).
+
+use crate::cgroup::stats::{CgroupStats, IoDevStat, PressureTotals};
+use crate::domain::plan::Limit;
+use crate::domain::tenant::TenantSpec;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Metric, Registry, Unit};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+/// The content type of `GET /metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The kind of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+}
+
+/// One metric family: `name` is the family name as exposed (`# TYPE` line), unit included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<&'static str>,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+impl MetricDef {
+    /// The sample names a scraper stores (what PromQL and dashboards use).
+    pub fn sample_names(&self) -> Vec<String> {
+        match self.kind {
+            Kind::Counter => vec![format!("{}_total", self.name)],
+            Kind::Gauge => vec![self.name.to_string()],
+            Kind::Histogram => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|s| format!("{}{s}", self.name))
+                .collect(),
+            Kind::Info => vec![format!("{}_info", self.name)],
+        }
+    }
+
+    /// The name without the unit suffix, as the encoder wants it.
+    fn stem(&self) -> &'static str {
+        match self.unit {
+            Some(u) => self
+                .name
+                .strip_suffix(u)
+                .and_then(|s| s.strip_suffix('_'))
+                .unwrap_or(self.name),
+            None => self.name,
+        }
+    }
+}
+
+const T: &[&str] = &["tenant"];
+const TD: &[&str] = &["tenant", "device"];
+
+macro_rules! def {
+    ($name:literal, $kind:ident, $unit:expr, $labels:expr, $help:literal) => {
+        MetricDef {
+            name: $name,
+            kind: Kind::$kind,
+            unit: $unit,
+            labels: $labels,
+            help: $help,
+        }
+    };
+}
+
+/// Every metric tenantd exposes. Index constants below name the entries used in code.
+pub const METRICS: &[MetricDef] = &[
+    // Per tenant: measured (cgroup-v2.rst: cpu.stat, memory.*, io.stat, pids.*, PSI).
+    def!(
+        "tenantd_tenant_cpu_usage_seconds",
+        Counter,
+        Some("seconds"),
+        T,
+        "CPU time used by the tenant (cpu.stat usage_usec)"
+    ),
+    def!(
+        "tenantd_tenant_cpu_user_seconds",
+        Counter,
+        Some("seconds"),
+        T,
+        "CPU time in user mode (cpu.stat user_usec)"
+    ),
+    def!(
+        "tenantd_tenant_cpu_system_seconds",
+        Counter,
+        Some("seconds"),
+        T,
+        "CPU time in kernel mode (cpu.stat system_usec)"
+    ),
+    def!(
+        "tenantd_tenant_cpu_throttled_seconds",
+        Counter,
+        Some("seconds"),
+        T,
+        "Time the tenant was throttled by its CPU limit (cpu.stat throttled_usec)"
+    ),
+    def!(
+        "tenantd_tenant_cpu_throttled_periods",
+        Counter,
+        None,
+        T,
+        "Enforcement periods in which the tenant was throttled (cpu.stat nr_throttled)"
+    ),
+    def!(
+        "tenantd_tenant_cpu_periods",
+        Counter,
+        None,
+        T,
+        "Enforcement periods elapsed with a CPU limit (cpu.stat nr_periods)"
+    ),
+    def!(
+        "tenantd_tenant_memory_current_bytes",
+        Gauge,
+        Some("bytes"),
+        T,
+        "Memory charged to the tenant (memory.current)"
+    ),
+    def!(
+        "tenantd_tenant_memory_working_set_bytes",
+        Gauge,
+        Some("bytes"),
+        T,
+        "memory.current minus inactive file pages, as cAdvisor computes it"
+    ),
+    def!(
+        "tenantd_tenant_memory_peak_bytes",
+        Gauge,
+        Some("bytes"),
+        T,
+        "Highest memory.current seen (memory.peak; absent on kernels without it)"
+    ),
+    def!(
+        "tenantd_tenant_memory_oom_kills",
+        Counter,
+        None,
+        T,
+        "Processes of the tenant killed by the OOM killer (memory.events oom_kill)"
+    ),
+    def!(
+        "tenantd_tenant_memory_events",
+        Counter,
+        None,
+        &["tenant", "event"],
+        "memory.events counts: low, high, max, oom"
+    ),
+    def!(
+        "tenantd_tenant_io_read_bytes",
+        Counter,
+        Some("bytes"),
+        TD,
+        "Bytes read from the device (io.stat rbytes)"
+    ),
+    def!(
+        "tenantd_tenant_io_write_bytes",
+        Counter,
+        Some("bytes"),
+        TD,
+        "Bytes written to the device (io.stat wbytes)"
+    ),
+    def!(
+        "tenantd_tenant_io_read_ops",
+        Counter,
+        None,
+        TD,
+        "Read operations on the device (io.stat rios)"
+    ),
+    def!(
+        "tenantd_tenant_io_write_ops",
+        Counter,
+        None,
+        TD,
+        "Write operations on the device (io.stat wios)"
+    ),
+    def!(
+        "tenantd_tenant_pids_current",
+        Gauge,
+        None,
+        T,
+        "Processes and threads in the tenant (pids.current)"
+    ),
+    def!(
+        "tenantd_tenant_pids_limit_hits",
+        Counter,
+        None,
+        T,
+        "Forks refused because the pids limit was reached (pids.events max)"
+    ),
+    def!(
+        "tenantd_tenant_pressure_stall_seconds",
+        Counter,
+        Some("seconds"),
+        &["tenant", "resource", "kind"],
+        "Time some or all of the tenant's tasks stalled on cpu, memory or io (PSI total)"
+    ),
+    // Per tenant: configured (the SLA in base units; absent when not set).
+    def!(
+        "tenantd_tenant_cpu_guarantee_ratio",
+        Gauge,
+        Some("ratio"),
+        T,
+        "Guaranteed share of the parent's CPU, 0..1"
+    ),
+    def!(
+        "tenantd_tenant_cpu_limit_cores",
+        Gauge,
+        Some("cores"),
+        T,
+        "Hard CPU cap in CPUs (CPU-seconds per second)"
+    ),
+    def!(
+        "tenantd_tenant_memory_guarantee_bytes",
+        Gauge,
+        Some("bytes"),
+        T,
+        "Memory protected from reclaim (memory.min or memory.low)"
+    ),
+    def!(
+        "tenantd_tenant_memory_high_bytes",
+        Gauge,
+        Some("bytes"),
+        T,
+        "Memory throttling threshold (memory.high)"
+    ),
+    def!(
+        "tenantd_tenant_memory_limit_bytes",
+        Gauge,
+        Some("bytes"),
+        T,
+        "Hard memory limit (memory.max)"
+    ),
+    def!(
+        "tenantd_tenant_io_guarantee_ratio",
+        Gauge,
+        Some("ratio"),
+        T,
+        "Guaranteed share of the parent's IO, 0..1"
+    ),
+    def!(
+        "tenantd_tenant_pids_limit",
+        Gauge,
+        None,
+        T,
+        "Limit on processes and threads (pids.max)"
+    ),
+    // tenantd itself.
+    def!(
+        "tenantd_tenants",
+        Gauge,
+        None,
+        &[],
+        "Tenants sampled in the last sweep"
+    ),
+    def!(
+        "tenantd_sweep_duration_seconds",
+        Histogram,
+        Some("seconds"),
+        &[],
+        "Time to read every tenant's cgroup files in one sampler sweep"
+    ),
+    def!(
+        "tenantd_db_write_duration_seconds",
+        Histogram,
+        Some("seconds"),
+        &[],
+        "Time to write one sweep's samples to the database"
+    ),
+    def!(
+        "tenantd_reconcile_corrections",
+        Counter,
+        None,
+        &[],
+        "Kernel values found drifted from the plan and rewritten"
+    ),
+    def!(
+        "tenantd_reconcile_errors",
+        Counter,
+        None,
+        &[],
+        "Reconcile passes or steps that failed"
+    ),
+    def!(
+        "tenantd_sampler_errors",
+        Counter,
+        None,
+        &[],
+        "Sampler sweeps or database writes that failed"
+    ),
+    def!(
+        "tenantd_build",
+        Info,
+        None,
+        &["version"],
+        "tenantd build information"
+    ),
+];
+
+/// Every sample name, for checking dashboards and alerts against.
+pub fn exposed_names() -> Vec<String> {
+    METRICS.iter().flat_map(MetricDef::sample_names).collect()
+}
+
+fn def(name: &str) -> &'static MetricDef {
+    METRICS
+        .iter()
+        .find(|d| d.name == name)
+        .expect("every name used in code is in METRICS")
+}
+
+/// What the sampler last saw of one tenant.
+#[derive(Debug, Clone, Default)]
+pub struct TenantSnapshot {
+    pub stats: CgroupStats,
+    pub spec: TenantSpec,
+}
+
+/// The sampler's view of every tenant, replaced whole on each sweep.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub tenants: BTreeMap<String, TenantSnapshot>,
+}
+
+/// The daemon's metrics: the current snapshot plus tenantd's own instruments.
+#[derive(Debug)]
+pub struct Metrics {
+    snapshot: RwLock<Arc<Snapshot>>,
+    pub sweep_seconds: Histogram,
+    pub db_write_seconds: Histogram,
+    pub reconcile_corrections: Counter,
+    pub reconcile_errors: Counter,
+    pub sampler_errors: Counter,
+    tenants: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            sweep_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            db_write_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            reconcile_corrections: Counter::default(),
+            reconcile_errors: Counter::default(),
+            sampler_errors: Counter::default(),
+            tenants: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Metrics::default())
+    }
+
+    /// Replaces the snapshot (the sampler calls this once per sweep).
+    pub fn set_snapshot(&self, s: Snapshot) {
+        self.tenants.set(s.tenants.len() as i64);
+        let s = Arc::new(s);
+        match self.snapshot.write() {
+            Ok(mut g) => *g = s,
+            Err(p) => *p.into_inner() = s,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.snapshot.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        reg(&mut r, "tenantd_tenants", self.tenants.clone());
+        reg(
+            &mut r,
+            "tenantd_sweep_duration_seconds",
+            self.sweep_seconds.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_db_write_duration_seconds",
+            self.db_write_seconds.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_reconcile_corrections",
+            self.reconcile_corrections.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_reconcile_errors",
+            self.reconcile_errors.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_sampler_errors",
+            self.sampler_errors.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        r.register_collector(Box::new(TenantCollector(self.snapshot())));
+        r
+    }
+
+    /// The OpenMetrics text of the current snapshot and instruments (ends with `# EOF`).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail, and our collector only fails on write errors.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
+        out
+    }
+
+    /// The same, in the Prometheus 0.0.4 text format (for `promtool check metrics`, which
+    /// in Debian 12's version reads only that format).
+    pub fn render_prometheus_text(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry());
+        out
+    }
+}
+
+/// Registers `m` under its `METRICS` entry.
+fn reg(r: &mut Registry, name: &str, m: impl Metric) {
+    let d = def(name);
+    match d.unit {
+        Some(u) => r.register_with_unit(d.stem(), d.help, Unit::Other(u.into()), m),
+        None => r.register(d.stem(), d.help, m),
+    }
+}
+
+/// A sample value: integers stay exact.
+#[derive(Clone, Copy)]
+enum V {
+    U(u64),
+    F(f64),
+}
+
+fn usec_to_s(v: Option<u64>) -> Option<V> {
+    v.map(|us| V::F(us as f64 / 1e6))
+}
+
+fn u(v: Option<u64>) -> Option<V> {
+    v.map(V::U)
+}
+
+fn limit(l: Option<Limit>) -> Option<V> {
+    l.and_then(Limit::value).map(V::U)
+}
+
+/// Renders the per-tenant families from one snapshot.
+#[derive(Debug)]
+struct TenantCollector(Arc<Snapshot>);
+
+/// Writes one family: `rows` yields (label values, value) for every series.
+fn family<'a, const N: usize>(
+    enc: &mut DescriptorEncoder,
+    d: &MetricDef,
+    rows: impl Iterator<Item = ([&'a str; N], Option<V>)>,
+) -> fmt::Result {
+    let unit = d.unit.map(|u| Unit::Other(u.into()));
+    let ty = match d.kind {
+        Kind::Counter => MetricType::Counter,
+        _ => MetricType::Gauge,
+    };
+    // The registry ends help texts with a period; do the same here.
+    let help = format!("{}.", d.help);
+    let mut m = enc.encode_descriptor(d.stem(), &help, unit.as_ref(), ty)?;
+    for (values, v) in rows {
+        let Some(v) = v else { continue };
+        let labels: [(&str, &str); N] = std::array::from_fn(|i| (d.labels[i], values[i]));
+        let mut f = m.encode_family(&labels)?;
+        match (d.kind, v) {
+            (Kind::Counter, V::U(x)) => f.encode_counter::<NoLabelSet, _, u64>(&x, None)?,
+            (Kind::Counter, V::F(x)) => f.encode_counter::<NoLabelSet, _, f64>(&x, None)?,
+            (_, V::U(x)) => f.encode_gauge(&(x as f64))?,
+            (_, V::F(x)) => f.encode_gauge(&x)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for TenantCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let ts = &self.0.tenants;
+        let per =
+            |enc: &mut DescriptorEncoder, name: &str, f: &dyn Fn(&TenantSnapshot) -> Option<V>| {
+                family(enc, def(name), ts.iter().map(|(n, t)| ([n.as_str()], f(t))))
+            };
+        per(&mut enc, "tenantd_tenant_cpu_usage_seconds", &|t| {
+            usec_to_s(t.stats.cpu.usage_usec)
+        })?;
+        per(&mut enc, "tenantd_tenant_cpu_user_seconds", &|t| {
+            usec_to_s(t.stats.cpu.user_usec)
+        })?;
+        per(&mut enc, "tenantd_tenant_cpu_system_seconds", &|t| {
+            usec_to_s(t.stats.cpu.system_usec)
+        })?;
+        per(&mut enc, "tenantd_tenant_cpu_throttled_seconds", &|t| {
+            usec_to_s(t.stats.cpu.throttled_usec)
+        })?;
+        per(&mut enc, "tenantd_tenant_cpu_throttled_periods", &|t| {
+            u(t.stats.cpu.nr_throttled)
+        })?;
+        per(&mut enc, "tenantd_tenant_cpu_periods", &|t| {
+            u(t.stats.cpu.nr_periods)
+        })?;
+        per(&mut enc, "tenantd_tenant_memory_current_bytes", &|t| {
+            u(t.stats.memory_current)
+        })?;
+        per(&mut enc, "tenantd_tenant_memory_working_set_bytes", &|t| {
+            u(t.stats.working_set())
+        })?;
+        per(&mut enc, "tenantd_tenant_memory_peak_bytes", &|t| {
+            u(t.stats.memory_peak)
+        })?;
+        per(&mut enc, "tenantd_tenant_memory_oom_kills", &|t| {
+            u(t.stats.memory_events.oom_kill)
+        })?;
+        family(
+            &mut enc,
+            def("tenantd_tenant_memory_events"),
+            ts.iter().flat_map(|(n, t)| {
+                let e = &t.stats.memory_events;
+                [
+                    ("low", e.low),
+                    ("high", e.high),
+                    ("max", e.max),
+                    ("oom", e.oom),
+                ]
+                .map(|(k, v)| ([n.as_str(), k], u(v)))
+            }),
+        )?;
+        let devs: Vec<(&str, String, &IoDevStat)> = ts
+            .iter()
+            .flat_map(|(n, t)| {
+                t.stats.io.iter().map(move |d| {
+                    (
+                        n.as_str(),
+                        format!("{}:{}", d.device.major, d.device.minor),
+                        d,
+                    )
+                })
+            })
+            .collect();
+        for (name, pick) in [
+            ("tenantd_tenant_io_read_bytes", 0usize),
+            ("tenantd_tenant_io_write_bytes", 1),
+            ("tenantd_tenant_io_read_ops", 2),
+            ("tenantd_tenant_io_write_ops", 3),
+        ] {
+            let rows = devs.iter().map(|(n, dev, d)| {
+                (
+                    [*n, dev.as_str()],
+                    u([d.rbytes, d.wbytes, d.rios, d.wios][pick]),
+                )
+            });
+            family(&mut enc, def(name), rows)?;
+        }
+        per(&mut enc, "tenantd_tenant_pids_current", &|t| {
+            u(t.stats.pids_current)
+        })?;
+        per(&mut enc, "tenantd_tenant_pids_limit_hits", &|t| {
+            u(t.stats.pids_max_events)
+        })?;
+        family(
+            &mut enc,
+            def("tenantd_tenant_pressure_stall_seconds"),
+            ts.iter().flat_map(|(n, t)| {
+                let s = &t.stats;
+                let p = |x: Option<PressureTotals>| x.unwrap_or_default();
+                let (c, m, i) = (p(s.cpu_pressure), p(s.memory_pressure), p(s.io_pressure));
+                [
+                    ("cpu", "some", c.some_usec),
+                    ("cpu", "full", c.full_usec),
+                    ("memory", "some", m.some_usec),
+                    ("memory", "full", m.full_usec),
+                    ("io", "some", i.some_usec),
+                    ("io", "full", i.full_usec),
+                ]
+                .map(|(r, k, v)| ([n.as_str(), r, k], usec_to_s(v)))
+            }),
+        )?;
+        let pct = |p: Option<crate::domain::units::Percent>| p.map(|p| V::F(p.0 / 100.0));
+        per(&mut enc, "tenantd_tenant_cpu_guarantee_ratio", &|t| {
+            pct(t.spec.cpu.guarantee_pct)
+        })?;
+        per(&mut enc, "tenantd_tenant_cpu_limit_cores", &|t| {
+            pct(t.spec.cpu.limit_pct)
+        })?;
+        per(&mut enc, "tenantd_tenant_memory_guarantee_bytes", &|t| {
+            t.spec.memory.guarantee_bytes.map(|b| V::U(b.0))
+        })?;
+        per(&mut enc, "tenantd_tenant_memory_high_bytes", &|t| {
+            t.spec.memory.high_bytes.map(|b| V::U(b.0))
+        })?;
+        per(&mut enc, "tenantd_tenant_memory_limit_bytes", &|t| {
+            t.spec.memory.limit_bytes.map(|b| V::U(b.0))
+        })?;
+        per(&mut enc, "tenantd_tenant_io_guarantee_ratio", &|t| {
+            pct(t.spec.io.guarantee_pct)
+        })?;
+        per(&mut enc, "tenantd_tenant_pids_limit", &|t| {
+            limit(t.spec.pids.limit.map(Limit::Value))
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::stats::{CpuStat, MemoryEvents};
+    use crate::domain::tenant::DevId;
+    use crate::domain::units::{Bytes, Percent};
+
+    pub fn snapshot(n: usize) -> Snapshot {
+        let mut s = Snapshot::default();
+        for i in 0..n {
+            let mut spec = TenantSpec::default();
+            spec.cpu.guarantee_pct = Some(Percent(25.0));
+            spec.cpu.limit_pct = Some(Percent(150.0));
+            spec.memory.limit_bytes = Some(Bytes(1 << 30));
+            spec.pids.limit = Some(100);
+            let stats = CgroupStats {
+                cpu: CpuStat {
+                    usage_usec: Some(1_500_000 + i as u64),
+                    user_usec: Some(1_000_000),
+                    system_usec: Some(500_000),
+                    ..Default::default()
+                },
+                memory_current: Some(4096),
+                memory_events: MemoryEvents {
+                    oom_kill: Some(1),
+                    high: Some(2),
+                    ..Default::default()
+                },
+                io: vec![
+                    IoDevStat {
+                        rbytes: Some(10),
+                        wbytes: Some(20),
+                        rios: Some(1),
+                        wios: Some(2),
+                        ..IoDevStat::new(DevId { major: 8, minor: 0 })
+                    },
+                    IoDevStat {
+                        rbytes: Some(30),
+                        ..IoDevStat::new(DevId {
+                            major: 254,
+                            minor: 0,
+                        })
+                    },
+                ],
+                pids_current: Some(3),
+                cpu_pressure: Some(PressureTotals {
+                    some_usec: Some(2_000_000),
+                    full_usec: None,
+                }),
+                ..Default::default()
+            };
+            s.tenants
+                .insert(format!("t{i}"), TenantSnapshot { stats, spec });
+        }
+        s
+    }
+
+    #[test]
+    fn every_name_follows_the_rules_and_appears_once() {
+        let mut seen = std::collections::BTreeSet::new();
+        for d in METRICS {
+            assert!(d.name.starts_with("tenantd_"), "{}", d.name);
+            assert!(seen.insert(d.name), "{} twice", d.name);
+            assert!(
+                !d.name.ends_with("_total"),
+                "{}: the encoder adds _total",
+                d.name
+            );
+            if let Some(u) = d.unit {
+                assert!(
+                    d.name.ends_with(&format!("_{u}")),
+                    "{} must end in its unit",
+                    d.name
+                );
+            }
+            assert!(
+                !d.name.contains("percent") && !d.name.contains("milli"),
+                "{}: base units only",
+                d.name
+            );
+        }
+    }
+
+    #[test]
+    fn renders_openmetrics_from_the_current_snapshot() {
+        let m = Metrics::new();
+        m.set_snapshot(snapshot(2));
+        m.reconcile_corrections.inc();
+        let text = m.render();
+        assert!(text.ends_with("# EOF\n"));
+        for line in [
+            "tenantd_tenant_cpu_usage_seconds_total{tenant=\"t0\"} 1.5",
+            "tenantd_tenant_io_read_bytes_total{tenant=\"t1\",device=\"254:0\"} 30",
+            "tenantd_tenant_io_write_ops_total{tenant=\"t0\",device=\"8:0\"} 2",
+            "tenantd_tenant_pressure_stall_seconds_total{tenant=\"t0\",resource=\"cpu\",kind=\"some\"} 2.0",
+            "tenantd_tenant_memory_events_total{tenant=\"t0\",event=\"high\"} 2",
+            "tenantd_tenant_cpu_guarantee_ratio{tenant=\"t0\"} 0.25",
+            "tenantd_tenant_cpu_limit_cores{tenant=\"t0\"} 1.5",
+            "tenantd_tenant_memory_limit_bytes{tenant=\"t1\"} 1073741824",
+            "tenantd_tenants 2",
+            "tenantd_reconcile_corrections_total 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // Every family in the output is in METRICS, and every METRICS name is in the output.
+        let families: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let names: std::collections::BTreeSet<&str> = METRICS.iter().map(|d| d.name).collect();
+        assert_eq!(families, names);
+        // A deleted tenant disappears at the next scrape.
+        m.set_snapshot(snapshot(1));
+        assert!(!m.render().contains("tenant=\"t1\""));
+    }
+
+    /// promtool is the reference linter; Debian 12's promtool 2.42 reads only the 0.0.4 text
+    /// format, so it checks the same registry rendered in that format.
+    #[test]
+    fn promtool_accepts_the_metrics() {
+        let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+        let m = Metrics::new();
+        m.set_snapshot(snapshot(3));
+        m.sweep_seconds.observe(0.01);
+        let text = m.render_prometheus_text();
+        let mut child = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("promtool is required for this test (apt-get install prometheus, or set PROMTOOL): {e}"));
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed:\n{}{}\n--- input ---\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
