@@ -246,6 +246,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let sampler_cfg = SamplerConfig {
             interval: cfg.sample_interval,
             retention: cfg.usage_retention,
+            sla: cfg.sla,
         };
         let sampler = Sampler::new(gov.clone(), metrics.clone(), sampler_cfg);
         tasks.spawn(sampler.run(shutdown.clone()));

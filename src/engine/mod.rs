@@ -4,6 +4,7 @@
 //! Only this layer reads the clock. Kernel calls run on the blocking pool.
 
 pub mod placement;
+pub mod sla;
 pub mod sampler;
 
 use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF};
@@ -437,6 +438,25 @@ impl Governor {
         let b = self.backend.clone();
         let cfg = self.cfg.clone();
         blocking(move || apply_change(b.as_ref(), &cfg, &specs, &remaining, None)).await??;
+        Ok(())
+    }
+
+    /// Reads the governor root's cpu.weight (the adaptive controller's starting point).
+    pub async fn root_cpu_weight(&self) -> Result<u32> {
+        let b = self.backend.clone();
+        Ok(blocking(move || b.read(&CgroupPath::root())).await??.cpu_weight)
+    }
+
+    /// Sets the governor root's cpu.weight (adaptive SLA enforcement).
+    pub async fn set_root_cpu_weight(&self, w: u32) -> Result<()> {
+        let b = self.backend.clone();
+        blocking(move || {
+            let root = CgroupPath::root();
+            let mut s = b.read(&root)?;
+            s.cpu_weight = w;
+            b.apply(&root, &s).map(|_| ())
+        })
+        .await??;
         Ok(())
     }
 
