@@ -4,6 +4,7 @@
 //! Only this layer reads the clock. Kernel calls run on the blocking pool.
 
 pub mod placement;
+pub mod report;
 pub mod sla;
 pub mod sampler;
 
