@@ -344,6 +344,42 @@ pub fn choose(choice: CgroupVersion, host: &HostMounts, mount: &Path) -> Result<
     }
 }
 
+/// A whole block device as sysfs lists it.
+pub(crate) struct SysBlock {
+    pub device: DevId,
+    pub name: String,
+    /// The active IO scheduler (the bracketed one in queue/scheduler).
+    pub scheduler: Option<String>,
+}
+
+/// The block devices under `<sys>/block`, loop and ram devices left out.
+pub(crate) fn sys_block_devices(sys: &Path) -> Vec<SysBlock> {
+    let Ok(rd) = std::fs::read_dir(sys.join("block")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("loop") || name.starts_with("ram") {
+                return None;
+            }
+            let device = DevId::parse(std::fs::read_to_string(e.path().join("dev")).ok()?.trim())?;
+            let scheduler = std::fs::read_to_string(e.path().join("queue/scheduler"))
+                .ok()
+                .and_then(|s| {
+                    s.split_ascii_whitespace()
+                        .find(|w| w.starts_with('['))
+                        .map(|w| w.trim_matches(['[', ']']).to_string())
+                });
+            Some(SysBlock {
+                device,
+                name,
+                scheduler,
+            })
+        })
+        .collect()
+}
+
 /// The cgroup v2 path of a process, from /proc/PID/cgroup ("0::/a/b").
 pub fn v2_path_of_pid(proc_root: &Path, pid: u32) -> io::Result<Option<String>> {
     let s = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))?;

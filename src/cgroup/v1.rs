@@ -388,27 +388,12 @@ impl V1 {
 
     fn block_devices(&self, weight_file: Option<(PathBuf, bool)>) -> Vec<BlockDevice> {
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(self.sys.join("block")) else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with("loop") || name.starts_with("ram") {
-                continue;
-            }
-            let Some(device) = fs::read_to_string(e.path().join("dev"))
-                .ok()
-                .and_then(|s| DevId::parse(s.trim()))
-            else {
-                continue;
-            };
-            let scheduler = fs::read_to_string(e.path().join("queue/scheduler"))
-                .ok()
-                .and_then(|s| {
-                    s.split_ascii_whitespace()
-                        .find(|w| w.starts_with('['))
-                        .map(|w| w.trim_matches(['[', ']']).to_string())
-                });
+        for super::SysBlock {
+            device,
+            name,
+            scheduler,
+        } in super::sys_block_devices(&self.sys)
+        {
             let (eff, why) = match (&weight_file, scheduler.as_deref()) {
                 (Some((_, true)), Some("bfq")) => (true, "the device uses BFQ and blkio.bfq.weight exists".to_string()),
                 (Some((_, false)), Some("cfq")) => (true, "the device uses CFQ and blkio.weight exists".to_string()),

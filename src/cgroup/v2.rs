@@ -6,7 +6,6 @@ use super::{
     Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF, Result,
 };
 use crate::domain::plan::{IoMax, Limit, Settings};
-use crate::domain::tenant::DevId;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -131,27 +130,12 @@ impl V2 {
             .ok()
             .and_then(|s| parse::iocost_enabled(&s).ok());
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(self.sys.join("block")) else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with("loop") || name.starts_with("ram") {
-                continue;
-            }
-            let Some(device) = fs::read_to_string(e.path().join("dev"))
-                .ok()
-                .and_then(|s| DevId::parse(s.trim()))
-            else {
-                continue;
-            };
-            let scheduler = fs::read_to_string(e.path().join("queue/scheduler"))
-                .ok()
-                .and_then(|s| {
-                    s.split_ascii_whitespace()
-                        .find(|w| w.starts_with('['))
-                        .map(|w| w.trim_matches(['[', ']']).to_string())
-                });
+        for super::SysBlock {
+            device,
+            name,
+            scheduler,
+        } in super::sys_block_devices(&self.sys)
+        {
             let (eff, why) = match (&iocost, scheduler.as_deref()) {
                 (Some(devs), _) if devs.contains(&device) => (true, "iocost is enabled in io.cost.qos".to_string()),
                 (_, Some("bfq")) => (true, "the device uses the BFQ scheduler (io.bfq.weight)".to_string()),
