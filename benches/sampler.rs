@@ -385,6 +385,10 @@ async fn db_size_per_tenant_day(dense: bool) {
         .execute(store.pool())
         .await
         .expect("vacuum");
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(store.pool())
+        .await
+        .expect("checkpoint");
     let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     sqlx::query("DELETE FROM usage_raw")
         .execute(store.pool())
@@ -394,6 +398,10 @@ async fn db_size_per_tenant_day(dense: bool) {
         .execute(store.pool())
         .await
         .expect("vacuum");
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(store.pool())
+        .await
+        .expect("checkpoint");
     let without_raw = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     store.close().await;
     println!(
@@ -434,7 +442,8 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    for n in sizes {
+    // `cargo bench --bench sampler -- 0` measures only the database size.
+    for n in sizes.into_iter().filter(|n| *n > 0) {
         rt.block_on(bench(n));
     }
     if std::env::var_os("TENANTD_BENCH_SKIP_DB_SIZE").is_none() {
