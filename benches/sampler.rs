@@ -276,12 +276,13 @@ async fn bench(n: usize) {
         .unwrap_or(f64::NAN);
 
     // /metrics render of the snapshot the sweeps left.
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), thread_cpu_ns());
     let mut size = 0;
     for _ in 0..3 {
         size = metrics.render().len();
     }
     let render = t.elapsed() / 3;
+    let render_cpu = Duration::from_nanos((thread_cpu_ns() - c) / 3);
 
     println!(
         "minimal reader, open+read+close, no parse : wall {:>12}  cpu {:>12}",
@@ -317,8 +318,9 @@ async fn bench(n: usize) {
         n as f64 / (db_sum / db_count),
     );
     println!(
-        "/metrics render: {} for {:.2} MB",
+        "/metrics render: wall {} cpu {} for {:.2} MB",
         ms(render),
+        ms(render_cpu),
         size as f64 / 1e6
     );
     println!("RSS after this size: {}", rss());
