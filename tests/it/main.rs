@@ -9,6 +9,7 @@
 
 mod api;
 mod kernel;
+mod sla;
 mod support;
 mod usage;
 mod v1;
