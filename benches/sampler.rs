@@ -276,12 +276,13 @@ async fn bench(n: usize) {
         .unwrap_or(f64::NAN);
 
     // /metrics render of the snapshot the sweeps left.
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), thread_cpu_ns());
     let mut size = 0;
     for _ in 0..3 {
         size = metrics.render().len();
     }
     let render = t.elapsed() / 3;
+    let render_cpu = Duration::from_nanos((thread_cpu_ns() - c) / 3);
 
     println!(
         "minimal reader, open+read+close, no parse : wall {:>12}  cpu {:>12}",
@@ -317,8 +318,9 @@ async fn bench(n: usize) {
         n as f64 / (db_sum / db_count),
     );
     println!(
-        "/metrics render: {} for {:.2} MB",
+        "/metrics render: wall {} cpu {} for {:.2} MB",
         ms(render),
+        ms(render_cpu),
         size as f64 / 1e6
     );
     println!("RSS after this size: {}", rss());
@@ -331,8 +333,9 @@ async fn bench(n: usize) {
     }
 }
 
-/// One tenant, one day at 1 s: the database size, VACUUMed.
-async fn db_size_per_tenant_day() {
+/// One tenant, one day at 1 s: the database size, VACUUMed. `dense`: every rate fractional
+/// and non-zero (worst case); otherwise a CPU-and-memory tenant with no IO and no stalls.
+async fn db_size_per_tenant_day(dense: bool) {
     use tenantd::store::UsageRow;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("day.db");
@@ -354,11 +357,16 @@ async fn db_size_per_tenant_day() {
             *g = Some(500_000_000 + (s * 7919 % 10_000_000) * (i as i64 + 1));
         }
         for (i, x) in r.rates.iter_mut().enumerate() {
-            *x = Some(((s * 31 + i as i64 * 17) % 1000) as f64 / 997.0);
+            let v = ((s * 31 + i as i64 * 17) % 1000) as f64 / 997.0;
+            *x = Some(if dense || i < 4 { v } else { 0.0 });
         }
         r.events = [Some(0), Some(s % 600 / 599), Some(0), Some(0)];
         store.add_usage(&[r]).await.expect("write");
     }
+    store
+        .roll_up(t0 + 86_400_000 + 3_600_000)
+        .await
+        .expect("roll up");
     let write = t.elapsed();
     let count = |sql: &'static str| {
         let pool = store.pool().clone();
@@ -379,6 +387,10 @@ async fn db_size_per_tenant_day() {
         .execute(store.pool())
         .await
         .expect("vacuum");
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(store.pool())
+        .await
+        .expect("checkpoint");
     let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     sqlx::query("DELETE FROM usage_raw")
         .execute(store.pool())
@@ -388,10 +400,19 @@ async fn db_size_per_tenant_day() {
         .execute(store.pool())
         .await
         .expect("vacuum");
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(store.pool())
+        .await
+        .expect("checkpoint");
     let without_raw = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     store.close().await;
     println!(
-        "\n== database size, one tenant, one day at 1 s ({raw} raw rows, {rollups} rollup rows; written in {:.1} s)",
+        "\n== database size, one tenant, one day at 1 s, {} ({raw} raw rows, {rollups} rollup rows; written in {:.1} s)",
+        if dense {
+            "every rate fractional (worst case)"
+        } else {
+            "CPU and memory busy, no IO, no stalls"
+        },
         write.as_secs_f64()
     );
     println!(
@@ -423,10 +444,12 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    for n in sizes {
+    // `cargo bench --bench sampler -- 0` measures only the database size.
+    for n in sizes.into_iter().filter(|n| *n > 0) {
         rt.block_on(bench(n));
     }
     if std::env::var_os("TENANTD_BENCH_SKIP_DB_SIZE").is_none() {
-        rt.block_on(db_size_per_tenant_day());
+        rt.block_on(db_size_per_tenant_day(true));
+        rt.block_on(db_size_per_tenant_day(false));
     }
 }

@@ -363,6 +363,32 @@ mod tests {
     }
 
     #[test]
+    fn usage_sampling_and_retention_keys() {
+        let c = FileConfig::default().resolve(root).unwrap();
+        assert_eq!(c.sample_interval, Duration::from_secs(1));
+        assert_eq!(c.usage_retention, crate::store::Retention::default());
+        let f: FileConfig =
+            toml::from_str("sample_interval_s = 10\nusage_raw_retention_h = 6").unwrap();
+        let c = f.resolve(root).unwrap();
+        assert_eq!(c.sample_interval, Duration::from_secs(10));
+        assert_eq!(c.usage_retention.raw_ms, 6 * 3_600_000);
+        let e = FileConfig {
+            sample_interval_s: Some(0.0),
+            ..Default::default()
+        }
+        .resolve(root)
+        .unwrap_err();
+        assert!(e.to_string().starts_with("sample_interval_s:"), "{e}");
+        let e = FileConfig {
+            usage_hour_retention_d: Some(-1.0),
+            ..Default::default()
+        }
+        .resolve(root)
+        .unwrap_err();
+        assert!(e.to_string().starts_with("usage_hour_retention_d:"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let e = FileConfig {
             listen: Some("0.0.0.0:80".into()),

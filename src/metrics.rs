@@ -541,7 +541,7 @@ fn family<'a, const N: usize>(
         match (d.kind, v) {
             (Kind::Counter, V::U(x)) => f.encode_counter::<NoLabelSet, _, u64>(&x, None)?,
             (Kind::Counter, V::F(x)) => f.encode_counter::<NoLabelSet, _, f64>(&x, None)?,
-            (_, V::U(x)) => f.encode_gauge(&(x as f64))?,
+            (_, V::U(x)) => f.encode_gauge(&x)?,
             (_, V::F(x)) => f.encode_gauge(&x)?,
         }
     }

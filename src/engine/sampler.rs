@@ -87,9 +87,12 @@ pub struct Sampler {
     /// The minute (Unix ms / 60000) of the last rollup.
     last_rollup_minute: i64,
     /// The specs and directories of the last sweep, and the fingerprint they were read at.
-    tenants: Option<((i64, i64, i64, i64), Arc<Targets>)>,
+    tenants: Option<(Fingerprint, Arc<Targets>)>,
     sla: SlaEngine,
 }
+
+/// See `Store::tenants_fingerprint`.
+type Fingerprint = (i64, i64, i64, i64);
 
 struct Targets {
     specs: BTreeMap<TenantName, TenantSpec>,
