@@ -56,6 +56,16 @@ pub struct FileConfig {
     pub usage_minute_retention_d: Option<f64>,
     /// How long per-hour usage rollups are kept, in days [default 400].
     pub usage_hour_retention_d: Option<f64>,
+    /// cpu.pressure `some` fraction (0..1) from which a tenant counts as contended [0.1].
+    pub sla_contention_threshold: Option<f64>,
+    /// Percentage points below the guarantee that are tolerated [2].
+    pub sla_tolerance_pp: Option<f64>,
+    /// Consecutive contended intervals below the guarantee before a violation opens [3].
+    pub sla_min_intervals: Option<u32>,
+    /// Adaptive enforcement: raise the root's cpu.weight while tenants are below [false].
+    pub sla_adaptive: Option<bool>,
+    /// The highest cpu.weight adaptive enforcement may give the root [10000].
+    pub sla_adaptive_max_weight: Option<u32>,
 }
 
 /// The validated configuration of `tenantd serve`.
@@ -82,6 +92,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub sample_interval: Duration,
     pub usage_retention: crate::store::Retention,
+    pub sla: crate::engine::sla::SlaConfig,
 }
 
 impl FileConfig {
@@ -121,6 +132,11 @@ impl FileConfig {
                 .usage_minute_retention_d
                 .or(other.usage_minute_retention_d),
             usage_hour_retention_d: self.usage_hour_retention_d.or(other.usage_hour_retention_d),
+            sla_contention_threshold: self.sla_contention_threshold.or(other.sla_contention_threshold),
+            sla_tolerance_pp: self.sla_tolerance_pp.or(other.sla_tolerance_pp),
+            sla_min_intervals: self.sla_min_intervals.or(other.sla_min_intervals),
+            sla_adaptive: self.sla_adaptive.or(other.sla_adaptive),
+            sla_adaptive_max_weight: self.sla_adaptive_max_weight.or(other.sla_adaptive_max_weight),
         }
     }
 
@@ -206,6 +222,29 @@ impl FileConfig {
             }
             Ok((v * unit_ms) as i64)
         };
+        let threshold = self.sla_contention_threshold.unwrap_or(0.10);
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "sla_contention_threshold",
+                message: format!("{threshold} is out of range: use a fraction above 0 and at most 1"),
+            });
+        }
+        let tolerance = self.sla_tolerance_pp.unwrap_or(2.0);
+        if !(0.0..=100.0).contains(&tolerance) {
+            return Err(ConfigError::Invalid {
+                field: "sla_tolerance_pp",
+                message: format!("{tolerance} is out of range: use 0 to 100 percentage points"),
+            });
+        }
+        let sla = crate::engine::sla::SlaConfig {
+            params: crate::domain::sla::SlaParams {
+                contention_threshold: threshold,
+                tolerance_pp: tolerance,
+                min_intervals: self.sla_min_intervals.unwrap_or(3).max(1),
+            },
+            adaptive: self.sla_adaptive.unwrap_or(false),
+            adaptive_max_weight: weight("sla_adaptive_max_weight", self.sla_adaptive_max_weight, 10_000)?,
+        };
         let usage_retention = crate::store::Retention {
             raw_ms: keep(
                 "usage_raw_retention_h",
@@ -229,6 +268,7 @@ impl FileConfig {
         Ok(Config {
             sample_interval: secs("sample_interval_s", self.sample_interval_s, 1.0, 0.1)?,
             usage_retention,
+            sla,
             listen,
             db: self.db.unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
             cgroup_mount: mount,

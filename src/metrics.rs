@@ -265,6 +265,49 @@ pub const METRICS: &[MetricDef] = &[
         "Limit on processes and threads (pids.max)"
     ),
     // tenantd itself.
+    // Per tenant: the SLA (issue 5), since the daemon started.
+    def!(
+        "tenantd_tenant_sla_contended_seconds",
+        Counter,
+        Some("seconds"),
+        T,
+        "Time the tenant wanted more CPU than it got (cpu.pressure some above the threshold)"
+    ),
+    def!(
+        "tenantd_tenant_sla_violation_seconds",
+        Counter,
+        Some("seconds"),
+        T,
+        "Contended time with the delivered CPU share below the guarantee minus the tolerance"
+    ),
+    def!(
+        "tenantd_tenant_sla_violations",
+        Counter,
+        None,
+        T,
+        "SLA violations opened"
+    ),
+    def!(
+        "tenantd_tenant_sla_attainment_ratio",
+        Gauge,
+        Some("ratio"),
+        T,
+        "1 - violation time / contended time (1 when never contended)"
+    ),
+    def!(
+        "tenantd_tenant_cpu_delivered_share_ratio",
+        Gauge,
+        Some("ratio"),
+        T,
+        "Share of the parent's CPU the tenant got in the last interval"
+    ),
+    def!(
+        "tenantd_tenant_memory_protection_breaches",
+        Counter,
+        None,
+        T,
+        "Times a protected tenant was reclaimed below memory.low or OOM-killed under its guarantee"
+    ),
     def!(
         "tenantd_tenants",
         Gauge,
@@ -333,6 +376,8 @@ fn def(name: &str) -> &'static MetricDef {
 pub struct TenantSnapshot {
     pub stats: CgroupStats,
     pub spec: TenantSpec,
+    /// The SLA since the daemon started; `None` before the first interval.
+    pub sla: Option<crate::engine::sla::SlaTotals>,
 }
 
 /// The sampler's view of every tenant, replaced whole on each sweep.
@@ -626,6 +671,24 @@ impl Collector for TenantCollector {
         per(&mut enc, "tenantd_tenant_pids_limit", &|t| {
             limit(t.spec.pids.limit.map(Limit::Value))
         })?;
+        per(&mut enc, "tenantd_tenant_sla_contended_seconds", &|t| {
+            t.sla.map(|s| V::F(s.contended_s))
+        })?;
+        per(&mut enc, "tenantd_tenant_sla_violation_seconds", &|t| {
+            t.sla.map(|s| V::F(s.violation_s))
+        })?;
+        per(&mut enc, "tenantd_tenant_sla_violations", &|t| {
+            t.sla.map(|s| V::U(s.violations))
+        })?;
+        per(&mut enc, "tenantd_tenant_sla_attainment_ratio", &|t| {
+            t.sla.map(|s| V::F(s.attainment_ratio()))
+        })?;
+        per(&mut enc, "tenantd_tenant_cpu_delivered_share_ratio", &|t| {
+            t.sla.and_then(|s| s.delivered_ratio).map(V::F)
+        })?;
+        per(&mut enc, "tenantd_tenant_memory_protection_breaches", &|t| {
+            t.sla.map(|s| V::U(s.memory_breaches))
+        })?;
         Ok(())
     }
 }
@@ -682,7 +745,7 @@ mod tests {
                 ..Default::default()
             };
             s.tenants
-                .insert(format!("t{i}"), TenantSnapshot { stats, spec });
+                .insert(format!("t{i}"), TenantSnapshot { stats, spec, sla: None });
         }
         s
     }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 mod handlers;
+mod report;
 pub mod json;
 mod usage;
 
@@ -35,6 +36,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/events"),
     ("get", "/v1/tenants/{name}/usage"),
     ("get", "/metrics"),
+    ("get", "/v1/reports/sla"),
 ];
 
 /// Everything a handler may use; passed explicitly, no globals.
@@ -73,6 +75,7 @@ pub fn router(state: AppState) -> Router {
             get(handlers::list_procs).post(handlers::add_proc),
         )
         .route("/v1/reconcile", post(handlers::reconcile))
+        .route("/v1/reports/sla", get(report::sla))
         .route("/v1/events", get(handlers::events))
         .route("/v1/tenants/{name}/usage", get(usage::usage))
         .route("/metrics", get(usage::metrics))

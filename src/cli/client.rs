@@ -72,6 +72,28 @@ impl Client {
     }
 }
 
+impl Client {
+    /// GET a text body (CSV, HTML) as is.
+    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            ClientError(format!("cannot reach tenantd at {}: {} (is 'tenantd serve' running?)", self.base, root_cause(&e)))
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| ClientError(format!("reading the answer from {url}: {e}")))?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let detail = v["detail"].as_str().unwrap_or(text.trim()).to_string();
+            return Err(ClientError(format!("{} {detail}", status.as_u16())));
+        }
+        Ok(text)
+    }
+}
+
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(s) = cur.source() {

@@ -45,6 +45,10 @@ pub struct ClientOpts {
 pub enum Output {
     Table,
     Json,
+    /// Only for `tenantd report`.
+    Csv,
+    /// Only for `tenantd report`: one self-contained HTML file.
+    Html,
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,6 +81,19 @@ pub enum Cmd {
     },
     /// What this host's cgroup setup can do.
     Host {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// SLA report: per tenant guarantee, delivered share, violations, attainment, chargeback.
+    Report {
+        /// Start: Unix milliseconds, or a duration back from now: 15m, 2h, 7d [default 24h].
+        #[arg(long)]
+        from: Option<String>,
+        /// End: Unix milliseconds, or a duration back from now [default now].
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -143,14 +160,16 @@ pub enum ProcsCmd {
 pub fn parse_apply_file(path: &std::path::Path) -> Result<Vec<(String, Value)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let is_json =
-        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with(['{', '[']);
-    let doc: Value = if is_json {
-        serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?
-    } else {
-        toml::from_str(&text)
-            .map_err(|e| format!("{}: not valid TOML: {}", path.display(), e.message()))?
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let as_json = || serde_json::from_str::<Value>(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()));
+    let as_toml = || {
+        toml::from_str::<Value>(&text).map_err(|e| format!("{}: not valid TOML: {}", path.display(), e.message().trim()))
+    };
+    // By extension; otherwise JSON if it parses as JSON, else TOML (`[[tenant]]` starts with '[').
+    let doc = match ext {
+        "json" => as_json()?,
+        "toml" => as_toml()?,
+        _ => as_json().or_else(|_| as_toml())?,
     };
     let items: Vec<Value> = match doc {
         Value::Array(a) => a,
@@ -189,12 +208,30 @@ pub fn parse_apply_file(path: &std::path::Path) -> Result<Vec<(String, Value)>, 
 
 fn print(out: Output, v: &Value, table: impl FnOnce(&Value) -> String) {
     match out {
-        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        // csv and html are refused for every command but `report` before we get here.
+        Output::Json | Output::Csv | Output::Html => {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+        }
         Output::Table => print!("{}", table(v)),
     }
 }
 
 async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
+    let output = match &cmd {
+        Cmd::Tenant { client, .. }
+        | Cmd::Procs { client, .. }
+        | Cmd::Run { client, .. }
+        | Cmd::Host { client }
+        | Cmd::Events { client, .. }
+        | Cmd::Usage { client, .. } => Some(client.output),
+        _ => None,
+    };
+    if let Some(o @ (Output::Csv | Output::Html)) = output {
+        return Err(ClientError(format!(
+            "-o {} is only for 'tenantd report': use -o table or -o json here",
+            if o == Output::Csv { "csv" } else { "html" }
+        )));
+    }
     match cmd {
         Cmd::Serve(_) => unreachable!("handled in main"),
         Cmd::Tenant { cmd, client: o } => {
@@ -317,6 +354,27 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             let c = Client::new(&o.addr, o.token.clone());
             let v: Value = c.call(Method::GET, "/v1/host", None).await?;
             print(o.output, &v, host_table);
+        }
+        Cmd::Report { from, to, tenant, client: o } => {
+            let c = Client::new(&o.addr, o.token.clone());
+            let format = match o.output {
+                Output::Csv => "csv",
+                Output::Html => "html",
+                _ => "json",
+            };
+            let mut q = vec![format!("format={format}")];
+            for (k, v) in [("from", from), ("to", to), ("tenant", tenant)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={v}"));
+                }
+            }
+            let path = format!("/v1/reports/sla?{}", q.join("&"));
+            if format == "json" {
+                let v: Value = c.call(Method::GET, &path, None).await?;
+                print(o.output, &v, format::report);
+            } else {
+                print!("{}", c.text(&path).await?);
+            }
         }
         Cmd::Usage {
             name,

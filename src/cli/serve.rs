@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Do not move the daemon into <root>/_tenantd (tests; not for production).
     #[arg(long)]
     pub no_move_self: bool,
+    /// Adaptive SLA enforcement: raise the root's cpu.weight while tenants are below their guarantee.
+    #[arg(long, env = "TENANTD_SLA_ADAPTIVE")]
+    pub sla_adaptive: bool,
 }
 
 impl ServeArgs {
@@ -65,6 +68,7 @@ impl ServeArgs {
             reconcile_interval_s: self.reconcile_interval_s,
             sample_interval_s: self.sample_interval_s,
             move_self: self.no_move_self.then_some(false),
+            sla_adaptive: self.sla_adaptive.then_some(true),
             ..Default::default()
         }
     }
@@ -246,6 +250,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let sampler_cfg = SamplerConfig {
             interval: cfg.sample_interval,
             retention: cfg.usage_retention,
+            sla: cfg.sla,
         };
         let sampler = Sampler::new(gov.clone(), metrics.clone(), sampler_cfg);
         tasks.spawn(sampler.run(shutdown.clone()));

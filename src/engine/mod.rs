@@ -4,6 +4,8 @@
 //! Only this layer reads the clock. Kernel calls run on the blocking pool.
 
 pub mod placement;
+pub mod report;
+pub mod sla;
 pub mod sampler;
 
 use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF};
@@ -73,6 +75,8 @@ pub struct TenantView {
     /// The values read from the kernel now; `None` when the directory is missing.
     pub effective: Option<Settings>,
     pub effective_error: Option<String>,
+    /// Settings of the plan this host cannot apply (cgroup v1), each with the reason.
+    pub not_applied: Vec<crate::cgroup::NotApplied>,
     pub procs: usize,
 }
 
@@ -438,6 +442,25 @@ impl Governor {
         Ok(())
     }
 
+    /// Reads the governor root's cpu.weight (the adaptive controller's starting point).
+    pub async fn root_cpu_weight(&self) -> Result<u32> {
+        let b = self.backend.clone();
+        Ok(blocking(move || b.read(&CgroupPath::root())).await??.cpu_weight)
+    }
+
+    /// Sets the governor root's cpu.weight (adaptive SLA enforcement).
+    pub async fn set_root_cpu_weight(&self, w: u32) -> Result<()> {
+        let b = self.backend.clone();
+        blocking(move || {
+            let root = CgroupPath::root();
+            let mut s = b.read(&root)?;
+            s.cpu_weight = w;
+            b.apply(&root, &s).map(|_| ())
+        })
+        .await??;
+        Ok(())
+    }
+
     /// The tenant's leaf cgroup path (for placement and sampling).
     pub async fn leaf_of(&self, name: &TenantName) -> Result<CgroupPath> {
         let specs = specs_of(&self.store.tenants().await?);
@@ -473,6 +496,7 @@ fn view(
         name: name.clone(),
         stored,
         cgroup: b.path_of(&dir),
+        not_applied: plans.get(name).map(|p| b.not_applied(&p.tenant)).unwrap_or_default(),
         planned: plans.get(name).cloned().unwrap_or(TenantPlan {
             tenant: Settings::default(),
             leaf: Settings::default(),

@@ -6,6 +6,7 @@
 //! IO (`cgroup::stats`) and maths (`domain::usage`) stay apart; this file only wires them to
 //! the clock, the store and the metrics.
 
+use super::sla::{Input, SlaConfig, SlaEngine};
 use super::{EngineError, Governor, Result, now_ms};
 use crate::cgroup::CgroupPath;
 use crate::cgroup::stats::{Sample, StatsReader, held_tenants_budget, sample_dir_mode};
@@ -29,6 +30,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 pub struct SamplerConfig {
     pub interval: Duration,
     pub retention: Retention,
+    pub sla: SlaConfig,
 }
 
 impl Default for SamplerConfig {
@@ -36,6 +38,7 @@ impl Default for SamplerConfig {
         SamplerConfig {
             interval: DEFAULT_INTERVAL,
             retention: Retention::default(),
+            sla: SlaConfig::default(),
         }
     }
 }
@@ -85,6 +88,7 @@ pub struct Sampler {
     last_rollup_minute: i64,
     /// The specs and directories of the last sweep, and the fingerprint they were read at.
     tenants: Option<((i64, i64, i64, i64), Arc<Targets>)>,
+    sla: SlaEngine,
 }
 
 struct Targets {
@@ -191,6 +195,7 @@ impl Sampler {
             last_prune: None,
             last_rollup_minute: i64::MIN,
             tenants: None,
+            sla: SlaEngine::new(cfg.sla),
         }
     }
 
@@ -237,6 +242,12 @@ impl Sampler {
 
     /// One sweep: read, compute, store, publish.
     pub async fn sweep(&mut self) -> Result<SweepReport> {
+        if self.sla.adaptive() && !self.sla.knows_root() {
+            match self.gov.root_cpu_weight().await {
+                Ok(w) => self.sla.set_root_weight(w),
+                Err(e) => tracing::warn!("adaptive enforcement: cannot read the root's cpu.weight: {e}"),
+            }
+        }
         let tt = self.targets().await?;
         let targets = tt.dirs.clone();
         let specs = &tt.specs;
@@ -259,6 +270,7 @@ impl Sampler {
         let mut events = Vec::new();
         let mut snap = Snapshot::default();
         let mut last = HashMap::with_capacity(results.len());
+        let mut judged = Vec::with_capacity(results.len());
         for (name, res) in results {
             let sample = match res {
                 Ok(Some(s)) => s,
@@ -286,22 +298,61 @@ impl Sampler {
                 .ok()
                 .and_then(|n| specs.get(&n).cloned())
                 .unwrap_or_default();
+            if let Some(r) = rates {
+                judged.push((name.clone(), r, sample.stats.clone(), spec.clone()));
+            }
             snap.tenants.insert(
                 name.clone(),
                 TenantSnapshot {
                     stats: sample.stats.clone(),
                     spec,
+                    sla: None,
                 },
             );
             last.insert(name, Last { sample, ts_ms });
         }
         // Tenants that are gone leave no previous sample behind.
         self.last = last;
+        let inputs: Vec<Input<'_>> = judged
+            .iter()
+            .map(|(name, rates, stats, spec)| Input { name, spec, rates, stats })
+            .collect();
+        let sla = self.sla.observe(ts_ms, self.gov.capacity().cpus, &inputs);
+        for (name, t) in snap.tenants.iter_mut() {
+            t.sla = self.sla.totals(name);
+        }
         self.metrics.set_snapshot(snap);
+        events.extend(sla.events);
+        if let Some((from, to)) = sla.root_weight {
+            match self.gov.set_root_cpu_weight(to).await {
+                Ok(()) => events.push(NewEvent {
+                    ts_ms,
+                    tenant: None,
+                    kind: "sla_adjustment".into(),
+                    actor: None,
+                    detail: serde_json::json!({"file": "cpu.weight", "cgroup": "governor root", "from": from, "to": to}),
+                }),
+                Err(e) => tracing::warn!("adaptive enforcement: cannot set the root's cpu.weight to {to}: {e}"),
+            }
+        }
+        let sla_rows: Vec<crate::store::SlaRow<'_>> = sla
+            .verdicts
+            .iter()
+            .map(|v| crate::store::SlaRow {
+                tenant: &v.tenant,
+                ts_ms,
+                interval_ms: v.interval_ms,
+                guarantee_ratio: v.guarantee_ratio,
+                delivered_ratio: v.delivered_ratio,
+                contended: v.contended,
+                violating: v.violating,
+            })
+            .collect();
 
         let store = self.gov.store();
         let started = Instant::now();
         store.add_usage(&rows).await?;
+        store.add_sla(&sla_rows).await?;
         store.add_events(&events).await?;
         self.metrics
             .db_write_seconds
@@ -315,7 +366,8 @@ impl Sampler {
 
         if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             self.last_prune = Some(Instant::now());
-            let n = store.prune_usage(ts_ms, &self.cfg.retention).await?;
+            let n = store.prune_usage(ts_ms, &self.cfg.retention).await?
+                + store.prune_sla(ts_ms, &self.cfg.retention).await?;
             if n > 0 {
                 tracing::debug!("usage sampler: pruned {n} old rows");
             }

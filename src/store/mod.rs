@@ -2,8 +2,10 @@
 //! (WAL mode, `migrations/` applied at open). Callers pass times in; the store reads no clock.
 
 mod samples;
+mod sla;
 
 pub use samples::{Level, Retention, Usage, UsagePoint, UsageRow};
+pub use sla::{SlaBucket, SlaRow, SlaSeries};
 
 use crate::domain::{TenantName, TenantSpec};
 use serde::Serialize;

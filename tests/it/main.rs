@@ -12,6 +12,7 @@
 mod api;
 mod dashboards;
 mod kernel;
+mod sla;
 mod support;
 mod usage;
 mod v1;

@@ -124,6 +124,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(root: &TestRoot) -> Daemon {
+        Daemon::start_with(root, &[])
+    }
+
+    /// Starts the daemon with extra `serve` flags.
+    pub fn start_with(root: &TestRoot, extra: &[&str]) -> Daemon {
         let port = free_port();
         let log =
             std::fs::File::create(root.dir.path().join(format!("daemon-{port}.log"))).unwrap();
@@ -136,6 +141,7 @@ impl Daemon {
             .arg("--cgroup-mount")
             .arg(&root.mount)
             .args(["--reconcile-interval-s", "3600"])
+            .args(extra)
             .env("TENANTD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

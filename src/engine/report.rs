@@ -1,0 +1,108 @@
+//! Builds an SLA report from the store: the SLA series and totals, violation and breach
+//! events, and the usage totals for chargeback. Rendering lives in `crate::report`.
+
+use super::{Governor, Result, now_ms};
+use crate::domain::TenantName;
+use crate::domain::sla::{Attainment, quantile};
+use crate::report::{Point, Report, TenantReport};
+use crate::store::{EventFilter, Retention};
+
+/// Chart points per tenant.
+const POINTS: i64 = 300;
+
+impl Governor {
+    /// The SLA of every tenant (or one) over [from_ms, to_ms).
+    pub async fn sla_report(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        only: Option<&TenantName>,
+        keep: &Retention,
+    ) -> Result<Report> {
+        let now = now_ms();
+        let stored = self.store().tenants().await?;
+        if let Some(t) = only
+            && !stored.contains_key(t)
+        {
+            return Err(super::EngineError::NotFound(t.to_string()));
+        }
+        let events = |kind: &'static str, tenant: String| EventFilter {
+            tenant: Some(tenant),
+            kind: Some(kind.into()),
+            since_ms: Some(from_ms),
+            limit: 100_000,
+        };
+        let mut tenants = Vec::new();
+        for (name, st) in stored.iter().filter(|(n, _)| only.is_none_or(|o| o == *n)) {
+            let n = name.as_str();
+            let series = self.store().sla_series(n, from_ms, to_ms, POINTS, now, keep).await?;
+            let mut att = Attainment::default();
+            let mut contended_share_s = 0.0;
+            for b in &series.buckets {
+                att.contended_s += b.contended_s;
+                att.violation_s += b.violation_s;
+                contended_share_s += b.delivered_contended_mean_ratio.unwrap_or(0.0) * b.contended_s;
+            }
+            let in_window = |e: &crate::store::Event| e.ts_ms < to_ms;
+            let violations = self
+                .store()
+                .events(&events("sla_violation", n.to_string()))
+                .await?
+                .iter()
+                .filter(|e| in_window(e) && e.detail["state"] == "open")
+                .count() as u64;
+            let breaches = self
+                .store()
+                .events(&events("memory_protection_breach", n.to_string()))
+                .await?
+                .iter()
+                .filter(|e| in_window(e))
+                .count() as u64;
+            let step = ((to_ms - from_ms) / 1000 / POINTS).max(1);
+            let usage = self.store().usage(n, from_ms, to_ms, step, now, keep).await?;
+            let (mut cpu_s, mut mem_byte_s, mut io_bytes, mut ooms) = (0.0, 0.0, 0.0, 0.0);
+            for p in &usage.points {
+                let v = |k: &str| p.values.get(k).copied().flatten().unwrap_or(0.0);
+                cpu_s += v("cpu_cores_mean") * p.covered_s;
+                mem_byte_s += v("memory_current_bytes_mean") * p.covered_s;
+                io_bytes += (v("io_read_bytes_per_s_mean") + v("io_write_bytes_per_s_mean")) * p.covered_s;
+                ooms += v("new_oom_kills");
+            }
+            tenants.push(TenantReport {
+                tenant: n.to_string(),
+                labels: st.spec.labels.clone(),
+                guarantee_ratio: st.spec.cpu.guarantee_pct.map(|p| p.0 / 100.0),
+                contended_seconds: att.contended_s,
+                violations,
+                violation_seconds: att.violation_s,
+                attainment_ratio: att.ratio(),
+                delivered_mean_contended_ratio: (att.contended_s > 0.0).then(|| contended_share_s / att.contended_s),
+                delivered_p5_contended_ratio: quantile(&series.contended_shares, 0.05),
+                memory_protection_breaches: breaches,
+                oom_kills: ooms.round() as u64,
+                cpu_seconds: cpu_s,
+                memory_gib_hours: mem_byte_s / 3600.0 / (1u64 << 30) as f64,
+                io_bytes: io_bytes.round() as u64,
+                series: series
+                    .buckets
+                    .iter()
+                    .map(|b| Point {
+                        ts_ms: b.ts_ms,
+                        delivered: b.delivered_contended_mean_ratio.unwrap_or(b.delivered_mean_ratio),
+                        contended: b.contended_s > 0.0,
+                        violating: b.violation_s > 0.0,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(Report {
+            from_ms,
+            to_ms,
+            generated_ms: now,
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+            tenants,
+        })
+    }
+}

@@ -1,0 +1,354 @@
+//! The SLA controller: turns each sweep's rates into verdicts (`domain::sla`), violation and
+//! memory-protection events, the numbers `/metrics` shows, and, when enabled, adaptive
+//! adjustments of the governor root's cpu.weight. No IO here: the sampler stores and writes.
+
+use crate::cgroup::stats::CgroupStats;
+use crate::domain::sla::{Attainment, Interval, SlaEvent, SlaParams, Tracker, next_weight};
+use crate::domain::tenant::{Protection, TenantSpec};
+use crate::domain::usage::Rates;
+use crate::store::NewEvent;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// How the SLA is judged and enforced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlaConfig {
+    pub params: SlaParams,
+    /// Raise the governor root's cpu.weight while top-level tenants are contended below their
+    /// guarantee (competition from outside tenantd's root), and decay it after.
+    pub adaptive: bool,
+    pub adaptive_max_weight: u32,
+}
+
+impl Default for SlaConfig {
+    fn default() -> Self {
+        SlaConfig {
+            params: SlaParams::default(),
+            adaptive: false,
+            adaptive_max_weight: 10_000,
+        }
+    }
+}
+
+/// A tenant's SLA since the daemon started, for /metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SlaTotals {
+    pub contended_s: f64,
+    pub violation_s: f64,
+    pub violations: u64,
+    pub memory_breaches: u64,
+    /// Delivered share of the parent's CPU in the last interval, 0..1.
+    pub delivered_ratio: Option<f64>,
+}
+
+impl SlaTotals {
+    pub fn attainment_ratio(&self) -> f64 {
+        Attainment {
+            contended_s: self.contended_s,
+            violation_s: self.violation_s,
+        }
+        .ratio()
+    }
+}
+
+/// What the sampler hands over for one tenant.
+pub struct Input<'a> {
+    pub name: &'a str,
+    pub spec: &'a TenantSpec,
+    pub rates: &'a Rates,
+    pub stats: &'a CgroupStats,
+}
+
+/// One verdict ready for the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub tenant: String,
+    pub interval_ms: i64,
+    pub guarantee_ratio: Option<f64>,
+    pub delivered_ratio: f64,
+    pub contended: bool,
+    pub violating: bool,
+}
+
+/// The result of one sweep.
+#[derive(Debug, Default)]
+pub struct Tick {
+    pub verdicts: Vec<Verdict>,
+    pub events: Vec<NewEvent>,
+    /// A new cpu.weight for the governor root: (from, to).
+    pub root_weight: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Default)]
+pub struct SlaEngine {
+    cfg: SlaConfig,
+    trackers: HashMap<String, Tracker>,
+    totals: HashMap<String, SlaTotals>,
+    last_low: HashMap<String, u64>,
+    /// (the root's weight when tenantd found it, the weight it holds now).
+    root: Option<(u32, u32)>,
+}
+
+impl SlaEngine {
+    pub fn new(cfg: SlaConfig) -> Self {
+        SlaEngine {
+            cfg,
+            ..Default::default()
+        }
+    }
+
+    pub fn totals(&self, tenant: &str) -> Option<SlaTotals> {
+        self.totals.get(tenant).copied()
+    }
+
+    pub fn adaptive(&self) -> bool {
+        self.cfg.adaptive
+    }
+
+    pub fn knows_root(&self) -> bool {
+        self.root.is_some()
+    }
+
+    /// Tells the engine the root's current cpu.weight (read by the sampler once).
+    pub fn set_root_weight(&mut self, w: u32) {
+        if self.root.is_none() {
+            self.root = Some((w, w));
+        }
+    }
+
+    /// Judges one sweep. `host_cpus` is the capacity of a top-level tenant's parent.
+    pub fn observe(&mut self, ts_ms: i64, host_cpus: f64, inputs: &[Input<'_>]) -> Tick {
+        let mut tick = Tick::default();
+        let cores: HashMap<&str, f64> = inputs
+            .iter()
+            .filter_map(|i| Some((i.name, i.rates.cpu_cores?)))
+            .collect();
+        let mut top_shortfall: Option<f64> = None;
+        let mut shares: Vec<(&str, f64)> = Vec::new();
+        for i in inputs {
+            let Some(used) = i.rates.cpu_cores else { continue };
+            let capacity = match &i.spec.parent {
+                None => host_cpus,
+                Some(p) => match cores.get(p.as_str()) {
+                    Some(c) => *c,
+                    None => continue,
+                },
+            };
+            let secs = i.rates.interval_s;
+            let us = |cores: f64| (cores * secs * 1e6).max(0.0);
+            let iv = Interval {
+                start_ms: ts_ms - (secs * 1000.0).round() as i64,
+                end_ms: ts_ms,
+                used_usec: us(used) as u64,
+                capacity_usec: us(capacity),
+                stall_usec: i.rates.cpu_stall.some.map(|f| us(f) as u64),
+                runq_wait_usec: None,
+                throttled_usec: i.rates.cpu_throttled_cores.map(|t| us(t) as u64).unwrap_or(0),
+            };
+            let guarantee = i.spec.cpu.guarantee_pct.map(|p| p.0 / 100.0);
+            let tracker = self.trackers.entry(i.name.to_string()).or_default();
+            let (v, event) = tracker.feed(&iv, guarantee, &self.cfg.params);
+            shares.push((i.name, v.delivered));
+            let totals = self.totals.entry(i.name.to_string()).or_default();
+            totals.delivered_ratio = Some(v.delivered);
+            if v.contended {
+                totals.contended_s += secs;
+            }
+            if v.violating {
+                totals.violation_s += secs;
+            }
+            if i.spec.parent.is_none()
+                && v.contended
+                && let Some(g) = guarantee
+            {
+                let gap = (g - v.delivered) * 100.0;
+                let s = if gap > self.cfg.params.tolerance_pp { gap } else { 0.0 };
+                top_shortfall = Some(top_shortfall.map_or(s, |t: f64| t.max(s)));
+            }
+            if let Some(e) = event {
+                let (state, viol) = match e {
+                    SlaEvent::Opened(v) => {
+                        totals.violations += 1;
+                        ("open", v)
+                    }
+                    SlaEvent::Closed(v) => ("closed", v),
+                };
+                tick.events.push(NewEvent {
+                    ts_ms,
+                    tenant: Some(i.name.to_string()),
+                    kind: "sla_violation".into(),
+                    actor: None,
+                    detail: serde_json::json!({
+                        "state": state,
+                        "start_ms": viol.start_ms,
+                        "end_ms": viol.end_ms,
+                        "duration_s": viol.end_ms.map(|e| (e - viol.start_ms) as f64 / 1000.0),
+                        "worst_share_ratio": viol.worst_share,
+                        "guarantee_ratio": viol.guarantee,
+                    }),
+                });
+            }
+            // Memory protection: reclaimed below memory.low (soft), or OOM-killed while under
+            // the guarantee (hard).
+            if let Some(g) = i.spec.memory.guarantee_bytes {
+                let low = i.stats.memory_events.low.unwrap_or(0);
+                let prev_low = self.last_low.insert(i.name.to_string(), low);
+                let breach = match i.spec.memory.protection {
+                    Protection::Soft => prev_low.is_some_and(|p| low > p),
+                    Protection::Hard => {
+                        i.rates.new_oom_kills.unwrap_or(0) > 0
+                            && i.stats.memory_current.is_some_and(|c| c < g.0)
+                    }
+                };
+                if breach {
+                    totals.memory_breaches += 1;
+                    tick.events.push(NewEvent {
+                        ts_ms,
+                        tenant: Some(i.name.to_string()),
+                        kind: "memory_protection_breach".into(),
+                        actor: None,
+                        detail: serde_json::json!({
+                            "protection": i.spec.memory.protection,
+                            "guarantee_bytes": g.0,
+                            "memory_current_bytes": i.stats.memory_current,
+                            "memory_events_low": low,
+                        }),
+                    });
+                }
+            }
+            tick.verdicts.push(Verdict {
+                tenant: i.name.to_string(),
+                interval_ms: (secs * 1000.0).round() as i64,
+                guarantee_ratio: guarantee,
+                delivered_ratio: v.delivered,
+                contended: v.contended,
+                violating: v.violating,
+            });
+        }
+        // Who used the CPU while a violation opened: the top consumers, for the event.
+        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<serde_json::Value> = shares
+            .iter()
+            .take(5)
+            .map(|(t, s)| serde_json::json!({"tenant": t, "share_ratio": s}))
+            .collect();
+        for e in &mut tick.events {
+            if e.kind == "sla_violation" {
+                e.detail["top_consumers"] = serde_json::Value::Array(top.clone());
+            }
+        }
+        if self.cfg.adaptive
+            && let Some((base, cur)) = self.root
+        {
+            let next = next_weight(cur, base, self.cfg.adaptive_max_weight, top_shortfall);
+            if next != cur {
+                self.root = Some((base, next));
+                tick.root_weight = Some((cur, next));
+            }
+        }
+        self.trackers.retain(|n, _| inputs.iter().any(|i| i.name == n));
+        self.totals.retain(|n, _| inputs.iter().any(|i| i.name == n));
+        tick
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::tenant::TenantName;
+    use crate::domain::units::Percent;
+    use crate::domain::usage::StallFractions;
+
+    fn rates(cores: f64, stall: f64) -> Rates {
+        Rates {
+            interval_s: 1.0,
+            cpu_cores: Some(cores),
+            cpu_user_cores: None,
+            cpu_system_cores: None,
+            cpu_throttled_cores: Some(0.0),
+            cpu_throttled_periods: None,
+            io: vec![],
+            cpu_stall: StallFractions { some: Some(stall), full: None },
+            memory_stall: StallFractions::default(),
+            io_stall: StallFractions::default(),
+            new_oom_kills: Some(0),
+            new_memory_high: None,
+            new_memory_max: None,
+            new_pids_max: None,
+        }
+    }
+
+    fn spec(g: f64) -> TenantSpec {
+        let mut s = TenantSpec::default();
+        s.cpu.guarantee_pct = Some(Percent(g));
+        s
+    }
+
+    #[test]
+    fn an_outside_hog_opens_a_violation_and_adaptive_weight_rises_then_decays() {
+        let mut e = SlaEngine::new(SlaConfig { adaptive: true, ..Default::default() });
+        e.set_root_weight(100);
+        let a = spec(50.0);
+        let stats = CgroupStats::default();
+        let mut raised = 0;
+        for k in 0..5 {
+            let r = rates(0.5, 0.9); // 25% of 2 CPUs while wanting more
+            let t = e.observe(1000 * (k + 1), 2.0, &[Input { name: "a", spec: &a, rates: &r, stats: &stats }]);
+            if k == 2 {
+                assert_eq!(t.events.len(), 1, "opens after 3 intervals");
+                assert_eq!(t.events[0].detail["state"], "open");
+                assert_eq!(t.events[0].detail["top_consumers"][0]["tenant"], "a");
+            }
+            if let Some((from, to)) = t.root_weight {
+                assert!(to > from);
+                raised += 1;
+            }
+        }
+        assert_eq!(raised, 5);
+        let tot = e.totals("a").unwrap();
+        assert_eq!((tot.violations, tot.contended_s, tot.violation_s), (1, 5.0, 3.0));
+        assert!((tot.attainment_ratio() - 0.4).abs() < 1e-9);
+        // Guarantee restored: the violation closes; no pressure at all: the weight decays.
+        let r = rates(1.0, 0.9);
+        let t = e.observe(6000, 2.0, &[Input { name: "a", spec: &a, rates: &r, stats: &stats }]);
+        assert_eq!(t.events[0].detail["state"], "closed");
+        assert!(t.root_weight.is_none(), "contended but delivered: hold");
+        let idle = rates(0.0, 0.0);
+        let t = e.observe(7000, 2.0, &[Input { name: "a", spec: &a, rates: &idle, stats: &stats }]);
+        let (from, to) = t.root_weight.unwrap();
+        assert!(to < from);
+    }
+
+    #[test]
+    fn children_are_judged_against_their_parents_usage() {
+        let mut e = SlaEngine::new(SlaConfig::default());
+        let p = spec(100.0);
+        let mut c = spec(60.0);
+        c.parent = Some(TenantName::parse("p").unwrap());
+        let stats = CgroupStats::default();
+        let (rp, rc) = (rates(1.0, 0.0), rates(0.6, 0.5));
+        let t = e.observe(1000, 2.0, &[
+            Input { name: "p", spec: &p, rates: &rp, stats: &stats },
+            Input { name: "c", spec: &c, rates: &rc, stats: &stats },
+        ]);
+        let vc = t.verdicts.iter().find(|v| v.tenant == "c").unwrap();
+        assert!((vc.delivered_ratio - 0.6).abs() < 1e-9);
+        assert!(vc.contended && !vc.violating);
+    }
+
+    #[test]
+    fn soft_protection_breach_is_an_event() {
+        let mut e = SlaEngine::new(SlaConfig::default());
+        let mut s = TenantSpec::default();
+        s.memory.guarantee_bytes = Some(crate::domain::units::Bytes(1 << 20));
+        s.memory.protection = Protection::Soft;
+        let r = rates(0.1, 0.0);
+        let mut st = CgroupStats::default();
+        st.memory_events.low = Some(3);
+        assert!(e.observe(1000, 2.0, &[Input { name: "m", spec: &s, rates: &r, stats: &st }]).events.is_empty());
+        st.memory_events.low = Some(5);
+        let t = e.observe(2000, 2.0, &[Input { name: "m", spec: &s, rates: &r, stats: &st }]);
+        assert_eq!(t.events[0].kind, "memory_protection_breach");
+        assert_eq!(e.totals("m").unwrap().memory_breaches, 1);
+    }
+}

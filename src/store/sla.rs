@@ -1,0 +1,188 @@
+//! SQL of the SLA accounting: per-interval verdicts, minute and hour rollups, retention, and
+//! the series and totals an SLA report is made of.
+
+use super::samples::{Level, Retention};
+use super::{q, Result, Store};
+use serde::Serialize;
+
+/// One tenant's verdict for one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SlaRow<'a> {
+    pub tenant: &'a str,
+    pub ts_ms: i64,
+    pub interval_ms: i64,
+    pub guarantee_ratio: Option<f64>,
+    pub delivered_ratio: f64,
+    pub contended: bool,
+    pub violating: bool,
+}
+
+/// One bucket of an SLA series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SlaBucket {
+    pub ts_ms: i64,
+    pub covered_s: f64,
+    pub contended_s: f64,
+    pub violation_s: f64,
+    pub delivered_mean_ratio: f64,
+    /// Mean delivered share while contended; `None` when not contended in the bucket.
+    pub delivered_contended_mean_ratio: Option<f64>,
+    pub guarantee_ratio: Option<f64>,
+}
+
+/// What a report needs of one tenant's SLA over a period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlaSeries {
+    pub level: Level,
+    pub step_s: i64,
+    pub buckets: Vec<SlaBucket>,
+    /// Delivered shares while contended, one per interval (raw level) or per minute (rollups),
+    /// for percentiles.
+    pub contended_shares: Vec<f64>,
+}
+
+impl Store {
+    /// Records verdicts and folds them into the minute and hour rollups, in one transaction.
+    pub async fn add_sla(&self, rows: &[SlaRow<'_>]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        for r in rows {
+            sqlx::query(
+                "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(r.tenant)
+            .bind(r.ts_ms)
+            .bind(r.interval_ms)
+            .bind(r.guarantee_ratio)
+            .bind(r.delivered_ratio)
+            .bind(r.contended)
+            .bind(r.violating)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("record sla verdict"))?;
+            let s = r.interval_ms as f64 / 1000.0;
+            let c = if r.contended { s } else { 0.0 };
+            let v = if r.violating { s } else { 0.0 };
+            let cmin = r.contended.then_some(r.delivered_ratio);
+            for step in [60_i64, 3600] {
+                let ms = step * 1000;
+                sqlx::query(
+                    "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
+                         delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT (step_s, tenant, bucket_ms) DO UPDATE SET
+                         covered_s = covered_s + excluded.covered_s,
+                         contended_s = contended_s + excluded.contended_s,
+                         violation_s = violation_s + excluded.violation_s,
+                         delivered_sum = delivered_sum + excluded.delivered_sum,
+                         delivered_contended_sum = delivered_contended_sum + excluded.delivered_contended_sum,
+                         delivered_contended_min = CASE
+                             WHEN delivered_contended_min IS NULL THEN excluded.delivered_contended_min
+                             WHEN excluded.delivered_contended_min IS NULL THEN delivered_contended_min
+                             ELSE min(delivered_contended_min, excluded.delivered_contended_min) END,
+                         guarantee_ratio = excluded.guarantee_ratio",
+                )
+                .bind(step)
+                .bind(r.tenant)
+                .bind(r.ts_ms.div_euclid(ms) * ms)
+                .bind(s)
+                .bind(c)
+                .bind(v)
+                .bind(r.delivered_ratio * s)
+                .bind(r.delivered_ratio * c)
+                .bind(cmin)
+                .bind(r.guarantee_ratio)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("roll up sla verdict"))?;
+            }
+        }
+        tx.commit().await.map_err(q("commit"))
+    }
+
+    /// Deletes SLA rows older than each level keeps.
+    pub async fn prune_sla(&self, now_ms: i64, keep: &Retention) -> Result<u64> {
+        let mut n = sqlx::query("DELETE FROM sla_raw WHERE ts_ms < ?1")
+            .bind(now_ms - keep.raw_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(q("prune sla verdicts"))?
+            .rows_affected();
+        for (step, age) in [(60, keep.minute_ms), (3600, keep.hour_ms)] {
+            n += sqlx::query("DELETE FROM sla_rollup WHERE step_s = ?1 AND bucket_ms < ?2")
+                .bind(step)
+                .bind(now_ms - age)
+                .execute(&self.pool)
+                .await
+                .map_err(q("prune sla rollups"))?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// A tenant's SLA over [from_ms, to_ms) in about `points` buckets, from the finest level
+    /// that still holds `from_ms`.
+    pub async fn sla_series(
+        &self,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+        points: i64,
+        now_ms: i64,
+        keep: &Retention,
+    ) -> Result<SlaSeries> {
+        let want_step = ((to_ms - from_ms) / 1000 / points.max(1)).max(1);
+        let level = keep.pick(from_ms, want_step, now_ms);
+        let step_s = ((want_step + level.step_s() - 1) / level.step_s()) * level.step_s();
+        let ms = step_s * 1000;
+        let (sql, shares_sql) = match level {
+            Level::Raw => (
+                "SELECT (ts_ms / ?4) * ?4 AS b, sum(interval_ms) / 1000.0, sum(contended * interval_ms) / 1000.0,
+                        sum(violating * interval_ms) / 1000.0, sum(delivered_ratio * interval_ms) / 1000.0,
+                        sum(delivered_ratio * contended * interval_ms) / 1000.0, max(guarantee_ratio)
+                 FROM sla_raw WHERE tenant = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 GROUP BY b ORDER BY b",
+                "SELECT delivered_ratio FROM sla_raw WHERE tenant = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND contended = 1",
+            ),
+            _ => (
+                "SELECT (bucket_ms / ?4) * ?4 AS b, sum(covered_s), sum(contended_s), sum(violation_s),
+                        sum(delivered_sum), sum(delivered_contended_sum), max(guarantee_ratio)
+                 FROM sla_rollup WHERE step_s = ?5 AND tenant = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 GROUP BY b ORDER BY b",
+                "SELECT delivered_contended_sum / contended_s FROM sla_rollup
+                 WHERE step_s = ?4 AND tenant = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 AND contended_s > 0",
+            ),
+        };
+        let rows: Vec<(i64, f64, f64, f64, f64, f64, Option<f64>)> = sqlx::query_as(sql)
+            .bind(tenant)
+            .bind(from_ms)
+            .bind(to_ms)
+            .bind(ms)
+            .bind(level.step_s())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read sla series"))?;
+        let buckets = rows
+            .into_iter()
+            .map(|(b, cov, con, vio, dsum, dcsum, g)| SlaBucket {
+                ts_ms: b,
+                covered_s: cov,
+                contended_s: con,
+                violation_s: vio,
+                delivered_mean_ratio: if cov > 0.0 { dsum / cov } else { 0.0 },
+                delivered_contended_mean_ratio: (con > 0.0).then(|| dcsum / con),
+                guarantee_ratio: g,
+            })
+            .collect();
+        let shares_q = sqlx::query_scalar(shares_sql).bind(tenant).bind(from_ms).bind(to_ms);
+        let shares_q = if level == Level::Raw { shares_q } else { shares_q.bind(level.step_s()) };
+        let contended_shares: Vec<f64> = shares_q.fetch_all(&self.pool).await.map_err(q("read contended shares"))?;
+        Ok(SlaSeries {
+            level,
+            step_s,
+            buckets,
+            contended_shares,
+        })
+    }
+}
