@@ -450,6 +450,9 @@ fn every_panel_query_returns_series_from_a_real_prometheus() {
         let (s, body) = d.call("PUT", &format!("/v1/tenants/{t}"), Some(spec.clone()));
         assert_eq!(s, 201, "PUT {t}: {body}");
     }
+    // Prometheus starts now: its start-up (slow under emulation) overlaps the OOM kill.
+    let target = d.addr.strip_prefix("http://").unwrap().to_string();
+    let prom = Prometheus::start(root.dir.path(), &target);
     let run = |t: &str, script: &str| {
         Owned(
             d.cli()
@@ -460,6 +463,27 @@ fn every_panel_query_returns_series_from_a_real_prometheus() {
                 .unwrap(),
         )
     };
+    // An OOM kill in "small", before the busy loops: the VM is slow enough without them.
+    let out = d
+        .cli()
+        .args([
+            "run",
+            "--tenant",
+            "small",
+            "--",
+            "python3",
+            "-c",
+            "b = bytearray(200 * 1024 * 1024); print('survived')",
+        ])
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the hog must be OOM-killed: {out:?}"
+    );
+    eprintln!("[{:?}] tenants created, OOM kill done", t0.elapsed());
     // More CPU wanted (2 + 1 + 1 loops) than the VM's 2 CPUs: contention, throttling for c.
     let busy = "while :; do :; done";
     let _work = [
@@ -480,29 +504,6 @@ fn every_panel_query_returns_series_from_a_real_prometheus() {
             "exec python3 -c \"import time; b = b'x' * (64 << 20); time.sleep(600)\"",
         ),
     ];
-    // An OOM kill in "small".
-    let out = d
-        .cli()
-        .args([
-            "run",
-            "--tenant",
-            "small",
-            "--",
-            "python3",
-            "-c",
-            "b = bytearray(200 * 1024 * 1024); print('survived')",
-        ])
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "the hog must be OOM-killed: {out:?}"
-    );
-
-    let target = d.addr.strip_prefix("http://").unwrap().to_string();
-    let prom = Prometheus::start(root.dir.path(), &target);
     let ready = Instant::now();
     if !within(60, || {
         prom.http
@@ -515,7 +516,11 @@ fn every_panel_query_returns_series_from_a_real_prometheus() {
             prom.log()
         );
     }
-    eprintln!("prometheus ready after {:?}", ready.elapsed());
+    eprintln!(
+        "[{:?}] prometheus ready after {:?}",
+        t0.elapsed(),
+        ready.elapsed()
+    );
     // rate() over [30s] needs 2 samples; wait for 6 scrapes of the busy tenant, with the
     // OOM kill in, so that counters have moved between samples.
     let scraped = Instant::now();
@@ -533,7 +538,11 @@ fn every_panel_query_returns_series_from_a_real_prometheus() {
             prom.log()
         );
     }
-    eprintln!("6 scrapes after {:?}", scraped.elapsed());
+    eprintln!(
+        "[{:?}] 6 scrapes after {:?}",
+        t0.elapsed(),
+        scraped.elapsed()
+    );
 
     // The variables first: each must list our host and our tenant.
     let mut failures = vec![];
@@ -592,6 +601,7 @@ fn every_panel_query_returns_series_from_a_real_prometheus() {
     for line in &report {
         eprintln!("{line}");
     }
+    eprintln!("[{:?}] queries done", t0.elapsed());
 
     // The rules: loaded, evaluated at least once, none failing.
     let mut rules_seen = 0;
