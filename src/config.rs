@@ -132,11 +132,15 @@ impl FileConfig {
                 .usage_minute_retention_d
                 .or(other.usage_minute_retention_d),
             usage_hour_retention_d: self.usage_hour_retention_d.or(other.usage_hour_retention_d),
-            sla_contention_threshold: self.sla_contention_threshold.or(other.sla_contention_threshold),
+            sla_contention_threshold: self
+                .sla_contention_threshold
+                .or(other.sla_contention_threshold),
             sla_tolerance_pp: self.sla_tolerance_pp.or(other.sla_tolerance_pp),
             sla_min_intervals: self.sla_min_intervals.or(other.sla_min_intervals),
             sla_adaptive: self.sla_adaptive.or(other.sla_adaptive),
-            sla_adaptive_max_weight: self.sla_adaptive_max_weight.or(other.sla_adaptive_max_weight),
+            sla_adaptive_max_weight: self
+                .sla_adaptive_max_weight
+                .or(other.sla_adaptive_max_weight),
         }
     }
 
@@ -226,7 +230,9 @@ impl FileConfig {
         if !(threshold > 0.0 && threshold <= 1.0) {
             return Err(ConfigError::Invalid {
                 field: "sla_contention_threshold",
-                message: format!("{threshold} is out of range: use a fraction above 0 and at most 1"),
+                message: format!(
+                    "{threshold} is out of range: use a fraction above 0 and at most 1"
+                ),
             });
         }
         let tolerance = self.sla_tolerance_pp.unwrap_or(2.0);
@@ -243,7 +249,11 @@ impl FileConfig {
                 min_intervals: self.sla_min_intervals.unwrap_or(3).max(1),
             },
             adaptive: self.sla_adaptive.unwrap_or(false),
-            adaptive_max_weight: weight("sla_adaptive_max_weight", self.sla_adaptive_max_weight, 10_000)?,
+            adaptive_max_weight: weight(
+                "sla_adaptive_max_weight",
+                self.sla_adaptive_max_weight,
+                10_000,
+            )?,
         };
         let usage_retention = crate::store::Retention {
             raw_ms: keep(

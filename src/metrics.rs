@@ -686,9 +686,11 @@ impl Collector for TenantCollector {
         per(&mut enc, "tenantd_tenant_cpu_delivered_share_ratio", &|t| {
             t.sla.and_then(|s| s.delivered_ratio).map(V::F)
         })?;
-        per(&mut enc, "tenantd_tenant_memory_protection_breaches", &|t| {
-            t.sla.map(|s| V::U(s.memory_breaches))
-        })?;
+        per(
+            &mut enc,
+            "tenantd_tenant_memory_protection_breaches",
+            &|t| t.sla.map(|s| V::U(s.memory_breaches)),
+        )?;
         Ok(())
     }
 }
@@ -744,8 +746,14 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            s.tenants
-                .insert(format!("t{i}"), TenantSnapshot { stats, spec, sla: None });
+            s.tenants.insert(
+                format!("t{i}"),
+                TenantSnapshot {
+                    stats,
+                    spec,
+                    sla: None,
+                },
+            );
         }
         s
     }

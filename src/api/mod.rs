@@ -4,8 +4,8 @@
 pub mod auth;
 pub mod error;
 mod handlers;
-mod report;
 pub mod json;
+mod report;
 mod usage;
 
 use crate::engine::Governor;

@@ -11,10 +11,16 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 
-pub async fn sla(State(st): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Response, Problem> {
+pub async fn sla(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
     for k in q.keys() {
         if !matches!(k.as_str(), "from" | "to" | "tenant" | "format") {
-            return Err(Problem::invalid(k, format!("unknown query parameter '{k}': use from, to, tenant, format")));
+            return Err(Problem::invalid(
+                k,
+                format!("unknown query parameter '{k}': use from, to, tenant, format"),
+            ));
         }
     }
     let now = now_ms();
@@ -29,20 +35,39 @@ pub async fn sla(State(st): State<AppState>, Query(q): Query<HashMap<String, Str
     let from = time("from", now - 86_400_000)?;
     let to = time("to", now)?;
     if to <= from {
-        return Err(Problem::invalid("to", format!("to ({to}) must be after from ({from})")));
+        return Err(Problem::invalid(
+            "to",
+            format!("to ({to}) must be after from ({from})"),
+        ));
     }
     let tenant = q
         .get("tenant")
-        .map(|t| TenantName::parse(t).map_err(|e| Problem::invalid("tenant", e.message().to_string())))
+        .map(|t| {
+            TenantName::parse(t).map_err(|e| Problem::invalid("tenant", e.message().to_string()))
+        })
         .transpose()?;
     let format = q.get("format").map(String::as_str).unwrap_or("json");
     if !matches!(format, "json" | "csv" | "html") {
-        return Err(Problem::invalid("format", format!("'{format}' is not json, csv or html")));
+        return Err(Problem::invalid(
+            "format",
+            format!("'{format}' is not json, csv or html"),
+        ));
     }
-    let r = st.gov.sla_report(from, to, tenant.as_ref(), &st.usage_retention).await?;
+    let r = st
+        .gov
+        .sla_report(from, to, tenant.as_ref(), &st.usage_retention)
+        .await?;
     Ok(match format {
-        "csv" => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], crate::report::csv(&r)).into_response(),
-        "html" => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], crate::report::html(&r)).into_response(),
+        "csv" => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::report::csv(&r),
+        )
+            .into_response(),
+        "html" => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::report::html(&r),
+        )
+            .into_response(),
         _ => axum::Json(r).into_response(),
     })
 }

@@ -81,10 +81,17 @@ impl Client {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await.map_err(|e| {
-            ClientError(format!("cannot reach tenantd at {}: {} (is 'tenantd serve' running?)", self.base, root_cause(&e)))
+            ClientError(format!(
+                "cannot reach tenantd at {}: {} (is 'tenantd serve' running?)",
+                self.base,
+                root_cause(&e)
+            ))
         })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| ClientError(format!("reading the answer from {url}: {e}")))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError(format!("reading the answer from {url}: {e}")))?;
         if !status.is_success() {
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let detail = v["detail"].as_str().unwrap_or(text.trim()).to_string();

@@ -155,8 +155,16 @@ pub fn tenant(t: &Value) -> String {
     ];
     out += "\n";
     out += &table(&["SLA", "SPEC", "KERNEL NOW"], &rows);
-    for n in t["not_applied"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        out += &format!("not applied on this host: {}: {}\n", num(&n["setting"]), num(&n["why"]));
+    for n in t["not_applied"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        out += &format!(
+            "not applied on this host: {}: {}\n",
+            num(&n["setting"]),
+            num(&n["why"])
+        );
     }
     out
 }
@@ -223,8 +231,16 @@ pub fn usage(v: &Value) -> String {
 
 /// The SLA report as a table: one line per tenant.
 pub fn report(r: &Value) -> String {
-    let ratio = |v: &Value| v.as_f64().map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into());
-    let secs = |v: &Value| v.as_f64().map(|x| format!("{x:.0} s")).unwrap_or_else(|| "-".into());
+    let ratio = |v: &Value| {
+        v.as_f64()
+            .map(|x| format!("{:.1}%", x * 100.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let secs = |v: &Value| {
+        v.as_f64()
+            .map(|x| format!("{x:.0} s"))
+            .unwrap_or_else(|| "-".into())
+    };
     let rows: Vec<Vec<String>> = r["tenants"]
         .as_array()
         .map(|a| {
@@ -241,8 +257,14 @@ pub fn report(r: &Value) -> String {
                         ratio(&t["delivered_p5_contended_ratio"]),
                         num(&t["memory_protection_breaches"]),
                         num(&t["oom_kills"]),
-                        t["cpu_seconds"].as_f64().map(|x| format!("{x:.1} CPU-s")).unwrap_or_default(),
-                        t["memory_gib_hours"].as_f64().map(|x| format!("{x:.3} GiB-h")).unwrap_or_default(),
+                        t["cpu_seconds"]
+                            .as_f64()
+                            .map(|x| format!("{x:.1} CPU-s"))
+                            .unwrap_or_default(),
+                        t["memory_gib_hours"]
+                            .as_f64()
+                            .map(|x| format!("{x:.3} GiB-h"))
+                            .unwrap_or_default(),
                         bytes(&t["io_bytes"]),
                     ]
                 })
@@ -250,7 +272,21 @@ pub fn report(r: &Value) -> String {
         })
         .unwrap_or_default();
     table(
-        &["TENANT", "GUARANTEE", "ATTAINMENT", "VIOLATIONS", "VIOLATION TIME", "CONTENDED", "MEAN SHARE", "P5 SHARE", "MEM BREACHES", "OOM KILLS", "CPU", "MEMORY", "IO"],
+        &[
+            "TENANT",
+            "GUARANTEE",
+            "ATTAINMENT",
+            "VIOLATIONS",
+            "VIOLATION TIME",
+            "CONTENDED",
+            "MEAN SHARE",
+            "P5 SHARE",
+            "MEM BREACHES",
+            "OOM KILLS",
+            "CPU",
+            "MEMORY",
+            "IO",
+        ],
         &rows,
     )
 }

@@ -161,9 +161,13 @@ pub fn parse_apply_file(path: &std::path::Path) -> Result<Vec<(String, Value)>, 
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let as_json = || serde_json::from_str::<Value>(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()));
+    let as_json = || {
+        serde_json::from_str::<Value>(&text)
+            .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))
+    };
     let as_toml = || {
-        toml::from_str::<Value>(&text).map_err(|e| format!("{}: not valid TOML: {}", path.display(), e.message().trim()))
+        toml::from_str::<Value>(&text)
+            .map_err(|e| format!("{}: not valid TOML: {}", path.display(), e.message().trim()))
     };
     // By extension; otherwise JSON if it parses as JSON, else TOML (`[[tenant]]` starts with '[').
     let doc = match ext {
@@ -355,7 +359,12 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             let v: Value = c.call(Method::GET, "/v1/host", None).await?;
             print(o.output, &v, host_table);
         }
-        Cmd::Report { from, to, tenant, client: o } => {
+        Cmd::Report {
+            from,
+            to,
+            tenant,
+            client: o,
+        } => {
             let c = Client::new(&o.addr, o.token.clone());
             let format = match o.output {
                 Output::Csv => "csv",

@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Adaptive SLA enforcement: raise the root's cpu.weight while tenants are below their guarantee.
     #[arg(long, env = "TENANTD_SLA_ADAPTIVE")]
     pub sla_adaptive: bool,
+    /// Percentage points below the guarantee that are tolerated [default 2].
+    #[arg(long, env = "TENANTD_SLA_TOLERANCE_PP")]
+    pub sla_tolerance_pp: Option<f64>,
 }
 
 impl ServeArgs {
@@ -69,6 +72,7 @@ impl ServeArgs {
             sample_interval_s: self.sample_interval_s,
             move_self: self.no_move_self.then_some(false),
             sla_adaptive: self.sla_adaptive.then_some(true),
+            sla_tolerance_pp: self.sla_tolerance_pp,
             ..Default::default()
         }
     }

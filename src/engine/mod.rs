@@ -5,8 +5,8 @@
 
 pub mod placement;
 pub mod report;
-pub mod sla;
 pub mod sampler;
+pub mod sla;
 
 use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF};
 use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};
@@ -445,7 +445,9 @@ impl Governor {
     /// Reads the governor root's cpu.weight (the adaptive controller's starting point).
     pub async fn root_cpu_weight(&self) -> Result<u32> {
         let b = self.backend.clone();
-        Ok(blocking(move || b.read(&CgroupPath::root())).await??.cpu_weight)
+        Ok(blocking(move || b.read(&CgroupPath::root()))
+            .await??
+            .cpu_weight)
     }
 
     /// Sets the governor root's cpu.weight (adaptive SLA enforcement).
@@ -496,7 +498,10 @@ fn view(
         name: name.clone(),
         stored,
         cgroup: b.path_of(&dir),
-        not_applied: plans.get(name).map(|p| b.not_applied(&p.tenant)).unwrap_or_default(),
+        not_applied: plans
+            .get(name)
+            .map(|p| b.not_applied(&p.tenant))
+            .unwrap_or_default(),
         planned: plans.get(name).cloned().unwrap_or(TenantPlan {
             tenant: Settings::default(),
             leaf: Settings::default(),

@@ -35,13 +35,17 @@ impl Governor {
         let mut tenants = Vec::new();
         for (name, st) in stored.iter().filter(|(n, _)| only.is_none_or(|o| o == *n)) {
             let n = name.as_str();
-            let series = self.store().sla_series(n, from_ms, to_ms, POINTS, now, keep).await?;
+            let series = self
+                .store()
+                .sla_series(n, from_ms, to_ms, POINTS, now, keep)
+                .await?;
             let mut att = Attainment::default();
             let mut contended_share_s = 0.0;
             for b in &series.buckets {
                 att.contended_s += b.contended_s;
                 att.violation_s += b.violation_s;
-                contended_share_s += b.delivered_contended_mean_ratio.unwrap_or(0.0) * b.contended_s;
+                contended_share_s +=
+                    b.delivered_contended_mean_ratio.unwrap_or(0.0) * b.contended_s;
             }
             let in_window = |e: &crate::store::Event| e.ts_ms < to_ms;
             let violations = self
@@ -59,13 +63,17 @@ impl Governor {
                 .filter(|e| in_window(e))
                 .count() as u64;
             let step = ((to_ms - from_ms) / 1000 / POINTS).max(1);
-            let usage = self.store().usage(n, from_ms, to_ms, step, now, keep).await?;
+            let usage = self
+                .store()
+                .usage(n, from_ms, to_ms, step, now, keep)
+                .await?;
             let (mut cpu_s, mut mem_byte_s, mut io_bytes, mut ooms) = (0.0, 0.0, 0.0, 0.0);
             for p in &usage.points {
                 let v = |k: &str| p.values.get(k).copied().flatten().unwrap_or(0.0);
                 cpu_s += v("cpu_cores_mean") * p.covered_s;
                 mem_byte_s += v("memory_current_bytes_mean") * p.covered_s;
-                io_bytes += (v("io_read_bytes_per_s_mean") + v("io_write_bytes_per_s_mean")) * p.covered_s;
+                io_bytes +=
+                    (v("io_read_bytes_per_s_mean") + v("io_write_bytes_per_s_mean")) * p.covered_s;
                 ooms += v("new_oom_kills");
             }
             tenants.push(TenantReport {
@@ -76,7 +84,8 @@ impl Governor {
                 violations,
                 violation_seconds: att.violation_s,
                 attainment_ratio: att.ratio(),
-                delivered_mean_contended_ratio: (att.contended_s > 0.0).then(|| contended_share_s / att.contended_s),
+                delivered_mean_contended_ratio: (att.contended_s > 0.0)
+                    .then(|| contended_share_s / att.contended_s),
                 delivered_p5_contended_ratio: quantile(&series.contended_shares, 0.05),
                 memory_protection_breaches: breaches,
                 oom_kills: ooms.round() as u64,
@@ -88,7 +97,9 @@ impl Governor {
                     .iter()
                     .map(|b| Point {
                         ts_ms: b.ts_ms,
-                        delivered: b.delivered_contended_mean_ratio.unwrap_or(b.delivered_mean_ratio),
+                        delivered: b
+                            .delivered_contended_mean_ratio
+                            .unwrap_or(b.delivered_mean_ratio),
                         contended: b.contended_s > 0.0,
                         violating: b.violation_s > 0.0,
                     })

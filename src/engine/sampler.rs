@@ -245,7 +245,9 @@ impl Sampler {
         if self.sla.adaptive() && !self.sla.knows_root() {
             match self.gov.root_cpu_weight().await {
                 Ok(w) => self.sla.set_root_weight(w),
-                Err(e) => tracing::warn!("adaptive enforcement: cannot read the root's cpu.weight: {e}"),
+                Err(e) => {
+                    tracing::warn!("adaptive enforcement: cannot read the root's cpu.weight: {e}")
+                }
             }
         }
         let tt = self.targets().await?;
@@ -315,7 +317,12 @@ impl Sampler {
         self.last = last;
         let inputs: Vec<Input<'_>> = judged
             .iter()
-            .map(|(name, rates, stats, spec)| Input { name, spec, rates, stats })
+            .map(|(name, rates, stats, spec)| Input {
+                name,
+                spec,
+                rates,
+                stats,
+            })
             .collect();
         let sla = self.sla.observe(ts_ms, self.gov.capacity().cpus, &inputs);
         for (name, t) in snap.tenants.iter_mut() {

@@ -126,7 +126,9 @@ impl SlaEngine {
         let mut top_shortfall: Option<f64> = None;
         let mut shares: Vec<(&str, f64)> = Vec::new();
         for i in inputs {
-            let Some(used) = i.rates.cpu_cores else { continue };
+            let Some(used) = i.rates.cpu_cores else {
+                continue;
+            };
             let capacity = match &i.spec.parent {
                 None => host_cpus,
                 Some(p) => match cores.get(p.as_str()) {
@@ -143,7 +145,11 @@ impl SlaEngine {
                 capacity_usec: us(capacity),
                 stall_usec: i.rates.cpu_stall.some.map(|f| us(f) as u64),
                 runq_wait_usec: None,
-                throttled_usec: i.rates.cpu_throttled_cores.map(|t| us(t) as u64).unwrap_or(0),
+                throttled_usec: i
+                    .rates
+                    .cpu_throttled_cores
+                    .map(|t| us(t) as u64)
+                    .unwrap_or(0),
             };
             let guarantee = i.spec.cpu.guarantee_pct.map(|p| p.0 / 100.0);
             let tracker = self.trackers.entry(i.name.to_string()).or_default();
@@ -162,7 +168,11 @@ impl SlaEngine {
                 && let Some(g) = guarantee
             {
                 let gap = (g - v.delivered) * 100.0;
-                let s = if gap > self.cfg.params.tolerance_pp { gap } else { 0.0 };
+                let s = if gap > self.cfg.params.tolerance_pp {
+                    gap
+                } else {
+                    0.0
+                };
                 top_shortfall = Some(top_shortfall.map_or(s, |t: f64| t.max(s)));
             }
             if let Some(e) = event {
@@ -246,8 +256,10 @@ impl SlaEngine {
                 tick.root_weight = Some((cur, next));
             }
         }
-        self.trackers.retain(|n, _| inputs.iter().any(|i| i.name == n));
-        self.totals.retain(|n, _| inputs.iter().any(|i| i.name == n));
+        self.trackers
+            .retain(|n, _| inputs.iter().any(|i| i.name == n));
+        self.totals
+            .retain(|n, _| inputs.iter().any(|i| i.name == n));
         tick
     }
 }
@@ -268,7 +280,10 @@ mod tests {
             cpu_throttled_cores: Some(0.0),
             cpu_throttled_periods: None,
             io: vec![],
-            cpu_stall: StallFractions { some: Some(stall), full: None },
+            cpu_stall: StallFractions {
+                some: Some(stall),
+                full: None,
+            },
             memory_stall: StallFractions::default(),
             io_stall: StallFractions::default(),
             new_oom_kills: Some(0),
@@ -286,14 +301,26 @@ mod tests {
 
     #[test]
     fn an_outside_hog_opens_a_violation_and_adaptive_weight_rises_then_decays() {
-        let mut e = SlaEngine::new(SlaConfig { adaptive: true, ..Default::default() });
+        let mut e = SlaEngine::new(SlaConfig {
+            adaptive: true,
+            ..Default::default()
+        });
         e.set_root_weight(100);
         let a = spec(50.0);
         let stats = CgroupStats::default();
         let mut raised = 0;
         for k in 0..5 {
             let r = rates(0.5, 0.9); // 25% of 2 CPUs while wanting more
-            let t = e.observe(1000 * (k + 1), 2.0, &[Input { name: "a", spec: &a, rates: &r, stats: &stats }]);
+            let t = e.observe(
+                1000 * (k + 1),
+                2.0,
+                &[Input {
+                    name: "a",
+                    spec: &a,
+                    rates: &r,
+                    stats: &stats,
+                }],
+            );
             if k == 2 {
                 assert_eq!(t.events.len(), 1, "opens after 3 intervals");
                 assert_eq!(t.events[0].detail["state"], "open");
@@ -306,15 +333,36 @@ mod tests {
         }
         assert_eq!(raised, 5);
         let tot = e.totals("a").unwrap();
-        assert_eq!((tot.violations, tot.contended_s, tot.violation_s), (1, 5.0, 3.0));
+        assert_eq!(
+            (tot.violations, tot.contended_s, tot.violation_s),
+            (1, 5.0, 3.0)
+        );
         assert!((tot.attainment_ratio() - 0.4).abs() < 1e-9);
         // Guarantee restored: the violation closes; no pressure at all: the weight decays.
         let r = rates(1.0, 0.9);
-        let t = e.observe(6000, 2.0, &[Input { name: "a", spec: &a, rates: &r, stats: &stats }]);
+        let t = e.observe(
+            6000,
+            2.0,
+            &[Input {
+                name: "a",
+                spec: &a,
+                rates: &r,
+                stats: &stats,
+            }],
+        );
         assert_eq!(t.events[0].detail["state"], "closed");
         assert!(t.root_weight.is_none(), "contended but delivered: hold");
         let idle = rates(0.0, 0.0);
-        let t = e.observe(7000, 2.0, &[Input { name: "a", spec: &a, rates: &idle, stats: &stats }]);
+        let t = e.observe(
+            7000,
+            2.0,
+            &[Input {
+                name: "a",
+                spec: &a,
+                rates: &idle,
+                stats: &stats,
+            }],
+        );
         let (from, to) = t.root_weight.unwrap();
         assert!(to < from);
     }
@@ -327,10 +375,24 @@ mod tests {
         c.parent = Some(TenantName::parse("p").unwrap());
         let stats = CgroupStats::default();
         let (rp, rc) = (rates(1.0, 0.0), rates(0.6, 0.5));
-        let t = e.observe(1000, 2.0, &[
-            Input { name: "p", spec: &p, rates: &rp, stats: &stats },
-            Input { name: "c", spec: &c, rates: &rc, stats: &stats },
-        ]);
+        let t = e.observe(
+            1000,
+            2.0,
+            &[
+                Input {
+                    name: "p",
+                    spec: &p,
+                    rates: &rp,
+                    stats: &stats,
+                },
+                Input {
+                    name: "c",
+                    spec: &c,
+                    rates: &rc,
+                    stats: &stats,
+                },
+            ],
+        );
         let vc = t.verdicts.iter().find(|v| v.tenant == "c").unwrap();
         assert!((vc.delivered_ratio - 0.6).abs() < 1e-9);
         assert!(vc.contended && !vc.violating);
@@ -345,9 +407,31 @@ mod tests {
         let r = rates(0.1, 0.0);
         let mut st = CgroupStats::default();
         st.memory_events.low = Some(3);
-        assert!(e.observe(1000, 2.0, &[Input { name: "m", spec: &s, rates: &r, stats: &st }]).events.is_empty());
+        assert!(
+            e.observe(
+                1000,
+                2.0,
+                &[Input {
+                    name: "m",
+                    spec: &s,
+                    rates: &r,
+                    stats: &st
+                }]
+            )
+            .events
+            .is_empty()
+        );
         st.memory_events.low = Some(5);
-        let t = e.observe(2000, 2.0, &[Input { name: "m", spec: &s, rates: &r, stats: &st }]);
+        let t = e.observe(
+            2000,
+            2.0,
+            &[Input {
+                name: "m",
+                spec: &s,
+                rates: &r,
+                stats: &st,
+            }],
+        );
         assert_eq!(t.events[0].kind, "memory_protection_breach");
         assert_eq!(e.totals("m").unwrap().memory_breaches, 1);
     }

@@ -2,7 +2,7 @@
 //! the series and totals an SLA report is made of.
 
 use super::samples::{Level, Retention};
-use super::{q, Result, Store};
+use super::{Result, Store, q};
 use serde::Serialize;
 
 /// One tenant's verdict for one interval.
@@ -16,6 +16,9 @@ pub struct SlaRow<'a> {
     pub contended: bool,
     pub violating: bool,
 }
+
+/// (bucket, covered s, contended s, violation s, delivered x s, delivered x contended s, guarantee)
+type BucketRow = (i64, f64, f64, f64, f64, f64, Option<f64>);
 
 /// One bucket of an SLA series.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -154,7 +157,7 @@ impl Store {
                  WHERE step_s = ?4 AND tenant = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 AND contended_s > 0",
             ),
         };
-        let rows: Vec<(i64, f64, f64, f64, f64, f64, Option<f64>)> = sqlx::query_as(sql)
+        let rows: Vec<BucketRow> = sqlx::query_as(sql)
             .bind(tenant)
             .bind(from_ms)
             .bind(to_ms)
@@ -175,9 +178,19 @@ impl Store {
                 guarantee_ratio: g,
             })
             .collect();
-        let shares_q = sqlx::query_scalar(shares_sql).bind(tenant).bind(from_ms).bind(to_ms);
-        let shares_q = if level == Level::Raw { shares_q } else { shares_q.bind(level.step_s()) };
-        let contended_shares: Vec<f64> = shares_q.fetch_all(&self.pool).await.map_err(q("read contended shares"))?;
+        let shares_q = sqlx::query_scalar(shares_sql)
+            .bind(tenant)
+            .bind(from_ms)
+            .bind(to_ms);
+        let shares_q = if level == Level::Raw {
+            shares_q
+        } else {
+            shares_q.bind(level.step_s())
+        };
+        let contended_shares: Vec<f64> = shares_q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read contended shares"))?;
         Ok(SlaSeries {
             level,
             step_s,

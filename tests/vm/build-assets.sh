@@ -61,7 +61,10 @@ if [ -z "$KVER_PKG" ] || [ "$KVER_PKG" = "(none)" ]; then
     KVER_PKG="$(apt-cache policy "$KPKG" | awk '/Candidate:/{print $2}')"
 fi
 [ -n "$KVER_PKG" ] && [ "$KVER_PKG" != "(none)" ] || die "no candidate version for $KPKG"
-KSTAMP="$KPKG=$KVER_PKG"
+# ext4: the SLA memory-protection test puts a filesystem on the scratch disk (file pages are
+# what memory.min protects; anonymous memory cannot be reclaimed without swap).
+MODULES=(virtio_pci virtio_blk 9p 9pnet_virtio crc32c_generic ext4)
+KSTAMP="$KPKG=$KVER_PKG modules=${MODULES[*]}"
 
 extract_vmlinux() { # $1 = bzImage, $2 = output ELF
     local img="$1" out="$2" off
@@ -79,7 +82,6 @@ extract_vmlinux() { # $1 = bzImage, $2 = output ELF
     return 1
 }
 
-MODULES=(virtio_pci virtio_blk 9p 9pnet_virtio)
 
 if [ "$(cat "$CACHE/kernel.stamp" 2>/dev/null)" != "$KSTAMP" ] || [ ! -s "$CACHE/vmlinux" ] \
     || [ ! -d "$CACHE/modules" ]; then
