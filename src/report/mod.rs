@@ -216,13 +216,13 @@ fn chart(t: &TenantReport, from: i64, to: i64) -> String {
     s
 }
 
-const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;color:#111;max-width:60rem;margin:2rem auto;padding:0 1rem}\
+const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;color:#111;max-width:72rem;margin:2rem auto;padding:0 1rem}\
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ccc}\
-table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}\
+table{border-collapse:collapse;width:100%;font-size:12px}td,th{border:1px solid #ccc;padding:.2rem .3rem;text-align:right}td{white-space:nowrap}\
 th:first-child,td:first-child{text-align:left}.bad{color:#b00020;font-weight:600}\
 svg text{font-size:10px;fill:#555}.grid{stroke:#eee}.guar{stroke:#1a7f37;stroke-width:2;stroke-dasharray:6 4}\
 .share{fill:none;stroke:#0550ae;stroke-width:1.5}.viol{fill:#ff000026}.legend span{margin-right:1.5rem}\
-section{break-inside:avoid;page-break-inside:avoid}@media print{body{margin:0}}";
+section{break-inside:avoid;page-break-inside:avoid}@page{size:A4 landscape;margin:12mm}@media print{body{margin:0;max-width:none}table{font-size:9px}}";
 
 /// One self-contained HTML file: a summary table, then a section and chart per tenant.
 pub fn html(r: &Report) -> String {
