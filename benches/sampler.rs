@@ -235,13 +235,7 @@ async fn bench(n: usize) {
     }
     let mount = tree.root.parent().unwrap_or(&tree.root).to_path_buf();
     let backend = Arc::new(tenantd::cgroup::v2::V2::new(mount, &tree.root, "/sys"));
-    let cfg = EngineConfig {
-        params: Default::default(),
-        memory_reserve_bytes: 0,
-        daemon_cpu_weight: 100,
-        daemon_memory_min_bytes: 0,
-        proc_root: "/proc".into(),
-    };
+    let cfg = EngineConfig::default();
     let gov = Governor::new(
         backend,
         store.clone(),

@@ -239,13 +239,7 @@ mod tests {
             tmp.path().join("root"),
             "/sys",
         ));
-        let cfg = EngineConfig {
-            params: Default::default(),
-            memory_reserve_bytes: 0,
-            daemon_cpu_weight: 100,
-            daemon_memory_min_bytes: 0,
-            proc_root: "/proc".into(),
-        };
+        let cfg = EngineConfig::default();
         let gov = Governor::new(
             backend,
             store,

@@ -344,6 +344,25 @@ pub fn choose(choice: CgroupVersion, host: &HostMounts, mount: &Path) -> Result<
     }
 }
 
+/// Removes a tenant's directory and its leaf, if present (rmdir: the kernel refuses a cgroup
+/// that still has processes or children).
+pub(crate) fn remove_dir_and_leaf(path: &Path) -> Result<()> {
+    for p in [path.join(LEAF), path.to_path_buf()] {
+        match std::fs::remove_dir(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(CgroupError::Dir {
+                    op: "remove",
+                    path: p,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A whole block device as sysfs lists it.
 pub(crate) struct SysBlock {
     pub device: DevId,

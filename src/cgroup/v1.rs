@@ -855,20 +855,7 @@ impl Backend for V1 {
 
     fn remove(&self, dir: &CgroupPath) -> Result<()> {
         for r in self.roots.distinct() {
-            let path = dir.under(r);
-            for p in [path.join(LEAF), path] {
-                match fs::remove_dir(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(CgroupError::Dir {
-                            op: "remove",
-                            path: p,
-                            source,
-                        });
-                    }
-                }
-            }
+            super::remove_dir_and_leaf(&dir.under(r))?;
         }
         Ok(())
     }

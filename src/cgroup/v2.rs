@@ -436,21 +436,7 @@ impl Backend for V2 {
     }
 
     fn remove(&self, dir: &CgroupPath) -> Result<()> {
-        let path = dir.under(&self.root);
-        for p in [path.join(LEAF), path] {
-            match fs::remove_dir(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(CgroupError::Dir {
-                        op: "remove",
-                        path: p,
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(())
+        super::remove_dir_and_leaf(&dir.under(&self.root))
     }
 
     fn children(&self, dir: &CgroupPath) -> Result<Vec<String>> {

@@ -90,7 +90,8 @@ pub struct ReconcileReport {
     pub errors: Vec<String>,
 }
 
-/// Tunables the engine needs from the configuration.
+/// Tunables the engine needs from the configuration. The default is for tests and tools:
+/// no memory reserve, no daemon protection, /proc as usual.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub params: PlanParams,
@@ -99,6 +100,18 @@ pub struct EngineConfig {
     pub daemon_memory_min_bytes: u64,
     /// Where /proc is (tests and the VM may differ).
     pub proc_root: PathBuf,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            params: PlanParams::default(),
+            memory_reserve_bytes: 0,
+            daemon_cpu_weight: 100,
+            daemon_memory_min_bytes: 0,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
 }
 
 pub struct Governor {

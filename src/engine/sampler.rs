@@ -492,13 +492,7 @@ mod tests {
             .await
             .unwrap();
         let backend = Arc::new(crate::cgroup::v2::V2::new(tmp.path(), &root, "/sys"));
-        let cfg = EngineConfig {
-            params: Default::default(),
-            memory_reserve_bytes: 0,
-            daemon_cpu_weight: 100,
-            daemon_memory_min_bytes: 0,
-            proc_root: "/proc".into(),
-        };
+        let cfg = EngineConfig::default();
         let gov = Governor::new(
             backend,
             store.clone(),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use tenantd::api::auth::Tokens;
 use tenantd::api::{AppState, OPENAPI, ROUTES, router};
 use tenantd::cgroup::v2::V2;
-use tenantd::domain::plan::PlanParams;
 use tenantd::domain::tenant::Capacity;
 use tenantd::engine::{EngineConfig, Governor};
 use tenantd::store::Store;
@@ -31,13 +30,7 @@ async fn api(tokens: Tokens) -> Api {
     let gov = Governor::new(
         Arc::new(V2::new(&missing, missing.join("tenantd"), "/sys")),
         store,
-        EngineConfig {
-            params: PlanParams::default(),
-            memory_reserve_bytes: 0,
-            daemon_cpu_weight: 100,
-            daemon_memory_min_bytes: 0,
-            proc_root: "/proc".into(),
-        },
+        EngineConfig::default(),
         Capacity {
             cpus: 2.0,
             memory_bytes: 8 << 30,
