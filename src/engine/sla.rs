@@ -144,7 +144,7 @@ impl SlaEngine {
                 used_usec: us(used) as u64,
                 capacity_usec: us(capacity),
                 stall_usec: i.rates.cpu_stall.some.map(|f| us(f) as u64),
-                runq_wait_usec: None,
+                runq_wait_usec: i.rates.cpu_runq_wait.map(|f| us(f) as u64),
                 throttled_usec: i
                     .rates
                     .cpu_throttled_cores
@@ -290,6 +290,7 @@ mod tests {
             new_memory_high: None,
             new_memory_max: None,
             new_pids_max: None,
+            cpu_runq_wait: None,
         }
     }
 
