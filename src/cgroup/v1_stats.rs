@@ -17,6 +17,12 @@
 //!   the recursive ones are missing) -> per-device rbytes/wbytes, rios/wios.
 //! - pids.current, pids.events `max`.
 //!
+//! v1 counts events locally: an OOM kill in the cgroup of its victim (the tenant's `_procs`
+//! leaf), a failed charge or fork at the counter whose limit refused it, with no propagation
+//! to ancestors (v2's memory.events and pids.events are hierarchical). So `oom_kill`, the
+//! failcnts and pids.events are summed over the tenant's directory and all below it
+//! (`V1File::summed`), which gives v2's meaning: the hits in this subtree.
+//!
 //! v1 has no PSI: the pressure fields stay `None`. Instead the reader sums the run-queue wait
 //! (/proc/TID/schedstat, second field) of the tenant's threads into `runq_wait_usec`.
 //!
@@ -49,6 +55,16 @@ pub enum V1File {
     BlkioIos,
     PidsCurrent,
     PidsEvents,
+}
+
+impl V1File {
+    /// Whether the file is summed over the directory and its descendants.
+    pub fn summed(self) -> bool {
+        matches!(
+            self,
+            V1File::OomControl | V1File::MemoryFailcnt | V1File::MemswFailcnt | V1File::PidsEvents
+        )
+    }
 }
 
 /// The files a v1 sample reads: the file, its hierarchy, and its names, first found wins.
@@ -133,7 +149,16 @@ fn blkio(s: &str, bytes: bool, io: &mut Vec<IoDevStat>) -> std::result::Result<(
     Ok(())
 }
 
-/// Parses the text of one v1 file into `out`. `user_hz` converts cpuacct.stat ticks.
+/// `a + b`, `None` only when both are.
+fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+    }
+}
+
+/// Parses the text of one v1 file into `out`. `user_hz` converts cpuacct.stat ticks. The
+/// `summed` files add to what `out` holds (one call per directory of the subtree).
 pub fn apply(
     file: V1File,
     text: &str,
@@ -152,15 +177,21 @@ pub fn apply(
         V1File::MemoryUsage => out.memory_current = Some(v1_parse::memory_usage_bytes(text)?),
         V1File::MemoryMaxUsage => out.memory_peak = Some(v1_parse::memory_usage_bytes(text)?),
         V1File::MemoryStat => out.memory = memory_stat(text)?,
-        V1File::OomControl => out.memory_events.oom_kill = v1_parse::oom_control(text)?.oom_kill,
+        V1File::OomControl => {
+            let n = v1_parse::oom_control(text)?.oom_kill;
+            out.memory_events.oom_kill = add(out.memory_events.oom_kill, n);
+        }
         V1File::MemoryFailcnt | V1File::MemswFailcnt => {
             let n = v1_parse::memory_failcnt(text)?;
-            out.memory_events.max = Some(out.memory_events.max.unwrap_or(0).saturating_add(n));
+            out.memory_events.max = add(out.memory_events.max, Some(n));
         }
         V1File::BlkioBytes => blkio(text, true, &mut out.io)?,
         V1File::BlkioIos => blkio(text, false, &mut out.io)?,
         V1File::PidsCurrent => out.pids_current = Some(v1_parse::pids_current(text)?),
-        V1File::PidsEvents => out.pids_max_events = super::stats::pids_events_max(text)?,
+        V1File::PidsEvents => {
+            let n = super::stats::pids_events_max(text)?;
+            out.pids_max_events = add(out.pids_max_events, n);
+        }
     }
     Ok(())
 }
@@ -246,6 +277,24 @@ fn read_opt(p: &Path) -> Result<Option<String>> {
     }
 }
 
+/// `dir` and every directory below it, parents first. Directories that vanish meanwhile are
+/// skipped.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = std::fs::read_dir(&out[i]) {
+            out.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        i += 1;
+    }
+    out
+}
+
 impl V1StatsReader {
     /// `Ok(None)` when the tenant's cpuacct (or cpu) directory does not exist.
     pub fn open(dirs: &V1Dirs, proc: &Path) -> Result<Option<V1StatsReader>> {
@@ -274,19 +323,10 @@ impl V1StatsReader {
 
     /// The TIDs of `dir` and its descendants (v1 `tasks` files).
     fn tasks(dir: &Path, out: &mut Vec<u32>) -> Result<()> {
-        let p = dir.join("tasks");
-        match read_opt(&p)? {
-            Some(s) => {
-                out.extend(pids(&s).map_err(|source| CgroupError::Parse { path: p, source })?)
-            }
-            None => return Ok(()),
-        }
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return Ok(());
-        };
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                Self::tasks(&e.path(), out)?;
+        for d in subtree(dir) {
+            let p = d.join("tasks");
+            if let Some(s) = read_opt(&p)? {
+                out.extend(pids(&s).map_err(|source| CgroupError::Parse { path: p, source })?);
             }
         }
         Ok(())
@@ -300,14 +340,21 @@ impl V1StatsReader {
             let Some(dir) = self.dirs.get(controller) else {
                 continue;
             };
-            for name in names {
-                let path = dir.join(name);
-                let Some(text) = read_opt(&path)? else {
-                    continue;
-                };
-                apply(file, &text, self.user_hz, &mut stats)
-                    .map_err(|source| CgroupError::Parse { path, source })?;
-                break;
+            let dirs = if file.summed() {
+                subtree(dir)
+            } else {
+                vec![dir.to_path_buf()]
+            };
+            for dir in dirs {
+                for name in names {
+                    let path = dir.join(name);
+                    let Some(text) = read_opt(&path)? else {
+                        continue;
+                    };
+                    apply(file, &text, self.user_hz, &mut stats)
+                        .map_err(|source| CgroupError::Parse { path, source })?;
+                    break;
+                }
             }
         }
         if let Some(dir) = self.dirs.cpu.as_ref().or(self.dirs.cpuacct.as_ref()) {
@@ -489,11 +536,28 @@ mod tests {
             }
         }
         std::fs::write(dirs.cpu.as_ref().unwrap().join("tasks"), "42\n").unwrap();
+        // The tenant's leaf: its own OOM kills and fork refusals add to the tenant's (v1
+        // counts them only where they happened); its memory.usage_in_bytes does not.
+        for (c, f, text) in [
+            (
+                "memory",
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            ),
+            ("memory", "memory.usage_in_bytes", "1\n"),
+            ("pids", "pids.events", "max 5\n"),
+        ] {
+            let leaf = dirs.get(c).unwrap().join("_procs");
+            std::fs::create_dir_all(&leaf).unwrap();
+            std::fs::write(leaf.join(f), text).unwrap();
+        }
         let mut slot = None;
         let a = sample_dirs(&mut slot, &dirs, &proc).unwrap().unwrap();
         assert_eq!(a.stats, {
             let mut s = workload_stats();
             s.runq_wait_usec = Some(0);
+            s.memory_events.oom_kill = Some(3);
+            s.pids_max_events = Some(5);
             s
         });
         std::fs::write(proc.join("42/schedstat"), "100 5000000 4\n").unwrap();
