@@ -205,6 +205,18 @@ mod tests {
         assert_eq!(r.cpu_stall.some, Some(0.5));
         assert_eq!(r.cpu_stall.full, None);
         assert_eq!(r.cpu_user_cores, Some(1.0));
+        assert_eq!(r.cpu_runq_wait, None, "v2 samples carry no run-queue wait");
+    }
+
+    #[test]
+    fn run_queue_wait_is_a_guarded_rate() {
+        let (mut a, mut b) = (sample(1, 0, 0, 0), sample(1, 0, 0, 0));
+        a.stats.runq_wait_usec = Some(1_000_000);
+        b.stats.runq_wait_usec = Some(2_500_000);
+        assert_eq!(rates(&a, 0, &b, 2000).unwrap().cpu_runq_wait, Some(0.75));
+        // A new reader starts its total again: no delta.
+        b.stats.runq_wait_usec = Some(0);
+        assert_eq!(rates(&a, 0, &b, 2000).unwrap().cpu_runq_wait, None);
     }
 
     #[test]

@@ -23,6 +23,14 @@ use tenantd::cgroup::{Backend, CgroupError, CgroupPath};
 use tenantd::domain::plan::{IoMax, Limit, Settings};
 use tenantd::domain::tenant::DevId;
 
+/// Held by the tests that measure CPU time, so their busy loops do not compete with each
+/// other's on this 2-CPU host.
+static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cpu_alone() -> std::sync::MutexGuard<'static, ()> {
+    CPU.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The v1 hierarchies, or a loud failure naming what is missing.
 fn hierarchies() -> V1Hierarchies {
     let h = V1Hierarchies::detect(Path::new("/proc"))
@@ -174,6 +182,7 @@ fn a_disk() -> DevId {
 
 #[test]
 fn issue_7_v1_cpu_shares_split_3_to_1() {
+    let _cpu = cpu_alone();
     let mut sb = Sandbox::new("cpu");
     let (a, b) = (sb.tenant("a"), sb.tenant("b"));
     sb.backend
@@ -572,6 +581,7 @@ impl Drop for Kid {
 
 #[test]
 fn issue_7_v1_usage_busy_loop_is_one_core_in_sqlite_and_metrics() {
+    let _cpu = cpu_alone();
     let v = V1Daemon::start("cpu");
     let d = v.d();
     let (s, b) = d.call("PUT", "/v1/tenants/busy", Some(json!({})));
@@ -734,4 +744,47 @@ fn issue_7_v1_usage_oom_kill_is_an_event_and_a_counter() {
             peak.is_some_and(|p| p >= (47u64 << 20) as f64)
         },
     );
+}
+
+/// The v1 reader on a real tenant: two loops pinned to one CPU each wait on the run queue
+/// while the other runs, so their summed wait grows about as fast as their CPU time.
+#[test]
+fn issue_7_v1_sample_reader_measures_run_queue_wait() {
+    use tenantd::cgroup::v1_stats::sample_dirs;
+    use tenantd::domain::usage::rates;
+    let _cpu = cpu_alone();
+    let mut sb = Sandbox::new("runq");
+    let t = sb.tenant("t");
+    for _ in 0..2 {
+        sb.spawn_in(&t, &mut busy_loop(0));
+    }
+    let dirs = sb.backend.dirs_of(&t);
+    let mut slot = None;
+    let proc = Path::new("/proc");
+    std::thread::sleep(Duration::from_millis(300));
+    let (t0, a) = (
+        Instant::now(),
+        sample_dirs(&mut slot, &dirs, proc).unwrap().unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (t1, b) = (
+        Instant::now(),
+        sample_dirs(&mut slot, &dirs, proc).unwrap().unwrap(),
+    );
+    let ms = (t1 - t0).as_millis() as i64;
+    let r = rates(&a, 0, &b, ms).expect("same inode, so rates");
+    eprintln!(
+        "v1 reader, two loops on CPU 0: {:?} cores, run-queue wait {:?} s/s, pids {:?}",
+        r.cpu_cores, r.cpu_runq_wait, b.stats.pids_current
+    );
+    let cores = r.cpu_cores.unwrap();
+    let wait = r.cpu_runq_wait.unwrap();
+    assert!(cores > 0.5, "two loops on CPU 0 got {cores} cores");
+    assert!(
+        (0.7..=1.3).contains(&(wait / cores)),
+        "run-queue wait {wait} s/s against {cores} cores used"
+    );
+    assert_eq!(b.stats.pids_current, Some(2));
+    assert!(b.stats.memory_current.is_some_and(|m| m > 0));
+    assert_eq!(b.stats.cpu_pressure, None);
 }
