@@ -10,6 +10,7 @@ pub mod parse;
 pub mod stats;
 pub mod v1;
 pub mod v1_parse;
+pub mod v1_stats;
 pub mod v2;
 
 use crate::domain::plan::Settings;
@@ -218,11 +219,25 @@ pub trait Backend: Send + Sync + 'static {
     fn exists(&self, dir: &CgroupPath) -> bool;
     /// The absolute directory of `dir`, for messages and for the usage sampler.
     fn path_of(&self, dir: &CgroupPath) -> PathBuf;
+    /// Where the usage sampler reads `dir`'s stats: by default the v2 files in `path_of`.
+    fn sample_source(&self, dir: &CgroupPath) -> SampleSource {
+        SampleSource::V2(self.path_of(dir))
+    }
     /// Settings of `want` this backend leaves unset on this host (they differ from the kernel
     /// default and have no equivalent here), each with the reason. `apply` skips them.
     fn not_applied(&self, _want: &Settings) -> Vec<NotApplied> {
         Vec::new()
     }
+}
+
+/// Where a tenant's usage is read (`Backend::sample_source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SampleSource {
+    /// One cgroup v2 directory, read by `stats::StatsReader` with held files.
+    V2(PathBuf),
+    /// The tenant's directory in each v1 hierarchy, read by `v1_stats::V1StatsReader`;
+    /// `proc` is the procfs mount (for /proc/TID/schedstat).
+    V1 { dirs: v1::V1Dirs, proc: PathBuf },
 }
 
 /// A setting a backend cannot apply on this host, reported rather than refused.

@@ -99,6 +99,10 @@ pub struct CgroupStats {
     pub cpu_pressure: Option<PressureTotals>,
     pub memory_pressure: Option<PressureTotals>,
     pub io_pressure: Option<PressureTotals>,
+    /// Summed run-queue wait of the cgroup's threads (/proc/TID/schedstat), µs, cumulative
+    /// over a reader's life: the CPU contention signal of hosts without PSI (cgroup v1).
+    /// `None` on v2, which has cpu.pressure.
+    pub runq_wait_usec: Option<u64>,
 }
 
 impl CgroupStats {

@@ -886,6 +886,13 @@ impl Backend for V1 {
     fn path_of(&self, dir: &CgroupPath) -> PathBuf {
         dir.under(self.primary().unwrap_or(Path::new("/")))
     }
+
+    fn sample_source(&self, dir: &CgroupPath) -> super::SampleSource {
+        super::SampleSource::V1 {
+            dirs: self.dirs_of(dir),
+            proc: self.proc.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

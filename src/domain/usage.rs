@@ -53,6 +53,9 @@ pub struct Rates {
     pub new_memory_max: Option<u64>,
     /// Forks refused because pids.max was reached.
     pub new_pids_max: Option<u64>,
+    /// Summed run-queue wait of the tenant's threads per second of wall time (cgroup v1,
+    /// where there is no cpu.pressure); `None` on v2.
+    pub cpu_runq_wait: Option<f64>,
 }
 
 /// The growth of a cumulative counter, or `None` when either side is missing or it went
@@ -119,6 +122,7 @@ pub fn rates(prev: &Sample, prev_ms: i64, cur: &Sample, cur_ms: i64) -> Option<R
         new_memory_high: delta(p.memory_events.high, c.memory_events.high),
         new_memory_max: delta(p.memory_events.max, c.memory_events.max),
         new_pids_max: delta(p.pids_max_events, c.pids_max_events),
+        cpu_runq_wait: usec_per_s(p.runq_wait_usec, c.runq_wait_usec, dt),
     })
 }
 
@@ -201,6 +205,18 @@ mod tests {
         assert_eq!(r.cpu_stall.some, Some(0.5));
         assert_eq!(r.cpu_stall.full, None);
         assert_eq!(r.cpu_user_cores, Some(1.0));
+        assert_eq!(r.cpu_runq_wait, None, "v2 samples carry no run-queue wait");
+    }
+
+    #[test]
+    fn run_queue_wait_is_a_guarded_rate() {
+        let (mut a, mut b) = (sample(1, 0, 0, 0), sample(1, 0, 0, 0));
+        a.stats.runq_wait_usec = Some(1_000_000);
+        b.stats.runq_wait_usec = Some(2_500_000);
+        assert_eq!(rates(&a, 0, &b, 2000).unwrap().cpu_runq_wait, Some(0.75));
+        // A new reader starts its total again: no delta.
+        b.stats.runq_wait_usec = Some(0);
+        assert_eq!(rates(&a, 0, &b, 2000).unwrap().cpu_runq_wait, None);
     }
 
     #[test]

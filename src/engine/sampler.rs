@@ -8,14 +8,14 @@
 
 use super::sla::{Input, SlaConfig, SlaEngine};
 use super::{EngineError, Governor, Result, now_ms};
-use crate::cgroup::CgroupPath;
 use crate::cgroup::stats::{Sample, StatsReader, held_tenants_budget, sample_dir_mode};
+use crate::cgroup::v1_stats::{self, V1StatsReader};
+use crate::cgroup::{CgroupPath, SampleSource};
 use crate::domain::tenant::{self, TenantName, TenantSpec};
 use crate::domain::usage::{self, Rates};
 use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
 use crate::store::{NewEvent, Retention, UsageRow};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ pub struct SweepReport {
 /// The reader state that moves to the blocking pool and back each sweep.
 struct Readers {
     by_tenant: HashMap<String, Option<StatsReader>>,
+    /// Readers of tenants on a cgroup v1 backend.
+    v1_by_tenant: HashMap<String, Option<V1StatsReader>>,
     buf: Vec<u8>,
     /// Tenants (the first, by name) whose files stay open; see `held_tenants_budget`.
     held: usize,
@@ -66,6 +68,7 @@ impl Default for Readers {
     fn default() -> Self {
         Readers {
             by_tenant: HashMap::new(),
+            v1_by_tenant: HashMap::new(),
             buf: Vec::new(),
             held: held_tenants_budget(),
         }
@@ -96,7 +99,7 @@ type Fingerprint = (i64, i64, i64, i64);
 
 struct Targets {
     specs: BTreeMap<TenantName, TenantSpec>,
-    dirs: Vec<(String, PathBuf)>,
+    dirs: Vec<(String, SampleSource)>,
 }
 
 /// Builds the stored row of one sample and the rates since the previous one.
@@ -235,7 +238,7 @@ impl Sampler {
             .keys()
             .map(|n| {
                 let dir = CgroupPath::tenant(&tenant::lineage(n, &specs));
-                (n.to_string(), self.gov.backend().path_of(&dir))
+                (n.to_string(), self.gov.backend().sample_source(&dir))
             })
             .collect();
         let t = Arc::new(Targets { specs, dirs });
@@ -389,24 +392,37 @@ impl Sampler {
 /// Reads every target; drops readers of tenants no longer listed. Runs on the blocking pool.
 fn read_all(
     readers: &mut Readers,
-    targets: &[(String, PathBuf)],
+    targets: &[(String, SampleSource)],
 ) -> Vec<(
     String,
     std::result::Result<Option<Sample>, crate::cgroup::CgroupError>,
 )> {
     let keep: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
     readers.by_tenant.retain(|n, _| keep.contains(n.as_str()));
+    readers
+        .v1_by_tenant
+        .retain(|n, _| keep.contains(n.as_str()));
     let Readers {
         by_tenant,
+        v1_by_tenant,
         buf,
         held,
     } = readers;
     targets
         .iter()
         .enumerate()
-        .map(|(i, (name, path))| {
-            let slot = by_tenant.entry(name.clone()).or_insert(None);
-            (name.clone(), sample_dir_mode(slot, path, buf, i < *held))
+        .map(|(i, (name, source))| {
+            let sample = match source {
+                SampleSource::V2(path) => {
+                    let slot = by_tenant.entry(name.clone()).or_insert(None);
+                    sample_dir_mode(slot, path, buf, i < *held)
+                }
+                SampleSource::V1 { dirs, proc } => {
+                    let slot = v1_by_tenant.entry(name.clone()).or_insert(None);
+                    v1_stats::sample_dirs(slot, dirs, proc)
+                }
+            };
+            (name.clone(), sample)
         })
         .collect()
 }

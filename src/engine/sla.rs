@@ -144,7 +144,7 @@ impl SlaEngine {
                 used_usec: us(used) as u64,
                 capacity_usec: us(capacity),
                 stall_usec: i.rates.cpu_stall.some.map(|f| us(f) as u64),
-                runq_wait_usec: None,
+                runq_wait_usec: i.rates.cpu_runq_wait.map(|f| us(f) as u64),
                 throttled_usec: i
                     .rates
                     .cpu_throttled_cores
@@ -290,6 +290,7 @@ mod tests {
             new_memory_high: None,
             new_memory_max: None,
             new_pids_max: None,
+            cpu_runq_wait: None,
         }
     }
 
@@ -434,5 +435,32 @@ mod tests {
         );
         assert_eq!(t.events[0].kind, "memory_protection_breach");
         assert_eq!(e.totals("m").unwrap().memory_breaches, 1);
+    }
+
+    /// cgroup v1 has no cpu.pressure: the run-queue wait of the tenant's threads stands in,
+    /// and without either nothing counts as contended.
+    #[test]
+    fn without_psi_the_run_queue_wait_decides_contention() {
+        let mut e = SlaEngine::new(SlaConfig::default());
+        let a = spec(50.0);
+        let stats = CgroupStats::default();
+        let mut v1 = rates(0.5, 0.0);
+        v1.cpu_stall.some = None;
+        v1.cpu_runq_wait = Some(0.9);
+        let mut blind = v1.clone();
+        blind.cpu_runq_wait = None;
+        for (k, (r, contended)) in [(&v1, true), (&blind, false)].into_iter().enumerate() {
+            let t = e.observe(
+                1000 * (k as i64 + 1),
+                2.0,
+                &[Input {
+                    name: "a",
+                    spec: &a,
+                    rates: r,
+                    stats: &stats,
+                }],
+            );
+            assert_eq!(t.verdicts[0].contended, contended, "{k}");
+        }
     }
 }

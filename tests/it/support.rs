@@ -129,19 +129,28 @@ impl Daemon {
 
     /// Starts the daemon with extra `serve` flags.
     pub fn start_with(root: &TestRoot, extra: &[&str]) -> Daemon {
+        Daemon::launch(root.dir.path(), |port| {
+            let mut c = Command::new(bin());
+            c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .arg("--db")
+                .arg(root.db())
+                .arg("--cgroup-root")
+                .arg(&root.path)
+                .arg("--cgroup-mount")
+                .arg(&root.mount)
+                .args(["--reconcile-interval-s", "3600"])
+                .args(extra);
+            c
+        })
+    }
+
+    /// Starts the command `serve(port)` builds (it must run `tenantd serve --listen
+    /// 127.0.0.1:<port>`), logging to `<log_dir>/daemon-<port>.log`, and waits for /healthz.
+    pub fn launch(log_dir: &Path, serve: impl FnOnce(u16) -> Command) -> Daemon {
         let port = free_port();
-        let log =
-            std::fs::File::create(root.dir.path().join(format!("daemon-{port}.log"))).unwrap();
-        let child = Command::new(bin())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--db")
-            .arg(root.db())
-            .arg("--cgroup-root")
-            .arg(&root.path)
-            .arg("--cgroup-mount")
-            .arg(&root.mount)
-            .args(["--reconcile-interval-s", "3600"])
-            .args(extra)
+        let log_path = log_dir.join(format!("daemon-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = serve(port)
             .env("TENANTD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -166,9 +175,7 @@ impl Daemon {
                 return d;
             }
             if Instant::now() > deadline {
-                let logs =
-                    std::fs::read_to_string(root.dir.path().join(format!("daemon-{port}.log")))
-                        .unwrap_or_default();
+                let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
                 panic!("tenantd did not answer /healthz within 60 s; its log:\n{logs}");
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -8,7 +8,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// The value of one series in an OpenMetrics text, by its exact name and labels.
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+pub(crate) fn series(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(name_and_labels)
@@ -18,7 +18,7 @@ fn series(text: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn scrape(d: &Daemon) -> String {
+pub(crate) fn scrape(d: &Daemon) -> String {
     let resp = d.http.get(d.url("/metrics")).send().expect("GET /metrics");
     assert_eq!(resp.status().as_u16(), 200);
     let ct = resp
