@@ -288,6 +288,20 @@ pub const METRICS: &[MetricDef] = &[
         "SLA violations opened"
     ),
     def!(
+        "tenantd_tenant_sla_io_contended_seconds",
+        Counter,
+        Some("seconds"),
+        T,
+        "Time the tenant waited for IO (io.pressure some above the threshold), where io weights take effect"
+    ),
+    def!(
+        "tenantd_tenant_sla_io_violation_seconds",
+        Counter,
+        Some("seconds"),
+        T,
+        "IO-contended time with the tenant's share of its siblings' IO below its io guarantee"
+    ),
+    def!(
         "tenantd_tenant_sla_attainment_ratio",
         Gauge,
         Some("ratio"),
@@ -679,6 +693,12 @@ impl Collector for TenantCollector {
         })?;
         per(&mut enc, "tenantd_tenant_sla_violations", &|t| {
             t.sla.map(|s| V::U(s.violations))
+        })?;
+        per(&mut enc, "tenantd_tenant_sla_io_contended_seconds", &|t| {
+            t.sla.map(|s| V::F(s.io_contended_s))
+        })?;
+        per(&mut enc, "tenantd_tenant_sla_io_violation_seconds", &|t| {
+            t.sla.map(|s| V::F(s.io_violation_s))
         })?;
         per(&mut enc, "tenantd_tenant_sla_attainment_ratio", &|t| {
             t.sla.map(|s| V::F(s.attainment_ratio()))

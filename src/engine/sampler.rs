@@ -248,6 +248,14 @@ impl Sampler {
 
     /// One sweep: read, compute, store, publish.
     pub async fn sweep(&mut self) -> Result<SweepReport> {
+        if !self.sla.knows_io() {
+            match self.gov.host().await {
+                Ok(h) => self
+                    .sla
+                    .set_io_weights_effective(h.devices.iter().any(|d| d.io_weight_effective)),
+                Err(e) => tracing::warn!("sla: cannot tell whether io weights work here: {e}"),
+            }
+        }
         if self.sla.adaptive() && !self.sla.knows_root() {
             match self.gov.root_cpu_weight().await {
                 Ok(w) => self.sla.set_root_weight(w),

@@ -39,6 +39,10 @@ pub struct SlaTotals {
     pub memory_breaches: u64,
     /// Delivered share of the parent's CPU in the last interval, 0..1.
     pub delivered_ratio: Option<f64>,
+    /// The same accounting for IO, where io weights take effect (iocost or BFQ).
+    pub io_contended_s: f64,
+    pub io_violation_s: f64,
+    pub io_violations: u64,
 }
 
 impl SlaTotals {
@@ -87,6 +91,10 @@ pub struct SlaEngine {
     last_low: HashMap<String, u64>,
     /// (the root's weight when tenantd found it, the weight it holds now).
     root: Option<(u32, u32)>,
+    io_trackers: HashMap<String, Tracker>,
+    /// Whether io.weight takes effect on any device (GET /v1/host); IO guarantees are only
+    /// judged where the kernel can deliver them.
+    io_weights_effective: Option<bool>,
 }
 
 impl SlaEngine {
@@ -103,6 +111,14 @@ impl SlaEngine {
 
     pub fn adaptive(&self) -> bool {
         self.cfg.adaptive
+    }
+
+    pub fn knows_io(&self) -> bool {
+        self.io_weights_effective.is_some()
+    }
+
+    pub fn set_io_weights_effective(&mut self, yes: bool) {
+        self.io_weights_effective = Some(yes);
     }
 
     pub fn knows_root(&self) -> bool {
@@ -256,11 +272,88 @@ impl SlaEngine {
                 tick.root_weight = Some((cur, next));
             }
         }
+        if self.io_weights_effective == Some(true) {
+            self.observe_io(ts_ms, inputs, &mut tick);
+        }
         self.trackers
+            .retain(|n, _| inputs.iter().any(|i| i.name == n));
+        self.io_trackers
             .retain(|n, _| inputs.iter().any(|i| i.name == n));
         self.totals
             .retain(|n, _| inputs.iter().any(|i| i.name == n));
         tick
+    }
+}
+
+/// Bytes per second read and written, over every device.
+fn io_bytes_per_s(r: &Rates) -> f64 {
+    r.io_total(|d| Some(d.read_bytes_per_s.unwrap_or(0.0) + d.write_bytes_per_s.unwrap_or(0.0)))
+        .unwrap_or(0.0)
+}
+
+impl SlaEngine {
+    /// IO guarantees: the share of its siblings' IO a tenant got (there is no fixed device
+    /// capacity to divide), judged while its io.pressure `some` shows it waited for IO.
+    fn observe_io(&mut self, ts_ms: i64, inputs: &[Input<'_>], tick: &mut Tick) {
+        let mut siblings: HashMap<Option<&str>, f64> = HashMap::new();
+        for i in inputs {
+            *siblings
+                .entry(i.spec.parent.as_ref().map(|p| p.as_str()))
+                .or_default() += io_bytes_per_s(i.rates);
+        }
+        for i in inputs {
+            let Some(g) = i.spec.io.guarantee_pct.map(|p| p.0 / 100.0) else {
+                continue;
+            };
+            let secs = i.rates.interval_s;
+            let capacity = siblings
+                .get(&i.spec.parent.as_ref().map(|p| p.as_str()))
+                .copied()
+                .unwrap_or(0.0);
+            let iv = Interval {
+                start_ms: ts_ms - (secs * 1000.0).round() as i64,
+                end_ms: ts_ms,
+                used_usec: (io_bytes_per_s(i.rates) * secs) as u64,
+                capacity_usec: capacity * secs,
+                stall_usec: i.rates.io_stall.some.map(|f| (f * secs * 1e6) as u64),
+                runq_wait_usec: None,
+                throttled_usec: 0,
+            };
+            let (v, event) = self
+                .io_trackers
+                .entry(i.name.to_string())
+                .or_default()
+                .feed(&iv, Some(g), &self.cfg.params);
+            let totals = self.totals.entry(i.name.to_string()).or_default();
+            if v.contended {
+                totals.io_contended_s += secs;
+            }
+            if v.violating {
+                totals.io_violation_s += secs;
+            }
+            if let Some(e) = event {
+                let (state, viol) = match e {
+                    SlaEvent::Opened(v) => {
+                        totals.io_violations += 1;
+                        ("open", v)
+                    }
+                    SlaEvent::Closed(v) => ("closed", v),
+                };
+                tick.events.push(NewEvent {
+                    ts_ms,
+                    tenant: Some(i.name.to_string()),
+                    kind: "sla_io_violation".into(),
+                    actor: None,
+                    detail: serde_json::json!({
+                        "state": state,
+                        "start_ms": viol.start_ms,
+                        "end_ms": viol.end_ms,
+                        "worst_share_ratio": viol.worst_share,
+                        "guarantee_ratio": viol.guarantee,
+                    }),
+                });
+            }
+        }
     }
 }
 
@@ -397,6 +490,82 @@ mod tests {
         let vc = t.verdicts.iter().find(|v| v.tenant == "c").unwrap();
         assert!((vc.delivered_ratio - 0.6).abs() < 1e-9);
         assert!(vc.contended && !vc.violating);
+    }
+
+    #[test]
+    fn io_guarantees_are_judged_only_where_io_weights_work() {
+        use crate::domain::tenant::DevId;
+        use crate::domain::usage::IoRates;
+        let io = |bps: f64, stall: f64| {
+            let mut r = rates(0.1, 0.0);
+            r.io = vec![IoRates {
+                device: DevId {
+                    major: 254,
+                    minor: 0,
+                },
+                read_bytes_per_s: Some(bps),
+                write_bytes_per_s: None,
+                read_ops_per_s: None,
+                write_ops_per_s: None,
+                discard_bytes_per_s: None,
+                discard_ops_per_s: None,
+            }];
+            r.io_stall = StallFractions {
+                some: Some(stall),
+                full: None,
+            };
+            r
+        };
+        let mut a = TenantSpec::default();
+        a.io.guarantee_pct = Some(Percent(60.0));
+        let b = TenantSpec::default();
+        let stats = CgroupStats::default();
+        let (ra, rb) = (io(20e6, 0.8), io(80e6, 0.0));
+        for with in [false, true] {
+            let mut e = SlaEngine::new(SlaConfig::default());
+            e.set_io_weights_effective(with);
+            let mut events = vec![];
+            for k in 0..4 {
+                let t = e.observe(
+                    1000 * (k + 1),
+                    2.0,
+                    &[
+                        Input {
+                            name: "a",
+                            spec: &a,
+                            rates: &ra,
+                            stats: &stats,
+                        },
+                        Input {
+                            name: "b",
+                            spec: &b,
+                            rates: &rb,
+                            stats: &stats,
+                        },
+                    ],
+                );
+                events.extend(
+                    t.events
+                        .into_iter()
+                        .filter(|e| e.kind == "sla_io_violation"),
+                );
+            }
+            let tot = e.totals("a").unwrap();
+            if with {
+                // 20% of the siblings' IO against a 60% guarantee while waiting on IO.
+                assert_eq!(events.len(), 1);
+                assert!(
+                    (events[0].detail["worst_share_ratio"].as_f64().unwrap() - 0.2).abs() < 1e-9
+                );
+                assert_eq!((tot.io_contended_s, tot.io_violations), (4.0, 1));
+            } else {
+                assert!(
+                    events.is_empty(),
+                    "io weights do nothing here: never judged"
+                );
+                assert_eq!(tot.io_contended_s, 0.0);
+            }
+        }
     }
 
     #[test]
