@@ -622,7 +622,17 @@ impl FamilySink for Text<'_> {
             Kind::Counter => (true, "counter"),
             _ => (false, "gauge"),
         };
-        for p in ["# HELP ", d.name, " ", d.help, ".\n# TYPE ", d.name, " ", ty, "\n"] {
+        for p in [
+            "# HELP ",
+            d.name,
+            " ",
+            d.help,
+            ".\n# TYPE ",
+            d.name,
+            " ",
+            ty,
+            "\n",
+        ] {
             self.0.push_str(p);
         }
         if let Some(u) = d.unit {
@@ -793,11 +803,9 @@ fn tenant_families<S: FamilySink>(snap: &Snapshot, sink: &mut S) -> fmt::Result 
     per(sink, "tenantd_tenant_cpu_delivered_share_ratio", &|t| {
         t.sla.and_then(|s| s.delivered_ratio).map(V::F)
     })?;
-    per(
-        sink,
-        "tenantd_tenant_memory_protection_breaches",
-        &|t| t.sla.map(|s| V::U(s.memory_breaches)),
-    )?;
+    per(sink, "tenantd_tenant_memory_protection_breaches", &|t| {
+        t.sla.map(|s| V::U(s.memory_breaches))
+    })?;
     Ok(())
 }
 

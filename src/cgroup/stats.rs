@@ -149,7 +149,8 @@ fn lines(s: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(u8::is_ascii_whitespace).filter(|f| !f.is_empty())
+    line.split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty())
 }
 
 /// Stores the value of a "KEY VALUE" line in `slot`.
@@ -160,10 +161,7 @@ fn set(slot: &mut Option<u64>, v: &[u8], line: &[u8]) -> PResult<()> {
 
 /// Calls `f(key, value, line)` for each "KEY VALUE" line, without allocating; stops early
 /// when `f` answers `false` (every key it wants was seen).
-fn each_flat(
-    s: &[u8],
-    mut f: impl FnMut(&[u8], &[u8], &[u8]) -> PResult<bool>,
-) -> PResult<()> {
+fn each_flat(s: &[u8], mut f: impl FnMut(&[u8], &[u8], &[u8]) -> PResult<bool>) -> PResult<()> {
     for line in lines(s) {
         let t = line.trim_ascii();
         if t.is_empty() {
@@ -349,30 +347,33 @@ fn is_gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV))
 }
 
-/// Reads the whole file from offset 0 with `pread` into `buf` (reused across calls).
-pub fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
-    if buf.capacity() < 4096 {
-        buf.reserve(4096);
+/// Reads the whole file from offset 0 with `pread` and returns its bytes. `buf` is scratch
+/// space reused across calls: it keeps its full, initialised length, so it is zeroed when it
+/// grows, not on every read.
+///
+/// A read that does not fill the space offered is taken as the end of the file, which saves
+/// the second `pread` (the one answering 0) per file. That holds for regular files and for
+/// the cgroup interface files read here (cgroup-v2.rst, "Interface Files"): each is produced
+/// whole by one `seq_show` call, and the seq_file read (fs/seq_file.c, `seq_read_iter`)
+/// copies out as much of it as the buffer takes.
+pub fn pread_all<'b>(f: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+    if buf.len() < 4096 {
+        buf.resize(4096, 0);
     }
+    let mut len = 0;
     loop {
-        let len = buf.len();
-        if buf.capacity() - len < 1024 {
-            buf.reserve(buf.capacity());
+        if buf.len() - len < 1024 {
+            buf.resize(buf.len() * 2, 0);
         }
-        let cap = buf.capacity();
-        buf.resize(cap, 0);
         match f.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => {
-                buf.truncate(len);
-                return Ok(());
+            Ok(n) => {
+                len += n;
+                if len < buf.len() {
+                    return Ok(&buf[..len]);
+                }
             }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -485,8 +486,8 @@ impl StatsReader {
                 },
                 Handle::Absent => continue,
             };
-            match read {
-                Ok(()) => {}
+            let text = match read {
+                Ok(text) => text,
                 Err(e) if is_gone(&e) => return Ok(None),
                 Err(source) => {
                     return Err(CgroupError::Read {
@@ -494,8 +495,8 @@ impl StatsReader {
                         source,
                     });
                 }
-            }
-            apply(i, buf, &mut stats).map_err(|source| CgroupError::Parse {
+            };
+            apply(i, text, &mut stats).map_err(|source| CgroupError::Parse {
                 path: self.dir.join(FILES[i]),
                 source,
             })?;
@@ -794,7 +795,20 @@ mod tests {
         let text = "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n".repeat(1000);
         std::fs::write(&p, &text).unwrap();
         let mut buf = Vec::new();
-        pread_all(&File::open(&p).unwrap(), &mut buf).unwrap();
-        assert_eq!(buf, text.as_bytes());
+        let read = pread_all(&File::open(&p).unwrap(), &mut buf).unwrap();
+        assert_eq!(read, text.as_bytes());
+        // The scratch buffer is reused: a smaller file reads back exactly.
+        std::fs::write(&p, "12\n").unwrap();
+        assert_eq!(
+            pread_all(&File::open(&p).unwrap(), &mut buf).unwrap(),
+            b"12\n"
+        );
+        // Exactly the buffer's size: the read that fills it is followed by one that ends it.
+        let exact = "x".repeat(buf.len());
+        std::fs::write(&p, &exact).unwrap();
+        assert_eq!(
+            pread_all(&File::open(&p).unwrap(), &mut buf).unwrap(),
+            exact.as_bytes()
+        );
     }
 }

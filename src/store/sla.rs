@@ -269,9 +269,15 @@ mod tests {
                 }
             };
             let bucket = 3_660_000 / (step * 1000) * step * 1000;
-            assert_eq!(get("t00000").await, (bucket, 2.0, 2.0, 2.0, 0.75, Some(0.25)));
+            assert_eq!(
+                get("t00000").await,
+                (bucket, 2.0, 2.0, 2.0, 0.75, Some(0.25))
+            );
             assert_eq!(get("t00001").await, (bucket, 2.0, 0.0, 0.0, 0.75, None));
-            assert_eq!(get("t01006").await, (bucket, 2.0, 2.0, 0.0, 0.75, Some(0.25)));
+            assert_eq!(
+                get("t01006").await,
+                (bucket, 2.0, 2.0, 0.0, 0.75, Some(0.25))
+            );
         }
         store.close().await;
     }
