@@ -179,7 +179,7 @@ fn each_flat(s: &[u8], mut f: impl FnMut(&[u8], &[u8], &[u8]) -> PResult<bool>) 
 }
 
 /// cpu.stat. Unknown keys (nr_bursts, burst_usec, ...) are skipped.
-pub fn cpu_stat(s: impl AsRef<[u8]>) -> PResult<CpuStat> {
+pub fn cpu_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<CpuStat> {
     let mut c = CpuStat::default();
     each_flat(s.as_ref(), |k, v, line| {
         let slot = match k {
@@ -199,7 +199,7 @@ pub fn cpu_stat(s: impl AsRef<[u8]>) -> PResult<CpuStat> {
 
 /// memory.stat: anon, file and inactive_file. The file has some 50 other keys; reading stops
 /// once the three were seen (inactive_file comes about a third of the way down).
-pub fn memory_stat(s: impl AsRef<[u8]>) -> PResult<MemoryStat> {
+pub fn memory_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<MemoryStat> {
     let mut m = MemoryStat::default();
     each_flat(s.as_ref(), |k, v, line| {
         let slot = match k {
@@ -215,7 +215,7 @@ pub fn memory_stat(s: impl AsRef<[u8]>) -> PResult<MemoryStat> {
 }
 
 /// memory.events.
-pub fn memory_events(s: impl AsRef<[u8]>) -> PResult<MemoryEvents> {
+pub fn memory_events<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<MemoryEvents> {
     let mut m = MemoryEvents::default();
     each_flat(s.as_ref(), |k, v, line| {
         let slot = match k {
@@ -233,7 +233,7 @@ pub fn memory_events(s: impl AsRef<[u8]>) -> PResult<MemoryEvents> {
 }
 
 /// pids.events: the `max` count.
-pub fn pids_events_max(s: impl AsRef<[u8]>) -> PResult<Option<u64>> {
+pub fn pids_events_max<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Option<u64>> {
     let mut out = None;
     each_flat(s.as_ref(), |k, v, line| {
         if k == b"max" {
@@ -255,7 +255,7 @@ fn dev_id(s: &[u8]) -> Option<DevId> {
 
 /// io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=.. [cost.*=..]".
 /// Keys that are not counters tenantd uses (cost.usage, cost.vrate) are skipped.
-pub fn io_stat(s: impl AsRef<[u8]>) -> PResult<Vec<IoDevStat>> {
+pub fn io_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Vec<IoDevStat>> {
     let mut out = Vec::new();
     for line in lines(s.as_ref()).filter(|l| !l.trim_ascii().is_empty()) {
         let mut it = fields(line);
@@ -285,7 +285,7 @@ pub fn io_stat(s: impl AsRef<[u8]>) -> PResult<Vec<IoDevStat>> {
 }
 
 /// The `total=` of the `some` and `full` lines of a pressure file.
-pub fn pressure_totals(s: impl AsRef<[u8]>) -> PResult<PressureTotals> {
+pub fn pressure_totals<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<PressureTotals> {
     let mut p = PressureTotals::default();
     for line in lines(s.as_ref()).filter(|l| !l.trim_ascii().is_empty()) {
         let mut it = fields(line);
@@ -303,7 +303,7 @@ pub fn pressure_totals(s: impl AsRef<[u8]>) -> PResult<PressureTotals> {
 }
 
 /// A file holding one unsigned integer (memory.current, pids.current).
-fn single(s: impl AsRef<[u8]>) -> PResult<u64> {
+fn single<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<u64> {
     let s = s.as_ref();
     dec(s.trim_ascii()).ok_or_else(|| err("an unsigned integer", s))
 }
@@ -641,6 +641,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.working_set(), Some(270336 - 81920));
+    }
+
+    /// Hand-typed: the byte parsers read integers as `str::parse::<u64>` does (overflow and
+    /// junk are errors), and memory.stat stops once its three keys were seen, so a malformed
+    /// line after them is not looked at while one before them still is.
+    #[test]
+    fn byte_parsers_match_str_parse_and_memory_stat_stops_early() {
+        assert_eq!(single("18446744073709551615\n").unwrap(), u64::MAX);
+        assert!(single("18446744073709551616\n").is_err());
+        assert!(single("12a\n").is_err());
+        assert!(single("\n").is_err());
+        assert_eq!(single(" +7 \n").unwrap(), 7);
+        let m = memory_stat("anon 1\nfile 2\ninactive_file 3\ngarbage\n").unwrap();
+        assert_eq!(
+            (m.anon, m.file, m.inactive_file),
+            (Some(1), Some(2), Some(3))
+        );
+        assert!(memory_stat("anon 1\ngarbage\ninactive_file 3\n").is_err());
+        assert!(memory_stat("anon x\n").is_err());
+        let e = cpu_stat(b"usage_usec 1\nnr_bursts \xff\n".as_slice()).unwrap();
+        assert_eq!(e.usage_usec, Some(1));
     }
 
     #[test]
