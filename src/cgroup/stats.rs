@@ -121,116 +121,166 @@ pub struct Sample {
     pub stats: CgroupStats,
 }
 
-fn err(what: &str, line: &str) -> ParseError {
-    ParseError(format!("expected {what}, found '{}'", line.trim()))
+type PResult<T> = std::result::Result<T, ParseError>;
+
+fn err(what: &str, line: &[u8]) -> ParseError {
+    ParseError(format!(
+        "expected {what}, found '{}'",
+        String::from_utf8_lossy(line).trim()
+    ))
 }
 
-fn num(v: &str, line: &str) -> std::result::Result<u64, ParseError> {
-    v.parse().map_err(|_| err("'KEY <unsigned integer>'", line))
+/// An unsigned decimal integer, read as `str::parse::<u64>` reads it, from bytes: the files
+/// are ASCII, so no UTF-8 validation and no allocation.
+fn dec(v: &[u8]) -> Option<u64> {
+    let v = v.strip_prefix(b"+").unwrap_or(v);
+    if v.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d))?;
+    }
+    Some(n)
 }
 
-/// Calls `f(key, value_text, line)` for each "KEY VALUE" line, without allocating.
-fn each_flat(
-    s: &str,
-    mut f: impl FnMut(&str, &str, &str) -> std::result::Result<(), ParseError>,
-) -> std::result::Result<(), ParseError> {
-    for line in s.lines() {
-        let t = line.trim();
+fn lines(s: &[u8]) -> impl Iterator<Item = &[u8]> {
+    s.split(|&b| b == b'\n')
+}
+
+fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty())
+}
+
+/// Stores the value of a "KEY VALUE" line in `slot`.
+fn set(slot: &mut Option<u64>, v: &[u8], line: &[u8]) -> PResult<()> {
+    *slot = Some(dec(v).ok_or_else(|| err("'KEY <unsigned integer>'", line))?);
+    Ok(())
+}
+
+/// Calls `f(key, value, line)` for each "KEY VALUE" line, without allocating; stops early
+/// when `f` answers `false` (every key it wants was seen).
+fn each_flat(s: &[u8], mut f: impl FnMut(&[u8], &[u8], &[u8]) -> PResult<bool>) -> PResult<()> {
+    for line in lines(s) {
+        let t = line.trim_ascii();
         if t.is_empty() {
             continue;
         }
-        let (k, v) = t.split_once(' ').ok_or_else(|| err("'KEY VALUE'", line))?;
-        f(k, v.trim(), line)?;
+        let sp = t
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| err("'KEY VALUE'", line))?;
+        if !f(&t[..sp], t[sp + 1..].trim_ascii(), line)? {
+            break;
+        }
     }
     Ok(())
 }
 
 /// cpu.stat. Unknown keys (nr_bursts, burst_usec, ...) are skipped.
-pub fn cpu_stat(s: &str) -> std::result::Result<CpuStat, ParseError> {
+pub fn cpu_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<CpuStat> {
     let mut c = CpuStat::default();
-    each_flat(s, |k, v, line| {
+    each_flat(s.as_ref(), |k, v, line| {
         let slot = match k {
-            "usage_usec" => &mut c.usage_usec,
-            "user_usec" => &mut c.user_usec,
-            "system_usec" => &mut c.system_usec,
-            "nr_periods" => &mut c.nr_periods,
-            "nr_throttled" => &mut c.nr_throttled,
-            "throttled_usec" => &mut c.throttled_usec,
-            _ => return Ok(()),
+            b"usage_usec" => &mut c.usage_usec,
+            b"user_usec" => &mut c.user_usec,
+            b"system_usec" => &mut c.system_usec,
+            b"nr_periods" => &mut c.nr_periods,
+            b"nr_throttled" => &mut c.nr_throttled,
+            b"throttled_usec" => &mut c.throttled_usec,
+            _ => return Ok(true),
         };
-        *slot = Some(num(v, line)?);
-        Ok(())
+        set(slot, v, line)?;
+        Ok(true)
     })?;
     Ok(c)
 }
 
-/// memory.stat: anon, file and inactive_file.
-pub fn memory_stat(s: &str) -> std::result::Result<MemoryStat, ParseError> {
+/// memory.stat: anon, file and inactive_file. The file has some 50 other keys; reading stops
+/// once the three were seen (inactive_file comes about a third of the way down).
+pub fn memory_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<MemoryStat> {
     let mut m = MemoryStat::default();
-    each_flat(s, |k, v, line| {
+    each_flat(s.as_ref(), |k, v, line| {
         let slot = match k {
-            "anon" => &mut m.anon,
-            "file" => &mut m.file,
-            "inactive_file" => &mut m.inactive_file,
-            _ => return Ok(()),
+            b"anon" => &mut m.anon,
+            b"file" => &mut m.file,
+            b"inactive_file" => &mut m.inactive_file,
+            _ => return Ok(true),
         };
-        *slot = Some(num(v, line)?);
-        Ok(())
+        set(slot, v, line)?;
+        Ok(m.anon.is_none() || m.file.is_none() || m.inactive_file.is_none())
     })?;
     Ok(m)
 }
 
 /// memory.events.
-pub fn memory_events(s: &str) -> std::result::Result<MemoryEvents, ParseError> {
+pub fn memory_events<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<MemoryEvents> {
     let mut m = MemoryEvents::default();
-    each_flat(s, |k, v, line| {
+    each_flat(s.as_ref(), |k, v, line| {
         let slot = match k {
-            "low" => &mut m.low,
-            "high" => &mut m.high,
-            "max" => &mut m.max,
-            "oom" => &mut m.oom,
-            "oom_kill" => &mut m.oom_kill,
-            _ => return Ok(()),
+            b"low" => &mut m.low,
+            b"high" => &mut m.high,
+            b"max" => &mut m.max,
+            b"oom" => &mut m.oom,
+            b"oom_kill" => &mut m.oom_kill,
+            _ => return Ok(true),
         };
-        *slot = Some(num(v, line)?);
-        Ok(())
+        set(slot, v, line)?;
+        Ok(true)
     })?;
     Ok(m)
 }
 
 /// pids.events: the `max` count.
-pub fn pids_events_max(s: &str) -> std::result::Result<Option<u64>, ParseError> {
+pub fn pids_events_max<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Option<u64>> {
     let mut out = None;
-    each_flat(s, |k, v, line| {
-        if k == "max" {
-            out = Some(num(v, line)?);
+    each_flat(s.as_ref(), |k, v, line| {
+        if k == b"max" {
+            set(&mut out, v, line)?;
         }
-        Ok(())
+        Ok(true)
     })?;
     Ok(out)
 }
 
+/// "MAJOR:MINOR".
+fn dev_id(s: &[u8]) -> Option<DevId> {
+    let c = s.iter().position(|&b| b == b':')?;
+    Some(DevId {
+        major: u32::try_from(dec(&s[..c])?).ok()?,
+        minor: u32::try_from(dec(&s[c + 1..])?).ok()?,
+    })
+}
+
 /// io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=.. [cost.*=..]".
 /// Keys that are not counters tenantd uses (cost.usage, cost.vrate) are skipped.
-pub fn io_stat(s: &str) -> std::result::Result<Vec<IoDevStat>, ParseError> {
+pub fn io_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Vec<IoDevStat>> {
     let mut out = Vec::new();
-    for line in s.lines().filter(|l| !l.trim().is_empty()) {
-        let mut it = line.split_ascii_whitespace();
+    for line in lines(s.as_ref()).filter(|l| !l.trim_ascii().is_empty()) {
+        let mut it = fields(line);
         let dev = it.next().unwrap_or_default();
-        let device = DevId::parse(dev).ok_or_else(|| err("MAJ:MIN", line))?;
+        let device = dev_id(dev).ok_or_else(|| err("MAJ:MIN", line))?;
         let mut d = IoDevStat::new(device);
         for kv in it {
-            let (k, v) = kv.split_once('=').ok_or_else(|| err("'KEY=VALUE'", kv))?;
-            let slot = match k {
-                "rbytes" => &mut d.rbytes,
-                "wbytes" => &mut d.wbytes,
-                "rios" => &mut d.rios,
-                "wios" => &mut d.wios,
-                "dbytes" => &mut d.dbytes,
-                "dios" => &mut d.dios,
+            let eq = kv
+                .iter()
+                .position(|&b| b == b'=')
+                .ok_or_else(|| err("'KEY=VALUE'", kv))?;
+            let slot = match &kv[..eq] {
+                b"rbytes" => &mut d.rbytes,
+                b"wbytes" => &mut d.wbytes,
+                b"rios" => &mut d.rios,
+                b"wios" => &mut d.wios,
+                b"dbytes" => &mut d.dbytes,
+                b"dios" => &mut d.dios,
                 _ => continue,
             };
-            *slot = Some(v.parse().map_err(|_| err("an unsigned integer", kv))?);
+            *slot = Some(dec(&kv[eq + 1..]).ok_or_else(|| err("an unsigned integer", kv))?);
         }
         out.push(d);
     }
@@ -239,29 +289,27 @@ pub fn io_stat(s: &str) -> std::result::Result<Vec<IoDevStat>, ParseError> {
 }
 
 /// The `total=` of the `some` and `full` lines of a pressure file.
-pub fn pressure_totals(s: &str) -> std::result::Result<PressureTotals, ParseError> {
+pub fn pressure_totals<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<PressureTotals> {
     let mut p = PressureTotals::default();
-    for line in s.lines().filter(|l| !l.trim().is_empty()) {
-        let mut it = line.split_ascii_whitespace();
+    for line in lines(s.as_ref()).filter(|l| !l.trim_ascii().is_empty()) {
+        let mut it = fields(line);
         let slot = match it.next() {
-            Some("some") => &mut p.some_usec,
-            Some("full") => &mut p.full_usec,
+            Some(b"some") => &mut p.some_usec,
+            Some(b"full") => &mut p.full_usec,
             _ => return Err(err("'some' or 'full'", line)),
         };
         let total = it
-            .find_map(|kv| kv.strip_prefix("total="))
+            .find_map(|kv| kv.strip_prefix(b"total="))
             .ok_or_else(|| err("a 'total=' field", line))?;
-        *slot = Some(
-            total
-                .parse()
-                .map_err(|_| err("an unsigned integer", line))?,
-        );
+        *slot = Some(dec(total).ok_or_else(|| err("an unsigned integer", line))?);
     }
     Ok(p)
 }
 
-fn single(s: &str) -> std::result::Result<u64, ParseError> {
-    super::parse::single_u64(s)
+/// A file holding one unsigned integer (memory.current, pids.current).
+fn single<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<u64> {
+    let s = s.as_ref();
+    dec(s.trim_ascii()).ok_or_else(|| err("an unsigned integer", s))
 }
 
 /// The files a sample reads, in this order.
@@ -280,7 +328,7 @@ pub const FILES: [&str; 11] = [
 ];
 
 /// Parses the text of file `FILES[i]` into `out`.
-fn apply(i: usize, text: &str, out: &mut CgroupStats) -> std::result::Result<(), ParseError> {
+fn apply(i: usize, text: &[u8], out: &mut CgroupStats) -> PResult<()> {
     match i {
         0 => out.cpu = cpu_stat(text)?,
         1 => out.memory_current = Some(single(text)?),
@@ -303,30 +351,33 @@ fn is_gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV))
 }
 
-/// Reads the whole file from offset 0 with `pread` into `buf` (reused across calls).
-pub fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
-    if buf.capacity() < 4096 {
-        buf.reserve(4096);
+/// Reads the whole file from offset 0 with `pread` and returns its bytes. `buf` is scratch
+/// space reused across calls: it keeps its full, initialised length, so it is zeroed when it
+/// grows, not on every read.
+///
+/// A read that does not fill the space offered is taken as the end of the file, which saves
+/// the second `pread` (the one answering 0) per file. That holds for regular files and for
+/// the cgroup interface files read here (cgroup-v2.rst, "Interface Files"): each is produced
+/// whole by one `seq_show` call, and the seq_file read (fs/seq_file.c, `seq_read_iter`)
+/// copies out as much of it as the buffer takes.
+pub fn pread_all<'b>(f: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+    if buf.len() < 4096 {
+        buf.resize(4096, 0);
     }
+    let mut len = 0;
     loop {
-        let len = buf.len();
-        if buf.capacity() - len < 1024 {
-            buf.reserve(buf.capacity());
+        if buf.len() - len < 1024 {
+            buf.resize(buf.len() * 2, 0);
         }
-        let cap = buf.capacity();
-        buf.resize(cap, 0);
         match f.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => {
-                buf.truncate(len);
-                return Ok(());
+            Ok(n) => {
+                len += n;
+                if len < buf.len() {
+                    return Ok(&buf[..len]);
+                }
             }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -439,8 +490,8 @@ impl StatsReader {
                 },
                 Handle::Absent => continue,
             };
-            match read {
-                Ok(()) => {}
+            let text = match read {
+                Ok(text) => text,
                 Err(e) if is_gone(&e) => return Ok(None),
                 Err(source) => {
                     return Err(CgroupError::Read {
@@ -448,11 +499,7 @@ impl StatsReader {
                         source,
                     });
                 }
-            }
-            let text = std::str::from_utf8(buf).map_err(|_| CgroupError::Parse {
-                path: self.dir.join(FILES[i]),
-                source: ParseError("expected UTF-8 text".into()),
-            })?;
+            };
             apply(i, text, &mut stats).map_err(|source| CgroupError::Parse {
                 path: self.dir.join(FILES[i]),
                 source,
@@ -598,6 +645,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.working_set(), Some(270336 - 81920));
+    }
+
+    /// Hand-typed: the byte parsers read integers as `str::parse::<u64>` does (overflow and
+    /// junk are errors), and memory.stat stops once its three keys were seen, so a malformed
+    /// line after them is not looked at while one before them still is.
+    #[test]
+    fn byte_parsers_match_str_parse_and_memory_stat_stops_early() {
+        assert_eq!(single("18446744073709551615\n").unwrap(), u64::MAX);
+        assert!(single("18446744073709551616\n").is_err());
+        assert!(single("12a\n").is_err());
+        assert!(single("\n").is_err());
+        assert_eq!(single(" +7 \n").unwrap(), 7);
+        let m = memory_stat("anon 1\nfile 2\ninactive_file 3\ngarbage\n").unwrap();
+        assert_eq!(
+            (m.anon, m.file, m.inactive_file),
+            (Some(1), Some(2), Some(3))
+        );
+        assert!(memory_stat("anon 1\ngarbage\ninactive_file 3\n").is_err());
+        assert!(memory_stat("anon x\n").is_err());
+        let e = cpu_stat(b"usage_usec 1\nnr_bursts \xff\n".as_slice()).unwrap();
+        assert_eq!(e.usage_usec, Some(1));
     }
 
     #[test]
@@ -752,7 +820,20 @@ mod tests {
         let text = "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n".repeat(1000);
         std::fs::write(&p, &text).unwrap();
         let mut buf = Vec::new();
-        pread_all(&File::open(&p).unwrap(), &mut buf).unwrap();
-        assert_eq!(buf, text.as_bytes());
+        let read = pread_all(&File::open(&p).unwrap(), &mut buf).unwrap();
+        assert_eq!(read, text.as_bytes());
+        // The scratch buffer is reused: a smaller file reads back exactly.
+        std::fs::write(&p, "12\n").unwrap();
+        assert_eq!(
+            pread_all(&File::open(&p).unwrap(), &mut buf).unwrap(),
+            b"12\n"
+        );
+        // Exactly the buffer's size: the read that fills it is followed by one that ends it.
+        let exact = "x".repeat(buf.len());
+        std::fs::write(&p, &exact).unwrap();
+        assert_eq!(
+            pread_all(&File::open(&p).unwrap(), &mut buf).unwrap(),
+            exact.as_bytes()
+        );
     }
 }

@@ -4,6 +4,7 @@
 use super::samples::{Level, Retention};
 use super::{Result, Store, q};
 use serde::Serialize;
+use sqlx::{QueryBuilder, Sqlite};
 
 /// One tenant's verdict for one interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -44,39 +45,60 @@ pub struct SlaSeries {
     pub contended_shares: Vec<f64>,
 }
 
+/// Verdicts per statement: 10 parameters each, within SQLite's 32,766.
+const SLA_CHUNK: usize = 1000;
+
 impl Store {
     /// Records verdicts and folds them into the minute and hour rollups, in one transaction.
     pub async fn add_sla(&self, rows: &[SlaRow<'_>]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        // Multi-row statements: one round trip to SQLite per chunk and level instead of three
+        // per tenant. The statement text only depends on the chunk length, so it stays in
+        // the connection's statement cache from tick to tick.
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        for r in rows {
-            sqlx::query(
-                "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .bind(r.tenant)
-            .bind(r.ts_ms)
-            .bind(r.interval_ms)
-            .bind(r.guarantee_ratio)
-            .bind(r.delivered_ratio)
-            .bind(r.contended)
-            .bind(r.violating)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("record sla verdict"))?;
-            let s = r.interval_ms as f64 / 1000.0;
-            let c = if r.contended { s } else { 0.0 };
-            let v = if r.violating { s } else { 0.0 };
-            let cmin = r.contended.then_some(r.delivered_ratio);
+        for chunk in rows.chunks(SLA_CHUNK) {
+            let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating) ",
+            );
+            b.push_values(chunk, |mut v, r| {
+                v.push_bind(r.tenant)
+                    .push_bind(r.ts_ms)
+                    .push_bind(r.interval_ms)
+                    .push_bind(r.guarantee_ratio)
+                    .push_bind(r.delivered_ratio)
+                    .push_bind(r.contended)
+                    .push_bind(r.violating);
+            });
+            b.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(q("record sla verdicts"))?;
             for step in [60_i64, 3600] {
                 let ms = step * 1000;
-                sqlx::query(
+                let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(
                     "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
-                         delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT (step_s, tenant, bucket_ms) DO UPDATE SET
+                         delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio) ",
+                );
+                b.push_values(chunk, |mut b, r| {
+                    let s = r.interval_ms as f64 / 1000.0;
+                    let c = if r.contended { s } else { 0.0 };
+                    let v = if r.violating { s } else { 0.0 };
+                    let cmin = r.contended.then_some(r.delivered_ratio);
+                    b.push_bind(step)
+                        .push_bind(r.tenant)
+                        .push_bind(r.ts_ms.div_euclid(ms) * ms)
+                        .push_bind(s)
+                        .push_bind(c)
+                        .push_bind(v)
+                        .push_bind(r.delivered_ratio * s)
+                        .push_bind(r.delivered_ratio * c)
+                        .push_bind(cmin)
+                        .push_bind(r.guarantee_ratio);
+                });
+                b.push(
+                    " ON CONFLICT (step_s, tenant, bucket_ms) DO UPDATE SET
                          covered_s = covered_s + excluded.covered_s,
                          contended_s = contended_s + excluded.contended_s,
                          violation_s = violation_s + excluded.violation_s,
@@ -87,20 +109,11 @@ impl Store {
                              WHEN excluded.delivered_contended_min IS NULL THEN delivered_contended_min
                              ELSE min(delivered_contended_min, excluded.delivered_contended_min) END,
                          guarantee_ratio = excluded.guarantee_ratio",
-                )
-                .bind(step)
-                .bind(r.tenant)
-                .bind(r.ts_ms.div_euclid(ms) * ms)
-                .bind(s)
-                .bind(c)
-                .bind(v)
-                .bind(r.delivered_ratio * s)
-                .bind(r.delivered_ratio * c)
-                .bind(cmin)
-                .bind(r.guarantee_ratio)
-                .execute(&mut *tx)
-                .await
-                .map_err(q("roll up sla verdict"))?;
+                );
+                b.build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("roll up sla verdicts"))?;
             }
         }
         tx.commit().await.map_err(q("commit"))
@@ -197,5 +210,75 @@ impl Store {
             buckets,
             contended_shares,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Verdicts are written in multi-row statements of `SLA_CHUNK`: more tenants than one
+    /// chunk, two ticks in the same minute, folded into the minute and hour rollups.
+    #[tokio::test]
+    async fn verdicts_of_many_tenants_fold_into_both_rollups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let names: Vec<String> = (0..SLA_CHUNK + 7).map(|i| format!("t{i:05}")).collect();
+        for (ts_ms, delivered) in [(3_660_000, 0.5), (3_661_000, 0.25)] {
+            let rows: Vec<SlaRow<'_>> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| SlaRow {
+                    tenant: n,
+                    ts_ms,
+                    interval_ms: 1000,
+                    guarantee_ratio: Some(0.3),
+                    delivered_ratio: delivered,
+                    contended: i % 2 == 0,
+                    violating: i % 4 == 0,
+                })
+                .collect();
+            store.add_sla(&rows).await.unwrap();
+        }
+        let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM sla_raw")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(raw, 2 * names.len() as i64);
+        type R = (i64, f64, f64, f64, f64, Option<f64>);
+        for step in [60, 3600] {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sla_rollup WHERE step_s = ?1")
+                .bind(step)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(n, names.len() as i64, "step {step}");
+            let get = |tenant: &'static str| {
+                let pool = store.pool().clone();
+                async move {
+                    sqlx::query_as::<_, R>(
+                        "SELECT bucket_ms, covered_s, contended_s, violation_s, delivered_sum,
+                                delivered_contended_min
+                         FROM sla_rollup WHERE step_s = ?1 AND tenant = ?2",
+                    )
+                    .bind(step)
+                    .bind(tenant)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                }
+            };
+            let bucket = 3_660_000 / (step * 1000) * step * 1000;
+            assert_eq!(
+                get("t00000").await,
+                (bucket, 2.0, 2.0, 2.0, 0.75, Some(0.25))
+            );
+            assert_eq!(get("t00001").await, (bucket, 2.0, 0.0, 0.0, 0.75, None));
+            assert_eq!(
+                get("t01006").await,
+                (bucket, 2.0, 2.0, 0.0, 0.75, Some(0.25))
+            );
+        }
+        store.close().await;
     }
 }
