@@ -780,8 +780,11 @@ fn issue_7_v1_sample_reader_measures_run_queue_wait() {
     let cores = r.cpu_cores.unwrap();
     let wait = r.cpu_runq_wait.unwrap();
     assert!(cores > 0.5, "two loops on CPU 0 got {cores} cores");
+    // Each loop waits while the other runs, so the summed wait is at least about the CPU time
+    // they got; other work on CPU 0 (tests run in parallel) only adds to it, and two threads
+    // cannot wait more than 2 s per second.
     assert!(
-        (0.7..=1.3).contains(&(wait / cores)),
+        wait >= 0.7 * cores && wait <= 2.05,
         "run-queue wait {wait} s/s against {cores} cores used"
     );
     assert_eq!(b.stats.pids_current, Some(2));
