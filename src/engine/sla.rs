@@ -275,12 +275,12 @@ impl SlaEngine {
         if self.io_weights_effective == Some(true) {
             self.observe_io(ts_ms, inputs, &mut tick);
         }
-        self.trackers
-            .retain(|n, _| inputs.iter().any(|i| i.name == n));
-        self.io_trackers
-            .retain(|n, _| inputs.iter().any(|i| i.name == n));
-        self.totals
-            .retain(|n, _| inputs.iter().any(|i| i.name == n));
+        // Forget tenants that are gone (a set, so a sweep stays linear in the tenants).
+        let live: std::collections::HashSet<&str> = inputs.iter().map(|i| i.name).collect();
+        self.trackers.retain(|n, _| live.contains(n.as_str()));
+        self.io_trackers.retain(|n, _| live.contains(n.as_str()));
+        self.totals.retain(|n, _| live.contains(n.as_str()));
+        self.last_low.retain(|n, _| live.contains(n.as_str()));
         tick
     }
 }
