@@ -13,7 +13,7 @@ pub mod v1_parse;
 pub mod v1_stats;
 pub mod v2;
 
-use crate::domain::plan::Settings;
+use crate::domain::plan::{Limit, Settings};
 use crate::domain::tenant::{DevId, TenantName};
 use serde::Serialize;
 use std::io;
@@ -356,6 +356,41 @@ pub fn choose(choice: CgroupVersion, host: &HostMounts, mount: &Path) -> Result<
             what: "cgroups".into(),
             why: format!("{}, and {}", v2_why(), v1_why()),
         }),
+    }
+}
+
+/// Creates one cgroup directory; false when it already existed.
+pub(crate) fn mkdir(path: &Path) -> Result<bool> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(CgroupError::Dir {
+            op: "create",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The kernel's page size. Memory files hold whole pages (the kernel rounds a written byte
+/// count down), so a wanted value is compared with what the kernel holds after the same rounding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageSize(u64);
+
+impl PageSize {
+    pub(crate) fn of_host() -> Self {
+        PageSize(procfs::page_size().max(1))
+    }
+
+    pub(crate) fn floor(self, v: u64) -> u64 {
+        v / self.0 * self.0
+    }
+
+    pub(crate) fn floor_limit(self, l: Limit) -> Limit {
+        match l {
+            Limit::Max => Limit::Max,
+            Limit::Value(v) => Limit::Value(self.floor(v)),
+        }
     }
 }
 

@@ -201,15 +201,8 @@ impl V1Roots {
     }
 }
 
-/// A tenant's directory in each hierarchy, for the usage sampler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct V1Dirs {
-    pub cpu: Option<PathBuf>,
-    pub cpuacct: Option<PathBuf>,
-    pub memory: Option<PathBuf>,
-    pub blkio: Option<PathBuf>,
-    pub pids: Option<PathBuf>,
-}
+/// A tenant's directory in each hierarchy, for the usage sampler: the same shape as the roots.
+pub type V1Dirs = V1Roots;
 
 /// The cgroup v1 backend. `sys` is the sysfs mount (block devices), `proc` the procfs mount.
 #[derive(Debug, Clone)]
@@ -217,7 +210,7 @@ pub struct V1 {
     roots: V1Roots,
     sys: PathBuf,
     proc: PathBuf,
-    page: u64,
+    page: super::PageSize,
 }
 
 const THROTTLE: [&str; 4] = [
@@ -250,7 +243,7 @@ impl V1 {
             roots,
             sys: sys.into(),
             proc: proc.into(),
-            page: procfs::page_size().max(1),
+            page: super::PageSize::of_host(),
         }
     }
 
@@ -317,29 +310,6 @@ impl V1 {
         }
     }
 
-    fn mkdir(path: &Path) -> Result<bool> {
-        match fs::create_dir(path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(source) => Err(CgroupError::Dir {
-                op: "create",
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
-    }
-
-    fn pages(&self, v: u64) -> u64 {
-        v / self.page * self.page
-    }
-
-    fn page_limit(&self, l: Limit) -> Limit {
-        match l {
-            Limit::Max => Limit::Max,
-            Limit::Value(v) => Limit::Value(self.pages(v)),
-        }
-    }
-
     /// The io weight file of `dir` and how a v2 weight maps onto it: BFQ's blkio.bfq.weight
     /// (1-1000, default 100: same scale) or CFQ's blkio.weight (10-1000, default 500: x5).
     fn io_weight_file(&self, dir: &CgroupPath) -> Option<(PathBuf, bool)> {
@@ -353,8 +323,8 @@ impl V1 {
     /// The memsw limit that delivers `want`'s memory_max and swap_max; `None` when v1 cannot.
     fn memsw_for(&self, want: &Settings) -> Option<Limit> {
         match (
-            self.page_limit(want.memory_max_bytes),
-            self.page_limit(want.memory_swap_max_bytes),
+            self.page.floor_limit(want.memory_max_bytes),
+            self.page.floor_limit(want.memory_swap_max_bytes),
         ) {
             (_, Limit::Max) => Some(Limit::Max),
             (Limit::Value(m), Limit::Value(s)) => Some(Limit::Value(m.saturating_add(s))),
@@ -480,8 +450,8 @@ impl Backend for V1 {
                     ),
                 ));
             }
-            V1::mkdir(root)?;
-            V1::mkdir(&root.join(DAEMON_LEAF))?;
+            super::mkdir(root)?;
+            super::mkdir(&root.join(DAEMON_LEAF))?;
         }
         Ok(())
     }
@@ -490,9 +460,9 @@ impl Backend for V1 {
         let mut created = false;
         for root in self.roots.distinct() {
             let p = dir.under(root);
-            created |= V1::mkdir(&p)?;
+            created |= super::mkdir(&p)?;
             if leaf {
-                created |= V1::mkdir(&p.join(LEAF))?;
+                created |= super::mkdir(&p.join(LEAF))?;
             }
         }
         Ok(created)
@@ -567,7 +537,7 @@ impl Backend for V1 {
         // memory.limit_in_bytes <= memory.memsw.limit_in_bytes must hold after every write:
         // raise memsw before the limit, lower it after.
         let limit_now = have.memory_max_bytes;
-        let limit_new = self.page_limit(want.memory_max_bytes);
+        let limit_new = self.page.floor_limit(want.memory_max_bytes);
         let memsw_file = self
             .file_in("memory", dir, "memory.memsw.limit_in_bytes")
             .filter(|p| p.exists());
@@ -613,7 +583,7 @@ impl Backend for V1 {
         if !raise_memsw_first {
             write_memsw(&mut put)?;
         }
-        let low = self.pages(want.memory_low_bytes);
+        let low = self.page.floor(want.memory_low_bytes);
         if have.memory_low_bytes != low {
             put(
                 "memory",

@@ -241,19 +241,6 @@ pub struct V1StatsReader {
     runq: RunqWait,
 }
 
-impl V1Dirs {
-    fn get(&self, controller: &str) -> Option<&Path> {
-        match controller {
-            "cpu" => self.cpu.as_deref(),
-            "cpuacct" => self.cpuacct.as_deref(),
-            "memory" => self.memory.as_deref(),
-            "blkio" => self.blkio.as_deref(),
-            "pids" => self.pids.as_deref(),
-            _ => None,
-        }
-    }
-}
-
 fn ino_of(p: &Path) -> Result<Option<u64>> {
     match std::fs::metadata(p) {
         Ok(m) => Ok(Some(m.ino())),

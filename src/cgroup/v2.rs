@@ -21,7 +21,7 @@ pub struct V2 {
     mount: PathBuf,
     root: PathBuf,
     sys: PathBuf,
-    page: u64,
+    page: super::PageSize,
 }
 
 impl V2 {
@@ -34,7 +34,7 @@ impl V2 {
             mount: mount.into(),
             root: root.into(),
             sys: sys.into(),
-            page: procfs::page_size().max(1),
+            page: super::PageSize::of_host(),
         }
     }
 
@@ -88,17 +88,6 @@ impl V2 {
         }
     }
 
-    fn pages(&self, v: u64) -> u64 {
-        v / self.page * self.page
-    }
-
-    fn page_limit(&self, l: Limit) -> Limit {
-        match l {
-            Limit::Max => Limit::Max,
-            Limit::Value(v) => Limit::Value(self.pages(v)),
-        }
-    }
-
     fn enable_controllers(&self, dir: &Path) -> Result<()> {
         let available = parse::controllers(&self.read_file(&dir.join("cgroup.controllers"))?);
         let enabled = parse::controllers(&self.read_file(&dir.join("cgroup.subtree_control"))?);
@@ -111,18 +100,6 @@ impl V2 {
             self.write_file(&dir.join("cgroup.subtree_control"), &missing.join(" "))?;
         }
         Ok(())
-    }
-
-    fn mkdir(&self, path: &Path) -> Result<bool> {
-        match fs::create_dir(path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(source) => Err(CgroupError::Dir {
-                op: "create",
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
     }
 
     fn block_devices(&self) -> Vec<BlockDevice> {
@@ -214,17 +191,17 @@ impl Backend for V2 {
                 ),
             });
         }
-        self.mkdir(&self.root)?;
-        self.mkdir(&self.root.join(DAEMON_LEAF))?;
+        super::mkdir(&self.root)?;
+        super::mkdir(&self.root.join(DAEMON_LEAF))?;
         Ok(())
     }
 
     fn ensure(&self, dir: &CgroupPath, leaf: bool) -> Result<bool> {
         let path = dir.under(&self.root);
-        let mut created = self.mkdir(&path)?;
+        let mut created = super::mkdir(&path)?;
         self.enable_controllers(&path)?;
         if leaf {
-            created |= self.mkdir(&path.join(LEAF))?;
+            created |= super::mkdir(&path.join(LEAF))?;
         }
         Ok(created)
     }
@@ -269,12 +246,12 @@ impl Backend for V2 {
             (
                 "memory.min",
                 have.memory_min_bytes,
-                self.pages(want.memory_min_bytes),
+                self.page.floor(want.memory_min_bytes),
             ),
             (
                 "memory.low",
                 have.memory_low_bytes,
-                self.pages(want.memory_low_bytes),
+                self.page.floor(want.memory_low_bytes),
             ),
         ] {
             if h != w {
@@ -285,17 +262,17 @@ impl Backend for V2 {
             (
                 "memory.high",
                 have.memory_high_bytes,
-                self.page_limit(want.memory_high_bytes),
+                self.page.floor_limit(want.memory_high_bytes),
             ),
             (
                 "memory.max",
                 have.memory_max_bytes,
-                self.page_limit(want.memory_max_bytes),
+                self.page.floor_limit(want.memory_max_bytes),
             ),
             (
                 "memory.swap.max",
                 have.memory_swap_max_bytes,
-                self.page_limit(want.memory_swap_max_bytes),
+                self.page.floor_limit(want.memory_swap_max_bytes),
             ),
         ] {
             if h != w {
