@@ -192,27 +192,13 @@ impl SlaEngine {
                 top_shortfall = Some(top_shortfall.map_or(s, |t: f64| t.max(s)));
             }
             if let Some(e) = event {
-                let (state, viol) = match e {
-                    SlaEvent::Opened(v) => {
-                        totals.violations += 1;
-                        ("open", v)
-                    }
-                    SlaEvent::Closed(v) => ("closed", v),
-                };
-                tick.events.push(NewEvent {
+                tick.events.push(violation_event(
                     ts_ms,
-                    tenant: Some(i.name.to_string()),
-                    kind: "sla_violation".into(),
-                    actor: None,
-                    detail: serde_json::json!({
-                        "state": state,
-                        "start_ms": viol.start_ms,
-                        "end_ms": viol.end_ms,
-                        "duration_s": viol.end_ms.map(|e| (e - viol.start_ms) as f64 / 1000.0),
-                        "worst_share_ratio": viol.worst_share,
-                        "guarantee_ratio": viol.guarantee,
-                    }),
-                });
+                    i.name,
+                    "sla_violation",
+                    e,
+                    &mut totals.violations,
+                ));
             }
             // Memory protection: reclaimed below memory.low (soft), or OOM-killed while under
             // the guarantee (hard).
@@ -285,6 +271,38 @@ impl SlaEngine {
     }
 }
 
+/// The event of a violation opening or closing (`kind` says CPU or IO); an opening counts in
+/// `opened`.
+fn violation_event(
+    ts_ms: i64,
+    tenant: &str,
+    kind: &str,
+    e: SlaEvent,
+    opened: &mut u64,
+) -> NewEvent {
+    let (state, viol) = match e {
+        SlaEvent::Opened(v) => {
+            *opened += 1;
+            ("open", v)
+        }
+        SlaEvent::Closed(v) => ("closed", v),
+    };
+    NewEvent {
+        ts_ms,
+        tenant: Some(tenant.to_string()),
+        kind: kind.into(),
+        actor: None,
+        detail: serde_json::json!({
+            "state": state,
+            "start_ms": viol.start_ms,
+            "end_ms": viol.end_ms,
+            "duration_s": viol.end_ms.map(|e| (e - viol.start_ms) as f64 / 1000.0),
+            "worst_share_ratio": viol.worst_share,
+            "guarantee_ratio": viol.guarantee,
+        }),
+    }
+}
+
 /// Bytes per second read and written, over every device.
 fn io_bytes_per_s(r: &Rates) -> f64 {
     r.io_total(|d| Some(d.read_bytes_per_s.unwrap_or(0.0) + d.write_bytes_per_s.unwrap_or(0.0)))
@@ -332,26 +350,13 @@ impl SlaEngine {
                 totals.io_violation_s += secs;
             }
             if let Some(e) = event {
-                let (state, viol) = match e {
-                    SlaEvent::Opened(v) => {
-                        totals.io_violations += 1;
-                        ("open", v)
-                    }
-                    SlaEvent::Closed(v) => ("closed", v),
-                };
-                tick.events.push(NewEvent {
+                tick.events.push(violation_event(
                     ts_ms,
-                    tenant: Some(i.name.to_string()),
-                    kind: "sla_io_violation".into(),
-                    actor: None,
-                    detail: serde_json::json!({
-                        "state": state,
-                        "start_ms": viol.start_ms,
-                        "end_ms": viol.end_ms,
-                        "worst_share_ratio": viol.worst_share,
-                        "guarantee_ratio": viol.guarantee,
-                    }),
-                });
+                    i.name,
+                    "sla_io_violation",
+                    e,
+                    &mut totals.io_violations,
+                ));
             }
         }
     }
