@@ -315,7 +315,7 @@ impl Sampler {
                 .and_then(|n| specs.get(&n).cloned())
                 .unwrap_or_default();
             if let Some(r) = rates {
-                judged.push((name.clone(), r, sample.stats.clone(), spec.clone()));
+                judged.push((name.clone(), r));
             }
             snap.tenants.insert(
                 name.clone(),
@@ -329,13 +329,17 @@ impl Sampler {
         }
         // Tenants that are gone leave no previous sample behind.
         self.last = last;
+        // The SLA engine reads the stats and specs the snapshot already holds.
         let inputs: Vec<Input<'_>> = judged
             .iter()
-            .map(|(name, rates, stats, spec)| Input {
-                name,
-                spec,
-                rates,
-                stats,
+            .filter_map(|(name, rates)| {
+                let t = snap.tenants.get(name)?;
+                Some(Input {
+                    name,
+                    spec: &t.spec,
+                    rates,
+                    stats: &t.stats,
+                })
             })
             .collect();
         let sla = self.sla.observe(ts_ms, self.gov.capacity().cpus, &inputs);
