@@ -155,15 +155,6 @@ fn a_tree_of_tenants_has_the_right_values_in_the_right_files() {
     );
 }
 
-fn usage_usec(root: &TestRoot, t: &str) -> u64 {
-    root.read(&format!("{t}/cpu.stat"))
-        .lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 #[ignore = "needs a cgroup v2 kernel: run through tests/vm/run.sh (see README)"]
 fn three_tenants_50_30_20_all_busy_get_50_30_20() {
@@ -171,48 +162,17 @@ fn three_tenants_50_30_20_all_busy_get_50_30_20() {
     let d = Daemon::start(&root);
     let tenants = [("a", 50.0), ("b", 30.0), ("c", 20.0)];
     for (t, g) in tenants {
-        assert_eq!(
-            d.call(
-                "PUT",
-                &format!("/v1/tenants/{t}"),
-                Some(json!({"cpu": {"guarantee_pct": g}}))
-            )
-            .0,
-            201
-        );
+        d.create(t, json!({"cpu": {"guarantee_pct": g}}));
     }
     // Two busy loops per tenant (the VM has 2 CPUs), started with `tenantd run`.
-    let mut loops = vec![];
+    let _loops: Vec<Owned> = tenants.iter().flat_map(|(t, _)| d.busy(t, 2)).collect();
     for (t, _) in tenants {
-        for _ in 0..2 {
-            let c = d
-                .cli()
-                .args([
-                    "run",
-                    "--tenant",
-                    t,
-                    "--",
-                    "sh",
-                    "-c",
-                    "while :; do :; done",
-                ])
-                .spawn()
-                .unwrap();
-            loops.push(Owned(c));
-        }
-    }
-    for (t, _) in tenants {
-        eventually(30, &format!("two loops in {t}"), || {
-            root.read(&format!("{t}/_procs/cgroup.procs"))
-                .lines()
-                .count()
-                == 2
-        });
+        root.wait_procs(t, 2);
     }
     std::thread::sleep(Duration::from_secs(2));
-    let before: Vec<u64> = tenants.iter().map(|(t, _)| usage_usec(&root, t)).collect();
+    let before: Vec<u64> = tenants.iter().map(|(t, _)| root.usage_usec(t)).collect();
     std::thread::sleep(Duration::from_secs(10));
-    let after: Vec<u64> = tenants.iter().map(|(t, _)| usage_usec(&root, t)).collect();
+    let after: Vec<u64> = tenants.iter().map(|(t, _)| root.usage_usec(t)).collect();
     // The governor is not the victim: with every CPU saturated its API still answers.
     for _ in 0..5 {
         let t0 = Instant::now();
@@ -246,11 +206,8 @@ fn a_process_over_its_memory_limit_is_oom_killed_inside_its_tenant_only() {
     let root = TestRoot::new("oom");
     let d = Daemon::start(&root);
     let lim = json!({"memory": {"limit_bytes": "48MiB", "swap_limit_bytes": 0}});
-    assert_eq!(d.call("PUT", "/v1/tenants/small", Some(lim)).0, 201);
-    assert_eq!(
-        d.call("PUT", "/v1/tenants/bystander", Some(json!({}))).0,
-        201
-    );
+    d.create("small", lim);
+    d.create("bystander", json!({}));
     let bystander = d
         .cli()
         .args(["run", "--tenant", "bystander", "--", "sleep", "600"])
@@ -306,7 +263,7 @@ fn a_process_over_its_memory_limit_is_oom_killed_inside_its_tenant_only() {
 fn attached_and_launched_processes_land_in_the_leaf_and_bad_pids_are_refused() {
     let root = TestRoot::new("place");
     let d = Daemon::start(&root);
-    assert_eq!(d.call("PUT", "/v1/tenants/web", Some(json!({}))).0, 201);
+    d.create("web", json!({}));
     let s = sleeper();
     let (st, body) = d.call(
         "POST",
@@ -378,14 +335,9 @@ fn attached_and_launched_processes_land_in_the_leaf_and_bad_pids_are_refused() {
 fn a_value_changed_by_hand_is_restored_by_reconcile_and_recorded() {
     let root = TestRoot::new("drift");
     let d = Daemon::start(&root);
-    assert_eq!(
-        d.call(
-            "PUT",
-            "/v1/tenants/a",
-            Some(json!({"cpu": {"guarantee_pct": 50}, "pids": {"limit": 10}}))
-        )
-        .0,
-        201
+    d.create(
+        "a",
+        json!({"cpu": {"guarantee_pct": 50}, "pids": {"limit": 10}}),
     );
     std::fs::write(root.path.join("a/cpu.weight"), "42").unwrap();
     std::fs::write(root.path.join("a/pids.max"), "max").unwrap();
@@ -430,11 +382,7 @@ fn delete_refuses_live_processes_then_kill_or_move_leaves_nothing() {
     let root = TestRoot::new("delete");
     let d = Daemon::start(&root);
     for t in ["a", "b", "keep"] {
-        assert_eq!(
-            d.call("PUT", &format!("/v1/tenants/{t}"), Some(json!({})))
-                .0,
-            201
-        );
+        d.create(t, json!({}));
     }
     let mut s1 = sleeper();
     let mut s2 = sleeper();
@@ -472,14 +420,9 @@ fn delete_refuses_live_processes_then_kill_or_move_leaves_nothing() {
 fn a_daemon_crash_and_restart_keeps_every_tenant_and_leaves_processes_untouched() {
     let root = TestRoot::new("restart");
     let mut d = Daemon::start(&root);
-    assert_eq!(
-        d.call(
-            "PUT",
-            "/v1/tenants/a",
-            Some(json!({"cpu": {"limit_pct": 50}, "memory": {"limit_bytes": "64MiB"}}))
-        )
-        .0,
-        201
+    d.create(
+        "a",
+        json!({"cpu": {"limit_pct": 50}, "memory": {"limit_bytes": "64MiB"}}),
     );
     let mut s = sleeper();
     assert_eq!(

@@ -8,27 +8,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn busy(d: &Daemon, tenant: &str, n: usize) -> Vec<Owned> {
-    (0..n)
-        .map(|_| {
-            Owned(
-                d.cli()
-                    .args([
-                        "run",
-                        "--tenant",
-                        tenant,
-                        "--",
-                        "sh",
-                        "-c",
-                        "while :; do :; done",
-                    ])
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn report(d: &Daemon, q: &str) -> Value {
     let (s, r) = d.call("GET", &format!("/v1/reports/sla?{q}"), None);
     assert_eq!(s, 200, "{r}");
@@ -42,15 +21,6 @@ fn tenant<'a>(r: &'a Value, t: &str) -> &'a Value {
         .iter()
         .find(|x| x["tenant"] == t)
         .unwrap_or_else(|| panic!("{t} not in {r}"))
-}
-
-fn wait_procs(root: &TestRoot, t: &str, n: usize) {
-    eventually(30, &format!("{n} processes in {t}"), || {
-        root.read(&format!("{t}/_procs/cgroup.procs"))
-            .lines()
-            .count()
-            == n
-    });
 }
 
 /// A cgroup outside the governor's root that the test owns: competition tenantd cannot see.
@@ -104,19 +74,11 @@ fn fifty_thirty_twenty_all_busy_deliver_their_guarantees_with_no_violation() {
     let d = Daemon::start_with(&root, &["--sla-tolerance-pp", "4"]);
     let ts = [("a", 50.0), ("b", 30.0), ("c", 20.0)];
     for (t, g) in ts {
-        assert_eq!(
-            d.call(
-                "PUT",
-                &format!("/v1/tenants/{t}"),
-                Some(json!({"cpu": {"guarantee_pct": g}}))
-            )
-            .0,
-            201
-        );
+        d.create(t, json!({"cpu": {"guarantee_pct": g}}));
     }
-    let _loops: Vec<Owned> = ts.iter().flat_map(|(t, _)| busy(&d, t, 2)).collect();
+    let _loops: Vec<Owned> = ts.iter().flat_map(|(t, _)| d.busy(t, 2)).collect();
     for (t, _) in ts {
-        wait_procs(&root, t, 2);
+        root.wait_procs(t, 2);
     }
     let t0 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -172,18 +134,10 @@ fn an_idle_tenant_is_not_contended_and_its_share_flows_to_the_busy_one() {
     let root = TestRoot::new("sla-idle");
     let d = Daemon::start(&root);
     for (t, g) in [("idle", 50.0), ("busy", 30.0)] {
-        assert_eq!(
-            d.call(
-                "PUT",
-                &format!("/v1/tenants/{t}"),
-                Some(json!({"cpu": {"guarantee_pct": g}}))
-            )
-            .0,
-            201
-        );
+        d.create(t, json!({"cpu": {"guarantee_pct": g}}));
     }
-    let _loops = busy(&d, "busy", 2);
-    wait_procs(&root, "busy", 2);
+    let _loops = d.busy("busy", 2);
+    root.wait_procs("busy", 2);
     std::thread::sleep(Duration::from_secs(10));
     let r = report(&d, "from=1m");
     let idle = tenant(&r, "idle");
@@ -207,17 +161,9 @@ fn a_hog_outside_the_root_is_a_violation_and_adaptive_enforcement_restores_the_g
     {
         let root = TestRoot::new("sla-hog");
         let d = Daemon::start(&root);
-        assert_eq!(
-            d.call(
-                "PUT",
-                "/v1/tenants/a",
-                Some(json!({"cpu": {"guarantee_pct": 50}}))
-            )
-            .0,
-            201
-        );
-        let _loops = busy(&d, "a", 2);
-        wait_procs(&root, "a", 2);
+        d.create("a", json!({"cpu": {"guarantee_pct": 50}}));
+        let _loops = d.busy("a", 2);
+        root.wait_procs("a", 2);
         let _hog = Outside::hog(&root, 300, 2);
         let t0 = Instant::now();
         eventually(90, "an sla_violation event for a", || {
@@ -237,17 +183,9 @@ fn a_hog_outside_the_root_is_a_violation_and_adaptive_enforcement_restores_the_g
     // With adaptive enforcement: the root's weight rises until the guarantee holds again.
     let root = TestRoot::new("sla-adapt");
     let d = Daemon::start_with(&root, &["--sla-adaptive"]);
-    assert_eq!(
-        d.call(
-            "PUT",
-            "/v1/tenants/a",
-            Some(json!({"cpu": {"guarantee_pct": 50}}))
-        )
-        .0,
-        201
-    );
-    let _loops = busy(&d, "a", 2);
-    wait_procs(&root, "a", 2);
+    d.create("a", json!({"cpu": {"guarantee_pct": 50}}));
+    let _loops = d.busy("a", 2);
+    root.wait_procs("a", 2);
     let _hog = Outside::hog(&root, 300, 2);
     eventually(
         60,
@@ -255,22 +193,10 @@ fn a_hog_outside_the_root_is_a_violation_and_adaptive_enforcement_restores_the_g
         || root.read("cpu.weight").parse::<u32>().unwrap() >= 300,
     );
     std::thread::sleep(Duration::from_secs(3));
-    let u0: u64 = root
-        .read("a/cpu.stat")
-        .lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let u0: u64 = root.usage_usec("a");
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(6));
-    let u1: u64 = root
-        .read("a/cpu.stat")
-        .lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let u1: u64 = root.usage_usec("a");
     let share = (u1 - u0) as f64 / (t0.elapsed().as_micros() as f64 * 2.0) * 100.0;
     eprintln!(
         "with adaptive enforcement: root cpu.weight {}, a delivered {share:.1}% of the host",
@@ -332,17 +258,12 @@ fn a_hard_memory_guarantee_keeps_its_pages_while_a_hog_takes_the_rest() {
         ));
     }
     sh("sync && echo 1 > /proc/sys/vm/drop_caches");
-    assert_eq!(
-        d.call(
-            "PUT",
-            "/v1/tenants/protected",
-            Some(json!({"memory": {"guarantee_bytes": "300MiB", "protection": "hard"}}))
-        )
-        .0,
-        201
+    d.create(
+        "protected",
+        json!({"memory": {"guarantee_bytes": "300MiB", "protection": "hard"}}),
     );
-    assert_eq!(d.call("PUT", "/v1/tenants/plain", Some(json!({}))).0, 201);
-    assert_eq!(d.call("PUT", "/v1/tenants/hog", Some(json!({}))).0, 201);
+    d.create("plain", json!({}));
+    d.create("hog", json!({}));
     // Each reads its own 200 MiB file into the page cache.
     for (t, f) in [("protected", "p"), ("plain", "q")] {
         let out = d
@@ -418,23 +339,11 @@ fn a_hard_memory_guarantee_keeps_its_pages_while_a_hog_takes_the_rest() {
 fn the_report_agrees_with_the_kernels_counters_in_every_format() {
     let root = TestRoot::new("sla-report");
     let d = Daemon::start(&root);
-    assert_eq!(
-        d.call(
-            "PUT",
-            "/v1/tenants/acct",
-            Some(json!({"labels": {"customer": "acme"}, "cpu": {"guarantee_pct": 40}}))
-        )
-        .0,
-        201
+    d.create(
+        "acct",
+        json!({"labels": {"customer": "acme"}, "cpu": {"guarantee_pct": 40}}),
     );
-    let usage = || -> u64 {
-        root.read("acct/cpu.stat")
-            .lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let usage = || -> u64 { root.usage_usec("acct") };
     std::thread::sleep(Duration::from_secs(2));
     let now = || {
         std::time::SystemTime::now()
@@ -443,8 +352,8 @@ fn the_report_agrees_with_the_kernels_counters_in_every_format() {
             .as_millis() as i64
     };
     let (t0, u0) = (now(), usage());
-    let loops = busy(&d, "acct", 1);
-    wait_procs(&root, "acct", 1);
+    let loops = d.busy("acct", 1);
+    root.wait_procs("acct", 1);
     std::thread::sleep(Duration::from_secs(12));
     drop(loops);
     std::thread::sleep(Duration::from_secs(3));

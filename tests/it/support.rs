@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A shell loop that keeps one CPU busy.
+pub const BUSY_LOOP: &str = "while :; do :; done";
+
 pub const NEEDS_V2: &str = "needs a cgroup v2 kernel: run through tests/vm/run.sh (see README)";
 
 /// The cgroup2 mount to test against. Panics loudly when the environment does not provide a
@@ -60,6 +63,26 @@ impl TestRoot {
 
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("tenantd.db")
+    }
+
+    /// cpu.stat `usage_usec` of a tenant directory (relative to the root).
+    pub fn usage_usec(&self, tenant: &str) -> u64 {
+        self.read(&format!("{tenant}/cpu.stat"))
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .expect("cpu.stat has usage_usec")
+            .parse()
+            .expect("usage_usec is a number")
+    }
+
+    /// Waits until `n` processes live in the tenant's leaf.
+    pub fn wait_procs(&self, tenant: &str, n: usize) {
+        eventually(30, &format!("{n} processes in {tenant}"), || {
+            self.read(&format!("{tenant}/_procs/cgroup.procs"))
+                .lines()
+                .count()
+                == n
+        });
     }
 
     pub fn read(&self, rel: &str) -> String {
@@ -207,6 +230,32 @@ impl Daemon {
             status,
             serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    /// Creates a tenant with PUT and asserts 201 Created.
+    pub fn create(&self, name: &str, spec: serde_json::Value) {
+        let (s, body) = self.call("PUT", &format!("/v1/tenants/{name}"), Some(spec));
+        assert_eq!(s, 201, "PUT /v1/tenants/{name}: {body}");
+    }
+
+    /// `tenantd run --tenant TENANT -- ARGS` against this daemon.
+    pub fn run_in(&self, tenant: &str, args: &[&str]) -> Command {
+        let mut c = self.cli();
+        c.args(["run", "--tenant", tenant, "--"]).args(args);
+        c
+    }
+
+    /// `n` busy loops started in the tenant with `tenantd run`.
+    pub fn busy(&self, tenant: &str, n: usize) -> Vec<Owned> {
+        (0..n)
+            .map(|_| {
+                Owned(
+                    self.run_in(tenant, &["sh", "-c", BUSY_LOOP])
+                        .spawn()
+                        .expect("spawn tenantd run"),
+                )
+            })
+            .collect()
     }
 
     pub fn kill9(&mut self) {

@@ -37,24 +37,9 @@ pub(crate) fn scrape(d: &Daemon) -> String {
 fn a_busy_loop_shows_one_core_in_sqlite_in_usage_and_in_metrics() {
     let root = TestRoot::new("usage-cpu");
     let d = Daemon::start(&root);
-    assert_eq!(d.call("PUT", "/v1/tenants/busy", Some(json!({}))).0, 201);
-    let _loop = Owned(
-        d.cli()
-            .args([
-                "run",
-                "--tenant",
-                "busy",
-                "--",
-                "sh",
-                "-c",
-                "while :; do :; done",
-            ])
-            .spawn()
-            .unwrap(),
-    );
-    eventually(30, "the loop placed", || {
-        root.read("busy/_procs/cgroup.procs").lines().count() == 1
-    });
+    d.create("busy", json!({}));
+    let _loop = d.busy("busy", 1);
+    root.wait_procs("busy", 1);
     std::thread::sleep(Duration::from_secs(3));
 
     let key = "tenantd_tenant_cpu_usage_seconds_total{tenant=\"busy\"}";
@@ -121,7 +106,7 @@ fn an_oom_kill_becomes_an_event_and_a_counter() {
     let root = TestRoot::new("usage-oom");
     let d = Daemon::start(&root);
     let lim = json!({"memory": {"limit_bytes": "48MiB", "swap_limit_bytes": 0}});
-    assert_eq!(d.call("PUT", "/v1/tenants/small", Some(lim)).0, 201);
+    d.create("small", lim);
     std::thread::sleep(Duration::from_secs(2)); // a first sample, so the kill is a delta
     let out = d
         .cli()
