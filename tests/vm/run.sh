@@ -7,7 +7,8 @@
 # chroots into this host's / shared READ-ONLY over virtio-9p, and runs CMD there in the
 # caller's working directory (so host-built binaries run unchanged). Inside the guest:
 #   /sys/fs/cgroup   cgroup2 (nsdelegate), root subtree_control = cpuset cpu io memory pids
-#   /tmp, /run, /dev/shm   guest tmpfs (the host's are NOT visible; don't run from /tmp)
+#   /tmp, /run, /dev/shm   guest tmpfs (the host's are not visible, except the caller's
+#                    working directory when it lies under /tmp: that is bind-mounted back)
 #   /dev/vda         fresh sparse virtio-blk disk (per boot), maj:min in $TENANTD_TEST_BLOCKDEV
 #   /run/tenantd-vm  per-run scratch share (writable, deleted after the run; kernel-pkg in it)
 #   HOME=/root (read-only), PATH includes /root/.cargo/bin; cgroup of CMD = the root cgroup
@@ -110,6 +111,14 @@ if [ -n "${TENANTD_VM_RW_DIR:-}" ]; then
     QARGS+=(-virtfs "local,path=$TENANTD_VM_RW_DIR,mount_tag=tenantdrw,security_model=none,multidevs=remap")
     APPEND="$APPEND tenantd.rw=$TENANTD_VM_RW_DIR"
 fi
+
+# The guest mounts its own tmpfs on /tmp; a checkout there (CI may clone into /tmp) is
+# bind-mounted back from the host's read-only root, so the caller's directory stays visible.
+case "$PWD" in
+    /tmp/*)
+        case "$PWD" in *[[:space:],]*) say "the working directory must not contain spaces or commas: $PWD"; exit 2 ;; esac
+        APPEND="$APPEND tenantd.cwd=$PWD" ;;
+esac
 
 say "booting $(cat "$CACHE/kernel-release") (cpus=$CPUS mem=$MEM timeout=${TIMEOUT}s): $*"
 START=$(date +%s.%N)
