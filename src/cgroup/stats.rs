@@ -401,6 +401,9 @@ pub struct StatsReader {
     dir: PathBuf,
     ino: u64,
     files: Vec<Handle>,
+    /// The directory itself, held with the files: `fstat` on it tells a removed directory
+    /// (no links left) without walking the path again.
+    held_dir: Option<File>,
 }
 
 impl StatsReader {
@@ -423,6 +426,20 @@ impl StatsReader {
                 });
             }
         };
+        let mut held_dir = None;
+        if hold {
+            match File::open(dir) {
+                Ok(d) => held_dir = Some(d),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {}
+                Err(e) if is_gone(&e) => return Ok(None),
+                Err(source) => {
+                    return Err(CgroupError::Read {
+                        path: dir.into(),
+                        source,
+                    });
+                }
+            }
+        }
         let mut files = Vec::with_capacity(FILES.len());
         for name in FILES {
             if !hold {
@@ -456,6 +473,7 @@ impl StatsReader {
             dir: dir.into(),
             ino,
             files,
+            held_dir,
         }))
     }
 
@@ -507,13 +525,19 @@ impl StatsReader {
         }
         // Files held open on an ordinary filesystem stay readable after their directory is
         // removed, and a cgroup may be recreated under the same name between two reads: the
-        // directory must still be the one the files were opened in (one stat per sample).
-        match std::fs::metadata(&self.dir) {
-            Ok(m) if m.ino() == self.ino => Ok(Some(Sample {
+        // directory must still be the one the files were opened in. Held, a removed directory
+        // has no links left (cgroupfs answers ENODEV on its held files instead), and one
+        // `fstat` tells; otherwise the path is looked up again and its inode compared.
+        let same = match &self.held_dir {
+            Some(d) => d.metadata().map(|m| m.nlink() > 0),
+            None => std::fs::metadata(&self.dir).map(|m| m.ino() == self.ino),
+        };
+        match same {
+            Ok(true) => Ok(Some(Sample {
                 ino: self.ino,
                 stats,
             })),
-            Ok(_) => Ok(None),
+            Ok(false) => Ok(None),
             Err(e) if is_gone(&e) => Ok(None),
             Err(source) => Err(CgroupError::Read {
                 path: self.dir.clone(),
@@ -578,7 +602,8 @@ pub fn held_tenants_budget() -> usize {
                 })
         })
         .unwrap_or(1024);
-    soft.saturating_sub(RESERVE) / FILES.len()
+    // The stat files and the directory itself.
+    soft.saturating_sub(RESERVE) / (FILES.len() + 1)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::cgroup::{CgroupPath, SampleSource};
 use crate::domain::tenant::{self, TenantName, TenantSpec};
 use crate::domain::usage::{self, Rates};
 use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
-use crate::store::{NewEvent, Retention, UsageRow};
+use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute, UsageRow};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,9 +89,48 @@ pub struct Sampler {
     last_prune: Option<Instant>,
     /// The minute (Unix ms / 60000) of the last rollup.
     last_rollup_minute: i64,
+    /// The current minute rolled up as it is sampled.
+    minute: Option<Minute>,
     /// The specs and directories of the last sweep, and the fingerprint they were read at.
     tenants: Option<(Fingerprint, Arc<Targets>)>,
     sla: SlaEngine,
+}
+
+/// One minute of usage and SLA verdicts, rolled up in memory as the sweeps write them.
+struct Minute {
+    /// Unix ms / 60000.
+    index: i64,
+    /// Whether this process wrote every sample of the minute (it was sampling before the
+    /// minute began). A minute it saw only part of is folded from the raw rows instead.
+    whole: bool,
+    usage: HashMap<String, MinuteRollup>,
+    sla: HashMap<String, SlaMinute>,
+}
+
+impl Minute {
+    fn add(&mut self, rows: &[UsageRow], verdicts: &[crate::store::SlaRow<'_>]) {
+        let bucket = self.index * 60_000;
+        for r in rows {
+            match self.usage.get_mut(&r.tenant) {
+                Some(m) => m.add(r),
+                None => {
+                    let mut m = MinuteRollup::new(&r.tenant, bucket);
+                    m.add(r);
+                    self.usage.insert(r.tenant.clone(), m);
+                }
+            }
+        }
+        for v in verdicts {
+            match self.sla.get_mut(v.tenant) {
+                Some(m) => m.add(v),
+                None => {
+                    let mut m = SlaMinute::new(v.tenant, bucket);
+                    m.add(v);
+                    self.sla.insert(v.tenant.to_string(), m);
+                }
+            }
+        }
+    }
 }
 
 /// See `Store::tenants_fingerprint`.
@@ -200,6 +239,7 @@ impl Sampler {
             last: HashMap::new(),
             last_prune: None,
             last_rollup_minute: i64::MIN,
+            minute: None,
             tenants: None,
             sla: SlaEngine::new(cfg.sla),
         }
@@ -248,6 +288,12 @@ impl Sampler {
 
     /// One sweep: read, compute, store, publish.
     pub async fn sweep(&mut self) -> Result<SweepReport> {
+        self.sweep_at(now_ms()).await
+    }
+
+    /// `sweep` with the sample time given: the benchmark runs minutes of sweeps (and their
+    /// once-a-minute rollups) in seconds.
+    pub async fn sweep_at(&mut self, ts_ms: i64) -> Result<SweepReport> {
         if !self.sla.knows_io() {
             match self.gov.host().await {
                 Ok(h) => self
@@ -268,7 +314,6 @@ impl Sampler {
         let targets = tt.dirs.clone();
         let specs = &tt.specs;
         let mut readers = self.readers.take().unwrap_or_default();
-        let ts_ms = now_ms();
         let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
             let results = read_all(&mut readers, &targets);
@@ -376,14 +421,36 @@ impl Sampler {
 
         let store = self.gov.store();
         let started = Instant::now();
-        store.add_usage(&rows).await?;
-        store.add_sla(&sla_rows).await?;
-        store.add_events(&events).await?;
+        store.add_sweep(&rows, &sla_rows, &events).await?;
+        // The minute rolled up in memory; a closed one is written as one row per tenant.
+        let index = ts_ms.div_euclid(60_000);
+        let closed = match &self.minute {
+            Some(m) if m.index == index => None,
+            _ => self.minute.replace(Minute {
+                index,
+                whole: self.minute.is_some(),
+                usage: HashMap::with_capacity(rows.len()),
+                sla: HashMap::with_capacity(sla_rows.len()),
+            }),
+        };
+        if let Some(m) = &mut self.minute {
+            m.add(&rows, &sla_rows);
+        }
+        if let Some(c) = closed.filter(|c| c.whole) {
+            // Whatever is older and not rolled up yet is folded from raw first: a rollup marks
+            // everything before it as done.
+            store.roll_up(c.index * 60_000).await?;
+            let usage: Vec<MinuteRollup> = c.usage.into_values().collect();
+            let sla: Vec<SlaMinute> = c.sla.into_values().collect();
+            store.add_minute_rollups(&usage, &sla).await?;
+        }
         self.metrics
             .db_write_seconds
             .observe(started.elapsed().as_secs_f64());
-        if ts_ms / 60_000 != self.last_rollup_minute {
-            self.last_rollup_minute = ts_ms / 60_000;
+        // Folds from raw what was not rolled up in memory (the minute the daemon started in,
+        // minutes before it), and closed hours from minutes.
+        if index != self.last_rollup_minute {
+            self.last_rollup_minute = index;
             store.roll_up(ts_ms).await?;
         }
         report.rows = rows.len();

@@ -4,8 +4,8 @@
 mod samples;
 mod sla;
 
-pub use samples::{Level, Retention, Usage, UsagePoint, UsageRow};
-pub use sla::{SlaBucket, SlaRow, SlaSeries};
+pub use samples::{Level, MinuteRollup, Retention, Usage, UsagePoint, UsageRow};
+pub use sla::{SlaBucket, SlaMinute, SlaRow, SlaSeries};
 
 use crate::domain::{TenantName, TenantSpec};
 use serde::Serialize;
@@ -45,6 +45,37 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { op, source }
+}
+
+/// `{head} VALUES (?, ...), ...` for `rows` rows of `cols` values: the text of a multi-row
+/// INSERT whose values are bound with `bind`, which (unlike QueryBuilder's `push_bind`) does
+/// no formatting per value. The sweep writes some 40,000 values a second this way.
+fn values_sql(head: &str, cols: usize, rows: usize) -> String {
+    let mut one = String::with_capacity(cols * 3 + 2);
+    one.push('(');
+    for i in 0..cols {
+        one.push_str(if i == 0 { "?" } else { ", ?" });
+    }
+    one.push(')');
+    let mut sql = String::with_capacity(head.len() + 8 + rows * (one.len() + 2));
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&one);
+    }
+    sql
+}
+
+/// Adds one value to a statement's arguments.
+fn bind<'t, T: sqlx::Encode<'t, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
+    args: &mut sqlx::sqlite::SqliteArguments,
+    v: T,
+    op: &'static str,
+) -> Result<()> {
+    sqlx::Arguments::add(args, v).map_err(|e| q(op)(sqlx::Error::Encode(e)))
 }
 
 /// A tenant as stored: its spec and bookkeeping.

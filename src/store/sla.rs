@@ -1,10 +1,11 @@
 //! SQL of the SLA accounting: per-interval verdicts, minute and hour rollups, retention, and
 //! the series and totals an SLA report is made of.
 
-use super::samples::{Level, Retention};
-use super::{Result, Store, q};
+use super::samples::{Level, Retention, unfolded};
+use super::{Result, Store, bind, q, values_sql};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::SqliteConnection;
+use sqlx::sqlite::SqliteArguments;
 
 /// One tenant's verdict for one interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -16,6 +17,90 @@ pub struct SlaRow<'a> {
     pub delivered_ratio: f64,
     pub contended: bool,
     pub violating: bool,
+}
+
+/// One tenant's minute of verdicts rolled up as they arrive (see `MinuteRollup`); agrees with
+/// the SQL fold in `fold_sla`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlaMinute {
+    pub tenant: String,
+    pub bucket_ms: i64,
+    covered_ms: i64,
+    contended_ms: i64,
+    violation_ms: i64,
+    /// delivered ratio x ms, over all time and over contended time
+    delivered_sum: f64,
+    delivered_contended_sum: f64,
+    delivered_contended_min: Option<f64>,
+    guarantee_ratio: Option<f64>,
+}
+
+impl SlaMinute {
+    pub fn new(tenant: &str, bucket_ms: i64) -> Self {
+        SlaMinute {
+            tenant: tenant.to_string(),
+            bucket_ms,
+            covered_ms: 0,
+            contended_ms: 0,
+            violation_ms: 0,
+            delivered_sum: 0.0,
+            delivered_contended_sum: 0.0,
+            delivered_contended_min: None,
+            guarantee_ratio: None,
+        }
+    }
+
+    pub fn add(&mut self, r: &SlaRow<'_>) {
+        let ms = r.interval_ms;
+        self.covered_ms += ms;
+        self.delivered_sum += r.delivered_ratio * ms as f64;
+        if r.contended {
+            self.contended_ms += ms;
+            self.delivered_contended_sum += r.delivered_ratio * ms as f64;
+            self.delivered_contended_min = Some(
+                self.delivered_contended_min
+                    .map_or(r.delivered_ratio, |m| m.min(r.delivered_ratio)),
+            );
+        }
+        if r.violating {
+            self.violation_ms += ms;
+        }
+        if let Some(g) = r.guarantee_ratio {
+            self.guarantee_ratio = Some(self.guarantee_ratio.map_or(g, |m| m.max(g)));
+        }
+    }
+}
+
+/// Writes minutes rolled up in memory; a minute already rolled up is left as it is.
+pub(super) async fn insert_sla_minutes(
+    tx: &mut SqliteConnection,
+    rows: &[SlaMinute],
+) -> Result<()> {
+    const OP: &str = "write sla minute rollups";
+    const HEAD: &str =
+        "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
+         delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio)";
+    for chunk in rows.chunks(SLA_CHUNK) {
+        let mut a = SqliteArguments::default();
+        for m in chunk {
+            bind(&mut a, 60_i64, OP)?;
+            bind(&mut a, m.tenant.as_str(), OP)?;
+            bind(&mut a, m.bucket_ms, OP)?;
+            bind(&mut a, m.covered_ms as f64 / 1000.0, OP)?;
+            bind(&mut a, m.contended_ms as f64 / 1000.0, OP)?;
+            bind(&mut a, m.violation_ms as f64 / 1000.0, OP)?;
+            bind(&mut a, m.delivered_sum / 1000.0, OP)?;
+            bind(&mut a, m.delivered_contended_sum / 1000.0, OP)?;
+            bind(&mut a, m.delivered_contended_min, OP)?;
+            bind(&mut a, m.guarantee_ratio, OP)?;
+        }
+        let sql = values_sql(HEAD, 10, chunk.len()) + " ON CONFLICT DO NOTHING";
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), a)
+            .execute(&mut *tx)
+            .await
+            .map_err(q(OP))?;
+    }
+    Ok(())
 }
 
 /// (bucket, covered s, contended s, violation s, delivered x s, delivered x contended s, guarantee)
@@ -48,75 +133,76 @@ pub struct SlaSeries {
 /// Verdicts per statement: 10 parameters each, within SQLite's 32,766.
 const SLA_CHUNK: usize = 1000;
 
+/// The verdicts of one sweep, in multi-row INSERTs of `SLA_CHUNK`.
+pub(super) async fn insert_sla(tx: &mut SqliteConnection, rows: &[SlaRow<'_>]) -> Result<()> {
+    const OP: &str = "record sla verdicts";
+    const HEAD: &str = "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating)";
+    for chunk in rows.chunks(SLA_CHUNK) {
+        let mut a = SqliteArguments::default();
+        sqlx::Arguments::reserve(&mut a, chunk.len() * 7, 0);
+        for r in chunk {
+            bind(&mut a, r.tenant, OP)?;
+            bind(&mut a, r.ts_ms, OP)?;
+            bind(&mut a, r.interval_ms, OP)?;
+            bind(&mut a, r.guarantee_ratio, OP)?;
+            bind(&mut a, r.delivered_ratio, OP)?;
+            bind(&mut a, r.contended, OP)?;
+            bind(&mut a, r.violating, OP)?;
+        }
+        sqlx::query_with(sqlx::AssertSqlSafe(values_sql(HEAD, 7, chunk.len())), a)
+            .execute(&mut *tx)
+            .await
+            .map_err(q(OP))?;
+    }
+    Ok(())
+}
+
+/// Folds the closed minutes of `sla_raw` into minute rollups, and the closed hours of those
+/// into hour rollups; like the usage rollups, a bucket appears once `now_ms` is past its end.
+pub(super) async fn fold_sla(tx: &mut SqliteConnection, now_ms: i64) -> Result<()> {
+    const MINUTE: &str =
+        "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
+             delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio)
+         SELECT 60, tenant, (ts_ms / 60000) * 60000 AS b, sum(interval_ms) / 1000.0,
+             sum(contended * interval_ms) / 1000.0, sum(violating * interval_ms) / 1000.0,
+             sum(delivered_ratio * interval_ms) / 1000.0,
+             sum(delivered_ratio * contended * interval_ms) / 1000.0,
+             min(CASE WHEN contended THEN delivered_ratio END), max(guarantee_ratio)
+         FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY tenant, b ON CONFLICT DO NOTHING";
+    const HOUR: &str = "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
+             delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio)
+         SELECT 3600, tenant, (bucket_ms / 3600000) * 3600000 AS b, sum(covered_s), sum(contended_s),
+             sum(violation_s), sum(delivered_sum), sum(delivered_contended_sum),
+             min(delivered_contended_min), max(guarantee_ratio)
+         FROM sla_rollup WHERE step_s = 60 AND bucket_ms >= ?1 AND bucket_ms < ?2
+         GROUP BY tenant, b ON CONFLICT DO NOTHING";
+    for (step, first_sql, fold_sql) in [
+        (60_i64, "SELECT min(ts_ms) FROM sla_raw", MINUTE),
+        (
+            3600,
+            "SELECT min(bucket_ms) FROM sla_rollup WHERE step_s = 60",
+            HOUR,
+        ),
+    ] {
+        let done = "SELECT max(bucket_ms) FROM sla_rollup WHERE step_s = ?1";
+        let Some((start, closed)) = unfolded(tx, step, done, first_sql, now_ms).await? else {
+            continue;
+        };
+        sqlx::query(fold_sql)
+            .bind(start)
+            .bind(closed)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("roll up sla verdicts"))?;
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Records verdicts and folds them into the minute and hour rollups, in one transaction.
+    /// Records verdicts in one transaction; see `Store::add_sweep`. The rollups are folded
+    /// from them by `Store::roll_up`.
     pub async fn add_sla(&self, rows: &[SlaRow<'_>]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        // Multi-row statements: one round trip to SQLite per chunk and level instead of three
-        // per tenant. The statement text only depends on the chunk length, so it stays in
-        // the connection's statement cache from tick to tick.
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        for chunk in rows.chunks(SLA_CHUNK) {
-            let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating) ",
-            );
-            b.push_values(chunk, |mut v, r| {
-                v.push_bind(r.tenant)
-                    .push_bind(r.ts_ms)
-                    .push_bind(r.interval_ms)
-                    .push_bind(r.guarantee_ratio)
-                    .push_bind(r.delivered_ratio)
-                    .push_bind(r.contended)
-                    .push_bind(r.violating);
-            });
-            b.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(q("record sla verdicts"))?;
-            for step in [60_i64, 3600] {
-                let ms = step * 1000;
-                let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(
-                    "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
-                         delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio) ",
-                );
-                b.push_values(chunk, |mut b, r| {
-                    let s = r.interval_ms as f64 / 1000.0;
-                    let c = if r.contended { s } else { 0.0 };
-                    let v = if r.violating { s } else { 0.0 };
-                    let cmin = r.contended.then_some(r.delivered_ratio);
-                    b.push_bind(step)
-                        .push_bind(r.tenant)
-                        .push_bind(r.ts_ms.div_euclid(ms) * ms)
-                        .push_bind(s)
-                        .push_bind(c)
-                        .push_bind(v)
-                        .push_bind(r.delivered_ratio * s)
-                        .push_bind(r.delivered_ratio * c)
-                        .push_bind(cmin)
-                        .push_bind(r.guarantee_ratio);
-                });
-                b.push(
-                    " ON CONFLICT (step_s, tenant, bucket_ms) DO UPDATE SET
-                         covered_s = covered_s + excluded.covered_s,
-                         contended_s = contended_s + excluded.contended_s,
-                         violation_s = violation_s + excluded.violation_s,
-                         delivered_sum = delivered_sum + excluded.delivered_sum,
-                         delivered_contended_sum = delivered_contended_sum + excluded.delivered_contended_sum,
-                         delivered_contended_min = CASE
-                             WHEN delivered_contended_min IS NULL THEN excluded.delivered_contended_min
-                             WHEN excluded.delivered_contended_min IS NULL THEN delivered_contended_min
-                             ELSE min(delivered_contended_min, excluded.delivered_contended_min) END,
-                         guarantee_ratio = excluded.guarantee_ratio",
-                );
-                b.build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("roll up sla verdicts"))?;
-            }
-        }
-        tx.commit().await.map_err(q("commit"))
+        self.add_sweep(&[], rows, &[]).await
     }
 
     /// Deletes SLA rows older than each level keeps.
@@ -155,12 +241,15 @@ impl Store {
         let step_s = ((want_step + level.step_s() - 1) / level.step_s()) * level.step_s();
         let ms = step_s * 1000;
         let (sql, shares_sql) = match level {
+            // Raw rows are keyed (ts_ms, tenant): one lookup per sweep time in the range.
             Level::Raw => (
-                "SELECT (ts_ms / ?4) * ?4 AS b, sum(interval_ms) / 1000.0, sum(contended * interval_ms) / 1000.0,
+                "SELECT (t.ts_ms / ?4) * ?4 AS b, sum(interval_ms) / 1000.0, sum(contended * interval_ms) / 1000.0,
                         sum(violating * interval_ms) / 1000.0, sum(delivered_ratio * interval_ms) / 1000.0,
                         sum(delivered_ratio * contended * interval_ms) / 1000.0, max(guarantee_ratio)
-                 FROM sla_raw WHERE tenant = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 GROUP BY b ORDER BY b",
-                "SELECT delivered_ratio FROM sla_raw WHERE tenant = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND contended = 1",
+                 FROM sample_ticks t CROSS JOIN sla_raw r ON r.ts_ms = t.ts_ms
+                 WHERE r.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 GROUP BY b ORDER BY b",
+                "SELECT delivered_ratio FROM sample_ticks t CROSS JOIN sla_raw r ON r.ts_ms = t.ts_ms
+                 WHERE r.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 AND contended = 1",
             ),
             _ => (
                 "SELECT (bucket_ms / ?4) * ?4 AS b, sum(covered_s), sum(contended_s), sum(violation_s),
@@ -218,7 +307,8 @@ mod tests {
     use super::*;
 
     /// Verdicts are written in multi-row statements of `SLA_CHUNK`: more tenants than one
-    /// chunk, two ticks in the same minute, folded into the minute and hour rollups.
+    /// chunk, two ticks in the same minute, folded into the minute and hour rollups once
+    /// the hour is closed (and not before).
     #[tokio::test]
     async fn verdicts_of_many_tenants_fold_into_both_rollups() {
         let dir = tempfile::tempdir().unwrap();
@@ -245,6 +335,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(raw, 2 * names.len() as i64);
+        let rollups = || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sla_rollup")
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        };
+        store.roll_up(3_661_500).await.unwrap();
+        assert_eq!(rollups().await, 0, "the minute is still open");
+        store.roll_up(3_720_000).await.unwrap();
+        assert_eq!(rollups().await, names.len() as i64, "the minute closed");
+        store.roll_up(7_200_000).await.unwrap();
+        store.roll_up(7_200_000).await.unwrap();
         type R = (i64, f64, f64, f64, f64, Option<f64>);
         for step in [60, 3600] {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sla_rollup WHERE step_s = ?1")
