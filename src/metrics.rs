@@ -390,7 +390,8 @@ fn def(name: &str) -> &'static MetricDef {
 #[derive(Debug, Clone, Default)]
 pub struct TenantSnapshot {
     pub stats: CgroupStats,
-    pub spec: TenantSpec,
+    /// Shared with the sampler's list of tenants.
+    pub spec: std::sync::Arc<TenantSpec>,
     /// The SLA since the daemon started; `None` before the first interval.
     pub sla: Option<crate::engine::sla::SlaTotals>,
 }
@@ -890,7 +891,7 @@ mod tests {
                 format!("t{i}"),
                 TenantSnapshot {
                     stats,
-                    spec,
+                    spec: spec.into(),
                     sla: None,
                 },
             );
@@ -981,7 +982,7 @@ mod tests {
                 io_contended_s: 0.5 * i as f64,
                 ..Default::default()
             });
-            t.spec.memory.guarantee_bytes = Some(Bytes(3 << 20));
+            std::sync::Arc::make_mut(&mut t.spec).memory.guarantee_bytes = Some(Bytes(3 << 20));
         }
         let odd = s.tenants["t1"].clone();
         s.tenants.insert("we\\ird\"name\n".into(), odd);

@@ -137,7 +137,8 @@ impl Minute {
 type Fingerprint = (i64, i64, i64, i64);
 
 struct Targets {
-    specs: BTreeMap<TenantName, TenantSpec>,
+    /// By name as the sampler meets them, shared with each snapshot (no copy per sweep).
+    specs: HashMap<String, Arc<TenantSpec>>,
     dirs: Vec<(String, SampleSource)>,
 }
 
@@ -281,6 +282,10 @@ impl Sampler {
                 (n.to_string(), self.gov.backend().sample_source(&dir))
             })
             .collect();
+        let specs = specs
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), Arc::new(s)))
+            .collect();
         let t = Arc::new(Targets { specs, dirs });
         self.tenants = Some((fp, t.clone()));
         Ok(t)
@@ -355,10 +360,7 @@ impl Sampler {
             if let Some(r) = &rates {
                 events.extend(limit_events(&name, ts_ms, &sample, r));
             }
-            let spec = TenantName::parse(&name)
-                .ok()
-                .and_then(|n| specs.get(&n).cloned())
-                .unwrap_or_default();
+            let spec = specs.get(&name).cloned().unwrap_or_default();
             if let Some(r) = rates {
                 judged.push((name.clone(), r));
             }
