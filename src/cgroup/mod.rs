@@ -359,6 +359,54 @@ pub fn choose(choice: CgroupVersion, host: &HostMounts, mount: &Path) -> Result<
     }
 }
 
+/// Reads a cgroup (or proc) file whole; the error names the file.
+pub(crate) fn read_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a value into a cgroup file; the error names the file and the value.
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// Reads and parses a file; the error names it.
+pub(crate) fn parsed<T>(
+    path: &Path,
+    f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
+) -> Result<T> {
+    let s = read_file(path)?;
+    f(&s).map_err(|source| CgroupError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads and parses a file that exists only with its controller (enabled, or mounted on v1)
+/// or kernel feature: `None` when absent.
+pub(crate) fn optional<T>(
+    path: &Path,
+    f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
+) -> Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => f(&s).map(Some).map_err(|source| CgroupError::Parse {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CgroupError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Creates one cgroup directory; false when it already existed.
 pub(crate) fn mkdir(path: &Path) -> Result<bool> {
     match std::fs::create_dir(path) {

@@ -25,7 +25,7 @@ use super::parse;
 use super::v1_parse::{self, CgroupMount, ProcCgroup};
 use super::{
     Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF,
-    NotApplied, Result,
+    NotApplied, Result, optional, read_file, write_file,
 };
 use crate::domain::plan::{IoMax, Limit, Settings};
 use crate::domain::tenant::DevId;
@@ -90,12 +90,9 @@ impl V1Hierarchies {
 
     /// Reads `<proc>/self/mountinfo` and `<proc>/self/cgroup`.
     pub fn detect(proc_root: &Path) -> Result<Self> {
-        let read = |p: PathBuf| {
-            fs::read_to_string(&p).map_err(|source| CgroupError::Read { path: p, source })
-        };
         let mi_path = proc_root.join("self/mountinfo");
-        let mi = read(mi_path.clone())?;
-        let cg = read(proc_root.join("self/cgroup"))?;
+        let mi = read_file(&mi_path)?;
+        let cg = read_file(&proc_root.join("self/cgroup"))?;
         V1Hierarchies::from_proc(&mi, &cg).map_err(|source| CgroupError::Parse {
             path: mi_path,
             source,
@@ -267,32 +264,6 @@ impl V1 {
         CONTROLLERS.iter().find_map(|c| self.roots.get(c))
     }
 
-    fn write_file(path: &Path, value: &str) -> Result<()> {
-        fs::write(path, value).map_err(|source| CgroupError::Write {
-            path: path.to_path_buf(),
-            value: value.to_string(),
-            source,
-        })
-    }
-
-    /// Reads and parses a file that may be absent (controller not mounted, feature not built).
-    fn optional<T>(
-        path: &Path,
-        f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
-    ) -> Result<Option<T>> {
-        match fs::read_to_string(path) {
-            Ok(s) => f(&s).map(Some).map_err(|source| CgroupError::Parse {
-                path: path.to_path_buf(),
-                source,
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(CgroupError::Read {
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
-    }
-
     fn file_in(&self, controller: &str, dir: &CgroupPath, file: &str) -> Option<PathBuf> {
         self.roots.get(controller).map(|r| dir.under(r).join(file))
     }
@@ -305,7 +276,7 @@ impl V1 {
         f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
     ) -> Result<Option<T>> {
         match self.file_in(controller, dir, file) {
-            Some(p) => V1::optional(&p, f),
+            Some(p) => optional(&p, f),
             None => Ok(None),
         }
     }
@@ -335,7 +306,7 @@ impl V1 {
     /// Every PID in `dir` and below, in every hierarchy.
     fn subtree_pids(&self, dir: &CgroupPath) -> Result<BTreeSet<u32>> {
         fn walk(p: &Path, out: &mut BTreeSet<u32>) -> Result<()> {
-            match V1::optional(&p.join("cgroup.procs"), parse::pids)? {
+            match optional(&p.join("cgroup.procs"), parse::pids)? {
                 Some(v) => out.extend(v),
                 None => return Ok(()),
             }
@@ -484,7 +455,7 @@ impl Backend for V1 {
                     format!("the {controller} v1 hierarchy is not mounted (see GET /v1/host)"),
                 ));
             };
-            V1::write_file(&p, &now)?;
+            write_file(&p, &now)?;
             changes.push(Change {
                 file: file.to_string(),
                 was,
@@ -542,7 +513,7 @@ impl Backend for V1 {
             .file_in("memory", dir, "memory.memsw.limit_in_bytes")
             .filter(|p| p.exists());
         let memsw_now = match &memsw_file {
-            Some(p) => V1::optional(p, v1_parse::memory_limit)?,
+            Some(p) => optional(p, v1_parse::memory_limit)?,
             None => None,
         };
         let memsw_new = match (memsw_now, self.memsw_for(want)) {
@@ -674,7 +645,7 @@ impl Backend for V1 {
         };
         let io_weight = match self.io_weight_file(dir) {
             Some((p, bfq)) => {
-                let w = V1::optional(&p, parse::weight)?.unwrap_or(d.io_weight);
+                let w = optional(&p, parse::weight)?.unwrap_or(d.io_weight);
                 if bfq { w } else { w / 5 }
             }
             None => d.io_weight,
@@ -762,7 +733,7 @@ impl Backend for V1 {
         let mut out = BTreeSet::new();
         for r in self.roots.distinct() {
             out.extend(
-                V1::optional(&dir.under(r).join("cgroup.procs"), parse::pids)?.unwrap_or_default(),
+                optional(&dir.under(r).join("cgroup.procs"), parse::pids)?.unwrap_or_default(),
             );
         }
         Ok(out.into_iter().collect())
@@ -774,7 +745,7 @@ impl Backend for V1 {
 
     fn attach(&self, dir: &CgroupPath, pid: u32) -> Result<()> {
         for r in self.roots.distinct() {
-            V1::write_file(&dir.under(r).join("cgroup.procs"), &pid.to_string())?;
+            write_file(&dir.under(r).join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 use super::parse;
 use super::{
     Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF, Result,
+    optional, parsed, read_file, write_file,
 };
 use crate::domain::plan::{IoMax, Limit, Settings};
 use std::fs;
@@ -42,62 +43,16 @@ impl V2 {
         &self.root
     }
 
-    fn read_file(&self, path: &Path) -> Result<String> {
-        fs::read_to_string(path).map_err(|source| CgroupError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
-    fn write_file(&self, path: &Path, value: &str) -> Result<()> {
-        fs::write(path, value).map_err(|source| CgroupError::Write {
-            path: path.to_path_buf(),
-            value: value.to_string(),
-            source,
-        })
-    }
-
-    fn parsed<T>(
-        &self,
-        path: &Path,
-        f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
-    ) -> Result<T> {
-        let s = self.read_file(path)?;
-        f(&s).map_err(|source| CgroupError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
-    /// Reads a file that exists only when its controller is enabled; `None` when absent.
-    fn optional<T>(
-        &self,
-        path: &Path,
-        f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
-    ) -> Result<Option<T>> {
-        match fs::read_to_string(path) {
-            Ok(s) => f(&s).map(Some).map_err(|source| CgroupError::Parse {
-                path: path.to_path_buf(),
-                source,
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(CgroupError::Read {
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
-    }
-
     fn enable_controllers(&self, dir: &Path) -> Result<()> {
-        let available = parse::controllers(&self.read_file(&dir.join("cgroup.controllers"))?);
-        let enabled = parse::controllers(&self.read_file(&dir.join("cgroup.subtree_control"))?);
+        let available = parse::controllers(&read_file(&dir.join("cgroup.controllers"))?);
+        let enabled = parse::controllers(&read_file(&dir.join("cgroup.subtree_control"))?);
         let missing: Vec<String> = WANTED
             .iter()
             .filter(|c| available.iter().any(|a| a == *c) && !enabled.iter().any(|e| e == *c))
             .map(|c| format!("+{c}"))
             .collect();
         if !missing.is_empty() {
-            self.write_file(&dir.join("cgroup.subtree_control"), &missing.join(" "))?;
+            write_file(&dir.join("cgroup.subtree_control"), &missing.join(" "))?;
         }
         Ok(())
     }
@@ -218,7 +173,7 @@ impl Backend for V2 {
                     why: "its controller is not enabled for this cgroup (see GET /v1/host)".into(),
                 });
             }
-            self.write_file(&p, &now)?;
+            write_file(&p, &now)?;
             changes.push(Change {
                 file: file.to_string(),
                 was,
@@ -327,35 +282,21 @@ impl Backend for V2 {
             });
         }
         let d = Settings::default();
-        let (q, period) = self
-            .optional(&p.join("cpu.max"), parse::cpu_max)?
+        let (q, period) = optional(&p.join("cpu.max"), parse::cpu_max)?
             .unwrap_or((d.cpu_max_quota_us, d.cpu_max_period_us));
         Ok(Settings {
-            cpu_weight: self
-                .optional(&p.join("cpu.weight"), parse::weight)?
-                .unwrap_or(d.cpu_weight),
+            cpu_weight: optional(&p.join("cpu.weight"), parse::weight)?.unwrap_or(d.cpu_weight),
             cpu_max_quota_us: q,
             cpu_max_period_us: period,
-            memory_min_bytes: self
-                .optional(&p.join("memory.min"), parse::single_u64)?
-                .unwrap_or(0),
-            memory_low_bytes: self
-                .optional(&p.join("memory.low"), parse::single_u64)?
-                .unwrap_or(0),
-            memory_high_bytes: self
-                .optional(&p.join("memory.high"), parse::limit)?
+            memory_min_bytes: optional(&p.join("memory.min"), parse::single_u64)?.unwrap_or(0),
+            memory_low_bytes: optional(&p.join("memory.low"), parse::single_u64)?.unwrap_or(0),
+            memory_high_bytes: optional(&p.join("memory.high"), parse::limit)?
                 .unwrap_or(Limit::Max),
-            memory_max_bytes: self
-                .optional(&p.join("memory.max"), parse::limit)?
+            memory_max_bytes: optional(&p.join("memory.max"), parse::limit)?.unwrap_or(Limit::Max),
+            memory_swap_max_bytes: optional(&p.join("memory.swap.max"), parse::limit)?
                 .unwrap_or(Limit::Max),
-            memory_swap_max_bytes: self
-                .optional(&p.join("memory.swap.max"), parse::limit)?
-                .unwrap_or(Limit::Max),
-            io_weight: self
-                .optional(&p.join("io.weight"), parse::weight)?
-                .unwrap_or(d.io_weight),
-            io_max: self
-                .optional(&p.join("io.max"), parse::io_max)?
+            io_weight: optional(&p.join("io.weight"), parse::weight)?.unwrap_or(d.io_weight),
+            io_max: optional(&p.join("io.max"), parse::io_max)?
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|m| {
@@ -363,18 +304,16 @@ impl Backend for V2 {
                         != (Limit::Max, Limit::Max, Limit::Max, Limit::Max)
                 })
                 .collect(),
-            pids_max: self
-                .optional(&p.join("pids.max"), parse::limit)?
-                .unwrap_or(Limit::Max),
+            pids_max: optional(&p.join("pids.max"), parse::limit)?.unwrap_or(Limit::Max),
         })
     }
 
     fn procs(&self, dir: &CgroupPath) -> Result<Vec<u32>> {
-        self.parsed(&dir.under(&self.root).join("cgroup.procs"), parse::pids)
+        parsed(&dir.under(&self.root).join("cgroup.procs"), parse::pids)
     }
 
     fn populated(&self, dir: &CgroupPath) -> Result<bool> {
-        let ev = self.parsed(
+        let ev = parsed(
             &dir.under(&self.root).join("cgroup.events"),
             parse::flat_keyed,
         )?;
@@ -382,7 +321,7 @@ impl Backend for V2 {
     }
 
     fn attach(&self, dir: &CgroupPath, pid: u32) -> Result<()> {
-        self.write_file(
+        write_file(
             &dir.under(&self.root).join("cgroup.procs"),
             &pid.to_string(),
         )
@@ -397,7 +336,7 @@ impl Backend for V2 {
                 why: "the kernel is older than 5.14".into(),
             });
         }
-        self.write_file(&kill, "1")?;
+        write_file(&kill, "1")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.populated(dir)? {
             if Instant::now() > deadline {
