@@ -464,19 +464,7 @@ fn every_panel_query_returns_series_from_a_real_prometheus() {
         )
     };
     // An OOM kill in "small", before the busy loops: the VM is slow enough without them.
-    let out = d
-        .cli()
-        .args([
-            "run",
-            "--tenant",
-            "small",
-            "--",
-            "python3",
-            "-c",
-            "b = bytearray(200 * 1024 * 1024); print('survived')",
-        ])
-        .output()
-        .unwrap();
+    let out = d.oom_hog("small").output().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         out.status.signal(),

@@ -217,19 +217,7 @@ fn a_process_over_its_memory_limit_is_oom_killed_inside_its_tenant_only() {
     eventually(30, "bystander placed", || {
         root.read("bystander/_procs/cgroup.procs").lines().count() == 1
     });
-    let status = d
-        .cli()
-        .args([
-            "run",
-            "--tenant",
-            "small",
-            "--",
-            "python3",
-            "-c",
-            "b = bytearray(200 * 1024 * 1024); print('survived')",
-        ])
-        .output()
-        .unwrap();
+    let status = d.oom_hog("small").output().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         status.status.signal(),

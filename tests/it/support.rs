@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 /// A shell loop that keeps one CPU busy.
 pub const BUSY_LOOP: &str = "while :; do :; done";
 
+/// A Python program that allocates 200 MiB: OOM-killed under a 48 MiB memory limit.
+pub const OOM_HOG: &str = "b = bytearray(200 * 1024 * 1024); print('survived')";
+
 pub const NEEDS_V2: &str = "needs a cgroup v2 kernel: run through tests/vm/run.sh (see README)";
 
 /// The cgroup2 mount to test against. Panics loudly when the environment does not provide a
@@ -245,6 +248,11 @@ impl Daemon {
         c
     }
 
+    /// `OOM_HOG` started in the tenant with `tenantd run`.
+    pub fn oom_hog(&self, tenant: &str) -> Command {
+        self.run_in(tenant, &["python3", "-c", OOM_HOG])
+    }
+
     /// `n` busy loops started in the tenant with `tenantd run`.
     pub fn busy(&self, tenant: &str, n: usize) -> Vec<Owned> {
         (0..n)
@@ -325,4 +333,38 @@ pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The middle value (the upper one of an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// From the daemon's database: `tenant`'s raw rows with a CPU rate over the last `window_ms`
+/// of samples, their time-weighted mean in cores, and the largest memory.current among them.
+pub fn recent_raw_usage(
+    db: &Path,
+    tenant: &str,
+    window_ms: i64,
+) -> (i64, Option<f64>, Option<i64>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = tenantd::store::Store::open(db).await.unwrap();
+        let r = sqlx::query_as(
+            "SELECT count(*), sum(cpu_cores * interval_ms) / sum(interval_ms), max(memory_current_bytes) FROM usage_raw
+             WHERE tenant = ?1 AND cpu_cores IS NOT NULL AND ts_ms >= (SELECT max(ts_ms) FROM usage_raw) - ?2",
+        )
+        .bind(tenant)
+        .bind(window_ms)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        store.close().await;
+        r
+    })
 }

@@ -67,31 +67,14 @@ fn a_busy_loop_shows_one_core_in_sqlite_in_usage_and_in_metrics() {
         .filter_map(|p| p["cpu_cores_mean"].as_f64())
         .collect();
     assert!(means.len() >= 5, "{u}");
-    let mut sorted = means.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+    let median = median(&means);
     eprintln!("/usage: cpu_cores_mean per second {means:?}");
     assert!(
         (0.85..=1.1).contains(&median),
         "median {median} cores by /usage"
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (rows, avg): (i64, Option<f64>) = rt.block_on(async {
-        let store = tenantd::store::Store::open(&root.db()).await.unwrap();
-        let r = sqlx::query_as(
-            "SELECT count(*), sum(cpu_cores * interval_ms) / sum(interval_ms) FROM usage_raw
-             WHERE tenant = 'busy' AND cpu_cores IS NOT NULL AND ts_ms >= (SELECT max(ts_ms) FROM usage_raw) - 8000",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        store.close().await;
-        r
-    });
+    let (rows, avg, _) = recent_raw_usage(&root.db(), "busy", 8000);
     eprintln!("SQLite: {rows} rows, {avg:?} cores");
     assert!(rows >= 6, "one row per second expected, found {rows}");
     assert!(
@@ -108,19 +91,7 @@ fn an_oom_kill_becomes_an_event_and_a_counter() {
     let lim = json!({"memory": {"limit_bytes": "48MiB", "swap_limit_bytes": 0}});
     d.create("small", lim);
     std::thread::sleep(Duration::from_secs(2)); // a first sample, so the kill is a delta
-    let out = d
-        .cli()
-        .args([
-            "run",
-            "--tenant",
-            "small",
-            "--",
-            "python3",
-            "-c",
-            "b = bytearray(200 * 1024 * 1024)",
-        ])
-        .output()
-        .unwrap();
+    let out = d.oom_hog("small").output().unwrap();
     assert!(!out.status.success(), "the hog must be killed: {out:?}");
     eventually(10, "an oom_kill event for tenant small", || {
         let (_, ev) = d.call("GET", "/v1/events?tenant=small&kind=oom_kill", None);

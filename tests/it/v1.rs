@@ -10,7 +10,7 @@
 //! `issue_7_v1_usage_*` starts the daemon itself with `--cgroup-version v1` inside such a
 //! directory, so its default root (`<its own cgroup>/tenantd` in each hierarchy) is the test's.
 
-use crate::support::{Daemon, bin, eventually};
+use crate::support::{Daemon, OOM_HOG, bin, eventually, median, recent_raw_usage};
 use crate::usage::{scrape, series};
 use serde_json::json;
 use std::io::Write;
@@ -630,9 +630,7 @@ fn issue_7_v1_usage_busy_loop_is_one_core_in_sqlite_and_metrics() {
         .collect();
     eprintln!("v1 /usage: cpu_cores_mean per second {means:?}");
     assert!(means.len() >= 5, "{u}");
-    let mut sorted = means.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+    let median = median(&means);
     assert!(
         (0.7..=1.3).contains(&median),
         "median {median} cores by /usage"
@@ -640,24 +638,7 @@ fn issue_7_v1_usage_busy_loop_is_one_core_in_sqlite_and_metrics() {
     let point = u["points"].as_array().unwrap().last().unwrap().clone();
     eprintln!("v1 /usage last point: {point}");
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (rows, avg, mem): (i64, Option<f64>, Option<i64>) = rt.block_on(async {
-        let store = tenantd::store::Store::open(&v.tmp.path().join("tenantd.db"))
-            .await
-            .unwrap();
-        let r = sqlx::query_as(
-            "SELECT count(*), sum(cpu_cores * interval_ms) / sum(interval_ms), max(memory_current_bytes) FROM usage_raw
-             WHERE tenant = 'busy' AND cpu_cores IS NOT NULL AND ts_ms >= (SELECT max(ts_ms) FROM usage_raw) - 6000",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        store.close().await;
-        r
-    });
+    let (rows, avg, mem) = recent_raw_usage(&v.tmp.path().join("tenantd.db"), "busy", 6000);
     eprintln!("v1 SQLite: {rows} rows, {avg:?} cores, memory_current {mem:?}");
     assert!(rows >= 5, "one row per second expected, found {rows}");
     assert!(
@@ -689,16 +670,7 @@ fn issue_7_v1_usage_oom_kill_is_an_event_and_a_counter() {
         u["points"].as_array().is_some_and(|a| !a.is_empty())
     });
     let mut hog = Kid(d
-        .cli()
-        .args([
-            "run",
-            "--tenant",
-            "small",
-            "--",
-            python(),
-            "-c",
-            "b = bytearray(200 * 1024 * 1024)",
-        ])
+        .run_in("small", &[python(), "-c", OOM_HOG])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
