@@ -389,32 +389,23 @@ async fn db_size_per_tenant_day(dense: bool) {
     };
     let raw = count("SELECT count(*) FROM usage_raw").await;
     let rollups = count("SELECT count(*) FROM usage_rollup").await;
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(store.pool())
-        .await
-        .expect("checkpoint");
-    sqlx::query("VACUUM")
-        .execute(store.pool())
-        .await
-        .expect("vacuum");
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(store.pool())
-        .await
-        .expect("checkpoint");
-    let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    sqlx::query("DELETE FROM usage_raw")
-        .execute(store.pool())
-        .await
-        .expect("delete");
-    sqlx::query("VACUUM")
-        .execute(store.pool())
-        .await
-        .expect("vacuum");
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(store.pool())
-        .await
-        .expect("checkpoint");
-    let without_raw = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    // The file's size after running `sqls`, checkpointed, VACUUMed and checkpointed again.
+    let size_after = |sqls: &'static [&'static str]| {
+        let (pool, path) = (store.pool().clone(), path.clone());
+        async move {
+            let compact = [
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+                "VACUUM",
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+            ];
+            for sql in sqls.iter().chain(&compact) {
+                sqlx::query(*sql).execute(&pool).await.expect(sql);
+            }
+            std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+        }
+    };
+    let total = size_after(&[]).await;
+    let without_raw = size_after(&["DELETE FROM usage_raw"]).await;
     store.close().await;
     println!(
         "\n== database size, one tenant, one day at 1 s, {} ({raw} raw rows, {rollups} rollup rows; written in {:.1} s)",
