@@ -232,13 +232,16 @@ const CHUNK: usize = 500;
 /// Minute rollups per multi-row INSERT: 45 columns each.
 const ROLLUP_CHUNK: usize = 500;
 
-fn raw_columns() -> Vec<&'static str> {
-    let mut c = vec!["tenant", "ts_ms", "interval_ms"];
-    c.extend(COUNTERS);
-    c.extend(GAUGES);
-    c.extend(RATES);
-    c.extend(EVENTS);
-    c
+fn raw_columns() -> &'static [&'static str] {
+    static C: OnceLock<Vec<&'static str>> = OnceLock::new();
+    C.get_or_init(|| {
+        let mut c = vec!["tenant", "ts_ms", "interval_ms"];
+        c.extend(COUNTERS);
+        c.extend(GAUGES);
+        c.extend(RATES);
+        c.extend(EVENTS);
+        c
+    })
 }
 
 fn rollup_columns() -> &'static [String] {
@@ -519,8 +522,9 @@ impl Store {
     }
 
     /// Folds every closed bucket not yet rolled up, of usage and of SLA verdicts: raw rows
-    /// into minutes, then minutes into hours. A bucket is closed once `now_ms` is past its end; the current minute and hour
-    /// appear in their level when they close. Idempotent; call it as often as convenient.
+    /// into minutes, then minutes into hours. A bucket is closed once `now_ms` is past its
+    /// end; the current minute and hour appear in their level when they close. Idempotent;
+    /// call it as often as convenient.
     pub async fn roll_up(&self, now_ms: i64) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         for (to, from_sql) in [
