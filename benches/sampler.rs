@@ -73,6 +73,13 @@ fn make_tree(n: usize) -> Tree {
         let root = PathBuf::from(base).join(format!("bench{n}"));
         std::fs::create_dir_all(&root)
             .expect("create the bench root under TENANTD_BENCH_CGROUP_ROOT");
+        // The tenants get the controllers' files (memory.*, io.*, pids.*) only if their parent
+        // hands the controllers down; TENANTD_BENCH_CGROUP_ROOT itself must already do so.
+        std::fs::write(
+            root.join("cgroup.subtree_control"),
+            "+cpu +memory +io +pids",
+        )
+        .expect("enable cpu, memory, io and pids for the bench tenants");
         for i in 0..n {
             let d = root.join(format!("t{i:05}"));
             if !d.exists() {
