@@ -54,11 +54,14 @@ pub struct SweepReport {
     pub events: usize,
 }
 
-/// The reader state that moves to the blocking pool and back each sweep.
+/// The reader state that moves to the blocking pool and back each sweep. The slots are
+/// aligned with the `dirs` of `targets`, so a sweep looks nothing up by name.
 struct Readers {
-    by_tenant: HashMap<String, Option<StatsReader>>,
+    /// The targets the slots were made for; new targets re-align them (`realign`).
+    targets: Option<Arc<Targets>>,
+    v2: Vec<Option<StatsReader>>,
     /// Readers of tenants on a cgroup v1 backend.
-    v1_by_tenant: HashMap<String, Option<V1StatsReader>>,
+    v1: Vec<Option<V1StatsReader>>,
     buf: Vec<u8>,
     /// Tenants (the first, by name) whose files stay open; see `held_tenants_budget`.
     held: usize,
@@ -67,17 +70,44 @@ struct Readers {
 impl Default for Readers {
     fn default() -> Self {
         Readers {
-            by_tenant: HashMap::new(),
-            v1_by_tenant: HashMap::new(),
+            targets: None,
+            v2: Vec::new(),
+            v1: Vec::new(),
             buf: Vec::new(),
             held: held_tenants_budget(),
         }
     }
 }
 
+impl Readers {
+    /// Aligns the slots with `targets`, keeping the open readers of tenants still listed and
+    /// closing those of tenants no longer listed.
+    fn realign(&mut self, targets: &Arc<Targets>) {
+        let prev = self.targets.replace(targets.clone());
+        let mut old: HashMap<&str, usize> = HashMap::new();
+        if let Some(p) = &prev {
+            old.extend(p.dirs.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)));
+        }
+        let (mut v2, mut v1) = (std::mem::take(&mut self.v2), std::mem::take(&mut self.v1));
+        let at = |n: &String| old.get(n.as_str()).copied();
+        self.v2 = targets
+            .dirs
+            .iter()
+            .map(|(n, _)| at(n).and_then(|i| v2.get_mut(i)?.take()))
+            .collect();
+        self.v1 = targets
+            .dirs
+            .iter()
+            .map(|(n, _)| at(n).and_then(|i| v1.get_mut(i)?.take()))
+            .collect();
+    }
+}
+
 struct Last {
     sample: Sample,
     ts_ms: i64,
+    /// The sweep (`Sampler::sweeps`) that took it.
+    sweep: u64,
 }
 
 pub struct Sampler {
@@ -86,13 +116,16 @@ pub struct Sampler {
     cfg: SamplerConfig,
     readers: Option<Readers>,
     last: HashMap<String, Last>,
+    /// Sweeps so far; marks which previous samples are current.
+    sweeps: u64,
     last_prune: Option<Instant>,
     /// The minute (Unix ms / 60000) of the last rollup.
     last_rollup_minute: i64,
     /// The current minute rolled up as it is sampled.
     minute: Option<Minute>,
-    /// The specs and directories of the last sweep, and the fingerprint they were read at.
-    tenants: Option<(Fingerprint, Arc<Targets>)>,
+    /// The specs and directories of the last sweep, and the `Store::tenants_version` they
+    /// were read at.
+    tenants: Option<(u64, Arc<Targets>)>,
     sla: SlaEngine,
 }
 
@@ -132,9 +165,6 @@ impl Minute {
         }
     }
 }
-
-/// See `Store::tenants_fingerprint`.
-type Fingerprint = (i64, i64, i64, i64);
 
 struct Targets {
     /// By name as the sampler meets them, shared with each snapshot (no copy per sweep).
@@ -238,6 +268,7 @@ impl Sampler {
             cfg,
             readers: Some(Readers::default()),
             last: HashMap::new(),
+            sweeps: 0,
             last_prune: None,
             last_rollup_minute: i64::MIN,
             minute: None,
@@ -263,12 +294,12 @@ impl Sampler {
         }
     }
 
-    /// The tenants to sample, re-read from the store only when its fingerprint changed.
+    /// The tenants to sample, re-read from the store only when they changed.
     async fn targets(&mut self) -> Result<Arc<Targets>> {
         let store = self.gov.store();
-        let fp = store.tenants_fingerprint().await?;
-        if let Some((f, t)) = &self.tenants
-            && *f == fp
+        let version = store.tenants_version();
+        if let Some((v, t)) = &self.tenants
+            && *v == version
         {
             return Ok(t.clone());
         }
@@ -287,7 +318,7 @@ impl Sampler {
             .map(|(n, s)| (n.to_string(), Arc::new(s)))
             .collect();
         let t = Arc::new(Targets { specs, dirs });
-        self.tenants = Some((fp, t.clone()));
+        self.tenants = Some((version, t.clone()));
         Ok(t)
     }
 
@@ -316,7 +347,7 @@ impl Sampler {
             }
         }
         let tt = self.targets().await?;
-        let targets = tt.dirs.clone();
+        let targets = tt.clone();
         let specs = &tt.specs;
         let mut readers = self.readers.take().unwrap_or_default();
         let started = Instant::now();
@@ -335,9 +366,10 @@ impl Sampler {
         let mut rows = Vec::with_capacity(results.len());
         let mut events = Vec::new();
         let mut snap = Snapshot::default();
-        let mut last = HashMap::with_capacity(results.len());
         let mut judged = Vec::with_capacity(results.len());
-        for (name, res) in results {
+        self.sweeps += 1;
+        let sweep = self.sweeps;
+        for ((name, _), res) in tt.dirs.iter().zip(results) {
             let sample = match res {
                 Ok(Some(s)) => s,
                 Ok(None) => {
@@ -352,17 +384,17 @@ impl Sampler {
                 }
             };
             report.sampled += 1;
-            let rates = self
-                .last
-                .get(&name)
+            let prev = self.last.get_mut(name);
+            let rates = prev
+                .as_ref()
                 .and_then(|p| usage::rates(&p.sample, p.ts_ms, &sample, ts_ms));
-            rows.push(usage_row(&name, ts_ms, &sample, rates.as_ref()));
+            rows.push(usage_row(name, ts_ms, &sample, rates.as_ref()));
             if let Some(r) = &rates {
-                events.extend(limit_events(&name, ts_ms, &sample, r));
+                events.extend(limit_events(name, ts_ms, &sample, r));
             }
-            let spec = specs.get(&name).cloned().unwrap_or_default();
+            let spec = specs.get(name).cloned().unwrap_or_default();
             if let Some(r) = rates {
-                judged.push((name.clone(), r));
+                judged.push((name.as_str(), r));
             }
             snap.tenants.insert(
                 name.clone(),
@@ -372,14 +404,24 @@ impl Sampler {
                     sla: None,
                 },
             );
-            last.insert(name, Last { sample, ts_ms });
+            let now = Last {
+                sample,
+                ts_ms,
+                sweep,
+            };
+            match prev {
+                Some(p) => *p = now,
+                None => {
+                    self.last.insert(name.clone(), now);
+                }
+            }
         }
-        // Tenants that are gone leave no previous sample behind.
-        self.last = last;
+        // Tenants that are gone, or were not read this time, leave no previous sample behind.
+        self.last.retain(|_, l| l.sweep == sweep);
         // The SLA engine reads the stats and specs the snapshot already holds.
         let inputs: Vec<Input<'_>> = judged
             .iter()
-            .filter_map(|(name, rates)| {
+            .filter_map(|&(name, ref rates)| {
                 let t = snap.tenants.get(name)?;
                 Some(Input {
                     name,
@@ -470,40 +512,28 @@ impl Sampler {
     }
 }
 
-/// Reads every target; drops readers of tenants no longer listed. Runs on the blocking pool.
-fn read_all(
-    readers: &mut Readers,
-    targets: &[(String, SampleSource)],
-) -> Vec<(
-    String,
-    std::result::Result<Option<Sample>, crate::cgroup::CgroupError>,
-)> {
-    let keep: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
-    readers.by_tenant.retain(|n, _| keep.contains(n.as_str()));
-    readers
-        .v1_by_tenant
-        .retain(|n, _| keep.contains(n.as_str()));
+type ReadResult = std::result::Result<Option<Sample>, crate::cgroup::CgroupError>;
+
+/// Reads every target, in the order of `targets.dirs`; drops the readers of tenants no
+/// longer listed. Runs on the blocking pool.
+fn read_all(readers: &mut Readers, targets: &Arc<Targets>) -> Vec<ReadResult> {
+    if !readers
+        .targets
+        .as_ref()
+        .is_some_and(|t| Arc::ptr_eq(t, targets))
+    {
+        readers.realign(targets);
+    }
     let Readers {
-        by_tenant,
-        v1_by_tenant,
-        buf,
-        held,
+        v2, v1, buf, held, ..
     } = readers;
     targets
+        .dirs
         .iter()
         .enumerate()
-        .map(|(i, (name, source))| {
-            let sample = match source {
-                SampleSource::V2(path) => {
-                    let slot = by_tenant.entry(name.clone()).or_insert(None);
-                    sample_dir_mode(slot, path, buf, i < *held)
-                }
-                SampleSource::V1 { dirs, proc } => {
-                    let slot = v1_by_tenant.entry(name.clone()).or_insert(None);
-                    v1_stats::sample_dirs(slot, dirs, proc)
-                }
-            };
-            (name.clone(), sample)
+        .map(|(i, (_, source))| match source {
+            SampleSource::V2(path) => sample_dir_mode(&mut v2[i], path, buf, i < *held),
+            SampleSource::V1 { dirs, proc } => v1_stats::sample_dirs(&mut v1[i], dirs, proc),
         })
         .collect()
 }
@@ -555,45 +585,64 @@ mod tests {
         );
     }
 
-    /// A sweep over a directory of ordinary files shaped like cgroups (the fixture of a real
-    /// 6.1 kernel), with a real SQLite file: rates, events, rows and the snapshot.
-    #[tokio::test]
-    async fn sweeps_write_rows_events_and_the_snapshot() {
-        use crate::domain::tenant::Capacity;
-        use crate::engine::EngineConfig;
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("root");
-        let dir = root.join("web");
+    const FIXTURE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cgroupfs/6.1.0-56-amd64/fixture/work"
+    );
+
+    /// A tenant directory under `root`: the fixture's files, `cpu.stat` counting `usage_s`.
+    fn tenant_dir(root: &std::path::Path, name: &str, usage_s: u64) -> std::path::PathBuf {
+        let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let fixture = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/cgroupfs/6.1.0-56-amd64/fixture/work"
-        );
-        for f in std::fs::read_dir(fixture).unwrap() {
+        for f in std::fs::read_dir(FIXTURE).unwrap() {
             let f = f.unwrap();
             std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
         }
-        let store = crate::store::Store::open(&tmp.path().join("t.db"))
-            .await
+        set_cpu_usage(&dir, usage_s * 1_000_000);
+        dir
+    }
+
+    fn set_cpu_usage(dir: &std::path::Path, usec: u64) {
+        let cpu = std::fs::read_to_string(dir.join("cpu.stat")).unwrap();
+        let old = crate::cgroup::stats::cpu_stat(&cpu)
+            .unwrap()
+            .usage_usec
             .unwrap();
-        let name = TenantName::parse("web").unwrap();
-        let ev = NewEvent {
+        let cpu = cpu.replace(
+            &format!("usage_usec {old}\n"),
+            &format!("usage_usec {usec}\n"),
+        );
+        std::fs::write(dir.join("cpu.stat"), cpu).unwrap();
+    }
+
+    fn created(name: &str) -> NewEvent {
+        NewEvent {
             ts_ms: 0,
-            tenant: Some("web".into()),
+            tenant: Some(name.into()),
             kind: "tenant_created".into(),
             actor: None,
             detail: serde_json::json!({}),
-        };
+        }
+    }
+
+    async fn put(store: &crate::store::Store, name: &str) {
+        let n = TenantName::parse(name).unwrap();
         store
-            .put_tenant(&name, &TenantSpec::default(), 0, ev)
+            .put_tenant(&n, &TenantSpec::default(), 0, created(name))
             .await
             .unwrap();
-        let backend = Arc::new(crate::cgroup::v2::V2::new(tmp.path(), &root, "/sys"));
-        let cfg = EngineConfig::default();
+    }
+
+    /// A sampler over the v2 directories under `tmp`/root, with a real SQLite file.
+    async fn sampler_in(tmp: &std::path::Path) -> (Sampler, crate::store::Store, Arc<Metrics>) {
+        use crate::domain::tenant::Capacity;
+        use crate::engine::EngineConfig;
+        let store = crate::store::Store::open(&tmp.join("t.db")).await.unwrap();
+        let backend = Arc::new(crate::cgroup::v2::V2::new(tmp, tmp.join("root"), "/sys"));
         let gov = Governor::new(
             backend,
             store.clone(),
-            cfg,
+            EngineConfig::default(),
             Capacity {
                 cpus: 2.0,
                 memory_bytes: 1 << 30,
@@ -601,7 +650,18 @@ mod tests {
             },
         );
         let metrics = Metrics::new();
-        let mut sampler = Sampler::new(gov, metrics.clone(), SamplerConfig::default());
+        let sampler = Sampler::new(gov, metrics.clone(), SamplerConfig::default());
+        (sampler, store, metrics)
+    }
+
+    /// A sweep over a directory of ordinary files shaped like cgroups (the fixture of a real
+    /// 6.1 kernel), with a real SQLite file: rates, events, rows and the snapshot.
+    #[tokio::test]
+    async fn sweeps_write_rows_events_and_the_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tenant_dir(&tmp.path().join("root"), "web", 100);
+        let (mut sampler, store, metrics) = sampler_in(tmp.path()).await;
+        put(&store, "web").await;
 
         let r = sampler.sweep().await.unwrap();
         assert_eq!(
@@ -615,16 +675,7 @@ mod tests {
             "low 0\nhigh 0\nmax 83\noom 2\noom_kill 2\noom_group_kill 0\n",
         )
         .unwrap();
-        let cpu = std::fs::read_to_string(dir.join("cpu.stat")).unwrap();
-        let usage = crate::cgroup::stats::cpu_stat(&cpu)
-            .unwrap()
-            .usage_usec
-            .unwrap();
-        let cpu = cpu.replace(
-            &format!("usage_usec {usage}\n"),
-            &format!("usage_usec {}\n", usage + 1_000_000),
-        );
-        std::fs::write(dir.join("cpu.stat"), cpu).unwrap();
+        set_cpu_usage(&dir, 101_000_000);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let r = sampler.sweep().await.unwrap();
         assert_eq!((r.sampled, r.rows, r.events), (1, 1, 2));
@@ -656,5 +707,61 @@ mod tests {
         let r = sampler.sweep().await.unwrap();
         assert_eq!((r.sampled, r.missing), (0, 1));
         assert!(!metrics.render().contains("tenant=\"web\""));
+    }
+
+    /// The readers are kept by position in the list of tenants, which changes as tenants
+    /// come and go; each tenant must still get its own counters and its own previous sample
+    /// (a mix-up shows as another tenant's CPU rate), and a deleted tenant is no longer read
+    /// at the very next sweep, although its directory is still there.
+    #[tokio::test]
+    async fn tenants_that_come_and_go_keep_their_own_counters_and_rates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let (mut sampler, store, _metrics) = sampler_in(tmp.path()).await;
+        for (name, usage_s) in [("a", 10), ("b", 20), ("c", 30)] {
+            tenant_dir(&root, name, usage_s);
+            put(&store, name).await;
+        }
+        let t0 = 1_700_000_000_000;
+        assert_eq!(sampler.sweep_at(t0).await.unwrap().sampled, 3);
+
+        // b is deleted; its directory stays, so only the tenants table says it is gone.
+        let b = TenantName::parse("b").unwrap();
+        assert!(store.delete_tenant(&b, created("b")).await.unwrap());
+        assert_eq!(sampler.sweep_at(t0 + 500).await.unwrap().sampled, 2);
+        // 0d is created, first in the list; a and c get different CPU rates.
+        tenant_dir(&root, "0d", 40);
+        put(&store, "0d").await;
+        set_cpu_usage(&root.join("a"), 10_500_000);
+        set_cpu_usage(&root.join("c"), 31_500_000);
+        assert_eq!(sampler.sweep_at(t0 + 1000).await.unwrap().sampled, 3);
+
+        let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
+            "SELECT tenant, cpu_usage_usec, cpu_cores FROM usage_raw WHERE ts_ms = ?1 ORDER BY tenant",
+        )
+        .bind(t0 + 1000)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("0d".into(), 40_000_000, None),
+                ("a".into(), 10_500_000, Some(1.0)),
+                ("c".into(), 31_500_000, Some(3.0)),
+            ]
+        );
+
+        // b comes back: its previous sample was dropped with it, so no rate this time.
+        put(&store, "b").await;
+        set_cpu_usage(&root.join("b"), 25_000_000);
+        assert_eq!(sampler.sweep_at(t0 + 2000).await.unwrap().sampled, 4);
+        let b_rate: Option<f64> =
+            sqlx::query_scalar("SELECT cpu_cores FROM usage_raw WHERE ts_ms = ?1 AND tenant = 'b'")
+                .bind(t0 + 2000)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(b_rate, None);
     }
 }

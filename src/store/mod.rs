@@ -14,6 +14,8 @@ use sqlx::{Row, SqlitePool};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Errors of the store. Each names the operation.
@@ -121,6 +123,9 @@ pub struct EventFilter {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// Bumped after every committed change to the tenants table (`tenants_version`). This
+    /// process is the table's only writer: the CLI goes through the HTTP API.
+    tenants_version: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -156,7 +161,10 @@ impl Store {
                 path: path.into(),
                 source,
             })?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            tenants_version: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -197,6 +205,13 @@ impl Store {
         Ok(out)
     }
 
+    /// Changes with every committed change to the tenants table, so a cache of the tenants
+    /// (the sampler's) re-reads them only when they changed. A read of the tenants that
+    /// starts after this call sees at least the changes it counts.
+    pub fn tenants_version(&self) -> u64 {
+        self.tenants_version.load(Ordering::Acquire)
+    }
+
     /// Creates or replaces a tenant and records `event`, in one transaction.
     pub async fn put_tenant(
         &self,
@@ -223,6 +238,7 @@ impl Store {
         .map_err(q("save tenant"))?;
         insert_event(&mut tx, &event).await?;
         tx.commit().await.map_err(q("commit"))?;
+        self.tenants_version.fetch_add(1, Ordering::Release);
         Ok(generation)
     }
 
@@ -237,6 +253,7 @@ impl Store {
             .rows_affected();
         insert_event(&mut tx, &event).await?;
         tx.commit().await.map_err(q("commit"))?;
+        self.tenants_version.fetch_add(1, Ordering::Release);
         Ok(n > 0)
     }
 

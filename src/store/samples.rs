@@ -552,17 +552,6 @@ impl Store {
         tx.commit().await.map_err(q("commit"))
     }
 
-    /// A cheap fingerprint of the tenants table (count, sum of generations, last update and
-    /// largest creation time), so the sampler re-reads the specs only when it changed.
-    pub async fn tenants_fingerprint(&self) -> Result<(i64, i64, i64, i64)> {
-        sqlx::query_as(
-            "SELECT count(*), coalesce(sum(generation), 0), coalesce(max(updated_ms), 0), coalesce(max(created_ms), 0) FROM tenants",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(q("fingerprint tenants"))
-    }
-
     /// Deletes what each level keeps no longer. Returns the rows removed.
     pub async fn prune_usage(&self, now_ms: i64, keep: &Retention) -> Result<u64> {
         let mut n = sqlx::query("DELETE FROM usage_raw WHERE ts_ms < ?1")
