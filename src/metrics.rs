@@ -195,6 +195,13 @@ pub const METRICS: &[MetricDef] = &[
         "Write operations on the device (io.stat wios)"
     ),
     def!(
+        "tenantd_tenant_io_device_time_seconds",
+        Counter,
+        Some("seconds"),
+        TD,
+        "Device time iocost charged the tenant, what io.weight divides (io.stat cost.usage); only on devices with iocost enabled"
+    ),
+    def!(
         "tenantd_tenant_pids_current",
         Gauge,
         None,
@@ -758,6 +765,11 @@ fn tenant_families<S: FamilySink>(snap: &Snapshot, sink: &mut S) -> fmt::Result 
         });
         sink.family(def(name), rows)?;
     }
+    sink.family(
+        def("tenantd_tenant_io_device_time_seconds"),
+        devs.iter()
+            .map(|(n, dev, d)| ([*n, dev.as_str()], usec_to_s(d.cost_usage_usec))),
+    )?;
     per(sink, "tenantd_tenant_pids_current", &|t| {
         u(t.stats.pids_current)
     })?;
@@ -874,6 +886,7 @@ mod tests {
                     },
                     IoDevStat {
                         rbytes: Some(30),
+                        cost_usage_usec: Some(1_500_000),
                         ..IoDevStat::new(DevId {
                             major: 254,
                             minor: 0,
@@ -936,6 +949,7 @@ mod tests {
             "tenantd_tenant_cpu_usage_seconds_total{tenant=\"t0\"} 1.5",
             "tenantd_tenant_io_read_bytes_total{tenant=\"t1\",device=\"254:0\"} 30",
             "tenantd_tenant_io_write_ops_total{tenant=\"t0\",device=\"8:0\"} 2",
+            "tenantd_tenant_io_device_time_seconds_total{tenant=\"t1\",device=\"254:0\"} 1.5",
             "tenantd_tenant_pressure_stall_seconds_total{tenant=\"t0\",resource=\"cpu\",kind=\"some\"} 2.0",
             "tenantd_tenant_memory_events_total{tenant=\"t0\",event=\"high\"} 2",
             "tenantd_tenant_cpu_guarantee_ratio{tenant=\"t0\"} 0.25",

@@ -58,6 +58,9 @@ pub struct IoDevStat {
     pub wios: Option<u64>,
     pub dbytes: Option<u64>,
     pub dios: Option<u64>,
+    /// `cost.usage`: the device time, in µs, iocost charged the cgroup. Present only where
+    /// iocost is enabled on the device, and then it is what io.weight divides.
+    pub cost_usage_usec: Option<u64>,
 }
 
 impl IoDevStat {
@@ -71,6 +74,7 @@ impl IoDevStat {
             wios: None,
             dbytes: None,
             dios: None,
+            cost_usage_usec: None,
         }
     }
 }
@@ -278,6 +282,7 @@ pub fn io_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Vec<IoDevStat>> {
                 b"wios" => &mut d.wios,
                 b"dbytes" => &mut d.dbytes,
                 b"dios" => &mut d.dios,
+                b"cost.usage" => &mut d.cost_usage_usec,
                 _ => continue,
             };
             *slot = Some(dec(&kv[eq + 1..]).ok_or_else(|| err("an unsigned integer", kv))?);
@@ -723,8 +728,14 @@ mod tests {
             (Some(8388608), Some(16777216), Some(8), Some(16))
         );
         assert_eq!((io[0].dbytes, io[0].dios), (Some(0), Some(0)));
+        // iocost was enabled on the disk when the fixture was captured: its device time.
+        assert_eq!(io[0].cost_usage_usec, Some(142420));
         // The root's io.stat carries cost.vrate, a float: skipped.
-        assert_eq!(io_stat(&fixture("root/io.stat")).unwrap()[0].rios, Some(11));
+        let root = io_stat(&fixture("root/io.stat")).unwrap();
+        assert_eq!(
+            (root[0].rios, root[0].cost_usage_usec),
+            (Some(11), Some(142420))
+        );
         assert_eq!(
             pids_events_max(&fixture("fixture/work/pids.events")).unwrap(),
             Some(1)

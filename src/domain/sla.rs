@@ -7,7 +7,9 @@
 //! interval) and it was not merely held back by its own cpu.max (throttling is the tenant's own
 //! limit, not a breach of its guarantee).
 
+use crate::domain::usage::Rates;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// What one tenant did over one interval, computed from two samples.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -229,6 +231,65 @@ pub fn next_weight(current: u32, base: u32, max: u32, shortfall_pp: Option<f64>)
     (next.round() as u32).clamp(base, max.max(base))
 }
 
+fn io_bytes_per_s(r: &Rates) -> f64 {
+    r.io_total(|d| Some(d.read_bytes_per_s.unwrap_or(0.0) + d.write_bytes_per_s.unwrap_or(0.0)))
+        .unwrap_or(0.0)
+}
+
+/// The IO a tenant did in one interval, in the unit its share is judged in: the device time
+/// iocost charged it (io.stat `cost.usage`, µs per s) where iocost reports it, since that is
+/// what io.weight divides (a tenant of small random reads gets far fewer bytes than one of
+/// large sequential reads for the same device time); else bytes per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IoAmount {
+    pub bytes_per_s: f64,
+    /// `None` when no device of the tenant reports `cost.usage`.
+    pub device_time_ratio: Option<f64>,
+}
+
+impl IoAmount {
+    pub fn of(r: &Rates) -> IoAmount {
+        IoAmount {
+            bytes_per_s: io_bytes_per_s(r),
+            device_time_ratio: r.io_total(|d| d.cost_usage_ratio),
+        }
+    }
+}
+
+/// Each tenant's share of its siblings' IO: in device time when any sibling's devices report
+/// it (a sibling without counts 0: its IO is on devices io.weight does not divide), else in
+/// bytes. Pure: `(parent, amount)` in, the share of each (0..1, `None` when the siblings did
+/// no IO) out, in the same order.
+pub fn io_shares(tenants: &[(Option<&str>, IoAmount)]) -> Vec<Option<f64>> {
+    #[derive(Default)]
+    struct Group {
+        bytes: f64,
+        time: f64,
+        by_time: bool,
+    }
+    let mut groups: HashMap<Option<&str>, Group> = HashMap::new();
+    for (parent, a) in tenants {
+        let g = groups.entry(*parent).or_default();
+        g.bytes += a.bytes_per_s;
+        if let Some(t) = a.device_time_ratio {
+            g.time += t;
+            g.by_time = true;
+        }
+    }
+    tenants
+        .iter()
+        .map(|(parent, a)| {
+            let g = &groups[parent];
+            let (used, total) = if g.by_time {
+                (a.device_time_ratio.unwrap_or(0.0), g.time)
+            } else {
+                (a.bytes_per_s, g.bytes)
+            };
+            (total > 0.0).then(|| used / total)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,5 +447,35 @@ mod tests {
             let w = next_weight(cur, base, max, s);
             proptest::prop_assert!(w >= base && w <= max.max(base));
         }
+    }
+
+    #[test]
+    fn io_shares_are_device_time_where_iocost_reports_it_else_bytes() {
+        let amount = |bytes: f64, time: Option<f64>| IoAmount {
+            bytes_per_s: bytes,
+            device_time_ratio: time,
+        };
+        // Siblings under "p": device time is reported, so bytes do not count; c has no
+        // device time (its IO is on a device io.weight does not divide) and counts 0.
+        // Siblings at the top: bytes only. Under "idle": no IO at all.
+        let shares = io_shares(&[
+            (Some("p"), amount(20e6, Some(0.6))),
+            (Some("p"), amount(80e6, Some(0.2))),
+            (Some("p"), amount(50e6, None)),
+            (None, amount(30.0, None)),
+            (None, amount(10.0, None)),
+            (Some("idle"), amount(0.0, None)),
+        ]);
+        let close = |s: Option<f64>, want: f64| (s.unwrap() - want).abs() < 1e-12;
+        assert!(
+            close(shares[0], 0.75) && close(shares[1], 0.25),
+            "{shares:?}"
+        );
+        assert!(close(shares[2], 0.0), "{shares:?}");
+        assert!(
+            close(shares[3], 0.75) && close(shares[4], 0.25),
+            "{shares:?}"
+        );
+        assert_eq!(shares[5], None, "no IO among the siblings: no share at all");
     }
 }

@@ -19,6 +19,9 @@ pub struct IoRates {
     pub write_ops_per_s: Option<f64>,
     pub discard_bytes_per_s: Option<f64>,
     pub discard_ops_per_s: Option<f64>,
+    /// Device time iocost charged per second of wall time (io.stat `cost.usage`); `None`
+    /// where iocost is not enabled on the device.
+    pub cost_usage_ratio: Option<f64>,
 }
 
 /// Stall fractions (0..1 of wall time) of one pressure file.
@@ -104,6 +107,7 @@ pub fn rates(prev: &Sample, prev_ms: i64, cur: &Sample, cur_ms: i64) -> Option<R
                     write_ops_per_s: per_s(o.wios, d.wios, dt),
                     discard_bytes_per_s: per_s(o.dbytes, d.dbytes, dt),
                     discard_ops_per_s: per_s(o.dios, d.dios, dt),
+                    cost_usage_ratio: usec_per_s(o.cost_usage_usec, d.cost_usage_usec, dt),
                 })
             })
             .collect();
@@ -206,6 +210,13 @@ mod tests {
         assert_eq!(r.cpu_stall.full, None);
         assert_eq!(r.cpu_user_cores, Some(1.0));
         assert_eq!(r.cpu_runq_wait, None, "v2 samples carry no run-queue wait");
+        assert_eq!(r.io[0].cost_usage_ratio, None, "no iocost on the device");
+        // With iocost: 1.5 s of device time charged over 2 s.
+        let (mut a, mut b) = (sample(1, 0, 1, 0), sample(1, 0, 1, 4096));
+        a.stats.io[0].cost_usage_usec = Some(500_000);
+        b.stats.io[0].cost_usage_usec = Some(2_000_000);
+        let r = rates(&a, 1000, &b, 3000).unwrap();
+        assert_eq!(r.io_total(|d| d.cost_usage_ratio), Some(0.75));
     }
 
     #[test]

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 /// Default time between samples.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the host is asked again whether io weights take effect.
+const HOST_RECHECK: Duration = Duration::from_secs(60);
+
 /// How often old usage rows are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -119,6 +122,8 @@ pub struct Sampler {
     /// Sweeps so far; marks which previous samples are current.
     sweeps: u64,
     last_prune: Option<Instant>,
+    /// When the host was last asked whether io weights take effect.
+    io_checked: Option<Instant>,
     /// The minute (Unix ms / 60000) of the last rollup.
     last_rollup_minute: i64,
     /// The current minute rolled up as it is sampled.
@@ -270,6 +275,7 @@ impl Sampler {
             last: HashMap::new(),
             sweeps: 0,
             last_prune: None,
+            io_checked: None,
             last_rollup_minute: i64::MIN,
             minute: None,
             tenants: None,
@@ -330,11 +336,25 @@ impl Sampler {
     /// `sweep` with the sample time given: the benchmark runs minutes of sweeps (and their
     /// once-a-minute rollups) in seconds.
     pub async fn sweep_at(&mut self, ts_ms: i64) -> Result<SweepReport> {
-        if !self.sla.knows_io() {
+        // Whether io weights take effect can change while the daemon runs (an operator
+        // enables iocost on a device): asked again every `HOST_RECHECK`.
+        if self.io_checked.is_none_or(|t| t.elapsed() >= HOST_RECHECK) {
+            self.io_checked = Some(Instant::now());
             match self.gov.host().await {
-                Ok(h) => self
-                    .sla
-                    .set_io_weights_effective(h.devices.iter().any(|d| d.io_weight_effective)),
+                Ok(h) => {
+                    let now = h.devices.iter().any(|d| d.io_weight_effective);
+                    if self.sla.io_weights_effective() != Some(now) {
+                        tracing::info!(
+                            "sla: io guarantees are {}",
+                            if now {
+                                "judged: io weights take effect on at least one device"
+                            } else {
+                                "not judged: io weights take effect on no device (enable iocost or BFQ)"
+                            }
+                        );
+                    }
+                    self.sla.set_io_weights_effective(now);
+                }
                 Err(e) => tracing::warn!("sla: cannot tell whether io weights work here: {e}"),
             }
         }

@@ -3,7 +3,9 @@
 //! adjustments of the governor root's cpu.weight. No IO here: the sampler stores and writes.
 
 use crate::cgroup::stats::CgroupStats;
-use crate::domain::sla::{Attainment, Interval, SlaEvent, SlaParams, Tracker, next_weight};
+use crate::domain::sla::{
+    Attainment, Interval, IoAmount, SlaEvent, SlaParams, Tracker, io_shares, next_weight,
+};
 use crate::domain::tenant::{Protection, TenantSpec};
 use crate::domain::usage::Rates;
 use crate::store::NewEvent;
@@ -113,8 +115,9 @@ impl SlaEngine {
         self.cfg.adaptive
     }
 
-    pub fn knows_io(&self) -> bool {
-        self.io_weights_effective.is_some()
+    /// Whether io weights take effect on any device; `None` until the sampler asked.
+    pub fn io_weights_effective(&self) -> Option<bool> {
+        self.io_weights_effective
     }
 
     pub fn set_io_weights_effective(&mut self, yes: bool) {
@@ -304,35 +307,31 @@ fn violation_event(
 }
 
 /// Bytes per second read and written, over every device.
-fn io_bytes_per_s(r: &Rates) -> f64 {
-    r.io_total(|d| Some(d.read_bytes_per_s.unwrap_or(0.0) + d.write_bytes_per_s.unwrap_or(0.0)))
-        .unwrap_or(0.0)
-}
-
 impl SlaEngine {
     /// IO guarantees: the share of its siblings' IO a tenant got (there is no fixed device
     /// capacity to divide), judged while its io.pressure `some` shows it waited for IO.
     fn observe_io(&mut self, ts_ms: i64, inputs: &[Input<'_>], tick: &mut Tick) {
-        let mut siblings: HashMap<Option<&str>, f64> = HashMap::new();
-        for i in inputs {
-            *siblings
-                .entry(i.spec.parent.as_ref().map(|p| p.as_str()))
-                .or_default() += io_bytes_per_s(i.rates);
-        }
-        for i in inputs {
+        let amounts: Vec<(Option<&str>, IoAmount)> = inputs
+            .iter()
+            .map(|i| {
+                let parent = i.spec.parent.as_ref().map(|p| p.as_str());
+                (parent, IoAmount::of(i.rates))
+            })
+            .collect();
+        let shares = io_shares(&amounts);
+        for (i, share) in inputs.iter().zip(shares) {
             let Some(g) = i.spec.io.guarantee_pct.map(|p| p.0 / 100.0) else {
                 continue;
             };
             let secs = i.rates.interval_s;
-            let capacity = siblings
-                .get(&i.spec.parent.as_ref().map(|p| p.as_str()))
-                .copied()
-                .unwrap_or(0.0);
+            // The tracker takes used and capacity; a share of a million parts keeps the
+            // precision whatever the unit.
+            const PARTS: f64 = 1e6;
             let iv = Interval {
                 start_ms: ts_ms - (secs * 1000.0).round() as i64,
                 end_ms: ts_ms,
-                used_usec: (io_bytes_per_s(i.rates) * secs) as u64,
-                capacity_usec: capacity * secs,
+                used_usec: (share.unwrap_or(0.0) * PARTS * secs) as u64,
+                capacity_usec: if share.is_some() { PARTS * secs } else { 0.0 },
                 stall_usec: i.rates.io_stall.some.map(|f| (f * secs * 1e6) as u64),
                 runq_wait_usec: None,
                 throttled_usec: 0,
@@ -497,30 +496,32 @@ mod tests {
         assert!(vc.contended && !vc.violating);
     }
 
-    #[test]
-    fn io_guarantees_are_judged_only_where_io_weights_work() {
+    /// Rates of a tenant reading `bps` from one disk, with `device_time` where iocost
+    /// charges it, waiting on IO `stall` of the time.
+    fn io_rates(bps: f64, device_time: Option<f64>, stall: f64) -> Rates {
         use crate::domain::tenant::DevId;
         use crate::domain::usage::IoRates;
-        let io = |bps: f64, stall: f64| {
-            let mut r = rates(0.1, 0.0);
-            r.io = vec![IoRates {
-                device: DevId {
-                    major: 254,
-                    minor: 0,
-                },
-                read_bytes_per_s: Some(bps),
-                write_bytes_per_s: None,
-                read_ops_per_s: None,
-                write_ops_per_s: None,
-                discard_bytes_per_s: None,
-                discard_ops_per_s: None,
-            }];
-            r.io_stall = StallFractions {
-                some: Some(stall),
-                full: None,
-            };
-            r
-        };
+        let mut r = rates(0.1, 0.0);
+        r.io = vec![IoRates {
+            device: DevId {
+                major: 254,
+                minor: 0,
+            },
+            read_bytes_per_s: Some(bps),
+            write_bytes_per_s: None,
+            read_ops_per_s: None,
+            write_ops_per_s: None,
+            discard_bytes_per_s: None,
+            discard_ops_per_s: None,
+            cost_usage_ratio: device_time,
+        }];
+        r.io_stall.some = Some(stall);
+        r
+    }
+
+    #[test]
+    fn io_guarantees_are_judged_only_where_io_weights_work() {
+        let io = |bps: f64, stall: f64| io_rates(bps, None, stall);
         let mut a = TenantSpec::default();
         a.io.guarantee_pct = Some(Percent(60.0));
         let b = TenantSpec::default();
@@ -570,6 +571,43 @@ mod tests {
                 );
                 assert_eq!(tot.io_contended_s, 0.0);
             }
+        }
+    }
+
+    /// With iocost on the device, the share is of device time: a tenant of small reads that
+    /// got 20% of the bytes but 75% of the device time got what a 60% guarantee promises.
+    #[test]
+    fn io_share_is_device_time_where_iocost_reports_it() {
+        let io = |bps: f64, time: f64, stall: f64| io_rates(bps, Some(time), stall);
+        let mut a = TenantSpec::default();
+        a.io.guarantee_pct = Some(Percent(60.0));
+        let b = TenantSpec::default();
+        let stats = CgroupStats::default();
+        for (time_a, violations) in [(0.6, 0), (0.1, 1)] {
+            let (ra, rb) = (io(20e6, time_a, 0.8), io(80e6, 0.2, 0.8));
+            let mut e = SlaEngine::new(SlaConfig::default());
+            e.set_io_weights_effective(true);
+            let mut t = Tick::default();
+            for k in 0..4 {
+                let input = |name, spec, rates| Input {
+                    name,
+                    spec,
+                    rates,
+                    stats: &stats,
+                };
+                t = e.observe(
+                    1000 * (k + 1),
+                    2.0,
+                    &[input("a", &a, &ra), input("b", &b, &rb)],
+                );
+            }
+            let tot = e.totals("a").unwrap();
+            assert_eq!(
+                (tot.io_contended_s, tot.io_violations),
+                (4.0, violations),
+                "device time {time_a} against b's 0.2: {:?}",
+                t.events
+            );
         }
     }
 

@@ -419,17 +419,7 @@ fn every_panel_query_returns_series_from_a_real_prometheus() {
     let t0 = Instant::now();
     let root = TestRoot::new("dash");
     let d = Daemon::start(&root);
-    let dev = std::env::var("TENANTD_TEST_BLOCKDEV")
-        .expect("TENANTD_TEST_BLOCKDEV (the VM's scratch disk, MAJ:MIN) is not set");
-    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{dev}/uevent"))
-        .unwrap_or_else(|e| panic!("block device {dev}: {e}"));
-    let disk = format!(
-        "/dev/{}",
-        uevent
-            .lines()
-            .find_map(|l| l.strip_prefix("DEVNAME="))
-            .expect("DEVNAME in uevent")
-    );
+    let (_, disk) = scratch_disk();
 
     // "a" has every kind of setting, so every per-tenant panel has a series for it.
     let tenants = [

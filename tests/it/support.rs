@@ -368,3 +368,17 @@ pub fn recent_raw_usage(
         r
     })
 }
+
+/// The VM's scratch disk: its MAJ:MIN (`TENANTD_TEST_BLOCKDEV`) and its /dev path.
+pub fn scratch_disk() -> (String, String) {
+    let dev = std::env::var("TENANTD_TEST_BLOCKDEV")
+        .expect("TENANTD_TEST_BLOCKDEV (the VM's scratch disk, MAJ:MIN) is not set");
+    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{dev}/uevent"))
+        .unwrap_or_else(|e| panic!("block device {dev}: {e}"));
+    let name = uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .expect("DEVNAME in uevent");
+    let path = format!("/dev/{name}");
+    (dev, path)
+}
