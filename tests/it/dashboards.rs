@@ -418,6 +418,8 @@ const MAY_BE_EMPTY: &[(&str, &str, &str)] = &[];
 fn every_panel_query_returns_series_from_a_real_prometheus() {
     let t0 = Instant::now();
     let root = TestRoot::new("dash");
+    // iocost on the scratch disk, so the device-time panel has a series (off again after).
+    let _iocost = IoCost::enable(&root);
     let d = Daemon::start(&root);
     let (_, disk) = scratch_disk();
 

@@ -393,54 +393,6 @@ fn the_report_agrees_with_the_kernels_counters_in_every_format() {
     assert_eq!((s, p["field"].as_str()), (422, Some("format")));
 }
 
-/// iocost switched on for the VM's scratch disk while the test runs, off again after (the
-/// other tests expect io weights to do nothing).
-/// - The cost model is set by hand, as an operator sets it for a device (the kernel docs
-///   suggest measuring it): 100 MiB/s and 1,000 IOs/s, so a 4 KiB read costs about 1 ms of
-///   device time and a 1 MiB read about 11 ms.
-/// - QoS `ctrl=user` with the device rate fixed at half the model: the emulated disk never
-///   looks saturated to iocost's own latency targets, so without it weights would not bite.
-struct IoCost {
-    mount: PathBuf,
-    dev: String,
-}
-
-impl IoCost {
-    fn enable(root: &TestRoot) -> IoCost {
-        let (dev, _) = scratch_disk();
-        let write = |file: &str, line: String| {
-            let path = root.mount.join(file);
-            std::fs::write(&path, &line)
-                .unwrap_or_else(|e| panic!("write '{line}' to {}: {e}", path.display()));
-        };
-        let (bps, iops) = (100 << 20, 1000);
-        write(
-            "io.cost.model",
-            format!(
-                "{dev} ctrl=user model=linear rbps={bps} rseqiops={iops} rrandiops={iops} wbps={bps} wseqiops={iops} wrandiops={iops}"
-            ),
-        );
-        write(
-            "io.cost.qos",
-            format!(
-                "{dev} enable=1 ctrl=user rpct=95.00 rlat=5000 wpct=95.00 wlat=5000 min=50.00 max=50.00"
-            ),
-        );
-        IoCost {
-            mount: root.mount.clone(),
-            dev,
-        }
-    }
-}
-
-impl Drop for IoCost {
-    fn drop(&mut self) {
-        let dev = &self.dev;
-        let _ = std::fs::write(self.mount.join("io.cost.qos"), format!("{dev} enable=0"));
-        let _ = std::fs::write(self.mount.join("io.cost.model"), format!("{dev} ctrl=auto"));
-    }
-}
-
 /// io.weight divides device time, and only where iocost is on. With iocost on the VM's disk,
 /// a tenant of small reads guaranteed 75% and one of large reads guaranteed 25% each get
 /// their share of device time; the IO SLA judges in device time, so the small reader is
