@@ -324,6 +324,13 @@ pub const METRICS: &[MetricDef] = &[
         "Share of the parent's CPU the tenant got in the last interval"
     ),
     def!(
+        "tenantd_tenant_io_delivered_share_ratio",
+        Gauge,
+        Some("ratio"),
+        T,
+        "Share of its siblings' IO the tenant got in the last interval: device time under iocost, bytes elsewhere; only with an IO guarantee where io weights take effect, and absent after an interval in which none of them did IO"
+    ),
+    def!(
         "tenantd_tenant_memory_protection_breaches",
         Counter,
         None,
@@ -836,6 +843,9 @@ fn tenant_families<S: FamilySink>(snap: &Snapshot, sink: &mut S) -> fmt::Result 
     per(sink, "tenantd_tenant_cpu_delivered_share_ratio", &|t| {
         t.sla.and_then(|s| s.delivered_ratio).map(V::F)
     })?;
+    per(sink, "tenantd_tenant_io_delivered_share_ratio", &|t| {
+        t.sla.and_then(|s| s.io_delivered_ratio).map(V::F)
+    })?;
     per(sink, "tenantd_tenant_memory_protection_breaches", &|t| {
         t.sla.map(|s| V::U(s.memory_breaches))
     })?;
@@ -994,6 +1004,7 @@ mod tests {
                 memory_breaches: 2,
                 delivered_ratio: [None, Some(0.1), Some(f64::NAN), Some(1e21)][i],
                 io_contended_s: 0.5 * i as f64,
+                io_delivered_ratio: [None, Some(0.75), Some(0.0), Some(1.0)][i],
                 ..Default::default()
             });
             std::sync::Arc::make_mut(&mut t.spec).memory.guarantee_bytes = Some(Bytes(3 << 20));

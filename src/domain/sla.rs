@@ -7,6 +7,7 @@
 //! interval) and it was not merely held back by its own cpu.max (throttling is the tenant's own
 //! limit, not a breach of its guarantee).
 
+use crate::domain::tenant::DevId;
 use crate::domain::usage::Rates;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -127,6 +128,14 @@ impl Tracker {
         self.open.as_ref()
     }
 
+    /// Stops judging at `end_ms`: the open violation, if any, closes there.
+    pub fn finish(&mut self, end_ms: i64) -> Option<SlaEvent> {
+        self.run = 0;
+        let mut v = self.open.take()?;
+        v.end_ms = Some(end_ms);
+        Some(SlaEvent::Closed(v))
+    }
+
     /// `guarantee` is the share promised (0..1); `None` for best effort (never violated).
     pub fn feed(
         &mut self,
@@ -231,61 +240,84 @@ pub fn next_weight(current: u32, base: u32, max: u32, shortfall_pp: Option<f64>)
     (next.round() as u32).clamp(base, max.max(base))
 }
 
-fn io_bytes_per_s(r: &Rates) -> f64 {
-    r.io_total(|d| Some(d.read_bytes_per_s.unwrap_or(0.0) + d.write_bytes_per_s.unwrap_or(0.0)))
-        .unwrap_or(0.0)
-}
-
-/// The IO a tenant did in one interval, in the unit its share is judged in: the device time
-/// iocost charged it (io.stat `cost.usage`, µs per s) where iocost reports it, since that is
-/// what io.weight divides (a tenant of small random reads gets far fewer bytes than one of
-/// large sequential reads for the same device time); else bytes per second.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct IoAmount {
+/// One tenant's IO on one device in one interval, in both units its share can be judged in:
+/// bytes read and written per second, and the device time iocost charged it (io.stat
+/// `cost.usage`, seconds per second) where iocost is on for the device. Device time is what
+/// io.weight divides there: a tenant of small reads gets far fewer bytes than one of large
+/// reads for the same device time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceIo {
+    pub device: DevId,
     pub bytes_per_s: f64,
-    /// `None` when no device of the tenant reports `cost.usage`.
     pub device_time_ratio: Option<f64>,
 }
 
-impl IoAmount {
-    pub fn of(r: &Rates) -> IoAmount {
-        IoAmount {
-            bytes_per_s: io_bytes_per_s(r),
-            device_time_ratio: r.io_total(|d| d.cost_usage_ratio),
-        }
+impl DeviceIo {
+    /// Every device of `r`.
+    pub fn of(r: &Rates) -> Vec<DeviceIo> {
+        r.io.iter()
+            .map(|d| DeviceIo {
+                device: d.device,
+                bytes_per_s: d.read_bytes_per_s.unwrap_or(0.0) + d.write_bytes_per_s.unwrap_or(0.0),
+                device_time_ratio: d.cost_usage_ratio,
+            })
+            .collect()
     }
 }
 
-/// Each tenant's share of its siblings' IO: in device time when any sibling's devices report
-/// it (a sibling without counts 0: its IO is on devices io.weight does not divide), else in
-/// bytes. Pure: `(parent, amount)` in, the share of each (0..1, `None` when the siblings did
-/// no IO) out, in the same order.
-pub fn io_shares(tenants: &[(Option<&str>, IoAmount)]) -> Vec<Option<f64>> {
+/// Each tenant's share of its siblings' IO, 0..1. Pure: `(parent, devices)` in, one share per
+/// tenant out, in the same order.
+/// - Per device, the tenant's part of what its siblings did there: in device time when any
+///   sibling reports it on that device (a sibling that does not counts 0), else in bytes.
+/// - Over devices, the mean of those parts weighted by the tenant's own bytes on each, so a
+///   tenant alone on its own disk has all of it rather than half of the two.
+/// - `Some(0.0)` when the tenant did no IO while siblings did; `None` when none did any.
+pub fn io_shares(tenants: &[(Option<&str>, Vec<DeviceIo>)]) -> Vec<Option<f64>> {
     #[derive(Default)]
-    struct Group {
+    struct Dev {
         bytes: f64,
         time: f64,
         by_time: bool,
     }
-    let mut groups: HashMap<Option<&str>, Group> = HashMap::new();
-    for (parent, a) in tenants {
-        let g = groups.entry(*parent).or_default();
-        g.bytes += a.bytes_per_s;
-        if let Some(t) = a.device_time_ratio {
-            g.time += t;
-            g.by_time = true;
+    let mut devs: HashMap<(Option<&str>, DevId), Dev> = HashMap::new();
+    for (parent, ios) in tenants {
+        for d in ios {
+            let e = devs.entry((*parent, d.device)).or_default();
+            e.bytes += d.bytes_per_s.max(0.0);
+            if let Some(t) = d.device_time_ratio {
+                e.time += t.max(0.0);
+                e.by_time = true;
+            }
         }
     }
     tenants
         .iter()
-        .map(|(parent, a)| {
-            let g = &groups[parent];
-            let (used, total) = if g.by_time {
-                (a.device_time_ratio.unwrap_or(0.0), g.time)
+        .map(|(parent, ios)| {
+            // (part of the device, the tenant's bytes there) for each device its siblings used.
+            let parts: Vec<(f64, f64)> = ios
+                .iter()
+                .filter_map(|d| {
+                    let g = &devs[&(*parent, d.device)];
+                    let (used, total) = if g.by_time {
+                        (d.device_time_ratio.unwrap_or(0.0).max(0.0), g.time)
+                    } else {
+                        (d.bytes_per_s.max(0.0), g.bytes)
+                    };
+                    (total > 0.0).then(|| (used / total, d.bytes_per_s.max(0.0)))
+                })
+                .collect();
+            let bytes: f64 = parts.iter().map(|p| p.1).sum();
+            let siblings_did_io = devs
+                .iter()
+                .any(|((p, _), g)| p == parent && (g.bytes > 0.0 || (g.by_time && g.time > 0.0)));
+            if bytes > 0.0 {
+                Some(parts.iter().map(|(s, b)| s * b).sum::<f64>() / bytes)
+            } else if !parts.is_empty() {
+                // No bytes of its own (idle, or discards only): the plain mean of its parts.
+                Some(parts.iter().map(|p| p.0).sum::<f64>() / parts.len() as f64)
             } else {
-                (a.bytes_per_s, g.bytes)
-            };
-            (total > 0.0).then(|| used / total)
+                siblings_did_io.then_some(0.0)
+            }
         })
         .collect()
 }
@@ -449,22 +481,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn io_shares_are_device_time_where_iocost_reports_it_else_bytes() {
-        let amount = |bytes: f64, time: Option<f64>| IoAmount {
+    fn dev(minor: u32, bytes: f64, time: Option<f64>) -> DeviceIo {
+        DeviceIo {
+            device: DevId { major: 254, minor },
             bytes_per_s: bytes,
             device_time_ratio: time,
-        };
-        // Siblings under "p": device time is reported, so bytes do not count; c has no
-        // device time (its IO is on a device io.weight does not divide) and counts 0.
-        // Siblings at the top: bytes only. Under "idle": no IO at all.
+        }
+    }
+
+    #[test]
+    fn io_shares_are_device_time_where_iocost_reports_it_else_bytes() {
+        // Under "p", one disk with device time: bytes do not count; c has none and counts 0.
+        // At the top, bytes only. Under "idle", no IO at all. Under "two", each tenant alone
+        // on its own disk, and one that did no IO on either.
         let shares = io_shares(&[
-            (Some("p"), amount(20e6, Some(0.6))),
-            (Some("p"), amount(80e6, Some(0.2))),
-            (Some("p"), amount(50e6, None)),
-            (None, amount(30.0, None)),
-            (None, amount(10.0, None)),
-            (Some("idle"), amount(0.0, None)),
+            (Some("p"), vec![dev(0, 20e6, Some(0.6))]),
+            (Some("p"), vec![dev(0, 80e6, Some(0.2))]),
+            (Some("p"), vec![dev(0, 50e6, None)]),
+            (None, vec![dev(0, 30.0, None)]),
+            (None, vec![dev(0, 10.0, None)]),
+            (Some("idle"), vec![dev(0, 0.0, None)]),
+            (Some("two"), vec![dev(0, 10.0, None)]),
+            (Some("two"), vec![dev(1, 10.0, None)]),
+            (Some("two"), vec![dev(0, 0.0, None), dev(1, 0.0, None)]),
         ]);
         let close = |s: Option<f64>, want: f64| (s.unwrap() - want).abs() < 1e-12;
         assert!(
@@ -477,5 +516,42 @@ mod tests {
             "{shares:?}"
         );
         assert_eq!(shares[5], None, "no IO among the siblings: no share at all");
+        assert!(
+            close(shares[6], 1.0) && close(shares[7], 1.0),
+            "alone on its own disk: {shares:?}"
+        );
+        assert!(
+            close(shares[8], 0.0),
+            "did no IO while siblings did: {shares:?}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Shares are fractions, and the siblings on one disk share all of it.
+        #[test]
+        fn io_shares_are_fractions_that_add_up_on_one_disk(
+            ts in proptest::collection::vec((0u32..2, 0.0f64..1e9, proptest::option::of(0.0f64..2.0), 0u32..2), 1..8),
+        ) {
+            let tenants: Vec<(Option<&str>, Vec<DeviceIo>)> = ts
+                .iter()
+                .map(|&(p, bytes, time, minor)| {
+                    (["a", "b"].get(p as usize).copied(), vec![dev(minor, bytes, time)])
+                })
+                .collect();
+            let shares = io_shares(&tenants);
+            for s in shares.iter().flatten() {
+                proptest::prop_assert!(s.is_finite() && (0.0..=1.0 + 1e-9).contains(s), "{shares:?}");
+            }
+            // One disk, one parent: the parts add up to 1 whenever anyone did IO there.
+            let one: Vec<(Option<&str>, Vec<DeviceIo>)> = ts
+                .iter()
+                .map(|&(_, bytes, time, _)| (Some("a"), vec![dev(0, bytes, time)]))
+                .collect();
+            let s1 = io_shares(&one);
+            if s1.iter().all(Option::is_some) {
+                let sum: f64 = s1.iter().flatten().sum();
+                proptest::prop_assert!((sum - 1.0).abs() < 1e-9, "{s1:?}");
+            }
+        }
     }
 }

@@ -729,6 +729,39 @@ mod tests {
         assert!(!metrics.render().contains("tenant=\"web\""));
     }
 
+    /// New targets move each open reader to its tenant's new position and close those of
+    /// tenants no longer listed; a tenant new to the list starts without one.
+    #[test]
+    fn realign_moves_each_reader_to_its_tenants_new_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let targets = |names: &[&str]| {
+            Arc::new(Targets {
+                specs: HashMap::new(),
+                dirs: names
+                    .iter()
+                    .map(|n| (n.to_string(), SampleSource::V2(root.join(n))))
+                    .collect(),
+            })
+        };
+        for n in ["a", "b", "c", "0d"] {
+            tenant_dir(&root, n, 1);
+        }
+        let mut readers = Readers::default();
+        let first = targets(&["a", "b", "c"]);
+        let read = read_all(&mut readers, &first);
+        assert!(read.iter().all(|r| matches!(r, Ok(Some(_)))), "{read:?}");
+        let second = targets(&["0d", "a", "c"]);
+        readers.realign(&second);
+        let dirs: Vec<Option<std::path::PathBuf>> = readers
+            .v2
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.dir().to_path_buf()))
+            .collect();
+        assert_eq!(dirs, [None, Some(root.join("a")), Some(root.join("c"))]);
+        assert_eq!(readers.v1.len(), 3);
+    }
+
     /// The readers are kept by position in the list of tenants, which changes as tenants
     /// come and go; each tenant must still get its own counters and its own previous sample
     /// (a mix-up shows as another tenant's CPU rate), and a deleted tenant is no longer read

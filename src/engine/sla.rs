@@ -4,7 +4,7 @@
 
 use crate::cgroup::stats::CgroupStats;
 use crate::domain::sla::{
-    Attainment, Interval, IoAmount, SlaEvent, SlaParams, Tracker, io_shares, next_weight,
+    Attainment, DeviceIo, Interval, SlaEvent, SlaParams, Tracker, io_shares, next_weight,
 };
 use crate::domain::tenant::{Protection, TenantSpec};
 use crate::domain::usage::Rates;
@@ -45,6 +45,9 @@ pub struct SlaTotals {
     pub io_contended_s: f64,
     pub io_violation_s: f64,
     pub io_violations: u64,
+    /// Share of its siblings' IO in the last interval, 0..1: device time under iocost, bytes
+    /// elsewhere; `None` without an IO guarantee, or where io weights do nothing.
+    pub io_delivered_ratio: Option<f64>,
 }
 
 impl SlaTotals {
@@ -263,6 +266,21 @@ impl SlaEngine {
         }
         if self.io_weights_effective == Some(true) {
             self.observe_io(ts_ms, inputs, &mut tick);
+        } else {
+            // io weights stopped working (iocost switched off): open IO violations end here,
+            // and judging starts afresh if they come back.
+            for (name, mut t) in self.io_trackers.drain() {
+                if let Some(e) = t.finish(ts_ms) {
+                    let totals = self.totals.entry(name.clone()).or_default();
+                    tick.events.push(violation_event(
+                        ts_ms,
+                        &name,
+                        "sla_io_violation",
+                        e,
+                        &mut totals.io_violations,
+                    ));
+                }
+            }
         }
         // Forget tenants that are gone (a set, so a sweep stays linear in the tenants).
         let live: std::collections::HashSet<&str> = inputs.iter().map(|i| i.name).collect();
@@ -306,16 +324,15 @@ fn violation_event(
     }
 }
 
-/// Bytes per second read and written, over every device.
 impl SlaEngine {
     /// IO guarantees: the share of its siblings' IO a tenant got (there is no fixed device
     /// capacity to divide), judged while its io.pressure `some` shows it waited for IO.
     fn observe_io(&mut self, ts_ms: i64, inputs: &[Input<'_>], tick: &mut Tick) {
-        let amounts: Vec<(Option<&str>, IoAmount)> = inputs
+        let amounts: Vec<(Option<&str>, Vec<DeviceIo>)> = inputs
             .iter()
             .map(|i| {
                 let parent = i.spec.parent.as_ref().map(|p| p.as_str());
-                (parent, IoAmount::of(i.rates))
+                (parent, DeviceIo::of(i.rates))
             })
             .collect();
         let shares = io_shares(&amounts);
@@ -342,6 +359,7 @@ impl SlaEngine {
                 .or_default()
                 .feed(&iv, Some(g), &self.cfg.params);
             let totals = self.totals.entry(i.name.to_string()).or_default();
+            totals.io_delivered_ratio = share;
             if v.contended {
                 totals.io_contended_s += secs;
             }
@@ -609,6 +627,50 @@ mod tests {
                 t.events
             );
         }
+    }
+
+    /// iocost switched off while an IO violation is open: it closes at the next sweep
+    /// instead of staying open for ever.
+    #[test]
+    fn an_open_io_violation_closes_when_io_weights_stop_working() {
+        let mut a = TenantSpec::default();
+        a.io.guarantee_pct = Some(Percent(60.0));
+        let b = TenantSpec::default();
+        let stats = CgroupStats::default();
+        let (ra, rb) = (io_rates(20e6, None, 0.8), io_rates(80e6, None, 0.0));
+        let input = |name, spec, rates| Input {
+            name,
+            spec,
+            rates,
+            stats: &stats,
+        };
+        let inputs = [input("a", &a, &ra), input("b", &b, &rb)];
+        let mut e = SlaEngine::new(SlaConfig::default());
+        e.set_io_weights_effective(true);
+        let state = |t: &Tick| -> Vec<String> {
+            t.events
+                .iter()
+                .filter(|e| e.kind == "sla_io_violation")
+                .map(|e| e.detail["state"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let opened: Vec<String> = (1..=4)
+            .flat_map(|k| state(&e.observe(1000 * k, 2.0, &inputs)))
+            .collect();
+        assert_eq!(opened, ["open"]);
+        e.set_io_weights_effective(false);
+        let t = e.observe(5000, 2.0, &inputs);
+        assert_eq!(state(&t), ["closed"]);
+        let closed = t
+            .events
+            .iter()
+            .find(|e| e.kind == "sla_io_violation")
+            .unwrap();
+        assert_eq!(closed.detail["end_ms"], 5000);
+        assert!(
+            state(&e.observe(6000, 2.0, &inputs)).is_empty(),
+            "closed once"
+        );
     }
 
     #[test]

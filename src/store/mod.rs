@@ -120,6 +120,17 @@ pub struct EventFilter {
     pub limit: i64,
 }
 
+/// Bumps `Store::tenants_version` when dropped: after the commit returns, and also when the
+/// request is cancelled while the commit is under way (the driver's worker still finishes
+/// it). A bump for a commit that failed only costs the sampler one extra read.
+struct TenantsChanged<'a>(&'a AtomicU64);
+
+impl Drop for TenantsChanged<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
@@ -237,8 +248,8 @@ impl Store {
         .await
         .map_err(q("save tenant"))?;
         insert_event(&mut tx, &event).await?;
+        let _changed = TenantsChanged(&self.tenants_version);
         tx.commit().await.map_err(q("commit"))?;
-        self.tenants_version.fetch_add(1, Ordering::Release);
         Ok(generation)
     }
 
@@ -252,8 +263,8 @@ impl Store {
             .map_err(q("delete tenant"))?
             .rows_affected();
         insert_event(&mut tx, &event).await?;
+        let _changed = TenantsChanged(&self.tenants_version);
         tx.commit().await.map_err(q("commit"))?;
-        self.tenants_version.fetch_add(1, Ordering::Release);
         Ok(n > 0)
     }
 

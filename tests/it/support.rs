@@ -398,35 +398,55 @@ pub struct IoCost {
 impl IoCost {
     pub fn enable(root: &TestRoot) -> IoCost {
         let (dev, _) = scratch_disk();
-        let write = |file: &str, line: String| {
-            let path = root.mount.join(file);
-            std::fs::write(&path, &line)
-                .unwrap_or_else(|e| panic!("write '{line}' to {}: {e}", path.display()));
+        // The guard first: whatever is written below is undone even if a later write fails.
+        let guard = IoCost {
+            mount: root.mount.clone(),
+            dev,
         };
+        let dev = &guard.dev;
         let (bps, iops) = (100 << 20, 1000);
-        write(
+        guard.write(
             "io.cost.model",
             format!(
                 "{dev} ctrl=user model=linear rbps={bps} rseqiops={iops} rrandiops={iops} wbps={bps} wseqiops={iops} wrandiops={iops}"
             ),
         );
-        write(
+        guard.write(
             "io.cost.qos",
             format!(
                 "{dev} enable=1 ctrl=user rpct=95.00 rlat=5000 wpct=95.00 wlat=5000 min=50.00 max=50.00"
             ),
         );
-        IoCost {
-            mount: root.mount.clone(),
-            dev,
-        }
+        guard
+    }
+
+    fn write(&self, file: &str, line: String) {
+        let path = self.mount.join(file);
+        std::fs::write(&path, &line)
+            .unwrap_or_else(|e| panic!("write '{line}' to {}: {e}", path.display()));
     }
 }
 
 impl Drop for IoCost {
+    /// Back to the boot state: iocost off, QoS and model under the kernel's control.
     fn drop(&mut self) {
         let dev = &self.dev;
-        let _ = std::fs::write(self.mount.join("io.cost.qos"), format!("{dev} enable=0"));
-        let _ = std::fs::write(self.mount.join("io.cost.model"), format!("{dev} ctrl=auto"));
+        for (file, line) in [
+            ("io.cost.qos", format!("{dev} enable=0 ctrl=auto")),
+            ("io.cost.model", format!("{dev} ctrl=auto")),
+        ] {
+            if let Err(e) = std::fs::write(self.mount.join(file), &line) {
+                eprintln!(
+                    "WARNING: could not restore {file} with '{line}': {e}; later tests may see iocost on"
+                );
+            }
+        }
+        let qos = std::fs::read_to_string(self.mount.join("io.cost.qos")).unwrap_or_default();
+        if qos
+            .lines()
+            .any(|l| l.starts_with(dev.as_str()) && l.contains("enable=1"))
+        {
+            eprintln!("WARNING: iocost is still on for {dev} after the test: {qos}");
+        }
     }
 }
