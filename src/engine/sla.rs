@@ -270,6 +270,9 @@ impl SlaEngine {
             // io weights stopped working (iocost switched off): open IO violations end here,
             // and judging starts afresh if they come back.
             for (name, mut t) in self.io_trackers.drain() {
+                if let Some(totals) = self.totals.get_mut(&name) {
+                    totals.io_delivered_ratio = None;
+                }
                 if let Some(e) = t.finish(ts_ms) {
                     let totals = self.totals.entry(name.clone()).or_default();
                     tick.events.push(violation_event(
@@ -338,6 +341,10 @@ impl SlaEngine {
         let shares = io_shares(&amounts);
         for (i, share) in inputs.iter().zip(shares) {
             let Some(g) = i.spec.io.guarantee_pct.map(|p| p.0 / 100.0) else {
+                // No IO guarantee (any more): no IO share to show.
+                if let Some(t) = self.totals.get_mut(i.name) {
+                    t.io_delivered_ratio = None;
+                }
                 continue;
             };
             let secs = i.rates.interval_s;
@@ -658,9 +665,16 @@ mod tests {
             .flat_map(|k| state(&e.observe(1000 * k, 2.0, &inputs)))
             .collect();
         assert_eq!(opened, ["open"]);
+        let share = e.totals("a").unwrap().io_delivered_ratio.unwrap();
+        assert!((share - 0.2).abs() < 1e-9, "{share}");
         e.set_io_weights_effective(false);
         let t = e.observe(5000, 2.0, &inputs);
         assert_eq!(state(&t), ["closed"]);
+        assert_eq!(
+            e.totals("a").unwrap().io_delivered_ratio,
+            None,
+            "no IO share shown once io weights do nothing"
+        );
         let closed = t
             .events
             .iter()
