@@ -475,7 +475,9 @@ fn host_cgroupfs_costs() {
     let v2_root = [base.to_path_buf(), base.join("unified")]
         .into_iter()
         .find(|p| p.join("cgroup.controllers").exists());
-    let mut layouts: Vec<(&str, Vec<(String, PathBuf)>)> = Vec::new();
+    // (layout, files a tenant has in it, those found on this host: name and path)
+    type Found = Vec<(String, PathBuf)>;
+    let mut layouts: Vec<(&str, usize, Found)> = Vec::new();
     if let Some(root) = v2_root {
         let dirs = probe_dirs(&root);
         let files = FILES
@@ -485,7 +487,7 @@ fn host_cgroupfs_costs() {
                 Some((f.to_string(), d.join(f)))
             })
             .collect();
-        layouts.push(("cgroup v2", files));
+        layouts.push(("cgroup v2", FILES.len(), files));
     }
     let v1: Vec<(String, PathBuf)> = tenantd::cgroup::v1_stats::FILES
         .iter()
@@ -498,12 +500,12 @@ fn host_cgroupfs_costs() {
         })
         .collect();
     if !v1.is_empty() {
-        layouts.push(("cgroup v1", v1));
+        layouts.push(("cgroup v1", tenantd::cgroup::v1_stats::FILES.len(), v1));
     }
     println!(
         "\n== this host's real cgroupfs, read only: one hot pread of each stat file the sampler reads"
     );
-    for (name, files) in layouts {
+    for (name, of, files) in layouts {
         let mut sum = 0.0;
         let mut found = 0;
         for (file, path) in &files {
@@ -516,11 +518,6 @@ fn host_cgroupfs_costs() {
                 );
             }
         }
-        let of = if name == "cgroup v2" {
-            FILES.len()
-        } else {
-            tenantd::cgroup::v1_stats::FILES.len()
-        };
         println!(
             "  {name}: {found} of the {of} files found; their sum {sum:.2} µs per tenant, {:.2}% of one core for 1,000 tenants at 1 s (hot: one file read again and again)",
             sum * 1000.0 / 1e6 * 100.0

@@ -280,6 +280,8 @@ pub fn io_shares(tenants: &[(Option<&str>, Vec<DeviceIo>)]) -> Vec<Option<f64>> 
         by_time: bool,
     }
     let mut devs: HashMap<(Option<&str>, DevId), Dev> = HashMap::new();
+    // The parents under which some tenant did IO on some device.
+    let mut active: std::collections::HashSet<Option<&str>> = std::collections::HashSet::new();
     for (parent, ios) in tenants {
         for d in ios {
             let e = devs.entry((*parent, d.device)).or_default();
@@ -287,6 +289,9 @@ pub fn io_shares(tenants: &[(Option<&str>, Vec<DeviceIo>)]) -> Vec<Option<f64>> 
             if let Some(t) = d.device_time_ratio {
                 e.time += t.max(0.0);
                 e.by_time = true;
+            }
+            if e.bytes > 0.0 || e.time > 0.0 {
+                active.insert(*parent);
             }
         }
     }
@@ -307,16 +312,13 @@ pub fn io_shares(tenants: &[(Option<&str>, Vec<DeviceIo>)]) -> Vec<Option<f64>> 
                 })
                 .collect();
             let bytes: f64 = parts.iter().map(|p| p.1).sum();
-            let siblings_did_io = devs
-                .iter()
-                .any(|((p, _), g)| p == parent && (g.bytes > 0.0 || (g.by_time && g.time > 0.0)));
             if bytes > 0.0 {
                 Some(parts.iter().map(|(s, b)| s * b).sum::<f64>() / bytes)
             } else if !parts.is_empty() {
                 // No bytes of its own (idle, or discards only): the plain mean of its parts.
                 Some(parts.iter().map(|p| p.0).sum::<f64>() / parts.len() as f64)
             } else {
-                siblings_did_io.then_some(0.0)
+                active.contains(parent).then_some(0.0)
             }
         })
         .collect()

@@ -281,14 +281,6 @@ fn promtool_accepts_the_rules() {
 
 // ---- live: the VM
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A Prometheus server of the test's own: its config, data dir and log under `dir`.
 struct Prometheus {
     _proc: Owned,

@@ -133,7 +133,8 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tenantd")
 }
 
-fn free_port() -> u16 {
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
