@@ -10,7 +10,18 @@ use std::fmt;
 /// Largest cpu limit accepted, in percent of one CPU (1024 CPUs).
 pub const MAX_CPU_LIMIT_PCT: f64 = 102_400.0;
 
-/// A validated tenant name: `[a-z0-9][a-z0-9-]{0,62}`.
+/// Names a tenant may not take because a cgroup interface file of that name sits in every
+/// directory on some backend. Every v2 interface file has a dot in its name and so can never be
+/// a tenant name; v1 adds `tasks` (and `notify_on_release`/`release_agent`, whose `_` is not
+/// allowed anyway). A test checks this list against the file names captured from real kernels.
+pub const RESERVED_NAMES: &[&str] = &["tasks"];
+
+/// Most labels one tenant may carry, and their sizes in bytes.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_BYTES: usize = 63;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// A validated tenant name: `[a-z0-9][a-z0-9-]{0,62}`, not one of [`RESERVED_NAMES`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct TenantName(String);
@@ -35,6 +46,11 @@ impl TenantName {
             return Err(bad(&format!(
                 "contains '{c}': only a-z, 0-9 and '-' are allowed"
             )));
+        }
+        if RESERVED_NAMES.contains(&s) {
+            return Err(bad(
+                "is the name of a cgroup interface file on cgroup v1 hosts, so its directory could not be created: choose another name",
+            ));
         }
         Ok(TenantName(s.to_string()))
     }
@@ -231,6 +247,97 @@ fn check_positive(field: &str, v: Option<u64>) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// Labels: at most [`MAX_LABELS`]; keys of 1-63 bytes from `A-Z a-z 0-9 . _ / -` starting with
+/// a letter or digit; values of at most 256 bytes without control characters. They are stored
+/// with every tenant and shown on every read, so they stay small.
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), DomainError> {
+    if labels.len() > MAX_LABELS {
+        return Err(DomainError::invalid(
+            "labels",
+            format!(
+                "{} labels given: a tenant may carry at most {MAX_LABELS}",
+                labels.len()
+            ),
+        ));
+    }
+    for (k, v) in labels {
+        // The field names the key, cut short so a huge key does not come back in full.
+        let shown: String = k.chars().take(MAX_LABEL_KEY_BYTES).collect();
+        let field = format!("labels.{shown}");
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_LABEL_KEY_BYTES
+            && k.as_bytes()[0].is_ascii_alphanumeric()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'));
+        if !key_ok {
+            return Err(DomainError::invalid(
+                &field,
+                format!(
+                    "label keys have 1-{MAX_LABEL_KEY_BYTES} bytes from A-Z, a-z, 0-9, '.', '_', '/', '-' and start with a letter or digit"
+                ),
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(DomainError::invalid(
+                &field,
+                format!(
+                    "the value has {} bytes: label values have at most {MAX_LABEL_VALUE_BYTES}",
+                    v.len()
+                ),
+            ));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(DomainError::invalid(
+                &field,
+                "label values may not contain control characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One field of a spec that a change touched, by its JSON path (`cpu.guarantee_pct`,
+/// `labels.customer`); `from`/`to` are absent where the field was absent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    pub field: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<serde_json::Value>,
+}
+
+/// What differs between two specs, field by field (objects are walked, anything else is
+/// compared whole), so an event records the change and not two copies of the spec.
+pub fn spec_changes(old: &TenantSpec, new: &TenantSpec) -> Vec<FieldChange> {
+    fn walk(path: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<FieldChange>) {
+        use serde_json::Value;
+        let a = a.filter(|v| !v.is_null());
+        let b = b.filter(|v| !v.is_null());
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk(&p, x.get(k), y.get(k), out);
+                }
+            }
+            (a, b) if a != b => out.push(FieldChange {
+                field: path.to_string(),
+                from: a.cloned(),
+                to: b.cloned(),
+            }),
+            _ => {}
+        }
+    }
+    let (a, b) = (serde_json::to_value(old), serde_json::to_value(new));
+    let mut out = Vec::new();
+    if let (Ok(a), Ok(b)) = (a, b) {
+        walk("", Some(&a), Some(&b), &mut out);
+    }
+    out
+}
+
 /// Checks one spec on its own: ranges, units, limit >= guarantee. No syscalls.
 pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainError> {
     if spec.parent.as_ref() == Some(name) {
@@ -239,14 +346,7 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
             format!("tenant '{name}' cannot be its own parent"),
         ));
     }
-    for (k, v) in &spec.labels {
-        if k.is_empty() || k.len() > 63 || v.len() > 255 {
-            return Err(DomainError::invalid(
-                &format!("labels.{k}"),
-                "label keys must have 1-63 characters and values at most 255",
-            ));
-        }
-    }
+    check_labels(&spec.labels)?;
     check_pct("cpu.guarantee_pct", spec.cpu.guarantee_pct, 100.0)?;
     check_pct("cpu.limit_pct", spec.cpu.limit_pct, MAX_CPU_LIMIT_PCT)?;
     if let Some(Percent(l)) = spec.cpu.limit_pct
@@ -536,6 +636,98 @@ mod tests {
         memory_bytes: 8 << 30,
         memory_reserve_bytes: 1 << 30,
     };
+
+    /// Issue 12, finding 5: `PUT /v1/tenants/tasks` answered 500 on a v1 host, where `tasks`
+    /// is a kernel file in every cgroup directory. Every interface file name captured from a
+    /// real kernel (v1 hierarchies and the v2 fixture) must be refused as a tenant name.
+    #[test]
+    fn finding_5_tenant_names_that_collide_with_kernel_files() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroupfs");
+        let mut names = Vec::new();
+        for f in [
+            "v1-host-6.18.44-fc-v657/interface-files.txt",
+            "6.1.0-56-amd64/fixture/work/FILES.txt",
+        ] {
+            let text = std::fs::read_to_string(root.join(f)).unwrap();
+            names.extend(
+                text.lines()
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(|l| l.split_whitespace().next().unwrap().to_string()),
+            );
+        }
+        assert!(names.len() > 50, "the fixtures list the kernel's files: {names:?}");
+        assert!(names.iter().any(|n| n == "tasks"));
+        for f in &names {
+            assert!(TenantName::parse(f).is_err(), "'{f}' is a kernel file but a valid tenant name");
+        }
+        let e = TenantName::parse("tasks").unwrap_err();
+        assert_eq!(e.field(), "name");
+        assert!(e.message().contains("interface file"), "{}", e.message());
+    }
+
+    #[test]
+    fn spec_changes_name_each_touched_field() {
+        let old: TenantSpec = serde_json::from_str(
+            r#"{"labels":{"a":"1","b":"2"},"cpu":{"guarantee_pct":50},"pids":{"limit":10}}"#,
+        )
+        .unwrap();
+        let new: TenantSpec = serde_json::from_str(
+            r#"{"labels":{"a":"1","c":"3"},"cpu":{"guarantee_pct":60,"limit_pct":100},"pids":{"limit":10}}"#,
+        )
+        .unwrap();
+        let c = spec_changes(&old, &new);
+        let fields: Vec<&str> = c.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["cpu.guarantee_pct", "cpu.limit_pct", "labels.b", "labels.c"]
+        );
+        assert_eq!(c[0].from, Some(serde_json::json!(50)));
+        assert_eq!(c[0].to, Some(serde_json::json!(60)));
+        assert_eq!(c[1].from, None);
+        assert_eq!(c[2].to, None);
+        assert!(spec_changes(&new, &new).is_empty());
+    }
+
+    /// Issue 12, finding 8: labels were unbounded (9 PUTs of ~0.9 MB labels grew the event log
+    /// to 14.7 MB). At most 64 labels of 63 + 256 bytes.
+    #[test]
+    fn finding_8_labels_are_bounded() {
+        let with = |labels: Vec<(String, String)>| TenantSpec {
+            labels: labels.into_iter().collect(),
+            ..Default::default()
+        };
+        let name = n("acme");
+        let max: Vec<_> = (0..MAX_LABELS)
+            .map(|i| (format!("k{i:0>62}"), "v".repeat(MAX_LABEL_VALUE_BYTES)))
+            .collect();
+        assert_eq!(max[0].0.len(), 63);
+        validate_spec(&name, &with(max.clone())).unwrap();
+        let mut over = max.clone();
+        over.push(("one-more".into(), "x".into()));
+        assert_eq!(validate_spec(&name, &with(over)).unwrap_err().field(), "labels");
+        let long_key = "k".repeat(64);
+        let e = validate_spec(&name, &with(vec![(long_key.clone(), "v".into())])).unwrap_err();
+        assert_eq!(e.field(), format!("labels.{}", &long_key[..63]));
+        let e = validate_spec(
+            &name,
+            &with(vec![("customer".into(), "v".repeat(MAX_LABEL_VALUE_BYTES + 1))]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field(), "labels.customer");
+        assert!(e.message().contains("257 bytes"), "{}", e.message());
+        for bad in ["", "-x", "a b", "caf\u{e9}", "a\u{0}"] {
+            assert!(
+                validate_spec(&name, &with(vec![(bad.into(), "v".into())])).is_err(),
+                "key {bad:?}"
+            );
+        }
+        assert!(validate_spec(&name, &with(vec![("k".into(), "a\nb".into())])).is_err());
+        validate_spec(
+            &name,
+            &with(vec![("app.kubernetes.io/name".into(), "caf\u{e9} \u{1f600}".into())]),
+        )
+        .unwrap();
+    }
 
     #[test]
     fn names() {

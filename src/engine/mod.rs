@@ -300,8 +300,11 @@ impl Governor {
             return Err(EngineError::Conflict {
                 field: "parent".into(),
                 message: format!(
-                    "tenant '{name}' already has parent {:?}: moving a tenant to another parent is not supported; delete and recreate it",
-                    o.parent.as_ref().map(|p| p.as_str())
+                    "tenant '{name}' already has {}: moving a tenant to another parent is not supported; delete and recreate it",
+                    match &o.parent {
+                        Some(p) => format!("parent '{p}'"),
+                        None => "no parent (it is a top-level tenant)".to_string(),
+                    }
                 ),
             });
         }
@@ -327,7 +330,12 @@ impl Governor {
             }
             .into(),
             actor: Some(actor.to_string()),
-            detail: serde_json::json!({"spec": spec, "previous": old}),
+            // A creation records the spec (bounded by validation); a change records only the
+            // fields it touched, never two copies of the whole spec.
+            detail: match &old {
+                None => serde_json::json!({ "spec": spec }),
+                Some(o) => serde_json::json!({ "changes": tenant::spec_changes(o, &spec) }),
+            },
         };
         if let Err(e) = self.store.put_tenant(name, &spec, now_ms(), event).await {
             // Keep the kernel as the store says: undo what was just written.

@@ -77,8 +77,14 @@ pub fn utc(ms: i64) -> String {
 
 const CSV_HEADER: &str = "tenant,guarantee_ratio,contended_seconds,violations,violation_seconds,attainment_ratio,delivered_mean_contended_ratio,delivered_p5_contended_ratio,memory_protection_breaches,oom_kills,cpu_seconds,memory_gib_hours,io_bytes,labels";
 
+/// One CSV cell (RFC 4180 quoting). A text cell that starts with `=`, `+`, `-`, `@`, a tab or
+/// a carriage return would be run as a formula by a spreadsheet (CSV injection, OWASP): it gets
+/// a leading `'` and is quoted, so it is shown as the text it is.
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula {
+        format!("\"'{}\"", s.replace('"', "\"\""))
+    } else if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
@@ -339,6 +345,27 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(1_700_000_000_000), "2023-11-14 22:13:20 UTC");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+
+    /// Issue 12, finding 11: cells like `=2+3` were written bare, and a spreadsheet runs them.
+    #[test]
+    fn finding_11_csv_cells_that_start_a_formula_are_escaped() {
+        for (cell, want) in [
+            ("=2+3", "\"'=2+3\""),
+            ("+1", "\"'+1\""),
+            ("-1", "\"'-1\""),
+            ("@SUM(A1)", "\"'@SUM(A1)\""),
+            ("\t=1", "\"'\t=1\""),
+            ("=HYPERLINK(\"x\")", "\"'=HYPERLINK(\"\"x\"\")\""),
+            ("acme", "acme"),
+            ("a,b", "\"a,b\""),
+        ] {
+            assert_eq!(csv_field(cell), want, "{cell}");
+        }
+        let mut r = report();
+        r.tenants[0].labels = [("note".to_string(), "=1+1".to_string())].into_iter().collect();
+        let c = csv(&r);
+        assert!(c.lines().nth(1).unwrap().ends_with(",note==1+1"), "{c}");
     }
 
     #[test]
