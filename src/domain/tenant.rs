@@ -310,7 +310,12 @@ pub struct FieldChange {
 /// What differs between two specs, field by field (objects are walked, anything else is
 /// compared whole), so an event records the change and not two copies of the spec.
 pub fn spec_changes(old: &TenantSpec, new: &TenantSpec) -> Vec<FieldChange> {
-    fn walk(path: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<FieldChange>) {
+    fn walk(
+        path: &str,
+        a: Option<&serde_json::Value>,
+        b: Option<&serde_json::Value>,
+        out: &mut Vec<FieldChange>,
+    ) {
         use serde_json::Value;
         let a = a.filter(|v| !v.is_null());
         let b = b.filter(|v| !v.is_null());
@@ -318,7 +323,11 @@ pub fn spec_changes(old: &TenantSpec, new: &TenantSpec) -> Vec<FieldChange> {
             (Some(Value::Object(x)), Some(Value::Object(y))) => {
                 let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
                 for k in keys {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     walk(&p, x.get(k), y.get(k), out);
                 }
             }
@@ -655,10 +664,16 @@ mod tests {
                     .map(|l| l.split_whitespace().next().unwrap().to_string()),
             );
         }
-        assert!(names.len() > 50, "the fixtures list the kernel's files: {names:?}");
+        assert!(
+            names.len() > 50,
+            "the fixtures list the kernel's files: {names:?}"
+        );
         assert!(names.iter().any(|n| n == "tasks"));
         for f in &names {
-            assert!(TenantName::parse(f).is_err(), "'{f}' is a kernel file but a valid tenant name");
+            assert!(
+                TenantName::parse(f).is_err(),
+                "'{f}' is a kernel file but a valid tenant name"
+            );
         }
         let e = TenantName::parse("tasks").unwrap_err();
         assert_eq!(e.field(), "name");
@@ -704,13 +719,19 @@ mod tests {
         validate_spec(&name, &with(max.clone())).unwrap();
         let mut over = max.clone();
         over.push(("one-more".into(), "x".into()));
-        assert_eq!(validate_spec(&name, &with(over)).unwrap_err().field(), "labels");
+        assert_eq!(
+            validate_spec(&name, &with(over)).unwrap_err().field(),
+            "labels"
+        );
         let long_key = "k".repeat(64);
         let e = validate_spec(&name, &with(vec![(long_key.clone(), "v".into())])).unwrap_err();
         assert_eq!(e.field(), format!("labels.{}", &long_key[..63]));
         let e = validate_spec(
             &name,
-            &with(vec![("customer".into(), "v".repeat(MAX_LABEL_VALUE_BYTES + 1))]),
+            &with(vec![(
+                "customer".into(),
+                "v".repeat(MAX_LABEL_VALUE_BYTES + 1),
+            )]),
         )
         .unwrap_err();
         assert_eq!(e.field(), "labels.customer");
@@ -724,7 +745,10 @@ mod tests {
         assert!(validate_spec(&name, &with(vec![("k".into(), "a\nb".into())])).is_err());
         validate_spec(
             &name,
-            &with(vec![("app.kubernetes.io/name".into(), "caf\u{e9} \u{1f600}".into())]),
+            &with(vec![(
+                "app.kubernetes.io/name".into(),
+                "caf\u{e9} \u{1f600}".into(),
+            )]),
         )
         .unwrap();
     }

@@ -363,7 +363,9 @@ mod tests {
             assert_eq!(csv_field(cell), want, "{cell}");
         }
         let mut r = report();
-        r.tenants[0].labels = [("note".to_string(), "=1+1".to_string())].into_iter().collect();
+        r.tenants[0].labels = [("note".to_string(), "=1+1".to_string())]
+            .into_iter()
+            .collect();
         let c = csv(&r);
         assert!(c.lines().nth(1).unwrap().ends_with(",note==1+1"), "{c}");
     }

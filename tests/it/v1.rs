@@ -763,3 +763,75 @@ fn issue_7_v1_sample_reader_measures_run_queue_wait() {
     assert!(b.stats.memory_current.is_some_and(|m| m > 0));
     assert_eq!(b.stats.cpu_pressure, None);
 }
+
+/// Issue 12, finding 5: `PUT /v1/tenants/tasks` answered 500 on a v1 host, where `tasks` is a
+/// kernel file in every cgroup directory. Now a 422 naming the field, and nothing is created.
+#[test]
+fn finding_5_put_tenant_named_after_a_kernel_file() {
+    let v = V1Daemon::start("tasks");
+    let d = v.d();
+    let (s, b) = d.call("PUT", "/v1/tenants/tasks", Some(json!({})));
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["field"], "name", "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains("interface file"),
+        "{b}"
+    );
+    let (s, b) = d.call("GET", "/v1/tenants", None);
+    assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(0)), "{b}");
+    // The kernel's own file is untouched and still a file.
+    assert!(v.tenant_file("cpu", "", "tasks").is_file());
+}
+
+/// Issue 12, finding 8: labels were unbounded and every change copied the whole spec into the
+/// event log (9 PUTs of ~0.9 MB labels made `GET /v1/events` 14.7 MB). Labels are bounded, and
+/// a change's event holds only the fields it touched.
+#[test]
+fn finding_8_labels_unbounded_and_events_copy_the_spec() {
+    let v = V1Daemon::start("labels");
+    let d = v.d();
+    let many: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let (s, b) = d.call("PUT", "/v1/tenants/acme", Some(json!({"labels": many})));
+    assert_eq!((s, b["field"].as_str()), (422, Some("labels")), "{b}");
+    let (s, b) = d.call(
+        "PUT",
+        "/v1/tenants/acme",
+        Some(json!({"labels": {"customer": "x".repeat(257)}})),
+    );
+    assert_eq!(
+        (s, b["field"].as_str()),
+        (422, Some("labels.customer")),
+        "{b}"
+    );
+
+    let full: serde_json::Map<String, serde_json::Value> = (0..64)
+        .map(|i| (format!("k{i:0>62}"), json!("v".repeat(256))))
+        .collect();
+    d.create(
+        "acme",
+        json!({"labels": full, "cpu": {"guarantee_pct": 10}}),
+    );
+    for pct in 11..20 {
+        let (s, b) = d.call(
+            "PATCH",
+            "/v1/tenants/acme",
+            Some(json!({"cpu": {"guarantee_pct": pct}})),
+        );
+        assert_eq!(s, 200, "{b}");
+    }
+    let (s, ev) = d.call("GET", "/v1/events?tenant=acme&kind=tenant_changed", None);
+    assert_eq!(s, 200, "{ev}");
+    let ev = ev.as_array().unwrap();
+    assert_eq!(ev.len(), 9, "{ev:?}");
+    for e in ev {
+        let changes = &e["detail"]["changes"];
+        assert_eq!(changes.as_array().map(Vec::len), Some(1), "{e}");
+        assert_eq!(changes[0]["field"], "cpu.guarantee_pct", "{e}");
+        assert!(
+            e.to_string().len() < 1024,
+            "an event of {} bytes",
+            e.to_string().len()
+        );
+    }
+}
