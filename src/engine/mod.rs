@@ -78,6 +78,38 @@ pub struct TenantView {
     /// Settings of the plan this host cannot apply (cgroup v1), each with the reason.
     pub not_applied: Vec<crate::cgroup::NotApplied>,
     pub procs: usize,
+    /// When `effective` and `procs` were read from the kernel (Unix ms): reads are served from
+    /// memory, refreshed by every change, every placement and every reconcile pass.
+    pub kernel_read_ms: Option<i64>,
+}
+
+/// What the kernel held for one tenant when it was last read.
+#[derive(Debug, Clone)]
+struct KernelRead {
+    effective: std::result::Result<Settings, String>,
+    procs: usize,
+    not_applied: Vec<crate::cgroup::NotApplied>,
+    read_ms: i64,
+}
+
+impl KernelRead {
+    fn of(b: &dyn Backend, dir: &CgroupPath, plan: Option<&TenantPlan>) -> KernelRead {
+        KernelRead {
+            effective: b.read(dir).map_err(|e| e.to_string()),
+            procs: b.procs(&dir.leaf()).map(|p| p.len()).unwrap_or(0),
+            not_applied: plan.map(|p| b.not_applied(&p.tenant)).unwrap_or_default(),
+            read_ms: now_ms(),
+        }
+    }
+}
+
+/// The desired state as the API reads it, for one version of the tenants table: specs and
+/// plans computed once per change instead of once per request.
+struct Desired {
+    version: u64,
+    stored: Arc<BTreeMap<TenantName, StoredTenant>>,
+    specs: Arc<BTreeMap<TenantName, TenantSpec>>,
+    plans: Arc<BTreeMap<TenantName, TenantPlan>>,
 }
 
 /// What a reconcile pass found and did.
@@ -121,6 +153,10 @@ pub struct Governor {
     cap: Capacity,
     self_pid: u32,
     writes: tokio::sync::Mutex<()>,
+    /// The last desired state read from the store, by its `tenants_version`.
+    desired: std::sync::RwLock<Option<Arc<Desired>>>,
+    /// The last kernel values read per tenant (see `TenantView::kernel_read_ms`).
+    kernel: std::sync::RwLock<BTreeMap<TenantName, KernelRead>>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -154,6 +190,8 @@ impl Governor {
             cap,
             self_pid: std::process::id(),
             writes: tokio::sync::Mutex::new(()),
+            desired: std::sync::RwLock::new(None),
+            kernel: std::sync::RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -251,35 +289,117 @@ impl Governor {
                 report.unknown
             );
         }
+        drop(_w);
+        self.refresh_kernel(None).await?;
         Ok(report)
     }
 
-    pub async fn list(&self) -> Result<Vec<TenantView>> {
+    /// The desired state at the store's current version: read and planned once per change,
+    /// then served from memory (reads must stay cheap while tenants saturate every CPU).
+    async fn desired(&self) -> Result<Arc<Desired>> {
+        let version = self.store.tenants_version();
+        if let Some(d) = self.desired.read().expect("desired lock").as_ref()
+            && d.version == version
+        {
+            return Ok(d.clone());
+        }
         let stored = self.store.tenants().await?;
         let specs = specs_of(&stored);
         let plans = plan::plan(&specs, self.cfg.params);
+        let d = Arc::new(Desired {
+            version,
+            stored: Arc::new(stored),
+            specs: Arc::new(specs),
+            plans: Arc::new(plans),
+        });
+        *self.desired.write().expect("desired lock") = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Reads the kernel values of `names` (all tenants when `None`) into the read cache, off
+    /// the async runtime.
+    async fn refresh_kernel(&self, names: Option<Vec<TenantName>>) -> Result<()> {
+        let d = self.desired().await?;
         let b = self.backend.clone();
-        let views = blocking(move || {
-            stored
+        let (specs, plans) = (d.specs.clone(), d.plans.clone());
+        let names: Vec<TenantName> = match names {
+            Some(n) => n.into_iter().filter(|n| specs.contains_key(n)).collect(),
+            None => specs.keys().cloned().collect(),
+        };
+        let reads = blocking(move || {
+            names
                 .into_iter()
-                .map(|(n, st)| view(b.as_ref(), &n, st, &specs, &plans))
+                .map(|n| {
+                    let r = KernelRead::of(b.as_ref(), &dir_of(&n, &specs), plans.get(&n));
+                    (n, r)
+                })
                 .collect::<Vec<_>>()
         })
         .await?;
-        Ok(views)
+        let mut k = self.kernel.write().expect("kernel lock");
+        k.retain(|n, _| d.specs.contains_key(n));
+        k.extend(reads);
+        Ok(())
+    }
+
+    /// A tenant and its ancestors, whose kernel values a change to it may alter.
+    fn lineage_names(
+        name: &TenantName,
+        specs: &BTreeMap<TenantName, TenantSpec>,
+    ) -> Vec<TenantName> {
+        let mut out = vec![name.clone()];
+        let mut cur = specs.get(name).and_then(|s| s.parent.clone());
+        while let Some(p) = cur {
+            if out.contains(&p) {
+                break;
+            }
+            cur = specs.get(&p).and_then(|s| s.parent.clone());
+            out.push(p);
+        }
+        out
+    }
+
+    /// Every tenant with its spec, plan and the last kernel values read (from memory: no
+    /// kernel walk per request; a tenant not read yet is read now).
+    pub async fn list(&self) -> Result<Vec<TenantView>> {
+        let d = self.desired().await?;
+        let missing: Vec<TenantName> = {
+            let k = self.kernel.read().expect("kernel lock");
+            d.specs
+                .keys()
+                .filter(|n| !k.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        if !missing.is_empty() {
+            self.refresh_kernel(Some(missing)).await?;
+        }
+        let k = self.kernel.read().expect("kernel lock");
+        Ok(d.stored
+            .iter()
+            .map(|(n, st)| view(self.backend.as_ref(), n, st.clone(), &d, k.get(n)))
+            .collect())
     }
 
     pub async fn get(&self, name: &TenantName) -> Result<TenantView> {
-        let stored = self.store.tenants().await?;
-        let specs = specs_of(&stored);
-        let st = stored
+        let d = self.desired().await?;
+        let st = d
+            .stored
             .get(name)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
-        let plans = plan::plan(&specs, self.cfg.params);
-        let b = self.backend.clone();
-        let n = name.clone();
-        blocking(move || view(b.as_ref(), &n, st, &specs, &plans)).await
+        let cached = self.kernel.read().expect("kernel lock").get(name).cloned();
+        let read = match cached {
+            Some(r) => r,
+            None => {
+                self.refresh_kernel(Some(vec![name.clone()])).await?;
+                let k = self.kernel.read().expect("kernel lock");
+                k.get(name)
+                    .cloned()
+                    .ok_or_else(|| EngineError::NotFound(name.to_string()))?
+            }
+        };
+        Ok(view(self.backend.as_ref(), name, st, &d, Some(&read)))
     }
 
     /// Creates or replaces a tenant. Returns the view and whether it was created.
@@ -360,6 +480,9 @@ impl Governor {
             return Err(e.into());
         }
         drop(_w);
+        let d = self.desired().await?;
+        self.refresh_kernel(Some(Self::lineage_names(name, &d.specs)))
+            .await?;
         Ok((self.get(name).await?, created))
     }
 
@@ -459,7 +582,9 @@ impl Governor {
         self.store.delete_tenant(name, event).await?;
         let b = self.backend.clone();
         let cfg = self.cfg.clone();
+        let ancestors = Self::lineage_names(name, &specs);
         blocking(move || apply_change(b.as_ref(), &cfg, &specs, &remaining, None)).await??;
+        self.refresh_kernel(Some(ancestors)).await?;
         Ok(())
     }
 
@@ -503,33 +628,35 @@ impl Governor {
     }
 }
 
+/// A tenant's view from the desired state and the last kernel read (no IO: `path_of` and
+/// `not_applied` only compute).
 fn view(
     b: &dyn Backend,
     name: &TenantName,
     stored: StoredTenant,
-    specs: &BTreeMap<TenantName, TenantSpec>,
-    plans: &BTreeMap<TenantName, TenantPlan>,
+    d: &Desired,
+    read: Option<&KernelRead>,
 ) -> TenantView {
+    let (specs, plans) = (&*d.specs, &*d.plans);
     let dir = dir_of(name, specs);
-    let (effective, effective_error) = match b.read(&dir) {
-        Ok(s) => (Some(s), None),
-        Err(e) => (None, Some(e.to_string())),
+    let (effective, effective_error) = match read.map(|r| &r.effective) {
+        Some(Ok(s)) => (Some(s.clone()), None),
+        Some(Err(e)) => (None, Some(e.clone())),
+        None => (None, Some("not read from the kernel yet".to_string())),
     };
     TenantView {
         name: name.clone(),
         stored,
         cgroup: b.path_of(&dir),
-        not_applied: plans
-            .get(name)
-            .map(|p| b.not_applied(&p.tenant))
-            .unwrap_or_default(),
+        not_applied: read.map(|r| r.not_applied.clone()).unwrap_or_default(),
         planned: plans.get(name).cloned().unwrap_or(TenantPlan {
             tenant: Settings::default(),
             leaf: Settings::default(),
         }),
         effective,
         effective_error,
-        procs: b.procs(&dir.leaf()).map(|p| p.len()).unwrap_or(0),
+        procs: read.map_or(0, |r| r.procs),
+        kernel_read_ms: read.map(|r| r.read_ms),
     }
 }
 
