@@ -66,6 +66,9 @@ pub struct FileConfig {
     pub sla_adaptive: Option<bool>,
     /// The highest cpu.weight adaptive enforcement may give the root [10000].
     pub sla_adaptive_max_weight: Option<u32>,
+    /// Cgroups (paths as /proc/PID/cgroup shows them) whose processes, and those of the cgroups
+    /// below, are never moved into a tenant [init's own cgroup, and /init.scope under systemd].
+    pub protected_cgroups: Option<Vec<String>>,
 }
 
 /// The validated configuration of `tenantd serve`.
@@ -93,6 +96,9 @@ pub struct Config {
     pub sample_interval: Duration,
     pub usage_retention: crate::store::Retention,
     pub sla: crate::engine::sla::SlaConfig,
+    /// Protected cgroups as configured; `None` is the default, read from /proc/1 at start
+    /// (`engine::placement::default_protected_cgroups`).
+    pub protected_cgroups: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -141,6 +147,7 @@ impl FileConfig {
             sla_adaptive_max_weight: self
                 .sla_adaptive_max_weight
                 .or(other.sla_adaptive_max_weight),
+            protected_cgroups: self.protected_cgroups.or(other.protected_cgroups),
         }
     }
 
@@ -275,7 +282,16 @@ impl FileConfig {
                 86_400_000.0,
             )?,
         };
+        let protected_cgroups = match self.protected_cgroups {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|p| protected_cgroup(p))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
         Ok(Config {
+            protected_cgroups,
             sample_interval: secs("sample_interval_s", self.sample_interval_s, 1.0, 0.1)?,
             usage_retention,
             sla,
@@ -298,6 +314,34 @@ impl FileConfig {
             max_body_bytes: self.max_body_bytes.map(|b| b.0 as usize).unwrap_or(1 << 20),
         })
     }
+}
+
+/// One `protected_cgroups` entry: an absolute cgroup path (trailing '/' dropped), not the
+/// root (every process is below it) and without '.' or '..' segments.
+fn protected_cgroup(p: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid {
+        field: "protected_cgroups",
+        message: format!("'{p}' {why}"),
+    };
+    if !p.starts_with('/') {
+        return Err(bad(
+            "is not an absolute cgroup path: write it as /proc/PID/cgroup shows it, e.g. /init.scope",
+        ));
+    }
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(bad(
+            "is the root cgroup, which holds every process: list the cgroups to protect instead",
+        ));
+    }
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(bad("has an empty, '.' or '..' segment"));
+    }
+    Ok(trimmed.to_string())
 }
 
 /// Where tenants go by default: if this process sits in a delegated v2 subtree (systemd
@@ -386,6 +430,41 @@ mod tests {
         .resolve(root)
         .unwrap_err();
         assert!(e.to_string().starts_with("usage_hour_retention_d:"), "{e}");
+    }
+
+    #[test]
+    fn protected_cgroups_default_and_validation() {
+        assert_eq!(
+            FileConfig::default()
+                .resolve(root)
+                .unwrap()
+                .protected_cgroups,
+            None
+        );
+        let f: FileConfig =
+            toml::from_str("protected_cgroups = ['/init.scope', '/system.slice/sshd.service/']")
+                .unwrap();
+        assert_eq!(
+            f.resolve(root).unwrap().protected_cgroups,
+            Some(vec![
+                "/init.scope".to_string(),
+                "/system.slice/sshd.service".to_string()
+            ])
+        );
+        let f: FileConfig = toml::from_str("protected_cgroups = []").unwrap();
+        assert_eq!(f.resolve(root).unwrap().protected_cgroups, Some(vec![]));
+        for bad in ["/", "init.scope", "/a/../b", "//a"] {
+            let e = FileConfig {
+                protected_cgroups: Some(vec![bad.into()]),
+                ..Default::default()
+            }
+            .resolve(root)
+            .unwrap_err();
+            assert!(
+                e.to_string().starts_with("protected_cgroups: '"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -208,6 +208,9 @@ pub trait Backend: Send + Sync + 'static {
     fn procs(&self, dir: &CgroupPath) -> Result<Vec<u32>>;
     /// Whether any process lives in `dir` or below.
     fn populated(&self, dir: &CgroupPath) -> Result<bool>;
+    /// Every process (thread-group ID, as cgroup.procs lists it) in `dir` and below, sorted;
+    /// a process with a thread there counts. What a kill of `dir` would hit.
+    fn subtree_procs(&self, dir: &CgroupPath) -> Result<Vec<u32>>;
     /// Moves `pid` into `dir`.
     fn attach(&self, dir: &CgroupPath, pid: u32) -> Result<()>;
     /// Kills every process in `dir` and below (cgroup.kill), and waits for them to go.

@@ -743,6 +743,10 @@ impl Backend for V1 {
         Ok(!self.subtree_pids(dir)?.is_empty())
     }
 
+    fn subtree_procs(&self, dir: &CgroupPath) -> Result<Vec<u32>> {
+        Ok(self.subtree_pids(dir)?.into_iter().collect())
+    }
+
     fn attach(&self, dir: &CgroupPath, pid: u32) -> Result<()> {
         for r in self.roots.distinct() {
             write_file(&dir.under(r).join("cgroup.procs"), &pid.to_string())?;

@@ -320,6 +320,29 @@ impl Backend for V2 {
         Ok(ev.get("populated").copied().unwrap_or(0) == 1)
     }
 
+    fn subtree_procs(&self, dir: &CgroupPath) -> Result<Vec<u32>> {
+        fn walk(p: &Path, out: &mut Vec<u32>) -> Result<()> {
+            match optional(&p.join("cgroup.procs"), parse::pids)? {
+                Some(v) => out.extend(v),
+                None => return Ok(()),
+            }
+            let Ok(rd) = fs::read_dir(p) else {
+                return Ok(());
+            };
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&e.path(), out)?;
+                }
+            }
+            Ok(())
+        }
+        let mut out = Vec::new();
+        walk(&dir.under(&self.root), &mut out)?;
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
     fn attach(&self, dir: &CgroupPath, pid: u32) -> Result<()> {
         write_file(
             &dir.under(&self.root).join("cgroup.procs"),

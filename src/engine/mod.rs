@@ -123,7 +123,7 @@ pub struct ReconcileReport {
 }
 
 /// Tunables the engine needs from the configuration. The default is for tests and tools:
-/// no memory reserve, no daemon protection, /proc as usual.
+/// no memory reserve, no daemon protection, no protected cgroups, /proc as usual.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub params: PlanParams,
@@ -132,6 +132,9 @@ pub struct EngineConfig {
     pub daemon_memory_min_bytes: u64,
     /// Where /proc is (tests and the VM may differ).
     pub proc_root: PathBuf,
+    /// Cgroups (paths as /proc/PID/cgroup shows them) whose processes are never moved into a
+    /// tenant; resolved (`placement::default_protected_cgroups`) before it gets here.
+    pub protected_cgroups: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -142,6 +145,7 @@ impl Default for EngineConfig {
             daemon_cpu_weight: 100,
             daemon_memory_min_bytes: 0,
             proc_root: PathBuf::from("/proc"),
+            protected_cgroups: Vec::new(),
         }
     }
 }
@@ -487,7 +491,8 @@ impl Governor {
     }
 
     /// Deletes a tenant: refused while it has children, or live processes unless `mode` says
-    /// to kill them or move them to another tenant.
+    /// to kill them or move them to another tenant; refused (409, nothing killed or moved) when
+    /// PID 1 or the daemon is among its processes.
     pub async fn delete(&self, name: &TenantName, mode: DeleteMode, actor: &str) -> Result<()> {
         let _w = self.writes.lock().await;
         let stored = self.store.tenants().await?;
@@ -528,20 +533,51 @@ impl Governor {
         };
         let b = self.backend.clone();
         let m = mode.clone();
+        let policy = self.policy();
+        let tenant = name.to_string();
         let moved = blocking(move || -> Result<Vec<u32>> {
             if !b.exists(&dir) {
                 return Ok(Vec::new());
             }
             let mut moved = Vec::new();
             if b.populated(&dir)? {
+                // Neither PID 1 nor the daemon (nor a thread of it) is ever killed or moved:
+                // checked on the whole subtree before anything is done.
+                let refused = |field: &str, what: &str, r: placement::Refusal| {
+                    EngineError::Conflict {
+                        field: field.into(),
+                        message: format!(
+                            "{r}; it is among the processes of tenant '{tenant}', so {what} and the tenant is kept"
+                        ),
+                    }
+                };
                 match (&m, &target) {
-                    (DeleteMode::Kill, _) => b.kill(&dir)?,
+                    (DeleteMode::Kill, _) => {
+                        // The remaining race: a process moved in by someone else between this
+                        // check and the kill (cgroup.kill, or v1's SIGKILL loop) is killed too.
+                        if let Some(r) = policy.kill_check(&b.subtree_procs(&dir)?) {
+                            return Err(refused("kill", "the kill was not done (nothing was killed)", r));
+                        }
+                        b.kill(&dir)?
+                    }
                     (DeleteMode::MoveTo(_), Some(to)) => {
+                        if let Some(r) = policy.move_check(&b.subtree_procs(&dir)?) {
+                            return Err(refused("move_to", "the move was not done (nothing was moved)", r));
+                        }
                         // Processes may fork while we move them: repeat until the leaf is empty.
+                        // Each PID is checked again as it is moved; a refusal stops the delete
+                        // (those moved so far stay in the target).
                         for _ in 0..100 {
                             let pids = b.procs(&dir.leaf())?;
                             if pids.is_empty() {
                                 break;
+                            }
+                            if let Some(r) = policy.move_check(&pids) {
+                                let what = format!(
+                                    "the move was stopped (the {} processes moved already stay in the target)",
+                                    moved.len()
+                                );
+                                return Err(refused("move_to", &what, r));
                             }
                             for pid in pids {
                                 match b.attach(to, pid) {

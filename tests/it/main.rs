@@ -6,12 +6,15 @@
 //! - `kernel`: the governor against a real cgroup v2 kernel. Marked `#[ignore]` with a reason,
 //!   so a plain `cargo test` on a hybrid host lists them as ignored; `tests/run.sh` runs them
 //!   with `--ignored` inside the qemu VM (or on a pure v2 host with `TENANTD_KERNEL=host`).
+//! - `placement`: PID 1, the daemon and its threads are never moved or killed (issue 12), on
+//!   v1 here and on v2 in the VM, with the daemon in its own PID namespace.
 //! - `v1`: the cgroup v1 backend for real on a v1 or hybrid host (this CI host); not ignored,
 //!   and fails loudly when the v1 hierarchies are missing.
 
 mod api;
 mod dashboards;
 mod kernel;
+mod placement;
 mod sla;
 mod support;
 mod usage;
