@@ -432,6 +432,7 @@ impl Governor {
                 detail: serde_json::json!({"pid": pid}),
             }])
             .await?;
+        self.refresh_kernel(Some(vec![name.clone()])).await?;
         Ok(())
     }
 
