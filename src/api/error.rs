@@ -126,6 +126,12 @@ impl From<EngineError> for Problem {
                 Problem::new(StatusCode::CONFLICT, "conflict", message).field(field)
             }
             EngineError::BadPid { message, .. } => Problem::invalid("pid", message),
+            // Logged by the store once, when writes start failing; nothing was written.
+            EngineError::Store(e @ crate::store::StoreError::Full { .. }) => Problem::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient-storage",
+                format!("nothing was changed: {e}"),
+            ),
             e @ (EngineError::Store(_) | EngineError::Join(_)) => {
                 tracing::error!(
                     "{e}: {:?}",
