@@ -668,6 +668,41 @@ mod tests {
             2,
             "the failed delete lost nothing"
         );
+        // The writer connection was replaced after the error: the next change commits.
+        let q = TenantName::parse("q").unwrap();
+        store
+            .put_tenant(&q, &TenantSpec::default(), 4, ev("tenant_created", "q", 4))
+            .await
+            .unwrap();
+        assert_eq!(store.tenants().await.unwrap().len(), 3);
+        assert!(store.writable(), "a refused change is not a full disk");
+    }
+
+    /// A change whose caller went away mid-transaction (a client disconnected) leaves the
+    /// writer connection inside BEGIN; the next change must not inherit that transaction.
+    #[tokio::test]
+    async fn a_cancelled_change_leaves_the_writer_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let a = TenantName::parse("a").unwrap();
+        // Polled once: BEGIN IMMEDIATE is sent, then the future is dropped.
+        let cancelled = tokio::time::timeout(
+            Duration::ZERO,
+            store.put_tenant(&a, &TenantSpec::default(), 1, ev("tenant_created", "a", 1)),
+        )
+        .await;
+        assert!(
+            cancelled.is_err(),
+            "the first poll did not finish the change"
+        );
+        let b = TenantName::parse("b").unwrap();
+        store
+            .put_tenant(&b, &TenantSpec::default(), 2, ev("tenant_created", "b", 2))
+            .await
+            .unwrap();
+        store.close().await;
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        assert!(store.tenants().await.unwrap().contains_key(&b));
     }
 
     #[tokio::test]
