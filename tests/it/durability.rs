@@ -446,6 +446,11 @@ fn issue13_finding_1_full_disk_acknowledged_but_lost() {
         .lines()
         .filter(|l| l.contains("usage sampler:"))
         .collect();
+    tr.lines.extend(
+        logs.lines()
+            .filter(|l| l.contains("usage sampler:") || l.contains("tenantd::store"))
+            .map(|l| format!("log: {l}")),
+    );
     if sampler_lines.len() != 2 {
         tr.violation(format!(
             "the usage sampler logged {} lines about the full disk, want one when its writes fail and one when they resume: {sampler_lines:#?}",
