@@ -126,6 +126,12 @@ impl From<EngineError> for Problem {
                 Problem::new(StatusCode::CONFLICT, "conflict", message).field(field)
             }
             EngineError::BadPid { message, .. } => Problem::invalid("pid", message),
+            // Logged by the store once, when writes start failing; the store wrote nothing.
+            EngineError::Store(e @ crate::store::StoreError::Full { .. }) => Problem::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient-storage",
+                e.to_string(),
+            ),
             e @ (EngineError::Store(_) | EngineError::Join(_)) => {
                 tracing::error!(
                     "{e}: {:?}",

@@ -24,7 +24,22 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready while the database answers and can write: after a write found its filesystem full,
+/// each call probes with a small write (see `Store::check_writable`), so readiness returns by
+/// itself with the space. The unauthenticated answer does not name the database's path.
 pub async fn readyz(State(st): State<AppState>) -> Res<&'static str> {
+    st.gov.store().check_writable().await.map_err(|e| {
+        let detail = match e {
+            crate::store::StoreError::Full { .. } => {
+                "the database's filesystem is full: free space; tenantd retries by itself"
+            }
+            e => {
+                tracing::warn!("readyz: {e}");
+                "the database cannot write"
+            }
+        };
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", detail)
+    })?;
     st.gov.store().tenants().await.map_err(|e| {
         tracing::warn!("readyz: {e}");
         Problem::new(

@@ -287,15 +287,28 @@ impl Sampler {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The error the sweeps fail with, logged once when it starts (or changes) and once
+        // when sweeps succeed again, not every tick: a full disk fails every sweep until space
+        // returns. `sampler_errors` counts each failure.
+        let mut failing: Option<String> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Err(e) = self.sweep().await {
+                _ = tick.tick() => match self.sweep().await {
+                    Err(e) => {
                         self.metrics.sampler_errors.inc();
-                        tracing::warn!("usage sampler: {e}");
+                        let e = e.to_string();
+                        if failing.as_ref() != Some(&e) {
+                            tracing::warn!("usage sampler: {e}; retrying every interval, logged again when this changes");
+                            failing = Some(e);
+                        }
                     }
-                }
+                    Ok(_) => {
+                        if failing.take().is_some() {
+                            tracing::info!("usage sampler: sweeps are stored again");
+                        }
+                    }
+                },
             }
         }
     }

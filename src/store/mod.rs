@@ -1,5 +1,11 @@
 //! All SQL lives here: the desired state (tenants) and the event log, in one SQLite file
 //! (WAL mode, `migrations/` applied at open). Callers pass times in; the store reads no clock.
+//!
+//! Durability (issue 13, finding 1): the desired state and the event log are written through
+//! ONE writer connection with `synchronous = FULL`, each change one `BEGIN IMMEDIATE ..
+//! COMMIT`, acknowledged only once COMMIT returned. After any error that connection is closed
+//! and a fresh one opened for the next write, so no half-finished transaction survives. A
+//! full filesystem is `StoreError::Full` and turns `Store::writable` off until a write commits.
 
 mod samples;
 mod sla;
@@ -10,12 +16,12 @@ pub use sla::{SlaBucket, SlaMinute, SlaRow, SlaSeries};
 use crate::domain::{TenantName, TenantSpec};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Errors of the store. Each names the operation.
@@ -41,6 +47,35 @@ pub enum StoreError {
     },
     #[error("tenant '{name}' in the database is unreadable: {why}")]
     Corrupt { name: String, why: String },
+    /// SQLite answered SQLITE_FULL (or could not grow its `-shm` wal-index): nothing of the
+    /// change was written.
+    #[error(
+        "the database's filesystem is full ({}): free space; tenantd retries by itself",
+        path.display()
+    )]
+    Full {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// SQLite's result code for a full disk (`SQLITE_FULL`), and the extended code for a wal-index
+/// (`-shm`) that could not grow (`SQLITE_IOERR_SHMSIZE`), which on a full disk comes first.
+/// https://www.sqlite.org/rescode.html
+const SQLITE_FULL: i32 = 13;
+const SQLITE_IOERR_SHMSIZE: i32 = 4874;
+
+/// Whether `e` says the database's filesystem is full.
+fn is_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == SQLITE_FULL || c == SQLITE_IOERR_SHMSIZE),
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(libc::ENOSPC),
+        _ => false,
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -131,9 +166,85 @@ impl Drop for TenantsChanged<'_> {
     }
 }
 
+/// The one connection that writes the desired state and the event log.
+struct Writer {
+    /// The pool's options with `synchronous = FULL`: in WAL mode each COMMIT syncs the WAL,
+    /// so an acknowledged change survives a crash of the host too.
+    opts: SqliteConnectOptions,
+    slot: tokio::sync::Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// `None` after an error: the next write opens a fresh connection.
+    conn: Option<SqliteConnection>,
+    /// Set from BEGIN until COMMIT returned: still set when a writer was cancelled in between
+    /// (a client went away), and then the connection is replaced before the next write.
+    in_tx: bool,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+/// A write transaction on the writer connection; `commit` ends it.
+struct WriteTx<'a> {
+    store: &'a Store,
+    slot: tokio::sync::MutexGuard<'a, Slot>,
+}
+
+impl WriteTx<'_> {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        self.slot
+            .conn
+            .as_mut()
+            .expect("a write transaction holds an open connection")
+    }
+
+    /// Commits when `body` succeeded. On any error the connection is closed (SQLite rolls an
+    /// open transaction back when its connection closes) and the error classified.
+    async fn commit<T>(mut self, body: Result<T>) -> Result<T> {
+        let r = match body {
+            Ok(v) => sqlx::query("COMMIT")
+                .execute(self.conn())
+                .await
+                .map(|_| v)
+                .map_err(q("commit")),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(v) => {
+                self.slot.in_tx = false;
+                self.store.wrote();
+                Ok(v)
+            }
+            Err(e) => {
+                close_writer(&mut self.slot).await;
+                Err(self.store.classify(e))
+            }
+        }
+    }
+}
+
+/// Closes the writer connection, if any; the next write opens a fresh one.
+async fn close_writer(slot: &mut Slot) {
+    slot.in_tx = false;
+    if let Some(c) = slot.conn.take()
+        && let Err(e) = c.close().await
+    {
+        tracing::debug!("closing the database writer connection: {e}");
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    writer: Arc<Writer>,
+    path: PathBuf,
+    /// False from a write that found the filesystem full until a write commits again.
+    writable: Arc<AtomicBool>,
     /// Bumped after every committed change to the tenants table (`tenants_version`). This
     /// process is the table's only writer: the CLI goes through the HTTP API.
     tenants_version: Arc<AtomicU64>,
@@ -157,8 +268,21 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        let writer_opts = opts.clone().synchronous(SqliteSynchronous::Full);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A COMMIT that fails with SQLITE_FULL has rolled back already, so the ROLLBACK
+            // sqlx then queues fails too and sqlx still counts the transaction as open: its
+            // next BEGIN on that connection is a SAVEPOINT inside a transaction that never
+            // ends (writes acknowledged but never committed, reads of a stale snapshot, the
+            // write lock held). Such a connection is closed instead of reused. The ping runs
+            // after the queued ROLLBACK.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(opts)
             .await
             .map_err(|source| StoreError::Open {
@@ -172,10 +296,127 @@ impl Store {
                 path: path.into(),
                 source,
             })?;
-        Ok(Store {
+        let store = Store {
             pool,
+            writer: Arc::new(Writer {
+                opts: writer_opts,
+                slot: tokio::sync::Mutex::new(Slot::default()),
+            }),
+            path: path.into(),
+            writable: Arc::new(AtomicBool::new(true)),
             tenants_version: Arc::new(AtomicU64::new(0)),
-        })
+        };
+        let conn = store
+            .writer
+            .opts
+            .connect()
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.into(),
+                source,
+            })?;
+        store.writer.slot.lock().await.conn = Some(conn);
+        Ok(store)
+    }
+
+    /// Starts a write transaction on the writer connection, opening a fresh connection when
+    /// the last one was closed after an error or left inside a transaction by a cancelled
+    /// writer. `BEGIN IMMEDIATE` takes the write lock first, so a busy database is found here
+    /// and not halfway through the change.
+    async fn begin_write(&self) -> Result<WriteTx<'_>> {
+        let mut slot = self.writer.slot.lock().await;
+        if slot.in_tx {
+            close_writer(&mut slot).await;
+        }
+        if slot.conn.is_none() {
+            let conn = self
+                .writer
+                .opts
+                .connect()
+                .await
+                .map_err(|e| self.classify(q("open the writer connection")(e)))?;
+            slot.conn = Some(conn);
+        }
+        slot.in_tx = true;
+        let conn = slot.conn.as_mut().expect("opened above");
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(conn).await {
+            close_writer(&mut slot).await;
+            return Err(self.classify(q("begin")(e)));
+        }
+        Ok(WriteTx { store: self, slot })
+    }
+
+    /// Turns a full filesystem into `StoreError::Full` and `writable` off (logged once, when
+    /// it turns); other errors pass through.
+    fn classify(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Query { op, source } if is_full(&source) => {
+                let full = StoreError::Full {
+                    path: self.path.clone(),
+                    source,
+                };
+                if self.writable.swap(false, Ordering::AcqRel) {
+                    let cause = std::error::Error::source(&full)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    tracing::error!("database {op} failed: {full} ({cause})");
+                }
+                full
+            }
+            e => e,
+        }
+    }
+
+    /// Records that a write committed: `writable` on again (logged once, when it turns).
+    fn wrote(&self) {
+        if !self.writable.swap(true, Ordering::AcqRel) {
+            tracing::info!("the database {} accepts writes again", self.path.display());
+        }
+    }
+
+    /// `r` of a write on the pool (usage rows, rollups, pruning), classified; `wrote` says
+    /// whether its success committed a real change.
+    fn tracked<T>(&self, r: Result<T>, wrote: bool) -> Result<T> {
+        match r {
+            Ok(v) => {
+                if wrote {
+                    self.wrote();
+                }
+                Ok(v)
+            }
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    /// False from a write that found the database's filesystem full until a write commits
+    /// again. `check_writable` probes.
+    pub fn writable(&self) -> bool {
+        self.writable.load(Ordering::Acquire)
+    }
+
+    /// Whether the store can write now. Free while `writable` is on; while it is off this
+    /// commits one small real write (the database header's `user_version`, rewritten with the
+    /// value it holds), so readiness returns with the space, without waiting for a user's
+    /// write. `BEGIN IMMEDIATE` alone would not do: it takes a lock and writes nothing.
+    pub async fn check_writable(&self) -> Result<()> {
+        if self.writable() {
+            return Ok(());
+        }
+        let mut w = self.begin_write().await?;
+        let r = async {
+            let v: i64 = sqlx::query_scalar("PRAGMA user_version")
+                .fetch_one(w.conn())
+                .await
+                .map_err(q("probe a write"))?;
+            // An integer the database gave: no user text.
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {v}")))
+                .execute(w.conn())
+                .await
+                .map_err(q("probe a write"))?;
+            Ok(())
+        }
+        .await;
+        w.commit(r).await
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -183,6 +424,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        close_writer(&mut *self.writer.slot.lock().await).await;
         self.pool.close().await;
     }
 
@@ -232,51 +474,62 @@ impl Store {
         event: NewEvent,
     ) -> Result<i64> {
         let json = serde_json::to_string(spec).expect("a spec always serializes");
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let generation: i64 = sqlx::query_scalar(
-            "INSERT INTO tenants (name, parent, spec, generation, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, 1, ?4, ?4)
-             ON CONFLICT(name) DO UPDATE SET parent = ?2, spec = ?3,
-                 generation = tenants.generation + 1, updated_ms = ?4
-             RETURNING generation",
-        )
-        .bind(name.as_str())
-        .bind(spec.parent.as_ref().map(|p| p.as_str()))
-        .bind(&json)
-        .bind(now_ms)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(q("save tenant"))?;
-        insert_event(&mut tx, &event).await?;
+        let mut w = self.begin_write().await?;
+        let r = async {
+            let generation: i64 = sqlx::query_scalar(
+                "INSERT INTO tenants (name, parent, spec, generation, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?4)
+                 ON CONFLICT(name) DO UPDATE SET parent = ?2, spec = ?3,
+                     generation = tenants.generation + 1, updated_ms = ?4
+                 RETURNING generation",
+            )
+            .bind(name.as_str())
+            .bind(spec.parent.as_ref().map(|p| p.as_str()))
+            .bind(&json)
+            .bind(now_ms)
+            .fetch_one(w.conn())
+            .await
+            .map_err(q("save tenant"))?;
+            insert_event(w.conn(), &event).await?;
+            Ok(generation)
+        }
+        .await;
         let _changed = TenantsChanged(&self.tenants_version);
-        tx.commit().await.map_err(q("commit"))?;
-        Ok(generation)
+        w.commit(r).await
     }
 
     /// Deletes a tenant and records `event`, in one transaction. False if it did not exist.
     pub async fn delete_tenant(&self, name: &TenantName, event: NewEvent) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let n = sqlx::query("DELETE FROM tenants WHERE name = ?1")
-            .bind(name.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(q("delete tenant"))?
-            .rows_affected();
-        insert_event(&mut tx, &event).await?;
+        let mut w = self.begin_write().await?;
+        let r = async {
+            let n = sqlx::query("DELETE FROM tenants WHERE name = ?1")
+                .bind(name.as_str())
+                .execute(w.conn())
+                .await
+                .map_err(q("delete tenant"))?
+                .rows_affected();
+            insert_event(w.conn(), &event).await?;
+            Ok(n > 0)
+        }
+        .await;
         let _changed = TenantsChanged(&self.tenants_version);
-        tx.commit().await.map_err(q("commit"))?;
-        Ok(n > 0)
+        w.commit(r).await
     }
 
+    /// Records events in one transaction on the writer connection.
     pub async fn add_events(&self, events: &[NewEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        for e in events {
-            insert_event(&mut tx, e).await?;
+        let mut w = self.begin_write().await?;
+        let r = async {
+            for e in events {
+                insert_event(w.conn(), e).await?;
+            }
+            Ok(())
         }
-        tx.commit().await.map_err(q("commit"))
+        .await;
+        w.commit(r).await
     }
 
     /// Events, newest first.
@@ -415,6 +668,41 @@ mod tests {
             2,
             "the failed delete lost nothing"
         );
+        // The writer connection was replaced after the error: the next change commits.
+        let q = TenantName::parse("q").unwrap();
+        store
+            .put_tenant(&q, &TenantSpec::default(), 4, ev("tenant_created", "q", 4))
+            .await
+            .unwrap();
+        assert_eq!(store.tenants().await.unwrap().len(), 3);
+        assert!(store.writable(), "a refused change is not a full disk");
+    }
+
+    /// A change whose caller went away mid-transaction (a client disconnected) leaves the
+    /// writer connection inside BEGIN; the next change must not inherit that transaction.
+    #[tokio::test]
+    async fn a_cancelled_change_leaves_the_writer_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let a = TenantName::parse("a").unwrap();
+        // Polled once: BEGIN IMMEDIATE is sent, then the future is dropped.
+        let cancelled = tokio::time::timeout(
+            Duration::ZERO,
+            store.put_tenant(&a, &TenantSpec::default(), 1, ev("tenant_created", "a", 1)),
+        )
+        .await;
+        assert!(
+            cancelled.is_err(),
+            "the first poll did not finish the change"
+        );
+        let b = TenantName::parse("b").unwrap();
+        store
+            .put_tenant(&b, &TenantSpec::default(), 2, ev("tenant_created", "b", 2))
+            .await
+            .unwrap();
+        store.close().await;
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        assert!(store.tenants().await.unwrap().contains_key(&b));
     }
 
     #[tokio::test]

@@ -456,6 +456,17 @@ impl Store {
         if usage.is_empty() && sla.is_empty() && events.is_empty() {
             return Ok(());
         }
+        // Never empty here: a success committed rows.
+        let r = self.write_sweep(usage, sla, events).await;
+        self.tracked(r, true)
+    }
+
+    async fn write_sweep(
+        &self,
+        usage: &[UsageRow],
+        sla: &[SlaRow<'_>],
+        events: &[NewEvent],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let mut ticks: Vec<i64> = usage
             .iter()
@@ -482,6 +493,15 @@ impl Store {
     /// Writes closed minutes rolled up in memory (`MinuteRollup`, `SlaMinute`), one
     /// transaction; a minute already rolled up is left as it is.
     pub async fn add_minute_rollups(
+        &self,
+        usage: &[MinuteRollup],
+        sla: &[super::sla::SlaMinute],
+    ) -> Result<()> {
+        let r = self.write_minute_rollups(usage, sla).await;
+        self.tracked(r, false)
+    }
+
+    async fn write_minute_rollups(
         &self,
         usage: &[MinuteRollup],
         sla: &[super::sla::SlaMinute],
@@ -526,6 +546,11 @@ impl Store {
     /// end; the current minute and hour appear in their level when they close. Idempotent;
     /// call it as often as convenient.
     pub async fn roll_up(&self, now_ms: i64) -> Result<()> {
+        let r = self.write_roll_up(now_ms).await;
+        self.tracked(r, false)
+    }
+
+    async fn write_roll_up(&self, now_ms: i64) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         for (to, from_sql) in [
             (Level::Minute, "SELECT min(ts_ms) FROM usage_raw"),
@@ -554,6 +579,11 @@ impl Store {
 
     /// Deletes what each level keeps no longer. Returns the rows removed.
     pub async fn prune_usage(&self, now_ms: i64, keep: &Retention) -> Result<u64> {
+        let r = self.write_prune_usage(now_ms, keep).await;
+        self.tracked(r, false)
+    }
+
+    async fn write_prune_usage(&self, now_ms: i64, keep: &Retention) -> Result<u64> {
         let mut n = sqlx::query("DELETE FROM usage_raw WHERE ts_ms < ?1")
             .bind(now_ms - keep.raw_ms)
             .execute(&self.pool)

@@ -207,6 +207,11 @@ impl Store {
 
     /// Deletes SLA rows older than each level keeps.
     pub async fn prune_sla(&self, now_ms: i64, keep: &Retention) -> Result<u64> {
+        let r = self.write_prune_sla(now_ms, keep).await;
+        self.tracked(r, false)
+    }
+
+    async fn write_prune_sla(&self, now_ms: i64, keep: &Retention) -> Result<u64> {
         let mut n = sqlx::query("DELETE FROM sla_raw WHERE ts_ms < ?1")
             .bind(now_ms - keep.raw_ms)
             .execute(&self.pool)

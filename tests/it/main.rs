@@ -3,6 +3,8 @@
 //!   these requests are refused or answered before any cgroup is touched.
 //! - `dashboards`: the Grafana dashboards and Prometheus rules in dashboards/: structure and
 //!   metric names on any host; every panel's query against a real Prometheus in the VM.
+//! - `durability`: the desired state on a full disk (a small tmpfs): refused with 507, never
+//!   acknowledged and lost; recovery without a restart. Needs root and the v1 hierarchies.
 //! - `kernel`: the governor against a real cgroup v2 kernel. Marked `#[ignore]` with a reason,
 //!   so a plain `cargo test` on a hybrid host lists them as ignored; `tests/run.sh` runs them
 //!   with `--ignored` inside the qemu VM (or on a pure v2 host with `TENANTD_KERNEL=host`).
@@ -13,6 +15,7 @@
 
 mod api;
 mod dashboards;
+mod durability;
 mod kernel;
 mod placement;
 mod sla;
