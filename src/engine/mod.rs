@@ -12,6 +12,7 @@ use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostC
 use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};
 use crate::domain::tenant::{self, Capacity, DomainError, TenantName, TenantSpec};
 use crate::store::{NewEvent, Store, StoreError, StoredTenant};
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -121,6 +122,9 @@ pub struct Governor {
     cap: Capacity,
     self_pid: u32,
     writes: tokio::sync::Mutex<()>,
+    /// Values rewritten and steps failed over every reconcile pass, for /metrics.
+    reconcile_corrections: Counter,
+    reconcile_errors: Counter,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -154,6 +158,8 @@ impl Governor {
             cap,
             self_pid: std::process::id(),
             writes: tokio::sync::Mutex::new(()),
+            reconcile_corrections: Counter::default(),
+            reconcile_errors: Counter::default(),
         })
     }
 
@@ -175,6 +181,16 @@ impl Governor {
 
     pub fn proc_root(&self) -> &std::path::Path {
         &self.cfg.proc_root
+    }
+
+    /// The counters every reconcile pass increments, whoever starts it (at start, the
+    /// periodic task, `POST /v1/reconcile`): (values corrected, steps or passes failed).
+    /// `Metrics::with_reconcile_counters` exposes them.
+    pub fn reconcile_counters(&self) -> (Counter, Counter) {
+        (
+            self.reconcile_corrections.clone(),
+            self.reconcile_errors.clone(),
+        )
     }
 
     pub async fn host(&self) -> Result<HostCgroup> {
@@ -215,8 +231,23 @@ impl Governor {
     }
 
     /// Writes the kernel from the store: creates what is missing, rewrites drifted values
-    /// (each recorded as an event), and reports directories no tenant owns.
+    /// (each recorded as an event and counted), and reports directories no tenant owns.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let r = self.reconcile_pass().await;
+        match &r {
+            Ok(report) => {
+                self.reconcile_corrections
+                    .inc_by(report.corrected.len() as u64);
+                self.reconcile_errors.inc_by(report.errors.len() as u64);
+            }
+            Err(_) => {
+                self.reconcile_errors.inc();
+            }
+        }
+        r
+    }
+
+    async fn reconcile_pass(&self) -> Result<ReconcileReport> {
         let _w = self.writes.lock().await;
         let specs = specs_of(&self.store.tenants().await?);
         let b = self.backend.clone();
