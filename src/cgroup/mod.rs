@@ -606,6 +606,80 @@ mod tests {
     use super::*;
 
     #[test]
+    fn memory_values_as_the_kernel_holds_them() {
+        let (p4, p64) = (PageSize::new(4096), PageSize::new(65536));
+        // No limit: the page cap and anything above it, 2^64-1 included.
+        for p in [p4, p64] {
+            assert_eq!(p.memory(Limit::Max), Limit::Max);
+            assert_eq!(p.memory(Limit::Value(u64::MAX)), Limit::Max);
+            assert_eq!(p.memory(Limit::Value(p.v1_bytes(Limit::Max))), Limit::Max);
+            assert_eq!(p.memory(Limit::Value(i64::MAX as u64)), Limit::Max);
+        }
+        // What v1 shows for no limit (captured: tests/fixtures/cgroupfs/v1-host-*/).
+        assert_eq!(p4.v1_bytes(Limit::Max), 9_223_372_036_854_771_712);
+        assert_eq!(p64.v1_bytes(Limit::Max), 9_223_372_036_854_710_272);
+        // One page below the cap is a limit.
+        let below = 9_223_372_036_854_771_712 - 4096;
+        assert_eq!(p4.memory(Limit::Value(below)), Limit::Value(below));
+        assert_eq!(p4.memory(Limit::Value(below + 4095)), Limit::Value(below));
+        // Page-unaligned values round down; the minimum is 0.
+        assert_eq!(
+            p4.memory(Limit::Value((100 << 20) + 123)),
+            Limit::Value(100 << 20)
+        );
+        assert_eq!(p4.memory(Limit::Value(4095)), Limit::Value(0));
+        assert_eq!(p4.memory(Limit::Value(0)), Limit::Value(0));
+        assert_eq!(p4.v1_bytes(Limit::Value(4097)), 4096);
+        // The identity on what the kernel shows: normalising twice changes nothing.
+        for v in [0, 1, 4095, 4096, (1 << 30) + 1, below, u64::MAX] {
+            let once = p4.memory(Limit::Value(v));
+            assert_eq!(p4.memory(once), once, "{v}");
+        }
+    }
+
+    #[test]
+    fn pids_io_and_weights_as_the_kernel_holds_them() {
+        use normal::*;
+        assert_eq!(pids(Limit::Value(0)), Limit::Value(0));
+        assert_eq!(pids(Limit::Value(PIDS_MAX - 1)), Limit::Value(4_194_304));
+        assert_eq!(pids(Limit::Value(PIDS_MAX)), Limit::Max);
+        assert_eq!(pids(Limit::Value(u64::MAX)), Limit::Max);
+        assert_eq!(pids(Limit::Max), Limit::Max);
+        assert_eq!(bps(Limit::Value(u64::MAX)), Limit::Max);
+        assert_eq!(bps(Limit::Value(u64::MAX - 1)), Limit::Value(u64::MAX - 1));
+        assert_eq!(bps(Limit::Value(1)), Limit::Value(1));
+        assert_eq!(iops(Limit::Value(u32::MAX as u64)), Limit::Max);
+        assert_eq!(iops(Limit::Value(u64::MAX)), Limit::Max);
+        assert_eq!(
+            iops(Limit::Value(u32::MAX as u64 - 1)),
+            Limit::Value(4_294_967_294)
+        );
+        assert_eq!(weight(0), 1);
+        assert_eq!(weight(1), 1);
+        assert_eq!(weight(10_000), 10_000);
+        assert_eq!(weight(u32::MAX), 10_000);
+        let dev = DevId { major: 8, minor: 0 };
+        let unlimited = crate::domain::plan::IoMax {
+            device: dev,
+            rbps: Limit::Value(u64::MAX),
+            wbps: Limit::Max,
+            riops: Limit::Value(u64::MAX),
+            wiops: Limit::Value(u32::MAX as u64),
+        };
+        assert!(
+            io_max_by_device(&[unlimited]).is_empty(),
+            "the kernel lists no line for a device without limits"
+        );
+        let one = crate::domain::plan::IoMax {
+            wiops: Limit::Value(100),
+            ..unlimited
+        };
+        let got = io_max_by_device(&[one]);
+        assert_eq!(got[&dev].rbps, Limit::Max);
+        assert_eq!(got[&dev].wiops, Limit::Value(100));
+    }
+
+    #[test]
     fn paths_refuse_escapes() {
         assert!(CgroupPath::parse("a/b/_procs").is_ok());
         for bad in ["/etc", "a/../b", "..", "a/./b", "a/b c", "a/\u{e9}"] {

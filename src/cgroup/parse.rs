@@ -228,6 +228,23 @@ mod tests {
     }
 
     #[test]
+    fn io_weight_default_and_devices() {
+        // Hand-typed: the iocost format of cgroup-v2.rst ("default 100" then "MAJ:MIN W"); a
+        // fresh capture has no per-device line.
+        let w = io_weight("default 100\n8:16 50\n").unwrap();
+        assert_eq!(w.default, 100);
+        assert_eq!(
+            w.devices[&DevId {
+                major: 8,
+                minor: 16
+            }],
+            50
+        );
+        assert_eq!(io_weight("default 10000\n").unwrap().devices.len(), 0);
+        assert!(io_weight("default 100\n8:16\n").is_err());
+    }
+
+    #[test]
     fn limits_and_cpu_max() {
         assert_eq!(limit("max\n").unwrap(), Limit::Max);
         assert_eq!(limit("4096\n").unwrap(), Limit::Value(4096));

@@ -941,6 +941,32 @@ mod tests {
     }
 
     #[test]
+    fn shares_and_blkio_weights_as_the_files_hold_them() {
+        assert_eq!(shares_file_for_weight(1), 10);
+        assert_eq!(shares_file_for_weight(100), 1024);
+        assert_eq!(shares_file_for_weight(10_000), 102_400);
+        assert_eq!(shares_file_for_weight(0), 2, "MIN_SHARES");
+        assert_eq!(shares_file_for_weight(u32::MAX), 262_144, "MAX_SHARES");
+        for w in 1..=10_000 {
+            assert!(SHARES_RANGE.contains(&shares_file_for_weight(w)), "{w}");
+        }
+        // Shares 2 and 15 read back as the same weight, but are different files.
+        assert_eq!(weight_for_shares(2), weight_for_shares(15));
+        assert_ne!(shares_file_for_weight(1), 2);
+        assert_ne!(shares_file_for_weight(1), 15);
+        // BFQ: 1-1000 on the v2 scale; CFQ: 10-1000, x5.
+        assert_eq!(blkio_weight_for(1, true), 1);
+        assert_eq!(blkio_weight_for(100, true), 100);
+        assert_eq!(blkio_weight_for(10_000, true), 1000);
+        assert_eq!(blkio_weight_for(1, false), 10);
+        assert_eq!(blkio_weight_for(100, false), 500);
+        assert_eq!(blkio_weight_for(10_000, false), 1000);
+        assert_eq!(blkio_weight_for(u32::MAX, false), 1000);
+        assert_eq!(throttle_limit(Limit::Value(0)), Limit::Max);
+        assert_eq!(throttle_limit(Limit::Value(1)), Limit::Value(1));
+    }
+
+    #[test]
     fn hierarchies_of_the_hybrid_host() {
         let mi = std::fs::read_to_string(format!("{HOST}/self-mountinfo")).unwrap();
         let cg = std::fs::read_to_string(format!("{HOST}/self-cgroup")).unwrap();
