@@ -8,10 +8,13 @@
 //!   with `--ignored` inside the qemu VM (or on a pure v2 host with `TENANTD_KERNEL=host`).
 //! - `v1`: the cgroup v1 backend for real on a v1 or hybrid host (this CI host); not ignored,
 //!   and fails loudly when the v1 hierarchies are missing.
+//! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
+//!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
 
 mod api;
 mod dashboards;
 mod kernel;
+mod reconcile;
 mod sla;
 mod support;
 mod usage;
