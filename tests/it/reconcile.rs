@@ -357,7 +357,12 @@ fn v1_memory_limits_at_their_extremes() {
         ),
         // A small limit and no swap (not one page: the directory's own kernel memory is
         // charged to it, and the kernel refuses a limit below the usage with EBUSY).
-        (Limit::Value((1 << 20) + 1), Limit::Value(0), "1048576", "1048576"),
+        (
+            Limit::Value((1 << 20) + 1),
+            Limit::Value(0),
+            "1048576",
+            "1048576",
+        ),
         (Limit::Max, Limit::Max, unlimited, unlimited),
     ] {
         let want = settings(|s| {
@@ -777,9 +782,10 @@ fn v2_io_and_pids_at_their_extremes() {
     let v = Limit::Value;
     let max = sb.path(&t, "io.max");
     for (m, text) in [
+        // The least io.max takes is 2 (blk-throttle's tg_set_limit refuses 1 with EINVAL).
         (
-            io(v(1), v(ALL - 1), v(1), v(u32::MAX as u64 - 1)),
-            format!("{dev} rbps=1 wbps={} riops=1 wiops=4294967294", ALL - 1),
+            io(v(2), v(ALL - 1), v(2), v(u32::MAX as u64 - 1)),
+            format!("{dev} rbps=2 wbps={} riops=2 wiops=4294967294", ALL - 1),
         ),
         (
             io(v(ALL), v(7), v(u32::MAX as u64), v(ALL)),
