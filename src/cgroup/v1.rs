@@ -5,7 +5,8 @@
 //!
 //! The same `Settings` as v2, mapped (docs/v1.md has the table):
 //! - cpu_weight -> cpu.shares = weight x 1024 / 100 (rounded): the v2 default weight 100 is the
-//!   v1 default 1024 shares and ratios between siblings are kept; read back as shares x 100 / 1024.
+//!   v1 default 1024 shares and ratios between siblings are kept; shown as a weight (shares x
+//!   100 / 1024), but reconcile compares the shares file itself with the shares it would write.
 //! - cpu.max -> cpu.cfs_quota_us (-1 for max) and cpu.cfs_period_us.
 //! - memory_max -> memory.limit_in_bytes; memory_swap_max -> memory.memsw.limit_in_bytes =
 //!   memory_max + swap (v1 limits memory and swap together), where swap accounting exists.
