@@ -201,6 +201,9 @@ pub trait Backend: Send + Sync + 'static {
     /// for its children. Returns true when something was created.
     fn ensure(&self, dir: &CgroupPath, leaf: bool) -> Result<bool>;
     /// Writes every value of `want` that differs from the kernel's; returns what changed.
+    /// Each file's value is compared with the value the kernel would hold after tenantd wrote
+    /// it (`PageSize::memory`, `normal`, v1's shares and blkio weight scales), so a value is
+    /// rewritten, and reported, exactly when it drifted.
     fn apply(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>>;
     /// Reads the values the kernel holds now.
     fn read(&self, dir: &CgroupPath) -> Result<Settings>;

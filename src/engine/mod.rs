@@ -234,15 +234,8 @@ impl Governor {
     /// (each recorded as an event and counted), and reports directories no tenant owns.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let r = self.reconcile_pass().await;
-        match &r {
-            Ok(report) => {
-                self.reconcile_corrections
-                    .inc_by(report.corrected.len() as u64);
-                self.reconcile_errors.inc_by(report.errors.len() as u64);
-            }
-            Err(_) => {
-                self.reconcile_errors.inc();
-            }
+        if r.is_err() {
+            self.reconcile_errors.inc();
         }
         r
     }
@@ -253,6 +246,10 @@ impl Governor {
         let b = self.backend.clone();
         let cfg = self.cfg.clone();
         let report = blocking(move || reconcile_kernel(b.as_ref(), &specs, &cfg)).await?;
+        // Counted as soon as the kernel was written, even if recording the events fails.
+        self.reconcile_corrections
+            .inc_by(report.corrected.len() as u64);
+        self.reconcile_errors.inc_by(report.errors.len() as u64);
         let ts = now_ms();
         let mut events: Vec<NewEvent> = report
             .corrected
