@@ -450,6 +450,16 @@ impl Metrics {
         Arc::new(Metrics::default())
     }
 
+    /// Metrics exposing the governor's reconcile counters (`Governor::reconcile_counters`),
+    /// which every reconcile pass increments, whoever started it.
+    pub fn with_reconcile_counters(corrections: Counter, errors: Counter) -> Arc<Self> {
+        Arc::new(Metrics {
+            reconcile_corrections: corrections,
+            reconcile_errors: errors,
+            ..Metrics::default()
+        })
+    }
+
     /// Replaces the snapshot (the sampler calls this once per sweep).
     pub fn set_snapshot(&self, s: Snapshot) {
         self.tenants.set(s.tenants.len() as i64);

@@ -201,6 +201,9 @@ pub trait Backend: Send + Sync + 'static {
     /// for its children. Returns true when something was created.
     fn ensure(&self, dir: &CgroupPath, leaf: bool) -> Result<bool>;
     /// Writes every value of `want` that differs from the kernel's; returns what changed.
+    /// Each file's value is compared with the value the kernel would hold after tenantd wrote
+    /// it (`PageSize::memory`, `normal`, v1's shares and blkio weight scales), so a value is
+    /// rewritten, and reported, exactly when it drifted.
     fn apply(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>>;
     /// Reads the values the kernel holds now.
     fn read(&self, dir: &CgroupPath) -> Result<Settings>;
@@ -423,25 +426,121 @@ pub(crate) fn mkdir(path: &Path) -> Result<bool> {
     }
 }
 
-/// The kernel's page size. Memory files hold whole pages (the kernel rounds a written byte
-/// count down), so a wanted value is compared with what the kernel holds after the same rounding.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PageSize(u64);
+/// The kernel's page size. Memory files hold whole pages and at most `PAGE_COUNTER_MAX` of
+/// them, so a wanted value is compared with what the kernel holds after the same rounding
+/// (`memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u64);
 
 impl PageSize {
-    pub(crate) fn of_host() -> Self {
-        PageSize(procfs::page_size().max(1))
+    pub fn of_host() -> Self {
+        PageSize::new(procfs::page_size())
+    }
+
+    /// A page size in bytes (at least 1).
+    pub fn new(bytes: u64) -> Self {
+        PageSize(bytes.max(1))
     }
 
     pub(crate) fn floor(self, v: u64) -> u64 {
         v / self.0 * self.0
     }
 
-    pub(crate) fn floor_limit(self, l: Limit) -> Limit {
+    /// `PAGE_COUNTER_MAX` (include/linux/page_counter.h, 64-bit): `LONG_MAX / PAGE_SIZE` pages,
+    /// the kernel's "no limit".
+    fn max_pages(self) -> u64 {
+        i64::MAX as u64 / self.0
+    }
+
+    /// A memory value as the kernel holds it after tenantd writes it, and the identity on what
+    /// the kernel shows. `page_counter_memparse` (mm/page_counter.c), which every memory file
+    /// of v2 (memory.min, .low, .high, .max, .swap.max) and v1 (memory.limit_in_bytes,
+    /// .soft_limit_in_bytes, .memsw.limit_in_bytes) goes through, rounds a byte count down to
+    /// whole pages and caps it at `PAGE_COUNTER_MAX` pages, which v2 shows as "max" and v1 as
+    /// that many bytes (9223372036854771712 with 4 KiB pages): so any value from there up,
+    /// 2^64-1 included, is no limit.
+    pub fn memory(self, l: Limit) -> Limit {
         match l {
             Limit::Max => Limit::Max,
+            Limit::Value(v) if v / self.0 >= self.max_pages() => Limit::Max,
             Limit::Value(v) => Limit::Value(self.floor(v)),
         }
+    }
+
+    /// What a v1 memory file shows for `l` (no limit as the byte count of the page cap).
+    pub fn v1_bytes(self, l: Limit) -> u64 {
+        match self.memory(l) {
+            Limit::Max => self.max_pages() * self.0,
+            Limit::Value(v) => v,
+        }
+    }
+}
+
+/// The kernel's answer to each value tenantd writes, per setting, for reconcile to compare
+/// what the kernel holds with what tenantd would write. Each function maps a wanted value to
+/// the value the kernel then shows, and is the identity on values the kernel shows.
+pub mod normal {
+    use crate::domain::plan::{IoMax, Limit};
+    use crate::domain::tenant::DevId;
+    use std::collections::BTreeMap;
+
+    /// `CGROUP_WEIGHT_MIN` and `_MAX` (cgroup-v2.rst, "Weights"): cpu.weight and io.weight
+    /// take 1-10000.
+    pub fn weight(w: u32) -> u32 {
+        w.clamp(1, 10_000)
+    }
+
+    /// `PIDS_MAX` (kernel/cgroup/pids.c) is `PID_MAX_LIMIT + 1` (4 Mi + 1 on 64-bit): pids.max
+    /// shows it as "max" and refuses a number from it up, which no process count reaches.
+    pub const PIDS_MAX: u64 = 4 * 1024 * 1024 + 1;
+
+    /// pids.max: a number from `PIDS_MAX` up is no limit.
+    pub fn pids(l: Limit) -> Limit {
+        match l {
+            Limit::Value(v) if v >= PIDS_MAX => Limit::Max,
+            l => l,
+        }
+    }
+
+    /// io.max and blkio.throttle.*_bps_device: U64_MAX bytes/s is no limit (block/blk-throttle.c).
+    pub fn bps(l: Limit) -> Limit {
+        match l {
+            Limit::Value(u64::MAX) => Limit::Max,
+            l => l,
+        }
+    }
+
+    /// io.max and blkio.throttle.*_iops_device: IOs/s are an unsigned int, a larger value is
+    /// stored as UINT_MAX, and UINT_MAX is no limit (block/blk-throttle.c).
+    pub fn iops(l: Limit) -> Limit {
+        match l {
+            Limit::Value(v) if v >= u64::from(u32::MAX) => Limit::Max,
+            l => l,
+        }
+    }
+
+    /// One device's throttle limits as the kernel holds them.
+    pub fn io_max(m: &IoMax) -> IoMax {
+        IoMax {
+            device: m.device,
+            rbps: bps(m.rbps),
+            wbps: bps(m.wbps),
+            riops: iops(m.riops),
+            wiops: iops(m.wiops),
+        }
+    }
+
+    /// Throttle limits by device as the kernel lists them: a device whose every limit is no
+    /// limit has no entry (io.max shows no line for it, v1 files none either).
+    pub fn io_max_by_device(v: &[IoMax]) -> BTreeMap<DevId, IoMax> {
+        v.iter()
+            .map(io_max)
+            .filter(|m| {
+                (m.rbps, m.wbps, m.riops, m.wiops)
+                    != (Limit::Max, Limit::Max, Limit::Max, Limit::Max)
+            })
+            .map(|m| (m.device, m))
+            .collect()
     }
 }
 
@@ -511,6 +610,80 @@ pub fn v2_path_of_pid(proc_root: &Path, pid: u32) -> io::Result<Option<String>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_values_as_the_kernel_holds_them() {
+        let (p4, p64) = (PageSize::new(4096), PageSize::new(65536));
+        // No limit: the page cap and anything above it, 2^64-1 included.
+        for p in [p4, p64] {
+            assert_eq!(p.memory(Limit::Max), Limit::Max);
+            assert_eq!(p.memory(Limit::Value(u64::MAX)), Limit::Max);
+            assert_eq!(p.memory(Limit::Value(p.v1_bytes(Limit::Max))), Limit::Max);
+            assert_eq!(p.memory(Limit::Value(i64::MAX as u64)), Limit::Max);
+        }
+        // What v1 shows for no limit (captured: tests/fixtures/cgroupfs/v1-host-*/).
+        assert_eq!(p4.v1_bytes(Limit::Max), 9_223_372_036_854_771_712);
+        assert_eq!(p64.v1_bytes(Limit::Max), 9_223_372_036_854_710_272);
+        // One page below the cap is a limit.
+        let below = 9_223_372_036_854_771_712 - 4096;
+        assert_eq!(p4.memory(Limit::Value(below)), Limit::Value(below));
+        assert_eq!(p4.memory(Limit::Value(below + 4095)), Limit::Value(below));
+        // Page-unaligned values round down; the minimum is 0.
+        assert_eq!(
+            p4.memory(Limit::Value((100 << 20) + 123)),
+            Limit::Value(100 << 20)
+        );
+        assert_eq!(p4.memory(Limit::Value(4095)), Limit::Value(0));
+        assert_eq!(p4.memory(Limit::Value(0)), Limit::Value(0));
+        assert_eq!(p4.v1_bytes(Limit::Value(4097)), 4096);
+        // The identity on what the kernel shows: normalising twice changes nothing.
+        for v in [0, 1, 4095, 4096, (1 << 30) + 1, below, u64::MAX] {
+            let once = p4.memory(Limit::Value(v));
+            assert_eq!(p4.memory(once), once, "{v}");
+        }
+    }
+
+    #[test]
+    fn pids_io_and_weights_as_the_kernel_holds_them() {
+        use normal::*;
+        assert_eq!(pids(Limit::Value(0)), Limit::Value(0));
+        assert_eq!(pids(Limit::Value(PIDS_MAX - 1)), Limit::Value(4_194_304));
+        assert_eq!(pids(Limit::Value(PIDS_MAX)), Limit::Max);
+        assert_eq!(pids(Limit::Value(u64::MAX)), Limit::Max);
+        assert_eq!(pids(Limit::Max), Limit::Max);
+        assert_eq!(bps(Limit::Value(u64::MAX)), Limit::Max);
+        assert_eq!(bps(Limit::Value(u64::MAX - 1)), Limit::Value(u64::MAX - 1));
+        assert_eq!(bps(Limit::Value(1)), Limit::Value(1));
+        assert_eq!(iops(Limit::Value(u32::MAX as u64)), Limit::Max);
+        assert_eq!(iops(Limit::Value(u64::MAX)), Limit::Max);
+        assert_eq!(
+            iops(Limit::Value(u32::MAX as u64 - 1)),
+            Limit::Value(4_294_967_294)
+        );
+        assert_eq!(weight(0), 1);
+        assert_eq!(weight(1), 1);
+        assert_eq!(weight(10_000), 10_000);
+        assert_eq!(weight(u32::MAX), 10_000);
+        let dev = DevId { major: 8, minor: 0 };
+        let unlimited = crate::domain::plan::IoMax {
+            device: dev,
+            rbps: Limit::Value(u64::MAX),
+            wbps: Limit::Max,
+            riops: Limit::Value(u64::MAX),
+            wiops: Limit::Value(u32::MAX as u64),
+        };
+        assert!(
+            io_max_by_device(&[unlimited]).is_empty(),
+            "the kernel lists no line for a device without limits"
+        );
+        let one = crate::domain::plan::IoMax {
+            wiops: Limit::Value(100),
+            ..unlimited
+        };
+        let got = io_max_by_device(&[one]);
+        assert_eq!(got[&dev].rbps, Limit::Max);
+        assert_eq!(got[&dev].wiops, Limit::Value(100));
+    }
 
     #[test]
     fn paths_refuse_escapes() {

@@ -82,6 +82,34 @@ pub fn weight(s: &str) -> Result<u32, ParseError> {
     v.trim().parse().map_err(|_| err("a weight 1-10000", s))
 }
 
+/// io.weight whole: the "default N" line and the per-device "MAJ:MIN N" overrides.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IoWeight {
+    pub default: u32,
+    pub devices: BTreeMap<DevId, u32>,
+}
+
+pub fn io_weight(s: &str) -> Result<IoWeight, ParseError> {
+    let mut out = IoWeight {
+        default: weight(s)?,
+        devices: BTreeMap::new(),
+    };
+    for line in s.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let mut it = line.split_ascii_whitespace();
+        match (
+            it.next().and_then(DevId::parse),
+            it.next().and_then(|w| w.parse().ok()),
+            it.next(),
+        ) {
+            (Some(d), Some(w), None) => {
+                out.devices.insert(d, w);
+            }
+            _ => return Err(err("'MAJ:MIN WEIGHT'", line)),
+        }
+    }
+    Ok(out)
+}
+
 /// io.max lines: "MAJ:MIN rbps=max wbps=1048576 riops=max wiops=max".
 pub fn io_max(s: &str) -> Result<Vec<IoMax>, ParseError> {
     let mut out = Vec::new();
@@ -197,6 +225,23 @@ mod tests {
         );
         let n = nested_keyed("8:0 rbytes=1 wbytes=2\n").unwrap();
         assert_eq!(n["8:0"]["wbytes"], "2");
+    }
+
+    #[test]
+    fn io_weight_default_and_devices() {
+        // Hand-typed: the iocost format of cgroup-v2.rst ("default 100" then "MAJ:MIN W"); a
+        // fresh capture has no per-device line.
+        let w = io_weight("default 100\n8:16 50\n").unwrap();
+        assert_eq!(w.default, 100);
+        assert_eq!(
+            w.devices[&DevId {
+                major: 8,
+                minor: 16
+            }],
+            50
+        );
+        assert_eq!(io_weight("default 10000\n").unwrap().devices.len(), 0);
+        assert!(io_weight("default 100\n8:16\n").is_err());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! The same `Settings` as v2, mapped (docs/v1.md has the table):
 //! - cpu_weight -> cpu.shares = weight x 1024 / 100 (rounded): the v2 default weight 100 is the
-//!   v1 default 1024 shares and ratios between siblings are kept; read back as shares x 100 / 1024.
+//!   v1 default 1024 shares and ratios between siblings are kept; shown as a weight (shares x
+//!   100 / 1024), but reconcile compares the shares file itself with the shares it would write.
 //! - cpu.max -> cpu.cfs_quota_us (-1 for max) and cpu.cfs_period_us.
 //! - memory_max -> memory.limit_in_bytes; memory_swap_max -> memory.memsw.limit_in_bytes =
 //!   memory_max + swap (v1 limits memory and swap together), where swap accounting exists.
@@ -25,7 +26,7 @@ use super::parse;
 use super::v1_parse::{self, CgroupMount, ProcCgroup};
 use super::{
     Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF,
-    NotApplied, Result, optional, read_file, write_file,
+    NotApplied, Result, normal, optional, read_file, write_file,
 };
 use crate::domain::plan::{IoMax, Limit, Settings};
 use crate::domain::tenant::DevId;
@@ -294,11 +295,13 @@ impl V1 {
     /// The memsw limit that delivers `want`'s memory_max and swap_max; `None` when v1 cannot.
     fn memsw_for(&self, want: &Settings) -> Option<Limit> {
         match (
-            self.page.floor_limit(want.memory_max_bytes),
-            self.page.floor_limit(want.memory_swap_max_bytes),
+            self.page.memory(want.memory_max_bytes),
+            self.page.memory(want.memory_swap_max_bytes),
         ) {
             (_, Limit::Max) => Some(Limit::Max),
-            (Limit::Value(m), Limit::Value(s)) => Some(Limit::Value(m.saturating_add(s))),
+            (Limit::Value(m), Limit::Value(s)) => {
+                Some(self.page.memory(Limit::Value(m.saturating_add(s))))
+            }
             (Limit::Max, Limit::Value(_)) => None,
         }
     }
@@ -367,6 +370,163 @@ impl V1 {
             what,
             why: why.into(),
         }
+    }
+}
+
+/// A directory's values as the v1 kernel holds them, in each file's own units (cpu.shares,
+/// not a weight): `V1::held` reads them, `V1::wanted` maps what tenantd wants onto them, and
+/// `apply` writes a file iff the two differ, so a value is corrected exactly when it drifted.
+/// A file that does not exist here counts as the kernel's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    shares: u64,
+    cfs_quota: Limit,
+    cfs_period: u64,
+    /// memory.limit_in_bytes (`PageSize::memory`: the page cap is `Max`).
+    limit: Limit,
+    /// memory.memsw.limit_in_bytes; `None` without swap accounting.
+    memsw: Option<Limit>,
+    /// memory.soft_limit_in_bytes.
+    soft: Limit,
+    /// The io weight file's name and value; `None` when neither exists.
+    io_weight: Option<(String, u32)>,
+    throttle: BTreeMap<DevId, IoMax>,
+    pids_max: Limit,
+}
+
+/// `MIN_SHARES` and `MAX_SHARES` (kernel/sched/sched.h): cpu.shares holds a written value
+/// clamped to 2-262144.
+pub const SHARES_RANGE: std::ops::RangeInclusive<u64> = 2..=(1 << 18);
+
+/// The cpu.shares file's value once tenantd writes the shares of `weight`.
+pub fn shares_file_for_weight(weight: u32) -> u64 {
+    shares_for_weight(weight).clamp(*SHARES_RANGE.start(), *SHARES_RANGE.end())
+}
+
+/// The io weight file's value once tenantd writes `weight`: BFQ's blkio.bfq.weight takes
+/// 1-1000 (`BFQ_MIN_WEIGHT`, `BFQ_MAX_WEIGHT`; the kernel refuses others), CFQ's
+/// blkio.weight 10-1000 on a x5 scale (its default 500 is v2's 100).
+pub fn blkio_weight_for(weight: u32, bfq: bool) -> u32 {
+    if bfq {
+        weight.clamp(1, 1000)
+    } else {
+        weight.saturating_mul(5).clamp(10, 1000)
+    }
+}
+
+/// blkio.throttle.*: "MAJ:MIN 0" removes a rule, so 0 is no limit too.
+fn throttle_limit(l: Limit) -> Limit {
+    match l {
+        Limit::Value(0) => Limit::Max,
+        l => l,
+    }
+}
+
+impl V1 {
+    fn held(&self, dir: &CgroupPath) -> Result<Held> {
+        for r in self.roots.distinct() {
+            let p = dir.under(r);
+            if !p.is_dir() {
+                return Err(CgroupError::Dir {
+                    op: "find",
+                    path: p,
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                });
+            }
+        }
+        let d = Settings::default();
+        let memory = |file: &str| -> Result<Option<Limit>> {
+            Ok(self
+                .read_opt("memory", dir, file, parse::single_u64)?
+                .map(|v| self.page.memory(Limit::Value(v))))
+        };
+        let io_weight = match self.io_weight_file(dir) {
+            Some((p, _)) => optional(&p, parse::weight)?.map(|w| {
+                let file = p
+                    .file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                (file, w)
+            }),
+            None => None,
+        };
+        let mut io: BTreeMap<DevId, IoMax> = BTreeMap::new();
+        for (i, file) in THROTTLE.iter().enumerate() {
+            for (dev, v) in self
+                .read_opt("blkio", dir, file, v1_parse::throttle_device)?
+                .unwrap_or_default()
+            {
+                let m = io.entry(dev).or_insert(IoMax {
+                    device: dev,
+                    rbps: Limit::Max,
+                    wbps: Limit::Max,
+                    riops: Limit::Max,
+                    wiops: Limit::Max,
+                });
+                *[&mut m.rbps, &mut m.wbps, &mut m.riops, &mut m.wiops][i] = Limit::Value(v);
+            }
+        }
+        Ok(Held {
+            shares: self
+                .read_opt("cpu", dir, "cpu.shares", parse::single_u64)?
+                .unwrap_or_else(|| shares_for_weight(d.cpu_weight)),
+            cfs_quota: self
+                .read_opt("cpu", dir, "cpu.cfs_quota_us", v1_parse::cfs_quota)?
+                .unwrap_or(d.cpu_max_quota_us),
+            cfs_period: self
+                .read_opt("cpu", dir, "cpu.cfs_period_us", parse::single_u64)?
+                .unwrap_or(d.cpu_max_period_us),
+            limit: memory("memory.limit_in_bytes")?.unwrap_or(Limit::Max),
+            memsw: memory("memory.memsw.limit_in_bytes")?,
+            soft: memory("memory.soft_limit_in_bytes")?.unwrap_or(Limit::Max),
+            io_weight,
+            throttle: normal::io_max_by_device(&io.into_values().collect::<Vec<_>>()),
+            pids_max: normal::pids(
+                self.read_opt("pids", dir, "pids.max", parse::limit)?
+                    .unwrap_or(Limit::Max),
+            ),
+        })
+    }
+
+    /// `want` as the kernel will hold it once written, in the files `have` has.
+    fn wanted(&self, dir: &CgroupPath, want: &Settings, have: &Held) -> Result<Held> {
+        let memsw = match (have.memsw, self.memsw_for(want)) {
+            (Some(_), None) => {
+                return Err(V1::unsupported(
+                    format!("memory.swap.max without memory.max for {dir}"),
+                    "cgroup v1 limits memory and swap together (memory.memsw.limit_in_bytes): set a memory limit too",
+                ));
+            }
+            (Some(_), new) => new,
+            (None, _) => None,
+        };
+        let io_max: Vec<IoMax> = want
+            .io_max
+            .iter()
+            .map(|m| IoMax {
+                device: m.device,
+                rbps: throttle_limit(m.rbps),
+                wbps: throttle_limit(m.wbps),
+                riops: throttle_limit(m.riops),
+                wiops: throttle_limit(m.wiops),
+            })
+            .collect();
+        Ok(Held {
+            shares: shares_file_for_weight(want.cpu_weight),
+            cfs_quota: want.cpu_max_quota_us,
+            cfs_period: want.cpu_max_period_us,
+            limit: self.page.memory(want.memory_max_bytes),
+            memsw,
+            soft: self.page.memory(Limit::Value(want.memory_low_bytes)),
+            io_weight: have.io_weight.as_ref().map(|(file, _)| {
+                (
+                    file.clone(),
+                    blkio_weight_for(want.io_weight, file == "blkio.bfq.weight"),
+                )
+            }),
+            throttle: normal::io_max_by_device(&io_max),
+            pids_max: normal::pids(want.pids_max),
+        })
     }
 }
 
@@ -446,7 +606,8 @@ impl Backend for V1 {
                 "cgroup v1 has no hard memory protection (memory.min exists only in cgroup v2): use a soft guarantee (memory.low, mapped to memory.soft_limit_in_bytes) or run tenantd on a cgroup v2 host",
             ));
         }
-        let have = self.read(dir)?;
+        let have = self.held(dir)?;
+        let want = self.wanted(dir, want, &have)?;
         let mut changes = Vec::new();
         let mut put = |controller: &str, file: &str, was: String, now: String| -> Result<()> {
             let Some(p) = self.file_in(controller, dir, file) else {
@@ -464,75 +625,61 @@ impl Backend for V1 {
             Ok(())
         };
 
-        if have.cpu_weight != want.cpu_weight {
+        if have.shares != want.shares {
             put(
                 "cpu",
                 "cpu.shares",
-                shares_for_weight(have.cpu_weight).to_string(),
-                shares_for_weight(want.cpu_weight).to_string(),
+                have.shares.to_string(),
+                want.shares.to_string(),
             )?;
         }
-        if have.cpu_max_period_us != want.cpu_max_period_us {
+        if have.cfs_period != want.cfs_period {
             // Lift the quota first, so no intermediate quota/period pair is refused.
-            if have.cpu_max_quota_us != Limit::Max {
+            if have.cfs_quota != Limit::Max {
                 put(
                     "cpu",
                     "cpu.cfs_quota_us",
-                    v1_text(have.cpu_max_quota_us),
+                    v1_text(have.cfs_quota),
                     "-1".into(),
                 )?;
             }
             put(
                 "cpu",
                 "cpu.cfs_period_us",
-                have.cpu_max_period_us.to_string(),
-                want.cpu_max_period_us.to_string(),
+                have.cfs_period.to_string(),
+                want.cfs_period.to_string(),
             )?;
-            if want.cpu_max_quota_us != Limit::Max {
+            if want.cfs_quota != Limit::Max {
                 put(
                     "cpu",
                     "cpu.cfs_quota_us",
                     "-1".into(),
-                    v1_text(want.cpu_max_quota_us),
+                    v1_text(want.cfs_quota),
                 )?;
             }
-        } else if have.cpu_max_quota_us != want.cpu_max_quota_us {
+        } else if have.cfs_quota != want.cfs_quota {
             put(
                 "cpu",
                 "cpu.cfs_quota_us",
-                v1_text(have.cpu_max_quota_us),
-                v1_text(want.cpu_max_quota_us),
+                v1_text(have.cfs_quota),
+                v1_text(want.cfs_quota),
             )?;
         }
 
         // memory.limit_in_bytes <= memory.memsw.limit_in_bytes must hold after every write:
         // raise memsw before the limit, lower it after.
-        let limit_now = have.memory_max_bytes;
-        let limit_new = self.page.floor_limit(want.memory_max_bytes);
-        let memsw_file = self
-            .file_in("memory", dir, "memory.memsw.limit_in_bytes")
-            .filter(|p| p.exists());
-        let memsw_now = match &memsw_file {
-            Some(p) => optional(p, v1_parse::memory_limit)?,
-            None => None,
-        };
-        let memsw_new = match (memsw_now, self.memsw_for(want)) {
-            (Some(_), None) => {
-                return Err(V1::unsupported(
-                    format!("memory.swap.max without memory.max for {dir}"),
-                    "cgroup v1 limits memory and swap together (memory.memsw.limit_in_bytes): set a memory limit too",
-                ));
-            }
+        let memsw_new = match (have.memsw, want.memsw) {
             (Some(now), Some(new)) if now != new => Some((now, new)),
             _ => None,
         };
+        let page = self.page;
         let write_memsw =
             |put: &mut dyn FnMut(&str, &str, String, String) -> Result<()>| -> Result<()> {
                 if let Some((now, new)) = memsw_new {
                     put(
                         "memory",
                         "memory.memsw.limit_in_bytes",
-                        v1_text(now),
+                        page.v1_bytes(now).to_string(),
                         v1_text(new),
                     )?;
                 }
@@ -543,52 +690,42 @@ impl Backend for V1 {
         if raise_memsw_first {
             write_memsw(&mut put)?;
         }
-        if limit_now != limit_new {
+        if have.limit != want.limit {
             put(
                 "memory",
                 "memory.limit_in_bytes",
-                v1_text(limit_now),
-                v1_text(limit_new),
+                page.v1_bytes(have.limit).to_string(),
+                v1_text(want.limit),
             )?;
         }
         if !raise_memsw_first {
             write_memsw(&mut put)?;
         }
-        let low = self.page.floor(want.memory_low_bytes);
-        if have.memory_low_bytes != low {
+        if have.soft != want.soft {
             put(
                 "memory",
                 "memory.soft_limit_in_bytes",
-                have.memory_low_bytes.to_string(),
-                low.to_string(),
+                page.v1_bytes(have.soft).to_string(),
+                v1_text(want.soft),
             )?;
         }
 
-        if have.io_weight != want.io_weight
-            && let Some((p, bfq)) = self.io_weight_file(dir)
+        if let (Some((file, h)), Some((_, w))) = (&have.io_weight, &want.io_weight)
+            && h != w
         {
-            let v = if bfq {
-                want.io_weight.clamp(1, 1000)
-            } else {
-                (want.io_weight * 5).clamp(10, 1000)
-            };
-            let file = p
-                .file_name()
-                .map(|f| f.to_string_lossy().to_string())
-                .unwrap_or_default();
-            put("blkio", &file, have.io_weight.to_string(), v.to_string())?;
+            put("blkio", file, h.to_string(), w.to_string())?;
         }
 
         // blkio.throttle.*: one file per field; "MAJ:MIN 0" removes a rule.
         let devices: BTreeSet<DevId> = want
-            .io_max
-            .iter()
-            .chain(&have.io_max)
-            .map(|m| m.device)
+            .throttle
+            .keys()
+            .chain(have.throttle.keys())
+            .copied()
             .collect();
         for d in devices {
-            let w = want.io_max.iter().find(|m| m.device == d);
-            let h = have.io_max.iter().find(|m| m.device == d);
+            let w = want.throttle.get(&d);
+            let h = have.throttle.get(&d);
             for (i, file) in THROTTLE.iter().enumerate() {
                 let wv = w.map_or(Limit::Max, |m| throttle_field(m, i));
                 let hv = h.map_or(Limit::Max, |m| throttle_field(m, i));
@@ -611,90 +748,32 @@ impl Backend for V1 {
     }
 
     fn read(&self, dir: &CgroupPath) -> Result<Settings> {
-        for r in self.roots.distinct() {
-            let p = dir.under(r);
-            if !p.is_dir() {
-                return Err(CgroupError::Dir {
-                    op: "find",
-                    path: p,
-                    source: io::Error::from(io::ErrorKind::NotFound),
-                });
-            }
-        }
+        let h = self.held(dir)?;
         let d = Settings::default();
-        let memory_max = self
-            .read_opt(
-                "memory",
-                dir,
-                "memory.limit_in_bytes",
-                v1_parse::memory_limit,
-            )?
-            .unwrap_or(Limit::Max);
-        let memsw = self
-            .read_opt(
-                "memory",
-                dir,
-                "memory.memsw.limit_in_bytes",
-                v1_parse::memory_limit,
-            )?
-            .unwrap_or(Limit::Max);
-        let swap = match (memsw, memory_max) {
+        let swap = match (h.memsw.unwrap_or(Limit::Max), h.limit) {
             (Limit::Max, _) => Limit::Max,
             (Limit::Value(t), Limit::Value(m)) => Limit::Value(t.saturating_sub(m)),
             (Limit::Value(t), Limit::Max) => Limit::Value(t),
         };
-        let io_weight = match self.io_weight_file(dir) {
-            Some((p, bfq)) => {
-                let w = optional(&p, parse::weight)?.unwrap_or(d.io_weight);
-                if bfq { w } else { w / 5 }
-            }
+        let io_weight = match &h.io_weight {
+            Some((file, w)) if file == "blkio.bfq.weight" => *w,
+            Some((_, w)) => w / 5,
             None => d.io_weight,
         };
-        let mut io: BTreeMap<DevId, IoMax> = BTreeMap::new();
-        for (i, file) in THROTTLE.iter().enumerate() {
-            for (dev, v) in self
-                .read_opt("blkio", dir, file, v1_parse::throttle_device)?
-                .unwrap_or_default()
-            {
-                let m = io.entry(dev).or_insert(IoMax {
-                    device: dev,
-                    rbps: Limit::Max,
-                    wbps: Limit::Max,
-                    riops: Limit::Max,
-                    wiops: Limit::Max,
-                });
-                *[&mut m.rbps, &mut m.wbps, &mut m.riops, &mut m.wiops][i] = Limit::Value(v);
-            }
-        }
         Ok(Settings {
-            cpu_weight: self
-                .read_opt("cpu", dir, "cpu.shares", parse::single_u64)?
-                .map_or(d.cpu_weight, weight_for_shares),
-            cpu_max_quota_us: self
-                .read_opt("cpu", dir, "cpu.cfs_quota_us", v1_parse::cfs_quota)?
-                .unwrap_or(d.cpu_max_quota_us),
-            cpu_max_period_us: self
-                .read_opt("cpu", dir, "cpu.cfs_period_us", parse::single_u64)?
-                .unwrap_or(d.cpu_max_period_us),
+            cpu_weight: weight_for_shares(h.shares),
+            cpu_max_quota_us: h.cfs_quota,
+            cpu_max_period_us: h.cfs_period,
             memory_min_bytes: 0,
             // The soft limit as the kernel holds it: "unlimited" reads as that many bytes,
             // which as a protection means "all of it", as it acts in v1.
-            memory_low_bytes: self
-                .read_opt(
-                    "memory",
-                    dir,
-                    "memory.soft_limit_in_bytes",
-                    parse::single_u64,
-                )?
-                .unwrap_or(0),
+            memory_low_bytes: self.page.v1_bytes(h.soft),
             memory_high_bytes: Limit::Max,
-            memory_max_bytes: memory_max,
+            memory_max_bytes: h.limit,
             memory_swap_max_bytes: swap,
             io_weight,
-            io_max: io.into_values().collect(),
-            pids_max: self
-                .read_opt("pids", dir, "pids.max", parse::limit)?
-                .unwrap_or(Limit::Max),
+            io_max: h.throttle.into_values().collect(),
+            pids_max: h.pids_max,
         })
     }
 
@@ -864,6 +943,32 @@ mod tests {
                 "round trip of weight {w}"
             );
         }
+    }
+
+    #[test]
+    fn shares_and_blkio_weights_as_the_files_hold_them() {
+        assert_eq!(shares_file_for_weight(1), 10);
+        assert_eq!(shares_file_for_weight(100), 1024);
+        assert_eq!(shares_file_for_weight(10_000), 102_400);
+        assert_eq!(shares_file_for_weight(0), 2, "MIN_SHARES");
+        assert_eq!(shares_file_for_weight(u32::MAX), 262_144, "MAX_SHARES");
+        for w in 1..=10_000 {
+            assert!(SHARES_RANGE.contains(&shares_file_for_weight(w)), "{w}");
+        }
+        // Shares 2 and 15 read back as the same weight, but are different files.
+        assert_eq!(weight_for_shares(2), weight_for_shares(15));
+        assert_ne!(shares_file_for_weight(1), 2);
+        assert_ne!(shares_file_for_weight(1), 15);
+        // BFQ: 1-1000 on the v2 scale; CFQ: 10-1000, x5.
+        assert_eq!(blkio_weight_for(1, true), 1);
+        assert_eq!(blkio_weight_for(100, true), 100);
+        assert_eq!(blkio_weight_for(10_000, true), 1000);
+        assert_eq!(blkio_weight_for(1, false), 10);
+        assert_eq!(blkio_weight_for(100, false), 500);
+        assert_eq!(blkio_weight_for(10_000, false), 1000);
+        assert_eq!(blkio_weight_for(u32::MAX, false), 1000);
+        assert_eq!(throttle_limit(Limit::Value(0)), Limit::Max);
+        assert_eq!(throttle_limit(Limit::Value(1)), Limit::Value(1));
     }
 
     #[test]

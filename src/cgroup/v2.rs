@@ -4,9 +4,11 @@
 use super::parse;
 use super::{
     Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF, Result,
-    optional, parsed, read_file, write_file,
+    normal, optional, parsed, read_file, write_file,
 };
 use crate::domain::plan::{IoMax, Limit, Settings};
+use crate::domain::tenant::DevId;
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -94,6 +96,95 @@ impl V2 {
     }
 }
 
+/// A directory's values in the form the kernel holds them: `V2::held` reads them,
+/// `V2::wanted` maps what tenantd wants onto them (`super::normal`), and `apply` writes a
+/// file iff the two differ, so a value is corrected exactly when it drifted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    cpu_weight: u32,
+    /// cpu.max: (quota, period).
+    cpu_max: (Limit, u64),
+    memory_min: Limit,
+    memory_low: Limit,
+    memory_high: Limit,
+    memory_max: Limit,
+    memory_swap_max: Limit,
+    io_weight: parse::IoWeight,
+    io_max: BTreeMap<DevId, IoMax>,
+    pids_max: Limit,
+}
+
+impl V2 {
+    /// What the kernel holds in `dir`; a file that does not exist (its controller is not
+    /// enabled) counts as the kernel's default.
+    fn held(&self, dir: &CgroupPath) -> Result<Held> {
+        let p = dir.under(&self.root);
+        if !p.is_dir() {
+            return Err(CgroupError::Dir {
+                op: "find",
+                path: p,
+                source: io::Error::from(io::ErrorKind::NotFound),
+            });
+        }
+        let d = Settings::default();
+        let memory = |file: &str| -> Result<Limit> {
+            Ok(self
+                .page
+                .memory(optional(&p.join(file), parse::limit)?.unwrap_or(Limit::Max)))
+        };
+        Ok(Held {
+            cpu_weight: optional(&p.join("cpu.weight"), parse::weight)?.unwrap_or(d.cpu_weight),
+            cpu_max: optional(&p.join("cpu.max"), parse::cpu_max)?
+                .unwrap_or((d.cpu_max_quota_us, d.cpu_max_period_us)),
+            memory_min: self
+                .page
+                .memory(optional(&p.join("memory.min"), parse::limit)?.unwrap_or(Limit::Value(0))),
+            memory_low: self
+                .page
+                .memory(optional(&p.join("memory.low"), parse::limit)?.unwrap_or(Limit::Value(0))),
+            memory_high: memory("memory.high")?,
+            memory_max: memory("memory.max")?,
+            memory_swap_max: memory("memory.swap.max")?,
+            io_weight: optional(&p.join("io.weight"), parse::io_weight)?.unwrap_or(
+                parse::IoWeight {
+                    default: d.io_weight,
+                    devices: BTreeMap::new(),
+                },
+            ),
+            io_max: normal::io_max_by_device(
+                &optional(&p.join("io.max"), parse::io_max)?.unwrap_or_default(),
+            ),
+            pids_max: normal::pids(
+                optional(&p.join("pids.max"), parse::limit)?.unwrap_or(Limit::Max),
+            ),
+        })
+    }
+
+    /// `want` as the kernel will hold it once written.
+    fn wanted(&self, want: &Settings) -> Held {
+        let m = |l: Limit| self.page.memory(l);
+        Held {
+            cpu_weight: normal::weight(want.cpu_weight),
+            cpu_max: (want.cpu_max_quota_us, want.cpu_max_period_us),
+            memory_min: m(Limit::Value(want.memory_min_bytes)),
+            memory_low: m(Limit::Value(want.memory_low_bytes)),
+            memory_high: m(want.memory_high_bytes),
+            memory_max: m(want.memory_max_bytes),
+            memory_swap_max: m(want.memory_swap_max_bytes),
+            io_weight: parse::IoWeight {
+                default: normal::weight(want.io_weight),
+                devices: BTreeMap::new(),
+            },
+            io_max: normal::io_max_by_device(&want.io_max),
+            pids_max: normal::pids(want.pids_max),
+        }
+    }
+}
+
+fn cpu_max_text((quota, period): (Limit, u64)) -> String {
+    format!("{quota} {period}")
+}
+
 fn limit_text(l: Limit) -> String {
     l.to_string()
 }
@@ -163,7 +254,8 @@ impl Backend for V2 {
 
     fn apply(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>> {
         let path = dir.under(&self.root);
-        let have = self.read(dir)?;
+        let have = self.held(dir)?;
+        let want = self.wanted(want);
         let mut changes = Vec::new();
         let mut put = |file: &str, was: String, now: String| -> Result<()> {
             let p = path.join(file);
@@ -188,70 +280,52 @@ impl Backend for V2 {
                 want.cpu_weight.to_string(),
             )?;
         }
-        if (have.cpu_max_quota_us, have.cpu_max_period_us)
-            != (want.cpu_max_quota_us, want.cpu_max_period_us)
-        {
+        if have.cpu_max != want.cpu_max {
             put(
                 "cpu.max",
-                format!("{} {}", have.cpu_max_quota_us, have.cpu_max_period_us),
-                format!("{} {}", want.cpu_max_quota_us, want.cpu_max_period_us),
+                cpu_max_text(have.cpu_max),
+                cpu_max_text(want.cpu_max),
             )?;
         }
         for (file, h, w) in [
-            (
-                "memory.min",
-                have.memory_min_bytes,
-                self.page.floor(want.memory_min_bytes),
-            ),
-            (
-                "memory.low",
-                have.memory_low_bytes,
-                self.page.floor(want.memory_low_bytes),
-            ),
-        ] {
-            if h != w {
-                put(file, h.to_string(), w.to_string())?;
-            }
-        }
-        for (file, h, w) in [
-            (
-                "memory.high",
-                have.memory_high_bytes,
-                self.page.floor_limit(want.memory_high_bytes),
-            ),
-            (
-                "memory.max",
-                have.memory_max_bytes,
-                self.page.floor_limit(want.memory_max_bytes),
-            ),
+            ("memory.min", have.memory_min, want.memory_min),
+            ("memory.low", have.memory_low, want.memory_low),
+            ("memory.high", have.memory_high, want.memory_high),
+            ("memory.max", have.memory_max, want.memory_max),
             (
                 "memory.swap.max",
-                have.memory_swap_max_bytes,
-                self.page.floor_limit(want.memory_swap_max_bytes),
+                have.memory_swap_max,
+                want.memory_swap_max,
             ),
         ] {
             if h != w {
                 put(file, limit_text(h), limit_text(w))?;
             }
         }
-        if have.io_weight != want.io_weight {
+        if have.io_weight.default != want.io_weight.default {
             put(
                 "io.weight",
-                format!("default {}", have.io_weight),
-                format!("default {}", want.io_weight),
+                format!("default {}", have.io_weight.default),
+                format!("default {}", want.io_weight.default),
             )?;
         }
+        // Per-device weights tenantd never sets: "MAJ:MIN default" removes one.
+        for (d, w) in &have.io_weight.devices {
+            if want.io_weight.devices.get(d) != Some(w) {
+                put("io.weight", format!("{d} {w}"), format!("{d} default"))?;
+            }
+        }
         // io.max: write each wanted line that differs, and reset devices no longer limited.
-        for w in &want.io_max {
-            let h = have.io_max.iter().find(|h| h.device == w.device);
+        for (d, w) in &want.io_max {
+            let h = have.io_max.get(d);
             if h != Some(w) {
                 put("io.max", h.map(io_line).unwrap_or_default(), io_line(w))?;
             }
         }
         for h in have
             .io_max
-            .iter()
-            .filter(|h| !want.io_max.iter().any(|w| w.device == h.device))
+            .values()
+            .filter(|h| !want.io_max.contains_key(&h.device))
         {
             let reset = IoMax {
                 device: h.device,
@@ -273,38 +347,21 @@ impl Backend for V2 {
     }
 
     fn read(&self, dir: &CgroupPath) -> Result<Settings> {
-        let p = dir.under(&self.root);
-        if !p.is_dir() {
-            return Err(CgroupError::Dir {
-                op: "find",
-                path: p,
-                source: io::Error::from(io::ErrorKind::NotFound),
-            });
-        }
-        let d = Settings::default();
-        let (q, period) = optional(&p.join("cpu.max"), parse::cpu_max)?
-            .unwrap_or((d.cpu_max_quota_us, d.cpu_max_period_us));
+        let h = self.held(dir)?;
+        let bytes = |l: Limit| l.value().unwrap_or_else(|| self.page.v1_bytes(Limit::Max));
         Ok(Settings {
-            cpu_weight: optional(&p.join("cpu.weight"), parse::weight)?.unwrap_or(d.cpu_weight),
-            cpu_max_quota_us: q,
-            cpu_max_period_us: period,
-            memory_min_bytes: optional(&p.join("memory.min"), parse::single_u64)?.unwrap_or(0),
-            memory_low_bytes: optional(&p.join("memory.low"), parse::single_u64)?.unwrap_or(0),
-            memory_high_bytes: optional(&p.join("memory.high"), parse::limit)?
-                .unwrap_or(Limit::Max),
-            memory_max_bytes: optional(&p.join("memory.max"), parse::limit)?.unwrap_or(Limit::Max),
-            memory_swap_max_bytes: optional(&p.join("memory.swap.max"), parse::limit)?
-                .unwrap_or(Limit::Max),
-            io_weight: optional(&p.join("io.weight"), parse::weight)?.unwrap_or(d.io_weight),
-            io_max: optional(&p.join("io.max"), parse::io_max)?
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|m| {
-                    (m.rbps, m.wbps, m.riops, m.wiops)
-                        != (Limit::Max, Limit::Max, Limit::Max, Limit::Max)
-                })
-                .collect(),
-            pids_max: optional(&p.join("pids.max"), parse::limit)?.unwrap_or(Limit::Max),
+            cpu_weight: h.cpu_weight,
+            cpu_max_quota_us: h.cpu_max.0,
+            cpu_max_period_us: h.cpu_max.1,
+            // "max" protection as the bytes the kernel holds for it (no sentinel of our own).
+            memory_min_bytes: bytes(h.memory_min),
+            memory_low_bytes: bytes(h.memory_low),
+            memory_high_bytes: h.memory_high,
+            memory_max_bytes: h.memory_max,
+            memory_swap_max_bytes: h.memory_swap_max,
+            io_weight: h.io_weight.default,
+            io_max: h.io_max.into_values().collect(),
+            pids_max: h.pids_max,
         })
     }
 

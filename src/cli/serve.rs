@@ -214,7 +214,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         cfg.cgroup_root.display()
     );
     let shutdown = CancellationToken::new();
-    let metrics = Metrics::new();
+    let metrics = {
+        let (corrections, errors) = gov.reconcile_counters();
+        Metrics::with_reconcile_counters(corrections, errors)
+    };
     let state = AppState {
         metrics: metrics.clone(),
         usage_retention: cfg.usage_retention,
@@ -225,12 +228,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     {
-        let (gov, stop, every, m) = (
-            gov.clone(),
-            shutdown.clone(),
-            cfg.reconcile_interval,
-            metrics.clone(),
-        );
+        let (gov, stop, every) = (gov.clone(), shutdown.clone(), cfg.reconcile_interval);
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -238,15 +236,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {
-                        match gov.reconcile().await {
-                            Ok(r) => {
-                                m.reconcile_corrections.inc_by(r.corrected.len() as u64);
-                                m.reconcile_errors.inc_by(r.errors.len() as u64);
-                            }
-                            Err(e) => {
-                                m.reconcile_errors.inc();
-                                tracing::warn!("reconcile failed: {e}");
-                            }
+                        // The governor counts corrections and errors itself.
+                        if let Err(e) = gov.reconcile().await {
+                            tracing::warn!("reconcile failed: {e}");
                         }
                     }
                 }

@@ -12,6 +12,7 @@ use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostC
 use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};
 use crate::domain::tenant::{self, Capacity, DomainError, TenantName, TenantSpec};
 use crate::store::{NewEvent, Store, StoreError, StoredTenant};
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -161,6 +162,9 @@ pub struct Governor {
     desired: std::sync::RwLock<Option<Arc<Desired>>>,
     /// The last kernel values read per tenant (see `TenantView::kernel_read_ms`).
     kernel: std::sync::RwLock<BTreeMap<TenantName, KernelRead>>,
+    /// Values rewritten and steps failed over every reconcile pass, for /metrics.
+    reconcile_corrections: Counter,
+    reconcile_errors: Counter,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -196,6 +200,8 @@ impl Governor {
             writes: tokio::sync::Mutex::new(()),
             desired: std::sync::RwLock::new(None),
             kernel: std::sync::RwLock::new(BTreeMap::new()),
+            reconcile_corrections: Counter::default(),
+            reconcile_errors: Counter::default(),
         })
     }
 
@@ -217,6 +223,16 @@ impl Governor {
 
     pub fn proc_root(&self) -> &std::path::Path {
         &self.cfg.proc_root
+    }
+
+    /// The counters every reconcile pass increments, whoever starts it (at start, the
+    /// periodic task, `POST /v1/reconcile`): (values corrected, steps or passes failed).
+    /// `Metrics::with_reconcile_counters` exposes them.
+    pub fn reconcile_counters(&self) -> (Counter, Counter) {
+        (
+            self.reconcile_corrections.clone(),
+            self.reconcile_errors.clone(),
+        )
     }
 
     pub async fn host(&self) -> Result<HostCgroup> {
@@ -257,13 +273,25 @@ impl Governor {
     }
 
     /// Writes the kernel from the store: creates what is missing, rewrites drifted values
-    /// (each recorded as an event), and reports directories no tenant owns.
+    /// (each recorded as an event and counted), and reports directories no tenant owns.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let r = self.reconcile_pass().await;
+        if r.is_err() {
+            self.reconcile_errors.inc();
+        }
+        r
+    }
+
+    async fn reconcile_pass(&self) -> Result<ReconcileReport> {
         let _w = self.writes.lock().await;
         let specs = specs_of(&self.store.tenants().await?);
         let b = self.backend.clone();
         let cfg = self.cfg.clone();
         let report = blocking(move || reconcile_kernel(b.as_ref(), &specs, &cfg)).await?;
+        // Counted as soon as the kernel was written, even if recording the events fails.
+        self.reconcile_corrections
+            .inc_by(report.corrected.len() as u64);
+        self.reconcile_errors.inc_by(report.errors.len() as u64);
         let ts = now_ms();
         let mut events: Vec<NewEvent> = report
             .corrected

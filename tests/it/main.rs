@@ -12,12 +12,15 @@
 //!   v1 here and on v2 in the VM, with the daemon in its own PID namespace.
 //! - `v1`: the cgroup v1 backend for real on a v1 or hybrid host (this CI host); not ignored,
 //!   and fails loudly when the v1 hierarchies are missing.
+//! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
+//!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
 
 mod api;
 mod dashboards;
 mod durability;
 mod kernel;
 mod placement;
+mod reconcile;
 mod sla;
 mod support;
 mod usage;
