@@ -64,7 +64,8 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// hyper's own limits, above ours, for requests hyper refuses before our code sees them: a
 /// request head (request line and headers) longer than this, or with more header fields than
 /// `HYPER_MAX_HEADERS`, is answered by hyper itself with a bare `431 Request Header Fields Too
-/// Large` (no body, not problem+json) and the connection is closed.
+/// Large` (no body, not problem+json) and the connection is closed. hyper's own `414` needs a
+/// URI over 65534 bytes, which makes the head longer than this, so it is a 431 too.
 pub const HYPER_MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const HYPER_MAX_HEADERS: usize = 128;
 
@@ -313,7 +314,7 @@ pub async fn serve_with(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
-        .max_buf_size(HYPER_MAX_HEAD_BYTES)
+        .max_header_size(HYPER_MAX_HEAD_BYTES)
         .max_headers(HYPER_MAX_HEADERS)
         .keep_alive(true);
     let mut accept_errors_logged = 0u32;

@@ -167,7 +167,15 @@ impl Query {
     /// A tenant name, if given.
     pub fn tenant(&self, k: &str) -> Result<Option<TenantName>, Problem> {
         self.get(k)
-            .map(|v| TenantName::parse(v).map_err(|e| Problem::invalid(k, e.message().to_string())))
+            .map(|v| {
+                if v.len() > 63 {
+                    return Err(Problem::invalid(
+                        k,
+                        format!("tenant name '{}' is longer than 63 characters", shown(v)),
+                    ));
+                }
+                TenantName::parse(v).map_err(|e| Problem::invalid(k, e.message().to_string()))
+            })
             .transpose()
     }
 
@@ -187,7 +195,8 @@ impl Query {
     pub fn cursor(&self, k: &str) -> Result<Option<i64>, Problem> {
         self.get(k)
             .map(|v| {
-                digits(v).filter(|n| *n > 0).ok_or_else(|| {
+                // Strictly an i64: a saturated huge value would silently be a valid cursor.
+                v.parse::<i64>().ok().filter(|n| *n > 0 && digits(v).is_some()).ok_or_else(|| {
                     Problem::invalid(
                         k,
                         format!(
