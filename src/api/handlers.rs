@@ -4,10 +4,10 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::Problem;
 use super::json::{JsonBody, from_slice};
+use super::query::Query;
 use crate::domain::{TenantName, TenantSpec};
 use crate::engine::{DeleteMode, now_ms};
 use crate::store::EventFilter;
-use super::query::Query;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -210,7 +210,10 @@ pub async fn events(State(st): State<AppState>, RawQuery(raw): RawQuery) -> Res<
     let f = EventFilter {
         tenant: q.tenant("tenant")?.map(|t| t.to_string()),
         kind: q.ident("kind")?,
-        since_ms: q.get("since").map(|_| q.time("since", now_ms(), 0)).transpose()?,
+        since_ms: q
+            .get("since")
+            .map(|_| q.time("since", now_ms(), 0))
+            .transpose()?,
         // One more than asked, to know whether there is a next page.
         limit: limit + 1,
         after_id: q.cursor("after")?,

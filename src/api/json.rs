@@ -47,9 +47,8 @@ pub fn from_slice<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, Pr
         ))
     })?;
     // The input parsed once already, so it parses as a Value too.
-    let input: Value = serde_json::from_slice(bytes).map_err(|e| {
-        Problem::bad_request(format!("the body is not valid JSON: {e}"))
-    })?;
+    let input: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?;
     let back = serde_json::to_value(&value).map_err(|e| {
         tracing::error!("cannot serialize a parsed request body back to JSON: {e}");
         Problem::internal()
@@ -138,11 +137,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Serialize> FromRequest<S> for JsonBod
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         // A header that is not visible ASCII counts as absent... but is refused all the same.
-        let ct = req.headers().get(header::CONTENT_TYPE).map(|v| {
-            v.to_str()
-                .unwrap_or("(not visible ASCII)")
-                .to_string()
-        });
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("(not visible ASCII)").to_string());
         check_content_type(req.method(), ct.as_deref())?;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -178,7 +176,10 @@ mod tests {
         assert!(from_slice::<Outer>(br#"{"inner": {"a": 1}, "list": [{"a": 2}]}"#).is_ok());
         assert_eq!(field("[null, null]").as_deref(), Some("body"));
         assert_eq!(field(r#"{"inner": [1]}"#).as_deref(), Some("inner"));
-        assert_eq!(field(r#"{"list": [{"a": 1}, [2]]}"#).as_deref(), Some("list[1]"));
+        assert_eq!(
+            field(r#"{"list": [{"a": 1}, [2]]}"#).as_deref(),
+            Some("list[1]")
+        );
         let e = from_slice::<Outer>(br#"{"inner": {"a": 1}} x"#).unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.detail.contains("trailing"), "{}", e.detail);

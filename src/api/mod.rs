@@ -12,9 +12,9 @@ mod usage;
 
 use crate::engine::Governor;
 use auth::Tokens;
-use error::Problem;
 use axum::Router;
 use axum::routing::get;
+use error::Problem;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -353,15 +353,16 @@ pub async fn serve_with(
         });
         let act = activity.clone();
         let app = app.clone();
-        let svc = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
-            let busy = Busy::new(&act);
-            let app = app.clone();
-            async move {
-                let r = app.oneshot(req).await;
-                drop(busy);
-                r
-            }
-        });
+        let svc =
+            hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                let busy = Busy::new(&act);
+                let app = app.clone();
+                async move {
+                    let r = app.oneshot(req).await;
+                    drop(busy);
+                    r
+                }
+            });
         let conn = http.serve_connection(TokioIo::new(stream), svc);
         let stop = shutdown.clone();
         let idle = opts.idle_timeout;
@@ -413,4 +414,41 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
         Ok::<_, std::io::Error>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// The catch-panic layer as `router` installs it: a panic becomes 500 problem+json.
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_with_a_problem() {
+        let app: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    let s = "é";
+                    // The old parsers' bug: a byte index inside a character.
+                    s.split_at(1).0.to_string()
+                }),
+            )
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic));
+        let resp = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 500);
+        assert!(v["detail"].as_str().unwrap().contains("daemon's log"));
+    }
 }

@@ -9,10 +9,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-pub async fn sla(
-    State(st): State<AppState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, Problem> {
+pub async fn sla(State(st): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["from", "to", "tenant", "format"])?;
     let now = now_ms();
     let from = q.time("from", now, now.saturating_sub(86_400_000).max(0))?;

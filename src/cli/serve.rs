@@ -102,7 +102,7 @@ fn host_capacity(reserve: u64) -> Result<Capacity> {
 fn raise_nofile() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let before = getrlimit(Resource::Nofile);
-    let mut wanted = before.clone();
+    let mut wanted = before;
     wanted.current = before.maximum;
     if wanted.current != before.current {
         if let Err(e) = setrlimit(Resource::Nofile, wanted) {

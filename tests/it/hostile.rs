@@ -189,9 +189,17 @@ async fn start(
 
 /// Every query parameter of every endpoint, with the values the hostile client sent.
 const PARAMS: &[(&str, &str, &[&str])] = &[
-    ("GET", "/v1/events", &["tenant", "kind", "since", "limit", "after"]),
+    (
+        "GET",
+        "/v1/events",
+        &["tenant", "kind", "since", "limit", "after"],
+    ),
     ("GET", "/v1/tenants/web/usage", &["from", "to", "step"]),
-    ("GET", "/v1/reports/sla", &["from", "to", "tenant", "format"]),
+    (
+        "GET",
+        "/v1/reports/sla",
+        &["from", "to", "tenant", "format"],
+    ),
     ("DELETE", "/v1/tenants/web", &["kill", "move_to"]),
 ];
 
@@ -227,7 +235,8 @@ async fn finding_3_handlers_panic_on_input() {
                 // not exist, or an empty answer): only the rest must be refused.
                 let name_like = !v.is_empty()
                     && v.len() <= 63
-                    && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                    && v.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
                 if name_like && matches!(*p, "tenant" | "move_to" | "kind") {
                     continue;
                 }
@@ -244,15 +253,33 @@ async fn finding_3_handlers_panic_on_input() {
         assert_eq!(r.3["field"], "bogusé");
     }
     // The values of the report: overflow is refused, not answered with from after to.
-    let r = send(&a, "GET", "/v1/tenants/web/usage?from=-9223372036854775808", &[], "").await;
+    let r = send(
+        &a,
+        "GET",
+        "/v1/tenants/web/usage?from=-9223372036854775808",
+        &[],
+        "",
+    )
+    .await;
     assert_problem("usage from i64::MIN", &r, 422);
-    assert!(r.3["detail"].as_str().unwrap().contains("before 1970"), "{}", r.3);
+    assert!(
+        r.3["detail"].as_str().unwrap().contains("before 1970"),
+        "{}",
+        r.3
+    );
     let r = send(&a, "GET", "/v1/events?since=253402300800000", &[], "").await;
     assert!(r.3["detail"].as_str().unwrap().contains("9999"), "{}", r.3);
     // Good values still work.
     let r = send(&a, "GET", "/v1/tenants/web/usage?from=15m&step=1m", &[], "").await;
     assert_eq!(r.0, StatusCode::OK, "{}", r.3);
-    let r = send(&a, "GET", "/v1/events?since=0&tenant=web&kind=tenant_created", &[], "").await;
+    let r = send(
+        &a,
+        "GET",
+        "/v1/events?since=0&tenant=web&kind=tenant_created",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.0, StatusCode::OK, "{}", r.3);
     assert_eq!(r.3.as_array().map(Vec::len), Some(1));
 
@@ -287,7 +314,10 @@ async fn events_page_with_a_next_cursor() {
             Some(link) => {
                 let link = link.to_str().unwrap();
                 let cursor = r.2["next-cursor"].to_str().unwrap();
-                assert_eq!(link, format!("</v1/events?tenant=web&after={cursor}>; rel=\"next\""));
+                assert_eq!(
+                    link,
+                    format!("</v1/events?tenant=web&after={cursor}>; rel=\"next\"")
+                );
                 uri = format!("/v1/events?tenant=web&after={cursor}");
             }
             None => break,
@@ -311,7 +341,12 @@ async fn finding_6_json_arrays_accepted_where_objects_expected() {
         ("PUT", "/v1/tenants/x", "[]", "body"),
         ("PUT", "/v1/tenants/x", r#"{"cpu": []}"#, "cpu"),
         ("PUT", "/v1/tenants/x", r#"{"cpu": [50, null]}"#, "cpu"),
-        ("PUT", "/v1/tenants/x", r#"{"memory": {}, "pids": []}"#, "pids"),
+        (
+            "PUT",
+            "/v1/tenants/x",
+            r#"{"memory": {}, "pids": []}"#,
+            "pids",
+        ),
         ("POST", "/v1/tenants/x/procs", "[1]", "body"),
         ("PATCH", "/v1/tenants/web", "[]", "body"),
         ("PATCH", "/v1/tenants/web", r#"{"cpu": []}"#, "cpu"),
@@ -324,10 +359,18 @@ async fn finding_6_json_arrays_accepted_where_objects_expected() {
     let r = send(&a, "GET", "/v1/tenants/x", &[], "").await;
     assert_eq!(r.0, StatusCode::NOT_FOUND, "{}", r.3);
     // Trailing bytes after the document.
-    for body in [r#"{"pid": 1} xyz"#, r#"{"pid": 1}{"pid": 2}"#, r#"{"pid": 1} ]"#] {
+    for body in [
+        r#"{"pid": 1} xyz"#,
+        r#"{"pid": 1}{"pid": 2}"#,
+        r#"{"pid": 1} ]"#,
+    ] {
         let r = send(&a, "POST", "/v1/tenants/x/procs", JSON, body).await;
         assert_problem(body, &r, 400);
-        assert!(r.3["detail"].as_str().unwrap().contains("trailing"), "{}", r.3);
+        assert!(
+            r.3["detail"].as_str().unwrap().contains("trailing"),
+            "{}",
+            r.3
+        );
     }
     // Whitespace after the document is fine: the request gets past the body to the tenant.
     let r = send(&a, "POST", "/v1/tenants/x/procs", JSON, "{\"pid\": 1}\n  ").await;
@@ -352,9 +395,19 @@ async fn finding_9_content_length_and_content_types() {
     }
     let r = send(&a, "PUT", "/v1/tenants/x", &[], "{}").await;
     assert_problem("no content type", &r, 415);
-    for ct in ["APPLICATION/JSON; Charset=\"UTF-8\"", "application/json;charset=utf-8"] {
+    for ct in [
+        "APPLICATION/JSON; Charset=\"UTF-8\"",
+        "application/json;charset=utf-8",
+    ] {
         // Accepted: the request gets past the media type to the body (an unknown field).
-        let r = send(&a, "PUT", "/v1/tenants/x", &[("content-type", ct)], r#"{"x": 1}"#).await;
+        let r = send(
+            &a,
+            "PUT",
+            "/v1/tenants/x",
+            &[("content-type", ct)],
+            r#"{"x": 1}"#,
+        )
+        .await;
         assert_problem(ct, &r, 422);
     }
     let mp = [("content-type", "application/merge-patch+json")];
@@ -368,7 +421,14 @@ async fn finding_9_content_length_and_content_types() {
     ];
     let r = send(&a, "PUT", "/v1/tenants/x", &big, "{}").await;
     assert_problem("content-length", &r, 413);
-    let r = send(&a, "PUT", "/v1/tenants/x", JSON, &format!("{{\"labels\": {{\"a\": \"{}\"}}}}", "x".repeat(5000))).await;
+    let r = send(
+        &a,
+        "PUT",
+        "/v1/tenants/x",
+        JSON,
+        &format!("{{\"labels\": {{\"a\": \"{}\"}}}}", "x".repeat(5000)),
+    )
+    .await;
     assert_problem("a long body", &r, 413);
 
     // Over a real socket.
@@ -417,17 +477,25 @@ async fn finding_9_content_length_and_content_types() {
     for (what, req) in [
         (
             "a 70 KiB header",
-            format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "b".repeat(70_000)),
+            format!(
+                "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+                "b".repeat(70_000)
+            ),
         ),
         (
             "a 70 KiB uri",
-            format!("GET /v1/events?tenant={} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000)),
+            format!(
+                "GET /v1/events?tenant={} HTTP/1.1\r\nhost: x\r\n\r\n",
+                "a".repeat(70_000)
+            ),
         ),
         (
             "200 header fields",
             format!(
                 "GET /healthz HTTP/1.1\r\nhost: x\r\n{}\r\n",
-                (0..200).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()
+                (0..200)
+                    .map(|i| format!("x-h{i}: v\r\n"))
+                    .collect::<String>()
             ),
         ),
     ] {
@@ -475,7 +543,12 @@ async fn finding_4_no_connection_limits() {
     // the cap is closed unanswered: that counts as refused too.
     let (mut refused, mut closed) = (0, 0);
     loop {
-        match try_raw(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await {
+        match try_raw(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        {
             Ok(r) if r.0 == 200 => {
                 assert_eq!(r.2, "ok\n");
                 break;
@@ -515,19 +588,25 @@ async fn finding_4_no_connection_limits() {
     }
     assert!(n503 > 0, "no connection over the cap was answered 503");
     // /metrics counts them.
-    let r = raw(addr, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    let r = raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(r.0, 200);
-    let refused_total: f64 = r
-        .2
-        .lines()
-        .find_map(|l| l.strip_prefix("tenantd_http_connections_refused_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no refused counter in {}", r.2));
+    let refused_total: f64 =
+        r.2.lines()
+            .find_map(|l| l.strip_prefix("tenantd_http_connections_refused_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no refused counter in {}", r.2));
     assert!(refused_total >= 600.0 - 64.0, "{refused_total}");
     assert!(
         r.2.lines().any(|l| l == "tenantd_http_connections 1"),
         "the gauge should count only the /metrics connection: {}",
-        r.2.lines().filter(|l| l.contains("http_conn")).collect::<Vec<_>>().join("\n")
+        r.2.lines()
+            .filter(|l| l.contains("http_conn"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     stop.cancel();
     tokio::time::timeout(DEADLINE, server)
@@ -535,4 +614,58 @@ async fn finding_4_no_connection_limits() {
         .expect("serve_with stops on cancel")
         .unwrap()
         .unwrap();
+}
+
+/// A keep-alive connection that finished a request, then stays quiet: closed by the daemon.
+/// Which timer closes it is the point: each case sets the other one far beyond `DEADLINE`.
+#[tokio::test]
+async fn keep_alive_connections_are_closed_by_either_timeout() {
+    let a = api(Duration::from_secs(5), 1).await;
+    let long = DEADLINE * 10;
+    for (what, opts) in [
+        (
+            // hyper's header-read timer also runs while a kept-alive connection waits for its
+            // next request head (hyper 1.x proto/h1/conn.rs `poll_read_head` starts it
+            // whenever the connection is ready for a head).
+            "header_read_timeout",
+            ServeOptions {
+                header_read_timeout: Duration::from_secs(1),
+                idle_timeout: long,
+                max_connections: 8,
+            },
+        ),
+        (
+            "idle_timeout",
+            ServeOptions {
+                header_read_timeout: long,
+                idle_timeout: Duration::from_secs(1),
+                max_connections: 8,
+            },
+        ),
+    ] {
+        let (addr, stop, server) = start(&a, opts).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await;
+        assert!(
+            closed.is_ok(),
+            "{what}: the connection was still open after {DEADLINE:?}"
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200"), "{what}: {text}");
+        assert!(text.ends_with("ok\n"), "{what}: {text}");
+        // An idle connection that never sent anything is closed the same way.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await;
+        assert!(
+            closed.is_ok(),
+            "{what}: a silent connection was still open after {DEADLINE:?}"
+        );
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
 }
