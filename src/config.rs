@@ -448,4 +448,46 @@ mod tests {
         let e: Result<FileConfig, _> = toml::from_str("listen_addr = 'x'");
         assert!(e.unwrap_err().message().contains("unknown field"));
     }
+
+    #[test]
+    fn connection_keys() {
+        let c = FileConfig::default().resolve(root).unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, None);
+        let f: FileConfig = toml::from_str(
+            "header_read_timeout_s = 2.5\nidle_timeout_s = 5\nmax_connections = 64\n",
+        )
+        .unwrap();
+        let c = f.resolve(root).unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_connections, Some(64));
+        for (key, f) in [
+            (
+                "max_connections",
+                FileConfig {
+                    max_connections: Some(0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "idle_timeout_s",
+                FileConfig {
+                    idle_timeout_s: Some(-1.0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "header_read_timeout_s",
+                FileConfig {
+                    header_read_timeout_s: Some(f64::NAN),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let e = f.resolve(root).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("{key}:")), "{e}");
+        }
+    }
 }
