@@ -48,6 +48,12 @@ pub struct FileConfig {
     pub move_self: Option<bool>,
     pub request_timeout_s: Option<f64>,
     pub max_body_bytes: Option<Bytes>,
+    /// Seconds a client has to send a request head, idle keep-alive wait included [10].
+    pub header_read_timeout_s: Option<f64>,
+    /// Seconds a connection may stay open with no request in flight [60].
+    pub idle_timeout_s: Option<f64>,
+    /// HTTP connections served at once [512, lowered to what the descriptor limit allows].
+    pub max_connections: Option<usize>,
     /// Seconds between usage samples [default 1].
     pub sample_interval_s: Option<f64>,
     /// How long raw usage samples are kept, in hours [default 48].
@@ -93,6 +99,11 @@ pub struct Config {
     pub move_self: bool,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// The configured cap; `None` means the default (512), which `serve` may lower quietly to
+    /// fit the descriptor limit (a configured cap that does not fit is lowered with a warning).
+    pub max_connections: Option<usize>,
     pub sample_interval: Duration,
     pub usage_retention: crate::store::Retention,
     pub sla: crate::engine::sla::SlaConfig,
@@ -132,6 +143,9 @@ impl FileConfig {
             move_self: self.move_self.or(other.move_self),
             request_timeout_s: self.request_timeout_s.or(other.request_timeout_s),
             max_body_bytes: self.max_body_bytes.or(other.max_body_bytes),
+            header_read_timeout_s: self.header_read_timeout_s.or(other.header_read_timeout_s),
+            idle_timeout_s: self.idle_timeout_s.or(other.idle_timeout_s),
+            max_connections: self.max_connections.or(other.max_connections),
             sample_interval_s: self.sample_interval_s.or(other.sample_interval_s),
             usage_raw_retention_h: self.usage_raw_retention_h.or(other.usage_raw_retention_h),
             usage_minute_retention_d: self
@@ -290,8 +304,22 @@ impl FileConfig {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "max_connections",
+                message: "0 connections would serve nobody: use 1 or more (default 512)".into(),
+            });
+        }
         Ok(Config {
             protected_cgroups,
+            header_read_timeout: secs(
+                "header_read_timeout_s",
+                self.header_read_timeout_s,
+                10.0,
+                0.1,
+            )?,
+            idle_timeout: secs("idle_timeout_s", self.idle_timeout_s, 60.0, 0.1)?,
+            max_connections: self.max_connections,
             sample_interval: secs("sample_interval_s", self.sample_interval_s, 1.0, 0.1)?,
             usage_retention,
             sla,
@@ -498,5 +526,47 @@ mod tests {
         assert!(e.unwrap_err().message().contains("unknown variant"));
         let e: Result<FileConfig, _> = toml::from_str("listen_addr = 'x'");
         assert!(e.unwrap_err().message().contains("unknown field"));
+    }
+
+    #[test]
+    fn connection_keys() {
+        let c = FileConfig::default().resolve(root).unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, None);
+        let f: FileConfig = toml::from_str(
+            "header_read_timeout_s = 2.5\nidle_timeout_s = 5\nmax_connections = 64\n",
+        )
+        .unwrap();
+        let c = f.resolve(root).unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_connections, Some(64));
+        for (key, f) in [
+            (
+                "max_connections",
+                FileConfig {
+                    max_connections: Some(0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "idle_timeout_s",
+                FileConfig {
+                    idle_timeout_s: Some(-1.0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "header_read_timeout_s",
+                FileConfig {
+                    header_read_timeout_s: Some(f64::NAN),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let e = f.resolve(root).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("{key}:")), "{e}");
+        }
     }
 }

@@ -380,6 +380,20 @@ pub const METRICS: &[MetricDef] = &[
         "Sampler sweeps or database writes that failed"
     ),
     def!(
+        "tenantd_http_connections",
+        Gauge,
+        None,
+        &[],
+        "HTTP connections open now (at most max_connections)"
+    ),
+    def!(
+        "tenantd_http_connections_refused",
+        Counter,
+        None,
+        &[],
+        "HTTP connections refused because max_connections were open"
+    ),
+    def!(
         "tenantd_build",
         Info,
         None,
@@ -425,6 +439,8 @@ pub struct Metrics {
     pub reconcile_corrections: Counter,
     pub reconcile_errors: Counter,
     pub sampler_errors: Counter,
+    pub http_connections: Gauge,
+    pub http_connections_refused: Counter,
     tenants: Gauge,
     /// The size of the last render, to allocate the next one in one go.
     render_len: AtomicUsize,
@@ -439,6 +455,8 @@ impl Default for Metrics {
             reconcile_corrections: Counter::default(),
             reconcile_errors: Counter::default(),
             sampler_errors: Counter::default(),
+            http_connections: Gauge::default(),
+            http_connections_refused: Counter::default(),
             tenants: Gauge::default(),
             render_len: AtomicUsize::new(0),
         }
@@ -506,6 +524,16 @@ impl Metrics {
             &mut r,
             "tenantd_sampler_errors",
             self.sampler_errors.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_http_connections",
+            self.http_connections.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_http_connections_refused",
+            self.http_connections_refused.clone(),
         );
         reg(
             &mut r,

@@ -4,15 +4,15 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::Problem;
 use super::json::{JsonBody, from_slice};
+use super::query::Query;
 use crate::domain::{TenantName, TenantSpec};
 use crate::engine::{DeleteMode, now_ms};
 use crate::store::EventFilter;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, Uri, header};
-use axum::response::IntoResponse;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
 
 type Res<T> = Result<T, Problem>;
 
@@ -157,28 +157,13 @@ pub async fn delete_tenant(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(n): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
 ) -> Res<StatusCode> {
+    let q = Query::parse(raw.as_deref(), &["kill", "move_to"])?;
+    let kill = q.bool("kill")?.unwrap_or(false);
+    let move_to = q.tenant("move_to")?;
     let n = name(&n)?;
-    for k in q.keys() {
-        if k != "kill" && k != "move_to" {
-            return Err(Problem::invalid(
-                k,
-                format!("unknown query parameter '{k}': use kill=true or move_to=TENANT"),
-            ));
-        }
-    }
-    let kill = match q.get("kill").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(v) => {
-            return Err(Problem::invalid(
-                "kill",
-                format!("'{v}' is not true or false"),
-            ));
-        }
-    };
-    let mode = match (kill, q.get("move_to")) {
+    let mode = match (kill, move_to) {
         (true, Some(_)) => {
             return Err(Problem::invalid(
                 "move_to",
@@ -186,10 +171,7 @@ pub async fn delete_tenant(
             ));
         }
         (true, None) => DeleteMode::Kill,
-        (false, Some(t)) => DeleteMode::MoveTo(
-            TenantName::parse(t)
-                .map_err(|e| Problem::invalid("move_to", e.message().to_string()))?,
-        ),
+        (false, Some(t)) => DeleteMode::MoveTo(t),
         (false, None) => DeleteMode::Refuse,
     };
     st.gov.delete(&n, mode, &caller.name).await?;
@@ -203,7 +185,7 @@ pub async fn list_procs(
     Ok(Json(st.gov.procs(&name(&n)?).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddProc {
     pub pid: u32,
@@ -227,67 +209,53 @@ pub async fn reconcile(State(st): State<AppState>) -> Res<impl IntoResponse> {
     Ok(Json(st.gov.reconcile().await?))
 }
 
-/// Parses `since`: Unix milliseconds, or a duration back from now such as `15m`, `2h`, `7d`.
-pub fn parse_since(s: &str, now: i64) -> Option<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
-    }
-    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: i64 = num.parse().ok()?;
-    let mult = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    Some(now - n * mult)
-}
+/// The most events one answer holds, and the number when `limit` is not given.
+pub const EVENTS_MAX_LIMIT: i64 = 1000;
+pub const EVENTS_DEFAULT_LIMIT: i64 = 100;
 
-pub async fn events(
-    State(st): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Res<impl IntoResponse> {
-    let mut f = EventFilter {
-        limit: 1000,
-        ..Default::default()
+/// `GET /v1/events`: newest first, `limit` per page. When more events match, the answer has a
+/// `Link: <...&after=ID>; rel="next"` header and a `Next-Cursor: ID` header; `?after=ID`
+/// continues after event ID.
+pub async fn events(State(st): State<AppState>, RawQuery(raw): RawQuery) -> Res<Response> {
+    let q = Query::parse(
+        raw.as_deref(),
+        &["tenant", "kind", "since", "limit", "after"],
+    )?;
+    let limit = q.limit("limit", EVENTS_DEFAULT_LIMIT, EVENTS_MAX_LIMIT)?;
+    let f = EventFilter {
+        tenant: q.tenant("tenant")?.map(|t| t.to_string()),
+        kind: q.ident("kind")?,
+        since_ms: q
+            .get("since")
+            .map(|_| q.time("since", now_ms(), 0))
+            .transpose()?,
+        // One more than asked, to know whether there is a next page.
+        limit: limit + 1,
+        after_id: q.cursor("after")?,
     };
-    for (k, v) in q {
-        match k.as_str() {
-            "tenant" => f.tenant = Some(name(&v)?.to_string()),
-            "kind" => f.kind = Some(v),
-            "since" => {
-                f.since_ms = Some(parse_since(&v, now_ms()).ok_or_else(|| {
-                    Problem::invalid(
-                        "since",
-                        format!(
-                            "'{v}' is neither Unix milliseconds nor a duration like 15m, 2h, 7d"
-                        ),
-                    )
-                })?)
-            }
-            "limit" => {
-                f.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=100_000).contains(l))
-                    .ok_or_else(|| {
-                        Problem::invalid("limit", format!("'{v}' is not a number from 1 to 100000"))
-                    })?
-            }
-            other => {
-                return Err(Problem::invalid(
-                    other,
-                    format!("unknown query parameter '{other}': use tenant, kind, since, limit"),
-                ));
-            }
-        }
-    }
-    let ev = st
+    let mut ev = st
         .gov
         .store()
         .events(&f)
         .await
         .map_err(|e| Problem::from(crate::engine::EngineError::from(e)))?;
-    Ok(Json(ev))
+    let more = ev.len() as i64 > limit;
+    ev.truncate(limit as usize);
+    let mut resp = Json(&ev).into_response();
+    if let (true, Some(last)) = (more, ev.last()) {
+        let mut next = form_urlencoded::Serializer::new(String::new());
+        for k in ["tenant", "kind", "since", "limit"] {
+            if let Some(v) = q.get(k) {
+                next.append_pair(k, v);
+            }
+        }
+        next.append_pair("after", &last.id.to_string());
+        let link = format!("</v1/events?{}>; rel=\"next\"", next.finish());
+        for (h, v) in [("link", link), ("next-cursor", last.id.to_string())] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.headers_mut().insert(h, v);
+            }
+        }
+    }
+    Ok(resp)
 }

@@ -1,10 +1,12 @@
 //! The HTTP admin API (axum): `router(state)` for tests, `serve(listener, state, shutdown)` for
-//! the daemon. Handlers stay thin: parse, call the engine, shape the answer.
+//! the daemon (an accept loop with connection limits and timeouts). Handlers stay thin: parse,
+//! call the engine, shape the answer.
 
 pub mod auth;
 pub mod error;
 mod handlers;
 pub mod json;
+pub mod query;
 mod report;
 mod usage;
 
@@ -12,6 +14,7 @@ use crate::engine::Governor;
 use auth::Tokens;
 use axum::Router;
 use axum::routing::get;
+use error::Problem;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -52,11 +55,109 @@ pub struct AppState {
     pub usage_retention: crate::store::Retention,
 }
 
+/// Longest request target (path and query) answered: longer ones get 414 problem+json.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header fields answered: more get 431 problem+json.
+pub const MAX_HEADERS: usize = 64;
+/// Largest total of header names and values answered: more get 431 problem+json.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// hyper's own limits, above ours, for requests hyper refuses before our code sees them: a
+/// request head (request line and headers) longer than this, or with more header fields than
+/// `HYPER_MAX_HEADERS`, is answered by hyper itself with a bare `431 Request Header Fields Too
+/// Large` (no body, not problem+json) and the connection is closed. hyper's own `414` needs a
+/// URI over 65534 bytes, which makes the head longer than this, so it is a 431 too.
+pub const HYPER_MAX_HEAD_BYTES: usize = 64 * 1024;
+pub const HYPER_MAX_HEADERS: usize = 128;
+
+/// The 413 answer, whether the Content-Length said so up front or the body turned out long.
+pub(crate) fn too_large() -> Problem {
+    Problem::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "too-large",
+        "the body is larger than the daemon accepts (max_body_bytes): send a smaller body",
+    )
+    .field("body")
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    max_body_bytes: usize,
+    request_timeout: Duration,
+}
+
+/// Refuses what can be refused from the request head alone (414, 431, 413 from
+/// Content-Length) and answers 408 problem+json when a request takes longer than
+/// `request_timeout` (a client that sends its body slowly, or not at all).
+async fn guard(
+    axum::extract::State(l): axum::extract::State<Limits>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let close = |p: Problem| {
+        let mut r = p.into_response();
+        r.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        r
+    };
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            format!("the request target is {target} bytes long: the daemon takes at most {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
+    let h = req.headers();
+    let header_bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if h.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return close(Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            format!(
+                "the request has {} header fields of {header_bytes} bytes: the daemon takes at most {MAX_HEADERS} fields of {MAX_HEADER_BYTES} bytes",
+                h.len()
+            ),
+        ));
+    }
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > l.max_body_bytes as u64) {
+        return close(too_large());
+    }
+    match tokio::time::timeout(l.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => close(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request took longer than {} s (request_timeout_s): send the whole request promptly",
+                l.request_timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+/// A handler panicked: answer 500 problem+json (the panic hook, or the default one in tests,
+/// has already logged it once with its location).
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    Problem::internal().into_response()
+}
+
 pub fn router(state: AppState) -> Router {
     use axum::routing::{post, put};
     let tokens = state.tokens.clone();
-    let limit = state.max_body_bytes;
-    let timeout = state.request_timeout;
+    let limits = Limits {
+        max_body_bytes: state.max_body_bytes,
+        request_timeout: state.request_timeout,
+    };
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
@@ -85,12 +186,55 @@ pub fn router(state: AppState) -> Router {
             tokens,
             auth::authenticate,
         ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(limits, guard))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
         .with_state(state)
+}
+
+/// Connection hygiene for `serve_with`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// A client must send a whole request head within this time, counted from when the
+    /// connection starts waiting for one. hyper starts this timer whenever the connection is
+    /// in its "read the next head" state, which on a keep-alive connection begins right
+    /// after the previous response: so it also bounds the idle wait between requests.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (our own watcher).
+    /// With hyper's timer above, an idle connection is closed after the shorter of the two.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+        }
+    }
+}
+
+/// Refused connections being answered at once; beyond this they are closed unanswered.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 32;
+
+/// The answer a connection over `max_connections` gets before it is closed.
+fn refusal() -> Vec<u8> {
+    let body = serde_json::to_vec(&Problem::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "too-many-connections",
+        "the daemon serves as many connections as it takes (max_connections): retry shortly, or close idle connections",
+    ))
+    .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
@@ -99,7 +243,212 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve_with(listener, state, ServeOptions::default(), shutdown).await
+}
+
+/// When a connection last finished a request, and how many it has in flight.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+/// Marks a request in flight until dropped (the response head is ready, or the request was
+/// abandoned).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: &Arc<Activity>) -> Busy {
+        a.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Busy(a.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.0.last.lock() {
+            *l = tokio::time::Instant::now();
+        }
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Counts a connection on `/metrics` while it lives.
+struct Counted(Arc<crate::metrics::Metrics>);
+
+impl Counted {
+    fn new(m: &Arc<crate::metrics::Metrics>) -> Counted {
+        m.http_connections.inc();
+        Counted(m.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.http_connections.dec();
+    }
+}
+
+/// The accept loop: HTTP/1.1 only (hyper's version sniffing for HTTP/2 reads the preface
+/// with no timeout, which an idle client could hold forever), at most `max_connections` at
+/// once, each closed after `header_read_timeout` without a complete request head and after
+/// `idle_timeout` without a request. Over the cap a connection is answered `503`
+/// problem+json with `Connection: close` (at most `MAX_REFUSALS_IN_FLIGHT` at once; beyond
+/// that it is closed unanswered) and counted in `tenantd_http_connections_refused_total`.
+/// When accept fails (EMFILE), the loop logs, waits 100 ms and goes on.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let metrics = state.metrics.clone();
+    let app = router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+    let tasks = tokio_util::task::TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_header_size(HYPER_MAX_HEAD_BYTES)
+        .max_headers(HYPER_MAX_HEADERS)
+        .keep_alive(true);
+    let mut accept_errors_logged = 0u32;
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors (EMFILE/ENFILE) or a connection reset before accept:
+                    // retry; log the first few so a flood does not flood the log.
+                    if accept_errors_logged < 10 {
+                        tracing::warn!("accepting a connection failed: {e} (retrying in 100 ms)");
+                        accept_errors_logged += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.http_connections_refused.inc();
+            if let Ok(p) = refusals.clone().try_acquire_owned() {
+                tasks.spawn(async move {
+                    let _p = p;
+                    refuse(stream).await;
+                });
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let counted = Counted::new(&metrics);
+        let activity = Arc::new(Activity {
+            in_flight: 0.into(),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+        });
+        let act = activity.clone();
+        let app = app.clone();
+        let svc =
+            hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                let busy = Busy::new(&act);
+                let app = app.clone();
+                async move {
+                    let r = app.oneshot(req).await;
+                    drop(busy);
+                    r
+                }
+            });
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        let stop = shutdown.clone();
+        let idle = opts.idle_timeout;
+        tasks.spawn(async move {
+            let _slot = slot;
+            let _counted = counted;
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
+            loop {
+                let idle_at = *activity.last.lock().unwrap_or_else(|p| p.into_inner()) + idle;
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!("connection closed: {e}");
+                        }
+                        break;
+                    }
+                    _ = stop.cancelled(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = tokio::time::sleep_until(idle_at), if !closing => {
+                        let quiet = activity.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0;
+                        let last = *activity.last.lock().unwrap_or_else(|p| p.into_inner());
+                        if quiet && last + idle <= tokio::time::Instant::now() {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+/// Answers a connection over the cap with 503 and closes it, reading what the client sent
+/// meanwhile (for at most a second) so the close does not reset the answer away.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = async {
+        stream.write_all(&refusal()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// The catch-panic layer as `router` installs it: a panic becomes 500 problem+json.
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_with_a_problem() {
+        let app: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    let s = "é";
+                    // The old parsers' bug: a byte index inside a character.
+                    s.split_at(1).0.to_string()
+                }),
+            )
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic));
+        let resp = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 500);
+        assert!(v["detail"].as_str().unwrap().contains("daemon's log"));
+    }
 }

@@ -3,34 +3,16 @@
 
 use super::AppState;
 use super::error::Problem;
-use super::handlers::parse_since;
+use super::query::Query;
 use crate::domain::TenantName;
 use crate::engine::{EngineError, now_ms};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use std::collections::HashMap;
 
 /// Most points one answer may hold.
 pub const MAX_POINTS: i64 = 20_000;
-
-/// Parses a step: seconds, or a number with `s`, `m`, `h` or `d`.
-pub fn parse_step(s: &str) -> Option<i64> {
-    if let Ok(n) = s.parse::<i64>() {
-        return (n > 0).then_some(n);
-    }
-    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: i64 = num.parse().ok().filter(|n| *n > 0)?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
 
 /// The validated query of a usage request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,41 +23,22 @@ pub struct UsageQuery {
 }
 
 /// Validates `from`, `to` and `step` (no IO). Defaults: the last hour, about 240 points.
-pub fn usage_query(q: &HashMap<String, String>, now: i64) -> Result<UsageQuery, Problem> {
-    for k in q.keys() {
-        if !matches!(k.as_str(), "from" | "to" | "step") {
-            return Err(Problem::invalid(
-                k,
-                format!("unknown query parameter '{k}': use from, to, step"),
-            ));
-        }
-    }
-    let time = |k: &str, default: i64| -> Result<i64, Problem> {
-        match q.get(k) {
-            None => Ok(default),
-            Some(v) => parse_since(v, now).ok_or_else(|| {
-                Problem::invalid(k, format!("'{v}' is neither Unix milliseconds nor a duration back from now like 15m, 2h, 7d"))
-            }),
-        }
-    };
-    let from_ms = time("from", now - 3_600_000)?;
-    let to_ms = time("to", now)?;
+pub fn usage_query(q: &Query, now: i64) -> Result<UsageQuery, Problem> {
+    let from_ms = q.time("from", now, now.saturating_sub(3_600_000).max(0))?;
+    let to_ms = q.time("to", now, now)?;
     if to_ms <= from_ms {
         return Err(Problem::invalid(
             "to",
             format!("to ({to_ms}) must be after from ({from_ms})"),
         ));
     }
-    let step_s = match q.get("step") {
-        None => ((to_ms - from_ms) / 1000 / 240).max(1),
-        Some(v) => parse_step(v).ok_or_else(|| {
-            Problem::invalid(
-                "step",
-                format!("'{v}' is not a step like 10, 30s, 5m, 1h, 1d"),
-            )
-        })?,
+    // Both times lie in 1970..=9999 (`parse_time`), so the span cannot overflow.
+    let span_s = (to_ms - from_ms) / 1000;
+    let step_s = match q.step("step")? {
+        None => (span_s / 240).max(1),
+        Some(s) => s,
     };
-    if (to_ms - from_ms) / 1000 / step_s > MAX_POINTS {
+    if span_s / step_s > MAX_POINTS {
         return Err(Problem::invalid(
             "step",
             format!(
@@ -93,8 +56,9 @@ pub fn usage_query(q: &HashMap<String, String>, now: i64) -> Result<UsageQuery, 
 pub async fn usage(
     State(st): State<AppState>,
     Path(n): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, Problem> {
+    let q = Query::parse(raw.as_deref(), &["from", "to", "step"])?;
     let name = TenantName::parse(&n).map_err(Problem::from)?;
     let now = now_ms();
     let uq = usage_query(&q, now)?;
@@ -140,21 +104,15 @@ pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, Pr
 mod tests {
     use super::*;
 
-    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn q(pairs: &[(&str, &str)]) -> Query {
+        let raw: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        Query::parse(Some(&raw), &["from", "to", "step"]).unwrap()
     }
 
     #[test]
     fn steps_and_ranges() {
-        assert_eq!(parse_step("10"), Some(10));
-        assert_eq!(parse_step("1m"), Some(60));
-        assert_eq!(parse_step("1h"), Some(3600));
-        assert_eq!(parse_step("0"), None);
-        assert_eq!(parse_step("-5s"), None);
-        assert_eq!(parse_step("1w"), None);
         let now = 10_000_000_000;
         let u = usage_query(&q(&[("from", "2h"), ("step", "1m")]), now).unwrap();
         assert_eq!(
@@ -182,7 +140,7 @@ mod tests {
             Some("step")
         );
         assert_eq!(
-            usage_query(&q(&[("since", "1h")]), now)
+            Query::parse(Some("since=1h"), &["from", "to", "step"])
                 .unwrap_err()
                 .field
                 .as_deref(),

@@ -96,6 +96,86 @@ fn host_capacity(reserve: u64) -> Result<Capacity> {
     })
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (a daemon that holds stat files for
+/// thousands of tenants and serves hundreds of connections needs more than the common 1024)
+/// and returns the soft limit in force.
+fn raise_nofile() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let mut wanted = before;
+    wanted.current = before.maximum;
+    if wanted.current != before.current {
+        if let Err(e) = setrlimit(Resource::Nofile, wanted) {
+            tracing::warn!(
+                "cannot raise the open-file limit from {:?} to the hard limit {:?}: {e}",
+                before.current,
+                before.maximum
+            );
+        }
+    }
+    let now = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |v| v.to_string());
+    tracing::info!(
+        "open-file limit: soft {} (was {}), hard {}",
+        show(now.current),
+        show(before.current),
+        show(now.maximum)
+    );
+    now.current.unwrap_or(u64::MAX)
+}
+
+/// Descriptors each tenant's held stat files take (`cgroup::stats`: 11 files and the
+/// directory; the v1 reader holds about as many).
+const FDS_PER_HELD_TENANT: u64 = 12;
+/// Descriptors for everything but the sampler and the connections: the database pool, the
+/// listener, the log, pidfds while killing, and the sampler's transient opens.
+const FDS_OTHER: u64 = 128;
+
+/// The connection cap that fits the descriptor limit: soft limit − 12 × tenants whose files the
+/// sampler holds (it holds at most `held_tenants_budget()` of them) − 128 other − the refusals
+/// answered at once. `configured` is lowered to that, with a warning; the default quietly.
+fn connection_cap(soft: u64, tenants: usize, configured: Option<usize>) -> usize {
+    let held = tenants.min(crate::cgroup::stats::held_tenants_budget()) as u64;
+    let room = soft
+        .saturating_sub(held.saturating_mul(FDS_PER_HELD_TENANT))
+        .saturating_sub(FDS_OTHER)
+        .saturating_sub(api::MAX_REFUSALS_IN_FLIGHT as u64)
+        .max(16);
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    let wanted = configured.unwrap_or(api::ServeOptions::default().max_connections);
+    if wanted <= room {
+        return wanted;
+    }
+    if configured.is_some() {
+        tracing::warn!(
+            "max_connections {wanted} does not fit the open-file limit {soft} with {tenants} tenants: serving at most {room} connections (raise LimitNOFILE)"
+        );
+    } else {
+        tracing::info!(
+            "serving at most {room} connections: the open-file limit {soft} with {tenants} tenants leaves no room for {wanted}"
+        );
+    }
+    room
+}
+
+/// Panics are logged once through tracing, with their location; a handler's panic is then
+/// answered 500 problem+json by the router's catch-panic layer.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-text panic".into());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!("panic at {at}: {msg}");
+    }));
+}
+
 pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -104,6 +184,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    log_panics();
+    let nofile = raise_nofile();
     let file_path = args
         .config
         .clone()
@@ -269,7 +351,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             stop.cancel();
         });
     }
-    api::serve(listener, state, shutdown.clone()).await?;
+    let tenants = store.tenants().await?.len();
+    let opts = api::ServeOptions {
+        header_read_timeout: cfg.header_read_timeout,
+        idle_timeout: cfg.idle_timeout,
+        max_connections: connection_cap(nofile, tenants, cfg.max_connections),
+    };
+    tracing::info!(
+        "connections: at most {}, header read timeout {} s, idle timeout {} s",
+        opts.max_connections,
+        opts.header_read_timeout.as_secs_f64(),
+        opts.idle_timeout.as_secs_f64()
+    );
+    api::serve_with(listener, state, opts, shutdown.clone()).await?;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     store
@@ -283,4 +377,22 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await?;
     store.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_the_sampler() {
+        // Plenty of descriptors: the configured or default cap stands.
+        assert_eq!(connection_cap(1 << 20, 100, None), 512);
+        assert_eq!(connection_cap(1 << 20, 100, Some(2000)), 2000);
+        // 1024 descriptors and 40 tenants: 1024 - 480 - 128 - 32 = 384.
+        assert_eq!(connection_cap(1024, 40, None), 384);
+        assert_eq!(connection_cap(1024, 40, Some(600)), 384);
+        assert_eq!(connection_cap(1024, 40, Some(100)), 100);
+        // Never below 16, so /healthz stays reachable.
+        assert_eq!(connection_cap(100, 1000, None), 16);
+    }
 }

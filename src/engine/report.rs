@@ -31,6 +31,7 @@ impl Governor {
             kind: Some(kind.into()),
             since_ms: Some(from_ms),
             limit: 100_000,
+            after_id: None,
         };
         let mut tenants = Vec::new();
         for (name, st) in stored.iter().filter(|(n, _)| only.is_none_or(|o| o == *n)) {

@@ -153,6 +153,8 @@ pub struct EventFilter {
     pub kind: Option<String>,
     pub since_ms: Option<i64>,
     pub limit: i64,
+    /// Paging: only events that come after this event id in the answer's order.
+    pub after_id: Option<i64>,
 }
 
 /// Bumps `Store::tenants_version` when dropped: after the commit returns, and also when the
@@ -537,12 +539,14 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, ts_ms, tenant, kind, actor, detail FROM events
              WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR ts_ms >= ?3)
+               AND (?5 IS NULL OR (ts_ms, id) < (SELECT ts_ms, id FROM events WHERE id = ?5))
              ORDER BY ts_ms DESC, id DESC LIMIT ?4",
         )
         .bind(&f.tenant)
         .bind(&f.kind)
         .bind(f.since_ms)
         .bind(if f.limit > 0 { f.limit } else { 1000 })
+        .bind(f.after_id)
         .fetch_all(&self.pool)
         .await
         .map_err(q("list events"))?;
@@ -722,6 +726,7 @@ mod tests {
             kind: k.map(Into::into),
             since_ms: s,
             limit: 0,
+            after_id: None,
         };
         assert_eq!(
             store.events(&f(Some("a"), None, None)).await.unwrap().len(),

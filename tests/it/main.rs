@@ -5,6 +5,8 @@
 //!   metric names on any host; every panel's query against a real Prometheus in the VM.
 //! - `durability`: the desired state on a full disk (a small tmpfs): refused with 507, never
 //!   acknowledged and lost; recovery without a restart. Needs root and the v1 hierarchies.
+//! - `hostile`: the HTTP layer under hostile input (query values, bodies, headers, idle and
+//!   half-sent connections), through `oneshot` and over a real socket (issue 12).
 //! - `kernel`: the governor against a real cgroup v2 kernel. Marked `#[ignore]` with a reason,
 //!   so a plain `cargo test` on a hybrid host lists them as ignored; `tests/run.sh` runs them
 //!   with `--ignored` inside the qemu VM (or on a pure v2 host with `TENANTD_KERNEL=host`).
@@ -18,6 +20,7 @@
 mod api;
 mod dashboards;
 mod durability;
+mod hostile;
 mod kernel;
 mod placement;
 mod reconcile;
