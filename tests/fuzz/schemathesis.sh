@@ -20,17 +20,20 @@
 #   TENANTD_FUZZ_SEED       optional seed, to repeat a run
 #   TENANTD_FUZZ_VENV       where the venv lives (default target/fuzz/venv)
 #   TENANTD_FUZZ_NO_BUILD=1 use target/debug/tenantd as it is
-# Flags: --long   500 examples per operation (an hour or so); any other flag is passed on to
-#                 `schemathesis run` (e.g. --include-path-regex procs, --workers 1).
+# Flags: --long          500 examples per operation and phase (tens of minutes)
+#        --install-only  set up the venv and stop (.ci/run does this before the tests)
+#        any other flag is passed on to `schemathesis run` (e.g. --include-path-regex procs).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO="$PWD"
 EXAMPLES="${TENANTD_FUZZ_EXAMPLES:-12}"
 EXTRA=()
+INSTALL_ONLY=0
 for a in "$@"; do
     case "$a" in
     --long) EXAMPLES=500 ;;
+    --install-only) INSTALL_ONLY=1 ;;
     *) EXTRA+=("$a") ;;
     esac
 done
@@ -43,10 +46,7 @@ die() {
     exit 2
 }
 
-[ "$(id -u)" = 0 ] || die "must run as root: it creates cgroups and a PID namespace"
-for c in unshare nsenter python3; do
-    command -v "$c" >/dev/null || die "$c is missing (util-linux, python3)"
-done
+command -v python3 >/dev/null || die "python3 is missing"
 [[ "$EXAMPLES" =~ ^[1-9][0-9]*$ ]] || die "TENANTD_FUZZ_EXAMPLES must be a positive number, not '$EXAMPLES'"
 mkdir -p "$OUT"
 
@@ -61,6 +61,11 @@ if ! cmp -s "$REQ" "$VENV/.requirements.txt" 2>/dev/null; then
     cp "$REQ" "$VENV/.requirements.txt"
 fi
 "$VENV/bin/schemathesis" --version
+[ "$INSTALL_ONLY" = 1 ] && exit 0
+[ "$(id -u)" = 0 ] || die "must run as root: it creates cgroups and a PID namespace"
+for c in unshare nsenter; do
+    command -v "$c" >/dev/null || die "$c is missing (util-linux)"
+done
 
 # ---------------------------------------------------------------- tenantd
 if [ "${TENANTD_FUZZ_NO_BUILD:-0}" != 1 ]; then
