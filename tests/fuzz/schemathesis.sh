@@ -15,7 +15,7 @@
 #     removes every directory it created and exits non-zero on any failure
 #
 # Env:
-#   TENANTD_FUZZ_EXAMPLES   test cases per operation and phase (default 12: ~3 min on 2 CPUs)
+#   TENANTD_FUZZ_EXAMPLES   test cases per operation and phase (default 150: 1-3 min on 2 CPUs)
 #   TENANTD_FUZZ_MAX_TIME   optional time budget in seconds (schemathesis --max-time)
 #   TENANTD_FUZZ_SEED       optional seed, to repeat a run
 #   TENANTD_FUZZ_VENV       where the venv lives (default target/fuzz/venv)
@@ -27,7 +27,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO="$PWD"
-EXAMPLES="${TENANTD_FUZZ_EXAMPLES:-12}"
+EXAMPLES="${TENANTD_FUZZ_EXAMPLES:-150}"
 EXTRA=()
 INSTALL_ONLY=0
 for a in "$@"; do

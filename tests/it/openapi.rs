@@ -198,7 +198,14 @@ async fn issue_12_responses_match_the_openapi_document() {
         "memory": {"guarantee_bytes": "64MiB", "protection": "soft", "high_bytes": "128MiB", "limit_bytes": "256MiB"},
         "pids": {"limit": 100}
     });
-    let v = check(&state, &doc, ("PUT", "/v1/tenants/web", tenant), Some(spec), 201).await;
+    let v = check(
+        &state,
+        &doc,
+        ("PUT", "/v1/tenants/web", tenant),
+        Some(spec),
+        201,
+    )
+    .await;
     assert_eq!(v["spec"]["parent"], Value::Null, "{v}");
     check(
         &state,
@@ -208,7 +215,14 @@ async fn issue_12_responses_match_the_openapi_document() {
         201,
     )
     .await;
-    check(&state, &doc, ("GET", "/v1/tenants", "/v1/tenants"), None, 200).await;
+    check(
+        &state,
+        &doc,
+        ("GET", "/v1/tenants", "/v1/tenants"),
+        None,
+        200,
+    )
+    .await;
     let v = check(&state, &doc, ("GET", "/v1/tenants/web", tenant), None, 200).await;
     assert!(v["effective"].is_object(), "{v}");
     check(
@@ -222,11 +236,22 @@ async fn issue_12_responses_match_the_openapi_document() {
     check(&state, &doc, ("GET", "/v1/host", "/v1/host"), None, 200).await;
     let v = check(&state, &doc, ("GET", "/v1/events", "/v1/events"), None, 200).await;
     assert!(!v.as_array().unwrap().is_empty(), "{v}");
-    check(&state, &doc, ("POST", "/v1/reconcile", "/v1/reconcile"), None, 200).await;
+    check(
+        &state,
+        &doc,
+        ("POST", "/v1/reconcile", "/v1/reconcile"),
+        None,
+        200,
+    )
+    .await;
     let v = check(
         &state,
         &doc,
-        ("GET", "/v1/reports/sla?from=1h&format=json", "/v1/reports/sla"),
+        (
+            "GET",
+            "/v1/reports/sla?from=1h&format=json",
+            "/v1/reports/sla",
+        ),
         None,
         200,
     )
