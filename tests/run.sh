@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tenantd's test pipeline:
-#   1. host: cargo build --all-targets, then cargo nextest run --workspace (or cargo test)
+#   1. host: cargo build --all-targets, then cargo nextest run --workspace (or cargo test), then
+#      tests/fuzz/schemathesis.sh (API fuzzing; TENANTD_FUZZ_EXAMPLES sets its size)
 #   2. build the test binaries and list them (cargo test --no-run --message-format=json)
 #   3. cgroup v2 suite in ONE boot of the test VM (tests/vm/run.sh): tests/vm/selftest.sh,
 #      then every test binary with `--ignored --test-threads=1` (the kernel tests are marked
@@ -71,6 +72,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     timed "host: cargo test --workspace" cargo test --workspace
 fi
+banner "1. host: API fuzzing (schemathesis against a daemon in its own PID namespace)"
+timed "host: schemathesis (PID namespace)" bash tests/fuzz/schemathesis.sh
 
 # ---------------------------------------------------------------- 2. test binaries
 [ "$MODE" = none ] && { summary; exit "$FAILED"; }

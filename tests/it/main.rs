@@ -12,6 +12,8 @@
 //!   with `--ignored` inside the qemu VM (or on a pure v2 host with `TENANTD_KERNEL=host`).
 //! - `placement`: PID 1, the daemon and its threads are never moved or killed (issue 12), on
 //!   v1 here and on v2 in the VM, with the daemon in its own PID namespace.
+//! - `openapi`: real answers (cgroup v1 backend, this CI host) validate against the document's
+//!   schemas; tests/fuzz/schemathesis.sh does the same for generated requests.
 //! - `v1`: the cgroup v1 backend for real on a v1 or hybrid host (this CI host); not ignored,
 //!   and fails loudly when the v1 hierarchies are missing.
 //! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
@@ -22,6 +24,7 @@ mod dashboards;
 mod durability;
 mod hostile;
 mod kernel;
+mod openapi;
 mod placement;
 mod reconcile;
 mod sla;
