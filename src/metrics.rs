@@ -74,7 +74,9 @@ impl Format {
             }
             let format = match media.as_str() {
                 "application/openmetrics-text"
-                    if version.as_deref().is_none_or(|v| v == "1.0.0" || v == "0.0.1") =>
+                    if version
+                        .as_deref()
+                        .is_none_or(|v| v == "1.0.0" || v == "0.0.1") =>
                 {
                     Some(Format::OpenMetrics)
                 }
@@ -628,7 +630,13 @@ impl Metrics {
                 Format::Text => prometheus_text::encode(&mut out, &r),
             };
         }
-        let _ = tenant_families(snap, &mut Text { out: &mut out, format });
+        let _ = tenant_families(
+            snap,
+            &mut Text {
+                out: &mut out,
+                format,
+            },
+        );
         if format == Format::OpenMetrics {
             let _ = text::encode_eof(&mut out);
         }
@@ -767,7 +775,17 @@ impl FamilySink for Text<'_> {
         // 0.0.4 names the family as its samples are named: a counter's with `_total`.
         let total = if counter && !om { "_total" } else { "" };
         for p in [
-            "# HELP ", d.name, total, " ", d.help, ".\n# TYPE ", d.name, total, " ", ty, "\n",
+            "# HELP ",
+            d.name,
+            total,
+            " ",
+            d.help,
+            ".\n# TYPE ",
+            d.name,
+            total,
+            " ",
+            ty,
+            "\n",
         ] {
             self.out.push_str(p);
         }
@@ -1147,10 +1165,7 @@ mod tests {
         // An empty snapshot still writes every family's descriptor.
         m.set_snapshot(Snapshot::default());
         assert_eq!(m.render(), m.render_reference(Format::OpenMetrics));
-        assert_eq!(
-            m.render_as(Format::Text),
-            m.render_reference(Format::Text)
-        );
+        assert_eq!(m.render_as(Format::Text), m.render_reference(Format::Text));
     }
 
     /// Infinite values: the 0.0.4 text spells them `+Inf`/`-Inf` like Go (and the encoder).
@@ -1180,8 +1195,15 @@ mod tests {
         for format in [Format::Text, Format::OpenMetrics] {
             let text = m.render_tenants(format, |n| n == "t1");
             assert!(text.contains("{tenant=\"t1\"}"), "{text}");
-            assert!(!text.contains("\"t0\"") && !text.contains("\"t2\""), "{text}");
-            for own in ["tenantd_tenants ", "tenantd_build", "tenantd_sweep_duration"] {
+            assert!(
+                !text.contains("\"t0\"") && !text.contains("\"t2\""),
+                "{text}"
+            );
+            for own in [
+                "tenantd_tenants ",
+                "tenantd_build",
+                "tenantd_sweep_duration",
+            ] {
                 assert!(!text.contains(own), "{own} in a scoped render:\n{text}");
             }
             assert_eq!(text.ends_with("# EOF\n"), format == Format::OpenMetrics);
@@ -1202,9 +1224,18 @@ mod tests {
             (Some("application/openmetrics-text;version=0.0.1"), Om),
             (Some("application/openmetrics-text;version=9.9.9"), Tx),
             (Some("application/openmetrics-text;q=0"), Tx),
-            (Some("application/openmetrics-text;q=0, text/plain;q=0.1"), Tx),
-            (Some("text/plain;q=0.5, application/openmetrics-text;q=0.6"), Om),
-            (Some("text/plain;q=0.7, application/openmetrics-text;q=0.6"), Tx),
+            (
+                Some("application/openmetrics-text;q=0, text/plain;q=0.1"),
+                Tx,
+            ),
+            (
+                Some("text/plain;q=0.5, application/openmetrics-text;q=0.6"),
+                Om,
+            ),
+            (
+                Some("text/plain;q=0.7, application/openmetrics-text;q=0.6"),
+                Tx,
+            ),
             (Some("text/plain, application/openmetrics-text"), Tx),
             (Some("application/openmetrics-text, text/plain"), Om),
             (Some("application/json"), Tx),

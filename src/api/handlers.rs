@@ -72,8 +72,11 @@ pub async fn host(State(st): State<AppState>) -> Res<impl IntoResponse> {
     })))
 }
 
-pub async fn list(State(st): State<AppState>) -> Res<impl IntoResponse> {
-    Ok(Json(st.gov.list().await?))
+pub async fn list(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Res<impl IntoResponse> {
+    Ok(Json(super::scope::views(&caller, st.gov.list().await?)))
 }
 
 pub async fn get_tenant(
@@ -90,6 +93,7 @@ pub async fn put_tenant(
     JsonBody(spec): JsonBody<TenantSpec>,
 ) -> Res<impl IntoResponse> {
     let n = name(&n)?;
+    super::scope::check_put(&st, &caller, &n, &spec).await?;
     let (view, created) = st.gov.put(&n, spec, &caller.name).await?;
     Ok((
         if created {
@@ -231,6 +235,7 @@ pub fn parse_since(s: &str, now: i64) -> Option<i64> {
 
 pub async fn events(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Res<impl IntoResponse> {
     let mut f = EventFilter {
@@ -268,11 +273,5 @@ pub async fn events(
             }
         }
     }
-    let ev = st
-        .gov
-        .store()
-        .events(&f)
-        .await
-        .map_err(|e| Problem::from(crate::engine::EngineError::from(e)))?;
-    Ok(Json(ev))
+    Ok(Json(super::scope::events(&st, &caller, &f).await?))
 }

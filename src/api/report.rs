@@ -2,10 +2,12 @@
 //! hand to a customer.
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::Problem;
 use super::handlers::parse_since;
 use crate::domain::TenantName;
 use crate::engine::now_ms;
+use axum::Extension;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -13,6 +15,7 @@ use std::collections::HashMap;
 
 pub async fn sla(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
     for k in q.keys() {
@@ -57,6 +60,7 @@ pub async fn sla(
         .gov
         .sla_report(from, to, tenant.as_ref(), &st.usage_retention)
         .await?;
+    let r = super::scope::report(&st, &caller, r).await?;
     Ok(match format {
         "csv" => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
