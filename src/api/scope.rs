@@ -305,7 +305,7 @@ pub async fn events(
         };
         out.extend(store.events(&one).await.map_err(store_error)?);
     }
-    out.sort_by(|a, b| (b.ts_ms, b.id).cmp(&(a.ts_ms, a.id)));
+    out.sort_by_key(|e| std::cmp::Reverse((e.ts_ms, e.id)));
     out.truncate(if f.limit > 0 { f.limit as usize } else { 1000 });
     Ok(out)
 }
@@ -335,8 +335,10 @@ mod tests {
         pairs
             .iter()
             .map(|(name, parent)| {
-                let mut spec = TenantSpec::default();
-                spec.parent = parent.map(n);
+                let spec = TenantSpec {
+                    parent: parent.map(n),
+                    ..Default::default()
+                };
                 (
                     n(name),
                     StoredTenant {
