@@ -126,15 +126,18 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
         .map(|m| m.as_str().to_string())
         .unwrap_or_default();
     let (mut parts, body) = req.into_parts();
-    let query = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
-        .map(|q| q.0)
-        .unwrap_or_default();
-    let values = |key: &str| -> Vec<TenantName> {
-        query
+    // Every value of a repeated key is checked, whichever one the handler reads; a query
+    // string this cannot read is refused rather than left unchecked.
+    let query = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map(|q| q.0);
+    let values = |key: &str| -> Result<Vec<TenantName>, Problem> {
+        let query = query.as_ref().map_err(|e| {
+            Problem::bad_request(format!("cannot read the query string: {}", e.body_text()))
+        })?;
+        Ok(query
             .iter()
             .filter(|(k, _)| k == key)
             .filter_map(|(_, v)| TenantName::parse(v).ok())
-            .collect()
+            .collect())
     };
     match route.as_str() {
         "/v1/host" | "/v1/reconcile" => {
@@ -142,7 +145,7 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
         }
         "/v1/reports/sla" => {
             let specs = stored(st).await?;
-            if let Some(t) = values("tenant")
+            if let Some(t) = values("tenant")?
                 .iter()
                 .find(|t| !in_scope(&caller, t, &specs))
             {
@@ -177,7 +180,7 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
                     return Err(read_only(&caller, &scope));
                 }
                 if parts.method == Method::DELETE
-                    && let Some(t) = values("move_to")
+                    && let Some(t) = values("move_to")?
                         .iter()
                         .find(|t| !in_scope(&caller, t, &specs))
                 {
