@@ -1,5 +1,6 @@
-//! Every metric name and label, in one place (`METRICS`), and `GET /metrics` rendered in the
-//! OpenMetrics text format from the sampler's current snapshot.
+//! Every metric name and label, in one place (`METRICS`), and `GET /metrics` rendered from the
+//! sampler's current snapshot in the Prometheus text format 0.0.4 or in OpenMetrics, as the
+//! scraper's Accept header asks (`Format::negotiate`, the rule of the official Go client).
 //!
 //! Per-tenant series come from a collector that reads the snapshot at scrape time, so a
 //! deleted tenant disappears from the very next scrape. Names follow the Prometheus rules:
@@ -9,6 +10,7 @@
 use crate::cgroup::stats::{CgroupStats, IoDevStat, PressureTotals};
 use crate::domain::plan::Limit;
 use crate::domain::tenant::TenantSpec;
+#[cfg(test)]
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -22,8 +24,79 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// The content type of `GET /metrics`.
+/// The content type of `GET /metrics` in OpenMetrics.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of `GET /metrics` in the Prometheus text format 0.0.4 (the default).
+pub const CONTENT_TYPE_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The two exposition formats `GET /metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text 0.0.4: what `promtool check metrics` and older scrapers read.
+    Text,
+    /// OpenMetrics 1.0.0: `# UNIT`, info metrics, `# EOF`.
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => CONTENT_TYPE_TEXT,
+            Format::OpenMetrics => CONTENT_TYPE,
+        }
+    }
+
+    /// Picks the format for an Accept header the way client_golang's `expfmt.Negotiate`
+    /// does: media ranges by falling q (ties keep their order), the first one that names
+    /// OpenMetrics (version 1.0.0, 0.0.1 or none) or the text format (`text/plain`, `text/*`,
+    /// `*/*`) wins; q=0 means "not acceptable"; anything else, or no header, gives the text
+    /// format.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Text;
+        };
+        let mut ranges: Vec<(f64, Option<Format>)> = Vec::new();
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut version) = (1.0, None);
+            for p in parts {
+                let Some((k, v)) = p.split_once('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse::<f64>().unwrap_or(0.0).clamp(0.0, 1.0),
+                    "version" => version = Some(v.to_string()),
+                    _ => {}
+                }
+            }
+            let format = match media.as_str() {
+                "application/openmetrics-text"
+                    if version
+                        .as_deref()
+                        .is_none_or(|v| v == "1.0.0" || v == "0.0.1") =>
+                {
+                    Some(Format::OpenMetrics)
+                }
+                "text/plain" if version.as_deref().is_none_or(|v| v == "0.0.4") => {
+                    Some(Format::Text)
+                }
+                "text/*" | "*/*" => Some(Format::Text),
+                _ => None,
+            };
+            ranges.push((q, format));
+        }
+        // A stable sort keeps the header's order among equal q values.
+        ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
+        ranges
+            .into_iter()
+            .filter(|(q, _)| *q > 0.0)
+            .find_map(|(_, f)| f)
+            .unwrap_or(Format::Text)
+    }
+}
 
 /// The kind of a metric family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,7 +616,9 @@ impl Metrics {
         r
     }
 
-    /// Every metric through prometheus-client, the per-tenant families as a collector.
+    /// Every metric through prometheus-client, the per-tenant families as a collector (the
+    /// reference the fast path is tested against).
+    #[cfg(test)]
     fn registry(&self) -> Registry {
         let mut r = self.own_registry();
         r.register_collector(Box::new(TenantCollector(self.snapshot())));
@@ -554,30 +629,70 @@ impl Metrics {
     /// byte for byte what prometheus-client renders from `registry()` (a test checks), with
     /// the per-tenant families written directly (`Text`) into one string sized like the last.
     pub fn render(&self) -> String {
-        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        self.render_as(Format::OpenMetrics)
+    }
+
+    /// The current snapshot and instruments in `format`, through the same fast path: the
+    /// handful of own instruments through prometheus-client's encoder for that format, the
+    /// per-tenant families written directly. Byte for byte what prometheus-client renders from
+    /// `registry()` in either format (tests check both).
+    pub fn render_as(&self, format: Format) -> String {
+        self.write(format, true, &self.snapshot())
+    }
+
+    /// Only the per-tenant series of the tenants `keep` accepts, and none of tenantd's own
+    /// instruments (for a token scoped to a subtree of tenants). Every family's descriptor
+    /// is still written.
+    pub fn render_tenants(&self, format: Format, keep: impl Fn(&str) -> bool) -> String {
+        let snap = self.snapshot();
+        let only = Snapshot {
+            tenants: snap
+                .tenants
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, t)| (n.clone(), t.clone()))
+                .collect(),
+        };
+        self.write(format, false, &only)
+    }
+
+    fn write(&self, format: Format, own: bool, snap: &Snapshot) -> String {
+        use prometheus_client::encoding::{prometheus_text, text};
         let mut out = String::with_capacity(self.render_len.load(Ordering::Relaxed) + 4096);
         // Writing to a String cannot fail, and neither encoder fails otherwise. The registry
         // writes its metrics before its collectors: own instruments first, then tenants.
-        let _ = encode_registry(&mut out, &self.own_registry());
-        let _ = tenant_families(&self.snapshot(), &mut Text(&mut out));
-        let _ = encode_eof(&mut out);
-        self.render_len.store(out.len(), Ordering::Relaxed);
+        if own {
+            let r = self.own_registry();
+            let _ = match format {
+                Format::OpenMetrics => text::encode_registry(&mut out, &r),
+                Format::Text => prometheus_text::encode(&mut out, &r),
+            };
+        }
+        let _ = tenant_families(
+            snap,
+            &mut Text {
+                out: &mut out,
+                format,
+            },
+        );
+        if format == Format::OpenMetrics {
+            let _ = text::encode_eof(&mut out);
+        }
+        if own {
+            self.render_len.store(out.len(), Ordering::Relaxed);
+        }
         out
     }
 
     /// The same through prometheus-client's encoder alone (the reference for `render`).
     #[cfg(test)]
-    fn render_reference(&self) -> String {
+    fn render_reference(&self, format: Format) -> String {
+        use prometheus_client::encoding::{prometheus_text, text};
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
-        out
-    }
-
-    /// The same, in the Prometheus 0.0.4 text format (for `promtool check metrics`, which
-    /// in Debian 12's version reads only that format).
-    pub fn render_prometheus_text(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry());
+        let _ = match format {
+            Format::OpenMetrics => text::encode(&mut out, &self.registry()),
+            Format::Text => prometheus_text::encode(&mut out, &self.registry()),
+        };
         out
     }
 }
@@ -610,13 +725,13 @@ fn limit(l: Option<Limit>) -> Option<V> {
     l.and_then(Limit::value).map(V::U)
 }
 
-/// Renders the per-tenant families from one snapshot.
+/// Renders the per-tenant families from one snapshot (for the reference encoding).
+#[cfg(test)]
 #[derive(Debug)]
 struct TenantCollector(Arc<Snapshot>);
 
-/// Where the per-tenant families go: prometheus-client's encoder (the 0.0.4 text for
-/// promtool, and the reference the fast path is tested against) or `Text`, which writes the
-/// same OpenMetrics lines straight into one `String`.
+/// Where the per-tenant families go: prometheus-client's encoder (the reference the fast
+/// path is tested against) or `Text`, which writes the same lines straight into one `String`.
 trait FamilySink {
     /// Writes one family: `rows` yields (label values, value) for every series.
     fn family<'a, const N: usize>(
@@ -655,25 +770,30 @@ impl FamilySink for DescriptorEncoder<'_> {
     }
 }
 
-/// The OpenMetrics text of the per-tenant families, written directly: the bytes
-/// prometheus-client's encoder writes (`itoa` for integers, `dtoa` for floats, label values
-/// escaped the same way), without its per-series bookkeeping. For 10,000 tenants (about
-/// 340,000 series) this is what keeps a scrape fast.
-struct Text<'o>(&'o mut String);
+/// The text of the per-tenant families in either format, written directly: the bytes
+/// prometheus-client's encoders write (`itoa` for integers, `dtoa` for floats, label values
+/// escaped the same way), without their per-series bookkeeping. For 10,000 tenants (about
+/// 340,000 series) this is what keeps a scrape fast. The formats differ only in the
+/// descriptor (0.0.4 names a counter family with `_total` and has no `# UNIT`) and in how a
+/// non-finite float is spelled.
+struct Text<'o> {
+    out: &'o mut String,
+    format: Format,
+}
 
 impl Text<'_> {
-    /// A label value, escaped as OpenMetrics wants: backslash, double quote, newline.
+    /// A label value, escaped as both formats want: backslash, double quote, newline.
     fn label_value(&mut self, v: &str) {
         if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-            self.0.push_str(v);
+            self.out.push_str(v);
             return;
         }
         for c in v.chars() {
             match c {
-                '\\' => self.0.push_str("\\\\"),
-                '"' => self.0.push_str("\\\""),
-                '\n' => self.0.push_str("\\n"),
-                c => self.0.push(c),
+                '\\' => self.out.push_str("\\\\"),
+                '"' => self.out.push_str("\\\""),
+                '\n' => self.out.push_str("\\n"),
+                c => self.out.push(c),
             }
         }
     }
@@ -689,47 +809,56 @@ impl FamilySink for Text<'_> {
             Kind::Counter => (true, "counter"),
             _ => (false, "gauge"),
         };
+        let om = self.format == Format::OpenMetrics;
+        // 0.0.4 names the family as its samples are named: a counter's with `_total`.
+        let total = if counter && !om { "_total" } else { "" };
         for p in [
             "# HELP ",
             d.name,
+            total,
             " ",
             d.help,
             ".\n# TYPE ",
             d.name,
+            total,
             " ",
             ty,
             "\n",
         ] {
-            self.0.push_str(p);
+            self.out.push_str(p);
         }
-        if let Some(u) = d.unit {
+        if let (Some(u), true) = (d.unit, om) {
             for p in ["# UNIT ", d.name, " ", u, "\n"] {
-                self.0.push_str(p);
+                self.out.push_str(p);
             }
         }
         let (mut ints, mut floats) = (itoa::Buffer::new(), dtoa::Buffer::new());
         for (values, v) in rows {
             let Some(v) = v else { continue };
-            self.0.push_str(d.name);
+            self.out.push_str(d.name);
             if counter {
-                self.0.push_str("_total");
+                self.out.push_str("_total");
             }
             for (i, value) in values.iter().enumerate() {
-                self.0.push_str(if i == 0 { "{" } else { "," });
-                self.0.push_str(d.labels[i]);
-                self.0.push_str("=\"");
+                self.out.push_str(if i == 0 { "{" } else { "," });
+                self.out.push_str(d.labels[i]);
+                self.out.push_str("=\"");
                 self.label_value(value);
-                self.0.push('"');
+                self.out.push('"');
             }
             if N > 0 {
-                self.0.push('}');
+                self.out.push('}');
             }
-            self.0.push(' ');
-            self.0.push_str(match v {
+            self.out.push(' ');
+            self.out.push_str(match v {
                 V::U(x) => ints.format(x),
-                V::F(x) => floats.format(x),
+                V::F(x) if om || x.is_finite() => floats.format(x),
+                // The 0.0.4 encoder spells these as Go does.
+                V::F(x) if x.is_nan() => "NaN",
+                V::F(x) if x > 0.0 => "+Inf",
+                V::F(_) => "-Inf",
             });
-            self.0.push('\n');
+            self.out.push('\n');
         }
         Ok(())
     }
@@ -890,6 +1019,7 @@ fn tenant_families<S: FamilySink>(snap: &Snapshot, sink: &mut S) -> fmt::Result 
     Ok(())
 }
 
+#[cfg(test)]
 impl Collector for TenantCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         tenant_families(&self.0, &mut enc)
@@ -1052,43 +1182,117 @@ mod tests {
         m.set_snapshot(s);
         m.sweep_seconds.observe(0.01);
         m.sampler_errors.inc();
-        let (fast, reference) = (m.render(), m.render_reference());
+        let (fast, reference) = (m.render(), m.render_reference(Format::OpenMetrics));
         assert!(fast.contains("tenant=\"we\\\\ird\\\"name\\n\""), "{fast}");
         assert_eq!(fast, reference);
+        // The 0.0.4 text comes from the same fast path, and is prometheus-client's 0.0.4
+        // encoding byte for byte (NaN and the escaped label value included).
+        let text = m.render_as(Format::Text);
+        assert_eq!(text, m.render_reference(Format::Text));
+        for want in [
+            "# TYPE tenantd_tenant_cpu_usage_seconds_total counter\n",
+            "# TYPE tenantd_build_info gauge\n",
+            "tenantd_build_info{version=",
+            "tenantd_tenant_cpu_delivered_share_ratio{tenant=\"t2\"} NaN\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        for unwanted in ["# EOF", "# UNIT", "_created", " info\n"] {
+            assert!(!text.contains(unwanted), "{unwanted:?} in\n{text}");
+        }
         // An empty snapshot still writes every family's descriptor.
         m.set_snapshot(Snapshot::default());
-        assert_eq!(m.render(), m.render_reference());
+        assert_eq!(m.render(), m.render_reference(Format::OpenMetrics));
+        assert_eq!(m.render_as(Format::Text), m.render_reference(Format::Text));
     }
 
-    /// promtool is the reference linter; Debian 12's promtool 2.42 reads only the 0.0.4 text
-    /// format, so it checks the same registry rendered in that format.
+    /// Infinite values: the 0.0.4 text spells them `+Inf`/`-Inf` like Go (and the encoder).
     #[test]
-    fn promtool_accepts_the_metrics() {
-        let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    fn non_finite_values_match_the_reference_in_both_formats() {
+        let m = Metrics::new();
+        let mut s = snapshot(2);
+        for (i, t) in s.tenants.values_mut().enumerate() {
+            t.sla = Some(crate::engine::sla::SlaTotals {
+                delivered_ratio: Some([f64::INFINITY, f64::NEG_INFINITY][i]),
+                ..Default::default()
+            });
+        }
+        m.set_snapshot(s);
+        let text = m.render_as(Format::Text);
+        assert!(text.contains("{tenant=\"t0\"} +Inf\n"), "{text}");
+        assert!(text.contains("{tenant=\"t1\"} -Inf\n"), "{text}");
+        assert_eq!(text, m.render_reference(Format::Text));
+        assert_eq!(m.render(), m.render_reference(Format::OpenMetrics));
+    }
+
+    /// A scoped render has only the kept tenants' series and none of tenantd's own.
+    #[test]
+    fn render_tenants_keeps_only_the_named_tenants() {
         let m = Metrics::new();
         m.set_snapshot(snapshot(3));
-        m.sweep_seconds.observe(0.01);
-        let text = m.render_prometheus_text();
-        let mut child = std::process::Command::new(&promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("promtool is required for this test (apt-get install prometheus, or set PROMTOOL): {e}"));
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics failed:\n{}{}\n--- input ---\n{text}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for format in [Format::Text, Format::OpenMetrics] {
+            let text = m.render_tenants(format, |n| n == "t1");
+            assert!(text.contains("{tenant=\"t1\"}"), "{text}");
+            assert!(
+                !text.contains("\"t0\"") && !text.contains("\"t2\""),
+                "{text}"
+            );
+            for own in [
+                "tenantd_tenants ",
+                "tenantd_build",
+                "tenantd_sweep_duration",
+            ] {
+                assert!(!text.contains(own), "{own} in a scoped render:\n{text}");
+            }
+            assert_eq!(text.ends_with("# EOF\n"), format == Format::OpenMetrics);
+        }
+    }
+
+    /// The Go client's negotiation: q-values order, q=0 refuses, the default is 0.0.4 text.
+    #[test]
+    fn negotiates_like_the_go_client() {
+        use Format::{OpenMetrics as Om, Text as Tx};
+        for (accept, want) in [
+            (None, Tx),
+            (Some(""), Tx),
+            (Some("*/*"), Tx),
+            (Some("text/plain"), Tx),
+            (Some("application/openmetrics-text"), Om),
+            (Some("application/openmetrics-text; version=1.0.0"), Om),
+            (Some("application/openmetrics-text;version=0.0.1"), Om),
+            (Some("application/openmetrics-text;version=9.9.9"), Tx),
+            (Some("application/openmetrics-text;q=0"), Tx),
+            (
+                Some("application/openmetrics-text;q=0, text/plain;q=0.1"),
+                Tx,
+            ),
+            (
+                Some("text/plain;q=0.5, application/openmetrics-text;q=0.6"),
+                Om,
+            ),
+            (
+                Some("text/plain;q=0.7, application/openmetrics-text;q=0.6"),
+                Tx,
+            ),
+            (Some("text/plain, application/openmetrics-text"), Tx),
+            (Some("application/openmetrics-text, text/plain"), Om),
+            (Some("application/json"), Tx),
+            // Prometheus 2.42's scrape.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                Om,
+            ),
+            // Prometheus 3's default scrape protocols.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
+                ),
+                Om,
+            ),
+        ] {
+            assert_eq!(Format::negotiate(accept), want, "Accept: {accept:?}");
+        }
     }
 }

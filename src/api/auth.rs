@@ -1,8 +1,11 @@
-//! Bearer-token auth. Tokens come from a file, one per line: `NAME ROLE TOKEN`, where ROLE
-//! is `admin` (read and write) or `viewer` (read). Without a token file the daemon listens on
-//! loopback only and treats every caller as the local admin. Tokens are never logged.
+//! Bearer-token auth. Tokens come from a file, one per line: `NAME ROLE TOKEN [tenant=TENANT]`,
+//! where ROLE is `admin` (read and write) or `viewer` (read), and `tenant=` scopes the token to
+//! that tenant's subtree (see `scope`). The file must not be readable or writable by group or
+//! others. Without a token file the daemon listens on loopback only and treats every caller as
+//! the local admin. Tokens are never logged.
 
 use super::error::Problem;
+use crate::domain::TenantName;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
@@ -16,16 +19,27 @@ pub enum Role {
     Admin,
 }
 
-/// Who is calling: the token's name, for the event log.
+/// Who is calling: the token's name, for the event log, its role, and the tenant whose
+/// subtree it is confined to (`None`: the whole host).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    pub scope: Option<TenantName>,
+}
+
+/// One line of the token file.
+#[derive(Clone)]
+struct Entry {
+    name: String,
+    role: Role,
+    token: String,
+    scope: Option<TenantName>,
 }
 
 #[derive(Clone)]
 pub struct Tokens {
-    entries: Option<Vec<(String, Role, String)>>,
+    entries: Option<Vec<Entry>>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -52,9 +66,28 @@ impl Tokens {
                 continue;
             }
             let parts: Vec<&str> = line.split_ascii_whitespace().collect();
-            let [name, role, token] = parts[..] else {
-                return Err(format!("line {}: expected 'NAME ROLE TOKEN'", i + 1));
+            let (name, role, token, scope) = match parts[..] {
+                [name, role, token] => (name, role, token, None),
+                [name, role, token, scope] => (name, role, token, Some(scope)),
+                _ => {
+                    return Err(format!(
+                        "line {}: expected 'NAME ROLE TOKEN' or 'NAME ROLE TOKEN tenant=TENANT'",
+                        i + 1
+                    ));
+                }
             };
+            let scope = scope
+                .map(|s| {
+                    let t = s.strip_prefix("tenant=").ok_or_else(|| {
+                        format!(
+                            "line {}: the 4th field of '{name}' must be 'tenant=TENANT'",
+                            i + 1
+                        )
+                    })?;
+                    TenantName::parse(t)
+                        .map_err(|e| format!("line {}: tenant of '{name}': {}", i + 1, e.message()))
+                })
+                .transpose()?;
             let role = match role {
                 "admin" => Role::Admin,
                 "viewer" => Role::Viewer,
@@ -71,17 +104,41 @@ impl Tokens {
                     i + 1
                 ));
             }
-            entries.push((name.to_string(), role, token.to_string()));
+            entries.push(Entry {
+                name: name.to_string(),
+                role,
+                token: token.to_string(),
+                scope,
+            });
         }
         if entries.is_empty() {
-            return Err("no tokens: add lines 'NAME admin|viewer TOKEN'".into());
+            return Err("no tokens: add lines 'NAME admin|viewer TOKEN [tenant=TENANT]'".into());
         }
         Ok(Tokens {
             entries: Some(entries),
         })
     }
 
+    /// Reads the token file, refusing one that group or others may read or write: the
+    /// tokens are passwords.
     pub fn load(path: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            let p = path.display();
+            let who = if mode & 0o044 != 0 {
+                "readable"
+            } else {
+                "writable"
+            };
+            return Err(format!(
+                "token file {p} is {who} by others (mode {:04o}): run chmod 600 {p}",
+                mode & 0o7777
+            ));
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
         Tokens::parse(&text).map_err(|e| format!("token file {}: {e}", path.display()))
@@ -95,17 +152,18 @@ impl Tokens {
         let entries = self.entries.as_ref()?;
         // Compare every entry in full so timing does not reveal a prefix.
         let mut found = None;
-        for (name, role, token) in entries {
-            let same = token.len() == presented.len()
-                && token
+        for e in entries {
+            let same = e.token.len() == presented.len()
+                && e.token
                     .bytes()
                     .zip(presented.bytes())
                     .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                     == 0;
             if same {
                 found = Some(Caller {
-                    name: name.clone(),
-                    role: *role,
+                    name: e.name.clone(),
+                    role: e.role,
+                    scope: e.scope.clone(),
                 });
             }
         }
@@ -130,6 +188,7 @@ pub async fn authenticate(
         Caller {
             name: "local".into(),
             role: Role::Admin,
+            scope: None,
         }
     } else {
         let presented = req
@@ -196,5 +255,84 @@ mod tests {
             !format!("{t:?}").contains("0123"),
             "tokens never appear in debug output"
         );
+        assert_eq!(t.find("0123456789abcdef0123").unwrap().scope, None);
+    }
+
+    #[test]
+    fn scoped_tokens() {
+        let t = Tokens::parse(
+            "acme-ops admin 0123456789abcdef0123 tenant=acme\nacme-ro viewer fedcba9876543210fedc tenant=acme\n",
+        )
+        .unwrap();
+        let c = t.find("0123456789abcdef0123").unwrap();
+        assert_eq!(
+            (c.role, c.scope.as_ref().map(TenantName::as_str)),
+            (Role::Admin, Some("acme"))
+        );
+        let c = t.find("fedcba9876543210fedc").unwrap();
+        assert_eq!(
+            (c.role, c.scope.as_ref().map(TenantName::as_str)),
+            (Role::Viewer, Some("acme"))
+        );
+        for (line, says) in [
+            (
+                "a admin 0123456789abcdef0123 acme",
+                "must be 'tenant=TENANT'",
+            ),
+            (
+                "a admin 0123456789abcdef0123 tenant=",
+                "line 1: tenant of 'a':",
+            ),
+            (
+                "a admin 0123456789abcdef0123 tenant=../x",
+                "line 1: tenant of 'a':",
+            ),
+            (
+                "a admin 0123456789abcdef0123 tenant=x y",
+                "expected 'NAME ROLE TOKEN'",
+            ),
+        ] {
+            let e = Tokens::parse(line).unwrap_err();
+            assert!(e.contains(says), "{line:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_or_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "alice admin 0123456789abcdef0123\n").unwrap();
+        let p = f.display();
+        for (mode, says) in [
+            (
+                0o644,
+                format!("token file {p} is readable by others (mode 0644): run chmod 600 {p}"),
+            ),
+            (
+                0o640,
+                format!("token file {p} is readable by others (mode 0640): run chmod 600 {p}"),
+            ),
+            (
+                0o604,
+                format!("token file {p} is readable by others (mode 0604): run chmod 600 {p}"),
+            ),
+            (
+                0o620,
+                format!("token file {p} is writable by others (mode 0620): run chmod 600 {p}"),
+            ),
+            (
+                0o601,
+                format!("token file {p} is writable by others (mode 0601): run chmod 600 {p}"),
+            ),
+        ] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(Tokens::load(&f).unwrap_err(), says);
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let t = Tokens::load(&f).unwrap();
+            assert_eq!(t.find("0123456789abcdef0123").unwrap().name, "alice");
+        }
     }
 }

@@ -87,8 +87,11 @@ pub async fn host(State(st): State<AppState>) -> Res<impl IntoResponse> {
     })))
 }
 
-pub async fn list(State(st): State<AppState>) -> Res<impl IntoResponse> {
-    Ok(Json(st.gov.list().await?))
+pub async fn list(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Res<impl IntoResponse> {
+    Ok(Json(super::scope::views(&caller, st.gov.list().await?)))
 }
 
 pub async fn get_tenant(
@@ -105,6 +108,7 @@ pub async fn put_tenant(
     JsonBody(spec): JsonBody<TenantSpec>,
 ) -> Res<impl IntoResponse> {
     let n = name(&n)?;
+    super::scope::check_put(&st, &caller, &n, &spec).await?;
     let (view, created) = st.gov.put(&n, spec, &caller.name).await?;
     Ok((
         if created {
@@ -216,7 +220,11 @@ pub const EVENTS_DEFAULT_LIMIT: i64 = 100;
 /// `GET /v1/events`: newest first, `limit` per page. When more events match, the answer has a
 /// `Link: <...&after=ID>; rel="next"` header and a `Next-Cursor: ID` header; `?after=ID`
 /// continues after event ID.
-pub async fn events(State(st): State<AppState>, RawQuery(raw): RawQuery) -> Res<Response> {
+pub async fn events(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Res<Response> {
     let q = Query::parse(
         raw.as_deref(),
         &["tenant", "kind", "since", "limit", "after"],
@@ -233,12 +241,7 @@ pub async fn events(State(st): State<AppState>, RawQuery(raw): RawQuery) -> Res<
         limit: limit + 1,
         after_id: q.cursor("after")?,
     };
-    let mut ev = st
-        .gov
-        .store()
-        .events(&f)
-        .await
-        .map_err(|e| Problem::from(crate::engine::EngineError::from(e)))?;
+    let mut ev = super::scope::events(&st, &caller, &f).await?;
     let more = ev.len() as i64 > limit;
     ev.truncate(limit as usize);
     let mut resp = Json(&ev).into_response();

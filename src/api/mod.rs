@@ -8,6 +8,7 @@ mod handlers;
 pub mod json;
 pub mod query;
 mod report;
+pub mod scope;
 mod usage;
 
 use crate::engine::Governor;
@@ -180,6 +181,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(handlers::events))
         .route("/v1/tenants/{name}/usage", get(usage::usage))
         .route("/metrics", get(usage::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            scope::guard,
+        ))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

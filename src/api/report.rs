@@ -2,14 +2,20 @@
 //! hand to a customer.
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::Problem;
 use super::query::Query;
 use crate::engine::now_ms;
+use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-pub async fn sla(State(st): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, Problem> {
+pub async fn sla(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
     let q = Query::parse(raw.as_deref(), &["from", "to", "tenant", "format"])?;
     let now = now_ms();
     let from = q.time("from", now, now.saturating_sub(86_400_000).max(0))?;
@@ -28,6 +34,7 @@ pub async fn sla(State(st): State<AppState>, RawQuery(raw): RawQuery) -> Result<
         .gov
         .sla_report(from, to, tenant.as_ref(), &st.usage_retention)
         .await?;
+    let r = super::scope::report(&st, &caller, r).await?;
     Ok(match format {
         "csv" => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],

@@ -1,15 +1,18 @@
 //! Usage handlers: `GET /v1/tenants/{name}/usage` (history from the store at a step that picks
-//! the level) and `GET /metrics` (OpenMetrics text of the sampler's current snapshot).
+//! the level) and `GET /metrics` (the sampler's current snapshot in the Prometheus text format
+//! 0.0.4, or OpenMetrics when the Accept header prefers it).
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::Problem;
 use super::query::Query;
 use crate::domain::TenantName;
 use crate::engine::{EngineError, now_ms};
-use axum::Json;
+use crate::metrics::Format;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 
 /// Most points one answer may hold.
 pub const MAX_POINTS: i64 = 20_000;
@@ -84,18 +87,30 @@ pub async fn usage(
     Ok(Json(u))
 }
 
-pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, Problem> {
+pub async fn metrics(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, Problem> {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let only = super::scope::tenant_filter(&st, &caller).await?;
     // Rendering 10,000 tenants takes tens of milliseconds of CPU: keep it off the workers.
     let m = st.metrics.clone();
-    let body = tokio::task::spawn_blocking(move || m.render())
-        .await
-        .map_err(|e| {
-            tracing::error!("rendering /metrics failed: {e}");
-            Problem::internal()
-        })?;
+    let body = tokio::task::spawn_blocking(move || match only {
+        None => m.render_as(format),
+        Some(names) => m.render_tenants(format, |n| names.contains(n)),
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!("rendering /metrics failed: {e}");
+        Problem::internal()
+    })?;
     Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
         body,
     ))
 }
@@ -232,8 +247,8 @@ mod tests {
         };
         let (status, ct, body) = get("/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(ct.as_deref(), Some(crate::metrics::CONTENT_TYPE));
-        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_eq!(ct.as_deref(), Some(crate::metrics::CONTENT_TYPE_TEXT));
+        assert!(!body.contains("# EOF"), "{body}");
 
         let (status, _, body) = get("/v1/tenants/web/usage?from=1m&step=10s").await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -7,6 +7,8 @@
 //!   acknowledged and lost; recovery without a restart. Needs root and the v1 hierarchies.
 //! - `hostile`: the HTTP layer under hostile input (query values, bodies, headers, idle and
 //!   half-sent connections), through `oneshot` and over a real socket (issue 12).
+//! - `scoped`: tenant-scoped tokens on any host (every endpoint inside and outside the scope),
+//!   and `/metrics` format negotiation with promtool on the served bytes (finding 12).
 //! - `kernel`: the governor against a real cgroup v2 kernel. Marked `#[ignore]` with a reason,
 //!   so a plain `cargo test` on a hybrid host lists them as ignored; `tests/run.sh` runs them
 //!   with `--ignored` inside the qemu VM (or on a pure v2 host with `TENANTD_KERNEL=host`).
@@ -27,6 +29,7 @@ mod kernel;
 mod openapi;
 mod placement;
 mod reconcile;
+mod scoped;
 mod sla;
 mod support;
 mod usage;

@@ -19,7 +19,12 @@ pub(crate) fn series(text: &str, name_and_labels: &str) -> Option<f64> {
 }
 
 pub(crate) fn scrape(d: &Daemon) -> String {
-    let resp = d.http.get(d.url("/metrics")).send().expect("GET /metrics");
+    let resp = d
+        .http
+        .get(d.url("/metrics"))
+        .header("accept", "application/openmetrics-text")
+        .send()
+        .expect("GET /metrics");
     assert_eq!(resp.status().as_u16(), 200);
     let ct = resp
         .headers()
