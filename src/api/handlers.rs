@@ -192,6 +192,7 @@ pub async fn list_procs(
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddProc {
+    #[serde(deserialize_with = "crate::domain::units::count::u32")]
     pub pid: u32,
 }
 

@@ -16,6 +16,10 @@ pub const MAX_CPU_LIMIT_PCT: f64 = 102_400.0;
 /// allowed anyway). A test checks this list against the file names captured from real kernels.
 pub const RESERVED_NAMES: &[&str] = &["tasks"];
 
+/// The most process IDs a Linux host can have (PID_MAX_LIMIT, include/linux/threads.h on
+/// 64-bit); a larger `pids.limit` could never be reached.
+pub const PID_MAX_LIMIT: u64 = 4_194_304;
+
 /// Most labels one tenant may carry, and their sizes in bytes.
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_BYTES: usize = 63;
@@ -146,16 +150,16 @@ pub struct IoLimit {
     pub rbps: Option<Bytes>,
     #[serde(default)]
     pub wbps: Option<Bytes>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::units::count::u64_opt")]
     pub riops: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::units::count::u64_opt")]
     pub wiops: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PidsSpec {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::units::count::u64_opt")]
     pub limit: Option<u64>,
 }
 
@@ -403,6 +407,16 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
         ));
     }
     check_positive("pids.limit", spec.pids.limit)?;
+    if let Some(l) = spec.pids.limit
+        && l > PID_MAX_LIMIT
+    {
+        return Err(DomainError::invalid(
+            "pids.limit",
+            format!(
+                "{l} is above the kernel's PID_MAX_LIMIT ({PID_MAX_LIMIT}), so it could never be reached: omit it for no limit"
+            ),
+        ));
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (i, l) in spec.io.limits.iter().enumerate() {
         let field = format!("io.limits[{i}].device");

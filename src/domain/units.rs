@@ -92,6 +92,55 @@ pub fn format_bytes(b: u64) -> String {
     }
 }
 
+/// A JSON number that is a whole number, however it is written: `2`, `2.0` and `2e3` are all
+/// whole (JSON Schema's `integer` counts them so too); `2.5`, negatives and values past
+/// `u64::MAX` are not.
+pub fn whole(v: f64) -> Option<u64> {
+    // 2^64 as f64: the first value a u64 cannot hold.
+    const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+    (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < LIMIT).then_some(v as u64)
+}
+
+/// `deserialize_with` helpers for counts (PIDs, IOPS, process slots): a whole number written
+/// as an integer or as a float (`1238500.0`), refused with its reason otherwise.
+pub mod count {
+    use super::whole;
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        U(u64),
+        I(i64),
+        F(f64),
+    }
+
+    fn any<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let bad = |what: String| serde::de::Error::custom(what);
+        match Num::deserialize(d).map_err(|_| bad("expected a whole number".into()))? {
+            Num::U(v) => Ok(v),
+            Num::I(v) => Err(bad(format!(
+                "{v} is negative: expected a whole number, 0 or more"
+            ))),
+            Num::F(v) => whole(v).ok_or_else(|| bad(format!("{v} is not a whole number"))),
+        }
+    }
+
+    pub fn u64_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<serde_json::Value>::deserialize(d)?
+            .filter(|v| !v.is_null())
+            .map(|v| any(v).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let v = any(d)?;
+        u32::try_from(v).map_err(|_| {
+            serde::de::Error::custom(format!("{v} is too large: at most {}", u32::MAX))
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum NumOrStr {
@@ -111,9 +160,9 @@ impl<'de> Deserialize<'de> for Bytes {
             NumOrStr::F(v) if v < 0.0 => Err(serde::de::Error::custom(format!(
                 "{v} is negative: a byte count is 0 or more"
             ))),
-            NumOrStr::F(v) => Err(serde::de::Error::custom(format!(
-                "{v} is not a whole number of bytes"
-            ))),
+            NumOrStr::F(v) => whole(v).map(Bytes).ok_or_else(|| {
+                serde::de::Error::custom(format!("{v} is not a whole number of bytes"))
+            }),
             NumOrStr::S(s) => parse_bytes(&s).map(Bytes).map_err(serde::de::Error::custom),
         }
     }
@@ -164,6 +213,48 @@ impl fmt::Display for Percent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12, finding 10 (found by schemathesis): JSON Schema's `integer` accepts `1238500.0`,
+    /// and the server refused it ("invalid type: floating point"; bytes said "74973 is not a
+    /// whole number"). Whole numbers are whole however they are written.
+    #[test]
+    fn whole_numbers_written_as_floats_are_accepted() {
+        assert_eq!(whole(74973.0), Some(74973));
+        assert_eq!(whole(2e3), Some(2000));
+        assert_eq!(whole(0.0), Some(0));
+        for bad in [0.5, -1.0, f64::NAN, f64::INFINITY, 1.8446744073709552e19] {
+            assert_eq!(whole(bad), None, "{bad}");
+        }
+        let b: Bytes = serde_json::from_str("74973.0").unwrap();
+        assert_eq!(b, Bytes(74973));
+        let e = serde_json::from_str::<Bytes>("1.5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a whole number"), "{e}");
+        #[derive(Deserialize, Debug)]
+        struct T {
+            #[serde(default, deserialize_with = "count::u64_opt")]
+            n: Option<u64>,
+            #[serde(deserialize_with = "count::u32")]
+            pid: u32,
+        }
+        let t: T = serde_json::from_str(r#"{"n": 2097151.0, "pid": 1238500.0}"#).unwrap();
+        assert_eq!((t.n, t.pid), (Some(2097151), 1238500));
+        let t: T = serde_json::from_str(r#"{"n": null, "pid": 7}"#).unwrap();
+        assert_eq!((t.n, t.pid), (None, 7));
+        let t: T = serde_json::from_str(r#"{"pid": 7}"#).unwrap();
+        assert_eq!(t.n, None);
+        for (bad, why) in [
+            (r#"{"pid": 1.5}"#, "not a whole number"),
+            (r#"{"pid": -3}"#, "negative"),
+            (r#"{"pid": 4294967296}"#, "too large"),
+            (r#"{"pid": "7"}"#, "expected a whole number"),
+            (r#"{"n": -1, "pid": 1}"#, "negative"),
+        ] {
+            let e = serde_json::from_str::<T>(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn byte_sizes_in_every_unit() {

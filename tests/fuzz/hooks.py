@@ -59,6 +59,8 @@ _CROSS_FIELD = [
     ("PUT|PATCH", r"cpu\.limit_pct", r"below the guarantee"),
     ("PUT|PATCH", r"parent", r"cannot be its own parent|would create a cycle|does not exist"),
     ("PUT|PATCH", r"io\.limits\[\d+\]\.device", r"is listed twice"),
+    # maxLength counts characters; the server bounds label values in UTF-8 bytes.
+    ("PUT|PATCH", r"labels\..+", r"bytes: label values have at most \d+"),
     ("DELETE", r"move_to", r"use either kill=true or move_to|does not exist|tenant being deleted"),
     ("GET", r"to", r"must be after from"),
     ("GET", r"step", r"more than \d+ points"),

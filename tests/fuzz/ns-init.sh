@@ -13,8 +13,14 @@ shift 3
 for d in "$@"; do
     echo $$ >"$d/cgroup.procs" || { echo "ns-init: cannot join $d" >&2; exit 1; }
 done
-"$bin" serve --listen "127.0.0.1:$port" --db "$work/tenantd.db" --token-file "$work/tokens" \
-    --cgroup-version v1 --reconcile-interval-s 3600 </dev/null >>"$work/daemon.log" 2>&1 &
+# The sleepers the fuzzer attaches live in this shell's cgroup, which is init's cgroup of the
+# namespace and so protected by default. Nothing but the harness's own processes lives in the
+# namespace, so the fuzz run lifts that protection (PID 1, the daemon and its threads stay
+# refused whatever the configuration).
+printf 'protected_cgroups = []\n' >"$work/tenantd.toml"
+"$bin" serve --config "$work/tenantd.toml" --listen "127.0.0.1:$port" --db "$work/tenantd.db" \
+    --token-file "$work/tokens" --cgroup-version v1 --reconcile-interval-s 3600 \
+    </dev/null >>"$work/daemon.log" 2>&1 &
 daemon=$!
 trap 'kill -TERM "$daemon" 2>/dev/null' TERM INT
 # `wait` returns early when a trapped signal arrives: wait again until the daemon is gone.

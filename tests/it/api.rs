@@ -300,7 +300,7 @@ async fn bad_names_media_types_sizes_and_paths() {
         &r,
         StatusCode::UNPROCESSABLE_ENTITY,
         Some("pid"),
-        "invalid type",
+        "expected a whole number",
     );
 }
 
