@@ -298,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn a_token_file_others_can_read_or_write_is_refused() {
+    fn finding_11_a_token_file_others_can_read_or_write_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("tokens");

@@ -163,7 +163,7 @@ async fn check(
 }
 
 #[tokio::test]
-async fn issue_12_responses_match_the_openapi_document() {
+async fn finding_10_responses_match_the_openapi_document() {
     let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
     let roots = Roots::new("openapi");
     let tmp = tempfile::tempdir().unwrap();

@@ -835,3 +835,24 @@ fn finding_8_labels_unbounded_and_events_copy_the_spec() {
         );
     }
 }
+
+/// Issue 12, finding 11: some 409 messages printed Rust debug text (`already has parent None`).
+#[test]
+fn finding_11_conflict_messages_without_rust_debug_text() {
+    let v = V1Daemon::start("debugtext");
+    let d = v.d();
+    d.create("top", json!({}));
+    d.create("kid", json!({"parent": "top"}));
+    for (name, spec, want) in [
+        ("top", json!({"parent": "kid"}), "already has no parent"),
+        ("kid", json!({}), "already has parent 'top'"),
+    ] {
+        let (s, b) = d.call("PUT", &format!("/v1/tenants/{name}"), Some(spec));
+        assert_eq!(s, 409, "{b}");
+        let detail = b["detail"].as_str().unwrap();
+        assert!(detail.contains(want), "{detail}");
+        for debug in ["None", "Some(", "\"", "{ ", "Err("] {
+            assert!(!detail.contains(debug), "debug text {debug:?} in: {detail}");
+        }
+    }
+}
