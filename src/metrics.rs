@@ -464,7 +464,14 @@ pub const METRICS: &[MetricDef] = &[
         Counter,
         None,
         &[],
-        "HTTP connections refused because max_connections were open"
+        "HTTP connections refused because max_connections were open, each busy with a request"
+    ),
+    def!(
+        "tenantd_http_connections_evicted",
+        Counter,
+        None,
+        &[],
+        "Idle or half-sent HTTP connections closed to make room for a new one at max_connections"
     ),
     def!(
         "tenantd_build",
@@ -514,6 +521,7 @@ pub struct Metrics {
     pub sampler_errors: Counter,
     pub http_connections: Gauge,
     pub http_connections_refused: Counter,
+    pub http_connections_evicted: Counter,
     tenants: Gauge,
     /// The size of the last render, to allocate the next one in one go.
     render_len: AtomicUsize,
@@ -530,6 +538,7 @@ impl Default for Metrics {
             sampler_errors: Counter::default(),
             http_connections: Gauge::default(),
             http_connections_refused: Counter::default(),
+            http_connections_evicted: Counter::default(),
             tenants: Gauge::default(),
             render_len: AtomicUsize::new(0),
         }
@@ -607,6 +616,11 @@ impl Metrics {
             &mut r,
             "tenantd_http_connections_refused",
             self.http_connections_refused.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_http_connections_evicted",
+            self.http_connections_evicted.clone(),
         );
         reg(
             &mut r,

@@ -252,6 +252,65 @@ pub async fn serve(
 }
 
 /// When a connection last finished a request, and how many it has in flight.
+/// The open connections in the order they were accepted, for eviction at the cap.
+#[derive(Default)]
+struct OpenConnections {
+    inner: std::sync::Mutex<(
+        u64,
+        std::collections::BTreeMap<u64, (Arc<Activity>, CancellationToken)>,
+    )>,
+}
+
+impl OpenConnections {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        (
+            u64,
+            std::collections::BTreeMap<u64, (Arc<Activity>, CancellationToken)>,
+        ),
+    > {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection; returns its id and the token that evicts it.
+    fn add(&self, a: Arc<Activity>) -> (u64, CancellationToken) {
+        let mut g = self.lock();
+        g.0 += 1;
+        let id = g.0;
+        let t = CancellationToken::new();
+        g.1.insert(id, (a, t.clone()));
+        (id, t)
+    }
+
+    /// Evicts the oldest connection with no request in flight; false when all are busy.
+    fn evict_oldest_quiet(&self) -> bool {
+        let mut g = self.lock();
+        let quiet = g.1.iter().find(|(_, (a, t))| {
+            !t.is_cancelled() && a.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0
+        });
+        match quiet.map(|(id, _)| *id) {
+            Some(id) => {
+                if let Some((_, t)) = g.1.remove(&id) {
+                    t.cancel();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Removes a connection from `OpenConnections` when its task ends.
+struct Registered(Arc<OpenConnections>, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.lock().1.remove(&self.1);
+    }
+}
+
 struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
     last: std::sync::Mutex<tokio::time::Instant>,
@@ -314,6 +373,7 @@ pub async fn serve_with(
     let metrics = state.metrics.clone();
     let app = router(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let open = Arc::new(OpenConnections::default());
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let tasks = tokio_util::task::TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -340,7 +400,23 @@ pub async fn serve_with(
                 }
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            // At the cap: close the oldest connection that has no request in flight (idle
+            // keep-alive or a head still arriving), so slow or idle clients cannot lock out a
+            // probe; refuse only when every connection is busy with a request.
+            Err(_) => match open.evict_oldest_quiet() {
+                true => {
+                    metrics.http_connections_evicted.inc();
+                    tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                false => None,
+            },
+        };
+        let Some(slot) = slot else {
             metrics.http_connections_refused.inc();
             if let Ok(p) = refusals.clone().try_acquire_owned() {
                 tasks.spawn(async move {
@@ -356,6 +432,8 @@ pub async fn serve_with(
             in_flight: 0.into(),
             last: std::sync::Mutex::new(tokio::time::Instant::now()),
         });
+        let (conn_id, evicted) = open.add(activity.clone());
+        let registered = Registered(open.clone(), conn_id);
         let act = activity.clone();
         let app = app.clone();
         let svc =
@@ -374,6 +452,7 @@ pub async fn serve_with(
         tasks.spawn(async move {
             let _slot = slot;
             let _counted = counted;
+            let _registered = registered;
             let mut conn = std::pin::pin!(conn);
             let mut closing = false;
             loop {
@@ -389,6 +468,8 @@ pub async fn serve_with(
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
+                    // Evicted at the cap: dropping the connection closes the socket.
+                    _ = evicted.cancelled() => break,
                     _ = tokio::time::sleep_until(idle_at), if !closing => {
                         let quiet = activity.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0;
                         let last = *activity.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -428,6 +509,31 @@ mod tests {
     use axum::http::{Request, StatusCode, header};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
+
+    /// At the cap, the oldest connection with no request in flight goes first; when every
+    /// connection is busy with a request, nothing is evicted (the newcomer gets a 503).
+    #[test]
+    fn eviction_takes_the_oldest_quiet_connection() {
+        let open = OpenConnections::default();
+        let conn = || {
+            Arc::new(Activity {
+                in_flight: 0.into(),
+                last: std::sync::Mutex::new(tokio::time::Instant::now()),
+            })
+        };
+        let (a, b, c) = (conn(), conn(), conn());
+        let (_, ta) = open.add(a.clone());
+        let (_, tb) = open.add(b.clone());
+        let (_, tc) = open.add(c.clone());
+        let busy_a = Busy::new(&a);
+        assert!(open.evict_oldest_quiet());
+        assert!(!ta.is_cancelled() && tb.is_cancelled() && !tc.is_cancelled());
+        let busy_c = Busy::new(&c);
+        assert!(!open.evict_oldest_quiet(), "every one left is busy");
+        drop((busy_a, busy_c));
+        assert!(open.evict_oldest_quiet());
+        assert!(ta.is_cancelled() && !tc.is_cancelled());
+    }
 
     /// The catch-panic layer as `router` installs it: a panic becomes 500 problem+json.
     #[tokio::test]
