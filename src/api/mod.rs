@@ -252,25 +252,18 @@ pub async fn serve(
 }
 
 /// When a connection last finished a request, and how many it has in flight.
+/// The open connections by accept order (their id): activity and the token that evicts it.
+type OpenMap = std::collections::BTreeMap<u64, (Arc<Activity>, CancellationToken)>;
+
 /// The open connections in the order they were accepted, for eviction at the cap.
 #[derive(Default)]
 struct OpenConnections {
-    inner: std::sync::Mutex<(
-        u64,
-        std::collections::BTreeMap<u64, (Arc<Activity>, CancellationToken)>,
-    )>,
+    /// The last id given out, and the connections.
+    inner: std::sync::Mutex<(u64, OpenMap)>,
 }
 
 impl OpenConnections {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        (
-            u64,
-            std::collections::BTreeMap<u64, (Arc<Activity>, CancellationToken)>,
-        ),
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, OpenMap)> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
