@@ -47,7 +47,8 @@ def before_call(ctx, case, kwargs):
     if meta is None or not meta.generation.mode.is_positive:
         return
     body = case.body
-    if isinstance(body, dict) and isinstance(body.get("pid"), int) and not isinstance(body["pid"], bool):
+    # A whole number may come as 38454039.0 too (JSON Schema's integer allows it).
+    if isinstance(body, dict) and isinstance(body.get("pid"), (int, float)) and not isinstance(body["pid"], bool):
         body["pid"] = _sleeper()
 
 
