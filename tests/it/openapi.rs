@@ -8,76 +8,20 @@
 //! hierarchy (as in `v1`); no process is moved, and the directories are removed on drop. The
 //! test panics, never skips, when the v1 hierarchies are missing: CI runs it on a hybrid host.
 
+use crate::support::V1Dirs;
 use axum::body::Body;
 use axum::http::{Request, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::sync::Arc;
 use tenantd::api::auth::Tokens;
 use tenantd::api::{AppState, OPENAPI, router};
 use tenantd::cgroup::Backend;
-use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Hierarchies, V1Roots};
+use tenantd::cgroup::v1::V1;
 use tenantd::domain::tenant::Capacity;
 use tenantd::engine::{EngineConfig, Governor};
 use tenantd::store::Store;
 use tower::ServiceExt;
-
-/// A v1 governor root below the test's own cgroups, removed (deepest first) on drop.
-struct Roots(V1Roots);
-
-impl Roots {
-    fn new(name: &str) -> Roots {
-        let h = V1Hierarchies::detect(Path::new("/proc")).unwrap_or_else(|e| {
-            panic!("cannot read /proc/self/mountinfo or /proc/self/cgroup: {e}")
-        });
-        for c in CONTROLLERS {
-            assert!(
-                h.get(c).is_some(),
-                "the cgroup v1 hierarchy '{c}' is not mounted: this test needs a cgroup v1 or hybrid host, as CI provides; found {h:?}"
-            );
-        }
-        let dir = format!("tenantd-test-{name}-{}", std::process::id());
-        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir));
-        let roots = V1Roots {
-            cpu: own("cpu"),
-            cpuacct: own("cpuacct"),
-            memory: own("memory"),
-            blkio: own("blkio"),
-            pids: own("pids"),
-        };
-        for r in roots.distinct() {
-            assert!(
-                !r.exists(),
-                "{} exists already: a previous run did not clean up",
-                r.display()
-            );
-        }
-        Roots(roots)
-    }
-}
-
-impl Drop for Roots {
-    fn drop(&mut self) {
-        fn rm(p: &Path) {
-            if let Ok(rd) = std::fs::read_dir(p) {
-                for e in rd.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        rm(&e.path());
-                    }
-                }
-            }
-            if let Err(e) = std::fs::remove_dir(p)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                eprintln!("cannot remove {}: {e}", p.display());
-            }
-        }
-        for r in self.0.distinct() {
-            rm(r);
-        }
-    }
-}
 
 /// The schema the document gives for this answer, with the document's components beside it so
 /// its `#/components/...` references resolve. Panics when the answer is not documented.
@@ -165,10 +109,9 @@ async fn check(
 #[tokio::test]
 async fn finding_10_responses_match_the_openapi_document() {
     let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
-    let roots = Roots::new("openapi");
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("t.db")).await.unwrap();
-    let backend = Arc::new(V1::new(roots.0.clone(), "/sys", "/proc"));
+    let roots = V1Dirs::new("openapi");
+    let store = Store::open(&roots.tmp.path().join("t.db")).await.unwrap();
+    let backend = Arc::new(V1::new(roots.roots.clone(), "/sys", "/proc"));
     backend
         .prepare_root()
         .expect("prepare_root below the test's own cgroups");
