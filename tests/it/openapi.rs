@@ -8,20 +8,15 @@
 //! hierarchy (as in `v1`); no process is moved, and the directories are removed on drop. The
 //! test panics, never skips, when the v1 hierarchies are missing: CI runs it on a hybrid host.
 
-use crate::support::V1Dirs;
+use crate::support::{Answered, Api, V1Dirs, oneshot};
 use axum::body::Body;
 use axum::http::{Request, header};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tenantd::api::auth::Tokens;
-use tenantd::api::{AppState, OPENAPI, router};
+use tenantd::api::{AppState, OPENAPI};
 use tenantd::cgroup::Backend;
 use tenantd::cgroup::v1::V1;
-use tenantd::domain::tenant::Capacity;
-use tenantd::engine::{EngineConfig, Governor};
-use tenantd::store::Store;
-use tower::ServiceExt;
 
 /// The schema the document gives for this answer, with the document's components beside it so
 /// its `#/components/...` references resolve. Panics when the answer is not documented.
@@ -74,14 +69,13 @@ async fn check(
     let req = b
         .body(body.map_or_else(Body::empty, |v| Body::from(v.to_string())))
         .unwrap();
-    let resp = router(state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let Answered {
+        status,
+        ct,
+        body: bytes,
+        ..
+    } = oneshot(state, req).await;
+    let status = status.as_u16();
     let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
         panic!(
             "{method} {uri}: {status} {ct} is not JSON ({e}): {}",
@@ -110,29 +104,17 @@ async fn check(
 async fn finding_10_responses_match_the_openapi_document() {
     let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
     let roots = V1Dirs::new("openapi");
-    let store = Store::open(&roots.tmp.path().join("t.db")).await.unwrap();
     let backend = Arc::new(V1::new(roots.roots.clone(), "/sys", "/proc"));
     backend
         .prepare_root()
         .expect("prepare_root below the test's own cgroups");
-    let gov = Governor::new(
-        backend,
-        store,
-        EngineConfig::default(),
-        Capacity {
-            cpus: 2.0,
-            memory_bytes: 8 << 30,
-            memory_reserve_bytes: 1 << 30,
-        },
+    let Api { state, dir: _tmp } = Api::over(
+        Api::store().await,
+        Some(backend),
+        Tokens::open(),
+        1 << 20,
+        std::time::Duration::from_secs(30),
     );
-    let state = AppState {
-        gov,
-        tokens: Arc::new(Tokens::open()),
-        max_body_bytes: 1 << 20,
-        request_timeout: std::time::Duration::from_secs(30),
-        metrics: tenantd::metrics::Metrics::new(),
-        usage_retention: Default::default(),
-    };
     let tenant = "/v1/tenants/{name}";
     // A tenant with every section: nulls in the spec, limits, labels, a v1 "not applied" list.
     let spec = json!({

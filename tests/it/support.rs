@@ -3,11 +3,22 @@
 
 #![allow(dead_code)]
 
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tenantd::api::auth::Tokens;
+use tenantd::api::{AppState, router};
 use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Hierarchies, V1Roots};
+use tenantd::cgroup::v2::V2;
 use tenantd::cgroup::{Backend, CgroupPath};
+use tenantd::domain::tenant::Capacity;
+use tenantd::engine::{EngineConfig, Governor};
+use tenantd::store::Store;
+use tower::ServiceExt;
 
 /// A shell loop that keeps one CPU busy.
 pub const BUSY_LOOP: &str = "while :; do :; done";
@@ -649,5 +660,103 @@ impl V1Daemon {
     /// A file of tenant `t` in `controller`'s hierarchy, below the daemon's default root.
     pub fn tenant_file(&self, controller: &str, t: &str, file: &str) -> PathBuf {
         self.dirs.under_root(controller, t).join(file)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The API through `router(state).oneshot`, without a daemon
+
+/// An API state over a store in a temporary directory of its own.
+pub struct Api {
+    pub state: AppState,
+    pub dir: tempfile::TempDir,
+}
+
+impl Api {
+    /// A fresh store in a new temporary directory, for a test to fill before `Api::over`.
+    pub async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        (dir, store)
+    }
+
+    /// The state over `store` and a governor on `backend` with 2 CPUs, 8 GiB and 1 GiB
+    /// reserved. `None`: a V2 backend at a directory of `dir` that does not exist, so a
+    /// request that reached the kernel would fail there (and no cgroup is touched).
+    pub fn over(
+        (dir, store): (tempfile::TempDir, Store),
+        backend: Option<Arc<dyn Backend>>,
+        tokens: Tokens,
+        max_body_bytes: usize,
+        request_timeout: Duration,
+    ) -> Api {
+        let backend = backend.unwrap_or_else(|| {
+            let missing = dir.path().join("no-cgroupfs-here");
+            Arc::new(V2::new(&missing, missing.join("tenantd"), "/sys"))
+        });
+        let gov = Governor::new(
+            backend,
+            store,
+            EngineConfig::default(),
+            Capacity {
+                cpus: 2.0,
+                memory_bytes: 8 << 30,
+                memory_reserve_bytes: 1 << 30,
+            },
+        );
+        Api {
+            state: AppState {
+                gov,
+                tokens: Arc::new(tokens),
+                max_body_bytes,
+                request_timeout,
+                metrics: tenantd::metrics::Metrics::new(),
+                usage_retention: Default::default(),
+            },
+            dir,
+        }
+    }
+
+    /// `over` an empty store, with no cgroup backend.
+    pub async fn new(tokens: Tokens, max_body_bytes: usize, request_timeout: Duration) -> Api {
+        Api::over(
+            Api::store().await,
+            None,
+            tokens,
+            max_body_bytes,
+            request_timeout,
+        )
+    }
+}
+
+/// What came back from `oneshot`: status, content type ("" when none), headers, body bytes.
+pub struct Answered {
+    pub status: StatusCode,
+    pub ct: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// One request through `router(state).oneshot`.
+pub async fn oneshot(state: &AppState, req: Request<Body>) -> Answered {
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Answered {
+        status,
+        ct,
+        headers,
+        body,
     }
 }
