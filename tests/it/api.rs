@@ -2,7 +2,7 @@
 //! (the backend points at a directory that does not exist, so a test that reached the kernel
 //! would fail). Kernel-backed API behaviour is in `kernel`.
 
-use crate::support::{Api, oneshot};
+use crate::support::{Api, oneshot, request};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
@@ -28,20 +28,7 @@ async fn send(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (StatusCode, String, Value) {
-    let mut b = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    if body.is_some() {
-        b = b.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = b
-        .body(
-            body.map(|s| Body::from(s.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
-    let r = oneshot(&a.state, req).await;
+    let r = oneshot(&a.state, request(method, uri, token, None, body)).await;
     (
         r.status,
         r.ct,

@@ -8,9 +8,7 @@
 //! hierarchy (as in `v1`); no process is moved, and the directories are removed on drop. The
 //! test panics, never skips, when the v1 hierarchies are missing: CI runs it on a hybrid host.
 
-use crate::support::{Answered, Api, V1Dirs, oneshot};
-use axum::body::Body;
-use axum::http::{Request, header};
+use crate::support::{Answered, Api, V1Dirs, oneshot, request};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tenantd::api::auth::Tokens;
@@ -62,13 +60,8 @@ async fn check(
     body: Option<Value>,
     want: u16,
 ) -> Value {
-    let mut b = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        b = b.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = b
-        .body(body.map_or_else(Body::empty, |v| Body::from(v.to_string())))
-        .unwrap();
+    let body = body.map(|v| v.to_string());
+    let req = request(method, uri, None, None, body.as_deref());
     let Answered {
         status,
         ct,

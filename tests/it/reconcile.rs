@@ -9,7 +9,7 @@
 //! process's own cgroup in each v1 hierarchy (as `v1` does), writes only inside them, starts
 //! no process, and removes them when done, even on panic. v2 runs in the VM (`#[ignore]`).
 
-use crate::support::V1Dirs;
+use crate::support::{V1Dirs, a_disk};
 use axum::body::Body;
 use axum::http::Request;
 use http_body_util::BodyExt;
@@ -148,23 +148,6 @@ impl Sandbox {
             },
         )
     }
-}
-
-/// The whole disk holding a block device, as blk-throttle takes rules for disks.
-fn a_disk() -> DevId {
-    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with("loop") || name.starts_with("ram") || name.starts_with("zram") {
-            continue;
-        }
-        if let Some(d) = std::fs::read_to_string(e.path().join("dev"))
-            .ok()
-            .and_then(|s| DevId::parse(s.trim()))
-        {
-            return d;
-        }
-    }
-    panic!("no block device in /sys/block to test blkio.throttle on");
 }
 
 fn name(s: &str) -> TenantName {

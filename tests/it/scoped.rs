@@ -4,9 +4,8 @@
 //! tenant that does not exist gets. Plus finding 12: `GET /metrics` negotiates its format, and
 //! promtool checks the bytes the server really serves.
 
-use crate::support::{Api, oneshot};
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use crate::support::{Api, oneshot, request};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tenantd::api::auth::Tokens;
 use tenantd::domain::TenantName;
@@ -96,22 +95,7 @@ async fn send_with(
     body: Option<&str>,
     accept: Option<&str>,
 ) -> Answer {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    if body.is_some() {
-        b = b.header(header::CONTENT_TYPE, "application/json");
-    }
-    if let Some(acc) = accept {
-        b = b.header(header::ACCEPT, acc);
-    }
-    let req = b
-        .body(
-            body.map(|s| Body::from(s.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
+    let req = request(method, uri, Some(token), accept, body);
     let r = oneshot(&a.state, req).await;
     Answer {
         status: r.status,

@@ -760,3 +760,45 @@ pub async fn oneshot(state: &AppState, req: Request<Body>) -> Answered {
         body,
     }
 }
+
+/// A request with an optional bearer `token`, `accept` header and JSON `body`.
+pub fn request(
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    accept: Option<&str>,
+    body: Option<&str>,
+) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        b = b.header(header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(acc) = accept {
+        b = b.header(header::ACCEPT, acc);
+    }
+    b.body(
+        body.map(|s| Body::from(s.to_string()))
+            .unwrap_or_else(Body::empty),
+    )
+    .unwrap()
+}
+
+/// The whole disk holding a block device, as blk-throttle takes rules for disks, not partitions.
+pub fn a_disk() -> tenantd::domain::tenant::DevId {
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("loop") || name.starts_with("ram") || name.starts_with("zram") {
+            continue;
+        }
+        if let Some(d) = std::fs::read_to_string(e.path().join("dev"))
+            .ok()
+            .and_then(|s| tenantd::domain::tenant::DevId::parse(s.trim()))
+        {
+            return d;
+        }
+    }
+    panic!("no block device in /sys/block to test blkio.throttle on");
+}

@@ -10,7 +10,9 @@
 //! `issue_7_v1_usage_*` starts the daemon itself with `--cgroup-version v1` inside such a
 //! directory, so its default root (`<its own cgroup>/tenantd` in each hierarchy) is the test's.
 
-use crate::support::{OOM_HOG, Owned, V1Daemon, V1Dirs, eventually, median, recent_raw_usage};
+use crate::support::{
+    OOM_HOG, Owned, V1Daemon, V1Dirs, a_disk, eventually, median, recent_raw_usage,
+};
 use crate::usage::{scrape, series};
 use serde_json::json;
 use std::io::Write;
@@ -21,7 +23,6 @@ use std::time::{Duration, Instant};
 use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Roots};
 use tenantd::cgroup::{Backend, CgroupError, CgroupPath};
 use tenantd::domain::plan::{IoMax, Limit, Settings};
-use tenantd::domain::tenant::DevId;
 
 /// Held by the tests that measure CPU time, so their busy loops do not compete with each
 /// other's on this 2-CPU host.
@@ -110,23 +111,6 @@ fn settings(f: impl FnOnce(&mut Settings)) -> Settings {
     let mut s = Settings::default();
     f(&mut s);
     s
-}
-
-/// The whole disk holding /, as blk-throttle takes rules for disks, not partitions.
-fn a_disk() -> DevId {
-    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with("loop") || name.starts_with("ram") || name.starts_with("zram") {
-            continue;
-        }
-        if let Some(d) = std::fs::read_to_string(e.path().join("dev"))
-            .ok()
-            .and_then(|s| DevId::parse(s.trim()))
-        {
-            return d;
-        }
-    }
-    panic!("no block device in /sys/block to test blkio.throttle on");
 }
 
 #[test]
