@@ -2,52 +2,19 @@
 //! (the backend points at a directory that does not exist, so a test that reached the kernel
 //! would fail). Kernel-backed API behaviour is in `kernel`.
 
+use crate::support::{Api, oneshot, request};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use tenantd::api::auth::Tokens;
-use tenantd::api::{AppState, OPENAPI, ROUTES, router};
-use tenantd::cgroup::v2::V2;
-use tenantd::domain::tenant::Capacity;
-use tenantd::engine::{EngineConfig, Governor};
-use tenantd::store::Store;
+use tenantd::api::{OPENAPI, ROUTES, router};
 use tower::ServiceExt;
 
 const ADMIN: &str = "admin-token-0123456789";
 const VIEWER: &str = "viewer-token-0123456789";
 
-struct Api {
-    state: AppState,
-    _dir: tempfile::TempDir,
-}
-
 async fn api(tokens: Tokens) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.db")).await.unwrap();
-    let missing = dir.path().join("no-cgroupfs-here");
-    let gov = Governor::new(
-        Arc::new(V2::new(&missing, missing.join("tenantd"), "/sys")),
-        store,
-        EngineConfig::default(),
-        Capacity {
-            cpus: 2.0,
-            memory_bytes: 8 << 30,
-            memory_reserve_bytes: 1 << 30,
-        },
-    );
-    Api {
-        state: AppState {
-            gov,
-            tokens: Arc::new(tokens),
-            max_body_bytes: 4096,
-            request_timeout: std::time::Duration::from_secs(5),
-            metrics: tenantd::metrics::Metrics::new(),
-            usage_retention: Default::default(),
-        },
-        _dir: dir,
-    }
+    Api::new(tokens, 4096, std::time::Duration::from_secs(5)).await
 }
 
 fn tokens() -> Tokens {
@@ -61,31 +28,11 @@ async fn send(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (StatusCode, String, Value) {
-    let mut b = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    if body.is_some() {
-        b = b.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = b
-        .body(
-            body.map(|s| Body::from(s.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
-    let resp = router(a.state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let ct = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let r = oneshot(&a.state, request(method, uri, token, None, body)).await;
     (
-        status,
-        ct,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        r.status,
+        r.ct,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
     )
 }
 

@@ -8,16 +8,14 @@
 //! hierarchy, and the guard removes them. The test panics, never skips, when it cannot mount
 //! the tmpfs or the v1 hierarchies are missing.
 
-use crate::support::{Daemon, bin, eventually};
+use crate::support::{Daemon, V1Dirs, eventually};
 use crate::usage::{scrape, series};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Hierarchies, V1Roots};
-use tenantd::cgroup::{Backend, CgroupPath};
+use std::time::Instant;
 
 /// A tmpfs of `size` mounted on a fresh temporary directory; unmounted when dropped.
 struct Tmpfs {
@@ -82,80 +80,17 @@ impl Drop for Tmpfs {
 
 /// A v1 daemon whose database is `db`, governing below directories of the test's own cgroup.
 struct DiskDaemon {
+    // Declared first, so the daemon is killed before `dirs` cleans up.
     d: Option<Daemon>,
-    dirs: V1Roots,
+    dirs: V1Dirs,
     db: PathBuf,
-    logs: tempfile::TempDir,
 }
 
 impl DiskDaemon {
     fn start(name: &str, db: PathBuf) -> DiskDaemon {
-        let h = V1Hierarchies::detect(Path::new("/proc")).unwrap_or_else(|e| {
-            panic!("cannot read /proc/self/mountinfo or /proc/self/cgroup: {e}")
-        });
-        for c in CONTROLLERS {
-            assert!(
-                h.get(c).is_some(),
-                "the cgroup v1 hierarchy '{c}' is not mounted: this test runs its daemon with the v1 \
-                 backend on a v1 or hybrid host, as CI provides; found {h:?}"
-            );
-        }
-        let dir = format!("tenantd-test-disk-{name}-{}", std::process::id());
-        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir));
-        let dirs = V1Roots {
-            cpu: own("cpu"),
-            cpuacct: own("cpuacct"),
-            memory: own("memory"),
-            blkio: own("blkio"),
-            pids: own("pids"),
-        };
-        let me = DiskDaemon {
-            d: None,
-            dirs,
-            db,
-            logs: tempfile::tempdir().unwrap(),
-        };
-        for p in me.dirs.distinct() {
-            assert!(
-                !p.exists(),
-                "{} exists already: a previous run did not clean up",
-                p.display()
-            );
-            std::fs::create_dir(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        }
-        let mut me = me;
-        me.launch();
-        me
-    }
-
-    fn launch(&mut self) {
-        let list: Vec<String> = self
-            .dirs
-            .distinct()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let db = self.db.clone();
-        self.d = Some(Daemon::launch(self.logs.path(), |port| {
-            let mut c = Command::new("sh");
-            c.args([
-                "-c",
-                r#"IFS=:; for d in $TENANTD_TEST_DIRS; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$@""#,
-                "sh",
-                bin(),
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--cgroup-version",
-                "v1",
-                "--reconcile-interval-s",
-                "3600",
-            ])
-            .arg("--db")
-            .arg(&db)
-            .env("TENANTD_TEST_DIRS", list.join(":"));
-            c
-        }));
+        let dirs = V1Dirs::create(&format!("disk-{name}"));
+        let d = Some(dirs.launch(&db));
+        DiskDaemon { d, dirs, db }
     }
 
     /// Kills the daemon (SIGKILL, as a crash would) and starts it again on the same database.
@@ -163,7 +98,7 @@ impl DiskDaemon {
         if let Some(mut d) = self.d.take() {
             d.kill9();
         }
-        self.launch();
+        self.d = Some(self.dirs.launch(&self.db));
     }
 
     fn d(&self) -> &Daemon {
@@ -173,7 +108,7 @@ impl DiskDaemon {
     /// Every daemon log of this test, concatenated.
     fn logs(&self) -> String {
         let mut out = String::new();
-        for e in std::fs::read_dir(self.logs.path())
+        for e in std::fs::read_dir(self.dirs.tmp.path())
             .into_iter()
             .flatten()
             .flatten()
@@ -181,46 +116,6 @@ impl DiskDaemon {
             out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
         }
         out
-    }
-}
-
-impl Drop for DiskDaemon {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.d.take() {
-            d.kill9();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- daemon logs:\n{}", self.logs());
-        }
-        // Whatever is left below the test's directories was started by this test.
-        let everything = V1::new(self.dirs.clone(), "/sys", "/proc");
-        if let Err(e) = everything.kill(&CgroupPath::root()) {
-            eprintln!("cannot kill the test's processes: {e}");
-        }
-        for r in self.dirs.distinct() {
-            rmdir_tree(r);
-        }
-    }
-}
-
-/// Removes the directories below `p`, deepest first, then `p`.
-fn rmdir_tree(p: &Path) {
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(e) = std::fs::remove_dir(p) {
-        if e.kind() == std::io::ErrorKind::NotFound || Instant::now() > deadline {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("cannot remove {}: {e}", p.display());
-            }
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -3,36 +3,26 @@
 //! dropped connection), and idle or half-sent connections cannot starve the daemon. Both
 //! through `router(state).oneshot` and over a real socket with `serve_with`.
 
+use crate::support::{Api, oneshot};
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::Duration;
 use tenantd::api::auth::Tokens;
-use tenantd::api::{AppState, ServeOptions, router, serve_with};
-use tenantd::cgroup::v2::V2;
+use tenantd::api::{ServeOptions, serve_with};
 use tenantd::domain::TenantName;
-use tenantd::domain::tenant::{Capacity, TenantSpec};
-use tenantd::engine::{EngineConfig, Governor};
-use tenantd::store::{NewEvent, Store};
+use tenantd::domain::tenant::TenantSpec;
+use tenantd::store::NewEvent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tower::ServiceExt;
 
 /// A generous bound for "it answers at all"; never a timing assertion.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-struct Api {
-    state: AppState,
-    _dir: tempfile::TempDir,
-}
-
 /// An API on a fresh store holding tenant `web` (and `n_events` events); the cgroup backend
 /// points at a directory that does not exist, so nothing here reaches a kernel.
 async fn api(request_timeout: Duration, n_events: usize) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+    let (dir, store) = Api::store().await;
     let ev = |i: usize| NewEvent {
         ts_ms: 1_000 + i as i64,
         tenant: Some("web".into()),
@@ -53,28 +43,7 @@ async fn api(request_timeout: Duration, n_events: usize) -> Api {
     if !more.is_empty() {
         store.add_events(&more).await.unwrap();
     }
-    let missing = dir.path().join("no-cgroupfs-here");
-    let gov = Governor::new(
-        Arc::new(V2::new(&missing, missing.join("tenantd"), "/sys")),
-        store,
-        EngineConfig::default(),
-        Capacity {
-            cpus: 2.0,
-            memory_bytes: 8 << 30,
-            memory_reserve_bytes: 1 << 30,
-        },
-    );
-    Api {
-        state: AppState {
-            gov,
-            tokens: Arc::new(Tokens::open()),
-            max_body_bytes: 4096,
-            request_timeout,
-            metrics: tenantd::metrics::Metrics::new(),
-            usage_retention: Default::default(),
-        },
-        _dir: dir,
-    }
+    Api::over((dir, store), None, Tokens::open(), 4096, request_timeout)
 }
 
 /// One request through `router(state).oneshot`: status, content type, headers, JSON body.
@@ -90,19 +59,12 @@ async fn send(
         b = b.header(*k, *v);
     }
     let req = b.body(Body::from(body.to_string())).unwrap();
-    let resp = router(a.state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let hs = resp.headers().clone();
-    let ct = hs
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let r = oneshot(&a.state, req).await;
     (
-        status,
-        ct,
-        hs,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        r.status,
+        r.ct,
+        r.headers,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
     )
 }
 

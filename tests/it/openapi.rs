@@ -8,76 +8,13 @@
 //! hierarchy (as in `v1`); no process is moved, and the directories are removed on drop. The
 //! test panics, never skips, when the v1 hierarchies are missing: CI runs it on a hybrid host.
 
-use axum::body::Body;
-use axum::http::{Request, header};
-use http_body_util::BodyExt;
+use crate::support::{Answered, Api, V1Dirs, oneshot, request};
 use serde_json::{Value, json};
-use std::path::Path;
 use std::sync::Arc;
 use tenantd::api::auth::Tokens;
-use tenantd::api::{AppState, OPENAPI, router};
+use tenantd::api::{AppState, OPENAPI};
 use tenantd::cgroup::Backend;
-use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Hierarchies, V1Roots};
-use tenantd::domain::tenant::Capacity;
-use tenantd::engine::{EngineConfig, Governor};
-use tenantd::store::Store;
-use tower::ServiceExt;
-
-/// A v1 governor root below the test's own cgroups, removed (deepest first) on drop.
-struct Roots(V1Roots);
-
-impl Roots {
-    fn new(name: &str) -> Roots {
-        let h = V1Hierarchies::detect(Path::new("/proc")).unwrap_or_else(|e| {
-            panic!("cannot read /proc/self/mountinfo or /proc/self/cgroup: {e}")
-        });
-        for c in CONTROLLERS {
-            assert!(
-                h.get(c).is_some(),
-                "the cgroup v1 hierarchy '{c}' is not mounted: this test needs a cgroup v1 or hybrid host, as CI provides; found {h:?}"
-            );
-        }
-        let dir = format!("tenantd-test-{name}-{}", std::process::id());
-        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir));
-        let roots = V1Roots {
-            cpu: own("cpu"),
-            cpuacct: own("cpuacct"),
-            memory: own("memory"),
-            blkio: own("blkio"),
-            pids: own("pids"),
-        };
-        for r in roots.distinct() {
-            assert!(
-                !r.exists(),
-                "{} exists already: a previous run did not clean up",
-                r.display()
-            );
-        }
-        Roots(roots)
-    }
-}
-
-impl Drop for Roots {
-    fn drop(&mut self) {
-        fn rm(p: &Path) {
-            if let Ok(rd) = std::fs::read_dir(p) {
-                for e in rd.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        rm(&e.path());
-                    }
-                }
-            }
-            if let Err(e) = std::fs::remove_dir(p)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                eprintln!("cannot remove {}: {e}", p.display());
-            }
-        }
-        for r in self.0.distinct() {
-            rm(r);
-        }
-    }
-}
+use tenantd::cgroup::v1::V1;
 
 /// The schema the document gives for this answer, with the document's components beside it so
 /// its `#/components/...` references resolve. Panics when the answer is not documented.
@@ -123,21 +60,15 @@ async fn check(
     body: Option<Value>,
     want: u16,
 ) -> Value {
-    let mut b = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        b = b.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = b
-        .body(body.map_or_else(Body::empty, |v| Body::from(v.to_string())))
-        .unwrap();
-    let resp = router(state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = body.map(|v| v.to_string());
+    let req = request(method, uri, None, None, body.as_deref());
+    let Answered {
+        status,
+        ct,
+        body: bytes,
+        ..
+    } = oneshot(state, req).await;
+    let status = status.as_u16();
     let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
         panic!(
             "{method} {uri}: {status} {ct} is not JSON ({e}): {}",
@@ -165,31 +96,18 @@ async fn check(
 #[tokio::test]
 async fn finding_10_responses_match_the_openapi_document() {
     let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
-    let roots = Roots::new("openapi");
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("t.db")).await.unwrap();
-    let backend = Arc::new(V1::new(roots.0.clone(), "/sys", "/proc"));
+    let roots = V1Dirs::new("openapi");
+    let backend = Arc::new(V1::new(roots.roots.clone(), "/sys", "/proc"));
     backend
         .prepare_root()
         .expect("prepare_root below the test's own cgroups");
-    let gov = Governor::new(
-        backend,
-        store,
-        EngineConfig::default(),
-        Capacity {
-            cpus: 2.0,
-            memory_bytes: 8 << 30,
-            memory_reserve_bytes: 1 << 30,
-        },
+    let Api { state, dir: _tmp } = Api::over(
+        Api::store().await,
+        Some(backend),
+        Tokens::open(),
+        1 << 20,
+        std::time::Duration::from_secs(30),
     );
-    let state = AppState {
-        gov,
-        tokens: Arc::new(Tokens::open()),
-        max_body_bytes: 1 << 20,
-        request_timeout: std::time::Duration::from_secs(30),
-        metrics: tenantd::metrics::Metrics::new(),
-        usage_retention: Default::default(),
-    };
     let tenant = "/v1/tenants/{name}";
     // A tenant with every section: nulls in the spec, limits, labels, a v1 "not applied" list.
     let spec = json!({

@@ -17,13 +17,10 @@
 //! On v1 the daemon is started inside `<own cgroup>/tenantd-test-place-<name>-<pid>` of each
 //! hierarchy (below THIS test's cgroups), as in `v1::issue_7_v1_usage_*`.
 
-use crate::support::{Daemon, bin, eventually};
+use crate::support::{Daemon, Owned, V1Dirs, bin, eventually};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use tenantd::cgroup::v1::{CONTROLLERS, DEFAULT_ROOT_NAME, V1, V1Hierarchies, V1Roots};
-use tenantd::cgroup::{Backend, CgroupPath};
+use std::process::{Command, Stdio};
 
 /// Who is PID 1 of the daemon's namespace.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -196,15 +193,17 @@ impl NsDaemon {
     }
 
     /// `tenantd run --tenant T -- sleep 600` inside the daemon's namespace.
-    fn run_sleep(&self, tenant: &str) -> Kid {
-        Kid(Command::new("nsenter")
-            .args(["--target", &self.host_pid.to_string(), "--pid", "--"])
-            .arg(bin())
-            .args(["run", "--tenant", tenant, "--", "sleep", "600"])
-            .env("TENANTD_ADDR", &self.d.addr)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn nsenter ... tenantd run"))
+    fn run_sleep(&self, tenant: &str) -> Owned {
+        Owned(
+            Command::new("nsenter")
+                .args(["--target", &self.host_pid.to_string(), "--pid", "--"])
+                .arg(bin())
+                .args(["run", "--tenant", tenant, "--", "sleep", "600"])
+                .env("TENANTD_ADDR", &self.d.addr)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn nsenter ... tenantd run"),
+        )
     }
 
     fn post_pid(&self, tenant: &str, pid: u32) -> (u16, serde_json::Value) {
@@ -225,129 +224,34 @@ fn assert_refused(r: (u16, serde_json::Value), says: &str) {
     assert!(detail.contains(says), "{detail:?} does not say {says:?}");
 }
 
-/// A process the test started; killed and reaped on drop.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // cgroup v1 (this hybrid host)
-
-fn hierarchies() -> V1Hierarchies {
-    let h = V1Hierarchies::detect(Path::new("/proc"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/self/mountinfo or /proc/self/cgroup: {e}"));
-    for c in CONTROLLERS {
-        assert!(
-            h.get(c).is_some(),
-            "the cgroup v1 hierarchy '{c}' is not mounted (see /proc/self/mountinfo): these tests need a \
-             cgroup v1 or hybrid host, as CI provides; found {h:?}"
-        );
-    }
-    h
-}
-
-fn rmdir_tree(p: &Path) {
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(e) = std::fs::remove_dir(p) {
-        if e.kind() == std::io::ErrorKind::NotFound || Instant::now() > deadline {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("cannot remove {}: {e}", p.display());
-            }
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The v1 daemon in a PID namespace, inside test directories of each hierarchy; drop kills
 /// the namespace and whatever is left in those directories (all started by this test).
 struct V1Ns {
-    ns: Option<NsDaemon>,
-    dirs: V1Roots,
-    tmp: tempfile::TempDir,
+    // Declared first, so the namespace is killed before `dirs` cleans up.
+    ns: NsDaemon,
+    dirs: V1Dirs,
 }
 
 impl V1Ns {
     fn start(name: &str, init: Init) -> V1Ns {
-        let h = hierarchies();
-        let dir = format!("tenantd-test-place-{name}-{}", std::process::id());
-        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir));
-        let dirs = V1Roots {
-            cpu: own("cpu"),
-            cpuacct: own("cpuacct"),
-            memory: own("memory"),
-            blkio: own("blkio"),
-            pids: own("pids"),
-        };
-        let mut me = V1Ns {
-            ns: None,
-            dirs,
-            tmp: tempfile::tempdir().unwrap(),
-        };
-        for p in me.dirs.distinct() {
-            assert!(
-                !p.exists(),
-                "{} exists already: a previous run did not clean up",
-                p.display()
-            );
-            std::fs::create_dir(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        }
-        let list: Vec<String> = me
-            .dirs
-            .distinct()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let db = me.tmp.path().join("tenantd.db");
-        me.ns = Some(NsDaemon::launch(me.tmp.path(), init, |port| {
-            let serve = [
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--cgroup-version",
-                "v1",
-                "--reconcile-interval-s",
-                "3600",
-                "--db",
-                &db.display().to_string(),
-            ]
-            .map(String::from);
-            let mut c = Command::new("sh");
-            c.args([
-                "-c",
-                r#"IFS=:; for d in $TENANTD_TEST_DIRS; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$@""#,
-                "sh",
-            ])
-            .args(in_pid_namespace(init, &serve))
-            .env("TENANTD_TEST_DIRS", list.join(":"));
-            c
-        }));
-        me
+        let dirs = V1Dirs::create(&format!("place-{name}"));
+        let db = dirs.db();
+        let ns = NsDaemon::launch(dirs.tmp.path(), init, |port| {
+            dirs.inside(&in_pid_namespace(init, &V1Dirs::serve_args(port, &db)))
+        });
+        V1Ns { ns, dirs }
     }
 
     fn ns(&self) -> &NsDaemon {
-        self.ns.as_ref().unwrap()
+        &self.ns
     }
 
     /// A directory of the daemon's default root in `controller`'s hierarchy.
     fn under_root(&self, controller: &str, rel: &str) -> PathBuf {
-        self.dirs
-            .get(controller)
-            .unwrap()
-            .join(DEFAULT_ROOT_NAME)
-            .join(rel)
+        self.dirs.under_root(controller, rel)
     }
 
     /// Host PIDs in tenant `t`'s leaf (cpu hierarchy).
@@ -358,33 +262,6 @@ impl V1Ns {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect()
-    }
-}
-
-impl Drop for V1Ns {
-    fn drop(&mut self) {
-        if let Some(mut ns) = self.ns.take() {
-            ns.d.kill9();
-            if std::thread::panicking() {
-                for e in std::fs::read_dir(self.tmp.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    if e.file_name().to_string_lossy().ends_with(".log") {
-                        let log = std::fs::read_to_string(e.path()).unwrap_or_default();
-                        eprintln!("--- {}:\n{log}", e.path().display());
-                    }
-                }
-            }
-        }
-        let everything = V1::new(self.dirs.clone(), "/sys", "/proc");
-        if let Err(e) = everything.kill(&CgroupPath::root()) {
-            eprintln!("cannot kill the test's processes: {e}");
-        }
-        for r in self.dirs.distinct() {
-            rmdir_tree(r);
-        }
     }
 }
 
@@ -472,11 +349,12 @@ fn issue_12_process_in_inits_cgroup_is_protected_by_default() {
     ns.d.create("x", json!({}));
     let dirs: Vec<String> = v
         .dirs
+        .roots
         .distinct()
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    let _k = Kid(Command::new("nsenter")
+    let _k = Owned(Command::new("nsenter")
         .args(["--target", &ns.host_pid.to_string(), "--pid", "--"])
         .args([
             "sh",

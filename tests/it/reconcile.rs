@@ -9,16 +9,17 @@
 //! process's own cgroup in each v1 hierarchy (as `v1` does), writes only inside them, starts
 //! no process, and removes them when done, even on panic. v2 runs in the VM (`#[ignore]`).
 
+use crate::support::{V1Dirs, a_disk};
 use axum::body::Body;
 use axum::http::Request;
 use http_body_util::BodyExt;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tenantd::api::auth::Tokens;
 use tenantd::api::{AppState, router};
-use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Hierarchies, V1Roots};
+use tenantd::cgroup::v1::{V1, V1Roots};
 use tenantd::cgroup::v2::V2;
 use tenantd::cgroup::{Backend, CgroupPath, Change};
 use tenantd::domain::plan::{IoMax, Limit, Settings};
@@ -85,66 +86,24 @@ fn corrects_once(
 // ---------------------------------------------------------------------------------------
 // cgroup v1, for real on this hybrid host
 
-/// The v1 hierarchies, or a loud failure naming what is missing.
-fn hierarchies() -> V1Hierarchies {
-    let h = V1Hierarchies::detect(Path::new("/proc"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/self/mountinfo or /proc/self/cgroup: {e}"));
-    for c in CONTROLLERS {
-        assert!(
-            h.get(c).is_some(),
-            "the cgroup v1 hierarchy '{c}' is not mounted (see /proc/self/mountinfo): these tests need a \
-             cgroup v1 or hybrid host, as CI provides; found {h:?}"
-        );
-    }
-    h
-}
-
 /// A governor root of the test's own below its own cgroup in every v1 hierarchy; with
 /// `fake_blkio`, the blkio root is a plain directory instead (see `with_bfq_weight`).
 struct Sandbox {
     roots: V1Roots,
-    real: Vec<PathBuf>,
-    _tmp: tempfile::TempDir,
+    /// The real directories (removed on drop) and the temporary directory.
+    dirs: V1Dirs,
 }
 
 impl Sandbox {
     fn new(name: &str, fake_blkio: bool) -> Sandbox {
-        let h = hierarchies();
-        let dir = format!("tenantd-test-reconcile-{name}-{}", std::process::id());
-        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir));
-        let tmp = tempfile::tempdir().unwrap();
-        let blkio = if fake_blkio {
+        let dirs = V1Dirs::new(&format!("reconcile-{name}"));
+        let mut roots = dirs.roots.clone();
+        if fake_blkio {
             // prepare_root wants a cgroup directory (one with cgroup.procs) above the root.
-            std::fs::write(tmp.path().join("cgroup.procs"), "").unwrap();
-            Some(tmp.path().join("root"))
-        } else {
-            own("blkio")
-        };
-        let roots = V1Roots {
-            cpu: own("cpu"),
-            cpuacct: own("cpuacct"),
-            memory: own("memory"),
-            blkio,
-            pids: own("pids"),
-        };
-        let real: Vec<PathBuf> = roots
-            .distinct()
-            .into_iter()
-            .filter(|r| !r.starts_with(tmp.path()))
-            .map(Path::to_path_buf)
-            .collect();
-        for r in &real {
-            assert!(
-                !r.exists(),
-                "{} exists already: a previous run did not clean up",
-                r.display()
-            );
+            std::fs::write(dirs.tmp.path().join("cgroup.procs"), "").unwrap();
+            roots.blkio = Some(dirs.tmp.path().join("root"));
         }
-        let sb = Sandbox {
-            roots,
-            real,
-            _tmp: tmp,
-        };
+        let sb = Sandbox { roots, dirs };
         sb.backend()
             .prepare_root()
             .expect("prepare_root below the test's own cgroups");
@@ -175,7 +134,9 @@ impl Sandbox {
 
     /// A governor over this sandbox with a fresh store.
     async fn governor(&self) -> Arc<Governor> {
-        let store = Store::open(&self._tmp.path().join("t.db")).await.unwrap();
+        let store = Store::open(&self.dirs.tmp.path().join("t.db"))
+            .await
+            .unwrap();
         Governor::new(
             Arc::new(self.backend()),
             store,
@@ -187,52 +148,6 @@ impl Sandbox {
             },
         )
     }
-}
-
-/// Removes the directories below `p`, deepest first, then `p` (no process lives there).
-fn rmdir_tree(p: &Path) {
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(e) = std::fs::remove_dir(p) {
-        if e.kind() == std::io::ErrorKind::NotFound || Instant::now() > deadline {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("cannot remove {}: {e}", p.display());
-            }
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        for r in &self.real {
-            rmdir_tree(r);
-        }
-    }
-}
-
-/// The whole disk holding a block device, as blk-throttle takes rules for disks.
-fn a_disk() -> DevId {
-    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with("loop") || name.starts_with("ram") || name.starts_with("zram") {
-            continue;
-        }
-        if let Some(d) = std::fs::read_to_string(e.path().join("dev"))
-            .ok()
-            .and_then(|s| DevId::parse(s.trim()))
-        {
-            return d;
-        }
-    }
-    panic!("no block device in /sys/block to test blkio.throttle on");
 }
 
 fn name(s: &str) -> TenantName {

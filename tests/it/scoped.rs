@@ -4,29 +4,18 @@
 //! tenant that does not exist gets. Plus finding 12: `GET /metrics` negotiates its format, and
 //! promtool checks the bytes the server really serves.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use crate::support::{Api, oneshot, request};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use tenantd::api::auth::Tokens;
-use tenantd::api::{AppState, router};
-use tenantd::cgroup::v2::V2;
 use tenantd::domain::TenantName;
-use tenantd::domain::tenant::{Capacity, TenantSpec};
-use tenantd::engine::{EngineConfig, Governor};
+use tenantd::domain::tenant::TenantSpec;
 use tenantd::metrics::{Snapshot, TenantSnapshot};
-use tenantd::store::{NewEvent, Store};
-use tower::ServiceExt;
+use tenantd::store::NewEvent;
 
 const ROOT: &str = "root-token-0123456789";
 const ADMIN: &str = "acme-admin-0123456789";
 const VIEWER: &str = "acme-viewer-0123456789";
-
-struct Api {
-    state: AppState,
-    _dir: tempfile::TempDir,
-}
 
 /// The answer as the client sees it: status, content type, body bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,8 +45,7 @@ fn event(tenant: Option<&str>, kind: &str) -> NewEvent {
 /// snapshot with all three. The backend points at a directory that does not exist, so
 /// whatever reaches the kernel fails there (and no cgroup is touched).
 async fn api() -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+    let (dir, store) = Api::store().await;
     for (name, parent) in [("acme", None), ("acme-web", Some("acme")), ("globex", None)] {
         let spec = TenantSpec {
             parent: parent.map(|p| TenantName::parse(p).unwrap()),
@@ -77,41 +65,26 @@ async fn api() -> Api {
         .add_events(&[event(None, "daemon_start")])
         .await
         .unwrap();
-    let missing = dir.path().join("no-cgroupfs-here");
-    let gov = Governor::new(
-        Arc::new(V2::new(&missing, missing.join("tenantd"), "/sys")),
-        store,
-        EngineConfig::default(),
-        Capacity {
-            cpus: 2.0,
-            memory_bytes: 8 << 30,
-            memory_reserve_bytes: 1 << 30,
-        },
+    let tokens = Tokens::parse(&format!(
+        "root admin {ROOT}\nacme-admin admin {ADMIN} tenant=acme\nacme-viewer viewer {VIEWER} tenant=acme\n"
+    ))
+    .unwrap();
+    let a = Api::over(
+        (dir, store),
+        None,
+        tokens,
+        4096,
+        std::time::Duration::from_secs(5),
     );
-    let metrics = tenantd::metrics::Metrics::new();
     let mut snap = Snapshot::default();
     for t in ["acme", "acme-web", "globex"] {
         let mut s = TenantSnapshot::default();
         s.stats.memory_current = Some(4096);
         snap.tenants.insert(t.into(), s);
     }
-    metrics.set_snapshot(snap);
-    metrics.sweep_seconds.observe(0.01);
-    let tokens = Tokens::parse(&format!(
-        "root admin {ROOT}\nacme-admin admin {ADMIN} tenant=acme\nacme-viewer viewer {VIEWER} tenant=acme\n"
-    ))
-    .unwrap();
-    Api {
-        state: AppState {
-            gov,
-            tokens: Arc::new(tokens),
-            max_body_bytes: 4096,
-            request_timeout: std::time::Duration::from_secs(5),
-            metrics,
-            usage_retention: Default::default(),
-        },
-        _dir: dir,
-    }
+    a.state.metrics.set_snapshot(snap);
+    a.state.metrics.sweep_seconds.observe(0.01);
+    a
 }
 
 async fn send_with(
@@ -122,34 +95,12 @@ async fn send_with(
     body: Option<&str>,
     accept: Option<&str>,
 ) -> Answer {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    if body.is_some() {
-        b = b.header(header::CONTENT_TYPE, "application/json");
-    }
-    if let Some(acc) = accept {
-        b = b.header(header::ACCEPT, acc);
-    }
-    let req = b
-        .body(
-            body.map(|s| Body::from(s.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
-    let resp = router(a.state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let ct = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let req = request(method, uri, Some(token), accept, body);
+    let r = oneshot(&a.state, req).await;
     Answer {
-        status,
-        ct,
-        body: String::from_utf8(bytes.to_vec()).unwrap(),
+        status: r.status,
+        ct: r.ct,
+        body: String::from_utf8(r.body).unwrap(),
     }
 }
 

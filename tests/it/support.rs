@@ -3,9 +3,22 @@
 
 #![allow(dead_code)]
 
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tenantd::api::auth::Tokens;
+use tenantd::api::{AppState, router};
+use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Hierarchies, V1Roots};
+use tenantd::cgroup::v2::V2;
+use tenantd::cgroup::{Backend, CgroupPath};
+use tenantd::domain::tenant::Capacity;
+use tenantd::engine::{EngineConfig, Governor};
+use tenantd::store::Store;
+use tower::ServiceExt;
 
 /// A shell loop that keeps one CPU busy.
 pub const BUSY_LOOP: &str = "while :; do :; done";
@@ -450,4 +463,342 @@ impl Drop for IoCost {
             eprintln!("WARNING: iocost is still on for {dev} after the test: {qos}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// cgroup v1 (this hybrid host): directories of the test's own below its own cgroups
+
+/// The v1 hierarchies, or a loud failure naming what is missing.
+pub fn v1_hierarchies() -> V1Hierarchies {
+    let h = V1Hierarchies::detect(Path::new("/proc"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/self/mountinfo or /proc/self/cgroup: {e}"));
+    for c in CONTROLLERS {
+        assert!(
+            h.get(c).is_some(),
+            "the cgroup v1 hierarchy '{c}' is not mounted (see /proc/self/mountinfo): these tests need a \
+             cgroup v1 or hybrid host, as CI provides; found {h:?}"
+        );
+    }
+    h
+}
+
+/// Removes the directories below `p`, deepest first, then `p`; retries while the kernel still
+/// counts exiting processes (EBUSY).
+pub fn rmdir_tree(p: &Path) {
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = std::fs::remove_dir(p) {
+        if e.kind() == std::io::ErrorKind::NotFound || Instant::now() > deadline {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("cannot remove {}: {e}", p.display());
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `<own cgroup>/tenantd-test-<name>-<pid>` in each v1 hierarchy (from /proc/self/cgroup), plus
+/// a temporary directory for the test's database and logs. Drop kills whatever is left in
+/// those directories (all started by the test), removes them, and prints the daemon logs of
+/// the temporary directory when the test panics.
+pub struct V1Dirs {
+    pub roots: V1Roots,
+    pub tmp: tempfile::TempDir,
+}
+
+impl V1Dirs {
+    /// The directories, asserted not to exist yet, not created (`prepare_root` creates them).
+    pub fn new(name: &str) -> V1Dirs {
+        let h = v1_hierarchies();
+        let dir = format!("tenantd-test-{name}-{}", std::process::id());
+        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir));
+        let roots = V1Roots {
+            cpu: own("cpu"),
+            cpuacct: own("cpuacct"),
+            memory: own("memory"),
+            blkio: own("blkio"),
+            pids: own("pids"),
+        };
+        for r in roots.distinct() {
+            assert!(
+                !r.exists(),
+                "{} exists already: a previous run did not clean up",
+                r.display()
+            );
+        }
+        V1Dirs {
+            roots,
+            tmp: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The directories, created.
+    pub fn create(name: &str) -> V1Dirs {
+        let me = V1Dirs::new(name);
+        for p in me.roots.distinct() {
+            std::fs::create_dir(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        }
+        me
+    }
+
+    /// `<tmp>/tenantd.db`.
+    pub fn db(&self) -> PathBuf {
+        self.tmp.path().join("tenantd.db")
+    }
+
+    /// `sh -c ... sh ARGS`: a shell that writes itself into each directory, then execs ARGS
+    /// (so ARGS and everything it starts live below the test's directories).
+    pub fn inside(&self, args: &[String]) -> Command {
+        let list: Vec<String> = self
+            .roots
+            .distinct()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let mut c = Command::new("sh");
+        c.args([
+            "-c",
+            r#"IFS=:; for d in $TENANTD_TEST_DIRS; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$@""#,
+            "sh",
+        ])
+        .args(args)
+        .env("TENANTD_TEST_DIRS", list.join(":"));
+        c
+    }
+
+    /// `serve --listen 127.0.0.1:<port> --cgroup-version v1 --reconcile-interval-s 3600 --db DB`.
+    pub fn serve_args(port: u16, db: &Path) -> Vec<String> {
+        [
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cgroup-version",
+            "v1",
+            "--reconcile-interval-s",
+            "3600",
+            "--db",
+            &db.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// `tenantd serve` with the v1 backend and database `db`, started inside the directories
+    /// (its default root `<directory>/tenantd` is the test's), logging into `tmp`.
+    pub fn launch(&self, db: &Path) -> Daemon {
+        Daemon::launch(self.tmp.path(), |port| {
+            let mut args = vec![bin().to_string()];
+            args.extend(V1Dirs::serve_args(port, db));
+            self.inside(&args)
+        })
+    }
+
+    /// A path below the daemon's default root in `controller`'s hierarchy.
+    pub fn under_root(&self, controller: &str, rel: &str) -> PathBuf {
+        self.roots
+            .get(controller)
+            .unwrap()
+            .join(tenantd::cgroup::v1::DEFAULT_ROOT_NAME)
+            .join(rel)
+    }
+}
+
+impl Drop for V1Dirs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for e in std::fs::read_dir(self.tmp.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_name().to_string_lossy().ends_with(".log") {
+                    let log = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    eprintln!("--- {}:\n{log}", e.path().display());
+                }
+            }
+        }
+        // Whatever is left below the test's directories was started by this test.
+        if self.roots.distinct().iter().all(|r| r.exists()) {
+            let everything = V1::new(self.roots.clone(), "/sys", "/proc");
+            if let Err(e) = everything.kill(&CgroupPath::root()) {
+                eprintln!("cannot kill the test's processes: {e}");
+            }
+        }
+        for r in self.roots.distinct() {
+            rmdir_tree(r);
+        }
+    }
+}
+
+/// `tenantd serve --cgroup-version v1` started inside `V1Dirs::create(name)`: the daemon's
+/// default root and everything it creates are below the test's directories. Drop kills the
+/// daemon, then `V1Dirs` kills what is left and removes the directories.
+pub struct V1Daemon {
+    // Declared first, so dropped (killed) before the directories.
+    pub d: Daemon,
+    pub dirs: V1Dirs,
+}
+
+impl V1Daemon {
+    pub fn start(name: &str) -> V1Daemon {
+        let dirs = V1Dirs::create(name);
+        let d = dirs.launch(&dirs.db());
+        V1Daemon { d, dirs }
+    }
+
+    pub fn d(&self) -> &Daemon {
+        &self.d
+    }
+
+    /// A file of tenant `t` in `controller`'s hierarchy, below the daemon's default root.
+    pub fn tenant_file(&self, controller: &str, t: &str, file: &str) -> PathBuf {
+        self.dirs.under_root(controller, t).join(file)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The API through `router(state).oneshot`, without a daemon
+
+/// An API state over a store in a temporary directory of its own.
+pub struct Api {
+    pub state: AppState,
+    pub dir: tempfile::TempDir,
+}
+
+impl Api {
+    /// A fresh store in a new temporary directory, for a test to fill before `Api::over`.
+    pub async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        (dir, store)
+    }
+
+    /// The state over `store` and a governor on `backend` with 2 CPUs, 8 GiB and 1 GiB
+    /// reserved. `None`: a V2 backend at a directory of `dir` that does not exist, so a
+    /// request that reached the kernel would fail there (and no cgroup is touched).
+    pub fn over(
+        (dir, store): (tempfile::TempDir, Store),
+        backend: Option<Arc<dyn Backend>>,
+        tokens: Tokens,
+        max_body_bytes: usize,
+        request_timeout: Duration,
+    ) -> Api {
+        let backend = backend.unwrap_or_else(|| {
+            let missing = dir.path().join("no-cgroupfs-here");
+            Arc::new(V2::new(&missing, missing.join("tenantd"), "/sys"))
+        });
+        let gov = Governor::new(
+            backend,
+            store,
+            EngineConfig::default(),
+            Capacity {
+                cpus: 2.0,
+                memory_bytes: 8 << 30,
+                memory_reserve_bytes: 1 << 30,
+            },
+        );
+        Api {
+            state: AppState {
+                gov,
+                tokens: Arc::new(tokens),
+                max_body_bytes,
+                request_timeout,
+                metrics: tenantd::metrics::Metrics::new(),
+                usage_retention: Default::default(),
+            },
+            dir,
+        }
+    }
+
+    /// `over` an empty store, with no cgroup backend.
+    pub async fn new(tokens: Tokens, max_body_bytes: usize, request_timeout: Duration) -> Api {
+        Api::over(
+            Api::store().await,
+            None,
+            tokens,
+            max_body_bytes,
+            request_timeout,
+        )
+    }
+}
+
+/// What came back from `oneshot`: status, content type ("" when none), headers, body bytes.
+pub struct Answered {
+    pub status: StatusCode,
+    pub ct: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// One request through `router(state).oneshot`.
+pub async fn oneshot(state: &AppState, req: Request<Body>) -> Answered {
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Answered {
+        status,
+        ct,
+        headers,
+        body,
+    }
+}
+
+/// A request with an optional bearer `token`, `accept` header and JSON `body`.
+pub fn request(
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    accept: Option<&str>,
+    body: Option<&str>,
+) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        b = b.header(header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(acc) = accept {
+        b = b.header(header::ACCEPT, acc);
+    }
+    b.body(
+        body.map(|s| Body::from(s.to_string()))
+            .unwrap_or_else(Body::empty),
+    )
+    .unwrap()
+}
+
+/// The whole disk holding a block device, as blk-throttle takes rules for disks, not partitions.
+pub fn a_disk() -> tenantd::domain::tenant::DevId {
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("loop") || name.starts_with("ram") || name.starts_with("zram") {
+            continue;
+        }
+        if let Some(d) = std::fs::read_to_string(e.path().join("dev"))
+            .ok()
+            .and_then(|s| tenantd::domain::tenant::DevId::parse(s.trim()))
+        {
+            return d;
+        }
+    }
+    panic!("no block device in /sys/block to test blkio.throttle on");
 }

@@ -10,7 +10,9 @@
 //! `issue_7_v1_usage_*` starts the daemon itself with `--cgroup-version v1` inside such a
 //! directory, so its default root (`<its own cgroup>/tenantd` in each hierarchy) is the test's.
 
-use crate::support::{Daemon, OOM_HOG, bin, eventually, median, recent_raw_usage};
+use crate::support::{
+    OOM_HOG, Owned, V1Daemon, V1Dirs, a_disk, eventually, median, recent_raw_usage,
+};
 use crate::usage::{scrape, series};
 use serde_json::json;
 use std::io::Write;
@@ -18,10 +20,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Hierarchies, V1Roots};
+use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Roots};
 use tenantd::cgroup::{Backend, CgroupError, CgroupPath};
 use tenantd::domain::plan::{IoMax, Limit, Settings};
-use tenantd::domain::tenant::DevId;
 
 /// Held by the tests that measure CPU time, so their busy loops do not compete with each
 /// other's on this 2-CPU host.
@@ -31,51 +32,24 @@ fn cpu_alone() -> std::sync::MutexGuard<'static, ()> {
     CPU.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The v1 hierarchies, or a loud failure naming what is missing.
-fn hierarchies() -> V1Hierarchies {
-    let h = V1Hierarchies::detect(Path::new("/proc"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/self/mountinfo or /proc/self/cgroup: {e}"));
-    for c in CONTROLLERS {
-        assert!(
-            h.get(c).is_some(),
-            "the cgroup v1 hierarchy '{c}' is not mounted (see /proc/self/mountinfo): these tests need a \
-             cgroup v1 or hybrid host, as CI provides; found {h:?}"
-        );
-    }
-    h
-}
-
 /// A governor root of the test's own in every hierarchy, plus the processes the test started.
 struct Sandbox {
     backend: V1,
     roots: V1Roots,
     kids: Vec<Child>,
+    _dirs: V1Dirs,
 }
 
 impl Sandbox {
     fn new(name: &str) -> Sandbox {
-        let h = hierarchies();
-        let dir = format!("tenantd-test-v1-{name}-{}", std::process::id());
-        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir));
-        let roots = V1Roots {
-            cpu: own("cpu"),
-            cpuacct: own("cpuacct"),
-            memory: own("memory"),
-            blkio: own("blkio"),
-            pids: own("pids"),
-        };
+        let dirs = V1Dirs::new(&format!("v1-{name}"));
+        let roots = dirs.roots.clone();
         let sb = Sandbox {
             backend: V1::new(roots.clone(), "/sys", "/proc"),
             roots,
             kids: Vec::new(),
+            _dirs: dirs,
         };
-        for r in sb.roots.distinct() {
-            assert!(
-                !r.exists(),
-                "{} exists already: a previous run did not clean up",
-                r.display()
-            );
-        }
         sb.backend
             .prepare_root()
             .expect("prepare_root below the test's own cgroups");
@@ -108,37 +82,13 @@ impl Sandbox {
     }
 }
 
-/// Removes the directories below `p`, deepest first, then `p`; retries while the kernel still
-/// counts exiting processes (EBUSY).
-fn rmdir_tree(p: &Path) {
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(e) = std::fs::remove_dir(p) {
-        if e.kind() == std::io::ErrorKind::NotFound || Instant::now() > deadline {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("cannot remove {}: {e}", p.display());
-            }
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Drop for Sandbox {
     fn drop(&mut self) {
         for k in &mut self.kids {
             let _ = k.kill();
             let _ = k.wait();
         }
-        for r in self.roots.distinct() {
-            rmdir_tree(r);
-        }
+        // `_dirs` removes the directories.
     }
 }
 
@@ -161,23 +111,6 @@ fn settings(f: impl FnOnce(&mut Settings)) -> Settings {
     let mut s = Settings::default();
     f(&mut s);
     s
-}
-
-/// The whole disk holding /, as blk-throttle takes rules for disks, not partitions.
-fn a_disk() -> DevId {
-    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with("loop") || name.starts_with("ram") || name.starts_with("zram") {
-            continue;
-        }
-        if let Some(d) = std::fs::read_to_string(e.path().join("dev"))
-            .ok()
-            .and_then(|s| DevId::parse(s.trim()))
-        {
-            return d;
-        }
-    }
-    panic!("no block device in /sys/block to test blkio.throttle on");
 }
 
 #[test]
@@ -460,146 +393,28 @@ fn issue_7_v1_says_what_it_cannot_do() {
     assert!(!sb.backend.exists(&k));
 }
 
-/// `tenantd serve --cgroup-version v1` started inside `<own cgroup>/tenantd-test-v1s-<pid>` of
-/// each hierarchy (a shell the test starts writes itself there, then execs the daemon), so the
-/// daemon's default root `<that directory>/tenantd` and everything it creates are below the
-/// test's directories. Drop kills the daemon, every process left in those directories (all
-/// started by this test) and removes them.
-struct V1Daemon {
-    d: Option<Daemon>,
-    dirs: V1Roots,
-    tmp: tempfile::TempDir,
-}
-
-impl V1Daemon {
-    fn start(name: &str) -> V1Daemon {
-        let h = hierarchies();
-        let dir = format!("tenantd-test-v1s-{name}-{}", std::process::id());
-        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir));
-        let dirs = V1Roots {
-            cpu: own("cpu"),
-            cpuacct: own("cpuacct"),
-            memory: own("memory"),
-            blkio: own("blkio"),
-            pids: own("pids"),
-        };
-        let mut me = V1Daemon {
-            d: None,
-            dirs,
-            tmp: tempfile::tempdir().unwrap(),
-        };
-        let list: Vec<String> = me
-            .dirs
-            .distinct()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        for p in me.dirs.distinct() {
-            assert!(
-                !p.exists(),
-                "{} exists already: a previous run did not clean up",
-                p.display()
-            );
-            std::fs::create_dir(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        }
-        let db = me.tmp.path().join("tenantd.db");
-        me.d = Some(Daemon::launch(me.tmp.path(), |port| {
-            let mut c = Command::new("sh");
-            c.args([
-                "-c",
-                r#"IFS=:; for d in $TENANTD_TEST_DIRS; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$@""#,
-                "sh",
-                bin(),
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--cgroup-version",
-                "v1",
-                "--reconcile-interval-s",
-                "3600",
-            ])
-            .arg("--db")
-            .arg(&db)
-            .env("TENANTD_TEST_DIRS", list.join(":"));
-            c
-        }));
-        me
-    }
-
-    fn d(&self) -> &Daemon {
-        self.d.as_ref().unwrap()
-    }
-
-    /// A file of tenant `t` in `controller`'s hierarchy, below the daemon's default root.
-    fn tenant_file(&self, controller: &str, t: &str, file: &str) -> std::path::PathBuf {
-        self.dirs
-            .get(controller)
-            .unwrap()
-            .join(tenantd::cgroup::v1::DEFAULT_ROOT_NAME)
-            .join(t)
-            .join(file)
-    }
-}
-
-impl Drop for V1Daemon {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.d.take() {
-            d.kill9();
-            if std::thread::panicking() {
-                for e in std::fs::read_dir(self.tmp.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    if e.file_name().to_string_lossy().ends_with(".log") {
-                        let log = std::fs::read_to_string(e.path()).unwrap_or_default();
-                        eprintln!("--- {}:\n{log}", e.path().display());
-                    }
-                }
-            }
-        }
-        // Whatever is left below the test's directories was started by this test.
-        let everything = V1::new(self.dirs.clone(), "/sys", "/proc");
-        if let Err(e) = everything.kill(&CgroupPath::root()) {
-            eprintln!("cannot kill the test's processes: {e}");
-        }
-        for r in self.dirs.distinct() {
-            rmdir_tree(r);
-        }
-    }
-}
-
-/// A process the test started (a `tenantd run`), killed and reaped on drop.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn issue_7_v1_usage_busy_loop_is_one_core_in_sqlite_and_metrics() {
     let _cpu = cpu_alone();
-    let v = V1Daemon::start("cpu");
+    let v = V1Daemon::start("v1s-cpu");
     let d = v.d();
     let (s, b) = d.call("PUT", "/v1/tenants/busy", Some(json!({})));
     assert_eq!(s, 201, "{b}");
-    let _busy = Kid(d
-        .cli()
-        .args([
-            "run",
-            "--tenant",
-            "busy",
-            "--",
-            "sh",
-            "-c",
-            "while :; do :; done",
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _busy = Owned(
+        d.cli()
+            .args([
+                "run",
+                "--tenant",
+                "busy",
+                "--",
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let procs = v.tenant_file("cpuacct", "busy", "_procs/cgroup.procs");
     eventually(20, "the loop placed in busy/_procs", || {
         std::fs::read_to_string(&procs).is_ok_and(|s| s.lines().count() == 1)
@@ -638,7 +453,7 @@ fn issue_7_v1_usage_busy_loop_is_one_core_in_sqlite_and_metrics() {
     let point = u["points"].as_array().unwrap().last().unwrap().clone();
     eprintln!("v1 /usage last point: {point}");
 
-    let (rows, avg, mem) = recent_raw_usage(&v.tmp.path().join("tenantd.db"), "busy", 6000);
+    let (rows, avg, mem) = recent_raw_usage(&v.dirs.db(), "busy", 6000);
     eprintln!("v1 SQLite: {rows} rows, {avg:?} cores, memory_current {mem:?}");
     assert!(rows >= 5, "one row per second expected, found {rows}");
     assert!(
@@ -653,7 +468,7 @@ fn issue_7_v1_usage_busy_loop_is_one_core_in_sqlite_and_metrics() {
 
 #[test]
 fn issue_7_v1_usage_oom_kill_is_an_event_and_a_counter() {
-    let v = V1Daemon::start("oom");
+    let v = V1Daemon::start("v1s-oom");
     let d = v.d();
     let lim = json!({"memory": {"limit_bytes": "48MiB", "swap_limit_bytes": 0}});
     let (s, b) = d.call("PUT", "/v1/tenants/small", Some(lim));
@@ -669,12 +484,13 @@ fn issue_7_v1_usage_oom_kill_is_an_event_and_a_counter() {
         let (_, u) = d.call("GET", "/v1/tenants/small/usage?from=1m&step=1", None);
         u["points"].as_array().is_some_and(|a| !a.is_empty())
     });
-    let mut hog = Kid(d
-        .run_in("small", &[python(), "-c", OOM_HOG])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
+    let mut hog = Owned(
+        d.run_in("small", &[python(), "-c", OOM_HOG])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = hog.0.try_wait().unwrap() {
@@ -768,7 +584,7 @@ fn issue_7_v1_sample_reader_measures_run_queue_wait() {
 /// kernel file in every cgroup directory. Now a 422 naming the field, and nothing is created.
 #[test]
 fn finding_5_put_tenant_named_after_a_kernel_file() {
-    let v = V1Daemon::start("tasks");
+    let v = V1Daemon::start("v1s-tasks");
     let d = v.d();
     let (s, b) = d.call("PUT", "/v1/tenants/tasks", Some(json!({})));
     assert_eq!(s, 422, "{b}");
@@ -788,7 +604,7 @@ fn finding_5_put_tenant_named_after_a_kernel_file() {
 /// a change's event holds only the fields it touched.
 #[test]
 fn finding_8_labels_unbounded_and_events_copy_the_spec() {
-    let v = V1Daemon::start("labels");
+    let v = V1Daemon::start("v1s-labels");
     let d = v.d();
     let many: serde_json::Map<String, serde_json::Value> =
         (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
@@ -839,7 +655,7 @@ fn finding_8_labels_unbounded_and_events_copy_the_spec() {
 /// Issue 12, finding 11: some 409 messages printed Rust debug text (`already has parent None`).
 #[test]
 fn finding_11_conflict_messages_without_rust_debug_text() {
-    let v = V1Daemon::start("debugtext");
+    let v = V1Daemon::start("v1s-debugtext");
     let d = v.d();
     d.create("top", json!({}));
     d.create("kid", json!({"parent": "top"}));
