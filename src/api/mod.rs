@@ -364,6 +364,7 @@ pub async fn serve_with(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
     let metrics = state.metrics.clone();
+    let drain = state.request_timeout + Duration::from_secs(5);
     let app = router(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
     let open = Arc::new(OpenConnections::default());
@@ -434,9 +435,18 @@ pub async fn serve_with(
                 let busy = Busy::new(&act);
                 let app = app.clone();
                 async move {
+                    use http_body_util::BodyExt;
+                    // The request counts as in flight until its body is sent to the end, so
+                    // neither eviction nor the idle timer cuts a long answer short.
                     let r = app.oneshot(req).await;
-                    drop(busy);
-                    r
+                    r.map(|resp| {
+                        resp.map(|body| {
+                            axum::body::Body::new(body.map_frame(move |f| {
+                                let _in_flight = &busy;
+                                f
+                            }))
+                        })
+                    })
                 }
             });
         let conn = http.serve_connection(TokioIo::new(stream), svc);
@@ -449,7 +459,14 @@ pub async fn serve_with(
             let mut conn = std::pin::pin!(conn);
             let mut closing = false;
             loop {
-                let idle_at = *activity.last.lock().unwrap_or_else(|p| p.into_inner()) + idle;
+                // While a request is in flight the idle timer waits a whole period again
+                // (instead of a deadline already past, which would spin).
+                let busy = activity.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0;
+                let idle_at = if busy {
+                    tokio::time::Instant::now() + idle
+                } else {
+                    *activity.last.lock().unwrap_or_else(|p| p.into_inner()) + idle
+                };
                 tokio::select! {
                     r = conn.as_mut() => {
                         if let Err(e) = r {
@@ -461,8 +478,15 @@ pub async fn serve_with(
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    // Evicted at the cap: dropping the connection closes the socket.
-                    _ = evicted.cancelled() => break,
+                    // Evicted at the cap: dropping the connection closes the socket. A request
+                    // that started meanwhile is finished first (graceful), never cut off.
+                    _ = evicted.cancelled(), if !closing => {
+                        if activity.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                            break;
+                        }
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
                     _ = tokio::time::sleep_until(idle_at), if !closing => {
                         let quiet = activity.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0;
                         let last = *activity.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -477,7 +501,15 @@ pub async fn serve_with(
     }
     drop(listener);
     tasks.close();
-    tasks.wait().await;
+    // In-flight requests get their timeout and a little more; a client that stops reading
+    // cannot hold the shutdown for ever.
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            "{} connections still open {} s after shutdown began: closing them",
+            tasks.len(),
+            drain.as_secs()
+        );
+    }
     Ok(())
 }
 

@@ -284,17 +284,38 @@ pub async fn tenant_filter(
     ))
 }
 
+/// Where a scoped caller's view of a tenant's history begins: the tenant's creation. History
+/// is kept by name, so a name deleted elsewhere and created again in the subtree must not
+/// show its former owner's events, usage or SLA. `None` for an unscoped caller (all of it).
+pub async fn history_start(
+    st: &AppState,
+    caller: &Caller,
+    name: &TenantName,
+) -> Result<Option<i64>, Problem> {
+    if caller.scope.is_none() {
+        return Ok(None);
+    }
+    Ok(stored(st).await?.get(name).map(|t| t.created_ms))
+}
+
 /// `GET /v1/events` with filter `f`: for a scoped caller, the events of the tenants in its
-/// subtree only, newest first and at most `f.limit`, as the store answers them.
+/// subtree only, each from its creation on, newest first and at most `f.limit`. One query per
+/// tenant of the subtree.
 pub async fn events(
     st: &AppState,
     caller: &Caller,
     f: &EventFilter,
 ) -> Result<Vec<Event>, Problem> {
     let store = st.gov.store();
-    let Some(names) = tenant_filter(st, caller).await? else {
+    if caller.scope.is_none() {
         return store.events(f).await.map_err(store_error);
-    };
+    }
+    let specs = stored(st).await?;
+    let names: BTreeSet<String> = specs
+        .keys()
+        .filter(|n| in_scope(caller, n, &specs))
+        .map(|n| n.to_string())
+        .collect();
     let wanted: Vec<String> = match &f.tenant {
         Some(t) if names.contains(t) => vec![t.clone()],
         Some(_) => Vec::new(),
@@ -302,8 +323,17 @@ pub async fn events(
     };
     let mut out = Vec::new();
     for t in wanted {
+        // The creation event is stamped at the creation time itself (Governor::put).
+        let created = TenantName::parse(&t)
+            .ok()
+            .and_then(|n| specs.get(&n))
+            .map(|s| s.created_ms);
         let one = EventFilter {
             tenant: Some(t),
+            since_ms: match (f.since_ms, created) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
             ..f.clone()
         };
         out.extend(store.events(&one).await.map_err(store_error)?);
@@ -313,14 +343,36 @@ pub async fn events(
     Ok(out)
 }
 
-/// `GET /v1/reports/sla`: only the caller's subtree.
+/// `GET /v1/reports/sla`: only the caller's subtree, each tenant from its creation on (a
+/// tenant created after `from` is reported again from its creation), without the host name.
 pub async fn report(
     st: &AppState,
     caller: &Caller,
     mut r: crate::report::Report,
 ) -> Result<crate::report::Report, Problem> {
-    if let Some(names) = tenant_filter(st, caller).await? {
-        r.tenants.retain(|t| names.contains(&t.tenant));
+    if caller.scope.is_none() {
+        return Ok(r);
+    }
+    let specs = stored(st).await?;
+    r.host = String::new();
+    r.tenants
+        .retain(|t| TenantName::parse(&t.tenant).is_ok_and(|n| in_scope(caller, &n, &specs)));
+    for t in r.tenants.iter_mut() {
+        let Ok(name) = TenantName::parse(&t.tenant) else {
+            continue;
+        };
+        let Some(created) = specs.get(&name).map(|s| s.created_ms) else {
+            continue;
+        };
+        if created > r.from_ms && created < r.to_ms {
+            let again = st
+                .gov
+                .sla_report(created, r.to_ms, Some(&name), &st.usage_retention)
+                .await?;
+            if let Some(one) = again.tenants.into_iter().next() {
+                *t = one;
+            }
+        }
     }
     Ok(r)
 }

@@ -58,6 +58,7 @@ pub fn usage_query(q: &Query, now: i64) -> Result<UsageQuery, Problem> {
 
 pub async fn usage(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(n): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, Problem> {
@@ -73,10 +74,15 @@ pub async fn usage(
     if !tenants.contains_key(&name) {
         return Err(Problem::from(EngineError::NotFound(name.to_string())));
     }
+    // A scoped caller sees a tenant's history from its creation on (see scope::history_start).
+    let from_ms = match super::scope::history_start(&st, &caller, &name).await? {
+        Some(created) => uq.from_ms.max(created.min(uq.to_ms - 1)),
+        None => uq.from_ms,
+    };
     let u = store
         .usage(
             name.as_str(),
-            uq.from_ms,
+            from_ms,
             uq.to_ms,
             uq.step_s,
             now,

@@ -587,11 +587,20 @@ pub fn sample_dir_mode(
     Ok(None)
 }
 
-/// How many tenants can hold their stat files open: the soft `RLIMIT_NOFILE` (from
-/// /proc/self/limits) less a reserve for sockets, the database and the rest, divided by the
-/// files per tenant. Raise `LimitNOFILE` to hold more; the rest are opened on each sample.
+/// Descriptors `held_tenants_budget` leaves for everything else when nobody says otherwise.
+pub const FD_RESERVE_DEFAULT: usize = 512;
+
+/// How many tenants can hold their stat files open with the default reserve; see
+/// `held_tenants_budget_with`.
 pub fn held_tenants_budget() -> usize {
-    const RESERVE: usize = 512;
+    held_tenants_budget_with(FD_RESERVE_DEFAULT)
+}
+
+/// How many tenants can hold their stat files open: the soft `RLIMIT_NOFILE` (from
+/// /proc/self/limits) less `reserve` descriptors for sockets, the database and the rest,
+/// divided by the files per tenant. Raise `LimitNOFILE` to hold more; the rest are opened on
+/// each sample.
+pub fn held_tenants_budget_with(reserve: usize) -> usize {
     let soft = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|s| {
@@ -608,7 +617,7 @@ pub fn held_tenants_budget() -> usize {
         })
         .unwrap_or(1024);
     // The stat files and the directory itself.
-    soft.saturating_sub(RESERVE) / (FILES.len() + 1)
+    soft.saturating_sub(reserve) / (FILES.len() + 1)
 }
 
 #[cfg(test)]

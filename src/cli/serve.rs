@@ -124,23 +124,20 @@ fn raise_nofile() -> u64 {
     now.current.unwrap_or(u64::MAX)
 }
 
-/// Descriptors each tenant's held stat files take (`cgroup::stats`: 11 files and the
-/// directory; the v1 reader holds about as many).
-const FDS_PER_HELD_TENANT: u64 = 12;
 /// Descriptors for everything but the sampler and the connections: the database pool, the
 /// listener, the log, pidfds while killing, and the sampler's transient opens.
 const FDS_OTHER: u64 = 128;
 
-/// The connection cap that fits the descriptor limit: soft limit − 12 × tenants whose files the
-/// sampler holds (it holds at most `held_tenants_budget()` of them) − 128 other − the refusals
-/// answered at once. `configured` is lowered to that, with a warning; the default quietly.
-fn connection_cap(soft: u64, tenants: usize, configured: Option<usize>) -> usize {
-    let held = tenants.min(crate::cgroup::stats::held_tenants_budget()) as u64;
-    let room = soft
-        .saturating_sub(held.saturating_mul(FDS_PER_HELD_TENANT))
+/// The connection cap that fits the descriptor limit, decided once at start: connections get
+/// at most half of what is left after 128 other descriptors and the refusals answered at once,
+/// never fewer than 16; the sampler's held stat files get the rest (`fd_reserve`), however many
+/// tenants come later. `configured` is lowered to that, with a warning; the default quietly.
+fn connection_cap(soft: u64, configured: Option<usize>) -> usize {
+    let room = (soft
         .saturating_sub(FDS_OTHER)
         .saturating_sub(api::MAX_REFUSALS_IN_FLIGHT as u64)
-        .max(16);
+        / 2)
+    .max(16);
     let room = usize::try_from(room).unwrap_or(usize::MAX);
     let wanted = configured.unwrap_or(api::ServeOptions::default().max_connections);
     if wanted <= room {
@@ -148,11 +145,11 @@ fn connection_cap(soft: u64, tenants: usize, configured: Option<usize>) -> usize
     }
     if configured.is_some() {
         tracing::warn!(
-            "max_connections {wanted} does not fit the open-file limit {soft} with {tenants} tenants: serving at most {room} connections (raise LimitNOFILE)"
+            "max_connections {wanted} does not fit the open-file limit {soft} (half of it is kept for the sampler): serving at most {room} connections (raise LimitNOFILE)"
         );
     } else {
         tracing::info!(
-            "serving at most {room} connections: the open-file limit {soft} with {tenants} tenants leaves no room for {wanted}"
+            "serving at most {room} connections: the open-file limit {soft} leaves no room for {wanted} (half of it is kept for the sampler)"
         );
     }
     room
@@ -327,11 +324,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             }
         });
     }
+    let max_connections = connection_cap(nofile, cfg.max_connections);
     {
         let sampler_cfg = SamplerConfig {
             interval: cfg.sample_interval,
             retention: cfg.usage_retention,
             sla: cfg.sla,
+            fd_reserve: max_connections
+                + api::MAX_REFUSALS_IN_FLIGHT
+                + usize::try_from(FDS_OTHER).unwrap_or(128),
         };
         let sampler = Sampler::new(gov.clone(), metrics.clone(), sampler_cfg);
         tasks.spawn(sampler.run(shutdown.clone()));
@@ -351,11 +352,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             stop.cancel();
         });
     }
-    let tenants = store.tenants().await?.len();
     let opts = api::ServeOptions {
         header_read_timeout: cfg.header_read_timeout,
         idle_timeout: cfg.idle_timeout,
-        max_connections: connection_cap(nofile, tenants, cfg.max_connections),
+        max_connections,
     };
     tracing::info!(
         "connections: at most {}, header read timeout {} s, idle timeout {} s",
@@ -386,13 +386,13 @@ mod tests {
     #[test]
     fn the_connection_cap_leaves_descriptors_for_the_sampler() {
         // Plenty of descriptors: the configured or default cap stands.
-        assert_eq!(connection_cap(1 << 20, 100, None), 512);
-        assert_eq!(connection_cap(1 << 20, 100, Some(2000)), 2000);
-        // 1024 descriptors and 40 tenants: 1024 - 480 - 128 - 32 = 384.
-        assert_eq!(connection_cap(1024, 40, None), 384);
-        assert_eq!(connection_cap(1024, 40, Some(600)), 384);
-        assert_eq!(connection_cap(1024, 40, Some(100)), 100);
+        assert_eq!(connection_cap(1 << 20, None), 512);
+        assert_eq!(connection_cap(1 << 20, Some(2000)), 2000);
+        // 1024 descriptors: (1024 - 128 - 32) / 2 = 432 at most; the sampler keeps the rest.
+        assert_eq!(connection_cap(1024, None), 432);
+        assert_eq!(connection_cap(1024, Some(600)), 432);
+        assert_eq!(connection_cap(1024, Some(100)), 100);
         // Never below 16, so /healthz stays reachable.
-        assert_eq!(connection_cap(100, 1000, None), 16);
+        assert_eq!(connection_cap(100, None), 16);
     }
 }

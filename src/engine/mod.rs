@@ -472,8 +472,11 @@ impl Governor {
         blocking(move || apply_change(b.as_ref(), &cfg, &olds, &new_specs, Some(&n))).await??;
 
         let created = old.is_none();
+        // One time for the event and the row, so a tenant's history starts at its creation
+        // event exactly (scoped callers see history from `created_ms` on).
+        let now = now_ms();
         let event = NewEvent {
-            ts_ms: now_ms(),
+            ts_ms: now,
             tenant: Some(name.to_string()),
             kind: if created {
                 "tenant_created"
@@ -489,7 +492,7 @@ impl Governor {
                 Some(o) => serde_json::json!({ "changes": tenant::spec_changes(o, &spec) }),
             },
         };
-        if let Err(e) = self.store.put_tenant(name, &spec, now_ms(), event).await {
+        if let Err(e) = self.store.put_tenant(name, &spec, now, event).await {
             // Keep the kernel as the store says: undo what was just written.
             let b = self.backend.clone();
             let cfg = self.cfg.clone();
@@ -562,6 +565,12 @@ impl Governor {
         let b = self.backend.clone();
         let m = mode.clone();
         let policy = self.policy();
+        // Moving a tenant's own processes to another tenant: protected cgroups guard what may
+        // be pulled *into* tenants, so they do not apply here; everything else does.
+        let mover = placement::Policy {
+            protected: Vec::new(),
+            ..policy.clone()
+        };
         let tenant = name.to_string();
         let moved = blocking(move || -> Result<Vec<u32>> {
             if !b.exists(&dir) {
@@ -608,8 +617,27 @@ impl Governor {
                                 return Err(refused("move_to", &what, r));
                             }
                             for pid in pids {
+                                // Checked again right before its own move (a PID that exited
+                                // and was reused by a thread, the daemon's included, is
+                                // refused: writing a TID to cgroup.procs moves its whole
+                                // process), and recognised after it by its start time. The
+                                // window between this check and the write remains.
+                                let adm = match mover.check(pid) {
+                                    Ok(a) => a,
+                                    Err(placement::Refusal::Missing { .. }) => continue,
+                                    Err(r) => {
+                                        let what = format!(
+                                            "the move was stopped (the {} processes moved already stay in the target)",
+                                            moved.len()
+                                        );
+                                        return Err(refused("move_to", &what, r));
+                                    }
+                                };
                                 match b.attach(to, pid) {
-                                    Ok(()) => moved.push(pid),
+                                    Ok(()) if mover.still_same(&adm) => moved.push(pid),
+                                    Ok(()) => tracing::warn!(
+                                        "PID {pid} exited and was reused while it was moved out of a deleted tenant: the new process was moved to the target"
+                                    ),
                                     Err(e) if e.is_gone() => {}
                                     Err(e) => return Err(e.into()),
                                 }

@@ -8,7 +8,10 @@
 
 use super::sla::{Input, SlaConfig, SlaEngine};
 use super::{EngineError, Governor, Result, now_ms};
-use crate::cgroup::stats::{Sample, StatsReader, held_tenants_budget, sample_dir_mode};
+use crate::cgroup::stats::{
+    FD_RESERVE_DEFAULT, Sample, StatsReader, held_tenants_budget, held_tenants_budget_with,
+    sample_dir_mode,
+};
 use crate::cgroup::v1_stats::{self, V1StatsReader};
 use crate::cgroup::{CgroupPath, SampleSource};
 use crate::domain::tenant::{self, TenantName, TenantSpec};
@@ -34,6 +37,9 @@ pub struct SamplerConfig {
     pub interval: Duration,
     pub retention: Retention,
     pub sla: SlaConfig,
+    /// Descriptors the sampler leaves to the rest of the daemon (connections, database,
+    /// listener) when it decides how many tenants keep their stat files open.
+    pub fd_reserve: usize,
 }
 
 impl Default for SamplerConfig {
@@ -42,6 +48,7 @@ impl Default for SamplerConfig {
             interval: DEFAULT_INTERVAL,
             retention: Retention::default(),
             sla: SlaConfig::default(),
+            fd_reserve: FD_RESERVE_DEFAULT,
         }
     }
 }
@@ -267,11 +274,15 @@ pub fn limit_events(tenant: &str, ts_ms: i64, s: &Sample, r: &Rates) -> Vec<NewE
 
 impl Sampler {
     pub fn new(gov: Arc<Governor>, metrics: Arc<Metrics>, cfg: SamplerConfig) -> Self {
+        let readers = Readers {
+            held: held_tenants_budget_with(cfg.fd_reserve),
+            ..Readers::default()
+        };
         Sampler {
             gov,
             metrics,
             cfg,
-            readers: Some(Readers::default()),
+            readers: Some(readers),
             last: HashMap::new(),
             sweeps: 0,
             last_prune: None,

@@ -519,3 +519,62 @@ async fn finding_12_metrics_negotiation_and_promtool_on_served_bytes() {
     let (ok, out) = promtool_check(&r.body);
     assert!(ok, "promtool on a scoped answer:\n{out}\n{}", r.body);
 }
+
+/// Found in review: history is kept by name, so a name deleted elsewhere and created again
+/// below the scope showed its former owner's events (specs, actors, PIDs) to the scoped token.
+/// A scoped token sees a tenant's history from its creation on, and the report has no host name.
+#[tokio::test]
+async fn a_reused_name_does_not_show_its_former_owners_history() {
+    let a = api().await;
+    let store = a.state.gov.store().clone();
+    let shop = TenantName::parse("shop").unwrap();
+    let t0 = tenantd::engine::now_ms() - 60_000;
+    let old = |kind: &str, ts: i64| NewEvent {
+        ts_ms: ts,
+        tenant: Some("shop".into()),
+        kind: kind.into(),
+        actor: Some("globex-ops".into()),
+        detail: json!({"secret": "globex's"}),
+    };
+    store
+        .put_tenant(&shop, &TenantSpec::default(), t0, old("tenant_created", t0))
+        .await
+        .unwrap();
+    store
+        .add_events(&[old("process_attached", t0 + 1)])
+        .await
+        .unwrap();
+    store
+        .delete_tenant(&shop, old("tenant_deleted", t0 + 2))
+        .await
+        .unwrap();
+    let now = tenantd::engine::now_ms();
+    let spec = TenantSpec {
+        parent: Some(TenantName::parse("acme").unwrap()),
+        ..Default::default()
+    };
+    let created = NewEvent {
+        ts_ms: now,
+        tenant: Some("shop".into()),
+        kind: "tenant_created".into(),
+        actor: Some("acme-admin".into()),
+        detail: json!({}),
+    };
+    store.put_tenant(&shop, &spec, now, created).await.unwrap();
+    for uri in ["/v1/events?tenant=shop", "/v1/events"] {
+        let r = send(&a, "GET", uri, VIEWER, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(
+            !r.body.contains("globex"),
+            "{uri} shows the former owner: {}",
+            r.body
+        );
+        assert!(r.body.contains("acme-admin"), "{uri}: {}", r.body);
+    }
+    // The host admin still sees the whole history of the name.
+    let r = send(&a, "GET", "/v1/events?tenant=shop", ROOT, None).await;
+    assert!(r.body.contains("globex-ops"), "{}", r.body);
+    let r = send(&a, "GET", "/v1/reports/sla?from=1h", VIEWER, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["host"], "", "{}", r.body);
+}
