@@ -394,6 +394,24 @@ pub(crate) fn parsed<T>(
     })
 }
 
+/// Adds the PIDs in `cgroup.procs` of the directory `p` and of every directory below it (one
+/// hierarchy). A directory that vanishes meanwhile adds nothing.
+pub(crate) fn pids_below(p: &Path, out: &mut impl Extend<u32>) -> Result<()> {
+    match optional(&p.join("cgroup.procs"), parse::pids)? {
+        Some(v) => out.extend(v),
+        None => return Ok(()),
+    }
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            pids_below(&e.path(), out)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads and parses a file that exists only with its controller (enabled, or mounted on v1)
 /// or kernel feature: `None` when absent.
 pub(crate) fn optional<T>(

@@ -308,24 +308,9 @@ impl V1 {
 
     /// Every PID in `dir` and below, in every hierarchy.
     fn subtree_pids(&self, dir: &CgroupPath) -> Result<BTreeSet<u32>> {
-        fn walk(p: &Path, out: &mut BTreeSet<u32>) -> Result<()> {
-            match optional(&p.join("cgroup.procs"), parse::pids)? {
-                Some(v) => out.extend(v),
-                None => return Ok(()),
-            }
-            let Ok(rd) = fs::read_dir(p) else {
-                return Ok(());
-            };
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    walk(&e.path(), out)?;
-                }
-            }
-            Ok(())
-        }
         let mut out = BTreeSet::new();
         for r in self.roots.distinct() {
-            walk(&dir.under(r), &mut out)?;
+            super::pids_below(&dir.under(r), &mut out)?;
         }
         Ok(out)
     }

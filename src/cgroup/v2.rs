@@ -378,23 +378,8 @@ impl Backend for V2 {
     }
 
     fn subtree_procs(&self, dir: &CgroupPath) -> Result<Vec<u32>> {
-        fn walk(p: &Path, out: &mut Vec<u32>) -> Result<()> {
-            match optional(&p.join("cgroup.procs"), parse::pids)? {
-                Some(v) => out.extend(v),
-                None => return Ok(()),
-            }
-            let Ok(rd) = fs::read_dir(p) else {
-                return Ok(());
-            };
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    walk(&e.path(), out)?;
-                }
-            }
-            Ok(())
-        }
         let mut out = Vec::new();
-        walk(&dir.under(&self.root), &mut out)?;
+        super::pids_below(&dir.under(&self.root), &mut out)?;
         out.sort_unstable();
         out.dedup();
         Ok(out)
