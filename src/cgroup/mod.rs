@@ -394,6 +394,19 @@ pub(crate) fn parsed<T>(
     })
 }
 
+/// Fails with "failed to find" naming `p` unless it is a directory (a tenant's cgroup read
+/// before it exists, or after it was removed by hand).
+pub(crate) fn require_dir(p: &Path) -> Result<()> {
+    if p.is_dir() {
+        return Ok(());
+    }
+    Err(CgroupError::Dir {
+        op: "find",
+        path: p.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
 /// Adds the PIDs in `cgroup.procs` of the directory `p` and of every directory below it (one
 /// hierarchy). A directory that vanishes meanwhile adds nothing.
 pub(crate) fn pids_below(p: &Path, out: &mut impl Extend<u32>) -> Result<()> {

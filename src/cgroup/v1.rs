@@ -410,14 +410,7 @@ fn throttle_limit(l: Limit) -> Limit {
 impl V1 {
     fn held(&self, dir: &CgroupPath) -> Result<Held> {
         for r in self.roots.distinct() {
-            let p = dir.under(r);
-            if !p.is_dir() {
-                return Err(CgroupError::Dir {
-                    op: "find",
-                    path: p,
-                    source: io::Error::from(io::ErrorKind::NotFound),
-                });
-            }
+            super::require_dir(&dir.under(r))?;
         }
         let d = Settings::default();
         let memory = |file: &str| -> Result<Option<Limit>> {

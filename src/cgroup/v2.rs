@@ -119,13 +119,7 @@ impl V2 {
     /// enabled) counts as the kernel's default.
     fn held(&self, dir: &CgroupPath) -> Result<Held> {
         let p = dir.under(&self.root);
-        if !p.is_dir() {
-            return Err(CgroupError::Dir {
-                op: "find",
-                path: p,
-                source: io::Error::from(io::ErrorKind::NotFound),
-            });
-        }
+        super::require_dir(&p)?;
         let d = Settings::default();
         let memory = |file: &str| -> Result<Limit> {
             Ok(self

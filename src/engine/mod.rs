@@ -374,23 +374,6 @@ impl Governor {
         Ok(())
     }
 
-    /// A tenant and its ancestors, whose kernel values a change to it may alter.
-    fn lineage_names(
-        name: &TenantName,
-        specs: &BTreeMap<TenantName, TenantSpec>,
-    ) -> Vec<TenantName> {
-        let mut out = vec![name.clone()];
-        let mut cur = specs.get(name).and_then(|s| s.parent.clone());
-        while let Some(p) = cur {
-            if out.contains(&p) {
-                break;
-            }
-            cur = specs.get(&p).and_then(|s| s.parent.clone());
-            out.push(p);
-        }
-        out
-    }
-
     /// Every tenant with its spec, plan and the last kernel values read (from memory: no
     /// kernel walk per request; a tenant not read yet is read now).
     pub async fn list(&self) -> Result<Vec<TenantView>> {
@@ -516,7 +499,8 @@ impl Governor {
         }
         drop(_w);
         let d = self.desired().await?;
-        self.refresh_kernel(Some(Self::lineage_names(name, &d.specs)))
+        // The tenant and its ancestors: the kernel values a change to it may alter.
+        self.refresh_kernel(Some(tenant::lineage(name, &d.specs)))
             .await?;
         Ok((self.get(name).await?, created))
     }
@@ -674,7 +658,7 @@ impl Governor {
         self.store.delete_tenant(name, event).await?;
         let b = self.backend.clone();
         let cfg = self.cfg.clone();
-        let ancestors = Self::lineage_names(name, &specs);
+        let ancestors = tenant::lineage(name, &specs);
         blocking(move || apply_change(b.as_ref(), &cfg, &specs, &remaining, None)).await??;
         self.refresh_kernel(Some(ancestors)).await?;
         Ok(())
