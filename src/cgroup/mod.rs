@@ -214,8 +214,28 @@ pub trait Backend: Send + Sync + 'static {
     /// Every process (thread-group ID, as cgroup.procs lists it) in `dir` and below, sorted;
     /// a process with a thread there counts. What a kill of `dir` would hit.
     fn subtree_procs(&self, dir: &CgroupPath) -> Result<Vec<u32>>;
-    /// Moves `pid` into `dir`.
+    /// Moves `pid` into `dir` (on v1: into `dir` of every hierarchy, one after the other; a
+    /// failure part-way leaves it split, which the governor checks with `locate`).
     fn attach(&self, dir: &CgroupPath, pid: u32) -> Result<()>;
+    /// `dir` in every hierarchy this backend uses, absolute, in the order `locate` answers.
+    fn dirs(&self, dir: &CgroupPath) -> Vec<PathBuf>;
+    /// The cgroup directory `pid` is in, in every hierarchy this backend uses (the order of
+    /// `dirs`), from `<proc_root>/PID/cgroup`. A process that is gone is `is_gone`.
+    fn locate(&self, proc_root: &Path, pid: u32) -> Result<Vec<PathBuf>>;
+    /// Whether `dir` exists in at least one hierarchy (`exists` asks for all of them).
+    fn present(&self, dir: &CgroupPath) -> bool {
+        self.dirs(dir).iter().any(|d| d.is_dir())
+    }
+    /// Moves `pid` into the directories `to` (as `locate` gave them), each hierarchy where
+    /// `from` (where it is now) differs: the undo of a move that did not complete.
+    fn place(&self, pid: u32, from: &[PathBuf], to: &[PathBuf]) -> Result<()> {
+        for (f, t) in from.iter().zip(to) {
+            if f != t {
+                write_file(&t.join("cgroup.procs"), &pid.to_string())?;
+            }
+        }
+        Ok(())
+    }
     /// Kills every process in `dir` and below (cgroup.kill), and waits for them to go.
     fn kill(&self, dir: &CgroupPath) -> Result<()>;
     /// Removes the empty directory `dir` (its leaf first, if any).

@@ -199,6 +199,12 @@ impl V1Roots {
     }
 }
 
+/// Whether two controller lists name the same controllers (mountinfo and /proc/PID/cgroup
+/// may list a co-mounted hierarchy's controllers in different orders).
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
 /// A tenant's directory in each hierarchy, for the usage sampler: the same shape as the roots.
 pub type V1Dirs = V1Roots;
 
@@ -811,6 +817,62 @@ impl Backend for V1 {
         Ok(())
     }
 
+    fn dirs(&self, dir: &CgroupPath) -> Vec<PathBuf> {
+        self.roots.distinct().iter().map(|r| dir.under(r)).collect()
+    }
+
+    /// Each hierarchy's line of /proc/PID/cgroup, found by the controllers of the mount that
+    /// holds the governor root there (this process's /proc/self/mountinfo).
+    fn locate(&self, proc_root: &Path, pid: u32) -> Result<Vec<PathBuf>> {
+        let mi_path = proc_root.join("self/mountinfo");
+        let mounts = v1_parse::cgroup_mounts(&read_file(&mi_path)?).map_err(|source| {
+            CgroupError::Parse {
+                path: mi_path.clone(),
+                source,
+            }
+        })?;
+        let cg_path = proc_root.join(pid.to_string()).join("cgroup");
+        let lines =
+            v1_parse::proc_cgroup(&read_file(&cg_path)?).map_err(|source| CgroupError::Parse {
+                path: cg_path.clone(),
+                source,
+            })?;
+        let unknown = |root: &Path, why: &str| CgroupError::Parse {
+            path: cg_path.clone(),
+            source: parse::ParseError(format!(
+                "cannot tell where PID {pid} is in the hierarchy of {}: {why}",
+                root.display()
+            )),
+        };
+        self.roots
+            .distinct()
+            .iter()
+            .map(|root| {
+                let m = mounts
+                    .iter()
+                    .filter(|m| !m.v2 && root.starts_with(&m.mount_point))
+                    .max_by_key(|m| m.mount_point.as_os_str().len())
+                    .ok_or_else(|| unknown(root, "no v1 cgroup mount holds it"))?;
+                let line = lines
+                    .iter()
+                    .find(|l| {
+                        l.id != 0
+                            && !m.controllers.is_empty()
+                            && same_set(&l.controllers, &m.controllers)
+                    })
+                    .ok_or_else(|| unknown(root, "no line for its controllers"))?;
+                let rel = if m.root == "/" {
+                    line.path.as_str()
+                } else {
+                    line.path
+                        .strip_prefix(m.root.as_str())
+                        .ok_or_else(|| unknown(root, "the process is outside the mount"))?
+                };
+                Ok(m.mount_point.join(rel.trim_start_matches('/')))
+            })
+            .collect()
+    }
+
     /// v1 has no cgroup.kill: SIGKILL every PID listed in `dir` and below, again until none
     /// is left (a process may fork meanwhile). A PID is signalled through a pidfd opened
     /// before checking that it is still listed, so a recycled PID outside is never hit.
@@ -947,6 +1009,41 @@ mod tests {
         assert_eq!(blkio_weight_for(u32::MAX, false), 1000);
         assert_eq!(throttle_limit(Limit::Value(0)), Limit::Max);
         assert_eq!(throttle_limit(Limit::Value(1)), Limit::Value(1));
+    }
+
+    /// `locate` over a procfs copy made of the captured host files: this process's mountinfo
+    /// and, as PID 4242's cgroup file, the captured /proc/self/cgroup with the tenant paths a
+    /// half-done v1 attach leaves (cpu moved, the others not).
+    #[test]
+    fn locate_reads_each_hierarchys_line_of_proc_pid_cgroup() {
+        let proc = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(proc.path().join("self")).unwrap();
+        std::fs::create_dir_all(proc.path().join("4242")).unwrap();
+        std::fs::copy(
+            format!("{HOST}/self-mountinfo"),
+            proc.path().join("self/mountinfo"),
+        )
+        .unwrap();
+        let cg = std::fs::read_to_string(format!("{HOST}/self-cgroup"))
+            .unwrap()
+            .replace("1:cpu:/", "1:cpu:/tenantd/t/_procs");
+        std::fs::write(proc.path().join("4242/cgroup"), cg).unwrap();
+        let mi = std::fs::read_to_string(format!("{HOST}/self-mountinfo")).unwrap();
+        let own = std::fs::read_to_string(format!("{HOST}/self-cgroup")).unwrap();
+        let roots = V1Hierarchies::from_proc(&mi, &own).unwrap().default_roots();
+        let b = V1::new(roots, "/sys", proc.path());
+        let leaf = CgroupPath::parse("t/_procs").unwrap();
+        let at = b.locate(proc.path(), 4242).unwrap();
+        assert_eq!(at.len(), 5);
+        assert_eq!(at[0], b.dirs(&leaf)[0], "cpu: moved");
+        assert_eq!(at[1], Path::new("/sys/fs/cgroup/cpuacct"));
+        assert_eq!(
+            at[2],
+            Path::new("/sys/fs/cgroup/memory/process_api/dfeced73022461b19fc976a3395add92")
+        );
+        assert_ne!(at, b.dirs(&leaf), "split across hierarchies");
+        let gone = b.locate(proc.path(), 4243).unwrap_err();
+        assert!(gone.is_gone(), "{gone}");
     }
 
     #[test]

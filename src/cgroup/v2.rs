@@ -386,6 +386,26 @@ impl Backend for V2 {
         )
     }
 
+    fn dirs(&self, dir: &CgroupPath) -> Vec<PathBuf> {
+        vec![dir.under(&self.root)]
+    }
+
+    fn locate(&self, proc_root: &Path, pid: u32) -> Result<Vec<PathBuf>> {
+        let path = proc_root.join(pid.to_string()).join("cgroup");
+        let text = read_file(&path)?;
+        let rel = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or_else(|| CgroupError::Parse {
+                path: path.clone(),
+                source: parse::ParseError(format!(
+                    "expected a '0::PATH' line, found '{}'",
+                    text.trim()
+                )),
+            })?;
+        Ok(vec![self.mount.join(rel.trim_start_matches('/'))])
+    }
+
     fn kill(&self, dir: &CgroupPath) -> Result<()> {
         let path = dir.under(&self.root);
         let kill = path.join("cgroup.kill");

@@ -3,6 +3,7 @@
 //!
 //! Only this layer reads the clock. Kernel calls run on the blocking pool.
 
+pub mod journal;
 pub mod placement;
 pub mod report;
 pub mod sampler;
@@ -12,6 +13,7 @@ use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostC
 use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};
 use crate::domain::tenant::{self, Capacity, DomainError, TenantName, TenantSpec};
 use crate::store::{NewEvent, Store, StoreError, StoredTenant};
+use journal::{Emptying, Step};
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -285,9 +287,13 @@ impl Governor {
     async fn reconcile_pass(&self) -> Result<ReconcileReport> {
         let _w = self.writes.lock().await;
         let specs = specs_of(&self.store.tenants().await?);
+        // What a crash left half-done first, so the walk below finds no directory of ours
+        // that no tenant owns.
+        let left = self.recover_journal(&specs).await?;
         let b = self.backend.clone();
         let cfg = self.cfg.clone();
-        let report = blocking(move || reconcile_kernel(b.as_ref(), &specs, &cfg)).await?;
+        let mut report = blocking(move || reconcile_kernel(b.as_ref(), &specs, &cfg)).await?;
+        report.errors.extend(left);
         // Counted as soon as the kernel was written, even if recording the events fails.
         self.reconcile_corrections
             .inc_by(report.corrected.len() as u64);
@@ -324,6 +330,40 @@ impl Governor {
         drop(_w);
         self.refresh_kernel(None).await?;
         Ok(report)
+    }
+
+    /// Finishes or undoes every journal record a change that did not end left behind (see
+    /// `journal`); returns why records stay (tried again on the next pass). Called with the
+    /// write lock held, so no change is under way.
+    async fn recover_journal(
+        &self,
+        specs: &BTreeMap<TenantName, TenantSpec>,
+    ) -> Result<Vec<String>> {
+        let intents = self.store.intents().await?;
+        if intents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (b, policy, sp) = (self.backend.clone(), self.policy(), specs.clone());
+        let outcomes = blocking(move || {
+            intents
+                .iter()
+                .map(|i| (i.id, journal::recover(b.as_ref(), &policy, &sp, i)))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let mut stays = Vec::new();
+        for (id, o) in outcomes {
+            match o {
+                journal::Outcome::Done(events) => {
+                    tracing::info!("journal record {id}: finished or undone after a crash");
+                    if let Err(e) = self.store.finish_intent(id, &events).await {
+                        stays.push(format!("journal record {id}: {e}"));
+                    }
+                }
+                journal::Outcome::Stays(why) => stays.push(why),
+            }
+        }
+        Ok(stays)
     }
 
     /// The desired state at the store's current version: read and planned once per change,
@@ -449,12 +489,32 @@ impl Governor {
             return Ok((self.get(name).await?, false));
         }
         specs.insert(name.clone(), spec.clone());
+        let created = old.is_none();
+        // A new tenant's directories are journaled before they are made: after a crash before
+        // the commit, the next start removes them (`journal::recover`).
+        let step = if created {
+            let dir = journal::text(&dir_of(name, &specs));
+            Some(
+                self.store
+                    .add_intent(&Step::Create { dir }.intent(name))
+                    .await?,
+            )
+        } else {
+            None
+        };
         let b = self.backend.clone();
         let cfg = self.cfg.clone();
         let (n, new_specs, olds) = (name.clone(), specs.clone(), old_specs.clone());
-        blocking(move || apply_change(b.as_ref(), &cfg, &olds, &new_specs, Some(&n))).await??;
+        let applied =
+            blocking(move || apply_change(b.as_ref(), &cfg, &olds, &new_specs, Some(&n))).await;
+        if let Err(e) = applied.and_then(|r| r.map_err(EngineError::from)) {
+            // `apply_change` undid what it wrote; the record of the directories goes too.
+            if let Some(id) = step {
+                self.forget(id).await;
+            }
+            return Err(e);
+        }
 
-        let created = old.is_none();
         // One time for the event and the row, so a tenant's history starts at its creation
         // event exactly (scoped callers see history from `created_ms` on).
         let now = now_ms();
@@ -475,7 +535,11 @@ impl Governor {
                 Some(o) => serde_json::json!({ "changes": tenant::spec_changes(o, &spec) }),
             },
         };
-        if let Err(e) = self.store.put_tenant(name, &spec, now, event).await {
+        if let Err(e) = self
+            .store
+            .put_tenant_with(name, &spec, now, event, step)
+            .await
+        {
             // Keep the kernel as the store says: undo what was just written.
             let b = self.backend.clone();
             let cfg = self.cfg.clone();
@@ -489,7 +553,11 @@ impl Governor {
             })
             .await;
             match undo {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    if let Some(id) = step {
+                        self.forget(id).await;
+                    }
+                }
                 Ok(Err(u)) => tracing::error!(
                     "could not undo the kernel change after a store failure (reconcile will): {u}"
                 ),
@@ -546,105 +614,27 @@ impl Governor {
             DeleteMode::MoveTo(t) => Some(dir_of(t, &specs).leaf()),
             _ => None,
         };
-        let b = self.backend.clone();
-        let m = mode.clone();
-        let policy = self.policy();
-        // Moving a tenant's own processes to another tenant: protected cgroups guard what may
-        // be pulled *into* tenants, so they do not apply here; everything else does.
-        let mover = placement::Policy {
-            protected: Vec::new(),
-            ..policy.clone()
+        let empty = match (&mode, target) {
+            (DeleteMode::Kill, _) => Emptying::Kill,
+            (DeleteMode::MoveTo(_), Some(to)) => Emptying::MoveTo(journal::text(&to)),
+            _ => Emptying::Refuse,
         };
-        let tenant = name.to_string();
-        let moved = blocking(move || -> Result<Vec<u32>> {
-            if !b.exists(&dir) {
-                return Ok(Vec::new());
-            }
-            let mut moved = Vec::new();
-            if b.populated(&dir)? {
-                // Neither PID 1 nor the daemon (nor a thread of it) is ever killed or moved:
-                // checked on the whole subtree before anything is done.
-                let refused = |field: &str, what: &str, r: placement::Refusal| {
-                    EngineError::Conflict {
-                        field: field.into(),
-                        message: format!(
-                            "{r}; it is among the processes of tenant '{tenant}', so {what} and the tenant is kept"
-                        ),
-                    }
-                };
-                match (&m, &target) {
-                    (DeleteMode::Kill, _) => {
-                        // The remaining race: a process moved in by someone else between this
-                        // check and the kill (cgroup.kill, or v1's SIGKILL loop) is killed too.
-                        if let Some(r) = policy.kill_check(&b.subtree_procs(&dir)?) {
-                            return Err(refused("kill", "the kill was not done (nothing was killed)", r));
-                        }
-                        b.kill(&dir)?
-                    }
-                    (DeleteMode::MoveTo(_), Some(to)) => {
-                        if let Some(r) = policy.move_check(&b.subtree_procs(&dir)?) {
-                            return Err(refused("move_to", "the move was not done (nothing was moved)", r));
-                        }
-                        // Processes may fork while we move them: repeat until the leaf is empty.
-                        // Each PID is checked again as it is moved; a refusal stops the delete
-                        // (those moved so far stay in the target).
-                        for _ in 0..100 {
-                            let pids = b.procs(&dir.leaf())?;
-                            if pids.is_empty() {
-                                break;
-                            }
-                            if let Some(r) = policy.move_check(&pids) {
-                                let what = format!(
-                                    "the move was stopped (the {} processes moved already stay in the target)",
-                                    moved.len()
-                                );
-                                return Err(refused("move_to", &what, r));
-                            }
-                            for pid in pids {
-                                // Checked again right before its own move (a PID that exited
-                                // and was reused by a thread, the daemon's included, is
-                                // refused: writing a TID to cgroup.procs moves its whole
-                                // process), and recognised after it by its start time. The
-                                // window between this check and the write remains.
-                                let adm = match mover.check(pid) {
-                                    Ok(a) => a,
-                                    Err(placement::Refusal::Missing { .. }) => continue,
-                                    Err(r) => {
-                                        let what = format!(
-                                            "the move was stopped (the {} processes moved already stay in the target)",
-                                            moved.len()
-                                        );
-                                        return Err(refused("move_to", &what, r));
-                                    }
-                                };
-                                match b.attach(to, pid) {
-                                    Ok(()) if mover.still_same(&adm) => moved.push(pid),
-                                    Ok(()) => tracing::warn!(
-                                        "PID {pid} exited and was reused while it was moved out of a deleted tenant: the new process was moved to the target"
-                                    ),
-                                    Err(e) if e.is_gone() => {}
-                                    Err(e) => return Err(e.into()),
-                                }
-                            }
-                        }
-                    }
-                    _ => {
-                        let n = b.procs(&dir.leaf()).map(|p| p.len()).unwrap_or(0);
-                        return Err(EngineError::Conflict {
-                            field: "name".into(),
-                            message: format!(
-                                "{n} processes still live in this tenant: pass kill=true to kill them or move_to=TENANT to move them"
-                            ),
-                        });
-                    }
-                }
-            }
-            b.remove(&dir)?;
-            Ok(moved)
-        })
-        .await??;
-        let mut remaining = specs.clone();
-        remaining.remove(name);
+        // Checked before the delete is stored, so a refusal leaves everything as it was.
+        let (b, policy, e, d, t) = (
+            self.backend.clone(),
+            self.policy(),
+            empty.clone(),
+            dir.clone(),
+            name.to_string(),
+        );
+        blocking(move || journal::precheck(b.as_ref(), &policy, &d, &e, &t)).await??;
+
+        // Stored first (with the journal record of the kernel work), then done in the kernel:
+        // a store that cannot write refuses the delete before anything is killed or removed.
+        let step = Step::Delete {
+            dir: journal::text(&dir),
+            empty: empty.clone(),
+        };
         let event = NewEvent {
             ts_ms: now_ms(),
             tenant: Some(name.to_string()),
@@ -652,16 +642,118 @@ impl Governor {
             actor: Some(actor.to_string()),
             detail: serde_json::json!({
                 "mode": match &mode { DeleteMode::Refuse => "refuse".to_string(), DeleteMode::Kill => "kill".into(), DeleteMode::MoveTo(t) => format!("move_to:{t}") },
-                "moved_pids": moved,
             }),
         };
-        self.store.delete_tenant(name, event).await?;
+        let id = self
+            .store
+            .delete_tenant_with(name, event, &step.intent(name))
+            .await?
+            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        let (b, policy, d, t) = (
+            self.backend.clone(),
+            self.policy(),
+            dir.clone(),
+            name.to_string(),
+        );
+        let done = blocking(move || journal::empty_and_remove(b.as_ref(), &policy, &d, &empty, &t))
+            .await
+            .and_then(|r| r);
+        let mut remaining = specs.clone();
+        remaining.remove(name);
+        let moved = match done {
+            Ok(moved) => moved,
+            Err(e) => {
+                self.undo_delete(name, &stored, &specs, &remaining, id, &e)
+                    .await;
+                return Err(e);
+            }
+        };
         let b = self.backend.clone();
         let cfg = self.cfg.clone();
         let ancestors = tenant::lineage(name, &specs);
-        blocking(move || apply_change(b.as_ref(), &cfg, &specs, &remaining, None)).await??;
+        if let Err(e) =
+            blocking(move || apply_change(b.as_ref(), &cfg, &specs, &remaining, None)).await?
+        {
+            // The delete is stored and done; the siblings' new shares are written by the next
+            // reconcile pass.
+            tracing::warn!("tenant '{name}' deleted; rewriting its siblings' settings failed: {e}");
+        }
+        let events: Vec<NewEvent> = match &mode {
+            DeleteMode::MoveTo(to) if !moved.is_empty() => vec![NewEvent {
+                ts_ms: now_ms(),
+                tenant: Some(name.to_string()),
+                kind: "processes_moved".into(),
+                actor: Some(actor.to_string()),
+                detail: serde_json::json!({"to": to, "pids": moved}),
+            }],
+            _ => Vec::new(),
+        };
+        if let Err(e) = self.store.finish_intent(id, &events).await {
+            // The delete itself is stored: answered as done; the record is dropped by the next
+            // pass, which finds nothing left to remove.
+            tracing::warn!("tenant '{name}' deleted; removing its journal record failed: {e}");
+        }
         self.refresh_kernel(Some(ancestors)).await?;
         Ok(())
+    }
+
+    /// After a stored delete that the kernel refused: the tenant goes back into the store
+    /// (same spec, generation and creation time) and its directories into the kernel. If the
+    /// store cannot take it back, the journal record stays and the next reconcile pass
+    /// finishes the delete.
+    async fn undo_delete(
+        &self,
+        name: &TenantName,
+        stored: &BTreeMap<TenantName, StoredTenant>,
+        specs: &BTreeMap<TenantName, TenantSpec>,
+        remaining: &BTreeMap<TenantName, TenantSpec>,
+        id: i64,
+        why: &EngineError,
+    ) {
+        let event = NewEvent {
+            ts_ms: now_ms(),
+            tenant: Some(name.to_string()),
+            kind: "tenant_delete_undone".into(),
+            actor: None,
+            detail: serde_json::json!({"why": why.to_string()}),
+        };
+        if let Err(e) = self
+            .store
+            .restore_tenant(name, &stored[name], event, id)
+            .await
+        {
+            tracing::error!(
+                "tenant '{name}': the kernel refused its delete ({why}) and the store cannot take it back ({e}); the next reconcile pass finishes the delete"
+            );
+            return;
+        }
+        let (b, cfg, old, new, n) = (
+            self.backend.clone(),
+            self.cfg.clone(),
+            remaining.clone(),
+            specs.clone(),
+            name.clone(),
+        );
+        match blocking(move || apply_change(b.as_ref(), &cfg, &old, &new, Some(&n))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "tenant '{name}' kept after a refused delete; rewriting its settings failed (reconcile will): {e}"
+            ),
+            Err(e) => tracing::warn!("tenant '{name}': {e}"),
+        }
+        let _ = self
+            .refresh_kernel(Some(tenant::lineage(name, specs)))
+            .await;
+    }
+
+    /// Drops a journal record whose kernel step was undone; a failure only leaves it to the
+    /// next reconcile pass, which finds nothing to undo.
+    async fn forget(&self, id: i64) {
+        if let Err(e) = self.store.finish_intent(id, &[]).await {
+            tracing::warn!(
+                "removing journal record {id} failed (the next reconcile pass will): {e}"
+            );
+        }
     }
 
     /// Reads the governor root's cpu.weight (the adaptive controller's starting point).

@@ -9,6 +9,7 @@
 //! reads files under an injected `proc_root`, so PIDs are numbers of the namespace whose procfs
 //! is mounted there (the daemon's own).
 
+use super::journal::{self, Step};
 use super::{EngineError, Governor, Result, blocking};
 use crate::domain::TenantName;
 use crate::store::NewEvent;
@@ -382,8 +383,11 @@ impl Governor {
         }
     }
 
-    /// Moves `pid` into the tenant's leaf: check, move, then confirm the PID still names the
-    /// process that was checked.
+    /// Moves `pid` into the tenant's leaf: check, journal where it was, move, then confirm
+    /// that the PID still names the process that was checked and that it is in the tenant in
+    /// every hierarchy; when it is not, it is moved back where it was and the request fails.
+    /// A tenant directory missing in some hierarchy is made again (with the tenant's values)
+    /// before the process goes there.
     ///
     /// The race that remains: if the process exits and its PID is reused between the check and
     /// the write to cgroup.procs, the new holder of the PID is moved. The confirmation sees it
@@ -391,47 +395,78 @@ impl Governor {
     /// move is not undone. The kill re-check in `delete` still keeps PID 1 and the daemon
     /// from being killed if such a move ever put them in a tenant.
     pub async fn attach(&self, name: &TenantName, pid: u32, actor: &str) -> Result<()> {
-        let leaf = self.leaf_of(name).await?;
+        let _w = self.writes.lock().await;
+        let d = self.desired().await?;
+        let plan = d
+            .plans
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        let dir = super::dir_of(name, &d.specs);
+        let leaf = dir.leaf();
         let policy = self.policy();
         let b = self.backend().clone();
-        let tenant = name.to_string();
-        blocking(move || {
-            let admitted = policy
-                .check(pid)
-                .map_err(|r| EngineError::BadPid {
-                    pid,
-                    message: r.to_string(),
-                })?;
-            b.attach(&leaf, pid).map_err(|e| {
-                if e.is_gone() {
-                    EngineError::BadPid {
-                        pid,
-                        message: format!("no process with PID {pid} exists (it may have exited)"),
-                    }
-                } else {
-                    e.into()
-                }
+        let l = leaf.clone();
+        let (admitted, from) = blocking(move || -> Result<(Admitted, Vec<PathBuf>)> {
+            let admitted = policy.check(pid).map_err(|r| EngineError::BadPid {
+                pid,
+                message: r.to_string(),
             })?;
-            if !policy.still_same(&admitted) {
-                return Err(EngineError::Conflict {
-                    field: "pid".into(),
-                    message: format!(
-                        "PID {pid} exited while it was being moved; if its ID was reused, the new process may now be in tenant '{tenant}': check GET /v1/tenants/{tenant}/procs"
-                    ),
-                });
+            if !b.exists(&l) {
+                b.ensure(&dir, true)?;
+                b.apply(&dir, &plan.tenant)?;
+                b.apply(&l, &plan.leaf)?;
             }
-            Ok(())
+            let from = b
+                .locate(&policy.proc_root, pid)
+                .map_err(|e| gone_or(e, pid))?;
+            Ok((admitted, from))
         })
         .await??;
-        self.store()
-            .add_events(&[NewEvent {
-                ts_ms: super::now_ms(),
-                tenant: Some(name.to_string()),
-                kind: "process_attached".into(),
-                actor: Some(actor.to_string()),
-                detail: serde_json::json!({"pid": pid}),
-            }])
-            .await?;
+        let step = Step::Attach {
+            leaf: journal::text(&leaf),
+            pid,
+            start_time: admitted.start_time,
+            from: from.clone(),
+        };
+        let id = self.store().add_intent(&step.intent(name)).await?;
+        let (b, policy, tenant, f) = (
+            self.backend().clone(),
+            self.policy(),
+            name.to_string(),
+            from.clone(),
+        );
+        let l = leaf.clone();
+        let moved = blocking(move || move_checked(b.as_ref(), &policy, &l, admitted, &f, &tenant))
+            .await
+            .and_then(|r| r);
+        if let Err(e) = moved {
+            self.forget(id).await;
+            return Err(e);
+        }
+        let event = NewEvent {
+            ts_ms: super::now_ms(),
+            tenant: Some(name.to_string()),
+            kind: "process_attached".into(),
+            actor: Some(actor.to_string()),
+            detail: serde_json::json!({"pid": pid}),
+        };
+        if let Err(e) = self.store().finish_intent(id, &[event]).await {
+            // Not stored, so not done: back where it was (the record stays if the store still
+            // cannot write; the next pass finds nothing split and drops it).
+            let (b, proc_root) = (self.backend().clone(), self.proc_root().to_path_buf());
+            let undo = blocking(move || {
+                let now = b.locate(&proc_root, pid)?;
+                b.place(pid, &now, &from)
+            })
+            .await;
+            if !matches!(undo, Ok(Ok(()))) {
+                tracing::warn!("PID {pid}: moving it back after a store failure failed: {undo:?}");
+            }
+            self.forget(id).await;
+            return Err(e.into());
+        }
+        drop(_w);
         self.refresh_kernel(Some(vec![name.clone()])).await?;
         Ok(())
     }
@@ -453,6 +488,68 @@ impl Governor {
         })
         .await?
     }
+}
+
+/// A kernel error about `pid`: "no such process" when the process is gone.
+fn gone_or(e: crate::cgroup::CgroupError, pid: u32) -> EngineError {
+    if e.is_gone() {
+        EngineError::BadPid {
+            pid,
+            message: format!("no process with PID {pid} exists (it may have exited)"),
+        }
+    } else {
+        e.into()
+    }
+}
+
+/// Moves the admitted process into `leaf` and checks it is there in every hierarchy; if it is
+/// not (a write failed part-way, or did not hold), moves it back to `from` and fails.
+fn move_checked(
+    b: &dyn crate::cgroup::Backend,
+    policy: &Policy,
+    leaf: &crate::cgroup::CgroupPath,
+    adm: Admitted,
+    from: &[PathBuf],
+    tenant: &str,
+) -> Result<()> {
+    let pid = adm.pid;
+    let wrote = b.attach(leaf, pid);
+    if !policy.still_same(&adm) {
+        return Err(EngineError::Conflict {
+            field: "pid".into(),
+            message: format!(
+                "PID {pid} exited while it was being moved; if its ID was reused, the new process may now be in tenant '{tenant}': check GET /v1/tenants/{tenant}/procs"
+            ),
+        });
+    }
+    let now = b
+        .locate(&policy.proc_root, pid)
+        .map_err(|e| gone_or(e, pid))?;
+    let want = b.dirs(leaf);
+    if wrote.is_ok() && now == want {
+        return Ok(());
+    }
+    let why = match &wrote {
+        Err(e) => e.to_string(),
+        Ok(()) => format!(
+            "it is in {} of the {} hierarchies after the move",
+            now.iter().zip(&want).filter(|(n, w)| n == w).count(),
+            want.len()
+        ),
+    };
+    let back = match b.place(pid, &now, from) {
+        Ok(()) => "it was moved back where it was".to_string(),
+        Err(e) => format!("moving it back failed too: {e}"),
+    };
+    Err(EngineError::Kernel {
+        source: crate::cgroup::CgroupError::Write {
+            path: b.path_of(leaf).join("cgroup.procs"),
+            value: pid.to_string(),
+            source: std::io::Error::other(format!(
+                "PID {pid} could not be moved into tenant '{tenant}' in every hierarchy ({why}); {back}"
+            )),
+        },
+    })
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@
 //! and a fresh one opened for the next write, so no half-finished transaction survives. A
 //! full filesystem is `StoreError::Full` and turns `Store::writable` off until a write commits.
 
+mod intents;
 mod samples;
 mod sla;
 
+pub use intents::{Intent, NewIntent};
 pub use samples::{Level, MinuteRollup, Retention, Usage, UsagePoint, UsageRow};
 pub use sla::{SlaBucket, SlaMinute, SlaRow, SlaSeries};
 
@@ -475,6 +477,19 @@ impl Store {
         now_ms: i64,
         event: NewEvent,
     ) -> Result<i64> {
+        self.put_tenant_with(name, spec, now_ms, event, None).await
+    }
+
+    /// `put_tenant` that also removes the journal step `intent` (the kernel step of this
+    /// change) in the same transaction.
+    pub async fn put_tenant_with(
+        &self,
+        name: &TenantName,
+        spec: &TenantSpec,
+        now_ms: i64,
+        event: NewEvent,
+        intent: Option<i64>,
+    ) -> Result<i64> {
         let json = serde_json::to_string(spec).expect("a spec always serializes");
         let mut w = self.begin_write().await?;
         let r = async {
@@ -493,6 +508,13 @@ impl Store {
             .await
             .map_err(q("save tenant"))?;
             insert_event(w.conn(), &event).await?;
+            if let Some(id) = intent {
+                sqlx::query("DELETE FROM intents WHERE id = ?1")
+                    .bind(id)
+                    .execute(w.conn())
+                    .await
+                    .map_err(q("remove intent"))?;
+            }
             Ok(generation)
         }
         .await;

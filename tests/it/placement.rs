@@ -347,9 +347,13 @@ fn issue_12_tenantd_run_is_placed_through_the_policy() {
     eventually(20, "the sleep placed in x/_procs", || {
         v.leaf_pids("x").len() == 1
     });
-    let (s, procs) = ns.d.call("GET", "/v1/tenants/x/procs", None);
-    assert_eq!(s, 200);
-    assert_eq!(procs[0]["comm"], "sleep", "{procs}");
+    // `tenantd run` execs the command once the attach answered: until then the process in
+    // the leaf is still `tenantd`.
+    eventually(20, "the process in x/_procs runs sleep", || {
+        let (s, procs) = ns.d.call("GET", "/v1/tenants/x/procs", None);
+        s == 200 && procs[0]["comm"] == "sleep"
+    });
+    assert_eq!(v.leaf_pids("x").len(), 1);
 }
 
 /// The default `protected_cgroups` is init's own cgroup: with the shell as PID 1 in the test's

@@ -200,8 +200,12 @@ impl Daemon {
         let d = Daemon {
             child,
             addr: format!("http://127.0.0.1:{port}"),
+            // Idle connections are dropped after 5 s, before the daemon closes them (its
+            // header-read timeout, 10 s, runs while a kept-alive connection waits): a request
+            // sent on a connection the daemon is closing at that moment gets a reset.
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
         };
