@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tenantd's test pipeline:
-#   1. host: cargo build --all-targets, then cargo nextest run --workspace (or cargo test), then
+#   1. host: cargo fmt --check, cargo build --all-targets, cargo clippy --all-targets -D warnings,
+#      then cargo nextest run --workspace (or cargo test), then
 #      tests/fuzz/schemathesis.sh (API fuzzing; TENANTD_FUZZ_EXAMPLES sets its size)
 #   2. build the test binaries and list them (cargo test --no-run --message-format=json)
 #   3. cgroup v2 suite in ONE boot of the test VM (tests/vm/run.sh): tests/vm/selftest.sh,
@@ -61,11 +62,15 @@ PY
 }
 
 # ---------------------------------------------------------------- 1. host
+banner "1. host: cargo fmt --check"
+timed "host: cargo fmt --check" cargo fmt --all --check
 banner "1. host: cargo build --all-targets"
 if ! timed "host: cargo build --all-targets" cargo build --workspace --all-targets; then
     summary
     exit 1
 fi
+banner "1. host: cargo clippy --all-targets -- -D warnings"
+timed "host: cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
 banner "1. host: unit + host integration tests"
 if cargo nextest --version >/dev/null 2>&1; then
     timed "host: cargo nextest run --workspace" cargo nextest run --workspace --no-tests=pass
