@@ -3,6 +3,10 @@
 //!   these requests are refused or answered before any cgroup is touched.
 //! - `dashboards`: the Grafana dashboards and Prometheus rules in dashboards/: structure and
 //!   metric names on any host; every panel's query against a real Prometheus in the VM.
+//! - `crash`: SIGKILL at random points of PUT/PATCH/DELETE/attach bursts, restart, then every
+//!   acknowledged write there, unanswered ones whole or absent, kernel equal to store on every
+//!   hierarchy, no directory without an owner, no process split across hierarchies,
+//!   `integrity_check` ok (issue 13): v1 on this host, v2 in the VM (`#[ignore]`).
 //! - `durability`: the desired state on a full disk (a small tmpfs): refused with 507, never
 //!   acknowledged and lost; recovery without a restart. Needs root and the v1 hierarchies.
 //! - `hostile`: the HTTP layer under hostile input (query values, bodies, headers, idle and
@@ -22,6 +26,7 @@
 //!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
 
 mod api;
+mod crash;
 mod dashboards;
 mod durability;
 mod hostile;
