@@ -166,10 +166,10 @@ pub struct Change {
 }
 
 /// What the host's cgroup setup can do, for /v1/host and for refusing what it cannot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct HostCgroup {
     /// "v2" or "v1".
-    pub version: &'static str,
+    pub version: String,
     pub root: PathBuf,
     /// Controllers usable for tenants (enabled in the root's parent).
     pub controllers: Vec<String>,
@@ -180,7 +180,7 @@ pub struct HostCgroup {
     pub devices: Vec<BlockDevice>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct BlockDevice {
     pub device: DevId,
     pub name: String,
@@ -267,7 +267,7 @@ pub enum SampleSource {
 }
 
 /// A setting a backend cannot apply on this host, reported rather than refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct NotApplied {
     /// The `Settings` field, e.g. "memory_high_bytes".
     pub setting: String,

@@ -536,7 +536,7 @@ impl Backend for V1 {
             .io_weight_file(&CgroupPath::root())
             .or_else(|| self.io_weight_file(&CgroupPath::daemon()));
         Ok(HostCgroup {
-            version: "v1",
+            version: "v1".into(),
             root: self.primary().map(Path::to_path_buf).unwrap_or_default(),
             controllers,
             missing,

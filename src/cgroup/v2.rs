@@ -208,7 +208,7 @@ impl Backend for V2 {
             .map(|c| c.to_string())
             .collect();
         Ok(HostCgroup {
-            version: "v2",
+            version: "v2".into(),
             root: self.root.clone(),
             controllers,
             missing,

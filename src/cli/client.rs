@@ -1,7 +1,11 @@
 //! The HTTP client the CLI uses: every command talks to the daemon's API, never to its database.
+//! Answers are read into the types the server writes them from; a failure is the problem+json
+//! `Problem` the server answered with, as one line.
 
+use crate::api::error::Problem;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 /// A failed call, as one line for the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +30,43 @@ impl Client {
         }
     }
 
-    pub async fn call<T: DeserializeOwned>(
+    /// GET a JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let body = self.request(Method::GET, path, None::<&()>).await?;
+        self.parse(path, &body)
+    }
+
+    /// PUT or POST `body` as JSON and read the JSON answer.
+    pub async fn send<T: DeserializeOwned>(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: &(impl Serialize + ?Sized),
     ) -> Result<T, ClientError> {
+        let answer = self.request(method, path, Some(body)).await?;
+        self.parse(path, &answer)
+    }
+
+    /// DELETE; the answer has no body.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.request(Method::DELETE, path, None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// GET a text body (CSV, HTML) as is.
+    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let body = self.request(Method::GET, path, None::<&()>).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Sends one request; a status other than 2xx is an error with the server's reason.
+    async fn request<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -53,52 +88,28 @@ impl Client {
             .await
             .map_err(|e| ClientError(format!("reading the answer from {url}: {e}")))?;
         if !status.is_success() {
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let detail = v["detail"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-            let field = v["field"]
-                .as_str()
-                .map(|f| format!(" [field: {f}]"))
-                .unwrap_or_default();
-            return Err(ClientError(format!("{} {detail}{field}", status.as_u16())));
+            return Err(failure(status, &bytes));
         }
-        if bytes.is_empty() {
-            return serde_json::from_value(Value::Null).map_err(|e| ClientError(e.to_string()));
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError(format!("unexpected answer from {url}: {e}")))
+        Ok(bytes.to_vec())
+    }
+
+    fn parse<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(body)
+            .map_err(|e| ClientError(format!("unexpected answer from {}{path}: {e}", self.base)))
     }
 }
 
-impl Client {
-    /// GET a text body (CSV, HTML) as is.
-    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.get(&url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| {
-            ClientError(format!(
-                "cannot reach tenantd at {}: {} (is 'tenantd serve' running?)",
-                self.base,
-                root_cause(&e)
-            ))
-        })?;
-        let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| ClientError(format!("reading the answer from {url}: {e}")))?;
-        if !status.is_success() {
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            let detail = v["detail"].as_str().unwrap_or(text.trim()).to_string();
-            return Err(ClientError(format!("{} {detail}", status.as_u16())));
-        }
-        Ok(text)
-    }
+/// The one line a failed call shows: the status, the problem's detail and the field at fault;
+/// the body as text when it is not a problem+json document (a proxy's page, say).
+fn failure(status: StatusCode, body: &[u8]) -> ClientError {
+    let reason = match serde_json::from_slice::<Problem>(body) {
+        Ok(p) => match p.field {
+            Some(f) => format!("{} [field: {f}]", p.detail),
+            None => p.detail,
+        },
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    };
+    ClientError(format!("{} {reason}", status.as_u16()))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -107,4 +118,33 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_one_line_with_the_problems_detail_and_field() {
+        let p = Problem::invalid("pid", "no process 4000000");
+        let body = serde_json::to_vec(&p).unwrap();
+        assert_eq!(
+            failure(StatusCode::UNPROCESSABLE_ENTITY, &body).0,
+            "422 no process 4000000 [field: pid]"
+        );
+        let p = Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "tenant 'x' does not exist",
+        );
+        let body = serde_json::to_vec(&p).unwrap();
+        assert_eq!(
+            failure(StatusCode::NOT_FOUND, &body).0,
+            "404 tenant 'x' does not exist"
+        );
+        assert_eq!(
+            failure(StatusCode::BAD_GATEWAY, b"  upstream down\n").0,
+            "502 upstream down"
+        );
+    }
 }

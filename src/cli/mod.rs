@@ -4,10 +4,16 @@
 mod client;
 mod format;
 pub mod serve;
+mod wire;
 
+use crate::engine::TenantView;
+use crate::engine::placement::ProcInfo;
+use crate::report::Report;
+use crate::store::{Event, Usage};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::{Client, ClientError};
 use reqwest::Method;
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -210,7 +216,7 @@ pub fn parse_apply_file(path: &std::path::Path) -> Result<Vec<(String, Value)>, 
     Ok(out)
 }
 
-fn print(out: Output, v: &Value, table: impl FnOnce(&Value) -> String) {
+fn print<T: Serialize>(out: Output, v: &T, table: impl FnOnce(&T) -> String) {
     match out {
         // csv and html are refused for every command but `report` before we get here.
         Output::Json | Output::Csv | Output::Html => {
@@ -246,8 +252,8 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                     let total = items.len();
                     let mut results = Vec::new();
                     for (i, (name, spec)) in items.into_iter().enumerate() {
-                        let v: Value = c
-                            .call(Method::PUT, &format!("/v1/tenants/{name}"), Some(&spec))
+                        let v: TenantView = c
+                            .send(Method::PUT, &format!("/v1/tenants/{name}"), &spec)
                             .await
                             .map_err(|e| {
                                 ClientError(format!(
@@ -258,7 +264,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                             eprintln!(
                                 "[{}/{total}] applied tenant '{name}' (cpu.weight {})",
                                 i + 1,
-                                format::num(&v["effective"]["cpu_weight"])
+                                format::or_dash(v.effective.as_ref().map(|e| e.cpu_weight))
                             );
                         }
                         results.push(v);
@@ -271,16 +277,12 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                     }
                 }
                 TenantCmd::Get { name } => {
-                    let v: Value = c
-                        .call(Method::GET, &format!("/v1/tenants/{name}"), None)
-                        .await?;
+                    let v: TenantView = c.get(&format!("/v1/tenants/{name}")).await?;
                     print(o.output, &v, format::tenant);
                 }
                 TenantCmd::List => {
-                    let v: Value = c.call(Method::GET, "/v1/tenants", None).await?;
-                    print(o.output, &v, |v| {
-                        format::tenants(v.as_array().map(Vec::as_slice).unwrap_or(&[]))
-                    });
+                    let v: Vec<TenantView> = c.get("/v1/tenants").await?;
+                    print(o.output, &v, |v| format::tenants(v));
                 }
                 TenantCmd::Delete {
                     name,
@@ -292,9 +294,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                         (false, Some(t)) => format!("?move_to={t}"),
                         _ => String::new(),
                     };
-                    let _: Value = c
-                        .call(Method::DELETE, &format!("/v1/tenants/{name}{q}"), None)
-                        .await?;
+                    c.delete(&format!("/v1/tenants/{name}{q}")).await?;
                     eprintln!("deleted tenant '{name}'");
                 }
             }
@@ -303,11 +303,11 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             let c = Client::new(&o.addr, o.token.clone());
             match cmd {
                 ProcsCmd::Add { tenant, pid } => {
-                    let v: Value = c
-                        .call(
+                    let v: wire::Placed = c
+                        .send(
                             Method::POST,
                             &format!("/v1/tenants/{tenant}/procs"),
-                            Some(&json!({"pid": pid})),
+                            &json!({"pid": pid}),
                         )
                         .await?;
                     print(o.output, &v, |_| {
@@ -315,20 +315,8 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                     });
                 }
                 ProcsCmd::List { tenant } => {
-                    let v: Value = c
-                        .call(Method::GET, &format!("/v1/tenants/{tenant}/procs"), None)
-                        .await?;
-                    print(o.output, &v, |v| {
-                        let rows: Vec<Vec<String>> = v
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .map(|p| vec![format::num(&p["pid"]), format::num(&p["comm"])])
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        format::table(&["PID", "COMMAND"], &rows)
-                    });
+                    let v: Vec<ProcInfo> = c.get(&format!("/v1/tenants/{tenant}/procs")).await?;
+                    print(o.output, &v, |v| format::procs(v));
                 }
             }
         }
@@ -339,11 +327,11 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
         } => {
             let c = Client::new(&o.addr, o.token.clone());
             let me = std::process::id();
-            let _: Value = c
-                .call(
+            let _: wire::Placed = c
+                .send(
                     Method::POST,
                     &format!("/v1/tenants/{tenant}/procs"),
-                    Some(&json!({"pid": me})),
+                    &json!({"pid": me}),
                 )
                 .await?;
             // Now in the tenant's leaf: replace this process with the command, so its exit
@@ -356,8 +344,8 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
         }
         Cmd::Host { client: o } => {
             let c = Client::new(&o.addr, o.token.clone());
-            let v: Value = c.call(Method::GET, "/v1/host", None).await?;
-            print(o.output, &v, host_table);
+            let v: wire::HostAnswer = c.get("/v1/host").await?;
+            print(o.output, &v, format::host);
         }
         Cmd::Report {
             from,
@@ -379,7 +367,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             }
             let path = format!("/v1/reports/sla?{}", q.join("&"));
             if format == "json" {
-                let v: Value = c.call(Method::GET, &path, None).await?;
+                let v: Report = c.get(&path).await?;
                 print(o.output, &v, format::report);
             } else {
                 print!("{}", c.text(&path).await?);
@@ -402,7 +390,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                 if q.is_empty() { "" } else { "?" },
                 q.join("&")
             );
-            let v: Value = c.call(Method::GET, &path, None).await?;
+            let v: Usage = c.get(&path).await?;
             print(o.output, &v, format::usage);
         }
         Cmd::Events {
@@ -423,88 +411,11 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             } else {
                 format!("/v1/events?{}", q.join("&"))
             };
-            let v: Value = c.call(Method::GET, &path, None).await?;
-            print(o.output, &v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|e| {
-                                vec![
-                                    format::num(&e["ts_ms"]),
-                                    e["tenant"].as_str().unwrap_or("-").to_string(),
-                                    format::num(&e["kind"]),
-                                    e["actor"].as_str().unwrap_or("-").to_string(),
-                                    e["detail"].to_string(),
-                                ]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                format::table(
-                    &["TIME (UNIX MS)", "TENANT", "KIND", "ACTOR", "DETAIL"],
-                    &rows,
-                )
-            });
+            let v: Vec<Event> = c.get(&path).await?;
+            print(o.output, &v, |v| format::events(v));
         }
     }
     Ok(())
-}
-
-fn host_table(v: &Value) -> String {
-    let cg = &v["cgroup"];
-    let mut s = format!(
-        "tenantd {}  cgroup {}  root {}\ncpus {}  memory {}  (reserve {})\ncontrollers: {}\nmissing: {}\nPSI: {}  cgroup.kill: {}\n\n",
-        format::num(&v["tenantd_version"]),
-        format::num(&cg["version"]),
-        format::num(&cg["root"]),
-        format::num(&v["cpus"]),
-        format::bytes(&v["memory_bytes"]),
-        format::bytes(&v["memory_reserve_bytes"]),
-        cg["controllers"]
-            .as_array()
-            .map(|a| a.iter().map(format::num).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default(),
-        cg["missing"]
-            .as_array()
-            .map(|a| if a.is_empty() {
-                "none".into()
-            } else {
-                a.iter().map(format::num).collect::<Vec<_>>().join(" ")
-            })
-            .unwrap_or_default(),
-        format::num(&cg["psi"]),
-        format::num(&cg["kill"]),
-    );
-    let rows: Vec<Vec<String>> = cg["devices"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|d| {
-                    vec![
-                        format!(
-                            "{}:{}",
-                            format::num(&d["device"]["major"]),
-                            format::num(&d["device"]["minor"])
-                        ),
-                        format::num(&d["name"]),
-                        format::num(&d["scheduler"]),
-                        if d["io_weight_effective"].as_bool() == Some(true) {
-                            "yes".into()
-                        } else {
-                            "no".into()
-                        },
-                        format::num(&d["io_weight_reason"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    s += &format::table(
-        &["DEVICE", "NAME", "SCHEDULER", "IO WEIGHTS WORK", "WHY"],
-        &rows,
-    );
-    s
 }
 
 /// Entry point for the binary.

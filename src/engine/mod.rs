@@ -67,7 +67,7 @@ pub enum DeleteMode {
 }
 
 /// A tenant as the API shows it: the spec, and what the kernel really holds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TenantView {
     pub name: TenantName,
     #[serde(flatten)]

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// PF_KTHREAD from include/linux/sched.h: the task is a kernel thread.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ProcInfo {
     pub pid: u32,
     pub comm: Option<String>,

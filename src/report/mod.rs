@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// One point of a tenant's chart.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Point {
     pub ts_ms: i64,
     /// Delivered share of the parent's CPU, 0..1.
@@ -17,7 +17,7 @@ pub struct Point {
 }
 
 /// A tenant's SLA over the report period.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TenantReport {
     pub tenant: String,
     pub labels: BTreeMap<String, String>,
@@ -40,7 +40,7 @@ pub struct TenantReport {
     pub series: Vec<Point>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Report {
     pub from_ms: i64,
     pub to_ms: i64,

@@ -118,7 +118,7 @@ fn bind<'t, T: sqlx::Encode<'t, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
 }
 
 /// A tenant as stored: its spec and bookkeeping.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct StoredTenant {
     pub spec: TenantSpec,
     /// Bumped by every change, for optimistic checks and caches.
@@ -138,7 +138,7 @@ pub struct NewEvent {
 }
 
 /// A recorded event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Event {
     pub id: i64,
     pub ts_ms: i64,

@@ -710,3 +710,140 @@ fn finding_11_conflict_messages_without_rust_debug_text() {
         }
     }
 }
+
+/// Issue 16: the CLI reads every answer into the type the server writes it from. Each client
+/// command against a real daemon, as a table and as JSON (the JSON equal to the API's own
+/// answer where nothing changes in between), and bad input as one line and exit status 1.
+#[test]
+fn issue_16_every_cli_command_reads_the_servers_types() {
+    let v = V1Daemon::start("v1s-cli");
+    let d = v.d();
+    let cli = |args: &[&str]| {
+        let out = d.cli().args(args).stdin(Stdio::null()).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let ok = |args: &[&str]| {
+        let (code, out, err) = cli(args);
+        assert_eq!(code, Some(0), "tenantd {args:?}: {err}");
+        out
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let out = ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tenantd {a:?}: {e}: {out}"))
+    };
+
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("tenants.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[tenant]]
+name = "team"
+cpu = { guarantee_pct = 50 }
+
+[[tenant]]
+name = "web"
+parent = "team"
+labels = { customer = "acme" }
+cpu = { guarantee_pct = "12.5%", limit_pct = 200 }
+memory = { guarantee_bytes = "64MiB", protection = "soft", limit_bytes = "256MiB" }
+pids = { limit = 100 }
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["tenant", "apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("[2/2] applied tenant 'web' (cpu.weight 1250)"),
+        "{err}"
+    );
+
+    let list = ok(&["tenant", "list"]);
+    assert!(
+        list.lines().any(|l| l.starts_with("web ")
+            && l.contains("12.5%")
+            && l.contains("64 MiB")
+            && l.contains("256 MiB")),
+        "{list}"
+    );
+    assert_eq!(json(&["tenant", "list"]).as_array().map(Vec::len), Some(2));
+    let get = ok(&["tenant", "get", "web"]);
+    assert!(get.contains("parent:      team"), "{get}");
+    assert!(get.contains("memory.max 256 MiB"), "{get}");
+    assert_eq!(
+        json(&["tenant", "get", "web"])["spec"]["pids"]["limit"],
+        100
+    );
+
+    // `run` posts its own PID; `procs add` another's.
+    let _runner = Owned(
+        d.cli()
+            .args(["run", "--tenant", "web", "--", "sleep", "60"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let other = Owned(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = other.pid().to_string();
+    let added = json(&["procs", "add", "web", &pid]);
+    assert_eq!(
+        (added["tenant"].as_str(), added["pid"].as_u64()),
+        (Some("web"), Some(other.pid() as u64))
+    );
+    eventually(20, "both sleeps in web", || {
+        ok(&["procs", "list", "web"]).matches("sleep").count() == 2
+    });
+
+    let host = ok(&["host"]);
+    assert!(host.contains("cgroup v1"), "{host}");
+    assert_eq!(json(&["host"]), d.call("GET", "/v1/host", None).1);
+    let events = ok(&["events", "--tenant", "web"]);
+    assert!(events.contains("tenant_created"), "{events}");
+    assert_eq!(
+        json(&["events", "--tenant", "web"]),
+        d.call("GET", "/v1/events?tenant=web", None).1
+    );
+    eventually(20, "a usage point of web with rates", || {
+        json(&["usage", "web", "--from", "1m"])["points"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["cpu_cores_mean"].is_number()))
+    });
+    let usage = ok(&["usage", "web", "--from", "1m"]);
+    assert!(usage.starts_with("tenant web  level raw"), "{usage}");
+    assert!(usage.contains(" cores"), "{usage}");
+    let report = ok(&["report", "--from", "10m"]);
+    assert!(report.lines().any(|l| l.starts_with("web ")), "{report}");
+    assert_eq!(
+        json(&["report", "--from", "10m"])["tenants"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert!(ok(&["report", "-o", "csv"]).starts_with("tenant,"));
+
+    // Bad input: one line on stderr, exit status 1.
+    for (args, want) in [
+        (vec!["tenant", "get", "Web"], "tenantd: error: 422 "),
+        (vec!["tenant", "get", "ghost"], "tenantd: error: 404 "),
+        (vec!["procs", "add", "web", "4000000"], "[field: pid]"),
+        (
+            vec!["tenant", "list", "-o", "csv"],
+            "-o csv is only for 'tenantd report'",
+        ),
+        (vec!["usage", "web", "--step", "fast"], "[field: step]"),
+        (vec!["tenant", "delete", "web"], "tenantd: error: 409 "),
+    ] {
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, Some(1), "tenantd {args:?}: {out} {err}");
+        assert!(
+            err.starts_with("tenantd: error: ") && err.contains(want) && err.lines().count() == 1,
+            "tenantd {args:?}: {err}"
+        );
+    }
+    let (code, _, err) = cli(&["tenant", "delete", "web", "--kill"]);
+    assert_eq!((code, err.trim()), (Some(0), "deleted tenant 'web'"));
+    assert_eq!(json(&["tenant", "list"]).as_array().map(Vec::len), Some(1));
+}
