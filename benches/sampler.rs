@@ -359,7 +359,9 @@ async fn bench(n: usize) {
 /// One tenant, one day at 1 s: the database size, VACUUMed. `dense`: every rate fractional
 /// and non-zero (worst case); otherwise a CPU-and-memory tenant with no IO and no stalls.
 async fn db_size_per_tenant_day(dense: bool) {
-    use tenantd::store::UsageRow;
+    use tenantd::domain::usage_row::{
+        UsageCounters, UsageEvents, UsageGauges, UsageRates, UsageRow,
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("day.db");
     let store = Store::open(&path).await.expect("open");
@@ -367,23 +369,28 @@ async fn db_size_per_tenant_day(dense: bool) {
     let t = Instant::now();
     for s in 0..86_400i64 {
         // Plausible values: counters that grow, gauges that wander, rates with fractions.
-        let mut r = UsageRow {
+        let r = UsageRow {
             tenant: "tenant-0001".into(),
             ts_ms: t0 + s * 1000,
             interval_ms: Some(1000),
-            ..Default::default()
+            counters: UsageCounters::from_values(std::array::from_fn(|i| {
+                Some(1_000_000_000 + s * 12_345 * (i as i64 + 1))
+            })),
+            gauges: UsageGauges::from_values(std::array::from_fn(|i| {
+                Some(500_000_000 + (s * 7919 % 10_000_000) * (i as i64 + 1))
+            })),
+            // The CPU rates fractional; the others too when `dense`, else zero.
+            rates: UsageRates::from_values(std::array::from_fn(|i| {
+                let v = ((s * 31 + i as i64 * 17) % 1000) as f64 / 997.0;
+                Some(if dense || i < 4 { v } else { 0.0 })
+            })),
+            events: UsageEvents {
+                new_oom_kills: Some(0),
+                new_memory_high_events: Some(s % 600 / 599),
+                new_memory_max_events: Some(0),
+                new_pids_max_events: Some(0),
+            },
         };
-        for (i, c) in r.counters.iter_mut().enumerate() {
-            *c = Some(1_000_000_000 + s * 12_345 * (i as i64 + 1));
-        }
-        for (i, g) in r.gauges.iter_mut().enumerate() {
-            *g = Some(500_000_000 + (s * 7919 % 10_000_000) * (i as i64 + 1));
-        }
-        for (i, x) in r.rates.iter_mut().enumerate() {
-            let v = ((s * 31 + i as i64 * 17) % 1000) as f64 / 997.0;
-            *x = Some(if dense || i < 4 { v } else { 0.0 });
-        }
-        r.events = [Some(0), Some(s % 600 / 599), Some(0), Some(0)];
         store.add_usage(&[r]).await.expect("write");
     }
     store

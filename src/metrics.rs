@@ -6,9 +6,14 @@
 //! deleted tenant disappears from the very next scrape. Names follow the Prometheus rules:
 //! prefix `tenantd_`, base units in the name (seconds, bytes, ratios), counters end in
 //! `_total`. The Grafana dashboards are checked against `METRICS` (see `exposed_names`).
+//!
+//! It renders domain types only (`domain::stats`, `domain::sla::SlaTotals`, specs and
+//! plans); it may not import `engine`, `store`, `cgroup` or `api` (the engine fills the
+//! snapshot and imports this module, not the other way round).
 
-use crate::cgroup::stats::{CgroupStats, IoDevStat, PressureTotals};
 use crate::domain::plan::Limit;
+use crate::domain::sla::SlaTotals;
+use crate::domain::stats::{CgroupStats, IoDevStat, PressureTotals};
 use crate::domain::tenant::TenantSpec;
 #[cfg(test)]
 use prometheus_client::collector::Collector;
@@ -501,7 +506,7 @@ pub struct TenantSnapshot {
     /// Shared with the sampler's list of tenants.
     pub spec: std::sync::Arc<TenantSpec>,
     /// The SLA since the daemon started; `None` before the first interval.
-    pub sla: Option<crate::engine::sla::SlaTotals>,
+    pub sla: Option<SlaTotals>,
 }
 
 /// The sampler's view of every tenant, replaced whole on each sweep.
@@ -1043,7 +1048,7 @@ impl Collector for TenantCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::stats::{CpuStat, MemoryEvents};
+    use crate::domain::stats::{CpuStat, MemoryEvents};
     use crate::domain::tenant::DevId;
     use crate::domain::units::{Bytes, Percent};
 
@@ -1179,7 +1184,7 @@ mod tests {
                 some_usec: Some(1),
                 full_usec: Some(0),
             });
-            t.sla = Some(crate::engine::sla::SlaTotals {
+            t.sla = Some(SlaTotals {
                 contended_s: 1.0 / 3.0 + i as f64,
                 violation_s: 1e-9 * i as f64,
                 violations: i as u64,
@@ -1226,7 +1231,7 @@ mod tests {
         let m = Metrics::new();
         let mut s = snapshot(2);
         for (i, t) in s.tenants.values_mut().enumerate() {
-            t.sla = Some(crate::engine::sla::SlaTotals {
+            t.sla = Some(SlaTotals {
                 delivered_ratio: Some([f64::INFINITY, f64::NEG_INFINITY][i]),
                 ..Default::default()
             });

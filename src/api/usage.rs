@@ -178,8 +178,9 @@ mod tests {
     async fn routes_answer_with_the_right_types() {
         use crate::api::{auth::Tokens, router};
         use crate::domain::tenant::{Capacity, TenantSpec};
+        use crate::domain::usage_row::UsageRow;
         use crate::engine::{EngineConfig, Governor};
-        use crate::store::{NewEvent, Store, UsageRow};
+        use crate::store::{NewEvent, Store};
         use axum::body::Body;
         use axum::http::Request;
         use http_body_util::BodyExt;
@@ -211,7 +212,7 @@ mod tests {
             interval_ms: Some(1000),
             ..Default::default()
         };
-        row.rates[0] = Some(0.75);
+        row.rates.cpu_cores = Some(0.75);
         store.add_usage(&[row]).await.unwrap();
         let backend = Arc::new(crate::cgroup::v2::V2::new(
             tmp.path(),

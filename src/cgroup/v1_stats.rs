@@ -28,12 +28,15 @@
 //!
 //! The inode guard is the cpuacct directory's (the cpu one without cpuacct): a tenant
 //! deleted and recreated under the same name gives no delta.
+//!
+//! Like `cgroup::stats`, this fills the domain's types (`domain::stats`) and defines none of
+//! its own; it may import `domain`, never `store`, `engine`, `api` or `metrics`.
 
 use super::parse::{ParseError, flat_keyed, pids};
-use super::stats::{CgroupStats, CpuStat, IoDevStat, MemoryStat, Sample};
 use super::v1::V1Dirs;
 use super::v1_parse;
 use super::{CgroupError, Result};
+use crate::domain::stats::{CgroupStats, CpuStat, IoDevStat, MemoryStat, Sample};
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;

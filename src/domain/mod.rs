@@ -1,11 +1,17 @@
 //! Pure domain logic: no clock, no IO, no async. Tenants and their SLA, the mapping to kernel
-//! settings, rates from samples and SLA accounting.
+//! settings, the stats a cgroup reads as (`stats`), rates from samples (`usage`), the row the
+//! usage history keeps (`usage_row`) and SLA accounting.
+//!
+//! The one typed model: the other layers fill these types, store them and render them. The
+//! domain imports nothing from `cgroup`, `store`, `engine`, `api`, `metrics` or `cli`.
 
 pub mod plan;
 pub mod sla;
+pub mod stats;
 pub mod tenant;
 pub mod units;
 pub mod usage;
+pub mod usage_row;
 
 pub use plan::{Limit, Settings, TenantPlan};
 pub use tenant::{DomainError, TenantName, TenantSpec};

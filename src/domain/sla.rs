@@ -6,6 +6,10 @@
 //! stall, or run-queue wait where PSI is missing, took at least `contention_threshold` of the
 //! interval) and it was not merely held back by its own cpu.max (throttling is the tenant's own
 //! limit, not a breach of its guarantee).
+//!
+//! Owns the SLA's verdicts, events, attainment and the per-tenant totals `/metrics` shows
+//! (`SlaTotals`, kept up by `engine::sla`). Imports nothing from `cgroup`, `store`, `engine`
+//! or `api`.
 
 use crate::domain::tenant::DevId;
 use crate::domain::usage::Rates;
@@ -210,6 +214,34 @@ impl Attainment {
         } else {
             (1.0 - self.violation_s / self.contended_s).clamp(0.0, 1.0)
         }
+    }
+}
+
+/// A tenant's SLA since the daemon started, for /metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SlaTotals {
+    pub contended_s: f64,
+    pub violation_s: f64,
+    pub violations: u64,
+    pub memory_breaches: u64,
+    /// Delivered share of the parent's CPU in the last interval, 0..1.
+    pub delivered_ratio: Option<f64>,
+    /// The same accounting for IO, where io weights take effect (iocost or BFQ).
+    pub io_contended_s: f64,
+    pub io_violation_s: f64,
+    pub io_violations: u64,
+    /// Share of its siblings' IO in the last interval, 0..1: device time under iocost, bytes
+    /// elsewhere; `None` without an IO guarantee, or where io weights do nothing.
+    pub io_delivered_ratio: Option<f64>,
+}
+
+impl SlaTotals {
+    pub fn attainment_ratio(&self) -> f64 {
+        Attainment {
+            contended_s: self.contended_s,
+            violation_s: self.violation_s,
+        }
+        .ratio()
     }
 }
 

@@ -4,8 +4,11 @@
 //! Guarded deltas, as facebookincubator/below takes them: a changed inode (the cgroup was
 //! deleted and recreated) gives no rates at all for the interval; a counter that went
 //! backwards gives no rate for that counter. A rate is never negative and never wrapped.
+//!
+//! Owns `Rates` (and their per-device and stall parts); reads `domain::stats`. Imports nothing
+//! from `cgroup`, `store`, `engine` or `api`.
 
-use crate::cgroup::stats::{CgroupStats, PressureTotals, Sample};
+use crate::domain::stats::{CgroupStats, PressureTotals, Sample};
 use crate::domain::tenant::DevId;
 use serde::Serialize;
 
@@ -143,7 +146,7 @@ impl Rates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::stats::{CpuStat, IoDevStat, MemoryEvents};
+    use crate::domain::stats::{CpuStat, IoDevStat, MemoryEvents};
     use proptest::prelude::*;
 
     fn sample(ino: u64, usage: u64, oom_kill: u64, rbytes: u64) -> Sample {

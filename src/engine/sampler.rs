@@ -3,21 +3,23 @@
 //! one transaction, roll up closed minutes and hours once a minute, and publish the snapshot
 //! `/metrics` renders.
 //!
-//! IO (`cgroup::stats`) and maths (`domain::usage`) stay apart; this file only wires them to
-//! the clock, the store and the metrics.
+//! IO (`cgroup::stats`, `cgroup::v1_stats`) and maths (`domain::usage`) stay apart; this file
+//! only wires them to the clock, the store and the metrics. It fills the domain's `UsageRow`
+//! by field name (`usage_row`); the store derives its columns from those fields.
 
 use super::sla::{Input, SlaConfig, SlaEngine};
 use super::{EngineError, Governor, Result, now_ms};
 use crate::cgroup::stats::{
-    FD_RESERVE_DEFAULT, Sample, StatsReader, held_tenants_budget, held_tenants_budget_with,
-    sample_dir_mode,
+    FD_RESERVE_DEFAULT, StatsReader, held_tenants_budget, held_tenants_budget_with, sample_dir_mode,
 };
 use crate::cgroup::v1_stats::{self, V1StatsReader};
 use crate::cgroup::{CgroupPath, SampleSource};
+use crate::domain::stats::{IoDevStat, Sample};
 use crate::domain::tenant::{self, TenantName, TenantSpec};
 use crate::domain::usage::{self, Rates};
+use crate::domain::usage_row::{UsageCounters, UsageEvents, UsageGauges, UsageRates, UsageRow};
 use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
-use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute, UsageRow};
+use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,69 +186,75 @@ struct Targets {
     dirs: Vec<(String, SampleSource)>,
 }
 
-/// Builds the stored row of one sample and the rates since the previous one.
+/// Builds the stored row of one sample and the rates since the previous one, field by field
+/// (the store takes its column names from these fields).
 pub fn usage_row(tenant: &str, ts_ms: i64, s: &Sample, r: Option<&Rates>) -> UsageRow {
     let st = &s.stats;
     let i = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
-    let io_sum = |f: fn(&crate::cgroup::stats::IoDevStat) -> Option<u64>| {
+    let io_sum = |f: fn(&IoDevStat) -> Option<u64>| {
         st.io.iter().filter_map(f).fold(None, |a: Option<u64>, v| {
             Some(a.unwrap_or(0).saturating_add(v))
         })
     };
-    let mut row = UsageRow {
+    let counters = UsageCounters {
+        cpu_usage_usec: i(st.cpu.usage_usec),
+        cpu_user_usec: i(st.cpu.user_usec),
+        cpu_system_usec: i(st.cpu.system_usec),
+        cpu_throttled_usec: i(st.cpu.throttled_usec),
+        cpu_nr_throttled: i(st.cpu.nr_throttled),
+        io_read_bytes: i(io_sum(|d| d.rbytes)),
+        io_write_bytes: i(io_sum(|d| d.wbytes)),
+        io_read_ops: i(io_sum(|d| d.rios)),
+        io_write_ops: i(io_sum(|d| d.wios)),
+        oom_kill_events: i(st.memory_events.oom_kill),
+        memory_high_events: i(st.memory_events.high),
+        memory_max_events: i(st.memory_events.max),
+        pids_max_events: i(st.pids_max_events),
+        memory_anon_bytes: i(st.memory.anon),
+        memory_file_bytes: i(st.memory.file),
+    };
+    let gauges = UsageGauges {
+        memory_current_bytes: i(st.memory_current),
+        memory_working_set_bytes: i(st.working_set()),
+        memory_peak_bytes: i(st.memory_peak),
+        pids_current: i(st.pids_current),
+    };
+    let (rates, events) = match r {
+        None => (UsageRates::default(), UsageEvents::default()),
+        Some(r) => (
+            UsageRates {
+                cpu_cores: r.cpu_cores,
+                cpu_user_cores: r.cpu_user_cores,
+                cpu_system_cores: r.cpu_system_cores,
+                cpu_throttled_cores: r.cpu_throttled_cores,
+                io_read_bytes_per_s: r.io_total(|d| d.read_bytes_per_s),
+                io_write_bytes_per_s: r.io_total(|d| d.write_bytes_per_s),
+                io_read_ops_per_s: r.io_total(|d| d.read_ops_per_s),
+                io_write_ops_per_s: r.io_total(|d| d.write_ops_per_s),
+                cpu_some_stall_ratio: r.cpu_stall.some,
+                cpu_full_stall_ratio: r.cpu_stall.full,
+                memory_some_stall_ratio: r.memory_stall.some,
+                memory_full_stall_ratio: r.memory_stall.full,
+                io_some_stall_ratio: r.io_stall.some,
+                io_full_stall_ratio: r.io_stall.full,
+            },
+            UsageEvents {
+                new_oom_kills: i(r.new_oom_kills),
+                new_memory_high_events: i(r.new_memory_high),
+                new_memory_max_events: i(r.new_memory_max),
+                new_pids_max_events: i(r.new_pids_max),
+            },
+        ),
+    };
+    UsageRow {
         tenant: tenant.to_string(),
         ts_ms,
         interval_ms: r.map(|r| (r.interval_s * 1000.0).round() as i64),
-        counters: [
-            i(st.cpu.usage_usec),
-            i(st.cpu.user_usec),
-            i(st.cpu.system_usec),
-            i(st.cpu.throttled_usec),
-            i(st.cpu.nr_throttled),
-            i(io_sum(|d| d.rbytes)),
-            i(io_sum(|d| d.wbytes)),
-            i(io_sum(|d| d.rios)),
-            i(io_sum(|d| d.wios)),
-            i(st.memory_events.oom_kill),
-            i(st.memory_events.high),
-            i(st.memory_events.max),
-            i(st.pids_max_events),
-            i(st.memory.anon),
-            i(st.memory.file),
-        ],
-        gauges: [
-            i(st.memory_current),
-            i(st.working_set()),
-            i(st.memory_peak),
-            i(st.pids_current),
-        ],
-        ..Default::default()
-    };
-    if let Some(r) = r {
-        row.rates = [
-            r.cpu_cores,
-            r.cpu_user_cores,
-            r.cpu_system_cores,
-            r.cpu_throttled_cores,
-            r.io_total(|d| d.read_bytes_per_s),
-            r.io_total(|d| d.write_bytes_per_s),
-            r.io_total(|d| d.read_ops_per_s),
-            r.io_total(|d| d.write_ops_per_s),
-            r.cpu_stall.some,
-            r.cpu_stall.full,
-            r.memory_stall.some,
-            r.memory_stall.full,
-            r.io_stall.some,
-            r.io_stall.full,
-        ];
-        row.events = [
-            i(r.new_oom_kills),
-            i(r.new_memory_high),
-            i(r.new_memory_max),
-            i(r.new_pids_max),
-        ];
+        counters,
+        gauges,
+        rates,
+        events,
     }
-    row
 }
 
 /// Events for the limit hits in `r`: kinds `oom_kill`, `memory_high`, `memory_max`, `pids_max`.
@@ -585,7 +593,7 @@ fn read_all(readers: &mut Readers, targets: &Arc<Targets>) -> Vec<ReadResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::stats::{CgroupStats, CpuStat, MemoryEvents};
+    use crate::domain::stats::{CgroupStats, CpuStat, MemoryEvents};
 
     fn s(usage: u64, oom: u64, high: u64) -> Sample {
         Sample {
@@ -618,14 +626,15 @@ mod tests {
         assert_eq!(ev[0].detail, serde_json::json!({"count": 2, "total": 3}));
         let row = usage_row("t", 1000, &b, Some(&r));
         assert_eq!(row.interval_ms, Some(1000));
-        assert_eq!(row.rates[0], Some(2.0));
-        assert_eq!(row.counters[0], Some(2_000_000));
-        assert_eq!(row.gauges[0], Some(100));
-        assert_eq!(row.events[0], Some(2));
+        assert_eq!(row.rates.cpu_cores, Some(2.0));
+        assert_eq!(row.counters.cpu_usage_usec, Some(2_000_000));
+        assert_eq!(row.gauges.memory_current_bytes, Some(100));
+        assert_eq!(row.events.new_oom_kills, Some(2));
+        assert_eq!(row.events.new_memory_high_events, Some(0));
         let first = usage_row("t", 0, &a, None);
         assert_eq!(
-            (first.interval_ms, first.rates[0], first.events[0]),
-            (None, None, None)
+            (first.interval_ms, first.rates, first.events),
+            (None, UsageRates::default(), UsageEvents::default())
         );
     }
 

@@ -1,15 +1,17 @@
 //! The SLA controller: turns each sweep's rates into verdicts (`domain::sla`), violation and
 //! memory-protection events, the numbers `/metrics` shows, and, when enabled, adaptive
 //! adjustments of the governor root's cpu.weight. No IO here: the sampler stores and writes.
+//!
+//! It keeps the domain's `SlaTotals` per tenant; the maths is `domain::sla`'s. It may import
+//! `domain` and `store`'s row types, never `cgroup`, `api` or `metrics`.
 
-use crate::cgroup::stats::CgroupStats;
 use crate::domain::sla::{
-    Attainment, DeviceIo, Interval, SlaEvent, SlaParams, Tracker, io_shares, next_weight,
+    DeviceIo, Interval, SlaEvent, SlaParams, SlaTotals, Tracker, io_shares, next_weight,
 };
+use crate::domain::stats::CgroupStats;
 use crate::domain::tenant::{Protection, TenantSpec};
 use crate::domain::usage::Rates;
 use crate::store::NewEvent;
-use serde::Serialize;
 use std::collections::HashMap;
 
 /// How the SLA is judged and enforced.
@@ -29,34 +31,6 @@ impl Default for SlaConfig {
             adaptive: false,
             adaptive_max_weight: 10_000,
         }
-    }
-}
-
-/// A tenant's SLA since the daemon started, for /metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct SlaTotals {
-    pub contended_s: f64,
-    pub violation_s: f64,
-    pub violations: u64,
-    pub memory_breaches: u64,
-    /// Delivered share of the parent's CPU in the last interval, 0..1.
-    pub delivered_ratio: Option<f64>,
-    /// The same accounting for IO, where io weights take effect (iocost or BFQ).
-    pub io_contended_s: f64,
-    pub io_violation_s: f64,
-    pub io_violations: u64,
-    /// Share of its siblings' IO in the last interval, 0..1: device time under iocost, bytes
-    /// elsewhere; `None` without an IO guarantee, or where io weights do nothing.
-    pub io_delivered_ratio: Option<f64>,
-}
-
-impl SlaTotals {
-    pub fn attainment_ratio(&self) -> f64 {
-        Attainment {
-            contended_s: self.contended_s,
-            violation_s: self.violation_s,
-        }
-        .ratio()
     }
 }
 

@@ -6,13 +6,21 @@
 //! COMMIT`, acknowledged only once COMMIT returned. After any error that connection is closed
 //! and a fresh one opened for the next write, so no half-finished transaction survives. A
 //! full filesystem is `StoreError::Full` and turns `Store::writable` off until a write commits.
+//!
+//! Layers: the store stores the domain's types (`TenantSpec`, `domain::usage_row::UsageRow`)
+//! and may import `domain`, never `cgroup`, `engine`, `api` or `metrics`. Within it,
+//! `samples` (usage tables) and `sla` (SLA tables) both build on `rollup` (levels, retention)
+//! and `sweep` composes them in one transaction; no two of its modules import each other.
 
 mod intents;
+mod rollup;
 mod samples;
 mod sla;
+mod sweep;
 
 pub use intents::{Intent, NewIntent};
-pub use samples::{Level, MinuteRollup, Retention, Usage, UsagePoint, UsageRow};
+pub use rollup::{Level, Retention};
+pub use samples::{MinuteRollup, Usage, UsagePoint};
 pub use sla::{SlaBucket, SlaMinute, SlaRow, SlaSeries};
 
 use crate::domain::{TenantName, TenantSpec};

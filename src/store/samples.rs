@@ -3,11 +3,15 @@
 //! level for a requested step. Rolling up closed buckets instead of upserting on every write
 //! halves the per-second write cost (see docs/usage-numbers.md).
 //!
-//! Column names come from the const lists below, so the raw table, the rollups and the query
-//! answer cannot drift apart (migrations/0002_usage.sql holds the same names).
+//! A raw row is the domain's `UsageRow`; every column name comes from its field names
+//! (`domain::usage_row`), so the raw table, the rollups and the query answer cannot drift
+//! apart from the row (migrations/0002_usage.sql holds the same names). This module owns the
+//! usage tables only: it imports `store::rollup` (levels, retention) and the domain, never
+//! `store::sla` (the SLA tables) nor `store::sweep` (the one transaction writing both).
 
-use super::sla::SlaRow;
-use super::{NewEvent, Result, Store, bind, q, values_sql};
+use super::rollup::{Level, Retention, unfolded};
+use super::{Result, Store, bind, q, values_sql};
+use crate::domain::usage_row::{UsageCounters, UsageEvents, UsageGauges, UsageRates, UsageRow};
 use serde::Serialize;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, SqliteConnection};
@@ -15,70 +19,16 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 /// Cumulative kernel counters kept in the raw rows (for re-deriving rates; not rolled up).
-pub const COUNTERS: [&str; 15] = [
-    "cpu_usage_usec",
-    "cpu_user_usec",
-    "cpu_system_usec",
-    "cpu_throttled_usec",
-    "cpu_nr_throttled",
-    "io_read_bytes",
-    "io_write_bytes",
-    "io_read_ops",
-    "io_write_ops",
-    "oom_kill_events",
-    "memory_high_events",
-    "memory_max_events",
-    "pids_max_events",
-    "memory_anon_bytes",
-    "memory_file_bytes",
-];
+const COUNTERS: [&str; UsageCounters::LEN] = UsageCounters::COLUMNS;
 
 /// Gauges: rolled up as mean and max.
-pub const GAUGES: [&str; 4] = [
-    "memory_current_bytes",
-    "memory_working_set_bytes",
-    "memory_peak_bytes",
-    "pids_current",
-];
+const GAUGES: [&str; UsageGauges::LEN] = UsageGauges::COLUMNS;
 
 /// Per-second rates: rolled up as a time-weighted mean and max.
-pub const RATES: [&str; 14] = [
-    "cpu_cores",
-    "cpu_user_cores",
-    "cpu_system_cores",
-    "cpu_throttled_cores",
-    "io_read_bytes_per_s",
-    "io_write_bytes_per_s",
-    "io_read_ops_per_s",
-    "io_write_ops_per_s",
-    "cpu_some_stall_ratio",
-    "cpu_full_stall_ratio",
-    "memory_some_stall_ratio",
-    "memory_full_stall_ratio",
-    "io_some_stall_ratio",
-    "io_full_stall_ratio",
-];
+const RATES: [&str; UsageRates::LEN] = UsageRates::COLUMNS;
 
 /// Events in the interval: rolled up as sums.
-pub const EVENTS: [&str; 4] = [
-    "new_oom_kills",
-    "new_memory_high_events",
-    "new_memory_max_events",
-    "new_pids_max_events",
-];
-
-/// One tenant's sample, ready to store. Arrays follow the const lists above.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct UsageRow {
-    pub tenant: String,
-    pub ts_ms: i64,
-    /// Length of the interval the rates cover; `None` when there are no rates.
-    pub interval_ms: Option<i64>,
-    pub counters: [Option<i64>; 15],
-    pub gauges: [Option<i64>; 4],
-    pub rates: [Option<f64>; 14],
-    pub events: [Option<i64>; 4],
-}
+const EVENTS: [&str; UsageEvents::LEN] = UsageEvents::COLUMNS;
 
 /// One tenant's minute of usage rolled up as the samples arrive, so a closed minute is written
 /// as one row instead of being folded again from the raw table (which cost a sort of every
@@ -91,11 +41,12 @@ pub struct MinuteRollup {
     pub bucket_ms: i64,
     samples: i64,
     interval_ms: i64,
-    /// Per rate: sum of rate x interval (ms), max.
-    rates: [(Option<f64>, Option<f64>); 14],
-    /// Per gauge: sum, max.
-    gauges: [(Option<i64>, Option<i64>); 4],
-    events: [Option<i64>; 4],
+    /// Per rate, in `RATES` order: sum of rate x interval (ms), max.
+    rates: [(Option<f64>, Option<f64>); UsageRates::LEN],
+    /// Per gauge, in `GAUGES` order: sum, max.
+    gauges: [(Option<i64>, Option<i64>); UsageGauges::LEN],
+    /// Per event, in `EVENTS` order: sum.
+    events: [Option<i64>; UsageEvents::LEN],
 }
 
 impl MinuteRollup {
@@ -105,9 +56,9 @@ impl MinuteRollup {
             bucket_ms,
             samples: 0,
             interval_ms: 0,
-            rates: [(None, None); 14],
-            gauges: [(None, None); 4],
-            events: [None; 4],
+            rates: [(None, None); UsageRates::LEN],
+            gauges: [(None, None); UsageGauges::LEN],
+            events: [None; UsageEvents::LEN],
         }
     }
 
@@ -121,85 +72,25 @@ impl MinuteRollup {
         }
         self.samples += 1;
         self.interval_ms += r.interval_ms.unwrap_or(0);
-        for ((sum, mx), v) in self.rates.iter_mut().zip(&r.rates) {
-            if let Some(v) = *v {
+        for ((sum, mx), v) in self.rates.iter_mut().zip(r.rates.values()) {
+            if let Some(v) = v {
                 if let Some(i) = r.interval_ms {
                     *sum = Some(sum.unwrap_or(0.0) + v * i as f64);
                 }
                 *mx = max(*mx, v);
             }
         }
-        for ((sum, mx), v) in self.gauges.iter_mut().zip(&r.gauges) {
-            if let Some(v) = *v {
+        for ((sum, mx), v) in self.gauges.iter_mut().zip(r.gauges.values()) {
+            if let Some(v) = v {
                 *sum = Some(sum.unwrap_or(0).saturating_add(v));
                 *mx = max(*mx, v);
             }
         }
-        for (sum, v) in self.events.iter_mut().zip(&r.events) {
-            if let Some(v) = *v {
+        for (sum, v) in self.events.iter_mut().zip(r.events.values()) {
+            if let Some(v) = v {
                 *sum = Some(sum.unwrap_or(0).saturating_add(v));
             }
         }
-    }
-}
-
-/// A rollup level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Raw,
-    Minute,
-    Hour,
-}
-
-impl Level {
-    /// The level's own step in seconds (raw: 1, the finest any query may ask).
-    pub fn step_s(self) -> i64 {
-        match self {
-            Level::Raw => 1,
-            Level::Minute => 60,
-            Level::Hour => 3600,
-        }
-    }
-}
-
-/// How long each level is kept, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    pub raw_ms: i64,
-    pub minute_ms: i64,
-    pub hour_ms: i64,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        const H: i64 = 3_600_000;
-        Retention {
-            raw_ms: 48 * H,
-            minute_ms: 30 * 24 * H,
-            hour_ms: 400 * 24 * H,
-        }
-    }
-}
-
-impl Retention {
-    fn of(&self, l: Level) -> i64 {
-        match l {
-            Level::Raw => self.raw_ms,
-            Level::Minute => self.minute_ms,
-            Level::Hour => self.hour_ms,
-        }
-    }
-
-    /// The finest level whose step fits `step_s` and that still holds data from `from_ms`.
-    pub fn pick(&self, from_ms: i64, step_s: i64, now_ms: i64) -> Level {
-        for l in [Level::Raw, Level::Minute] {
-            let next = if l == Level::Raw { 60 } else { 3600 };
-            if step_s < next && from_ms >= now_ms - self.of(l) {
-                return l;
-            }
-        }
-        Level::Hour
     }
 }
 
@@ -360,7 +251,7 @@ fn usage_sql(level: Level) -> String {
 }
 
 /// A numeric column as f64, whether SQLite answered INTEGER or REAL.
-fn f(r: &sqlx::sqlite::SqliteRow, c: &str) -> Option<f64> {
+pub(super) fn f(r: &sqlx::sqlite::SqliteRow, c: &str) -> Option<f64> {
     match r.try_get::<Option<f64>, _>(c) {
         Ok(v) => v,
         Err(_) => r
@@ -371,40 +262,9 @@ fn f(r: &sqlx::sqlite::SqliteRow, c: &str) -> Option<f64> {
     }
 }
 
-/// The closed buckets of `step_s` not rolled up yet, as [start, closed): after the last bucket
-/// `done_sql` (?1 = step_s) finds, or from the bucket of the first row `first_sql` finds.
-/// `None` when there is nothing to fold. A rollup marks every bucket before it as done.
-pub(super) async fn unfolded(
-    tx: &mut SqliteConnection,
-    step_s: i64,
-    done_sql: &'static str,
-    first_sql: &'static str,
-    now_ms: i64,
-) -> Result<Option<(i64, i64)>> {
-    let ms = step_s * 1000;
-    let done: Option<i64> = sqlx::query_scalar(done_sql)
-        .bind(step_s)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(q("find the last rollup"))?;
-    let start = match done {
-        Some(b) => b + ms,
-        None => match sqlx::query_scalar::<_, Option<i64>>(first_sql)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(q("find the first row to roll up"))?
-        {
-            Some(t) => t.div_euclid(ms) * ms,
-            None => return Ok(None),
-        },
-    };
-    let closed = now_ms.div_euclid(ms) * ms;
-    Ok((closed > start).then_some((start, closed)))
-}
-
 /// The usage rows of one sweep, in multi-row INSERTs of `CHUNK` (the statement text only
 /// depends on the chunk length, so it stays in the connection's statement cache).
-async fn insert_usage(tx: &mut SqliteConnection, rows: &[UsageRow]) -> Result<()> {
+pub(super) async fn insert_usage(tx: &mut SqliteConnection, rows: &[UsageRow]) -> Result<()> {
     const OP: &str = "write usage samples";
     static HEAD: OnceLock<String> = OnceLock::new();
     let cols = raw_columns();
@@ -417,15 +277,16 @@ async fn insert_usage(tx: &mut SqliteConnection, rows: &[UsageRow]) -> Result<()
             bind(&mut a, r.tenant.as_str(), OP)?;
             bind(&mut a, r.ts_ms, OP)?;
             bind(&mut a, r.interval_ms, OP)?;
-            // In `raw_columns` order: counters, gauges, rates, events.
-            for x in r.counters.iter().chain(&r.gauges) {
-                bind(&mut a, *x, OP)?;
+            // In `raw_columns` order: counters, gauges, rates, events, each group's values in
+            // its `COLUMNS` order.
+            for x in r.counters.values().into_iter().chain(r.gauges.values()) {
+                bind(&mut a, x, OP)?;
             }
-            for x in &r.rates {
-                bind(&mut a, *x, OP)?;
+            for x in r.rates.values() {
+                bind(&mut a, x, OP)?;
             }
-            for x in &r.events {
-                bind(&mut a, *x, OP)?;
+            for x in r.events.values() {
+                bind(&mut a, x, OP)?;
             }
         }
         let sql = values_sql(head, cols.len(), chunk.len());
@@ -437,144 +298,74 @@ async fn insert_usage(tx: &mut SqliteConnection, rows: &[UsageRow]) -> Result<()
     Ok(())
 }
 
+/// Minutes rolled up in memory (`MinuteRollup`), in multi-row INSERTs of `ROLLUP_CHUNK`; a
+/// minute already rolled up is left as it is.
+pub(super) async fn insert_minute_rollups(
+    tx: &mut SqliteConnection,
+    usage: &[MinuteRollup],
+) -> Result<()> {
+    const OP: &str = "write minute rollups";
+    let cols = rollup_columns();
+    let head = format!("INSERT INTO usage_rollup ({})", cols.join(", "));
+    for chunk in usage.chunks(ROLLUP_CHUNK) {
+        let mut a = SqliteArguments::default();
+        for m in chunk {
+            bind(&mut a, Level::Minute.step_s(), OP)?;
+            bind(&mut a, m.tenant.as_str(), OP)?;
+            bind(&mut a, m.bucket_ms, OP)?;
+            bind(&mut a, m.samples, OP)?;
+            bind(&mut a, m.interval_ms as f64 / 1000.0, OP)?;
+            // In `rollup_columns` order: rates, then gauges, each sum and max; events.
+            for (sum, max) in &m.rates {
+                bind(&mut a, sum.map(|s| s / 1000.0), OP)?;
+                bind(&mut a, *max, OP)?;
+            }
+            for (sum, max) in &m.gauges {
+                bind(&mut a, sum.map(|s| s as f64), OP)?;
+                bind(&mut a, *max, OP)?;
+            }
+            for e in &m.events {
+                bind(&mut a, *e, OP)?;
+            }
+        }
+        let sql = values_sql(&head, cols.len(), chunk.len()) + " ON CONFLICT DO NOTHING";
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), a)
+            .execute(&mut *tx)
+            .await
+            .map_err(q(OP))?;
+    }
+    Ok(())
+}
+
+/// Folds the closed minutes of `usage_raw` into minute rollups, and the closed hours of those
+/// into hour rollups; a bucket appears once `now_ms` is past its end.
+pub(super) async fn fold_usage(tx: &mut SqliteConnection, now_ms: i64) -> Result<()> {
+    for (to, from_sql) in [
+        (Level::Minute, "SELECT min(ts_ms) FROM usage_raw"),
+        (
+            Level::Hour,
+            "SELECT min(bucket_ms) FROM usage_rollup WHERE step_s = 60",
+        ),
+    ] {
+        let done = "SELECT max(bucket_ms) FROM usage_rollup WHERE step_s = ?1";
+        let Some((start, closed)) = unfolded(tx, to.step_s(), done, from_sql, now_ms).await? else {
+            continue;
+        };
+        // Built only from the const column lists: no user text.
+        sqlx::query(sqlx::AssertSqlSafe(rollup_sql(to)))
+            .bind(start)
+            .bind(closed)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("roll up usage"))?;
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Writes one tick's samples in one transaction; see `add_sweep`.
+    /// Writes one tick's samples in one transaction; see `Store::add_sweep`.
     pub async fn add_usage(&self, rows: &[UsageRow]) -> Result<()> {
         self.add_sweep(rows, &[], &[]).await
-    }
-
-    /// Writes one sweep in ONE transaction: the usage rows, the SLA verdicts, the events, and
-    /// the sweep's time in `sample_ticks` (how a tenant's raw rows are found again). Raw rows
-    /// are keyed (ts_ms, tenant), so a sweep appends at the end of each table instead of
-    /// writing one page per tenant. Rollups are made from closed buckets by `roll_up`.
-    pub async fn add_sweep(
-        &self,
-        usage: &[UsageRow],
-        sla: &[SlaRow<'_>],
-        events: &[NewEvent],
-    ) -> Result<()> {
-        if usage.is_empty() && sla.is_empty() && events.is_empty() {
-            return Ok(());
-        }
-        // Never empty here: a success committed rows.
-        let r = self.write_sweep(usage, sla, events).await;
-        self.tracked(r, true)
-    }
-
-    async fn write_sweep(
-        &self,
-        usage: &[UsageRow],
-        sla: &[SlaRow<'_>],
-        events: &[NewEvent],
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let mut ticks: Vec<i64> = usage
-            .iter()
-            .map(|r| r.ts_ms)
-            .chain(sla.iter().map(|r| r.ts_ms))
-            .collect();
-        ticks.sort_unstable();
-        ticks.dedup();
-        for ts in ticks {
-            sqlx::query("INSERT OR IGNORE INTO sample_ticks (ts_ms) VALUES (?1)")
-                .bind(ts)
-                .execute(&mut *tx)
-                .await
-                .map_err(q("record the sample time"))?;
-        }
-        insert_usage(&mut tx, usage).await?;
-        super::sla::insert_sla(&mut tx, sla).await?;
-        for e in events {
-            super::insert_event(&mut tx, e).await?;
-        }
-        tx.commit().await.map_err(q("commit"))
-    }
-
-    /// Writes closed minutes rolled up in memory (`MinuteRollup`, `SlaMinute`), one
-    /// transaction; a minute already rolled up is left as it is.
-    pub async fn add_minute_rollups(
-        &self,
-        usage: &[MinuteRollup],
-        sla: &[super::sla::SlaMinute],
-    ) -> Result<()> {
-        let r = self.write_minute_rollups(usage, sla).await;
-        self.tracked(r, false)
-    }
-
-    async fn write_minute_rollups(
-        &self,
-        usage: &[MinuteRollup],
-        sla: &[super::sla::SlaMinute],
-    ) -> Result<()> {
-        const OP: &str = "write minute rollups";
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let cols = rollup_columns();
-        let head = format!("INSERT INTO usage_rollup ({})", cols.join(", "));
-        for chunk in usage.chunks(ROLLUP_CHUNK) {
-            let mut a = SqliteArguments::default();
-            for m in chunk {
-                bind(&mut a, Level::Minute.step_s(), OP)?;
-                bind(&mut a, m.tenant.as_str(), OP)?;
-                bind(&mut a, m.bucket_ms, OP)?;
-                bind(&mut a, m.samples, OP)?;
-                bind(&mut a, m.interval_ms as f64 / 1000.0, OP)?;
-                // In `rollup_columns` order: rates, then gauges, each sum and max; events.
-                for (sum, max) in &m.rates {
-                    bind(&mut a, sum.map(|s| s / 1000.0), OP)?;
-                    bind(&mut a, *max, OP)?;
-                }
-                for (sum, max) in &m.gauges {
-                    bind(&mut a, sum.map(|s| s as f64), OP)?;
-                    bind(&mut a, *max, OP)?;
-                }
-                for e in &m.events {
-                    bind(&mut a, *e, OP)?;
-                }
-            }
-            let sql = values_sql(&head, cols.len(), chunk.len()) + " ON CONFLICT DO NOTHING";
-            sqlx::query_with(sqlx::AssertSqlSafe(sql), a)
-                .execute(&mut *tx)
-                .await
-                .map_err(q(OP))?;
-        }
-        super::sla::insert_sla_minutes(&mut tx, sla).await?;
-        tx.commit().await.map_err(q("commit"))
-    }
-
-    /// Folds every closed bucket not yet rolled up, of usage and of SLA verdicts: raw rows
-    /// into minutes, then minutes into hours. A bucket is closed once `now_ms` is past its
-    /// end; the current minute and hour appear in their level when they close. Idempotent;
-    /// call it as often as convenient.
-    pub async fn roll_up(&self, now_ms: i64) -> Result<()> {
-        let r = self.write_roll_up(now_ms).await;
-        self.tracked(r, false)
-    }
-
-    async fn write_roll_up(&self, now_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        for (to, from_sql) in [
-            (Level::Minute, "SELECT min(ts_ms) FROM usage_raw"),
-            (
-                Level::Hour,
-                "SELECT min(bucket_ms) FROM usage_rollup WHERE step_s = 60",
-            ),
-        ] {
-            let done = "SELECT max(bucket_ms) FROM usage_rollup WHERE step_s = ?1";
-            let Some((start, closed)) =
-                unfolded(&mut tx, to.step_s(), done, from_sql, now_ms).await?
-            else {
-                continue;
-            };
-            // Built only from the const column lists: no user text.
-            sqlx::query(sqlx::AssertSqlSafe(rollup_sql(to)))
-                .bind(start)
-                .bind(closed)
-                .execute(&mut *tx)
-                .await
-                .map_err(q("roll up usage"))?;
-        }
-        super::sla::fold_sla(&mut tx, now_ms).await?;
-        tx.commit().await.map_err(q("commit"))
     }
 
     /// Deletes what each level keeps no longer. Returns the rows removed.
@@ -680,8 +471,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlx::Column;
-    use std::collections::HashMap;
 
     /// A tenant using `cores` CPUs and holding `mem` bytes, sampled at `ts_ms` after `dt_ms`.
     fn row(
@@ -698,10 +487,10 @@ mod tests {
             interval_ms: dt_ms,
             ..Default::default()
         };
-        r.gauges[0] = Some(mem);
+        r.gauges.memory_current_bytes = Some(mem);
         if dt_ms.is_some() {
-            r.rates[0] = Some(cores);
-            r.events[0] = Some(ooms);
+            r.rates.cpu_cores = Some(cores);
+            r.events.new_oom_kills = Some(ooms);
         }
         r
     }
@@ -712,95 +501,30 @@ mod tests {
         (dir, s)
     }
 
-    /// The minutes the sampler rolls up in memory are the rows the SQL fold makes of the same
-    /// raw rows, column for column: NULL rates and gauges, intervals of different lengths,
-    /// first samples without rates, events, contended and violating verdicts.
+    /// The column lists derived from `UsageRow`'s fields are exactly the tables' columns
+    /// (migrations/0002_usage.sql): a field renamed or added without a migration fails here.
     #[tokio::test]
-    async fn minutes_rolled_up_in_memory_equal_the_sql_fold() {
-        use crate::store::sla::{SlaMinute, SlaRow};
-        let (_d1, folded) = store().await;
-        let (_d2, in_memory) = store().await;
-        let tenants = ["a", "b", "c"];
-        let mut usage: HashMap<String, MinuteRollup> = HashMap::new();
-        let mut sla: HashMap<String, SlaMinute> = HashMap::new();
-        for k in 0..59_i64 {
-            let ts = 120_000 + k * 1000 + (k % 3) * 17;
-            let mut rows = Vec::new();
-            let mut verdicts = Vec::new();
-            for (i, t) in tenants.iter().enumerate() {
-                let dt = (k > 0 || i == 0).then_some(1000 + (k % 5) * 13);
-                let mut r = row(
-                    t,
-                    ts,
-                    dt,
-                    0.1 * (k as f64) + i as f64 / 7.0,
-                    1000 + k * 37 - i as i64,
-                    k % 4,
-                );
-                r.rates[5] = (k % 2 == 0 && dt.is_some()).then_some(k as f64 / 3.0);
-                r.gauges[2] = (i != 1).then_some(5_000 - k);
-                r.counters[0] = Some(k * 1000);
-                rows.push(r);
-                verdicts.push(SlaRow {
-                    tenant: t,
-                    ts_ms: ts,
-                    interval_ms: dt.unwrap_or(1000),
-                    guarantee_ratio: (i != 2).then_some(0.3 + k as f64 / 1000.0),
-                    delivered_ratio: ((k * 7 + i as i64) % 10) as f64 / 10.0,
-                    contended: (k + i as i64) % 3 == 0,
-                    violating: (k + i as i64) % 6 == 0,
-                });
+    async fn derived_columns_are_the_tables_columns() {
+        let (_d, s) = store().await;
+        let columns = |table: &'static str| {
+            let pool = s.pool().clone();
+            async move {
+                let mut c: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT name FROM pragma_table_info('{table}')"
+                )))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                c.sort();
+                c
             }
-            for r in &rows {
-                usage
-                    .entry(r.tenant.clone())
-                    .or_insert_with(|| MinuteRollup::new(&r.tenant, 120_000))
-                    .add(r);
-            }
-            for v in &verdicts {
-                sla.entry(v.tenant.to_string())
-                    .or_insert_with(|| SlaMinute::new(v.tenant, 120_000))
-                    .add(v);
-            }
-            folded.add_sweep(&rows, &verdicts, &[]).await.unwrap();
-        }
-        folded.roll_up(180_000).await.unwrap();
-        let usage: Vec<_> = usage.into_values().collect();
-        let sla: Vec<_> = sla.into_values().collect();
-        in_memory.add_minute_rollups(&usage, &sla).await.unwrap();
-        for table in ["usage_rollup", "sla_rollup"] {
-            let dump = |s: &Store| {
-                let pool = s.pool().clone();
-                async move {
-                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT * FROM {table} ORDER BY step_s, tenant, bucket_ms"
-                    )))
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
-                    rows.iter()
-                        .map(|r| {
-                            (0..r.len())
-                                .map(|c| f(r, r.column(c).name()))
-                                .collect::<Vec<_>>()
-                        })
-                        .collect::<Vec<_>>()
-                }
-            };
-            let (a, b) = (dump(&folded).await, dump(&in_memory).await);
-            assert_eq!(a.len(), 3, "{table}: one minute of three tenants");
-            assert_eq!(a.len(), b.len(), "{table}");
-            for (ra, rb) in a.iter().zip(&b) {
-                for (c, (x, y)) in ra.iter().zip(rb).enumerate() {
-                    let same = match (x, y) {
-                        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    assert!(same, "{table} column {c}: SQL fold {x:?}, in memory {y:?}");
-                }
-            }
-        }
+        };
+        let mut raw: Vec<String> = raw_columns().iter().map(|c| c.to_string()).collect();
+        raw.sort();
+        assert_eq!(raw, columns("usage_raw").await);
+        let mut rollup = rollup_columns().to_vec();
+        rollup.sort();
+        assert_eq!(rollup, columns("usage_rollup").await);
     }
 
     #[tokio::test]
@@ -968,16 +692,5 @@ mod tests {
         );
         let p = plan(usage_sql(Level::Minute)).await;
         assert!(p.contains("SEARCH usage_rollup USING PRIMARY KEY"), "{p}");
-    }
-
-    #[test]
-    fn level_choice() {
-        let k = Retention::default();
-        let now = 1_000 * 3_600_000;
-        assert_eq!(k.pick(now - 3_600_000, 10, now), Level::Raw);
-        assert_eq!(k.pick(now - 3_600_000, 60, now), Level::Minute);
-        assert_eq!(k.pick(now - 3_600_000, 7200, now), Level::Hour);
-        assert_eq!(k.pick(now - 72 * 3_600_000, 10, now), Level::Minute);
-        assert_eq!(k.pick(now - 40 * 24 * 3_600_000, 10, now), Level::Hour);
     }
 }

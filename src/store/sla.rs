@@ -1,7 +1,9 @@
 //! SQL of the SLA accounting: per-interval verdicts, minute and hour rollups, retention, and
-//! the series and totals an SLA report is made of.
+//! the series and totals an SLA report is made of. This module owns the SLA tables only: it
+//! imports `store::rollup` (levels, retention), never `store::samples` (the usage tables) nor
+//! `store::sweep` (the one transaction writing both).
 
-use super::samples::{Level, Retention, unfolded};
+use super::rollup::{Level, Retention, unfolded};
 use super::{Result, Store, bind, q, values_sql};
 use serde::Serialize;
 use sqlx::SqliteConnection;

@@ -1,0 +1,183 @@
+//! One tenant's sample as the usage history keeps it: `UsageRow`, with every value in a named
+//! field. Plain data: the sampler (`engine::sampler`) fills it by name from a `Sample` and its
+//! `Rates`; the store (`store::samples`) writes it. Imports nothing from `cgroup`, `store`,
+//! `engine` or `api`.
+//!
+//! The values come in four groups, one struct each, because the store rolls each kind up its
+//! own way: cumulative counters (kept raw only), gauges (mean and max), per-second rates
+//! (time-weighted mean and max) and events in the interval (sums). Each group is declared by
+//! `usage_columns!`, which makes the struct and its column list (`COLUMNS`, the field names)
+//! from one list of fields: the SQL columns of `usage_raw` and `usage_rollup`
+//! (migrations/0002_usage.sql) ARE these names, so adding a stat is a field here plus the line
+//! of the sampler that fills it.
+
+/// Declares a group of usage columns: a struct with one `Option<$t>` field per column,
+/// `COLUMNS` (the field names, in declaration order) and `values()` (the fields in that same
+/// order), so the store's column list and the values it binds cannot drift apart.
+macro_rules! usage_columns {
+    ($(#[$doc:meta])* $name:ident: $t:ty { $($(#[$fdoc:meta])* $field:ident,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq)]
+        pub struct $name {
+            $($(#[$fdoc])* pub $field: Option<$t>,)+
+        }
+
+        impl $name {
+            /// How many columns the group has.
+            pub const LEN: usize = [$(stringify!($field)),+].len();
+
+            /// The column names: the field names, in declaration order.
+            pub const COLUMNS: [&'static str; Self::LEN] = [$(stringify!($field)),+];
+
+            /// The values, in `COLUMNS` order.
+            pub fn values(&self) -> [Option<$t>; Self::LEN] {
+                [$(self.$field),+]
+            }
+
+            /// A group from values in `COLUMNS` order: for synthetic rows (tests,
+            /// benchmarks); real rows are filled by name.
+            pub fn from_values(values: [Option<$t>; Self::LEN]) -> Self {
+                let [$($field),+] = values;
+                $name { $($field),+ }
+            }
+        }
+    };
+}
+
+usage_columns! {
+    /// Cumulative kernel counters, kept in the raw rows only (for re-deriving rates; not
+    /// rolled up). IO counters are summed over devices.
+    UsageCounters: i64 {
+        /// cpu.stat usage_usec.
+        cpu_usage_usec,
+        /// cpu.stat user_usec.
+        cpu_user_usec,
+        /// cpu.stat system_usec.
+        cpu_system_usec,
+        /// cpu.stat throttled_usec.
+        cpu_throttled_usec,
+        /// cpu.stat nr_throttled.
+        cpu_nr_throttled,
+        /// io.stat rbytes.
+        io_read_bytes,
+        /// io.stat wbytes.
+        io_write_bytes,
+        /// io.stat rios.
+        io_read_ops,
+        /// io.stat wios.
+        io_write_ops,
+        /// memory.events oom_kill.
+        oom_kill_events,
+        /// memory.events high.
+        memory_high_events,
+        /// memory.events max.
+        memory_max_events,
+        /// pids.events max.
+        pids_max_events,
+        /// memory.stat anon.
+        memory_anon_bytes,
+        /// memory.stat file.
+        memory_file_bytes,
+    }
+}
+
+usage_columns! {
+    /// Gauges: rolled up as mean and max.
+    UsageGauges: i64 {
+        /// memory.current.
+        memory_current_bytes,
+        /// memory.current less inactive file pages (`CgroupStats::working_set`).
+        memory_working_set_bytes,
+        /// memory.peak.
+        memory_peak_bytes,
+        /// pids.current.
+        pids_current,
+    }
+}
+
+usage_columns! {
+    /// Per-second rates over the interval: rolled up as a time-weighted mean and max.
+    UsageRates: f64 {
+        /// CPU time per second of wall time (1.0 = one core busy).
+        cpu_cores,
+        cpu_user_cores,
+        cpu_system_cores,
+        /// Time throttled by cpu.max per second of wall time.
+        cpu_throttled_cores,
+        io_read_bytes_per_s,
+        io_write_bytes_per_s,
+        io_read_ops_per_s,
+        io_write_ops_per_s,
+        /// Stall fractions (0..1 of wall time) of cpu.pressure, memory.pressure, io.pressure.
+        cpu_some_stall_ratio,
+        cpu_full_stall_ratio,
+        memory_some_stall_ratio,
+        memory_full_stall_ratio,
+        io_some_stall_ratio,
+        io_full_stall_ratio,
+    }
+}
+
+usage_columns! {
+    /// Events in the interval: rolled up as sums.
+    UsageEvents: i64 {
+        /// Processes the OOM killer killed.
+        new_oom_kills,
+        /// Times memory.high was exceeded.
+        new_memory_high_events,
+        /// Times memory.max was about to be exceeded.
+        new_memory_max_events,
+        /// Forks refused at pids.max.
+        new_pids_max_events,
+    }
+}
+
+/// One tenant's sample, ready to store.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UsageRow {
+    pub tenant: String,
+    pub ts_ms: i64,
+    /// Length of the interval the rates cover; `None` when there are no rates.
+    pub interval_ms: Option<i64>,
+    pub counters: UsageCounters,
+    pub gauges: UsageGauges,
+    /// All `None` without a previous sample to take rates from.
+    pub rates: UsageRates,
+    /// All `None` without a previous sample.
+    pub events: UsageEvents,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// No column name appears twice across the groups (they share one table).
+    #[test]
+    fn column_names_are_unique() {
+        let all: Vec<&str> = UsageCounters::COLUMNS
+            .iter()
+            .chain(&UsageGauges::COLUMNS)
+            .chain(&UsageRates::COLUMNS)
+            .chain(&UsageEvents::COLUMNS)
+            .copied()
+            .collect();
+        assert_eq!(all.iter().collect::<HashSet<_>>().len(), all.len());
+        assert_eq!(all.len(), 15 + 4 + 14 + 4);
+    }
+
+    #[test]
+    fn values_follow_the_column_names() {
+        let r = UsageRates {
+            cpu_cores: Some(1.0),
+            io_full_stall_ratio: Some(2.0),
+            ..Default::default()
+        };
+        let v = r.values();
+        let at = |c: &str| v[UsageRates::COLUMNS.iter().position(|n| *n == c).unwrap()];
+        assert_eq!(at("cpu_cores"), Some(1.0));
+        assert_eq!(at("io_full_stall_ratio"), Some(2.0));
+        assert_eq!(at("cpu_user_cores"), None);
+        assert_eq!(UsageRates::from_values(v), r);
+    }
+}
