@@ -2,6 +2,7 @@
 //! settings, rates from samples and SLA accounting.
 
 pub mod plan;
+pub mod schema;
 pub mod sla;
 pub mod tenant;
 pub mod units;

@@ -118,7 +118,7 @@ fn bind<'t, T: sqlx::Encode<'t, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
 }
 
 /// A tenant as stored: its spec and bookkeeping.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StoredTenant {
     pub spec: TenantSpec,
     /// Bumped by every change, for optimistic checks and caches.
@@ -138,12 +138,14 @@ pub struct NewEvent {
 }
 
 /// A recorded event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: i64,
     pub ts_ms: i64,
+    #[schema(required = true)]
     pub tenant: Option<String>,
     pub kind: String,
+    #[schema(required = true)]
     pub actor: Option<String>,
     pub detail: serde_json::Value,
 }

@@ -144,7 +144,7 @@ impl MinuteRollup {
 }
 
 /// A rollup level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Raw,
@@ -205,7 +205,7 @@ impl Retention {
 
 /// One point of a usage answer: the bucket [ts_ms, ts_ms + step) and its values, named with
 /// their units: `<rate>_mean`/`<rate>_max`, `<gauge>_mean`/`<gauge>_max`, `<event>` (count).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct UsagePoint {
     pub ts_ms: i64,
     pub samples: i64,
@@ -216,7 +216,7 @@ pub struct UsagePoint {
 }
 
 /// A usage answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub tenant: String,
     pub level: Level,
