@@ -4,10 +4,13 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::Problem;
 use super::json::{JsonBody, from_slice};
-use super::query::Query;
+use super::openapi::TenantPatch;
+use super::query::{DeleteParams, EventsParams, Params};
+use crate::cgroup::HostCgroup;
 use crate::domain::{TenantName, TenantSpec};
-use crate::engine::{DeleteMode, now_ms};
-use crate::store::EventFilter;
+use crate::engine::placement::ProcInfo;
+use crate::engine::{DeleteMode, ReconcileReport, TenantView, now_ms};
+use crate::store::{Event, EventFilter};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +23,8 @@ fn name(s: &str) -> Res<TenantName> {
     TenantName::parse(s).map_err(Problem::from)
 }
 
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", summary = "liveness", security(()),
+    responses((status = 200, description = "ok", body = String, content_type = "text/plain; charset=utf-8")))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -27,6 +32,9 @@ pub async fn healthz() -> &'static str {
 /// Ready while the database answers and can write: after a write found its filesystem full,
 /// each call probes with a small write (see `Store::check_writable`), so readiness returns by
 /// itself with the space. The unauthenticated answer does not name the database's path.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", security(()),
+    summary = "readiness: the database answers and can write (503 while its filesystem is full, back to 200 by itself when space returns)",
+    responses((status = 200, description = "ready", body = String, content_type = "text/plain; charset=utf-8"), (status = "default", response = Problem)))]
 pub async fn readyz(State(st): State<AppState>) -> Res<&'static str> {
     st.gov.store().check_writable().await.map_err(|e| {
         let detail = match e {
@@ -51,8 +59,13 @@ pub async fn readyz(State(st): State<AppState>) -> Res<&'static str> {
     Ok("ready\n")
 }
 
+#[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi", summary = "this document", security(()),
+    responses((status = 200, description = "OpenAPI 3.1", body = Object, content_type = "application/json")))]
 pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::text(),
+    )
 }
 
 pub async fn not_found(uri: Uri) -> Problem {
@@ -74,19 +87,36 @@ pub async fn method_not_allowed(uri: Uri) -> Problem {
     )
 }
 
+#[utoipa::path(get, path = "/v1/host", operation_id = "getHost",
+    summary = "cgroup version, root, controllers, CPUs, memory, devices and whether io weights work on each",
+    responses((status = 200, description = "host report", body = Host), (status = "default", response = Problem)))]
 pub async fn host(State(st): State<AppState>) -> Res<impl IntoResponse> {
     let h = st.gov.host().await?;
     let cap = st.gov.capacity();
-    Ok(Json(serde_json::json!({
-        "cgroup": h,
-        "cpus": cap.cpus,
-        "memory_bytes": cap.memory_bytes,
-        "memory_reserve_bytes": cap.memory_reserve_bytes,
-        "tenantd_version": env!("CARGO_PKG_VERSION"),
-        "pid": st.gov.self_pid(),
-    })))
+    Ok(Json(Host {
+        cgroup: h,
+        cpus: cap.cpus,
+        memory_bytes: cap.memory_bytes,
+        memory_reserve_bytes: cap.memory_reserve_bytes,
+        tenantd_version: env!("CARGO_PKG_VERSION"),
+        pid: st.gov.self_pid(),
+    }))
 }
 
+/// The `GET /v1/host` answer: the cgroup setup, the capacity tenants share, and the daemon.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Host {
+    pub cgroup: HostCgroup,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub memory_reserve_bytes: u64,
+    pub tenantd_version: &'static str,
+    #[schema(minimum = 1)]
+    pub pid: u32,
+}
+
+#[utoipa::path(get, path = "/v1/tenants", operation_id = "listTenants", summary = "list tenants",
+    responses((status = 200, description = "tenants", body = Vec<TenantView>), (status = "default", response = Problem)))]
 pub async fn list(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -94,6 +124,9 @@ pub async fn list(
     Ok(Json(super::scope::views(&caller, st.gov.list().await?)))
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{name}", operation_id = "getTenant", params(("name" = TenantName, Path)),
+    summary = "a tenant: spec plus the effective kernel values",
+    responses((status = 200, description = "tenant", body = TenantView), (status = "default", response = Problem)))]
 pub async fn get_tenant(
     State(st): State<AppState>,
     Path(n): Path<String>,
@@ -101,6 +134,13 @@ pub async fn get_tenant(
     Ok(Json(st.gov.get(&name(&n)?).await?))
 }
 
+#[utoipa::path(put, path = "/v1/tenants/{name}", operation_id = "putTenant", params(("name" = TenantName, Path)),
+    summary = "create or replace (idempotent); admission-checked, applied to the kernel, then stored",
+    request_body = TenantSpec,
+    responses(
+        (status = 200, description = "replaced", body = TenantView, links(("GetTenant" = (operation_id = "getTenant", parameters(("name" = "$response.body#/name")))), ("PatchTenant" = (operation_id = "patchTenant", parameters(("name" = "$response.body#/name")))), ("DeleteTenant" = (operation_id = "deleteTenant", parameters(("name" = "$response.body#/name")))), ("AttachProc" = (operation_id = "attachProc", parameters(("name" = "$response.body#/name")))), ("ListProcs" = (operation_id = "listProcs", parameters(("name" = "$response.body#/name")))), ("GetUsage" = (operation_id = "getUsage", parameters(("name" = "$response.body#/name")))))),
+        (status = 201, description = "created", body = TenantView, links(("GetTenant" = (operation_id = "getTenant", parameters(("name" = "$response.body#/name")))), ("PatchTenant" = (operation_id = "patchTenant", parameters(("name" = "$response.body#/name")))), ("DeleteTenant" = (operation_id = "deleteTenant", parameters(("name" = "$response.body#/name")))), ("AttachProc" = (operation_id = "attachProc", parameters(("name" = "$response.body#/name")))), ("ListProcs" = (operation_id = "listProcs", parameters(("name" = "$response.body#/name")))), ("GetUsage" = (operation_id = "getUsage", parameters(("name" = "$response.body#/name")))))),
+        (status = "default", response = Problem)))]
 pub async fn put_tenant(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -166,6 +206,12 @@ fn known_fields(patch: &serde_json::Value, template: &serde_json::Value, path: &
     Ok(())
 }
 
+#[utoipa::path(patch, path = "/v1/tenants/{name}", operation_id = "patchTenant", params(("name" = TenantName, Path)),
+    summary = "JSON merge patch (RFC 7396) of the spec",
+    request_body(content(
+        (TenantPatch = "application/merge-patch+json"),
+        (TenantPatch = "application/json"))),
+    responses((status = 200, description = "tenant", body = TenantView), (status = "default", response = Problem)))]
 pub async fn patch_tenant(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -189,15 +235,16 @@ pub async fn patch_tenant(
     Ok(Json(view))
 }
 
+#[utoipa::path(delete, path = "/v1/tenants/{name}", operation_id = "deleteTenant", params(("name" = TenantName, Path), DeleteParams),
+    summary = "delete; refused (409) while processes live in it unless kill=true or move_to=NAME, or while it has children",
+    responses((status = 204, description = "deleted"), (status = "default", response = Problem)))]
 pub async fn delete_tenant(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(n): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Res<StatusCode> {
-    let q = Query::parse(raw.as_deref(), &["kill", "move_to"])?;
-    let kill = q.bool("kill")?.unwrap_or(false);
-    let move_to = q.tenant("move_to")?;
+    let (DeleteParams { kill, move_to }, _) = DeleteParams::parse(raw.as_deref(), now_ms())?;
     let n = name(&n)?;
     let mode = match (kill, move_to) {
         (true, Some(_)) => {
@@ -214,6 +261,9 @@ pub async fn delete_tenant(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{name}/procs", operation_id = "listProcs", params(("name" = TenantName, Path)),
+    summary = "processes in the tenant's leaf",
+    responses((status = 200, description = "processes", body = Vec<ProcInfo>), (status = "default", response = Problem)))]
 pub async fn list_procs(
     State(st): State<AppState>,
     Path(n): Path<String>,
@@ -221,13 +271,18 @@ pub async fn list_procs(
     Ok(Json(st.gov.procs(&name(&n)?).await?))
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddProc {
     #[serde(deserialize_with = "crate::domain::units::count::u32")]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     pub pid: u32,
 }
 
+#[utoipa::path(post, path = "/v1/tenants/{name}/procs", operation_id = "attachProc", params(("name" = TenantName, Path)),
+    summary = "move a process into the tenant (refuses missing PIDs, kernel threads and tenantd itself)",
+    request_body = AddProc,
+    responses((status = 201, description = "attached", body = Attached, links(("ListProcs" = (operation_id = "listProcs", parameters(("name" = "$response.body#/tenant")))), ("DeleteTenant" = (operation_id = "deleteTenant", parameters(("name" = "$response.body#/tenant")))))), (status = "default", response = Problem)))]
 pub async fn add_proc(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -238,41 +293,48 @@ pub async fn add_proc(
     st.gov.attach(&n, body.pid, &caller.name).await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({"tenant": n, "pid": body.pid})),
+        Json(Attached {
+            tenant: n,
+            pid: body.pid,
+        }),
     ))
 }
 
+/// The `POST /v1/tenants/{name}/procs` answer: which process went where.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Attached {
+    pub tenant: TenantName,
+    #[schema(minimum = 1)]
+    pub pid: u32,
+}
+
+#[utoipa::path(post, path = "/v1/reconcile", operation_id = "reconcile",
+    summary = "reconcile now: create what is missing, restore drifted values, report unknown directories",
+    responses((status = 200, description = "report", body = ReconcileReport), (status = "default", response = Problem)))]
 pub async fn reconcile(State(st): State<AppState>) -> Res<impl IntoResponse> {
     Ok(Json(st.gov.reconcile().await?))
 }
 
-/// The most events one answer holds, and the number when `limit` is not given.
-pub const EVENTS_MAX_LIMIT: i64 = 1000;
-pub const EVENTS_DEFAULT_LIMIT: i64 = 100;
-
 /// `GET /v1/events`: newest first, `limit` per page. When more events match, the answer has a
 /// `Link: <...&after=ID>; rel="next"` header and a `Next-Cursor: ID` header; `?after=ID`
 /// continues after event ID.
+#[utoipa::path(get, path = "/v1/events", operation_id = "listEvents", params(EventsParams),
+    summary = "events, newest first",
+    responses((status = 200, description = "events", body = Vec<Event>), (status = "default", response = Problem)))]
 pub async fn events(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
 ) -> Res<Response> {
-    let q = Query::parse(
-        raw.as_deref(),
-        &["tenant", "kind", "since", "limit", "after"],
-    )?;
-    let limit = q.limit("limit", EVENTS_DEFAULT_LIMIT, EVENTS_MAX_LIMIT)?;
+    let (p, q) = EventsParams::parse(raw.as_deref(), now_ms())?;
+    let limit = p.limit;
     let f = EventFilter {
-        tenant: q.tenant("tenant")?.map(|t| t.to_string()),
-        kind: q.ident("kind")?,
-        since_ms: q
-            .get("since")
-            .map(|_| q.time("since", now_ms(), 0))
-            .transpose()?,
+        tenant: p.tenant.map(|t| t.to_string()),
+        kind: p.kind,
+        since_ms: p.since,
         // One more than asked, to know whether there is a next page.
         limit: limit + 1,
-        after_id: q.cursor("after")?,
+        after_id: p.after,
     };
     let mut ev = super::scope::events(&st, &caller, &f).await?;
     let more = ev.len() as i64 > limit;

@@ -255,6 +255,151 @@ impl Query {
     }
 }
 
+/// The query parameters of one endpoint as a typed struct: its `IntoParams` derive documents
+/// them in the OpenAPI document, and `from_query` reads them with the parsers above, so the
+/// parameters the document lists are exactly the ones the endpoint takes.
+pub trait Params: utoipa::IntoParams + Sized {
+    /// Reads the typed parameters; `now` is the time durations count back from.
+    fn from_query(q: &Query, now: i64) -> Result<Self, Problem>;
+
+    /// Splits `raw`, refuses parameters the struct does not have (and repeats), and reads it.
+    fn parse(raw: Option<&str>, now: i64) -> Result<(Self, Query), Problem> {
+        let names: Vec<String> =
+            Self::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let q = Query::parse(raw, &names)?;
+        Ok((Self::from_query(&q, now)?, q))
+    }
+}
+
+/// `DELETE /v1/tenants/{name}`: what happens to the tenant's processes.
+#[derive(Debug, Clone, PartialEq, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteParams {
+    /// kill the tenant's processes (not with move_to)
+    #[param(value_type = Option<bool>)]
+    pub kill: bool,
+    /// an existing tenant to move the processes to (not with kill=true)
+    pub move_to: Option<TenantName>,
+}
+
+impl Params for DeleteParams {
+    fn from_query(q: &Query, _: i64) -> Result<Self, Problem> {
+        Ok(DeleteParams {
+            kill: q.bool("kill")?.unwrap_or(false),
+            move_to: q.tenant("move_to")?,
+        })
+    }
+}
+
+/// The most events one answer holds, and the number when `limit` is not given.
+pub const EVENTS_MAX_LIMIT: i64 = 1000;
+pub const EVENTS_DEFAULT_LIMIT: i64 = 100;
+
+/// `GET /v1/events`: which events, and the page.
+#[derive(Debug, Clone, PartialEq, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsParams {
+    pub tenant: Option<TenantName>,
+    #[param(pattern = "^[a-z0-9_]{1,64}$")]
+    pub kind: Option<String>,
+    /// Unix ms, or a duration back from now: 15m, 2h, 7d
+    #[param(value_type = Option<String>, pattern = "^([0-9]{1,14}|[0-9]{1,9}[smhd])$")]
+    pub since: Option<i64>,
+    /// events per page; when more match, the answer has a Link header (rel="next") and a Next-Cursor header
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 100)]
+    pub limit: i64,
+    /// paging cursor: the Next-Cursor of the previous page (an event id); the page continues after that event
+    #[param(minimum = 1, maximum = 9223372036854775807_i64)]
+    pub after: Option<i64>,
+}
+
+impl Params for EventsParams {
+    fn from_query(q: &Query, now: i64) -> Result<Self, Problem> {
+        Ok(EventsParams {
+            tenant: q.tenant("tenant")?,
+            kind: q.ident("kind")?,
+            since: q
+                .get("since")
+                .map(|_| q.time("since", now, 0))
+                .transpose()?,
+            limit: q.limit("limit", EVENTS_DEFAULT_LIMIT, EVENTS_MAX_LIMIT)?,
+            after: q.cursor("after")?,
+        })
+    }
+}
+
+/// `GET /v1/tenants/{name}/usage`: the range and the bucket size, as given (checked together
+/// by `usage::usage_query`).
+#[derive(Debug, Clone, PartialEq, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// Unix ms, or a duration back from now: 15m, 2h, 7d (default 1h)
+    #[param(value_type = Option<String>, pattern = "^([0-9]{1,14}|[0-9]{1,9}[smhd])$")]
+    pub from: Option<i64>,
+    /// Unix ms, or a duration back from now (default now)
+    #[param(value_type = Option<String>, pattern = "^([0-9]{1,14}|[0-9]{1,9}[smhd])$")]
+    pub to: Option<i64>,
+    /// seconds, or 30s, 5m, 1h, 1d (default: about 240 points); rounded up to a multiple of the level's step
+    #[param(value_type = Option<String>, pattern = "^([1-9][0-9]{0,7}s?|[1-9][0-9]{0,5}m|[1-9][0-9]{0,3}h|[1-9][0-9]{0,2}d)$")]
+    pub step: Option<i64>,
+}
+
+impl Params for UsageParams {
+    fn from_query(q: &Query, now: i64) -> Result<Self, Problem> {
+        let time = |k| q.get(k).map(|_| q.time(k, now, 0)).transpose();
+        Ok(UsageParams {
+            from: time("from")?,
+            to: time("to")?,
+            step: q.step("step")?,
+        })
+    }
+}
+
+/// The formats of the SLA report.
+pub const REPORT_FORMATS: &[&str] = &["json", "csv", "html"];
+
+/// `GET /v1/reports/sla`: the period, the tenant and the format.
+#[derive(Debug, Clone, PartialEq, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportParams {
+    /// Unix ms or a duration back from now (default 24h)
+    #[param(value_type = Option<String>, pattern = "^([0-9]{1,14}|[0-9]{1,9}[smhd])$")]
+    pub from: Option<i64>,
+    #[param(value_type = Option<String>, pattern = "^([0-9]{1,14}|[0-9]{1,9}[smhd])$")]
+    pub to: Option<i64>,
+    pub tenant: Option<TenantName>,
+    #[param(value_type = Option<crate::api::query::ReportFormat>, inline)]
+    pub format: &'static str,
+}
+
+impl Params for ReportParams {
+    fn from_query(q: &Query, now: i64) -> Result<Self, Problem> {
+        let time = |k| q.get(k).map(|_| q.time(k, now, 0)).transpose();
+        Ok(ReportParams {
+            from: time("from")?,
+            to: time("to")?,
+            tenant: q.tenant("tenant")?,
+            format: q.one_of("format", REPORT_FORMATS)?.unwrap_or("json"),
+        })
+    }
+}
+
+/// The schema of `ReportParams::format`: one of `REPORT_FORMATS`.
+pub struct ReportFormat;
+impl utoipa::PartialSchema for ReportFormat {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(REPORT_FORMATS.iter().copied()))
+            .into()
+    }
+}
+impl utoipa::ToSchema for ReportFormat {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

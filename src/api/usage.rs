@@ -5,7 +5,7 @@
 use super::AppState;
 use super::auth::Caller;
 use super::error::Problem;
-use super::query::Query;
+use super::query::{Params, UsageParams};
 use crate::domain::TenantName;
 use crate::engine::{EngineError, now_ms};
 use crate::metrics::Format;
@@ -26,9 +26,9 @@ pub struct UsageQuery {
 }
 
 /// Validates `from`, `to` and `step` (no IO). Defaults: the last hour, about 240 points.
-pub fn usage_query(q: &Query, now: i64) -> Result<UsageQuery, Problem> {
-    let from_ms = q.time("from", now, now.saturating_sub(3_600_000).max(0))?;
-    let to_ms = q.time("to", now, now)?;
+pub fn usage_query(p: &UsageParams, now: i64) -> Result<UsageQuery, Problem> {
+    let from_ms = p.from.unwrap_or(now.saturating_sub(3_600_000).max(0));
+    let to_ms = p.to.unwrap_or(now);
     if to_ms <= from_ms {
         return Err(Problem::invalid(
             "to",
@@ -37,7 +37,7 @@ pub fn usage_query(q: &Query, now: i64) -> Result<UsageQuery, Problem> {
     }
     // Both times lie in 1970..=9999 (`parse_time`), so the span cannot overflow.
     let span_s = (to_ms - from_ms) / 1000;
-    let step_s = match q.step("step")? {
+    let step_s = match p.step {
         None => (span_s / 240).max(1),
         Some(s) => s,
     };
@@ -56,16 +56,22 @@ pub fn usage_query(q: &Query, now: i64) -> Result<UsageQuery, Problem> {
     })
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{name}/usage", operation_id = "getUsage", params(("name" = TenantName, Path), UsageParams),
+    summary = "a tenant's usage over [from, to) in buckets of step, from the finest stored level (raw, minute, hour) that fits the step and still holds from",
+    description = "to must be after from, and (to - from) / step at most 20000 points (422 otherwise)",
+    responses((status = 200, body = crate::store::Usage,
+        description = "level used and one point per non-empty bucket; every value named with its unit: <rate>_mean and <rate>_max (cpu_cores, io_read_bytes_per_s, cpu_some_stall_ratio, ...), <gauge>_mean and <gauge>_max (memory_current_bytes, pids_current, ...), event counts (new_oom_kills, ...)"),
+        (status = "default", response = Problem)))]
 pub async fn usage(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(n): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, Problem> {
-    let q = Query::parse(raw.as_deref(), &["from", "to", "step"])?;
-    let name = TenantName::parse(&n).map_err(Problem::from)?;
     let now = now_ms();
-    let uq = usage_query(&q, now)?;
+    let (p, _) = UsageParams::parse(raw.as_deref(), now)?;
+    let name = TenantName::parse(&n).map_err(Problem::from)?;
+    let uq = usage_query(&p, now)?;
     let store = st.gov.store();
     let tenants = store
         .tenants()
@@ -93,6 +99,13 @@ pub async fn usage(
     Ok(Json(u))
 }
 
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics",
+    summary = "Prometheus metrics of every tenant and of tenantd, from the sampler's current snapshot (names: tenantd::metrics::METRICS); a scoped token gets only its subtree's per-tenant series",
+    description = "The Prometheus text format 0.0.4 by default; OpenMetrics when the Accept header prefers application/openmetrics-text (q-values respected, q=0 refuses), as the official Go client negotiates.",
+    responses((status = 200, description = "Prometheus text 0.0.4, or OpenMetrics when asked for", content(
+        (String = "text/plain; version=0.0.4; charset=utf-8"),
+        (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"))),
+        (status = "default", response = Problem)))]
 pub async fn metrics(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -125,17 +138,20 @@ pub async fn metrics(
 mod tests {
     use super::*;
 
-    fn q(pairs: &[(&str, &str)]) -> Query {
+    use crate::api::query::Query;
+
+    /// The usage query of these parameters, parsed as the handler does.
+    fn uq(pairs: &[(&str, &str)], now: i64) -> Result<UsageQuery, Problem> {
         let raw: String = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(pairs)
             .finish();
-        Query::parse(Some(&raw), &["from", "to", "step"]).unwrap()
+        usage_query(&UsageParams::parse(Some(&raw), now)?.0, now)
     }
 
     #[test]
     fn steps_and_ranges() {
         let now = 10_000_000_000;
-        let u = usage_query(&q(&[("from", "2h"), ("step", "1m")]), now).unwrap();
+        let u = uq(&[("from", "2h"), ("step", "1m")], now).unwrap();
         assert_eq!(
             u,
             UsageQuery {
@@ -144,17 +160,17 @@ mod tests {
                 step_s: 60
             }
         );
-        let u = usage_query(&q(&[]), now).unwrap();
+        let u = uq(&[], now).unwrap();
         assert_eq!((u.to_ms - u.from_ms, u.step_s), (3_600_000, 15));
         assert_eq!(
-            usage_query(&q(&[("from", "1h"), ("to", "2h")]), now)
+            uq(&[("from", "1h"), ("to", "2h")], now)
                 .unwrap_err()
                 .field
                 .as_deref(),
             Some("to")
         );
         assert_eq!(
-            usage_query(&q(&[("from", "30d"), ("step", "1")]), now)
+            uq(&[("from", "30d"), ("step", "1")], now)
                 .unwrap_err()
                 .field
                 .as_deref(),
@@ -167,10 +183,7 @@ mod tests {
                 .as_deref(),
             Some("since")
         );
-        assert_eq!(
-            usage_query(&q(&[("step", "x")]), now).unwrap_err().status,
-            422
-        );
+        assert_eq!(uq(&[("step", "x")], now).unwrap_err().status, 422);
     }
 
     /// `router(state).oneshot(request)`: both routes, their content types and problem+json.

@@ -158,7 +158,7 @@ impl CgroupError {
 pub type Result<T> = std::result::Result<T, CgroupError>;
 
 /// One value the kernel held that differed from the plan, and was rewritten.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Change {
     pub file: String,
     pub was: String,
@@ -166,10 +166,12 @@ pub struct Change {
 }
 
 /// What the host's cgroup setup can do, for /v1/host and for refusing what it cannot.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct HostCgroup {
     /// "v2" or "v1".
+    #[schema(value_type = crate::domain::schema::CgroupVersionName)]
     pub version: String,
+    #[schema(value_type = String)]
     pub root: PathBuf,
     /// Controllers usable for tenants (enabled in the root's parent).
     pub controllers: Vec<String>,
@@ -180,10 +182,11 @@ pub struct HostCgroup {
     pub devices: Vec<BlockDevice>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BlockDevice {
     pub device: DevId,
     pub name: String,
+    #[schema(required = true)]
     pub scheduler: Option<String>,
     /// Whether io.weight takes effect on this device, and why (iocost enabled, or BFQ).
     pub io_weight_effective: bool,
@@ -267,7 +270,7 @@ pub enum SampleSource {
 }
 
 /// A setting a backend cannot apply on this host, reported rather than refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NotApplied {
     /// The `Settings` field, e.g. "memory_high_bytes".
     pub setting: String,

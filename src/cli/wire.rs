@@ -31,10 +31,11 @@ pub(super) mod samples {
     use crate::cgroup::{BlockDevice, NotApplied};
     use crate::domain::plan::{self, Limit, PlanParams};
     use crate::domain::tenant::{DevId, TenantSpec};
+    use crate::domain::usage_row::{UsageEvents, UsageGauges, UsageRates, UsageRow};
     use crate::engine::TenantView;
     use crate::engine::placement::ProcInfo;
     use crate::report::{Point, Report, TenantReport};
-    use crate::store::{Event, Retention, Store, StoredTenant, Usage, UsageRow};
+    use crate::store::{Event, Retention, Store, StoredTenant, Usage};
     use serde_json::json;
     use std::collections::BTreeMap;
 
@@ -183,12 +184,22 @@ pub(super) mod samples {
                 interval_ms: Some(1000),
                 ..Default::default()
             };
-            r.rates = [Some(0.0); 14];
-            r.rates[0] = Some(cores);
-            r.rates[4] = Some(1536.0);
-            r.rates[10] = Some(0.012);
-            r.gauges = [Some(mem), Some(mem / 2), Some(mem), Some(12)];
-            r.events = [Some(ooms), Some(0), Some(0), Some(0)];
+            r.rates = UsageRates {
+                cpu_cores: Some(cores),
+                io_read_bytes_per_s: Some(1536.0),
+                memory_some_stall_ratio: Some(0.012),
+                ..UsageRates::from_values([Some(0.0); UsageRates::LEN])
+            };
+            r.gauges = UsageGauges {
+                memory_current_bytes: Some(mem),
+                memory_working_set_bytes: Some(mem / 2),
+                memory_peak_bytes: Some(mem),
+                pids_current: Some(12),
+            };
+            r.events = UsageEvents {
+                new_oom_kills: Some(ooms),
+                ..UsageEvents::from_values([Some(0); UsageEvents::LEN])
+            };
             r
         };
         store

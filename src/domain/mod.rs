@@ -6,6 +6,7 @@
 //! domain imports nothing from `cgroup`, `store`, `engine`, `api`, `metrics` or `cli`.
 
 pub mod plan;
+pub mod schema;
 pub mod sla;
 pub mod stats;
 pub mod tenant;

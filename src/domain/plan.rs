@@ -61,7 +61,19 @@ impl fmt::Display for Limit {
 }
 
 /// One io.max line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct IoMax {
     pub device: DevId,
     pub rbps: Limit,
@@ -72,7 +84,7 @@ pub struct IoMax {
 
 /// The cgroup values of one directory. Every field is written explicitly (defaults included)
 /// so that reconcile can restore anything changed by hand.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Settings {
     pub cpu_weight: u32,
     /// cpu.max quota in microseconds per period.
@@ -129,7 +141,7 @@ impl Default for PlanParams {
 }
 
 /// Settings of a tenant's directory and of the leaf that holds its processes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TenantPlan {
     pub tenant: Settings,
     pub leaf: Settings,

@@ -79,12 +79,13 @@ impl fmt::Display for TenantName {
 
 /// The SLA a tenant is promised. Every section and field is optional: absent means
 /// "no guarantee" or "no limit".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     #[serde(default)]
     pub parent: Option<TenantName>,
     #[serde(default)]
+    #[schema(schema_with = super::schema::spec_labels)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub cpu: CpuSpec,
@@ -96,18 +97,20 @@ pub struct TenantSpec {
     pub pids: PidsSpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CpuSpec {
     /// Share of the parent's CPU, delivered whenever siblings compete (0 < g <= 100).
     #[serde(default)]
+    #[schema(value_type = Option<super::schema::GuaranteePct>)]
     pub guarantee_pct: Option<Percent>,
     /// Hard cap in percent of one CPU (200 = two CPUs), like systemd's CPUQuota.
     #[serde(default)]
+    #[schema(value_type = Option<super::schema::LimitPct>)]
     pub limit_pct: Option<Percent>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protection {
     /// memory.min: the kernel never reclaims below it.
@@ -117,7 +120,7 @@ pub enum Protection {
     Soft,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemorySpec {
     #[serde(default)]
@@ -129,42 +132,60 @@ pub struct MemorySpec {
     #[serde(default)]
     pub limit_bytes: Option<Bytes>,
     #[serde(default)]
+    #[schema(value_type = Option<super::schema::BytesOrZero>)]
     pub swap_limit_bytes: Option<Bytes>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IoSpec {
     #[serde(default)]
+    #[schema(value_type = Option<super::schema::GuaranteePct>)]
     pub guarantee_pct: Option<Percent>,
     #[serde(default)]
     pub limits: Vec<IoLimit>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IoLimit {
     /// Block device as "MAJOR:MINOR", as in /proc/partitions and io.stat.
+    #[schema(pattern = "^[0-9]{1,9}:[0-9]{1,9}$")]
     pub device: String,
     #[serde(default)]
     pub rbps: Option<Bytes>,
     #[serde(default)]
     pub wbps: Option<Bytes>,
     #[serde(default, deserialize_with = "super::units::count::u64_opt")]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub riops: Option<u64>,
     #[serde(default, deserialize_with = "super::units::count::u64_opt")]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub wiops: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PidsSpec {
     #[serde(default, deserialize_with = "super::units::count::u64_opt")]
+    #[schema(minimum = 1, maximum = 4194304)]
     pub limit: Option<u64>,
 }
 
 /// A device number "MAJOR:MINOR".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct DevId {
     pub major: u32,
     pub minor: u32,

@@ -67,22 +67,26 @@ pub enum DeleteMode {
 }
 
 /// A tenant as the API shows it: the spec, and what the kernel really holds.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TenantView {
     pub name: TenantName,
     #[serde(flatten)]
     pub stored: StoredTenant,
+    #[schema(value_type = String)]
     pub cgroup: PathBuf,
     /// The settings tenantd wants (from the spec).
     pub planned: TenantPlan,
     /// The values read from the kernel now; `None` when the directory is missing.
+    #[schema(required = true)]
     pub effective: Option<Settings>,
+    #[schema(required = true)]
     pub effective_error: Option<String>,
     /// Settings of the plan this host cannot apply (cgroup v1), each with the reason.
     pub not_applied: Vec<crate::cgroup::NotApplied>,
     pub procs: usize,
     /// When `effective` and `procs` were read from the kernel (Unix ms): reads are served from
     /// memory, refreshed by every change, every placement and every reconcile pass.
+    #[schema(required = true)]
     pub kernel_read_ms: Option<i64>,
 }
 
@@ -116,13 +120,30 @@ struct Desired {
 }
 
 /// What a reconcile pass found and did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ReconcileReport {
     pub created: Vec<String>,
+    #[schema(schema_with = corrected_schema)]
     pub corrected: Vec<(String, Change)>,
     /// Directories under the root that no tenant owns (reported, never deleted).
     pub unknown: Vec<String>,
     pub errors: Vec<String>,
+}
+
+/// The schema of `ReconcileReport::corrected`: `[directory, change]` pairs (the tuple form
+/// utoipa writes, `prefixItems`, is not read by every OpenAPI 3.1 tool).
+fn corrected_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Type};
+    let pair = ArrayBuilder::new()
+        .items(
+            AnyOfBuilder::new()
+                .item(ObjectBuilder::new().schema_type(Type::String))
+                .item(<Change as utoipa::PartialSchema>::schema()),
+        )
+        .min_items(Some(2))
+        .max_items(Some(2))
+        .description(Some("[directory, change]"));
+    ArrayBuilder::new().items(pair).build()
 }
 
 /// Tunables the engine needs from the configuration. The default is for tests and tools:

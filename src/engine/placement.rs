@@ -19,9 +19,11 @@ use std::path::{Path, PathBuf};
 /// PF_KTHREAD from include/linux/sched.h: the task is a kernel thread.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ProcInfo {
+    #[schema(minimum = 1)]
     pub pid: u32,
+    #[schema(required = true)]
     pub comm: Option<String>,
 }
 

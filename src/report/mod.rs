@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// One point of a tenant's chart.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Point {
     pub ts_ms: i64,
     /// Delivered share of the parent's CPU, 0..1.
@@ -17,11 +17,12 @@ pub struct Point {
 }
 
 /// A tenant's SLA over the report period.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TenantReport {
     pub tenant: String,
     pub labels: BTreeMap<String, String>,
     /// The promised share, 0..1; `None` for best effort.
+    #[schema(required = true)]
     pub guarantee_ratio: Option<f64>,
     pub contended_seconds: f64,
     pub violations: u64,
@@ -29,7 +30,9 @@ pub struct TenantReport {
     /// 1 - violation time / contended time.
     pub attainment_ratio: f64,
     /// Mean and 5th percentile of the delivered share while contended, 0..1.
+    #[schema(required = true)]
     pub delivered_mean_contended_ratio: Option<f64>,
+    #[schema(required = true)]
     pub delivered_p5_contended_ratio: Option<f64>,
     pub memory_protection_breaches: u64,
     pub oom_kills: u64,
@@ -40,7 +43,8 @@ pub struct TenantReport {
     pub series: Vec<Point>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = SlaReport)]
 pub struct Report {
     pub from_ms: i64,
     pub to_ms: i64,

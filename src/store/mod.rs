@@ -126,7 +126,7 @@ fn bind<'t, T: sqlx::Encode<'t, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
 }
 
 /// A tenant as stored: its spec and bookkeeping.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StoredTenant {
     pub spec: TenantSpec,
     /// Bumped by every change, for optimistic checks and caches.
@@ -146,12 +146,14 @@ pub struct NewEvent {
 }
 
 /// A recorded event.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: i64,
     pub ts_ms: i64,
+    #[schema(required = true)]
     pub tenant: Option<String>,
     pub kind: String,
+    #[schema(required = true)]
     pub actor: Option<String>,
     pub detail: serde_json::Value,
 }

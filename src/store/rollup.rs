@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::SqliteConnection;
 
 /// A rollup level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Raw,

@@ -96,7 +96,7 @@ impl MinuteRollup {
 
 /// One point of a usage answer: the bucket [ts_ms, ts_ms + step) and its values, named with
 /// their units: `<rate>_mean`/`<rate>_max`, `<gauge>_mean`/`<gauge>_max`, `<event>` (count).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct UsagePoint {
     pub ts_ms: i64,
     pub samples: i64,
@@ -107,7 +107,7 @@ pub struct UsagePoint {
 }
 
 /// A usage answer.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub tenant: String,
     pub level: Level,
