@@ -3,7 +3,7 @@
 #   suite.sh LIST RESULTS
 # LIST: one test binary per line, "label<TAB>path" or just "path" (written by tests/run.sh).
 # Runs tests/vm/selftest.sh (unless TENANTD_SKIP_SELFTEST=1), then each binary with
-# `--ignored --test-threads=1`, so only the #[ignore = "needs a cgroup v2 kernel ..."] tests run.
+# `--ignored --test-threads=1 --nocapture`, so only the #[ignore = "needs a cgroup v2 kernel ..."] tests run.
 # Appends "<rc> <seconds> <name>" per step to RESULTS and exits non-zero if any step failed.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,6 +32,8 @@ fi
 while IFS=$'\t' read -r label bin; do
     [ -n "$label" ] || continue
     [ -n "$bin" ] || { bin="$label"; label="$(basename "$bin")"; }
-    step "$label" "$bin" --ignored --test-threads=1
+    # --nocapture: what the tests print (the crash harness's counts, measured shares) goes
+    # into the CI log with the verdicts.
+    step "$label" "$bin" --ignored --test-threads=1 --nocapture
 done <"$LIST"
 exit "$failed"
