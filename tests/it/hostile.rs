@@ -548,7 +548,11 @@ async fn finding_4_no_connection_limits() {
         value("tenantd_http_connections_evicted_total")
     );
     assert_eq!(value("tenantd_http_connections_refused_total"), 0.0);
-    assert_eq!(value("tenantd_http_connections"), 64.0, "the cap holds");
+    // 64 at the cap, or 63 when the /healthz connection was still being closed as /metrics
+    // came in (then /metrics evicted one more quiet connection, and /healthz's close was
+    // counted before the gauge was read).
+    let open = value("tenantd_http_connections");
+    assert!((63.0..=64.0).contains(&open), "the cap holds: {open} open");
     drop(held);
     stop.cancel();
     tokio::time::timeout(DEADLINE, server)
