@@ -164,7 +164,8 @@ macro_rules! def {
     };
 }
 
-/// Every metric tenantd exposes. Index constants below name the entries used in code.
+/// Every metric tenantd exposes; code finds an entry by its name (`def`), which panics at
+/// start for a name missing here, and a test checks the output against this list.
 pub const METRICS: &[MetricDef] = &[
     // Per tenant: measured (cgroup-v2.rst: cpu.stat, memory.*, io.stat, pids.*, PSI).
     def!(

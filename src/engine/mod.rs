@@ -1,7 +1,9 @@
 //! Where side effects meet: a change is validated, applied to the kernel and committed to the
-//! store so the two never diverge; reconcile restores the kernel from the store; placement.
+//! store so the two never diverge; reconcile restores the kernel from the store; placement;
+//! the intent journal (`journal`) for what a crash could leave half-done.
 //!
-//! Only this layer reads the clock. Kernel calls run on the blocking pool.
+//! Below the API, only this layer reads the clock (the API reads it to resolve relative times
+//! in queries). Kernel calls run on the blocking pool.
 
 pub mod journal;
 pub mod placement;
