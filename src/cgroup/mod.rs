@@ -146,16 +146,35 @@ impl CgroupError {
         }
     }
 
-    /// True when the cgroup or process went away under us (ENOENT, ENODEV, ESRCH).
+    /// True when the cgroup or process went away under us (`is_gone_errno`).
     pub fn is_gone(&self) -> bool {
-        matches!(
-            self.errno(),
-            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH)
-        )
+        self.errno().is_some_and(is_gone_errno)
     }
 }
 
 pub type Result<T> = std::result::Result<T, CgroupError>;
+
+/// The errnos that mean "the cgroup or process went away under us", the one list every
+/// reader and writer of the cgroup layer (and the engine, through `CgroupError::is_gone`)
+/// goes by:
+/// - ENOENT: the path is gone (a cgroup directory removed, /proc/PID of a reaped process).
+/// - ENODEV: a cgroupfs file held open (or opened just before) whose cgroup was removed;
+///   kernfs answers ENODEV on a deactivated node.
+/// - ESRCH: the process exited: writing its PID to cgroup.procs, or reading a /proc/PID file
+///   opened before it was reaped.
+///
+/// Not in it, on purpose: EBUSY (a cgroup with processes or children, a conflict the caller
+/// must see), EINVAL and ERANGE (a value the kernel refuses), EACCES/EPERM (delegation or
+/// permissions), EMFILE/ENFILE (out of descriptors, handled where files are held), ESTALE
+/// (not produced by cgroupfs or procfs).
+pub fn is_gone_errno(errno: i32) -> bool {
+    matches!(errno, libc::ENOENT | libc::ENODEV | libc::ESRCH)
+}
+
+/// `is_gone_errno` for an `io::Error`.
+pub(crate) fn is_gone(e: &io::Error) -> bool {
+    e.raw_os_error().is_some_and(is_gone_errno)
+}
 
 /// One value the kernel held that differed from the plan, and was rewritten.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -408,9 +427,12 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
 /// Reads and parses a file; the error names it.
 pub(crate) fn parsed<T>(
     path: &Path,
-    f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
+    f: impl FnOnce(&[u8]) -> std::result::Result<T, parse::ParseError>,
 ) -> Result<T> {
-    let s = read_file(path)?;
+    let s = std::fs::read(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     f(&s).map_err(|source| CgroupError::Parse {
         path: path.to_path_buf(),
         source,
@@ -452,13 +474,14 @@ pub(crate) fn pids_below(p: &Path, out: &mut impl Extend<u32>) -> Result<()> {
 /// or kernel feature: `None` when absent.
 pub(crate) fn optional<T>(
     path: &Path,
-    f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
+    f: impl FnOnce(&[u8]) -> std::result::Result<T, parse::ParseError>,
 ) -> Result<Option<T>> {
-    match std::fs::read_to_string(path) {
+    match std::fs::read(path) {
         Ok(s) => f(&s).map(Some).map_err(|source| CgroupError::Parse {
             path: path.to_path_buf(),
             source,
         }),
+        // Absent, not gone (`is_gone`): ENOENT alone means the kernel does not offer the file.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CgroupError::Read {
             path: path.to_path_buf(),
@@ -655,10 +678,13 @@ pub(crate) fn sys_block_devices(sys: &Path) -> Vec<SysBlock> {
 
 /// The cgroup v2 path of a process, from /proc/PID/cgroup ("0::/a/b").
 pub fn v2_path_of_pid(proc_root: &Path, pid: u32) -> io::Result<Option<String>> {
-    let s = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))?;
-    Ok(s.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_string))
+    let path = proc_root.join(pid.to_string()).join("cgroup");
+    let lines = v1_parse::proc_cgroup(&std::fs::read(&path)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(lines
+        .into_iter()
+        .find(|l| l.id == 0 && l.controllers.is_empty())
+        .map(|l| l.path))
 }
 
 #[cfg(test)]

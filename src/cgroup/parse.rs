@@ -1,5 +1,9 @@
-//! Parsers for cgroupfs file contents: `&str` in, typed values out. No file access here, so
-//! every parser can be fed a captured file (tests/fixtures/cgroupfs/).
+//! The parsers of cgroupfs file contents, v2 and v1 alike: bytes in, typed values out. The
+//! primitives (`dec`, `each_flat`, `err`, ...) are shared by every parser of the cgroup layer
+//! (the v2 settings here, the v2 stat files in `stats`, the v1 files in `v1_parse` and
+//! `v1_stats`). No file access here, so every parser can be fed a captured file
+//! (tests/fixtures/cgroupfs/). The files are ASCII: numbers are read from bytes without UTF-8
+//! validation or allocation, and text kept as `String` (names, paths) is decoded lossily.
 //!
 //! Formats follow Documentation/admin-guide/cgroup-v2.rst, "Interface Files / Format":
 //! flat keyed ("KEY VALUE" lines), nested keyed ("KEY SUBKEY=VALUE ..." lines) and
@@ -14,60 +18,167 @@ use std::collections::BTreeMap;
 #[error("{0}")]
 pub struct ParseError(pub String);
 
-fn err(what: &str, line: &str) -> ParseError {
-    ParseError(format!("expected {what}, found '{}'", line.trim()))
+pub(crate) type PResult<T> = std::result::Result<T, ParseError>;
+
+/// The parse error of every cgroup parser: "expected WHAT, found 'TEXT'" (`found` trimmed).
+pub(crate) fn err(what: &str, found: impl AsRef<[u8]>) -> ParseError {
+    ParseError(format!(
+        "expected {what}, found '{}'",
+        String::from_utf8_lossy(found.as_ref().trim_ascii())
+    ))
+}
+
+/// An unsigned decimal integer, read as `str::parse::<u64>` reads it (an optional '+', no
+/// overflow), from bytes: no UTF-8 validation and no allocation.
+#[inline]
+pub(crate) fn dec(v: &[u8]) -> Option<u64> {
+    let v = v.strip_prefix(b"+").unwrap_or(v);
+    if v.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d))?;
+    }
+    Some(n)
+}
+
+/// `dec` for a value that must fit a `u32` (weights, device numbers).
+fn dec32(v: &[u8]) -> Option<u32> {
+    u32::try_from(dec(v)?).ok()
+}
+
+/// The lines of a file (split at '\n'; a trailing newline gives one empty last line).
+#[inline]
+pub(crate) fn lines(s: &[u8]) -> impl Iterator<Item = &[u8]> {
+    s.split(|&b| b == b'\n')
+}
+
+/// The lines that hold more than whitespace.
+pub(crate) fn nonblank_lines(s: &[u8]) -> impl Iterator<Item = &[u8]> {
+    lines(s).filter(|l| !l.trim_ascii().is_empty())
+}
+
+/// The whitespace-separated fields of a line.
+#[inline]
+pub(crate) fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty())
+}
+
+/// "KEY=VALUE" split at its first '='.
+fn key_value(kv: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = kv.iter().position(|&b| b == b'=')?;
+    Some((&kv[..eq], &kv[eq + 1..]))
+}
+
+/// Text kept as a `String` (the files are ASCII; anything else is decoded lossily).
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Stores the value of a "KEY VALUE" line in `slot`.
+#[inline]
+pub(crate) fn set(slot: &mut Option<u64>, v: &[u8], line: &[u8]) -> PResult<()> {
+    *slot = Some(dec(v).ok_or_else(|| err("'KEY <unsigned integer>'", line))?);
+    Ok(())
+}
+
+/// Calls `f(key, value, line)` for each "KEY VALUE" line, without allocating; stops early
+/// when `f` answers `false` (every key it wants was seen).
+#[inline]
+pub(crate) fn each_flat(
+    s: &[u8],
+    mut f: impl FnMut(&[u8], &[u8], &[u8]) -> PResult<bool>,
+) -> PResult<()> {
+    for line in lines(s) {
+        let t = line.trim_ascii();
+        if t.is_empty() {
+            continue;
+        }
+        let sp = t
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| err("'KEY VALUE'", line))?;
+        if !f(&t[..sp], t[sp + 1..].trim_ascii(), line)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// "MAJOR:MINOR".
+pub(crate) fn dev_id(s: &[u8]) -> Option<DevId> {
+    let c = s.iter().position(|&b| b == b':')?;
+    Some(DevId {
+        major: dec32(&s[..c])?,
+        minor: dec32(&s[c + 1..])?,
+    })
+}
+
+/// "max" or an unsigned integer, surrounding whitespace ignored (`Limit::parse` on bytes).
+fn limit_of(s: &[u8]) -> Option<Limit> {
+    match s.trim_ascii() {
+        b"max" => Some(Limit::Max),
+        v => dec(v).map(Limit::Value),
+    }
 }
 
 /// "KEY VALUE" lines to a map. Unknown keys are kept: newer kernels add keys.
-pub fn flat_keyed(s: &str) -> Result<BTreeMap<String, u64>, ParseError> {
+pub fn flat_keyed<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
-    for line in s.lines().filter(|l| !l.trim().is_empty()) {
-        let mut it = line.split_ascii_whitespace();
+    for line in nonblank_lines(s.as_ref()) {
+        let mut it = fields(line);
         let (Some(k), Some(v), None) = (it.next(), it.next(), it.next()) else {
             return Err(err("'KEY VALUE'", line));
         };
-        let v = v
-            .parse()
-            .map_err(|_| err("'KEY <unsigned integer>'", line))?;
-        out.insert(k.to_string(), v);
+        let v = dec(v).ok_or_else(|| err("'KEY <unsigned integer>'", line))?;
+        out.insert(text(k), v);
     }
     Ok(out)
 }
 
 /// "KEY SUB=VAL SUB=VAL" lines to a map of maps (values kept as text: io.max has "max").
-pub fn nested_keyed(s: &str) -> Result<BTreeMap<String, BTreeMap<String, String>>, ParseError> {
+pub fn nested_keyed<S: AsRef<[u8]> + ?Sized>(
+    s: &S,
+) -> PResult<BTreeMap<String, BTreeMap<String, String>>> {
     let mut out = BTreeMap::new();
-    for line in s.lines().filter(|l| !l.trim().is_empty()) {
-        let mut it = line.split_ascii_whitespace();
+    for line in nonblank_lines(s.as_ref()) {
+        let mut it = fields(line);
         let key = it.next().ok_or_else(|| err("a key", line))?;
         let mut inner = BTreeMap::new();
         for kv in it {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| err("'SUBKEY=VALUE'", kv))?;
-            inner.insert(k.to_string(), v.to_string());
+            let (k, v) = key_value(kv).ok_or_else(|| err("'SUBKEY=VALUE'", kv))?;
+            inner.insert(text(k), text(v));
         }
-        out.insert(key.to_string(), inner);
+        out.insert(text(key), inner);
     }
     Ok(out)
 }
 
 /// A single "max" or number (memory.max, pids.max, ...).
-pub fn limit(s: &str) -> Result<Limit, ParseError> {
-    Limit::parse(s).ok_or_else(|| err("'max' or an unsigned integer", s))
+pub fn limit<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Limit> {
+    let s = s.as_ref();
+    limit_of(s).ok_or_else(|| err("'max' or an unsigned integer", s))
 }
 
-/// A single unsigned integer (memory.current, cpu.weight, ...).
-pub fn single_u64(s: &str) -> Result<u64, ParseError> {
-    s.trim().parse().map_err(|_| err("an unsigned integer", s))
+/// A single unsigned integer (memory.current, pids.current, cpu.shares, ...).
+pub fn single_u64<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<u64> {
+    let s = s.as_ref();
+    dec(s.trim_ascii()).ok_or_else(|| err("an unsigned integer", s))
 }
 
 /// cpu.max: "$MAX $PERIOD" -> (quota, period).
-pub fn cpu_max(s: &str) -> Result<(Limit, u64), ParseError> {
-    let mut it = s.split_ascii_whitespace();
+pub fn cpu_max<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<(Limit, u64)> {
+    let s = s.as_ref();
+    let mut it = fields(s);
     match (
-        it.next().and_then(Limit::parse),
-        it.next().and_then(|p| p.parse().ok()),
+        it.next().and_then(limit_of),
+        it.next().and_then(dec),
         it.next(),
     ) {
         (Some(q), Some(p), None) => Ok((q, p)),
@@ -76,10 +187,11 @@ pub fn cpu_max(s: &str) -> Result<(Limit, u64), ParseError> {
 }
 
 /// io.weight and cpu.weight style: "default N" first line (io.weight) or a bare "N" (cpu.weight).
-pub fn weight(s: &str) -> Result<u32, ParseError> {
-    let first = s.lines().next().unwrap_or("").trim();
-    let v = first.strip_prefix("default ").unwrap_or(first);
-    v.trim().parse().map_err(|_| err("a weight 1-10000", s))
+pub fn weight<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<u32> {
+    let s = s.as_ref();
+    let first = lines(s).next().unwrap_or_default().trim_ascii();
+    let v = first.strip_prefix(b"default ").unwrap_or(first);
+    dec32(v.trim_ascii()).ok_or_else(|| err("a weight 1-10000", s))
 }
 
 /// io.weight whole: the "default N" line and the per-device "MAJ:MIN N" overrides.
@@ -89,16 +201,18 @@ pub struct IoWeight {
     pub devices: BTreeMap<DevId, u32>,
 }
 
-pub fn io_weight(s: &str) -> Result<IoWeight, ParseError> {
+pub fn io_weight<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<IoWeight> {
+    let s = s.as_ref();
     let mut out = IoWeight {
         default: weight(s)?,
         devices: BTreeMap::new(),
     };
-    for line in s.lines().skip(1).filter(|l| !l.trim().is_empty()) {
-        let mut it = line.split_ascii_whitespace();
+    // `weight` read the first line, so it is not blank.
+    for line in nonblank_lines(s).skip(1) {
+        let mut it = fields(line);
         match (
-            it.next().and_then(DevId::parse),
-            it.next().and_then(|w| w.parse().ok()),
+            it.next().and_then(dev_id),
+            it.next().and_then(dec32),
             it.next(),
         ) {
             (Some(d), Some(w), None) => {
@@ -111,11 +225,11 @@ pub fn io_weight(s: &str) -> Result<IoWeight, ParseError> {
 }
 
 /// io.max lines: "MAJ:MIN rbps=max wbps=1048576 riops=max wiops=max".
-pub fn io_max(s: &str) -> Result<Vec<IoMax>, ParseError> {
+pub fn io_max<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Vec<IoMax>> {
     let mut out = Vec::new();
     for (dev, kv) in nested_keyed(s)? {
         let device = DevId::parse(&dev).ok_or_else(|| err("MAJ:MIN", &dev))?;
-        let get = |k: &str| -> Result<Limit, ParseError> {
+        let get = |k: &str| -> PResult<Limit> {
             match kv.get(k) {
                 None => Ok(Limit::Max),
                 Some(v) => Limit::parse(v).ok_or_else(|| err("'max' or a number", v)),
@@ -133,75 +247,20 @@ pub fn io_max(s: &str) -> Result<Vec<IoMax>, ParseError> {
     Ok(out)
 }
 
-/// One line of a pressure file: "some avg10=0.00 avg60=0.00 avg300=0.00 total=0".
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
-pub struct PsiLine {
-    pub avg10: f64,
-    pub avg60: f64,
-    pub avg300: f64,
-    /// Total stall time in microseconds.
-    pub total_us: u64,
-}
-
-/// A pressure file (cpu/memory/io.pressure). `full` is absent on some kernels' cpu.pressure.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
-pub struct Psi {
-    pub some: PsiLine,
-    pub full: Option<PsiLine>,
-}
-
-pub fn psi(s: &str) -> Result<Psi, ParseError> {
-    let mut some = None;
-    let mut full = None;
-    for line in s.lines().filter(|l| !l.trim().is_empty()) {
-        let mut it = line.split_ascii_whitespace();
-        let kind = it.next().unwrap_or_default();
-        let mut p = PsiLine::default();
-        let mut have_total = false;
-        for kv in it {
-            let (k, v) = kv.split_once('=').ok_or_else(|| err("'KEY=VALUE'", kv))?;
-            let bad = || err("a number", kv);
-            match k {
-                "avg10" => p.avg10 = v.parse().map_err(|_| bad())?,
-                "avg60" => p.avg60 = v.parse().map_err(|_| bad())?,
-                "avg300" => p.avg300 = v.parse().map_err(|_| bad())?,
-                "total" => {
-                    p.total_us = v.parse().map_err(|_| bad())?;
-                    have_total = true;
-                }
-                _ => {}
-            }
-        }
-        if !have_total {
-            return Err(err("a 'total=' field", line));
-        }
-        match kind {
-            "some" => some = Some(p),
-            "full" => full = Some(p),
-            _ => return Err(err("'some' or 'full'", line)),
-        }
-    }
-    Ok(Psi {
-        some: some.ok_or_else(|| err("a 'some' line", s))?,
-        full,
-    })
-}
-
 /// Controller names in cgroup.controllers / cgroup.subtree_control.
-pub fn controllers(s: &str) -> Vec<String> {
-    s.split_ascii_whitespace().map(str::to_string).collect()
+pub fn controllers<S: AsRef<[u8]> + ?Sized>(s: &S) -> Vec<String> {
+    fields(s.as_ref()).map(text).collect()
 }
 
-/// PIDs in cgroup.procs, one per line.
-pub fn pids(s: &str) -> Result<Vec<u32>, ParseError> {
-    s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.trim().parse().map_err(|_| err("a PID", l)))
+/// PIDs in cgroup.procs (and TIDs in v1 `tasks`), one per line.
+pub fn pids<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Vec<u32>> {
+    nonblank_lines(s.as_ref())
+        .map(|l| dec32(l.trim_ascii()).ok_or_else(|| err("a PID", l)))
         .collect()
 }
 
 /// io.cost.qos lines: "MAJ:MIN enable=1 ctrl=user rpct=... ". Returns devices with enable=1.
-pub fn iocost_enabled(s: &str) -> Result<Vec<DevId>, ParseError> {
+pub fn iocost_enabled<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Vec<DevId>> {
     Ok(nested_keyed(s)?
         .into_iter()
         .filter(|(_, kv)| kv.get("enable").map(String::as_str) == Some("1"))
@@ -276,17 +335,6 @@ mod tests {
         assert_eq!(v[0].rbps, Limit::Value(10485760));
         assert_eq!(v[0].wiops, Limit::Value(100));
         assert!(io_max("").unwrap().is_empty());
-    }
-
-    /// Hand-typed: a kernel without `full` in cpu.pressure (before 5.13) cannot be captured in
-    /// the 6.1 VM.
-    #[test]
-    fn psi_without_full() {
-        let p = psi("some avg10=1.50 avg60=0.00 avg300=0.00 total=12345\n").unwrap();
-        assert_eq!(p.some.total_us, 12345);
-        assert_eq!(p.some.avg10, 1.5);
-        assert!(p.full.is_none());
-        assert!(psi("some avg10=1.50\n").is_err());
     }
 
     #[test]

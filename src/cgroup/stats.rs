@@ -13,77 +13,15 @@
 //! recreated under the same name has a new inode, and the usage model takes no delta
 //! across it. A cgroup that vanishes mid-read gives "no sample", not an error.
 
-use super::parse::ParseError;
-use super::{CgroupError, Result};
+use super::parse::{PResult, dec, dev_id, each_flat, err, fields, nonblank_lines, set, single_u64};
+use super::{CgroupError, Result, is_gone};
 use crate::domain::stats::{
     CgroupStats, CpuStat, IoDevStat, MemoryEvents, MemoryStat, PressureTotals, Sample,
 };
-use crate::domain::tenant::DevId;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-
-type PResult<T> = std::result::Result<T, ParseError>;
-
-fn err(what: &str, line: &[u8]) -> ParseError {
-    ParseError(format!(
-        "expected {what}, found '{}'",
-        String::from_utf8_lossy(line).trim()
-    ))
-}
-
-/// An unsigned decimal integer, read as `str::parse::<u64>` reads it, from bytes: the files
-/// are ASCII, so no UTF-8 validation and no allocation.
-fn dec(v: &[u8]) -> Option<u64> {
-    let v = v.strip_prefix(b"+").unwrap_or(v);
-    if v.is_empty() {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &b in v {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(d))?;
-    }
-    Some(n)
-}
-
-fn lines(s: &[u8]) -> impl Iterator<Item = &[u8]> {
-    s.split(|&b| b == b'\n')
-}
-
-fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(u8::is_ascii_whitespace)
-        .filter(|f| !f.is_empty())
-}
-
-/// Stores the value of a "KEY VALUE" line in `slot`.
-fn set(slot: &mut Option<u64>, v: &[u8], line: &[u8]) -> PResult<()> {
-    *slot = Some(dec(v).ok_or_else(|| err("'KEY <unsigned integer>'", line))?);
-    Ok(())
-}
-
-/// Calls `f(key, value, line)` for each "KEY VALUE" line, without allocating; stops early
-/// when `f` answers `false` (every key it wants was seen).
-fn each_flat(s: &[u8], mut f: impl FnMut(&[u8], &[u8], &[u8]) -> PResult<bool>) -> PResult<()> {
-    for line in lines(s) {
-        let t = line.trim_ascii();
-        if t.is_empty() {
-            continue;
-        }
-        let sp = t
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or_else(|| err("'KEY VALUE'", line))?;
-        if !f(&t[..sp], t[sp + 1..].trim_ascii(), line)? {
-            break;
-        }
-    }
-    Ok(())
-}
 
 /// cpu.stat. Unknown keys (nr_bursts, burst_usec, ...) are skipped.
 pub fn cpu_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<CpuStat> {
@@ -151,20 +89,11 @@ pub fn pids_events_max<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Option<u64>> {
     Ok(out)
 }
 
-/// "MAJOR:MINOR".
-fn dev_id(s: &[u8]) -> Option<DevId> {
-    let c = s.iter().position(|&b| b == b':')?;
-    Some(DevId {
-        major: u32::try_from(dec(&s[..c])?).ok()?,
-        minor: u32::try_from(dec(&s[c + 1..])?).ok()?,
-    })
-}
-
 /// io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=.. [cost.*=..]".
 /// Keys that are not counters tenantd uses (cost.usage, cost.vrate) are skipped.
 pub fn io_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Vec<IoDevStat>> {
     let mut out = Vec::new();
-    for line in lines(s.as_ref()).filter(|l| !l.trim_ascii().is_empty()) {
+    for line in nonblank_lines(s.as_ref()) {
         let mut it = fields(line);
         let dev = it.next().unwrap_or_default();
         let device = dev_id(dev).ok_or_else(|| err("MAJ:MIN", line))?;
@@ -195,7 +124,7 @@ pub fn io_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Vec<IoDevStat>> {
 /// The `total=` of the `some` and `full` lines of a pressure file.
 pub fn pressure_totals<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<PressureTotals> {
     let mut p = PressureTotals::default();
-    for line in lines(s.as_ref()).filter(|l| !l.trim_ascii().is_empty()) {
+    for line in nonblank_lines(s.as_ref()) {
         let mut it = fields(line);
         let slot = match it.next() {
             Some(b"some") => &mut p.some_usec,
@@ -208,12 +137,6 @@ pub fn pressure_totals<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<PressureTotals
         *slot = Some(dec(total).ok_or_else(|| err("an unsigned integer", line))?);
     }
     Ok(p)
-}
-
-/// A file holding one unsigned integer (memory.current, pids.current).
-fn single<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<u64> {
-    let s = s.as_ref();
-    dec(s.trim_ascii()).ok_or_else(|| err("an unsigned integer", s))
 }
 
 /// The files a sample reads, in this order.
@@ -235,12 +158,12 @@ pub const FILES: [&str; 11] = [
 fn apply(i: usize, text: &[u8], out: &mut CgroupStats) -> PResult<()> {
     match i {
         0 => out.cpu = cpu_stat(text)?,
-        1 => out.memory_current = Some(single(text)?),
-        2 => out.memory_peak = Some(single(text)?),
+        1 => out.memory_current = Some(single_u64(text)?),
+        2 => out.memory_peak = Some(single_u64(text)?),
         3 => out.memory = memory_stat(text)?,
         4 => out.memory_events = memory_events(text)?,
         5 => out.io = io_stat(text)?,
-        6 => out.pids_current = Some(single(text)?),
+        6 => out.pids_current = Some(single_u64(text)?),
         7 => out.pids_max_events = pids_events_max(text)?,
         8 => out.cpu_pressure = Some(pressure_totals(text)?),
         9 => out.memory_pressure = Some(pressure_totals(text)?),
@@ -248,11 +171,6 @@ fn apply(i: usize, text: &[u8], out: &mut CgroupStats) -> PResult<()> {
         _ => {}
     }
     Ok(())
-}
-
-/// True for the errors that mean "the cgroup went away" (ENOENT, ENODEV).
-fn is_gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV))
 }
 
 /// Reads the whole file from offset 0 with `pread` and returns its bytes. `buf` is scratch
@@ -353,6 +271,7 @@ impl StatsReader {
             let path = dir.join(name);
             match File::open(&path) {
                 Ok(f) => files.push(Handle::Held(f)),
+                // Absent, not gone: the kernel does not offer this file here.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => files.push(Handle::Absent),
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     files.push(Handle::Reopen)
@@ -495,26 +414,13 @@ pub fn held_tenants_budget() -> usize {
     held_tenants_budget_with(FD_RESERVE_DEFAULT)
 }
 
-/// How many tenants can hold their stat files open: the soft `RLIMIT_NOFILE` (from
-/// /proc/self/limits) less `reserve` descriptors for sockets, the database and the rest,
-/// divided by the files per tenant. Raise `LimitNOFILE` to hold more; the rest are opened on
-/// each sample.
+/// How many tenants can hold their stat files open: the soft `RLIMIT_NOFILE` (getrlimit)
+/// less `reserve` descriptors for sockets, the database and the rest, divided by the files
+/// per tenant. Raise `LimitNOFILE` to hold more; the rest are opened on each sample.
 pub fn held_tenants_budget_with(reserve: usize) -> usize {
-    let soft = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| {
-                    if v == "unlimited" {
-                        Some(usize::MAX)
-                    } else {
-                        v.parse().ok()
-                    }
-                })
-        })
-        .unwrap_or(1024);
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     // The stat files and the directory itself.
     soft.saturating_sub(reserve) / (FILES.len() + 1)
 }
@@ -522,6 +428,7 @@ pub fn held_tenants_budget_with(reserve: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::tenant::DevId;
 
     const K61: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -570,11 +477,11 @@ mod tests {
             (Some(0), Some(0), Some(80), Some(1), Some(1))
         );
         assert_eq!(
-            single(&fixture("fixture/work/memory.current")).unwrap(),
+            single_u64(&fixture("fixture/work/memory.current")).unwrap(),
             270336
         );
         assert_eq!(
-            single(&fixture("fixture/work/memory.peak")).unwrap(),
+            single_u64(&fixture("fixture/work/memory.peak")).unwrap(),
             67108864
         );
         let s = CgroupStats {
@@ -590,11 +497,11 @@ mod tests {
     /// line after them is not looked at while one before them still is.
     #[test]
     fn byte_parsers_match_str_parse_and_memory_stat_stops_early() {
-        assert_eq!(single("18446744073709551615\n").unwrap(), u64::MAX);
-        assert!(single("18446744073709551616\n").is_err());
-        assert!(single("12a\n").is_err());
-        assert!(single("\n").is_err());
-        assert_eq!(single(" +7 \n").unwrap(), 7);
+        assert_eq!(single_u64("18446744073709551615\n").unwrap(), u64::MAX);
+        assert!(single_u64("18446744073709551616\n").is_err());
+        assert!(single_u64("12a\n").is_err());
+        assert!(single_u64("\n").is_err());
+        assert_eq!(single_u64(" +7 \n").unwrap(), 7);
         let m = memory_stat("anon 1\nfile 2\ninactive_file 3\ngarbage\n").unwrap();
         assert_eq!(
             (m.anon, m.file, m.inactive_file),
@@ -634,7 +541,10 @@ mod tests {
             pids_events_max(&fixture("fixture/work/pids.events")).unwrap(),
             Some(1)
         );
-        assert_eq!(single(&fixture("fixture/work/pids.current")).unwrap(), 0);
+        assert_eq!(
+            single_u64(&fixture("fixture/work/pids.current")).unwrap(),
+            0
+        );
         let p = pressure_totals(&fixture("fixture/work/cpu.pressure")).unwrap();
         assert_eq!((p.some_usec, p.full_usec), (Some(5743277), Some(1198975)));
         let p = pressure_totals(&fixture("fixture/work/io.pressure")).unwrap();

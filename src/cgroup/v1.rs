@@ -280,7 +280,7 @@ impl V1 {
         controller: &str,
         dir: &CgroupPath,
         file: &str,
-        f: impl FnOnce(&str) -> std::result::Result<T, parse::ParseError>,
+        f: impl FnOnce(&[u8]) -> std::result::Result<T, parse::ParseError>,
     ) -> Result<Option<T>> {
         match self.file_in(controller, dir, file) {
             Some(p) => optional(&p, f),

@@ -1,20 +1,21 @@
-//! Parsers for cgroup v1 files and for the /proc files that locate v1 hierarchies: `&str` in,
-//! typed values out, no file access, so each is tested on files captured from a real host
+//! Parsers for cgroup v1 files, built on the primitives of `parse` (bytes in, typed values
+//! out), and for the /proc files that locate a process's cgroups (mountinfo, /proc/PID/cgroup;
+//! used by v1 and v2). No file access, so each is tested on files captured from a real host
 //! (tests/fixtures/cgroupfs/v1-host-*/).
 //!
-//! Formats follow Documentation/admin-guide/cgroup-v1/{cgroups,memory,blkio-controller,pids}.rst,
-//! Documentation/scheduler/sched-stats.rst (/proc/PID/schedstat) and proc(5) (mountinfo).
-//! Stat keys are `Option<u64>`: a key an older or newer kernel lacks is not an error.
+//! Formats follow Documentation/admin-guide/cgroup-v1/{cgroups,memory,blkio-controller,pids}.rst
+//! and proc(5) (mountinfo, /proc/PID/cgroup). Stat keys are `Option<u64>`: a key an older or
+//! newer kernel lacks is not an error.
+//!
+//! /proc/PID/cgroup is parsed by `procfs`. mountinfo is not: `procfs::process::MountInfo`
+//! keeps the octal escapes of paths ("\040" for a space) and the super options in a
+//! `HashMap`, losing the order of a hierarchy's controllers, so `cgroup_mounts` stays ours.
 
-use super::parse::{ParseError, flat_keyed, single_u64};
+use super::parse::{PResult, dec, dev_id, err, fields, flat_keyed, nonblank_lines, single_u64};
 use crate::domain::plan::Limit;
 use crate::domain::tenant::DevId;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-fn err(what: &str, line: &str) -> ParseError {
-    ParseError(format!("expected {what}, found '{}'", line.trim()))
-}
 
 /// One cgroup mount from /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +54,8 @@ fn unescape(s: &str) -> String {
 
 /// The cgroup and cgroup2 mounts of a mountinfo file (proc(5): "ID PARENT MAJ:MIN ROOT
 /// MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS"). Other mounts are skipped.
-pub fn cgroup_mounts(mountinfo: &str) -> Result<Vec<CgroupMount>, ParseError> {
+pub fn cgroup_mounts<S: AsRef<[u8]> + ?Sized>(mountinfo: &S) -> PResult<Vec<CgroupMount>> {
+    let mountinfo = String::from_utf8_lossy(mountinfo.as_ref());
     let mut out = Vec::new();
     for line in mountinfo.lines().filter(|l| !l.trim().is_empty()) {
         let (left, right) = line
@@ -103,26 +105,20 @@ pub struct ProcCgroup {
     pub path: String,
 }
 
-pub fn proc_cgroup(s: &str) -> Result<Vec<ProcCgroup>, ParseError> {
-    let mut out = Vec::new();
-    for line in s.lines().filter(|l| !l.trim().is_empty()) {
-        let mut it = line.splitn(3, ':');
-        let (Some(id), Some(c), Some(path)) = (it.next(), it.next(), it.next()) else {
-            return Err(err("'ID:CONTROLLERS:PATH'", line));
-        };
-        out.push(ProcCgroup {
-            id: id
-                .parse()
-                .map_err(|_| err("a numeric hierarchy ID", line))?,
-            controllers: c
-                .split(',')
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect(),
-            path: path.to_string(),
-        });
-    }
-    Ok(out)
+/// /proc/PID/cgroup, read by `procfs::ProcessCGroups`.
+pub fn proc_cgroup<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Vec<ProcCgroup>> {
+    use procfs::FromRead;
+    let s = s.as_ref();
+    let lines =
+        procfs::ProcessCGroups::from_read(s).map_err(|_| err("'ID:CONTROLLERS:PATH' lines", s))?;
+    Ok(lines
+        .into_iter()
+        .map(|l| ProcCgroup {
+            id: l.hierarchy,
+            controllers: l.controllers,
+            path: l.pathname,
+        })
+        .collect())
 }
 
 /// v1 prints "no limit" as the largest page-aligned `long` (9223372036854771712 with 4 KiB
@@ -131,7 +127,7 @@ pub fn proc_cgroup(s: &str) -> Result<Vec<ProcCgroup>, ParseError> {
 pub const V1_UNLIMITED_FROM: u64 = 1 << 62;
 
 /// memory.limit_in_bytes, memory.soft_limit_in_bytes, memory.memsw.limit_in_bytes.
-pub fn memory_limit(s: &str) -> Result<Limit, ParseError> {
+pub fn memory_limit<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Limit> {
     let v = single_u64(s)?;
     Ok(if v >= V1_UNLIMITED_FROM {
         Limit::Max
@@ -141,24 +137,24 @@ pub fn memory_limit(s: &str) -> Result<Limit, ParseError> {
 }
 
 /// cpu.cfs_quota_us: "-1" for no limit, else microseconds per period.
-pub fn cfs_quota(s: &str) -> Result<Limit, ParseError> {
-    let t = s.trim();
-    if t == "-1" {
-        return Ok(Limit::Max);
+pub fn cfs_quota<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<Limit> {
+    let s = s.as_ref();
+    match s.trim_ascii() {
+        b"-1" => Ok(Limit::Max),
+        t => dec(t)
+            .map(Limit::Value)
+            .ok_or_else(|| err("'-1' or an unsigned integer", s)),
     }
-    t.parse()
-        .map(Limit::Value)
-        .map_err(|_| err("'-1' or an unsigned integer", s))
 }
 
 /// blkio.throttle.{read,write}_{bps,iops}_device: "MAJ:MIN VALUE" lines.
-pub fn throttle_device(s: &str) -> Result<BTreeMap<DevId, u64>, ParseError> {
+pub fn throttle_device<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<BTreeMap<DevId, u64>> {
     let mut out = BTreeMap::new();
-    for line in s.lines().filter(|l| !l.trim().is_empty()) {
-        let mut it = line.split_ascii_whitespace();
+    for line in nonblank_lines(s.as_ref()) {
+        let mut it = fields(line);
         match (
-            it.next().and_then(DevId::parse),
-            it.next().and_then(|v| v.parse().ok()),
+            it.next().and_then(dev_id),
+            it.next().and_then(dec),
             it.next(),
         ) {
             (Some(d), Some(v), None) => {
@@ -177,7 +173,7 @@ pub struct CpuacctStat {
     pub system_ticks: Option<u64>,
 }
 
-pub fn cpuacct_stat(s: &str) -> Result<CpuacctStat, ParseError> {
+pub fn cpuacct_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<CpuacctStat> {
     let m = flat_keyed(s)?;
     Ok(CpuacctStat {
         user_ticks: m.get("user").copied(),
@@ -186,27 +182,27 @@ pub fn cpuacct_stat(s: &str) -> Result<CpuacctStat, ParseError> {
 }
 
 /// cpuacct.usage: total CPU time of the cgroup and below, in nanoseconds.
-pub fn cpuacct_usage_ns(s: &str) -> Result<u64, ParseError> {
+pub fn cpuacct_usage_ns<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<u64> {
     single_u64(s)
 }
 
 /// memory.usage_in_bytes (page cache included, like the v2 memory.current).
-pub fn memory_usage_bytes(s: &str) -> Result<u64, ParseError> {
+pub fn memory_usage_bytes<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<u64> {
     single_u64(s)
 }
 
 /// memory.failcnt: how often usage hit memory.limit_in_bytes.
-pub fn memory_failcnt(s: &str) -> Result<u64, ParseError> {
+pub fn memory_failcnt<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<u64> {
     single_u64(s)
 }
 
 /// pids.current.
-pub fn pids_current(s: &str) -> Result<u64, ParseError> {
+pub fn pids_current<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<u64> {
     single_u64(s)
 }
 
 /// memory.stat: flat keyed; `total_*` keys are hierarchical (this cgroup and below).
-pub fn memory_stat(s: &str) -> Result<BTreeMap<String, u64>, ParseError> {
+pub fn memory_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<BTreeMap<String, u64>> {
     flat_keyed(s)
 }
 
@@ -219,7 +215,7 @@ pub struct OomControl {
     pub oom_kill: Option<u64>,
 }
 
-pub fn oom_control(s: &str) -> Result<OomControl, ParseError> {
+pub fn oom_control<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<OomControl> {
     let m = flat_keyed(s)?;
     Ok(OomControl {
         oom_kill_disable: m.get("oom_kill_disable").copied().unwrap_or(0) == 1,
@@ -237,21 +233,21 @@ pub struct BlkioRw {
 
 /// blkio.throttle.io_service_bytes (or io_serviced): "MAJ:MIN Read|Write|Sync|Async|Discard|Total N"
 /// lines and a last "Total N". Only Read and Write are kept; the rest are sums or other splits.
-pub fn blkio_rw(s: &str) -> Result<BTreeMap<DevId, BlkioRw>, ParseError> {
+pub fn blkio_rw<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<BTreeMap<DevId, BlkioRw>> {
     let mut out: BTreeMap<DevId, BlkioRw> = BTreeMap::new();
-    for line in s.lines().filter(|l| !l.trim().is_empty()) {
-        let f: Vec<&str> = line.split_ascii_whitespace().collect();
-        match f.as_slice() {
-            ["Total", v] => {
-                v.parse::<u64>().map_err(|_| err("'Total N'", line))?;
+    for line in nonblank_lines(s.as_ref()) {
+        let mut it = fields(line);
+        match (it.next(), it.next(), it.next(), it.next()) {
+            (Some(b"Total"), Some(v), None, None) => {
+                dec(v).ok_or_else(|| err("'Total N'", line))?;
             }
-            [dev, op, v] => {
-                let d = DevId::parse(dev).ok_or_else(|| err("MAJ:MIN", line))?;
-                let v: u64 = v.parse().map_err(|_| err("'MAJ:MIN OP N'", line))?;
+            (Some(dev), Some(op), Some(v), None) => {
+                let d = dev_id(dev).ok_or_else(|| err("MAJ:MIN", line))?;
+                let v = dec(v).ok_or_else(|| err("'MAJ:MIN OP N'", line))?;
                 let e = out.entry(d).or_default();
-                match *op {
-                    "Read" => e.read = v,
-                    "Write" => e.write = v,
+                match op {
+                    b"Read" => e.read = v,
+                    b"Write" => e.write = v,
                     _ => {}
                 }
             }
@@ -259,27 +255,6 @@ pub fn blkio_rw(s: &str) -> Result<BTreeMap<DevId, BlkioRw>, ParseError> {
         }
     }
     Ok(out)
-}
-
-/// /proc/PID/schedstat: time on CPU, time waiting on a run queue (both ns), timeslices run.
-/// The run-queue wait is CPU contention without PSI (Documentation/scheduler/sched-stats.rst).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SchedStat {
-    pub run_ns: u64,
-    pub wait_ns: u64,
-    pub timeslices: u64,
-}
-
-pub fn schedstat(s: &str) -> Result<SchedStat, ParseError> {
-    let mut it = s.split_ascii_whitespace().map(str::parse::<u64>);
-    match (it.next(), it.next(), it.next(), it.next()) {
-        (Some(Ok(run_ns)), Some(Ok(wait_ns)), Some(Ok(timeslices)), None) => Ok(SchedStat {
-            run_ns,
-            wait_ns,
-            timeslices,
-        }),
-        _ => Err(err("'RUN_NS WAIT_NS TIMESLICES'", s)),
-    }
 }
 
 #[cfg(test)]
@@ -463,23 +438,5 @@ mod tests {
         );
         assert!(blkio_rw("254:0 Read").is_err());
         assert_eq!(pids_current(&fixture("workload/pids.current")).unwrap(), 3);
-    }
-
-    #[test]
-    fn schedstat_wait_is_the_second_field() {
-        let busy = schedstat(&fixture("workload/proc-pid-schedstat.busy")).unwrap();
-        assert_eq!(
-            busy,
-            SchedStat {
-                run_ns: 675_147_053,
-                wait_ns: 1_311_626_744,
-                timeslices: 181
-            }
-        );
-        // Two loops pinned to one CPU: each waited about as long as it ran, or longer.
-        assert!(busy.wait_ns > busy.run_ns);
-        let idle = schedstat(&fixture("workload/proc-pid-schedstat.sleeping")).unwrap();
-        assert!(idle.wait_ns < busy.wait_ns / 10);
-        assert!(schedstat("1 2").is_err());
     }
 }

@@ -24,7 +24,8 @@
 //! (`V1File::summed`), which gives v2's meaning: the hits in this subtree.
 //!
 //! v1 has no PSI: the pressure fields stay `None`. Instead the reader sums the run-queue wait
-//! (/proc/TID/schedstat, second field) of the tenant's threads into `runq_wait_usec`.
+//! (/proc/TID/schedstat, second field, read by `procfs::process::Schedstat`;
+//! Documentation/scheduler/sched-stats.rst) of the tenant's threads into `runq_wait_usec`.
 //!
 //! The inode guard is the cpuacct directory's (the cpu one without cpuacct): a tenant
 //! deleted and recreated under the same name gives no delta.
@@ -32,13 +33,14 @@
 //! Like `cgroup::stats`, this fills the domain's types (`domain::stats`) and defines none of
 //! its own; it may import `domain`, never `store`, `engine`, `api` or `metrics`.
 
-use super::parse::{ParseError, flat_keyed, pids};
+use super::parse::{PResult, flat_keyed, pids};
 use super::v1::V1Dirs;
 use super::v1_parse;
-use super::{CgroupError, Result};
+use super::{CgroupError, Result, is_gone};
 use crate::domain::stats::{CgroupStats, CpuStat, IoDevStat, MemoryStat, Sample};
+use procfs::FromRead;
+use procfs::process::Schedstat;
 use std::collections::HashMap;
-use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -110,7 +112,7 @@ pub const DEFAULT_USER_HZ: u64 = 100;
 
 /// v1 cpu.stat: nr_periods, nr_throttled and throttled_time (ns, unlike v2's throttled_usec)
 /// into `c`; the usage keys are not in this file.
-pub fn cpu_stat(s: &str, c: &mut CpuStat) -> std::result::Result<(), ParseError> {
+pub fn cpu_stat<S: AsRef<[u8]> + ?Sized>(s: &S, c: &mut CpuStat) -> PResult<()> {
     let m = flat_keyed(s)?;
     c.nr_periods = m.get("nr_periods").copied();
     c.nr_throttled = m.get("nr_throttled").copied();
@@ -119,7 +121,7 @@ pub fn cpu_stat(s: &str, c: &mut CpuStat) -> std::result::Result<(), ParseError>
 }
 
 /// v1 memory.stat -> anon, file and inactive_file, hierarchical keys first.
-pub fn memory_stat(s: &str) -> std::result::Result<MemoryStat, ParseError> {
+pub fn memory_stat<S: AsRef<[u8]> + ?Sized>(s: &S) -> PResult<MemoryStat> {
     let m = v1_parse::memory_stat(s)?;
     let get = |k: &str| m.get(&format!("total_{k}")).or_else(|| m.get(k)).copied();
     Ok(MemoryStat {
@@ -132,7 +134,7 @@ pub fn memory_stat(s: &str) -> std::result::Result<MemoryStat, ParseError> {
 }
 
 /// blkio.throttle.io_service_bytes (`bytes` true) or io_serviced into `io`, by device.
-fn blkio(s: &str, bytes: bool, io: &mut Vec<IoDevStat>) -> std::result::Result<(), ParseError> {
+fn blkio(s: &[u8], bytes: bool, io: &mut Vec<IoDevStat>) -> PResult<()> {
     for (dev, rw) in v1_parse::blkio_rw(s)? {
         let i = match io.iter().position(|d| d.device == dev) {
             Some(i) => i,
@@ -162,12 +164,13 @@ fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 
 /// Parses the text of one v1 file into `out`. `user_hz` converts cpuacct.stat ticks. The
 /// `summed` files add to what `out` holds (one call per directory of the subtree).
-pub fn apply(
+pub fn apply<S: AsRef<[u8]> + ?Sized>(
     file: V1File,
-    text: &str,
+    text: &S,
     user_hz: u64,
     out: &mut CgroupStats,
-) -> std::result::Result<(), ParseError> {
+) -> PResult<()> {
+    let text = text.as_ref();
     let ticks = |t: u64| t.saturating_mul(1_000_000) / user_hz.max(1);
     match file {
         V1File::CpuacctUsage => out.cpu.usage_usec = Some(v1_parse::cpuacct_usage_ns(text)? / 1000),
@@ -223,14 +226,6 @@ impl RunqWait {
     }
 }
 
-/// True for the errors that mean "the cgroup (or process) went away".
-fn is_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH)
-    )
-}
-
 /// Samples one tenant's v1 directories. Files are opened on each sample: v1 is not the
 /// hot path the held-file v2 reader is.
 #[derive(Debug)]
@@ -255,9 +250,9 @@ fn ino_of(p: &Path) -> Result<Option<u64>> {
     }
 }
 
-/// Reads a file that may be absent: `Ok(None)` for ENOENT/ENODEV.
-fn read_opt(p: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(p) {
+/// Reads a file that may be absent or gone (`is_gone`): `Ok(None)` then.
+fn read_opt(p: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(p) {
         Ok(s) => Ok(Some(s)),
         Err(e) if is_gone(&e) => Ok(None),
         Err(source) => Err(CgroupError::Read {
@@ -351,8 +346,8 @@ impl V1StatsReader {
             let mut tids = Vec::new();
             Self::tasks(dir, &mut tids)?;
             let waits = tids.into_iter().filter_map(|tid| {
-                let s = std::fs::read_to_string(self.proc.join(format!("{tid}/schedstat"))).ok()?;
-                Some((tid, v1_parse::schedstat(&s).ok()?.wait_ns))
+                let path = self.proc.join(format!("{tid}/schedstat"));
+                Some((tid, Schedstat::from_file(path).ok()?.run_delay))
             });
             stats.runq_wait_usec = Some(self.runq.feed(waits));
         }
@@ -487,6 +482,21 @@ mod tests {
         apply(V1File::MemoryFailcnt, "3\n", 100, &mut s).unwrap();
         apply(V1File::MemswFailcnt, "4\n", 100, &mut s).unwrap();
         assert_eq!(s.memory_events.max, Some(7));
+    }
+
+    #[test]
+    fn schedstat_wait_is_the_second_field() {
+        let read = |f: &str| Schedstat::from_file(format!("{WORKLOAD}/{f}")).unwrap();
+        let busy = read("proc-pid-schedstat.busy");
+        assert_eq!(
+            (busy.sum_exec_runtime, busy.run_delay, busy.pcount),
+            (675_147_053, 1_311_626_744, 181)
+        );
+        // Two loops pinned to one CPU: each waited about as long as it ran, or longer.
+        assert!(busy.run_delay > busy.sum_exec_runtime);
+        let idle = read("proc-pid-schedstat.sleeping");
+        assert!(idle.run_delay < busy.run_delay / 10);
+        assert!(Schedstat::from_read(b"1 2".as_slice()).is_err());
     }
 
     #[test]

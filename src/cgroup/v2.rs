@@ -2,6 +2,7 @@
 //! Documentation/admin-guide/cgroup-v2.rst.
 
 use super::parse;
+use super::v1_parse;
 use super::{
     Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF, Result,
     normal, optional, parsed, read_file, write_file,
@@ -393,9 +394,14 @@ impl Backend for V2 {
     fn locate(&self, proc_root: &Path, pid: u32) -> Result<Vec<PathBuf>> {
         let path = proc_root.join(pid.to_string()).join("cgroup");
         let text = read_file(&path)?;
-        let rel = text
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
+        let lines = v1_parse::proc_cgroup(&text).map_err(|source| CgroupError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        let rel = lines
+            .iter()
+            .find(|l| l.id == 0 && l.controllers.is_empty())
+            .map(|l| l.path.as_str())
             .ok_or_else(|| CgroupError::Parse {
                 path: path.clone(),
                 source: parse::ParseError(format!(

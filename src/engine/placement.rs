@@ -118,7 +118,9 @@ pub struct ProcStatus {
     pub ppid: u32,
 }
 
-/// Parses /proc/PID/status (`Tgid:` and `PPid:` lines); None when either is missing.
+/// Parses /proc/PID/status (`Tgid:` and `PPid:` lines); None when either is missing. Ours,
+/// not `procfs::process::Status`: that one requires some twenty other lines (Uid, SigQ,
+/// Groups, ...) and parses every line into a map to give these two numbers.
 pub fn parse_status(text: &str) -> Option<ProcStatus> {
     let field = |key: &str| {
         text.lines()
@@ -140,25 +142,28 @@ pub struct ProcStat {
     pub start_time: u64,
 }
 
-/// Parses /proc/PID/stat. The command name (field 2) is in parentheses and may hold spaces
-/// and ')', so fields are counted after its last ')'.
+/// Parses /proc/PID/stat with `procfs::process::Stat` (the command name, field 2, may hold
+/// spaces and ')': fields are counted after its last ')').
 pub fn parse_stat(text: &str) -> Option<ProcStat> {
-    let (_, rest) = text.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
-    // rest starts at field 3 (state): field N is f[N - 3].
+    use procfs::FromRead;
+    let st = procfs::process::Stat::from_read(text.as_bytes()).ok()?;
     Some(ProcStat {
-        flags: f.get(9 - 3)?.parse().ok()?,
-        start_time: f.get(22 - 3)?.parse().ok()?,
+        flags: u64::from(st.flags),
+        start_time: st.starttime,
     })
 }
 
-/// The cgroup paths of /proc/PID/cgroup, one per line ("0::/a" on v2, "4:memory:/a" on v1).
-pub fn parse_cgroup_paths(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-        .collect()
+/// The cgroup paths of /proc/PID/cgroup, one per line ("0::/a" on v2, "4:memory:/a" on v1),
+/// read by `cgroup::v1_parse::proc_cgroup` (`procfs`); None when the file does not parse.
+pub fn parse_cgroup_paths(text: &str) -> Option<Vec<String>> {
+    let lines = crate::cgroup::v1_parse::proc_cgroup(text).ok()?;
+    Some(
+        lines
+            .into_iter()
+            .map(|l| l.path.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+    )
 }
 
 /// Whether `path` is `protected` or below it. A protected entry is an absolute path other
@@ -189,6 +194,7 @@ pub fn protected_match<'a>(
 /// on hosts without systemd init sits there with every other process.
 pub fn default_protected(init_cgroup: &str, init_comm: &str) -> Vec<String> {
     let mut out: Vec<String> = parse_cgroup_paths(init_cgroup)
+        .unwrap_or_default()
         .into_iter()
         .map(|p| p.trim_end_matches('/').to_string())
         .filter(|p| !p.is_empty())
@@ -318,9 +324,10 @@ impl Policy {
         }
         if !self.protected.is_empty() {
             let cg_path = self.file(pid, "cgroup");
-            let cg = std::fs::read_to_string(&cg_path)
-                .map_err(|_| Refusal::Unreadable { pid, file: cg_path })?;
-            let paths = parse_cgroup_paths(&cg);
+            let paths = std::fs::read_to_string(&cg_path)
+                .ok()
+                .and_then(|cg| parse_cgroup_paths(&cg))
+                .ok_or(Refusal::Unreadable { pid, file: cg_path })?;
             if let Some((cgroup, protected)) = protected_match(&paths, &self.protected) {
                 return Err(Refusal::Protected {
                     pid,
@@ -683,23 +690,24 @@ mod tests {
             "/init.scope".to_string(),
             "/system.slice/sshd.service".into(),
         ];
-        let v2 = parse_cgroup_paths("0::/init.scope\n");
+        let v2 = parse_cgroup_paths("0::/init.scope\n").unwrap();
         assert_eq!(
             protected_match(&v2, &prot),
             Some(("/init.scope", "/init.scope"))
         );
-        let below = parse_cgroup_paths("0::/system.slice/sshd.service/x\n");
+        let below = parse_cgroup_paths("0::/system.slice/sshd.service/x\n").unwrap();
         assert_eq!(
             protected_match(&below, &prot),
             Some(("/system.slice/sshd.service/x", "/system.slice/sshd.service"))
         );
         // A sibling whose name starts the same is not below.
-        let sib = parse_cgroup_paths("0::/init.scope2\n0::/system.slice/sshd.service2\n");
+        let sib = parse_cgroup_paths("0::/init.scope2\n0::/system.slice/sshd.service2\n").unwrap();
         assert_eq!(protected_match(&sib, &prot), None);
         // On v1 any hierarchy's line counts (here name=systemd's).
         let v1 = parse_cgroup_paths(
             "12:cpu,cpuacct:/\n4:memory:/user.slice\n1:name=systemd:/init.scope\n0::/init.scope\n",
-        );
+        )
+        .unwrap();
         assert_eq!(
             protected_match(&v1, &prot),
             Some(("/init.scope", "/init.scope"))
