@@ -2,9 +2,15 @@
 //! store so the two never diverge; reconcile restores the kernel from the store; placement.
 //!
 //! Only this layer reads the clock. Kernel calls run on the blocking pool.
+//!
+//! Layer 2 (see `lib.rs`): owns `Governor` (apply, reconcile: here; `placement`, `journal`),
+//! the sampler, the SLA controller (`sla`), report building (`report`) and the reads the API
+//! answers from (`reads`: every store access of the API goes through the engine). Imports
+//! `domain`, `cgroup`, `store`, `report` and `metrics`; never `api`, `config` or `cli`.
 
 pub mod journal;
 pub mod placement;
+mod reads;
 pub mod report;
 pub mod sampler;
 pub mod sla;
