@@ -1,5 +1,10 @@
 //! Configuration: a TOML file, then `TENANTD_*` environment variables, then flags, merged
 //! into one validated `Config`. Validation needs no syscalls; paths are resolved at start.
+//!
+//! Layer 3, beside `api` (see `lib.rs`): the daemon's start-up input, read by `cli::serve`
+//! only. It builds the settings of the layers below (`engine::sla::SlaConfig`,
+//! `store::Retention`), so it imports them; it never imports `api` or `cli`, and no layer
+//! below imports it: they take their settings as arguments.
 
 use crate::cgroup::CgroupVersion;
 use crate::domain::units::Bytes;

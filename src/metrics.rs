@@ -7,9 +7,10 @@
 //! prefix `tenantd_`, base units in the name (seconds, bytes, ratios), counters end in
 //! `_total`. The Grafana dashboards are checked against `METRICS` (see `exposed_names`).
 //!
-//! It renders domain types only (`domain::stats`, `domain::sla::SlaTotals`, specs and
-//! plans); it may not import `engine`, `store`, `cgroup` or `api` (the engine fills the
-//! snapshot and imports this module, not the other way round).
+//! Layer 1 (see `lib.rs`): it renders domain types only (`domain::stats`,
+//! `domain::sla::SlaTotals`, specs and plans) and imports `domain` only, never `cgroup`,
+//! `store`, `report`, `engine`, `api`, `config` or `cli` (the engine fills the snapshot and
+//! imports this module, not the other way round).
 
 use crate::domain::plan::Limit;
 use crate::domain::sla::SlaTotals;

@@ -46,6 +46,16 @@ impl Problem {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", detail).field(field)
     }
 
+    /// The 404 of a path no route has (the router's fallback, and what a scoped token gets
+    /// for a host-wide endpoint).
+    pub fn no_endpoint(path: &str) -> Self {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no such endpoint: {path}; see /v1/openapi.json"),
+        )
+    }
+
     pub fn internal() -> Self {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,8 +9,8 @@ use super::query::{DeleteParams, EventsParams, Params};
 use crate::cgroup::HostCgroup;
 use crate::domain::{TenantName, TenantSpec};
 use crate::engine::placement::ProcInfo;
-use crate::engine::{DeleteMode, ReconcileReport, TenantView, now_ms};
-use crate::store::{Event, EventFilter};
+use crate::engine::{DeleteMode, EngineError, ReconcileReport, TenantView, now_ms};
+use crate::store::{Event, EventFilter, StoreError};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -36,9 +36,9 @@ pub async fn healthz() -> &'static str {
     summary = "readiness: the database answers and can write (503 while its filesystem is full, back to 200 by itself when space returns)",
     responses((status = 200, description = "ready", body = String, content_type = "text/plain; charset=utf-8"), (status = "default", response = Problem)))]
 pub async fn readyz(State(st): State<AppState>) -> Res<&'static str> {
-    st.gov.store().check_writable().await.map_err(|e| {
+    st.gov.check_writable().await.map_err(|e| {
         let detail = match e {
-            crate::store::StoreError::Full { .. } => {
+            EngineError::Store(StoreError::Full { .. }) => {
                 "the database's filesystem is full: free space; tenantd retries by itself"
             }
             e => {
@@ -48,7 +48,7 @@ pub async fn readyz(State(st): State<AppState>) -> Res<&'static str> {
         };
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", detail)
     })?;
-    st.gov.store().tenants().await.map_err(|e| {
+    st.gov.stored_tenants().await.map_err(|e| {
         tracing::warn!("readyz: {e}");
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -69,11 +69,7 @@ pub async fn openapi() -> impl IntoResponse {
 }
 
 pub async fn not_found(uri: Uri) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        format!("no such endpoint: {}; see /v1/openapi.json", uri.path()),
-    )
+    Problem::no_endpoint(uri.path())
 }
 
 pub async fn method_not_allowed(uri: Uri) -> Problem {
@@ -98,19 +94,20 @@ pub async fn host(State(st): State<AppState>) -> Res<impl IntoResponse> {
         cpus: cap.cpus,
         memory_bytes: cap.memory_bytes,
         memory_reserve_bytes: cap.memory_reserve_bytes,
-        tenantd_version: env!("CARGO_PKG_VERSION"),
+        tenantd_version: env!("CARGO_PKG_VERSION").to_string(),
         pid: st.gov.self_pid(),
     }))
 }
 
+// The CLI reads it back (`tenantd host`); a `//` note, as `///` goes into the OpenAPI document.
 /// The `GET /v1/host` answer: the cgroup setup, the capacity tenants share, and the daemon.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Host {
     pub cgroup: HostCgroup,
     pub cpus: f64,
     pub memory_bytes: u64,
     pub memory_reserve_bytes: u64,
-    pub tenantd_version: &'static str,
+    pub tenantd_version: String,
     #[schema(minimum = 1)]
     pub pid: u32,
 }
@@ -300,8 +297,9 @@ pub async fn add_proc(
     ))
 }
 
+// The CLI reads it back (`tenantd procs add`, `tenantd run`).
 /// The `POST /v1/tenants/{name}/procs` answer: which process went where.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attached {
     pub tenant: TenantName,
     #[schema(minimum = 1)]

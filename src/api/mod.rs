@@ -1,6 +1,11 @@
 //! The HTTP admin API (axum): `router(state)` for tests, `serve(listener, state, shutdown)` for
 //! the daemon (an accept loop with connection limits and timeouts). Handlers stay thin: parse,
 //! call the engine, shape the answer.
+//!
+//! Layer 3 (see `lib.rs`): owns the routes, auth, scoping, problem+json, the OpenAPI document
+//! and the answer types a handler builds (`Host`, `Attached`; the CLI reads them back). Calls
+//! the engine (`Governor`), never the `Store`; may name the types of `domain`, `cgroup`,
+//! `store`, `report` and `metrics`; never imports `config` or `cli`.
 
 pub mod auth;
 pub mod error;
@@ -19,6 +24,8 @@ use error::Problem;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+pub use handlers::{Attached, Host};
 
 /// The committed copy of the OpenAPI document (`openapi::document()` generates it; a test
 /// keeps the two equal).

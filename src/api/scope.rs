@@ -81,12 +81,8 @@ fn missing(name: &TenantName) -> Problem {
     Problem::from(EngineError::NotFound(name.to_string()))
 }
 
-fn store_error(e: crate::store::StoreError) -> Problem {
-    Problem::from(EngineError::from(e))
-}
-
 async fn stored(st: &AppState) -> Result<Stored, Problem> {
-    st.gov.store().tenants().await.map_err(store_error)
+    Ok(st.gov.stored_tenants().await?)
 }
 
 fn read_only(caller: &Caller, scope: &TenantName) -> Problem {
@@ -141,7 +137,7 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
     };
     match route.as_str() {
         "/v1/host" | "/v1/reconcile" => {
-            return Err(super::handlers::not_found(parts.uri.clone()).await);
+            return Err(Problem::no_endpoint(parts.uri.path()));
         }
         "/v1/reports/sla" => {
             let specs = stored(st).await?;
@@ -306,9 +302,8 @@ pub async fn events(
     caller: &Caller,
     f: &EventFilter,
 ) -> Result<Vec<Event>, Problem> {
-    let store = st.gov.store();
     if caller.scope.is_none() {
-        return store.events(f).await.map_err(store_error);
+        return Ok(st.gov.events(f).await?);
     }
     let specs = stored(st).await?;
     let names: BTreeSet<String> = specs
@@ -336,7 +331,7 @@ pub async fn events(
             },
             ..f.clone()
         };
-        out.extend(store.events(&one).await.map_err(store_error)?);
+        out.extend(st.gov.events(&one).await?);
     }
     out.sort_by_key(|e| std::cmp::Reverse((e.ts_ms, e.id)));
     out.truncate(if f.limit > 0 { f.limit as usize } else { 1000 });

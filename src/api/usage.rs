@@ -7,7 +7,7 @@ use super::auth::Caller;
 use super::error::Problem;
 use super::query::{Params, UsageParams};
 use crate::domain::TenantName;
-use crate::engine::{EngineError, now_ms};
+use crate::engine::now_ms;
 use crate::metrics::Format;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -72,30 +72,22 @@ pub async fn usage(
     let (p, _) = UsageParams::parse(raw.as_deref(), now)?;
     let name = TenantName::parse(&n).map_err(Problem::from)?;
     let uq = usage_query(&p, now)?;
-    let store = st.gov.store();
-    let tenants = store
-        .tenants()
-        .await
-        .map_err(|e| Problem::from(EngineError::from(e)))?;
-    if !tenants.contains_key(&name) {
-        return Err(Problem::from(EngineError::NotFound(name.to_string())));
-    }
     // A scoped caller sees a tenant's history from its creation on (see scope::history_start).
     let from_ms = match super::scope::history_start(&st, &caller, &name).await? {
         Some(created) => uq.from_ms.max(created.min(uq.to_ms - 1)),
         None => uq.from_ms,
     };
-    let u = store
+    let u = st
+        .gov
         .usage(
-            name.as_str(),
+            &name,
             from_ms,
             uq.to_ms,
             uq.step_s,
             now,
             &st.usage_retention,
         )
-        .await
-        .map_err(|e| Problem::from(EngineError::from(e)))?;
+        .await?;
     Ok(Json(u))
 }
 

@@ -1,6 +1,10 @@
 //! The only code that touches cgroupfs. Synchronous; every backend takes its root as an
 //! argument, so tests can point it at any directory of a real cgroup v2 mount.
 //!
+//! Layer 1 (see `lib.rs`): owns the backends (`v2`, `v1`), the file formats (`parse`,
+//! `v1_parse`) and reading stats (`stats`, `v1_stats`); imports `domain` only, never `store`,
+//! `report`, `metrics`, `engine`, `api`, `config` or `cli`.
+//!
 //! Layout under the governor's root `R` (cgroup-v2.rst, "No Internal Process Constraint"):
 //! `R/_tenantd` holds the daemon, `R/<a>/<b>` is tenant `b` whose parent is `a`, and
 //! every tenant's processes live in its leaf `R/<a>/<b>/_procs`. Names starting with `_`

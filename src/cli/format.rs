@@ -1,6 +1,6 @@
 //! Tables for people: every number with its unit, each read from a typed field of the answer.
 
-use super::wire::HostAnswer;
+use crate::api::Host;
 use crate::domain::plan::{Limit, Settings};
 use crate::domain::units::{Bytes, Percent, format_bytes};
 use crate::engine::TenantView;
@@ -310,7 +310,7 @@ pub fn events(list: &[Event]) -> String {
 }
 
 /// `tenantd host`: what the host's cgroup setup can do, one line per block device.
-pub fn host(h: &HostAnswer) -> String {
+pub fn host(h: &Host) -> String {
     let cg = &h.cgroup;
     let mut s = format!(
         "tenantd {}  cgroup {}  root {}\ncpus {}  memory {}  (reserve {})\ncontrollers: {}\nmissing: {}\nPSI: {}  cgroup.kill: {}\n\n",

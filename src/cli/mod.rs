@@ -1,11 +1,17 @@
 //! The `tenantd` command line: `serve` runs the daemon; every other subcommand is a client of
 //! the HTTP API. Errors are one line on stderr and a non-zero exit.
+//!
+//! Layer 4, the top (see `lib.rs`): `serve` wires every layer together from `config`; the
+//! client reads the API's own answer types (no mirrors, `wire` tests the round trip) and
+//! never opens the database. Nothing in the crate imports `cli` (only `main.rs`).
 
 mod client;
 mod format;
 pub mod serve;
+#[cfg(test)]
 mod wire;
 
+use crate::api::{Attached, Host};
 use crate::engine::TenantView;
 use crate::engine::placement::ProcInfo;
 use crate::report::Report;
@@ -303,7 +309,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             let c = Client::new(&o.addr, o.token.clone());
             match cmd {
                 ProcsCmd::Add { tenant, pid } => {
-                    let v: wire::Placed = c
+                    let v: Attached = c
                         .send(
                             Method::POST,
                             &format!("/v1/tenants/{tenant}/procs"),
@@ -327,7 +333,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
         } => {
             let c = Client::new(&o.addr, o.token.clone());
             let me = std::process::id();
-            let _: wire::Placed = c
+            let _: Attached = c
                 .send(
                     Method::POST,
                     &format!("/v1/tenants/{tenant}/procs"),
@@ -344,7 +350,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
         }
         Cmd::Host { client: o } => {
             let c = Client::new(&o.addr, o.token.clone());
-            let v: wire::HostAnswer = c.get("/v1/host").await?;
+            let v: Host = c.get("/v1/host").await?;
             print(o.output, &v, format::host);
         }
         Cmd::Report {

@@ -1,34 +1,14 @@
-//! The API answers the CLI reads. Nearly all are the server's own types (`TenantView`,
-//! `ProcInfo`, `Event`, `Usage`, `Report`, `Problem`); the two below mirror answers a handler
-//! builds with `json!`, until those get types of their own.
-
-use crate::cgroup::HostCgroup;
-use crate::domain::TenantName;
-use serde::{Deserialize, Serialize};
-
-/// `GET /v1/host` (`api::handlers::host`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HostAnswer {
-    pub cgroup: HostCgroup,
-    pub cpus: f64,
-    pub memory_bytes: u64,
-    pub memory_reserve_bytes: u64,
-    pub pid: u32,
-    pub tenantd_version: String,
-}
-
-/// `POST /v1/tenants/{name}/procs` (`api::handlers::add_proc`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Placed {
-    pub tenant: TenantName,
-    pub pid: u32,
-}
+//! The API answers the CLI reads are the server's own types (`TenantView`, `ProcInfo`,
+//! `Event`, `Usage`, `Report`, `Problem`, `api::Host`, `api::Attached`), with no mirrors: this
+//! module holds realistic samples of them and the tests that each one deserializes from
+//! exactly what the server writes.
 
 /// Realistic answers, for the round-trip tests here and the table tests in `format`.
 #[cfg(test)]
 pub(super) mod samples {
-    use super::*;
-    use crate::cgroup::{BlockDevice, NotApplied};
+    use crate::api::Host;
+    use crate::cgroup::{BlockDevice, HostCgroup, NotApplied};
+    use crate::domain::TenantName;
     use crate::domain::plan::{self, Limit, PlanParams};
     use crate::domain::tenant::{DevId, TenantSpec};
     use crate::domain::usage_row::{UsageEvents, UsageGauges, UsageRates, UsageRow};
@@ -101,8 +81,8 @@ pub(super) mod samples {
         ]
     }
 
-    pub fn host() -> HostAnswer {
-        HostAnswer {
+    pub fn host() -> Host {
+        Host {
             cgroup: HostCgroup {
                 version: "v1".into(),
                 root: "/sys/fs/cgroup/tenantd".into(),
@@ -133,8 +113,8 @@ pub(super) mod samples {
             cpus: 2.0,
             memory_bytes: 8 << 30,
             memory_reserve_bytes: 512 << 20,
-            pid: 4242,
             tenantd_version: "0.1.0".into(),
+            pid: 4242,
         }
     }
 
@@ -275,9 +255,11 @@ pub(super) mod samples {
 #[cfg(test)]
 mod tests {
     use super::samples;
-    use super::*;
+    use crate::api::Attached;
     use crate::api::error::Problem;
+    use crate::domain::TenantName;
     use axum::http::StatusCode;
+    use serde::Serialize;
     use serde::de::DeserializeOwned;
     use std::fmt::Debug;
 
@@ -301,7 +283,7 @@ mod tests {
     #[test]
     fn procs_round_trip() {
         round_trip(&samples::procs());
-        round_trip(&Placed {
+        round_trip(&Attached {
             tenant: TenantName::parse("web").unwrap(),
             pid: 1234,
         });

@@ -2,8 +2,8 @@
 //! settings, the stats a cgroup reads as (`stats`), rates from samples (`usage`), the row the
 //! usage history keeps (`usage_row`) and SLA accounting.
 //!
-//! The one typed model: the other layers fill these types, store them and render them. The
-//! domain imports nothing from `cgroup`, `store`, `engine`, `api`, `metrics` or `cli`.
+//! The one typed model: the other layers fill these types, store them and render them.
+//! Layer 0 (see `lib.rs`): the domain imports no other module of the crate.
 
 pub mod plan;
 pub mod schema;

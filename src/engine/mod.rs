@@ -4,9 +4,15 @@
 //!
 //! Below the API, only this layer reads the clock (the API reads it to resolve relative times
 //! in queries). Kernel calls run on the blocking pool.
+//!
+//! Layer 2 (see `lib.rs`): owns `Governor` (apply, reconcile: here; `placement`, `journal`),
+//! the sampler, the SLA controller (`sla`), report building (`report`) and the reads the API
+//! answers from (`reads`: every store access of the API goes through the engine). Imports
+//! `domain`, `cgroup`, `store`, `report` and `metrics`; never `api`, `config` or `cli`.
 
 pub mod journal;
 pub mod placement;
+mod reads;
 pub mod report;
 pub mod sampler;
 pub mod sla;

@@ -1,6 +1,9 @@
 //! SLA reports an operator can hand to a customer: the same numbers as JSON, CSV and a single
 //! self-contained HTML page (inline SVG charts, no scripts, prints well). Pure rendering: the
-//! numbers come from the store.
+//! engine fills `Report` from the store (`engine/report.rs`).
+//!
+//! Layer 1 (see `lib.rs`): owns the report's types and formats; imports `domain` only, never
+//! `cgroup`, `store`, `metrics`, `engine`, `api`, `config` or `cli`.
 
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -7,8 +7,9 @@
 //! and a fresh one opened for the next write, so no half-finished transaction survives. A
 //! full filesystem is `StoreError::Full` and turns `Store::writable` off until a write commits.
 //!
-//! Layers: the store stores the domain's types (`TenantSpec`, `domain::usage_row::UsageRow`)
-//! and may import `domain`, never `cgroup`, `engine`, `api` or `metrics`. Within it,
+//! Layer 1 (see `lib.rs`): the store stores the domain's types (`TenantSpec`,
+//! `domain::usage_row::UsageRow`) and imports `domain` only, never `cgroup`, `report`,
+//! `metrics`, `engine`, `api`, `config` or `cli`; only the engine calls it. Within it,
 //! `samples` (usage tables) and `sla` (SLA tables) both build on `rollup` (levels, retention)
 //! and `sweep` composes them in one transaction; no two of its modules import each other.
 
