@@ -237,10 +237,11 @@ async fn bench(n: usize) {
         let name = TenantName::parse(&format!("t{i:05}")).expect("name");
         let ev = NewEvent {
             ts_ms: 0,
-            tenant: None,
-            kind: "bench".into(),
+            tenant: Some(name.to_string()),
             actor: None,
-            detail: serde_json::json!({}),
+            event: tenantd::domain::event::Event::TenantCreated {
+                spec: Box::default(),
+            },
         };
         store
             .put_tenant(&name, &TenantSpec::default(), 0, ev)

@@ -197,9 +197,10 @@ mod tests {
         let ev = NewEvent {
             ts_ms: 0,
             tenant: Some("web".into()),
-            kind: "tenant_created".into(),
             actor: None,
-            detail: serde_json::json!({}),
+            event: crate::domain::event::Event::TenantCreated {
+                spec: Box::default(),
+            },
         };
         store
             .put_tenant(

@@ -370,9 +370,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .add_events(&[NewEvent {
             ts_ms: crate::engine::now_ms(),
             tenant: None,
-            kind: "daemon_stop".into(),
             actor: None,
-            detail: serde_json::json!({}),
+            event: crate::domain::event::Event::DaemonStop {},
         }])
         .await?;
     store.close().await;

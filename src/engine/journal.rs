@@ -15,6 +15,7 @@
 use super::placement::{Admitted, Policy, Refusal};
 use super::{EngineError, Result, now_ms};
 use crate::cgroup::{Backend, CgroupError, CgroupPath};
+use crate::domain::event::Event;
 use crate::domain::tenant::{TenantName, TenantSpec};
 use crate::store::{Intent, NewEvent, NewIntent};
 use serde::{Deserialize, Serialize};
@@ -77,13 +78,12 @@ pub enum Outcome {
     Stays(String),
 }
 
-fn event(tenant: &str, kind: &str, detail: serde_json::Value) -> NewEvent {
+fn event(tenant: &str, event: Event) -> NewEvent {
     NewEvent {
         ts_ms: now_ms(),
         tenant: Some(tenant.to_string()),
-        kind: kind.into(),
         actor: Some("recovery".into()),
-        detail,
+        event,
     }
 }
 
@@ -115,8 +115,10 @@ pub fn recover(
             .map(|moved| {
                 vec![event(
                     t,
-                    "delete_finished",
-                    serde_json::json!({"moved_pids": moved, "journal": intent.id}),
+                    Event::DeleteFinished {
+                        moved_pids: moved,
+                        journal: intent.id,
+                    },
                 )]
             }),
         Step::Attach {
@@ -158,8 +160,10 @@ fn undo_create(b: &dyn Backend, t: &str, dir: &str) -> Result<Vec<NewEvent>> {
     b.remove(&d)?;
     Ok(vec![event(
         t,
-        "cgroup_removed",
-        serde_json::json!({"path": b.path_of(&d), "why": "created for a tenant that was never committed (crash)"}),
+        Event::CgroupRemoved {
+            path: b.path_of(&d),
+            why: "created for a tenant that was never committed (crash)".into(),
+        },
     )])
 }
 
@@ -200,8 +204,10 @@ fn undo_attach(
     }
     Ok(vec![event(
         t,
-        "attach_undone",
-        serde_json::json!({"pid": pid, "why": "moved in some hierarchies only when the daemon stopped"}),
+        Event::AttachUndone {
+            pid,
+            why: "moved in some hierarchies only when the daemon stopped".into(),
+        },
     )])
 }
 

@@ -18,6 +18,7 @@ pub mod sampler;
 pub mod sla;
 
 use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF};
+use crate::domain::event::Event;
 use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};
 use crate::domain::tenant::{self, Capacity, DomainError, TenantName, TenantSpec};
 use crate::store::{NewEvent, Store, StoreError, StoredTenant};
@@ -295,9 +296,11 @@ impl Governor {
             .add_events(&[NewEvent {
                 ts_ms: now_ms(),
                 tenant: None,
-                kind: "daemon_start".into(),
                 actor: None,
-                detail: serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "pid": pid}),
+                event: Event::DaemonStart {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    pid,
+                },
             }])
             .await?;
         self.reconcile().await
@@ -334,17 +337,19 @@ impl Governor {
             .map(|(t, c)| NewEvent {
                 ts_ms: ts,
                 tenant: Some(t.clone()),
-                kind: "drift_corrected".into(),
                 actor: None,
-                detail: serde_json::to_value(c).unwrap_or_default(),
+                event: Event::DriftCorrected {
+                    file: c.file.clone(),
+                    was: c.was.clone(),
+                    now: c.now.clone(),
+                },
             })
             .collect();
         events.extend(report.created.iter().map(|t| NewEvent {
             ts_ms: ts,
             tenant: Some(t.clone()),
-            kind: "cgroup_created".into(),
             actor: None,
-            detail: serde_json::json!({}),
+            event: Event::CgroupCreated {},
         }));
         self.store.add_events(&events).await?;
         for e in &report.errors {
@@ -550,18 +555,16 @@ impl Governor {
         let event = NewEvent {
             ts_ms: now,
             tenant: Some(name.to_string()),
-            kind: if created {
-                "tenant_created"
-            } else {
-                "tenant_changed"
-            }
-            .into(),
             actor: Some(actor.to_string()),
             // A creation records the spec (bounded by validation); a change records only the
             // fields it touched, never two copies of the whole spec.
-            detail: match &old {
-                None => serde_json::json!({ "spec": spec }),
-                Some(o) => serde_json::json!({ "changes": tenant::spec_changes(o, &spec) }),
+            event: match &old {
+                None => Event::TenantCreated {
+                    spec: Box::new(spec.clone()),
+                },
+                Some(o) => Event::TenantChanged {
+                    changes: tenant::spec_changes(o, &spec),
+                },
             },
         };
         if let Err(e) = self
@@ -667,11 +670,14 @@ impl Governor {
         let event = NewEvent {
             ts_ms: now_ms(),
             tenant: Some(name.to_string()),
-            kind: "tenant_deleted".into(),
             actor: Some(actor.to_string()),
-            detail: serde_json::json!({
-                "mode": match &mode { DeleteMode::Refuse => "refuse".to_string(), DeleteMode::Kill => "kill".into(), DeleteMode::MoveTo(t) => format!("move_to:{t}") },
-            }),
+            event: Event::TenantDeleted {
+                mode: match &mode {
+                    DeleteMode::Refuse => "refuse".to_string(),
+                    DeleteMode::Kill => "kill".into(),
+                    DeleteMode::MoveTo(t) => format!("move_to:{t}"),
+                },
+            },
         };
         let id = self
             .store
@@ -711,9 +717,11 @@ impl Governor {
             DeleteMode::MoveTo(to) if !moved.is_empty() => vec![NewEvent {
                 ts_ms: now_ms(),
                 tenant: Some(name.to_string()),
-                kind: "processes_moved".into(),
                 actor: Some(actor.to_string()),
-                detail: serde_json::json!({"to": to, "pids": moved}),
+                event: Event::ProcessesMoved {
+                    to: to.clone(),
+                    pids: moved,
+                },
             }],
             _ => Vec::new(),
         };
@@ -742,9 +750,10 @@ impl Governor {
         let event = NewEvent {
             ts_ms: now_ms(),
             tenant: Some(name.to_string()),
-            kind: "tenant_delete_undone".into(),
             actor: None,
-            detail: serde_json::json!({"why": why.to_string()}),
+            event: Event::TenantDeleteUndone {
+                why: why.to_string(),
+            },
         };
         if let Err(e) = self
             .store

@@ -456,9 +456,8 @@ impl Governor {
         let event = NewEvent {
             ts_ms: super::now_ms(),
             tenant: Some(name.to_string()),
-            kind: "process_attached".into(),
             actor: Some(actor.to_string()),
-            detail: serde_json::json!({"pid": pid}),
+            event: crate::domain::event::Event::ProcessAttached { pid },
         };
         if let Err(e) = self.store().finish_intent(id, &[event]).await {
             // Not stored, so not done: back where it was (the record stays if the store still

@@ -1,11 +1,11 @@
-//! Builds an SLA report from the store: the SLA series and totals, violation and breach
-//! events, and the usage totals for chargeback. Rendering lives in `crate::report`.
+//! Builds an SLA report from the store: the SLA series and totals, the violations and breaches
+//! counted from the event log (one query), and the usage totals for chargeback. Rendering lives in `crate::report`.
 
 use super::{Governor, Result, now_ms};
 use crate::domain::TenantName;
 use crate::domain::sla::{Attainment, quantile};
 use crate::report::{Point, Report, TenantReport};
-use crate::store::{EventFilter, Retention};
+use crate::store::Retention;
 
 /// Chart points per tenant.
 const POINTS: i64 = 300;
@@ -26,13 +26,10 @@ impl Governor {
         {
             return Err(super::EngineError::NotFound(t.to_string()));
         }
-        let events = |kind: &'static str, tenant: String| EventFilter {
-            tenant: Some(tenant),
-            kind: Some(kind.into()),
-            since_ms: Some(from_ms),
-            limit: 100_000,
-            after_id: None,
-        };
+        let counts = self
+            .store()
+            .sla_event_counts(from_ms, to_ms, only.map(|t| t.as_str()))
+            .await?;
         let mut tenants = Vec::new();
         for (name, st) in stored.iter().filter(|(n, _)| only.is_none_or(|o| o == *n)) {
             let n = name.as_str();
@@ -48,21 +45,7 @@ impl Governor {
                 contended_share_s +=
                     b.delivered_contended_mean_ratio.unwrap_or(0.0) * b.contended_s;
             }
-            let in_window = |e: &crate::store::Event| e.ts_ms < to_ms;
-            let violations = self
-                .store()
-                .events(&events("sla_violation", n.to_string()))
-                .await?
-                .iter()
-                .filter(|e| in_window(e) && e.detail["state"] == "open")
-                .count() as u64;
-            let breaches = self
-                .store()
-                .events(&events("memory_protection_breach", n.to_string()))
-                .await?
-                .iter()
-                .filter(|e| in_window(e))
-                .count() as u64;
+            let events = counts.get(n).copied().unwrap_or_default();
             let step = ((to_ms - from_ms) / 1000 / POINTS).max(1);
             let usage = self
                 .store()
@@ -82,13 +65,13 @@ impl Governor {
                 labels: st.spec.labels.clone(),
                 guarantee_ratio: st.spec.cpu.guarantee_pct.map(|p| p.0 / 100.0),
                 contended_seconds: att.contended_s,
-                violations,
+                violations: events.violations,
                 violation_seconds: att.violation_s,
                 attainment_ratio: att.ratio(),
                 delivered_mean_contended_ratio: (att.contended_s > 0.0)
                     .then(|| contended_share_s / att.contended_s),
                 delivered_p5_contended_ratio: quantile(&series.contended_shares, 0.05),
-                memory_protection_breaches: breaches,
+                memory_protection_breaches: events.memory_protection_breaches,
                 oom_kills: ooms.round() as u64,
                 cpu_seconds: cpu_s,
                 memory_gib_hours: mem_byte_s / 3600.0 / (1u64 << 30) as f64,

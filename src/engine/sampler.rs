@@ -14,6 +14,7 @@ use crate::cgroup::stats::{
 };
 use crate::cgroup::v1_stats::{self, V1StatsReader};
 use crate::cgroup::{CgroupPath, SampleSource};
+use crate::domain::event::{Event, LimitHits};
 use crate::domain::stats::{IoDevStat, Sample};
 use crate::domain::tenant::{self, TenantName, TenantSpec};
 use crate::domain::usage::{self, Rates};
@@ -257,27 +258,30 @@ pub fn usage_row(tenant: &str, ts_ms: i64, s: &Sample, r: Option<&Rates>) -> Usa
     }
 }
 
-/// Events for the limit hits in `r`: kinds `oom_kill`, `memory_high`, `memory_max`, `pids_max`.
+/// The variant of a limit-hit event.
+type Kind = fn(LimitHits) -> Event;
+
+/// Events for the limit hits in `r`: OOM kills, memory.high, memory.max and pids.max hits.
 pub fn limit_events(tenant: &str, ts_ms: i64, s: &Sample, r: &Rates) -> Vec<NewEvent> {
     let st = &s.stats;
-    [
-        ("oom_kill", r.new_oom_kills, st.memory_events.oom_kill),
-        ("memory_high", r.new_memory_high, st.memory_events.high),
-        ("memory_max", r.new_memory_max, st.memory_events.max),
-        ("pids_max", r.new_pids_max, st.pids_max_events),
-    ]
-    .into_iter()
-    .filter_map(|(kind, new, total)| {
-        let n = new.filter(|n| *n > 0)?;
-        Some(NewEvent {
-            ts_ms,
-            tenant: Some(tenant.to_string()),
-            kind: kind.into(),
-            actor: None,
-            detail: serde_json::json!({"count": n, "total": total}),
+    let kinds: [(Kind, _, _); 4] = [
+        (Event::OomKill, r.new_oom_kills, st.memory_events.oom_kill),
+        (Event::MemoryHigh, r.new_memory_high, st.memory_events.high),
+        (Event::MemoryMax, r.new_memory_max, st.memory_events.max),
+        (Event::PidsMax, r.new_pids_max, st.pids_max_events),
+    ];
+    kinds
+        .into_iter()
+        .filter_map(|(kind, new, total)| {
+            let count = new.filter(|n| *n > 0)?;
+            Some(NewEvent {
+                ts_ms,
+                tenant: Some(tenant.to_string()),
+                actor: None,
+                event: kind(LimitHits { count, total }),
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 impl Sampler {
@@ -494,11 +498,17 @@ impl Sampler {
                 Ok(()) => events.push(NewEvent {
                     ts_ms,
                     tenant: None,
-                    kind: "sla_adjustment".into(),
                     actor: None,
-                    detail: serde_json::json!({"file": "cpu.weight", "cgroup": "governor root", "from": from, "to": to}),
+                    event: Event::SlaAdjustment {
+                        file: "cpu.weight".into(),
+                        cgroup: "governor root".into(),
+                        from,
+                        to,
+                    },
                 }),
-                Err(e) => tracing::warn!("adaptive enforcement: cannot set the root's cpu.weight to {to}: {e}"),
+                Err(e) => tracing::warn!(
+                    "adaptive enforcement: cannot set the root's cpu.weight to {to}: {e}"
+                ),
             }
         }
         let sla_rows: Vec<crate::store::SlaRow<'_>> = sla
@@ -622,8 +632,13 @@ mod tests {
         let r = usage::rates(&a, 0, &b, 1000).unwrap();
         let ev = limit_events("t", 1000, &b, &r);
         assert_eq!(ev.len(), 1);
-        assert_eq!(ev[0].kind, "oom_kill");
-        assert_eq!(ev[0].detail, serde_json::json!({"count": 2, "total": 3}));
+        assert_eq!(
+            ev[0].event,
+            Event::OomKill(LimitHits {
+                count: 2,
+                total: Some(3)
+            })
+        );
         let row = usage_row("t", 1000, &b, Some(&r));
         assert_eq!(row.interval_ms, Some(1000));
         assert_eq!(row.rates.cpu_cores, Some(2.0));
@@ -672,9 +687,10 @@ mod tests {
         NewEvent {
             ts_ms: 0,
             tenant: Some(name.into()),
-            kind: "tenant_created".into(),
             actor: None,
-            detail: serde_json::json!({}),
+            event: Event::TenantCreated {
+                spec: Box::default(),
+            },
         }
     }
 
@@ -732,15 +748,16 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let r = sampler.sweep().await.unwrap();
         assert_eq!((r.sampled, r.rows, r.events), (1, 1, 2));
-        let kinds: Vec<String> = store
+        let kinds: Vec<Event> = store
             .events(&Default::default())
             .await
             .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
+            .iter()
+            .map(|e| e.event().unwrap())
             .collect();
         assert!(
-            kinds.contains(&"oom_kill".to_string()) && kinds.contains(&"memory_max".to_string()),
+            kinds.iter().any(|e| matches!(e, Event::OomKill(_)))
+                && kinds.iter().any(|e| matches!(e, Event::MemoryMax(_))),
             "{kinds:?}"
         );
         let cores: Option<f64> =

@@ -5,6 +5,7 @@
 //! It keeps the domain's `SlaTotals` per tenant; the maths is `domain::sla`'s. It may import
 //! `domain` and `store`'s row types, never `cgroup`, `api` or `metrics`.
 
+use crate::domain::event::{Consumer, CpuViolation, Event, Violation};
 use crate::domain::sla::{
     DeviceIo, Interval, SlaEvent, SlaParams, SlaTotals, Tracker, io_shares, next_weight,
 };
@@ -172,13 +173,17 @@ impl SlaEngine {
                 top_shortfall = Some(top_shortfall.map_or(s, |t: f64| t.max(s)));
             }
             if let Some(e) = event {
-                tick.events.push(violation_event(
+                let v = violation(&e, &mut totals.violations);
+                tick.events.push(NewEvent {
                     ts_ms,
-                    i.name,
-                    "sla_violation",
-                    e,
-                    &mut totals.violations,
-                ));
+                    tenant: Some(i.name.to_string()),
+                    actor: None,
+                    // The top consumers are known once every tenant was judged, below.
+                    event: Event::SlaViolation(CpuViolation {
+                        violation: v,
+                        top_consumers: Vec::new(),
+                    }),
+                });
             }
             // Memory protection: reclaimed below memory.low (soft), or OOM-killed while under
             // the guarantee (hard).
@@ -197,14 +202,13 @@ impl SlaEngine {
                     tick.events.push(NewEvent {
                         ts_ms,
                         tenant: Some(i.name.to_string()),
-                        kind: "memory_protection_breach".into(),
                         actor: None,
-                        detail: serde_json::json!({
-                            "protection": i.spec.memory.protection,
-                            "guarantee_bytes": g.0,
-                            "memory_current_bytes": i.stats.memory_current,
-                            "memory_events_low": low,
-                        }),
+                        event: Event::MemoryProtectionBreach {
+                            protection: i.spec.memory.protection,
+                            guarantee_bytes: g.0,
+                            memory_current_bytes: i.stats.memory_current,
+                            memory_events_low: low,
+                        },
                     });
                 }
             }
@@ -219,14 +223,17 @@ impl SlaEngine {
         }
         // Who used the CPU while a violation opened: the top consumers, for the event.
         shares.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let top: Vec<serde_json::Value> = shares
+        let top: Vec<Consumer> = shares
             .iter()
             .take(5)
-            .map(|(t, s)| serde_json::json!({"tenant": t, "share_ratio": s}))
+            .map(|(t, s)| Consumer {
+                tenant: t.to_string(),
+                share_ratio: *s,
+            })
             .collect();
         for e in &mut tick.events {
-            if e.kind == "sla_violation" {
-                e.detail["top_consumers"] = serde_json::Value::Array(top.clone());
+            if let Event::SlaViolation(v) = &mut e.event {
+                v.top_consumers = top.clone();
             }
         }
         if self.cfg.adaptive
@@ -249,11 +256,10 @@ impl SlaEngine {
                 }
                 if let Some(e) = t.finish(ts_ms) {
                     let totals = self.totals.entry(name.clone()).or_default();
-                    tick.events.push(violation_event(
+                    tick.events.push(io_violation_event(
                         ts_ms,
                         &name,
-                        "sla_io_violation",
-                        e,
+                        &e,
                         &mut totals.io_violations,
                     ));
                 }
@@ -269,35 +275,21 @@ impl SlaEngine {
     }
 }
 
-/// The event of a violation opening or closing (`kind` says CPU or IO); an opening counts in
-/// `opened`.
-fn violation_event(
-    ts_ms: i64,
-    tenant: &str,
-    kind: &str,
-    e: SlaEvent,
-    opened: &mut u64,
-) -> NewEvent {
-    let (state, viol) = match e {
-        SlaEvent::Opened(v) => {
-            *opened += 1;
-            ("open", v)
-        }
-        SlaEvent::Closed(v) => ("closed", v),
-    };
+/// A violation opening or closing, for its event; an opening counts in `opened`.
+fn violation(e: &SlaEvent, opened: &mut u64) -> Violation {
+    if matches!(e, SlaEvent::Opened(_)) {
+        *opened += 1;
+    }
+    Violation::from(e)
+}
+
+/// The event of an IO violation opening or closing; an opening counts in `opened`.
+fn io_violation_event(ts_ms: i64, tenant: &str, e: &SlaEvent, opened: &mut u64) -> NewEvent {
     NewEvent {
         ts_ms,
         tenant: Some(tenant.to_string()),
-        kind: kind.into(),
         actor: None,
-        detail: serde_json::json!({
-            "state": state,
-            "start_ms": viol.start_ms,
-            "end_ms": viol.end_ms,
-            "duration_s": viol.end_ms.map(|e| (e - viol.start_ms) as f64 / 1000.0),
-            "worst_share_ratio": viol.worst_share,
-            "guarantee_ratio": viol.guarantee,
-        }),
+        event: Event::SlaIoViolation(violation(e, opened)),
     }
 }
 
@@ -348,11 +340,10 @@ impl SlaEngine {
                 totals.io_violation_s += secs;
             }
             if let Some(e) = event {
-                tick.events.push(violation_event(
+                tick.events.push(io_violation_event(
                     ts_ms,
                     i.name,
-                    "sla_io_violation",
-                    e,
+                    &e,
                     &mut totals.io_violations,
                 ));
             }
@@ -363,9 +354,18 @@ impl SlaEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::event::ViolationState;
     use crate::domain::tenant::TenantName;
     use crate::domain::units::Percent;
     use crate::domain::usage::StallFractions;
+
+    /// The IO violation an event records, if it is one.
+    fn io_violation(e: &NewEvent) -> Option<&Violation> {
+        match &e.event {
+            Event::SlaIoViolation(v) => Some(v),
+            _ => None,
+        }
+    }
 
     fn rates(cores: f64, stall: f64) -> Rates {
         Rates {
@@ -420,8 +420,11 @@ mod tests {
             );
             if k == 2 {
                 assert_eq!(t.events.len(), 1, "opens after 3 intervals");
-                assert_eq!(t.events[0].detail["state"], "open");
-                assert_eq!(t.events[0].detail["top_consumers"][0]["tenant"], "a");
+                let Event::SlaViolation(v) = &t.events[0].event else {
+                    panic!("not a CPU violation: {:?}", t.events[0])
+                };
+                assert_eq!(v.violation.state, ViolationState::Open);
+                assert_eq!(v.top_consumers[0].tenant, "a");
             }
             if let Some((from, to)) = t.root_weight {
                 assert!(to > from);
@@ -447,7 +450,10 @@ mod tests {
                 stats: &stats,
             }],
         );
-        assert_eq!(t.events[0].detail["state"], "closed");
+        assert!(matches!(
+            &t.events[0].event,
+            Event::SlaViolation(v) if v.violation.state == ViolationState::Closed
+        ));
         assert!(t.root_weight.is_none(), "contended but delivered: hold");
         let idle = rates(0.0, 0.0);
         let t = e.observe(
@@ -549,19 +555,13 @@ mod tests {
                         },
                     ],
                 );
-                events.extend(
-                    t.events
-                        .into_iter()
-                        .filter(|e| e.kind == "sla_io_violation"),
-                );
+                events.extend(t.events.iter().filter_map(io_violation).cloned());
             }
             let tot = e.totals("a").unwrap();
             if with {
                 // 20% of the siblings' IO against a 60% guarantee while waiting on IO.
                 assert_eq!(events.len(), 1);
-                assert!(
-                    (events[0].detail["worst_share_ratio"].as_f64().unwrap() - 0.2).abs() < 1e-9
-                );
+                assert!((events[0].worst_share_ratio - 0.2).abs() < 1e-9);
                 assert_eq!((tot.io_contended_s, tot.io_violations), (4.0, 1));
             } else {
                 assert!(
@@ -628,33 +628,29 @@ mod tests {
         let inputs = [input("a", &a, &ra), input("b", &b, &rb)];
         let mut e = SlaEngine::new(SlaConfig::default());
         e.set_io_weights_effective(true);
-        let state = |t: &Tick| -> Vec<String> {
+        let state = |t: &Tick| -> Vec<ViolationState> {
             t.events
                 .iter()
-                .filter(|e| e.kind == "sla_io_violation")
-                .map(|e| e.detail["state"].as_str().unwrap().to_string())
+                .filter_map(io_violation)
+                .map(|v| v.state)
                 .collect()
         };
-        let opened: Vec<String> = (1..=4)
+        let opened: Vec<ViolationState> = (1..=4)
             .flat_map(|k| state(&e.observe(1000 * k, 2.0, &inputs)))
             .collect();
-        assert_eq!(opened, ["open"]);
+        assert_eq!(opened, [ViolationState::Open]);
         let share = e.totals("a").unwrap().io_delivered_ratio.unwrap();
         assert!((share - 0.2).abs() < 1e-9, "{share}");
         e.set_io_weights_effective(false);
         let t = e.observe(5000, 2.0, &inputs);
-        assert_eq!(state(&t), ["closed"]);
+        assert_eq!(state(&t), [ViolationState::Closed]);
         assert_eq!(
             e.totals("a").unwrap().io_delivered_ratio,
             None,
             "no IO share shown once io weights do nothing"
         );
-        let closed = t
-            .events
-            .iter()
-            .find(|e| e.kind == "sla_io_violation")
-            .unwrap();
-        assert_eq!(closed.detail["end_ms"], 5000);
+        let closed = t.events.iter().find_map(io_violation).unwrap();
+        assert_eq!(closed.end_ms, Some(5000));
         assert!(
             state(&e.observe(6000, 2.0, &inputs)).is_empty(),
             "closed once"
@@ -695,7 +691,14 @@ mod tests {
                 stats: &st,
             }],
         );
-        assert_eq!(t.events[0].kind, "memory_protection_breach");
+        assert!(matches!(
+            t.events[0].event,
+            Event::MemoryProtectionBreach {
+                protection: Protection::Soft,
+                memory_events_low: 5,
+                ..
+            }
+        ));
         assert_eq!(e.totals("m").unwrap().memory_breaches, 1);
     }
 

@@ -148,14 +148,14 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::TenantSpec;
+    use crate::domain::event::Event;
 
-    fn ev(kind: &str, ts: i64) -> NewEvent {
+    fn ev(event: Event, ts: i64) -> NewEvent {
         NewEvent {
             ts_ms: ts,
             tenant: Some("a".into()),
-            kind: kind.into(),
             actor: None,
-            detail: serde_json::json!({}),
+            event,
         }
     }
 
@@ -180,7 +180,12 @@ mod tests {
                 &a,
                 &TenantSpec::default(),
                 3,
-                ev("tenant_created", 3),
+                ev(
+                    Event::TenantCreated {
+                        spec: Box::default(),
+                    },
+                    3,
+                ),
                 Some(id),
             )
             .await
@@ -197,7 +202,16 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![left]);
         store
-            .finish_intent(left, &[ev("cgroup_removed", 4)])
+            .finish_intent(
+                left,
+                &[ev(
+                    Event::CgroupRemoved {
+                        path: "a".into(),
+                        why: "crash".into(),
+                    },
+                    4,
+                )],
+            )
             .await
             .unwrap();
         assert!(store.intents().await.unwrap().is_empty());
@@ -209,12 +223,31 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         let a = TenantName::parse("a").unwrap();
         store
-            .put_tenant(&a, &TenantSpec::default(), 1, ev("tenant_created", 1))
+            .put_tenant(
+                &a,
+                &TenantSpec::default(),
+                1,
+                ev(
+                    Event::TenantCreated {
+                        spec: Box::default(),
+                    },
+                    1,
+                ),
+            )
             .await
             .unwrap();
         let before = store.tenants().await.unwrap()[&a].clone();
         let id = store
-            .delete_tenant_with(&a, ev("tenant_deleted", 2), &step(2))
+            .delete_tenant_with(
+                &a,
+                ev(
+                    Event::TenantDeleted {
+                        mode: "refuse".into(),
+                    },
+                    2,
+                ),
+                &step(2),
+            )
             .await
             .unwrap()
             .expect("a existed");
@@ -222,13 +255,32 @@ mod tests {
         assert_eq!(store.intents().await.unwrap().len(), 1);
         // A second delete of the same name finds nothing and records nothing.
         let none = store
-            .delete_tenant_with(&a, ev("tenant_deleted", 3), &step(3))
+            .delete_tenant_with(
+                &a,
+                ev(
+                    Event::TenantDeleted {
+                        mode: "refuse".into(),
+                    },
+                    3,
+                ),
+                &step(3),
+            )
             .await
             .unwrap();
         assert_eq!(none, None);
         assert_eq!(store.intents().await.unwrap().len(), 1);
         store
-            .restore_tenant(&a, &before, ev("tenant_delete_undone", 4), id)
+            .restore_tenant(
+                &a,
+                &before,
+                ev(
+                    Event::TenantDeleteUndone {
+                        why: "EBUSY".into(),
+                    },
+                    4,
+                ),
+                id,
+            )
             .await
             .unwrap();
         assert_eq!(store.tenants().await.unwrap()[&a], before);

@@ -24,6 +24,7 @@ pub use rollup::{Level, Retention};
 pub use samples::{MinuteRollup, Usage, UsagePoint};
 pub use sla::{SlaBucket, SlaMinute, SlaRow, SlaSeries};
 
+use crate::domain::event::{self, ViolationState};
 use crate::domain::{TenantName, TenantSpec};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -136,16 +137,18 @@ pub struct StoredTenant {
     pub updated_ms: i64,
 }
 
-/// An event to record.
+/// An event to record: what happened (its kind and detail) and when, to whom, by whom.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewEvent {
     pub ts_ms: i64,
     pub tenant: Option<String>,
-    pub kind: String,
     pub actor: Option<String>,
-    pub detail: serde_json::Value,
+    pub event: event::Event,
 }
 
+// The log may hold kinds this version does not know (written by another version), so a
+// recorded event keeps `kind` and `detail` as stored and the API answers them as they are;
+// `Event::event` reads them as the domain's type.
 /// A recorded event.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Event {
@@ -159,6 +162,13 @@ pub struct Event {
     pub detail: serde_json::Value,
 }
 
+impl Event {
+    /// What happened, typed; an error for a kind this version does not know.
+    pub fn event(&self) -> serde_json::Result<event::Event> {
+        event::Event::from_columns(&self.kind, &self.detail)
+    }
+}
+
 /// Which events to list.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -168,6 +178,15 @@ pub struct EventFilter {
     pub limit: i64,
     /// Paging: only events that come after this event id in the answer's order.
     pub after_id: Option<i64>,
+}
+
+/// What the SLA report counts from one tenant's events in a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlaEventCounts {
+    /// CPU guarantee violations that opened (`sla_violation` events in state `open`).
+    pub violations: u64,
+    /// `memory_protection_breach` events.
+    pub memory_protection_breaches: u64,
 }
 
 /// Bumps `Store::tenants_version` when dropped: after the commit returns, and also when the
@@ -596,17 +615,56 @@ impl Store {
             })
             .collect())
     }
+
+    /// Per tenant (all, or `only`), the violations that opened and the memory-protection
+    /// breaches recorded in [from_ms, to_ms), in one query. Tenants without any are absent.
+    pub async fn sla_event_counts(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        only: Option<&str>,
+    ) -> Result<BTreeMap<String, SlaEventCounts>> {
+        let open = serde_json::to_value(ViolationState::Open).expect("a state serializes");
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT tenant,
+                    count(*) FILTER (WHERE kind = 'sla_violation'
+                        AND CASE WHEN json_valid(detail) THEN json_extract(detail, '$.state') END = ?4),
+                    count(*) FILTER (WHERE kind = 'memory_protection_breach')
+             FROM events
+             WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant IS NOT NULL AND (?3 IS NULL OR tenant = ?3)
+               AND kind IN ('sla_violation', 'memory_protection_breach')
+             GROUP BY tenant",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(only)
+        .bind(open.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("count SLA events"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, v, b)| {
+                let c = SlaEventCounts {
+                    violations: v as u64,
+                    memory_protection_breaches: b as u64,
+                };
+                (t, c)
+            })
+            .collect())
+    }
 }
 
 async fn insert_event(tx: &mut sqlx::SqliteConnection, e: &NewEvent) -> Result<()> {
+    let (kind, detail) = e.event.columns();
     sqlx::query(
         "INSERT INTO events (ts_ms, tenant, kind, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
     )
     .bind(e.ts_ms)
     .bind(&e.tenant)
-    .bind(&e.kind)
+    .bind(kind)
     .bind(&e.actor)
-    .bind(e.detail.to_string())
+    .bind(detail.to_string())
     .execute(tx)
     .await
     .map_err(q("record event"))?;
@@ -616,15 +674,15 @@ async fn insert_event(tx: &mut sqlx::SqliteConnection, e: &NewEvent) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::event::{Event, LimitHits};
     use crate::domain::units::Percent;
 
-    fn ev(kind: &str, tenant: &str, ts: i64) -> NewEvent {
+    fn ev(event: Event, tenant: &str, ts: i64) -> NewEvent {
         NewEvent {
             ts_ms: ts,
             tenant: Some(tenant.into()),
-            kind: kind.into(),
             actor: Some("admin".into()),
-            detail: serde_json::json!({"x": 1}),
+            event,
         }
     }
 
@@ -638,7 +696,18 @@ mod tests {
         spec.cpu.guarantee_pct = Some(Percent(50.0));
         assert_eq!(
             store
-                .put_tenant(&a, &spec, 10, ev("tenant_created", "a", 10))
+                .put_tenant(
+                    &a,
+                    &spec,
+                    10,
+                    ev(
+                        Event::TenantCreated {
+                            spec: Box::default(),
+                        },
+                        "a",
+                        10
+                    )
+                )
                 .await
                 .unwrap(),
             1
@@ -646,7 +715,12 @@ mod tests {
         spec.cpu.guarantee_pct = Some(Percent(60.0));
         assert_eq!(
             store
-                .put_tenant(&a, &spec, 20, ev("tenant_changed", "a", 20))
+                .put_tenant(
+                    &a,
+                    &spec,
+                    20,
+                    ev(Event::TenantChanged { changes: vec![] }, "a", 20)
+                )
                 .await
                 .unwrap(),
             2
@@ -664,7 +738,16 @@ mod tests {
         );
         assert!(
             store
-                .delete_tenant(&a, ev("tenant_deleted", "a", 30))
+                .delete_tenant(
+                    &a,
+                    ev(
+                        Event::TenantDeleted {
+                            mode: "refuse".into()
+                        },
+                        "a",
+                        30
+                    )
+                )
                 .await
                 .unwrap()
         );
@@ -683,7 +766,18 @@ mod tests {
         let p = TenantName::parse("p").unwrap();
         let c = TenantName::parse("c").unwrap();
         store
-            .put_tenant(&p, &TenantSpec::default(), 1, ev("tenant_created", "p", 1))
+            .put_tenant(
+                &p,
+                &TenantSpec::default(),
+                1,
+                ev(
+                    Event::TenantCreated {
+                        spec: Box::default(),
+                    },
+                    "p",
+                    1,
+                ),
+            )
             .await
             .unwrap();
         let child = TenantSpec {
@@ -691,12 +785,32 @@ mod tests {
             ..Default::default()
         };
         store
-            .put_tenant(&c, &child, 2, ev("tenant_created", "c", 2))
+            .put_tenant(
+                &c,
+                &child,
+                2,
+                ev(
+                    Event::TenantCreated {
+                        spec: Box::default(),
+                    },
+                    "c",
+                    2,
+                ),
+            )
             .await
             .unwrap();
         assert!(
             store
-                .delete_tenant(&p, ev("tenant_deleted", "p", 3))
+                .delete_tenant(
+                    &p,
+                    ev(
+                        Event::TenantDeleted {
+                            mode: "refuse".into()
+                        },
+                        "p",
+                        3
+                    )
+                )
                 .await
                 .is_err()
         );
@@ -708,7 +822,18 @@ mod tests {
         // The writer connection was replaced after the error: the next change commits.
         let q = TenantName::parse("q").unwrap();
         store
-            .put_tenant(&q, &TenantSpec::default(), 4, ev("tenant_created", "q", 4))
+            .put_tenant(
+                &q,
+                &TenantSpec::default(),
+                4,
+                ev(
+                    Event::TenantCreated {
+                        spec: Box::default(),
+                    },
+                    "q",
+                    4,
+                ),
+            )
             .await
             .unwrap();
         assert_eq!(store.tenants().await.unwrap().len(), 3);
@@ -729,7 +854,18 @@ mod tests {
             let a = TenantName::parse(&format!("a{i}")).unwrap();
             let r = tokio::time::timeout(
                 Duration::ZERO,
-                store.put_tenant(&a, &TenantSpec::default(), 1, ev("tenant_created", "a", 1)),
+                store.put_tenant(
+                    &a,
+                    &TenantSpec::default(),
+                    1,
+                    ev(
+                        Event::TenantCreated {
+                            spec: Box::default(),
+                        },
+                        "a",
+                        1,
+                    ),
+                ),
             )
             .await;
             if r.is_err() {
@@ -740,7 +876,18 @@ mod tests {
         assert!(cancelled, "no change was cancelled mid-way in 100 tries");
         let b = TenantName::parse("b").unwrap();
         store
-            .put_tenant(&b, &TenantSpec::default(), 2, ev("tenant_created", "b", 2))
+            .put_tenant(
+                &b,
+                &TenantSpec::default(),
+                2,
+                ev(
+                    Event::TenantCreated {
+                        spec: Box::default(),
+                    },
+                    "b",
+                    2,
+                ),
+            )
             .await
             .unwrap();
         store.close().await;
@@ -754,9 +901,23 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         store
             .add_events(&[
-                ev("oom_kill", "a", 1),
-                ev("drift", "a", 2),
-                ev("oom_kill", "b", 3),
+                ev(
+                    Event::OomKill(LimitHits {
+                        count: 1,
+                        total: Some(1),
+                    }),
+                    "a",
+                    1,
+                ),
+                ev(Event::CgroupCreated {}, "a", 2),
+                ev(
+                    Event::OomKill(LimitHits {
+                        count: 1,
+                        total: Some(1),
+                    }),
+                    "b",
+                    3,
+                ),
             ])
             .await
             .unwrap();
@@ -784,8 +945,126 @@ mod tests {
             2
         );
         assert_eq!(
-            store.events(&f(None, None, None)).await.unwrap()[0].detail["x"],
+            store.events(&f(None, None, None)).await.unwrap()[0].detail["count"],
             1
+        );
+    }
+
+    /// The report's counts in one query, on a real file: several tenants, violations that
+    /// open and close, breaches, the window's edges, other kinds and a row another writer left
+    /// malformed; each tenant's count equals the old fetch-and-filter over `events`.
+    #[tokio::test]
+    async fn sla_event_counts_match_fetching_and_filtering() {
+        use crate::domain::event::{CpuViolation, Violation};
+        use crate::domain::sla::{self, SlaEvent};
+        use crate::domain::tenant::Protection;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let violation = |open: bool, start_ms: i64| {
+            let v = sla::Violation {
+                start_ms,
+                end_ms: (!open).then_some(start_ms + 500),
+                worst_share: 0.2,
+                guarantee: 0.5,
+            };
+            let e = if open {
+                SlaEvent::Opened(v)
+            } else {
+                SlaEvent::Closed(v)
+            };
+            Violation::from(&e)
+        };
+        let cpu = |open, ts| {
+            Event::SlaViolation(CpuViolation {
+                violation: violation(open, ts),
+                top_consumers: vec![],
+            })
+        };
+        let breach = Event::MemoryProtectionBreach {
+            protection: Protection::Soft,
+            guarantee_bytes: 1,
+            memory_current_bytes: None,
+            memory_events_low: 1,
+        };
+        store
+            .add_events(&[
+                // a: two opened and one closed in the window, one opened before, one at its end.
+                ev(cpu(true, 90), "a", 90),
+                ev(cpu(true, 100), "a", 100),
+                ev(cpu(false, 100), "a", 150),
+                ev(cpu(true, 160), "a", 160),
+                ev(breach.clone(), "a", 170),
+                ev(cpu(true, 200), "a", 200),
+                // b: only closings, an IO violation that opened, and two breaches.
+                ev(cpu(false, 120), "b", 120),
+                ev(Event::SlaIoViolation(violation(true, 130)), "b", 130),
+                ev(breach.clone(), "b", 140),
+                ev(breach.clone(), "b", 199),
+                // c: nothing the report counts.
+                ev(Event::CgroupCreated {}, "c", 110),
+            ])
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO events (ts_ms, tenant, kind, actor, detail) VALUES
+                 (130, 'b', 'sla_violation', NULL, 'not json'),
+                 (131, 'b', 'sla_violation', NULL, '{\"state\": \"open\"}'),
+                 (132, NULL, 'sla_violation', NULL, '{\"state\": \"open\"}')",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let (from, to) = (100, 200);
+        let counts = store.sla_event_counts(from, to, None).await.unwrap();
+        let c = |v, b| SlaEventCounts {
+            violations: v,
+            memory_protection_breaches: b,
+        };
+        assert_eq!(
+            counts,
+            BTreeMap::from([("a".to_string(), c(2, 1)), ("b".to_string(), c(1, 2))])
+        );
+        // What the report did before: fetch each tenant's events of a kind, filter.
+        for t in ["a", "b", "c"] {
+            let fetched = |kind: &str| {
+                let f = EventFilter {
+                    tenant: Some(t.into()),
+                    kind: Some(kind.into()),
+                    since_ms: Some(from),
+                    limit: 100_000,
+                    after_id: None,
+                };
+                let store = &store;
+                async move { store.events(&f).await.unwrap() }
+            };
+            let old = c(
+                fetched("sla_violation")
+                    .await
+                    .iter()
+                    .filter(|e| e.ts_ms < to && e.detail["state"] == "open")
+                    .count() as u64,
+                fetched("memory_protection_breach")
+                    .await
+                    .iter()
+                    .filter(|e| e.ts_ms < to)
+                    .count() as u64,
+            );
+            assert_eq!(counts.get(t).copied().unwrap_or_default(), old, "{t}");
+        }
+        assert_eq!(
+            store.sla_event_counts(from, to, Some("b")).await.unwrap(),
+            BTreeMap::from([("b".to_string(), c(1, 2))])
+        );
+        assert!(
+            store
+                .sla_event_counts(from, to, Some("c"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.sla_event_counts(0, 1_000, None).await.unwrap()["a"],
+            c(4, 1)
         );
     }
 }

@@ -6,11 +6,12 @@
 use crate::support::{Api, oneshot};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 use tenantd::api::auth::Tokens;
 use tenantd::api::{ServeOptions, serve_with};
 use tenantd::domain::TenantName;
+use tenantd::domain::event::Event;
 use tenantd::domain::tenant::TenantSpec;
 use tenantd::store::NewEvent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,9 +27,13 @@ async fn api(request_timeout: Duration, n_events: usize) -> Api {
     let ev = |i: usize| NewEvent {
         ts_ms: 1_000 + i as i64,
         tenant: Some("web".into()),
-        kind: "tenant_created".into(),
         actor: None,
-        detail: json!({"i": i}),
+        event: match i {
+            0 => Event::TenantCreated {
+                spec: Box::default(),
+            },
+            _ => Event::ProcessAttached { pid: i as u32 },
+        },
     };
     store
         .put_tenant(

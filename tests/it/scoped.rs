@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tenantd::api::auth::Tokens;
 use tenantd::domain::TenantName;
+use tenantd::domain::event::Event;
 use tenantd::domain::tenant::TenantSpec;
 use tenantd::metrics::{Snapshot, TenantSnapshot};
 use tenantd::store::NewEvent;
@@ -31,13 +32,12 @@ impl Answer {
     }
 }
 
-fn event(tenant: Option<&str>, kind: &str) -> NewEvent {
+fn event(tenant: Option<&str>, event: Event) -> NewEvent {
     NewEvent {
         ts_ms: tenantd::engine::now_ms(),
         tenant: tenant.map(str::to_string),
-        kind: kind.into(),
         actor: None,
-        detail: json!({}),
+        event,
     }
 }
 
@@ -56,13 +56,24 @@ async fn api() -> Api {
                 &TenantName::parse(name).unwrap(),
                 &spec,
                 0,
-                event(Some(name), "tenant_created"),
+                event(
+                    Some(name),
+                    Event::TenantCreated {
+                        spec: Box::new(spec.clone()),
+                    },
+                ),
             )
             .await
             .unwrap();
     }
     store
-        .add_events(&[event(None, "daemon_start")])
+        .add_events(&[event(
+            None,
+            Event::DaemonStart {
+                version: "0.1.0".into(),
+                pid: 1,
+            },
+        )])
         .await
         .unwrap();
     let tokens = Tokens::parse(&format!(
@@ -529,23 +540,32 @@ async fn a_reused_name_does_not_show_its_former_owners_history() {
     let store = a.state.gov.store().clone();
     let shop = TenantName::parse("shop").unwrap();
     let t0 = tenantd::engine::now_ms() - 60_000;
-    let old = |kind: &str, ts: i64| NewEvent {
+    let old = |event: Event, ts: i64| NewEvent {
         ts_ms: ts,
         tenant: Some("shop".into()),
-        kind: kind.into(),
         actor: Some("globex-ops".into()),
-        detail: json!({"secret": "globex's"}),
+        event,
+    };
+    let secret = TenantSpec {
+        labels: [("secret".to_string(), "globex's".to_string())].into(),
+        ..Default::default()
+    };
+    let created = Event::TenantCreated {
+        spec: Box::new(secret.clone()),
     };
     store
-        .put_tenant(&shop, &TenantSpec::default(), t0, old("tenant_created", t0))
+        .put_tenant(&shop, &secret, t0, old(created, t0))
         .await
         .unwrap();
     store
-        .add_events(&[old("process_attached", t0 + 1)])
+        .add_events(&[old(Event::ProcessAttached { pid: 1 }, t0 + 1)])
         .await
         .unwrap();
+    let deleted = Event::TenantDeleted {
+        mode: "kill".into(),
+    };
     store
-        .delete_tenant(&shop, old("tenant_deleted", t0 + 2))
+        .delete_tenant(&shop, old(deleted, t0 + 2))
         .await
         .unwrap();
     let now = tenantd::engine::now_ms();
@@ -556,9 +576,10 @@ async fn a_reused_name_does_not_show_its_former_owners_history() {
     let created = NewEvent {
         ts_ms: now,
         tenant: Some("shop".into()),
-        kind: "tenant_created".into(),
         actor: Some("acme-admin".into()),
-        detail: json!({}),
+        event: Event::TenantCreated {
+            spec: Box::new(spec.clone()),
+        },
     };
     store.put_tenant(&shop, &spec, now, created).await.unwrap();
     for uri in ["/v1/events?tenant=shop", "/v1/events"] {
