@@ -657,6 +657,118 @@ mod tests {
         );
     }
 
+    /// Pins the numbers a known sweep sequence produces, so moving and splitting the engine
+    /// cannot change them: CPU and IO verdicts, totals, and every event as the log stores it
+    /// (kind, detail). Odd shares (a third), an interval that is not a whole millisecond and
+    /// a memory breach make the arithmetic show.
+    #[test]
+    fn a_known_sequence_gives_the_same_numbers() {
+        let mut a = spec(50.0);
+        a.io.guarantee_pct = Some(Percent(60.0));
+        a.memory.guarantee_bytes = Some(crate::domain::units::Bytes(1 << 20));
+        a.memory.protection = Protection::Soft;
+        let mut b = spec(10.0);
+        b.io.guarantee_pct = Some(Percent(30.0));
+        let stats_a = |low| {
+            let mut s = CgroupStats::default();
+            s.memory_events.low = Some(low);
+            s.memory_current = Some(1 << 19);
+            s
+        };
+        let stats_b = CgroupStats::default();
+        let mut e = SlaEngine::new(SlaConfig {
+            adaptive: true,
+            ..Default::default()
+        });
+        e.set_root_weight(100);
+        e.set_io_weights_effective(true);
+        let mut out = String::new();
+        for k in 0..6_i64 {
+            let secs = 1.0007;
+            let mut ra = io_rates(1e6, Some(0.1), 0.35);
+            ra.interval_s = secs;
+            ra.cpu_cores = Some(2.0 / 3.0);
+            ra.cpu_stall.some = Some(0.123_456_7);
+            let mut rb = io_rates(2e6, Some(0.2), 0.05);
+            rb.interval_s = secs;
+            rb.cpu_cores = Some(1.0 + k as f64 / 7.0);
+            if k == 4 {
+                ra.io_stall.some = Some(0.0);
+            }
+            let sa = stats_a(if k < 3 { 1 } else { 2 + k as u64 });
+            let t = e.observe(
+                1_000_123 + 1001 * k,
+                3.0,
+                &[
+                    Input {
+                        name: "a",
+                        spec: &a,
+                        rates: &ra,
+                        stats: &sa,
+                    },
+                    Input {
+                        name: "b",
+                        spec: &b,
+                        rates: &rb,
+                        stats: &stats_b,
+                    },
+                ],
+            );
+            out += &format!("sweep {k}: root {:?}\n", t.root_weight);
+            for v in &t.verdicts {
+                out += &format!("  {v:?}\n");
+            }
+            for ev in &t.events {
+                let (kind, detail) = ev.event.columns();
+                out += &format!("  {:?} {} {kind} {detail}\n", ev.tenant, ev.ts_ms);
+            }
+            for n in ["a", "b"] {
+                out += &format!("  {n} {:?}\n", e.totals(n));
+            }
+        }
+        let want = [
+            r#"sweep 0: root Some((100, 128))"#,
+            r#"  Verdict { tenant: "a", interval_ms: 1001, guarantee_ratio: Some(0.5), delivered_ratio: 0.2222221111888345, contended: true, violating: false }"#,
+            r#"  Verdict { tenant: "b", interval_ms: 1001, guarantee_ratio: Some(0.1), delivered_ratio: 0.33333300023317014, contended: false, violating: false }"#,
+            r#"  a Some(SlaTotals { contended_s: 1.0007, violation_s: 0.0, violations: 0, memory_breaches: 0, delivered_ratio: Some(0.2222221111888345), io_contended_s: 1.0007, io_violation_s: 0.0, io_violations: 0, io_delivered_ratio: Some(0.3333333333333333) })"#,
+            r#"  b Some(SlaTotals { contended_s: 0.0, violation_s: 0.0, violations: 0, memory_breaches: 0, delivered_ratio: Some(0.33333300023317014), io_contended_s: 0.0, io_violation_s: 0.0, io_violations: 0, io_delivered_ratio: Some(0.6666666666666666) })"#,
+            r#"sweep 1: root Some((128, 164))"#,
+            r#"  Verdict { tenant: "a", interval_ms: 1001, guarantee_ratio: Some(0.5), delivered_ratio: 0.2222221111888345, contended: true, violating: false }"#,
+            r#"  Verdict { tenant: "b", interval_ms: 1001, guarantee_ratio: Some(0.1), delivered_ratio: 0.3809523333666434, contended: false, violating: false }"#,
+            r#"  a Some(SlaTotals { contended_s: 2.0014, violation_s: 0.0, violations: 0, memory_breaches: 0, delivered_ratio: Some(0.2222221111888345), io_contended_s: 2.0014, io_violation_s: 0.0, io_violations: 0, io_delivered_ratio: Some(0.3333333333333333) })"#,
+            r#"  b Some(SlaTotals { contended_s: 0.0, violation_s: 0.0, violations: 0, memory_breaches: 0, delivered_ratio: Some(0.3809523333666434), io_contended_s: 0.0, io_violation_s: 0.0, io_violations: 0, io_delivered_ratio: Some(0.6666666666666666) })"#,
+            r#"sweep 2: root Some((164, 210))"#,
+            r#"  Verdict { tenant: "a", interval_ms: 1001, guarantee_ratio: Some(0.5), delivered_ratio: 0.2222221111888345, contended: true, violating: true }"#,
+            r#"  Verdict { tenant: "b", interval_ms: 1001, guarantee_ratio: Some(0.1), delivered_ratio: 0.42857133339995346, contended: false, violating: false }"#,
+            r#"  Some("a") 1002125 sla_violation {"duration_s":null,"end_ms":null,"guarantee_ratio":0.5,"start_ms":999122,"state":"open","top_consumers":[{"share_ratio":0.42857133339995346,"tenant":"b"},{"share_ratio":0.2222221111888345,"tenant":"a"}],"worst_share_ratio":0.2222221111888345}"#,
+            r#"  Some("a") 1002125 sla_io_violation {"duration_s":null,"end_ms":null,"guarantee_ratio":0.6,"start_ms":999122,"state":"open","worst_share_ratio":0.3333326671330069}"#,
+            r#"  a Some(SlaTotals { contended_s: 3.0020999999999995, violation_s: 1.0007, violations: 1, memory_breaches: 0, delivered_ratio: Some(0.2222221111888345), io_contended_s: 3.0020999999999995, io_violation_s: 1.0007, io_violations: 1, io_delivered_ratio: Some(0.3333333333333333) })"#,
+            r#"  b Some(SlaTotals { contended_s: 0.0, violation_s: 0.0, violations: 0, memory_breaches: 0, delivered_ratio: Some(0.42857133339995346), io_contended_s: 0.0, io_violation_s: 0.0, io_violations: 0, io_delivered_ratio: Some(0.6666666666666666) })"#,
+            r#"sweep 3: root Some((210, 268))"#,
+            r#"  Verdict { tenant: "a", interval_ms: 1001, guarantee_ratio: Some(0.5), delivered_ratio: 0.2222221111888345, contended: true, violating: true }"#,
+            r#"  Verdict { tenant: "b", interval_ms: 1001, guarantee_ratio: Some(0.1), delivered_ratio: 0.47619033343326345, contended: false, violating: false }"#,
+            r#"  Some("a") 1003126 memory_protection_breach {"guarantee_bytes":1048576,"memory_current_bytes":524288,"memory_events_low":5,"protection":"soft"}"#,
+            r#"  a Some(SlaTotals { contended_s: 4.0028, violation_s: 2.0014, violations: 1, memory_breaches: 1, delivered_ratio: Some(0.2222221111888345), io_contended_s: 4.0028, io_violation_s: 2.0014, io_violations: 1, io_delivered_ratio: Some(0.3333333333333333) })"#,
+            r#"  b Some(SlaTotals { contended_s: 0.0, violation_s: 0.0, violations: 0, memory_breaches: 0, delivered_ratio: Some(0.47619033343326345), io_contended_s: 0.0, io_violation_s: 0.0, io_violations: 0, io_delivered_ratio: Some(0.6666666666666666) })"#,
+            r#"sweep 4: root Some((268, 342))"#,
+            r#"  Verdict { tenant: "a", interval_ms: 1001, guarantee_ratio: Some(0.5), delivered_ratio: 0.2222221111888345, contended: true, violating: true }"#,
+            r#"  Verdict { tenant: "b", interval_ms: 1001, guarantee_ratio: Some(0.1), delivered_ratio: 0.5238093334665734, contended: false, violating: false }"#,
+            r#"  Some("a") 1004127 memory_protection_breach {"guarantee_bytes":1048576,"memory_current_bytes":524288,"memory_events_low":6,"protection":"soft"}"#,
+            r#"  Some("a") 1004127 sla_io_violation {"duration_s":4.004,"end_ms":1003126,"guarantee_ratio":0.6,"start_ms":999122,"state":"closed","worst_share_ratio":0.3333326671330069}"#,
+            r#"  a Some(SlaTotals { contended_s: 5.0035, violation_s: 3.0020999999999995, violations: 1, memory_breaches: 2, delivered_ratio: Some(0.2222221111888345), io_contended_s: 4.0028, io_violation_s: 2.0014, io_violations: 1, io_delivered_ratio: Some(0.3333333333333333) })"#,
+            r#"  b Some(SlaTotals { contended_s: 0.0, violation_s: 0.0, violations: 0, memory_breaches: 0, delivered_ratio: Some(0.5238093334665734), io_contended_s: 0.0, io_violation_s: 0.0, io_violations: 0, io_delivered_ratio: Some(0.6666666666666666) })"#,
+            r#"sweep 5: root Some((342, 437))"#,
+            r#"  Verdict { tenant: "a", interval_ms: 1001, guarantee_ratio: Some(0.5), delivered_ratio: 0.2222221111888345, contended: true, violating: true }"#,
+            r#"  Verdict { tenant: "b", interval_ms: 1001, guarantee_ratio: Some(0.1), delivered_ratio: 0.5714283334998835, contended: false, violating: false }"#,
+            r#"  Some("a") 1005128 memory_protection_breach {"guarantee_bytes":1048576,"memory_current_bytes":524288,"memory_events_low":7,"protection":"soft"}"#,
+            r#"  a Some(SlaTotals { contended_s: 6.0042, violation_s: 4.0028, violations: 1, memory_breaches: 3, delivered_ratio: Some(0.2222221111888345), io_contended_s: 5.0035, io_violation_s: 2.0014, io_violations: 1, io_delivered_ratio: Some(0.3333333333333333) })"#,
+            r#"  b Some(SlaTotals { contended_s: 0.0, violation_s: 0.0, violations: 0, memory_breaches: 0, delivered_ratio: Some(0.5714283334998835), io_contended_s: 0.0, io_violation_s: 0.0, io_violations: 0, io_delivered_ratio: Some(0.6666666666666666) })"#,
+        ]
+        .join("\n")
+            + "\n";
+        assert_eq!(out, want, "\n{out}");
+    }
+
     #[test]
     fn soft_protection_breach_is_an_event() {
         let mut e = SlaEngine::new(SlaConfig::default());
