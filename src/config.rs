@@ -2,7 +2,7 @@
 //! into one validated `Config`. Validation needs no syscalls; paths are resolved at start.
 //!
 //! Layer 3, beside `api` (see `lib.rs`): the daemon's start-up input, read by `cli::serve`
-//! only. It builds the settings of the layers below (`engine::sla::SlaConfig`,
+//! only. It builds the settings of the layers below (`domain::sla_engine::SlaConfig`,
 //! `store::Retention`), so it imports them; it never imports `api` or `cli`, and no layer
 //! below imports it: they take their settings as arguments.
 
@@ -111,7 +111,7 @@ pub struct Config {
     pub max_connections: Option<usize>,
     pub sample_interval: Duration,
     pub usage_retention: crate::store::Retention,
-    pub sla: crate::engine::sla::SlaConfig,
+    pub sla: crate::domain::sla_engine::SlaConfig,
     /// Protected cgroups as configured; `None` is the default, read from /proc/1 at start
     /// (`engine::placement::default_protected_cgroups`).
     pub protected_cgroups: Option<Vec<String>>,
@@ -268,7 +268,7 @@ impl FileConfig {
                 message: format!("{tolerance} is out of range: use 0 to 100 percentage points"),
             });
         }
-        let sla = crate::engine::sla::SlaConfig {
+        let sla = crate::domain::sla_engine::SlaConfig {
             params: crate::domain::sla::SlaParams {
                 contention_threshold: threshold,
                 tolerance_pp: tolerance,

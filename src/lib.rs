@@ -3,10 +3,10 @@
 //! 4  cli      subcommands; `serve` wires the daemon; the client speaks HTTP, never SQL
 //! 3  api      axum handlers, thin: parse, call the engine, answer (problem+json, auth)
 //!    config   file + environment + flags -> one validated Config (read by cli only)
-//! 2  engine   where kernel, clock and store meet: apply, reconcile, placement, sampler, SLA
+//! 2  engine   where kernel, clock and store meet: apply, reconcile, placement, sampler
 //! 1  cgroup   the only code touching cgroupfs      store     all SQL, the only database code
 //!    report   SLA report rendering                 metrics   every Prometheus name, rendering
-//! 0  domain   pure types and rules: specs, plan, stats, usage rows, SLA maths (no IO, no clock)
+//! 0  domain   pure types and rules: specs, plan, stats, usage rows, SLA engine (no IO, no clock)
 //! a module imports only from layers below its own, and no two import each other (layer_order)
 //! ```
 #![forbid(unsafe_code)]
@@ -66,9 +66,9 @@ mod layer_order {
     ];
 
     struct Source {
-        /// Below `src/`, e.g. `engine/sla.rs`.
+        /// Below `src/`, e.g. `engine/sampler.rs`.
         file: String,
-        /// The module path, e.g. `["engine", "sla"]`; a `mod.rs` is its directory.
+        /// The module path, e.g. `["engine", "sampler"]`; a `mod.rs` is its directory.
         module: Vec<String>,
         /// The text without comments.
         text: String,

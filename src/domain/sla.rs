@@ -5,10 +5,11 @@
 //! in violation when it actually wanted more CPU: it was **contended** (its cpu.pressure `some`
 //! stall, or run-queue wait where PSI is missing, took at least `contention_threshold` of the
 //! interval) and it was not merely held back by its own cpu.max (throttling is the tenant's own
-//! limit, not a breach of its guarantee).
+//! limit, not a breach of its guarantee). IO is judged the same way on an `IoInterval`: the
+//! share of its siblings' IO it used, contended when its io.pressure `some` stall was high.
 //!
 //! Owns the SLA's verdicts, events, attainment and the per-tenant totals `/metrics` shows
-//! (`SlaTotals`, kept up by `engine::sla`). Imports nothing from `cgroup`, `store`, `engine`
+//! (`SlaTotals`, kept up by `sla_engine`). Imports nothing from `cgroup`, `store`, `engine`
 //! or `api`.
 
 use crate::domain::tenant::DevId;
@@ -39,9 +40,41 @@ impl Interval {
     pub fn secs(&self) -> f64 {
         (self.end_ms - self.start_ms).max(0) as f64 / 1000.0
     }
+}
+
+/// What one tenant did with IO over one interval. There is no fixed device capacity to divide,
+/// so what it used is its share of its siblings' IO (`io_shares`), which the tracker judges
+/// against the share guaranteed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IoInterval {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// The interval's measured length (the rates' `interval_s`): the share is counted in its
+    /// microseconds.
+    pub secs: f64,
+    /// Its share of its siblings' IO, 0..1 (`io_shares`); `None` when none of them did any.
+    pub share_used: Option<f64>,
+    /// Δ io.pressure `some` total: time at least one of its tasks waited for IO. `None`
+    /// without PSI, and then it never counts as contended.
+    pub stall_usec: Option<u64>,
+}
+
+/// An interval a `Tracker` judges: CPU (`Interval`) or IO (`IoInterval`).
+pub trait Judged {
+    fn start_ms(&self) -> i64;
+    /// Share delivered, 0..1.
+    fn delivered(&self) -> f64;
+    /// Whether the tenant wanted more than it got.
+    fn contended(&self, p: &SlaParams) -> bool;
+}
+
+impl Judged for Interval {
+    fn start_ms(&self) -> i64 {
+        self.start_ms
+    }
 
     /// Share of the parent's capacity delivered, 0..1.
-    pub fn delivered(&self) -> f64 {
+    fn delivered(&self) -> f64 {
         if self.capacity_usec <= 0.0 {
             0.0
         } else {
@@ -49,10 +82,42 @@ impl Interval {
         }
     }
 
-    fn frac(&self, v: u64) -> f64 {
-        let dt_us = (self.end_ms - self.start_ms).max(1) as f64 * 1000.0;
-        v as f64 / dt_us
+    fn contended(&self, p: &SlaParams) -> bool {
+        contended(self, p)
     }
+}
+
+impl Judged for IoInterval {
+    fn start_ms(&self) -> i64 {
+        self.start_ms
+    }
+
+    /// The share used, counted in whole microseconds of the interval as a CPU share is
+    /// (`Interval::used_usec`); 0 when no sibling did any IO.
+    fn delivered(&self) -> f64 {
+        let Some(share) = self.share_used else {
+            return 0.0;
+        };
+        let interval_usec = 1e6 * self.secs;
+        if interval_usec <= 0.0 {
+            return 0.0;
+        }
+        let used_usec = (share * 1e6 * self.secs) as u64;
+        (used_usec as f64 / interval_usec).clamp(0.0, 1.0)
+    }
+
+    /// Waited for IO at least `contention_threshold` of the interval (no own limit to rule
+    /// out: io.max throttling shows in no counter the SLA reads).
+    fn contended(&self, p: &SlaParams) -> bool {
+        self.stall_usec
+            .is_some_and(|w| fraction(self.start_ms, self.end_ms, w) >= p.contention_threshold)
+    }
+}
+
+/// `usec` as a fraction of the interval from `start_ms` to `end_ms`.
+fn fraction(start_ms: i64, end_ms: i64, usec: u64) -> f64 {
+    let dt_us = (end_ms - start_ms).max(1) as f64 * 1000.0;
+    usec as f64 / dt_us
 }
 
 /// Tunables of the accounting.
@@ -94,7 +159,7 @@ pub fn contended(i: &Interval, p: &SlaParams) -> bool {
         (None, Some(w)) => w,
         (None, None) => return false,
     };
-    let waiting = i.frac(wait) >= p.contention_threshold;
+    let waiting = fraction(i.start_ms, i.end_ms, wait) >= p.contention_threshold;
     // Held back by its own cpu.max for most of its waiting: not a breach of the guarantee.
     let own_limit = i.throttled_usec > 0 && i.throttled_usec >= wait / 2;
     waiting && !own_limit
@@ -143,12 +208,12 @@ impl Tracker {
     /// `guarantee` is the share promised (0..1); `None` for best effort (never violated).
     pub fn feed(
         &mut self,
-        i: &Interval,
+        i: &impl Judged,
         guarantee: Option<f64>,
         p: &SlaParams,
     ) -> (Verdict, Option<SlaEvent>) {
         let delivered = i.delivered();
-        let contended = contended(i, p);
+        let contended = i.contended(p);
         let below = match guarantee {
             Some(g) => contended && delivered * 100.0 < g * 100.0 - p.tolerance_pp,
             None => false,
@@ -156,7 +221,7 @@ impl Tracker {
         let mut event = None;
         if below {
             if self.run == 0 {
-                self.run_start_ms = i.start_ms;
+                self.run_start_ms = i.start_ms();
                 self.run_worst = delivered;
             }
             self.run += 1;
@@ -176,7 +241,7 @@ impl Tracker {
         } else {
             self.run = 0;
             if let Some(mut v) = self.open.take() {
-                v.end_ms = Some(i.start_ms);
+                v.end_ms = Some(i.start_ms());
                 event = Some(SlaEvent::Closed(v));
             }
         }
@@ -376,6 +441,34 @@ mod tests {
             runq_wait_usec: None,
             throttled_usec: throttled,
         }
+    }
+
+    /// An IO interval's share is counted in whole microseconds of the interval, as a CPU
+    /// share is; nothing is delivered when no sibling did IO; only the IO stall decides
+    /// contention (there is no own limit to rule out).
+    #[test]
+    fn io_interval_table() {
+        let io = |share, stall| IoInterval {
+            start_ms: 0,
+            end_ms: 1001,
+            secs: 1.0007,
+            share_used: share,
+            stall_usec: stall,
+        };
+        let third = io(Some(1.0 / 3.0), None).delivered();
+        assert!(third < 1.0 / 3.0, "{third}");
+        assert!((third - 333_566.0 / 1_000_700.0).abs() < 1e-15, "{third}");
+        assert_eq!(io(None, None).delivered(), 0.0, "no sibling did IO");
+        assert_eq!(io(Some(1.5), None).delivered(), 1.0);
+        let mut instant = io(Some(0.5), None);
+        instant.secs = 0.0;
+        assert_eq!(instant.delivered(), 0.0);
+        assert!(io(None, Some(100_100)).contended(&P), "10% of 1001 ms");
+        assert!(!io(None, Some(100_099)).contended(&P));
+        assert!(
+            !io(Some(0.1), None).contended(&P),
+            "no PSI: never contended"
+        );
     }
 
     #[test]

@@ -6,16 +6,16 @@
 //! in queries). Kernel calls run on the blocking pool.
 //!
 //! Layer 2 (see `lib.rs`): owns `Governor` (apply, reconcile: here; `placement`, `journal`),
-//! the sampler, the SLA controller (`sla`), report building (`report`) and the reads the API
-//! answers from (`reads`: every store access of the API goes through the engine). Imports
-//! `domain`, `cgroup`, `store`, `report` and `metrics`; never `api`, `config` or `cli`.
+//! the sampler (which runs the domain's SLA engine, stores its events and applies the weight
+//! it decides), report building (`report`) and the reads the API answers from (`reads`: every
+//! store access of the API goes through the engine). Imports `domain`, `cgroup`, `store`,
+//! `report` and `metrics`; never `api`, `config` or `cli`.
 
 pub mod journal;
 pub mod placement;
 mod reads;
 pub mod report;
 pub mod sampler;
-pub mod sla;
 
 use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF};
 use crate::domain::event::Event;

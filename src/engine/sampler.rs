@@ -7,7 +7,6 @@
 //! only wires them to the clock, the store and the metrics. It fills the domain's `UsageRow`
 //! by field name (`usage_row`); the store derives its columns from those fields.
 
-use super::sla::{Input, SlaConfig, SlaEngine};
 use super::{EngineError, Governor, Result, now_ms};
 use crate::cgroup::stats::{
     FD_RESERVE_DEFAULT, StatsReader, held_tenants_budget, held_tenants_budget_with, sample_dir_mode,
@@ -15,6 +14,7 @@ use crate::cgroup::stats::{
 use crate::cgroup::v1_stats::{self, V1StatsReader};
 use crate::cgroup::{CgroupPath, SampleSource};
 use crate::domain::event::{Event, LimitHits};
+use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine};
 use crate::domain::stats::{IoDevStat, Sample};
 use crate::domain::tenant::{self, TenantName, TenantSpec};
 use crate::domain::usage::{self, Rates};
@@ -492,7 +492,12 @@ impl Sampler {
             t.sla = self.sla.totals(name);
         }
         self.metrics.set_snapshot(snap);
-        events.extend(sla.events);
+        events.extend(sla.events.into_iter().map(|e| NewEvent {
+            ts_ms,
+            tenant: Some(e.tenant),
+            actor: None,
+            event: e.event,
+        }));
         if let Some((from, to)) = sla.root_weight {
             match self.gov.set_root_cpu_weight(to).await {
                 Ok(()) => events.push(NewEvent {

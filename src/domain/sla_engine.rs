@@ -1,19 +1,20 @@
-//! The SLA controller: turns each sweep's rates into verdicts (`domain::sla`), violation and
-//! memory-protection events, the numbers `/metrics` shows, and, when enabled, adaptive
-//! adjustments of the governor root's cpu.weight. No IO here: the sampler stores and writes.
+//! The SLA engine: turns each sweep's rates into verdicts (`sla`), violation and
+//! memory-protection events, the totals `/metrics` shows and, when enabled, adaptive
+//! adjustments of the governor root's cpu.weight. Pure: the sweep's time comes in as an
+//! argument and typed `Event`s go out; the sampler (`engine`) stamps and stores them and
+//! writes the weight.
 //!
-//! It keeps the domain's `SlaTotals` per tenant; the maths is `domain::sla`'s. It may import
-//! `domain` and `store`'s row types, never `cgroup`, `api` or `metrics`.
+//! It keeps the `SlaTotals` per tenant; the maths is `sla`'s.
 
-use crate::domain::event::{Consumer, CpuViolation, Event, Violation};
-use crate::domain::sla::{
-    DeviceIo, Interval, SlaEvent, SlaParams, SlaTotals, Tracker, io_shares, next_weight,
+use super::event::{Consumer, CpuViolation, Event, Violation};
+use super::sla::{
+    DeviceIo, Interval, IoInterval, SlaEvent, SlaParams, SlaTotals, Tracker, Verdict as Judgement,
+    io_shares, next_weight,
 };
-use crate::domain::stats::CgroupStats;
-use crate::domain::tenant::{Protection, TenantSpec};
-use crate::domain::usage::Rates;
-use crate::store::NewEvent;
-use std::collections::HashMap;
+use super::stats::CgroupStats;
+use super::tenant::{Protection, TenantSpec};
+use super::usage::Rates;
+use std::collections::{HashMap, HashSet};
 
 /// How the SLA is judged and enforced.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,11 +55,18 @@ pub struct Verdict {
     pub violating: bool,
 }
 
+/// Something that happened to one tenant in the sweep, at the sweep's time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantEvent {
+    pub tenant: String,
+    pub event: Event,
+}
+
 /// The result of one sweep.
 #[derive(Debug, Default)]
 pub struct Tick {
     pub verdicts: Vec<Verdict>,
-    pub events: Vec<NewEvent>,
+    pub events: Vec<TenantEvent>,
     /// A new cpu.weight for the governor root: (from, to).
     pub root_weight: Option<(u32, u32)>,
 }
@@ -113,7 +121,8 @@ impl SlaEngine {
         }
     }
 
-    /// Judges one sweep. `host_cpus` is the capacity of a top-level tenant's parent.
+    /// Judges one sweep at `ts_ms`. `host_cpus` is the capacity of a top-level tenant's
+    /// parent.
     pub fn observe(&mut self, ts_ms: i64, host_cpus: f64, inputs: &[Input<'_>]) -> Tick {
         let mut tick = Tick::default();
         let cores: HashMap<&str, f64> = inputs
@@ -123,180 +132,130 @@ impl SlaEngine {
         let mut top_shortfall: Option<f64> = None;
         let mut shares: Vec<(&str, f64)> = Vec::new();
         for i in inputs {
-            let Some(used) = i.rates.cpu_cores else {
+            let Some(iv) = cpu_interval(ts_ms, host_cpus, &cores, i) else {
                 continue;
             };
-            let capacity = match &i.spec.parent {
-                None => host_cpus,
-                Some(p) => match cores.get(p.as_str()) {
-                    Some(c) => *c,
-                    None => continue,
-                },
-            };
-            let secs = i.rates.interval_s;
-            let us = |cores: f64| (cores * secs * 1e6).max(0.0);
-            let iv = Interval {
-                start_ms: ts_ms - (secs * 1000.0).round() as i64,
-                end_ms: ts_ms,
-                used_usec: us(used) as u64,
-                capacity_usec: us(capacity),
-                stall_usec: i.rates.cpu_stall.some.map(|f| us(f) as u64),
-                runq_wait_usec: i.rates.cpu_runq_wait.map(|f| us(f) as u64),
-                throttled_usec: i
-                    .rates
-                    .cpu_throttled_cores
-                    .map(|t| us(t) as u64)
-                    .unwrap_or(0),
-            };
             let guarantee = i.spec.cpu.guarantee_pct.map(|p| p.0 / 100.0);
-            let tracker = self.trackers.entry(i.name.to_string()).or_default();
-            let (v, event) = tracker.feed(&iv, guarantee, &self.cfg.params);
+            let v = self.judge_cpu(i, &iv, guarantee, &mut tick.events);
             shares.push((i.name, v.delivered));
-            let totals = self.totals.entry(i.name.to_string()).or_default();
-            totals.delivered_ratio = Some(v.delivered);
-            if v.contended {
-                totals.contended_s += secs;
-            }
-            if v.violating {
-                totals.violation_s += secs;
-            }
-            if i.spec.parent.is_none()
-                && v.contended
-                && let Some(g) = guarantee
-            {
-                let gap = (g - v.delivered) * 100.0;
-                let s = if gap > self.cfg.params.tolerance_pp {
-                    gap
-                } else {
-                    0.0
-                };
+            if let Some(s) = self.shortfall_pp(i, &v, guarantee) {
                 top_shortfall = Some(top_shortfall.map_or(s, |t: f64| t.max(s)));
             }
-            if let Some(e) = event {
-                let v = violation(&e, &mut totals.violations);
-                tick.events.push(NewEvent {
-                    ts_ms,
-                    tenant: Some(i.name.to_string()),
-                    actor: None,
-                    // The top consumers are known once every tenant was judged, below.
-                    event: Event::SlaViolation(CpuViolation {
-                        violation: v,
-                        top_consumers: Vec::new(),
-                    }),
-                });
-            }
-            // Memory protection: reclaimed below memory.low (soft), or OOM-killed while under
-            // the guarantee (hard).
-            if let Some(g) = i.spec.memory.guarantee_bytes {
-                let low = i.stats.memory_events.low.unwrap_or(0);
-                let prev_low = self.last_low.insert(i.name.to_string(), low);
-                let breach = match i.spec.memory.protection {
-                    Protection::Soft => prev_low.is_some_and(|p| low > p),
-                    Protection::Hard => {
-                        i.rates.new_oom_kills.unwrap_or(0) > 0
-                            && i.stats.memory_current.is_some_and(|c| c < g.0)
-                    }
-                };
-                if breach {
-                    totals.memory_breaches += 1;
-                    tick.events.push(NewEvent {
-                        ts_ms,
-                        tenant: Some(i.name.to_string()),
-                        actor: None,
-                        event: Event::MemoryProtectionBreach {
-                            protection: i.spec.memory.protection,
-                            guarantee_bytes: g.0,
-                            memory_current_bytes: i.stats.memory_current,
-                            memory_events_low: low,
-                        },
-                    });
-                }
-            }
+            self.judge_memory(i, &mut tick.events);
             tick.verdicts.push(Verdict {
                 tenant: i.name.to_string(),
-                interval_ms: (secs * 1000.0).round() as i64,
+                interval_ms: interval_ms(i.rates),
                 guarantee_ratio: guarantee,
                 delivered_ratio: v.delivered,
                 contended: v.contended,
                 violating: v.violating,
             });
         }
-        // Who used the CPU while a violation opened: the top consumers, for the event.
-        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let top: Vec<Consumer> = shares
-            .iter()
-            .take(5)
-            .map(|(t, s)| Consumer {
-                tenant: t.to_string(),
-                share_ratio: *s,
-            })
-            .collect();
-        for e in &mut tick.events {
-            if let Event::SlaViolation(v) = &mut e.event {
-                v.top_consumers = top.clone();
-            }
-        }
-        if self.cfg.adaptive
-            && let Some((base, cur)) = self.root
-        {
-            let next = next_weight(cur, base, self.cfg.adaptive_max_weight, top_shortfall);
-            if next != cur {
-                self.root = Some((base, next));
-                tick.root_weight = Some((cur, next));
-            }
-        }
+        name_top_consumers(&mut tick.events, shares);
+        tick.root_weight = self.adapt_root_weight(top_shortfall);
         if self.io_weights_effective == Some(true) {
-            self.observe_io(ts_ms, inputs, &mut tick);
+            self.judge_io(ts_ms, inputs, &mut tick.events);
         } else {
-            // io weights stopped working (iocost switched off): open IO violations end here,
-            // and judging starts afresh if they come back.
-            for (name, mut t) in self.io_trackers.drain() {
-                if let Some(totals) = self.totals.get_mut(&name) {
-                    totals.io_delivered_ratio = None;
-                }
-                if let Some(e) = t.finish(ts_ms) {
-                    let totals = self.totals.entry(name.clone()).or_default();
-                    tick.events.push(io_violation_event(
-                        ts_ms,
-                        &name,
-                        &e,
-                        &mut totals.io_violations,
-                    ));
-                }
-            }
+            self.stop_judging_io(ts_ms, &mut tick.events);
         }
-        // Forget tenants that are gone (a set, so a sweep stays linear in the tenants).
-        let live: std::collections::HashSet<&str> = inputs.iter().map(|i| i.name).collect();
-        self.trackers.retain(|n, _| live.contains(n.as_str()));
-        self.io_trackers.retain(|n, _| live.contains(n.as_str()));
-        self.totals.retain(|n, _| live.contains(n.as_str()));
-        self.last_low.retain(|n, _| live.contains(n.as_str()));
+        self.forget_gone(inputs);
         tick
     }
-}
 
-/// A violation opening or closing, for its event; an opening counts in `opened`.
-fn violation(e: &SlaEvent, opened: &mut u64) -> Violation {
-    if matches!(e, SlaEvent::Opened(_)) {
-        *opened += 1;
+    /// Feeds one tenant's CPU interval to its tracker, adds it to its totals and records the
+    /// violation that opened or closed.
+    fn judge_cpu(
+        &mut self,
+        i: &Input<'_>,
+        iv: &Interval,
+        guarantee: Option<f64>,
+        events: &mut Vec<TenantEvent>,
+    ) -> Judgement {
+        let secs = i.rates.interval_s;
+        let tracker = self.trackers.entry(i.name.to_string()).or_default();
+        let (v, event) = tracker.feed(iv, guarantee, &self.cfg.params);
+        let totals = self.totals.entry(i.name.to_string()).or_default();
+        totals.delivered_ratio = Some(v.delivered);
+        if v.contended {
+            totals.contended_s += secs;
+        }
+        if v.violating {
+            totals.violation_s += secs;
+        }
+        if let Some(e) = event {
+            events.push(TenantEvent {
+                tenant: i.name.to_string(),
+                // The top consumers are known once every tenant was judged
+                // (`name_top_consumers`).
+                event: Event::SlaViolation(CpuViolation {
+                    violation: violation(&e, &mut totals.violations),
+                    top_consumers: Vec::new(),
+                }),
+            });
+        }
+        v
     }
-    Violation::from(e)
-}
 
-/// The event of an IO violation opening or closing; an opening counts in `opened`.
-fn io_violation_event(ts_ms: i64, tenant: &str, e: &SlaEvent, opened: &mut u64) -> NewEvent {
-    NewEvent {
-        ts_ms,
-        tenant: Some(tenant.to_string()),
-        actor: None,
-        event: Event::SlaIoViolation(violation(e, opened)),
+    /// How far (percentage points) a contended top-level tenant was delivered below its
+    /// guarantee, 0 within the tolerance; `None` for a child, an uncontended tenant or one
+    /// without a guarantee. The adaptive controller answers the largest.
+    fn shortfall_pp(&self, i: &Input<'_>, v: &Judgement, guarantee: Option<f64>) -> Option<f64> {
+        let g = guarantee.filter(|_| i.spec.parent.is_none() && v.contended)?;
+        let gap = (g - v.delivered) * 100.0;
+        Some(if gap > self.cfg.params.tolerance_pp {
+            gap
+        } else {
+            0.0
+        })
     }
-}
 
-impl SlaEngine {
+    /// Memory protection: reclaimed below memory.low (soft), or OOM-killed while under the
+    /// guarantee (hard), is a breach event.
+    fn judge_memory(&mut self, i: &Input<'_>, events: &mut Vec<TenantEvent>) {
+        let Some(g) = i.spec.memory.guarantee_bytes else {
+            return;
+        };
+        let low = i.stats.memory_events.low.unwrap_or(0);
+        let prev_low = self.last_low.insert(i.name.to_string(), low);
+        let breach = match i.spec.memory.protection {
+            Protection::Soft => prev_low.is_some_and(|p| low > p),
+            Protection::Hard => {
+                i.rates.new_oom_kills.unwrap_or(0) > 0
+                    && i.stats.memory_current.is_some_and(|c| c < g.0)
+            }
+        };
+        if breach {
+            self.totals
+                .entry(i.name.to_string())
+                .or_default()
+                .memory_breaches += 1;
+            events.push(TenantEvent {
+                tenant: i.name.to_string(),
+                event: Event::MemoryProtectionBreach {
+                    protection: i.spec.memory.protection,
+                    guarantee_bytes: g.0,
+                    memory_current_bytes: i.stats.memory_current,
+                    memory_events_low: low,
+                },
+            });
+        }
+    }
+
+    /// The next cpu.weight of the governor root when adaptive enforcement is on and it
+    /// changes: (from, to).
+    fn adapt_root_weight(&mut self, top_shortfall: Option<f64>) -> Option<(u32, u32)> {
+        let (base, cur) = self.root.filter(|_| self.cfg.adaptive)?;
+        let next = next_weight(cur, base, self.cfg.adaptive_max_weight, top_shortfall);
+        if next == cur {
+            return None;
+        }
+        self.root = Some((base, next));
+        Some((cur, next))
+    }
+
     /// IO guarantees: the share of its siblings' IO a tenant got (there is no fixed device
     /// capacity to divide), judged while its io.pressure `some` shows it waited for IO.
-    fn observe_io(&mut self, ts_ms: i64, inputs: &[Input<'_>], tick: &mut Tick) {
+    fn judge_io(&mut self, ts_ms: i64, inputs: &[Input<'_>], events: &mut Vec<TenantEvent>) {
         let amounts: Vec<(Option<&str>, Vec<DeviceIo>)> = inputs
             .iter()
             .map(|i| {
@@ -314,17 +273,12 @@ impl SlaEngine {
                 continue;
             };
             let secs = i.rates.interval_s;
-            // The tracker takes used and capacity; a share of a million parts keeps the
-            // precision whatever the unit.
-            const PARTS: f64 = 1e6;
-            let iv = Interval {
-                start_ms: ts_ms - (secs * 1000.0).round() as i64,
+            let iv = IoInterval {
+                start_ms: ts_ms - interval_ms(i.rates),
                 end_ms: ts_ms,
-                used_usec: (share.unwrap_or(0.0) * PARTS * secs) as u64,
-                capacity_usec: if share.is_some() { PARTS * secs } else { 0.0 },
+                secs,
+                share_used: share,
                 stall_usec: i.rates.io_stall.some.map(|f| (f * secs * 1e6) as u64),
-                runq_wait_usec: None,
-                throttled_usec: 0,
             };
             let (v, event) = self
                 .io_trackers
@@ -340,14 +294,103 @@ impl SlaEngine {
                 totals.io_violation_s += secs;
             }
             if let Some(e) = event {
-                tick.events.push(io_violation_event(
-                    ts_ms,
-                    i.name,
-                    &e,
-                    &mut totals.io_violations,
-                ));
+                events.push(io_violation_event(i.name, &e, &mut totals.io_violations));
             }
         }
+    }
+
+    /// io weights stopped working (iocost switched off): open IO violations end at `ts_ms`,
+    /// no IO share is shown, and judging starts afresh if they come back.
+    fn stop_judging_io(&mut self, ts_ms: i64, events: &mut Vec<TenantEvent>) {
+        for (name, mut t) in self.io_trackers.drain() {
+            if let Some(totals) = self.totals.get_mut(&name) {
+                totals.io_delivered_ratio = None;
+            }
+            if let Some(e) = t.finish(ts_ms) {
+                let totals = self.totals.entry(name.clone()).or_default();
+                events.push(io_violation_event(&name, &e, &mut totals.io_violations));
+            }
+        }
+    }
+
+    /// Forgets tenants that are gone (a set, so a sweep stays linear in the tenants).
+    fn forget_gone(&mut self, inputs: &[Input<'_>]) {
+        let live: HashSet<&str> = inputs.iter().map(|i| i.name).collect();
+        self.trackers.retain(|n, _| live.contains(n.as_str()));
+        self.io_trackers.retain(|n, _| live.contains(n.as_str()));
+        self.totals.retain(|n, _| live.contains(n.as_str()));
+        self.last_low.retain(|n, _| live.contains(n.as_str()));
+    }
+}
+
+/// The interval the rates cover, in whole milliseconds.
+fn interval_ms(r: &Rates) -> i64 {
+    (r.interval_s * 1000.0).round() as i64
+}
+
+/// One tenant's CPU interval ending at `ts_ms`, against its parent's capacity: the host's
+/// CPUs for a top-level tenant, the parent's usage (`cores`) for a child. `None` without a
+/// CPU rate, or for a child whose parent has none.
+fn cpu_interval(
+    ts_ms: i64,
+    host_cpus: f64,
+    cores: &HashMap<&str, f64>,
+    i: &Input<'_>,
+) -> Option<Interval> {
+    let used = i.rates.cpu_cores?;
+    let capacity = match &i.spec.parent {
+        None => host_cpus,
+        Some(p) => *cores.get(p.as_str())?,
+    };
+    let secs = i.rates.interval_s;
+    let us = |cores: f64| (cores * secs * 1e6).max(0.0);
+    Some(Interval {
+        start_ms: ts_ms - interval_ms(i.rates),
+        end_ms: ts_ms,
+        used_usec: us(used) as u64,
+        capacity_usec: us(capacity),
+        stall_usec: i.rates.cpu_stall.some.map(|f| us(f) as u64),
+        runq_wait_usec: i.rates.cpu_runq_wait.map(|f| us(f) as u64),
+        throttled_usec: i
+            .rates
+            .cpu_throttled_cores
+            .map(|t| us(t) as u64)
+            .unwrap_or(0),
+    })
+}
+
+/// Who used the CPU while a violation opened or closed: the five largest delivered shares of
+/// the sweep, named in every CPU violation event.
+fn name_top_consumers(events: &mut [TenantEvent], mut shares: Vec<(&str, f64)>) {
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let top: Vec<Consumer> = shares
+        .iter()
+        .take(5)
+        .map(|(t, s)| Consumer {
+            tenant: t.to_string(),
+            share_ratio: *s,
+        })
+        .collect();
+    for e in events {
+        if let Event::SlaViolation(v) = &mut e.event {
+            v.top_consumers = top.clone();
+        }
+    }
+}
+
+/// A violation opening or closing, for its event; an opening counts in `opened`.
+fn violation(e: &SlaEvent, opened: &mut u64) -> Violation {
+    if matches!(e, SlaEvent::Opened(_)) {
+        *opened += 1;
+    }
+    Violation::from(e)
+}
+
+/// The event of an IO violation opening or closing; an opening counts in `opened`.
+fn io_violation_event(tenant: &str, e: &SlaEvent, opened: &mut u64) -> TenantEvent {
+    TenantEvent {
+        tenant: tenant.to_string(),
+        event: Event::SlaIoViolation(violation(e, opened)),
     }
 }
 
@@ -360,10 +403,24 @@ mod tests {
     use crate::domain::usage::StallFractions;
 
     /// The IO violation an event records, if it is one.
-    fn io_violation(e: &NewEvent) -> Option<&Violation> {
+    fn io_violation(e: &TenantEvent) -> Option<&Violation> {
         match &e.event {
             Event::SlaIoViolation(v) => Some(v),
             _ => None,
+        }
+    }
+
+    fn input<'a>(
+        name: &'a str,
+        spec: &'a TenantSpec,
+        rates: &'a Rates,
+        stats: &'a CgroupStats,
+    ) -> Input<'a> {
+        Input {
+            name,
+            spec,
+            rates,
+            stats,
         }
     }
 
@@ -408,16 +465,7 @@ mod tests {
         let mut raised = 0;
         for k in 0..5 {
             let r = rates(0.5, 0.9); // 25% of 2 CPUs while wanting more
-            let t = e.observe(
-                1000 * (k + 1),
-                2.0,
-                &[Input {
-                    name: "a",
-                    spec: &a,
-                    rates: &r,
-                    stats: &stats,
-                }],
-            );
+            let t = e.observe(1000 * (k + 1), 2.0, &[input("a", &a, &r, &stats)]);
             if k == 2 {
                 assert_eq!(t.events.len(), 1, "opens after 3 intervals");
                 let Event::SlaViolation(v) = &t.events[0].event else {
@@ -440,32 +488,14 @@ mod tests {
         assert!((tot.attainment_ratio() - 0.4).abs() < 1e-9);
         // Guarantee restored: the violation closes; no pressure at all: the weight decays.
         let r = rates(1.0, 0.9);
-        let t = e.observe(
-            6000,
-            2.0,
-            &[Input {
-                name: "a",
-                spec: &a,
-                rates: &r,
-                stats: &stats,
-            }],
-        );
+        let t = e.observe(6000, 2.0, &[input("a", &a, &r, &stats)]);
         assert!(matches!(
             &t.events[0].event,
             Event::SlaViolation(v) if v.violation.state == ViolationState::Closed
         ));
         assert!(t.root_weight.is_none(), "contended but delivered: hold");
         let idle = rates(0.0, 0.0);
-        let t = e.observe(
-            7000,
-            2.0,
-            &[Input {
-                name: "a",
-                spec: &a,
-                rates: &idle,
-                stats: &stats,
-            }],
-        );
+        let t = e.observe(7000, 2.0, &[input("a", &a, &idle, &stats)]);
         let (from, to) = t.root_weight.unwrap();
         assert!(to < from);
     }
@@ -481,20 +511,7 @@ mod tests {
         let t = e.observe(
             1000,
             2.0,
-            &[
-                Input {
-                    name: "p",
-                    spec: &p,
-                    rates: &rp,
-                    stats: &stats,
-                },
-                Input {
-                    name: "c",
-                    spec: &c,
-                    rates: &rc,
-                    stats: &stats,
-                },
-            ],
+            &[input("p", &p, &rp, &stats), input("c", &c, &rc, &stats)],
         );
         let vc = t.verdicts.iter().find(|v| v.tenant == "c").unwrap();
         assert!((vc.delivered_ratio - 0.6).abs() < 1e-9);
@@ -540,20 +557,7 @@ mod tests {
                 let t = e.observe(
                     1000 * (k + 1),
                     2.0,
-                    &[
-                        Input {
-                            name: "a",
-                            spec: &a,
-                            rates: &ra,
-                            stats: &stats,
-                        },
-                        Input {
-                            name: "b",
-                            spec: &b,
-                            rates: &rb,
-                            stats: &stats,
-                        },
-                    ],
+                    &[input("a", &a, &ra, &stats), input("b", &b, &rb, &stats)],
                 );
                 events.extend(t.events.iter().filter_map(io_violation).cloned());
             }
@@ -588,16 +592,10 @@ mod tests {
             e.set_io_weights_effective(true);
             let mut t = Tick::default();
             for k in 0..4 {
-                let input = |name, spec, rates| Input {
-                    name,
-                    spec,
-                    rates,
-                    stats: &stats,
-                };
                 t = e.observe(
                     1000 * (k + 1),
                     2.0,
-                    &[input("a", &a, &ra), input("b", &b, &rb)],
+                    &[input("a", &a, &ra, &stats), input("b", &b, &rb, &stats)],
                 );
             }
             let tot = e.totals("a").unwrap();
@@ -619,13 +617,7 @@ mod tests {
         let b = TenantSpec::default();
         let stats = CgroupStats::default();
         let (ra, rb) = (io_rates(20e6, None, 0.8), io_rates(80e6, None, 0.0));
-        let input = |name, spec, rates| Input {
-            name,
-            spec,
-            rates,
-            stats: &stats,
-        };
-        let inputs = [input("a", &a, &ra), input("b", &b, &rb)];
+        let inputs = [input("a", &a, &ra, &stats), input("b", &b, &rb, &stats)];
         let mut e = SlaEngine::new(SlaConfig::default());
         e.set_io_weights_effective(true);
         let state = |t: &Tick| -> Vec<ViolationState> {
@@ -696,23 +688,11 @@ mod tests {
                 ra.io_stall.some = Some(0.0);
             }
             let sa = stats_a(if k < 3 { 1 } else { 2 + k as u64 });
+            let ts_ms = 1_000_123 + 1001 * k;
             let t = e.observe(
-                1_000_123 + 1001 * k,
+                ts_ms,
                 3.0,
-                &[
-                    Input {
-                        name: "a",
-                        spec: &a,
-                        rates: &ra,
-                        stats: &sa,
-                    },
-                    Input {
-                        name: "b",
-                        spec: &b,
-                        rates: &rb,
-                        stats: &stats_b,
-                    },
-                ],
+                &[input("a", &a, &ra, &sa), input("b", &b, &rb, &stats_b)],
             );
             out += &format!("sweep {k}: root {:?}\n", t.root_weight);
             for v in &t.verdicts {
@@ -720,7 +700,8 @@ mod tests {
             }
             for ev in &t.events {
                 let (kind, detail) = ev.event.columns();
-                out += &format!("  {:?} {} {kind} {detail}\n", ev.tenant, ev.ts_ms);
+                // As the sampler stamps it: the tenant, the sweep's time.
+                out += &format!("  {:?} {ts_ms} {kind} {detail}\n", Some(&ev.tenant));
             }
             for n in ["a", "b"] {
                 out += &format!("  {n} {:?}\n", e.totals(n));
@@ -779,30 +760,12 @@ mod tests {
         let mut st = CgroupStats::default();
         st.memory_events.low = Some(3);
         assert!(
-            e.observe(
-                1000,
-                2.0,
-                &[Input {
-                    name: "m",
-                    spec: &s,
-                    rates: &r,
-                    stats: &st
-                }]
-            )
-            .events
-            .is_empty()
+            e.observe(1000, 2.0, &[input("m", &s, &r, &st)])
+                .events
+                .is_empty()
         );
         st.memory_events.low = Some(5);
-        let t = e.observe(
-            2000,
-            2.0,
-            &[Input {
-                name: "m",
-                spec: &s,
-                rates: &r,
-                stats: &st,
-            }],
-        );
+        let t = e.observe(2000, 2.0, &[input("m", &s, &r, &st)]);
         assert!(matches!(
             t.events[0].event,
             Event::MemoryProtectionBreach {
@@ -827,16 +790,7 @@ mod tests {
         let mut blind = v1.clone();
         blind.cpu_runq_wait = None;
         for (k, (r, contended)) in [(&v1, true), (&blind, false)].into_iter().enumerate() {
-            let t = e.observe(
-                1000 * (k as i64 + 1),
-                2.0,
-                &[Input {
-                    name: "a",
-                    spec: &a,
-                    rates: r,
-                    stats: &stats,
-                }],
-            );
+            let t = e.observe(1000 * (k as i64 + 1), 2.0, &[input("a", &a, r, &stats)]);
             assert_eq!(t.verdicts[0].contended, contended, "{k}");
         }
     }
