@@ -1,7 +1,7 @@
 //! One tenant's sample as the usage history keeps it: `UsageRow`, with every value in a named
-//! field. Plain data: the sampler (`engine::sampler`) fills it by name from a `Sample` and its
-//! `Rates`; the store (`store::samples`) writes it. Imports nothing from `cgroup`, `store`,
-//! `engine` or `api`.
+//! field, filled by name from a `Sample` and its `Rates` (`UsageRow::from_sample`, pure; the
+//! sampler calls it every sweep); the store (`store::samples`) writes it. Imports nothing from
+//! `cgroup`, `store`, `engine` or `api`.
 //!
 //! The values come in four groups, one struct each, because the store rolls each kind up its
 //! own way: cumulative counters (kept raw only), gauges (mean and max), per-second rates
@@ -9,7 +9,10 @@
 //! `usage_columns!`, which makes the struct and its column list (`COLUMNS`, the field names)
 //! from one list of fields: the SQL columns of `usage_raw` and `usage_rollup`
 //! (migrations/0002_usage.sql) ARE these names, so adding a stat is a field here plus the line
-//! of the sampler that fills it.
+//! of `from_sample` that fills it.
+
+use crate::domain::stats::{IoDevStat, Sample};
+use crate::domain::usage::Rates;
 
 /// Declares a group of usage columns: a struct with one `Option<$t>` field per column,
 /// `COLUMNS` (the field names, in declaration order) and `values()` (the fields in that same
@@ -147,10 +150,124 @@ pub struct UsageRow {
     pub events: UsageEvents,
 }
 
+impl UsageRow {
+    /// The row of one sample and the rates since the previous one (`None` for a first
+    /// sample), filled field by field: the store takes its column names from these fields.
+    pub fn from_sample(tenant: &str, ts_ms: i64, s: &Sample, r: Option<&Rates>) -> UsageRow {
+        let st = &s.stats;
+        let i = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        let io_sum = |f: fn(&IoDevStat) -> Option<u64>| {
+            st.io.iter().filter_map(f).fold(None, |a: Option<u64>, v| {
+                Some(a.unwrap_or(0).saturating_add(v))
+            })
+        };
+        let counters = UsageCounters {
+            cpu_usage_usec: i(st.cpu.usage_usec),
+            cpu_user_usec: i(st.cpu.user_usec),
+            cpu_system_usec: i(st.cpu.system_usec),
+            cpu_throttled_usec: i(st.cpu.throttled_usec),
+            cpu_nr_throttled: i(st.cpu.nr_throttled),
+            io_read_bytes: i(io_sum(|d| d.rbytes)),
+            io_write_bytes: i(io_sum(|d| d.wbytes)),
+            io_read_ops: i(io_sum(|d| d.rios)),
+            io_write_ops: i(io_sum(|d| d.wios)),
+            oom_kill_events: i(st.memory_events.oom_kill),
+            memory_high_events: i(st.memory_events.high),
+            memory_max_events: i(st.memory_events.max),
+            pids_max_events: i(st.pids_max_events),
+            memory_anon_bytes: i(st.memory.anon),
+            memory_file_bytes: i(st.memory.file),
+        };
+        let gauges = UsageGauges {
+            memory_current_bytes: i(st.memory_current),
+            memory_working_set_bytes: i(st.working_set()),
+            memory_peak_bytes: i(st.memory_peak),
+            pids_current: i(st.pids_current),
+        };
+        let (rates, events) = match r {
+            None => (UsageRates::default(), UsageEvents::default()),
+            Some(r) => (
+                UsageRates {
+                    cpu_cores: r.cpu_cores,
+                    cpu_user_cores: r.cpu_user_cores,
+                    cpu_system_cores: r.cpu_system_cores,
+                    cpu_throttled_cores: r.cpu_throttled_cores,
+                    io_read_bytes_per_s: r.io_total(|d| d.read_bytes_per_s),
+                    io_write_bytes_per_s: r.io_total(|d| d.write_bytes_per_s),
+                    io_read_ops_per_s: r.io_total(|d| d.read_ops_per_s),
+                    io_write_ops_per_s: r.io_total(|d| d.write_ops_per_s),
+                    cpu_some_stall_ratio: r.cpu_stall.some,
+                    cpu_full_stall_ratio: r.cpu_stall.full,
+                    memory_some_stall_ratio: r.memory_stall.some,
+                    memory_full_stall_ratio: r.memory_stall.full,
+                    io_some_stall_ratio: r.io_stall.some,
+                    io_full_stall_ratio: r.io_stall.full,
+                },
+                UsageEvents {
+                    new_oom_kills: i(r.new_oom_kills),
+                    new_memory_high_events: i(r.new_memory_high),
+                    new_memory_max_events: i(r.new_memory_max),
+                    new_pids_max_events: i(r.new_pids_max),
+                },
+            ),
+        };
+        UsageRow {
+            tenant: tenant.to_string(),
+            ts_ms,
+            interval_ms: r.map(|r| (r.interval_s * 1000.0).round() as i64),
+            counters,
+            gauges,
+            rates,
+            events,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::stats::{CgroupStats, CpuStat, MemoryEvents};
+    use crate::domain::usage;
     use std::collections::HashSet;
+
+    /// A sample that has used `cpu_s` CPU seconds and seen `oom_kills` OOM kills.
+    fn sample(cpu_s: u64, oom_kills: u64) -> Sample {
+        let stats = CgroupStats {
+            cpu: CpuStat {
+                usage_usec: Some(cpu_s * 1_000_000),
+                ..CpuStat::default()
+            },
+            memory_events: MemoryEvents {
+                oom_kill: Some(oom_kills),
+                high: Some(5),
+                ..MemoryEvents::default()
+            },
+            memory_current: Some(100),
+            ..CgroupStats::default()
+        };
+        Sample { ino: 7, stats }
+    }
+
+    /// A row carries the sample's counters and gauges, and the rates and new events since the
+    /// previous sample; a first sample has neither.
+    #[test]
+    fn rows_carry_the_sample_and_its_rates() {
+        let (a, b) = (sample(0, 1), sample(2, 3));
+        let r = usage::rates(&a, 0, &b, 1000).unwrap();
+        let row = UsageRow::from_sample("t", 1000, &b, Some(&r));
+        assert_eq!((row.tenant.as_str(), row.ts_ms), ("t", 1000));
+        assert_eq!(row.interval_ms, Some(1000));
+        assert_eq!(row.rates.cpu_cores, Some(2.0));
+        assert_eq!(row.counters.cpu_usage_usec, Some(2_000_000));
+        assert_eq!(row.gauges.memory_current_bytes, Some(100));
+        assert_eq!(row.events.new_oom_kills, Some(2));
+        assert_eq!(row.events.new_memory_high_events, Some(0));
+        let first = UsageRow::from_sample("t", 0, &a, None);
+        assert_eq!(
+            (first.interval_ms, first.rates, first.events),
+            (None, UsageRates::default(), UsageEvents::default())
+        );
+    }
 
     /// No column name appears twice across the groups (they share one table).
     #[test]

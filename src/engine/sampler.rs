@@ -4,8 +4,9 @@
 //! `/metrics` renders.
 //!
 //! IO (`cgroup::stats`, `cgroup::v1_stats`) and maths (`domain::usage`) stay apart; this file
-//! only wires them to the clock, the store and the metrics. It fills the domain's `UsageRow`
-//! by field name (`usage_row`); the store derives its columns from those fields.
+//! only wires them to the clock, the store and the metrics. `sweep_at` is the list of steps,
+//! one method or function each; the pure ones (rates, rows, events, snapshot) take the
+//! samples and return values. The row of a sample is the domain's (`UsageRow::from_sample`).
 
 use super::{EngineError, Governor, Result, now_ms};
 use crate::cgroup::stats::{
@@ -14,13 +15,13 @@ use crate::cgroup::stats::{
 use crate::cgroup::v1_stats::{self, V1StatsReader};
 use crate::cgroup::{CgroupPath, SampleSource};
 use crate::domain::event::{Event, LimitHits};
-use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine};
-use crate::domain::stats::{IoDevStat, Sample};
+use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine, Verdict};
+use crate::domain::stats::Sample;
 use crate::domain::tenant::{self, TenantName, TenantSpec};
 use crate::domain::usage::{self, Rates};
-use crate::domain::usage_row::{UsageCounters, UsageEvents, UsageGauges, UsageRates, UsageRow};
+use crate::domain::usage_row::UsageRow;
 use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
-use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute};
+use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute, SlaRow};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,7 +157,7 @@ struct Minute {
 }
 
 impl Minute {
-    fn add(&mut self, rows: &[UsageRow], verdicts: &[crate::store::SlaRow<'_>]) {
+    fn add(&mut self, rows: &[UsageRow], verdicts: &[SlaRow<'_>]) {
         let bucket = self.index * 60_000;
         for r in rows {
             match self.usage.get_mut(&r.tenant) {
@@ -185,77 +186,6 @@ struct Targets {
     /// By name as the sampler meets them, shared with each snapshot (no copy per sweep).
     specs: HashMap<String, Arc<TenantSpec>>,
     dirs: Vec<(String, SampleSource)>,
-}
-
-/// Builds the stored row of one sample and the rates since the previous one, field by field
-/// (the store takes its column names from these fields).
-pub fn usage_row(tenant: &str, ts_ms: i64, s: &Sample, r: Option<&Rates>) -> UsageRow {
-    let st = &s.stats;
-    let i = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
-    let io_sum = |f: fn(&IoDevStat) -> Option<u64>| {
-        st.io.iter().filter_map(f).fold(None, |a: Option<u64>, v| {
-            Some(a.unwrap_or(0).saturating_add(v))
-        })
-    };
-    let counters = UsageCounters {
-        cpu_usage_usec: i(st.cpu.usage_usec),
-        cpu_user_usec: i(st.cpu.user_usec),
-        cpu_system_usec: i(st.cpu.system_usec),
-        cpu_throttled_usec: i(st.cpu.throttled_usec),
-        cpu_nr_throttled: i(st.cpu.nr_throttled),
-        io_read_bytes: i(io_sum(|d| d.rbytes)),
-        io_write_bytes: i(io_sum(|d| d.wbytes)),
-        io_read_ops: i(io_sum(|d| d.rios)),
-        io_write_ops: i(io_sum(|d| d.wios)),
-        oom_kill_events: i(st.memory_events.oom_kill),
-        memory_high_events: i(st.memory_events.high),
-        memory_max_events: i(st.memory_events.max),
-        pids_max_events: i(st.pids_max_events),
-        memory_anon_bytes: i(st.memory.anon),
-        memory_file_bytes: i(st.memory.file),
-    };
-    let gauges = UsageGauges {
-        memory_current_bytes: i(st.memory_current),
-        memory_working_set_bytes: i(st.working_set()),
-        memory_peak_bytes: i(st.memory_peak),
-        pids_current: i(st.pids_current),
-    };
-    let (rates, events) = match r {
-        None => (UsageRates::default(), UsageEvents::default()),
-        Some(r) => (
-            UsageRates {
-                cpu_cores: r.cpu_cores,
-                cpu_user_cores: r.cpu_user_cores,
-                cpu_system_cores: r.cpu_system_cores,
-                cpu_throttled_cores: r.cpu_throttled_cores,
-                io_read_bytes_per_s: r.io_total(|d| d.read_bytes_per_s),
-                io_write_bytes_per_s: r.io_total(|d| d.write_bytes_per_s),
-                io_read_ops_per_s: r.io_total(|d| d.read_ops_per_s),
-                io_write_ops_per_s: r.io_total(|d| d.write_ops_per_s),
-                cpu_some_stall_ratio: r.cpu_stall.some,
-                cpu_full_stall_ratio: r.cpu_stall.full,
-                memory_some_stall_ratio: r.memory_stall.some,
-                memory_full_stall_ratio: r.memory_stall.full,
-                io_some_stall_ratio: r.io_stall.some,
-                io_full_stall_ratio: r.io_stall.full,
-            },
-            UsageEvents {
-                new_oom_kills: i(r.new_oom_kills),
-                new_memory_high_events: i(r.new_memory_high),
-                new_memory_max_events: i(r.new_memory_max),
-                new_pids_max_events: i(r.new_pids_max),
-            },
-        ),
-    };
-    UsageRow {
-        tenant: tenant.to_string(),
-        ts_ms,
-        interval_ms: r.map(|r| (r.interval_s * 1000.0).round() as i64),
-        counters,
-        gauges,
-        rates,
-        events,
-    }
 }
 
 /// The variant of a limit-hit event.
@@ -372,6 +302,33 @@ impl Sampler {
     /// `sweep` with the sample time given: the benchmark runs minutes of sweeps (and their
     /// once-a-minute rollups) in seconds.
     pub async fn sweep_at(&mut self, ts_ms: i64) -> Result<SweepReport> {
+        self.recheck_io_weights().await;
+        self.learn_root_weight().await;
+        let targets = self.targets().await?;
+        let results = self.read(&targets).await?;
+        let (samples, mut report) = self.keep_samples(&targets, results);
+        let rates = rates_since(&self.last, ts_ms, &samples);
+        let rows = usage_rows(ts_ms, &samples, &rates);
+        let mut events = limit_events_of(ts_ms, &samples, &rates);
+        let snap = snapshot(&targets.specs, &samples);
+        let judged = judged(&samples, rates);
+        self.remember(ts_ms, samples);
+        let (verdicts, root_weight) = self.judge(ts_ms, &judged, snap, &mut events);
+        self.adjust_root_weight(ts_ms, root_weight, &mut events)
+            .await;
+        let sla_rows = sla_rows(ts_ms, &verdicts);
+        self.write(ts_ms, &rows, &sla_rows, &events).await?;
+        self.roll_up(ts_ms).await?;
+        report.rows = rows.len();
+        report.events = events.len();
+        self.prune(ts_ms).await?;
+        Ok(report)
+    }
+
+    /// Asks the host again, every `HOST_RECHECK`, whether io weights take effect, and tells
+    /// the SLA engine (logged when the answer changes). Returns nothing: a failed question is
+    /// logged and asked again next time.
+    async fn recheck_io_weights(&mut self) {
         // Whether io weights take effect can change while the daemon runs (an operator
         // enables iocost on a device): asked again every `HOST_RECHECK`.
         if self.io_checked.is_none_or(|t| t.elapsed() >= HOST_RECHECK) {
@@ -394,6 +351,11 @@ impl Sampler {
                 Err(e) => tracing::warn!("sla: cannot tell whether io weights work here: {e}"),
             }
         }
+    }
+
+    /// Under adaptive enforcement, reads the root's cpu.weight until the SLA engine knows it.
+    /// Returns nothing: a failed read is logged and tried again next sweep.
+    async fn learn_root_weight(&mut self) {
         if self.sla.adaptive() && !self.sla.knows_root() {
             match self.gov.root_cpu_weight().await {
                 Ok(w) => self.sla.set_root_weight(w),
@@ -402,9 +364,12 @@ impl Sampler {
                 }
             }
         }
-        let tt = self.targets().await?;
+    }
+
+    /// Reads every target on the blocking pool and times it as `sweep_seconds`. Returns one
+    /// result per target, in the order of `targets.dirs`.
+    async fn read(&mut self, tt: &Arc<Targets>) -> Result<Vec<ReadResult>> {
         let targets = tt.clone();
-        let specs = &tt.specs;
         let mut readers = self.readers.take().unwrap_or_default();
         let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
@@ -417,63 +382,65 @@ impl Sampler {
         self.metrics
             .sweep_seconds
             .observe(started.elapsed().as_secs_f64());
+        Ok(results)
+    }
 
+    /// Keeps the samples read, counts the tenants whose directory was missing and logs and
+    /// counts (`sampler_errors`) those that failed. Returns the samples by tenant, in target
+    /// order, and the report with `sampled`, `missing` and `errors` filled.
+    fn keep_samples<'t>(
+        &self,
+        tt: &'t Targets,
+        results: Vec<ReadResult>,
+    ) -> (Vec<(&'t str, Sample)>, SweepReport) {
         let mut report = SweepReport::default();
-        let mut rows = Vec::with_capacity(results.len());
-        let mut events = Vec::new();
-        let mut snap = Snapshot::default();
-        let mut judged = Vec::with_capacity(results.len());
-        self.sweeps += 1;
-        let sweep = self.sweeps;
+        let mut samples = Vec::with_capacity(results.len());
         for ((name, _), res) in tt.dirs.iter().zip(results) {
-            let sample = match res {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    report.missing += 1;
-                    continue;
-                }
+            match res {
+                Ok(Some(s)) => samples.push((name.as_str(), s)),
+                Ok(None) => report.missing += 1,
                 Err(e) => {
                     report.errors += 1;
                     self.metrics.sampler_errors.inc();
                     tracing::warn!("usage sampler: tenant '{name}': {e}");
-                    continue;
                 }
-            };
-            report.sampled += 1;
-            let prev = self.last.get_mut(name);
-            let rates = prev
-                .as_ref()
-                .and_then(|p| usage::rates(&p.sample, p.ts_ms, &sample, ts_ms));
-            rows.push(usage_row(name, ts_ms, &sample, rates.as_ref()));
-            if let Some(r) = &rates {
-                events.extend(limit_events(name, ts_ms, &sample, r));
             }
-            let spec = specs.get(name).cloned().unwrap_or_default();
-            if let Some(r) = rates {
-                judged.push((name.as_str(), r));
-            }
-            snap.tenants.insert(
-                name.clone(),
-                TenantSnapshot {
-                    stats: sample.stats.clone(),
-                    spec,
-                    sla: None,
-                },
-            );
+        }
+        report.sampled = samples.len();
+        (samples, report)
+    }
+
+    /// Makes this sweep's samples the previous ones; tenants that are gone, or were not read
+    /// this time, leave no previous sample behind. Returns nothing.
+    fn remember(&mut self, ts_ms: i64, samples: Vec<(&str, Sample)>) {
+        self.sweeps += 1;
+        let sweep = self.sweeps;
+        for (name, sample) in samples {
             let now = Last {
                 sample,
                 ts_ms,
                 sweep,
             };
-            match prev {
+            match self.last.get_mut(name) {
                 Some(p) => *p = now,
                 None => {
-                    self.last.insert(name.clone(), now);
+                    self.last.insert(name.to_string(), now);
                 }
             }
         }
-        // Tenants that are gone, or were not read this time, leave no previous sample behind.
         self.last.retain(|_, l| l.sweep == sweep);
+    }
+
+    /// Judges the SLA over the tenants with rates, puts each tenant's totals in the snapshot
+    /// and publishes it, and adds the SLA's events to `events`. Returns the verdicts to store
+    /// and the new cpu.weight of the governor root, if the engine wants one.
+    fn judge(
+        &mut self,
+        ts_ms: i64,
+        judged: &[(&str, Rates)],
+        mut snap: Snapshot,
+        events: &mut Vec<NewEvent>,
+    ) -> (Vec<Verdict>, Option<(u32, u32)>) {
         // The SLA engine reads the stats and specs the snapshot already holds.
         let inputs: Vec<Input<'_>> = judged
             .iter()
@@ -498,7 +465,18 @@ impl Sampler {
             actor: None,
             event: e.event,
         }));
-        if let Some((from, to)) = sla.root_weight {
+        (sla.verdicts, sla.root_weight)
+    }
+
+    /// Sets the governor root's cpu.weight to what the SLA engine asked for (`(from, to)`)
+    /// and records it as an event in `events`. Returns nothing: a failed write is logged.
+    async fn adjust_root_weight(
+        &self,
+        ts_ms: i64,
+        root_weight: Option<(u32, u32)>,
+        events: &mut Vec<NewEvent>,
+    ) {
+        if let Some((from, to)) = root_weight {
             match self.gov.set_root_cpu_weight(to).await {
                 Ok(()) => events.push(NewEvent {
                     ts_ms,
@@ -516,37 +494,22 @@ impl Sampler {
                 ),
             }
         }
-        let sla_rows: Vec<crate::store::SlaRow<'_>> = sla
-            .verdicts
-            .iter()
-            .map(|v| crate::store::SlaRow {
-                tenant: &v.tenant,
-                ts_ms,
-                interval_ms: v.interval_ms,
-                guarantee_ratio: v.guarantee_ratio,
-                delivered_ratio: v.delivered_ratio,
-                contended: v.contended,
-                violating: v.violating,
-            })
-            .collect();
+    }
 
+    /// Writes the sweep's rows, verdicts and events in one transaction, adds them to the
+    /// minute rolled up in memory and writes the minute it closes; times both writes as
+    /// `db_write_seconds`. Returns the store's error.
+    async fn write(
+        &mut self,
+        ts_ms: i64,
+        rows: &[UsageRow],
+        sla_rows: &[SlaRow<'_>],
+        events: &[NewEvent],
+    ) -> Result<()> {
         let store = self.gov.store();
         let started = Instant::now();
-        store.add_sweep(&rows, &sla_rows, &events).await?;
-        // The minute rolled up in memory; a closed one is written as one row per tenant.
-        let index = ts_ms.div_euclid(60_000);
-        let closed = match &self.minute {
-            Some(m) if m.index == index => None,
-            _ => self.minute.replace(Minute {
-                index,
-                whole: self.minute.is_some(),
-                usage: HashMap::with_capacity(rows.len()),
-                sla: HashMap::with_capacity(sla_rows.len()),
-            }),
-        };
-        if let Some(m) = &mut self.minute {
-            m.add(&rows, &sla_rows);
-        }
+        store.add_sweep(rows, sla_rows, events).await?;
+        let closed = add_to_minute(&mut self.minute, ts_ms, rows, sla_rows);
         if let Some(c) = closed.filter(|c| c.whole) {
             // Whatever is older and not rolled up yet is folded from raw first: a rollup marks
             // everything before it as done.
@@ -558,25 +521,144 @@ impl Sampler {
         self.metrics
             .db_write_seconds
             .observe(started.elapsed().as_secs_f64());
-        // Folds from raw what was not rolled up in memory (the minute the daemon started in,
-        // minutes before it), and closed hours from minutes.
+        Ok(())
+    }
+
+    /// Once a minute (the first sweep of each), folds from raw what was not rolled up in
+    /// memory (the minute the daemon started in, minutes before it), and closed hours from
+    /// minutes. Returns the store's error.
+    async fn roll_up(&mut self, ts_ms: i64) -> Result<()> {
+        let index = ts_ms.div_euclid(60_000);
         if index != self.last_rollup_minute {
             self.last_rollup_minute = index;
-            store.roll_up(ts_ms).await?;
+            self.gov.store().roll_up(ts_ms).await?;
         }
-        report.rows = rows.len();
-        report.events = events.len();
+        Ok(())
+    }
 
+    /// Every `PRUNE_EVERY` (and on the first sweep), deletes usage and SLA rows older than
+    /// the retention. Returns the store's error.
+    async fn prune(&mut self, ts_ms: i64) -> Result<()> {
         if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             self.last_prune = Some(Instant::now());
+            let store = self.gov.store();
             let n = store.prune_usage(ts_ms, &self.cfg.retention).await?
                 + store.prune_sla(ts_ms, &self.cfg.retention).await?;
             if n > 0 {
                 tracing::debug!("usage sampler: pruned {n} old rows");
             }
         }
-        Ok(report)
+        Ok(())
     }
+}
+
+/// The rates of each sample since the tenant's previous sample in `last`. Returns one entry
+/// per sample, `None` for a tenant with no (usable) previous sample.
+fn rates_since(
+    last: &HashMap<String, Last>,
+    ts_ms: i64,
+    samples: &[(&str, Sample)],
+) -> Vec<Option<Rates>> {
+    samples
+        .iter()
+        .map(|(name, sample)| {
+            let p = last.get(*name)?;
+            usage::rates(&p.sample, p.ts_ms, sample, ts_ms)
+        })
+        .collect()
+}
+
+/// The stored row of each sample with its rates (`UsageRow::from_sample`). Returns one row per
+/// sample, in order.
+fn usage_rows(ts_ms: i64, samples: &[(&str, Sample)], rates: &[Option<Rates>]) -> Vec<UsageRow> {
+    samples
+        .iter()
+        .zip(rates)
+        .map(|((name, sample), r)| UsageRow::from_sample(name, ts_ms, sample, r.as_ref()))
+        .collect()
+}
+
+/// The limit-hit events of every sample with rates (`limit_events`). Returns them in sample
+/// order.
+fn limit_events_of(
+    ts_ms: i64,
+    samples: &[(&str, Sample)],
+    rates: &[Option<Rates>],
+) -> Vec<NewEvent> {
+    samples
+        .iter()
+        .zip(rates)
+        .filter_map(|((name, sample), r)| Some(limit_events(name, ts_ms, sample, r.as_ref()?)))
+        .flatten()
+        .collect()
+}
+
+/// The snapshot `/metrics` renders: each sample's stats with the tenant's spec, no SLA totals
+/// yet (`Sampler::judge` adds them). Returns it.
+fn snapshot(specs: &HashMap<String, Arc<TenantSpec>>, samples: &[(&str, Sample)]) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for (name, sample) in samples {
+        let spec = specs.get(*name).cloned().unwrap_or_default();
+        snap.tenants.insert(
+            name.to_string(),
+            TenantSnapshot {
+                stats: sample.stats.clone(),
+                spec,
+                sla: None,
+            },
+        );
+    }
+    snap
+}
+
+/// The tenants the SLA engine judges: those with rates. Returns (tenant, rates) in sample order.
+fn judged<'t>(samples: &[(&'t str, Sample)], rates: Vec<Option<Rates>>) -> Vec<(&'t str, Rates)> {
+    samples
+        .iter()
+        .zip(rates)
+        .filter_map(|((name, _), r)| Some((*name, r?)))
+        .collect()
+}
+
+/// The SLA verdicts as the store's rows, all at `ts_ms`. Returns one row per verdict.
+fn sla_rows(ts_ms: i64, verdicts: &[Verdict]) -> Vec<SlaRow<'_>> {
+    verdicts
+        .iter()
+        .map(|v| SlaRow {
+            tenant: &v.tenant,
+            ts_ms,
+            interval_ms: v.interval_ms,
+            guarantee_ratio: v.guarantee_ratio,
+            delivered_ratio: v.delivered_ratio,
+            contended: v.contended,
+            violating: v.violating,
+        })
+        .collect()
+}
+
+/// Adds the sweep to the minute rolled up in memory, first starting a new minute when `ts_ms`
+/// is past the current one. Returns the minute that closed, if one did.
+fn add_to_minute(
+    minute: &mut Option<Minute>,
+    ts_ms: i64,
+    rows: &[UsageRow],
+    sla_rows: &[SlaRow<'_>],
+) -> Option<Minute> {
+    // The minute rolled up in memory; a closed one is written as one row per tenant.
+    let index = ts_ms.div_euclid(60_000);
+    let closed = match minute {
+        Some(m) if m.index == index => None,
+        _ => minute.replace(Minute {
+            index,
+            whole: minute.is_some(),
+            usage: HashMap::with_capacity(rows.len()),
+            sla: HashMap::with_capacity(sla_rows.len()),
+        }),
+    };
+    if let Some(m) = minute {
+        m.add(rows, sla_rows);
+    }
+    closed
 }
 
 type ReadResult = std::result::Result<Option<Sample>, crate::cgroup::CgroupError>;
@@ -632,7 +714,7 @@ mod tests {
     }
 
     #[test]
-    fn new_limit_hits_become_events_and_rows_carry_rates() {
+    fn new_limit_hits_become_events() {
         let (a, b) = (s(0, 1, 5), s(2_000_000, 3, 5));
         let r = usage::rates(&a, 0, &b, 1000).unwrap();
         let ev = limit_events("t", 1000, &b, &r);
@@ -644,18 +726,26 @@ mod tests {
                 total: Some(3)
             })
         );
-        let row = usage_row("t", 1000, &b, Some(&r));
-        assert_eq!(row.interval_ms, Some(1000));
-        assert_eq!(row.rates.cpu_cores, Some(2.0));
-        assert_eq!(row.counters.cpu_usage_usec, Some(2_000_000));
-        assert_eq!(row.gauges.memory_current_bytes, Some(100));
-        assert_eq!(row.events.new_oom_kills, Some(2));
-        assert_eq!(row.events.new_memory_high_events, Some(0));
-        let first = usage_row("t", 0, &a, None);
-        assert_eq!(
-            (first.interval_ms, first.rates, first.events),
-            (None, UsageRates::default(), UsageEvents::default())
-        );
+    }
+
+    /// A minute closes at the first sweep of the next one; only a minute this process saw
+    /// from its start (`whole`) is written from memory.
+    #[test]
+    fn a_minute_closes_at_the_next_and_is_whole_once_seen_from_its_start() {
+        let mut minute = None;
+        let rows = [UsageRow {
+            tenant: "a".into(),
+            ..UsageRow::default()
+        }];
+        let at = |m: i64, s: i64| m * 60_000 + s * 1000;
+        let mut add = |ts| add_to_minute(&mut minute, ts, &rows, &[]).map(|c| (c.index, c.whole));
+        assert_eq!(add(at(10, 30)), None, "nothing to close yet");
+        assert_eq!(add(at(10, 59)), None);
+        assert_eq!(add(at(11, 0)), Some((10, false)), "started mid-minute");
+        assert_eq!(add(at(11, 1)), None);
+        assert_eq!(add(at(12, 0)), Some((11, true)));
+        let m = minute.unwrap();
+        assert_eq!((m.index, m.whole, m.usage.len()), (12, true, 1));
     }
 
     const FIXTURE: &str = concat!(
