@@ -5,23 +5,20 @@ use super::auth::Caller;
 use super::error::Problem;
 use super::json::{JsonBody, from_slice};
 use super::openapi::TenantPatch;
+use super::path::TenantPath;
 use super::query::{DeleteParams, EventsParams, Params};
 use crate::cgroup::HostCgroup;
 use crate::domain::{TenantName, TenantSpec};
 use crate::engine::placement::ProcInfo;
 use crate::engine::{DeleteMode, EngineError, ReconcileReport, TenantView, now_ms};
 use crate::store::{Event, EventFilter, StoreError};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 type Res<T> = Result<T, Problem>;
-
-fn name(s: &str) -> Res<TenantName> {
-    TenantName::parse(s).map_err(Problem::from)
-}
 
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", summary = "liveness", security(()),
     responses((status = 200, description = "ok", body = String, content_type = "text/plain; charset=utf-8")))]
@@ -121,17 +118,17 @@ pub async fn list(
     Ok(Json(super::scope::views(&caller, st.gov.list().await?)))
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{name}", operation_id = "getTenant", params(("name" = TenantName, Path)),
+#[utoipa::path(get, path = "/v1/tenants/{name}", operation_id = "getTenant", params(TenantPath),
     summary = "a tenant: spec plus the effective kernel values",
     responses((status = 200, description = "tenant", body = TenantView), (status = "default", response = Problem)))]
 pub async fn get_tenant(
     State(st): State<AppState>,
-    Path(n): Path<String>,
+    TenantPath(n): TenantPath,
 ) -> Res<impl IntoResponse> {
-    Ok(Json(st.gov.get(&name(&n)?).await?))
+    Ok(Json(st.gov.get(&n).await?))
 }
 
-#[utoipa::path(put, path = "/v1/tenants/{name}", operation_id = "putTenant", params(("name" = TenantName, Path)),
+#[utoipa::path(put, path = "/v1/tenants/{name}", operation_id = "putTenant", params(TenantPath),
     summary = "create or replace (idempotent); admission-checked, applied to the kernel, then stored",
     request_body = TenantSpec,
     responses(
@@ -141,10 +138,9 @@ pub async fn get_tenant(
 pub async fn put_tenant(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(n): Path<String>,
+    TenantPath(n): TenantPath,
     JsonBody(spec): JsonBody<TenantSpec>,
 ) -> Res<impl IntoResponse> {
-    let n = name(&n)?;
     super::scope::check_put(&st, &caller, &n, &spec).await?;
     let (view, created) = st.gov.put(&n, spec, &caller.name).await?;
     Ok((
@@ -203,7 +199,7 @@ fn known_fields(patch: &serde_json::Value, template: &serde_json::Value, path: &
     Ok(())
 }
 
-#[utoipa::path(patch, path = "/v1/tenants/{name}", operation_id = "patchTenant", params(("name" = TenantName, Path)),
+#[utoipa::path(patch, path = "/v1/tenants/{name}", operation_id = "patchTenant", params(TenantPath),
     summary = "JSON merge patch (RFC 7396) of the spec",
     request_body(content(
         (TenantPatch = "application/merge-patch+json"),
@@ -212,10 +208,9 @@ fn known_fields(patch: &serde_json::Value, template: &serde_json::Value, path: &
 pub async fn patch_tenant(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(n): Path<String>,
+    TenantPath(n): TenantPath,
     JsonBody(patch): JsonBody<serde_json::Value>,
 ) -> Res<impl IntoResponse> {
-    let n = name(&n)?;
     if !patch.is_object() {
         return Err(Problem::invalid(
             "body",
@@ -232,17 +227,16 @@ pub async fn patch_tenant(
     Ok(Json(view))
 }
 
-#[utoipa::path(delete, path = "/v1/tenants/{name}", operation_id = "deleteTenant", params(("name" = TenantName, Path), DeleteParams),
+#[utoipa::path(delete, path = "/v1/tenants/{name}", operation_id = "deleteTenant", params(TenantPath, DeleteParams),
     summary = "delete; refused (409) while processes live in it unless kill=true or move_to=NAME, or while it has children",
     responses((status = 204, description = "deleted"), (status = "default", response = Problem)))]
 pub async fn delete_tenant(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(n): Path<String>,
+    TenantPath(n): TenantPath,
     RawQuery(raw): RawQuery,
 ) -> Res<StatusCode> {
     let (DeleteParams { kill, move_to }, _) = DeleteParams::parse(raw.as_deref(), now_ms())?;
-    let n = name(&n)?;
     let mode = match (kill, move_to) {
         (true, Some(_)) => {
             return Err(Problem::invalid(
@@ -258,14 +252,14 @@ pub async fn delete_tenant(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{name}/procs", operation_id = "listProcs", params(("name" = TenantName, Path)),
+#[utoipa::path(get, path = "/v1/tenants/{name}/procs", operation_id = "listProcs", params(TenantPath),
     summary = "processes in the tenant's leaf",
     responses((status = 200, description = "processes", body = Vec<ProcInfo>), (status = "default", response = Problem)))]
 pub async fn list_procs(
     State(st): State<AppState>,
-    Path(n): Path<String>,
+    TenantPath(n): TenantPath,
 ) -> Res<impl IntoResponse> {
-    Ok(Json(st.gov.procs(&name(&n)?).await?))
+    Ok(Json(st.gov.procs(&n).await?))
 }
 
 #[derive(Deserialize, Serialize, utoipa::ToSchema)]
@@ -276,17 +270,16 @@ pub struct AddProc {
     pub pid: u32,
 }
 
-#[utoipa::path(post, path = "/v1/tenants/{name}/procs", operation_id = "attachProc", params(("name" = TenantName, Path)),
+#[utoipa::path(post, path = "/v1/tenants/{name}/procs", operation_id = "attachProc", params(TenantPath),
     summary = "move a process into the tenant (refuses missing PIDs, kernel threads and tenantd itself)",
     request_body = AddProc,
     responses((status = 201, description = "attached", body = Attached, links(("ListProcs" = (operation_id = "listProcs", parameters(("name" = "$response.body#/tenant")))), ("DeleteTenant" = (operation_id = "deleteTenant", parameters(("name" = "$response.body#/tenant")))))), (status = "default", response = Problem)))]
 pub async fn add_proc(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(n): Path<String>,
+    TenantPath(n): TenantPath,
     JsonBody(body): JsonBody<AddProc>,
 ) -> Res<impl IntoResponse> {
-    let n = name(&n)?;
     st.gov.attach(&n, body.pid, &caller.name).await?;
     Ok((
         StatusCode::CREATED,

@@ -12,6 +12,7 @@ pub mod error;
 mod handlers;
 pub mod json;
 pub mod openapi;
+pub mod path;
 pub mod query;
 mod report;
 pub mod scope;

@@ -5,11 +5,11 @@
 use super::AppState;
 use super::auth::Caller;
 use super::error::Problem;
+use super::path::TenantPath;
 use super::query::{Params, UsageParams};
-use crate::domain::TenantName;
 use crate::engine::now_ms;
 use crate::metrics::Format;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
@@ -56,7 +56,7 @@ pub fn usage_query(p: &UsageParams, now: i64) -> Result<UsageQuery, Problem> {
     })
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{name}/usage", operation_id = "getUsage", params(("name" = TenantName, Path), UsageParams),
+#[utoipa::path(get, path = "/v1/tenants/{name}/usage", operation_id = "getUsage", params(TenantPath, UsageParams),
     summary = "a tenant's usage over [from, to) in buckets of step, from the finest stored level (raw, minute, hour) that fits the step and still holds from",
     description = "to must be after from, and (to - from) / step at most 20000 points (422 otherwise)",
     responses((status = 200, body = crate::store::Usage,
@@ -65,12 +65,11 @@ pub fn usage_query(p: &UsageParams, now: i64) -> Result<UsageQuery, Problem> {
 pub async fn usage(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(n): Path<String>,
+    TenantPath(name): TenantPath,
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, Problem> {
     let now = now_ms();
     let (p, _) = UsageParams::parse(raw.as_deref(), now)?;
-    let name = TenantName::parse(&n).map_err(Problem::from)?;
     let uq = usage_query(&p, now)?;
     // A scoped caller sees a tenant's history from its creation on (see scope::history_start).
     let from_ms = match super::scope::history_start(&st, &caller, &name).await? {
@@ -182,6 +181,7 @@ mod tests {
     #[tokio::test]
     async fn routes_answer_with_the_right_types() {
         use crate::api::{auth::Tokens, router};
+        use crate::domain::TenantName;
         use crate::domain::tenant::{Capacity, TenantSpec};
         use crate::domain::usage_row::UsageRow;
         use crate::engine::{EngineConfig, Governor};

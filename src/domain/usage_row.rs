@@ -9,7 +9,9 @@
 //! `usage_columns!`, which makes the struct and its column list (`COLUMNS`, the field names)
 //! from one list of fields: the SQL columns of `usage_raw` and `usage_rollup`
 //! (migrations/0002_usage.sql) ARE these names, so adding a stat is a field here plus the line
-//! of `from_sample` that fills it.
+//! of `from_sample` that fills it. A group that is rolled up also gets its part of a usage
+//! answer (`UsageRatesPoint`, ...): `<field>_mean` and `<field>_max` fields, or `<field>` for
+//! a sum, so the answer's names (and the CLI's table) come from the same list.
 
 use crate::domain::stats::{IoDevStat, Sample};
 use crate::domain::usage::Rates;
@@ -17,6 +19,11 @@ use crate::domain::usage::Rates;
 /// Declares a group of usage columns: a struct with one `Option<$t>` field per column,
 /// `COLUMNS` (the field names, in declaration order) and `values()` (the fields in that same
 /// order), so the store's column list and the values it binds cannot drift apart.
+///
+/// With `answered as POINT with mean and max` (or `with sums`) it also declares `POINT`, the
+/// group's part of one point of a usage answer: `<field>_mean` and `<field>_max` (or
+/// `<field>`) as `Option<f64>` fields (null for no data), `POINT::from_fn` to fill them by
+/// column name and `POINT::entries` to list them by answer name.
 macro_rules! usage_columns {
     ($(#[$doc:meta])* $name:ident: $t:ty { $($(#[$fdoc:meta])* $field:ident,)+ }) => {
         $(#[$doc])*
@@ -42,6 +49,72 @@ macro_rules! usage_columns {
             pub fn from_values(values: [Option<$t>; Self::LEN]) -> Self {
                 let [$($field),+] = values;
                 $name { $($field),+ }
+            }
+        }
+    };
+    ($(#[$doc:meta])* $name:ident: $t:ty, answered as $point:ident with mean and max
+        { $($(#[$fdoc:meta])* $field:ident,)+ }) => {
+        usage_columns! { $(#[$doc])* $name: $t { $($(#[$fdoc])* $field,)+ } }
+
+        pastey::paste! {
+            #[doc = "`" $name "` in a usage answer: each column's mean and max over the bucket (null without data)."]
+            #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
+            pub struct $point {
+                $(
+                    #[doc = "Mean of `" $field "` over the bucket."]
+                    $(#[$fdoc])*
+                    #[schema(required = true)]
+                    pub [<$field _mean>]: Option<f64>,
+                    #[doc = "Max of `" $field "` over the bucket."]
+                    $(#[$fdoc])*
+                    #[schema(required = true)]
+                    pub [<$field _max>]: Option<f64>,
+                )+
+            }
+
+            impl $point {
+                /// Filled by column name: `f(column)` gives its (mean, max).
+                pub fn from_fn(mut f: impl FnMut(&'static str) -> (Option<f64>, Option<f64>)) -> Self {
+                    $(let ([<$field _mean>], [<$field _max>]) = f(stringify!($field));)+
+                    $point { $([<$field _mean>], [<$field _max>],)+ }
+                }
+
+                /// The values with their names in an answer, in declaration order.
+                pub fn entries(&self) -> [(&'static str, Option<f64>); 2 * $name::LEN] {
+                    [$(
+                        (stringify!([<$field _mean>]), self.[<$field _mean>]),
+                        (stringify!([<$field _max>]), self.[<$field _max>]),
+                    )+]
+                }
+            }
+        }
+    };
+    ($(#[$doc:meta])* $name:ident: $t:ty, answered as $point:ident with sums
+        { $($(#[$fdoc:meta])* $field:ident,)+ }) => {
+        usage_columns! { $(#[$doc])* $name: $t { $($(#[$fdoc])* $field,)+ } }
+
+        pastey::paste! {
+            #[doc = "`" $name "` in a usage answer: each column's sum over the bucket (null without data)."]
+            #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
+            pub struct $point {
+                $(
+                    #[doc = "Sum of `" $field "` over the bucket."]
+                    $(#[$fdoc])*
+                    #[schema(required = true)]
+                    pub $field: Option<f64>,
+                )+
+            }
+        }
+
+        impl $point {
+            /// Filled by column name: `f(column)` gives its sum.
+            pub fn from_fn(mut f: impl FnMut(&'static str) -> Option<f64>) -> Self {
+                $point { $($field: f(stringify!($field)),)+ }
+            }
+
+            /// The values with their names in an answer, in declaration order.
+            pub fn entries(&self) -> [(&'static str, Option<f64>); $name::LEN] {
+                [$((stringify!($field), self.$field),)+]
             }
         }
     };
@@ -86,7 +159,7 @@ usage_columns! {
 
 usage_columns! {
     /// Gauges: rolled up as mean and max.
-    UsageGauges: i64 {
+    UsageGauges: i64, answered as UsageGaugesPoint with mean and max {
         /// memory.current.
         memory_current_bytes,
         /// memory.current less inactive file pages (`CgroupStats::working_set`).
@@ -100,7 +173,7 @@ usage_columns! {
 
 usage_columns! {
     /// Per-second rates over the interval: rolled up as a time-weighted mean and max.
-    UsageRates: f64 {
+    UsageRates: f64, answered as UsageRatesPoint with mean and max {
         /// CPU time per second of wall time (1.0 = one core busy).
         cpu_cores,
         cpu_user_cores,
@@ -123,7 +196,7 @@ usage_columns! {
 
 usage_columns! {
     /// Events in the interval: rolled up as sums.
-    UsageEvents: i64 {
+    UsageEvents: i64, answered as UsageEventsPoint with sums {
         /// Processes the OOM killer killed.
         new_oom_kills,
         /// Times memory.high was exceeded.

@@ -53,12 +53,13 @@ impl Governor {
                 .await?;
             let (mut cpu_s, mut mem_byte_s, mut io_bytes, mut ooms) = (0.0, 0.0, 0.0, 0.0);
             for p in &usage.points {
-                let v = |k: &str| p.values.get(k).copied().flatten().unwrap_or(0.0);
-                cpu_s += v("cpu_cores_mean") * p.covered_s;
-                mem_byte_s += v("memory_current_bytes_mean") * p.covered_s;
+                let v = |x: Option<f64>| x.unwrap_or(0.0);
+                let (r, g) = (&p.rates, &p.gauges);
+                cpu_s += v(r.cpu_cores_mean) * p.covered_s;
+                mem_byte_s += v(g.memory_current_bytes_mean) * p.covered_s;
                 io_bytes +=
-                    (v("io_read_bytes_per_s_mean") + v("io_write_bytes_per_s_mean")) * p.covered_s;
-                ooms += v("new_oom_kills");
+                    (v(r.io_read_bytes_per_s_mean) + v(r.io_write_bytes_per_s_mean)) * p.covered_s;
+                ooms += v(p.events.new_oom_kills);
             }
             tenants.push(TenantReport {
                 tenant: n.to_string(),

@@ -11,11 +11,14 @@
 
 use super::rollup::{Level, Retention, unfolded};
 use super::{Result, Store, bind, q, values_sql};
-use crate::domain::usage_row::{UsageCounters, UsageEvents, UsageGauges, UsageRates, UsageRow};
+use crate::domain::usage_row::{
+    UsageCounters, UsageEvents, UsageEventsPoint, UsageGauges, UsageGaugesPoint, UsageRates,
+    UsageRatesPoint, UsageRow,
+};
 use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, SqliteConnection};
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 /// Cumulative kernel counters kept in the raw rows (for re-deriving rates; not rolled up).
@@ -96,14 +99,42 @@ impl MinuteRollup {
 
 /// One point of a usage answer: the bucket [ts_ms, ts_ms + step) and its values, named with
 /// their units: `<rate>_mean`/`<rate>_max`, `<gauge>_mean`/`<gauge>_max`, `<event>` (count).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+// The value fields are declared with their columns (`domain::usage_row`); on the wire they
+// stand in the point itself, after `ts_ms`, `samples` and `covered_s`, in name order.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 pub struct UsagePoint {
     pub ts_ms: i64,
     pub samples: i64,
     /// Seconds of the bucket covered by rates.
     pub covered_s: f64,
     #[serde(flatten)]
-    pub values: BTreeMap<String, Option<f64>>,
+    #[schema(inline)]
+    pub rates: UsageRatesPoint,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub gauges: UsageGaugesPoint,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub events: UsageEventsPoint,
+}
+
+/// The fields as `#[serde(flatten)]` would write them, but with the values in name order (as
+/// the answer has always listed them) rather than group by group.
+impl Serialize for UsagePoint {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut values: Vec<(&str, Option<f64>)> = self.rates.entries().into();
+        values.extend(self.gauges.entries());
+        values.extend(self.events.entries());
+        values.sort_unstable_by_key(|&(name, _)| name);
+        let mut m = s.serialize_map(Some(3 + values.len()))?;
+        m.serialize_entry("ts_ms", &self.ts_ms)?;
+        m.serialize_entry("samples", &self.samples)?;
+        m.serialize_entry("covered_s", &self.covered_s)?;
+        for (name, v) in values {
+            m.serialize_entry(name, &v)?;
+        }
+        m.end()
+    }
 }
 
 /// A usage answer.
@@ -431,29 +462,27 @@ impl Store {
             .map(|r| {
                 let samples: i64 = r.try_get("samples").unwrap_or(0);
                 let covered_s = f(r, "covered_s").unwrap_or(0.0);
-                let mut values = BTreeMap::new();
-                for c in RATES {
+                let max = |c: &str| f(r, &format!("{c}_max"));
+                let rates = UsageRatesPoint::from_fn(|c| {
                     let mean = f(r, &format!("{c}_sum"))
                         .filter(|_| covered_s > 0.0)
                         .map(|s| s / covered_s);
-                    values.insert(format!("{c}_mean"), mean);
-                    values.insert(format!("{c}_max"), f(r, &format!("{c}_max")));
-                }
-                for c in GAUGES {
+                    (mean, max(c))
+                });
+                let gauges = UsageGaugesPoint::from_fn(|c| {
                     let mean = f(r, &format!("{c}_sum"))
                         .filter(|_| samples > 0)
                         .map(|s| s / samples as f64);
-                    values.insert(format!("{c}_mean"), mean);
-                    values.insert(format!("{c}_max"), f(r, &format!("{c}_max")));
-                }
-                for c in EVENTS {
-                    values.insert(c.to_string(), f(r, c));
-                }
+                    (mean, max(c))
+                });
+                let events = UsageEventsPoint::from_fn(|c| f(r, c));
                 UsagePoint {
                     ts_ms: from_ms + r.try_get::<i64, _>("b").unwrap_or(0) * step_ms,
                     samples,
                     covered_s,
-                    values,
+                    rates,
+                    gauges,
+                    events,
                 }
             })
             .collect();
@@ -558,39 +587,91 @@ mod tests {
         let m = s.usage("a", 0, 180_000, 60, now, &keep).await.unwrap();
         assert_eq!(m.level, Level::Minute);
         assert_eq!(m.points.len(), 3);
-        let v = |p: &UsagePoint, k: &str| p.values[k].unwrap();
-        assert_eq!(v(&m.points[0], "cpu_cores_mean"), 1.0);
-        assert_eq!(v(&m.points[1], "cpu_cores_mean"), 3.0);
-        assert_eq!(v(&m.points[1], "cpu_cores_max"), 3.0);
+        assert_eq!(m.points[0].rates.cpu_cores_mean.unwrap(), 1.0);
+        assert_eq!(m.points[1].rates.cpu_cores_mean.unwrap(), 3.0);
+        assert_eq!(m.points[1].rates.cpu_cores_max.unwrap(), 3.0);
         assert_eq!(m.points[0].samples, 60);
         assert_eq!(m.points[0].covered_s, 59.0, "the first sample has no rate");
-        assert_eq!(v(&m.points[2], "memory_current_bytes_max"), 279.0);
+        assert_eq!(m.points[2].gauges.memory_current_bytes_max.unwrap(), 279.0);
         assert_eq!(
-            v(&m.points[2], "memory_current_bytes_mean"),
+            m.points[2].gauges.memory_current_bytes_mean.unwrap(),
             (220..280).sum::<i64>() as f64 / 60.0
         );
-        assert_eq!(v(&m.points[1], "new_oom_kills"), 1.0);
+        assert_eq!(m.points[1].events.new_oom_kills.unwrap(), 1.0);
 
         let raw = s.usage("a", 0, 180_000, 60 - 1, now, &keep).await.unwrap();
         assert_eq!(raw.level, Level::Raw);
         assert_eq!(raw.step_s, 59);
         let raw60 = s.usage("a", 60_000, 120_000, 30, now, &keep).await.unwrap();
         assert_eq!(raw60.points.len(), 2);
-        assert_eq!(v(&raw60.points[0], "cpu_cores_mean"), 3.0);
+        assert_eq!(raw60.points[0].rates.cpu_cores_mean.unwrap(), 3.0);
 
         let h = s.usage("a", 0, 3_600_000, 3600, now, &keep).await.unwrap();
         assert_eq!(h.level, Level::Hour);
         assert_eq!(h.points.len(), 1);
-        assert!((v(&h.points[0], "cpu_cores_mean") - (59.0 + 180.0 + 120.0) / 179.0).abs() < 1e-9);
-        assert_eq!(v(&h.points[0], "cpu_cores_max"), 3.0);
-        assert_eq!(v(&h.points[0], "new_oom_kills"), 3.0);
+        assert!(
+            (h.points[0].rates.cpu_cores_mean.unwrap() - (59.0 + 180.0 + 120.0) / 179.0).abs()
+                < 1e-9
+        );
+        assert_eq!(h.points[0].rates.cpu_cores_max.unwrap(), 3.0);
+        assert_eq!(h.points[0].events.new_oom_kills.unwrap(), 3.0);
         // The same question asked of the minute level at a 1 h step agrees.
         let mh = s.usage("a", 0, 3_600_000, 3599, now, &keep).await.unwrap();
         assert_eq!(mh.level, Level::Minute);
         assert_eq!(mh.step_s, 3600);
         assert!(
-            (v(&mh.points[0], "cpu_cores_mean") - v(&h.points[0], "cpu_cores_mean")).abs() < 1e-9
+            (mh.points[0].rates.cpu_cores_mean.unwrap()
+                - h.points[0].rates.cpu_cores_mean.unwrap())
+            .abs()
+                < 1e-9
         );
+    }
+
+    /// A point is written as the map it used to be (issue 16): `ts_ms`, `samples`,
+    /// `covered_s`, then every value (null included) in name order; and it reads back as it was.
+    #[test]
+    fn a_point_writes_what_the_map_wrote_and_reads_back() {
+        #[derive(Serialize)]
+        struct Before {
+            ts_ms: i64,
+            samples: i64,
+            covered_s: f64,
+            #[serde(flatten)]
+            values: std::collections::BTreeMap<&'static str, Option<f64>>,
+        }
+        let mut p = UsagePoint {
+            ts_ms: 1,
+            samples: 2,
+            covered_s: 1.5,
+            rates: UsageRatesPoint::default(),
+            gauges: UsageGaugesPoint::default(),
+            events: UsageEventsPoint::default(),
+        };
+        p.rates.cpu_cores_mean = Some(0.5);
+        p.gauges.pids_current_max = Some(3.0);
+        p.events.new_oom_kills = Some(1.0);
+        let before = Before {
+            ts_ms: 1,
+            samples: 2,
+            covered_s: 1.5,
+            values: (p.rates.entries().into_iter())
+                .chain(p.gauges.entries())
+                .chain(p.events.entries())
+                .collect(),
+        };
+        assert_eq!(
+            before.values.len(),
+            2 * (UsageRates::LEN + UsageGauges::LEN) + UsageEvents::LEN
+        );
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(text, serde_json::to_string(&before).unwrap());
+        assert!(
+            text.starts_with(
+                r#"{"ts_ms":1,"samples":2,"covered_s":1.5,"cpu_cores_max":null,"cpu_cores_mean":0.5,"#
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<UsagePoint>(&text).unwrap(), p);
     }
 
     #[tokio::test]
