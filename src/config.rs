@@ -113,7 +113,7 @@ pub struct Config {
     pub usage_retention: crate::store::Retention,
     pub sla: crate::domain::sla_engine::SlaConfig,
     /// Protected cgroups as configured; `None` is the default, read from /proc/1 at start
-    /// (`engine::placement::default_protected_cgroups`).
+    /// (`engine::policy::default_protected_cgroups`).
     pub protected_cgroups: Option<Vec<String>>,
 }
 

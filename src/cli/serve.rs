@@ -257,7 +257,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             daemon_memory_min_bytes: cfg.daemon_memory_min_bytes,
             proc_root: PathBuf::from("/proc"),
             protected_cgroups: cfg.protected_cgroups.clone().unwrap_or_else(|| {
-                crate::engine::placement::default_protected_cgroups(std::path::Path::new("/proc"))
+                crate::engine::policy::default_protected_cgroups(std::path::Path::new("/proc"))
             }),
         },
         host_capacity(cfg.memory_reserve_bytes)?,

@@ -12,7 +12,7 @@
 //!
 //! Directories no record names are still only reported, never removed.
 
-use super::placement::{Admitted, Policy, Refusal};
+use super::policy::{Admitted, Policy, Refusal};
 use super::{EngineError, Result, now_ms};
 use crate::cgroup::{Backend, CgroupError, CgroupPath};
 use crate::domain::event::Event;

@@ -13,6 +13,7 @@
 
 pub mod journal;
 pub mod placement;
+pub mod policy;
 mod reads;
 pub mod report;
 pub mod sampler;
@@ -166,7 +167,7 @@ pub struct EngineConfig {
     /// Where /proc is (tests and the VM may differ).
     pub proc_root: PathBuf,
     /// Cgroups (paths as /proc/PID/cgroup shows them) whose processes are never moved into a
-    /// tenant; resolved (`placement::default_protected_cgroups`) before it gets here.
+    /// tenant; resolved (`policy::default_protected_cgroups`) before it gets here.
     pub protected_cgroups: Vec<String>,
 }
 
