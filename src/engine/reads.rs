@@ -35,7 +35,9 @@ impl Governor {
         now_ms: i64,
         keep: &Retention,
     ) -> Result<Usage> {
-        if !self.store.tenants().await?.contains_key(name) {
+        // The desired state in memory (re-read only when the tenants changed), not a read of
+        // every tenant from the database per request.
+        if !self.desired().await?.specs.contains_key(name) {
             return Err(EngineError::NotFound(name.to_string()));
         }
         Ok(self
