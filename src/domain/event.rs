@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// One thing that happened, with what the log keeps about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = EventKind)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum Event {
     /// The daemon started (and moved itself into its leaf).
@@ -26,7 +27,11 @@ pub enum Event {
     /// The kernel refused a stored delete, so the tenant was put back.
     TenantDeleteUndone { why: String },
     /// A deleted tenant's processes were moved to another tenant.
-    ProcessesMoved { to: TenantName, pids: Vec<u32> },
+    ProcessesMoved {
+        #[schema(value_type = String)]
+        to: TenantName,
+        pids: Vec<u32>,
+    },
     /// A process was attached to a tenant.
     ProcessAttached { pid: u32 },
     /// Recovery finished a delete that a crash interrupted.
@@ -34,7 +39,11 @@ pub enum Event {
     /// Reconcile created a tenant's missing cgroup directory.
     CgroupCreated {},
     /// Recovery removed a directory created for a tenant that was never committed.
-    CgroupRemoved { path: PathBuf, why: String },
+    CgroupRemoved {
+        #[schema(value_type = String)]
+        path: PathBuf,
+        why: String,
+    },
     /// Recovery moved back a process that an interrupted attach left split.
     AttachUndone { pid: u32, why: String },
     /// Reconcile rewrote a kernel value that differed from the plan.
@@ -73,14 +82,14 @@ pub enum Event {
 }
 
 /// New limit hits since the last sample, and the kernel's counter.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LimitHits {
     pub count: u64,
     pub total: Option<u64>,
 }
 
 /// Whether a violation event marks its start or its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ViolationState {
     Open,
@@ -88,7 +97,7 @@ pub enum ViolationState {
 }
 
 /// A guarantee violation opening or closing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Violation {
     pub state: ViolationState,
     pub start_ms: i64,
@@ -116,7 +125,7 @@ impl From<&SlaEvent> for Violation {
 }
 
 /// A CPU violation, with the tenants that used the CPU most while it opened or closed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CpuViolation {
     #[serde(flatten)]
     pub violation: Violation,
@@ -124,7 +133,7 @@ pub struct CpuViolation {
 }
 
 /// One tenant's share of the CPU in the sweep that recorded a violation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Consumer {
     pub tenant: String,
     pub share_ratio: f64,
@@ -153,13 +162,13 @@ impl Event {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::sla;
     use serde_json::json;
 
     /// Every kind once, with the detail each records.
-    fn one_of_each() -> Vec<Event> {
+    pub(crate) fn one_of_each() -> Vec<Event> {
         let hits = LimitHits {
             count: 2,
             total: Some(5),

@@ -323,7 +323,7 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), DomainError> {
 
 /// One field of a spec that a change touched, by its JSON path (`cpu.guarantee_pct`,
 /// `labels.customer`); `from`/`to` are absent where the field was absent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldChange {
     pub field: String,
     #[serde(skip_serializing_if = "Option::is_none")]

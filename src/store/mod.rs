@@ -148,18 +148,59 @@ pub struct NewEvent {
 
 // The log may hold kinds this version does not know (written by another version), so a
 // recorded event keeps `kind` and `detail` as stored and the API answers them as they are;
-// `Event::event` reads them as the domain's type.
+// `Event::event` reads them as the domain's type. Its OpenAPI schema is the
+// row's own columns and, by kind, the typed detail this version records.
 /// A recorded event.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Event {
     pub id: i64,
     pub ts_ms: i64,
-    #[schema(required = true)]
     pub tenant: Option<String>,
     pub kind: String,
-    #[schema(required = true)]
     pub actor: Option<String>,
     pub detail: serde_json::Value,
+}
+
+/// The row's own columns, in the OpenAPI schema of `Event`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // the schema's shape only: answers are `Event`s
+struct EventRow {
+    id: i64,
+    ts_ms: i64,
+    #[schema(required = true)]
+    tenant: Option<String>,
+    #[schema(required = true)]
+    actor: Option<String>,
+}
+
+impl utoipa::PartialSchema for Event {
+    /// The row's columns and one of the kinds this version records with its typed detail.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, Ref};
+        AllOfBuilder::new()
+            .description(Some(
+                "A recorded event: when, to whom, by whom, and what happened (`kind` and \
+                 its `detail`).",
+            ))
+            .item(EventRow::schema())
+            .item(Ref::from_schema_name(
+                <event::Event as utoipa::ToSchema>::name(),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Event {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        let kind = <event::Event as utoipa::ToSchema>::name().into_owned();
+        schemas.push((kind, <event::Event as utoipa::PartialSchema>::schema()));
+        <event::Event as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 impl Event {
