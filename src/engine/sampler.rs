@@ -21,7 +21,7 @@ use crate::domain::tenant::{self, TenantName, TenantSpec};
 use crate::domain::usage::{self, Rates};
 use crate::domain::usage_row::UsageRow;
 use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
-use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute, SlaRow};
+use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,7 +157,7 @@ struct Minute {
 }
 
 impl Minute {
-    fn add(&mut self, rows: &[UsageRow], verdicts: &[SlaRow<'_>]) {
+    fn add(&mut self, rows: &[UsageRow], verdicts: &[Verdict]) {
         let bucket = self.index * 60_000;
         for r in rows {
             match self.usage.get_mut(&r.tenant) {
@@ -170,10 +170,10 @@ impl Minute {
             }
         }
         for v in verdicts {
-            match self.sla.get_mut(v.tenant) {
+            match self.sla.get_mut(v.tenant.as_str()) {
                 Some(m) => m.add(v),
                 None => {
-                    let mut m = SlaMinute::new(v.tenant, bucket);
+                    let mut m = SlaMinute::new(&v.tenant, bucket);
                     m.add(v);
                     self.sla.insert(v.tenant.to_string(), m);
                 }
@@ -316,8 +316,7 @@ impl Sampler {
         let (verdicts, root_weight) = self.judge(ts_ms, &judged, snap, &mut events);
         self.adjust_root_weight(ts_ms, root_weight, &mut events)
             .await;
-        let sla_rows = sla_rows(ts_ms, &verdicts);
-        self.write(ts_ms, &rows, &sla_rows, &events).await?;
+        self.write(ts_ms, &rows, &verdicts, &events).await?;
         self.roll_up(ts_ms).await?;
         report.rows = rows.len();
         report.events = events.len();
@@ -503,13 +502,13 @@ impl Sampler {
         &mut self,
         ts_ms: i64,
         rows: &[UsageRow],
-        sla_rows: &[SlaRow<'_>],
+        verdicts: &[Verdict],
         events: &[NewEvent],
     ) -> Result<()> {
         let store = self.gov.store();
         let started = Instant::now();
-        store.add_sweep(rows, sla_rows, events).await?;
-        let closed = add_to_minute(&mut self.minute, ts_ms, rows, sla_rows);
+        store.add_sweep(rows, verdicts, events).await?;
+        let closed = add_to_minute(&mut self.minute, ts_ms, rows, verdicts);
         if let Some(c) = closed.filter(|c| c.whole) {
             // Whatever is older and not rolled up yet is folded from raw first: a rollup marks
             // everything before it as done.
@@ -620,29 +619,13 @@ fn judged<'t>(samples: &[(&'t str, Sample)], rates: Vec<Option<Rates>>) -> Vec<(
         .collect()
 }
 
-/// The SLA verdicts as the store's rows, all at `ts_ms`. Returns one row per verdict.
-fn sla_rows(ts_ms: i64, verdicts: &[Verdict]) -> Vec<SlaRow<'_>> {
-    verdicts
-        .iter()
-        .map(|v| SlaRow {
-            tenant: &v.tenant,
-            ts_ms,
-            interval_ms: v.interval_ms,
-            guarantee_ratio: v.guarantee_ratio,
-            delivered_ratio: v.delivered_ratio,
-            contended: v.contended,
-            violating: v.violating,
-        })
-        .collect()
-}
-
 /// Adds the sweep to the minute rolled up in memory, first starting a new minute when `ts_ms`
 /// is past the current one. Returns the minute that closed, if one did.
 fn add_to_minute(
     minute: &mut Option<Minute>,
     ts_ms: i64,
     rows: &[UsageRow],
-    sla_rows: &[SlaRow<'_>],
+    verdicts: &[Verdict],
 ) -> Option<Minute> {
     // The minute rolled up in memory; a closed one is written as one row per tenant.
     let index = ts_ms.div_euclid(60_000);
@@ -652,11 +635,11 @@ fn add_to_minute(
             index,
             whole: minute.is_some(),
             usage: HashMap::with_capacity(rows.len()),
-            sla: HashMap::with_capacity(sla_rows.len()),
+            sla: HashMap::with_capacity(verdicts.len()),
         }),
     };
     if let Some(m) = minute {
-        m.add(rows, sla_rows);
+        m.add(rows, verdicts);
     }
     closed
 }

@@ -22,7 +22,7 @@ mod sweep;
 pub use intents::{Intent, NewIntent};
 pub use rollup::{Level, Retention};
 pub use samples::{MinuteRollup, Usage, UsagePoint};
-pub use sla::{SlaBucket, SlaMinute, SlaRow, SlaSeries};
+pub use sla::{SlaBucket, SlaMinute, SlaSeries};
 
 use crate::domain::event::{self, ViolationState};
 use crate::domain::{TenantName, TenantSpec};

@@ -5,21 +5,10 @@
 
 use super::rollup::{Level, Retention, unfolded};
 use super::{Result, Store, bind, q, values_sql};
+use crate::domain::sla_engine::Verdict;
 use serde::Serialize;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteArguments;
-
-/// One tenant's verdict for one interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct SlaRow<'a> {
-    pub tenant: &'a str,
-    pub ts_ms: i64,
-    pub interval_ms: i64,
-    pub guarantee_ratio: Option<f64>,
-    pub delivered_ratio: f64,
-    pub contended: bool,
-    pub violating: bool,
-}
 
 /// One tenant's minute of verdicts rolled up as they arrive (see `MinuteRollup`); agrees with
 /// the SQL fold in `fold_sla`.
@@ -52,7 +41,7 @@ impl SlaMinute {
         }
     }
 
-    pub fn add(&mut self, r: &SlaRow<'_>) {
+    pub fn add(&mut self, r: &Verdict) {
         let ms = r.interval_ms;
         self.covered_ms += ms;
         self.delivered_sum += r.delivered_ratio * ms as f64;
@@ -136,14 +125,14 @@ pub struct SlaSeries {
 const SLA_CHUNK: usize = 1000;
 
 /// The verdicts of one sweep, in multi-row INSERTs of `SLA_CHUNK`.
-pub(super) async fn insert_sla(tx: &mut SqliteConnection, rows: &[SlaRow<'_>]) -> Result<()> {
+pub(super) async fn insert_sla(tx: &mut SqliteConnection, rows: &[Verdict]) -> Result<()> {
     const OP: &str = "record sla verdicts";
     const HEAD: &str = "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating)";
     for chunk in rows.chunks(SLA_CHUNK) {
         let mut a = SqliteArguments::default();
         sqlx::Arguments::reserve(&mut a, chunk.len() * 7, 0);
         for r in chunk {
-            bind(&mut a, r.tenant, OP)?;
+            bind(&mut a, r.tenant.as_str(), OP)?;
             bind(&mut a, r.ts_ms, OP)?;
             bind(&mut a, r.interval_ms, OP)?;
             bind(&mut a, r.guarantee_ratio, OP)?;
@@ -203,7 +192,7 @@ pub(super) async fn fold_sla(tx: &mut SqliteConnection, now_ms: i64) -> Result<(
 impl Store {
     /// Records verdicts in one transaction; see `Store::add_sweep`. The rollups are folded
     /// from them by `Store::roll_up`.
-    pub async fn add_sla(&self, rows: &[SlaRow<'_>]) -> Result<()> {
+    pub async fn add_sla(&self, rows: &[Verdict]) -> Result<()> {
         self.add_sweep(&[], rows, &[]).await
     }
 
@@ -322,11 +311,11 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).await.unwrap();
         let names: Vec<String> = (0..SLA_CHUNK + 7).map(|i| format!("t{i:05}")).collect();
         for (ts_ms, delivered) in [(3_660_000, 0.5), (3_661_000, 0.25)] {
-            let rows: Vec<SlaRow<'_>> = names
+            let rows: Vec<Verdict> = names
                 .iter()
                 .enumerate()
-                .map(|(i, n)| SlaRow {
-                    tenant: n,
+                .map(|(i, n)| Verdict {
+                    tenant: n.clone(),
                     ts_ms,
                     interval_ms: 1000,
                     guarantee_ratio: Some(0.3),

@@ -4,8 +4,9 @@
 //! `store::sla`, which import neither it nor each other.
 
 use super::samples::{MinuteRollup, fold_usage, insert_minute_rollups, insert_usage};
-use super::sla::{SlaMinute, SlaRow, fold_sla, insert_sla, insert_sla_minutes};
+use super::sla::{SlaMinute, fold_sla, insert_sla, insert_sla_minutes};
 use super::{NewEvent, Result, Store, insert_event, q};
+use crate::domain::sla_engine::Verdict;
 use crate::domain::usage_row::UsageRow;
 
 impl Store {
@@ -16,7 +17,7 @@ impl Store {
     pub async fn add_sweep(
         &self,
         usage: &[UsageRow],
-        sla: &[SlaRow<'_>],
+        sla: &[Verdict],
         events: &[NewEvent],
     ) -> Result<()> {
         if usage.is_empty() && sla.is_empty() && events.is_empty() {
@@ -30,7 +31,7 @@ impl Store {
     async fn write_sweep(
         &self,
         usage: &[UsageRow],
-        sla: &[SlaRow<'_>],
+        sla: &[Verdict],
         events: &[NewEvent],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
@@ -140,8 +141,8 @@ mod tests {
                         ..Default::default()
                     },
                 });
-                verdicts.push(SlaRow {
-                    tenant: t,
+                verdicts.push(Verdict {
+                    tenant: t.to_string(),
                     ts_ms: ts,
                     interval_ms: dt.unwrap_or(1000),
                     guarantee_ratio: (i != 2).then_some(0.3 + k as f64 / 1000.0),
@@ -158,7 +159,7 @@ mod tests {
             }
             for v in &verdicts {
                 sla.entry(v.tenant.to_string())
-                    .or_insert_with(|| SlaMinute::new(v.tenant, 120_000))
+                    .or_insert_with(|| SlaMinute::new(&v.tenant, 120_000))
                     .add(v);
             }
             folded.add_sweep(&rows, &verdicts, &[]).await.unwrap();
