@@ -17,7 +17,7 @@ pub mod v1_parse;
 pub mod v1_stats;
 pub mod v2;
 
-use crate::domain::plan::{Limit, Settings};
+use crate::domain::plan::{Limit, Setting, Settings};
 use crate::domain::tenant::{DevId, TenantName};
 use serde::Serialize;
 use std::io;
@@ -296,7 +296,8 @@ pub enum SampleSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NotApplied {
     /// The `Settings` field, e.g. "memory_high_bytes".
-    pub setting: String,
+    #[schema(value_type = String)]
+    pub setting: Setting,
     pub why: String,
 }
 

@@ -28,7 +28,7 @@ use super::{
     Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF,
     NotApplied, Result, normal, optional, read_file, write_file,
 };
-use crate::domain::plan::{IoMax, Limit, Settings};
+use crate::domain::plan::{IoMax, Limit, Setting, Settings};
 use crate::domain::tenant::DevId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -298,12 +298,9 @@ impl V1 {
             .find(|(p, _)| p.exists())
     }
 
-    /// The memsw limit that delivers `want`'s memory_max and swap_max; `None` when v1 cannot.
-    fn memsw_for(&self, want: &Settings) -> Option<Limit> {
-        match (
-            self.page.memory(want.memory_max_bytes),
-            self.page.memory(want.memory_swap_max_bytes),
-        ) {
+    /// The memsw limit that delivers memory_max and swap_max; `None` when v1 cannot.
+    fn memsw_for(&self, max: Limit, swap_max: Limit) -> Option<Limit> {
+        match (self.page.memory(max), self.page.memory(swap_max)) {
             (_, Limit::Max) => Some(Limit::Max),
             (Limit::Value(m), Limit::Value(s)) => {
                 Some(self.page.memory(Limit::Value(m.saturating_add(s))))
@@ -472,9 +469,29 @@ impl V1 {
         })
     }
 
-    /// `want` as the kernel will hold it once written, in the files `have` has.
+    /// `want` as the kernel will hold it once written, in the files `have` has. Takes every
+    /// field of `Settings` by name (no `..`), so a new setting does not build until it is
+    /// mapped here or named as one v1 cannot apply.
     fn wanted(&self, dir: &CgroupPath, want: &Settings, have: &Held) -> Result<Held> {
-        let memsw = match (have.memsw, self.memsw_for(want)) {
+        let Settings {
+            cpu_weight,
+            cpu_max_quota_us,
+            cpu_max_period_us,
+            // Refused by `apply` when set: v1 has no hard protection.
+            memory_min_bytes: _,
+            memory_low_bytes,
+            // No v1 file: reported by `not_applied`.
+            memory_high_bytes: _,
+            memory_max_bytes,
+            memory_swap_max_bytes,
+            io_weight,
+            io_max,
+            pids_max,
+        } = want;
+        let memsw = match (
+            have.memsw,
+            self.memsw_for(*memory_max_bytes, *memory_swap_max_bytes),
+        ) {
             (Some(_), None) => {
                 return Err(V1::unsupported(
                     format!("memory.swap.max without memory.max for {dir}"),
@@ -484,8 +501,7 @@ impl V1 {
             (Some(_), new) => new,
             (None, _) => None,
         };
-        let io_max: Vec<IoMax> = want
-            .io_max
+        let io_max: Vec<IoMax> = io_max
             .iter()
             .map(|m| IoMax {
                 device: m.device,
@@ -496,20 +512,20 @@ impl V1 {
             })
             .collect();
         Ok(Held {
-            shares: shares_file_for_weight(want.cpu_weight),
-            cfs_quota: want.cpu_max_quota_us,
-            cfs_period: want.cpu_max_period_us,
-            limit: self.page.memory(want.memory_max_bytes),
+            shares: shares_file_for_weight(*cpu_weight),
+            cfs_quota: *cpu_max_quota_us,
+            cfs_period: *cpu_max_period_us,
+            limit: self.page.memory(*memory_max_bytes),
             memsw,
-            soft: self.page.memory(Limit::Value(want.memory_low_bytes)),
+            soft: self.page.memory(Limit::Value(*memory_low_bytes)),
             io_weight: have.io_weight.as_ref().map(|(file, _)| {
                 (
                     file.clone(),
-                    blkio_weight_for(want.io_weight, file == "blkio.bfq.weight"),
+                    blkio_weight_for(*io_weight, file == "blkio.bfq.weight"),
                 )
             }),
             throttle: normal::io_max_by_device(&io_max),
-            pids_max: normal::pids(want.pids_max),
+            pids_max: normal::pids(*pids_max),
         })
     }
 }
@@ -591,7 +607,19 @@ impl Backend for V1 {
             ));
         }
         let have = self.held(dir)?;
-        let want = self.wanted(dir, want, &have)?;
+        // Every field of `Held` by name (no `..`): a new one does not build until it is
+        // compared and written below.
+        let Held {
+            shares,
+            cfs_quota,
+            cfs_period,
+            limit,
+            memsw,
+            soft,
+            io_weight,
+            throttle,
+            pids_max,
+        } = self.wanted(dir, want, &have)?;
         let mut changes = Vec::new();
         let mut put = |controller: &str, file: &str, was: String, now: String| -> Result<()> {
             let Some(p) = self.file_in(controller, dir, file) else {
@@ -609,15 +637,15 @@ impl Backend for V1 {
             Ok(())
         };
 
-        if have.shares != want.shares {
+        if have.shares != shares {
             put(
                 "cpu",
                 "cpu.shares",
                 have.shares.to_string(),
-                want.shares.to_string(),
+                shares.to_string(),
             )?;
         }
-        if have.cfs_period != want.cfs_period {
+        if have.cfs_period != cfs_period {
             // Lift the quota first, so no intermediate quota/period pair is refused.
             if have.cfs_quota != Limit::Max {
                 put(
@@ -631,28 +659,23 @@ impl Backend for V1 {
                 "cpu",
                 "cpu.cfs_period_us",
                 have.cfs_period.to_string(),
-                want.cfs_period.to_string(),
+                cfs_period.to_string(),
             )?;
-            if want.cfs_quota != Limit::Max {
-                put(
-                    "cpu",
-                    "cpu.cfs_quota_us",
-                    "-1".into(),
-                    v1_text(want.cfs_quota),
-                )?;
+            if cfs_quota != Limit::Max {
+                put("cpu", "cpu.cfs_quota_us", "-1".into(), v1_text(cfs_quota))?;
             }
-        } else if have.cfs_quota != want.cfs_quota {
+        } else if have.cfs_quota != cfs_quota {
             put(
                 "cpu",
                 "cpu.cfs_quota_us",
                 v1_text(have.cfs_quota),
-                v1_text(want.cfs_quota),
+                v1_text(cfs_quota),
             )?;
         }
 
         // memory.limit_in_bytes <= memory.memsw.limit_in_bytes must hold after every write:
         // raise memsw before the limit, lower it after.
-        let memsw_new = match (have.memsw, want.memsw) {
+        let memsw_new = match (have.memsw, memsw) {
             (Some(now), Some(new)) if now != new => Some((now, new)),
             _ => None,
         };
@@ -674,41 +697,40 @@ impl Backend for V1 {
         if raise_memsw_first {
             write_memsw(&mut put)?;
         }
-        if have.limit != want.limit {
+        if have.limit != limit {
             put(
                 "memory",
                 "memory.limit_in_bytes",
                 page.v1_bytes(have.limit).to_string(),
-                v1_text(want.limit),
+                v1_text(limit),
             )?;
         }
         if !raise_memsw_first {
             write_memsw(&mut put)?;
         }
-        if have.soft != want.soft {
+        if have.soft != soft {
             put(
                 "memory",
                 "memory.soft_limit_in_bytes",
                 page.v1_bytes(have.soft).to_string(),
-                v1_text(want.soft),
+                v1_text(soft),
             )?;
         }
 
-        if let (Some((file, h)), Some((_, w))) = (&have.io_weight, &want.io_weight)
+        if let (Some((file, h)), Some((_, w))) = (&have.io_weight, &io_weight)
             && h != w
         {
             put("blkio", file, h.to_string(), w.to_string())?;
         }
 
         // blkio.throttle.*: one file per field; "MAJ:MIN 0" removes a rule.
-        let devices: BTreeSet<DevId> = want
-            .throttle
+        let devices: BTreeSet<DevId> = throttle
             .keys()
             .chain(have.throttle.keys())
             .copied()
             .collect();
         for d in devices {
-            let w = want.throttle.get(&d);
+            let w = throttle.get(&d);
             let h = have.throttle.get(&d);
             for (i, file) in THROTTLE.iter().enumerate() {
                 let wv = w.map_or(Limit::Max, |m| throttle_field(m, i));
@@ -720,12 +742,12 @@ impl Backend for V1 {
             }
         }
 
-        if have.pids_max != want.pids_max {
+        if have.pids_max != pids_max {
             put(
                 "pids",
                 "pids.max",
                 have.pids_max.to_string(),
-                want.pids_max.to_string(),
+                pids_max.to_string(),
             )?;
         }
         Ok(changes)
@@ -762,22 +784,37 @@ impl Backend for V1 {
     }
 
     fn not_applied(&self, want: &Settings) -> Vec<NotApplied> {
+        // Every field of `Settings` by name (no `..`): a new setting does not build until it
+        // is named here as applied (by `wanted`) or checked.
+        let Settings {
+            cpu_weight: _,
+            cpu_max_quota_us: _,
+            cpu_max_period_us: _,
+            // Refused by `apply`, not left unset.
+            memory_min_bytes: _,
+            memory_low_bytes: _,
+            memory_high_bytes,
+            memory_max_bytes: _,
+            memory_swap_max_bytes,
+            io_weight,
+            io_max: _,
+            pids_max: _,
+        } = want;
+        let d = Settings::default();
         let mut out = Vec::new();
-        if want.memory_high_bytes != Limit::Max {
+        if *memory_high_bytes != d.memory_high_bytes {
             out.push(NotApplied {
-                setting: "memory_high_bytes".into(),
+                setting: Setting::MemoryHighBytes,
                 why: "cgroup v1 has no memory.high (throttling before the hard limit); only memory_max (memory.limit_in_bytes) is enforced".into(),
             });
         }
-        if want.io_weight != Settings::default().io_weight
-            && self.io_weight_file(&CgroupPath::root()).is_none()
-        {
+        if *io_weight != d.io_weight && self.io_weight_file(&CgroupPath::root()).is_none() {
             out.push(NotApplied {
-                setting: "io_weight".into(),
+                setting: Setting::IoWeight,
                 why: "neither blkio.bfq.weight nor blkio.weight exists on this v1 host: io_weight has no effect".into(),
             });
         }
-        if want.memory_swap_max_bytes != Limit::Max
+        if *memory_swap_max_bytes != d.memory_swap_max_bytes
             && self
                 .roots
                 .memory
@@ -785,7 +822,7 @@ impl Backend for V1 {
                 .is_some_and(|r| !r.join("memory.memsw.limit_in_bytes").exists())
         {
             out.push(NotApplied {
-                setting: "memory_swap_max_bytes".into(),
+                setting: Setting::MemorySwapMaxBytes,
                 why: "swap accounting is off (no memory.memsw.limit_in_bytes; boot with swapaccount=1)".into(),
             });
         }

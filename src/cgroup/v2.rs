@@ -155,23 +155,37 @@ impl V2 {
         })
     }
 
-    /// `want` as the kernel will hold it once written.
+    /// `want` as the kernel will hold it once written. Takes every field of `Settings` by
+    /// name (no `..`), so a new setting does not build until it is mapped here.
     fn wanted(&self, want: &Settings) -> Held {
+        let Settings {
+            cpu_weight,
+            cpu_max_quota_us,
+            cpu_max_period_us,
+            memory_min_bytes,
+            memory_low_bytes,
+            memory_high_bytes,
+            memory_max_bytes,
+            memory_swap_max_bytes,
+            io_weight,
+            io_max,
+            pids_max,
+        } = want;
         let m = |l: Limit| self.page.memory(l);
         Held {
-            cpu_weight: normal::weight(want.cpu_weight),
-            cpu_max: (want.cpu_max_quota_us, want.cpu_max_period_us),
-            memory_min: m(Limit::Value(want.memory_min_bytes)),
-            memory_low: m(Limit::Value(want.memory_low_bytes)),
-            memory_high: m(want.memory_high_bytes),
-            memory_max: m(want.memory_max_bytes),
-            memory_swap_max: m(want.memory_swap_max_bytes),
+            cpu_weight: normal::weight(*cpu_weight),
+            cpu_max: (*cpu_max_quota_us, *cpu_max_period_us),
+            memory_min: m(Limit::Value(*memory_min_bytes)),
+            memory_low: m(Limit::Value(*memory_low_bytes)),
+            memory_high: m(*memory_high_bytes),
+            memory_max: m(*memory_max_bytes),
+            memory_swap_max: m(*memory_swap_max_bytes),
             io_weight: parse::IoWeight {
-                default: normal::weight(want.io_weight),
+                default: normal::weight(*io_weight),
                 devices: BTreeMap::new(),
             },
-            io_max: normal::io_max_by_device(&want.io_max),
-            pids_max: normal::pids(want.pids_max),
+            io_max: normal::io_max_by_device(io_max),
+            pids_max: normal::pids(*pids_max),
         }
     }
 }
@@ -250,7 +264,20 @@ impl Backend for V2 {
     fn apply(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>> {
         let path = dir.under(&self.root);
         let have = self.held(dir)?;
-        let want = self.wanted(want);
+        // Every field of `Held` by name (no `..`): a new one does not build until it is
+        // compared and written below.
+        let Held {
+            cpu_weight,
+            cpu_max,
+            memory_min,
+            memory_low,
+            memory_high,
+            memory_max,
+            memory_swap_max,
+            io_weight,
+            io_max,
+            pids_max,
+        } = self.wanted(want);
         let mut changes = Vec::new();
         let mut put = |file: &str, was: String, now: String| -> Result<()> {
             let p = path.join(file);
@@ -268,50 +295,42 @@ impl Backend for V2 {
             });
             Ok(())
         };
-        if have.cpu_weight != want.cpu_weight {
+        if have.cpu_weight != cpu_weight {
             put(
                 "cpu.weight",
                 have.cpu_weight.to_string(),
-                want.cpu_weight.to_string(),
+                cpu_weight.to_string(),
             )?;
         }
-        if have.cpu_max != want.cpu_max {
-            put(
-                "cpu.max",
-                cpu_max_text(have.cpu_max),
-                cpu_max_text(want.cpu_max),
-            )?;
+        if have.cpu_max != cpu_max {
+            put("cpu.max", cpu_max_text(have.cpu_max), cpu_max_text(cpu_max))?;
         }
         for (file, h, w) in [
-            ("memory.min", have.memory_min, want.memory_min),
-            ("memory.low", have.memory_low, want.memory_low),
-            ("memory.high", have.memory_high, want.memory_high),
-            ("memory.max", have.memory_max, want.memory_max),
-            (
-                "memory.swap.max",
-                have.memory_swap_max,
-                want.memory_swap_max,
-            ),
+            ("memory.min", have.memory_min, memory_min),
+            ("memory.low", have.memory_low, memory_low),
+            ("memory.high", have.memory_high, memory_high),
+            ("memory.max", have.memory_max, memory_max),
+            ("memory.swap.max", have.memory_swap_max, memory_swap_max),
         ] {
             if h != w {
                 put(file, limit_text(h), limit_text(w))?;
             }
         }
-        if have.io_weight.default != want.io_weight.default {
+        if have.io_weight.default != io_weight.default {
             put(
                 "io.weight",
                 format!("default {}", have.io_weight.default),
-                format!("default {}", want.io_weight.default),
+                format!("default {}", io_weight.default),
             )?;
         }
         // Per-device weights tenantd never sets: "MAJ:MIN default" removes one.
         for (d, w) in &have.io_weight.devices {
-            if want.io_weight.devices.get(d) != Some(w) {
+            if io_weight.devices.get(d) != Some(w) {
                 put("io.weight", format!("{d} {w}"), format!("{d} default"))?;
             }
         }
         // io.max: write each wanted line that differs, and reset devices no longer limited.
-        for (d, w) in &want.io_max {
+        for (d, w) in &io_max {
             let h = have.io_max.get(d);
             if h != Some(w) {
                 put("io.max", h.map(io_line).unwrap_or_default(), io_line(w))?;
@@ -320,7 +339,7 @@ impl Backend for V2 {
         for h in have
             .io_max
             .values()
-            .filter(|h| !want.io_max.contains_key(&h.device))
+            .filter(|h| !io_max.contains_key(&h.device))
         {
             let reset = IoMax {
                 device: h.device,
@@ -331,12 +350,8 @@ impl Backend for V2 {
             };
             put("io.max", io_line(h), io_line(&reset))?;
         }
-        if have.pids_max != want.pids_max {
-            put(
-                "pids.max",
-                limit_text(have.pids_max),
-                limit_text(want.pids_max),
-            )?;
+        if have.pids_max != pids_max {
+            put("pids.max", limit_text(have.pids_max), limit_text(pids_max))?;
         }
         Ok(changes)
     }

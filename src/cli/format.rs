@@ -63,7 +63,23 @@ pub fn tenants(list: &[TenantView]) -> String {
                 or_dash(s.parent.as_ref()),
                 pct(s.cpu.guarantee_pct),
                 pct(s.cpu.limit_pct),
-                or_dash(t.effective.as_ref().map(|e| e.cpu_weight)),
+                or_dash(t.effective.as_ref().map(
+                    // Of the kernel's settings only cpu.weight has a column (`tenant get`
+                    // shows them all); every field is named, so a new one is placed here.
+                    |Settings {
+                         cpu_weight,
+                         cpu_max_quota_us: _,
+                         cpu_max_period_us: _,
+                         memory_min_bytes: _,
+                         memory_low_bytes: _,
+                         memory_high_bytes: _,
+                         memory_max_bytes: _,
+                         memory_swap_max_bytes: _,
+                         io_weight: _,
+                         io_max: _,
+                         pids_max: _,
+                     }| cpu_weight,
+                )),
                 bytes(s.memory.guarantee_bytes),
                 bytes(s.memory.limit_bytes),
                 or_dash(s.pids.limit),
@@ -90,8 +106,6 @@ pub fn tenants(list: &[TenantView]) -> String {
 /// A tenant in detail for `tenant get`.
 pub fn tenant(t: &TenantView) -> String {
     let s = &t.stored.spec;
-    // What the kernel holds, or "-" for each value when it could not be read.
-    let k = |f: fn(&Settings) -> String| or_dash(t.effective.as_ref().map(f));
     let mut out = String::new();
     out += &format!("name:        {}\n", t.name);
     out += &format!("parent:      {}\n", or_dash(s.parent.as_ref()));
@@ -101,19 +115,36 @@ pub fn tenant(t: &TenantView) -> String {
     if let Some(err) = &t.effective_error {
         out += &format!("kernel:      cannot read: {err}\n");
     }
+    // What the kernel holds, or "-" for each value when it could not be read. Every field of
+    // `Settings` is named (no `..`), so a new setting does not build until it has a row.
+    let k = |v: String| if t.effective.is_some() { v } else { "-".into() };
+    let Settings {
+        cpu_weight,
+        cpu_max_quota_us,
+        cpu_max_period_us,
+        memory_min_bytes,
+        memory_low_bytes,
+        memory_high_bytes,
+        memory_max_bytes,
+        memory_swap_max_bytes,
+        io_weight,
+        // Not shown: one line per device; `tenant get -o json` has them.
+        io_max: _,
+        pids_max,
+    } = t.effective.clone().unwrap_or_default();
     let rows = vec![
         vec![
             "cpu guarantee".into(),
             pct(s.cpu.guarantee_pct),
-            format!("cpu.weight {}", k(|e| e.cpu_weight.to_string())),
+            format!("cpu.weight {}", k(cpu_weight.to_string())),
         ],
         vec![
             "cpu limit".into(),
             pct(s.cpu.limit_pct),
             format!(
                 "cpu.max {} {} (us)",
-                k(|e| e.cpu_max_quota_us.to_string()),
-                k(|e| e.cpu_max_period_us.to_string())
+                k(cpu_max_quota_us.to_string()),
+                k(cpu_max_period_us.to_string())
             ),
         ],
         vec![
@@ -121,37 +152,34 @@ pub fn tenant(t: &TenantView) -> String {
             bytes(s.memory.guarantee_bytes),
             format!(
                 "memory.min {} / memory.low {}",
-                k(|e| format_bytes(e.memory_min_bytes)),
-                k(|e| format_bytes(e.memory_low_bytes))
+                k(format_bytes(memory_min_bytes)),
+                k(format_bytes(memory_low_bytes))
             ),
         ],
         vec![
             "memory high".into(),
             bytes(s.memory.high_bytes),
-            format!("memory.high {}", k(|e| limit_bytes(e.memory_high_bytes))),
+            format!("memory.high {}", k(limit_bytes(memory_high_bytes))),
         ],
         vec![
             "memory limit".into(),
             bytes(s.memory.limit_bytes),
-            format!("memory.max {}", k(|e| limit_bytes(e.memory_max_bytes))),
+            format!("memory.max {}", k(limit_bytes(memory_max_bytes))),
         ],
         vec![
             "swap limit".into(),
             bytes(s.memory.swap_limit_bytes),
-            format!(
-                "memory.swap.max {}",
-                k(|e| limit_bytes(e.memory_swap_max_bytes))
-            ),
+            format!("memory.swap.max {}", k(limit_bytes(memory_swap_max_bytes))),
         ],
         vec![
             "io guarantee".into(),
             pct(s.io.guarantee_pct),
-            format!("io.weight {}", k(|e| e.io_weight.to_string())),
+            format!("io.weight {}", k(io_weight.to_string())),
         ],
         vec![
             "pids limit".into(),
             or_dash(s.pids.limit),
-            format!("pids.max {}", k(|e| e.pids_max.to_string())),
+            format!("pids.max {}", k(pids_max.to_string())),
         ],
     ];
     out += "\n";

@@ -9,7 +9,7 @@ pub(super) mod samples {
     use crate::api::Host;
     use crate::cgroup::{BlockDevice, HostCgroup, NotApplied};
     use crate::domain::TenantName;
-    use crate::domain::plan::{self, Limit, PlanParams};
+    use crate::domain::plan::{self, Limit, PlanParams, Setting};
     use crate::domain::tenant::{DevId, TenantSpec};
     use crate::domain::usage_row::{UsageEvents, UsageGauges, UsageRates, UsageRow};
     use crate::engine::TenantView;
@@ -61,7 +61,7 @@ pub(super) mod samples {
                 effective: Some(effective),
                 effective_error: None,
                 not_applied: vec![NotApplied {
-                    setting: "memory_high_bytes".into(),
+                    setting: Setting::MemoryHighBytes,
                     why: "cgroup v1 has no memory.high".into(),
                 }],
                 procs: 2,

@@ -82,22 +82,69 @@ pub struct IoMax {
     pub wiops: Limit,
 }
 
-/// The cgroup values of one directory. Every field is written explicitly (defaults included)
-/// so that reconcile can restore anything changed by hand.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Settings {
-    pub cpu_weight: u32,
-    /// cpu.max quota in microseconds per period.
-    pub cpu_max_quota_us: Limit,
-    pub cpu_max_period_us: u64,
-    pub memory_min_bytes: u64,
-    pub memory_low_bytes: u64,
-    pub memory_high_bytes: Limit,
-    pub memory_max_bytes: Limit,
-    pub memory_swap_max_bytes: Limit,
-    pub io_weight: u32,
-    pub io_max: Vec<IoMax>,
-    pub pids_max: Limit,
+/// Declares `Settings` and `Setting` from one list of fields: `Setting` has a variant per field
+/// (`memory_high_bytes` is `Setting::MemoryHighBytes`), so a value that names a setting (a v1
+/// `NotApplied`, a test's case list) is typed, and an exhaustive `match` on it does not build
+/// until a new field is handled.
+macro_rules! settings {
+    ($(#[$doc:meta])* pub struct Settings { $($(#[$fdoc:meta])* pub $field:ident: $t:ty,)+ }) => {
+        $(#[$doc])*
+        pub struct Settings {
+            $($(#[$fdoc])* pub $field: $t,)+
+        }
+
+        pastey::paste! {
+            /// The name of one field of `Settings`; serialised as the field's name.
+            #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+            #[serde(rename_all = "snake_case")]
+            pub enum Setting {
+                $(#[doc = "`Settings::" $field "`."] [<$field:camel>],)+
+            }
+
+            impl Setting {
+                /// Every setting, in the order of `Settings`' fields.
+                pub const ALL: [Setting; [$(stringify!($field)),+].len()] =
+                    [$(Setting::[<$field:camel>]),+];
+
+                /// The field's name, e.g. "memory_high_bytes".
+                pub fn name(self) -> &'static str {
+                    match self {
+                        $(Setting::[<$field:camel>] => stringify!($field),)+
+                    }
+                }
+            }
+        }
+    };
+}
+
+// A new field does not build until each backend reads, compares and writes it (or v1 says
+// why it cannot: `not_applied`, or a refusal in `apply`), `tenantd get` and `list` place it
+// and the drift tests (tests/it/reconcile.rs) name its test: those places destructure
+// `Settings` or match on `Setting` without `..` or `_`.
+settings! {
+    /// The cgroup values of one directory. Every field is written explicitly (defaults included)
+    /// so that reconcile can restore anything changed by hand.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+    pub struct Settings {
+        pub cpu_weight: u32,
+        /// cpu.max quota in microseconds per period.
+        pub cpu_max_quota_us: Limit,
+        pub cpu_max_period_us: u64,
+        pub memory_min_bytes: u64,
+        pub memory_low_bytes: u64,
+        pub memory_high_bytes: Limit,
+        pub memory_max_bytes: Limit,
+        pub memory_swap_max_bytes: Limit,
+        pub io_weight: u32,
+        pub io_max: Vec<IoMax>,
+        pub pids_max: Limit,
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Default for Settings {
@@ -314,6 +361,27 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn setting_names_are_the_fields_of_settings() {
+        let json = serde_json::to_value(Settings::default()).unwrap();
+        let fields: std::collections::BTreeSet<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let names: std::collections::BTreeSet<&str> =
+            Setting::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names, fields);
+        assert_eq!(names.len(), Setting::ALL.len(), "no setting twice");
+        for s in Setting::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+            assert_eq!(s.to_string(), s.name());
+            let back: Setting = serde_json::from_value(s.name().into()).unwrap();
+            assert_eq!(back, s);
         }
     }
 

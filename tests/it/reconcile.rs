@@ -3,7 +3,8 @@
 //! corrects nothing, and (b) a value changed by hand in the kernel file is corrected and
 //! reported exactly once, including a change the old read-back rounding hid (cpu.shares 2
 //! and 15 are both "weight 1"). Every pass is counted in tenantd_reconcile_corrections_total,
-//! whoever starts it.
+//! whoever starts it. `drift_tests` names each setting's test on each backend by an
+//! exhaustive match on `Setting`, so a new field of `Settings` does not build without one.
 //!
 //! v1 runs for real on this hybrid host: each test creates directories below THIS test
 //! process's own cgroup in each v1 hierarchy (as `v1` does), writes only inside them, starts
@@ -22,7 +23,7 @@ use tenantd::api::{AppState, router};
 use tenantd::cgroup::v1::{V1, V1Roots};
 use tenantd::cgroup::v2::V2;
 use tenantd::cgroup::{Backend, CgroupPath, Change};
-use tenantd::domain::plan::{IoMax, Limit, Settings};
+use tenantd::domain::plan::{IoMax, Limit, Setting, Settings};
 use tenantd::domain::tenant::{Capacity, DevId, TenantName, TenantSpec};
 use tenantd::engine::{EngineConfig, Governor, ReconcileReport};
 use tenantd::store::Store;
@@ -532,6 +533,100 @@ fn issue13_finding_5_post_reconcile_counts_corrections() {
         let (_, m) = call("GET", "/metrics").await;
         assert_eq!(total(&m), 3);
     });
+}
+
+/// How a setting's drift is tested on one backend.
+enum Drift {
+    /// A test that writes the setting's file by hand and sees it corrected exactly once.
+    #[expect(
+        dead_code,
+        reason = "named so that the compiler checks the test exists; the harness runs it"
+    )]
+    Test(fn()),
+    /// The backend has no file for it: a value (set by the function) is refused by `apply`
+    /// or reported by `not_applied` and written nowhere (checked for v1 below).
+    NoFile(fn(&mut Settings)),
+}
+
+/// Each setting's drift test on [v1, v2]: an exhaustive `match` on `Setting` (one variant
+/// per field of `Settings`), so a new setting does not build until it has a drift test on
+/// each backend or is shown to have no file there.
+fn drift_tests(s: Setting) -> [Drift; 2] {
+    use Drift::{NoFile, Test};
+    match s {
+        Setting::CpuWeight => [
+            Test(v1_cpu_shares_at_their_extremes),
+            Test(v2_cpu_at_its_extremes),
+        ],
+        Setting::CpuMaxQuotaUs | Setting::CpuMaxPeriodUs => [
+            Test(v1_cfs_quota_and_period_at_their_extremes),
+            Test(v2_cpu_at_its_extremes),
+        ],
+        Setting::MemoryMinBytes => [
+            NoFile(|s| s.memory_min_bytes = 1 << 20),
+            Test(v2_memory_at_its_extremes),
+        ],
+        Setting::MemoryLowBytes => [
+            Test(v1_soft_limit_at_its_extremes),
+            Test(v2_memory_at_its_extremes),
+        ],
+        Setting::MemoryHighBytes => [
+            NoFile(|s| s.memory_high_bytes = Limit::Value(64 << 20)),
+            Test(v2_memory_at_its_extremes),
+        ],
+        Setting::MemoryMaxBytes | Setting::MemorySwapMaxBytes => [
+            Test(v1_memory_limits_at_their_extremes),
+            Test(v2_memory_at_its_extremes),
+        ],
+        Setting::IoWeight => [
+            Test(v1_bfq_weight_at_its_extremes),
+            Test(v2_io_and_pids_at_their_extremes),
+        ],
+        Setting::IoMax => [
+            Test(v1_blkio_throttle_at_its_extremes),
+            Test(v2_io_and_pids_at_their_extremes),
+        ],
+        Setting::PidsMax => [
+            Test(v1_pids_max_at_its_extremes),
+            Test(v2_io_and_pids_at_their_extremes),
+        ],
+    }
+}
+
+#[test]
+fn v1_every_setting_has_a_drift_test_or_no_file() {
+    let sb = Sandbox::new("every", false);
+    let b = sb.backend();
+    let t = sb.tenant("t");
+    settles(&b, &t, &Settings::default());
+    for s in Setting::ALL {
+        let [v1, v2] = drift_tests(s);
+        assert!(
+            matches!(v2, Drift::Test(_)),
+            "{s}: every setting has a cgroup v2 file"
+        );
+        let Drift::NoFile(set) = v1 else { continue };
+        let want = settings(set);
+        assert_ne!(
+            want,
+            Settings::default(),
+            "{s}: the value is not the default"
+        );
+        match b.apply(&t, &want) {
+            Err(e) => assert!(
+                matches!(e, tenantd::cgroup::CgroupError::Unsupported { .. }),
+                "{s}: {e:?}"
+            ),
+            Ok(changes) => {
+                assert_eq!(changes, vec![], "{s} has no v1 file, yet apply wrote");
+                assert!(
+                    b.not_applied(&want).iter().any(|n| n.setting == s),
+                    "{s} is neither refused nor reported by not_applied: {:?}",
+                    b.not_applied(&want)
+                );
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tenantd::cgroup::v1::{CONTROLLERS, V1, V1Roots};
 use tenantd::cgroup::{Backend, CgroupError, CgroupPath};
-use tenantd::domain::plan::{IoMax, Limit, Settings};
+use tenantd::domain::plan::{IoMax, Limit, Setting, Settings};
 
 /// Held by the tests that measure CPU time, so their busy loops do not compete with each
 /// other's on this 2-CPU host.
@@ -357,7 +357,7 @@ fn issue_7_v1_says_what_it_cannot_do() {
     let na = sb.backend.not_applied(&high);
     assert!(
         na.iter()
-            .any(|n| n.setting == "memory_high_bytes" && n.why.contains("memory.high")),
+            .any(|n| n.setting == Setting::MemoryHighBytes && n.why.contains("memory.high")),
         "{na:?}"
     );
     assert_eq!(sb.backend.apply(&t, &high).unwrap(), vec![]);
@@ -380,7 +380,7 @@ fn issue_7_v1_says_what_it_cannot_do() {
             sb.backend
                 .not_applied(&settings(|s| s.io_weight = 500))
                 .iter()
-                .any(|n| n.setting == "io_weight")
+                .any(|n| n.setting == Setting::IoWeight)
         );
     }
     // No cgroup.kill: kill() SIGKILLs the tenant's own processes, and only those.
