@@ -138,6 +138,9 @@ impl From<EngineError> for Problem {
                 Problem::new(StatusCode::CONFLICT, "conflict", message).field(field)
             }
             EngineError::BadPid { message, .. } => Problem::invalid("pid", message),
+            EngineError::NotPermitted { message, .. } => {
+                Problem::new(StatusCode::FORBIDDEN, "not-permitted", message).field("pid")
+            }
             // Logged by the store once, when writes start failing; the store wrote nothing.
             EngineError::Store(e @ crate::store::StoreError::Full { .. }) => Problem::new(
                 StatusCode::INSUFFICIENT_STORAGE,
@@ -152,5 +155,27 @@ impl From<EngineError> for Problem {
                 Problem::internal()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_move_the_kernel_does_not_permit_is_403_naming_pid() {
+        let p = Problem::from(EngineError::NotPermitted {
+            pid: 42,
+            message: "the kernel does not let tenantd move PID 42: Permission denied".into(),
+        });
+        assert_eq!(
+            (p.status, p.kind.as_str(), p.field.as_deref()),
+            (
+                403,
+                "https://tenantd.dev/problems/not-permitted",
+                Some("pid")
+            )
+        );
+        assert!(p.detail.contains("Permission denied"), "{}", p.detail);
     }
 }

@@ -7,7 +7,7 @@ use super::json::{JsonBody, from_slice};
 use super::openapi::TenantPatch;
 use super::path::TenantPath;
 use super::query::{DeleteParams, EventsParams, Params};
-use crate::cgroup::HostCgroup;
+use crate::cgroup::{Cannot, HostCgroup, RunMode};
 use crate::domain::{TenantName, TenantSpec};
 use crate::engine::placement::ProcInfo;
 use crate::engine::{DeleteMode, EngineError, ReconcileReport, TenantView, now_ms};
@@ -88,6 +88,8 @@ pub async fn host(State(st): State<AppState>) -> Res<impl IntoResponse> {
     let cap = st.gov.capacity();
     Ok(Json(Host {
         cgroup: h,
+        mode: st.gov.mode(),
+        cannot: st.gov.cannot().await?,
         cpus: cap.cpus,
         memory_bytes: cap.memory_bytes,
         memory_reserve_bytes: cap.memory_reserve_bytes,
@@ -101,6 +103,11 @@ pub async fn host(State(st): State<AppState>) -> Res<impl IntoResponse> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Host {
     pub cgroup: HostCgroup,
+    /// `root`, or `delegated`: a subtree owned by an unprivileged user, whose root's own
+    /// interface files tenantd does not write.
+    pub mode: RunMode,
+    /// What tenantd cannot do in this mode, each with the reason (empty as root).
+    pub cannot: Vec<Cannot>,
     pub cpus: f64,
     pub memory_bytes: u64,
     pub memory_reserve_bytes: u64,

@@ -280,6 +280,11 @@ pub trait Backend: Send + Sync + 'static {
     fn not_applied(&self, _want: &Settings) -> Vec<NotApplied> {
         Vec::new()
     }
+    /// Whether tenantd runs as root or in a delegated subtree (`run_mode` on the root's
+    /// directory in every hierarchy).
+    fn mode(&self) -> RunMode {
+        run_mode(&self.dirs(&CgroupPath::root()))
+    }
 }
 
 /// Where a tenant's usage is read (`Backend::sample_source`).
@@ -299,6 +304,67 @@ pub struct NotApplied {
     #[schema(value_type = String)]
     pub setting: Setting,
     pub why: String,
+}
+
+/// How tenantd holds its governor root (cgroup-v2.rst, "Delegation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    /// As root: the root's own interface files are tenantd's to write.
+    Root,
+    /// In a subtree delegated to an unprivileged user: the directory and its `cgroup.procs`,
+    /// `cgroup.subtree_control` and `cgroup.threads` are ours, the root's other interface files
+    /// belong to the delegator, and tenantd writes only below the root.
+    Delegated,
+}
+
+impl RunMode {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Root => "root",
+            RunMode::Delegated => "delegated",
+        }
+    }
+}
+
+/// Something tenantd cannot do in the mode it runs in, and why (`GET /v1/host`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Cannot {
+    pub what: String,
+    pub why: String,
+}
+
+/// The governor root's own interface files tenantd writes when it runs as root: the
+/// protection its tenants need (memory.min, memory.low) and the share adaptive enforcement
+/// adjusts (cpu.weight).
+pub const ROOT_OWN_FILES: [&str; 3] = ["cpu.weight", "memory.min", "memory.low"];
+
+/// The effective user ID the daemon runs as.
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Whether this process may write `path`: opened for writing and closed without a write,
+/// so the kernel answers with everything it checks (owner, mode, capabilities) and nothing
+/// changes.
+pub fn may_write(path: &Path) -> bool {
+    std::fs::OpenOptions::new().write(true).open(path).is_ok()
+}
+
+/// The mode of a daemon whose governor root is `roots` (one per hierarchy): delegated when it
+/// does not run as root, or when one of the root's own interface files exists and is not
+/// writable by it. A root that does not exist yet is one tenantd creates, so it is its own.
+pub fn run_mode(roots: &[PathBuf]) -> RunMode {
+    let foreign = roots
+        .iter()
+        .flat_map(|r| ROOT_OWN_FILES.iter().map(move |f| r.join(f)))
+        .any(|p| p.exists() && !may_write(&p));
+    if euid() != 0 || foreign {
+        RunMode::Delegated
+    } else {
+        RunMode::Root
+    }
 }
 
 /// Which cgroup version to drive: `auto` detects it (see `detect`).

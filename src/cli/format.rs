@@ -365,7 +365,7 @@ pub fn events(list: &[Event]) -> String {
 pub fn host(h: &Host) -> String {
     let cg = &h.cgroup;
     let mut s = format!(
-        "tenantd {}  cgroup {}  root {}\ncpus {}  memory {}  (reserve {})\ncontrollers: {}\nmissing: {}\nPSI: {}  cgroup.kill: {}\n\n",
+        "tenantd {}  cgroup {}  root {}\ncpus {}  memory {}  (reserve {})\ncontrollers: {}\nmissing: {}\nPSI: {}  cgroup.kill: {}\n",
         h.tenantd_version,
         cg.version,
         cg.root.display(),
@@ -381,6 +381,11 @@ pub fn host(h: &Host) -> String {
         cg.psi,
         cg.kill,
     );
+    s += &format!("mode: {}\n", h.mode.as_str());
+    for c in &h.cannot {
+        s += &format!("cannot: {}: {}\n", c.what, c.why);
+    }
+    s += "\n";
     let rows: Vec<Vec<String>> = cg
         .devices
         .iter()
@@ -468,6 +473,7 @@ cpus 2  memory 8 GiB  (reserve 512 MiB)
 controllers: cpu memory pids
 missing: io
 PSI: false  cgroup.kill: false
+mode: root
 
 DEVICE  NAME  SCHEDULER  IO WEIGHTS WORK  WHY
 8:0     sda   bfq        yes              BFQ

@@ -7,7 +7,7 @@
 #[cfg(test)]
 pub(super) mod samples {
     use crate::api::Host;
-    use crate::cgroup::{BlockDevice, HostCgroup, NotApplied};
+    use crate::cgroup::{BlockDevice, HostCgroup, NotApplied, RunMode};
     use crate::domain::TenantName;
     use crate::domain::plan::{self, Limit, PlanParams, Setting};
     use crate::domain::tenant::{DevId, TenantSpec};
@@ -110,6 +110,8 @@ pub(super) mod samples {
                     },
                 ],
             },
+            mode: RunMode::Root,
+            cannot: Vec::new(),
             cpus: 2.0,
             memory_bytes: 8 << 30,
             memory_reserve_bytes: 512 << 20,

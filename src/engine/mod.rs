@@ -18,7 +18,9 @@ mod reads;
 pub mod report;
 pub mod sampler;
 
-use crate::cgroup::{Backend, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF};
+use crate::cgroup::{
+    Backend, Cannot, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF, RunMode,
+};
 use crate::domain::event::Event;
 use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};
 use crate::domain::tenant::{self, Capacity, DomainError, TenantName, TenantSpec};
@@ -49,6 +51,10 @@ pub enum EngineError {
     Conflict { field: String, message: String },
     #[error("pid: {message}")]
     BadPid { pid: u32, message: String },
+    /// The kernel refused to move a process (EACCES/EPERM: a delegated daemon, cgroup-v2.rst
+    /// "Delegation Containment"); nothing was moved.
+    #[error("pid: {message}")]
+    NotPermitted { pid: u32, message: String },
     #[error("internal task failed: {0}")]
     Join(String),
 }
@@ -198,6 +204,8 @@ pub struct Governor {
     /// Values rewritten and steps failed over every reconcile pass, for /metrics.
     reconcile_corrections: Counter,
     reconcile_errors: Counter,
+    /// Detected by `start`; until then the governor acts as root.
+    mode: std::sync::OnceLock<RunMode>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -235,6 +243,7 @@ impl Governor {
             kernel: std::sync::RwLock::new(BTreeMap::new()),
             reconcile_corrections: Counter::default(),
             reconcile_errors: Counter::default(),
+            mode: std::sync::OnceLock::new(),
         })
     }
 
@@ -268,6 +277,22 @@ impl Governor {
         )
     }
 
+    /// Root, or delegated (then the root's own interface files are never written).
+    pub fn mode(&self) -> RunMode {
+        self.mode.get().copied().unwrap_or(RunMode::Root)
+    }
+
+    /// What the daemon cannot do in the mode it runs in, with the values that explain it
+    /// (nothing as root).
+    pub async fn cannot(&self) -> Result<Vec<Cannot>> {
+        if self.mode() == RunMode::Root {
+            return Ok(Vec::new());
+        }
+        let specs = self.desired().await?.specs.clone();
+        let (b, daemon_min) = (self.backend.clone(), self.cfg.daemon_memory_min_bytes);
+        Ok(blocking(move || delegated_cannot(b.as_ref(), &specs, daemon_min)).await??)
+    }
+
     pub async fn host(&self) -> Result<HostCgroup> {
         let b = self.backend.clone();
         Ok(blocking(move || b.host()).await??)
@@ -279,6 +304,18 @@ impl Governor {
         let b = self.backend.clone();
         let pid = self.self_pid;
         let (w, m) = (self.cfg.daemon_cpu_weight, self.cfg.daemon_memory_min_bytes);
+        let mode = blocking({
+            let b = b.clone();
+            move || b.mode()
+        })
+        .await?;
+        let _ = self.mode.set(mode);
+        if mode == RunMode::Delegated {
+            tracing::info!(
+                "delegated mode (uid {}): the root's own interface files belong to the delegator and are not written; see GET /v1/host",
+                crate::cgroup::euid()
+            );
+        }
         blocking(move || -> std::result::Result<(), CgroupError> {
             b.prepare_root()?;
             let daemon = CgroupPath::daemon();
@@ -324,8 +361,8 @@ impl Governor {
         // that no tenant owns.
         let left = self.recover_journal(&specs).await?;
         let b = self.backend.clone();
-        let cfg = self.cfg.clone();
-        let mut report = blocking(move || reconcile_kernel(b.as_ref(), &specs, &cfg)).await?;
+        let (cfg, mode) = (self.cfg.clone(), self.mode());
+        let mut report = blocking(move || reconcile_kernel(b.as_ref(), &specs, &cfg, mode)).await?;
         report.errors.extend(left);
         // Counted as soon as the kernel was written, even if recording the events fails.
         self.reconcile_corrections
@@ -538,10 +575,11 @@ impl Governor {
             None
         };
         let b = self.backend.clone();
-        let cfg = self.cfg.clone();
+        let (cfg, mode) = (self.cfg.clone(), self.mode());
         let (n, new_specs, olds) = (name.clone(), specs.clone(), old_specs.clone());
         let applied =
-            blocking(move || apply_change(b.as_ref(), &cfg, &olds, &new_specs, Some(&n))).await;
+            blocking(move || apply_change(b.as_ref(), &cfg, mode, &olds, &new_specs, Some(&n)))
+                .await;
         if let Err(e) = applied.and_then(|r| r.map_err(EngineError::from)) {
             // `apply_change` undid what it wrote; the record of the directories goes too.
             if let Some(id) = step {
@@ -575,10 +613,10 @@ impl Governor {
         {
             // Keep the kernel as the store says: undo what was just written.
             let b = self.backend.clone();
-            let cfg = self.cfg.clone();
+            let (cfg, mode) = (self.cfg.clone(), self.mode());
             let dir = dir_of(name, &specs);
             let undo = blocking(move || {
-                apply_change(b.as_ref(), &cfg, &specs, &old_specs, None)?;
+                apply_change(b.as_ref(), &cfg, mode, &specs, &old_specs, None)?;
                 if created {
                     b.remove(&dir)?;
                 }
@@ -705,10 +743,10 @@ impl Governor {
             }
         };
         let b = self.backend.clone();
-        let cfg = self.cfg.clone();
+        let (cfg, run) = (self.cfg.clone(), self.mode());
         let ancestors = tenant::lineage(name, &specs);
         if let Err(e) =
-            blocking(move || apply_change(b.as_ref(), &cfg, &specs, &remaining, None)).await?
+            blocking(move || apply_change(b.as_ref(), &cfg, run, &specs, &remaining, None)).await?
         {
             // The delete is stored and done; the siblings' new shares are written by the next
             // reconcile pass.
@@ -766,14 +804,15 @@ impl Governor {
             );
             return;
         }
-        let (b, cfg, old, new, n) = (
+        let (b, cfg, mode, old, new, n) = (
             self.backend.clone(),
             self.cfg.clone(),
+            self.mode(),
             remaining.clone(),
             specs.clone(),
             name.clone(),
         );
-        match blocking(move || apply_change(b.as_ref(), &cfg, &old, &new, Some(&n))).await {
+        match blocking(move || apply_change(b.as_ref(), &cfg, mode, &old, &new, Some(&n))).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(
                 "tenant '{name}' kept after a refused delete; rewriting its settings failed (reconcile will): {e}"
@@ -803,8 +842,12 @@ impl Governor {
             .cpu_weight)
     }
 
-    /// Sets the governor root's cpu.weight (adaptive SLA enforcement).
+    /// Sets the governor root's cpu.weight (adaptive SLA enforcement); refused in delegated
+    /// mode, where the file is the delegator's.
     pub async fn set_root_cpu_weight(&self, w: u32) -> Result<()> {
+        if self.mode() == RunMode::Delegated {
+            return Err(root_file_refused("cpu.weight").into());
+        }
         let b = self.backend.clone();
         blocking(move || {
             let root = CgroupPath::root();
@@ -872,6 +915,7 @@ fn view(
 fn apply_change(
     b: &dyn Backend,
     cfg: &EngineConfig,
+    mode: RunMode,
     old: &BTreeMap<TenantName, TenantSpec>,
     new: &BTreeMap<TenantName, TenantSpec>,
     target: Option<&TenantName>,
@@ -889,7 +933,7 @@ fn apply_change(
                 created = Some(dir);
             }
         }
-        apply_root_protection(b, cfg, new)?;
+        apply_root_protection(b, cfg, mode, new)?;
         for n in tenant::topo_order(new) {
             let p = &new_plans[&n];
             if old_plans.get(&n) == Some(p) && Some(&n) != target {
@@ -915,7 +959,7 @@ fn apply_change(
                 let _ = b.apply(&dir.leaf(), &p.leaf);
             }
         }
-        let _ = apply_root_protection(b, cfg, old);
+        let _ = apply_root_protection(b, cfg, mode, old);
         if let Some(dir) = created {
             let _ = b.remove(&dir);
         }
@@ -924,11 +968,17 @@ fn apply_change(
 }
 
 /// The governor root must hold the sum of the tenants' memory protection, or theirs is void.
+/// In delegated mode the root's memory.min and memory.low are the delegator's: not written
+/// (cgroup-v2.rst, "Delegation"), and `GET /v1/host` says what they hold and what is needed.
 fn apply_root_protection(
     b: &dyn Backend,
     cfg: &EngineConfig,
+    mode: RunMode,
     specs: &BTreeMap<TenantName, TenantSpec>,
 ) -> std::result::Result<(), CgroupError> {
+    if mode == RunMode::Delegated {
+        return Ok(());
+    }
     let root = CgroupPath::root();
     let (min, low) = plan::root_protection(specs, cfg.daemon_memory_min_bytes);
     let mut s = b.read(&root)?;
@@ -949,6 +999,7 @@ fn reconcile_kernel(
     b: &dyn Backend,
     specs: &BTreeMap<TenantName, TenantSpec>,
     cfg: &EngineConfig,
+    mode: RunMode,
 ) -> ReconcileReport {
     let mut r = ReconcileReport::default();
     if let Err(e) = b
@@ -958,7 +1009,7 @@ fn reconcile_kernel(
         r.errors.push(e.to_string());
         return r;
     }
-    if let Err(e) = apply_root_protection(b, cfg, specs) {
+    if let Err(e) = apply_root_protection(b, cfg, mode, specs) {
         r.errors.push(e.to_string());
     }
     let plans = plan::plan(specs, cfg.params);
@@ -1005,4 +1056,54 @@ fn reconcile_kernel(
         }
     }
     r
+}
+
+/// The refusal to write one of the root's own interface files in delegated mode.
+fn root_file_refused(file: &str) -> CgroupError {
+    CgroupError::Unsupported {
+        what: format!("{file} of the governor root"),
+        why: "tenantd runs in a delegated subtree, whose root's own interface files belong to the delegator (see GET /v1/host)".into(),
+    }
+}
+
+/// What a delegated daemon cannot do, with the values the delegator holds and the values the
+/// tenants need (cgroup-v2.rst, "Delegation": a delegatee writes only below its root).
+fn delegated_cannot(
+    b: &dyn Backend,
+    specs: &BTreeMap<TenantName, TenantSpec>,
+    daemon_min: u64,
+) -> std::result::Result<Vec<Cannot>, CgroupError> {
+    let root = b.path_of(&CgroupPath::root());
+    let held = b.read(&CgroupPath::root())?;
+    let (min, low) = plan::root_protection(specs, daemon_min);
+    let enough = held.memory_min_bytes >= min && held.memory_low_bytes >= low;
+    let uid = crate::cgroup::euid();
+    Ok(vec![
+        Cannot {
+            what: format!("memory.min and memory.low of {}", root.display()),
+            why: format!(
+                "they belong to the delegator; the tenants' memory guarantees and the daemon's memory.min hold only up to them: they hold min {} / low {} bytes, the tenants and the daemon need min {min} / low {low}{}",
+                held.memory_min_bytes,
+                held.memory_low_bytes,
+                if enough {
+                    " (enough)"
+                } else {
+                    ": the delegator must raise them"
+                }
+            ),
+        },
+        Cannot {
+            what: format!("cpu.weight of {}", root.display()),
+            why: format!(
+                "it belongs to the delegator (now {}): adaptive SLA enforcement cannot raise the root's share against what runs outside it, and stays off",
+                held.cpu_weight
+            ),
+        },
+        Cannot {
+            what: format!("placing processes that run outside {}", root.display()),
+            why: format!(
+                "the kernel moves a process only for a writer of cgroup.procs in the common ancestor of its cgroup and the tenant's (cgroup-v2.rst, \"Delegation Containment\"): tenantd, uid {uid}, places processes already inside the delegated subtree; the others answer 403"
+            ),
+        },
+    ])
 }

@@ -178,6 +178,23 @@ fn move_checked(
     if wrote.is_ok() && now == want {
         return Ok(());
     }
+    if let Err(e) = &wrote
+        && matches!(e.errno(), Some(libc::EACCES | libc::EPERM))
+    {
+        let back = match b.place(pid, &now, from) {
+            Ok(()) => "it stays where it was".to_string(),
+            Err(e) => format!("moving it back failed: {e}"),
+        };
+        return Err(EngineError::NotPermitted {
+            pid,
+            message: format!(
+                "the kernel does not let tenantd move PID {pid} into tenant '{tenant}': {e}: {}; the writer needs write access to cgroup.procs of the common ancestor of the process's cgroup and the tenant's (cgroup-v2.rst, \"Delegation Containment\"); {back}",
+                std::error::Error::source(e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ),
+        });
+    }
     let why = match &wrote {
         Err(e) => e.to_string(),
         Ok(()) => format!(

@@ -354,8 +354,13 @@ impl Sampler {
 
     /// Under adaptive enforcement, reads the root's cpu.weight until the SLA engine knows it.
     /// Returns nothing: a failed read is logged and tried again next sweep.
+    /// In delegated mode the root's cpu.weight is the delegator's, so it is never learned and
+    /// adaptive enforcement stays off (`GET /v1/host` says so).
     async fn learn_root_weight(&mut self) {
-        if self.sla.adaptive() && !self.sla.knows_root() {
+        if self.sla.adaptive()
+            && !self.sla.knows_root()
+            && self.gov.mode() == crate::cgroup::RunMode::Root
+        {
             match self.gov.root_cpu_weight().await {
                 Ok(w) => self.sla.set_root_weight(w),
                 Err(e) => {

@@ -7,6 +7,9 @@
 //!   acknowledged write there, unanswered ones whole or absent, kernel equal to store on every
 //!   hierarchy, no directory without an owner, no process split across hierarchies,
 //!   `integrity_check` ok (issue 13): v1 on this host, v2 in the VM (`#[ignore]`).
+//! - `delegated`: the daemon as an unprivileged user in a subtree delegated the way systemd
+//!   delegates (issue 14): tenants below the root, the root's own files untouched, placement
+//!   the kernel refuses answered 403; in the VM (`#[ignore]`).
 //! - `durability`: the desired state on a full disk (a small tmpfs): refused with 507, never
 //!   acknowledged and lost; recovery without a restart. Needs root and the v1 hierarchies.
 //! - `hostile`: the HTTP layer under hostile input (query values, bodies, headers, idle and
@@ -28,6 +31,7 @@
 mod api;
 mod crash;
 mod dashboards;
+mod delegated;
 mod durability;
 mod hostile;
 mod kernel;
