@@ -54,10 +54,17 @@ pub struct TokenChanges {
     pub count: usize,
 }
 
+impl TokenChanges {
+    /// True when the reload left every token as it was.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
 impl std::fmt::Display for TokenChanges {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} tokens", self.count)?;
-        if self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty() {
+        if self.is_empty() {
             return write!(f, ", unchanged");
         }
         for (what, names) in [

@@ -1,12 +1,15 @@
 //! SIGHUP: read the config file and the token file again and put in force what can change
 //! without a restart (`config::RELOADABLE_KEYS` and the tokens). A file that cannot be read or
 //! does not validate keeps the values in force and says why (error level, naming the file);
-//! a good one logs what changed. systemd hears `RELOADING=1` before and `READY=1` after.
+//! a good one logs what changed. systemd hears `RELOADING=1` before and `READY=1` after; the
+//! event log gets a `daemon_reload` event.
 
 use super::logging::LogFilter;
 use super::systemd::Notifier;
 use crate::api::auth::Tokens;
 use crate::config::{Config, FileConfig, RELOADABLE_KEYS, changed_keys};
+use crate::domain::event::Event;
+use crate::store::{NewEvent, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::signal::unix::Signal;
@@ -27,6 +30,16 @@ pub struct Reloader {
     pub notifier: Arc<Notifier>,
     /// The `STATUS=` line sent with `READY=1` once a reload is done.
     pub ready_status: String,
+    /// Where the `daemon_reload` event goes.
+    pub store: Store,
+}
+
+/// What one reload did, as the `daemon_reload` event records it.
+#[derive(Debug, Default)]
+struct Outcome {
+    applied: Vec<String>,
+    restart_needed: Vec<String>,
+    failed: Vec<String>,
 }
 
 impl Reloader {
@@ -39,31 +52,51 @@ impl Reloader {
             }
             self.notifier.reloading();
             // The files are read off the async runtime.
-            self = match tokio::task::spawn_blocking(move || {
-                self.reload();
-                self
+            let outcome;
+            (self, outcome) = match tokio::task::spawn_blocking(move || {
+                let outcome = self.reload();
+                (self, outcome)
             })
             .await
             {
-                Ok(me) => me,
+                Ok(done) => done,
                 Err(e) => {
                     tracing::error!("reload: the reload task failed ({e}); no more reloads");
                     return;
                 }
             };
+            self.record(outcome).await;
             self.notifier.ready(&self.ready_status);
         }
     }
 
     /// One reload: the config file, then the token file; each keeps its values in force when
     /// it cannot be used.
-    pub fn reload(&mut self) {
+    fn reload(&mut self) -> Outcome {
         tracing::info!("reload: SIGHUP received");
-        self.reload_config();
-        self.reload_tokens();
+        let mut outcome = Outcome::default();
+        self.reload_config(&mut outcome);
+        self.reload_tokens(&mut outcome);
+        outcome
     }
 
-    fn reload_config(&mut self) {
+    async fn record(&self, o: Outcome) {
+        let event = NewEvent {
+            ts_ms: crate::engine::now_ms(),
+            tenant: None,
+            actor: None,
+            event: Event::DaemonReload {
+                applied: o.applied,
+                restart_needed: o.restart_needed,
+                failed: o.failed,
+            },
+        };
+        if let Err(e) = self.store.add_events(&[event]).await {
+            tracing::warn!("reload: cannot record the daemon_reload event: {e}");
+        }
+    }
+
+    fn reload_config(&mut self, outcome: &mut Outcome) {
         let Some(path) = &self.file else {
             tracing::info!("reload: no config file; flags and environment are as at start");
             return;
@@ -73,6 +106,7 @@ impl Reloader {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::error!("reload: {e}; the configuration in force stays");
+                outcome.failed.push(e.to_string());
                 return;
             }
         };
@@ -82,6 +116,7 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload: config file {p}: {e}; the configuration in force stays");
+                outcome.failed.push(format!("config file {p}: {e}"));
                 return;
             }
         };
@@ -98,18 +133,23 @@ impl Reloader {
                 RELOADABLE_KEYS.join(", ")
             );
         }
+        outcome
+            .restart_needed
+            .extend(later.iter().map(|k| k.to_string()));
         if new.log_level != self.cfg.log_level {
             match self.log.set(&new.log_level) {
                 // At warn, so it shows whichever of the two levels is in force.
                 Ok(()) => {
-                    tracing::warn!(
-                        "reload: log_level '{}' -> '{}'",
-                        self.cfg.log_level,
-                        new.log_level
-                    );
+                    let change =
+                        format!("log_level '{}' -> '{}'", self.cfg.log_level, new.log_level);
+                    tracing::warn!("reload: {change}");
+                    outcome.applied.push(change);
                     self.cfg.log_level = new.log_level;
                 }
-                Err(e) => tracing::error!("reload: log_level stays '{}': {e}", self.cfg.log_level),
+                Err(e) => {
+                    tracing::error!("reload: log_level stays '{}': {e}", self.cfg.log_level);
+                    outcome.failed.push(format!("log_level: {e}"));
+                }
             }
         }
         if changed.is_empty() {
@@ -118,7 +158,7 @@ impl Reloader {
         self.keys = keys;
     }
 
-    fn reload_tokens(&self) {
+    fn reload_tokens(&self, outcome: &mut Outcome) {
         let Some(path) = &self.cfg.token_file else {
             tracing::info!(
                 "reload: no token file; every local caller stays admin (a token file needs a restart)"
@@ -128,9 +168,16 @@ impl Reloader {
         match Tokens::load(path) {
             Ok(new) => {
                 let changes = self.tokens.replace(new);
-                tracing::info!("reload: token file {}: {changes}", path.display());
+                let line = format!("token file {}: {changes}", path.display());
+                tracing::info!("reload: {line}");
+                if !changes.is_empty() {
+                    outcome.applied.push(line);
+                }
             }
-            Err(e) => tracing::error!("reload: {e}; the tokens in force stay"),
+            Err(e) => {
+                tracing::error!("reload: {e}; the tokens in force stay");
+                outcome.failed.push(e);
+            }
         }
     }
 }

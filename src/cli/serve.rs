@@ -401,6 +401,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         log,
         notifier: notifier.clone(),
         ready_status: ready_status.clone(),
+        store: store.clone(),
     };
     tasks.spawn(reloader.run(hangup, shutdown.clone()));
     let opts = api::ServeOptions {

@@ -200,6 +200,30 @@ fn issue_14_sighup_rotates_the_token_file_and_keeps_it_when_the_new_one_is_broke
     let line = reload_until(&dirs, &d, "the tokens in force stay");
     assert!(line.contains("cannot read token file"), "{line}");
     assert_eq!(status_with(&d, TOKEN_B), 200);
+
+    // Every reload is a `daemon_reload` event, newest first.
+    let ev: serde_json::Value = d
+        .http
+        .get(d.url("/v1/events?kind=daemon_reload"))
+        .bearer_auth(TOKEN_B)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ev = ev.as_array().expect("a list of events");
+    assert_eq!(ev.len(), 4, "{ev:?}");
+    let rotated = &ev[3]["detail"];
+    assert_eq!(
+        rotated["applied"],
+        serde_json::json!([format!(
+            "token file {token_flag}: 2 tokens; added: ci; changed: ops"
+        )]),
+        "{rotated}"
+    );
+    assert_eq!(rotated["failed"], serde_json::json!([]), "{rotated}");
+    let failed = ev[0]["detail"]["failed"][0].as_str().unwrap_or_default();
+    assert!(failed.starts_with("cannot read token file"), "{failed}");
+    assert_eq!(ev[0]["detail"]["applied"], serde_json::json!([]));
     stop(&mut d);
 }
 
@@ -229,6 +253,16 @@ fn issue_14_sighup_reloads_the_log_level_and_names_keys_that_need_a_restart() {
     );
     let log = log_of(&dirs, &d);
     assert!(log.contains("reload: log_level 'info' -> 'warn'"), "{log}");
+    let (_, ev) = d.call("GET", "/v1/events?kind=daemon_reload", None);
+    assert_eq!(
+        ev[0]["detail"],
+        serde_json::json!({
+            "applied": ["log_level 'info' -> 'warn'"],
+            "restart_needed": ["max_body_bytes", "reconcile_interval_s"],
+            "failed": [],
+        }),
+        "{ev}"
+    );
     // A broken file keeps the configuration in force (warn still shows errors and warnings).
     std::fs::write(&conf, "log_level = 'tenantd=loud'\n").unwrap();
     let line = reload_until(&dirs, &d, "the configuration in force stays");
