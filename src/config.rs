@@ -80,6 +80,24 @@ pub struct FileConfig {
     /// Cgroups (paths as /proc/PID/cgroup shows them) whose processes, and those of the cgroups
     /// below, are never moved into a tenant [init's own cgroup, and /init.scope under systemd].
     pub protected_cgroups: Option<Vec<String>>,
+    /// What is logged: a `tracing` filter such as `info` or `info,tenantd::engine=debug`
+    /// [info]. Reloaded on SIGHUP.
+    pub log_level: Option<String>,
+    /// How log lines are written to stderr: `text` or `json` (one object a line) [text].
+    pub log_format: Option<LogFormat>,
+}
+
+/// The keys a reload (SIGHUP) applies; every other key takes effect at the next start.
+pub const RELOADABLE_KEYS: &[&str] = &["log_level"];
+
+/// How log lines are written: plain text (ANSI colours only when stderr is a terminal), or
+/// one JSON object per line for log shippers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The validated configuration of `tenantd serve`.
@@ -115,18 +133,29 @@ pub struct Config {
     /// Protected cgroups as configured; `None` is the default, read from /proc/1 at start
     /// (`engine::policy::default_protected_cgroups`).
     pub protected_cgroups: Option<Vec<String>>,
+    /// A validated `tracing` filter.
+    pub log_level: String,
+    pub log_format: LogFormat,
 }
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        Ok(FileConfig::load_with_keys(path)?.0)
+    }
+
+    /// The file, and its keys as written (for `changed_keys` on a reload).
+    pub fn load_with_keys(path: &Path) -> Result<(FileConfig, toml::Table), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.into(),
             message: e.message().to_string(),
-        })
+        };
+        let file = toml::from_str(&text).map_err(parse_error)?;
+        let keys = toml::from_str(&text).map_err(parse_error)?;
+        Ok((file, keys))
     }
 
     /// Fills unset keys from `other` (lower precedence).
@@ -167,6 +196,8 @@ impl FileConfig {
                 .sla_adaptive_max_weight
                 .or(other.sla_adaptive_max_weight),
             protected_cgroups: self.protected_cgroups.or(other.protected_cgroups),
+            log_level: self.log_level.or(other.log_level),
+            log_format: self.log_format.or(other.log_format),
         }
     }
 
@@ -315,7 +346,18 @@ impl FileConfig {
                 message: "0 connections would serve nobody: use 1 or more (default 512)".into(),
             });
         }
+        let log_level = self.log_level.unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(ConfigError::Invalid {
+                field: "log_level",
+                message: format!(
+                    "'{log_level}' is not a log filter ({e}): use a level such as info or debug, or 'info,tenantd::engine=debug'"
+                ),
+            });
+        }
         Ok(Config {
+            log_level,
+            log_format: self.log_format.unwrap_or_default(),
             protected_cgroups,
             header_read_timeout: secs(
                 "header_read_timeout_s",
@@ -347,6 +389,18 @@ impl FileConfig {
             max_body_bytes: self.max_body_bytes.map(|b| b.0 as usize).unwrap_or(1 << 20),
         })
     }
+}
+
+/// The keys whose values differ between two versions of a config file (added, removed or
+/// changed), in name order.
+pub fn changed_keys(old: &toml::Table, new: &toml::Table) -> Vec<String> {
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect()
 }
 
 /// One `protected_cgroups` entry: an absolute cgroup path (trailing '/' dropped), not the
@@ -531,6 +585,45 @@ mod tests {
         assert!(e.unwrap_err().message().contains("unknown variant"));
         let e: Result<FileConfig, _> = toml::from_str("listen_addr = 'x'");
         assert!(e.unwrap_err().message().contains("unknown field"));
+    }
+
+    #[test]
+    fn log_keys() {
+        let c = FileConfig::default().resolve(root).unwrap();
+        assert_eq!(
+            (c.log_level.as_str(), c.log_format),
+            ("info", LogFormat::Text)
+        );
+        let f: FileConfig =
+            toml::from_str("log_level = 'info,tenantd::engine=debug'\nlog_format = 'json'")
+                .unwrap();
+        let c = f.resolve(root).unwrap();
+        assert_eq!(c.log_level, "info,tenantd::engine=debug");
+        assert_eq!(c.log_format, LogFormat::Json);
+        let e = FileConfig {
+            log_level: Some("tenantd=loud".into()),
+            ..Default::default()
+        }
+        .resolve(root)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("log_level: 'tenantd=loud' is not a log filter"),
+            "{e}"
+        );
+        let e: Result<FileConfig, _> = toml::from_str("log_format = 'xml'");
+        assert!(e.unwrap_err().message().contains("unknown variant"));
+    }
+
+    #[test]
+    fn changed_keys_names_added_removed_and_changed_keys() {
+        let old: toml::Table =
+            toml::from_str("log_level = 'info'\nlisten = '127.0.0.1:1'\ndb = '/a'").unwrap();
+        let new: toml::Table =
+            toml::from_str("log_level = 'debug'\nlisten = '127.0.0.1:1'\nmove_self = false")
+                .unwrap();
+        assert_eq!(changed_keys(&old, &new), ["db", "log_level", "move_self"]);
+        assert!(changed_keys(&new, &new).is_empty());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! where ROLE is `admin` (read and write) or `viewer` (read), and `tenant=` scopes the token to
 //! that tenant's subtree (see `scope`). The file must not be readable or writable by group or
 //! others. Without a token file the daemon listens on loopback only and treats every caller as
-//! the local admin. Tokens are never logged.
+//! the local admin. Tokens are never logged. A reload (SIGHUP) replaces the whole set at once
+//! (`Tokens::replace`): a request sees the old set or the new one, never a mix.
 
 use super::error::Problem;
 use crate::domain::TenantName;
@@ -11,7 +12,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -29,7 +30,7 @@ pub struct Caller {
 }
 
 /// One line of the token file.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 struct Entry {
     name: String,
     role: Role,
@@ -37,9 +38,46 @@ struct Entry {
     scope: Option<TenantName>,
 }
 
-#[derive(Clone)]
+/// The tokens in force: `None` without a token file. Replaced whole by `Tokens::replace`.
 pub struct Tokens {
-    entries: Option<Vec<Entry>>,
+    entries: RwLock<Option<Arc<[Entry]>>>,
+}
+
+/// What a reload changed, by token name (never the tokens themselves).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TokenChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Names whose token, role or scope changed.
+    pub changed: Vec<String>,
+    /// Tokens in force after the reload.
+    pub count: usize,
+}
+
+impl TokenChanges {
+    /// True when the reload left every token as it was.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+impl std::fmt::Display for TokenChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} tokens", self.count)?;
+        if self.is_empty() {
+            return write!(f, ", unchanged");
+        }
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
+            if !names.is_empty() {
+                write!(f, "; {what}: {}", names.join(", "))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Tokens {
@@ -47,7 +85,7 @@ impl std::fmt::Debug for Tokens {
         write!(
             f,
             "Tokens({} entries)",
-            self.entries.as_ref().map_or(0, |e| e.len())
+            self.entries().as_ref().map_or(0, |e| e.len())
         )
     }
 }
@@ -55,7 +93,25 @@ impl std::fmt::Debug for Tokens {
 impl Tokens {
     /// No token file: every caller is the local admin (loopback only).
     pub fn open() -> Self {
-        Tokens { entries: None }
+        Tokens {
+            entries: RwLock::new(None),
+        }
+    }
+
+    /// The set in force (a poisoned lock still holds a whole set: writers only swap it).
+    fn entries(&self) -> Option<Arc<[Entry]>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `new`'s tokens in force in place of these, and says what changed.
+    pub fn replace(&self, new: Tokens) -> TokenChanges {
+        let new = new.entries();
+        let changes = changes(self.entries().as_deref(), new.as_deref());
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = new;
+        changes
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -115,7 +171,7 @@ impl Tokens {
             return Err("no tokens: add lines 'NAME admin|viewer TOKEN [tenant=TENANT]'".into());
         }
         Ok(Tokens {
-            entries: Some(entries),
+            entries: RwLock::new(Some(entries.into())),
         })
     }
 
@@ -145,14 +201,14 @@ impl Tokens {
     }
 
     pub fn is_open(&self) -> bool {
-        self.entries.is_none()
+        self.entries().is_none()
     }
 
     fn find(&self, presented: &str) -> Option<Caller> {
-        let entries = self.entries.as_ref()?;
+        let entries = self.entries()?;
         // Compare every entry in full so timing does not reveal a prefix.
         let mut found = None;
-        for e in entries {
+        for e in entries.iter() {
             let same = e.token.len() == presented.len()
                 && e.token
                     .bytes()
@@ -168,6 +224,24 @@ impl Tokens {
             }
         }
         found
+    }
+}
+
+/// Names added, removed and changed from `old` to `new`, each in file order.
+fn changes(old: Option<&[Entry]>, new: Option<&[Entry]>) -> TokenChanges {
+    let (old, new) = (old.unwrap_or_default(), new.unwrap_or_default());
+    let named = |list: &[Entry], name: &str| list.iter().find(|e| e.name == name).cloned();
+    let names = |list: &[Entry], keep: &dyn Fn(&Entry) -> bool| -> Vec<String> {
+        list.iter()
+            .filter(|e| keep(e))
+            .map(|e| e.name.clone())
+            .collect()
+    };
+    TokenChanges {
+        added: names(new, &|e| named(old, &e.name).is_none()),
+        removed: names(old, &|e| named(new, &e.name).is_none()),
+        changed: names(new, &|e| named(old, &e.name).is_some_and(|o| o != *e)),
+        count: new.len(),
     }
 }
 
@@ -256,6 +330,29 @@ mod tests {
             "tokens never appear in debug output"
         );
         assert_eq!(t.find("0123456789abcdef0123").unwrap().scope, None);
+    }
+
+    #[test]
+    fn replace_puts_the_new_set_in_force_and_names_what_changed() {
+        let t = Tokens::parse(
+            "alice admin 0123456789abcdef0123\nbob viewer fedcba9876543210fedc\ncarol viewer cccccccccccccccccccc\n",
+        )
+        .unwrap();
+        let changes = t.replace(
+            Tokens::parse(
+                "bob admin fedcba9876543210fedc\ncarol viewer cccccccccccccccccccc\ndave viewer dddddddddddddddddddd\n",
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            changes.to_string(),
+            "3 tokens; added: dave; removed: alice; changed: bob"
+        );
+        assert!(t.find("0123456789abcdef0123").is_none());
+        assert_eq!(t.find("fedcba9876543210fedc").unwrap().role, Role::Admin);
+        assert_eq!(t.find("dddddddddddddddddddd").unwrap().name, "dave");
+        let same = Tokens::parse("bob admin fedcba9876543210fedc\ncarol viewer cccccccccccccccccccc\ndave viewer dddddddddddddddddddd\n").unwrap();
+        assert_eq!(t.replace(same).to_string(), "3 tokens, unchanged");
     }
 
     #[test]

@@ -7,7 +7,10 @@
 
 mod client;
 mod format;
+mod logging;
+mod reload;
 pub mod serve;
+mod systemd;
 #[cfg(test)]
 mod wire;
 

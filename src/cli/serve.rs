@@ -1,11 +1,15 @@
 //! `tenantd serve`: load the configuration, open the store, take the cgroup root, reconcile,
-//! serve the API and reconcile periodically until SIGINT or SIGTERM.
+//! serve the API and reconcile periodically until SIGINT or SIGTERM; SIGHUP reloads what can
+//! change without a restart (`reload`). Under systemd it reports its state (`systemd`).
 
+use super::logging;
+use super::reload::Reloader;
+use super::systemd::{self, Notifier};
 use crate::api::{self, AppState, auth::Tokens};
 use crate::cgroup::v1::V1;
 use crate::cgroup::v2::V2;
 use crate::cgroup::{Backend, CgroupVersion, Detected, HostMounts, choose};
-use crate::config::{DEFAULT_CGROUP_MOUNT, FileConfig, default_root};
+use crate::config::{DEFAULT_CGROUP_MOUNT, FileConfig, LogFormat, default_root};
 use crate::domain::plan::PlanParams;
 use crate::domain::tenant::Capacity;
 use crate::engine::sampler::{Sampler, SamplerConfig};
@@ -57,6 +61,14 @@ pub struct ServeArgs {
     /// Percentage points below the guarantee that are tolerated [default 2].
     #[arg(long, env = "TENANTD_SLA_TOLERANCE_PP")]
     pub sla_tolerance_pp: Option<f64>,
+    /// What is logged: a level (error, warn, info, debug, trace) or a tracing filter such as
+    /// 'info,tenantd::engine=debug' [default info].
+    #[arg(long, env = "TENANTD_LOG")]
+    pub log_level: Option<String>,
+    /// Log lines as plain text (colours only on a terminal) or one JSON object per line
+    /// [default text].
+    #[arg(long, env = "TENANTD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
@@ -73,6 +85,8 @@ impl ServeArgs {
             move_self: self.no_move_self.then_some(false),
             sla_adaptive: self.sla_adaptive.then_some(true),
             sla_tolerance_pp: self.sla_tolerance_pp,
+            log_level: self.log_level.clone(),
+            log_format: self.log_format,
             ..Default::default()
         }
     }
@@ -174,27 +188,50 @@ fn log_panics() {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENANTD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-    log_panics();
-    let nofile = raise_nofile();
     let file_path = args
         .config
         .clone()
         .or_else(|| Some(PathBuf::from("/etc/tenantd/tenantd.toml")).filter(|p| p.exists()));
-    let file = match &file_path {
-        Some(p) => FileConfig::load(p)?,
-        None => FileConfig::default(),
+    let (file, file_keys) = match &file_path {
+        Some(p) => FileConfig::load_with_keys(p)?,
+        None => (FileConfig::default(), toml::Table::new()),
     };
+    let flags = args.as_file_config();
+    let merged = flags.clone().or(file);
+    // A bad filter is refused below by `resolve`, naming the key.
+    let log = logging::init(
+        merged.log_level.as_deref().unwrap_or("info"),
+        merged.log_format.unwrap_or_default(),
+    );
+    log_panics();
+    // Installed before anything is slow, so a SIGHUP during start-up waits for the reloader
+    // instead of ending the process (its default action).
+    let signal = |kind| tokio::signal::unix::signal(kind).context("cannot install signal handlers");
+    let hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
+    let terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let notifier = Arc::new(Notifier::from_env());
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(every) = systemd::watchdog_period_from_env() {
+        tracing::info!(
+            "systemd watchdog: WATCHDOG=1 every {} s",
+            every.as_secs_f64()
+        );
+        let (notifier, stop) = (notifier.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => notifier.watchdog(),
+                }
+            }
+        });
+    }
+    let nofile = raise_nofile();
     let own = crate::cgroup::v2_path_of_pid(std::path::Path::new("/proc"), std::process::id())
         .ok()
         .flatten();
-    let merged = args.as_file_config().or(file);
     let mount = merged
         .cgroup_mount
         .clone()
@@ -236,6 +273,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             Tokens::open()
         }
     };
+    let tokens = Arc::new(tokens);
+    notifier.status("opening the database and reconciling the cgroup tree");
     let store = Store::open(&cfg.db).await?;
     let backend: Arc<dyn Backend> = match v1_roots {
         Some(roots) => {
@@ -285,6 +324,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let ready_status = format!(
+        "serving on http://{} (cgroup root {})",
+        listener.local_addr()?,
+        cfg.cgroup_root.display()
+    );
     tracing::info!(
         "tenantd {} serving on http://{} (db {}, cgroup root {})",
         env!("CARGO_PKG_VERSION"),
@@ -292,7 +336,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         cfg.db.display(),
         cfg.cgroup_root.display()
     );
-    let shutdown = CancellationToken::new();
     let metrics = {
         let (corrections, errors) = gov.reconcile_counters();
         Metrics::with_reconcile_counters(corrections, errors)
@@ -301,11 +344,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         metrics: metrics.clone(),
         usage_retention: cfg.usage_retention,
         gov: gov.clone(),
-        tokens: Arc::new(tokens),
+        tokens: tokens.clone(),
         max_body_bytes: cfg.max_body_bytes,
         request_timeout: cfg.request_timeout,
     };
-    let mut tasks = tokio::task::JoinSet::new();
     {
         let (gov, stop, every) = (gov.clone(), shutdown.clone(), cfg.reconcile_interval);
         tasks.spawn(async move {
@@ -338,20 +380,30 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tasks.spawn(sampler.run(shutdown.clone()));
     }
     {
-        let stop = shutdown.clone();
+        let (stop, notifier, mut term) = (shutdown.clone(), notifier.clone(), terminate);
         tasks.spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
                 _ = stop.cancelled() => {}
             }
             tracing::info!("stopping: tenants keep running and stay governed by the kernel");
+            notifier.stopping();
             stop.cancel();
         });
     }
+    let reloader = Reloader {
+        file: file_path,
+        flags,
+        keys: file_keys,
+        cfg: cfg.clone(),
+        tokens,
+        log,
+        notifier: notifier.clone(),
+        ready_status: ready_status.clone(),
+        store: store.clone(),
+    };
+    tasks.spawn(reloader.run(hangup, shutdown.clone()));
     let opts = api::ServeOptions {
         header_read_timeout: cfg.header_read_timeout,
         idle_timeout: cfg.idle_timeout,
@@ -363,6 +415,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         opts.header_read_timeout.as_secs_f64(),
         opts.idle_timeout.as_secs_f64()
     );
+    // The listener is bound (connections queue until accepted) and the first reconcile pass
+    // is done: the API answers from here on.
+    notifier.ready(&ready_status);
     api::serve_with(listener, state, opts, shutdown.clone()).await?;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}

@@ -18,6 +18,13 @@ pub enum Event {
     DaemonStart { version: String, pid: u32 },
     /// The daemon stopped serving.
     DaemonStop {},
+    /// SIGHUP: what the reload put in force, the changed keys that wait for a restart, and
+    /// the files it could not use (their values stayed), each as the log says it.
+    DaemonReload {
+        applied: Vec<String>,
+        restart_needed: Vec<String>,
+        failed: Vec<String>,
+    },
     /// A tenant was created with this spec.
     TenantCreated { spec: Box<TenantSpec> },
     /// A tenant's spec changed: only the fields the change touched.
@@ -248,6 +255,11 @@ pub(crate) mod tests {
                 from: 100,
                 to: 150,
             },
+            Event::DaemonReload {
+                applied: vec!["token file /etc/tenantd/tokens: 2 tokens; added: ci".into()],
+                restart_needed: vec!["listen".into()],
+                failed: vec![],
+            },
         ]
     }
 
@@ -276,6 +288,7 @@ pub(crate) mod tests {
             Event::SlaIoViolation(_) => 18,
             Event::MemoryProtectionBreach { .. } => 19,
             Event::SlaAdjustment { .. } => 20,
+            Event::DaemonReload { .. } => 21,
         }
     }
 
@@ -284,7 +297,7 @@ pub(crate) mod tests {
         let all = one_of_each();
         assert_eq!(
             all.iter().map(variant).collect::<Vec<_>>(),
-            (0..=20).collect::<Vec<_>>(),
+            (0..=21).collect::<Vec<_>>(),
             "one_of_each has every kind once"
         );
         for e in all {

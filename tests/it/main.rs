@@ -16,6 +16,9 @@
 //!   half-sent connections), through `oneshot` and over a real socket (issue 12).
 //! - `scoped`: tenant-scoped tokens on any host (every endpoint inside and outside the scope),
 //!   and `/metrics` format negotiation with promtool on the served bytes (finding 12).
+//! - `service`: running as a system service (issue 14): plain-text and JSON logs, SIGHUP
+//!   reloads (token file, log level), the systemd notify protocol on a real datagram socket;
+//!   v1 on this host.
 //! - `kernel`: the governor against a real cgroup v2 kernel. Marked `#[ignore]` with a reason,
 //!   so a plain `cargo test` on a hybrid host lists them as ignored; `tests/run.sh` runs them
 //!   with `--ignored` inside the qemu VM (or on a pure v2 host with `TENANTD_KERNEL=host`).
@@ -39,6 +42,7 @@ mod openapi;
 mod placement;
 mod reconcile;
 mod scoped;
+mod service;
 mod sla;
 mod support;
 mod usage;

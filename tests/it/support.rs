@@ -190,8 +190,12 @@ impl Daemon {
         let port = free_port();
         let log_path = log_dir.join(format!("daemon-{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = serve(port)
-            .env("TENANTD_LOG", "info")
+        let mut cmd = serve(port);
+        // `info` unless the command sets or removes TENANTD_LOG itself.
+        if !cmd.get_envs().any(|(k, _)| k == "TENANTD_LOG") {
+            cmd.env("TENANTD_LOG", "info");
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
