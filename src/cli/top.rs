@@ -3,9 +3,10 @@
 //! process counts, as `TenantView`) and `GET /metrics` (the sampler's current counters, the
 //! names from `metrics::METRICS`); rates are the difference of the last scrapes.
 //!
-//! Three parts: reading (`scrape`, `fetch`), the model (`model`: scrapes and tenants to rows,
-//! pure), the view (`draw`: rows and UI state to a frame, pure, tested with ratatui's
-//! `TestBackend`), and a thin event loop (`run`) that owns the terminal.
+//! Four parts: reading (`parse_metrics`, `fetch`), the model (`model`: scrapes and tenants to
+//! rows, pure), the view (`draw`: rows and UI state to a frame, pure, tested with ratatui's
+//! `TestBackend`), and a thin event loop (`run`) that owns the terminal. The whole screen is
+//! tested as a person sees it in tests/it/top.rs (tmux).
 
 use super::client::{Client, ClientError};
 use super::format::{Times, or_dash};

@@ -8,6 +8,7 @@
 //! Needs tmux: the test fails, never skips, when it is missing.
 
 use crate::support::{BUSY_LOOP, Owned, V1Daemon, bin};
+use crate::usage::{scrape, series};
 use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -214,19 +215,11 @@ fn issue_14_top_under_tmux_shows_rows_numbers_and_the_violation_then_quits_clean
         line(s, "alpha").is_some_and(|l| l.contains("VIOLATION"))
     });
     eprintln!("the pane with alpha in violation:\n{s}");
-    let m = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let violation_s: f64 = m
-        .lines()
-        .find(|l| l.starts_with("tenantd_tenant_sla_violation_seconds_total{tenant=\"alpha\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .expect("alpha's violation seconds in /metrics");
+    let violation_s = series(
+        &scrape(d),
+        "tenantd_tenant_sla_violation_seconds_total{tenant=\"alpha\"}",
+    )
+    .expect("alpha's violation seconds in /metrics");
     assert!(violation_s > 0.0, "the API agrees: {violation_s} s\n{s}");
 
     // Sorting: `s` moves to the next column, the status line says which.
