@@ -1,7 +1,9 @@
 //! Tables for people: every number with its unit, each read from a typed field of the answer.
 
 use crate::api::Host;
+use crate::domain::event::{Event as DomainEvent, LimitHits, Violation, ViolationState};
 use crate::domain::plan::{Limit, Settings};
+use crate::domain::tenant::{Protection, TenantSpec};
 use crate::domain::units::{Bytes, Percent, format_bytes};
 use crate::engine::TenantView;
 use crate::engine::placement::ProcInfo;
@@ -30,6 +32,48 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = vec![line(header.iter().map(|s| s.to_string()).collect())];
     out.extend(rows.iter().map(|r| line(r.clone())));
     out.join("\n") + "\n"
+}
+
+/// How tables show times: `2026-12-02 07:49:55` in the local time zone (TZ, else
+/// /etc/localtime) or in UTC (`--utc`).
+#[derive(Debug, Clone)]
+pub struct Times {
+    tz: jiff::tz::TimeZone,
+}
+
+impl Times {
+    pub fn new(utc: bool) -> Times {
+        Times {
+            tz: if utc {
+                jiff::tz::TimeZone::UTC
+            } else {
+                jiff::tz::TimeZone::system()
+            },
+        }
+    }
+
+    /// Unix milliseconds as a date and time to the second; the number itself when out of range.
+    pub fn at(&self, ms: i64) -> String {
+        match jiff::Timestamp::from_millisecond(ms) {
+            Ok(t) => t
+                .to_zoned_datetime(self.tz.clone())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string(),
+            Err(_) => ms.to_string(),
+        }
+    }
+}
+
+/// A duration for people: `42s`, `1m 40s`, `2h 5m`, `3d 4h`.
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
 }
 
 /// A value, or "-" where there is none.
@@ -255,12 +299,12 @@ fn usage_cell(p: &UsagePoint, value: UsageValue, show: Show) -> String {
 }
 
 /// `tenantd usage`: one row per bucket, every number with its unit.
-pub fn usage(u: &Usage) -> String {
+pub fn usage(u: &Usage, times: &Times) -> String {
     let rows: Vec<Vec<String>> = u
         .points
         .iter()
         .map(|p| {
-            std::iter::once(p.ts_ms.to_string())
+            std::iter::once(times.at(p.ts_ms))
                 .chain(
                     USAGE_COLUMNS
                         .iter()
@@ -269,20 +313,20 @@ pub fn usage(u: &Usage) -> String {
                 .collect()
         })
         .collect();
-    let header: Vec<&str> = std::iter::once("TIME (UNIX MS)")
+    let header: Vec<&str> = std::iter::once("TIME")
         .chain(USAGE_COLUMNS.iter().map(|&(h, _, _)| h))
         .collect();
     format!(
-        "tenant {}  level {}  step {} s  from {} to {} (Unix ms)\n\n{}",
+        "tenant {}  level {}  step {}  from {} to {}\n\n{}",
         u.tenant,
         match u.level {
             Level::Raw => "raw",
             Level::Minute => "minute",
             Level::Hour => "hour",
         },
-        u.step_s,
-        u.from_ms,
-        u.to_ms,
+        duration(u.step_s as f64),
+        times.at(u.from_ms),
+        times.at(u.to_ms),
         table(&header, &rows)
     )
 }
@@ -290,7 +334,6 @@ pub fn usage(u: &Usage) -> String {
 /// The SLA report as a table: one line per tenant.
 pub fn report(r: &Report) -> String {
     let ratio = |v: Option<f64>| or_dash(v.map(|x| format!("{:.1}%", x * 100.0)));
-    let secs = |x: f64| format!("{x:.0} s");
     let rows: Vec<Vec<String>> = r
         .tenants
         .iter()
@@ -300,8 +343,8 @@ pub fn report(r: &Report) -> String {
                 ratio(t.guarantee_ratio),
                 ratio(Some(t.attainment_ratio)),
                 t.violations.to_string(),
-                secs(t.violation_seconds),
-                secs(t.contended_seconds),
+                duration(t.violation_seconds),
+                duration(t.contended_seconds),
                 ratio(t.delivered_mean_contended_ratio),
                 ratio(t.delivered_p5_contended_ratio),
                 t.memory_protection_breaches.to_string(),
@@ -341,24 +384,178 @@ pub fn procs(list: &[ProcInfo]) -> String {
     table(&["PID", "COMMAND"], &rows)
 }
 
-/// `tenantd events`: newest first, the detail as compact JSON.
-pub fn events(list: &[Event]) -> String {
+/// `tenantd events`: newest first, the detail as short text (`-o json` has all of it).
+pub fn events(list: &[Event], times: &Times) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|e| {
             vec![
-                e.ts_ms.to_string(),
+                times.at(e.ts_ms),
                 or_dash(e.tenant.as_ref()),
                 e.kind.clone(),
                 or_dash(e.actor.as_ref()),
-                e.detail.to_string(),
+                match e.event() {
+                    Ok(ev) => event_detail(&ev, times),
+                    // A kind this version does not know: its detail as stored.
+                    Err(_) => e.detail.to_string(),
+                },
             ]
         })
         .collect();
-    table(
-        &["TIME (UNIX MS)", "TENANT", "KIND", "ACTOR", "DETAIL"],
-        &rows,
-    )
+    table(&["TIME", "TENANT", "KIND", "ACTOR", "DETAIL"], &rows)
+}
+
+/// A JSON value of a changed field as a person reads it: `none` when absent or null.
+fn field_value(v: &Option<serde_json::Value>) -> String {
+    match v {
+        None | Some(serde_json::Value::Null) => "none".into(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    }
+}
+
+fn pids(list: &[u32]) -> String {
+    list.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The SLA values of a tenant's spec in a few words.
+fn spec_summary(s: &TenantSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = &s.parent {
+        parts.push(format!("parent {p}"));
+    }
+    if let Some(g) = s.cpu.guarantee_pct {
+        parts.push(format!("cpu guarantee {}%", g.0));
+    }
+    if let Some(l) = s.cpu.limit_pct {
+        parts.push(format!("cpu limit {}%", l.0));
+    }
+    if let Some(g) = s.memory.guarantee_bytes {
+        let p = match s.memory.protection {
+            Protection::Hard => "hard",
+            Protection::Soft => "soft",
+        };
+        parts.push(format!("memory guarantee {} ({p})", format_bytes(g.0)));
+    }
+    if let Some(l) = s.memory.limit_bytes {
+        parts.push(format!("memory limit {}", format_bytes(l.0)));
+    }
+    if let Some(g) = s.io.guarantee_pct {
+        parts.push(format!("io guarantee {}%", g.0));
+    }
+    if let Some(l) = s.pids.limit {
+        parts.push(format!("pids limit {l}"));
+    }
+    if parts.is_empty() {
+        "no guarantees or limits".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A violation opening or closing in a few words.
+fn violation(v: &Violation, times: &Times) -> String {
+    let shares = format!(
+        "worst share {:.1}% against {:.1}%",
+        v.worst_share_ratio * 100.0,
+        v.guarantee_ratio * 100.0
+    );
+    match (v.state, v.duration_s) {
+        (ViolationState::Closed, Some(d)) => format!("closed after {}, {shares}", duration(d)),
+        _ => format!("opened {}, {shares}", times.at(v.start_ms)),
+    }
+}
+
+/// An event's detail as short text for the events table.
+pub fn event_detail(e: &DomainEvent, times: &Times) -> String {
+    use DomainEvent as E;
+    let hits = |h: &LimitHits| format!("{} new (total {})", h.count, or_dash(h.total));
+    match e {
+        E::DaemonStart { version, pid } => format!("version {version}, PID {pid}"),
+        E::DaemonStop {} => "-".into(),
+        E::DaemonReload {
+            applied,
+            restart_needed,
+            failed,
+        } => {
+            let part = |what: &str, v: &[String]| {
+                (!v.is_empty()).then(|| format!("{what}: {}", v.join(", ")))
+            };
+            [
+                part("applied", applied),
+                part("needs a restart", restart_needed),
+                part("failed", failed),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ")
+        }
+        E::TenantCreated { spec } => spec_summary(spec),
+        E::TenantChanged { changes } => changes
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} -> {}",
+                    c.field,
+                    field_value(&c.from),
+                    field_value(&c.to)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        E::TenantDeleted { mode } => format!("mode {mode}"),
+        E::TenantDeleteUndone { why } => why.clone(),
+        E::ProcessesMoved { to, pids: p } => format!("PIDs {} moved to {to}", pids(p)),
+        E::ProcessAttached { pid } => format!("PID {pid}"),
+        E::DeleteFinished {
+            moved_pids,
+            journal,
+        } => {
+            format!("moved PIDs [{}], journal {journal}", pids(moved_pids))
+        }
+        E::CgroupCreated {} => "missing directory created".into(),
+        E::CgroupRemoved { path, why } => format!("{}: {why}", path.display()),
+        E::AttachUndone { pid, why } => format!("PID {pid}: {why}"),
+        E::DriftCorrected { file, was, now } => format!("{file} {was} -> {now}"),
+        E::OomKill(h) | E::MemoryHigh(h) | E::MemoryMax(h) | E::PidsMax(h) => hits(h),
+        E::SlaViolation(v) => {
+            let mut s = violation(&v.violation, times);
+            if !v.top_consumers.is_empty() {
+                let top: Vec<String> = v
+                    .top_consumers
+                    .iter()
+                    .map(|c| format!("{} {:.1}%", c.tenant, c.share_ratio * 100.0))
+                    .collect();
+                s += &format!("; top {}", top.join(", "));
+            }
+            s
+        }
+        E::SlaIoViolation(v) => violation(v, times),
+        E::MemoryProtectionBreach {
+            protection,
+            guarantee_bytes,
+            memory_current_bytes,
+            memory_events_low,
+        } => format!(
+            "{} guarantee {}, using {}, memory.low hits {memory_events_low}",
+            match protection {
+                Protection::Hard => "hard",
+                Protection::Soft => "soft",
+            },
+            format_bytes(*guarantee_bytes),
+            or_dash(memory_current_bytes.map(format_bytes))
+        ),
+        E::SlaAdjustment {
+            file,
+            cgroup,
+            from,
+            to,
+        } => format!("{cgroup} {file} {from} -> {to}"),
+    }
 }
 
 /// `tenantd host`: what the host's cgroup setup can do, one line per block device.
@@ -487,8 +684,8 @@ DEVICE  NAME  SCHEDULER  IO WEIGHTS WORK  WHY
         assert_eq!(
             report(&samples::report()),
             r#"TENANT  GUARANTEE  ATTAINMENT  VIOLATIONS  VIOLATION TIME  CONTENDED  MEAN SHARE  P5 SHARE  MEM BREACHES  OOM KILLS  CPU            MEMORY        IO
-web     50.0%      98.8%       2           42 s            3600 s     61.0%       48.1%     1             0          43210.2 CPU-s  12.346 GiB-h  3 GiB
-batch   -          100.0%      0           0 s             0 s        -           -         0             3          0.0 CPU-s      0.000 GiB-h   0 B
+web     50.0%      98.8%       2           43s             1h 0m      61.0%       48.1%     1             0          43210.2 CPU-s  12.346 GiB-h  3 GiB
+batch   -          100.0%      0           0s              0s         -           -         0             3          0.0 CPU-s      0.000 GiB-h   0 B
 "#
         );
     }
@@ -500,23 +697,102 @@ batch   -          100.0%      0           0 s             0 s        -         
             "PID   COMMAND\n1234  nginx\n1240  -\n"
         );
         assert_eq!(
-            events(&samples::events()),
-            r#"TIME (UNIX MS)  TENANT  KIND            ACTOR  DETAIL
-1700000360500   web     tenant_updated  admin  {"changes":[{"field":"cpu.guarantee_pct","from":10,"to":12.5}]}
-1700000000000   -       daemon_start    -      {"pid":4242,"version":"0.1.0"}
+            events(&samples::events(), &Times::new(true)),
+            r#"TIME                 TENANT  KIND            ACTOR  DETAIL
+2023-11-14 22:19:20  web     tenant_updated  admin  {"changes":[{"field":"cpu.guarantee_pct","from":10,"to":12.5}]}
+2023-11-14 22:13:20  -       daemon_start    -      version 0.1.0, PID 4242
 "#
+        );
+        // "tenant_updated" is not a kind this version knows: its detail as stored.
+    }
+
+    #[test]
+    fn times_in_a_zone_and_durations() {
+        let ms = 1_796_197_795_000;
+        assert_eq!(Times::new(true).at(ms), "2026-12-02 07:49:55");
+        let tokyo = Times {
+            tz: jiff::tz::TimeZone::get("Asia/Tokyo")
+                .unwrap_or(jiff::tz::TimeZone::fixed(jiff::tz::offset(9))),
+        };
+        assert_eq!(tokyo.at(ms), "2026-12-02 16:49:55");
+        assert_eq!(Times::new(true).at(i64::MAX), i64::MAX.to_string());
+        for (secs, want) in [
+            (0.0, "0s"),
+            (42.4, "42s"),
+            (100.0, "1m 40s"),
+            (3600.0, "1h 0m"),
+            (7500.0, "2h 5m"),
+            (273_600.0, "3d 4h"),
+            (-5.0, "0s"),
+        ] {
+            assert_eq!(duration(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn event_details_as_short_text() {
+        use crate::domain::event::{Consumer, CpuViolation};
+        let t = Times::new(true);
+        let text = |json: serde_json::Value| {
+            let e =
+                DomainEvent::from_columns(json["kind"].as_str().unwrap(), &json["detail"]).unwrap();
+            event_detail(&e, &t)
+        };
+        assert_eq!(
+            text(
+                serde_json::json!({"kind": "tenant_changed", "detail": {"changes": [
+                {"field": "cpu.guarantee_pct", "from": 10, "to": 12.5},
+                {"field": "memory.limit_bytes", "to": 1073741824},
+                {"field": "parent", "from": "team", "to": null}]}})
+            ),
+            "cpu.guarantee_pct 10 -> 12.5; memory.limit_bytes none -> 1073741824; parent team -> none"
+        );
+        assert_eq!(
+            text(
+                serde_json::json!({"kind": "tenant_created", "detail": {"spec": {
+                "cpu": {"guarantee_pct": 50}, "memory": {"guarantee_bytes": 1073741824, "protection": "soft"},
+                "pids": {"limit": 100}}}})
+            ),
+            "cpu guarantee 50%, memory guarantee 1 GiB (soft), pids limit 100"
+        );
+        let closed = DomainEvent::SlaViolation(CpuViolation {
+            violation: Violation {
+                state: ViolationState::Closed,
+                start_ms: 1_796_197_695_000,
+                end_ms: Some(1_796_197_795_000),
+                duration_s: Some(100.0),
+                worst_share_ratio: 0.3125,
+                guarantee_ratio: 0.5,
+            },
+            top_consumers: vec![Consumer {
+                tenant: "batch".into(),
+                share_ratio: 0.6,
+            }],
+        });
+        assert_eq!(
+            event_detail(&closed, &t),
+            "closed after 1m 40s, worst share 31.2% against 50.0%; top batch 60.0%"
+        );
+        assert_eq!(
+            text(serde_json::json!({"kind": "oom_kill", "detail": {"count": 2, "total": 5}})),
+            "2 new (total 5)"
+        );
+        assert_eq!(
+            text(serde_json::json!({"kind": "drift_corrected",
+                "detail": {"file": "cpu.weight", "was": "100", "now": "5000"}})),
+            "cpu.weight 100 -> 5000"
         );
     }
 
     #[tokio::test]
     async fn usage_table() {
         assert_eq!(
-            usage(&samples::usage().await),
-            r#"tenant web  level raw  step 10 s  from 1700000340000 to 1700000400000 (Unix ms)
+            usage(&samples::usage().await, &Times::new(true)),
+            r#"tenant web  level raw  step 10s  from 2023-11-14 22:19:00 to 2023-11-14 22:20:00
 
-TIME (UNIX MS)  CPU MEAN     CPU MAX      THROTTLED    MEM MEAN  WORKING SET MAX  READ      WRITE  MEM STALL  PIDS MAX  OOM KILLS
-1700000380000   0.750 cores  0.750 cores  0.000 cores  300 MiB   150 MiB          1536 B/s  0 B/s  1.2%       12        0
-1700000390000   1.250 cores  1.250 cores  0.000 cores  500 MiB   250 MiB          1536 B/s  0 B/s  1.2%       12        1
+TIME                 CPU MEAN     CPU MAX      THROTTLED    MEM MEAN  WORKING SET MAX  READ      WRITE  MEM STALL  PIDS MAX  OOM KILLS
+2023-11-14 22:19:40  0.750 cores  0.750 cores  0.000 cores  300 MiB   150 MiB          1536 B/s  0 B/s  1.2%       12        0
+2023-11-14 22:19:50  1.250 cores  1.250 cores  0.000 cores  500 MiB   250 MiB          1536 B/s  0 B/s  1.2%       12        1
 "#
         );
     }

@@ -11,6 +11,7 @@ mod logging;
 mod reload;
 pub mod serve;
 mod systemd;
+mod top;
 #[cfg(test)]
 mod wire;
 
@@ -54,6 +55,9 @@ pub struct ClientOpts {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Show times in tables in UTC instead of the local time zone (TZ, else /etc/localtime).
+    #[arg(long, global = true)]
+    pub utc: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -127,6 +131,18 @@ pub enum Cmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// A live view of every tenant, refreshed every second: CPU, SLA state, memory, IO,
+    /// pressure, processes. Keys: q or Ctrl-C quit, s or < > sort column, / filter, t tree.
+    Top {
+        /// Show only tenants with this label (repeat for several: all must match).
+        #[arg(short = 'l', long = "label", value_name = "LABEL=VALUE", value_parser = label_filter)]
+        labels: Vec<String>,
+        /// Start in the tree view (children below their parents).
+        #[arg(long)]
+        tree: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Recent events: tenant changes, drift corrections, OOM kills.
     Events {
         #[arg(long)]
@@ -168,6 +184,14 @@ pub enum ProcsCmd {
     Add { tenant: String, pid: u32 },
     /// List a tenant's processes.
     List { tenant: String },
+}
+
+/// A `-l` value: `LABEL=VALUE`.
+fn label_filter(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("'{s}' is not LABEL=VALUE")),
+    }
 }
 
 /// Parses an apply file into (name, spec) pairs. Accepts one tenant (`name = ...` at the top)
@@ -242,6 +266,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
         | Cmd::Run { client, .. }
         | Cmd::Host { client }
         | Cmd::Events { client, .. }
+        | Cmd::Top { client, .. }
         | Cmd::Usage { client, .. } => Some(client.output),
         _ => None,
     };
@@ -400,7 +425,9 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                 q.join("&")
             );
             let v: Usage = c.get(&path).await?;
-            print(o.output, &v, format::usage);
+            print(o.output, &v, |v| {
+                format::usage(v, &format::Times::new(o.utc))
+            });
         }
         Cmd::Events {
             tenant,
@@ -421,7 +448,31 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                 format!("/v1/events?{}", q.join("&"))
             };
             let v: Vec<Event> = c.get(&path).await?;
-            print(o.output, &v, |v| format::events(v));
+            print(o.output, &v, |v| {
+                format::events(v, &format::Times::new(o.utc))
+            });
+        }
+        Cmd::Top {
+            labels,
+            tree,
+            client: o,
+        } => {
+            if o.output != Output::Table {
+                return Err(ClientError(
+                    "tenantd top is a terminal view: -o json is not for it (use /metrics or 'tenantd usage -o json')".into(),
+                ));
+            }
+            let ui = top::Ui {
+                filter: top::Filter(labels),
+                tree,
+                ..top::Ui::default()
+            };
+            top::run(
+                Client::new(&o.addr, o.token.clone()),
+                ui,
+                format::Times::new(o.utc),
+            )
+            .await?;
         }
     }
     Ok(())

@@ -28,6 +28,8 @@
 //!   schemas; tests/fuzz/schemathesis.sh does the same for generated requests.
 //! - `v1`: the cgroup v1 backend for real on a v1 or hybrid host (this CI host); not ignored,
 //!   and fails loudly when the v1 hierarchies are missing.
+//! - `top`: `tenantd top` in a tmux pane against a v1 daemon with three busy tenants, one of
+//!   them in violation; read with `capture-pane`, resized, quit with q and Ctrl-C. Needs tmux.
 //! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
 //!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
 
@@ -45,5 +47,6 @@ mod scoped;
 mod service;
 mod sla;
 mod support;
+mod top;
 mod usage;
 mod v1;

@@ -806,6 +806,37 @@ pids = { limit = 100 }
         json(&["events", "--tenant", "web"]),
         d.call("GET", "/v1/events?tenant=web", None).1
     );
+    // Tables show times for people: the local zone (TZ), or UTC with --utc; JSON keeps the
+    // API's Unix milliseconds.
+    let ts_ms = json(&["events", "--tenant", "web"])[0]["ts_ms"]
+        .as_i64()
+        .expect("ts_ms in the JSON");
+    let at = |tz: jiff::tz::TimeZone| {
+        jiff::Timestamp::from_millisecond(ts_ms)
+            .unwrap()
+            .to_zoned_datetime(tz)
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    let events = ok(&["events", "--tenant", "web", "--utc"]);
+    let newest = events.lines().nth(1).unwrap_or_default();
+    assert!(newest.starts_with(&at(jiff::tz::TimeZone::UTC)), "{events}");
+    let out = d
+        .cli()
+        .args(["events", "--tenant", "web"])
+        .env("TZ", "JST-9")
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&out.stdout);
+    let nine = jiff::tz::TimeZone::fixed(jiff::tz::offset(9));
+    assert!(
+        events
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .starts_with(&at(nine)),
+        "TZ=JST-9: {events}"
+    );
     eventually(20, "a usage point of web with rates", || {
         json(&["usage", "web", "--from", "1m"])["points"]
             .as_array()
