@@ -7,6 +7,7 @@
 #      path, its man pages and completions equal what the binary generates, the config file is
 #      a conffile, the packaged binary runs
 #   4. lintian finds no error in it
+#   5. tests/capabilities.sh: the daemon works with exactly the unit's CapabilityBoundingSet=
 # Usage: tests/package.sh [BINARY]   (default target/debug/tenantd, built if missing)
 # Needs: systemd (systemd-analyze), dpkg-dev (dpkg-shlibdeps), lintian, man-db, binutils.
 set -euo pipefail
@@ -132,6 +133,9 @@ if [ "$rc" = 0 ] && ! grep -q '^E:' "$WORK/lintian.txt"; then
 else
     fail "lintian found errors (exit $rc)"
 fi
+
+echo "== 5. the unit's capabilities (tests/capabilities.sh)"
+bash tests/capabilities.sh "$BIN" "$ROOT/lib/systemd/system/tenantd.service" || fail "tests/capabilities.sh"
 
 if [ "$FAILS" = 0 ]; then
     echo "package: all checks passed"
