@@ -22,6 +22,12 @@ fail() { printf 'FAIL %s\n' "$*"; FAILS=$((FAILS + 1)); }
 CAPS="$(sed -n 's/^CapabilityBoundingSet=//p' "$UNIT" | tr 'A-Z' 'a-z' | sed 's/cap_//g')"
 [ -n "$CAPS" ] || { echo "FAIL no CapabilityBoundingSet= in $UNIT"; exit 1; }
 echo "the unit's capabilities: $CAPS"
+# This models root with a bounding set and nothing else: a unit that changes how root gets its
+# capabilities (SecureBits=noroot gives it none), or runs as another user, needs a new model.
+if grep -qE '^(SecureBits|User|DynamicUser|AmbientCapabilities)=.' "$UNIT"; then
+    echo "FAIL $UNIT sets $(grep -oE '^(SecureBits|User|DynamicUser|AmbientCapabilities)=.+' "$UNIT" | tr '\n' ' '): tests/capabilities.sh models only root with CapabilityBoundingSet="
+    exit 1
+fi
 
 # Our own cgroups, one per hierarchy the daemon drives, below the cgroups we are in.
 NAME="tenantd-caps-$$"
