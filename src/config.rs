@@ -667,4 +667,61 @@ mod tests {
             assert!(e.to_string().starts_with(&format!("{key}:")), "{e}");
         }
     }
+
+    /// The commented default config the package installs as /etc/tenantd/tenantd.toml.
+    const SHIPPED: &str = include_str!("../packaging/tenantd.toml");
+
+    /// The shipped file's commented-out `#key = value` lines, uncommented.
+    fn shipped_keys_uncommented() -> (String, Vec<String>) {
+        let mut text = String::new();
+        let mut keys = Vec::new();
+        for line in SHIPPED.lines() {
+            let Some(rest) = line.strip_prefix('#') else {
+                continue;
+            };
+            if let Some((key, _)) = rest.split_once(" = ")
+                && !key.is_empty()
+                && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
+                keys.push(key.to_string());
+                text.push_str(rest);
+                text.push('\n');
+            }
+        }
+        (text, keys)
+    }
+
+    #[test]
+    fn the_shipped_config_file_parses_and_shows_the_defaults() {
+        // As shipped (everything commented out) it is the default configuration.
+        let f: FileConfig = toml::from_str(SHIPPED).unwrap();
+        let want = format!("{:?}", FileConfig::default().resolve(root).unwrap());
+        assert_eq!(format!("{:?}", f.resolve(root).unwrap()), want);
+        // Every key is there, once, and the values shown are the defaults: uncommented, the
+        // file gives the same configuration (but for the three keys whose default is "unset",
+        // which show an example, and max_connections, whose default 512 is lowered quietly
+        // to fit the open-file limit where a configured 512 is lowered with a warning).
+        let (text, keys) = shipped_keys_uncommented();
+        let mut f: FileConfig = toml::from_str(&text)
+            .unwrap_or_else(|e| panic!("the shipped keys, uncommented: {}", e.message()));
+        assert_eq!(f.cgroup_root.take(), Some("/sys/fs/cgroup/tenantd".into()));
+        assert_eq!(f.token_file.take(), Some("/etc/tenantd/tokens".into()));
+        assert_eq!(f.protected_cgroups.take(), Some(vec!["/init.scope".into()]));
+        assert_eq!(f.max_connections.take(), Some(512));
+        assert_eq!(format!("{:?}", f.resolve(root).unwrap()), want);
+        // serde names every field it knows when it refuses an unknown one.
+        let e = toml::from_str::<FileConfig>("no_such_key = 1").unwrap_err();
+        let known: Vec<&str> = e.message().split('`').skip(3).step_by(2).collect();
+        assert!(known.len() > 20, "{}", e.message());
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len(), "a key shown twice: {keys:?}");
+        for k in known {
+            assert!(
+                keys.iter().any(|s| s == k),
+                "packaging/tenantd.toml does not show the key {k}"
+            );
+        }
+    }
 }

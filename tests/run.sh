@@ -2,7 +2,8 @@
 # tenantd's test pipeline:
 #   1. host: cargo fmt --check, cargo build --all-targets, cargo clippy --all-targets -D warnings,
 #      then cargo nextest run --workspace (or cargo test), then
-#      tests/fuzz/schemathesis.sh (API fuzzing; TENANTD_FUZZ_EXAMPLES sets its size)
+#      tests/fuzz/schemathesis.sh (API fuzzing; TENANTD_FUZZ_EXAMPLES sets its size), then
+#      tests/package.sh (the systemd unit verified and scored, the .deb built, listed, linted)
 #   2. build the test binaries and list them (cargo test --no-run --message-format=json)
 #   3. cgroup v2 suite in ONE boot of the test VM (tests/vm/run.sh): tests/vm/selftest.sh,
 #      then every test binary with `--ignored --test-threads=1` (the kernel tests are marked
@@ -79,6 +80,8 @@ else
 fi
 banner "1. host: API fuzzing (schemathesis against a daemon in its own PID namespace)"
 timed "host: schemathesis (PID namespace)" bash tests/fuzz/schemathesis.sh
+banner "1. host: systemd unit and .deb (tests/package.sh)"
+timed "host: unit + package (tests/package.sh)" bash tests/package.sh
 
 # ---------------------------------------------------------------- 2. test binaries
 [ "$MODE" = none ] && { summary; exit "$FAILED"; }

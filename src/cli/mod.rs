@@ -20,7 +20,7 @@ use crate::engine::TenantView;
 use crate::engine::placement::ProcInfo;
 use crate::report::Report;
 use crate::store::{Event, Usage};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use client::{Client, ClientError};
 use reqwest::Method;
 use serde::Serialize;
@@ -142,6 +142,19 @@ pub enum Cmd {
         tree: bool,
         #[command(flatten)]
         client: ClientOpts,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the tenantd(1) man page (roff), or write every page into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Write tenantd.1 and one page per subcommand here instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
     /// Recent events: tenant changes, drift corrections, OOM kills.
     Events {
@@ -277,7 +290,9 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
         )));
     }
     match cmd {
-        Cmd::Serve(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Completions { .. } | Cmd::Man { .. } => {
+            unreachable!("handled in main")
+        }
         Cmd::Tenant { cmd, client: o } => {
             let c = Client::new(&o.addr, o.token.clone());
             match cmd {
@@ -478,6 +493,20 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// Man pages generated from the clap definition (clap_mangen): `tenantd.1`, and one page per
+/// subcommand as its SEE ALSO names them (`tenantd-serve.1`, `tenantd-tenant-apply.1`, ...).
+/// With no directory, `tenantd.1` goes to stdout.
+fn man_pages(out_dir: Option<&std::path::Path>) -> std::io::Result<()> {
+    let cmd = Cli::command().disable_help_subcommand(true);
+    match out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(cmd, dir)
+        }
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+    }
+}
+
 /// Entry point for the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -493,6 +522,14 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
+        Cmd::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "tenantd", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { out_dir } => {
+            man_pages(out_dir.as_deref()).map_err(|e| format!("cannot write the man pages: {e}"))
+        }
         Cmd::Serve(args) => rt.block_on(serve::run(args)).map_err(|e| format!("{e:#}")),
         cmd => rt.block_on(client_main(cmd)).map_err(|e| e.0),
     };
@@ -502,5 +539,66 @@ pub fn main() -> ExitCode {
             eprintln!("tenantd: error: {}", e.lines().next().unwrap_or(""));
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The subcommands a user sees (the hidden `man` left out).
+    fn visible() -> Vec<String> {
+        Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(|s| s.get_name().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn completions_come_from_the_clap_definition() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tenantd", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for sub in visible() {
+                assert!(
+                    text.contains(&sub),
+                    "{shell}: no '{sub}' in the completions"
+                );
+            }
+            assert!(
+                text.contains("--move-to"),
+                "{shell}: a nested flag is missing"
+            );
+        }
+        // `tenantd completions SHELL` parses; an unknown shell does not.
+        assert!(Cli::try_parse_from(["tenantd", "completions", "zsh"]).is_ok());
+        assert!(Cli::try_parse_from(["tenantd", "completions", "tcsh"]).is_err());
+    }
+
+    #[test]
+    fn man_pages_come_from_the_clap_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        man_pages(Some(dir.path())).unwrap();
+        let page = std::fs::read_to_string(dir.path().join("tenantd.1")).unwrap();
+        assert!(page.contains(".TH tenantd 1"), "{page}");
+        for sub in visible() {
+            assert!(
+                page.contains(&format!("tenantd\\-{sub}(1)")),
+                "{sub} not listed"
+            );
+            assert!(
+                dir.path().join(format!("tenantd-{sub}.1")).exists(),
+                "no page for {sub}"
+            );
+        }
+        assert!(!dir.path().join("tenantd-man.1").exists());
+        let serve = std::fs::read_to_string(dir.path().join("tenantd-serve.1")).unwrap();
+        assert!(serve.contains("cgroup\\-root"), "{serve}");
     }
 }
