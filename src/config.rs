@@ -433,8 +433,13 @@ fn protected_cgroup(p: &str) -> Result<String, ConfigError> {
 
 /// Where tenants go by default: if this process sits in a delegated v2 subtree (systemd
 /// `Delegate=yes` makes the unit's cgroup writable by it), that subtree; else `<mount>/tenantd`.
+/// Started in the subtree's daemon leaf already (systemd 254's `DelegateSubgroup=_tenantd`,
+/// which the shipped unit sets), the subtree is the leaf's parent.
 pub fn default_root(mount: &Path, own_v2_path: Option<&str>) -> PathBuf {
     if let Some(p) = own_v2_path {
+        let p = p
+            .strip_suffix(&format!("/{}", crate::cgroup::DAEMON_LEAF))
+            .unwrap_or(p);
         let rel = p.trim_start_matches('/');
         let here = mount.join(rel);
         let delegated = !rel.is_empty()
@@ -456,6 +461,25 @@ mod tests {
 
     fn root(_: &Path) -> PathBuf {
         PathBuf::from("/sys/fs/cgroup/tenantd")
+    }
+
+    /// The unit's delegated cgroup is the root whether the daemon starts in it (systemd 252)
+    /// or in its `_tenantd` subgroup (`DelegateSubgroup=_tenantd`, systemd 254); any other
+    /// cgroup is not delegated to it. (A directory stands in for the mount: this is path logic.)
+    #[test]
+    fn the_delegated_unit_cgroup_is_the_default_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let unit = dir.path().join("system.slice/tenantd.service");
+        std::fs::create_dir_all(unit.join("_tenantd")).unwrap();
+        for f in ["cgroup.subtree_control", "cgroup.controllers"] {
+            std::fs::write(unit.join(f), "").unwrap();
+        }
+        let m = dir.path();
+        let own = "/system.slice/tenantd.service";
+        assert_eq!(default_root(m, Some(own)), unit);
+        assert_eq!(default_root(m, Some(&format!("{own}/_tenantd"))), unit);
+        assert_eq!(default_root(m, Some("/user.slice")), m.join("tenantd"));
+        assert_eq!(default_root(m, None), m.join("tenantd"));
     }
 
     #[test]

@@ -41,7 +41,18 @@ UNIT="$WORK/tenantd.service"
 sed "s#^ExecStart=/usr/bin/tenantd #ExecStart=$ROOT/usr/bin/tenantd #" \
     "$ROOT/lib/systemd/system/tenantd.service" >"$UNIT"
 grep -q "^ExecStart=$ROOT/usr/bin/tenantd serve" "$UNIT" || fail "the unit's ExecStart is not /usr/bin/tenantd serve ..."
-if out="$(MANPATH="$ROOT/usr/share/man" systemd-analyze verify "$UNIT" 2>&1)" && [ -z "$out" ]; then
+# DelegateSubgroup= came with systemd 254; an older systemd-analyze names it as unknown and
+# ignores it. That one line, and only on such a systemd, is not a complaint.
+sd_version="$(systemd-analyze --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p')"
+known_unknown() {
+    if [ "${sd_version:-0}" -lt 254 ]; then
+        grep -v "^$UNIT:[0-9]*: Unknown key 'DelegateSubgroup' in section \[Service\], ignoring\.\$" || true
+    else
+        cat
+    fi
+}
+if out="$(MANPATH="$ROOT/usr/share/man" systemd-analyze verify "$UNIT" 2>&1)" \
+    && out="$(printf '%s\n' "$out" | known_unknown)" && [ -z "$out" ]; then
     ok "systemd-analyze verify: no complaint"
 else
     printf '%s\n' "$out"
