@@ -138,8 +138,8 @@ impl From<EngineError> for Problem {
                 Problem::new(StatusCode::CONFLICT, "conflict", message).field(field)
             }
             EngineError::BadPid { message, .. } => Problem::invalid("pid", message),
-            EngineError::NotPermitted { message, .. } => {
-                Problem::new(StatusCode::FORBIDDEN, "not-permitted", message).field("pid")
+            EngineError::NotPermitted { field, message } => {
+                Problem::new(StatusCode::FORBIDDEN, "not-permitted", message).field(field)
             }
             // Logged by the store once, when writes start failing; the store wrote nothing.
             EngineError::Store(e @ crate::store::StoreError::Full { .. }) => Problem::new(
@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn a_move_the_kernel_does_not_permit_is_403_naming_pid() {
         let p = Problem::from(EngineError::NotPermitted {
-            pid: 42,
+            field: "pid".into(),
             message: "the kernel does not let tenantd move PID 42: Permission denied".into(),
         });
         assert_eq!(

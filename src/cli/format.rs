@@ -34,6 +34,52 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n") + "\n"
 }
 
+/// The `*_ms` fields of our answers that are points in time (Unix milliseconds); the other
+/// `*_ms` fields (`interval_ms`, `bucket_ms`, `violation_ms`, ...) are durations.
+pub const TIME_FIELDS: &[&str] = &[
+    "ts_ms",
+    "from_ms",
+    "to_ms",
+    "start_ms",
+    "end_ms",
+    "created_ms",
+    "updated_ms",
+    "since_ms",
+    "generated_ms",
+    "at_ms",
+    "kernel_read_ms",
+];
+
+/// `-o json` for people and scripts alike: beside every time field of [`TIME_FIELDS`] that
+/// holds Unix milliseconds, the same instant in RFC 3339 UTC under the name without `_ms`
+/// (`"ts_ms": 1796197695000` gains `"ts": "2026-12-02T07:48:15Z"`). The numbers stay, so
+/// scripts written against the API's own JSON keep working.
+pub fn json_times(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut add = Vec::new();
+            for (k, val) in map.iter_mut() {
+                json_times(val);
+                if !TIME_FIELDS.contains(&k.as_str()) {
+                    continue;
+                }
+                let Some(ms) = val.as_i64() else { continue };
+                let Ok(t) = jiff::Timestamp::from_millisecond(ms) else {
+                    continue;
+                };
+                let base = k.trim_end_matches("_ms").to_string();
+                add.push((base, Value::String(t.to_string())));
+            }
+            for (k, val) in add {
+                map.entry(k).or_insert(val);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(json_times),
+        _ => {}
+    }
+}
+
 /// How tables show times: `2026-12-02 07:49:55` in the local time zone (TZ, else
 /// /etc/localtime) or in UTC (`--utc`).
 #[derive(Debug, Clone)]
@@ -607,6 +653,31 @@ pub fn host(h: &Host) -> String {
 mod tests {
     use super::super::wire::samples;
     use super::*;
+
+    #[test]
+    fn json_gets_an_rfc3339_twin_for_times_only() {
+        let mut v = serde_json::json!({
+            "ts_ms": 1_796_197_695_123i64,
+            "interval_ms": 1000,
+            "violation_ms": 5000,
+            "nested": [{"start_ms": 0, "end_ms": null, "from": "kept"}],
+            "from_ms": 1_796_197_695_000i64,
+            "from": "already here",
+        });
+        json_times(&mut v);
+        assert_eq!(v["ts"], "2026-12-02T07:48:15.123Z");
+        assert_eq!(v["nested"][0]["start"], "1970-01-01T00:00:00Z");
+        assert!(v.get("interval").is_none() && v.get("violation").is_none());
+        assert!(
+            v["nested"][0].get("end").is_none(),
+            "null stays without a twin"
+        );
+        assert_eq!(
+            v["from"], "already here",
+            "an existing key is never overwritten"
+        );
+        assert_eq!(v["ts_ms"], 1_796_197_695_123i64, "the number stays");
+    }
 
     #[test]
     fn tenant_tables() {

@@ -265,11 +265,17 @@ pub fn parse_apply_file(path: &std::path::Path) -> Result<Vec<(String, Value)>, 
 fn print<T: Serialize>(out: Output, v: &T, table: impl FnOnce(&T) -> String) {
     match out {
         // csv and html are refused for every command but `report` before we get here.
-        Output::Json | Output::Csv | Output::Html => {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
-        }
+        Output::Json | Output::Csv | Output::Html => print_json(v),
         Output::Table => print!("{}", table(v)),
     }
+}
+
+/// `-o json`: the answer as the API gave it, with an RFC 3339 UTC twin of every time field
+/// (see [`format::json_times`]).
+fn print_json<T: Serialize>(v: &T) {
+    let mut v = serde_json::to_value(v).unwrap_or_default();
+    format::json_times(&mut v);
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
 }
 
 async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
@@ -319,10 +325,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                         results.push(v);
                     }
                     if o.output == Output::Json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&results).unwrap_or_default()
-                        );
+                        print_json(&results);
                     }
                 }
                 TenantCmd::Get { name } => {

@@ -278,7 +278,7 @@ pub fn empty_and_remove(
         match empty {
             // The remaining race: a process moved in by someone else between the check and
             // the kill (cgroup.kill, or v1's SIGKILL loop) is killed too.
-            Emptying::Kill => b.kill(dir)?,
+            Emptying::Kill => b.kill(dir).map_err(|e| kill_refused(tenant, e))?,
             Emptying::MoveTo(to) => move_all(b, policy, dir, &path(to)?, &mut moved)
                 .map_err(|(what, r)| refused(tenant, "move_to", &what, r))??,
             Emptying::Refuse => unreachable!("precheck refuses a populated tenant"),
@@ -298,6 +298,24 @@ pub fn empty_and_remove(
         });
     }
     Ok(moved)
+}
+
+/// A kill the kernel did not permit (EPERM: another user's process and no CAP_KILL, as for a
+/// daemon run without it or in delegated mode) is the caller's 403 naming `kill`, with the
+/// kernel's reason; any other failure stays a kernel error.
+fn kill_refused(tenant: &str, e: CgroupError) -> EngineError {
+    if !matches!(e.errno(), Some(libc::EPERM | libc::EACCES)) {
+        return e.into();
+    }
+    let why = std::error::Error::source(&e)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    EngineError::NotPermitted {
+        field: "kill".into(),
+        message: format!(
+            "the kernel does not let tenantd kill the processes of tenant '{tenant}': {e}: {why}; sending SIGKILL to another user's process needs CAP_KILL (the daemon runs without it, or as an unprivileged user in delegated mode); the tenant is kept with the processes the kernel would not let it kill (any it could kill are gone): move them with move_to=TENANT or stop them as their owner"
+        ),
+    }
 }
 
 /// Moves every process of `dir`'s leaf to `to`, repeating while they fork; each PID checked

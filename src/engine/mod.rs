@@ -51,10 +51,11 @@ pub enum EngineError {
     Conflict { field: String, message: String },
     #[error("pid: {message}")]
     BadPid { pid: u32, message: String },
-    /// The kernel refused to move a process (EACCES/EPERM: a delegated daemon, cgroup-v2.rst
-    /// "Delegation Containment"); nothing was moved.
-    #[error("pid: {message}")]
-    NotPermitted { pid: u32, message: String },
+    /// The kernel refused to move or kill a process (EACCES/EPERM: a delegated daemon,
+    /// cgroup-v2.rst "Delegation Containment", or no CAP_KILL for another user's process);
+    /// `field` is the request's part at fault (`pid` for a placement, `kill` for a delete).
+    #[error("{field}: {message}")]
+    NotPermitted { field: String, message: String },
     #[error("internal task failed: {0}")]
     Join(String),
 }

@@ -186,7 +186,7 @@ fn move_checked(
             Err(e) => format!("moving it back failed: {e}"),
         };
         return Err(EngineError::NotPermitted {
-            pid,
+            field: "pid".into(),
             message: format!(
                 "the kernel does not let tenantd move PID {pid} into tenant '{tenant}': {e}: {}; the writer needs write access to cgroup.procs of the common ancestor of the process's cgroup and the tenant's (cgroup-v2.rst, \"Delegation Containment\"); {back}",
                 std::error::Error::source(e)

@@ -11,7 +11,7 @@
 //! directory, so its default root (`<its own cgroup>/tenantd` in each hierarchy) is the test's.
 
 use crate::support::{
-    OOM_HOG, Owned, V1Daemon, V1Dirs, a_disk, eventually, median, recent_raw_usage,
+    Daemon, OOM_HOG, Owned, V1Daemon, V1Dirs, a_disk, bin, eventually, median, recent_raw_usage,
 };
 use crate::usage::{scrape, series};
 use serde_json::json;
@@ -799,18 +799,30 @@ pids = { limit = 100 }
 
     let host = ok(&["host"]);
     assert!(host.contains("cgroup v1"), "{host}");
-    assert_eq!(json(&["host"]), d.call("GET", "/v1/host", None).1);
+    assert_eq!(
+        without_rfc3339(json(&["host"])),
+        d.call("GET", "/v1/host", None).1
+    );
     let events = ok(&["events", "--tenant", "web"]);
     assert!(events.contains("tenant_created"), "{events}");
+    let events_json = json(&["events", "--tenant", "web"]);
     assert_eq!(
-        json(&["events", "--tenant", "web"]),
+        without_rfc3339(events_json.clone()),
         d.call("GET", "/v1/events?tenant=web", None).1
     );
     // Tables show times for people: the local zone (TZ), or UTC with --utc; JSON keeps the
-    // API's Unix milliseconds.
-    let ts_ms = json(&["events", "--tenant", "web"])[0]["ts_ms"]
-        .as_i64()
-        .expect("ts_ms in the JSON");
+    // API's Unix milliseconds and adds each instant in RFC 3339 UTC beside them (issue 14).
+    let ts_ms = events_json[0]["ts_ms"].as_i64().expect("ts_ms in the JSON");
+    let rfc3339 = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%S%.fZ")
+            .to_string()
+    };
+    for e in events_json.as_array().unwrap() {
+        let ms = e["ts_ms"].as_i64().unwrap();
+        assert_eq!(e["ts"].as_str(), Some(rfc3339(ms).as_str()), "{e}");
+    }
     let at = |tz: jiff::tz::TimeZone| {
         jiff::Timestamp::from_millisecond(ts_ms)
             .unwrap()
@@ -842,6 +854,18 @@ pids = { limit = 100 }
             .as_array()
             .is_some_and(|p| p.iter().any(|p| p["cpu_cores_mean"].is_number()))
     });
+    let usage_json = json(&["usage", "web", "--from", "1m"]);
+    for field in ["from", "to"] {
+        let ms = usage_json[format!("{field}_ms")].as_i64().unwrap();
+        assert_eq!(
+            usage_json[field].as_str(),
+            Some(rfc3339(ms).as_str()),
+            "{usage_json}"
+        );
+    }
+    let point = &usage_json["points"][0];
+    let ms = point["ts_ms"].as_i64().unwrap();
+    assert_eq!(point["ts"].as_str(), Some(rfc3339(ms).as_str()), "{point}");
     let usage = ok(&["usage", "web", "--from", "1m"]);
     assert!(usage.starts_with("tenant web  level raw"), "{usage}");
     assert!(usage.contains(" cores"), "{usage}");
@@ -877,4 +901,116 @@ pids = { limit = 100 }
     let (code, _, err) = cli(&["tenant", "delete", "web", "--kill"]);
     assert_eq!((code, err.trim()), (Some(0), "deleted tenant 'web'"));
     assert_eq!(json(&["tenant", "list"]).as_array().map(Vec::len), Some(1));
+}
+
+/// Issue 14: a delete whose kill the kernel does not permit (the daemon started without
+/// CAP_KILL, the tenant holding another user's process) is a 403 problem+json naming `kill`
+/// with the kernel's reason, never a 500; the tenant, its directories and the process stay.
+#[test]
+fn issue_14_v1_delete_kill_the_kernel_refuses_is_403_and_keeps_the_tenant() {
+    let dirs = V1Dirs::create("v1s-nokill");
+    let db = dirs.db();
+    let d = Daemon::launch(dirs.tmp.path(), |port| {
+        let mut args: Vec<String> = ["setpriv", "--bounding-set=-kill", "--inh-caps=-kill", bin()]
+            .map(String::from)
+            .to_vec();
+        args.extend(V1Dirs::serve_args(port, &db));
+        dirs.inside(&args)
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(
+        eff & (1 << 5),
+        0, // CAP_KILL is capability 5
+        "the daemon kept CAP_KILL: {status}"
+    );
+
+    d.create("web", json!({"cpu": {"guarantee_pct": 10}}));
+    // Another user's process (this test has CAP_KILL, so its guard can still kill it).
+    let other = Owned(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sleep",
+                "300",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = other.pid();
+    eventually(20, "setpriv exec'ed sleep", || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    let (s, b) = d.call("POST", "/v1/tenants/web/procs", Some(json!({"pid": pid})));
+    assert_eq!(s, 201, "{b}");
+
+    let resp = d
+        .http
+        .delete(d.url("/v1/tenants/web?kill=true"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let b: serde_json::Value = resp.json().unwrap();
+    assert_eq!(b["field"], "kill", "{b}");
+    let detail = b["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Operation not permitted") && detail.contains("CAP_KILL"),
+        "{detail}"
+    );
+
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the process was killed"
+    );
+    let (s, b) = d.call("GET", "/v1/tenants/web", None);
+    assert_eq!(s, 200, "the tenant is kept: {b}");
+    let procs =
+        std::fs::read_to_string(dirs.under_root("cpu", "web/_procs").join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l == pid.to_string()),
+        "PID {pid} is no longer in the tenant: {procs}"
+    );
+    let (_, events) = d.call(
+        "GET",
+        "/v1/events?tenant=web&kind=tenant_delete_undone",
+        None,
+    );
+    assert_eq!(events.as_array().map(Vec::len), Some(1), "{events}");
+}
+
+/// The CLI's `-o json` with the RFC 3339 twins it adds (`ts` beside `ts_ms`) taken out again:
+/// what is left must be the API's own answer.
+fn without_rfc3339(mut v: serde_json::Value) -> serde_json::Value {
+    match &mut v {
+        serde_json::Value::Object(map) => {
+            let twins: Vec<String> = map
+                .keys()
+                .filter(|k| map.contains_key(&format!("{k}_ms")) && map[k.as_str()].is_string())
+                .cloned()
+                .collect();
+            for k in twins {
+                map.remove(&k);
+            }
+            for val in map.values_mut() {
+                *val = without_rfc3339(val.take());
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for val in items.iter_mut() {
+                *val = without_rfc3339(val.take());
+            }
+        }
+        _ => {}
+    }
+    v
 }
