@@ -6,8 +6,9 @@
 //! tenant: idle without PSI (the v1 backend), idle with PSI (v2), busy (CPU, memory, IO and
 //! stalls that move every second) and mostly idle (busy 5% of the time, in bursts). Then
 //! reports bytes per tenant per day (the figures scaled from MINUTES to 24 h):
-//! - the current layout: a real database written through `Store::add_sweep` and
-//!   `Store::roll_up`, per table and index from SQLite's `dbstat`;
+//! - the store: a real database written through `Store::add_sweep` (raw rows, the layout
+//!   before issue 15), then `Store::roll_up` (rollups, and the closed 10-minute windows
+//!   compacted into blocks), per table and index from SQLite's `dbstat`, before and after;
 //! - compressed column blocks (`domain::usage_block`) of 10, 60, 600 and 3600 samples,
 //!   stored one row per (tenant, block start) in a real SQLite table, also from `dbstat`;
 //! - SLA verdicts as rows, as blocks, and how many rows "changes of state only" would keep.
@@ -258,25 +259,39 @@ async fn measure(p: Profile, tenants: usize, minutes: i64) {
         p.name()
     );
 
-    // The current layout, through the store.
+    // Through the store: every sweep as raw rows (the layout before issue 15), then
+    // `roll_up` compacts the closed windows into one block per tenant and window.
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("now.db")).await.expect("open");
     let t = Instant::now();
     for (rows, verdicts) in &ts_list {
         store.add_sweep(rows, verdicts, &[]).await.expect("sweep");
     }
-    store.roll_up(ts + 3_600_000).await.expect("roll up");
     let write = t.elapsed();
-    let stat = dbstat(store.pool()).await;
-    let total: i64 = stat.iter().map(|s| s.1).sum();
-    println!(
-        "current layout: {} per tenant per day (written in {:.1} s)",
-        mb(per_day(total as f64)),
-        write.as_secs_f64()
+    let show = |title: String, stat: &[(String, i64)]| {
+        let total: i64 = stat.iter().map(|s| s.1).sum();
+        println!("{title}: {} per tenant per day", mb(per_day(total as f64)));
+        for (name, bytes) in stat {
+            println!("  {name:<28} {}", mb(per_day(*bytes as f64)));
+        }
+    };
+    show(
+        format!(
+            "raw rows as written (the layout before; {:.1} s to write)",
+            write.as_secs_f64()
+        ),
+        &dbstat(store.pool()).await,
     );
-    for (name, bytes) in &stat {
-        println!("  {name:<28} {}", mb(per_day(*bytes as f64)));
-    }
+    let t = Instant::now();
+    store.roll_up(ts + 3_600_000).await.expect("roll up");
+    show(
+        format!(
+            "after roll_up: rollups and compressed blocks of 10 minutes ({:.2} s to roll up and compact {} tenant-samples)",
+            t.elapsed().as_secs_f64(),
+            ts_list.len() * tenants
+        ),
+        &dbstat(store.pool()).await,
+    );
     store.close().await;
 
     // Compressed blocks of `len` samples per tenant, stored one row per (tenant, start).

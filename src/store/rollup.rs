@@ -120,19 +120,22 @@ pub(super) async fn read_blocks<T>(
     Ok(rows)
 }
 
-/// Deletes the rows of one window [start_ms, start_ms + BLOCK_MS) of a raw table (moved into
-/// blocks). `table` is one of the store's own table names.
+/// Deletes the rows of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
+/// last] from a raw table (moved into blocks). `table` is one of the store's own tables.
 pub(super) async fn delete_window(
     tx: &mut SqliteConnection,
     table: &'static str,
     start_ms: i64,
+    (first, last): (&str, &str),
 ) -> Result<()> {
     // `table` is a constant of this crate: no user text.
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM {table} WHERE ts_ms >= ?1 AND ts_ms < ?2"
+        "DELETE FROM {table} WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3 AND tenant <= ?4"
     )))
     .bind(start_ms)
     .bind(start_ms + BLOCK_MS)
+    .bind(first)
+    .bind(last)
     .execute(&mut *tx)
     .await
     .map_err(q("delete compacted raw rows"))?;

@@ -168,18 +168,22 @@ fn verdict(r: VerdictRow) -> Verdict {
     }
 }
 
-/// The verdicts of one window [start_ms, start_ms + BLOCK_MS), by tenant then time: what a
-/// compaction moves into blocks.
+/// The verdicts of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
+/// last], by tenant then time: what a compaction moves into blocks.
 pub(super) async fn raw_verdict_window(
     tx: &mut SqliteConnection,
     start_ms: i64,
+    (first, last): (&str, &str),
 ) -> Result<Vec<Verdict>> {
     let rows: Vec<VerdictRow> = sqlx::query_as(
         "SELECT tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating
-         FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY tenant, ts_ms",
+         FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3 AND tenant <= ?4
+         ORDER BY tenant, ts_ms",
     )
     .bind(start_ms)
     .bind(start_ms + BLOCK_MS)
+    .bind(first)
+    .bind(last)
     .fetch_all(&mut *tx)
     .await
     .map_err(q("read a window of sla verdicts"))?;

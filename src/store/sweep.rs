@@ -28,14 +28,39 @@ type Blob = Vec<u8>;
 /// One tenant's rows and verdicts of a window.
 type TenantWindow = (Vec<UsageRow>, Vec<Verdict>);
 
-/// Moves the raw rows and verdicts of the window [start_ms, start_ms + BLOCK_MS) into one
-/// `raw_blocks` row per tenant. A block already there (rows written into a compacted window
-/// after a clock step back) is merged with them, the raw table's rows winning for a time both
-/// hold. Returns the rows moved.
-async fn compact_window(tx: &mut SqliteConnection, start_ms: i64) -> Result<u64> {
+/// Tenants whose window one compaction transaction moves: a short write lock, bounded memory.
+const TENANTS_PER_TX: usize = 256;
+
+/// Of a window's tenants, `roll_up` compacts at least this share per call (it runs once a
+/// minute), so a 10-minute window is compacted over about 5 calls instead of stalling one
+/// sweep with all of it.
+const SPREAD_CALLS: usize = 5;
+
+/// The tenants with raw rows or verdicts in the window [start_ms, start_ms + BLOCK_MS).
+async fn window_tenants(tx: &mut SqliteConnection, start_ms: i64) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT tenant FROM usage_raw WHERE ts_ms >= ?1 AND ts_ms < ?2
+         UNION SELECT tenant FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY 1",
+    )
+    .bind(start_ms)
+    .bind(start_ms + BLOCK_MS)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(q("list the tenants of a raw window"))
+}
+
+/// Moves the raw rows and verdicts of the window [start_ms, start_ms + BLOCK_MS) of the
+/// tenants in [first, last] into one `raw_blocks` row per tenant. A block already there (rows
+/// written into a compacted window after a clock step back) is merged with them, the raw
+/// table's rows winning for a time both hold. Returns the rows moved.
+async fn compact_window(
+    tx: &mut SqliteConnection,
+    start_ms: i64,
+    tenants: (&str, &str),
+) -> Result<u64> {
     let mut by_tenant: BTreeMap<String, TenantWindow> = BTreeMap::new();
-    let usage = raw_usage_window(tx, start_ms).await?;
-    let verdicts = raw_verdict_window(tx, start_ms).await?;
+    let usage = raw_usage_window(tx, start_ms, tenants).await?;
+    let verdicts = raw_verdict_window(tx, start_ms, tenants).await?;
     let moved = (usage.len() + verdicts.len()) as u64;
     for r in usage {
         by_tenant.entry(r.tenant.clone()).or_default().0.push(r);
@@ -79,8 +104,8 @@ async fn compact_window(tx: &mut SqliteConnection, start_ms: i64) -> Result<u64>
             .await
             .map_err(q(OP))?;
     }
-    delete_window(tx, "usage_raw", start_ms).await?;
-    delete_window(tx, "sla_raw", start_ms).await?;
+    delete_window(tx, "usage_raw", start_ms, tenants).await?;
+    delete_window(tx, "sla_raw", start_ms, tenants).await?;
     Ok(moved)
 }
 
@@ -161,7 +186,7 @@ impl Store {
 
     async fn write_roll_up(&self, now_ms: i64) -> Result<()> {
         self.write_fold(now_ms).await?;
-        self.write_compact(compactable_before(now_ms), &mut |_, _| {})
+        self.write_compact(compactable_before(now_ms), true, &mut |_, _| {})
             .await
             .map(|_| ())
     }
@@ -187,7 +212,7 @@ impl Store {
         self.write_fold(newest).await?;
         let mut logged: Option<u64> = None;
         let moved = self
-            .write_compact(compactable_before(newest), &mut |done, total| {
+            .write_compact(compactable_before(newest), false, &mut |done, total| {
                 let pct = done * 100 / total.max(1);
                 if logged.is_none() {
                     tracing::info!(
@@ -218,13 +243,16 @@ impl Store {
         end_ms: i64,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<u64> {
-        let r = self.write_compact(end_ms, progress).await;
+        let r = self.write_compact(end_ms, false, progress).await;
         self.tracked(r, false)
     }
 
+    /// `spread`: compact only part of the oldest window's tenants (at least 1/`SPREAD_CALLS`
+    /// of them), the rest on the next calls.
     async fn write_compact(
         &self,
         end_ms: i64,
+        spread: bool,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<u64> {
         const FIRST: &str = "SELECT min(ts) FROM (SELECT min(ts_ms) AS ts FROM usage_raw
@@ -241,9 +269,26 @@ impl Store {
         let total = ((end_ms - start) / BLOCK_MS).max(0) as u64;
         let mut moved = 0;
         while start + BLOCK_MS <= end_ms {
-            let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-            moved += compact_window(&mut tx, start).await?;
-            tx.commit().await.map_err(q("commit"))?;
+            let mut tenants = {
+                let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+                let t = window_tenants(&mut tx, start).await?;
+                tx.commit().await.map_err(q("commit"))?;
+                t
+            };
+            let whole = !spread || tenants.len() <= TENANTS_PER_TX;
+            if !whole {
+                let share = tenants.len().div_ceil(SPREAD_CALLS).max(TENANTS_PER_TX);
+                tenants.truncate(share);
+            }
+            for batch in tenants.chunks(TENANTS_PER_TX) {
+                let range = (batch[0].as_str(), batch[batch.len() - 1].as_str());
+                let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+                moved += compact_window(&mut tx, start, range).await?;
+                tx.commit().await.map_err(q("commit"))?;
+            }
+            if !whole {
+                return Ok(moved);
+            }
             // Skip the empty windows (the daemon was stopped) in one step.
             let next: Option<i64> = sqlx::query_scalar(NEXT)
                 .bind(start + BLOCK_MS)
@@ -370,6 +415,78 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+
+    fn row(tenant: &str, ts_ms: i64, mem: i64) -> UsageRow {
+        let mut r = UsageRow {
+            tenant: tenant.into(),
+            ts_ms,
+            interval_ms: Some(1000),
+            ..Default::default()
+        };
+        r.gauges.memory_current_bytes = Some(mem);
+        r
+    }
+
+    async fn count(s: &Store, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap()
+    }
+
+    /// `roll_up` compacts a window of many tenants over several calls, a batch of tenants per
+    /// transaction, and every tenant's rows are found, whole, between any two calls.
+    #[tokio::test]
+    async fn a_window_of_many_tenants_is_compacted_over_several_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let names: Vec<String> = (0..600).map(|i| format!("t{i:04}")).collect();
+        for ts in [1_000, 2_000] {
+            let rows: Vec<UsageRow> = names.iter().map(|n| row(n, ts, ts)).collect();
+            s.add_usage(&rows).await.unwrap();
+        }
+        let mut calls = 0;
+        while count(&s, "SELECT count(*) FROM usage_raw").await > 0 {
+            s.roll_up(3_600_000).await.unwrap();
+            calls += 1;
+            for n in ["t0000", "t0255", "t0256", "t0599"] {
+                let got = s.raw_usage(n, 0, 10_000).await.unwrap();
+                assert_eq!(
+                    got,
+                    [row(n, 1_000, 1_000), row(n, 2_000, 2_000)],
+                    "{n} after {calls} calls"
+                );
+            }
+            assert!(calls < 10);
+        }
+        assert_eq!(calls, 3, "256 tenants a call");
+        assert_eq!(count(&s, "SELECT count(*) FROM raw_blocks").await, 600);
+    }
+
+    /// Rows written into a window already compacted (the clock stepped back) are merged into
+    /// its block by the next compaction; for a time both hold, the newer row wins, as INSERT
+    /// OR REPLACE did.
+    #[tokio::test]
+    async fn rows_written_into_a_compacted_window_are_merged_into_its_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        s.add_usage(&[row("a", 1_000, 1), row("a", 3_000, 3)])
+            .await
+            .unwrap();
+        s.roll_up(3_600_000).await.unwrap();
+        assert_eq!(count(&s, "SELECT count(*) FROM usage_raw").await, 0);
+        s.add_usage(&[row("a", 2_000, 2), row("a", 3_000, 33)])
+            .await
+            .unwrap();
+        let want = [row("a", 1_000, 1), row("a", 2_000, 2), row("a", 3_000, 33)];
+        assert_eq!(s.raw_usage("a", 0, 10_000).await.unwrap(), want, "before");
+        s.roll_up(3_600_000).await.unwrap();
+        assert_eq!(count(&s, "SELECT count(*) FROM usage_raw").await, 0);
+        assert_eq!(count(&s, "SELECT count(*) FROM raw_blocks").await, 1);
+        assert_eq!(s.raw_usage("a", 0, 10_000).await.unwrap(), want, "after");
     }
 }
 
