@@ -11,6 +11,15 @@ use crate::support::{V1Daemon, eventually};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Runs `f` to completion on a runtime of its own (the test itself is synchronous).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -65,11 +74,7 @@ fn issue15_a_kill9_mid_sweep_loses_at_most_10_s_of_raw_samples_and_nothing_repor
     v.d.kill9();
 
     let db = v.dirs.db();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (rows, verdicts) = rt.block_on(async {
+    let (rows, verdicts) = block_on(async {
         let store = tenantd::store::Store::open(&db).await.unwrap();
         let rows = store.raw_usage("a", 0, i64::MAX).await.unwrap();
         let verdicts = store.raw_verdicts("a", 0, i64::MAX).await.unwrap();
@@ -125,11 +130,7 @@ fn issue15_a_kill9_mid_sweep_loses_at_most_10_s_of_raw_samples_and_nothing_repor
 
 /// `SUM(pgsize)` per table and index of the database at `db`, from SQLite's `dbstat`.
 fn dbstat(db: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let store = tenantd::store::Store::open(db).await.unwrap();
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(store.pool())
@@ -185,11 +186,7 @@ fn issue15_measure_database_growth_per_tenant_per_day() {
     let db = v.dirs.db();
     let stat = dbstat(&db);
     let file = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (blocks_min, minute_rollups, raw_rows): (f64, i64, i64) = rt.block_on(async {
+    let (blocks_min, minute_rollups, raw_rows): (f64, i64, i64) = block_on(async {
         let store = tenantd::store::Store::open(&db).await.unwrap();
         let q = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool());
         let windows = q("SELECT count(DISTINCT start_ms) FROM raw_blocks")
