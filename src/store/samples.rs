@@ -379,25 +379,50 @@ fn raw_points(rows: &[UsageRow], from_ms: i64, step_ms: i64) -> Vec<UsagePoint> 
     points
 }
 
+/// The raw columns, in `raw_columns` order, as a SELECT list with prefix `p`.
+fn raw_select(p: &str) -> String {
+    raw_columns()
+        .iter()
+        .map(|c| format!("{p}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A tenant's rows in the raw table in [?2, ?3): keyed (ts_ms, tenant), they are found with
 /// one lookup per sweep time in the range.
-const TAIL_SQL: &str = "SELECT u.* FROM sample_ticks t CROSS JOIN usage_raw u ON u.ts_ms = t.ts_ms
-    WHERE u.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 ORDER BY t.ts_ms";
+fn tail_sql() -> &'static str {
+    static S: OnceLock<String> = OnceLock::new();
+    S.get_or_init(|| {
+        format!(
+            "SELECT {} FROM sample_ticks t CROSS JOIN usage_raw u ON u.ts_ms = t.ts_ms
+             WHERE u.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 ORDER BY t.ts_ms",
+            raw_select("u.")
+        )
+    })
+}
 
-/// A raw row as `SELECT *` of usage_raw answers it, read by column name.
+/// A raw row selected with `raw_select`: its values by position, in `raw_columns` order
+/// (tenant, ts_ms, interval_ms, counters, gauges, rates, events).
 fn row_of(r: &SqliteRow) -> Result<UsageRow> {
     const OP: &str = "read raw usage";
-    let int = |c: &str| r.try_get::<Option<i64>, _>(c).map_err(q(OP));
-    let ints = |names: &[&'static str]| names.iter().map(|c| int(c)).collect::<Result<Vec<_>>>();
-    let (counters, gauges, events) = (ints(&COUNTERS)?, ints(&GAUGES)?, ints(&EVENTS)?);
-    let rates = RATES
-        .iter()
-        .map(|c| r.try_get::<Option<f64>, _>(*c).map_err(q(OP)))
+    let int = |i: usize| r.try_get::<Option<i64>, _>(i).map_err(q(OP));
+    let ints = |at: usize, n: usize| (at..at + n).map(int).collect::<Result<Vec<_>>>();
+    let c0 = 3;
+    let g0 = c0 + COUNTERS.len();
+    let r0 = g0 + GAUGES.len();
+    let e0 = r0 + RATES.len();
+    let (counters, gauges, events) = (
+        ints(c0, COUNTERS.len())?,
+        ints(g0, GAUGES.len())?,
+        ints(e0, EVENTS.len())?,
+    );
+    let rates = (r0..e0)
+        .map(|i| r.try_get::<Option<f64>, _>(i).map_err(q(OP)))
         .collect::<Result<Vec<_>>>()?;
     Ok(UsageRow {
-        tenant: r.try_get("tenant").map_err(q(OP))?,
-        ts_ms: r.try_get("ts_ms").map_err(q(OP))?,
-        interval_ms: int("interval_ms")?,
+        tenant: r.try_get(0).map_err(q(OP))?,
+        ts_ms: r.try_get(1).map_err(q(OP))?,
+        interval_ms: int(2)?,
         counters: UsageCounters::from_values(std::array::from_fn(|i| counters[i])),
         gauges: UsageGauges::from_values(std::array::from_fn(|i| gauges[i])),
         rates: UsageRates::from_values(std::array::from_fn(|i| rates[i])),
@@ -412,20 +437,26 @@ pub(super) async fn raw_usage_window(
     start_ms: i64,
     (first, last): (&str, &str),
 ) -> Result<Vec<UsageRow>> {
-    sqlx::query(
-        "SELECT * FROM usage_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3 AND tenant <= ?4
-         ORDER BY tenant, ts_ms",
-    )
-    .bind(start_ms)
-    .bind(start_ms + BLOCK_MS)
-    .bind(first)
-    .bind(last)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(q("read a window of raw usage"))?
-    .iter()
-    .map(row_of)
-    .collect()
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "SELECT {} FROM usage_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3
+             AND tenant <= ?4 ORDER BY tenant, ts_ms",
+            raw_select("")
+        )
+    });
+    // Built only from the const column lists: no user text.
+    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(start_ms)
+        .bind(start_ms + BLOCK_MS)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(q("read a window of raw usage"))?
+        .iter()
+        .map(row_of)
+        .collect()
 }
 
 /// A numeric column as f64, whether SQLite answered INTEGER or REAL.
@@ -561,7 +592,8 @@ impl Store {
             |r| r.ts_ms,
         )
         .await?;
-        let tail = sqlx::query(TAIL_SQL)
+        // Built only from the const column lists: no user text.
+        let tail = sqlx::query(sqlx::AssertSqlSafe(tail_sql()))
             .bind(tenant)
             .bind(from_ms)
             .bind(to_ms)
@@ -953,7 +985,7 @@ mod tests {
                 rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
             }
         };
-        let p = plan(TAIL_SQL.into()).await;
+        let p = plan(tail_sql().into()).await;
         assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
         assert!(
             p.contains("SEARCH u USING PRIMARY KEY (ts_ms=? AND tenant=?)"),
