@@ -293,6 +293,23 @@ async fn measure(p: Profile, tenants: usize, minutes: i64) {
         &dbstat(store.pool()).await,
     );
     store.close().await;
+    // The compaction alone (in the daemon the minutes are rolled up in memory, so `roll_up`
+    // folds no raw rows): a second store, compacted without rolling up.
+    let alone = Store::open(&dir.path().join("alone.db")).await.expect("open");
+    for (rows, verdicts) in &ts_list {
+        alone.add_sweep(rows, verdicts, &[]).await.expect("sweep");
+    }
+    let t = Instant::now();
+    let moved = alone
+        .compact_raw(ts + 3_600_000, &mut |_, _| {})
+        .await
+        .expect("compact");
+    println!(
+        "compaction alone: {:.2} s for {moved} rows and verdicts ({:.1} us per tenant-sample)",
+        t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64() * 1e6 / (ts_list.len() * tenants) as f64
+    );
+    alone.close().await;
 
     // Compressed blocks of `len` samples per tenant, stored one row per (tenant, start).
     println!("compressed blocks (one SQLite row per tenant and block; raw usage + verdicts):");
