@@ -295,7 +295,9 @@ async fn measure(p: Profile, tenants: usize, minutes: i64) {
     store.close().await;
     // The compaction alone (in the daemon the minutes are rolled up in memory, so `roll_up`
     // folds no raw rows): a second store, compacted without rolling up.
-    let alone = Store::open(&dir.path().join("alone.db")).await.expect("open");
+    let alone = Store::open(&dir.path().join("alone.db"))
+        .await
+        .expect("open");
     for (rows, verdicts) in &ts_list {
         alone.add_sweep(rows, verdicts, &[]).await.expect("sweep");
     }
