@@ -1,7 +1,8 @@
 //! Pure domain logic: no clock, no IO, no async. Tenants and their SLA, the mapping to kernel
 //! settings, the stats a cgroup reads as (`stats`), rates from samples (`usage`), the row the
-//! usage history keeps (`usage_row`), SLA accounting (`sla`) and the engine that applies it
-//! to every sweep (`sla_engine`), and the events the log records (`event`).
+//! usage history keeps (`usage_row`) and its compressed column blocks (`usage_block`), SLA
+//! accounting (`sla`) and the engine that applies it to every sweep (`sla_engine`), and the
+//! events the log records (`event`).
 //!
 //! The one typed model: the other layers fill these types, store them and render them.
 //! Layer 0 (see `lib.rs`): the domain imports no other module of the crate.
@@ -15,6 +16,7 @@ pub mod stats;
 pub mod tenant;
 pub mod units;
 pub mod usage;
+pub mod usage_block;
 pub mod usage_row;
 
 pub use plan::{Limit, Settings, TenantPlan};

@@ -391,6 +391,7 @@ impl Store {
                 source,
             })?;
         store.writer.slot.lock().await.conn = Some(conn);
+        store.convert_raw().await?;
         Ok(store)
     }
 

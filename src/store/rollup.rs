@@ -1,11 +1,146 @@
 //! The rollup levels shared by the usage and SLA tables: raw rows, minutes and hours
 //! (`Level`), how long each is kept (`Retention`, and which level answers a query), and
-//! finding the closed buckets not folded yet (`unfolded`). Imports only the store's error
-//! helpers; `store::samples` and `store::sla` both import it, and it imports neither.
+//! finding the closed buckets not folded yet (`unfolded`), the window of a compressed raw
+//! block (`BLOCK_MS`) and SQLite's own summation (`SqlSum`), with which raw rows decoded from
+//! blocks are summed exactly as the SQL over raw rows sums them. Imports only the store's
+//! error helpers; `store::samples` and `store::sla` both import it, and it imports neither.
 
-use super::{Result, q};
+use super::{Result, StoreError, q};
+use crate::domain::usage_block::BlockError;
 use serde::Serialize;
 use sqlx::SqliteConnection;
+
+/// The window one `raw_blocks` row holds (migrations/0006_raw_blocks.sql): the raw rows and
+/// verdicts of one tenant in [start_ms, start_ms + BLOCK_MS), `start_ms` a multiple of it.
+/// Changing it needs a migration that re-cuts the blocks.
+pub(super) const BLOCK_MS: i64 = 600_000;
+
+/// SQLite's `sum()` of REAL values (func.c, since 3.43): Kahan-Babuska-Neumaier summation,
+/// the result `sum + err` unless `err` overflowed. Summing the same values in the same order
+/// gives the bits `sum(x)` gives in SQL, so answers made from decoded blocks equal the ones
+/// SQL made from raw rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SqlSum {
+    sum: f64,
+    err: f64,
+    any: bool,
+}
+
+impl SqlSum {
+    pub(super) fn add(&mut self, r: f64) {
+        let s = self.sum;
+        let t = s + r;
+        if s.abs() > r.abs() {
+            self.err += (s - t) + r;
+        } else {
+            self.err += (r - t) + s;
+        }
+        self.sum = t;
+        self.any = true;
+    }
+
+    /// `None` for no values, as SQL's sum of no rows is NULL.
+    pub(super) fn get(&self) -> Option<f64> {
+        self.any.then(|| {
+            if self.err.is_finite() {
+                self.sum + self.err
+            } else {
+                self.sum
+            }
+        })
+    }
+}
+
+/// Rows of two sources in time order with, for one time, the later source's row only (the
+/// raw table's, over a block's: what `INSERT OR REPLACE` would have kept).
+pub(super) fn merge_by_time<T>(mut older: Vec<T>, newer: Vec<T>, ts: impl Fn(&T) -> i64) -> Vec<T> {
+    if newer.is_empty() {
+        return older;
+    }
+    older.extend(newer);
+    // Stable: of equal times, the newer source's row comes last.
+    older.sort_by_key(&ts);
+    let mut out: Vec<T> = Vec::with_capacity(older.len());
+    for r in older {
+        if out.last().is_some_and(|l| ts(l) == ts(&r)) {
+            out.pop();
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// Which half of a `raw_blocks` row: the usage rows or the SLA verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BlockColumn {
+    Usage,
+    Sla,
+}
+
+/// A tenant's rows of one half of its blocks that fall in [from_ms, to_ms), in time order,
+/// decoded with `decode`; `ts` gives a row's time. Part of a read transaction (`tx`).
+pub(super) async fn read_blocks<T>(
+    tx: &mut SqliteConnection,
+    column: BlockColumn,
+    tenant: &str,
+    (from_ms, to_ms): (i64, i64),
+    decode: fn(&str, &[u8]) -> std::result::Result<Vec<T>, BlockError>,
+    ts: fn(&T) -> i64,
+) -> Result<Vec<T>> {
+    // A block holds [start_ms, start_ms + BLOCK_MS): one lookup of the primary key.
+    let sql = match column {
+        BlockColumn::Usage => {
+            "SELECT usage FROM raw_blocks WHERE tenant = ?1 AND start_ms > ?2 AND start_ms < ?3
+             AND usage IS NOT NULL ORDER BY start_ms"
+        }
+        BlockColumn::Sla => {
+            "SELECT sla FROM raw_blocks WHERE tenant = ?1 AND start_ms > ?2 AND start_ms < ?3
+             AND sla IS NOT NULL ORDER BY start_ms"
+        }
+    };
+    let blocks: Vec<Vec<u8>> = sqlx::query_scalar(sql)
+        .bind(tenant)
+        .bind(from_ms - BLOCK_MS)
+        .bind(to_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(q("read raw blocks"))?;
+    let mut rows = Vec::new();
+    for b in blocks {
+        let decoded = decode(tenant, &b).map_err(|e| StoreError::Corrupt {
+            name: tenant.to_string(),
+            why: e.to_string(),
+        })?;
+        rows.extend(
+            decoded
+                .into_iter()
+                .filter(|r| (from_ms..to_ms).contains(&ts(r))),
+        );
+    }
+    Ok(rows)
+}
+
+/// Deletes the rows of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
+/// last] from a raw table (moved into blocks). `table` is one of the store's own tables.
+pub(super) async fn delete_window(
+    tx: &mut SqliteConnection,
+    table: &'static str,
+    start_ms: i64,
+    (first, last): (&str, &str),
+) -> Result<()> {
+    // `table` is a constant of this crate: no user text.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {table} WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3 AND tenant <= ?4"
+    )))
+    .bind(start_ms)
+    .bind(start_ms + BLOCK_MS)
+    .bind(first)
+    .bind(last)
+    .execute(&mut *tx)
+    .await
+    .map_err(q("delete compacted raw rows"))?;
+    Ok(())
+}
 
 /// A rollup level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]

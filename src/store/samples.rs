@@ -9,15 +9,18 @@
 //! usage tables only: it imports `store::rollup` (levels, retention) and the domain, never
 //! `store::sla` (the SLA tables) nor `store::sweep` (the one transaction writing both).
 
-use super::rollup::{Level, Retention, unfolded};
+use super::rollup::{
+    BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
+};
 use super::{Result, Store, bind, q, values_sql};
+use crate::domain::usage_block::decode_usage;
 use crate::domain::usage_row::{
     UsageCounters, UsageEvents, UsageEventsPoint, UsageGauges, UsageGaugesPoint, UsageRates,
     UsageRatesPoint, UsageRow,
 };
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
-use sqlx::sqlite::SqliteArguments;
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Row, SqliteConnection};
 use std::sync::OnceLock;
 
@@ -228,57 +231,232 @@ fn rollup_sql(to: Level) -> &'static str {
     if to == Level::Hour { hour } else { minute }
 }
 
-/// The SELECT list both levels answer with, so one decoder reads both.
-fn select_list(level: Level) -> String {
-    let mut s = Vec::new();
-    if level == Level::Raw {
-        s.push("count(*) AS samples".to_string());
-        s.push("coalesce(sum(interval_ms), 0) / 1000.0 AS covered_s".into());
-        for r in RATES {
-            s.push(format!(
-                "sum({r} * interval_ms) / 1000.0 AS {r}_sum, max({r}) AS {r}_max"
-            ));
-        }
-        for g in GAUGES {
-            s.push(format!(
-                "avg({g}) * count(*) AS {g}_sum, max({g}) AS {g}_max"
-            ));
-        }
-        for e in EVENTS {
-            s.push(format!("sum({e}) AS {e}"));
-        }
-    } else {
-        s.push("sum(samples) AS samples".to_string());
-        s.push("sum(covered_s) AS covered_s".into());
-        for r in RATES.iter().chain(&GAUGES) {
-            s.push(format!("sum({r}_sum) AS {r}_sum, max({r}_max) AS {r}_max"));
-        }
-        for e in EVENTS {
-            s.push(format!("sum({e}) AS {e}"));
-        }
+/// The usage query of a rollup level: ?1 from, ?2 step (ms), ?3 tenant, ?4 to. The raw level
+/// is answered from decoded rows (`raw_points`).
+fn usage_sql(level: Level) -> String {
+    let mut s = vec![
+        "sum(samples) AS samples".to_string(),
+        "sum(covered_s) AS covered_s".into(),
+    ];
+    for r in RATES.iter().chain(&GAUGES) {
+        s.push(format!("sum({r}_sum) AS {r}_sum, max({r}_max) AS {r}_max"));
     }
-    s.join(", ")
+    for e in EVENTS {
+        s.push(format!("sum({e}) AS {e}"));
+    }
+    format!(
+        "SELECT (bucket_ms - ?1) / ?2 AS b, {} FROM usage_rollup WHERE step_s = {} AND tenant = ?3 \
+         AND bucket_ms >= ?1 AND bucket_ms < ?4 GROUP BY b ORDER BY b",
+        s.join(", "),
+        level.step_s()
+    )
 }
 
-/// The usage query of a level: ?1 from, ?2 step (ms), ?3 tenant, ?4 to. Raw rows are keyed
-/// (ts_ms, tenant), so a tenant's are found with one lookup per sweep time in the range.
-fn usage_sql(level: Level) -> String {
-    let (table, ts, filter) = match level {
-        Level::Raw => (
-            "sample_ticks t CROSS JOIN usage_raw u ON u.ts_ms = t.ts_ms",
-            "t.ts_ms",
-            String::new(),
-        ),
-        l => (
-            "usage_rollup",
-            "bucket_ms",
-            format!("step_s = {} AND ", l.step_s()),
-        ),
-    };
-    format!(
-        "SELECT ({ts} - ?1) / ?2 AS b, {} FROM {table} WHERE {filter}tenant = ?3 AND {ts} >= ?1 AND {ts} < ?4 GROUP BY b ORDER BY b",
-        select_list(level)
-    )
+/// One point of an answer from its sums and maxima: `sum_max(column)` gives a rate's
+/// sum of rate x seconds or a gauge's sum over samples, and the max; `event(column)` a sum.
+pub(super) fn point(
+    ts_ms: i64,
+    samples: i64,
+    covered_s: f64,
+    sum_max: impl Fn(&str) -> (Option<f64>, Option<f64>),
+    event: impl Fn(&str) -> Option<f64>,
+) -> UsagePoint {
+    let rates = UsageRatesPoint::from_fn(|c| {
+        let (sum, max) = sum_max(c);
+        (sum.filter(|_| covered_s > 0.0).map(|s| s / covered_s), max)
+    });
+    let gauges = UsageGaugesPoint::from_fn(|c| {
+        let (sum, max) = sum_max(c);
+        (sum.filter(|_| samples > 0).map(|s| s / samples as f64), max)
+    });
+    UsagePoint {
+        ts_ms,
+        samples,
+        covered_s,
+        rates,
+        gauges,
+        events: UsageEventsPoint::from_fn(event),
+    }
+}
+
+/// One bucket of raw rows summed as the SQL over usage_raw summed them (`sum`, `avg`, `max`
+/// skip NULLs; float sums in SQLite's own way, `SqlSum`), so an answer made from decoded
+/// blocks is the one made from raw rows, bit for bit.
+struct RawBucket {
+    b: i64,
+    samples: i64,
+    interval_ms: Option<i64>,
+    /// Per rate: sum of rate x interval (ms), max.
+    rates: [(SqlSum, Option<f64>); UsageRates::LEN],
+    /// Per gauge: sum, count, max.
+    gauges: [(i128, i64, Option<i64>); UsageGauges::LEN],
+    events: [Option<i64>; UsageEvents::LEN],
+}
+
+impl RawBucket {
+    fn new(b: i64) -> Self {
+        RawBucket {
+            b,
+            samples: 0,
+            interval_ms: None,
+            rates: [(SqlSum::default(), None); UsageRates::LEN],
+            gauges: [(0, 0, None); UsageGauges::LEN],
+            events: [None; UsageEvents::LEN],
+        }
+    }
+
+    fn add(&mut self, r: &UsageRow) {
+        self.samples += 1;
+        if let Some(i) = r.interval_ms {
+            self.interval_ms = Some(self.interval_ms.unwrap_or(0) + i);
+        }
+        for ((sum, max), v) in self.rates.iter_mut().zip(r.rates.values()) {
+            let Some(v) = v else { continue };
+            if let Some(i) = r.interval_ms {
+                sum.add(v * i as f64);
+            }
+            // SQL's max keeps the first of equal values.
+            if max.is_none_or(|m| v > m) {
+                *max = Some(v);
+            }
+        }
+        for ((sum, n, max), v) in self.gauges.iter_mut().zip(r.gauges.values()) {
+            let Some(v) = v else { continue };
+            *sum += i128::from(v);
+            *n += 1;
+            if max.is_none_or(|m| v > m) {
+                *max = Some(v);
+            }
+        }
+        for (sum, v) in self.events.iter_mut().zip(r.events.values()) {
+            if let Some(v) = v {
+                *sum = Some(sum.unwrap_or(0).saturating_add(v));
+            }
+        }
+    }
+
+    fn point(&self, from_ms: i64, step_ms: i64) -> UsagePoint {
+        let covered_s = self.interval_ms.unwrap_or(0) as f64 / 1000.0;
+        let at = |names: &[&str], c: &str| names.iter().position(|n| *n == c);
+        point(
+            from_ms + self.b * step_ms,
+            self.samples,
+            covered_s,
+            |c| {
+                if let Some(i) = at(&RATES, c) {
+                    let (sum, max) = self.rates[i];
+                    (sum.get().map(|s| s / 1000.0), max)
+                } else if let Some(i) = at(&GAUGES, c) {
+                    // avg(g) * count(*), as the SQL had it.
+                    let (sum, n, max) = self.gauges[i];
+                    let avg = (n > 0).then(|| sum as f64 / n as f64);
+                    (avg.map(|a| a * self.samples as f64), max.map(|m| m as f64))
+                } else {
+                    (None, None)
+                }
+            },
+            |c| {
+                at(&EVENTS, c)
+                    .and_then(|i| self.events[i])
+                    .map(|v| v as f64)
+            },
+        )
+    }
+}
+
+/// The points of raw rows in time order: buckets of `step_ms` from `from_ms`, empty ones absent.
+fn raw_points(rows: &[UsageRow], from_ms: i64, step_ms: i64) -> Vec<UsagePoint> {
+    let mut points = Vec::new();
+    let mut cur: Option<RawBucket> = None;
+    for r in rows {
+        let b = (r.ts_ms - from_ms) / step_ms;
+        if cur.as_ref().is_some_and(|c| c.b != b) {
+            points.extend(cur.take().map(|c| c.point(from_ms, step_ms)));
+        }
+        cur.get_or_insert_with(|| RawBucket::new(b)).add(r);
+    }
+    points.extend(cur.map(|c| c.point(from_ms, step_ms)));
+    points
+}
+
+/// The raw columns, in `raw_columns` order, as a SELECT list with prefix `p`.
+fn raw_select(p: &str) -> String {
+    raw_columns()
+        .iter()
+        .map(|c| format!("{p}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A tenant's rows in the raw table in [?2, ?3): keyed (ts_ms, tenant), they are found with
+/// one lookup per sweep time in the range.
+fn tail_sql() -> &'static str {
+    static S: OnceLock<String> = OnceLock::new();
+    S.get_or_init(|| {
+        format!(
+            "SELECT {} FROM sample_ticks t CROSS JOIN usage_raw u ON u.ts_ms = t.ts_ms
+             WHERE u.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 ORDER BY t.ts_ms",
+            raw_select("u.")
+        )
+    })
+}
+
+/// A raw row selected with `raw_select`: its values by position, in `raw_columns` order
+/// (tenant, ts_ms, interval_ms, counters, gauges, rates, events).
+fn row_of(r: &SqliteRow) -> Result<UsageRow> {
+    const OP: &str = "read raw usage";
+    let int = |i: usize| r.try_get::<Option<i64>, _>(i).map_err(q(OP));
+    let ints = |at: usize, n: usize| (at..at + n).map(int).collect::<Result<Vec<_>>>();
+    let c0 = 3;
+    let g0 = c0 + COUNTERS.len();
+    let r0 = g0 + GAUGES.len();
+    let e0 = r0 + RATES.len();
+    let (counters, gauges, events) = (
+        ints(c0, COUNTERS.len())?,
+        ints(g0, GAUGES.len())?,
+        ints(e0, EVENTS.len())?,
+    );
+    let rates = (r0..e0)
+        .map(|i| r.try_get::<Option<f64>, _>(i).map_err(q(OP)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(UsageRow {
+        tenant: r.try_get(0).map_err(q(OP))?,
+        ts_ms: r.try_get(1).map_err(q(OP))?,
+        interval_ms: int(2)?,
+        counters: UsageCounters::from_values(std::array::from_fn(|i| counters[i])),
+        gauges: UsageGauges::from_values(std::array::from_fn(|i| gauges[i])),
+        rates: UsageRates::from_values(std::array::from_fn(|i| rates[i])),
+        events: UsageEvents::from_values(std::array::from_fn(|i| events[i])),
+    })
+}
+
+/// The raw rows of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
+/// last], by tenant then time: what a compaction moves into blocks.
+pub(super) async fn raw_usage_window(
+    tx: &mut SqliteConnection,
+    start_ms: i64,
+    (first, last): (&str, &str),
+) -> Result<Vec<UsageRow>> {
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "SELECT {} FROM usage_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3
+             AND tenant <= ?4 ORDER BY tenant, ts_ms",
+            raw_select("")
+        )
+    });
+    // Built only from the const column lists: no user text.
+    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(start_ms)
+        .bind(start_ms + BLOCK_MS)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(q("read a window of raw usage"))?
+        .iter()
+        .map(row_of)
+        .collect()
 }
 
 /// A numeric column as f64, whether SQLite answered INTEGER or REAL.
@@ -399,6 +577,36 @@ impl Store {
         self.add_sweep(rows, &[], &[]).await
     }
 
+    /// A tenant's raw rows in [from_ms, to_ms) in time order: the compressed blocks' rows and
+    /// the raw table's (the windows not compacted yet), read in one transaction so that a
+    /// compaction between the two reads can neither hide nor double a row.
+    pub async fn raw_usage(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<UsageRow>> {
+        const OP: &str = "read raw usage";
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let rows = read_blocks(
+            &mut tx,
+            BlockColumn::Usage,
+            tenant,
+            (from_ms, to_ms),
+            decode_usage,
+            |r| r.ts_ms,
+        )
+        .await?;
+        // Built only from the const column lists: no user text.
+        let tail = sqlx::query(sqlx::AssertSqlSafe(tail_sql()))
+            .bind(tenant)
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q(OP))?
+            .iter()
+            .map(row_of)
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await.map_err(q("commit"))?;
+        Ok(merge_by_time(rows, tail, |r| r.ts_ms))
+    }
+
     /// Deletes what each level keeps no longer. Returns the rows removed.
     pub async fn prune_usage(&self, now_ms: i64, keep: &Retention) -> Result<u64> {
         let r = self.write_prune_usage(now_ms, keep).await;
@@ -411,6 +619,15 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(q("prune raw usage"))?
+            .rows_affected();
+        // A block goes once all of its window is older than `raw_ms` (both raw tables keep
+        // `raw_ms`, their blocks with them).
+        n += sqlx::query("DELETE FROM raw_blocks WHERE start_ms + ?2 <= ?1")
+            .bind(now_ms - keep.raw_ms)
+            .bind(BLOCK_MS)
+            .execute(&self.pool)
+            .await
+            .map_err(q("prune raw blocks"))?
             .rows_affected();
         // Both raw tables keep `raw_ms`; their sweep times go with them.
         sqlx::query("DELETE FROM sample_ticks WHERE ts_ms < ?1")
@@ -447,45 +664,31 @@ impl Store {
         let step_s = (step_s.max(1) + ls - 1) / ls * ls;
         let from_ms = from_ms.div_euclid(ls * 1000) * ls * 1000;
         let step_ms = step_s * 1000;
-        let sql = usage_sql(level);
-        // Built only from the const column lists and a level number: no user text.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(from_ms)
-            .bind(step_ms)
-            .bind(tenant)
-            .bind(to_ms)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("read usage"))?;
-        let points = rows
-            .iter()
-            .map(|r| {
-                let samples: i64 = r.try_get("samples").unwrap_or(0);
-                let covered_s = f(r, "covered_s").unwrap_or(0.0);
-                let max = |c: &str| f(r, &format!("{c}_max"));
-                let rates = UsageRatesPoint::from_fn(|c| {
-                    let mean = f(r, &format!("{c}_sum"))
-                        .filter(|_| covered_s > 0.0)
-                        .map(|s| s / covered_s);
-                    (mean, max(c))
-                });
-                let gauges = UsageGaugesPoint::from_fn(|c| {
-                    let mean = f(r, &format!("{c}_sum"))
-                        .filter(|_| samples > 0)
-                        .map(|s| s / samples as f64);
-                    (mean, max(c))
-                });
-                let events = UsageEventsPoint::from_fn(|c| f(r, c));
-                UsagePoint {
-                    ts_ms: from_ms + r.try_get::<i64, _>("b").unwrap_or(0) * step_ms,
-                    samples,
-                    covered_s,
-                    rates,
-                    gauges,
-                    events,
-                }
-            })
-            .collect();
+        let points = if level == Level::Raw {
+            let rows = self.raw_usage(tenant, from_ms, to_ms).await?;
+            raw_points(&rows, from_ms, step_ms)
+        } else {
+            // Built only from the const column lists and a level number: no user text.
+            let rows = sqlx::query(sqlx::AssertSqlSafe(usage_sql(level)))
+                .bind(from_ms)
+                .bind(step_ms)
+                .bind(tenant)
+                .bind(to_ms)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read usage"))?;
+            rows.iter()
+                .map(|r| {
+                    point(
+                        from_ms + r.try_get::<i64, _>("b").unwrap_or(0) * step_ms,
+                        r.try_get("samples").unwrap_or(0),
+                        f(r, "covered_s").unwrap_or(0.0),
+                        |c| (f(r, &format!("{c}_sum")), f(r, &format!("{c}_max"))),
+                        |c| f(r, c),
+                    )
+                })
+                .collect()
+        };
         Ok(Usage {
             tenant: tenant.to_string(),
             level,
@@ -681,12 +884,24 @@ mod tests {
             .map(|i| row(&format!("t{i}"), 5_000, Some(1000), 0.5, 1, 0))
             .collect();
         s.add_usage(&rows).await.unwrap();
-        s.roll_up(3_605_000).await.unwrap();
+        // The window closed long ago: compacted into one block per tenant, 256 tenants a call.
+        for _ in 0..1234_usize.div_ceil(256) {
+            s.roll_up(3_605_000).await.unwrap();
+        }
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_raw")
             .fetch_one(s.pool())
             .await
             .unwrap();
+        assert_eq!(n, 0);
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_blocks")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
         assert_eq!(n, 1234);
+        assert_eq!(
+            s.raw_usage("t7", 0, 10_000).await.unwrap(),
+            [rows[7].clone()]
+        );
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_rollup")
             .fetch_one(s.pool())
             .await
@@ -722,7 +937,7 @@ mod tests {
             }
         };
         assert_eq!(
-            count("SELECT count(*) FROM usage_raw").await,
+            s.raw_usage("a", 0, now).await.unwrap().len(),
             1,
             "only 99 h is within 2 h of 101 h"
         );
@@ -735,7 +950,11 @@ mod tests {
             3,
             "0 h is 101 h old"
         );
-        assert_eq!(removed, 3 + 3 + 1);
+        assert_eq!(
+            removed,
+            3 + 3 + 1,
+            "3 blocks of raw rows, 3 minutes, 1 hour"
+        );
         // A 1 s step from 50 h ago: raw and minute no longer hold it, hour does.
         let u = s.usage("a", 0, now, 1, now, &keep).await.unwrap();
         assert_eq!(u.level, Level::Hour);
@@ -746,7 +965,8 @@ mod tests {
     }
 
     /// A tenant's raw rows are found by primary-key lookups per sweep time, never by a scan
-    /// of every tenant's rows (which is what made per-tenant queries slow on a busy host).
+    /// of every tenant's rows (which is what made per-tenant queries slow on a busy host), and
+    /// its blocks by their key.
     #[tokio::test]
     async fn raw_queries_look_rows_up_by_time_and_tenant() {
         let (_d, s) = store().await;
@@ -765,10 +985,21 @@ mod tests {
                 rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
             }
         };
-        let p = plan(usage_sql(Level::Raw)).await;
+        let p = plan(tail_sql().into()).await;
         assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
         assert!(
             p.contains("SEARCH u USING PRIMARY KEY (ts_ms=? AND tenant=?)"),
+            "{p}"
+        );
+        let p = plan(
+            "SELECT usage FROM raw_blocks WHERE tenant = ?1 AND start_ms > ?2 AND start_ms < ?3"
+                .into(),
+        )
+        .await;
+        assert!(
+            p.contains(
+                "SEARCH raw_blocks USING PRIMARY KEY (tenant=? AND start_ms>? AND start_ms<?)"
+            ),
             "{p}"
         );
         let p = plan(usage_sql(Level::Minute)).await;

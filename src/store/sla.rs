@@ -3,9 +3,12 @@
 //! imports `store::rollup` (levels, retention), never `store::samples` (the usage tables) nor
 //! `store::sweep` (the one transaction writing both).
 
-use super::rollup::{Level, Retention, unfolded};
+use super::rollup::{
+    BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
+};
 use super::{Result, Store, bind, q, values_sql};
 use crate::domain::sla_engine::Verdict;
+use crate::domain::usage_block::decode_verdicts;
 use serde::Serialize;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteArguments;
@@ -95,7 +98,7 @@ pub(super) async fn insert_sla_minutes(
 }
 
 /// (bucket, covered s, contended s, violation s, delivered x s, delivered x contended s, guarantee)
-type BucketRow = (i64, f64, f64, f64, f64, f64, Option<f64>);
+pub(super) type BucketRow = (i64, f64, f64, f64, f64, f64, Option<f64>);
 
 /// One bucket of an SLA series.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -148,6 +151,104 @@ pub(super) async fn insert_sla(tx: &mut SqliteConnection, rows: &[Verdict]) -> R
     Ok(())
 }
 
+/// A verdict as sla_raw holds it: (tenant, ts, interval, guarantee, delivered, contended,
+/// violating).
+type VerdictRow = (String, i64, i64, Option<f64>, f64, bool, bool);
+
+fn verdict(r: VerdictRow) -> Verdict {
+    let (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating) = r;
+    Verdict {
+        tenant,
+        ts_ms,
+        interval_ms,
+        guarantee_ratio,
+        delivered_ratio,
+        contended,
+        violating,
+    }
+}
+
+/// The verdicts of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
+/// last], by tenant then time: what a compaction moves into blocks.
+pub(super) async fn raw_verdict_window(
+    tx: &mut SqliteConnection,
+    start_ms: i64,
+    (first, last): (&str, &str),
+) -> Result<Vec<Verdict>> {
+    let rows: Vec<VerdictRow> = sqlx::query_as(
+        "SELECT tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating
+         FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3 AND tenant <= ?4
+         ORDER BY tenant, ts_ms",
+    )
+    .bind(start_ms)
+    .bind(start_ms + BLOCK_MS)
+    .bind(first)
+    .bind(last)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(q("read a window of sla verdicts"))?;
+    Ok(rows.into_iter().map(verdict).collect())
+}
+
+/// Buckets of `ms` (aligned to multiples of it) of verdicts in time order, summed as the SQL
+/// over sla_raw summed them (float sums with `SqlSum`), and the delivered shares while
+/// contended, one per verdict.
+pub(super) fn raw_buckets(rows: &[Verdict], ms: i64) -> (Vec<BucketRow>, Vec<f64>) {
+    struct Acc {
+        b: i64,
+        covered: i64,
+        contended: i64,
+        violation: i64,
+        delivered: SqlSum,
+        delivered_contended: SqlSum,
+        guarantee: Option<f64>,
+    }
+    let done = |a: Acc| -> BucketRow {
+        (
+            a.b,
+            a.covered as f64 / 1000.0,
+            a.contended as f64 / 1000.0,
+            a.violation as f64 / 1000.0,
+            a.delivered.get().unwrap_or(0.0) / 1000.0,
+            a.delivered_contended.get().unwrap_or(0.0) / 1000.0,
+            a.guarantee,
+        )
+    };
+    let (mut out, mut shares, mut cur) = (Vec::new(), Vec::new(), None::<Acc>);
+    for v in rows {
+        let b = (v.ts_ms / ms) * ms;
+        if cur.as_ref().is_some_and(|a| a.b != b) {
+            out.extend(cur.take().map(done));
+        }
+        let a = cur.get_or_insert_with(|| Acc {
+            b,
+            covered: 0,
+            contended: 0,
+            violation: 0,
+            delivered: SqlSum::default(),
+            delivered_contended: SqlSum::default(),
+            guarantee: None,
+        });
+        let (i, c) = (v.interval_ms, i64::from(v.contended));
+        a.covered += i;
+        a.contended += c * i;
+        a.violation += i64::from(v.violating) * i;
+        a.delivered.add(v.delivered_ratio * i as f64);
+        a.delivered_contended
+            .add(v.delivered_ratio * c as f64 * i as f64);
+        if let Some(g) = v.guarantee_ratio {
+            if a.guarantee.is_none_or(|m| g > m) {
+                a.guarantee = Some(g);
+            }
+        }
+        if v.contended {
+            shares.push(v.delivered_ratio);
+        }
+    }
+    out.extend(cur.map(done));
+    (out, shares)
+}
+
 /// Folds the closed minutes of `sla_raw` into minute rollups, and the closed hours of those
 /// into hour rollups; like the usage rollups, a bucket appears once `now_ms` is past its end.
 pub(super) async fn fold_sla(tx: &mut SqliteConnection, now_ms: i64) -> Result<()> {
@@ -196,6 +297,82 @@ impl Store {
         self.add_sweep(&[], rows, &[]).await
     }
 
+    /// A tenant's verdicts in [from_ms, to_ms) in time order: the compressed blocks' and the
+    /// raw table's (the windows not compacted yet), read in one transaction.
+    pub async fn raw_verdicts(
+        &self,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<Verdict>> {
+        const OP: &str = "read sla verdicts";
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let rows = read_blocks(
+            &mut tx,
+            BlockColumn::Sla,
+            tenant,
+            (from_ms, to_ms),
+            decode_verdicts,
+            |v| v.ts_ms,
+        )
+        .await?;
+        // Raw rows are keyed (ts_ms, tenant): one lookup per sweep time in the range.
+        let tail: Vec<VerdictRow> = sqlx::query_as(
+            "SELECT r.tenant, r.ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating
+             FROM sample_ticks t CROSS JOIN sla_raw r ON r.ts_ms = t.ts_ms
+             WHERE r.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 ORDER BY t.ts_ms",
+        )
+        .bind(tenant)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(q(OP))?;
+        tx.commit().await.map_err(q("commit"))?;
+        Ok(merge_by_time(
+            rows,
+            tail.into_iter().map(verdict).collect(),
+            |r| r.ts_ms,
+        ))
+    }
+
+    /// Buckets of `ms` and the contended shares of a rollup level.
+    async fn rollup_buckets(
+        &self,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+        ms: i64,
+        level: Level,
+    ) -> Result<(Vec<BucketRow>, Vec<f64>)> {
+        let rows: Vec<BucketRow> = sqlx::query_as(
+            "SELECT (bucket_ms / ?4) * ?4 AS b, sum(covered_s), sum(contended_s), sum(violation_s),
+                    sum(delivered_sum), sum(delivered_contended_sum), max(guarantee_ratio)
+             FROM sla_rollup WHERE step_s = ?5 AND tenant = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3
+             GROUP BY b ORDER BY b",
+        )
+        .bind(tenant)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(ms)
+        .bind(level.step_s())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read sla series"))?;
+        let shares: Vec<f64> = sqlx::query_scalar(
+            "SELECT delivered_contended_sum / contended_s FROM sla_rollup
+             WHERE step_s = ?4 AND tenant = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 AND contended_s > 0",
+        )
+        .bind(tenant)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(level.step_s())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read contended shares"))?;
+        Ok((rows, shares))
+    }
+
     /// Deletes SLA rows older than each level keeps.
     pub async fn prune_sla(&self, now_ms: i64, keep: &Retention) -> Result<u64> {
         let r = self.write_prune_sla(now_ms, keep).await;
@@ -236,34 +413,13 @@ impl Store {
         let level = keep.pick(from_ms, want_step, now_ms);
         let step_s = ((want_step + level.step_s() - 1) / level.step_s()) * level.step_s();
         let ms = step_s * 1000;
-        let (sql, shares_sql) = match level {
-            // Raw rows are keyed (ts_ms, tenant): one lookup per sweep time in the range.
-            Level::Raw => (
-                "SELECT (t.ts_ms / ?4) * ?4 AS b, sum(interval_ms) / 1000.0, sum(contended * interval_ms) / 1000.0,
-                        sum(violating * interval_ms) / 1000.0, sum(delivered_ratio * interval_ms) / 1000.0,
-                        sum(delivered_ratio * contended * interval_ms) / 1000.0, max(guarantee_ratio)
-                 FROM sample_ticks t CROSS JOIN sla_raw r ON r.ts_ms = t.ts_ms
-                 WHERE r.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 GROUP BY b ORDER BY b",
-                "SELECT delivered_ratio FROM sample_ticks t CROSS JOIN sla_raw r ON r.ts_ms = t.ts_ms
-                 WHERE r.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 AND contended = 1",
-            ),
-            _ => (
-                "SELECT (bucket_ms / ?4) * ?4 AS b, sum(covered_s), sum(contended_s), sum(violation_s),
-                        sum(delivered_sum), sum(delivered_contended_sum), max(guarantee_ratio)
-                 FROM sla_rollup WHERE step_s = ?5 AND tenant = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 GROUP BY b ORDER BY b",
-                "SELECT delivered_contended_sum / contended_s FROM sla_rollup
-                 WHERE step_s = ?4 AND tenant = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 AND contended_s > 0",
-            ),
+        let (rows, contended_shares) = if level == Level::Raw {
+            let verdicts = self.raw_verdicts(tenant, from_ms, to_ms).await?;
+            raw_buckets(&verdicts, ms)
+        } else {
+            self.rollup_buckets(tenant, from_ms, to_ms, ms, level)
+                .await?
         };
-        let rows: Vec<BucketRow> = sqlx::query_as(sql)
-            .bind(tenant)
-            .bind(from_ms)
-            .bind(to_ms)
-            .bind(ms)
-            .bind(level.step_s())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("read sla series"))?;
         let buckets = rows
             .into_iter()
             .map(|(b, cov, con, vio, dsum, dcsum, g)| SlaBucket {
@@ -276,19 +432,6 @@ impl Store {
                 guarantee_ratio: g,
             })
             .collect();
-        let shares_q = sqlx::query_scalar(shares_sql)
-            .bind(tenant)
-            .bind(from_ms)
-            .bind(to_ms);
-        let shares_q = if level == Level::Raw {
-            shares_q
-        } else {
-            shares_q.bind(level.step_s())
-        };
-        let contended_shares: Vec<f64> = shares_q
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("read contended shares"))?;
         Ok(SlaSeries {
             level,
             step_s,

@@ -1,13 +1,113 @@
 //! The writes that span the usage and SLA tables, each ONE transaction: a sweep's samples,
-//! verdicts and events (`add_sweep`), the minutes rolled up in memory (`add_minute_rollups`)
-//! and the fold of closed buckets into rollups (`roll_up`). It composes `store::samples` and
-//! `store::sla`, which import neither it nor each other.
+//! verdicts and events (`add_sweep`), the minutes rolled up in memory (`add_minute_rollups`),
+//! the fold of closed buckets into rollups (`roll_up`) and the compaction of a closed window
+//! of raw rows and verdicts into one compressed block per tenant (`compact_raw`, issue 15).
+//! It composes `store::samples` and `store::sla`, which import neither it nor each other.
 
-use super::samples::{MinuteRollup, fold_usage, insert_minute_rollups, insert_usage};
-use super::sla::{SlaMinute, fold_sla, insert_sla, insert_sla_minutes};
-use super::{NewEvent, Result, Store, insert_event, q};
+use super::rollup::{BLOCK_MS, delete_window, merge_by_time};
+use super::samples::{
+    MinuteRollup, fold_usage, insert_minute_rollups, insert_usage, raw_usage_window,
+};
+use super::sla::{SlaMinute, fold_sla, insert_sla, insert_sla_minutes, raw_verdict_window};
+use super::{NewEvent, Result, Store, StoreError, insert_event, q};
 use crate::domain::sla_engine::Verdict;
+use crate::domain::usage_block::{decode_usage, decode_verdicts, encode_usage, encode_verdicts};
 use crate::domain::usage_row::UsageRow;
+use sqlx::SqliteConnection;
+use std::collections::BTreeMap;
+
+/// The windows `roll_up(now_ms)` may compact end at or before this: the start of `now_ms`'s
+/// minute (every minute before it is rolled up) less one window, so the raw tables always
+/// hold the last 10 to 20 minutes as they were written.
+pub(super) fn compactable_before(now_ms: i64) -> i64 {
+    now_ms.div_euclid(60_000) * 60_000 - BLOCK_MS
+}
+
+type Blob = Vec<u8>;
+
+/// One tenant's rows and verdicts of a window.
+type TenantWindow = (Vec<UsageRow>, Vec<Verdict>);
+
+/// Tenants whose window one compaction transaction moves: a short write lock, bounded memory.
+const TENANTS_PER_TX: usize = 256;
+
+/// Of a window's tenants, `roll_up` compacts at least this share per call (it runs once a
+/// minute), so a 10-minute window is compacted over about 5 calls instead of stalling one
+/// sweep with all of it.
+const SPREAD_CALLS: usize = 5;
+
+/// The tenants with raw rows or verdicts in the window [start_ms, start_ms + BLOCK_MS).
+async fn window_tenants(tx: &mut SqliteConnection, start_ms: i64) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT tenant FROM usage_raw WHERE ts_ms >= ?1 AND ts_ms < ?2
+         UNION SELECT tenant FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY 1",
+    )
+    .bind(start_ms)
+    .bind(start_ms + BLOCK_MS)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(q("list the tenants of a raw window"))
+}
+
+/// Moves the raw rows and verdicts of the window [start_ms, start_ms + BLOCK_MS) of the
+/// tenants in [first, last] into one `raw_blocks` row per tenant. A block already there (rows
+/// written into a compacted window after a clock step back) is merged with them, the raw
+/// table's rows winning for a time both hold. Returns the rows moved.
+async fn compact_window(
+    tx: &mut SqliteConnection,
+    start_ms: i64,
+    tenants: (&str, &str),
+) -> Result<u64> {
+    let mut by_tenant: BTreeMap<String, TenantWindow> = BTreeMap::new();
+    let usage = raw_usage_window(tx, start_ms, tenants).await?;
+    let verdicts = raw_verdict_window(tx, start_ms, tenants).await?;
+    let moved = (usage.len() + verdicts.len()) as u64;
+    for r in usage {
+        by_tenant.entry(r.tenant.clone()).or_default().0.push(r);
+    }
+    for v in verdicts {
+        by_tenant.entry(v.tenant.clone()).or_default().1.push(v);
+    }
+    const OP: &str = "write raw blocks";
+    for (tenant, (mut rows, mut verdicts)) in by_tenant {
+        let old: Option<(Option<Blob>, Option<Blob>)> =
+            sqlx::query_as("SELECT usage, sla FROM raw_blocks WHERE tenant = ?1 AND start_ms = ?2")
+                .bind(&tenant)
+                .bind(start_ms)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q(OP))?;
+        if let Some((u, s)) = old {
+            let corrupt = |e: crate::domain::usage_block::BlockError| StoreError::Corrupt {
+                name: tenant.clone(),
+                why: e.to_string(),
+            };
+            let u = u
+                .map(|b| decode_usage(&tenant, &b))
+                .transpose()
+                .map_err(corrupt)?;
+            let s = s
+                .map(|b| decode_verdicts(&tenant, &b))
+                .transpose()
+                .map_err(corrupt)?;
+            rows = merge_by_time(u.unwrap_or_default(), rows, |r| r.ts_ms);
+            verdicts = merge_by_time(s.unwrap_or_default(), verdicts, |v| v.ts_ms);
+        }
+        let usage = (!rows.is_empty()).then(|| encode_usage(&rows));
+        let sla = (!verdicts.is_empty()).then(|| encode_verdicts(&verdicts));
+        sqlx::query("INSERT OR REPLACE INTO raw_blocks (tenant, start_ms, usage, sla) VALUES (?1, ?2, ?3, ?4)")
+            .bind(&tenant)
+            .bind(start_ms)
+            .bind(usage)
+            .bind(sla)
+            .execute(&mut *tx)
+            .await
+            .map_err(q(OP))?;
+    }
+    delete_window(tx, "usage_raw", start_ms, tenants).await?;
+    delete_window(tx, "sla_raw", start_ms, tenants).await?;
+    Ok(moved)
+}
 
 impl Store {
     /// Writes one sweep in ONE transaction: the usage rows, the SLA verdicts, the events, and
@@ -85,10 +185,124 @@ impl Store {
     }
 
     async fn write_roll_up(&self, now_ms: i64) -> Result<()> {
+        self.write_fold(now_ms).await?;
+        self.write_compact(compactable_before(now_ms), true, &mut |_, _| {})
+            .await
+            .map(|_| ())
+    }
+
+    async fn write_fold(&self, now_ms: i64) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         fold_usage(&mut tx, now_ms).await?;
         fold_sla(&mut tx, now_ms).await?;
         tx.commit().await.map_err(q("commit"))
+    }
+
+    /// At open: compacts the raw rows of a database written before compressed blocks
+    /// (migrations/0006_raw_blocks.sql), or by a daemon stopped before it compacted them, as
+    /// `roll_up` would at the time of the newest sweep, logging the progress. The windows
+    /// are converted one transaction each, so an interrupted conversion resumes where it
+    /// stopped. Cheap when there is nothing to do.
+    pub(super) async fn convert_raw(&self) -> Result<()> {
+        let newest: Option<i64> = sqlx::query_scalar("SELECT max(ts_ms) FROM sample_ticks")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("find the newest sweep"))?;
+        let Some(newest) = newest else { return Ok(()) };
+        self.write_fold(newest).await?;
+        let mut logged: Option<u64> = None;
+        let moved = self
+            .write_compact(compactable_before(newest), false, &mut |done, total| {
+                let pct = done * 100 / total.max(1);
+                if logged.is_none() {
+                    tracing::info!(
+                        "compressing the raw usage history: {total} windows of {} minutes to convert",
+                        BLOCK_MS / 60_000
+                    );
+                }
+                if logged.is_none_or(|l| pct >= l + 5) || done == total {
+                    tracing::info!("compressing the raw usage history: {done} of {total} windows ({pct}%)");
+                    logged = Some(pct);
+                }
+            })
+            .await?;
+        if moved > 0 {
+            tracing::info!(
+                "compressed {moved} raw rows and verdicts into blocks; the space they held is reused by new rows (VACUUM returns it to the filesystem)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Compacts every window of the raw tables that ends at or before `end_ms` into
+    /// `raw_blocks`, one transaction per window, calling `progress(done, total)` after each
+    /// (`total` counts the windows from the oldest raw row, empty ones included). Returns
+    /// the rows moved. Only for windows whose minutes are rolled up (see `roll_up`).
+    pub async fn compact_raw(
+        &self,
+        end_ms: i64,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<u64> {
+        let r = self.write_compact(end_ms, false, progress).await;
+        self.tracked(r, false)
+    }
+
+    /// `spread`: compact only part of the oldest window's tenants (at least 1/`SPREAD_CALLS`
+    /// of them), the rest on the next calls.
+    async fn write_compact(
+        &self,
+        end_ms: i64,
+        spread: bool,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<u64> {
+        const FIRST: &str = "SELECT min(ts) FROM (SELECT min(ts_ms) AS ts FROM usage_raw
+             UNION ALL SELECT min(ts_ms) FROM sla_raw)";
+        const NEXT: &str =
+            "SELECT min(ts) FROM (SELECT min(ts_ms) AS ts FROM usage_raw WHERE ts_ms >= ?1
+             UNION ALL SELECT min(ts_ms) FROM sla_raw WHERE ts_ms >= ?1)";
+        let first: Option<i64> = sqlx::query_scalar(FIRST)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("find the oldest raw row"))?;
+        let Some(first) = first else { return Ok(0) };
+        let mut start = first.div_euclid(BLOCK_MS) * BLOCK_MS;
+        let total = ((end_ms - start) / BLOCK_MS).max(0) as u64;
+        let mut moved = 0;
+        while start + BLOCK_MS <= end_ms {
+            let mut tenants = {
+                let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+                let t = window_tenants(&mut tx, start).await?;
+                tx.commit().await.map_err(q("commit"))?;
+                t
+            };
+            let whole = !spread || tenants.len() <= TENANTS_PER_TX;
+            if !whole {
+                let share = tenants.len().div_ceil(SPREAD_CALLS).max(TENANTS_PER_TX);
+                tenants.truncate(share);
+            }
+            for batch in tenants.chunks(TENANTS_PER_TX) {
+                let range = (batch[0].as_str(), batch[batch.len() - 1].as_str());
+                let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+                moved += compact_window(&mut tx, start, range).await?;
+                tx.commit().await.map_err(q("commit"))?;
+            }
+            if !whole {
+                return Ok(moved);
+            }
+            // Skip the empty windows (the daemon was stopped) in one step.
+            let next: Option<i64> = sqlx::query_scalar(NEXT)
+                .bind(start + BLOCK_MS)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(q("find the next raw row"))?;
+            start = match next {
+                Some(t) => t.div_euclid(BLOCK_MS) * BLOCK_MS,
+                None => end_ms,
+            };
+            let done = total - ((end_ms - start) / BLOCK_MS).max(0) as u64;
+            progress(done, total);
+        }
+        Ok(moved)
     }
 }
 
@@ -201,5 +415,394 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+
+    fn row(tenant: &str, ts_ms: i64, mem: i64) -> UsageRow {
+        let mut r = UsageRow {
+            tenant: tenant.into(),
+            ts_ms,
+            interval_ms: Some(1000),
+            ..Default::default()
+        };
+        r.gauges.memory_current_bytes = Some(mem);
+        r
+    }
+
+    async fn count(s: &Store, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap()
+    }
+
+    /// `roll_up` compacts a window of many tenants over several calls, a batch of tenants per
+    /// transaction, and every tenant's rows are found, whole, between any two calls.
+    #[tokio::test]
+    async fn a_window_of_many_tenants_is_compacted_over_several_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let names: Vec<String> = (0..600).map(|i| format!("t{i:04}")).collect();
+        for ts in [1_000, 2_000] {
+            let rows: Vec<UsageRow> = names.iter().map(|n| row(n, ts, ts)).collect();
+            s.add_usage(&rows).await.unwrap();
+        }
+        let mut calls = 0;
+        while count(&s, "SELECT count(*) FROM usage_raw").await > 0 {
+            s.roll_up(3_600_000).await.unwrap();
+            calls += 1;
+            for n in ["t0000", "t0255", "t0256", "t0599"] {
+                let got = s.raw_usage(n, 0, 10_000).await.unwrap();
+                assert_eq!(
+                    got,
+                    [row(n, 1_000, 1_000), row(n, 2_000, 2_000)],
+                    "{n} after {calls} calls"
+                );
+            }
+            assert!(calls < 10);
+        }
+        assert_eq!(calls, 3, "256 tenants a call");
+        assert_eq!(count(&s, "SELECT count(*) FROM raw_blocks").await, 600);
+    }
+
+    /// Rows written into a window already compacted (the clock stepped back) are merged into
+    /// its block by the next compaction; for a time both hold, the newer row wins, as INSERT
+    /// OR REPLACE did.
+    #[tokio::test]
+    async fn rows_written_into_a_compacted_window_are_merged_into_its_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        s.add_usage(&[row("a", 1_000, 1), row("a", 3_000, 3)])
+            .await
+            .unwrap();
+        s.roll_up(3_600_000).await.unwrap();
+        assert_eq!(count(&s, "SELECT count(*) FROM usage_raw").await, 0);
+        s.add_usage(&[row("a", 2_000, 2), row("a", 3_000, 33)])
+            .await
+            .unwrap();
+        let want = [row("a", 1_000, 1), row("a", 2_000, 2), row("a", 3_000, 33)];
+        assert_eq!(s.raw_usage("a", 0, 10_000).await.unwrap(), want, "before");
+        s.roll_up(3_600_000).await.unwrap();
+        assert_eq!(count(&s, "SELECT count(*) FROM usage_raw").await, 0);
+        assert_eq!(count(&s, "SELECT count(*) FROM raw_blocks").await, 1);
+        assert_eq!(s.raw_usage("a", 0, 10_000).await.unwrap(), want, "after");
+    }
+}
+
+/// The migration to compressed blocks (issue 15): a database in the layout before it, written
+/// by the same statements the release before it used, answers every usage and SLA question
+/// the same after `Store::open` converted it, bit for bit.
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+    use crate::domain::stats::{CgroupStats, CpuStat, MemoryStat, PressureTotals, Sample};
+    use crate::domain::usage;
+    use crate::domain::usage_row::{UsageEvents, UsageGauges, UsageRates};
+    use crate::store::Usage;
+    use crate::store::rollup::{Level, Retention};
+    use crate::store::samples::{UsagePoint, f, point};
+
+    /// Three tenants for 40 minutes at 1 s (jittered): one busy, one idle, one that starts
+    /// late and misses samples; verdicts for all but the first sample of each.
+    fn history() -> Vec<(Vec<UsageRow>, Vec<Verdict>)> {
+        let mut x = 0x1234_5678_9abc_def0_u64;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n.max(1)
+        };
+        let mut stats: Vec<CgroupStats> = (0..3)
+            .map(|i| CgroupStats {
+                cpu: CpuStat {
+                    usage_usec: Some(1_000_000 * (i + 1)),
+                    user_usec: Some(500_000),
+                    system_usec: Some(200_000),
+                    ..CpuStat::default()
+                },
+                memory_current: Some(1 << 28),
+                memory_peak: (i != 1).then_some(1 << 29),
+                memory: MemoryStat {
+                    anon: Some(1 << 27),
+                    file: Some(1 << 26),
+                    inactive_file: Some(1 << 20),
+                },
+                cpu_pressure: Some(PressureTotals {
+                    some_usec: Some(1000),
+                    full_usec: Some(10),
+                }),
+                pids_current: Some(3),
+                ..CgroupStats::default()
+            })
+            .collect();
+        let mut prev: Vec<Option<(Sample, i64)>> = vec![None; 3];
+        let mut ts = 1_800_000_000_000_i64 + 17_345;
+        let mut out = Vec::new();
+        for k in 0..2400 {
+            ts += 1000 + rnd(9) as i64 - 4;
+            let (mut rows, mut verdicts) = (Vec::new(), Vec::new());
+            for (i, s) in stats.iter_mut().enumerate() {
+                if i == 2 && (k < 300 || rnd(10) == 0) {
+                    continue;
+                }
+                if i == 0 || rnd(20) == 0 {
+                    let cpu = rnd(900_000);
+                    s.cpu.usage_usec = s.cpu.usage_usec.map(|v| v + cpu);
+                    s.cpu.user_usec = s.cpu.user_usec.map(|v| v + cpu / 3);
+                    s.memory_current = Some((1 << 28) + 4096 * rnd(5000));
+                    if let Some(p) = s.cpu_pressure.as_mut() {
+                        p.some_usec = p.some_usec.map(|v| v + rnd(40_000));
+                    }
+                }
+                let cur = Sample {
+                    ino: 1,
+                    stats: s.clone(),
+                };
+                let r = prev[i]
+                    .as_ref()
+                    .and_then(|(p, p_ms)| usage::rates(p, *p_ms, &cur, ts));
+                let name = format!("t{i}");
+                let row = UsageRow::from_sample(&name, ts, &cur, r.as_ref());
+                if let Some(cores) = row.rates.cpu_cores {
+                    let contended = rnd(4) == 0;
+                    verdicts.push(Verdict {
+                        tenant: name,
+                        ts_ms: ts,
+                        interval_ms: row.interval_ms.unwrap_or(1000),
+                        guarantee_ratio: (i != 1).then_some(0.25),
+                        delivered_ratio: (cores / 2.0).clamp(0.0, 1.0),
+                        contended,
+                        violating: contended && cores < 0.5,
+                    });
+                }
+                rows.push(row);
+                prev[i] = Some((cur, ts));
+            }
+            out.push((rows, verdicts));
+        }
+        out
+    }
+
+    /// The raw-level usage query of the release before compressed blocks, verbatim: ?1 from,
+    /// ?2 step (ms), ?3 tenant, ?4 to.
+    fn old_raw_sql() -> String {
+        let mut s = vec![
+            "count(*) AS samples".to_string(),
+            "coalesce(sum(interval_ms), 0) / 1000.0 AS covered_s".into(),
+        ];
+        for r in UsageRates::COLUMNS {
+            s.push(format!(
+                "sum({r} * interval_ms) / 1000.0 AS {r}_sum, max({r}) AS {r}_max"
+            ));
+        }
+        for g in UsageGauges::COLUMNS {
+            s.push(format!(
+                "avg({g}) * count(*) AS {g}_sum, max({g}) AS {g}_max"
+            ));
+        }
+        for e in UsageEvents::COLUMNS {
+            s.push(format!("sum({e}) AS {e}"));
+        }
+        format!(
+            "SELECT (t.ts_ms - ?1) / ?2 AS b, {} FROM sample_ticks t CROSS JOIN usage_raw u ON u.ts_ms = t.ts_ms \
+             WHERE tenant = ?3 AND t.ts_ms >= ?1 AND t.ts_ms < ?4 GROUP BY b ORDER BY b",
+            s.join(", ")
+        )
+    }
+
+    /// The raw-level SLA bucket and share queries of the release before, verbatim.
+    const OLD_SLA_SQL: &str = "SELECT (t.ts_ms / ?4) * ?4 AS b, sum(interval_ms) / 1000.0, sum(contended * interval_ms) / 1000.0,
+            sum(violating * interval_ms) / 1000.0, sum(delivered_ratio * interval_ms) / 1000.0,
+            sum(delivered_ratio * contended * interval_ms) / 1000.0, max(guarantee_ratio)
+     FROM sample_ticks t CROSS JOIN sla_raw r ON r.ts_ms = t.ts_ms
+     WHERE r.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 GROUP BY b ORDER BY b";
+    const OLD_SHARES_SQL: &str =
+        "SELECT delivered_ratio FROM sample_ticks t CROSS JOIN sla_raw r ON r.ts_ms = t.ts_ms
+     WHERE r.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 AND contended = 1";
+
+    /// What the release before answered for a raw-level usage question (its `Store::usage`).
+    async fn old_raw_usage(
+        pool: &sqlx::SqlitePool,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+        step_s: i64,
+    ) -> Vec<UsagePoint> {
+        let step_ms = step_s * 1000;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(old_raw_sql()))
+            .bind(from_ms)
+            .bind(step_ms)
+            .bind(tenant)
+            .bind(to_ms)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        use sqlx::Row;
+        rows.iter()
+            .map(|r| {
+                point(
+                    from_ms + r.try_get::<i64, _>("b").unwrap() * step_ms,
+                    r.try_get("samples").unwrap(),
+                    f(r, "covered_s").unwrap_or(0.0),
+                    |c| (f(r, &format!("{c}_sum")), f(r, &format!("{c}_max"))),
+                    |c| f(r, c),
+                )
+            })
+            .collect()
+    }
+
+    type OldBucket = crate::store::sla::BucketRow;
+
+    /// A point's values by name, to show the first that differs.
+    fn entries(p: &UsagePoint) -> Vec<(&'static str, Option<f64>)> {
+        let mut v = vec![
+            ("samples", Some(p.samples as f64)),
+            ("covered_s", Some(p.covered_s)),
+        ];
+        v.extend(p.rates.entries());
+        v.extend(p.gauges.entries());
+        v.extend(p.events.entries());
+        v
+    }
+
+    #[tokio::test]
+    async fn usage_and_sla_answers_are_the_same_after_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let history = history();
+        let newest = history.last().unwrap().0[0].ts_ms;
+        // The layout before: migrations up to 0005 only, written as the release before wrote.
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        let mut m = sqlx::migrate!("./migrations");
+        m.migrations = m
+            .migrations
+            .iter()
+            .filter(|m| m.version <= 5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        m.run(&pool).await.unwrap();
+        for (rows, verdicts) in &history {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("INSERT OR IGNORE INTO sample_ticks (ts_ms) VALUES (?1)")
+                .bind(rows[0].ts_ms)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            insert_usage(&mut tx, rows).await.unwrap();
+            insert_sla(&mut tx, verdicts).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        let mut tx = pool.begin().await.unwrap();
+        fold_usage(&mut tx, newest).await.unwrap();
+        fold_sla(&mut tx, newest).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let keep = Retention::default();
+        let now = newest + 1000;
+        let first = history[0].0[0].ts_ms;
+        // (from, to, step): whole range and parts, steps that do and do not divide a window.
+        let questions: Vec<(i64, i64, i64)> = vec![
+            (first, now, 1),
+            (first, now, 7),
+            (first - 123_456, now, 59),
+            (first + 601_000, first + 1_500_000, 10),
+            (first + 1_234_567, now, 3),
+            (first, now, 60),
+            (first, now, 300),
+            (first, now, 3600),
+        ];
+        let mut before = Vec::new();
+        let mut sla_before = Vec::new();
+        for t in ["t0", "t1", "t2", "nobody"] {
+            for &(from, to, step) in &questions {
+                let level = keep.pick(from, step, now);
+                let points = if level == Level::Raw {
+                    // As `Store::usage` rounds them for the raw level (1 s).
+                    old_raw_usage(&pool, t, from.div_euclid(1000) * 1000, to, step).await
+                } else {
+                    Vec::new() // rollups are not converted: compared below as they are
+                };
+                before.push((t, from, to, step, level, points));
+                let ms = 10_000;
+                let b: Vec<OldBucket> = sqlx::query_as(OLD_SLA_SQL)
+                    .bind(t)
+                    .bind(from)
+                    .bind(to)
+                    .bind(ms)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                let s: Vec<f64> = sqlx::query_scalar(OLD_SHARES_SQL)
+                    .bind(t)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                sla_before.push((t, from, to, b, s));
+            }
+        }
+        let rollups_before: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_rollup")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        // Open: migration 0006 and the conversion.
+        let store = Store::open(&path).await.unwrap();
+        let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool());
+        let (raw_left, blocks) = (
+            count("SELECT count(*) FROM usage_raw").await.unwrap(),
+            count("SELECT count(*) FROM raw_blocks").await.unwrap(),
+        );
+        assert!(blocks >= 3 * 2, "{blocks} blocks");
+        assert!(
+            raw_left < 3 * 1300 && raw_left > 0,
+            "the last 10-20 minutes stay raw: {raw_left} rows"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM usage_rollup").await.unwrap(),
+            rollups_before
+        );
+
+        for (t, from, to, step, level, points) in before {
+            let u: Usage = store.usage(t, from, to, step, now, &keep).await.unwrap();
+            assert_eq!(u.level, level);
+            if level == Level::Raw {
+                assert!(!points.is_empty() || t == "nobody" || from > now);
+                assert_eq!(
+                    u.points.len(),
+                    points.len(),
+                    "{t} from {from} to {to} step {step}"
+                );
+                for (a, b) in u.points.iter().zip(&points) {
+                    let (ea, eb) = (entries(a), entries(b));
+                    for (x, y) in ea.iter().zip(&eb) {
+                        assert_eq!(x, y, "{t} from {from} to {to} step {step} at {}", b.ts_ms);
+                    }
+                    assert_eq!(a, b);
+                }
+            }
+        }
+        for (t, from, to, b, shares) in sla_before {
+            let got = store.raw_verdicts(t, from, to).await.unwrap();
+            let (buckets, s) = crate::store::sla::raw_buckets(&got, 10_000);
+            assert_eq!(buckets, b, "{t} from {from} to {to}");
+            assert_eq!(s, shares, "{t} from {from} to {to}");
+        }
+        // Reopening converts nothing more and changes nothing.
+        store.close().await;
+        let again = Store::open(&path).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_raw")
+            .fetch_one(again.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, raw_left);
     }
 }

@@ -46,6 +46,7 @@ mod reconcile;
 mod scoped;
 mod service;
 mod sla;
+mod storage;
 mod support;
 mod top;
 mod usage;

@@ -142,8 +142,13 @@ pub fn remove_tree(path: &Path) {
     rm(path);
 }
 
+/// The `tenantd` binary the tests run: this build's, or `TENANTD_TEST_BIN` (a release build,
+/// for the measurements that need one).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tenantd")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("TENANTD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenantd").into())
+    })
 }
 
 /// A TCP port on loopback that was free a moment ago.
