@@ -391,7 +391,6 @@ impl Store {
                 source,
             })?;
         store.writer.slot.lock().await.conn = Some(conn);
-        store.convert_raw().await?;
         Ok(store)
     }
 

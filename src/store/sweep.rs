@@ -184,11 +184,25 @@ impl Store {
         self.tracked(r, false)
     }
 
+    /// Compacts at most one window (or part of one) per call, so a backlog never stalls the
+    /// sampler that calls it: a database of the layout before compressed blocks
+    /// (migrations/0006_raw_blocks.sql), or one whose daemon was stopped for a while, is
+    /// converted in the background, a window a minute, oldest first, while every answer stays
+    /// the same (raw answers read blocks and raw rows alike). The backlog is logged while
+    /// there is one.
     async fn write_roll_up(&self, now_ms: i64) -> Result<()> {
         self.write_fold(now_ms).await?;
-        self.write_compact(compactable_before(now_ms), true, &mut |_, _| {})
-            .await
-            .map(|_| ())
+        self.write_compact(compactable_before(now_ms), true, &mut |done, total| {
+            if total > 1 {
+                tracing::info!(
+                    "compressing the raw usage history: {} windows of {} minutes left (one a minute, oldest first)",
+                    total - done,
+                    BLOCK_MS / 60_000
+                );
+            }
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn write_fold(&self, now_ms: i64) -> Result<()> {
@@ -196,42 +210,6 @@ impl Store {
         fold_usage(&mut tx, now_ms).await?;
         fold_sla(&mut tx, now_ms).await?;
         tx.commit().await.map_err(q("commit"))
-    }
-
-    /// At open: compacts the raw rows of a database written before compressed blocks
-    /// (migrations/0006_raw_blocks.sql), or by a daemon stopped before it compacted them, as
-    /// `roll_up` would at the time of the newest sweep, logging the progress. The windows
-    /// are converted one transaction each, so an interrupted conversion resumes where it
-    /// stopped. Cheap when there is nothing to do.
-    pub(super) async fn convert_raw(&self) -> Result<()> {
-        let newest: Option<i64> = sqlx::query_scalar("SELECT max(ts_ms) FROM sample_ticks")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(q("find the newest sweep"))?;
-        let Some(newest) = newest else { return Ok(()) };
-        self.write_fold(newest).await?;
-        let mut logged: Option<u64> = None;
-        let moved = self
-            .write_compact(compactable_before(newest), false, &mut |done, total| {
-                let pct = done * 100 / total.max(1);
-                if logged.is_none() {
-                    tracing::info!(
-                        "compressing the raw usage history: {total} windows of {} minutes to convert",
-                        BLOCK_MS / 60_000
-                    );
-                }
-                if logged.is_none_or(|l| pct >= l + 5) || done == total {
-                    tracing::info!("compressing the raw usage history: {done} of {total} windows ({pct}%)");
-                    logged = Some(pct);
-                }
-            })
-            .await?;
-        if moved > 0 {
-            tracing::info!(
-                "compressed {moved} raw rows and verdicts into blocks; the space they held is reused by new rows (VACUUM returns it to the filesystem)"
-            );
-        }
-        Ok(())
     }
 
     /// Compacts every window of the raw tables that ends at or before `end_ms` into
@@ -247,8 +225,8 @@ impl Store {
         self.tracked(r, false)
     }
 
-    /// `spread`: compact only part of the oldest window's tenants (at least 1/`SPREAD_CALLS`
-    /// of them), the rest on the next calls.
+    /// `spread`: compact one window per call, and of a window of many tenants only part
+    /// (at least 1/`SPREAD_CALLS` of them), the rest on the next calls.
     async fn write_compact(
         &self,
         end_ms: i64,
@@ -286,7 +264,10 @@ impl Store {
                 moved += compact_window(&mut tx, start, range).await?;
                 tx.commit().await.map_err(q("commit"))?;
             }
-            if !whole {
+            if spread {
+                // One window per call (see `write_roll_up`).
+                let left = ((end_ms - start) / BLOCK_MS).max(0) as u64;
+                progress(total - left + u64::from(whole), total);
                 return Ok(moved);
             }
             // Skip the empty windows (the daemon was stopped) in one step.
@@ -492,7 +473,8 @@ mod compact_tests {
 
 /// The migration to compressed blocks (issue 15): a database in the layout before it, written
 /// by the same statements the release before it used, answers every usage and SLA question
-/// the same after `Store::open` converted it, bit for bit.
+/// the same after `Store::open` (which converts nothing), while `roll_up` converts it a window
+/// per call, and after it, bit for bit.
 #[cfg(test)]
 mod migration_tests {
     use super::*;
@@ -754,9 +736,58 @@ mod migration_tests {
             .unwrap();
         pool.close().await;
 
-        // Open: migration 0006 and the conversion.
+        // Open: migration 0006; the answers are the same before the conversion, while it
+        // runs (a window per roll_up, as the sampler calls it once a minute) and after it.
         let store = Store::open(&path).await.unwrap();
         let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool());
+        let blocks = count("SELECT count(*) FROM raw_blocks").await.unwrap();
+        assert_eq!(
+            blocks, 0,
+            "opening converts nothing: the sampler's roll_up does"
+        );
+        let check = async |store: &Store| {
+            for (t, from, to, step, level, points) in &before {
+                let u: Usage = store.usage(t, *from, *to, *step, now, &keep).await.unwrap();
+                assert_eq!(u.level, *level);
+                if *level == Level::Raw {
+                    assert!(!points.is_empty() || *t == "nobody" || *from > now);
+                    assert_eq!(
+                        u.points.len(),
+                        points.len(),
+                        "{t} from {from} to {to} step {step}"
+                    );
+                    for (a, b) in u.points.iter().zip(points) {
+                        let (ea, eb) = (entries(a), entries(b));
+                        for (x, y) in ea.iter().zip(&eb) {
+                            assert_eq!(x, y, "{t} from {from} to {to} step {step} at {}", b.ts_ms);
+                        }
+                        assert_eq!(a, b);
+                    }
+                }
+            }
+            for (t, from, to, b, shares) in &sla_before {
+                let got = store.raw_verdicts(t, *from, *to).await.unwrap();
+                let (buckets, s) = crate::store::sla::raw_buckets(&got, 10_000);
+                assert_eq!(&buckets, b, "{t} from {from} to {to}");
+                assert_eq!(&s, shares, "{t} from {from} to {to}");
+            }
+        };
+        check(&store).await;
+        let mut calls = 0;
+        let mut last = -1;
+        loop {
+            store.roll_up(now).await.unwrap();
+            calls += 1;
+            let blocks = count("SELECT count(*) FROM raw_blocks").await.unwrap();
+            if calls == 1 {
+                check(&store).await;
+            }
+            if blocks == last {
+                break;
+            }
+            last = blocks;
+        }
+        assert!(calls > 2, "one window per call: {calls} calls");
         let (raw_left, blocks) = (
             count("SELECT count(*) FROM usage_raw").await.unwrap(),
             count("SELECT count(*) FROM raw_blocks").await.unwrap(),
@@ -770,33 +801,8 @@ mod migration_tests {
             count("SELECT count(*) FROM usage_rollup").await.unwrap(),
             rollups_before
         );
-
-        for (t, from, to, step, level, points) in before {
-            let u: Usage = store.usage(t, from, to, step, now, &keep).await.unwrap();
-            assert_eq!(u.level, level);
-            if level == Level::Raw {
-                assert!(!points.is_empty() || t == "nobody" || from > now);
-                assert_eq!(
-                    u.points.len(),
-                    points.len(),
-                    "{t} from {from} to {to} step {step}"
-                );
-                for (a, b) in u.points.iter().zip(&points) {
-                    let (ea, eb) = (entries(a), entries(b));
-                    for (x, y) in ea.iter().zip(&eb) {
-                        assert_eq!(x, y, "{t} from {from} to {to} step {step} at {}", b.ts_ms);
-                    }
-                    assert_eq!(a, b);
-                }
-            }
-        }
-        for (t, from, to, b, shares) in sla_before {
-            let got = store.raw_verdicts(t, from, to).await.unwrap();
-            let (buckets, s) = crate::store::sla::raw_buckets(&got, 10_000);
-            assert_eq!(buckets, b, "{t} from {from} to {to}");
-            assert_eq!(s, shares, "{t} from {from} to {to}");
-        }
-        // Reopening converts nothing more and changes nothing.
+        check(&store).await;
+        // Reopening changes nothing.
         store.close().await;
         let again = Store::open(&path).await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_raw")
