@@ -227,9 +227,7 @@ impl DesiredState {
     /// The sums after `name` takes `spec` (`None`: is removed), walking up from it.
     fn walk(&self, name: &TenantName, spec: Option<&TenantSpec>) -> Walk {
         let top_before = self.below.get(&None).copied().unwrap_or_default();
-        let parent = spec
-            .or(self.specs.get(name))
-            .and_then(|s| s.parent.clone());
+        let parent = spec.or(self.specs.get(name)).and_then(|s| s.parent.clone());
         let old = self.held.get(name).copied().unwrap_or_default();
         let new = match spec {
             Some(s) => {

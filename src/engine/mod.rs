@@ -493,7 +493,10 @@ impl Governor {
     /// a failed commit). While a change is under way the cache is served as it is: the change
     /// brings it up to date when it ends, and reads never wait for it.
     async fn fresh(&self) -> Result<()> {
-        if self.cached_version().is_some_and(|v| v == self.store.tenants_version()) {
+        if self
+            .cached_version()
+            .is_some_and(|v| v == self.store.tenants_version())
+        {
             return Ok(());
         }
         if self.cached_version().is_none() {
@@ -694,7 +697,14 @@ impl Governor {
                     .ok_or_else(|| EngineError::NotFound(name.to_string()))?
             }
         };
-        Ok(view(self.backend.as_ref(), name, st, plan, &dir, Some(&read)))
+        Ok(view(
+            self.backend.as_ref(),
+            name,
+            st,
+            plan,
+            &dir,
+            Some(&read),
+        ))
     }
 
     /// Creates or replaces a tenant. Returns the view and whether it was created.
@@ -952,7 +962,9 @@ impl Governor {
         {
             // The delete is stored and done; the ancestors' new settings are written by the
             // next reconcile pass.
-            tracing::warn!("tenant '{name}' deleted; rewriting its ancestors' settings failed: {e}");
+            tracing::warn!(
+                "tenant '{name}' deleted; rewriting its ancestors' settings failed: {e}"
+            );
         }
         let change = Arc::try_unwrap(change).unwrap_or_else(|c| (*c).clone());
         self.commit_to_cache(before, 1, |c| {
