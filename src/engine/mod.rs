@@ -264,17 +264,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| EngineError::Join(e.to_string()))
 }
 
-fn specs_of(stored: &BTreeMap<TenantName, StoredTenant>) -> BTreeMap<TenantName, TenantSpec> {
-    stored
-        .iter()
-        .map(|(n, t)| (n.clone(), t.spec.clone()))
-        .collect()
-}
-
-fn dir_of(name: &TenantName, specs: &BTreeMap<TenantName, TenantSpec>) -> CgroupPath {
-    CgroupPath::tenant(&tenant::lineage(name, specs))
-}
-
 impl Governor {
     pub fn new(
         backend: Arc<dyn Backend>,
@@ -405,16 +394,88 @@ impl Governor {
         r
     }
 
+    /// One pass in steps, each under the write lock, so a change waits for one step at most
+    /// (issue 15: a pass over 10,000 tenants takes seconds): the journal and the root; the
+    /// tenants, `RECONCILE_CHUNK` at a time, parents first, each with the plan in force when
+    /// its step runs; then the walk for directories no tenant owns, made without the lock and
+    /// checked again under it.
     async fn reconcile_pass(&self) -> Result<ReconcileReport> {
-        let _w = self.writes.lock().await;
-        let specs = specs_of(&self.store.tenants().await?);
-        // What a crash left half-done first, so the walk below finds no directory of ours
-        // that no tenant owns.
-        let left = self.recover_journal(&specs).await?;
-        let b = self.backend.clone();
-        let (cfg, mode) = (self.cfg.clone(), self.mode());
-        let mut report = blocking(move || reconcile_kernel(b.as_ref(), &specs, &cfg, mode)).await?;
-        report.errors.extend(left);
+        let (mut report, order, ready) = {
+            let _w = self.writes.lock().await;
+            self.fresh_locked().await?;
+            // What a crash left half-done first, so the walk below finds no directory of ours
+            // that no tenant owns.
+            let left = self.recover_journal().await?;
+            self.fresh_locked().await?;
+            let daemon_min = self.cfg.daemon_memory_min_bytes;
+            let (need, order) = self
+                .read(|c| {
+                    let order: Vec<TenantName> = tenant::Tree::new(c.state.specs())
+                        .topo_order()
+                        .into_iter()
+                        .cloned()
+                        .collect();
+                    (c.state.root_protection(daemon_min), order)
+                })
+                .await?;
+            let (b, mode) = (self.backend.clone(), self.mode());
+            let (mut report, ready) =
+                blocking(move || reconcile_root(b.as_ref(), need, mode)).await?;
+            report.errors.extend(left);
+            (report, order, ready)
+        };
+        if ready {
+            for chunk in order.chunks(RECONCILE_CHUNK) {
+                let _w = self.writes.lock().await;
+                self.fresh_locked().await?;
+                let work: Vec<(TenantName, CgroupPath, TenantPlan)> = self
+                    .read(|c| {
+                        chunk
+                            .iter()
+                            .filter_map(|n| {
+                                let p = c.state.plan(n)?.clone();
+                                Some((n.clone(), CgroupPath::tenant(&c.state.lineage(n)), p))
+                            })
+                            .collect()
+                    })
+                    .await?;
+                let b = self.backend.clone();
+                let part = blocking(move || reconcile_tenants(b.as_ref(), &work)).await?;
+                report.created.extend(part.created);
+                report.corrected.extend(part.corrected);
+                report.errors.extend(part.errors);
+            }
+        }
+        let (b, cache) = (self.backend.clone(), self.desired.clone());
+        let owned = move |t: &TenantName, parent: Option<&TenantName>| {
+            let g = cache.read().expect("desired lock");
+            g.as_ref()
+                .and_then(|c| c.state.spec(t))
+                .is_some_and(|s| s.parent.as_ref() == parent)
+        };
+        let found = if ready {
+            blocking(move || unknown_dirs(b.as_ref(), owned)).await?
+        } else {
+            Vec::new()
+        };
+        if !found.is_empty() {
+            let _w = self.writes.lock().await;
+            self.fresh_locked().await?;
+            report.unknown = self
+                .read(|c| {
+                    found
+                        .into_iter()
+                        .filter(|(name, parent, _)| {
+                            let spec = TenantName::parse(name)
+                                .ok()
+                                .and_then(|t| c.state.spec(&t).cloned());
+                            spec.is_none_or(|s| s.parent != *parent)
+                        })
+                        .map(|(_, _, shown)| shown)
+                        .collect()
+                })
+                .await?;
+        }
         // Counted as soon as the kernel was written, even if recording the events fails.
         self.reconcile_corrections
             .inc_by(report.corrected.len() as u64);
@@ -450,7 +511,6 @@ impl Governor {
                 report.unknown
             );
         }
-        drop(_w);
         self.refresh_kernel(None).await?;
         Ok(report)
     }
@@ -458,15 +518,13 @@ impl Governor {
     /// Finishes or undoes every journal record a change that did not end left behind (see
     /// `journal`); returns why records stay (tried again on the next pass). Called with the
     /// write lock held, so no change is under way.
-    async fn recover_journal(
-        &self,
-        specs: &BTreeMap<TenantName, TenantSpec>,
-    ) -> Result<Vec<String>> {
+    async fn recover_journal(&self) -> Result<Vec<String>> {
         let intents = self.store.intents().await?;
         if intents.is_empty() {
             return Ok(Vec::new());
         }
-        let (b, policy, sp) = (self.backend.clone(), self.policy(), specs.clone());
+        let sp = self.specs().await?;
+        let (b, policy) = (self.backend.clone(), self.policy());
         let outcomes = blocking(move || {
             intents
                 .iter()
@@ -1278,28 +1336,35 @@ fn apply_root_protection(
     }
 }
 
-fn reconcile_kernel(
-    b: &dyn Backend,
-    specs: &BTreeMap<TenantName, TenantSpec>,
-    cfg: &EngineConfig,
-    mode: RunMode,
-) -> ReconcileReport {
+/// Tenants per step of a reconcile pass (`Governor::reconcile_pass`): a change waits for one
+/// step at most.
+const RECONCILE_CHUNK: usize = 32;
+
+/// The governor root, made ready, with the protection its tenants need; false when it is
+/// not ready (nothing below it is reconciled then).
+fn reconcile_root(b: &dyn Backend, need: (u64, u64), mode: RunMode) -> (ReconcileReport, bool) {
     let mut r = ReconcileReport::default();
     if let Err(e) = b
         .prepare_root()
         .and_then(|_| b.ensure(&CgroupPath::root(), false))
     {
         r.errors.push(e.to_string());
-        return r;
+        return (r, false);
     }
-    let need = plan::root_protection(specs, cfg.daemon_memory_min_bytes);
     if let Err(e) = apply_root_protection(b, mode, need) {
         r.errors.push(e.to_string());
     }
-    let plans = plan::plan(specs, cfg.params);
-    for n in tenant::topo_order(specs) {
-        let dir = dir_of(&n, specs);
-        match b.ensure(&dir, true) {
+    (r, true)
+}
+
+/// Creates what is missing and rewrites what drifted, for each (tenant, directory, plan).
+fn reconcile_tenants(
+    b: &dyn Backend,
+    work: &[(TenantName, CgroupPath, TenantPlan)],
+) -> ReconcileReport {
+    let mut r = ReconcileReport::default();
+    for (n, dir, p) in work {
+        match b.ensure(dir, true) {
             Ok(true) => r.created.push(n.to_string()),
             Ok(false) => {}
             Err(e) => {
@@ -1307,7 +1372,6 @@ fn reconcile_kernel(
                 continue;
             }
         }
-        let p = &plans[&n];
         for (d, s) in [(dir.clone(), &p.tenant), (dir.leaf(), &p.leaf)] {
             match b.apply(&d, s) {
                 Ok(changes) => r
@@ -1317,7 +1381,16 @@ fn reconcile_kernel(
             }
         }
     }
-    // Unknown directories: walk the tree we know and list what is not ours.
+    r
+}
+
+/// Directories under the root that no tenant owns, by `owned(name, parent)`: walks the tree
+/// we know. Each is (its name, the tenant it sits in, its path as shown).
+fn unknown_dirs(
+    b: &dyn Backend,
+    owned: impl Fn(&TenantName, Option<&TenantName>) -> bool,
+) -> Vec<(String, Option<TenantName>, String)> {
+    let mut out = Vec::new();
     let mut stack = vec![(CgroupPath::root(), None::<TenantName>)];
     while let Some((dir, parent)) = stack.pop() {
         let Ok(kids) = b.children(&dir) else { continue };
@@ -1325,21 +1398,22 @@ fn reconcile_kernel(
             if k == LEAF || (parent.is_none() && k == DAEMON_LEAF) {
                 continue;
             }
-            let owned = TenantName::parse(&k)
+            let mine = TenantName::parse(&k)
                 .ok()
-                .filter(|t| specs.get(t).is_some_and(|s| s.parent == parent));
-            match owned {
+                .filter(|t| owned(t, parent.as_ref()));
+            match mine {
                 Some(t) => stack.push((
                     dir.join(&k).expect("tenant names are valid segments"),
                     Some(t),
                 )),
-                None => r
-                    .unknown
-                    .push(b.path_of(&dir).join(&k).display().to_string()),
+                None => {
+                    let shown = b.path_of(&dir).join(&k).display().to_string();
+                    out.push((k, parent.clone(), shown));
+                }
             }
         }
     }
-    r
+    out
 }
 
 /// The refusal to write one of the root's own interface files in delegated mode.
