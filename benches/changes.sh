@@ -15,36 +15,17 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (cgroup directories)"; exit 1; }
 cargo build --release --quiet
+source benches/v1_daemon.sh
 BIN="$PWD/target/release/tenantd"
 COUNTS=("$@"); [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 10000)
 PORT=17981
 RESULTS=$(mktemp)
 for n in "${COUNTS[@]}"; do
  for shape in flat tree; do
-  dirs=()
-  for h in cpu cpuacct memory blkio pids; do
-    own=$(awk -F: -v h="$h" '$2==h{print $3}' /proc/self/cgroup)
-    [ -n "$own" ] || { echo "no v1 '$h' hierarchy in /proc/self/cgroup: this bench needs a v1 or hybrid host"; exit 1; }
-    d="/sys/fs/cgroup/$h$own/tenantd-bench-changes-$$"
-    [ ! -e "$d" ] || { echo "$d exists"; exit 1; }
-    mkdir "$d"; dirs+=("$d")
-  done
+  v1_dirs "tenantd-bench-changes-$$"
   work=$(mktemp -d)
-  cleanup() {
-    [ -z "${daemon:-}" ] || kill "$daemon" 2>/dev/null || true
-    for d in "${dirs[@]}"; do
-      find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    done
-    sleep 1
-    for d in "${dirs[@]}"; do find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; done
-    for d in "${dirs[@]}"; do [ ! -e "$d" ] || echo "could not remove $d"; done
-    rm -rf "$work"
-  }
-  trap cleanup EXIT
-  sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec '"$BIN"' serve --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --cgroup-version v1' \
-    sh "${dirs[@]}" 2>"$work/daemon.log" &
-  daemon=$!
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+  trap v1_cleanup EXIT
+  v1_serve "$BIN" "$PORT" "$work/db" "$work/daemon.log"
   python3 - "$PORT" "$n" "$shape" "$RESULTS" <<'PY'
 import http.client, json, sys, time
 port, n, shape, results = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -97,7 +78,7 @@ with open(results, "a") as f:
 PY
   ticks=$(awk '{print $14+$15}' "/proc/$daemon/stat" 2>/dev/null || echo 0)
   echo "daemon CPU time over the run: $((ticks * 10)) ms"
-  cleanup; trap - EXIT; unset daemon
+  v1_cleanup; trap - EXIT
  done
 done
 python3 - "$RESULTS" <<'PY'
