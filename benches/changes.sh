@@ -26,7 +26,7 @@ for n in "${COUNTS[@]}"; do
   work=$(mktemp -d)
   trap v1_cleanup EXIT
   v1_serve "$BIN" "$PORT" "$work/db" "$work/daemon.log"
-  python3 - "$PORT" "$n" "$shape" "$RESULTS" <<'PY'
+  if python3 - "$PORT" "$n" "$shape" "$RESULTS" <<'PY'
 import http.client, json, sys, time
 port, n, shape, results = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
@@ -76,6 +76,7 @@ for op, (p50, p99) in out.items():
 with open(results, "a") as f:
     f.write(json.dumps({"n": n, "shape": shape, "ms": out}) + "\n")
 PY
+  then :; else echo "failed; the daemon's log ends:"; tail -20 "$work/daemon.log"; exit 1; fi
   ticks=$(awk '{print $14+$15}' "/proc/$daemon/stat" 2>/dev/null || echo 0)
   echo "daemon CPU time over the run: $((ticks * 10)) ms"
   v1_cleanup; trap - EXIT

@@ -22,7 +22,7 @@ v1_cleanup() {
     find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
   done
   sleep 1
-  for d in "${dirs[@]}"; do find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; done
+  for d in "${dirs[@]}"; do find "$d" -depth -type d -delete 2>/dev/null || true; done
   for d in "${dirs[@]}"; do [ ! -e "$d" ] || echo "could not remove $d"; done
   rm -rf "$work"
 }
@@ -33,5 +33,6 @@ v1_serve() {
   sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec '"$1"' serve --listen 127.0.0.1:'"$2"' --db '"$3"' --cgroup-version v1' \
     sh "${dirs[@]}" 2>"$4" &
   daemon=$!
+  disown "$daemon"
   for _ in $(seq 100); do curl -sf "127.0.0.1:$2/healthz" >/dev/null && break; sleep 0.1; done
 }

@@ -9,8 +9,9 @@
 //! the walk found. `plan::plan` stays the definition: the tests check every change against it.
 
 use super::plan::{self, PlanParams, Protected, TenantPlan};
+use super::tenant::Shares;
 use super::tenant::{self, Capacity, DomainError, Others, Protection, TenantName, TenantSpec};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// What a subtree holds back: memory.min (`hard`), memory.low (`soft`), and every guarantee
 /// whatever its kind (`any`, admission's total).
@@ -61,8 +62,9 @@ impl Held {
 pub struct DesiredState {
     params: PlanParams,
     specs: BTreeMap<TenantName, TenantSpec>,
-    /// The children of each parent (`None`: the top level), in name order.
-    kids: HashMap<Option<TenantName>, BTreeSet<TenantName>>,
+    /// The children of each parent (`None`: the top level), in name order, with their shares
+    /// (admission sums the siblings' without a lookup per sibling).
+    kids: HashMap<Option<TenantName>, BTreeMap<TenantName, Shares>>,
     /// What each tenant's subtree holds back.
     held: HashMap<TenantName, Held>,
     /// Per parent (`None`: the top level), the sum of its children's `held`.
@@ -134,14 +136,16 @@ impl DesiredState {
                 })
                 .collect()
         };
-        let mut kids: HashMap<Option<TenantName>, BTreeSet<TenantName>> = HashMap::new();
+        let mut kids: HashMap<Option<TenantName>, BTreeMap<TenantName, Shares>> = HashMap::new();
         for (n, s) in &specs {
-            kids.entry(s.parent.clone()).or_default().insert(n.clone());
+            kids.entry(s.parent.clone())
+                .or_default()
+                .insert(n.clone(), Shares::of(s));
         }
         let below = kids
             .iter()
             .map(|(p, set)| {
-                let sum = set.iter().fold(Held::default(), |acc, c| {
+                let sum = set.keys().fold(Held::default(), |acc, c| {
                     acc.replace(Held::default(), held[c])
                 });
                 (p.clone(), sum)
@@ -182,7 +186,10 @@ impl DesiredState {
         &'s self,
         parent: Option<&TenantName>,
     ) -> impl Iterator<Item = &'s TenantName> + use<'s> {
-        self.kids.get(&parent.cloned()).into_iter().flatten()
+        self.kids
+            .get(&parent.cloned())
+            .into_iter()
+            .flat_map(|m| m.keys())
     }
 
     /// The chain of names from the top-level ancestor down to `name`.
@@ -272,7 +279,8 @@ impl DesiredState {
     }
 
     /// What setting `name` to `spec` (`None`: deleting it) changes, without changing
-    /// anything. `spec` must be admitted, and a deleted tenant must have no children.
+    /// anything. `spec` must be admitted and keep the tenant's parent, and a deleted tenant
+    /// must have no children.
     pub fn preview(&self, name: &TenantName, spec: Option<&TenantSpec>) -> Change {
         let w = self.walk(name, spec);
         let below: HashMap<&Option<TenantName>, Held> =
@@ -366,12 +374,10 @@ impl DesiredState {
     pub fn apply(&mut self, c: Change) {
         match c.spec {
             Some(s) => {
-                if !self.specs.contains_key(&c.name) {
-                    self.kids
-                        .entry(s.parent.clone())
-                        .or_default()
-                        .insert(c.name.clone());
-                }
+                self.kids
+                    .entry(s.parent.clone())
+                    .or_default()
+                    .insert(c.name.clone(), Shares::of(&s));
                 self.specs.insert(c.name.clone(), s);
             }
             None => {
@@ -427,20 +433,28 @@ impl Others for Except<'_> {
         self.state.specs.len() - usize::from(self.state.specs.contains_key(self.name))
     }
 
-    fn children<'s>(
-        &'s self,
-        parent: Option<&TenantName>,
-    ) -> Box<dyn Iterator<Item = &'s TenantSpec> + 's> {
+    fn shares<'s>(&'s self, parent: Option<&TenantName>) -> Box<dyn Iterator<Item = Shares> + 's> {
+        let kids = self.state.kids.get(&parent.cloned());
         Box::new(
-            self.state
-                .children(parent)
-                .filter(|n| *n != self.name)
-                .map(|n| &self.state.specs[n]),
+            kids.into_iter()
+                .flatten()
+                .filter(|(n, _)| *n != self.name)
+                .map(|(_, s)| *s),
         )
     }
 
     fn committed_memory_with(&self, name: &TenantName, spec: Option<&TenantSpec>) -> u64 {
-        self.state.walk(name, spec).top_after.any
+        let old = self.state.specs.get(name);
+        match (old, spec) {
+            // A move to another parent (which the engine refuses, but admission may be asked
+            // about): the walk assumes the parent stays, so count it the long way.
+            (Some(o), Some(s)) if o.parent != s.parent => {
+                let mut all = self.state.specs.clone();
+                all.insert(name.clone(), s.clone());
+                tenant::committed_memory(&all)
+            }
+            _ => self.state.walk(name, spec).top_after.any,
+        }
     }
 }
 

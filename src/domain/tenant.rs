@@ -509,18 +509,14 @@ pub fn admit(
             steps += 1;
         }
     }
-    let siblings = || others.children(spec.parent.as_ref());
+    let siblings = || others.shares(spec.parent.as_ref());
     for (field, mine, of) in [
         (
             "cpu.guarantee_pct",
             spec.cpu.guarantee_pct,
-            (|s: &TenantSpec| s.cpu.guarantee_pct) as fn(&TenantSpec) -> Option<Percent>,
+            (|s: Shares| s.cpu) as fn(Shares) -> Option<Percent>,
         ),
-        (
-            "io.guarantee_pct",
-            spec.io.guarantee_pct,
-            |s: &TenantSpec| s.io.guarantee_pct,
-        ),
+        ("io.guarantee_pct", spec.io.guarantee_pct, |s: Shares| s.io),
     ] {
         if let Some(Percent(g)) = mine {
             let taken: f64 = siblings().filter_map(of).map(|p| p.0).sum();
@@ -577,6 +573,22 @@ pub fn admit(
     Ok(())
 }
 
+/// A tenant's guarantees of the shares its siblings split (cpu, io): what admission sums.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shares {
+    pub cpu: Option<Percent>,
+    pub io: Option<Percent>,
+}
+
+impl Shares {
+    pub fn of(s: &TenantSpec) -> Shares {
+        Shares {
+            cpu: s.cpu.guarantee_pct,
+            io: s.io.guarantee_pct,
+        }
+    }
+}
+
 /// What admission reads of the other tenants (every tenant but the one admitted). A map of
 /// them answers by scanning and cloning, O(n) per question; the engine's desired state
 /// (`desired::Except`) answers from its indexes, in O(depth + siblings).
@@ -585,11 +597,9 @@ pub trait Others {
     fn get(&self, name: &TenantName) -> Option<&TenantSpec>;
     /// How many other tenants there are (bounds the walks up a corrupt parent chain).
     fn count(&self) -> usize;
-    /// The other tenants whose parent is `parent` (`None`: the top level), in name order.
-    fn children<'s>(
-        &'s self,
-        parent: Option<&TenantName>,
-    ) -> Box<dyn Iterator<Item = &'s TenantSpec> + 's>;
+    /// The shares of the other tenants whose parent is `parent` (`None`: the top level), in
+    /// name order.
+    fn shares<'s>(&'s self, parent: Option<&TenantName>) -> Box<dyn Iterator<Item = Shares> + 's>;
     /// `committed_memory` of the other tenants with `name` added as `spec` (`None`: without
     /// `name`).
     fn committed_memory_with(&self, name: &TenantName, spec: Option<&TenantSpec>) -> u64;
@@ -602,12 +612,13 @@ impl Others for BTreeMap<TenantName, TenantSpec> {
     fn count(&self) -> usize {
         self.len()
     }
-    fn children<'s>(
-        &'s self,
-        parent: Option<&TenantName>,
-    ) -> Box<dyn Iterator<Item = &'s TenantSpec> + 's> {
+    fn shares<'s>(&'s self, parent: Option<&TenantName>) -> Box<dyn Iterator<Item = Shares> + 's> {
         let parent = parent.cloned();
-        Box::new(self.values().filter(move |s| s.parent == parent))
+        Box::new(
+            self.values()
+                .filter(move |s| s.parent == parent)
+                .map(Shares::of),
+        )
     }
     fn committed_memory_with(&self, name: &TenantName, spec: Option<&TenantSpec>) -> u64 {
         let mut all = self.clone();

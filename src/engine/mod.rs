@@ -645,6 +645,7 @@ impl Governor {
     /// Reads the kernel values of `names` (all tenants when `None`) into the read cache, off
     /// the async runtime.
     async fn refresh_kernel(&self, names: Option<Vec<TenantName>>) -> Result<()> {
+        let all = names.is_none();
         let targets: Vec<(TenantName, CgroupPath, Option<TenantPlan>)> = self
             .read(|c| {
                 let one = |n: TenantName| {
@@ -677,7 +678,8 @@ impl Governor {
         .await?;
         let live = self.desired.read().expect("desired lock");
         let mut k = self.kernel.write().expect("kernel lock");
-        if let Some(c) = live.as_ref() {
+        // Every tenant read: drop the reads of tenants gone (a delete drops its own).
+        if all && let Some(c) = live.as_ref() {
             k.retain(|n, _| c.state.spec(n).is_some());
         }
         k.extend(reads);
@@ -1029,6 +1031,7 @@ impl Governor {
             c.state.apply(change);
             c.rows.remove(name);
         });
+        self.kernel.write().expect("kernel lock").remove(name);
         let events: Vec<NewEvent> = match &mode {
             DeleteMode::MoveTo(to) if !moved.is_empty() => vec![NewEvent {
                 ts_ms: now_ms(),
