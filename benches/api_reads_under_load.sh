@@ -15,11 +15,11 @@ cargo build --release --quiet
 source benches/v1_daemon.sh
 BIN="$PWD/target/release/tenantd"
 COUNTS=("$@"); [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(100 1000)
-PORT=17979
 for n in "${COUNTS[@]}"; do
   v1_dirs "tenantd-bench-reads-$$"
   work=$(mktemp -d)
   trap v1_cleanup EXIT
+  PORT=$(free_port)
   v1_serve "$BIN" "$PORT" "$work/db" "$work/daemon.log"
   python3 - "$PORT" "$n" "$BIN" <<'PY'
 import json, os, subprocess, sys, time, urllib.request

@@ -18,13 +18,13 @@ cargo build --release --quiet
 source benches/v1_daemon.sh
 BIN="$PWD/target/release/tenantd"
 COUNTS=("$@"); [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 10000)
-PORT=17981
 RESULTS=$(mktemp)
 for n in "${COUNTS[@]}"; do
  for shape in flat tree; do
   v1_dirs "tenantd-bench-changes-$$"
   work=$(mktemp -d)
   trap v1_cleanup EXIT
+  PORT=$(free_port)
   v1_serve "$BIN" "$PORT" "$work/db" "$work/daemon.log"
   if python3 - "$PORT" "$n" "$shape" "$RESULTS" <<'PY'
 import http.client, json, sys, time

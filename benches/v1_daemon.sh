@@ -36,3 +36,8 @@ v1_serve() {
   disown "$daemon"
   for _ in $(seq 100); do curl -sf "127.0.0.1:$2/healthz" >/dev/null && break; sleep 0.1; done
 }
+
+# free_port: a TCP port nothing on this host uses now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
