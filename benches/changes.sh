@@ -9,8 +9,10 @@
 # through the API, then times over one keep-alive connection, one request after another:
 # 200 PUTs and 200 PATCHes that change an existing tenant, 200 DELETEs of tenants created for
 # them, and 200 `GET /v1/tenants/{name}`; it prints p50/p99 of each and, last, the ratio of the
-# largest count to the smallest. Everything it started is killed and every directory it
-# created is removed at the end. Nothing outside its own directories is written.
+# largest count to the smallest. TENANTD_SAMPLE_INTERVAL_S=3600 takes the sampler out of the
+# figures (its cost is measured by benches/sampler.rs). Everything it started is killed and
+# every directory it created is removed at the end. Nothing outside its own directories is
+# written.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (cgroup directories)"; exit 1; }
@@ -71,6 +73,7 @@ for t, p in doomed:
     call("PUT", f"/v1/tenants/{t}", spec(p))
 out["DELETE"] = measure([("DELETE", f"/v1/tenants/{t}", None, "application/json") for t, p in doomed])
 out["GET"] = measure([("GET", f"/v1/tenants/{t}", None, "application/json") for t, p in picked])
+print(f"load average {open('/proc/loadavg').read().split()[0]}", flush=True)
 for op, (p50, p99) in out.items():
     print(f"{n} tenants ({shape}): {op:6} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms", flush=True)
 with open(results, "a") as f:
