@@ -12,32 +12,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (cgroup directories, tenantd run)"; exit 1; }
 cargo build --release --quiet
+source benches/v1_daemon.sh
 BIN="$PWD/target/release/tenantd"
 COUNTS=("$@"); [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(100 1000)
-PORT=17979
 for n in "${COUNTS[@]}"; do
-  dirs=()
-  for h in cpu cpuacct memory blkio pids; do
-    own=$(awk -F: -v h="$h" '$2==h{print $3}' /proc/self/cgroup)
-    [ -n "$own" ] || { echo "no v1 '$h' hierarchy in /proc/self/cgroup: this bench needs a v1 or hybrid host"; exit 1; }
-    d="/sys/fs/cgroup/$h$own/tenantd-bench-reads-$$"
-    [ ! -e "$d" ] || { echo "$d exists"; exit 1; }
-    mkdir "$d"; dirs+=("$d")
-  done
+  v1_dirs "tenantd-bench-reads-$$"
   work=$(mktemp -d)
-  cleanup() {
-    for d in "${dirs[@]}"; do
-      find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    done
-    sleep 1
-    for d in "${dirs[@]}"; do find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; done
-    for d in "${dirs[@]}"; do [ ! -e "$d" ] || echo "could not remove $d"; done
-    rm -rf "$work"
-  }
-  trap cleanup EXIT
-  sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec '"$BIN"' serve --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --cgroup-version v1' \
-    sh "${dirs[@]}" 2>"$work/daemon.log" &
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+  trap v1_cleanup EXIT
+  PORT=$(free_port)
+  v1_serve "$BIN" "$PORT" "$work/db" "$work/daemon.log"
   python3 - "$PORT" "$n" "$BIN" <<'PY'
 import json, os, subprocess, sys, time, urllib.request
 port, n, bin_ = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -69,5 +52,5 @@ load = open("/proc/loadavg").read().split()[0]
 print(f"load average {load}")
 for b in busy: b.kill()
 PY
-  cleanup; trap - EXIT
+  v1_cleanup; trap - EXIT
 done

@@ -6,11 +6,11 @@ use super::error::Problem;
 use super::json::{JsonBody, from_slice};
 use super::openapi::TenantPatch;
 use super::path::TenantPath;
-use super::query::{DeleteParams, EventsParams, Params};
+use super::query::{DeleteParams, EventsParams, Params, TenantsParams, next_page_headers};
 use crate::cgroup::{Cannot, HostCgroup, RunMode};
 use crate::domain::{TenantName, TenantSpec};
 use crate::engine::placement::ProcInfo;
-use crate::engine::{DeleteMode, EngineError, ReconcileReport, TenantView, now_ms};
+use crate::engine::{DeleteMode, EngineError, Page, ReconcileReport, TenantView, now_ms};
 use crate::store::{Event, EventFilter, StoreError};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
@@ -116,13 +116,31 @@ pub struct Host {
     pub pid: u32,
 }
 
-#[utoipa::path(get, path = "/v1/tenants", operation_id = "listTenants", summary = "list tenants",
+/// `GET /v1/tenants`: tenants by name; every one without `limit`. With `limit`, when more
+/// follow, the answer has a `Link: <...&after=NAME>; rel="next"` header and a
+/// `Next-Cursor: NAME` header; `?after=NAME` continues after that name. A scoped token pages
+/// through its subtree only.
+#[utoipa::path(get, path = "/v1/tenants", operation_id = "listTenants", params(TenantsParams),
+    summary = "list tenants by name, a page at a time with limit and after",
     responses((status = 200, description = "tenants", body = Vec<TenantView>), (status = "default", response = Problem)))]
 pub async fn list(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Res<impl IntoResponse> {
-    Ok(Json(super::scope::views(&caller, st.gov.list().await?)))
+    RawQuery(raw): RawQuery,
+) -> Res<Response> {
+    let (p, q) = TenantsParams::parse(raw.as_deref(), now_ms())?;
+    let page = Page {
+        after: p.after,
+        limit: p.limit.map(|l| l as usize),
+        within: super::scope::subtree(&caller),
+    };
+    let listed = st.gov.list(&page).await?;
+    let mut resp = Json(&listed.tenants).into_response();
+    if let Some(last) = listed.next_after {
+        let next = next_page_headers("/v1/tenants", &q, &["limit"], last.as_str());
+        with_headers(&mut resp, next);
+    }
+    Ok(resp)
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{name}", operation_id = "getTenant", params(TenantPath),
@@ -339,21 +357,19 @@ pub async fn events(
     ev.truncate(limit as usize);
     let mut resp = Json(&ev).into_response();
     if let (true, Some(last)) = (more, ev.last()) {
-        let mut next = form_urlencoded::Serializer::new(String::new());
-        for k in ["tenant", "kind", "since", "limit"] {
-            if let Some(v) = q.get(k) {
-                next.append_pair(k, v);
-            }
-        }
-        next.append_pair("after", &last.id.to_string());
-        let link = format!("</v1/events?{}>; rel=\"next\"", next.finish());
-        for (h, v) in [("link", link), ("next-cursor", last.id.to_string())] {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                resp.headers_mut().insert(h, v);
-            }
-        }
+        let keep = ["tenant", "kind", "since", "limit"];
+        let next = next_page_headers("/v1/events", &q, &keep, &last.id.to_string());
+        with_headers(&mut resp, next);
     }
     Ok(resp)
+}
+
+fn with_headers(resp: &mut Response, headers: Vec<(&'static str, String)>) {
+    for (h, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(h, v);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -295,6 +295,52 @@ impl Params for DeleteParams {
     }
 }
 
+/// The most tenants one page of `GET /v1/tenants` holds.
+pub const TENANTS_MAX_LIMIT: i64 = 1000;
+
+/// `GET /v1/tenants`: one page of tenants, by name. Without `limit` the answer holds every
+/// tenant (a small host's whole list in one answer, as before pages).
+#[derive(Debug, Clone, PartialEq, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantsParams {
+    /// tenants per page, by name; when more follow, the answer has a Link header (rel="next") and a Next-Cursor header. Without it, every tenant in one answer
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// paging cursor: the Next-Cursor of the previous page (a tenant name); the page holds the names after it
+    pub after: Option<TenantName>,
+}
+
+impl Params for TenantsParams {
+    fn from_query(q: &Query, _: i64) -> Result<Self, Problem> {
+        Ok(TenantsParams {
+            limit: q
+                .get("limit")
+                .map(|_| q.limit("limit", TENANTS_MAX_LIMIT, TENANTS_MAX_LIMIT))
+                .transpose()?,
+            after: q.tenant("after")?,
+        })
+    }
+}
+
+/// The `Link: <path?...&after=CURSOR>; rel="next"` and `Next-Cursor: CURSOR` headers of a page
+/// that has a next one: the query parameters `keep` of this request, and the cursor.
+pub fn next_page_headers(
+    path: &str,
+    q: &Query,
+    keep: &[&str],
+    cursor: &str,
+) -> Vec<(&'static str, String)> {
+    let mut next = form_urlencoded::Serializer::new(String::new());
+    for k in keep {
+        if let Some(v) = q.get(k) {
+            next.append_pair(k, v);
+        }
+    }
+    next.append_pair("after", cursor);
+    let link = format!("<{path}?{}>; rel=\"next\"", next.finish());
+    vec![("link", link), ("next-cursor", cursor.to_string())]
+}
+
 /// The most events one answer holds, and the number when `limit` is not given.
 pub const EVENTS_MAX_LIMIT: i64 = 1000;
 pub const EVENTS_DEFAULT_LIMIT: i64 = 100;

@@ -26,14 +26,14 @@
 //!
 //! `guard` is a route layer that does the per-name checks before any handler runs (with the
 //! names as the handlers decode them, and every value of a repeated query key); the handlers
-//! call `check_put`, `views`, `events`, `report` and `tenant_filter` for what needs the body
+//! call `check_put`, `subtree`, `events`, `report` and `tenant_filter` for what needs the body
 //! or the answer.
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::Problem;
 use crate::domain::{DomainError, TenantName, TenantSpec};
-use crate::engine::{EngineError, TenantView};
+use crate::engine::{EngineError, Tenants};
 use crate::store::{Event, EventFilter, StoredTenant};
 use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::{Method, StatusCode};
@@ -65,15 +65,35 @@ fn within<'a>(
 
 /// Whether `caller` may see `name`: always for an unscoped caller; for a scoped one, when
 /// `name` is its tenant or a descendant of it in `specs`.
-pub fn in_scope(caller: &Caller, name: &TenantName, specs: &Stored) -> bool {
+pub fn in_scope(caller: &Caller, name: &TenantName, specs: &impl Parents) -> bool {
     match &caller.scope {
         None => true,
-        Some(scope) => within(
-            scope,
-            name,
-            |n| specs.get(n).and_then(|t| t.spec.parent.as_ref()),
-            specs.len(),
-        ),
+        Some(scope) => within(scope, name, |n| specs.parent(n), specs.count()),
+    }
+}
+
+/// Who is whose parent among the stored tenants: the engine's desired state in memory
+/// (`Tenants`, no database read per request), or a copy of the rows.
+pub trait Parents {
+    fn parent(&self, name: &TenantName) -> Option<&TenantName>;
+    fn count(&self) -> usize;
+}
+
+impl Parents for Stored {
+    fn parent(&self, name: &TenantName) -> Option<&TenantName> {
+        self.get(name).and_then(|t| t.spec.parent.as_ref())
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Parents for Tenants<'_> {
+    fn parent(&self, name: &TenantName) -> Option<&TenantName> {
+        Tenants::parent(self, name)
+    }
+    fn count(&self) -> usize {
+        self.len()
     }
 }
 
@@ -81,8 +101,16 @@ fn missing(name: &TenantName) -> Problem {
     Problem::from(EngineError::NotFound(name.to_string()))
 }
 
+/// A copy of every stored tenant, from memory (for the lists, O(n) anyway).
 async fn stored(st: &AppState) -> Result<Stored, Problem> {
-    Ok(st.gov.stored_tenants().await?)
+    Ok(st
+        .gov
+        .with_tenants(|t| {
+            t.names()
+                .filter_map(|n| Some((n.clone(), t.get(n)?)))
+                .collect()
+        })
+        .await?)
 }
 
 fn read_only(caller: &Caller, scope: &TenantName) -> Problem {
@@ -140,12 +168,13 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
             return Err(Problem::no_endpoint(parts.uri.path()));
         }
         "/v1/reports/sla" => {
-            let specs = stored(st).await?;
-            if let Some(t) = values("tenant")?
-                .iter()
-                .find(|t| !in_scope(&caller, t, &specs))
-            {
-                return Err(missing(t));
+            let names = values("tenant")?;
+            let outside = st
+                .gov
+                .with_tenants(|s| names.into_iter().find(|t| !in_scope(&caller, t, s)))
+                .await?;
+            if let Some(t) = outside {
+                return Err(missing(&t));
             }
         }
         "/v1/tenants/{name}" | "/v1/tenants/{name}/procs" | "/v1/tenants/{name}/usage" => {
@@ -157,8 +186,19 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
             if let Some(name) = name
                 && !(route == "/v1/tenants/{name}" && parts.method == Method::PUT)
             {
-                let specs = stored(st).await?;
-                if !in_scope(&caller, &name, &specs) {
+                let moves = if parts.method == Method::DELETE {
+                    values("move_to")?
+                } else {
+                    Vec::new()
+                };
+                let (inside, move_outside) = st
+                    .gov
+                    .with_tenants(|s| {
+                        let outside = moves.into_iter().find(|t| !in_scope(&caller, t, s));
+                        (in_scope(&caller, &name, s), outside)
+                    })
+                    .await?;
+                if !inside {
                     return Err(missing(&name));
                 }
                 let writes = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -176,9 +216,7 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
                     return Err(read_only(&caller, &scope));
                 }
                 if parts.method == Method::DELETE
-                    && let Some(t) = values("move_to")?
-                        .iter()
-                        .find(|t| !in_scope(&caller, t, &specs))
+                    && let Some(t) = move_outside
                 {
                     // What `Governor::delete` answers for a move_to that does not exist.
                     return Err(Problem::from(DomainError::NotFound {
@@ -207,9 +245,18 @@ pub async fn check_put(
     if name == scope {
         return Err(read_only(caller, scope));
     }
-    let specs = stored(st).await?;
-    match &spec.parent {
-        None => {
+    let (parent_inside, taken_outside) = st
+        .gov
+        .with_tenants(|s| {
+            let parent_inside = spec.parent.as_ref().map(|p| in_scope(caller, p, s));
+            (
+                parent_inside,
+                s.contains(name) && !in_scope(caller, name, s),
+            )
+        })
+        .await?;
+    match (&spec.parent, parent_inside) {
+        (None, _) => {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -221,45 +268,24 @@ pub async fn check_put(
             .field("parent"));
         }
         // What `domain::tenant::admit` answers for a parent that does not exist.
-        Some(p) if !in_scope(caller, p, &specs) => {
+        (Some(p), Some(false)) => {
             return Err(Problem::from(DomainError::NotFound {
                 field: "parent".into(),
                 message: format!("parent tenant '{p}' does not exist: create it first"),
             }));
         }
-        Some(_) => {}
+        (Some(_), _) => {}
     }
-    if specs.contains_key(name) && !in_scope(caller, name, &specs) {
+    if taken_outside {
         return Err(missing(name));
     }
     Ok(())
 }
 
-/// `GET /v1/tenants`: only the views in the caller's subtree.
-pub fn views(caller: &Caller, views: Vec<TenantView>) -> Vec<TenantView> {
-    let Some(scope) = &caller.scope else {
-        return views;
-    };
-    let parents: BTreeMap<&TenantName, Option<&TenantName>> = views
-        .iter()
-        .map(|v| (&v.name, v.stored.spec.parent.as_ref()))
-        .collect();
-    let keep: BTreeSet<TenantName> = views
-        .iter()
-        .filter(|v| {
-            within(
-                scope,
-                &v.name,
-                |n| parents.get(n).copied().flatten(),
-                views.len(),
-            )
-        })
-        .map(|v| v.name.clone())
-        .collect();
-    views
-        .into_iter()
-        .filter(|v| keep.contains(&v.name))
-        .collect()
+/// `GET /v1/tenants`: the subtree a caller's list (and its pages) holds (`None`: every
+/// tenant).
+pub fn subtree(caller: &Caller) -> Option<TenantName> {
+    caller.scope.clone()
 }
 
 /// The names a scoped caller may see (`None`: everything).
@@ -291,7 +317,7 @@ pub async fn history_start(
     if caller.scope.is_none() {
         return Ok(None);
     }
-    Ok(stored(st).await?.get(name).map(|t| t.created_ms))
+    Ok(st.gov.with_tenants(|s| s.created_ms(name)).await?)
 }
 
 /// `GET /v1/events` with filter `f`: for a scoped caller, the events of the tenants in its

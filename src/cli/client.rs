@@ -12,6 +12,9 @@ use serde::de::DeserializeOwned;
 #[error("{0}")]
 pub struct ClientError(pub String);
 
+/// Tenants per request when the CLI reads the whole list (the API's most per page).
+pub const TENANTS_PAGE: usize = 1000;
+
 pub struct Client {
     base: String,
     token: Option<String>,
@@ -34,6 +37,42 @@ impl Client {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let body = self.request(Method::GET, path, None::<&()>).await?;
         self.parse(path, &body)
+    }
+
+    /// GET every page of a paged list (`GET /v1/tenants`): `limit` per request, following
+    /// each answer's `Next-Cursor` until there is none.
+    pub async fn get_all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        limit: usize,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page_path = {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.append_pair("limit", &limit.to_string());
+                if let Some(a) = &after {
+                    q.append_pair("after", a);
+                }
+                format!("{path}?{}", q.finish())
+            };
+            let (body, headers) = self
+                .request_full(Method::GET, &page_path, None::<&()>)
+                .await?;
+            let page: Vec<T> = self.parse(&page_path, &body)?;
+            let next = headers
+                .get("next-cursor")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            // A cursor that does not move would loop forever: stop on it.
+            if page.is_empty() || next.is_none() || next == after {
+                out.extend(page);
+                return Ok(out);
+            }
+            out.extend(page);
+            after = next;
+        }
     }
 
     /// PUT or POST `body` as JSON and read the JSON answer.
@@ -67,6 +106,16 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<Vec<u8>, ClientError> {
+        Ok(self.request_full(method, path, body).await?.0)
+    }
+
+    /// `request`, with the answer's headers.
+    async fn request_full<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(Vec<u8>, reqwest::header::HeaderMap), ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -83,6 +132,7 @@ impl Client {
             ))
         })?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp
             .bytes()
             .await
@@ -90,7 +140,7 @@ impl Client {
         if !status.is_success() {
             return Err(failure(status, &bytes));
         }
-        Ok(bytes.to_vec())
+        Ok((bytes.to_vec(), headers))
     }
 
     fn parse<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, ClientError> {

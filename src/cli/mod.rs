@@ -21,7 +21,7 @@ use crate::engine::placement::ProcInfo;
 use crate::report::Report;
 use crate::store::{Event, Usage};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use client::{Client, ClientError};
+use client::{Client, ClientError, TENANTS_PAGE};
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -333,7 +333,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                     print(o.output, &v, format::tenant);
                 }
                 TenantCmd::List => {
-                    let v: Vec<TenantView> = c.get("/v1/tenants").await?;
+                    let v: Vec<TenantView> = c.get_all("/v1/tenants", TENANTS_PAGE).await?;
                     print(o.output, &v, |v| format::tenants(v));
                 }
                 TenantCmd::Delete {

@@ -8,7 +8,7 @@
 //! `TestBackend`), and a thin event loop (`run`) that owns the terminal. The whole screen is
 //! tested as a person sees it in tests/it/top.rs (tmux).
 
-use super::client::{Client, ClientError};
+use super::client::{Client, ClientError, TENANTS_PAGE};
 use super::format::{Times, or_dash};
 use crate::api::Host;
 use crate::domain::units::format_bytes;
@@ -159,7 +159,7 @@ pub struct Scrape {
 
 /// One refresh: two requests, whatever the number of tenants.
 async fn fetch(c: &Client) -> Result<Scrape, ClientError> {
-    let tenants: Vec<TenantView> = c.get("/v1/tenants").await?;
+    let tenants: Vec<TenantView> = c.get_all("/v1/tenants", TENANTS_PAGE).await?;
     let text = c.text("/metrics").await?;
     Ok(Scrape {
         at: Instant::now(),

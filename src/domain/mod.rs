@@ -7,6 +7,7 @@
 //! The one typed model: the other layers fill these types, store them and render them.
 //! Layer 0 (see `lib.rs`): the domain imports no other module of the crate.
 
+pub mod desired;
 pub mod event;
 pub mod plan;
 pub mod schema;

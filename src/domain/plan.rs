@@ -212,7 +212,7 @@ pub fn busy_shares(weights: &[u32]) -> Vec<f64> {
 }
 
 /// A tenant's own guarantee of `kind` (memory.min for hard, memory.low for soft), in bytes.
-fn own(spec: &TenantSpec, kind: Protection) -> u64 {
+pub fn own(spec: &TenantSpec, kind: Protection) -> u64 {
     match (spec.memory.guarantee_bytes, spec.memory.protection) {
         (Some(b), p) if p == kind => b.0,
         _ => 0,
@@ -256,72 +256,97 @@ pub fn plan(
     let held = Held::new(&tree);
     let mut out = BTreeMap::new();
     for (name, spec) in all {
-        let quota = spec.cpu.limit_pct.map(|p| {
-            ((p.0 * params.cpu_period_us as f64 / 100.0).round() as u64).max(MIN_QUOTA_US)
-        });
-        let min = held.of(name, Protection::Hard);
-        let low = held.of(name, Protection::Soft);
-        let tenant = Settings {
-            cpu_weight: weight_for(
-                spec.cpu.guarantee_pct.map(|p| p.0),
-                params.best_effort_weight,
-            ),
-            cpu_max_quota_us: Limit::from_opt(quota),
-            cpu_max_period_us: params.cpu_period_us,
-            memory_min_bytes: min,
-            memory_low_bytes: low,
-            memory_high_bytes: Limit::from_opt(spec.memory.high_bytes.map(|b| b.0)),
-            memory_max_bytes: Limit::from_opt(spec.memory.limit_bytes.map(|b| b.0)),
-            memory_swap_max_bytes: Limit::from_opt(spec.memory.swap_limit_bytes.map(|b| b.0)),
-            io_weight: weight_for(
-                spec.io.guarantee_pct.map(|p| p.0),
-                params.best_effort_weight,
-            ),
-            io_max: spec
-                .io
-                .limits
-                .iter()
-                .filter_map(|l| {
-                    Some(IoMax {
-                        device: DevId::parse(&l.device)?,
-                        rbps: Limit::from_opt(l.rbps.map(|b| b.0)),
-                        wbps: Limit::from_opt(l.wbps.map(|b| b.0)),
-                        riops: Limit::from_opt(l.riops),
-                        wiops: Limit::from_opt(l.wiops),
-                    })
-                })
-                .collect(),
-            pids_max: Limit::from_opt(spec.pids.limit),
-        };
         let children: Vec<&TenantSpec> = tree.children(Some(name)).map(|(_, s)| s).collect();
-        let leaf_weight = |of: fn(&TenantSpec) -> Option<f64>| {
-            if children.is_empty() {
-                100
-            } else {
-                let taken: f64 = children.iter().filter_map(|s| of(s)).sum();
-                let rest = 100.0 - taken;
-                weight_for((rest >= 0.01).then_some(rest), params.best_effort_weight)
-            }
+        let subtree = Protected {
+            hard: held.of(name, Protection::Hard),
+            soft: held.of(name, Protection::Soft),
         };
-        let leaf = Settings {
-            cpu_weight: leaf_weight(|s| s.cpu.guarantee_pct.map(|p| p.0)),
-            io_weight: leaf_weight(|s| s.io.guarantee_pct.map(|p| p.0)),
-            memory_min_bytes: min.saturating_sub(held.children(
-                &tree,
-                Some(name),
-                Protection::Hard,
-            )),
-            memory_low_bytes: low.saturating_sub(held.children(
-                &tree,
-                Some(name),
-                Protection::Soft,
-            )),
-            cpu_max_period_us: params.cpu_period_us,
-            ..Settings::default()
+        let below = Protected {
+            hard: held.children(&tree, Some(name), Protection::Hard),
+            soft: held.children(&tree, Some(name), Protection::Soft),
         };
-        out.insert(name.clone(), TenantPlan { tenant, leaf });
+        out.insert(
+            name.clone(),
+            plan_tenant(spec, params, subtree, below, &children),
+        );
     }
     out
+}
+
+/// Memory a subtree holds back (see `Tree::committed`), hard (memory.min) and soft
+/// (memory.low).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Protected {
+    pub hard: u64,
+    pub soft: u64,
+}
+
+/// One tenant's settings: from its spec, what its subtree holds back (`subtree`), what its
+/// children's subtrees hold back together (`below`) and its children's specs in name order.
+/// `plan` calls this for every tenant; an incremental planner (`desired`) for the tenants a
+/// change touches.
+pub fn plan_tenant(
+    spec: &TenantSpec,
+    params: PlanParams,
+    subtree: Protected,
+    below: Protected,
+    children: &[&TenantSpec],
+) -> TenantPlan {
+    let quota = spec
+        .cpu
+        .limit_pct
+        .map(|p| ((p.0 * params.cpu_period_us as f64 / 100.0).round() as u64).max(MIN_QUOTA_US));
+    let (min, low) = (subtree.hard, subtree.soft);
+    let tenant = Settings {
+        cpu_weight: weight_for(
+            spec.cpu.guarantee_pct.map(|p| p.0),
+            params.best_effort_weight,
+        ),
+        cpu_max_quota_us: Limit::from_opt(quota),
+        cpu_max_period_us: params.cpu_period_us,
+        memory_min_bytes: min,
+        memory_low_bytes: low,
+        memory_high_bytes: Limit::from_opt(spec.memory.high_bytes.map(|b| b.0)),
+        memory_max_bytes: Limit::from_opt(spec.memory.limit_bytes.map(|b| b.0)),
+        memory_swap_max_bytes: Limit::from_opt(spec.memory.swap_limit_bytes.map(|b| b.0)),
+        io_weight: weight_for(
+            spec.io.guarantee_pct.map(|p| p.0),
+            params.best_effort_weight,
+        ),
+        io_max: spec
+            .io
+            .limits
+            .iter()
+            .filter_map(|l| {
+                Some(IoMax {
+                    device: DevId::parse(&l.device)?,
+                    rbps: Limit::from_opt(l.rbps.map(|b| b.0)),
+                    wbps: Limit::from_opt(l.wbps.map(|b| b.0)),
+                    riops: Limit::from_opt(l.riops),
+                    wiops: Limit::from_opt(l.wiops),
+                })
+            })
+            .collect(),
+        pids_max: Limit::from_opt(spec.pids.limit),
+    };
+    let leaf_weight = |of: fn(&TenantSpec) -> Option<f64>| {
+        if children.is_empty() {
+            100
+        } else {
+            let taken: f64 = children.iter().filter_map(|s| of(s)).sum();
+            let rest = 100.0 - taken;
+            weight_for((rest >= 0.01).then_some(rest), params.best_effort_weight)
+        }
+    };
+    let leaf = Settings {
+        cpu_weight: leaf_weight(|s| s.cpu.guarantee_pct.map(|p| p.0)),
+        io_weight: leaf_weight(|s| s.io.guarantee_pct.map(|p| p.0)),
+        memory_min_bytes: min.saturating_sub(below.hard),
+        memory_low_bytes: low.saturating_sub(below.soft),
+        cpu_max_period_us: params.cpu_period_us,
+        ..Settings::default()
+    };
+    TenantPlan { tenant, leaf }
 }
 
 /// Protection the governor's own root needs so that its tenants' guarantees hold:

@@ -484,12 +484,12 @@ pub struct Capacity {
 pub fn admit(
     name: &TenantName,
     spec: &TenantSpec,
-    others: &BTreeMap<TenantName, TenantSpec>,
+    others: &impl Others,
     cap: Capacity,
 ) -> Result<(), DomainError> {
     validate_spec(name, spec)?;
     if let Some(p) = &spec.parent {
-        if !others.contains_key(p) {
+        if others.get(p).is_none() {
             return Err(DomainError::NotFound {
                 field: "parent".into(),
                 message: format!("parent tenant '{p}' does not exist: create it first"),
@@ -499,7 +499,7 @@ pub fn admit(
         let mut cur = Some(p.clone());
         let mut steps = 0;
         while let Some(c) = cur {
-            if &c == name || steps > others.len() {
+            if &c == name || steps > others.count() {
                 return Err(DomainError::invalid(
                     "parent",
                     format!("making '{p}' the parent of '{name}' would create a cycle"),
@@ -509,18 +509,14 @@ pub fn admit(
             steps += 1;
         }
     }
-    let siblings = || others.values().filter(|s| s.parent == spec.parent);
+    let siblings = || others.shares(spec.parent.as_ref());
     for (field, mine, of) in [
         (
             "cpu.guarantee_pct",
             spec.cpu.guarantee_pct,
-            (|s: &TenantSpec| s.cpu.guarantee_pct) as fn(&TenantSpec) -> Option<Percent>,
+            (|s: Shares| s.cpu) as fn(Shares) -> Option<Percent>,
         ),
-        (
-            "io.guarantee_pct",
-            spec.io.guarantee_pct,
-            |s: &TenantSpec| s.io.guarantee_pct,
-        ),
+        ("io.guarantee_pct", spec.io.guarantee_pct, |s: Shares| s.io),
     ] {
         if let Some(Percent(g)) = mine {
             let taken: f64 = siblings().filter_map(of).map(|p| p.0).sum();
@@ -543,15 +539,9 @@ pub fn admit(
     // sum over top-level subtrees must fit; a child's guarantee lies within its parent's.
     if let Some(g) = spec.memory.guarantee_bytes {
         let budget = cap.memory_bytes.saturating_sub(cap.memory_reserve_bytes);
-        let mut all = others.clone();
-        all.insert(name.clone(), spec.clone());
-        let total = committed_memory(&all);
+        let total = others.committed_memory_with(name, Some(spec));
         if total > budget {
-            let without_me = {
-                let mut o = others.clone();
-                o.remove(name);
-                committed_memory(&o)
-            };
+            let without_me = others.committed_memory_with(name, None);
             return Err(DomainError::conflict(
                 "memory.guarantee_bytes",
                 format!(
@@ -583,6 +573,63 @@ pub fn admit(
     Ok(())
 }
 
+/// A tenant's guarantees of the shares its siblings split (cpu, io): what admission sums.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shares {
+    pub cpu: Option<Percent>,
+    pub io: Option<Percent>,
+}
+
+impl Shares {
+    pub fn of(s: &TenantSpec) -> Shares {
+        Shares {
+            cpu: s.cpu.guarantee_pct,
+            io: s.io.guarantee_pct,
+        }
+    }
+}
+
+/// What admission reads of the other tenants (every tenant but the one admitted). A map of
+/// them answers by scanning and cloning, O(n) per question; the engine's desired state
+/// (`desired::Except`) answers from its indexes, in O(depth + siblings).
+pub trait Others {
+    /// The spec of another tenant.
+    fn get(&self, name: &TenantName) -> Option<&TenantSpec>;
+    /// How many other tenants there are (bounds the walks up a corrupt parent chain).
+    fn count(&self) -> usize;
+    /// The shares of the other tenants whose parent is `parent` (`None`: the top level), in
+    /// name order.
+    fn shares<'s>(&'s self, parent: Option<&TenantName>) -> Box<dyn Iterator<Item = Shares> + 's>;
+    /// `committed_memory` of the other tenants with `name` added as `spec` (`None`: without
+    /// `name`).
+    fn committed_memory_with(&self, name: &TenantName, spec: Option<&TenantSpec>) -> u64;
+}
+
+impl Others for BTreeMap<TenantName, TenantSpec> {
+    fn get(&self, name: &TenantName) -> Option<&TenantSpec> {
+        BTreeMap::get(self, name)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn shares<'s>(&'s self, parent: Option<&TenantName>) -> Box<dyn Iterator<Item = Shares> + 's> {
+        let parent = parent.cloned();
+        Box::new(
+            self.values()
+                .filter(move |s| s.parent == parent)
+                .map(Shares::of),
+        )
+    }
+    fn committed_memory_with(&self, name: &TenantName, spec: Option<&TenantSpec>) -> u64 {
+        let mut all = self.clone();
+        match spec {
+            Some(s) => all.insert(name.clone(), s.clone()),
+            None => all.remove(name),
+        };
+        committed_memory(&all)
+    }
+}
+
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
@@ -597,11 +644,7 @@ pub fn committed_memory(all: &BTreeMap<TenantName, TenantSpec>) -> u64 {
 
 /// CPUs the guarantee promises when everything competes: host CPUs times the product of the
 /// guarantees up the chain. `None` when the tenant or an ancestor has no guarantee.
-pub fn guaranteed_cpus(
-    spec: &TenantSpec,
-    others: &BTreeMap<TenantName, TenantSpec>,
-    host_cpus: f64,
-) -> Option<f64> {
+pub fn guaranteed_cpus(spec: &TenantSpec, others: &impl Others, host_cpus: f64) -> Option<f64> {
     let mut frac = spec.cpu.guarantee_pct?.0 / 100.0;
     let mut parent = spec.parent.clone();
     let mut steps = 0;
@@ -610,7 +653,7 @@ pub fn guaranteed_cpus(
         frac *= ps.cpu.guarantee_pct?.0 / 100.0;
         parent = ps.parent.clone();
         steps += 1;
-        if steps > others.len() {
+        if steps > others.count() {
             return None;
         }
     }

@@ -21,6 +21,7 @@ pub mod sampler;
 use crate::cgroup::{
     Backend, Cannot, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF, RunMode,
 };
+use crate::domain::desired::{Change as StateChange, DesiredState};
 use crate::domain::event::Event;
 use crate::domain::plan::{self, PlanParams, Settings, TenantPlan};
 use crate::domain::tenant::{self, Capacity, DomainError, TenantName, TenantSpec};
@@ -28,7 +29,7 @@ use crate::store::{NewEvent, Store, StoreError, StoredTenant};
 use journal::{Emptying, Step};
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -127,13 +128,62 @@ impl KernelRead {
     }
 }
 
-/// The desired state as the API reads it, for one version of the tenants table: specs and
-/// plans computed once per change instead of once per request.
-struct Desired {
+/// A tenant's row as stored, less its spec (which `DesiredState` keeps).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Row {
+    generation: i64,
+    created_ms: i64,
+    updated_ms: i64,
+}
+
+/// The desired state the API serves: read from the store once, then changed by every change
+/// right after its commit, under the write lock, so it is always the stored state (issue 15:
+/// a change re-read and re-planned every tenant). `version` is the `Store::tenants_version`
+/// it holds; a commit made around the engine (or one that failed, which bumps it too) leaves
+/// it behind, and the cache is read again.
+struct Cache {
     version: u64,
-    stored: Arc<BTreeMap<TenantName, StoredTenant>>,
-    specs: Arc<BTreeMap<TenantName, TenantSpec>>,
-    plans: Arc<BTreeMap<TenantName, TenantPlan>>,
+    state: DesiredState,
+    rows: HashMap<TenantName, Row>,
+}
+
+impl Cache {
+    fn stored(&self, name: &TenantName) -> Option<StoredTenant> {
+        let (spec, row) = (self.state.spec(name)?, self.rows.get(name)?);
+        Some(StoredTenant {
+            spec: spec.clone(),
+            generation: row.generation,
+            created_ms: row.created_ms,
+            updated_ms: row.updated_ms,
+        })
+    }
+
+    /// What a view of `name` needs from the desired state.
+    fn parts(&self, name: &TenantName) -> Option<(StoredTenant, Option<TenantPlan>, CgroupPath)> {
+        Some((
+            self.stored(name)?,
+            self.state.plan(name).cloned(),
+            CgroupPath::tenant(&self.state.lineage(name)),
+        ))
+    }
+}
+
+/// Which part of the tenant list to answer, by name (`Governor::list`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page {
+    /// Only names after this one.
+    pub after: Option<TenantName>,
+    /// At most this many (`None`: all).
+    pub limit: Option<usize>,
+    /// Only this tenant and its descendants (a scoped token's view).
+    pub within: Option<TenantName>,
+}
+
+/// One page of the tenant list and the name the next page starts after, if there is more.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub tenants: Vec<TenantView>,
+    pub next_after: Option<TenantName>,
 }
 
 /// What a reconcile pass found and did.
@@ -198,8 +248,8 @@ pub struct Governor {
     cap: Capacity,
     self_pid: u32,
     writes: tokio::sync::Mutex<()>,
-    /// The last desired state read from the store, by its `tenants_version`.
-    desired: std::sync::RwLock<Option<Arc<Desired>>>,
+    /// The desired state served and changed in place (`None` until first read).
+    desired: Arc<std::sync::RwLock<Option<Cache>>>,
     /// The last kernel values read per tenant (see `TenantView::kernel_read_ms`).
     kernel: std::sync::RwLock<BTreeMap<TenantName, KernelRead>>,
     /// Values rewritten and steps failed over every reconcile pass, for /metrics.
@@ -213,17 +263,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| EngineError::Join(e.to_string()))
-}
-
-fn specs_of(stored: &BTreeMap<TenantName, StoredTenant>) -> BTreeMap<TenantName, TenantSpec> {
-    stored
-        .iter()
-        .map(|(n, t)| (n.clone(), t.spec.clone()))
-        .collect()
-}
-
-fn dir_of(name: &TenantName, specs: &BTreeMap<TenantName, TenantSpec>) -> CgroupPath {
-    CgroupPath::tenant(&tenant::lineage(name, specs))
 }
 
 impl Governor {
@@ -240,7 +279,7 @@ impl Governor {
             cap,
             self_pid: std::process::id(),
             writes: tokio::sync::Mutex::new(()),
-            desired: std::sync::RwLock::new(None),
+            desired: Arc::new(std::sync::RwLock::new(None)),
             kernel: std::sync::RwLock::new(BTreeMap::new()),
             reconcile_corrections: Counter::default(),
             reconcile_errors: Counter::default(),
@@ -289,9 +328,10 @@ impl Governor {
         if self.mode() == RunMode::Root {
             return Ok(Vec::new());
         }
-        let specs = self.desired().await?.specs.clone();
-        let (b, daemon_min) = (self.backend.clone(), self.cfg.daemon_memory_min_bytes);
-        Ok(blocking(move || delegated_cannot(b.as_ref(), &specs, daemon_min)).await??)
+        let daemon_min = self.cfg.daemon_memory_min_bytes;
+        let need = self.read(|c| c.state.root_protection(daemon_min)).await?;
+        let b = self.backend.clone();
+        Ok(blocking(move || delegated_cannot(b.as_ref(), need)).await??)
     }
 
     pub async fn host(&self) -> Result<HostCgroup> {
@@ -355,16 +395,88 @@ impl Governor {
         r
     }
 
+    /// One pass in steps, each under the write lock, so a change waits for one step at most
+    /// (issue 15: a pass over 10,000 tenants takes seconds): the journal and the root; the
+    /// tenants, `RECONCILE_CHUNK` at a time, parents first, each with the plan in force when
+    /// its step runs; then the walk for directories no tenant owns, made without the lock and
+    /// checked again under it.
     async fn reconcile_pass(&self) -> Result<ReconcileReport> {
-        let _w = self.writes.lock().await;
-        let specs = specs_of(&self.store.tenants().await?);
-        // What a crash left half-done first, so the walk below finds no directory of ours
-        // that no tenant owns.
-        let left = self.recover_journal(&specs).await?;
-        let b = self.backend.clone();
-        let (cfg, mode) = (self.cfg.clone(), self.mode());
-        let mut report = blocking(move || reconcile_kernel(b.as_ref(), &specs, &cfg, mode)).await?;
-        report.errors.extend(left);
+        let (mut report, order, ready) = {
+            let _w = self.writes.lock().await;
+            self.fresh_locked().await?;
+            // What a crash left half-done first, so the walk below finds no directory of ours
+            // that no tenant owns.
+            let left = self.recover_journal().await?;
+            self.fresh_locked().await?;
+            let daemon_min = self.cfg.daemon_memory_min_bytes;
+            let (need, order) = self
+                .read(|c| {
+                    let order: Vec<TenantName> = tenant::Tree::new(c.state.specs())
+                        .topo_order()
+                        .into_iter()
+                        .cloned()
+                        .collect();
+                    (c.state.root_protection(daemon_min), order)
+                })
+                .await?;
+            let (b, mode) = (self.backend.clone(), self.mode());
+            let (mut report, ready) =
+                blocking(move || reconcile_root(b.as_ref(), need, mode)).await?;
+            report.errors.extend(left);
+            (report, order, ready)
+        };
+        if ready {
+            for chunk in order.chunks(RECONCILE_CHUNK) {
+                let _w = self.writes.lock().await;
+                self.fresh_locked().await?;
+                let work: Vec<(TenantName, CgroupPath, TenantPlan)> = self
+                    .read(|c| {
+                        chunk
+                            .iter()
+                            .filter_map(|n| {
+                                let p = c.state.plan(n)?.clone();
+                                Some((n.clone(), CgroupPath::tenant(&c.state.lineage(n)), p))
+                            })
+                            .collect()
+                    })
+                    .await?;
+                let b = self.backend.clone();
+                let part = blocking(move || reconcile_tenants(b.as_ref(), &work)).await?;
+                report.created.extend(part.created);
+                report.corrected.extend(part.corrected);
+                report.errors.extend(part.errors);
+            }
+        }
+        let (b, cache) = (self.backend.clone(), self.desired.clone());
+        let owned = move |t: &TenantName, parent: Option<&TenantName>| {
+            let g = cache.read().expect("desired lock");
+            g.as_ref()
+                .and_then(|c| c.state.spec(t))
+                .is_some_and(|s| s.parent.as_ref() == parent)
+        };
+        let found = if ready {
+            blocking(move || unknown_dirs(b.as_ref(), owned)).await?
+        } else {
+            Vec::new()
+        };
+        if !found.is_empty() {
+            let _w = self.writes.lock().await;
+            self.fresh_locked().await?;
+            report.unknown = self
+                .read(|c| {
+                    found
+                        .into_iter()
+                        .filter(|(name, parent, _)| {
+                            let spec = TenantName::parse(name)
+                                .ok()
+                                .and_then(|t| c.state.spec(&t).cloned());
+                            spec.is_none_or(|s| s.parent != *parent)
+                        })
+                        .map(|(_, _, shown)| shown)
+                        .collect()
+                })
+                .await?;
+        }
         // Counted as soon as the kernel was written, even if recording the events fails.
         self.reconcile_corrections
             .inc_by(report.corrected.len() as u64);
@@ -400,7 +512,6 @@ impl Governor {
                 report.unknown
             );
         }
-        drop(_w);
         self.refresh_kernel(None).await?;
         Ok(report)
     }
@@ -408,15 +519,13 @@ impl Governor {
     /// Finishes or undoes every journal record a change that did not end left behind (see
     /// `journal`); returns why records stay (tried again on the next pass). Called with the
     /// write lock held, so no change is under way.
-    async fn recover_journal(
-        &self,
-        specs: &BTreeMap<TenantName, TenantSpec>,
-    ) -> Result<Vec<String>> {
+    async fn recover_journal(&self) -> Result<Vec<String>> {
         let intents = self.store.intents().await?;
         if intents.is_empty() {
             return Ok(Vec::new());
         }
-        let (b, policy, sp) = (self.backend.clone(), self.policy(), specs.clone());
+        let sp = self.specs().await?;
+        let (b, policy) = (self.backend.clone(), self.policy());
         let outcomes = blocking(move || {
             intents
                 .iter()
@@ -439,62 +548,174 @@ impl Governor {
         Ok(stays)
     }
 
-    /// The desired state at the store's current version: read and planned once per change,
-    /// then served from memory (reads must stay cheap while tenants saturate every CPU).
-    async fn desired(&self) -> Result<Arc<Desired>> {
-        let version = self.store.tenants_version();
-        if let Some(d) = self.desired.read().expect("desired lock").as_ref()
-            && d.version == version
+    /// Makes the cache the stored state if it is not (first use, a commit around the engine,
+    /// a failed commit). While a change is under way the cache is served as it is: the change
+    /// brings it up to date when it ends, and reads never wait for it.
+    async fn fresh(&self) -> Result<()> {
+        if self
+            .cached_version()
+            .is_some_and(|v| v == self.store.tenants_version())
         {
-            return Ok(d.clone());
+            return Ok(());
+        }
+        if self.cached_version().is_none() {
+            let _w = self.writes.lock().await;
+            return self.fresh_locked().await;
+        }
+        match self.writes.try_lock() {
+            Ok(_w) => self.fresh_locked().await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn cached_version(&self) -> Option<u64> {
+        self.desired
+            .read()
+            .expect("desired lock")
+            .as_ref()
+            .map(|c| c.version)
+    }
+
+    /// `fresh` for a caller that holds the write lock: reads every tenant from the store and
+    /// plans them (off the async workers) when the cache is not the stored state.
+    async fn fresh_locked(&self) -> Result<()> {
+        let version = self.store.tenants_version();
+        if self.cached_version() == Some(version) {
+            return Ok(());
         }
         let stored = self.store.tenants().await?;
-        let specs = specs_of(&stored);
-        let plans = plan::plan(&specs, self.cfg.params);
-        let d = Arc::new(Desired {
-            version,
-            stored: Arc::new(stored),
-            specs: Arc::new(specs),
-            plans: Arc::new(plans),
-        });
-        *self.desired.write().expect("desired lock") = Some(d.clone());
-        Ok(d)
+        let params = self.cfg.params;
+        let cache = blocking(move || {
+            let rows = stored
+                .iter()
+                .map(|(n, t)| {
+                    let row = Row {
+                        generation: t.generation,
+                        created_ms: t.created_ms,
+                        updated_ms: t.updated_ms,
+                    };
+                    (n.clone(), row)
+                })
+                .collect();
+            let specs = stored.into_iter().map(|(n, t)| (n, t.spec)).collect();
+            Cache {
+                version,
+                state: DesiredState::new(specs, params),
+                rows,
+            }
+        })
+        .await?;
+        *self.desired.write().expect("desired lock") = Some(cache);
+        Ok(())
+    }
+
+    /// `f` of the current desired state (loaded first if needed).
+    async fn read<R>(&self, f: impl FnOnce(&Cache) -> R) -> Result<R> {
+        self.fresh().await?;
+        let g = self.desired.read().expect("desired lock");
+        Ok(f(g.as_ref().expect("loaded by fresh")))
+    }
+
+    /// Every tenant's spec in the desired state (the stored one), by name.
+    pub async fn specs(&self) -> Result<BTreeMap<TenantName, TenantSpec>> {
+        self.read(|c| c.state.specs().clone()).await
+    }
+
+    /// Answers `f` about the stored tenants from memory (no database read): the name, spec
+    /// and row of each, and who is below whom.
+    pub async fn with_tenants<R>(&self, f: impl FnOnce(&Tenants<'_>) -> R) -> Result<R> {
+        self.read(|c| f(&Tenants(c))).await
+    }
+
+    /// After a commit of this change (the write lock held): the cache takes it, and the
+    /// store's version when that is the one the commit made (`before` + `commits`).
+    fn commit_to_cache(&self, before: u64, commits: u64, f: impl FnOnce(&mut Cache)) {
+        let mut g = self.desired.write().expect("desired lock");
+        let Some(c) = g.as_mut() else { return };
+        if c.version != before {
+            return;
+        }
+        f(c);
+        let now = self.store.tenants_version();
+        // Otherwise someone wrote around the engine: left behind, read again.
+        if now == before + commits {
+            c.version = now;
+        }
     }
 
     /// Reads the kernel values of `names` (all tenants when `None`) into the read cache, off
     /// the async runtime.
     async fn refresh_kernel(&self, names: Option<Vec<TenantName>>) -> Result<()> {
-        let d = self.desired().await?;
+        let all = names.is_none();
+        let targets: Vec<(TenantName, CgroupPath, Option<TenantPlan>)> = self
+            .read(|c| {
+                let one = |n: TenantName| {
+                    let (dir, plan) = (
+                        CgroupPath::tenant(&c.state.lineage(&n)),
+                        c.state.plan(&n).cloned(),
+                    );
+                    (n, dir, plan)
+                };
+                match names {
+                    Some(n) => n
+                        .into_iter()
+                        .filter(|n| c.state.spec(n).is_some())
+                        .map(one)
+                        .collect(),
+                    None => c.state.specs().keys().cloned().map(one).collect(),
+                }
+            })
+            .await?;
         let b = self.backend.clone();
-        let (specs, plans) = (d.specs.clone(), d.plans.clone());
-        let names: Vec<TenantName> = match names {
-            Some(n) => n.into_iter().filter(|n| specs.contains_key(n)).collect(),
-            None => specs.keys().cloned().collect(),
-        };
         let reads = blocking(move || {
-            names
+            targets
                 .into_iter()
-                .map(|n| {
-                    let r = KernelRead::of(b.as_ref(), &dir_of(&n, &specs), plans.get(&n));
+                .map(|(n, dir, plan)| {
+                    let r = KernelRead::of(b.as_ref(), &dir, plan.as_ref());
                     (n, r)
                 })
                 .collect::<Vec<_>>()
         })
         .await?;
+        let live = self.desired.read().expect("desired lock");
         let mut k = self.kernel.write().expect("kernel lock");
-        k.retain(|n, _| d.specs.contains_key(n));
+        // Every tenant read: drop the reads of tenants gone (a delete drops its own).
+        if all && let Some(c) = live.as_ref() {
+            k.retain(|n, _| c.state.spec(n).is_some());
+        }
         k.extend(reads);
         Ok(())
     }
 
-    /// Every tenant with its spec, plan and the last kernel values read (from memory: no
-    /// kernel walk per request; a tenant not read yet is read now).
-    pub async fn list(&self) -> Result<Vec<TenantView>> {
-        let d = self.desired().await?;
+    /// One page of the tenants, by name, with spec, plan and the last kernel values read
+    /// (from memory: no kernel walk per request; a tenant not read yet is read now).
+    pub async fn list(&self, page: &Page) -> Result<Listed> {
+        let (mut parts, more) = self
+            .read(|c| {
+                let from = match &page.after {
+                    Some(a) => std::ops::Bound::Excluded(a),
+                    None => std::ops::Bound::Unbounded,
+                };
+                let mut names = c
+                    .state
+                    .specs()
+                    .range::<TenantName, _>((from, std::ops::Bound::Unbounded))
+                    .map(|(n, _)| n)
+                    .filter(|n| page.within.as_ref().is_none_or(|w| c.state.within(w, n)));
+                let limit = page.limit.unwrap_or(usize::MAX);
+                let parts: Vec<_> = names
+                    .by_ref()
+                    .take(limit)
+                    .filter_map(|n| Some((n.clone(), c.parts(n)?)))
+                    .collect();
+                (parts, names.next().is_some())
+            })
+            .await?;
         let missing: Vec<TenantName> = {
             let k = self.kernel.read().expect("kernel lock");
-            d.specs
-                .keys()
+            parts
+                .iter()
+                .map(|(n, _)| n)
                 .filter(|n| !k.contains_key(*n))
                 .cloned()
                 .collect()
@@ -502,19 +723,29 @@ impl Governor {
         if !missing.is_empty() {
             self.refresh_kernel(Some(missing)).await?;
         }
+        let next_after = if more {
+            parts.last().map(|(n, _)| n.clone())
+        } else {
+            None
+        };
         let k = self.kernel.read().expect("kernel lock");
-        Ok(d.stored
-            .iter()
-            .map(|(n, st)| view(self.backend.as_ref(), n, st.clone(), &d, k.get(n)))
-            .collect())
+        let tenants = parts
+            .drain(..)
+            .map(|(n, (st, plan, dir))| {
+                let r = k.get(&n);
+                view(self.backend.as_ref(), &n, st, plan, &dir, r)
+            })
+            .collect();
+        Ok(Listed {
+            tenants,
+            next_after,
+        })
     }
 
     pub async fn get(&self, name: &TenantName) -> Result<TenantView> {
-        let d = self.desired().await?;
-        let st = d
-            .stored
-            .get(name)
-            .cloned()
+        let (st, plan, dir) = self
+            .read(|c| c.parts(name))
+            .await?
             .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
         let cached = self.kernel.read().expect("kernel lock").get(name).cloned();
         let read = match cached {
@@ -527,10 +758,21 @@ impl Governor {
                     .ok_or_else(|| EngineError::NotFound(name.to_string()))?
             }
         };
-        Ok(view(self.backend.as_ref(), name, st, &d, Some(&read)))
+        Ok(view(
+            self.backend.as_ref(),
+            name,
+            st,
+            plan,
+            &dir,
+            Some(&read),
+        ))
     }
 
     /// Creates or replaces a tenant. Returns the view and whether it was created.
+    ///
+    /// Admission and planning run once, against the desired state in memory and off the async
+    /// workers, for the tenant and its ancestors only (`DesiredState::preview`); the kernel
+    /// is written for the plans that change; the cache takes the change right after the commit.
     pub async fn put(
         &self,
         name: &TenantName,
@@ -538,35 +780,43 @@ impl Governor {
         actor: &str,
     ) -> Result<(TenantView, bool)> {
         let _w = self.writes.lock().await;
-        let stored = self.store.tenants().await?;
-        let mut specs = specs_of(&stored);
-        let old_specs = specs.clone();
-        let old = specs.remove(name);
-        if let Some(o) = &old
-            && o.parent != spec.parent
-        {
-            return Err(EngineError::Conflict {
-                field: "parent".into(),
-                message: format!(
-                    "tenant '{name}' already has {}: moving a tenant to another parent is not supported; delete and recreate it",
-                    match &o.parent {
-                        Some(p) => format!("parent '{p}'"),
-                        None => "no parent (it is a top-level tenant)".to_string(),
-                    }
-                ),
-            });
-        }
-        tenant::admit(name, &spec, &specs, self.cap)?;
-        if old.as_ref() == Some(&spec) {
+        self.fresh_locked().await?;
+        let (cache, cap, n, s) = (self.desired.clone(), self.cap, name.clone(), spec.clone());
+        let prepared = blocking(move || -> Result<Option<(StateChange, Option<TenantSpec>)>> {
+            let g = cache.read().expect("desired lock");
+            let c = g.as_ref().expect("loaded by fresh_locked");
+            let old = c.state.spec(&n);
+            if let Some(o) = old
+                && o.parent != s.parent
+            {
+                return Err(EngineError::Conflict {
+                    field: "parent".into(),
+                    message: format!(
+                        "tenant '{n}' already has {}: moving a tenant to another parent is not supported; delete and recreate it",
+                        match &o.parent {
+                            Some(p) => format!("parent '{p}'"),
+                            None => "no parent (it is a top-level tenant)".to_string(),
+                        }
+                    ),
+                });
+            }
+            c.state.admit(&n, &s, cap)?;
+            if old == Some(&s) {
+                return Ok(None);
+            }
+            Ok(Some((c.state.preview(&n, Some(&s)), old.cloned())))
+        })
+        .await??;
+        let Some((change, old)) = prepared else {
             drop(_w);
             return Ok((self.get(name).await?, false));
-        }
-        specs.insert(name.clone(), spec.clone());
+        };
         let created = old.is_none();
+        let dir = CgroupPath::tenant(&change.lineage());
         // A new tenant's directories are journaled before they are made: after a crash before
         // the commit, the next start removes them (`journal::recover`).
         let step = if created {
-            let dir = journal::text(&dir_of(name, &specs));
+            let dir = journal::text(&dir);
             Some(
                 self.store
                     .add_intent(&Step::Create { dir }.intent(name))
@@ -575,14 +825,15 @@ impl Governor {
         } else {
             None
         };
+        let change = Arc::new(change);
         let b = self.backend.clone();
         let (cfg, mode) = (self.cfg.clone(), self.mode());
-        let (n, new_specs, olds) = (name.clone(), specs.clone(), old_specs.clone());
+        let (n, c) = (name.clone(), change.clone());
         let applied =
-            blocking(move || apply_change(b.as_ref(), &cfg, mode, &olds, &new_specs, Some(&n)))
+            blocking(move || write_change(b.as_ref(), &cfg, mode, &c, Way::Forward, Some(&n)))
                 .await;
         if let Err(e) = applied.and_then(|r| r.map_err(EngineError::from)) {
-            // `apply_change` undid what it wrote; the record of the directories goes too.
+            // `write_change` undid what it wrote; the record of the directories goes too.
             if let Some(id) = step {
                 self.forget(id).await;
             }
@@ -607,41 +858,59 @@ impl Governor {
                 },
             },
         };
-        if let Err(e) = self
+        let before = self.store.tenants_version();
+        let generation = match self
             .store
             .put_tenant_with(name, &spec, now, event, step)
             .await
         {
-            // Keep the kernel as the store says: undo what was just written.
-            let b = self.backend.clone();
-            let (cfg, mode) = (self.cfg.clone(), self.mode());
-            let dir = dir_of(name, &specs);
-            let undo = blocking(move || {
-                apply_change(b.as_ref(), &cfg, mode, &specs, &old_specs, None)?;
-                if created {
-                    b.remove(&dir)?;
-                }
-                Ok::<(), CgroupError>(())
-            })
-            .await;
-            match undo {
-                Ok(Ok(())) => {
-                    if let Some(id) = step {
-                        self.forget(id).await;
+            Ok(g) => g,
+            Err(e) => {
+                // Keep the kernel as the store says: undo what was just written.
+                let b = self.backend.clone();
+                let (cfg, mode) = (self.cfg.clone(), self.mode());
+                let undo = blocking(move || {
+                    write_change(b.as_ref(), &cfg, mode, &change, Way::Back, None)?;
+                    if created {
+                        b.remove(&dir)?;
                     }
+                    Ok::<(), CgroupError>(())
+                })
+                .await;
+                match undo {
+                    Ok(Ok(())) => {
+                        if let Some(id) = step {
+                            self.forget(id).await;
+                        }
+                    }
+                    Ok(Err(u)) => tracing::error!(
+                        "could not undo the kernel change after a store failure (reconcile will): {u}"
+                    ),
+                    Err(u) => tracing::error!("could not undo the kernel change: {u}"),
                 }
-                Ok(Err(u)) => tracing::error!(
-                    "could not undo the kernel change after a store failure (reconcile will): {u}"
-                ),
-                Err(u) => tracing::error!("could not undo the kernel change: {u}"),
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
+        let lineage = change.lineage();
+        let change = Arc::try_unwrap(change).unwrap_or_else(|c| (*c).clone());
+        self.commit_to_cache(before, 1, |c| {
+            let created_ms = match c.rows.get(name) {
+                Some(r) if !created => r.created_ms,
+                _ => now,
+            };
+            c.state.apply(change);
+            c.rows.insert(
+                name.clone(),
+                Row {
+                    generation,
+                    created_ms,
+                    updated_ms: now,
+                },
+            );
+        });
         drop(_w);
-        let d = self.desired().await?;
         // The tenant and its ancestors: the kernel values a change to it may alter.
-        self.refresh_kernel(Some(tenant::lineage(name, &d.specs)))
-            .await?;
+        self.refresh_kernel(Some(lineage)).await?;
         Ok((self.get(name).await?, created))
     }
 
@@ -650,42 +919,44 @@ impl Governor {
     /// PID 1 or the daemon is among its processes.
     pub async fn delete(&self, name: &TenantName, mode: DeleteMode, actor: &str) -> Result<()> {
         let _w = self.writes.lock().await;
-        let stored = self.store.tenants().await?;
-        let specs = specs_of(&stored);
-        if !specs.contains_key(name) {
-            return Err(EngineError::NotFound(name.to_string()));
-        }
-        let kids: Vec<&str> = specs
-            .iter()
-            .filter(|(_, s)| s.parent.as_ref() == Some(name))
-            .map(|(n, _)| n.as_str())
-            .collect();
-        if !kids.is_empty() {
-            return Err(EngineError::Conflict {
-                field: "name".into(),
-                message: format!(
-                    "tenant '{name}' has children ({}): delete them first",
-                    kids.join(", ")
-                ),
-            });
-        }
-        let dir = dir_of(name, &specs);
-        let target = match &mode {
-            DeleteMode::MoveTo(t) if t == name => {
-                return Err(EngineError::Domain(DomainError::invalid(
-                    "move_to",
-                    "cannot move processes to the tenant being deleted",
-                )));
+        self.fresh_locked().await?;
+        let (cache, n, m) = (self.desired.clone(), name.clone(), mode.clone());
+        let (dir, target, change, stored) = blocking(move || {
+            let g = cache.read().expect("desired lock");
+            let c = g.as_ref().expect("loaded by fresh_locked");
+            let stored = c
+                .stored(&n)
+                .ok_or_else(|| EngineError::NotFound(n.to_string()))?;
+            let kids: Vec<&str> = c.state.children(Some(&n)).map(|k| k.as_str()).collect();
+            if !kids.is_empty() {
+                return Err(EngineError::Conflict {
+                    field: "name".into(),
+                    message: format!(
+                        "tenant '{n}' has children ({}): delete them first",
+                        kids.join(", ")
+                    ),
+                });
             }
-            DeleteMode::MoveTo(t) if !specs.contains_key(t) => {
-                return Err(EngineError::Domain(DomainError::NotFound {
-                    field: "move_to".into(),
-                    message: format!("tenant '{t}' does not exist"),
-                }));
-            }
-            DeleteMode::MoveTo(t) => Some(dir_of(t, &specs).leaf()),
-            _ => None,
-        };
+            let target = match &m {
+                DeleteMode::MoveTo(t) if *t == n => {
+                    return Err(EngineError::Domain(DomainError::invalid(
+                        "move_to",
+                        "cannot move processes to the tenant being deleted",
+                    )));
+                }
+                DeleteMode::MoveTo(t) if c.state.spec(t).is_none() => {
+                    return Err(EngineError::Domain(DomainError::NotFound {
+                        field: "move_to".into(),
+                        message: format!("tenant '{t}' does not exist"),
+                    }));
+                }
+                DeleteMode::MoveTo(t) => Some(CgroupPath::tenant(&c.state.lineage(t)).leaf()),
+                _ => None,
+            };
+            let dir = CgroupPath::tenant(&c.state.lineage(&n));
+            Ok((dir, target, c.state.preview(&n, None), stored))
+        })
+        .await??;
         let empty = match (&mode, target) {
             (DeleteMode::Kill, _) => Emptying::Kill,
             (DeleteMode::MoveTo(_), Some(to)) => Emptying::MoveTo(journal::text(&to)),
@@ -719,6 +990,7 @@ impl Governor {
                 },
             },
         };
+        let before = self.store.tenants_version();
         let id = self
             .store
             .delete_tenant_with(name, event, &step.intent(name))
@@ -733,26 +1005,34 @@ impl Governor {
         let done = blocking(move || journal::empty_and_remove(b.as_ref(), &policy, &d, &empty, &t))
             .await
             .and_then(|r| r);
-        let mut remaining = specs.clone();
-        remaining.remove(name);
+        let change = Arc::new(change);
         let moved = match done {
             Ok(moved) => moved,
             Err(e) => {
-                self.undo_delete(name, &stored, &specs, &remaining, id, &e)
+                self.undo_delete(name, &stored, change, before, id, &e)
                     .await;
                 return Err(e);
             }
         };
         let b = self.backend.clone();
         let (cfg, run) = (self.cfg.clone(), self.mode());
-        let ancestors = tenant::lineage(name, &specs);
+        let ancestors = change.lineage();
+        let c = change.clone();
         if let Err(e) =
-            blocking(move || apply_change(b.as_ref(), &cfg, run, &specs, &remaining, None)).await?
+            blocking(move || write_change(b.as_ref(), &cfg, run, &c, Way::Forward, None)).await?
         {
-            // The delete is stored and done; the siblings' new shares are written by the next
-            // reconcile pass.
-            tracing::warn!("tenant '{name}' deleted; rewriting its siblings' settings failed: {e}");
+            // The delete is stored and done; the ancestors' new settings are written by the
+            // next reconcile pass.
+            tracing::warn!(
+                "tenant '{name}' deleted; rewriting its ancestors' settings failed: {e}"
+            );
         }
+        let change = Arc::try_unwrap(change).unwrap_or_else(|c| (*c).clone());
+        self.commit_to_cache(before, 1, |c| {
+            c.state.apply(change);
+            c.rows.remove(name);
+        });
+        self.kernel.write().expect("kernel lock").remove(name);
         let events: Vec<NewEvent> = match &mode {
             DeleteMode::MoveTo(to) if !moved.is_empty() => vec![NewEvent {
                 ts_ms: now_ms(),
@@ -781,9 +1061,9 @@ impl Governor {
     async fn undo_delete(
         &self,
         name: &TenantName,
-        stored: &BTreeMap<TenantName, StoredTenant>,
-        specs: &BTreeMap<TenantName, TenantSpec>,
-        remaining: &BTreeMap<TenantName, TenantSpec>,
+        stored: &StoredTenant,
+        change: Arc<StateChange>,
+        before: u64,
         id: i64,
         why: &EngineError,
     ) {
@@ -795,34 +1075,30 @@ impl Governor {
                 why: why.to_string(),
             },
         };
-        if let Err(e) = self
-            .store
-            .restore_tenant(name, &stored[name], event, id)
-            .await
-        {
+        if let Err(e) = self.store.restore_tenant(name, stored, event, id).await {
             tracing::error!(
                 "tenant '{name}': the kernel refused its delete ({why}) and the store cannot take it back ({e}); the next reconcile pass finishes the delete"
             );
             return;
         }
-        let (b, cfg, mode, old, new, n) = (
+        // Deleted and restored as it was: the cache, never changed, is the stored state.
+        self.commit_to_cache(before, 2, |_| {});
+        let (b, cfg, mode, n, c) = (
             self.backend.clone(),
             self.cfg.clone(),
             self.mode(),
-            remaining.clone(),
-            specs.clone(),
             name.clone(),
+            change.clone(),
         );
-        match blocking(move || apply_change(b.as_ref(), &cfg, mode, &old, &new, Some(&n))).await {
+        match blocking(move || write_change(b.as_ref(), &cfg, mode, &c, Way::Back, Some(&n))).await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(
                 "tenant '{name}' kept after a refused delete; rewriting its settings failed (reconcile will): {e}"
             ),
             Err(e) => tracing::warn!("tenant '{name}': {e}"),
         }
-        let _ = self
-            .refresh_kernel(Some(tenant::lineage(name, specs)))
-            .await;
+        let _ = self.refresh_kernel(Some(change.lineage())).await;
     }
 
     /// Drops a journal record whose kernel step was undone; a failure only leaves it to the
@@ -862,20 +1138,67 @@ impl Governor {
 
     /// The tenant's leaf cgroup path (for placement and sampling).
     pub async fn leaf_of(&self, name: &TenantName) -> Result<CgroupPath> {
-        let specs = specs_of(&self.store.tenants().await?);
-        if !specs.contains_key(name) {
-            return Err(EngineError::NotFound(name.to_string()));
-        }
-        Ok(dir_of(name, &specs).leaf())
+        self.read(|c| {
+            c.state
+                .spec(name)
+                .map(|_| CgroupPath::tenant(&c.state.lineage(name)).leaf())
+        })
+        .await?
+        .ok_or_else(|| EngineError::NotFound(name.to_string()))
     }
 
     /// Every tenant's directory, for the sampler.
     pub async fn tenant_dirs(&self) -> Result<Vec<(TenantName, CgroupPath)>> {
-        let specs = specs_of(&self.store.tenants().await?);
-        Ok(specs
-            .keys()
-            .map(|n| (n.clone(), dir_of(n, &specs)))
-            .collect())
+        self.read(|c| {
+            c.state
+                .specs()
+                .keys()
+                .map(|n| (n.clone(), CgroupPath::tenant(&c.state.lineage(n))))
+                .collect()
+        })
+        .await
+    }
+}
+
+/// The stored tenants as the desired state in memory holds them (`Governor::with_tenants`).
+pub struct Tenants<'a>(&'a Cache);
+
+impl Tenants<'_> {
+    /// A tenant as stored.
+    pub fn get(&self, name: &TenantName) -> Option<StoredTenant> {
+        self.0.stored(name)
+    }
+
+    pub fn contains(&self, name: &TenantName) -> bool {
+        self.0.state.spec(name).is_some()
+    }
+
+    /// The tenant's parent, if it has one.
+    pub fn parent(&self, name: &TenantName) -> Option<&TenantName> {
+        self.0.state.spec(name).and_then(|s| s.parent.as_ref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.state.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.state.is_empty()
+    }
+
+    /// When the tenant was created (Unix ms).
+    pub fn created_ms(&self, name: &TenantName) -> Option<i64> {
+        self.0.rows.get(name).map(|r| r.created_ms)
+    }
+
+    /// Whether `name` is `scope` or one of its descendants.
+    pub fn within(&self, scope: &TenantName, name: &TenantName) -> bool {
+        self.0.state.within(scope, name)
+    }
+
+    /// Every tenant's name, in order.
+    pub fn names(&self) -> impl Iterator<Item = &TenantName> {
+        self.0.state.specs().keys()
     }
 }
 
@@ -885,11 +1208,10 @@ fn view(
     b: &dyn Backend,
     name: &TenantName,
     stored: StoredTenant,
-    d: &Desired,
+    plan: Option<TenantPlan>,
+    dir: &CgroupPath,
     read: Option<&KernelRead>,
 ) -> TenantView {
-    let (specs, plans) = (&*d.specs, &*d.plans);
-    let dir = dir_of(name, specs);
     let (effective, effective_error) = match read.map(|r| &r.effective) {
         Some(Ok(s)) => (Some(s.clone()), None),
         Some(Err(e)) => (None, Some(e.clone())),
@@ -898,9 +1220,9 @@ fn view(
     TenantView {
         name: name.clone(),
         stored,
-        cgroup: b.path_of(&dir),
+        cgroup: b.path_of(dir),
         not_applied: read.map(|r| r.not_applied.clone()).unwrap_or_default(),
-        planned: plans.get(name).cloned().unwrap_or(TenantPlan {
+        planned: plan.unwrap_or(TenantPlan {
             tenant: Settings::default(),
             leaf: Settings::default(),
         }),
@@ -911,56 +1233,80 @@ fn view(
     }
 }
 
-/// Applies the difference between two sets of specs to the kernel. On failure, rewrites the
-/// old plan for what was touched and removes a directory created for `created`.
-fn apply_change(
+/// Which way `write_change` writes a change: made, or undone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Way {
+    Forward,
+    Back,
+}
+
+/// A plan change's (from, to) plans for `way`.
+fn pick(
+    pc: &crate::domain::desired::PlanChange,
+    way: Way,
+) -> (Option<&TenantPlan>, Option<&TenantPlan>) {
+    match way {
+        Way::Forward => (pc.before.as_ref(), pc.after.as_ref()),
+        Way::Back => (pc.after.as_ref(), pc.before.as_ref()),
+    }
+}
+
+/// Writes the plans `c` alters, parents first (and `target`'s even when unchanged, so a
+/// change repairs its tenant), and the governor root's protection. On failure, rewrites what
+/// it touched as it was and removes a directory it created for `target`. `Way::Back` writes
+/// the plans before the change instead (a tenant that had none is left to the caller).
+fn write_change(
     b: &dyn Backend,
     cfg: &EngineConfig,
     mode: RunMode,
-    old: &BTreeMap<TenantName, TenantSpec>,
-    new: &BTreeMap<TenantName, TenantSpec>,
+    c: &StateChange,
+    way: Way,
     target: Option<&TenantName>,
 ) -> std::result::Result<(), CgroupError> {
-    let old_plans = plan::plan(old, cfg.params);
-    let new_plans = plan::plan(new, cfg.params);
+    let names = c.lineage();
+    let pick = |pc| pick(pc, way);
+    let root = |top: plan::Protected| (top.hard + cfg.daemon_memory_min_bytes, top.soft);
+    let (root_from, root_to) = match way {
+        Way::Forward => (root(c.top_before), root(c.top_after)),
+        Way::Back => (root(c.top_after), root(c.top_before)),
+    };
+    let dir_at = |i: usize| CgroupPath::tenant(&names[..=i]);
     let mut created = None;
-    let mut touched: Vec<&TenantName> = Vec::new();
+    let mut touched: Vec<usize> = Vec::new();
     let result = (|| {
         if let Some(t) = target
-            && new.contains_key(t)
+            && let Some(i) = names.iter().position(|n| n == t)
+            && pick(&c.plans[i]).1.is_some()
         {
-            let dir = dir_of(t, new);
-            if b.ensure(&dir, true)? && !old.contains_key(t) {
+            let dir = dir_at(i);
+            if b.ensure(&dir, true)? && pick(&c.plans[i]).0.is_none() {
                 created = Some(dir);
             }
         }
-        apply_root_protection(b, cfg, mode, new)?;
-        for n in tenant::topo_order(new) {
-            let p = &new_plans[&n];
-            if old_plans.get(&n) == Some(p) && Some(&n) != target {
+        apply_root_protection(b, mode, root_to)?;
+        for (i, pc) in c.plans.iter().enumerate() {
+            let (from, to) = pick(pc);
+            let Some(p) = to else { continue };
+            if from == Some(p) && Some(&pc.name) != target {
                 continue;
             }
-            let dir = dir_of(&n, new);
+            let dir = dir_at(i);
             b.ensure(&dir, true)?;
-            touched.push(
-                new.get_key_value(&n)
-                    .map(|(k, _)| k)
-                    .expect("from topo_order"),
-            );
+            touched.push(i);
             b.apply(&dir, &p.tenant)?;
             b.apply(&dir.leaf(), &p.leaf)?;
         }
         Ok(())
     })();
     if result.is_err() {
-        for n in touched.iter().rev() {
-            if let Some(p) = old_plans.get(*n) {
-                let dir = dir_of(n, old);
+        for &i in touched.iter().rev() {
+            if let Some(p) = pick(&c.plans[i]).0 {
+                let dir = dir_at(i);
                 let _ = b.apply(&dir, &p.tenant);
                 let _ = b.apply(&dir.leaf(), &p.leaf);
             }
         }
-        let _ = apply_root_protection(b, cfg, mode, old);
+        let _ = apply_root_protection(b, mode, root_from);
         if let Some(dir) = created {
             let _ = b.remove(&dir);
         }
@@ -973,15 +1319,13 @@ fn apply_change(
 /// (cgroup-v2.rst, "Delegation"), and `GET /v1/host` says what they hold and what is needed.
 fn apply_root_protection(
     b: &dyn Backend,
-    cfg: &EngineConfig,
     mode: RunMode,
-    specs: &BTreeMap<TenantName, TenantSpec>,
+    (min, low): (u64, u64),
 ) -> std::result::Result<(), CgroupError> {
     if mode == RunMode::Delegated {
         return Ok(());
     }
     let root = CgroupPath::root();
-    let (min, low) = plan::root_protection(specs, cfg.daemon_memory_min_bytes);
     let mut s = b.read(&root)?;
     if (s.memory_min_bytes, s.memory_low_bytes) == (min, low) {
         return Ok(());
@@ -996,27 +1340,35 @@ fn apply_root_protection(
     }
 }
 
-fn reconcile_kernel(
-    b: &dyn Backend,
-    specs: &BTreeMap<TenantName, TenantSpec>,
-    cfg: &EngineConfig,
-    mode: RunMode,
-) -> ReconcileReport {
+/// Tenants per step of a reconcile pass (`Governor::reconcile_pass`): a change waits for one
+/// step at most.
+const RECONCILE_CHUNK: usize = 32;
+
+/// The governor root, made ready, with the protection its tenants need; false when it is
+/// not ready (nothing below it is reconciled then).
+fn reconcile_root(b: &dyn Backend, need: (u64, u64), mode: RunMode) -> (ReconcileReport, bool) {
     let mut r = ReconcileReport::default();
     if let Err(e) = b
         .prepare_root()
         .and_then(|_| b.ensure(&CgroupPath::root(), false))
     {
         r.errors.push(e.to_string());
-        return r;
+        return (r, false);
     }
-    if let Err(e) = apply_root_protection(b, cfg, mode, specs) {
+    if let Err(e) = apply_root_protection(b, mode, need) {
         r.errors.push(e.to_string());
     }
-    let plans = plan::plan(specs, cfg.params);
-    for n in tenant::topo_order(specs) {
-        let dir = dir_of(&n, specs);
-        match b.ensure(&dir, true) {
+    (r, true)
+}
+
+/// Creates what is missing and rewrites what drifted, for each (tenant, directory, plan).
+fn reconcile_tenants(
+    b: &dyn Backend,
+    work: &[(TenantName, CgroupPath, TenantPlan)],
+) -> ReconcileReport {
+    let mut r = ReconcileReport::default();
+    for (n, dir, p) in work {
+        match b.ensure(dir, true) {
             Ok(true) => r.created.push(n.to_string()),
             Ok(false) => {}
             Err(e) => {
@@ -1024,7 +1376,6 @@ fn reconcile_kernel(
                 continue;
             }
         }
-        let p = &plans[&n];
         for (d, s) in [(dir.clone(), &p.tenant), (dir.leaf(), &p.leaf)] {
             match b.apply(&d, s) {
                 Ok(changes) => r
@@ -1034,7 +1385,16 @@ fn reconcile_kernel(
             }
         }
     }
-    // Unknown directories: walk the tree we know and list what is not ours.
+    r
+}
+
+/// Directories under the root that no tenant owns, by `owned(name, parent)`: walks the tree
+/// we know. Each is (its name, the tenant it sits in, its path as shown).
+fn unknown_dirs(
+    b: &dyn Backend,
+    owned: impl Fn(&TenantName, Option<&TenantName>) -> bool,
+) -> Vec<(String, Option<TenantName>, String)> {
+    let mut out = Vec::new();
     let mut stack = vec![(CgroupPath::root(), None::<TenantName>)];
     while let Some((dir, parent)) = stack.pop() {
         let Ok(kids) = b.children(&dir) else { continue };
@@ -1042,21 +1402,22 @@ fn reconcile_kernel(
             if k == LEAF || (parent.is_none() && k == DAEMON_LEAF) {
                 continue;
             }
-            let owned = TenantName::parse(&k)
+            let mine = TenantName::parse(&k)
                 .ok()
-                .filter(|t| specs.get(t).is_some_and(|s| s.parent == parent));
-            match owned {
+                .filter(|t| owned(t, parent.as_ref()));
+            match mine {
                 Some(t) => stack.push((
                     dir.join(&k).expect("tenant names are valid segments"),
                     Some(t),
                 )),
-                None => r
-                    .unknown
-                    .push(b.path_of(&dir).join(&k).display().to_string()),
+                None => {
+                    let shown = b.path_of(&dir).join(&k).display().to_string();
+                    out.push((k, parent.clone(), shown));
+                }
             }
         }
     }
-    r
+    out
 }
 
 /// The refusal to write one of the root's own interface files in delegated mode.
@@ -1071,12 +1432,10 @@ fn root_file_refused(file: &str) -> CgroupError {
 /// tenants need (cgroup-v2.rst, "Delegation": a delegatee writes only below its root).
 fn delegated_cannot(
     b: &dyn Backend,
-    specs: &BTreeMap<TenantName, TenantSpec>,
-    daemon_min: u64,
+    (min, low): (u64, u64),
 ) -> std::result::Result<Vec<Cannot>, CgroupError> {
     let root = b.path_of(&CgroupPath::root());
     let held = b.read(&CgroupPath::root())?;
-    let (min, low) = plan::root_protection(specs, daemon_min);
     let enough = held.memory_min_bytes >= min && held.memory_low_bytes >= low;
     let uid = crate::cgroup::euid();
     Ok(vec![

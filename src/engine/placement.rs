@@ -4,6 +4,7 @@
 use super::journal::{self, Step};
 use super::policy::{Admitted, Policy};
 use super::{EngineError, Governor, Result, blocking};
+use crate::cgroup::CgroupPath;
 use crate::domain::TenantName;
 use crate::store::NewEvent;
 use serde::Serialize;
@@ -46,13 +47,14 @@ impl Governor {
     /// from being killed if such a move ever put them in a tenant.
     pub async fn attach(&self, name: &TenantName, pid: u32, actor: &str) -> Result<()> {
         let _w = self.writes.lock().await;
-        let d = self.desired().await?;
-        let plan = d
-            .plans
-            .get(name)
-            .cloned()
+        self.fresh_locked().await?;
+        let (plan, dir) = self
+            .read(|c| {
+                let plan = c.state.plan(name).cloned()?;
+                Some((plan, CgroupPath::tenant(&c.state.lineage(name))))
+            })
+            .await?
             .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
-        let dir = super::dir_of(name, &d.specs);
         let leaf = dir.leaf();
         let policy = self.policy();
         let b = self.backend().clone();

@@ -37,7 +37,7 @@ impl Governor {
     ) -> Result<Usage> {
         // The desired state in memory (re-read only when the tenants changed), not a read of
         // every tenant from the database per request.
-        if !self.desired().await?.specs.contains_key(name) {
+        if !self.read(|c| c.state.spec(name).is_some()).await? {
             return Err(EngineError::NotFound(name.to_string()));
         }
         Ok(self

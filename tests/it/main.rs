@@ -30,6 +30,8 @@
 //!   and fails loudly when the v1 hierarchies are missing.
 //! - `top`: `tenantd top` in a tmux pane against a v1 daemon with three busy tenants, one of
 //!   them in violation; read with `capture-pane`, resized, quit with q and Ctrl-C. Needs tmux.
+//! - `scale`: issue 15, changes at scale: `GET /v1/tenants` pages (any host, scoped tokens
+//!   too); the state served after accepted and refused changes is the stored one (v1 here).
 //! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
 //!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
 
@@ -43,6 +45,7 @@ mod kernel;
 mod openapi;
 mod placement;
 mod reconcile;
+mod scale;
 mod scoped;
 mod service;
 mod sla;

@@ -1,0 +1,43 @@
+# Sourced by the benches that measure `tenantd serve` on a cgroup v1 or hybrid host
+# (api_reads_under_load.sh, changes.sh): a governor root below the script's own cgroup in each
+# v1 hierarchy, the daemon started inside it, and the cleanup that kills what runs there and
+# removes every directory it created. Nothing outside its own directories is written.
+
+# v1_dirs NAME: creates <own cgroup>/NAME in each v1 hierarchy (refusing if one exists) and
+# lists them in the array `dirs`.
+v1_dirs() {
+  dirs=()
+  for h in cpu cpuacct memory blkio pids; do
+    own=$(awk -F: -v h="$h" '$2==h{print $3}' /proc/self/cgroup)
+    [ -n "$own" ] || { echo "no v1 '$h' hierarchy in /proc/self/cgroup: this bench needs a v1 or hybrid host"; exit 1; }
+    d="/sys/fs/cgroup/$h$own/$1"
+    [ ! -e "$d" ] || { echo "$d exists"; exit 1; }
+    mkdir "$d"; dirs+=("$d")
+  done
+}
+
+# v1_cleanup: kills every process in `dirs`, removes them, and removes `work`.
+v1_cleanup() {
+  for d in "${dirs[@]}"; do
+    find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  done
+  sleep 1
+  for d in "${dirs[@]}"; do find "$d" -depth -type d -delete 2>/dev/null || true; done
+  for d in "${dirs[@]}"; do [ ! -e "$d" ] || echo "could not remove $d"; done
+  rm -rf "$work"
+}
+
+# v1_serve BIN PORT DB LOG: starts `BIN serve` inside `dirs` (its default root is there) with
+# the v1 backend, sets `daemon` to its PID and waits for /healthz.
+v1_serve() {
+  sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec '"$1"' serve --listen 127.0.0.1:'"$2"' --db '"$3"' --cgroup-version v1' \
+    sh "${dirs[@]}" 2>"$4" &
+  daemon=$!
+  disown "$daemon"
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$2/healthz" >/dev/null && break; sleep 0.1; done
+}
+
+# free_port: a TCP port nothing on this host uses now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
