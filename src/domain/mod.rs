@@ -1,11 +1,12 @@
 //! Pure domain logic: no clock, no IO, no async. Tenants and their SLA, the mapping to kernel
 //! settings, the stats a cgroup reads as (`stats`), rates from samples (`usage`), the row the
-//! usage history keeps (`usage_row`), SLA accounting (`sla`) and the engine that applies it
+//! usage history keeps (`usage_row`), which stat figures a sweep reads (`cadence`), SLA accounting (`sla`) and the engine that applies it
 //! to every sweep (`sla_engine`), and the events the log records (`event`).
 //!
 //! The one typed model: the other layers fill these types, store them and render them.
 //! Layer 0 (see `lib.rs`): the domain imports no other module of the crate.
 
+pub mod cadence;
 pub mod event;
 pub mod plan;
 pub mod schema;

@@ -8,6 +8,7 @@
 //! Owns `Rates` (and their per-device and stall parts); reads `domain::stats`. Imports nothing
 //! from `cgroup`, `store`, `engine` or `api`.
 
+use crate::domain::cadence::{Figure, Figures};
 use crate::domain::stats::{CgroupStats, PressureTotals, Sample};
 use crate::domain::tenant::DevId;
 use serde::Serialize;
@@ -133,7 +134,65 @@ pub fn rates(prev: &Sample, prev_ms: i64, cur: &Sample, cur_ms: i64) -> Option<R
     })
 }
 
+/// Rates of `cur`, whose figures outside `cur.read` repeat an older read (`domain::cadence`),
+/// since `prev` (taken at `prev_ms`). The figures read in both samples: over the interval, as
+/// `rates` gives them. The figures `cur` read and `prev` did not (`prev` repeated their values
+/// of `prev_slow_ms`): over the stretch since `prev_slow_ms`, `None` when that is unknown.
+/// The figures `cur` did not read: the per-second rates and stall fractions of `prev_rates`
+/// repeated (the last value measured), `None` without them. Counts of events (`new_*`,
+/// `cpu_throttled_periods`) are always the growth since `prev`: 0 while a figure repeats, the
+/// whole stretch's once it is read again, so no event is counted twice or lost.
+/// `None` when `rates` gives none (a new inode, an empty or backwards interval).
+pub fn rates_with_cadence(
+    prev: &Sample,
+    prev_ms: i64,
+    prev_slow_ms: Option<i64>,
+    prev_rates: Option<&Rates>,
+    cur: &Sample,
+    cur_ms: i64,
+) -> Option<Rates> {
+    let mut r = rates(prev, prev_ms, cur, cur_ms)?;
+    let stretch = cur.read.minus(prev.read);
+    if stretch != Figures::NONE {
+        let over = prev_slow_ms.and_then(|t| rates(prev, t, cur, cur_ms));
+        r.take_rates(over.as_ref(), stretch);
+    }
+    r.take_rates(prev_rates, cur.read.complement());
+    Some(r)
+}
+
 impl Rates {
+    /// Replaces the per-second rates and stall fractions of `figures` with those of `src`
+    /// (`None` without it); counts of events stay.
+    pub fn take_rates(&mut self, src: Option<&Rates>, figures: Figures) {
+        for f in figures.iter() {
+            match f {
+                Figure::Cpu => {
+                    self.cpu_cores = src.and_then(|s| s.cpu_cores);
+                    self.cpu_user_cores = src.and_then(|s| s.cpu_user_cores);
+                    self.cpu_system_cores = src.and_then(|s| s.cpu_system_cores);
+                    self.cpu_throttled_cores = src.and_then(|s| s.cpu_throttled_cores);
+                }
+                Figure::CpuPressure => {
+                    self.cpu_stall = src.map(|s| s.cpu_stall).unwrap_or_default();
+                    self.cpu_runq_wait = src.and_then(|s| s.cpu_runq_wait);
+                }
+                Figure::Io => self.io = src.map(|s| s.io.clone()).unwrap_or_default(),
+                Figure::IoPressure => self.io_stall = src.map(|s| s.io_stall).unwrap_or_default(),
+                Figure::MemoryPressure => {
+                    self.memory_stall = src.map(|s| s.memory_stall).unwrap_or_default()
+                }
+                // Gauges and counts of events: no per-second rate.
+                Figure::MemoryCurrent
+                | Figure::MemoryEvents
+                | Figure::MemoryPeak
+                | Figure::MemoryStat
+                | Figure::MemoryFailcnt
+                | Figure::Pids => {}
+            }
+        }
+    }
+
     /// Sum over devices of one io rate; `None` when no device has it.
     pub fn io_total(&self, f: impl Fn(&IoRates) -> Option<f64>) -> Option<f64> {
         self.io
@@ -151,6 +210,7 @@ mod tests {
 
     fn sample(ino: u64, usage: u64, oom_kill: u64, rbytes: u64) -> Sample {
         Sample {
+            read: crate::domain::cadence::Figures::ALL,
             ino,
             stats: CgroupStats {
                 cpu: CpuStat {

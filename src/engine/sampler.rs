@@ -3,6 +3,12 @@
 //! one transaction, roll up closed minutes and hours once a minute, and publish the snapshot
 //! `/metrics` renders.
 //!
+//! Each sweep reads the figures the SLA engine judges (`domain::cadence::SLA_FIGURES`, and
+//! io.stat and io.pressure while io guarantees are judged) of every tenant, and the others as
+//! `SamplerConfig::cadence` says: an idle tenant's at most every `idle_every` sweeps. The rows
+//! and the snapshot repeat the last value of a figure not read; its rates are taken over the
+//! stretch since its previous read (`usage::rates_with_cadence`).
+//!
 //! IO (`cgroup::stats`, `cgroup::v1_stats`) and maths (`domain::usage`) stay apart; this file
 //! only wires them to the clock, the store and the metrics. `sweep_at` is the list of steps,
 //! one method or function each; the pure ones (rates, rows, events, snapshot) take the
@@ -10,10 +16,11 @@
 
 use super::{EngineError, Governor, Result, now_ms};
 use crate::cgroup::stats::{
-    FD_RESERVE_DEFAULT, StatsReader, held_tenants_budget, held_tenants_budget_with, sample_dir_mode,
+    FD_RESERVE_DEFAULT, StatsReader, files_of, held_tenants_budget_for, sample_dir_with,
 };
 use crate::cgroup::v1_stats::{self, V1StatsReader};
 use crate::cgroup::{CgroupPath, SampleSource};
+use crate::domain::cadence::{Cadence, Figures, SLA_IO_FIGURES};
 use crate::domain::event::{Event, LimitHits};
 use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine, Verdict};
 use crate::domain::stats::Sample;
@@ -22,7 +29,7 @@ use crate::domain::usage::{self, Rates};
 use crate::domain::usage_row::UsageRow;
 use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
 use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +51,9 @@ pub struct SamplerConfig {
     /// Descriptors the sampler leaves to the rest of the daemon (connections, database,
     /// listener) when it decides how many tenants keep their stat files open.
     pub fd_reserve: usize,
+    /// Which figures are read every sweep, and how often the others are; what the SLA engine
+    /// judges is always added to `fresh` (`Cadence::for_sla`).
+    pub cadence: Cadence,
 }
 
 impl Default for SamplerConfig {
@@ -53,6 +63,7 @@ impl Default for SamplerConfig {
             retention: Retention::default(),
             sla: SlaConfig::default(),
             fd_reserve: FD_RESERVE_DEFAULT,
+            cadence: Cadence::default(),
         }
     }
 }
@@ -77,19 +88,32 @@ struct Readers {
     /// Readers of tenants on a cgroup v1 backend.
     v1: Vec<Option<V1StatsReader>>,
     buf: Vec<u8>,
-    /// Tenants (the first, by name) whose files stay open; see `held_tenants_budget`.
-    held: usize,
+    /// Tenants (the first, by name) whose fresh figures' files stay open on each backend;
+    /// see `held_tenants_budget_for`.
+    held_v2: usize,
+    held_v1: usize,
 }
 
-impl Default for Readers {
-    fn default() -> Self {
+impl Readers {
+    /// Readers that hold the files of `cadence.fresh` (and of the io figures the SLA may
+    /// judge) for as many tenants as the descriptor limit less `reserve` allows.
+    fn new(reserve: usize, cadence: &Cadence) -> Readers {
+        let held = cadence.fresh.union(SLA_IO_FIGURES);
         Readers {
             targets: None,
             v2: Vec::new(),
             v1: Vec::new(),
             buf: Vec::new(),
-            held: held_tenants_budget(),
+            // The files and the directory.
+            held_v2: held_tenants_budget_for(reserve, files_of(held) + 1),
+            held_v1: held_tenants_budget_for(reserve, v1_stats::held_per_tenant(held)),
         }
+    }
+}
+
+impl Default for Readers {
+    fn default() -> Self {
+        Readers::new(FD_RESERVE_DEFAULT, &Cadence::default())
     }
 }
 
@@ -104,6 +128,7 @@ impl Readers {
         }
         let (mut v2, mut v1) = (std::mem::take(&mut self.v2), std::mem::take(&mut self.v1));
         let at = |n: &String| old.get(n.as_str()).copied();
+        let walk = subtrees_changed(prev.as_deref(), targets);
         self.v2 = targets
             .dirs
             .iter()
@@ -112,14 +137,51 @@ impl Readers {
         self.v1 = targets
             .dirs
             .iter()
-            .map(|(n, _)| at(n).and_then(|i| v1.get_mut(i)?.take()))
+            .map(|(n, _)| {
+                let mut r = at(n).and_then(|i| v1.get_mut(i)?.take());
+                if let Some(r) = r.as_mut().filter(|_| walk.contains(n.as_str())) {
+                    r.rewalk();
+                }
+                r
+            })
             .collect();
     }
+}
+
+/// The tenants whose subtree gained or lost a tenant between `prev` and `next`: the
+/// ancestors of every tenant listed in one and not the other. A v1 reader walks their
+/// subtrees again at once (the summed files and `tasks` of the directories below).
+fn subtrees_changed<'t>(prev: Option<&'t Targets>, next: &'t Targets) -> HashSet<&'t str> {
+    let mut out = HashSet::new();
+    let Some(prev) = prev else {
+        return out;
+    };
+    let mut ancestors = |specs: &'t HashMap<String, Arc<TenantSpec>>, name: &str| {
+        let mut at = specs.get(name).and_then(|s| s.parent.as_ref());
+        while let Some(p) = at {
+            if !out.insert(p.as_str()) {
+                break;
+            }
+            at = specs.get(p.as_str()).and_then(|s| s.parent.as_ref());
+        }
+    };
+    for n in next.specs.keys().filter(|n| !prev.specs.contains_key(*n)) {
+        ancestors(&next.specs, n);
+    }
+    for n in prev.specs.keys().filter(|n| !next.specs.contains_key(*n)) {
+        ancestors(&prev.specs, n);
+    }
+    out
 }
 
 struct Last {
     sample: Sample,
     ts_ms: i64,
+    /// When the figures `sample` did not read were read (`None`: not seen by this sampler).
+    slow_ms: Option<i64>,
+    /// The rates of the last sample that read every figure: those of the figures not read
+    /// since are repeated (`usage::rates_with_cadence`).
+    rates: Option<Rates>,
     /// The sweep (`Sampler::sweeps`) that took it.
     sweep: u64,
 }
@@ -216,10 +278,12 @@ pub fn limit_events(tenant: &str, ts_ms: i64, s: &Sample, r: &Rates) -> Vec<NewE
 
 impl Sampler {
     pub fn new(gov: Arc<Governor>, metrics: Arc<Metrics>, cfg: SamplerConfig) -> Self {
-        let readers = Readers {
-            held: held_tenants_budget_with(cfg.fd_reserve),
-            ..Readers::default()
-        };
+        let readers = Readers::new(cfg.fd_reserve, &cfg.cadence);
+        tracing::info!(
+            "usage sampler: the first {} tenants (cgroup v2) or {} (v1) keep their stat files open; raise LimitNOFILE to hold more",
+            readers.held_v2,
+            readers.held_v1
+        );
         Sampler {
             gov,
             metrics,
@@ -305,14 +369,16 @@ impl Sampler {
         self.recheck_io_weights().await;
         self.learn_root_weight().await;
         let targets = self.targets().await?;
-        let results = self.read(&targets).await?;
+        let cadence = self.cadence(&targets);
+        let results = self.read(&targets, cadence).await?;
         let (samples, mut report) = self.keep_samples(&targets, results);
         let rates = rates_since(&self.last, ts_ms, &samples);
         let rows = usage_rows(ts_ms, &samples, &rates);
         let mut events = limit_events_of(ts_ms, &samples, &rates);
         let snap = snapshot(&targets.specs, &samples);
+        self.remember(ts_ms, samples.iter().map(|(n, s)| (*n, s.read)), &rates);
         let judged = judged(&samples, rates);
-        self.remember(ts_ms, samples);
+        self.forget_unread(samples);
         let (verdicts, root_weight) = self.judge(ts_ms, &judged, snap, &mut events);
         self.adjust_root_weight(ts_ms, root_weight, &mut events)
             .await;
@@ -370,14 +436,23 @@ impl Sampler {
         }
     }
 
+    /// The cadence of this sweep: the configured one with what the SLA engine judges now
+    /// kept fresh (io.stat and io.pressure while io weights take effect and a tenant has an
+    /// io guarantee).
+    fn cadence(&self, targets: &Targets) -> Cadence {
+        let judges_io = self.sla.io_weights_effective() == Some(true)
+            && targets.specs.values().any(|s| s.io.guarantee_pct.is_some());
+        self.cfg.cadence.for_sla(judges_io)
+    }
+
     /// Reads every target on the blocking pool and times it as `sweep_seconds`. Returns one
     /// result per target, in the order of `targets.dirs`.
-    async fn read(&mut self, tt: &Arc<Targets>) -> Result<Vec<ReadResult>> {
+    async fn read(&mut self, tt: &Arc<Targets>, cadence: Cadence) -> Result<Vec<ReadResult>> {
         let targets = tt.clone();
         let mut readers = self.readers.take().unwrap_or_default();
         let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
-            let results = read_all(&mut readers, &targets);
+            let results = read_all(&mut readers, &targets, &cadence);
             (readers, results)
         })
         .await;
@@ -414,22 +489,53 @@ impl Sampler {
         (samples, report)
     }
 
-    /// Makes this sweep's samples the previous ones; tenants that are gone, or were not read
-    /// this time, leave no previous sample behind. Returns nothing.
-    fn remember(&mut self, ts_ms: i64, samples: Vec<(&str, Sample)>) {
+    /// Notes, for each tenant sampled (its name and the figures read), when its figures
+    /// not read every sweep were last read and, when this sweep read them, the rates (in
+    /// sample order) to repeat until they are read again. The samples follow
+    /// (`forget_unread`). Returns nothing.
+    fn remember<'n>(
+        &mut self,
+        ts_ms: i64,
+        read: impl Iterator<Item = (&'n str, Figures)>,
+        rates: &[Option<Rates>],
+    ) {
         self.sweeps += 1;
         let sweep = self.sweeps;
-        for (name, sample) in samples {
-            let now = Last {
-                sample,
-                ts_ms,
-                sweep,
-            };
+        for ((name, read), r) in read.zip(rates) {
+            let whole = read.is_all();
             match self.last.get_mut(name) {
-                Some(p) => *p = now,
-                None => {
-                    self.last.insert(name.to_string(), now);
+                Some(p) => {
+                    p.ts_ms = ts_ms;
+                    p.sweep = sweep;
+                    if whole {
+                        p.slow_ms = Some(ts_ms);
+                        p.rates.clone_from(r);
+                    }
                 }
+                None => {
+                    self.last.insert(
+                        name.to_string(),
+                        Last {
+                            sample: Sample::default(),
+                            ts_ms,
+                            slow_ms: whole.then_some(ts_ms),
+                            rates: r.clone().filter(|_| whole),
+                            sweep,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Makes this sweep's samples the previous ones (`remember` noted the rest); tenants
+    /// that are gone, or were not read this time, leave no previous sample behind. Returns
+    /// nothing.
+    fn forget_unread(&mut self, samples: Vec<(&str, Sample)>) {
+        let sweep = self.sweeps;
+        for (name, sample) in samples {
+            if let Some(p) = self.last.get_mut(name) {
+                p.sample = sample;
             }
         }
         self.last.retain(|_, l| l.sweep == sweep);
@@ -567,7 +673,14 @@ fn rates_since(
         .iter()
         .map(|(name, sample)| {
             let p = last.get(*name)?;
-            usage::rates(&p.sample, p.ts_ms, sample, ts_ms)
+            usage::rates_with_cadence(
+                &p.sample,
+                p.ts_ms,
+                p.slow_ms,
+                p.rates.as_ref(),
+                sample,
+                ts_ms,
+            )
         })
         .collect()
 }
@@ -651,9 +764,9 @@ fn add_to_minute(
 
 type ReadResult = std::result::Result<Option<Sample>, crate::cgroup::CgroupError>;
 
-/// Reads every target, in the order of `targets.dirs`; drops the readers of tenants no
-/// longer listed. Runs on the blocking pool.
-fn read_all(readers: &mut Readers, targets: &Arc<Targets>) -> Vec<ReadResult> {
+/// Reads every target with `cadence`, in the order of `targets.dirs`; drops the readers of
+/// tenants no longer listed. Runs on the blocking pool.
+fn read_all(readers: &mut Readers, targets: &Arc<Targets>, cadence: &Cadence) -> Vec<ReadResult> {
     if !readers
         .targets
         .as_ref()
@@ -662,15 +775,31 @@ fn read_all(readers: &mut Readers, targets: &Arc<Targets>) -> Vec<ReadResult> {
         readers.realign(targets);
     }
     let Readers {
-        v2, v1, buf, held, ..
+        v2,
+        v1,
+        buf,
+        held_v2,
+        held_v1,
+        ..
     } = readers;
+    let hold = |i: usize, budget: usize| {
+        if i < budget {
+            cadence.fresh
+        } else {
+            Figures::NONE
+        }
+    };
     targets
         .dirs
         .iter()
         .enumerate()
         .map(|(i, (_, source))| match source {
-            SampleSource::V2(path) => sample_dir_mode(&mut v2[i], path, buf, i < *held),
-            SampleSource::V1 { dirs, proc } => v1_stats::sample_dirs(&mut v1[i], dirs, proc),
+            SampleSource::V2(path) => {
+                sample_dir_with(&mut v2[i], path, buf, hold(i, *held_v2), cadence)
+            }
+            SampleSource::V1 { dirs, proc } => {
+                v1_stats::sample_dirs_with(&mut v1[i], dirs, proc, buf, hold(i, *held_v1), cadence)
+            }
         })
         .collect()
 }
@@ -682,6 +811,7 @@ mod tests {
 
     fn s(usage: u64, oom: u64, high: u64) -> Sample {
         Sample {
+            read: crate::domain::cadence::Figures::ALL,
             ino: 1,
             stats: CgroupStats {
                 cpu: CpuStat {
@@ -882,7 +1012,7 @@ mod tests {
         }
         let mut readers = Readers::default();
         let first = targets(&["a", "b", "c"]);
-        let read = read_all(&mut readers, &first);
+        let read = read_all(&mut readers, &first, &Cadence::default());
         assert!(read.iter().all(|r| matches!(r, Ok(Some(_)))), "{read:?}");
         let second = targets(&["0d", "a", "c"]);
         readers.realign(&second);
