@@ -120,23 +120,28 @@ def status(key):
         if l.startswith(key + ":"):
             return int(l.split()[1])
 def sweep_sum_count():
-    s = c = 0.0
+    # (read phase seconds, database write seconds, sweeps) so far.
+    m = {}
     for l in call("GET", "/metrics").decode().splitlines():
-        if l.startswith("tenantd_sweep_seconds_sum"): s = float(l.split()[-1])
-        if l.startswith("tenantd_sweep_seconds_count"): c = float(l.split()[-1])
-    return s, c
+        if l.startswith("tenantd_") and not l.startswith("#"):
+            k, _, v = l.rpartition(" ")
+            m[k] = float(v)
+    return (m.get("tenantd_sweep_duration_seconds_sum", 0.0),
+            m.get("tenantd_db_write_duration_seconds_sum", 0.0),
+            m.get("tenantd_sweep_duration_seconds_count", 0.0))
 shares = []
 for r in range(repeat):
-    a, (s0, c0), w0 = ticks(), sweep_sum_count(), time.monotonic()
+    a, (s0, d0, c0), w0 = ticks(), sweep_sum_count(), time.monotonic()
     time.sleep(window)
-    b, (s1, c1), w1 = ticks(), sweep_sum_count(), time.monotonic()
+    b, (s1, d1, c1), w1 = ticks(), sweep_sum_count(), time.monotonic()
     share = (b - a) / hz / (w1 - w0) * 100
     shares.append(share)
     sweep_ms = (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
+    db_ms = (d1 - d0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
     fds = len(os.listdir(f"/proc/{pid}/fd"))
     print(f"[{mode}] {n} tenants ({busy} busy), sample_interval_s {interval}, window {w1-w0:.0f} s: "
           f"daemon CPU {share:.2f}% of one core ({b-a} ticks), RSS {status('VmRSS')/1024:.1f} MiB, "
-          f"{fds} fds, mean read phase {sweep_ms:.2f} ms/sweep, load {open('/proc/loadavg').read().split()[0]}",
+          f"{fds} fds, per sweep (wall): read {sweep_ms:.2f} ms, db write {db_ms:.2f} ms, load {open('/proc/loadavg').read().split()[0]}",
           flush=True)
 if repeat > 1:
     print(f"[{mode}] {n} tenants: {min(shares):.2f}-{max(shares):.2f}% over {repeat} windows of {window} s", flush=True)

@@ -489,6 +489,12 @@ impl V1StatsReader {
         self.hold
     }
 
+    /// The directories of the subtree whose `tasks` files are read (the tenant's directory
+    /// and those below it, as last walked).
+    pub fn walked_dirs(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// Walks the subtrees again at the next sample.
     pub fn rewalk(&mut self) {
         self.walk_age = WALK_EVERY;

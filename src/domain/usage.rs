@@ -365,4 +365,61 @@ mod tests {
             prop_assert!(rates(&sample(i, a, 0, a), 0, &sample(j, b, 0, b), 1000).is_none());
         }
     }
+
+    /// An idle tenant whose io.stat and pids.events are read every third sweep: between two
+    /// reads the io rate repeats the last one measured and no event is counted; at the read,
+    /// the io rate is taken over the whole stretch and the events of the stretch are counted
+    /// once. The CPU rate is always over the interval.
+    #[test]
+    fn slow_figures_take_their_rates_over_their_own_stretch() {
+        use crate::domain::cadence::{Figures, SLA_FIGURES};
+        let at = |usage: u64, rbytes: u64, pids_max: u64, read: Figures| {
+            let mut s = sample(1, usage, 0, rbytes);
+            s.stats.pids_max_events = Some(pids_max);
+            s.read = read;
+            s
+        };
+        let whole = Figures::ALL;
+        // t=0 s whole (io 0), t=1 s and 2 s fresh only (io repeated), t=3 s whole (io 3000).
+        let s0 = at(0, 0, 0, whole);
+        let s1 = at(1_000_000, 0, 0, SLA_FIGURES);
+        let s2 = at(1_500_000, 0, 0, SLA_FIGURES);
+        let s3 = at(2_000_000, 3000, 4, whole);
+        let prev_rates = Rates {
+            io: vec![IoRates {
+                read_bytes_per_s: Some(7.0),
+                ..rates(&s0, 0, &s0, 1).unwrap().io[0]
+            }],
+            ..rates(&s0, 0, &s0, 1).unwrap()
+        };
+        let r1 = rates_with_cadence(&s0, 0, Some(0), Some(&prev_rates), &s1, 1000).unwrap();
+        assert_eq!(r1.cpu_cores, Some(1.0));
+        assert_eq!(r1.io_total(|d| d.read_bytes_per_s), Some(7.0), "repeated");
+        assert_eq!(r1.new_pids_max, Some(0));
+        let r2 = rates_with_cadence(&s1, 1000, Some(0), Some(&prev_rates), &s2, 2000).unwrap();
+        assert_eq!(r2.cpu_cores, Some(0.5));
+        assert_eq!(r2.io_total(|d| d.read_bytes_per_s), Some(7.0));
+        let r3 = rates_with_cadence(&s2, 2000, Some(0), Some(&prev_rates), &s3, 3000).unwrap();
+        assert_eq!(r3.cpu_cores, Some(0.5));
+        assert_eq!(
+            r3.io_total(|d| d.read_bytes_per_s),
+            Some(1000.0),
+            "3000 B over 3 s"
+        );
+        assert_eq!(r3.new_pids_max, Some(4), "the stretch's events, once");
+        // Without the time of the previous read, no stretch rate; without previous rates,
+        // nothing to repeat.
+        let r = rates_with_cadence(&s2, 2000, None, None, &s3, 3000).unwrap();
+        assert_eq!(r.io_total(|d| d.read_bytes_per_s), None);
+        let r = rates_with_cadence(&s0, 0, Some(0), None, &s1, 1000).unwrap();
+        assert_eq!(
+            (r.io_total(|d| d.read_bytes_per_s), r.cpu_cores),
+            (None, Some(1.0))
+        );
+        // Both read whole: exactly `rates`.
+        assert_eq!(
+            rates_with_cadence(&s0, 0, Some(0), Some(&prev_rates), &s3, 3000),
+            rates(&s0, 0, &s3, 3000)
+        );
+    }
 }
