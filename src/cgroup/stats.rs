@@ -810,4 +810,73 @@ mod tests {
             exact.as_bytes()
         );
     }
+
+    /// Issue 15: with the default cadence the SLA's files (cpu.stat, memory.current,
+    /// memory.events, cpu.pressure) are read every sweep and only they are held; memory.stat
+    /// and the rest of an idle tenant are read every `idle_every` sweeps and repeated between,
+    /// and at once when its CPU usage moves.
+    #[test]
+    fn the_cadence_reads_the_sla_files_every_sweep_and_the_rest_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(format!("{K61}/fixture/work")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+        let c = Cadence::default();
+        let (mut slot, mut buf) = (None, Vec::new());
+        let mut sample = |slot: &mut Option<StatsReader>| {
+            sample_dir_with(slot, dir.path(), &mut buf, c.fresh, &c)
+                .unwrap()
+                .unwrap()
+        };
+        let first = sample(&mut slot);
+        assert!(first.read.is_all());
+        let held = slot.as_ref().unwrap().files.iter();
+        let held: Vec<&str> = held
+            .zip(FILES)
+            .filter(|(h, _)| matches!(h, Handle::Held(_)))
+            .map(|(_, f)| f)
+            .collect();
+        assert_eq!(
+            held,
+            [
+                "cpu.stat",
+                "memory.current",
+                "memory.events",
+                "cpu.pressure"
+            ]
+        );
+        // Idle: the SLA's files change and are seen at once; memory.stat and pids.current
+        // change and repeat their old values until the tenth sweep.
+        let write = |f: &str, text: &str| std::fs::write(dir.path().join(f), text).unwrap();
+        write("memory.current", "999\n");
+        write("memory.events", "low 7\nhigh 0\nmax 0\noom 0\noom_kill 3\n");
+        write("pids.current", "5\n");
+        write("memory.stat", "anon 1\nfile 2\ninactive_file 3\n");
+        for sweep in 1..c.idle_every {
+            let s = sample(&mut slot);
+            assert_eq!(s.read, c.fresh, "sweep {sweep}");
+            assert_eq!(s.stats.memory_current, Some(999));
+            assert_eq!(s.stats.memory_events.low, Some(7));
+            assert_eq!(s.stats.cpu, first.stats.cpu);
+            assert_eq!(s.stats.pids_current, first.stats.pids_current, "repeated");
+            assert_eq!(s.stats.memory, first.stats.memory, "repeated");
+            assert_eq!(s.stats.io, first.stats.io, "repeated");
+        }
+        let s = sample(&mut slot);
+        assert!(s.read.is_all(), "idle_every sweeps after the last read");
+        assert_eq!(s.stats.pids_current, Some(5));
+        assert_eq!(s.stats.memory.anon, Some(1));
+        // Active: the CPU usage moved, so everything is read in that very sweep.
+        assert!(!sample(&mut slot).read.is_all());
+        write("pids.current", "6\n");
+        let cpu = std::fs::read_to_string(dir.path().join("cpu.stat")).unwrap();
+        write(
+            "cpu.stat",
+            &cpu.replace("usage_usec 25178281", "usage_usec 25178282"),
+        );
+        let s = sample(&mut slot);
+        assert!(s.read.is_all());
+        assert_eq!(s.stats.pids_current, Some(6));
+    }
 }

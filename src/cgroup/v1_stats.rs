@@ -468,12 +468,13 @@ impl V1StatsReader {
             hold,
             files: Vec::new(),
             tasks: Vec::new(),
-            // Staggered, so that readers opened together do not walk in the same sweep.
-            walk_age: u32::try_from(ino % u64::from(WALK_EVERY)).unwrap_or(0),
+            walk_age: 0,
             cache: CgroupStats::default(),
             slow: None,
         };
         r.open_files()?;
+        // Staggered, so that readers opened together do not walk again in the same sweep.
+        r.walk_age = u32::try_from(ino % u64::from(WALK_EVERY)).unwrap_or(0);
         match ino_of(guard)? {
             Some(now) if now == ino => Ok(Some(r)),
             _ => Ok(None),
