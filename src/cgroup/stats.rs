@@ -811,8 +811,9 @@ mod tests {
         );
     }
 
-    /// Issue 15: with the default cadence the SLA's files (cpu.stat, memory.current,
-    /// memory.events, cpu.pressure) are read every sweep and only they are held; memory.stat
+    /// Issue 15: with the default cadence, for a tenant with a memory guarantee, the SLA's
+    /// files (cpu.stat, memory.current, memory.events, cpu.pressure) are read every sweep and
+    /// only they are held; memory.stat
     /// and the rest of an idle tenant are read every `idle_every` sweeps and repeated between,
     /// and at once when its CPU usage moves.
     #[test]
@@ -822,7 +823,7 @@ mod tests {
             let f = f.unwrap();
             std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
         }
-        let c = Cadence::default();
+        let c = Cadence::default().for_tenant(true, false);
         let (mut slot, mut buf) = (None, Vec::new());
         let mut sample = |slot: &mut Option<StatsReader>| {
             sample_dir_with(slot, dir.path(), &mut buf, c.fresh, &c)

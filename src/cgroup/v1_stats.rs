@@ -286,6 +286,11 @@ pub struct RunqWait {
 }
 
 impl RunqWait {
+    /// The running total in µs.
+    pub fn total_usec(&self) -> u64 {
+        self.total_ns / 1000
+    }
+
     /// Feeds the (tid, wait_ns) pairs of one sample; returns the running total in µs.
     pub fn feed(&mut self, now: impl IntoIterator<Item = (u32, u64)>) -> u64 {
         let mut next = HashMap::with_capacity(self.by_tid.len());
@@ -395,6 +400,9 @@ pub struct V1StatsReader {
     cache: CgroupStats,
     /// The last read of the figures outside the cadence's fresh ones.
     slow: Option<SlowRead>,
+    /// Whether the last read of the `tasks` files found a thread, and the CPU usage then.
+    had_threads: bool,
+    usage_at_tasks: Option<u64>,
 }
 
 fn ino_of(p: &Path) -> Result<Option<u64>> {
@@ -471,6 +479,8 @@ impl V1StatsReader {
             walk_age: 0,
             cache: CgroupStats::default(),
             slow: None,
+            had_threads: true,
+            usage_at_tasks: None,
         };
         r.open_files()?;
         // Staggered, so that readers opened together do not walk again in the same sweep.
@@ -677,7 +687,16 @@ impl V1StatsReader {
                 })?;
             }
         }
-        if figures.contains(Figure::CpuPressure) && !self.tasks.is_empty() {
+        // A tenant that had no thread at the last read and used no CPU since has none that
+        // waited: the `tasks` files (each read builds and sorts a pid list in the kernel)
+        // are not read, and the wait stays what it was. A thread moved in runs, so uses CPU,
+        // before it can wait; its wait before its first read is never counted (`RunqWait`).
+        let idle = !self.had_threads
+            && out.cpu.usage_usec.is_some()
+            && out.cpu.usage_usec == self.usage_at_tasks;
+        if figures.contains(Figure::CpuPressure) && idle {
+            out.runq_wait_usec = Some(self.runq.total_usec());
+        } else if figures.contains(Figure::CpuPressure) && !self.tasks.is_empty() {
             let mut tids = Vec::new();
             for f in &self.tasks {
                 match f.read(buf) {
@@ -695,6 +714,8 @@ impl V1StatsReader {
                     }
                 }
             }
+            self.had_threads = !tids.is_empty();
+            self.usage_at_tasks = out.cpu.usage_usec;
             let waits = tids.into_iter().filter_map(|tid| {
                 let path = self.proc.join(format!("{tid}/schedstat"));
                 Some((tid, Schedstat::from_file(path).ok()?.run_delay))

@@ -1,7 +1,8 @@
-//! Which of a tenant's stat figures a sweep reads. The figures the SLA engine judges every
-//! interval (`SLA_FIGURES`: CPU usage and throttling, CPU pressure or run-queue wait,
-//! memory.current, memory.events) are read every sweep; the others (memory.stat, memory.peak,
-//! io.stat, the memory and io pressure files, pids, v1's failcnts) are "slow": read together,
+//! Which of a tenant's stat figures a sweep reads. The figures the SLA engine judges for the
+//! tenant every interval (`Cadence::for_tenant`: CPU usage and throttling, CPU pressure or
+//! run-queue wait; memory.current and memory.events when it has a memory guarantee; io.stat
+//! and io.pressure while io guarantees are judged) are read every sweep; the others
+//! (memory.stat, memory.peak, io.stat, the pressure files, pids, v1's failcnts) are "slow": read together,
 //! every sweep for a tenant whose CPU usage moved since their last read, and at most every
 //! `Cadence::idle_every` sweeps for one whose usage did not (an idle tenant's memory.stat does
 //! not change). Between two reads of the slow figures a sample repeats their last values.
@@ -106,15 +107,16 @@ impl Figures {
     }
 }
 
-/// What the SLA engine judges every interval (`domain::sla_engine`): CPU usage and throttled
-/// time (cpu.stat), CPU pressure (v1: the run-queue wait), memory.current and memory.events
+/// What the SLA engine judges of every tenant every interval (`domain::sla_engine`): CPU
+/// usage and throttled time (cpu.stat), CPU pressure (v1: the run-queue wait).
+pub const SLA_CPU_FIGURES: Figures = Figures::of(&[Figure::Cpu, Figure::CpuPressure]);
+
+/// What it judges too of a tenant with a memory guarantee: memory.current and memory.events
 /// (`low`, `oom_kill`).
-pub const SLA_FIGURES: Figures = Figures::of(&[
-    Figure::Cpu,
-    Figure::CpuPressure,
-    Figure::MemoryCurrent,
-    Figure::MemoryEvents,
-]);
+pub const SLA_MEMORY_FIGURES: Figures = Figures::of(&[Figure::MemoryCurrent, Figure::MemoryEvents]);
+
+/// Everything the SLA engine may judge of a tenant every interval but io.
+pub const SLA_FIGURES: Figures = SLA_CPU_FIGURES.union(SLA_MEMORY_FIGURES);
 
 /// What it judges too while io guarantees are judged (io weights take effect and a tenant
 /// has an io guarantee): io.stat and io.pressure.
@@ -127,7 +129,8 @@ pub const IDLE_EVERY_DEFAULT: u32 = 10;
 /// How often each figure is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cadence {
-    /// Figures read every sweep.
+    /// Figures read every sweep (what the SLA engine judges is added per tenant,
+    /// `for_tenant`).
     pub fresh: Figures,
     /// The others are read at least every this many sweeps (>= 1).
     pub idle_every: u32,
@@ -138,7 +141,7 @@ pub struct Cadence {
 impl Default for Cadence {
     fn default() -> Self {
         Cadence {
-            fresh: SLA_FIGURES,
+            fresh: Figures::NONE,
             idle_every: IDLE_EVERY_DEFAULT,
             active_every: 1,
         }
@@ -153,10 +156,15 @@ impl Cadence {
         active_every: 1,
     };
 
-    /// This cadence with what the SLA engine judges in this sweep kept fresh: `SLA_FIGURES`
-    /// always, `SLA_IO_FIGURES` too when `judges_io`.
-    pub fn for_sla(self, judges_io: bool) -> Cadence {
-        let mut fresh = self.fresh.union(SLA_FIGURES);
+    /// This cadence for one tenant, with what the SLA engine judges of it in this sweep kept
+    /// fresh: `SLA_CPU_FIGURES` always, `SLA_MEMORY_FIGURES` when it has a memory guarantee,
+    /// `SLA_IO_FIGURES` when io guarantees are judged (`judges_io`: every tenant's io counts,
+    /// since a guarantee is a share of its siblings' io).
+    pub fn for_tenant(self, memory_guarantee: bool, judges_io: bool) -> Cadence {
+        let mut fresh = self.fresh.union(SLA_CPU_FIGURES);
+        if memory_guarantee {
+            fresh = fresh.union(SLA_MEMORY_FIGURES);
+        }
         if judges_io {
             fresh = fresh.union(SLA_IO_FIGURES);
         }
@@ -234,7 +242,7 @@ mod tests {
     /// (last read: age and usage then, usage now) -> everything read?
     #[test]
     fn the_table_of_decisions() {
-        let c = Cadence::default();
+        let c = Cadence::default().for_tenant(false, false);
         let table = [
             // Never read: everything.
             (None, Some(5), true),
@@ -301,15 +309,21 @@ mod tests {
             fresh: Figures::NONE,
             ..Cadence::default()
         };
-        for judges_io in [false, true] {
-            let c = slow_everything.for_sla(judges_io);
-            for f in SLA_FIGURES.iter() {
+        for (memory, judges_io) in [(false, false), (true, false), (false, true), (true, true)] {
+            let c = slow_everything.for_tenant(memory, judges_io);
+            for f in SLA_CPU_FIGURES.iter() {
                 assert!(c.fresh.contains(f), "{f:?}");
+            }
+            for f in SLA_MEMORY_FIGURES.iter() {
+                assert_eq!(c.fresh.contains(f), memory, "{f:?}");
             }
             assert_eq!(c.fresh.contains(Figure::Io), judges_io);
             assert_eq!(c.fresh.contains(Figure::IoPressure), judges_io);
             assert!(!c.fresh.contains(Figure::MemoryStat));
         }
+        // What is configured fresh stays fresh.
+        let all = Cadence::EVERY_SWEEP.for_tenant(false, false);
+        assert_eq!(all.fresh, Figures::ALL);
         assert_eq!(SLA_FIGURES.complement().union(SLA_FIGURES), Figures::ALL);
         assert_eq!(
             SLA_FIGURES.iter().count() + SLA_FIGURES.complement().iter().count(),

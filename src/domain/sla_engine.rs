@@ -822,8 +822,19 @@ mod tests {
             })
         };
         match figure {
-            Figure::Cpu | Figure::CpuPressure | Figure::MemoryCurrent | Figure::MemoryEvents => {
-                panic!("{figure:?} is judged: never stale")
+            Figure::Cpu | Figure::CpuPressure => panic!("{figure:?} is judged: never stale"),
+            Figure::MemoryCurrent => stats.memory_current = Some(next()),
+            Figure::MemoryEvents => {
+                stats.memory_events = crate::domain::stats::MemoryEvents {
+                    low: Some(next()),
+                    high: Some(next()),
+                    max: Some(next()),
+                    oom: Some(next()),
+                    oom_kill: Some(next()),
+                };
+                rates.new_oom_kills = Some(next() % 3);
+                rates.new_memory_high = Some(next() % 3);
+                rates.new_memory_max = Some(next() % 3);
             }
             Figure::MemoryPeak => stats.memory_peak = Some(next()),
             Figure::MemoryStat => {
@@ -874,7 +885,8 @@ mod tests {
 
     proptest::proptest! {
         /// Issue 15: no SLA verdict is computed from a stale value. The figures a sweep may
-        /// leave unread (all but `Cadence::for_sla`'s fresh ones) are scrambled in the stats
+        /// leave unread (all but `Cadence::for_tenant`'s fresh ones: memory too for the
+        /// tenant without a memory guarantee) are scrambled in the stats
         /// and the rates of every tenant: the verdicts, events, root weights and totals stay
         /// exactly those of the same sweeps with the true values, with io judged or not.
         #[test]
@@ -900,7 +912,13 @@ mod tests {
             c.parent = Some(TenantName::parse("a").unwrap());
             let specs = [("a", &a), ("b", &b), ("c", &c)];
             for judges_io in [false, true] {
-                let stale = Cadence::default().for_sla(judges_io).fresh.complement();
+                // What a sweep may leave unread of each tenant.
+                let stale = |sp: &TenantSpec| {
+                    Cadence::default()
+                        .for_tenant(sp.memory.guarantee_bytes.is_some(), judges_io)
+                        .fresh
+                        .complement()
+                };
                 let cfg = SlaConfig { adaptive: true, ..Default::default() };
                 let (mut truth, mut scrambled) = (SlaEngine::new(cfg), SlaEngine::new(cfg));
                 for e in [&mut truth, &mut scrambled] {
@@ -926,8 +944,8 @@ mod tests {
                         real.push((r, st));
                     }
                     let mut fake = real.clone();
-                    for (r, st) in fake.iter_mut() {
-                        for f in stale.iter() {
+                    for ((r, st), (_, sp)) in fake.iter_mut().zip(specs) {
+                        for f in stale(sp).iter() {
                             scramble(f, st, r, &mut next);
                         }
                     }

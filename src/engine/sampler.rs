@@ -3,8 +3,9 @@
 //! one transaction, roll up closed minutes and hours once a minute, and publish the snapshot
 //! `/metrics` renders.
 //!
-//! Each sweep reads the figures the SLA engine judges (`domain::cadence::SLA_FIGURES`, and
-//! io.stat and io.pressure while io guarantees are judged) of every tenant, and the others as
+//! Each sweep reads the figures the SLA engine judges (`domain::cadence::Cadence::for_tenant`:
+//! CPU, memory for a tenant with a memory guarantee, io while io guarantees are judged) of
+//! every tenant, and the others as
 //! `SamplerConfig::cadence` says: an idle tenant's at most every `idle_every` sweeps. The rows
 //! and the snapshot repeat the last value of a figure not read; its rates are taken over the
 //! stretch since its previous read (`usage::rates_with_cadence`).
@@ -20,7 +21,7 @@ use crate::cgroup::stats::{
 };
 use crate::cgroup::v1_stats::{self, V1StatsReader};
 use crate::cgroup::{CgroupPath, SampleSource};
-use crate::domain::cadence::{Cadence, Figures, SLA_IO_FIGURES};
+use crate::domain::cadence::{Cadence, Figures, SLA_FIGURES, SLA_IO_FIGURES};
 use crate::domain::event::{Event, LimitHits};
 use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine, Verdict};
 use crate::domain::stats::Sample;
@@ -52,7 +53,7 @@ pub struct SamplerConfig {
     /// listener) when it decides how many tenants keep their stat files open.
     pub fd_reserve: usize,
     /// Which figures are read every sweep, and how often the others are; what the SLA engine
-    /// judges is always added to `fresh` (`Cadence::for_sla`).
+    /// judges is always added to `fresh` (`Cadence::for_tenant`).
     pub cadence: Cadence,
 }
 
@@ -98,7 +99,7 @@ impl Readers {
     /// Readers that hold the files of `cadence.fresh` (and of the io figures the SLA may
     /// judge) for as many tenants as the descriptor limit less `reserve` allows.
     fn new(reserve: usize, cadence: &Cadence) -> Readers {
-        let held = cadence.fresh.union(SLA_IO_FIGURES);
+        let held = cadence.fresh.union(SLA_FIGURES).union(SLA_IO_FIGURES);
         Readers {
             targets: None,
             v2: Vec::new(),
@@ -436,18 +437,21 @@ impl Sampler {
         }
     }
 
-    /// The cadence of this sweep: the configured one with what the SLA engine judges now
-    /// kept fresh (io.stat and io.pressure while io weights take effect and a tenant has an
-    /// io guarantee).
-    fn cadence(&self, targets: &Targets) -> Cadence {
+    /// The cadence of this sweep: the configured one, and whether the SLA engine judges io
+    /// (io weights take effect and a tenant has an io guarantee), which keeps io.stat and
+    /// io.pressure fresh (`Cadence::for_tenant`).
+    fn cadence(&self, targets: &Targets) -> SweepCadence {
         let judges_io = self.sla.io_weights_effective() == Some(true)
             && targets.specs.values().any(|s| s.io.guarantee_pct.is_some());
-        self.cfg.cadence.for_sla(judges_io)
+        SweepCadence {
+            cadence: self.cfg.cadence,
+            judges_io,
+        }
     }
 
     /// Reads every target on the blocking pool and times it as `sweep_seconds`. Returns one
     /// result per target, in the order of `targets.dirs`.
-    async fn read(&mut self, tt: &Arc<Targets>, cadence: Cadence) -> Result<Vec<ReadResult>> {
+    async fn read(&mut self, tt: &Arc<Targets>, cadence: SweepCadence) -> Result<Vec<ReadResult>> {
         let targets = tt.clone();
         let mut readers = self.readers.take().unwrap_or_default();
         let started = Instant::now();
@@ -764,9 +768,27 @@ fn add_to_minute(
 
 type ReadResult = std::result::Result<Option<Sample>, crate::cgroup::CgroupError>;
 
-/// Reads every target with `cadence`, in the order of `targets.dirs`; drops the readers of
+/// The cadence of one sweep, made for each tenant by `Cadence::for_tenant`.
+#[derive(Debug, Clone, Copy)]
+struct SweepCadence {
+    cadence: Cadence,
+    judges_io: bool,
+}
+
+impl SweepCadence {
+    fn for_tenant(&self, spec: Option<&TenantSpec>) -> Cadence {
+        let memory = spec.is_some_and(|s| s.memory.guarantee_bytes.is_some());
+        self.cadence.for_tenant(memory, self.judges_io)
+    }
+}
+
+/// Reads every target with its cadence, in the order of `targets.dirs`; drops the readers of
 /// tenants no longer listed. Runs on the blocking pool.
-fn read_all(readers: &mut Readers, targets: &Arc<Targets>, cadence: &Cadence) -> Vec<ReadResult> {
+fn read_all(
+    readers: &mut Readers,
+    targets: &Arc<Targets>,
+    cadence: &SweepCadence,
+) -> Vec<ReadResult> {
     if !readers
         .targets
         .as_ref()
@@ -782,23 +804,27 @@ fn read_all(readers: &mut Readers, targets: &Arc<Targets>, cadence: &Cadence) ->
         held_v1,
         ..
     } = readers;
-    let hold = |i: usize, budget: usize| {
-        if i < budget {
-            cadence.fresh
-        } else {
-            Figures::NONE
-        }
+    let hold = |i: usize, budget: usize, c: &Cadence| {
+        if i < budget { c.fresh } else { Figures::NONE }
     };
     targets
         .dirs
         .iter()
         .enumerate()
-        .map(|(i, (_, source))| match source {
-            SampleSource::V2(path) => {
-                sample_dir_with(&mut v2[i], path, buf, hold(i, *held_v2), cadence)
-            }
-            SampleSource::V1 { dirs, proc } => {
-                v1_stats::sample_dirs_with(&mut v1[i], dirs, proc, buf, hold(i, *held_v1), cadence)
+        .map(|(i, (name, source))| {
+            let c = cadence.for_tenant(targets.specs.get(name).map(|s| &**s));
+            match source {
+                SampleSource::V2(path) => {
+                    sample_dir_with(&mut v2[i], path, buf, hold(i, *held_v2, &c), &c)
+                }
+                SampleSource::V1 { dirs, proc } => v1_stats::sample_dirs_with(
+                    &mut v1[i],
+                    dirs,
+                    proc,
+                    buf,
+                    hold(i, *held_v1, &c),
+                    &c,
+                ),
             }
         })
         .collect()
@@ -1012,7 +1038,11 @@ mod tests {
         }
         let mut readers = Readers::default();
         let first = targets(&["a", "b", "c"]);
-        let read = read_all(&mut readers, &first, &Cadence::default());
+        let c = SweepCadence {
+            cadence: Cadence::default(),
+            judges_io: false,
+        };
+        let read = read_all(&mut readers, &first, &c);
         assert!(read.iter().all(|r| matches!(r, Ok(Some(_)))), "{read:?}");
         let second = targets(&["0d", "a", "c"]);
         readers.realign(&second);

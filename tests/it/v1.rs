@@ -891,7 +891,7 @@ fn issue_15_held_v1_reader_sees_new_subdirectories_and_recreated_tenants() {
     let t = sb.tenant("t");
     let dirs = sb.backend.dirs_of(&t);
     let proc = Path::new("/proc");
-    let cadence = Cadence::default();
+    let cadence = Cadence::default().for_tenant(true, false);
     let (mut slot, mut buf) = (None, Vec::new());
     let mut sample = |slot: &mut Option<_>| {
         sample_dirs_with(slot, &dirs, proc, &mut buf, cadence.fresh, &cadence)
