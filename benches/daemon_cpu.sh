@@ -44,7 +44,9 @@ if [ -z "$BIN" ]; then
 fi
 [ -x "$BIN" ] || { echo "no binary at $BIN (cargo build --release first)"; exit 1; }
 HZ=$(getconf CLK_TCK)
-PORT="${PORT:-17981}"
+# A free port of its own: another daemon on a fixed port would receive these requests (or
+# send its clients' requests here).
+PORT="${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 
 if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
   MODE=v2
@@ -73,6 +75,9 @@ for n in "${COUNTS[@]}"; do
   fi
   work=$(mktemp -d)
   cleanup() {
+    if [ -n "${DPID:-}" ] && ! kill -0 "$DPID" 2>/dev/null; then
+      echo "the daemon exited; the end of its log:"; tail -20 "$work/daemon.log"
+    fi
     [ -z "${DPID:-}" ] || kill -9 "$DPID" 2>/dev/null || true
     wait 2>/dev/null || true
     for d in "${dirs[@]}"; do
@@ -143,6 +148,10 @@ for r in range(repeat):
           f"daemon CPU {share:.2f}% of one core ({b-a} ticks), RSS {status('VmRSS')/1024:.1f} MiB, "
           f"{fds} fds, per sweep (wall): read {sweep_ms:.2f} ms, db write {db_ms:.2f} ms, load {open('/proc/loadavg').read().split()[0]}",
           flush=True)
+listed = json.loads(call("GET", "/v1/tenants"))
+have = len(listed) if isinstance(listed, list) else len(listed.get("tenants", listed.get("items", [])))
+if have != n:
+    print(f"[{mode}] WARNING: the daemon holds {have} tenants, not {n}: something else talks to port {port}", flush=True)
 if repeat > 1:
     print(f"[{mode}] {n} tenants: {min(shares):.2f}-{max(shares):.2f}% over {repeat} windows of {window} s", flush=True)
 for p in procs: p.kill()
