@@ -463,25 +463,31 @@ impl StatsReader {
         Ok(true)
     }
 
-    /// Whether the directory is still the one the files were opened in.
+    /// Whether the directory is still the one the files were opened in (`still_there`).
     fn same_directory(&self) -> Result<bool> {
-        // Files held open on an ordinary filesystem stay readable after their directory is
-        // removed, and a cgroup may be recreated under the same name between two reads: the
-        // directory must still be the one the files were opened in. Held, a removed directory
-        // has no links left (cgroupfs answers ENODEV on its held files instead), and one
-        // `fstat` tells; otherwise the path is looked up again and its inode compared.
-        let same = match &self.held_dir {
-            Some(d) => d.metadata().map(|m| m.nlink() > 0),
-            None => std::fs::metadata(&self.dir).map(|m| m.ino() == self.ino),
-        };
-        match same {
-            Ok(same) => Ok(same),
-            Err(e) if is_gone(&e) => Ok(false),
-            Err(source) => Err(CgroupError::Read {
-                path: self.dir.clone(),
-                source,
-            }),
-        }
+        still_there(self.held_dir.as_ref(), &self.dir, self.ino)
+    }
+}
+
+/// Whether the directory at `path` is still the one with inode `ino` that `held` (when held)
+/// was opened on.
+pub(super) fn still_there(held: Option<&File>, path: &Path, ino: u64) -> Result<bool> {
+    // Files held open on an ordinary filesystem stay readable after their directory is
+    // removed, and a cgroup may be recreated under the same name between two reads: the
+    // directory must still be the one the files were opened in. Held, a removed directory
+    // has no links left (cgroupfs answers ENODEV on its held files instead), and one
+    // `fstat` tells; otherwise the path is looked up again and its inode compared.
+    let same = match held {
+        Some(d) => d.metadata().map(|m| m.nlink() > 0),
+        None => std::fs::metadata(path).map(|m| m.ino() == ino),
+    };
+    match same {
+        Ok(same) => Ok(same),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(source) => Err(CgroupError::Read {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -694,13 +700,19 @@ mod tests {
         assert!(pressure_totals("some avg10=0.00\n").is_err());
     }
 
-    #[test]
-    fn reader_samples_a_fixture_directory_and_rereads_in_place() {
+    /// A temporary directory holding the 6.1 fixture's files.
+    fn fixture_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for f in std::fs::read_dir(format!("{K61}/fixture/work")).unwrap() {
             let f = f.unwrap();
             std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
         }
+        dir
+    }
+
+    #[test]
+    fn reader_samples_a_fixture_directory_and_rereads_in_place() {
+        let dir = fixture_dir();
         let mut buf = Vec::new();
         let mut slot = None;
         let s = sample_dir(&mut slot, dir.path(), &mut buf)
@@ -813,16 +825,11 @@ mod tests {
 
     /// Issue 15: with the default cadence, for a tenant with a memory guarantee, the SLA's
     /// files (cpu.stat, memory.current, memory.events, cpu.pressure) are read every sweep and
-    /// only they are held; memory.stat
-    /// and the rest of an idle tenant are read every `idle_every` sweeps and repeated between,
+    /// only they are held; memory.stat and the rest of an idle tenant are read every `idle_every` sweeps and repeated between,
     /// and at once when its CPU usage moves.
     #[test]
     fn the_cadence_reads_the_sla_files_every_sweep_and_the_rest_when_due() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in std::fs::read_dir(format!("{K61}/fixture/work")).unwrap() {
-            let f = f.unwrap();
-            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
-        }
+        let dir = fixture_dir();
         let c = Cadence::default().for_tenant(true, false);
         let (mut slot, mut buf) = (None, Vec::new());
         let mut sample = |slot: &mut Option<StatsReader>| {

@@ -729,18 +729,7 @@ impl V1StatsReader {
     /// removed one has no links left (cgroupfs answers ENODEV on its held files before);
     /// otherwise its path is looked up again and the inode compared.
     fn same_guard(&self) -> Result<bool> {
-        let same = match &self.held_guard {
-            Some(d) => d.metadata().map(|m| m.nlink() > 0),
-            None => std::fs::metadata(&self.guard).map(|m| m.ino() == self.ino),
-        };
-        match same {
-            Ok(same) => Ok(same),
-            Err(e) if is_gone(&e) => Ok(false),
-            Err(source) => Err(CgroupError::Read {
-                path: self.guard.clone(),
-                source,
-            }),
-        }
+        super::stats::still_there(self.held_guard.as_ref(), &self.guard, self.ino)
     }
 }
 
