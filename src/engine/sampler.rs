@@ -1110,4 +1110,74 @@ mod tests {
                 .unwrap();
         assert_eq!(b_rate, None);
     }
+
+    /// Issue 15, through the whole sweep: an idle tenant's io.stat and memory.current (no
+    /// memory guarantee: not judged) are read every tenth sweep; the rows in between repeat
+    /// the counters read last, and the read that sees the growth gives the rate over the whole
+    /// stretch. A tenant with a memory guarantee has memory.current read every sweep.
+    #[tokio::test]
+    async fn stale_figures_repeat_in_the_rows_and_their_rate_spans_the_stretch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let (mut sampler, store, _metrics) = sampler_in(tmp.path()).await;
+        let idle = tenant_dir(&root, "idle", 10);
+        let guarded = tenant_dir(&root, "guarded", 10);
+        put(&store, "idle").await;
+        let mut spec = TenantSpec::default();
+        spec.memory.guarantee_bytes = Some(crate::domain::units::Bytes(1 << 20));
+        store
+            .put_tenant(
+                &TenantName::parse("guarded").unwrap(),
+                &spec,
+                0,
+                created("guarded"),
+            )
+            .await
+            .unwrap();
+        let t0 = 1_700_000_000_000;
+        sampler.sweep_at(t0).await.unwrap();
+        // 10 MB read from vda, memory.current up by 1 MiB; the CPU usage does not move.
+        let io = "254:0 rbytes=18388608 wbytes=16777216 rios=8 wios=16 dbytes=0 dios=0\n";
+        for d in [&idle, &guarded] {
+            std::fs::write(d.join("io.stat"), io).unwrap();
+            std::fs::write(d.join("memory.current"), "1318912\n").unwrap();
+        }
+        let every = Cadence::default().idle_every;
+        for k in 1..=i64::from(every) {
+            sampler.sweep_at(t0 + 1000 * k).await.unwrap();
+        }
+        type Row = (i64, Option<i64>, Option<f64>, Option<i64>);
+        let rows = |tenant: &'static str| {
+            let store = store.clone();
+            async move {
+                let r: Vec<Row> = sqlx::query_as(
+                    "SELECT ts_ms, io_read_bytes, io_read_bytes_per_s, memory_current_bytes \
+                     FROM usage_raw WHERE tenant = ?1 ORDER BY ts_ms",
+                )
+                .bind(tenant)
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+                r
+            }
+        };
+        let idle_rows = rows("idle").await;
+        assert_eq!(idle_rows.len(), every as usize + 1);
+        for (ts, read, rate, mem) in &idle_rows[..every as usize] {
+            assert_eq!(*read, Some(8_388_608), "repeated at {ts}");
+            assert_eq!(*mem, Some(270_336), "repeated at {ts}");
+            assert_eq!(*rate, None, "no rate measured yet at {ts}");
+        }
+        let (_, read, rate, mem) = idle_rows[every as usize];
+        assert_eq!((read, mem), (Some(18_388_608), Some(1_318_912)));
+        assert_eq!(
+            rate,
+            Some(1_000_000.0),
+            "10 MB over the 10 s since the last read"
+        );
+        // The guarded tenant's memory.current is fresh from the first sweep after the change.
+        let guarded_rows = rows("guarded").await;
+        assert_eq!(guarded_rows[0].3, Some(270_336));
+        assert!(guarded_rows[1..].iter().all(|r| r.3 == Some(1_318_912)));
+    }
 }
