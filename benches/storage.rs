@@ -196,10 +196,7 @@ impl Tenant {
             add(&mut s.cpu.usage_usec, rng.below(300));
             add(&mut s.cpu.system_usec, rng.below(300));
         }
-        let cur = Sample {
-            ino: 1,
-            stats: s.clone(),
-        };
+        let cur = Sample::whole(1, s.clone());
         let r = self
             .prev
             .as_ref()

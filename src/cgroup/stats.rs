@@ -9,12 +9,18 @@
 //! "memory.stat", "memory.events", "io.stat", "pids.events") and
 //! Documentation/accounting/psi.rst (pressure files).
 //!
+//! The reader reads the figures of `Cadence::fresh` every sweep and the others as the cadence
+//! says (`domain::cadence`); a sample repeats the last values of the figures not read, and
+//! says which were (`Sample::read`). Held files are those of the fresh figures: the others are
+//! opened when they are read.
+//!
 //! The reader records the directory's inode with each sample: a cgroup deleted and
 //! recreated under the same name has a new inode, and the usage model takes no delta
 //! across it. A cgroup that vanishes mid-read gives "no sample", not an error.
 
 use super::parse::{PResult, dec, dev_id, each_flat, err, fields, nonblank_lines, set, single_u64};
 use super::{CgroupError, Result, is_gone};
+use crate::domain::cadence::{self, Cadence, Figure, Figures, SlowRead};
 use crate::domain::stats::{
     CgroupStats, CpuStat, IoDevStat, MemoryEvents, MemoryStat, PressureTotals, Sample,
 };
@@ -154,6 +160,44 @@ pub const FILES: [&str; 11] = [
     "io.pressure",
 ];
 
+/// The figure (`domain::cadence`) each of `FILES` gives.
+pub const FIGURE_OF: [Figure; 11] = [
+    Figure::Cpu,
+    Figure::MemoryCurrent,
+    Figure::MemoryPeak,
+    Figure::MemoryStat,
+    Figure::MemoryEvents,
+    Figure::Io,
+    Figure::Pids,
+    Figure::Pids,
+    Figure::CpuPressure,
+    Figure::MemoryPressure,
+    Figure::IoPressure,
+];
+
+/// How many of `FILES` give the figures of `figures`.
+pub fn files_of(figures: Figures) -> usize {
+    FIGURE_OF.iter().filter(|f| figures.contains(**f)).count()
+}
+
+/// Copies the fields file `FILES[i]` gives (`apply`) from `from` into `to`.
+fn carry(i: usize, from: &CgroupStats, to: &mut CgroupStats) {
+    match i {
+        0 => to.cpu = from.cpu,
+        1 => to.memory_current = from.memory_current,
+        2 => to.memory_peak = from.memory_peak,
+        3 => to.memory = from.memory,
+        4 => to.memory_events = from.memory_events,
+        5 => to.io.clone_from(&from.io),
+        6 => to.pids_current = from.pids_current,
+        7 => to.pids_max_events = from.pids_max_events,
+        8 => to.cpu_pressure = from.cpu_pressure,
+        9 => to.memory_pressure = from.memory_pressure,
+        10 => to.io_pressure = from.io_pressure,
+        _ => {}
+    }
+}
+
 /// Parses the text of file `FILES[i]` into `out`.
 fn apply(i: usize, text: &[u8], out: &mut CgroupStats) -> PResult<()> {
     match i {
@@ -209,20 +253,27 @@ pub fn pread_all<'b>(f: &File, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
 enum Handle {
     /// Held open, re-read with `pread`.
     Held(File),
-    /// Opened on each sample: the process ran out of file descriptors (EMFILE/ENFILE) when
-    /// the reader was made. Raise `LimitNOFILE` (11 files per tenant) to hold them all.
+    /// Opened on each read: a file of a figure not read every sweep, or the process ran out
+    /// of file descriptors (EMFILE/ENFILE) when the reader was made (raise `LimitNOFILE`).
     Reopen,
     /// Not offered by this kernel or with these controllers.
     Absent,
 }
 
-/// Samples one cgroup directory: its stat files stay open and are re-read with `pread`.
-/// Files the kernel does not offer (a controller not enabled, an older kernel) are skipped.
+/// Samples one cgroup directory: the stat files of the figures it holds stay open and are
+/// re-read with `pread`. Files the kernel does not offer (a controller not enabled, an older
+/// kernel) are skipped.
 #[derive(Debug)]
 pub struct StatsReader {
     dir: PathBuf,
     ino: u64,
+    /// The figures whose files were to be held (`open_holding`).
+    hold: Figures,
     files: Vec<Handle>,
+    /// The last values read of every figure (those not read in a sweep are repeated).
+    cache: CgroupStats,
+    /// The last read of the figures outside the cadence's fresh ones.
+    slow: Option<SlowRead>,
     /// The directory itself, held with the files: `fstat` on it tells a removed directory
     /// (no links left) without walking the path again.
     held_dir: Option<File>,
@@ -238,6 +289,12 @@ impl StatsReader {
     /// Like `open`; with `hold` false no file is held: each sample opens them (for tenants
     /// beyond the process's file-descriptor budget, see `held_tenants_budget`).
     pub fn open_mode(dir: &Path, hold: bool) -> Result<Option<StatsReader>> {
+        Self::open_holding(dir, if hold { Figures::ALL } else { Figures::NONE })
+    }
+
+    /// Like `open`, holding only the files of `hold` (and the directory, unless `hold` is
+    /// empty); the others are opened when they are read.
+    pub fn open_holding(dir: &Path, hold: Figures) -> Result<Option<StatsReader>> {
         let ino = match std::fs::metadata(dir) {
             Ok(m) => m.ino(),
             Err(e) if is_gone(&e) => return Ok(None),
@@ -249,7 +306,7 @@ impl StatsReader {
             }
         };
         let mut held_dir = None;
-        if hold {
+        if hold != Figures::NONE {
             match File::open(dir) {
                 Ok(d) => held_dir = Some(d),
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {}
@@ -263,8 +320,8 @@ impl StatsReader {
             }
         }
         let mut files = Vec::with_capacity(FILES.len());
-        for name in FILES {
-            if !hold {
+        for (name, figure) in FILES.into_iter().zip(FIGURE_OF) {
+            if !hold.contains(figure) {
                 files.push(Handle::Reopen);
                 continue;
             }
@@ -295,13 +352,21 @@ impl StatsReader {
         Ok(Some(StatsReader {
             dir: dir.into(),
             ino,
+            hold,
             files,
+            cache: CgroupStats::default(),
+            slow: None,
             held_dir,
         }))
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The figures whose files this reader was asked to hold.
+    pub fn hold(&self) -> Figures {
+        self.hold
     }
 
     /// Whether this reader holds its files open.
@@ -318,12 +383,61 @@ impl StatsReader {
     /// ENODEV once it is removed) or the path now names another directory; the caller drops
     /// this reader and opens the path again.
     pub fn sample(&mut self, buf: &mut Vec<u8>) -> Result<Option<Sample>> {
+        self.sample_with(buf, &Cadence::EVERY_SWEEP)
+    }
+
+    /// Reads the files of `cadence.fresh`, then the others when `cadence::figures_to_read`
+    /// says so (it is given the CPU usage just read); the figures not read repeat their last
+    /// values. `Ok(None)` as `sample` says.
+    pub fn sample_with(&mut self, buf: &mut Vec<u8>, cadence: &Cadence) -> Result<Option<Sample>> {
         let mut stats = CgroupStats::default();
+        let fresh = cadence.fresh;
+        if !self.read_files(buf, fresh, &mut stats)? {
+            return Ok(None);
+        }
+        let usage = stats.cpu.usage_usec;
+        let read = cadence::figures_to_read(cadence, self.slow.as_ref(), usage);
+        let slow = read.minus(fresh);
+        if slow != Figures::NONE {
+            if !self.read_files(buf, slow, &mut stats)? {
+                return Ok(None);
+            }
+        } else {
+            for (i, figure) in FIGURE_OF.iter().enumerate() {
+                if !read.contains(*figure) {
+                    carry(i, &self.cache, &mut stats);
+                }
+            }
+        }
+        if !self.same_directory()? {
+            return Ok(None);
+        }
+        self.slow = cadence::after_sweep(self.slow, read, usage);
+        if slow != Figures::NONE {
+            self.cache.clone_from(&stats);
+        }
+        Ok(Some(Sample {
+            ino: self.ino,
+            stats,
+            read,
+        }))
+    }
+
+    /// Reads the files of `figures` into `out`. `Ok(false)` when the cgroup vanished.
+    fn read_files(
+        &self,
+        buf: &mut Vec<u8>,
+        figures: Figures,
+        out: &mut CgroupStats,
+    ) -> Result<bool> {
         for (i, h) in self.files.iter().enumerate() {
+            if !figures.contains(FIGURE_OF[i]) {
+                continue;
+            }
             let read = match h {
                 Handle::Held(f) => pread_all(f, buf),
-                // A file missing now may never have existed: the inode check below tells
-                // a vanished cgroup apart.
+                // A file missing now may never have existed: the inode check tells a vanished
+                // cgroup apart.
                 Handle::Reopen => match File::open(self.dir.join(FILES[i])) {
                     Ok(f) => pread_all(&f, buf),
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
@@ -333,7 +447,7 @@ impl StatsReader {
             };
             let text = match read {
                 Ok(text) => text,
-                Err(e) if is_gone(&e) => return Ok(None),
+                Err(e) if is_gone(&e) => return Ok(false),
                 Err(source) => {
                     return Err(CgroupError::Read {
                         path: self.dir.join(FILES[i]),
@@ -341,32 +455,39 @@ impl StatsReader {
                     });
                 }
             };
-            apply(i, text, &mut stats).map_err(|source| CgroupError::Parse {
+            apply(i, text, out).map_err(|source| CgroupError::Parse {
                 path: self.dir.join(FILES[i]),
                 source,
             })?;
         }
-        // Files held open on an ordinary filesystem stay readable after their directory is
-        // removed, and a cgroup may be recreated under the same name between two reads: the
-        // directory must still be the one the files were opened in. Held, a removed directory
-        // has no links left (cgroupfs answers ENODEV on its held files instead), and one
-        // `fstat` tells; otherwise the path is looked up again and its inode compared.
-        let same = match &self.held_dir {
-            Some(d) => d.metadata().map(|m| m.nlink() > 0),
-            None => std::fs::metadata(&self.dir).map(|m| m.ino() == self.ino),
-        };
-        match same {
-            Ok(true) => Ok(Some(Sample {
-                ino: self.ino,
-                stats,
-            })),
-            Ok(false) => Ok(None),
-            Err(e) if is_gone(&e) => Ok(None),
-            Err(source) => Err(CgroupError::Read {
-                path: self.dir.clone(),
-                source,
-            }),
-        }
+        Ok(true)
+    }
+
+    /// Whether the directory is still the one the files were opened in (`still_there`).
+    fn same_directory(&self) -> Result<bool> {
+        still_there(self.held_dir.as_ref(), &self.dir, self.ino)
+    }
+}
+
+/// Whether the directory at `path` is still the one with inode `ino` that `held` (when held)
+/// was opened on.
+pub(super) fn still_there(held: Option<&File>, path: &Path, ino: u64) -> Result<bool> {
+    // Files held open on an ordinary filesystem stay readable after their directory is
+    // removed, and a cgroup may be recreated under the same name between two reads: the
+    // directory must still be the one the files were opened in. Held, a removed directory
+    // has no links left (cgroupfs answers ENODEV on its held files instead), and one
+    // `fstat` tells; otherwise the path is looked up again and its inode compared.
+    let same = match held {
+        Some(d) => d.metadata().map(|m| m.nlink() > 0),
+        None => std::fs::metadata(path).map(|m| m.ino() == ino),
+    };
+    match same {
+        Ok(same) => Ok(same),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(source) => Err(CgroupError::Read {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -388,16 +509,30 @@ pub fn sample_dir_mode(
     buf: &mut Vec<u8>,
     hold: bool,
 ) -> Result<Option<Sample>> {
+    let hold = if hold { Figures::ALL } else { Figures::NONE };
+    sample_dir_with(slot, dir, buf, hold, &Cadence::EVERY_SWEEP)
+}
+
+/// `sample_dir` holding the files of `hold` (reopened when the reader holds others), with
+/// `cadence` (`StatsReader::sample_with`).
+pub fn sample_dir_with(
+    slot: &mut Option<StatsReader>,
+    dir: &Path,
+    buf: &mut Vec<u8>,
+    hold: Figures,
+    cadence: &Cadence,
+) -> Result<Option<Sample>> {
     for _ in 0..2 {
-        if slot.as_ref().is_none_or(|r| {
-            r.dir != dir || (hold && !r.holds_files()) || (!hold && r.holds_files())
-        }) {
-            *slot = StatsReader::open_mode(dir, hold)?;
+        let wrong = |r: &StatsReader| {
+            r.dir != dir || r.hold != hold || (hold != Figures::NONE && !r.holds_files())
+        };
+        if slot.as_ref().is_none_or(wrong) {
+            *slot = StatsReader::open_holding(dir, hold)?;
         }
         let Some(r) = slot.as_mut() else {
             return Ok(None);
         };
-        match r.sample(buf)? {
+        match r.sample_with(buf, cadence)? {
             Some(s) => return Ok(Some(s)),
             None => *slot = None,
         }
@@ -414,15 +549,20 @@ pub fn held_tenants_budget() -> usize {
     held_tenants_budget_with(FD_RESERVE_DEFAULT)
 }
 
-/// How many tenants can hold their stat files open: the soft `RLIMIT_NOFILE` (getrlimit)
+/// How many tenants can hold all their stat files open: the soft `RLIMIT_NOFILE` (getrlimit)
 /// less `reserve` descriptors for sockets, the database and the rest, divided by the files
-/// per tenant. Raise `LimitNOFILE` to hold more; the rest are opened on each sample.
+/// per tenant (the stat files and the directory itself). Raise `LimitNOFILE` to hold more;
+/// the rest are opened on each sample.
 pub fn held_tenants_budget_with(reserve: usize) -> usize {
+    held_tenants_budget_for(reserve, FILES.len() + 1)
+}
+
+/// `held_tenants_budget_with` for readers that hold `per_tenant` descriptors each (at least 1).
+pub fn held_tenants_budget_for(reserve: usize, per_tenant: usize) -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    // The stat files and the directory itself.
-    soft.saturating_sub(reserve) / (FILES.len() + 1)
+    soft.saturating_sub(reserve) / per_tenant.max(1)
 }
 
 #[cfg(test)]
@@ -560,13 +700,19 @@ mod tests {
         assert!(pressure_totals("some avg10=0.00\n").is_err());
     }
 
-    #[test]
-    fn reader_samples_a_fixture_directory_and_rereads_in_place() {
+    /// A temporary directory holding the 6.1 fixture's files.
+    fn fixture_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for f in std::fs::read_dir(format!("{K61}/fixture/work")).unwrap() {
             let f = f.unwrap();
             std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
         }
+        dir
+    }
+
+    #[test]
+    fn reader_samples_a_fixture_directory_and_rereads_in_place() {
+        let dir = fixture_dir();
         let mut buf = Vec::new();
         let mut slot = None;
         let s = sample_dir(&mut slot, dir.path(), &mut buf)
@@ -675,5 +821,70 @@ mod tests {
             pread_all(&File::open(&p).unwrap(), &mut buf).unwrap(),
             exact.as_bytes()
         );
+    }
+
+    /// Issue 15: with the default cadence, for a tenant with a memory guarantee, the SLA's
+    /// files (cpu.stat, memory.current, memory.events, cpu.pressure) are read every sweep and
+    /// only they are held; memory.stat and the rest of an idle tenant are read every `idle_every` sweeps and repeated between,
+    /// and at once when its CPU usage moves.
+    #[test]
+    fn the_cadence_reads_the_sla_files_every_sweep_and_the_rest_when_due() {
+        let dir = fixture_dir();
+        let c = Cadence::default().for_tenant(true, false);
+        let (mut slot, mut buf) = (None, Vec::new());
+        let mut sample = |slot: &mut Option<StatsReader>| {
+            sample_dir_with(slot, dir.path(), &mut buf, c.fresh, &c)
+                .unwrap()
+                .unwrap()
+        };
+        let first = sample(&mut slot);
+        assert!(first.read.is_all());
+        let held = slot.as_ref().unwrap().files.iter();
+        let held: Vec<&str> = held
+            .zip(FILES)
+            .filter(|(h, _)| matches!(h, Handle::Held(_)))
+            .map(|(_, f)| f)
+            .collect();
+        assert_eq!(
+            held,
+            [
+                "cpu.stat",
+                "memory.current",
+                "memory.events",
+                "cpu.pressure"
+            ]
+        );
+        // Idle: the SLA's files change and are seen at once; memory.stat and pids.current
+        // change and repeat their old values until the tenth sweep.
+        let write = |f: &str, text: &str| std::fs::write(dir.path().join(f), text).unwrap();
+        write("memory.current", "999\n");
+        write("memory.events", "low 7\nhigh 0\nmax 0\noom 0\noom_kill 3\n");
+        write("pids.current", "5\n");
+        write("memory.stat", "anon 1\nfile 2\ninactive_file 3\n");
+        for sweep in 1..c.idle_every {
+            let s = sample(&mut slot);
+            assert_eq!(s.read, c.fresh, "sweep {sweep}");
+            assert_eq!(s.stats.memory_current, Some(999));
+            assert_eq!(s.stats.memory_events.low, Some(7));
+            assert_eq!(s.stats.cpu, first.stats.cpu);
+            assert_eq!(s.stats.pids_current, first.stats.pids_current, "repeated");
+            assert_eq!(s.stats.memory, first.stats.memory, "repeated");
+            assert_eq!(s.stats.io, first.stats.io, "repeated");
+        }
+        let s = sample(&mut slot);
+        assert!(s.read.is_all(), "idle_every sweeps after the last read");
+        assert_eq!(s.stats.pids_current, Some(5));
+        assert_eq!(s.stats.memory.anon, Some(1));
+        // Active: the CPU usage moved, so everything is read in that very sweep.
+        assert!(!sample(&mut slot).read.is_all());
+        write("pids.current", "6\n");
+        let cpu = std::fs::read_to_string(dir.path().join("cpu.stat")).unwrap();
+        write(
+            "cpu.stat",
+            &cpu.replace("usage_usec 25178281", "usage_usec 25178282"),
+        );
+        let s = sample(&mut slot);
+        assert!(s.read.is_all());
+        assert_eq!(s.stats.pids_current, Some(6));
     }
 }

@@ -30,17 +30,30 @@
 //! The inode guard is the cpuacct directory's (the cpu one without cpuacct): a tenant
 //! deleted and recreated under the same name gives no delta.
 //!
+//! Cheap sweeps (issue 15): the files of the figures read every sweep (`Cadence::fresh`,
+//! `domain::cadence`) stay open and are re-read with `pread`, as the v2 reader does; the
+//! others are opened when the cadence reads them. The subtrees of the summed files and of
+//! the `tasks` files are walked when the reader opens, every `WALK_EVERY` sweeps after (a
+//! directory's mtime on kernfs does not move when a subdirectory is made, so it cannot tell;
+//! its link count does, but checking it costs as much as the walk it saves), when a file of a
+//! walked subdirectory answers that it is gone, and when the caller says the subtree changed
+//! (`V1StatsReader::rewalk`: the sampler does when a tenant below was created or deleted).
+//!
 //! Like `cgroup::stats`, this fills the domain's types (`domain::stats`) and defines none of
 //! its own; it may import `domain`, never `store`, `engine`, `api` or `metrics`.
 
 use super::parse::{PResult, flat_keyed, pids};
+use super::stats::pread_all;
 use super::v1::V1Dirs;
 use super::v1_parse;
 use super::{CgroupError, Result, is_gone};
+use crate::domain::cadence::{self, Cadence, Figure, Figures, SlowRead};
 use crate::domain::stats::{CgroupStats, CpuStat, IoDevStat, MemoryStat, Sample};
 use procfs::FromRead;
 use procfs::process::Schedstat;
 use std::collections::HashMap;
+use std::fs::File;
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -70,6 +83,67 @@ impl V1File {
             V1File::OomControl | V1File::MemoryFailcnt | V1File::MemswFailcnt | V1File::PidsEvents
         )
     }
+
+    /// The figure (`domain::cadence`) the file gives.
+    pub fn figure(self) -> Figure {
+        match self {
+            V1File::CpuacctUsage | V1File::CpuacctStat | V1File::CpuStat => Figure::Cpu,
+            V1File::MemoryUsage => Figure::MemoryCurrent,
+            V1File::MemoryMaxUsage => Figure::MemoryPeak,
+            V1File::MemoryStat => Figure::MemoryStat,
+            V1File::OomControl => Figure::MemoryEvents,
+            V1File::MemoryFailcnt | V1File::MemswFailcnt => Figure::MemoryFailcnt,
+            V1File::BlkioBytes | V1File::BlkioIos => Figure::Io,
+            V1File::PidsCurrent | V1File::PidsEvents => Figure::Pids,
+        }
+    }
+
+    /// Copies the fields the file gives (`apply`) from `from` into `to`.
+    pub fn carry(self, from: &CgroupStats, to: &mut CgroupStats) {
+        match self {
+            V1File::CpuacctUsage => to.cpu.usage_usec = from.cpu.usage_usec,
+            V1File::CpuacctStat => {
+                to.cpu.user_usec = from.cpu.user_usec;
+                to.cpu.system_usec = from.cpu.system_usec;
+            }
+            V1File::CpuStat => {
+                to.cpu.nr_periods = from.cpu.nr_periods;
+                to.cpu.nr_throttled = from.cpu.nr_throttled;
+                to.cpu.throttled_usec = from.cpu.throttled_usec;
+            }
+            V1File::MemoryUsage => to.memory_current = from.memory_current,
+            V1File::MemoryMaxUsage => to.memory_peak = from.memory_peak,
+            V1File::MemoryStat => to.memory = from.memory,
+            V1File::OomControl => to.memory_events.oom_kill = from.memory_events.oom_kill,
+            V1File::MemoryFailcnt | V1File::MemswFailcnt => {
+                to.memory_events.max = from.memory_events.max
+            }
+            V1File::BlkioBytes | V1File::BlkioIos => to.io.clone_from(&from.io),
+            V1File::PidsCurrent => to.pids_current = from.pids_current,
+            V1File::PidsEvents => to.pids_max_events = from.pids_max_events,
+        }
+    }
+}
+
+/// Sweeps between two walks of a tenant's subtrees when nothing says they changed.
+pub const WALK_EVERY: u32 = 30;
+
+/// Descriptors a v1 reader holding the files of `figures` takes for a tenant whose subtrees
+/// are its directory and its `_procs` leaf (two files of each summed file and of `tasks`),
+/// and the guard directory: 9 for `SLA_FIGURES` (cpuacct.usage, cpuacct.stat, cpu.stat,
+/// memory.usage_in_bytes, two memory.oom_control, two `tasks`). For the descriptor budget.
+pub fn held_per_tenant(figures: Figures) -> usize {
+    let files: usize = FILES
+        .iter()
+        .filter(|(f, _, _)| figures.contains(f.figure()))
+        .map(|(f, _, _)| if f.summed() { 2 } else { 1 })
+        .sum();
+    let tasks = if figures.contains(Figure::CpuPressure) {
+        2
+    } else {
+        0
+    };
+    files + tasks + 1
 }
 
 /// The files a v1 sample reads: the file, its hierarchy, and its names, first found wins.
@@ -212,6 +286,11 @@ pub struct RunqWait {
 }
 
 impl RunqWait {
+    /// The running total in µs.
+    pub fn total_usec(&self) -> u64 {
+        self.total_ns / 1000
+    }
+
     /// Feeds the (tid, wait_ns) pairs of one sample; returns the running total in µs.
     pub fn feed(&mut self, now: impl IntoIterator<Item = (u32, u64)>) -> u64 {
         let mut next = HashMap::with_capacity(self.by_tid.len());
@@ -226,8 +305,77 @@ impl RunqWait {
     }
 }
 
-/// Samples one tenant's v1 directories. Files are opened on each sample: v1 is not the
-/// hot path the held-file v2 reader is.
+/// One file of one directory: held open and re-read with `pread`, or opened when read.
+#[derive(Debug)]
+struct FileAt {
+    path: PathBuf,
+    held: Option<File>,
+    /// Whether the file is in a subdirectory of the tenant's directory (gone: walk again).
+    below: bool,
+}
+
+/// Why a read found no file.
+enum Gone {
+    /// The tenant's own directory (or the file in it) is gone.
+    Tenant,
+    /// A subdirectory walked earlier is gone: walk again.
+    Below,
+}
+
+impl FileAt {
+    /// The file at `path`, held when `hold` and it can be (EMFILE/ENFILE: opened when read).
+    /// `Ok(None)` when it does not exist.
+    fn open(path: PathBuf, hold: bool, below: bool) -> Result<Option<FileAt>> {
+        if !hold {
+            return Ok(Some(FileAt {
+                path,
+                held: None,
+                below,
+            }));
+        }
+        match File::open(&path) {
+            Ok(f) => Ok(Some(FileAt {
+                path,
+                held: Some(f),
+                below,
+            })),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                Ok(Some(FileAt {
+                    path,
+                    held: None,
+                    below,
+                }))
+            }
+            Err(source) => Err(CgroupError::Read { path, source }),
+        }
+    }
+
+    /// The file's bytes; `Ok(None)` when it is absent (not held and not found).
+    fn read<'b>(
+        &self,
+        buf: &'b mut Vec<u8>,
+    ) -> std::result::Result<Option<&'b [u8]>, (Gone, io::Error)> {
+        let gone = |e: io::Error| {
+            if self.below {
+                (Gone::Below, e)
+            } else {
+                (Gone::Tenant, e)
+            }
+        };
+        let read = match &self.held {
+            Some(f) => pread_all(f, buf),
+            None => match File::open(&self.path) {
+                Ok(f) => pread_all(&f, buf),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        read.map(Some).map_err(gone)
+    }
+}
+
+/// Samples one tenant's v1 directories, holding the files of the figures read every sweep.
 #[derive(Debug)]
 pub struct V1StatsReader {
     dirs: V1Dirs,
@@ -235,25 +383,31 @@ pub struct V1StatsReader {
     /// The directory whose inode guards deltas (cpuacct, else cpu).
     guard: PathBuf,
     ino: u64,
+    /// The guard directory, held while files are: `fstat` tells a removed one (no links).
+    held_guard: Option<File>,
     user_hz: u64,
     runq: RunqWait,
+    /// The figures whose files are held.
+    hold: Figures,
+    /// Per entry of `FILES`: the file (the first name found) in the tenant's directory, or in
+    /// every directory of its subtree for the summed ones.
+    files: Vec<(V1File, Vec<FileAt>)>,
+    /// The `tasks` files of the cpu (else cpuacct) subtree.
+    tasks: Vec<FileAt>,
+    /// Sweeps since the subtrees were walked.
+    walk_age: u32,
+    /// The last values read of every figure (those not read in a sweep are repeated).
+    cache: CgroupStats,
+    /// The last read of the figures outside the cadence's fresh ones.
+    slow: Option<SlowRead>,
+    /// Whether the last read of the `tasks` files found a thread, and the CPU usage then.
+    had_threads: bool,
+    usage_at_tasks: Option<u64>,
 }
 
 fn ino_of(p: &Path) -> Result<Option<u64>> {
     match std::fs::metadata(p) {
         Ok(m) => Ok(Some(m.ino())),
-        Err(e) if is_gone(&e) => Ok(None),
-        Err(source) => Err(CgroupError::Read {
-            path: p.into(),
-            source,
-        }),
-    }
-}
-
-/// Reads a file that may be absent or gone (`is_gone`): `Ok(None)` then.
-fn read_opt(p: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(p) {
-        Ok(s) => Ok(Some(s)),
         Err(e) if is_gone(&e) => Ok(None),
         Err(source) => Err(CgroupError::Read {
             path: p.into(),
@@ -281,101 +435,342 @@ fn subtree(dir: &Path) -> Vec<PathBuf> {
 }
 
 impl V1StatsReader {
-    /// `Ok(None)` when the tenant's cpuacct (or cpu) directory does not exist.
+    /// `Ok(None)` when the tenant's cpuacct (or cpu) directory does not exist. Holds every
+    /// file.
     pub fn open(dirs: &V1Dirs, proc: &Path) -> Result<Option<V1StatsReader>> {
+        Self::open_holding(dirs, proc, Figures::ALL)
+    }
+
+    /// Like `open`, holding only the files of the figures of `hold` (none: every file is
+    /// opened when read).
+    pub fn open_holding(
+        dirs: &V1Dirs,
+        proc: &Path,
+        hold: Figures,
+    ) -> Result<Option<V1StatsReader>> {
         let Some(guard) = dirs.cpuacct.as_ref().or(dirs.cpu.as_ref()) else {
             return Ok(None);
         };
         let Some(ino) = ino_of(guard)? else {
             return Ok(None);
         };
-        Ok(Some(V1StatsReader {
+        let held_guard = match hold {
+            Figures::NONE => None,
+            _ => match File::open(guard) {
+                Ok(f) => Some(f),
+                Err(e) if is_gone(&e) => return Ok(None),
+                Err(_) => None,
+            },
+        };
+        let mut r = V1StatsReader {
             dirs: dirs.clone(),
             proc: proc.into(),
             guard: guard.clone(),
             ino,
+            held_guard,
             user_hz: match procfs::ticks_per_second() {
                 0 => DEFAULT_USER_HZ,
                 n => n,
             },
             runq: RunqWait::default(),
-        }))
+            hold,
+            files: Vec::new(),
+            tasks: Vec::new(),
+            walk_age: 0,
+            cache: CgroupStats::default(),
+            slow: None,
+            had_threads: true,
+            usage_at_tasks: None,
+        };
+        r.open_files()?;
+        // Staggered, so that readers opened together do not walk again in the same sweep.
+        r.walk_age = u32::try_from(ino % u64::from(WALK_EVERY)).unwrap_or(0);
+        match ino_of(guard)? {
+            Some(now) if now == ino => Ok(Some(r)),
+            _ => Ok(None),
+        }
     }
 
     pub fn dirs(&self) -> &V1Dirs {
         &self.dirs
     }
 
-    /// The TIDs of `dir` and its descendants (v1 `tasks` files).
-    fn tasks(dir: &Path, out: &mut Vec<u32>) -> Result<()> {
-        for d in subtree(dir) {
-            let p = d.join("tasks");
-            if let Some(s) = read_opt(&p)? {
-                out.extend(pids(&s).map_err(|source| CgroupError::Parse { path: p, source })?);
+    /// The figures whose files this reader holds.
+    pub fn hold(&self) -> Figures {
+        self.hold
+    }
+
+    /// The directories of the subtree whose `tasks` files are read (the tenant's directory
+    /// and those below it, as last walked).
+    pub fn walked_dirs(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Walks the subtrees again at the next sample.
+    pub fn rewalk(&mut self) {
+        self.walk_age = WALK_EVERY;
+    }
+
+    /// Opens the files of the tenant's own directories (the first name found of each) and
+    /// walks the subtrees (`walk`).
+    fn open_files(&mut self) -> Result<()> {
+        self.files.clear();
+        for (file, controller, names) in FILES {
+            let mut at = Vec::new();
+            if !file.summed()
+                && let Some(dir) = self.dirs.get(controller)
+            {
+                let hold = self.hold.contains(file.figure());
+                for name in names {
+                    let path = dir.join(name);
+                    // Not held: the first name that exists now is the one read.
+                    if !hold && names.len() > 1 && !path.exists() {
+                        continue;
+                    }
+                    if let Some(f) = FileAt::open(path, hold, false)? {
+                        at.push(f);
+                        break;
+                    }
+                }
+            }
+            self.files.push((file, at));
+        }
+        self.walk()
+    }
+
+    /// Finds the directories of the subtrees again and opens their summed and `tasks` files.
+    fn walk(&mut self) -> Result<()> {
+        self.walk_age = 0;
+        let mut trees: Vec<(&str, Vec<PathBuf>)> = Vec::new();
+        let tasks_in = if self.dirs.cpu.is_some() {
+            "cpu"
+        } else {
+            "cpuacct"
+        };
+        let summed = FILES
+            .iter()
+            .filter(|(f, _, _)| f.summed())
+            .map(|(_, c, _)| *c);
+        for controller in summed.chain([tasks_in]) {
+            if !trees.iter().any(|(c, _)| *c == controller)
+                && let Some(dir) = self.dirs.get(controller)
+            {
+                trees.push((controller, subtree(dir)));
             }
         }
+        let tree = |c: &str| {
+            trees
+                .iter()
+                .find(|(t, _)| *t == c)
+                .map(|(_, d)| d.as_slice())
+        };
+        for (i, (file, controller, names)) in FILES.into_iter().enumerate() {
+            if !file.summed() {
+                continue;
+            }
+            let hold = self.hold.contains(file.figure());
+            let mut at = Vec::new();
+            for (k, dir) in tree(controller).unwrap_or_default().iter().enumerate() {
+                // Summed files have one name.
+                if let Some(f) = FileAt::open(dir.join(names[0]), hold, k > 0)? {
+                    at.push(f);
+                }
+            }
+            self.files[i].1 = at;
+        }
+        let hold = self.hold.contains(Figure::CpuPressure);
+        let mut tasks = Vec::new();
+        for (k, dir) in tree(tasks_in).unwrap_or_default().iter().enumerate() {
+            if let Some(f) = FileAt::open(dir.join("tasks"), hold, k > 0)? {
+                tasks.push(f);
+            }
+        }
+        self.tasks = tasks;
         Ok(())
     }
 
     /// Reads every file once. `Ok(None)` when the tenant vanished or its guard directory is
     /// now another one; the caller opens it again.
     pub fn sample(&mut self) -> Result<Option<Sample>> {
-        let mut stats = CgroupStats::default();
-        for (file, controller, names) in FILES {
-            let Some(dir) = self.dirs.get(controller) else {
-                continue;
-            };
-            let dirs = if file.summed() {
-                subtree(dir)
-            } else {
-                vec![dir.to_path_buf()]
-            };
-            for dir in dirs {
-                for name in names {
-                    let path = dir.join(name);
-                    let Some(text) = read_opt(&path)? else {
-                        continue;
-                    };
-                    apply(file, &text, self.user_hz, &mut stats)
-                        .map_err(|source| CgroupError::Parse { path, source })?;
-                    break;
+        let mut buf = Vec::new();
+        self.sample_with(&mut buf, &Cadence::EVERY_SWEEP)
+    }
+
+    /// Reads the files of `cadence.fresh`, then the others when `cadence::figures_to_read`
+    /// says so; the figures not read repeat their last values. `Ok(None)` as `sample` says.
+    pub fn sample_with(&mut self, buf: &mut Vec<u8>, cadence: &Cadence) -> Result<Option<Sample>> {
+        if self.walk_age >= WALK_EVERY {
+            self.walk()?;
+        }
+        self.walk_age = self.walk_age.saturating_add(1);
+        // A subdirectory gone since the walk: walked again, and read again, once.
+        for attempt in 0..2 {
+            match self.read_sweep(buf, cadence)? {
+                Ok((stats, read)) => {
+                    if !self.same_guard()? {
+                        return Ok(None);
+                    }
+                    let usage = stats.cpu.usage_usec;
+                    self.slow = cadence::after_sweep(self.slow, read, usage);
+                    if read != cadence.fresh {
+                        self.cache.clone_from(&stats);
+                    }
+                    return Ok(Some(Sample {
+                        ino: self.ino,
+                        stats,
+                        read,
+                    }));
                 }
+                Err(Gone::Below) if attempt == 0 => self.walk()?,
+                Err(_) => return Ok(None),
             }
         }
-        if let Some(dir) = self.dirs.cpu.as_ref().or(self.dirs.cpuacct.as_ref()) {
+        Ok(None)
+    }
+
+    /// One sweep's reads: the fresh figures, then the rest when due (or their last values).
+    fn read_sweep(
+        &mut self,
+        buf: &mut Vec<u8>,
+        cadence: &Cadence,
+    ) -> Result<std::result::Result<(CgroupStats, Figures), Gone>> {
+        let mut stats = CgroupStats::default();
+        let fresh = cadence.fresh;
+        if let Err(g) = self.read_figures(buf, fresh, &mut stats)? {
+            return Ok(Err(g));
+        }
+        let read = cadence::figures_to_read(cadence, self.slow.as_ref(), stats.cpu.usage_usec);
+        let slow = read.minus(fresh);
+        if slow != Figures::NONE {
+            if let Err(g) = self.read_figures(buf, slow, &mut stats)? {
+                return Ok(Err(g));
+            }
+        } else {
+            for (file, _, _) in FILES {
+                if !read.contains(file.figure()) {
+                    file.carry(&self.cache, &mut stats);
+                }
+            }
+            if !read.contains(Figure::CpuPressure) {
+                stats.runq_wait_usec = self.cache.runq_wait_usec;
+            }
+        }
+        Ok(Ok((stats, read)))
+    }
+
+    /// Reads the files of `figures` into `out` (the run-queue wait for `CpuPressure`).
+    fn read_figures(
+        &mut self,
+        buf: &mut Vec<u8>,
+        figures: Figures,
+        out: &mut CgroupStats,
+    ) -> Result<std::result::Result<(), Gone>> {
+        for (file, at) in &self.files {
+            if !figures.contains(file.figure()) {
+                continue;
+            }
+            for f in at {
+                let text = match f.read(buf) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => continue,
+                    Err((g, e)) if is_gone(&e) => return Ok(Err(g)),
+                    Err((_, source)) => {
+                        return Err(CgroupError::Read {
+                            path: f.path.clone(),
+                            source,
+                        });
+                    }
+                };
+                apply(*file, text, self.user_hz, out).map_err(|source| CgroupError::Parse {
+                    path: f.path.clone(),
+                    source,
+                })?;
+            }
+        }
+        // A tenant that had no thread at the last read and used no CPU since has none that
+        // waited: the `tasks` files (each read builds and sorts a pid list in the kernel)
+        // are not read, and the wait stays what it was. A thread moved in runs, so uses CPU,
+        // before it can wait; its wait before its first read is never counted (`RunqWait`).
+        let idle = !self.had_threads
+            && out.cpu.usage_usec.is_some()
+            && out.cpu.usage_usec == self.usage_at_tasks;
+        if figures.contains(Figure::CpuPressure) && idle {
+            out.runq_wait_usec = Some(self.runq.total_usec());
+        } else if figures.contains(Figure::CpuPressure) && !self.tasks.is_empty() {
             let mut tids = Vec::new();
-            Self::tasks(dir, &mut tids)?;
+            for f in &self.tasks {
+                match f.read(buf) {
+                    Ok(Some(t)) => tids.extend(pids(t).map_err(|source| CgroupError::Parse {
+                        path: f.path.clone(),
+                        source,
+                    })?),
+                    Ok(None) => {}
+                    Err((g, e)) if is_gone(&e) => return Ok(Err(g)),
+                    Err((_, source)) => {
+                        return Err(CgroupError::Read {
+                            path: f.path.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+            self.had_threads = !tids.is_empty();
+            self.usage_at_tasks = out.cpu.usage_usec;
             let waits = tids.into_iter().filter_map(|tid| {
                 let path = self.proc.join(format!("{tid}/schedstat"));
                 Some((tid, Schedstat::from_file(path).ok()?.run_delay))
             });
-            stats.runq_wait_usec = Some(self.runq.feed(waits));
+            out.runq_wait_usec = Some(self.runq.feed(waits));
         }
-        match ino_of(&self.guard)? {
-            Some(ino) if ino == self.ino => Ok(Some(Sample {
-                ino: self.ino,
-                stats,
-            })),
-            _ => Ok(None),
-        }
+        Ok(Ok(()))
+    }
+
+    /// Whether the guard directory is still the one the reader was opened on: held, a
+    /// removed one has no links left (cgroupfs answers ENODEV on its held files before);
+    /// otherwise its path is looked up again and the inode compared.
+    fn same_guard(&self) -> Result<bool> {
+        super::stats::still_there(self.held_guard.as_ref(), &self.guard, self.ino)
     }
 }
 
 /// Samples `dirs` through `slot`, opening it when needed and once more when the tenant was
-/// recreated (a new inode).
+/// recreated (a new inode). Holds every file and reads every figure.
 pub fn sample_dirs(
     slot: &mut Option<V1StatsReader>,
     dirs: &V1Dirs,
     proc: &Path,
 ) -> Result<Option<Sample>> {
+    sample_dirs_with(
+        slot,
+        dirs,
+        proc,
+        &mut Vec::new(),
+        Figures::ALL,
+        &Cadence::EVERY_SWEEP,
+    )
+}
+
+/// `sample_dirs` holding the files of `hold` (reopened when the reader holds others), with
+/// `cadence` (`V1StatsReader::sample_with`).
+pub fn sample_dirs_with(
+    slot: &mut Option<V1StatsReader>,
+    dirs: &V1Dirs,
+    proc: &Path,
+    buf: &mut Vec<u8>,
+    hold: Figures,
+    cadence: &Cadence,
+) -> Result<Option<Sample>> {
     for _ in 0..2 {
-        if slot.as_ref().is_none_or(|r| r.dirs != *dirs) {
-            *slot = V1StatsReader::open(dirs, proc)?;
+        if slot
+            .as_ref()
+            .is_none_or(|r| r.dirs != *dirs || r.hold != hold)
+        {
+            *slot = V1StatsReader::open_holding(dirs, proc, hold)?;
         }
         let Some(r) = slot.as_mut() else {
             return Ok(None);
         };
-        match r.sample()? {
+        match r.sample_with(buf, cadence)? {
             Some(s) => return Ok(Some(s)),
             None => *slot = None,
         }

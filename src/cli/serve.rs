@@ -375,6 +375,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             fd_reserve: max_connections
                 + api::MAX_REFUSALS_IN_FLIGHT
                 + usize::try_from(FDS_OTHER).unwrap_or(128),
+            ..SamplerConfig::default()
         };
         let sampler = Sampler::new(gov.clone(), metrics.clone(), sampler_cfg);
         tasks.spawn(sampler.run(shutdown.clone()));

@@ -1,12 +1,14 @@
 //! Pure domain logic: no clock, no IO, no async. Tenants and their SLA, the mapping to kernel
 //! settings, the stats a cgroup reads as (`stats`), rates from samples (`usage`), the row the
-//! usage history keeps (`usage_row`) and its compressed column blocks (`usage_block`), SLA
-//! accounting (`sla`) and the engine that applies it to every sweep (`sla_engine`), and the
-//! events the log records (`event`).
+//! usage history keeps (`usage_row`) and its compressed column blocks (`usage_block`), which
+//! stat figures a sweep reads (`cadence`), the desired state changed one tenant at a time
+//! (`desired`), SLA accounting (`sla`) and the engine that applies it to every sweep
+//! (`sla_engine`), and the events the log records (`event`).
 //!
 //! The one typed model: the other layers fill these types, store them and render them.
 //! Layer 0 (see `lib.rs`): the domain imports no other module of the crate.
 
+pub mod cadence;
 pub mod desired;
 pub mod event;
 pub mod plan;

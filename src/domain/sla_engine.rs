@@ -797,4 +797,170 @@ mod tests {
             assert_eq!(t.verdicts[0].contended, contended, "{k}");
         }
     }
+
+    /// Sets every field of `figure` in `stats` and `rates` to a value drawn from `next`:
+    /// what a sample that did not read the figure (and repeats an old value) may hold.
+    fn scramble(
+        figure: crate::domain::cadence::Figure,
+        stats: &mut CgroupStats,
+        rates: &mut Rates,
+        next: &mut impl FnMut() -> u64,
+    ) {
+        use crate::domain::cadence::Figure;
+        use crate::domain::stats::{IoDevStat, MemoryStat, PressureTotals};
+        use crate::domain::tenant::DevId;
+        use crate::domain::usage::IoRates;
+        let f = |n: u64| (n % 1000) as f64 / 1000.0;
+        let stall = |n: &mut dyn FnMut() -> u64| StallFractions {
+            some: Some(f(n())),
+            full: Some(f(n())),
+        };
+        let totals = |n: &mut dyn FnMut() -> u64| {
+            Some(PressureTotals {
+                some_usec: Some(n()),
+                full_usec: Some(n()),
+            })
+        };
+        match figure {
+            Figure::Cpu | Figure::CpuPressure => panic!("{figure:?} is judged: never stale"),
+            Figure::MemoryCurrent => stats.memory_current = Some(next()),
+            Figure::MemoryEvents => {
+                stats.memory_events = crate::domain::stats::MemoryEvents {
+                    low: Some(next()),
+                    high: Some(next()),
+                    max: Some(next()),
+                    oom: Some(next()),
+                    oom_kill: Some(next()),
+                };
+                rates.new_oom_kills = Some(next() % 3);
+                rates.new_memory_high = Some(next() % 3);
+                rates.new_memory_max = Some(next() % 3);
+            }
+            Figure::MemoryPeak => stats.memory_peak = Some(next()),
+            Figure::MemoryStat => {
+                stats.memory = MemoryStat {
+                    anon: Some(next()),
+                    file: Some(next()),
+                    inactive_file: Some(next()),
+                }
+            }
+            Figure::MemoryFailcnt => {
+                stats.memory_events.max = Some(next());
+                rates.new_memory_max = Some(next() % 5);
+            }
+            Figure::Io => {
+                let device = DevId { major: 8, minor: 0 };
+                stats.io = vec![IoDevStat {
+                    rbytes: Some(next()),
+                    wbytes: Some(next()),
+                    cost_usage_usec: Some(next()),
+                    ..IoDevStat::new(device)
+                }];
+                rates.io = vec![IoRates {
+                    device,
+                    read_bytes_per_s: Some((next() % 1_000_000) as f64),
+                    write_bytes_per_s: Some((next() % 1_000_000) as f64),
+                    read_ops_per_s: Some(f(next())),
+                    write_ops_per_s: Some(f(next())),
+                    discard_bytes_per_s: None,
+                    discard_ops_per_s: None,
+                    cost_usage_ratio: Some(f(next())),
+                }];
+            }
+            Figure::IoPressure => {
+                stats.io_pressure = totals(next);
+                rates.io_stall = stall(next);
+            }
+            Figure::MemoryPressure => {
+                stats.memory_pressure = totals(next);
+                rates.memory_stall = stall(next);
+            }
+            Figure::Pids => {
+                stats.pids_current = Some(next());
+                stats.pids_max_events = Some(next());
+                rates.new_pids_max = Some(next() % 5);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Issue 15: no SLA verdict is computed from a stale value. The figures a sweep may
+        /// leave unread (all but `Cadence::for_tenant`'s fresh ones: memory too for the
+        /// tenant without a memory guarantee) are scrambled in the stats
+        /// and the rates of every tenant: the verdicts, events, root weights and totals stay
+        /// exactly those of the same sweeps with the true values, with io judged or not.
+        #[test]
+        fn verdicts_depend_only_on_the_figures_read_every_sweep(seed in proptest::prelude::any::<u64>()) {
+            use crate::domain::cadence::Cadence;
+            use crate::domain::units::Bytes;
+            let mut state = seed | 1;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let mut a = spec(50.0);
+            a.memory.guarantee_bytes = Some(Bytes(1 << 30));
+            a.memory.protection = Protection::Hard;
+            a.io.guarantee_pct = Some(Percent(40.0));
+            let mut b = spec(30.0);
+            b.memory.guarantee_bytes = Some(Bytes(1 << 20));
+            b.memory.protection = Protection::Soft;
+            b.io.guarantee_pct = Some(Percent(60.0));
+            let mut c = spec(60.0);
+            c.parent = Some(TenantName::parse("a").unwrap());
+            let specs = [("a", &a), ("b", &b), ("c", &c)];
+            for judges_io in [false, true] {
+                // What a sweep may leave unread of each tenant.
+                let stale = |sp: &TenantSpec| {
+                    Cadence::default()
+                        .for_tenant(sp.memory.guarantee_bytes.is_some(), judges_io)
+                        .fresh
+                        .complement()
+                };
+                let cfg = SlaConfig { adaptive: true, ..Default::default() };
+                let (mut truth, mut scrambled) = (SlaEngine::new(cfg), SlaEngine::new(cfg));
+                for e in [&mut truth, &mut scrambled] {
+                    e.set_root_weight(100);
+                    e.set_io_weights_effective(judges_io);
+                }
+                for k in 0..12i64 {
+                    let mut real = Vec::new();
+                    for (j, _) in specs.iter().enumerate() {
+                        let mut r = io_rates(1e6 * (j + 1) as f64, Some(0.1), 0.3);
+                        r.cpu_cores = Some(0.2 * ((k + j as i64) % 5) as f64);
+                        r.cpu_stall.some = Some(0.1 * (k % 4) as f64);
+                        r.new_oom_kills = Some(u64::from(k % 3 == 0));
+                        let st = CgroupStats {
+                            memory_current: Some(1 << (10 + k)),
+                            memory_events: crate::domain::stats::MemoryEvents {
+                                low: Some(k as u64 / 2),
+                                oom_kill: Some(k as u64),
+                                ..Default::default()
+                            },
+                            ..Default::default()
+                        };
+                        real.push((r, st));
+                    }
+                    let mut fake = real.clone();
+                    for ((r, st), (_, sp)) in fake.iter_mut().zip(specs) {
+                        for f in stale(sp).iter() {
+                            scramble(f, st, r, &mut next);
+                        }
+                    }
+                    let ri: Vec<Input<'_>> = real.iter().zip(specs).map(|((r, s), (n, sp))| input(n, sp, r, s)).collect();
+                    let fi: Vec<Input<'_>> = fake.iter().zip(specs).map(|((r, s), (n, sp))| input(n, sp, r, s)).collect();
+                    let t = 1000 * (k + 1);
+                    let (x, y) = (truth.observe(t, 2.0, &ri), scrambled.observe(t, 2.0, &fi));
+                    proptest::prop_assert_eq!(&x.verdicts, &y.verdicts);
+                    proptest::prop_assert_eq!(&x.events, &y.events);
+                    proptest::prop_assert_eq!(x.root_weight, y.root_weight);
+                    for (n, _) in specs {
+                        proptest::prop_assert_eq!(format!("{:?}", truth.totals(n)), format!("{:?}", scrambled.totals(n)));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! Documentation/admin-guide/cgroup-v2.rst ("cpu.stat", "memory.stat", "memory.events",
 //! "io.stat", "pids.events") and Documentation/accounting/psi.rst (pressure files).
 
+use crate::domain::cadence::Figures;
 use crate::domain::tenant::DevId;
 use serde::Serialize;
 
@@ -110,11 +111,32 @@ impl CgroupStats {
     }
 }
 
-/// One sample: the stats and the inode of the directory they came from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// One sample: the stats, the inode of the directory they came from, and which figures were
+/// read for it (`domain::cadence`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sample {
     pub ino: u64,
     pub stats: CgroupStats,
+    /// The figures read in this sweep; the others repeat the values of the reader's last read
+    /// of them (`Figures::ALL` for a sample read whole).
+    pub read: Figures,
+}
+
+impl Sample {
+    /// A sample read whole.
+    pub fn whole(ino: u64, stats: CgroupStats) -> Sample {
+        Sample {
+            ino,
+            stats,
+            read: Figures::ALL,
+        }
+    }
+}
+
+impl Default for Sample {
+    fn default() -> Self {
+        Sample::whole(0, CgroupStats::default())
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! Owns `Rates` (and their per-device and stall parts); reads `domain::stats`. Imports nothing
 //! from `cgroup`, `store`, `engine` or `api`.
 
+use crate::domain::cadence::{Figure, Figures};
 use crate::domain::stats::{CgroupStats, PressureTotals, Sample};
 use crate::domain::tenant::DevId;
 use serde::Serialize;
@@ -133,7 +134,65 @@ pub fn rates(prev: &Sample, prev_ms: i64, cur: &Sample, cur_ms: i64) -> Option<R
     })
 }
 
+/// Rates of `cur`, whose figures outside `cur.read` repeat an older read (`domain::cadence`),
+/// since `prev` (taken at `prev_ms`). The figures read in both samples: over the interval, as
+/// `rates` gives them. The figures `cur` read and `prev` did not (`prev` repeated their values
+/// of `prev_slow_ms`): over the stretch since `prev_slow_ms`, `None` when that is unknown.
+/// The figures `cur` did not read: the per-second rates and stall fractions of `prev_rates`
+/// repeated (the last value measured), `None` without them. Counts of events (`new_*`,
+/// `cpu_throttled_periods`) are always the growth since `prev`: 0 while a figure repeats, the
+/// whole stretch's once it is read again, so no event is counted twice or lost.
+/// `None` when `rates` gives none (a new inode, an empty or backwards interval).
+pub fn rates_with_cadence(
+    prev: &Sample,
+    prev_ms: i64,
+    prev_slow_ms: Option<i64>,
+    prev_rates: Option<&Rates>,
+    cur: &Sample,
+    cur_ms: i64,
+) -> Option<Rates> {
+    let mut r = rates(prev, prev_ms, cur, cur_ms)?;
+    let stretch = cur.read.minus(prev.read);
+    if stretch != Figures::NONE {
+        let over = prev_slow_ms.and_then(|t| rates(prev, t, cur, cur_ms));
+        r.take_rates(over.as_ref(), stretch);
+    }
+    r.take_rates(prev_rates, cur.read.complement());
+    Some(r)
+}
+
 impl Rates {
+    /// Replaces the per-second rates and stall fractions of `figures` with those of `src`
+    /// (`None` without it); counts of events stay.
+    pub fn take_rates(&mut self, src: Option<&Rates>, figures: Figures) {
+        for f in figures.iter() {
+            match f {
+                Figure::Cpu => {
+                    self.cpu_cores = src.and_then(|s| s.cpu_cores);
+                    self.cpu_user_cores = src.and_then(|s| s.cpu_user_cores);
+                    self.cpu_system_cores = src.and_then(|s| s.cpu_system_cores);
+                    self.cpu_throttled_cores = src.and_then(|s| s.cpu_throttled_cores);
+                }
+                Figure::CpuPressure => {
+                    self.cpu_stall = src.map(|s| s.cpu_stall).unwrap_or_default();
+                    self.cpu_runq_wait = src.and_then(|s| s.cpu_runq_wait);
+                }
+                Figure::Io => self.io = src.map(|s| s.io.clone()).unwrap_or_default(),
+                Figure::IoPressure => self.io_stall = src.map(|s| s.io_stall).unwrap_or_default(),
+                Figure::MemoryPressure => {
+                    self.memory_stall = src.map(|s| s.memory_stall).unwrap_or_default()
+                }
+                // Gauges and counts of events: no per-second rate.
+                Figure::MemoryCurrent
+                | Figure::MemoryEvents
+                | Figure::MemoryPeak
+                | Figure::MemoryStat
+                | Figure::MemoryFailcnt
+                | Figure::Pids => {}
+            }
+        }
+    }
+
     /// Sum over devices of one io rate; `None` when no device has it.
     pub fn io_total(&self, f: impl Fn(&IoRates) -> Option<f64>) -> Option<f64> {
         self.io
@@ -151,6 +210,7 @@ mod tests {
 
     fn sample(ino: u64, usage: u64, oom_kill: u64, rbytes: u64) -> Sample {
         Sample {
+            read: crate::domain::cadence::Figures::ALL,
             ino,
             stats: CgroupStats {
                 cpu: CpuStat {
@@ -304,5 +364,62 @@ mod tests {
             prop_assume!(i != j);
             prop_assert!(rates(&sample(i, a, 0, a), 0, &sample(j, b, 0, b), 1000).is_none());
         }
+    }
+
+    /// An idle tenant whose io.stat and pids.events are read every third sweep: between two
+    /// reads the io rate repeats the last one measured and no event is counted; at the read,
+    /// the io rate is taken over the whole stretch and the events of the stretch are counted
+    /// once. The CPU rate is always over the interval.
+    #[test]
+    fn slow_figures_take_their_rates_over_their_own_stretch() {
+        use crate::domain::cadence::{Figures, SLA_FIGURES};
+        let at = |usage: u64, rbytes: u64, pids_max: u64, read: Figures| {
+            let mut s = sample(1, usage, 0, rbytes);
+            s.stats.pids_max_events = Some(pids_max);
+            s.read = read;
+            s
+        };
+        let whole = Figures::ALL;
+        // t=0 s whole (io 0), t=1 s and 2 s fresh only (io repeated), t=3 s whole (io 3000).
+        let s0 = at(0, 0, 0, whole);
+        let s1 = at(1_000_000, 0, 0, SLA_FIGURES);
+        let s2 = at(1_500_000, 0, 0, SLA_FIGURES);
+        let s3 = at(2_000_000, 3000, 4, whole);
+        let prev_rates = Rates {
+            io: vec![IoRates {
+                read_bytes_per_s: Some(7.0),
+                ..rates(&s0, 0, &s0, 1).unwrap().io[0]
+            }],
+            ..rates(&s0, 0, &s0, 1).unwrap()
+        };
+        let r1 = rates_with_cadence(&s0, 0, Some(0), Some(&prev_rates), &s1, 1000).unwrap();
+        assert_eq!(r1.cpu_cores, Some(1.0));
+        assert_eq!(r1.io_total(|d| d.read_bytes_per_s), Some(7.0), "repeated");
+        assert_eq!(r1.new_pids_max, Some(0));
+        let r2 = rates_with_cadence(&s1, 1000, Some(0), Some(&prev_rates), &s2, 2000).unwrap();
+        assert_eq!(r2.cpu_cores, Some(0.5));
+        assert_eq!(r2.io_total(|d| d.read_bytes_per_s), Some(7.0));
+        let r3 = rates_with_cadence(&s2, 2000, Some(0), Some(&prev_rates), &s3, 3000).unwrap();
+        assert_eq!(r3.cpu_cores, Some(0.5));
+        assert_eq!(
+            r3.io_total(|d| d.read_bytes_per_s),
+            Some(1000.0),
+            "3000 B over 3 s"
+        );
+        assert_eq!(r3.new_pids_max, Some(4), "the stretch's events, once");
+        // Without the time of the previous read, no stretch rate; without previous rates,
+        // nothing to repeat.
+        let r = rates_with_cadence(&s2, 2000, None, None, &s3, 3000).unwrap();
+        assert_eq!(r.io_total(|d| d.read_bytes_per_s), None);
+        let r = rates_with_cadence(&s0, 0, Some(0), None, &s1, 1000).unwrap();
+        assert_eq!(
+            (r.io_total(|d| d.read_bytes_per_s), r.cpu_cores),
+            (None, Some(1.0))
+        );
+        // Both read whole: exactly `rates`.
+        assert_eq!(
+            rates_with_cadence(&s0, 0, Some(0), Some(&prev_rates), &s3, 3000),
+            rates(&s0, 0, &s3, 3000)
+        );
     }
 }

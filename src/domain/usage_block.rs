@@ -840,10 +840,7 @@ mod tests {
                 if let Some(p) = s.cpu_pressure.as_mut() {
                     add(&mut p.some_usec, stall);
                 }
-                let cur = Sample {
-                    ino: 1,
-                    stats: s.clone(),
-                };
+                let cur = Sample::whole(1, s.clone());
                 let r = prev
                     .as_ref()
                     .and_then(|p| usage::rates(p, prev_ms, &cur, ts));
@@ -907,13 +904,13 @@ mod tests {
     /// block of 600 such rows well under a byte a row.
     #[test]
     fn idle_rows_cost_almost_nothing() {
-        let s = Sample {
-            ino: 1,
-            stats: CgroupStats {
+        let s = Sample::whole(
+            1,
+            CgroupStats {
                 memory_current: Some(4096),
                 ..CgroupStats::default()
             },
-        };
+        );
         let rows: Vec<UsageRow> = (0..600)
             .map(|i| {
                 let r = (i > 0).then(|| usage::rates(&s, (i - 1) * 1000, &s, i * 1000).unwrap());

@@ -318,7 +318,7 @@ mod tests {
             memory_current: Some(100),
             ..CgroupStats::default()
         };
-        Sample { ino: 7, stats }
+        Sample::whole(7, stats)
     }
 
     /// A row carries the sample's counters and gauges, and the rates and new events since the

@@ -3,6 +3,13 @@
 //! one transaction, roll up closed minutes and hours once a minute, and publish the snapshot
 //! `/metrics` renders.
 //!
+//! Each sweep reads the figures the SLA engine judges (`domain::cadence::Cadence::for_tenant`:
+//! CPU, memory for a tenant with a memory guarantee, io while io guarantees are judged) of
+//! every tenant, and the others as
+//! `SamplerConfig::cadence` says: an idle tenant's at most every `idle_every` sweeps. The rows
+//! and the snapshot repeat the last value of a figure not read; its rates are taken over the
+//! stretch since its previous read (`usage::rates_with_cadence`).
+//!
 //! IO (`cgroup::stats`, `cgroup::v1_stats`) and maths (`domain::usage`) stay apart; this file
 //! only wires them to the clock, the store and the metrics. `sweep_at` is the list of steps,
 //! one method or function each; the pure ones (rates, rows, events, snapshot) take the
@@ -10,10 +17,11 @@
 
 use super::{EngineError, Governor, Result, now_ms};
 use crate::cgroup::stats::{
-    FD_RESERVE_DEFAULT, StatsReader, held_tenants_budget, held_tenants_budget_with, sample_dir_mode,
+    FD_RESERVE_DEFAULT, StatsReader, files_of, held_tenants_budget_for, sample_dir_with,
 };
 use crate::cgroup::v1_stats::{self, V1StatsReader};
 use crate::cgroup::{CgroupPath, SampleSource};
+use crate::domain::cadence::{Cadence, Figures, SLA_FIGURES, SLA_IO_FIGURES};
 use crate::domain::event::{Event, LimitHits};
 use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine, Verdict};
 use crate::domain::stats::Sample;
@@ -22,7 +30,7 @@ use crate::domain::usage::{self, Rates};
 use crate::domain::usage_row::UsageRow;
 use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
 use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +52,9 @@ pub struct SamplerConfig {
     /// Descriptors the sampler leaves to the rest of the daemon (connections, database,
     /// listener) when it decides how many tenants keep their stat files open.
     pub fd_reserve: usize,
+    /// Which figures are read every sweep, and how often the others are; what the SLA engine
+    /// judges is always added to `fresh` (`Cadence::for_tenant`).
+    pub cadence: Cadence,
 }
 
 impl Default for SamplerConfig {
@@ -53,6 +64,7 @@ impl Default for SamplerConfig {
             retention: Retention::default(),
             sla: SlaConfig::default(),
             fd_reserve: FD_RESERVE_DEFAULT,
+            cadence: Cadence::default(),
         }
     }
 }
@@ -77,19 +89,32 @@ struct Readers {
     /// Readers of tenants on a cgroup v1 backend.
     v1: Vec<Option<V1StatsReader>>,
     buf: Vec<u8>,
-    /// Tenants (the first, by name) whose files stay open; see `held_tenants_budget`.
-    held: usize,
+    /// Tenants (the first, by name) whose fresh figures' files stay open on each backend;
+    /// see `held_tenants_budget_for`.
+    held_v2: usize,
+    held_v1: usize,
 }
 
-impl Default for Readers {
-    fn default() -> Self {
+impl Readers {
+    /// Readers that hold the files of `cadence.fresh` (and of the io figures the SLA may
+    /// judge) for as many tenants as the descriptor limit less `reserve` allows.
+    fn new(reserve: usize, cadence: &Cadence) -> Readers {
+        let held = cadence.fresh.union(SLA_FIGURES).union(SLA_IO_FIGURES);
         Readers {
             targets: None,
             v2: Vec::new(),
             v1: Vec::new(),
             buf: Vec::new(),
-            held: held_tenants_budget(),
+            // The files and the directory.
+            held_v2: held_tenants_budget_for(reserve, files_of(held) + 1),
+            held_v1: held_tenants_budget_for(reserve, v1_stats::held_per_tenant(held)),
         }
+    }
+}
+
+impl Default for Readers {
+    fn default() -> Self {
+        Readers::new(FD_RESERVE_DEFAULT, &Cadence::default())
     }
 }
 
@@ -104,6 +129,7 @@ impl Readers {
         }
         let (mut v2, mut v1) = (std::mem::take(&mut self.v2), std::mem::take(&mut self.v1));
         let at = |n: &String| old.get(n.as_str()).copied();
+        let walk = subtrees_changed(prev.as_deref(), targets);
         self.v2 = targets
             .dirs
             .iter()
@@ -112,14 +138,51 @@ impl Readers {
         self.v1 = targets
             .dirs
             .iter()
-            .map(|(n, _)| at(n).and_then(|i| v1.get_mut(i)?.take()))
+            .map(|(n, _)| {
+                let mut r = at(n).and_then(|i| v1.get_mut(i)?.take());
+                if let Some(r) = r.as_mut().filter(|_| walk.contains(n.as_str())) {
+                    r.rewalk();
+                }
+                r
+            })
             .collect();
     }
+}
+
+/// The tenants whose subtree gained or lost a tenant between `prev` and `next`: the
+/// ancestors of every tenant listed in one and not the other. A v1 reader walks their
+/// subtrees again at once (the summed files and `tasks` of the directories below).
+fn subtrees_changed<'t>(prev: Option<&'t Targets>, next: &'t Targets) -> HashSet<&'t str> {
+    let mut out = HashSet::new();
+    let Some(prev) = prev else {
+        return out;
+    };
+    let mut ancestors = |specs: &'t HashMap<String, Arc<TenantSpec>>, name: &str| {
+        let mut at = specs.get(name).and_then(|s| s.parent.as_ref());
+        while let Some(p) = at {
+            if !out.insert(p.as_str()) {
+                break;
+            }
+            at = specs.get(p.as_str()).and_then(|s| s.parent.as_ref());
+        }
+    };
+    for n in next.specs.keys().filter(|n| !prev.specs.contains_key(*n)) {
+        ancestors(&next.specs, n);
+    }
+    for n in prev.specs.keys().filter(|n| !next.specs.contains_key(*n)) {
+        ancestors(&prev.specs, n);
+    }
+    out
 }
 
 struct Last {
     sample: Sample,
     ts_ms: i64,
+    /// When the figures `sample` did not read were read (`None`: not seen by this sampler).
+    slow_ms: Option<i64>,
+    /// The rates of the last sample that read every figure: those of the figures not read
+    /// since are repeated (`usage::rates_with_cadence`).
+    rates: Option<Rates>,
     /// The sweep (`Sampler::sweeps`) that took it.
     sweep: u64,
 }
@@ -216,10 +279,12 @@ pub fn limit_events(tenant: &str, ts_ms: i64, s: &Sample, r: &Rates) -> Vec<NewE
 
 impl Sampler {
     pub fn new(gov: Arc<Governor>, metrics: Arc<Metrics>, cfg: SamplerConfig) -> Self {
-        let readers = Readers {
-            held: held_tenants_budget_with(cfg.fd_reserve),
-            ..Readers::default()
-        };
+        let readers = Readers::new(cfg.fd_reserve, &cfg.cadence);
+        tracing::info!(
+            "usage sampler: the first {} tenants (cgroup v2) or {} (v1) keep their stat files open; raise LimitNOFILE to hold more",
+            readers.held_v2,
+            readers.held_v1
+        );
         Sampler {
             gov,
             metrics,
@@ -305,14 +370,16 @@ impl Sampler {
         self.recheck_io_weights().await;
         self.learn_root_weight().await;
         let targets = self.targets().await?;
-        let results = self.read(&targets).await?;
+        let cadence = self.cadence(&targets);
+        let results = self.read(&targets, cadence).await?;
         let (samples, mut report) = self.keep_samples(&targets, results);
         let rates = rates_since(&self.last, ts_ms, &samples);
         let rows = usage_rows(ts_ms, &samples, &rates);
         let mut events = limit_events_of(ts_ms, &samples, &rates);
         let snap = snapshot(&targets.specs, &samples);
+        self.remember(ts_ms, samples.iter().map(|(n, s)| (*n, s.read)), &rates);
         let judged = judged(&samples, rates);
-        self.remember(ts_ms, samples);
+        self.forget_unread(samples);
         let (verdicts, root_weight) = self.judge(ts_ms, &judged, snap, &mut events);
         self.adjust_root_weight(ts_ms, root_weight, &mut events)
             .await;
@@ -370,14 +437,26 @@ impl Sampler {
         }
     }
 
+    /// The cadence of this sweep: the configured one, and whether the SLA engine judges io
+    /// (io weights take effect and a tenant has an io guarantee), which keeps io.stat and
+    /// io.pressure fresh (`Cadence::for_tenant`).
+    fn cadence(&self, targets: &Targets) -> SweepCadence {
+        let judges_io = self.sla.io_weights_effective() == Some(true)
+            && targets.specs.values().any(|s| s.io.guarantee_pct.is_some());
+        SweepCadence {
+            cadence: self.cfg.cadence,
+            judges_io,
+        }
+    }
+
     /// Reads every target on the blocking pool and times it as `sweep_seconds`. Returns one
     /// result per target, in the order of `targets.dirs`.
-    async fn read(&mut self, tt: &Arc<Targets>) -> Result<Vec<ReadResult>> {
+    async fn read(&mut self, tt: &Arc<Targets>, cadence: SweepCadence) -> Result<Vec<ReadResult>> {
         let targets = tt.clone();
         let mut readers = self.readers.take().unwrap_or_default();
         let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
-            let results = read_all(&mut readers, &targets);
+            let results = read_all(&mut readers, &targets, &cadence);
             (readers, results)
         })
         .await;
@@ -414,22 +493,53 @@ impl Sampler {
         (samples, report)
     }
 
-    /// Makes this sweep's samples the previous ones; tenants that are gone, or were not read
-    /// this time, leave no previous sample behind. Returns nothing.
-    fn remember(&mut self, ts_ms: i64, samples: Vec<(&str, Sample)>) {
+    /// Notes, for each tenant sampled (its name and the figures read), when its figures
+    /// not read every sweep were last read and, when this sweep read them, the rates (in
+    /// sample order) to repeat until they are read again. The samples follow
+    /// (`forget_unread`). Returns nothing.
+    fn remember<'n>(
+        &mut self,
+        ts_ms: i64,
+        read: impl Iterator<Item = (&'n str, Figures)>,
+        rates: &[Option<Rates>],
+    ) {
         self.sweeps += 1;
         let sweep = self.sweeps;
-        for (name, sample) in samples {
-            let now = Last {
-                sample,
-                ts_ms,
-                sweep,
-            };
+        for ((name, read), r) in read.zip(rates) {
+            let whole = read.is_all();
             match self.last.get_mut(name) {
-                Some(p) => *p = now,
-                None => {
-                    self.last.insert(name.to_string(), now);
+                Some(p) => {
+                    p.ts_ms = ts_ms;
+                    p.sweep = sweep;
+                    if whole {
+                        p.slow_ms = Some(ts_ms);
+                        p.rates.clone_from(r);
+                    }
                 }
+                None => {
+                    self.last.insert(
+                        name.to_string(),
+                        Last {
+                            sample: Sample::default(),
+                            ts_ms,
+                            slow_ms: whole.then_some(ts_ms),
+                            rates: r.clone().filter(|_| whole),
+                            sweep,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Makes this sweep's samples the previous ones (`remember` noted the rest); tenants
+    /// that are gone, or were not read this time, leave no previous sample behind. Returns
+    /// nothing.
+    fn forget_unread(&mut self, samples: Vec<(&str, Sample)>) {
+        let sweep = self.sweeps;
+        for (name, sample) in samples {
+            if let Some(p) = self.last.get_mut(name) {
+                p.sample = sample;
             }
         }
         self.last.retain(|_, l| l.sweep == sweep);
@@ -567,7 +677,14 @@ fn rates_since(
         .iter()
         .map(|(name, sample)| {
             let p = last.get(*name)?;
-            usage::rates(&p.sample, p.ts_ms, sample, ts_ms)
+            usage::rates_with_cadence(
+                &p.sample,
+                p.ts_ms,
+                p.slow_ms,
+                p.rates.as_ref(),
+                sample,
+                ts_ms,
+            )
         })
         .collect()
 }
@@ -651,9 +768,27 @@ fn add_to_minute(
 
 type ReadResult = std::result::Result<Option<Sample>, crate::cgroup::CgroupError>;
 
-/// Reads every target, in the order of `targets.dirs`; drops the readers of tenants no
-/// longer listed. Runs on the blocking pool.
-fn read_all(readers: &mut Readers, targets: &Arc<Targets>) -> Vec<ReadResult> {
+/// The cadence of one sweep, made for each tenant by `Cadence::for_tenant`.
+#[derive(Debug, Clone, Copy)]
+struct SweepCadence {
+    cadence: Cadence,
+    judges_io: bool,
+}
+
+impl SweepCadence {
+    fn for_tenant(&self, spec: Option<&TenantSpec>) -> Cadence {
+        let memory = spec.is_some_and(|s| s.memory.guarantee_bytes.is_some());
+        self.cadence.for_tenant(memory, self.judges_io)
+    }
+}
+
+/// Reads every target with its cadence, in the order of `targets.dirs`; drops the readers of
+/// tenants no longer listed. Runs on the blocking pool.
+fn read_all(
+    readers: &mut Readers,
+    targets: &Arc<Targets>,
+    cadence: &SweepCadence,
+) -> Vec<ReadResult> {
     if !readers
         .targets
         .as_ref()
@@ -662,15 +797,35 @@ fn read_all(readers: &mut Readers, targets: &Arc<Targets>) -> Vec<ReadResult> {
         readers.realign(targets);
     }
     let Readers {
-        v2, v1, buf, held, ..
+        v2,
+        v1,
+        buf,
+        held_v2,
+        held_v1,
+        ..
     } = readers;
+    let hold = |i: usize, budget: usize, c: &Cadence| {
+        if i < budget { c.fresh } else { Figures::NONE }
+    };
     targets
         .dirs
         .iter()
         .enumerate()
-        .map(|(i, (_, source))| match source {
-            SampleSource::V2(path) => sample_dir_mode(&mut v2[i], path, buf, i < *held),
-            SampleSource::V1 { dirs, proc } => v1_stats::sample_dirs(&mut v1[i], dirs, proc),
+        .map(|(i, (name, source))| {
+            let c = cadence.for_tenant(targets.specs.get(name).map(|s| &**s));
+            match source {
+                SampleSource::V2(path) => {
+                    sample_dir_with(&mut v2[i], path, buf, hold(i, *held_v2, &c), &c)
+                }
+                SampleSource::V1 { dirs, proc } => v1_stats::sample_dirs_with(
+                    &mut v1[i],
+                    dirs,
+                    proc,
+                    buf,
+                    hold(i, *held_v1, &c),
+                    &c,
+                ),
+            }
         })
         .collect()
 }
@@ -682,6 +837,7 @@ mod tests {
 
     fn s(usage: u64, oom: u64, high: u64) -> Sample {
         Sample {
+            read: crate::domain::cadence::Figures::ALL,
             ino: 1,
             stats: CgroupStats {
                 cpu: CpuStat {
@@ -882,7 +1038,11 @@ mod tests {
         }
         let mut readers = Readers::default();
         let first = targets(&["a", "b", "c"]);
-        let read = read_all(&mut readers, &first);
+        let c = SweepCadence {
+            cadence: Cadence::default(),
+            judges_io: false,
+        };
+        let read = read_all(&mut readers, &first, &c);
         assert!(read.iter().all(|r| matches!(r, Ok(Some(_)))), "{read:?}");
         let second = targets(&["0d", "a", "c"]);
         readers.realign(&second);
@@ -949,5 +1109,75 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(b_rate, None);
+    }
+
+    /// Issue 15, through the whole sweep: an idle tenant's io.stat and memory.current (no
+    /// memory guarantee: not judged) are read every tenth sweep; the rows in between repeat
+    /// the counters read last, and the read that sees the growth gives the rate over the whole
+    /// stretch. A tenant with a memory guarantee has memory.current read every sweep.
+    #[tokio::test]
+    async fn stale_figures_repeat_in_the_rows_and_their_rate_spans_the_stretch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let (mut sampler, store, _metrics) = sampler_in(tmp.path()).await;
+        let idle = tenant_dir(&root, "idle", 10);
+        let guarded = tenant_dir(&root, "guarded", 10);
+        put(&store, "idle").await;
+        let mut spec = TenantSpec::default();
+        spec.memory.guarantee_bytes = Some(crate::domain::units::Bytes(1 << 20));
+        store
+            .put_tenant(
+                &TenantName::parse("guarded").unwrap(),
+                &spec,
+                0,
+                created("guarded"),
+            )
+            .await
+            .unwrap();
+        let t0 = 1_700_000_000_000;
+        sampler.sweep_at(t0).await.unwrap();
+        // 10 MB read from vda, memory.current up by 1 MiB; the CPU usage does not move.
+        let io = "254:0 rbytes=18388608 wbytes=16777216 rios=8 wios=16 dbytes=0 dios=0\n";
+        for d in [&idle, &guarded] {
+            std::fs::write(d.join("io.stat"), io).unwrap();
+            std::fs::write(d.join("memory.current"), "1318912\n").unwrap();
+        }
+        let every = Cadence::default().idle_every;
+        for k in 1..=i64::from(every) {
+            sampler.sweep_at(t0 + 1000 * k).await.unwrap();
+        }
+        type Row = (i64, Option<i64>, Option<f64>, Option<i64>);
+        let rows = |tenant: &'static str| {
+            let store = store.clone();
+            async move {
+                let r: Vec<Row> = sqlx::query_as(
+                    "SELECT ts_ms, io_read_bytes, io_read_bytes_per_s, memory_current_bytes \
+                     FROM usage_raw WHERE tenant = ?1 ORDER BY ts_ms",
+                )
+                .bind(tenant)
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+                r
+            }
+        };
+        let idle_rows = rows("idle").await;
+        assert_eq!(idle_rows.len(), every as usize + 1);
+        for (ts, read, rate, mem) in &idle_rows[..every as usize] {
+            assert_eq!(*read, Some(8_388_608), "repeated at {ts}");
+            assert_eq!(*mem, Some(270_336), "repeated at {ts}");
+            assert_eq!(*rate, None, "no rate measured yet at {ts}");
+        }
+        let (_, read, rate, mem) = idle_rows[every as usize];
+        assert_eq!((read, mem), (Some(18_388_608), Some(1_318_912)));
+        assert_eq!(
+            rate,
+            Some(1_000_000.0),
+            "10 MB over the 10 s since the last read"
+        );
+        // The guarded tenant's memory.current is fresh from the first sweep after the change.
+        let guarded_rows = rows("guarded").await;
+        assert_eq!(guarded_rows[0].3, Some(270_336));
+        assert!(guarded_rows[1..].iter().all(|r| r.3 == Some(1_318_912)));
     }
 }

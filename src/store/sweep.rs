@@ -537,10 +537,7 @@ mod migration_tests {
                         p.some_usec = p.some_usec.map(|v| v + rnd(40_000));
                     }
                 }
-                let cur = Sample {
-                    ino: 1,
-                    stats: s.clone(),
-                };
+                let cur = Sample::whole(1, s.clone());
                 let r = prev[i]
                     .as_ref()
                     .and_then(|(p, p_ms)| usage::rates(p, *p_ms, &cur, ts));

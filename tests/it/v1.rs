@@ -1014,3 +1014,70 @@ fn without_rfc3339(mut v: serde_json::Value) -> serde_json::Value {
     }
     v
 }
+
+/// Issue 15: the held v1 reader walks a tenant's subtrees only every `WALK_EVERY` sweeps (or
+/// when told to), yet sees a new child tenant's directories within that many sweeps; and a
+/// tenant deleted and recreated under the same name (a new inode, its held files answering
+/// ENODEV) is sampled again, from the new directories.
+#[test]
+fn issue_15_held_v1_reader_sees_new_subdirectories_and_recreated_tenants() {
+    use tenantd::cgroup::v1_stats::{WALK_EVERY, sample_dirs_with};
+    use tenantd::domain::cadence::Cadence;
+    let sb = Sandbox::new("held");
+    let t = sb.tenant("t");
+    let dirs = sb.backend.dirs_of(&t);
+    let proc = Path::new("/proc");
+    let cadence = Cadence::default().for_tenant(true, false);
+    let (mut slot, mut buf) = (None, Vec::new());
+    let mut sample = |slot: &mut Option<_>| {
+        sample_dirs_with(slot, &dirs, proc, &mut buf, cadence.fresh, &cadence)
+            .expect("sample")
+            .expect("the tenant exists")
+    };
+    let first = sample(&mut slot);
+    let walked = |slot: &Option<tenantd::cgroup::v1_stats::V1StatsReader>| {
+        slot.as_ref().expect("a reader").walked_dirs()
+    };
+    assert_eq!(
+        walked(&slot),
+        2,
+        "the tenant's directory and its _procs leaf"
+    );
+    assert_eq!(slot.as_ref().unwrap().hold(), cadence.fresh);
+    // A child tenant: two more directories, seen within WALK_EVERY sweeps.
+    let _c = sb.tenant("t/c");
+    let mut sweeps = 0;
+    while walked(&slot) == 2 {
+        sweeps += 1;
+        assert!(
+            sweeps <= WALK_EVERY,
+            "the child's directories not walked after {WALK_EVERY} sweeps"
+        );
+        sample(&mut slot);
+    }
+    assert_eq!(walked(&slot), 4);
+    eprintln!("v1 held reader: a new child tenant walked after {sweeps} sweeps");
+    // Told that the subtree changed (the sampler does when a tenant below is created or
+    // deleted): the next sample walks it.
+    sb.backend
+        .remove(&CgroupPath::parse("t/c").unwrap())
+        .unwrap();
+    slot.as_mut().unwrap().rewalk();
+    sample(&mut slot);
+    assert_eq!(walked(&slot), 2);
+    // Deleted and recreated: a new inode, a new reader, a sample of the new directories.
+    sb.backend.remove(&t).unwrap();
+    assert!(
+        sample_dirs_with(&mut slot, &dirs, proc, &mut buf, cadence.fresh, &cadence)
+            .unwrap()
+            .is_none(),
+        "a deleted tenant gives no sample"
+    );
+    sb.tenant("t");
+    let again = sample_dirs_with(&mut slot, &dirs, proc, &mut buf, cadence.fresh, &cadence)
+        .unwrap()
+        .expect("the recreated tenant is sampled");
+    assert_ne!(again.ino, first.ino);
+    assert_eq!(again.stats.cpu.usage_usec, Some(0));
+    assert_eq!(walked(&slot), 2);
+}

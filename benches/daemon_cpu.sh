@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# The running daemon's own CPU time with N idle tenants (issue 15, target 2 "Sampling"):
+#   sudo bash benches/daemon_cpu.sh [--window S] [--repeat R] [--interval S] [--busy K]
+#                                   [--10k] [--bin PATH] [N...]          (default N: 300 1000)
+# For each N it starts a release `tenantd serve` (sample_interval_s 1 unless --interval) with a
+# governor root of its own, creates N tenants through the HTTP API (the first K run a busy
+# loop with --busy K, to show the cost of active tenants), waits for the sampler to settle
+# (SETTLE_S, default 15 s: more than the longest slow-figure cadence), then reads the daemon's
+# utime+stime (/proc/PID/stat) over R windows of S seconds (default 1 x 60 s) and prints each
+# as a share of one core, with the daemon's RSS, its open descriptors and its mean sweep time
+# (`tenantd_sweep_seconds` from /metrics).
+#
+# Where it writes:
+# - cgroup v1 or hybrid host: `<own cgroup>/tenantd-bench-cpu-<pid>` in each v1 hierarchy
+#   (from /proc/self/cgroup, refusing to run if one exists), the daemon started inside them
+#   (its default root is `<that>/tenantd`), exactly as tests/it (support.rs `V1Dirs`) does.
+# - pure cgroup v2 (the VM: `sudo bash tests/vm/run.sh -- bash benches/daemon_cpu.sh ...`):
+#   `--cgroup-root <own cgroup2>/tenantd-bench-cpu-<pid>`, below the caller's cgroup2 directory.
+# Everything it started is killed and every directory it created is removed at the end.
+# Nothing outside its own directories is written. Needs root, python3 and curl.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root (cgroup directories)"; exit 1; }
+WINDOW=60 REPEAT=1 INTERVAL=1 BUSY=0 BIN="" COUNTS=()
+SETTLE_S="${SETTLE_S:-15}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --window) WINDOW="$2"; shift 2 ;;
+    --repeat) REPEAT="$2"; shift 2 ;;
+    --interval) INTERVAL="$2"; shift 2 ;;
+    --busy) BUSY="$2"; shift 2 ;;
+    --bin) BIN="$2"; shift 2 ;;
+    --10k) COUNTS+=(10000); shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -*) echo "unknown option $1"; exit 2 ;;
+    *) COUNTS+=("$1"); shift ;;
+  esac
+done
+[ ${#COUNTS[@]} -gt 0 ] || COUNTS=(300 1000)
+if [ -z "$BIN" ]; then
+  BIN="$PWD/target/release/tenantd"
+  # In the VM the tree is read-only: the host-built binary is used as it is.
+  if [ -z "${TENANTD_IN_VM:-}" ] && command -v cargo >/dev/null; then cargo build --release --quiet; fi
+fi
+[ -x "$BIN" ] || { echo "no binary at $BIN (cargo build --release first)"; exit 1; }
+HZ=$(getconf CLK_TCK)
+# A free port of its own: another daemon on a fixed port would receive these requests (or
+# send its clients' requests here).
+PORT="${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+  MODE=v2
+else
+  MODE=v1
+fi
+
+for n in "${COUNTS[@]}"; do
+  dirs=() args=()
+  name="tenantd-bench-cpu-$$"
+  if [ "$MODE" = v1 ]; then
+    for h in cpu cpuacct memory blkio pids; do
+      own=$(awk -F: -v h="$h" '$2==h{print $3}' /proc/self/cgroup)
+      [ -n "$own" ] || { echo "no v1 '$h' hierarchy in /proc/self/cgroup: need a v1 or hybrid host (or cgroup2 at /sys/fs/cgroup)"; exit 1; }
+      d="/sys/fs/cgroup/$h${own%/}/$name"
+      [ ! -e "$d" ] || { echo "$d exists"; exit 1; }
+      mkdir "$d"; dirs+=("$d")
+    done
+    args=(--cgroup-version v1)
+  else
+    own=$(awk -F: '$1=="0"{print $3}' /proc/self/cgroup)
+    d="/sys/fs/cgroup${own%/}/$name"
+    [ ! -e "$d" ] || { echo "$d exists"; exit 1; }
+    dirs=("$d")
+    args=(--cgroup-root "$d" --cgroup-mount /sys/fs/cgroup)
+  fi
+  work=$(mktemp -d)
+  cleanup() {
+    if [ -n "${DPID:-}" ] && ! kill -0 "$DPID" 2>/dev/null; then
+      echo "the daemon exited; the end of its log:"; tail -20 "$work/daemon.log"
+    fi
+    [ -z "${DPID:-}" ] || kill -9 "$DPID" 2>/dev/null || true
+    wait 2>/dev/null || true
+    for d in "${dirs[@]}"; do
+      find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    done
+    sleep 1
+    for d in "${dirs[@]}"; do [ ! -e "$d" ] || find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; done
+    for d in "${dirs[@]}"; do [ ! -e "$d" ] || echo "could not remove $d"; done
+    rm -rf "$work"
+  }
+  trap cleanup EXIT
+  if [ "$MODE" = v1 ]; then
+    # A shell that moves itself into the directories, then becomes the daemon.
+    sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec "$0" serve --sample-interval-s '"$INTERVAL"' --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --reconcile-interval-s 3600 --cgroup-version v1' \
+      "$BIN" "${dirs[@]}" 2>"$work/daemon.log" &
+  else
+    "$BIN" serve --sample-interval-s "$INTERVAL" --listen "127.0.0.1:$PORT" --db "$work/db" \
+      --reconcile-interval-s 3600 "${args[@]}" 2>"$work/daemon.log" &
+  fi
+  DPID=$!
+  for _ in $(seq 300); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
+  curl -sf "127.0.0.1:$PORT/healthz" >/dev/null || { echo "daemon did not start:"; cat "$work/daemon.log"; exit 1; }
+  python3 - "$PORT" "$n" "$DPID" "$HZ" "$WINDOW" "$REPEAT" "$SETTLE_S" "$BUSY" "$BIN" "$MODE" "$INTERVAL" <<'PY'
+import json, os, subprocess, sys, time, urllib.request
+port, n, pid, hz, window, repeat, settle, busy = (int(float(x)) for x in sys.argv[1:9])
+bin_, mode, interval = sys.argv[9], sys.argv[10], sys.argv[11]
+base = f"http://127.0.0.1:{port}"
+def call(method, path, body=None):
+    req = urllib.request.Request(base + path, method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"content-type": "application/json"})
+    return urllib.request.urlopen(req, timeout=600).read()
+t0 = time.time()
+for i in range(1, n + 1):
+    call("PUT", f"/v1/tenants/t{i}", {})
+print(f"[{mode}] {n} tenants created through the API in {time.time()-t0:.1f} s", flush=True)
+procs = [subprocess.Popen([bin_, "run", "--addr", base, "--tenant", f"t{i}", "--", "sh", "-c", "while :; do :; done"])
+         for i in range(1, busy + 1)]
+time.sleep(settle)
+def ticks():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])  # utime, stime (fields 14, 15)
+def status(key):
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith(key + ":"):
+            return int(l.split()[1])
+def sweep_sum_count():
+    # (read phase seconds, database write seconds, sweeps) so far.
+    m = {}
+    for l in call("GET", "/metrics").decode().splitlines():
+        if l.startswith("tenantd_") and not l.startswith("#"):
+            k, _, v = l.rpartition(" ")
+            m[k] = float(v)
+    return (m.get("tenantd_sweep_duration_seconds_sum", 0.0),
+            m.get("tenantd_db_write_duration_seconds_sum", 0.0),
+            m.get("tenantd_sweep_duration_seconds_count", 0.0))
+shares = []
+for r in range(repeat):
+    a, (s0, d0, c0), w0 = ticks(), sweep_sum_count(), time.monotonic()
+    time.sleep(window)
+    b, (s1, d1, c1), w1 = ticks(), sweep_sum_count(), time.monotonic()
+    share = (b - a) / hz / (w1 - w0) * 100
+    shares.append(share)
+    sweep_ms = (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
+    db_ms = (d1 - d0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    print(f"[{mode}] {n} tenants ({busy} busy), sample_interval_s {interval}, window {w1-w0:.0f} s: "
+          f"daemon CPU {share:.2f}% of one core ({b-a} ticks), RSS {status('VmRSS')/1024:.1f} MiB, "
+          f"{fds} fds, per sweep (wall): read {sweep_ms:.2f} ms, db write {db_ms:.2f} ms, load {open('/proc/loadavg').read().split()[0]}",
+          flush=True)
+listed = json.loads(call("GET", "/v1/tenants"))
+have = len(listed) if isinstance(listed, list) else len(listed.get("tenants", listed.get("items", [])))
+if have != n:
+    print(f"[{mode}] WARNING: the daemon holds {have} tenants, not {n}: something else talks to port {port}", flush=True)
+if repeat > 1:
+    print(f"[{mode}] {n} tenants: {min(shares):.2f}-{max(shares):.2f}% over {repeat} windows of {window} s", flush=True)
+for p in procs: p.kill()
+PY
+  grep -i "open-file\|hold" "$work/daemon.log" | head -3 || true
+  cleanup; DPID=""; trap - EXIT
+done

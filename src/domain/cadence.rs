@@ -1,0 +1,333 @@
+//! Which of a tenant's stat figures a sweep reads. The figures the SLA engine judges for the
+//! tenant every interval (`Cadence::for_tenant`: CPU usage and throttling, CPU pressure or
+//! run-queue wait; memory.current and memory.events when it has a memory guarantee; io.stat
+//! and io.pressure while io guarantees are judged) are read every sweep; the others
+//! (memory.stat, memory.peak, io.stat, the pressure files, pids, v1's failcnts) are "slow": read together,
+//! every sweep for a tenant whose CPU usage moved since their last read, and at most every
+//! `Cadence::idle_every` sweeps for one whose usage did not (an idle tenant's memory.stat does
+//! not change). Between two reads of the slow figures a sample repeats their last values.
+//! Pure: the readers (`cgroup::stats`, `cgroup::v1_stats`) ask `figures_to_read` and keep a
+//! `SlowRead`; the rates of slow figures are taken over their own stretch (`domain::usage`).
+//!
+//! Imports nothing from `cgroup`, `store`, `engine` or `api`.
+
+use serde::Serialize;
+
+/// A group of stat figures, read from one file (v2) or a few (v1) at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Figure {
+    /// cpu.stat (v2); cpuacct.usage, cpuacct.stat and cpu.stat (v1).
+    Cpu,
+    /// cpu.pressure (v2); the run-queue wait of the tenant's threads (v1, no PSI).
+    CpuPressure,
+    /// memory.current (v2); memory.usage_in_bytes (v1).
+    MemoryCurrent,
+    /// memory.events (v2); memory.oom_control `oom_kill` (v1).
+    MemoryEvents,
+    /// memory.peak (v2); memory.max_usage_in_bytes (v1).
+    MemoryPeak,
+    /// memory.stat.
+    MemoryStat,
+    /// memory.failcnt and memory.memsw.failcnt (v1 only: `memory_events.max`; v2 has it in
+    /// memory.events).
+    MemoryFailcnt,
+    /// io.stat (v2); blkio.throttle.io_service_bytes and io_serviced (v1).
+    Io,
+    /// io.pressure.
+    IoPressure,
+    /// memory.pressure.
+    MemoryPressure,
+    /// pids.current and pids.events.
+    Pids,
+}
+
+impl Figure {
+    pub const ALL: [Figure; 11] = [
+        Figure::Cpu,
+        Figure::CpuPressure,
+        Figure::MemoryCurrent,
+        Figure::MemoryEvents,
+        Figure::MemoryPeak,
+        Figure::MemoryStat,
+        Figure::MemoryFailcnt,
+        Figure::Io,
+        Figure::IoPressure,
+        Figure::MemoryPressure,
+        Figure::Pids,
+    ];
+
+    const fn bit(self) -> u16 {
+        1 << self as u8
+    }
+}
+
+/// A set of figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Figures(u16);
+
+impl Figures {
+    pub const NONE: Figures = Figures(0);
+    pub const ALL: Figures = Figures::of(&Figure::ALL);
+
+    pub const fn of(list: &[Figure]) -> Figures {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < list.len() {
+            bits |= list[i].bit();
+            i += 1;
+        }
+        Figures(bits)
+    }
+
+    pub const fn contains(self, f: Figure) -> bool {
+        self.0 & f.bit() != 0
+    }
+
+    pub const fn union(self, other: Figures) -> Figures {
+        Figures(self.0 | other.0)
+    }
+
+    /// The figures of this set not in `other`.
+    pub const fn minus(self, other: Figures) -> Figures {
+        Figures(self.0 & !other.0)
+    }
+
+    /// The figures of `ALL` not in this set.
+    pub const fn complement(self) -> Figures {
+        Figures(Figures::ALL.0 & !self.0)
+    }
+
+    pub const fn is_all(self) -> bool {
+        self.0 & Figures::ALL.0 == Figures::ALL.0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Figure> {
+        Figure::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+}
+
+/// What the SLA engine judges of every tenant every interval (`domain::sla_engine`): CPU
+/// usage and throttled time (cpu.stat), CPU pressure (v1: the run-queue wait).
+pub const SLA_CPU_FIGURES: Figures = Figures::of(&[Figure::Cpu, Figure::CpuPressure]);
+
+/// What it judges too of a tenant with a memory guarantee: memory.current and memory.events
+/// (`low`, `oom_kill`).
+pub const SLA_MEMORY_FIGURES: Figures = Figures::of(&[Figure::MemoryCurrent, Figure::MemoryEvents]);
+
+/// Everything the SLA engine may judge of a tenant every interval but io.
+pub const SLA_FIGURES: Figures = SLA_CPU_FIGURES.union(SLA_MEMORY_FIGURES);
+
+/// What it judges too while io guarantees are judged (io weights take effect and a tenant
+/// has an io guarantee): io.stat and io.pressure.
+pub const SLA_IO_FIGURES: Figures = Figures::of(&[Figure::Io, Figure::IoPressure]);
+
+/// Default for `Cadence::idle_every`: a slow figure of an idle tenant is at most 10 sweeps
+/// old (10 s at the default 1 s interval).
+pub const IDLE_EVERY_DEFAULT: u32 = 10;
+
+/// How often each figure is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// Figures read every sweep (what the SLA engine judges is added per tenant,
+    /// `for_tenant`).
+    pub fresh: Figures,
+    /// The others are read at least every this many sweeps (>= 1).
+    pub idle_every: u32,
+    /// ... and every this many (>= 1, <= `idle_every`) while the tenant's CPU usage moves.
+    pub active_every: u32,
+}
+
+impl Default for Cadence {
+    fn default() -> Self {
+        Cadence {
+            fresh: Figures::NONE,
+            idle_every: IDLE_EVERY_DEFAULT,
+            active_every: 1,
+        }
+    }
+}
+
+impl Cadence {
+    /// Every figure every sweep (the cadence before issue 15, and the benchmark's reference).
+    pub const EVERY_SWEEP: Cadence = Cadence {
+        fresh: Figures::ALL,
+        idle_every: 1,
+        active_every: 1,
+    };
+
+    /// This cadence for one tenant, with what the SLA engine judges of it in this sweep kept
+    /// fresh: `SLA_CPU_FIGURES` always, `SLA_MEMORY_FIGURES` when it has a memory guarantee,
+    /// `SLA_IO_FIGURES` when io guarantees are judged (`judges_io`: every tenant's io counts,
+    /// since a guarantee is a share of its siblings' io).
+    pub fn for_tenant(self, memory_guarantee: bool, judges_io: bool) -> Cadence {
+        let mut fresh = self.fresh.union(SLA_CPU_FIGURES);
+        if memory_guarantee {
+            fresh = fresh.union(SLA_MEMORY_FIGURES);
+        }
+        if judges_io {
+            fresh = fresh.union(SLA_IO_FIGURES);
+        }
+        Cadence { fresh, ..self }
+    }
+}
+
+/// What a reader remembers of its last read of the slow figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowRead {
+    /// Sweeps since (0: read in the sweep that made this record).
+    pub age: u32,
+    /// The CPU usage (µs) read in that sweep.
+    pub usage_usec: Option<u64>,
+}
+
+/// The figures to read this sweep: `cadence.fresh` when the slow ones were read recently
+/// enough, every figure otherwise. `last` is the reader's last read of the slow figures
+/// (`None`: never, so everything is read); `usage_now` the CPU usage just read (a fresh
+/// figure). A tenant whose usage moved since `last`, or whose usage cannot be read, is
+/// active: its slow figures are re-read once `active_every` sweeps have passed, an idle one's
+/// once `idle_every` have.
+pub fn figures_to_read(
+    cadence: &Cadence,
+    last: Option<&SlowRead>,
+    usage_now: Option<u64>,
+) -> Figures {
+    let Some(last) = last else {
+        return Figures::ALL;
+    };
+    let active = usage_now.is_none() || usage_now != last.usage_usec;
+    let every = if active {
+        cadence.active_every
+    } else {
+        cadence.idle_every
+    };
+    if last.age.saturating_add(1) >= every.max(1) {
+        Figures::ALL
+    } else {
+        cadence.fresh
+    }
+}
+
+/// The record after a sweep that read `read` with CPU usage `usage_now`: a new one when the
+/// slow figures were read, the old one a sweep older otherwise.
+pub fn after_sweep(
+    last: Option<SlowRead>,
+    read: Figures,
+    usage_now: Option<u64>,
+) -> Option<SlowRead> {
+    if read.is_all() {
+        Some(SlowRead {
+            age: 0,
+            usage_usec: usage_now,
+        })
+    } else {
+        last.map(|l| SlowRead {
+            age: l.age.saturating_add(1),
+            ..l
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(age: u32, usage: u64) -> SlowRead {
+        SlowRead {
+            age,
+            usage_usec: Some(usage),
+        }
+    }
+
+    /// (last read: age and usage then, usage now) -> everything read?
+    #[test]
+    fn the_table_of_decisions() {
+        let c = Cadence::default().for_tenant(false, false);
+        let table = [
+            // Never read: everything.
+            (None, Some(5), true),
+            // Idle (usage unchanged): only once `idle_every` sweeps have passed.
+            (Some(read(0, 5)), Some(5), false),
+            (Some(read(8, 5)), Some(5), false),
+            (Some(read(9, 5)), Some(5), true),
+            (Some(read(30, 5)), Some(5), true),
+            // Active: every sweep (active_every 1).
+            (Some(read(0, 5)), Some(6), true),
+            // Usage unknown: treated as active.
+            (Some(read(0, 5)), None, true),
+            // A counter that went backwards moved too.
+            (Some(read(0, 5)), Some(4), true),
+        ];
+        for (last, now, all) in table {
+            let got = figures_to_read(&c, last.as_ref(), now);
+            let want = if all { Figures::ALL } else { c.fresh };
+            assert_eq!(got, want, "last {last:?}, usage now {now:?}");
+        }
+    }
+
+    #[test]
+    fn active_tenants_every_few_sweeps_and_every_sweep_cadence() {
+        let c = Cadence {
+            active_every: 3,
+            ..Cadence::default()
+        };
+        let read_at = |age| figures_to_read(&c, Some(&read(age, 1)), Some(2)).is_all();
+        assert_eq!([read_at(0), read_at(1), read_at(2)], [false, false, true]);
+        for age in [0, 5] {
+            assert!(figures_to_read(&Cadence::EVERY_SWEEP, Some(&read(age, 1)), Some(1)).is_all());
+        }
+        // A cadence of 0 is taken as 1, never as "never".
+        let zero = Cadence {
+            idle_every: 0,
+            active_every: 0,
+            ..c
+        };
+        assert!(figures_to_read(&zero, Some(&read(0, 1)), Some(1)).is_all());
+    }
+
+    /// Followed over sweeps: an idle tenant reads its slow figures every `idle_every` sweeps,
+    /// and at once when it wakes up.
+    #[test]
+    fn an_idle_tenant_over_sweeps() {
+        let c = Cadence::default();
+        let mut last = None;
+        let mut full = Vec::new();
+        for sweep in 0..25u64 {
+            let usage = if sweep < 14 { 100 } else { 100 + sweep };
+            let r = figures_to_read(&c, last.as_ref(), Some(usage));
+            if r.is_all() {
+                full.push(sweep);
+            }
+            last = after_sweep(last, r, Some(usage));
+        }
+        assert_eq!(full, [0, 10, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]);
+    }
+
+    #[test]
+    fn the_sla_figures_stay_fresh_in_every_cadence() {
+        let slow_everything = Cadence {
+            fresh: Figures::NONE,
+            ..Cadence::default()
+        };
+        for (memory, judges_io) in [(false, false), (true, false), (false, true), (true, true)] {
+            let c = slow_everything.for_tenant(memory, judges_io);
+            for f in SLA_CPU_FIGURES.iter() {
+                assert!(c.fresh.contains(f), "{f:?}");
+            }
+            for f in SLA_MEMORY_FIGURES.iter() {
+                assert_eq!(c.fresh.contains(f), memory, "{f:?}");
+            }
+            assert_eq!(c.fresh.contains(Figure::Io), judges_io);
+            assert_eq!(c.fresh.contains(Figure::IoPressure), judges_io);
+            assert!(!c.fresh.contains(Figure::MemoryStat));
+        }
+        // What is configured fresh stays fresh.
+        let all = Cadence::EVERY_SWEEP.for_tenant(false, false);
+        assert_eq!(all.fresh, Figures::ALL);
+        assert_eq!(SLA_FIGURES.complement().union(SLA_FIGURES), Figures::ALL);
+        assert_eq!(
+            SLA_FIGURES.iter().count() + SLA_FIGURES.complement().iter().count(),
+            11
+        );
+    }
+}
