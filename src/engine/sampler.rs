@@ -281,7 +281,7 @@ impl Sampler {
     pub fn new(gov: Arc<Governor>, metrics: Arc<Metrics>, cfg: SamplerConfig) -> Self {
         let readers = Readers::new(cfg.fd_reserve, &cfg.cadence);
         tracing::info!(
-            "usage sampler: the first {} tenants (cgroup v2) or {} (v1) keep their stat files open; raise LimitNOFILE to hold more",
+            "sampling: the first {} tenants (cgroup v2) or {} (v1) keep their stat files open; raise LimitNOFILE to hold more",
             readers.held_v2,
             readers.held_v1
         );

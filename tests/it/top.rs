@@ -241,7 +241,7 @@ fn issue_14_top_under_tmux_shows_rows_numbers_and_the_violation_then_quits_clean
 
     // q: exit status 0, the normal screen back, nothing of top left on it.
     tmux.run(&["send-keys", "-t", "top", "q"]);
-    let s = tmux.wait_for(10, "top's exit status", |s| s.contains("top exited"));
+    let s = tmux.wait_for(30, "top's exit status", |s| s.contains("top exited"));
     eprintln!("the pane after q:\n{s}");
     assert!(s.contains("top exited 0"), "{s}");
     assert!(
@@ -260,7 +260,7 @@ fn issue_14_top_under_tmux_shows_rows_numbers_and_the_violation_then_quits_clean
     assert!(line(&s, "beta").is_none(), "beta is not in team a:\n{s}");
     assert!(s.contains("filter team=a") && s.contains("tree"), "{s}");
     tmux.run(&["send-keys", "-t", "top", "C-c"]);
-    let s = tmux.wait_for(10, "the tree top's exit status", |s| {
+    let s = tmux.wait_for(30, "the tree top's exit status", |s| {
         s.contains("tree top exited")
     });
     assert!(s.contains("tree top exited 0"), "{s}");
