@@ -11,6 +11,7 @@
 
 pub mod cadence;
 pub mod desired;
+pub mod error;
 pub mod event;
 pub mod placement;
 pub mod plan;

@@ -58,7 +58,7 @@
 //! one rule's list and effective uid in the other's, or whose groups span both lists, or
 //! whose command line two different regexes both match.
 
-use super::tenant::DomainError;
+use super::error::DomainError;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
