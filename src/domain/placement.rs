@@ -44,8 +44,8 @@
 //! specificity, and every field that both have overlaps:
 //! - `uids`, `gids`: the lists share an id.
 //! - `exe`: some pattern of one and some pattern of the other overlap: the same text, a plain
-//!   path the other's glob matches, or two globs neither of whose literal beginnings (the text
-//!   before the first `*?[]{}\`) is cut short by the other's (`/opt/*/x` and `/opt/a/*`
+//!   path the other's glob matches, or two globs the literal beginning of one of which (the
+//!   text before the first of `*?[]{}\`) starts with the other's (`/opt/*/x` and `/opt/a/*`
 //!   overlap, `/opt/a*` and `/opt/b*` do not). This never misses an overlap, and may see one
 //!   where none is (`/opt/*/x` and `/opt/*/y`).
 //! - `cmdline`: the same pattern text. Whether two different regexes share a match is not
@@ -129,8 +129,8 @@ impl fmt::Display for IdOrName {
     }
 }
 
-/// The `placement` section of a tenant's spec: which processes belong to the tenant. Every
-/// field present must match; see the module header.
+/// The `placement` section of a tenant's spec: which processes belong to the tenant. A process
+/// matches when every field present matches; at least one of uids, gids, exe and cmdline.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementSpec {
@@ -675,7 +675,7 @@ pub enum WonBy {
 }
 
 /// The tenant a process goes to, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision<'a, T> {
     pub tenant: &'a T,
     pub priority: u32,
@@ -704,7 +704,7 @@ impl<T> RuleVerdict<'_, T> {
 }
 
 /// Every rule's verdict on a process, in precedence order, and the decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Explanation<'a, T> {
     pub decision: Option<Decision<'a, T>>,
     pub rules: Vec<RuleVerdict<'a, T>>,
@@ -1240,6 +1240,10 @@ priority = 100
             }]
         );
         assert_eq!(e.decision, r.place(&p));
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["decision"]["tenant"], "ci");
+        assert_eq!(json["decision"]["won_by"], "only_match");
+        assert_eq!(json["rules"][0]["misses"][0]["field"], "cmdline");
         assert_eq!(*e.decision.unwrap().tenant, "ci");
     }
 
