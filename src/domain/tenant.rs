@@ -2,6 +2,7 @@
 //!
 //! Everything here is pure: the caller passes the host's capacity and the other tenants.
 
+pub use super::error::DomainError;
 use super::units::{Bytes, Percent};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -204,49 +205,6 @@ impl DevId {
 impl fmt::Display for DevId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.major, self.minor)
-    }
-}
-
-/// Errors of the domain layer: a request that breaks a rule. Each names the field at fault.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DomainError {
-    /// The value itself is wrong (HTTP 422).
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
-    /// The value is fine but does not fit beside the other tenants (HTTP 409).
-    #[error("{field}: {message}")]
-    Conflict { field: String, message: String },
-    /// A tenant named in the request does not exist (HTTP 404 or 422).
-    #[error("{field}: {message}")]
-    NotFound { field: String, message: String },
-}
-
-impl DomainError {
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        DomainError::Invalid {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-    pub fn conflict(field: &str, message: impl Into<String>) -> Self {
-        DomainError::Conflict {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-    pub fn field(&self) -> &str {
-        match self {
-            DomainError::Invalid { field, .. }
-            | DomainError::Conflict { field, .. }
-            | DomainError::NotFound { field, .. } => field,
-        }
-    }
-    pub fn message(&self) -> &str {
-        match self {
-            DomainError::Invalid { message, .. }
-            | DomainError::Conflict { message, .. }
-            | DomainError::NotFound { message, .. } => message,
-        }
     }
 }
 
