@@ -956,6 +956,50 @@ mod tests {
         (sampler, store, metrics)
     }
 
+    /// A tenant created and deleted through the governor (as the API does) is sampled from
+    /// the next sweep on and dropped at the next sweep after: the sampler's list comes from
+    /// the desired state in memory, not from a read of the tenants table.
+    #[tokio::test]
+    async fn tenants_changed_through_the_governor_are_sampled_and_dropped_at_the_next_sweep() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        tenant_dir(&root, "web", 10);
+        let (mut sampler, _store, _metrics) = sampler_in(tmp.path()).await;
+        assert_eq!(sampler.sweep().await.unwrap().sampled, 0);
+        let web = TenantName::parse("web").unwrap();
+        let gov = sampler.gov.clone();
+        gov.put(&web, TenantSpec::default(), "test").await.unwrap();
+        assert_eq!(
+            sampler.sweep().await.unwrap().sampled,
+            1,
+            "created: sampled"
+        );
+        // Ordinary files are no cgroupfs: emptied, the directory can be removed by the delete.
+        fn files_out(d: &std::path::Path) {
+            for f in std::fs::read_dir(d).unwrap() {
+                let p = f.unwrap().path();
+                if p.is_dir() {
+                    files_out(&p);
+                } else {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+        }
+        files_out(&root.join("web"));
+        gov.delete(&web, crate::engine::DeleteMode::Refuse, "test")
+            .await
+            .unwrap();
+        assert!(
+            sampler.targets().await.unwrap().dirs.is_empty(),
+            "deleted: no longer a target"
+        );
+        assert_eq!(
+            sampler.sweep().await.unwrap().sampled,
+            0,
+            "deleted: dropped"
+        );
+    }
+
     /// A sweep over a directory of ordinary files shaped like cgroups (the fixture of a real
     /// 6.1 kernel), with a real SQLite file: rates, events, rows and the snapshot.
     #[tokio::test]
