@@ -8,7 +8,10 @@
 # (SETTLE_S, default 15 s: more than the longest slow-figure cadence), then reads the daemon's
 # utime+stime (/proc/PID/stat) over R windows of S seconds (default 1 x 60 s) and prints each
 # as a share of one core, with the daemon's RSS, its open descriptors and its mean sweep time
-# (`tenantd_sweep_seconds` from /metrics).
+# (`tenantd_sweep_seconds` from /metrics). Then the memory (VmRSS, VmHWM, anonymous vs
+# file-backed from /proc/PID/smaps_rollup) and the cost of one GET /metrics: the daemon's
+# utime+stime around SCRAPES (default 20; 0 skips) sequential scrapes divided by SCRAPES, raw
+# and net of the sampler's rate in the last window, with the wall time of each.
 #
 # Where it writes:
 # - cgroup v1 or hybrid host: `<own cgroup>/tenantd-bench-cpu-<pid>` in each v1 hierarchy
@@ -31,7 +34,7 @@ while [ $# -gt 0 ]; do
     --busy) BUSY="$2"; shift 2 ;;
     --bin) BIN="$2"; shift 2 ;;
     --10k) COUNTS+=(10000); shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     -*) echo "unknown option $1"; exit 2 ;;
     *) COUNTS+=("$1"); shift ;;
   esac
@@ -148,6 +151,39 @@ for r in range(repeat):
           f"daemon CPU {share:.2f}% of one core ({b-a} ticks), RSS {status('VmRSS')/1024:.1f} MiB, "
           f"{fds} fds, per sweep (wall): read {sweep_ms:.2f} ms, db write {db_ms:.2f} ms, load {open('/proc/loadavg').read().split()[0]}",
           flush=True)
+# Memory: the resident set now and its peak, and how it splits (smaps_rollup: anonymous =
+# the heap and stacks; file = the mapped binary and libraries).
+roll = {}
+for l in open(f"/proc/{pid}/smaps_rollup"):
+    p = l.split()
+    if len(p) >= 3 and p[0].endswith(":"):
+        roll[p[0][:-1]] = int(p[1])
+print(f"[{mode}] {n} tenants: VmRSS {status('VmRSS')/1024:.1f} MiB, VmHWM {status('VmHWM')/1024:.1f} MiB "
+      f"(anonymous {roll.get('Anonymous', 0)/1024:.1f} MiB, file-backed {(roll.get('Rss', 0)-roll.get('Anonymous', 0))/1024:.1f} MiB), "
+      f"{status('Threads')} threads", flush=True)
+# One GET /metrics: the daemon's utime+stime over SCRAPES sequential scrapes, divided by
+# SCRAPES, raw and net of the sampler's own rate in the last window (the sweeps run meanwhile).
+scrapes = int(os.environ.get("SCRAPES", "20"))
+if scrapes > 0:
+    base_rate = shares[-1] / 100 * hz  # ticks per second the daemon spends without scrapes
+    walls, size = [], 0
+    a, w0 = ticks(), time.monotonic()
+    for _ in range(scrapes):
+        t = time.monotonic()
+        size = len(call("GET", "/metrics"))
+        walls.append(time.monotonic() - t)
+    b, w1 = ticks(), time.monotonic()
+    raw_ms = (b - a) / hz / scrapes * 1000
+    net_ms = max(0.0, (b - a) - base_rate * (w1 - w0)) / hz / scrapes * 1000
+    walls.sort()
+    print(f"[{mode}] {n} tenants: GET /metrics ({size/1e6:.1f} MB) x{scrapes}: daemon CPU {raw_ms:.1f} ms per scrape "
+          f"({b-a} ticks; {net_ms:.1f} ms net of the sampler's {shares[-1]:.1f}%), wall median {walls[len(walls)//2]*1000:.1f} ms, "
+          f"max {walls[-1]*1000:.1f} ms; VmRSS after {status('VmRSS')/1024:.1f} MiB, VmHWM {status('VmHWM')/1024:.1f} MiB",
+          flush=True)
+    t = time.monotonic()
+    for _ in range(20):
+        call("GET", "/readyz")
+    print(f"[{mode}] {n} tenants: GET /readyz wall {(time.monotonic()-t)/20*1000:.2f} ms mean of 20", flush=True)
 listed = json.loads(call("GET", "/v1/tenants"))
 have = len(listed) if isinstance(listed, list) else len(listed.get("tenants", listed.get("items", [])))
 if have != n:

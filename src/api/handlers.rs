@@ -45,7 +45,7 @@ pub async fn readyz(State(st): State<AppState>) -> Res<&'static str> {
         };
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", detail)
     })?;
-    st.gov.stored_tenants().await.map_err(|e| {
+    st.gov.db_answers().await.map_err(|e| {
         tracing::warn!("readyz: {e}");
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1147,6 +1147,29 @@ impl Governor {
         .ok_or_else(|| EngineError::NotFound(name.to_string()))
     }
 
+    /// Every tenant's spec and directory from the desired state in memory, with the
+    /// `Store::tenants_version` they are (the sampler's list: no database read per change;
+    /// issue 15). The version is the cache's: behind the store's while a change commits, so
+    /// the sampler asks again at its next sweep.
+    pub async fn sample_targets(&self) -> Result<(u64, Vec<(TenantName, TenantSpec, CgroupPath)>)> {
+        self.read(|c| {
+            let all = c
+                .state
+                .specs()
+                .iter()
+                .map(|(n, s)| {
+                    (
+                        n.clone(),
+                        s.clone(),
+                        CgroupPath::tenant(&c.state.lineage(n)),
+                    )
+                })
+                .collect();
+            (c.version, all)
+        })
+        .await
+    }
+
     /// Every tenant's directory, for the sampler.
     pub async fn tenant_dirs(&self) -> Result<Vec<(TenantName, CgroupPath)>> {
         self.read(|c| {

@@ -4,8 +4,7 @@
 
 use super::{EngineError, Governor, Result};
 use crate::domain::TenantName;
-use crate::store::{Event, EventFilter, Retention, StoredTenant, Usage};
-use std::collections::BTreeMap;
+use crate::store::{Event, EventFilter, Retention, StoreError, Usage};
 
 impl Governor {
     /// Whether the database can write; after a write found its filesystem full, this probes
@@ -14,9 +13,17 @@ impl Governor {
         Ok(self.store.check_writable().await?)
     }
 
-    /// The desired state as stored, read from the database (not the cache).
-    pub async fn stored_tenants(&self) -> Result<BTreeMap<TenantName, StoredTenant>> {
-        Ok(self.store.tenants().await?)
+    /// Whether the database answers a read of the tenants table: one row at most, not every
+    /// tenant (a readiness probe at 10,000 tenants read and parsed all of them; issue 15).
+    pub async fn db_answers(&self) -> Result<()> {
+        sqlx::query("SELECT 1 FROM tenants LIMIT 1")
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(|source| StoreError::Query {
+                op: "probe the tenants table",
+                source,
+            })?;
+        Ok(())
     }
 
     /// The events `f` selects, newest first.

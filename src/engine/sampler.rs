@@ -16,21 +16,21 @@
 //! samples and return values. The row of a sample is the domain's (`UsageRow::from_sample`).
 
 use super::{EngineError, Governor, Result, now_ms};
+use crate::cgroup::SampleSource;
 use crate::cgroup::stats::{
     FD_RESERVE_DEFAULT, StatsReader, files_of, held_tenants_budget_for, sample_dir_with,
 };
 use crate::cgroup::v1_stats::{self, V1StatsReader};
-use crate::cgroup::{CgroupPath, SampleSource};
 use crate::domain::cadence::{Cadence, Figures, SLA_FIGURES, SLA_IO_FIGURES};
 use crate::domain::event::{Event, LimitHits};
 use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine, Verdict};
 use crate::domain::stats::Sample;
-use crate::domain::tenant::{self, TenantName, TenantSpec};
+use crate::domain::tenant::TenantSpec;
 use crate::domain::usage::{self, Rates};
 use crate::domain::usage_row::UsageRow;
 use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
 use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -331,29 +331,22 @@ impl Sampler {
         }
     }
 
-    /// The tenants to sample, re-read from the store only when they changed.
+    /// The tenants to sample, taken from the governor's desired state in memory only when
+    /// the store's version moved (issue 15: they were re-read from the database).
     async fn targets(&mut self) -> Result<Arc<Targets>> {
-        let store = self.gov.store();
-        let version = store.tenants_version();
+        let version = self.gov.store().tenants_version();
         if let Some((v, t)) = &self.tenants
             && *v == version
         {
             return Ok(t.clone());
         }
-        let stored = store.tenants().await?;
-        let specs: BTreeMap<TenantName, TenantSpec> =
-            stored.into_iter().map(|(n, t)| (n, t.spec)).collect();
-        let dirs = specs
-            .keys()
-            .map(|n| {
-                let dir = CgroupPath::tenant(&tenant::lineage(n, &specs));
-                (n.to_string(), self.gov.backend().sample_source(&dir))
-            })
-            .collect();
-        let specs = specs
-            .into_iter()
-            .map(|(n, s)| (n.to_string(), Arc::new(s)))
-            .collect();
+        let (version, all) = self.gov.sample_targets().await?;
+        let mut specs = HashMap::with_capacity(all.len());
+        let mut dirs = Vec::with_capacity(all.len());
+        for (n, spec, dir) in all {
+            dirs.push((n.to_string(), self.gov.backend().sample_source(&dir)));
+            specs.insert(n.to_string(), Arc::new(spec));
+        }
         let t = Arc::new(Targets { specs, dirs });
         self.tenants = Some((version, t.clone()));
         Ok(t)
@@ -834,6 +827,7 @@ fn read_all(
 mod tests {
     use super::*;
     use crate::domain::stats::{CgroupStats, CpuStat, MemoryEvents};
+    use crate::domain::tenant::TenantName;
 
     fn s(usage: u64, oom: u64, high: u64) -> Sample {
         Sample {
@@ -960,6 +954,50 @@ mod tests {
         let metrics = Metrics::new();
         let sampler = Sampler::new(gov, metrics.clone(), SamplerConfig::default());
         (sampler, store, metrics)
+    }
+
+    /// A tenant created and deleted through the governor (as the API does) is sampled from
+    /// the next sweep on and dropped at the next sweep after: the sampler's list comes from
+    /// the desired state in memory, not from a read of the tenants table.
+    #[tokio::test]
+    async fn tenants_changed_through_the_governor_are_sampled_and_dropped_at_the_next_sweep() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        tenant_dir(&root, "web", 10);
+        let (mut sampler, _store, _metrics) = sampler_in(tmp.path()).await;
+        assert_eq!(sampler.sweep().await.unwrap().sampled, 0);
+        let web = TenantName::parse("web").unwrap();
+        let gov = sampler.gov.clone();
+        gov.put(&web, TenantSpec::default(), "test").await.unwrap();
+        assert_eq!(
+            sampler.sweep().await.unwrap().sampled,
+            1,
+            "created: sampled"
+        );
+        // Ordinary files are no cgroupfs: emptied, the directory can be removed by the delete.
+        fn files_out(d: &std::path::Path) {
+            for f in std::fs::read_dir(d).unwrap() {
+                let p = f.unwrap().path();
+                if p.is_dir() {
+                    files_out(&p);
+                } else {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+        }
+        files_out(&root.join("web"));
+        gov.delete(&web, crate::engine::DeleteMode::Refuse, "test")
+            .await
+            .unwrap();
+        assert!(
+            sampler.targets().await.unwrap().dirs.is_empty(),
+            "deleted: no longer a target"
+        );
+        assert_eq!(
+            sampler.sweep().await.unwrap().sampled,
+            0,
+            "deleted: dropped"
+        );
     }
 
     /// A sweep over a directory of ordinary files shaped like cgroups (the fixture of a real
