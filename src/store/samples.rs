@@ -12,7 +12,7 @@
 use super::rollup::{
     BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
 };
-use super::{Result, Store, bind, q, values_sql};
+use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::usage_block::decode_usage;
 use crate::domain::usage_row::{
     UsageCounters, UsageEvents, UsageEventsPoint, UsageGauges, UsageGaugesPoint, UsageRates,
@@ -479,7 +479,7 @@ pub(super) async fn insert_usage(tx: &mut SqliteConnection, rows: &[UsageRow]) -
     let cols = raw_columns();
     let head =
         HEAD.get_or_init(|| format!("INSERT OR REPLACE INTO usage_raw ({})", cols.join(", ")));
-    for chunk in rows.chunks(CHUNK) {
+    for chunk in statement_chunks(rows, CHUNK) {
         let mut a = SqliteArguments::default();
         sqlx::Arguments::reserve(&mut a, chunk.len() * cols.len(), 0);
         for r in chunk {
@@ -516,7 +516,7 @@ pub(super) async fn insert_minute_rollups(
     const OP: &str = "write minute rollups";
     let cols = rollup_columns();
     let head = format!("INSERT INTO usage_rollup ({})", cols.join(", "));
-    for chunk in usage.chunks(ROLLUP_CHUNK) {
+    for chunk in statement_chunks(usage, ROLLUP_CHUNK) {
         let mut a = SqliteArguments::default();
         for m in chunk {
             bind(&mut a, Level::Minute.step_s(), OP)?;

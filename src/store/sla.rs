@@ -6,7 +6,7 @@
 use super::rollup::{
     BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
 };
-use super::{Result, Store, bind, q, values_sql};
+use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::sla_engine::Verdict;
 use crate::domain::usage_block::decode_verdicts;
 use serde::Serialize;
@@ -74,7 +74,7 @@ pub(super) async fn insert_sla_minutes(
     const HEAD: &str =
         "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
          delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio)";
-    for chunk in rows.chunks(SLA_CHUNK) {
+    for chunk in statement_chunks(rows, SLA_CHUNK) {
         let mut a = SqliteArguments::default();
         for m in chunk {
             bind(&mut a, 60_i64, OP)?;
@@ -131,7 +131,7 @@ const SLA_CHUNK: usize = 1000;
 pub(super) async fn insert_sla(tx: &mut SqliteConnection, rows: &[Verdict]) -> Result<()> {
     const OP: &str = "record sla verdicts";
     const HEAD: &str = "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating)";
-    for chunk in rows.chunks(SLA_CHUNK) {
+    for chunk in statement_chunks(rows, SLA_CHUNK) {
         let mut a = SqliteArguments::default();
         sqlx::Arguments::reserve(&mut a, chunk.len() * 7, 0);
         for r in chunk {
