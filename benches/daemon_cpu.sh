@@ -24,6 +24,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (cgroup directories)"; exit 1; }
+source benches/v1_daemon.sh
 WINDOW=60 REPEAT=1 INTERVAL=1 BUSY=0 BIN="" COUNTS=()
 SETTLE_S="${SETTLE_S:-15}"
 while [ $# -gt 0 ]; do
@@ -49,7 +50,7 @@ fi
 HZ=$(getconf CLK_TCK)
 # A free port of its own: another daemon on a fixed port would receive these requests (or
 # send its clients' requests here).
-PORT="${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+PORT="${PORT:-$(free_port)}"
 
 if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
   MODE=v2
@@ -61,13 +62,7 @@ for n in "${COUNTS[@]}"; do
   dirs=() args=()
   name="tenantd-bench-cpu-$$"
   if [ "$MODE" = v1 ]; then
-    for h in cpu cpuacct memory blkio pids; do
-      own=$(awk -F: -v h="$h" '$2==h{print $3}' /proc/self/cgroup)
-      [ -n "$own" ] || { echo "no v1 '$h' hierarchy in /proc/self/cgroup: need a v1 or hybrid host (or cgroup2 at /sys/fs/cgroup)"; exit 1; }
-      d="/sys/fs/cgroup/$h${own%/}/$name"
-      [ ! -e "$d" ] || { echo "$d exists"; exit 1; }
-      mkdir "$d"; dirs+=("$d")
-    done
+    v1_dirs "$name"
     args=(--cgroup-version v1)
   else
     own=$(awk -F: '$1=="0"{print $3}' /proc/self/cgroup)

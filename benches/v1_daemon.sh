@@ -1,5 +1,5 @@
 # Sourced by the benches that measure `tenantd serve` on a cgroup v1 or hybrid host
-# (api_reads_under_load.sh, changes.sh): a governor root below the script's own cgroup in each
+# (api_reads_under_load.sh, changes.sh, daemon_cpu.sh): a governor root below the script's own cgroup in each
 # v1 hierarchy, the daemon started inside it, and the cleanup that kills what runs there and
 # removes every directory it created. Nothing outside its own directories is written.
 
@@ -10,7 +10,7 @@ v1_dirs() {
   for h in cpu cpuacct memory blkio pids; do
     own=$(awk -F: -v h="$h" '$2==h{print $3}' /proc/self/cgroup)
     [ -n "$own" ] || { echo "no v1 '$h' hierarchy in /proc/self/cgroup: this bench needs a v1 or hybrid host"; exit 1; }
-    d="/sys/fs/cgroup/$h$own/$1"
+    d="/sys/fs/cgroup/$h${own%/}/$1"
     [ ! -e "$d" ] || { echo "$d exists"; exit 1; }
     mkdir "$d"; dirs+=("$d")
   done
