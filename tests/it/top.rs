@@ -152,10 +152,11 @@ fn issue_14_top_under_tmux_shows_rows_numbers_and_the_violation_then_quits_clean
     let cpus = host["cpus"].as_f64().expect("cpus in /v1/host");
 
     // Two runs in one pane: q after the first, Ctrl-C in the tree view after the second; the
-    // shell reports each exit status and then waits, so the restored screen stays readable.
+    // shell reports each exit status and then waits (for Enter after the first run, so the
+    // second cannot cover the first's exit status before the test has read it).
     let top = format!("TENANTD_ADDR={} '{}' top --utc", d.addr, bin());
     let script = format!(
-        "echo before-top; {top}; echo \"top exited $?\"; {top} --tree -l team=a; \
+        "echo before-top; {top}; echo \"top exited $?\"; read go; {top} --tree -l team=a; \
          echo \"tree top exited $?\"; sleep 600"
     );
     tmux.run(&[
@@ -251,6 +252,7 @@ fn issue_14_top_under_tmux_shows_rows_numbers_and_the_violation_then_quits_clean
     assert!(!s.contains("TENANT"), "top's table left behind:\n{s}");
 
     // The second run: the tree view filtered to team=a, then Ctrl-C.
+    tmux.run(&["send-keys", "-t", "top", "Enter"]);
     let s = tmux.wait_for(30, "the tree of team a", |s| {
         line(s, "gamma").is_some_and(|l| l.starts_with("└ gamma"))
     });
