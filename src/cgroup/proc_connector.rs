@@ -35,8 +35,9 @@
 //! - The initial PID and user namespaces: the kernel silently ignores a subscription from any
 //!   other (its events carry PIDs of the initial namespace). The initial network namespace:
 //!   the connector exists only there.
-//! - Before Linux 6.6, `CAP_NET_ADMIN` to subscribe (refused with `EPERM`); from 6.6 any user
-//!   may listen.
+//! - `CAP_NET_ADMIN` in the initial user namespace: to join the group (this host's 6.18
+//!   refuses the `bind` with `EPERM` without it, though upstream 6.6 meant to let any user
+//!   listen) and, before 6.6, to subscribe (refused with an `EPERM` acknowledgement).
 //!
 //! [`ProcConnector::open`] waits for the kernel's answer and, when none comes, says which of
 //! these is missing. A subscription is withdrawn (`PROC_CN_MCAST_IGNORE`) when the reader is
@@ -524,7 +525,16 @@ impl ProcConnector {
             .map_err(|e| io_err("read the receive buffer size")(e.into()))?;
         socket
             .bind(&SocketAddr::new(0, 1 << (CN_IDX_PROC - 1)))
-            .map_err(io_err("bind to the proc events group"))?;
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    unavailable(
+                        "the kernel refused to let this process join the proc events group \
+                         (EPERM): it lacks CAP_NET_ADMIN in the initial user namespace",
+                    )
+                } else {
+                    io_err("bind to the proc events group")(e)
+                }
+            })?;
         let mut addr = SocketAddr::new(0, 0);
         socket
             .get_address(&mut addr)

@@ -9,6 +9,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tenantd::cgroup::proc_connector::{Lost, ProcConnector, ProcEvent, Stamped};
 
+/// The environment variable that makes `proc_connector_open_in_this_process` print instead of
+/// assert: set when another test runs it in a namespace or without privileges.
+const CHILD: &str = "TENANTD_TEST_PROCEV_CHILD";
+
 fn open() -> ProcConnector {
     ProcConnector::open().unwrap_or_else(|e| {
         panic!("the proc connector must open here (root, initial namespaces): {e}")
@@ -268,4 +272,71 @@ fn proc_connector_reader_thread_delivers_and_stops_cleanly() {
         rx.try_recv(),
         Err(mpsc::TryRecvError::Disconnected)
     ));
+}
+
+/// Opens the connector in this process: here (root, initial namespaces) it must open; run by
+/// `proc_connector_open_says_what_is_missing` in a namespace or as nobody, it prints the
+/// outcome for that test to judge.
+#[test]
+fn proc_connector_open_in_this_process() {
+    let outcome = ProcConnector::open().map(|_| ());
+    if std::env::var_os(CHILD).is_some() {
+        match outcome {
+            Ok(()) => println!("OPEN-OUTCOME: opened"),
+            Err(e) => println!("OPEN-OUTCOME: {e}"),
+        }
+    } else {
+        outcome.expect("root in the initial namespaces opens the connector");
+    }
+}
+
+/// Where the kernel will not deliver events, `open` fails and says why, in one line, rather
+/// than waiting forever for events that never come.
+#[test]
+fn proc_connector_open_says_what_is_missing() {
+    let me = std::env::current_exe().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&["unshare", "--pid", "--fork"], "not the initial one"),
+        (
+            &["unshare", "--net"],
+            "not in the initial network namespace",
+        ),
+        (
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ],
+            "CAP_NET_ADMIN",
+        ),
+    ];
+    for (wrapper, want) in cases {
+        let out = Command::new(wrapper[0])
+            .args(&wrapper[1..])
+            .arg(&me)
+            .args([
+                "--exact",
+                "proc_connector::proc_connector_open_in_this_process",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("OPEN-OUTCOME: "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{wrapper:?}: no outcome printed; stdout {stdout}; stderr {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        assert!(
+            line.contains(want) && line.contains("not available"),
+            "{wrapper:?}: {line}"
+        );
+    }
 }
