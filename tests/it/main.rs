@@ -34,6 +34,8 @@
 //!   too); the state served after accepted and refused changes is the stored one (v1 here).
 //! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
 //!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
+//! - `pg`: a real PostgreSQL server the tests start and stop themselves (Debian's package),
+//!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host.
 
 mod api;
 mod crash;
@@ -43,6 +45,7 @@ mod durability;
 mod hostile;
 mod kernel;
 mod openapi;
+mod pg;
 mod placement;
 mod reconcile;
 mod scale;
