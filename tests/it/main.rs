@@ -42,6 +42,7 @@ mod crash;
 mod dashboards;
 mod delegated;
 mod durability;
+mod fleet;
 mod hostile;
 mod kernel;
 mod openapi;

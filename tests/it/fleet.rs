@@ -1,0 +1,339 @@
+//! A fleet sharing one desired state in a real PostgreSQL (issue 19), on this cgroup v1 host:
+//! the store's schema guard, and three nodes (each its own cgroup roots below the test's own
+//! cgroups, its own SQLite database, its own labels) applying what any node's API accepts,
+//! through an outage of the store.
+
+use super::pg::Postgres;
+use super::support::{Daemon, V1Dirs, bin, eventually};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tenantd::store::fleet::{FleetError, FleetStore};
+
+/// A node: its directories and daemon.
+struct Node {
+    // Dropped (killed) before the directories.
+    d: Option<Daemon>,
+    dirs: V1Dirs,
+    name: &'static str,
+    labels: &'static str,
+}
+
+impl Node {
+    fn args(&self, url: &str) -> Vec<String> {
+        let mut args = vec![bin().to_string()];
+        args.extend(V1Dirs::serve_args(0, &self.dirs.db()));
+        args.extend(
+            [
+                "--store",
+                url,
+                "--node",
+                self.name,
+                "--node-labels",
+                self.labels,
+                "--node-timeout-s",
+                "3",
+            ]
+            .map(String::from),
+        );
+        args
+    }
+
+    fn start(name: &'static str, labels: &'static str, url: &str) -> Node {
+        let mut n = Node {
+            d: None,
+            dirs: V1Dirs::create(&format!("fleet-{name}")),
+            name,
+            labels,
+        };
+        n.launch(url);
+        n
+    }
+
+    fn launch(&mut self, url: &str) {
+        let args = self.args(url);
+        let dirs = &self.dirs;
+        self.d = Some(Daemon::launch(dirs.tmp.path(), |port| {
+            let mut args = args.clone();
+            // serve_args(0, ..) put port 0 after --listen: the real one.
+            let i = args.iter().position(|a| a == "--listen").unwrap() + 1;
+            args[i] = format!("127.0.0.1:{port}");
+            dirs.inside(&args)
+        }));
+    }
+
+    fn d(&self) -> &Daemon {
+        self.d.as_ref().expect("running")
+    }
+
+    /// A file of tenant `t` in `controller`'s hierarchy on this node.
+    fn file(&self, controller: &str, t: &str, file: &str) -> PathBuf {
+        self.dirs.under_root(controller, t).join(file)
+    }
+
+    fn pids_max(&self, t: &str) -> Option<String> {
+        std::fs::read_to_string(self.file("pids", t, "pids.max"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+}
+
+fn spec(pids: u64, cpu: f64, nodes: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"cpu": {"guarantee_pct": cpu}, "pids": {"limit": pids}, "nodes": nodes})
+}
+
+/// Waits (at most `secs`) until every node of `on` holds `want` as the tenant's pids.max and
+/// every node of `off` holds no directory for it; returns how long it took.
+fn converge(t: &str, want: Option<&str>, on: &[&Node], off: &[&Node], secs: u64) -> Duration {
+    let start = Instant::now();
+    eventually(
+        secs,
+        &format!("tenant '{t}' with pids.max {want:?} on the selected nodes only"),
+        || {
+            on.iter().all(|n| n.pids_max(t).as_deref() == want)
+                && off.iter().all(|n| !n.dirs.under_root("pids", t).exists())
+        },
+    );
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_store_refuses_a_schema_newer_than_it_knows() {
+    let pg = Postgres::start();
+    let store = FleetStore::new(&pg.url(), Duration::from_secs(3)).unwrap();
+    store.prepare().await.unwrap();
+    store
+        .prepare()
+        .await
+        .expect("preparing twice changes nothing");
+    let known = FleetStore::known_version();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES ($1, 'from a newer tenantd', true, '\\x00', 0)",
+    )
+    .bind(known + 1)
+    .execute(&sqlx::PgPool::connect(&pg.url()).await.unwrap())
+    .await
+    .unwrap();
+    let e = store.prepare().await.unwrap_err();
+    assert!(
+        matches!(e, FleetError::SchemaTooNew { found, .. } if found == known + 1),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("schema version {}", known + 1))
+            && msg.contains("upgrade tenantd")
+            && msg.contains(&format!("127.0.0.1:{}", pg.port)),
+        "{msg}"
+    );
+    store.close().await;
+
+    // A node refuses to start against it, saying why, with a non-zero exit.
+    let dirs = V1Dirs::create("fleet-schema");
+    let mut args = vec![bin().to_string()];
+    args.extend(V1Dirs::serve_args(super::support::free_port(), &dirs.db()));
+    args.extend(["--store".into(), pg.url(), "--node".into(), "n1".into()]);
+    let mut child = dirs
+        .inside(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tenantd serve kept running against a newer schema");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("newer than this tenantd knows"),
+        "the refusal names the cause: {err}"
+    );
+}
+
+/// Three nodes on this host (n1, n2 labelled role=web, n3 role=db) sharing one desired state:
+/// a tenant applied on any node reaches the kernel of the selected nodes only, within 2 s;
+/// admission refuses an overcommit naming the node; with PostgreSQL stopped, enforcement
+/// goes on (drift is corrected, a restarted node starts from its local copy) and writes get
+/// 503 naming the store; after PostgreSQL restarts, a change converges again; a node that
+/// stops heartbeating is shown as down.
+#[test]
+fn three_nodes_share_one_desired_state_through_an_outage() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let n1 = Node::start("n1", "role=web,zone=a", &url);
+    let mut n2 = Node::start("n2", "role=web,zone=b", &url);
+    let mut n3 = Node::start("n3", "role=db", &url);
+
+    let (s, nodes) = n1.d().call("GET", "/v1/nodes", None);
+    assert_eq!(s, 200, "{nodes}");
+    let listed = nodes["nodes"].as_array().unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["n1", "n2", "n3"],
+        "{nodes}"
+    );
+    for n in listed {
+        assert_eq!(n["cgroup_version"], "v1", "{n}");
+        assert_eq!(n["version"], env!("CARGO_PKG_VERSION"), "{n}");
+        assert_eq!(n["down"], false, "{n}");
+    }
+    assert_eq!(listed[0]["labels"]["zone"], "a");
+    assert_eq!(nodes["this_node"], "n1");
+
+    // Applied on n1, selected for the web nodes: in n1's and n2's kernels, not n3's.
+    let web = serde_json::json!({"role": "web"});
+    let (s, b) = n1
+        .d()
+        .call("PUT", "/v1/tenants/shop", Some(spec(77, 50.0, web.clone())));
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(
+        n1.pids_max("shop").as_deref(),
+        Some("77"),
+        "n1 applied it before answering"
+    );
+    let took = converge("shop", Some("77"), &[&n1, &n2], &[&n3], 10);
+    eprintln!("create reached every selected node in {took:?}");
+    assert!(took < Duration::from_secs(2), "create took {took:?}");
+    // Applied on n3, which it does not select: 202 with the nodes that enforce it.
+    let (s, b) = n3
+        .d()
+        .call("PUT", "/v1/tenants/cart", Some(spec(33, 10.0, web.clone())));
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(b["nodes"], serde_json::json!(["n1", "n2"]), "{b}");
+    let took = converge("cart", Some("33"), &[&n1, &n2], &[&n3], 10);
+    assert!(
+        took < Duration::from_secs(2),
+        "create from n3 took {took:?}"
+    );
+    // Everywhere (no selector).
+    let (s, b) = n2.d().call(
+        "PUT",
+        "/v1/tenants/base",
+        Some(spec(11, 5.0, serde_json::Value::Null)),
+    );
+    assert_eq!(s, 201, "{b}");
+    converge("base", Some("11"), &[&n1, &n2, &n3], &[], 2);
+
+    // A change, applied on n2.
+    let (s, b) = n2.d().call(
+        "PATCH",
+        "/v1/tenants/shop",
+        Some(serde_json::json!({"pids": {"limit": 88}})),
+    );
+    assert_eq!(s, 200, "{b}");
+    let took = converge("shop", Some("88"), &[&n1, &n2], &[&n3], 10);
+    assert!(took < Duration::from_secs(2), "change took {took:?}");
+
+    // Admission per node: 50% + 10% of the web nodes are taken; 45% more does not fit there.
+    let (s, b) = n3
+        .d()
+        .call("PUT", "/v1/tenants/big", Some(spec(10, 45.0, web.clone())));
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(b["field"], "cpu.guarantee_pct", "{b}");
+    let detail = b["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("on node 'n1'") && detail.contains("at most 35% is left"),
+        "{detail}"
+    );
+    // The same on the db node fits.
+    let (s, b) = n3.d().call(
+        "PUT",
+        "/v1/tenants/big",
+        Some(spec(10, 45.0, serde_json::json!({"role": "db"}))),
+    );
+    assert_eq!(s, 201, "{b}");
+    converge("big", Some("10"), &[&n3], &[&n1, &n2], 2);
+
+    // A delete, applied on n3 (which does not hold it).
+    let (s, b) = n3.d().call("DELETE", "/v1/tenants/cart", None);
+    assert_eq!(s, 204, "{b}");
+    let took = converge("cart", None, &[], &[&n1, &n2, &n3], 10);
+    assert!(took < Duration::from_secs(2), "delete took {took:?}");
+
+    // What each node holds, as every node sees it.
+    eventually(10, "every node reports its tenants in force", || {
+        let (_, b) = n3.d().call("GET", "/v1/nodes", None);
+        let counts: Vec<(u64, u64)> = b["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["in_force"].as_u64().unwrap(),
+                    n["failed"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        counts == [(2, 0), (2, 0), (2, 0)]
+    });
+
+    // PostgreSQL stops.
+    pg.down();
+    let (s, b) = n1
+        .d()
+        .call("PUT", "/v1/tenants/late", Some(spec(5, 1.0, web.clone())));
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["field"], "store", "{b}");
+    let detail = b["detail"].as_str().unwrap();
+    assert!(detail.contains(&url), "names the store: {detail}");
+    let (s, b) = n2.d().call("DELETE", "/v1/tenants/shop", None);
+    assert_eq!(s, 503, "{b}");
+    // Enforcement goes on: drift on n2 is corrected from its local copy.
+    std::fs::write(n2.file("pids", "shop", "pids.max"), "1000").unwrap();
+    let (s, b) = n2.d().call("POST", "/v1/reconcile", None);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(n2.pids_max("shop").as_deref(), Some("88"), "{b}");
+    // A node restarted while the store is down starts from its local copy.
+    n2.d = None;
+    n2.launch(&url);
+    let (s, b) = n2.d().call("GET", "/v1/tenants/shop", None);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["spec"]["pids"]["limit"], 88, "{b}");
+    assert_eq!(n2.pids_max("shop").as_deref(), Some("88"));
+
+    // PostgreSQL is back: writes are accepted again and converge.
+    pg.up();
+    let mut answer = (0, serde_json::Value::Null);
+    eventually(20, "a write accepted after PostgreSQL restarted", || {
+        answer = n1.d().call(
+            "PATCH",
+            "/v1/tenants/shop",
+            Some(serde_json::json!({"pids": {"limit": 99}})),
+        );
+        answer.0 == 200
+    });
+    converge("shop", Some("99"), &[&n1, &n2], &[&n3], 10);
+    let (s, b) = n3
+        .d()
+        .call("PUT", "/v1/tenants/late", Some(spec(5, 1.0, web.clone())));
+    assert_eq!(s, 202, "{b}");
+    let took = converge("late", Some("5"), &[&n1, &n2], &[&n3], 10);
+    eprintln!("after the outage, a create reached every selected node in {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "create after the outage took {took:?}"
+    );
+
+    // n3 stops: after node_timeout_s (3 s) it is shown as down, and kept.
+    n3.d = None;
+    eventually(15, "n3 shown as down", || {
+        let (_, b) = n1.d().call("GET", "/v1/nodes", None);
+        let ns = b["nodes"].as_array().unwrap();
+        ns.len() == 3 && ns[2]["name"] == "n3" && ns[2]["down"] == true && ns[0]["down"] == false
+    });
+    drop(n3);
+}
