@@ -40,8 +40,9 @@ pub struct Fleet {
     prepared: AtomicBool,
     /// Whether the last contact with the store failed (its change is logged once).
     unreachable: AtomicBool,
-    /// One sync at a time.
-    syncing: tokio::sync::Mutex<()>,
+    /// One sync at a time; holds the tenants this node could not apply, by the fleet
+    /// generation tried and why, so a failing spec is tried (and logged) once per change.
+    syncing: tokio::sync::Mutex<BTreeMap<TenantName, (i64, String)>>,
 }
 
 /// The answer to a fleet write: the tenant as this node holds it when this node enforces it,
@@ -160,7 +161,7 @@ impl Fleet {
             started_ms: now_ms(),
             prepared: AtomicBool::new(false),
             unreachable: AtomicBool::new(false),
-            syncing: tokio::sync::Mutex::new(()),
+            syncing: tokio::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -417,7 +418,7 @@ impl Fleet {
     /// through the governor, and reports the outcome per tenant. Deletes first (children
     /// before parents), then creates and changes (parents first).
     pub async fn sync(&self) -> Result<()> {
-        let _one = self.syncing.lock().await;
+        let mut tried = self.syncing.lock().await;
         self.connect().await?;
         let r = self.store.snapshot().await;
         self.contact(&r);
@@ -443,15 +444,30 @@ impl Fleet {
         for name in tenant::topo_order(&wanted) {
             let spec = &wanted[&name];
             if local.get(&name) == Some(spec) {
+                tried.remove(&name);
+                continue;
+            }
+            let generation = snap.tenants.get(&name).map_or(0, |t| t.generation);
+            if let Some((g, why)) = tried.get(&name)
+                && *g == generation
+            {
+                failed.insert(name, why.clone());
                 continue;
             }
             let actor = snap.tenants.get(&name).and_then(|t| t.actor.clone());
             let actor = actor.as_deref().unwrap_or("fleet");
-            if let Err(e) = self.gov.put(&name, spec.clone(), actor).await {
-                tracing::warn!("fleet: cannot apply tenant '{name}' on this node: {e}");
-                failed.insert(name, e.to_string());
+            match self.gov.put(&name, spec.clone(), actor).await {
+                Ok(_) => {
+                    tried.remove(&name);
+                }
+                Err(e) => {
+                    tracing::warn!("fleet: cannot apply tenant '{name}' on this node: {e}");
+                    tried.insert(name.clone(), (generation, e.to_string()));
+                    failed.insert(name, e.to_string());
+                }
             }
         }
+        tried.retain(|n, _| wanted.contains_key(n));
         let reports = self.reports(&snap, &wanted, failed).await?;
         let r = self.store.report(&self.node.name, &reports, now_ms()).await;
         self.contact(&r);

@@ -258,15 +258,51 @@ fn three_nodes_share_one_desired_state_through_an_outage() {
     assert_eq!(s, 201, "{b}");
     converge("big", Some("10"), &[&n3], &[&n1, &n2], 2);
 
+    // `tenantd tenant apply` on a node that does not enforce it says where it is enforced.
+    let toml = n3.dirs.tmp.path().join("tenants.toml");
+    std::fs::write(
+        &toml,
+        "[[tenant]]\nname = \"blog\"\npids = { limit = 22 }\nnodes = { role = \"web\" }\n",
+    )
+    .unwrap();
+    let out = n3
+        .d()
+        .cli()
+        .args(["tenant", "apply", "-f"])
+        .arg(&toml)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "[1/1] applied tenant 'blog' to the fleet (enforced on n1, n2, not on this node)"
+        ),
+        "{err}"
+    );
+    converge("blog", Some("22"), &[&n1, &n2], &[&n3], 2);
+
     // A delete, applied on n3 (which does not hold it).
     let (s, b) = n3.d().call("DELETE", "/v1/tenants/cart", None);
     assert_eq!(s, 204, "{b}");
     let took = converge("cart", None, &[], &[&n1, &n2, &n3], 10);
     assert!(took < Duration::from_secs(2), "delete took {took:?}");
 
+    // What a node cannot do is reported as failed, with the reason: a hard memory guarantee
+    // on the (cgroup v1) db node.
+    let hard = serde_json::json!({
+        "memory": {"guarantee_bytes": "64MiB", "protection": "hard"},
+        "nodes": {"role": "db"}
+    });
+    let (s, b) = n1.d().call("PUT", "/v1/tenants/pinned", Some(hard));
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(b["nodes"], serde_json::json!(["n3"]), "{b}");
+
     // What each node holds, as every node sees it.
+    let mut nodes = serde_json::Value::Null;
     eventually(10, "every node reports its tenants in force", || {
         let (_, b) = n3.d().call("GET", "/v1/nodes", None);
+        nodes = b.clone();
         let counts: Vec<(u64, u64)> = b["nodes"]
             .as_array()
             .unwrap()
@@ -278,8 +314,15 @@ fn three_nodes_share_one_desired_state_through_an_outage() {
                 )
             })
             .collect();
-        counts == [(2, 0), (2, 0), (2, 0)]
+        counts == [(3, 0), (3, 0), (2, 1)]
     });
+    let problem = &nodes["nodes"][2]["problems"][0];
+    assert_eq!(problem["tenant"], "pinned", "{nodes}");
+    assert_eq!(problem["state"], "failed", "{nodes}");
+    assert!(
+        problem["reason"].as_str().unwrap().contains("memory"),
+        "the reason names what v1 cannot do: {problem}"
+    );
 
     // PostgreSQL stops.
     pg.down();
