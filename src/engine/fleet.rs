@@ -561,6 +561,8 @@ impl Fleet {
                 },
             }
         }
+        // The subscription holds one of the pool's connections, which `close` waits for.
+        drop(changes);
         self.store.close().await;
     }
 

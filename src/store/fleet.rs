@@ -262,7 +262,36 @@ impl FleetStore {
             .execute(&mut *tx)
             .await
             .map_err(self.err("lock the desired state"))?;
-        let snap = read_snapshot(&mut tx, self).await?;
+        let r = self
+            .write_locked(&mut tx, name, change, actor, now_ms, check)
+            .await;
+        match r {
+            Ok(Some(w)) => {
+                tx.commit().await.map_err(self.err("commit"))?;
+                Ok(Some(w))
+            }
+            // Rolled back now: a transaction only dropped keeps the lock (and its connection
+            // in the pool holds it) until that connection is used again.
+            other => {
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!("fleet store: rollback: {e}");
+                }
+                other
+            }
+        }
+    }
+
+    /// `write`'s body, inside the transaction that holds the lock.
+    async fn write_locked(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        name: &TenantName,
+        change: &Write,
+        actor: &str,
+        now_ms: i64,
+        check: impl FnOnce(&Snapshot) -> std::result::Result<(), DomainError>,
+    ) -> Result<Option<Written>> {
+        let snap = read_snapshot(tx, self).await?;
         check(&snap).map_err(FleetError::Refused)?;
         let live = snap.tenants.get(name).filter(|t| t.deleted.is_none());
         let written = match change {
@@ -318,7 +347,6 @@ impl FleetStore {
             .execute(&mut *tx)
             .await
             .map_err(self.err("notify"))?;
-        tx.commit().await.map_err(self.err("commit"))?;
         Ok(Some(written))
     }
 
@@ -412,7 +440,8 @@ impl FleetStore {
         Ok(out)
     }
 
-    /// A subscription to `CHANNEL`.
+    /// A subscription to `CHANNEL`. It holds one of the pool's connections until dropped, and
+    /// `close` waits for it.
     pub async fn changes(&self) -> Result<Changes> {
         let mut l = PgListener::connect_with(&self.pool)
             .await

@@ -379,4 +379,145 @@ fn three_nodes_share_one_desired_state_through_an_outage() {
         ns.len() == 3 && ns[2]["name"] == "n3" && ns[2]["down"] == true && ns[0]["down"] == false
     });
     drop(n3);
+
+    // SIGTERM stops a node of a fleet (its LISTEN connection does not hold up the pool's
+    // close).
+    let mut n1 = n1;
+    let d = n1.d.as_mut().unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while d.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "n1 did not stop within 15 s of SIGTERM; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The store on a real PostgreSQL: a change is checked under the lock, written and announced;
+/// a refused one writes nothing; a delete keeps its mode; node rows and reports round-trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_store_checks_writes_and_announces_them() {
+    use tenantd::domain::fleet::TenantState;
+    use tenantd::domain::{DomainError, TenantName, TenantSpec};
+    use tenantd::store::fleet::{NodeRow, TenantReport, Write};
+    let pg = Postgres::start();
+    let store = FleetStore::new(&pg.url(), Duration::from_secs(3)).unwrap();
+    store.prepare().await.unwrap();
+    let node = |name: &str, role: &str| NodeRow {
+        name: name.into(),
+        labels: [("role".to_string(), role.to_string())].into(),
+        version: "0.1.0".into(),
+        cgroup_version: "v1".into(),
+        cpus: 2.0,
+        memory_bytes: 8 << 30,
+        memory_reserve_bytes: 512 << 20,
+        started_ms: 1,
+        last_heartbeat_ms: 2,
+    };
+    store.register(&node("n1", "web")).await.unwrap();
+    store.register(&node("n2", "db")).await.unwrap();
+    assert!(store.heartbeat("n2", 10).await.unwrap());
+    assert!(!store.heartbeat("nope", 10).await.unwrap());
+    let mut changes = store.changes().await.unwrap();
+
+    let a = TenantName::parse("a").unwrap();
+    let spec = TenantSpec {
+        nodes: Some([("role".to_string(), "web".to_string())].into()),
+        ..Default::default()
+    };
+    let put = Write::Put(Box::new(spec.clone()));
+    let w = store.write(&a, &put, "alice", 100, |s| {
+        assert_eq!(s.nodes.len(), 2, "the check sees every node");
+        Ok(())
+    });
+    let w = w.await.unwrap().unwrap();
+    assert_eq!((w.generation, w.created), (1, true));
+    let announced = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("announced within 5 s")
+        .unwrap();
+    assert_eq!(announced.as_deref(), Some("a"));
+    let w = store
+        .write(&a, &put, "bob", 200, |_| Ok(()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((w.generation, w.created), (2, false));
+    // Refused: nothing written.
+    let e = store
+        .write(&a, &Write::Delete("kill".into()), "eve", 300, |_| {
+            Err(DomainError::conflict("name", "no"))
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FleetError::Refused(_)), "{e:?}");
+    let snap = store.snapshot().await.unwrap();
+    let t = &snap.tenants[&a];
+    assert_eq!((t.generation, t.deleted.as_deref()), (2, None));
+    assert_eq!(
+        (t.spec.clone(), t.actor.as_deref()),
+        (spec.clone(), Some("bob"))
+    );
+    assert_eq!(snap.nodes[1].last_heartbeat_ms, 10);
+    // A delete keeps the row with its mode; a second one finds nothing; a PUT revives it.
+    let del = Write::Delete("kill".into());
+    assert!(
+        store
+            .write(&a, &del, "eve", 400, |_| Ok(()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let snap = store.snapshot().await.unwrap();
+    assert_eq!(snap.tenants[&a].deleted.as_deref(), Some("kill"));
+    assert!(snap.specs().is_empty());
+    assert!(
+        store
+            .write(&a, &del, "eve", 500, |_| Ok(()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let w = store
+        .write(&a, &put, "bob", 600, |_| Ok(()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((w.generation, w.created), (4, true));
+    assert_eq!(store.snapshot().await.unwrap().tenants[&a].created_ms, 600);
+    // Reports replace the node's previous ones.
+    let r = |t: &str, state, reason: Option<&str>| TenantReport {
+        tenant: t.into(),
+        generation: 4,
+        state,
+        reason: reason.map(Into::into),
+    };
+    store
+        .report(
+            "n1",
+            &[
+                r("a", TenantState::InForce, None),
+                r("b", TenantState::Failed, Some("x")),
+            ],
+            700,
+        )
+        .await
+        .unwrap();
+    store
+        .report("n1", &[r("a", TenantState::Drifted, Some("gone"))], 800)
+        .await
+        .unwrap();
+    let all = store.reports().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all["n1"], [r("a", TenantState::Drifted, Some("gone"))]);
+    // The subscription holds a connection of the pool, which `close` waits for.
+    drop(changes);
+    store.close().await;
 }
