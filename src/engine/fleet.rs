@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How soon a node tries to subscribe again after its LISTEN connection failed.
+const RESUBSCRIBE: Duration = Duration::from_secs(1);
+
 /// This node: its name and labels, and how long a node may miss heartbeats before it is
 /// shown as down.
 #[derive(Debug, Clone)]
@@ -532,8 +535,12 @@ impl Fleet {
             }
             let announced = async {
                 match changes.as_mut() {
-                    Some(c) => c.next().await,
-                    None => std::future::pending().await,
+                    Some(c) => c.next().await.map_err(|e| e.to_string()),
+                    // Not subscribed (the store was down): try again in a second.
+                    None => {
+                        tokio::time::sleep(RESUBSCRIBE).await;
+                        Err("not subscribed".to_string())
+                    }
                 }
             };
             tokio::select! {
@@ -555,7 +562,9 @@ impl Fleet {
                     Ok(Some(_)) => self.sync_logged().await,
                     Ok(None) => self.sync_logged().await,
                     Err(e) => {
-                        tracing::debug!("fleet: the LISTEN connection failed: {e}");
+                        if changes.is_some() {
+                            tracing::debug!("fleet: the LISTEN connection failed: {e}");
+                        }
                         changes = None;
                     }
                 },
