@@ -37,15 +37,19 @@
 //!   lost, the reader thread's stop. Root and the initial namespaces; any cgroup mode.
 //! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
 //!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
+//! - `pg`: a real PostgreSQL server the tests start and stop themselves (Debian's package),
+//!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host.
 
 mod api;
 mod crash;
 mod dashboards;
 mod delegated;
 mod durability;
+mod fleet;
 mod hostile;
 mod kernel;
 mod openapi;
+mod pg;
 mod placement;
 mod proc_connector;
 mod reconcile;

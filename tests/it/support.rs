@@ -734,6 +734,7 @@ impl Api {
                 request_timeout,
                 metrics: tenantd::metrics::Metrics::new(),
                 usage_retention: Default::default(),
+                fleet: None,
             },
             dir,
         }
