@@ -13,6 +13,7 @@ pub mod cadence;
 pub mod desired;
 pub mod error;
 pub mod event;
+pub mod launch;
 pub mod placement;
 pub mod plan;
 pub mod schema;

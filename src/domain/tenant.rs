@@ -96,6 +96,10 @@ pub struct TenantSpec {
     pub io: IoSpec,
     #[serde(default)]
     pub pids: PidsSpec,
+    /// The defaults of `tenantd run --tenant NAME` (least-privilege launch); its flags
+    /// override them. tenantd itself starts nothing: only the CLI reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<super::launch::LaunchSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -384,6 +388,9 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
                 "{h} is above limit_bytes {l}: the throttling point must be at or below the hard limit"
             ),
         ));
+    }
+    if let Some(l) = &spec.launch {
+        l.plan(&|f| format!("launch.{f}"))?;
     }
     check_positive("pids.limit", spec.pids.limit)?;
     if let Some(l) = spec.pids.limit
