@@ -9,6 +9,7 @@
 
 use crate::placement::{Init, V1Ns, comm, descendants, ns_pid};
 use crate::support::{Owned, bin, eventually};
+use crate::top::Tmux;
 use serde_json::json;
 use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
@@ -413,4 +414,42 @@ fn issue_18_bad_launch_options_are_refused_in_one_line_before_placement() {
         err.trim(),
         "tenantd: error: switching user needs CAP_SETUID (run tenantd run as root)"
     );
+}
+
+/// Ctrl-C in a terminal under `--private-pid`: the terminal's SIGINT reaches the command once
+/// (it is in the foreground process group; the forwarder and the reaper do not pass a
+/// terminal's signal on again), and `tenantd run` ends as the command did. The tmux server
+/// runs inside the daemon's PID namespace, so the pane's `tenantd run` posts a PID the daemon
+/// knows; the pane's shell has a handler for SIGINT, so it survives the Ctrl-C and prints the
+/// status (a handler, unlike an ignored signal, is not inherited across exec). Needs tmux,
+/// like `top`.
+#[test]
+fn issue_18_ctrl_c_under_private_pid_reaches_the_command_once() {
+    let tmux = Tmux::new();
+    let v = V1Ns::start("launch-tty", Init::Shell);
+    v.ns().d.create("x", json!({}));
+    // Counts SIGINTs in Python, whose handler runs at once (a shell runs its trap only after
+    // the foreground command, so two SIGINTs could merge into one there).
+    let counter = "import signal, time\nn = []\nsignal.signal(signal.SIGINT, lambda *a: n.append(1))\nprint('ready', flush=True)\nwhile not n: time.sleep(0.05)\ntime.sleep(1)\nprint(f'ints={len(n)}')\nraise SystemExit(4)";
+    let script = format!(
+        "trap true INT; TENANTD_ADDR={} '{}' run --tenant x --private-pid -- python3 -c '{}'; echo \"status=$?\"; sleep 600",
+        v.ns().d.addr,
+        bin(),
+        counter.replace('\'', r#"'\''"#)
+    );
+    let out = Command::new("nsenter")
+        .args(["--target", &v.ns().host_pid.to_string(), "--pid", "--"])
+        .arg("tmux")
+        .arg("-S")
+        .arg(&tmux.socket)
+        .args(["new-session", "-d", "-s", "top", "-x", "160", "-y", "20"])
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    tmux.wait_for(30, "the command ready", |s| s.contains("ready"));
+    tmux.run(&["send-keys", "-t", "top", "C-c"]);
+    let s = tmux.wait_for(30, "tenantd run's status", |s| s.contains("status="));
+    assert!(s.contains("ints=1\n") && s.contains("status=4"), "{s}");
 }
