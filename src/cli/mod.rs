@@ -503,11 +503,16 @@ fn man_pages(out_dir: Option<&std::path::Path>) -> std::io::Result<()> {
 /// Entry point for the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // `tenantd run` needs a single-threaded process once its requests are done (see
+    // `cli/run.rs`): a runtime on the main thread alone, with no workers to join.
+    let mut builder = if matches!(cli.cmd, Cmd::Run { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tenantd: cannot start the async runtime: {e}");

@@ -107,7 +107,8 @@ pub fn main(
 ) -> Result<(), ClientError> {
     super::table_or_json(o.output)?;
     let launch = rt.block_on(prepare(&tenant, &o, &flags));
-    // Joins the runtime's threads: namespaces and credentials change for one thread.
+    // Joins the runtime's helper threads (it runs on this thread alone, see `cli::main`):
+    // namespaces and credentials change for one thread.
     drop(rt);
     let launch = launch?;
     Err(ClientError(

@@ -188,8 +188,16 @@ fn threads() -> Option<usize> {
 
 /// Namespaces and credentials are changed for one thread (`unshare(CLONE_NEWNS)` even refuses
 /// a process with several), and fork copies only the caller: the launch runs with one thread.
+/// A thread just joined can still be counted for a moment (the kernel releases it after
+/// waking the joiner), so the count is read again for up to a second.
 fn single_threaded() -> Result<(), LaunchError> {
-    match threads() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut n = threads();
+    while n != Some(1) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        n = threads();
+    }
+    match n {
         Some(1) => Ok(()),
         n => Err(LaunchError::Refused(format!(
             "the launch needs a single-threaded process, and tenantd run has {} threads",
