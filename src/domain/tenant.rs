@@ -98,7 +98,7 @@ pub struct TenantSpec {
     pub pids: PidsSpec,
     /// The defaults of `tenantd run --tenant NAME` (least-privilege launch); its flags
     /// override them. tenantd itself starts nothing: only the CLI reads them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub launch: Option<super::launch::LaunchSpec>,
 }
 

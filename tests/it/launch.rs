@@ -91,10 +91,15 @@ fn uid_of(user: &str, flag: &str) -> u32 {
 #[test]
 fn issue_18_launch_as_a_user_in_private_namespaces_is_in_force_after_exec() {
     let v = V1Ns::start("launch-user", Init::Shell);
-    v.ns().d.create(
-        "x",
-        json!({"launch": {"user": "nobody", "private_tmp": true}}),
+    v.ns().d.create("x", json!({}));
+    // The defaults set by a merge patch, as a client would change them.
+    let (st, body) = v.ns().d.call(
+        "PATCH",
+        "/v1/tenants/x",
+        Some(json!({"launch": {"user": "nobody", "private_tmp": true}})),
     );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["spec"]["launch"]["user"], "nobody", "{body}");
     let marker = tempfile::Builder::new()
         .prefix("tenantd-launch-marker-")
         .tempfile_in("/tmp")
@@ -340,6 +345,13 @@ fn issue_18_bad_launch_options_are_refused_in_one_line_before_placement() {
     v.ns()
         .d
         .create("y", json!({"launch": {"user": "no-such-user-tenantd"}}));
+    let (st, body) = v.ns().d.call(
+        "PATCH",
+        "/v1/tenants/x",
+        Some(json!({"launch": {"capabilities": ["CAP_FLY"]}})),
+    );
+    assert_eq!(st, 422, "{body}");
+    assert_eq!(body["field"], "launch.capabilities[0]", "{body}");
     for (tenant, args, says) in [
         (
             "x",
