@@ -11,7 +11,7 @@
 //! organisation, the socket layer under `rtnetlink`, `netlink-proto` and `ethtool`; MIT; tens
 //! of millions of downloads, releases through 2026, packaged by Debian). It opens, binds,
 //! sends to and receives from a netlink socket with safe methods and owns the descriptor,
-//! which keeps `unsafe` out of this crate (`#![forbid(unsafe_code)]`). It knows nothing of the
+//! which keeps `unsafe` out of this module (only `launch/sys.rs` has any). It knows nothing of the
 //! connector's messages, and its higher crates (`netlink-packet-*`) have no connector or
 //! proc-event types, so the messages are parsed here ([`parse_datagram`]): three fixed-layout C
 //! structs, every field read through a bounds check. `rustix` (already a dependency) adds what

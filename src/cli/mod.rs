@@ -9,6 +9,7 @@ mod client;
 mod format;
 mod logging;
 mod reload;
+mod run;
 pub mod serve;
 mod systemd;
 mod top;
@@ -88,12 +89,16 @@ pub enum Cmd {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Start a command inside a tenant (like systemd-run --scope); exit status and signals pass through.
+    /// Start a command inside a tenant (like systemd-run --scope), with the least privilege
+    /// asked for (the tenant's `launch` defaults, then these flags); exit status and signals
+    /// pass through.
     Run {
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
         client: ClientOpts,
+        #[command(flatten)]
+        launch: run::LaunchArgs,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -278,25 +283,32 @@ fn print_json<T: Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
 }
 
+/// Refuses `-o csv` and `-o html` for every command but `report`.
+fn table_or_json(o: Output) -> Result<(), ClientError> {
+    match o {
+        Output::Csv | Output::Html => Err(ClientError(format!(
+            "-o {} is only for 'tenantd report': use -o table or -o json here",
+            if o == Output::Csv { "csv" } else { "html" }
+        ))),
+        Output::Table | Output::Json => Ok(()),
+    }
+}
+
 async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
     let output = match &cmd {
         Cmd::Tenant { client, .. }
         | Cmd::Procs { client, .. }
-        | Cmd::Run { client, .. }
         | Cmd::Host { client }
         | Cmd::Events { client, .. }
         | Cmd::Top { client, .. }
         | Cmd::Usage { client, .. } => Some(client.output),
         _ => None,
     };
-    if let Some(o @ (Output::Csv | Output::Html)) = output {
-        return Err(ClientError(format!(
-            "-o {} is only for 'tenantd report': use -o table or -o json here",
-            if o == Output::Csv { "csv" } else { "html" }
-        )));
+    if let Some(o) = output {
+        table_or_json(o)?;
     }
     match cmd {
-        Cmd::Serve(_) | Cmd::Completions { .. } | Cmd::Man { .. } => {
+        Cmd::Serve(_) | Cmd::Completions { .. } | Cmd::Man { .. } | Cmd::Run { .. } => {
             unreachable!("handled in main")
         }
         Cmd::Tenant { cmd, client: o } => {
@@ -367,28 +379,6 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                     print(o.output, &v, |v| format::procs(v));
                 }
             }
-        }
-        Cmd::Run {
-            tenant,
-            client: o,
-            command,
-        } => {
-            let c = Client::new(&o.addr, o.token.clone());
-            let me = std::process::id();
-            let _: Attached = c
-                .send(
-                    Method::POST,
-                    &format!("/v1/tenants/{tenant}/procs"),
-                    &json!({"pid": me}),
-                )
-                .await?;
-            // Now in the tenant's leaf: replace this process with the command, so its exit
-            // status and signals are the command's own.
-            use std::os::unix::process::CommandExt;
-            let err = std::process::Command::new(&command[0])
-                .args(&command[1..])
-                .exec();
-            return Err(ClientError(format!("cannot start '{}': {err}", command[0])));
         }
         Cmd::Host { client: o } => {
             let c = Client::new(&o.addr, o.token.clone());
@@ -509,11 +499,16 @@ fn man_pages(out_dir: Option<&std::path::Path>) -> std::io::Result<()> {
 /// Entry point for the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // `tenantd run` needs a single-threaded process once its requests are done (see
+    // `cli/run.rs`): a runtime on the main thread alone, with no workers to join.
+    let mut builder = if matches!(cli.cmd, Cmd::Run { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tenantd: cannot start the async runtime: {e}");
@@ -530,6 +525,12 @@ pub fn main() -> ExitCode {
             man_pages(out_dir.as_deref()).map_err(|e| format!("cannot write the man pages: {e}"))
         }
         Cmd::Serve(args) => rt.block_on(serve::run(args)).map_err(|e| format!("{e:#}")),
+        Cmd::Run {
+            tenant,
+            client,
+            launch,
+            command,
+        } => run::main(rt, tenant, client, launch, command).map_err(|e| e.0),
         cmd => rt.block_on(client_main(cmd)).map_err(|e| e.0),
     };
     match result {

@@ -14,6 +14,7 @@ pub mod desired;
 pub mod error;
 pub mod event;
 pub mod fleet;
+pub mod launch;
 pub mod placement;
 pub mod plan;
 pub mod schema;

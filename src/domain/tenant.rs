@@ -102,6 +102,10 @@ pub struct TenantSpec {
     #[serde(default)]
     #[schema(schema_with = super::schema::node_selector)]
     pub nodes: Option<BTreeMap<String, String>>,
+    /// The defaults of `tenantd run --tenant NAME` (least-privilege launch); its flags
+    /// override them. tenantd itself starts nothing: only the CLI reads them.
+    #[serde(default)]
+    pub launch: Option<super::launch::LaunchSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -393,6 +397,9 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
                 "{h} is above limit_bytes {l}: the throttling point must be at or below the hard limit"
             ),
         ));
+    }
+    if let Some(l) = &spec.launch {
+        l.plan(&|f| format!("launch.{f}"))?;
     }
     check_positive("pids.limit", spec.pids.limit)?;
     if let Some(l) = spec.pids.limit

@@ -156,6 +156,58 @@ async fn bad_bodies_name_the_field_at_fault() {
     );
 }
 
+/// Issue 18: a tenant's `launch` defaults (least-privilege launch) are validated like every
+/// other field: a capability or user that cannot be is 422 naming the field, and nothing is
+/// stored (good ones are stored and used in `launch`).
+#[tokio::test]
+async fn bad_launch_options_name_the_field_at_fault() {
+    let a = api(tokens()).await;
+    let put = |body: &'static str| send(&a, "PUT", "/v1/tenants/acme", Some(ADMIN), Some(body));
+    for (body, field, says) in [
+        (
+            r#"{"launch": {"capabilities": ["CAP_KILL", "CAP_FLY"]}}"#,
+            "launch.capabilities[1]",
+            "'CAP_FLY' is not a capability",
+        ),
+        (
+            r#"{"launch": {"capabilities": ["cap_kill"]}}"#,
+            "launch.capabilities[0]",
+            "CAP_NET_BIND_SERVICE or net_bind_service",
+        ),
+        (
+            r#"{"launch": {"user": "no body"}}"#,
+            "launch.user",
+            "neither a user name",
+        ),
+        (
+            r#"{"launch": {"group": "4294967295"}}"#,
+            "launch.group",
+            "nor an ID (0 to 4294967294)",
+        ),
+        (
+            r#"{"launch": {"private_net": true}}"#,
+            "launch.private_net",
+            "unknown field `private_net`",
+        ),
+        (
+            r#"{"launch": {"no_new_privs": "yes"}}"#,
+            "launch.no_new_privs",
+            "boolean",
+        ),
+    ] {
+        assert_problem(
+            &put(body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(field),
+            says,
+        );
+    }
+    assert_eq!(
+        send(&a, "GET", "/v1/tenants", Some(ADMIN), None).await.2,
+        json!([])
+    );
+}
+
 #[tokio::test]
 async fn bad_names_media_types_sizes_and_paths() {
     let a = api(tokens()).await;

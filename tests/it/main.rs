@@ -22,6 +22,11 @@
 //! - `kernel`: the governor against a real cgroup v2 kernel. Marked `#[ignore]` with a reason,
 //!   so a plain `cargo test` on a hybrid host lists them as ignored; `tests/run.sh` runs them
 //!   with `--ignored` inside the qemu VM (or on a pure v2 host with `TENANTD_KERNEL=host`).
+//! - `launch`: least-privilege `tenantd run` (issue 18) on real processes, v1 here with the
+//!   daemon in its own PID namespace: no_new_privs, capability sets, user and groups read from
+//!   /proc/PID/status after exec, namespaces compared by their /proc/PID/ns links, a private
+//!   network that cannot reach the host's loopback, a private PID namespace under a reaper
+//!   with exit status and signals passed through, and the one-line refusals.
 //! - `placement`: PID 1, the daemon and its threads are never moved or killed (issue 12), on
 //!   v1 here and on v2 in the VM, with the daemon in its own PID namespace.
 //! - `openapi`: real answers (cgroup v1 backend, this CI host) validate against the document's
@@ -48,6 +53,7 @@ mod durability;
 mod fleet;
 mod hostile;
 mod kernel;
+mod launch;
 mod openapi;
 mod pg;
 mod placement;

@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 
 /// Who is PID 1 of the daemon's namespace.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Init {
+pub(crate) enum Init {
     Daemon,
     Shell,
 }
@@ -71,7 +71,7 @@ fn parents() -> Vec<(u32, u32)> {
 }
 
 /// The descendants of `pid` (host PIDs), nearest first.
-fn descendants(pid: u32) -> Vec<u32> {
+pub(crate) fn descendants(pid: u32) -> Vec<u32> {
     let all = parents();
     let mut out = vec![];
     let mut frontier = vec![pid];
@@ -86,7 +86,7 @@ fn descendants(pid: u32) -> Vec<u32> {
     out
 }
 
-fn comm(pid: u32) -> String {
+pub(crate) fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
         .trim()
@@ -94,7 +94,7 @@ fn comm(pid: u32) -> String {
 }
 
 /// The innermost PID of a task (its number in the deepest PID namespace) from `NSpid:`.
-fn ns_pid(status: &Path) -> u32 {
+pub(crate) fn ns_pid(status: &Path) -> u32 {
     let s = std::fs::read_to_string(status)
         .unwrap_or_else(|e| panic!("read {}: {e}", status.display()));
     s.lines()
@@ -166,10 +166,10 @@ fn alive(host_pid: u32) -> bool {
 }
 
 /// The daemon started in a PID namespace, seen from the host.
-struct NsDaemon {
-    d: Daemon,
+pub(crate) struct NsDaemon {
+    pub(crate) d: Daemon,
     /// The daemon's host PID.
-    host_pid: u32,
+    pub(crate) host_pid: u32,
     /// The daemon's PID in its namespace (1 or 2).
     ns_pid: u32,
     /// PID 1 of the namespace, as a host PID.
@@ -245,14 +245,14 @@ fn assert_refused(r: (u16, serde_json::Value), says: &str) {
 
 /// The v1 daemon in a PID namespace, inside test directories of each hierarchy; drop kills
 /// the namespace and whatever is left in those directories (all started by this test).
-struct V1Ns {
+pub(crate) struct V1Ns {
     // Declared first, so the namespace is killed before `dirs` cleans up.
     ns: NsDaemon,
     dirs: V1Dirs,
 }
 
 impl V1Ns {
-    fn start(name: &str, init: Init) -> V1Ns {
+    pub(crate) fn start(name: &str, init: Init) -> V1Ns {
         let dirs = V1Dirs::create(&format!("place-{name}"));
         let db = dirs.db();
         let ns = NsDaemon::launch(dirs.tmp.path(), init, |port| {
@@ -261,7 +261,7 @@ impl V1Ns {
         V1Ns { ns, dirs }
     }
 
-    fn ns(&self) -> &NsDaemon {
+    pub(crate) fn ns(&self) -> &NsDaemon {
         &self.ns
     }
 
@@ -271,7 +271,7 @@ impl V1Ns {
     }
 
     /// Host PIDs in tenant `t`'s leaf (cpu hierarchy).
-    fn leaf_pids(&self, t: &str) -> Vec<u32> {
+    pub(crate) fn leaf_pids(&self, t: &str) -> Vec<u32> {
         let p = self.under_root("cpu", &format!("{t}/_procs/cgroup.procs"));
         std::fs::read_to_string(&p)
             .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))

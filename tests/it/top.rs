@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 /// A tmux server of the test's own (`tmux -S SOCKET` in a temporary directory), killed on
 /// drop.
-struct Tmux {
-    socket: std::path::PathBuf,
+pub(crate) struct Tmux {
+    pub(crate) socket: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Tmux {
-    fn new() -> Tmux {
+    pub(crate) fn new() -> Tmux {
         match Command::new("tmux").arg("-V").output() {
             Ok(o) if o.status.success() => {}
             other => panic!(
@@ -37,7 +37,7 @@ impl Tmux {
         }
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let out = Command::new("tmux")
             .arg("-S")
             .arg(&self.socket)
@@ -65,7 +65,7 @@ impl Tmux {
     }
 
     /// Waits until the screen satisfies `f`; panics with the last screen after `secs`.
-    fn wait_for(&self, secs: u64, what: &str, f: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(&self, secs: u64, what: &str, f: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let s = self.screen();
