@@ -5,6 +5,7 @@
 //!    config   file + environment + flags -> one validated Config (read by cli only)
 //! 2  engine   where kernel, clock and store meet: apply, reconcile, placement, sampler
 //! 1  cgroup   the only code touching cgroupfs      store     all SQL, the only database code
+//!    net      the only code running nft (egress)
 //!    report   SLA report rendering                 metrics   every Prometheus name, rendering
 //! 0  domain   pure types and rules: specs, plan, stats, usage rows, SLA engine (no IO, no clock)
 //! a module imports only from layers below its own, and no two import each other (layer_order)
@@ -18,6 +19,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod metrics;
+pub mod net;
 pub mod report;
 pub mod store;
 
@@ -40,6 +42,7 @@ mod layer_order {
         ("store", 1),
         ("report", 1),
         ("metrics", 1),
+        ("net", 1),
         ("engine", 2),
         ("api", 3),
         ("config", 3),

@@ -96,6 +96,10 @@ pub struct TenantSpec {
     pub io: IoSpec,
     #[serde(default)]
     pub pids: PidsSpec,
+    /// Network egress policy (`network.egress`); children without one inherit their nearest
+    /// ancestor's.
+    #[serde(default)]
+    pub network: Option<super::egress::NetworkSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -422,6 +426,9 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
         ] {
             check_positive(&format!("io.limits[{i}].{f}"), v)?;
         }
+    }
+    if let Some(n) = &spec.network {
+        super::egress::validate(n)?;
     }
     Ok(())
 }
