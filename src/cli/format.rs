@@ -277,6 +277,35 @@ pub fn tenant(t: &TenantView) -> String {
     for n in &t.not_applied {
         out += &format!("not applied on this host: {}: {}\n", n.setting, n.why);
     }
+    if let Some(e) = &t.egress {
+        let list = |l: &[crate::domain::egress::Destination]| {
+            l.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let p = &e.policy;
+        out += &format!(
+            "egress:      default {}; allow [{}]; deny [{}] ({}); {}\n",
+            if p.default == crate::domain::egress::EgressDefault::Allow {
+                "allow"
+            } else {
+                "deny"
+            },
+            list(&p.allow),
+            list(&p.deny),
+            if e.from == t.name {
+                "its own".to_string()
+            } else {
+                format!("from {}", e.from)
+            },
+            match (&e.in_force, &e.why) {
+                (true, _) => "in force".to_string(),
+                (false, Some(why)) => format!("NOT in force: {why}"),
+                (false, None) => "NOT in force".to_string(),
+            }
+        );
+    }
     out
 }
 
@@ -625,6 +654,16 @@ pub fn host(h: &Host) -> String {
         cg.kill,
     );
     s += &format!("mode: {}\n", h.mode.as_str());
+    s += &match (&h.egress.available, &h.egress.why) {
+        (true, _) => format!(
+            "egress policies: enforced ({})\n",
+            h.egress.nft.as_deref().unwrap_or("nft")
+        ),
+        (false, why) => format!(
+            "egress policies: refused here: {}\n",
+            why.as_deref().unwrap_or("unavailable")
+        ),
+    };
     for c in &h.cannot {
         s += &format!("cannot: {}: {}\n", c.what, c.why);
     }
@@ -742,6 +781,7 @@ controllers: cpu memory pids
 missing: io
 PSI: false  cgroup.kill: false
 mode: root
+egress policies: refused here: tenants run on cgroup v1 here
 
 DEVICE  NAME  SCHEDULER  IO WEIGHTS WORK  WHY
 8:0     sda   bfq        yes              BFQ

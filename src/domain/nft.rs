@@ -396,6 +396,54 @@ impl Listing {
     }
 }
 
+/// One policy rule's counter, as `/metrics` exports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleCount {
+    /// The tenant whose policy the rule is (children without one count here too).
+    pub tenant: String,
+    /// `deny[0]`, `allow[2]`, `default`.
+    pub rule: String,
+    /// The entry's destination, `*` for the default.
+    pub destination: String,
+    /// `accept` or `reject`.
+    pub verdict: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Listing {
+    /// Every counted rule of a policy chain (`t_NAME`), named by its comment.
+    pub fn rule_counts(&self) -> Vec<RuleCount> {
+        let mut out = Vec::new();
+        for (chain, c) in &self.chains {
+            let Some(tenant) = chain.strip_prefix("t_") else {
+                continue;
+            };
+            for r in &c.rules {
+                let Some(comment) = &r.comment else { continue };
+                let (rule, destination) = comment.split_once(' ').unwrap_or((comment, "*"));
+                out.push(RuleCount {
+                    tenant: tenant.to_string(),
+                    rule: rule.to_string(),
+                    destination: destination.to_string(),
+                    verdict: r.verdict.clone(),
+                    packets: r.packets,
+                    bytes: r.bytes,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// What `/metrics` shows of the egress policies: every rule's counter, and for each tenant
+/// with a policy of its own whether it is in force.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EgressSnapshot {
+    pub counts: Vec<RuleCount>,
+    pub in_force: Vec<(String, bool)>,
+}
+
 /// One way the kernel's table differs from the desired one, with the tenant it concerns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Drift {
@@ -753,6 +801,20 @@ table inet tenantd {
         assert_eq!(drift(&want, Some(&same)), vec![]);
         assert_eq!(drift(&Table::default(), None), vec![]);
         assert_eq!(same.counters().len(), 6);
+        let counts = same.rule_counts();
+        assert_eq!(counts.len(), 6);
+        assert_eq!(
+            (
+                counts[0].tenant.as_str(),
+                counts[0].rule.as_str(),
+                counts[0].destination.as_str()
+            ),
+            ("acme", "deny[0]", "127.0.0.2:5432")
+        );
+        assert_eq!(
+            (counts[2].rule.as_str(), counts[2].destination.as_str()),
+            ("default", "*")
+        );
 
         let gone = drift(&want, None);
         assert_eq!(gone.len(), 1);
