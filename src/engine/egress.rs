@@ -242,18 +242,25 @@ impl Egress {
         }
         // A check reads the whole table (nft walks /sys/fs/cgroup to name each element's
         // cgroup); a change needs only the counters.
-        let carry: Counters = match ready.nft.list(!check) {
+        let (carry, absent): (Counters, bool) = match ready.nft.list(!check) {
             Ok(listing) => {
                 if check {
                     out.drift = nft::drift(&table, listing.as_ref());
                 }
-                listing.as_ref().map(Listing::counters).unwrap_or_default()
+                let carry = listing.as_ref().map(Listing::counters).unwrap_or_default();
+                (carry, listing.is_none())
             }
             Err(e) => {
                 tracing::warn!("reading table {} back failed: {e}", nft::TABLE);
-                Counters::new()
+                (Counters::new(), false)
             }
         };
+        if table.is_empty() && absent {
+            // Nothing to enforce and no table: nothing to write.
+            self.written.store(false, Ordering::Relaxed);
+            self.set_status(wants, &out.left_out, None, now_ms);
+            return out;
+        }
         match ready.nft.load(&table.script(&carry)) {
             Ok(()) => {
                 self.written.store(!table.is_empty(), Ordering::Relaxed);
