@@ -14,7 +14,7 @@ B=/sys/fs/cgroup/egress-bench
 ms() { local s=$1 e; e=$(date +%s%N); echo $(((e - s) / 1000000)); }
 cleanup() {
     nft delete table inet tenantd 2>/dev/null || true
-    [ -d "$B" ] && find "$B" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    [ -d "$B" ] && find "$B" -depth -type d -print0 | xargs -0 rmdir 2>/dev/null || true
 }
 trap cleanup EXIT
 printf '%8s %6s %10s %14s %15s\n' tenants policies "load ms" "full list ms" "terse list ms"
@@ -22,7 +22,7 @@ for nk in ${1:-100:10 1000:10 1000:100}; do
     n=${nk%%:*}; k=${nk##*:}
     cleanup
     mkdir -p "$B"
-    for i in $(seq 1 "$n"); do mkdir -p "$B/t$i/_procs"; done
+    eval "mkdir -p $B/t{1..$n}/_procs"
     {
         echo "table inet tenantd"; echo "delete table inet tenantd"; echo "table inet tenantd {"
         printf '\tmap level2 {\n\t\ttype cgroupsv2 : verdict\n\t\telements = { '

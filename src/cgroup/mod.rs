@@ -758,6 +758,19 @@ pub fn v2_path_of_pid(proc_root: &Path, pid: u32) -> io::Result<Option<String>> 
         .map(|l| l.path))
 }
 
+/// A cgroup2 directory's id: its inode number, which is the cgroup's 64-bit id (kernfs uses
+/// the id as the inode number), what `socket cgroupv2` rules hold. A new cgroup at the same
+/// path has a new id.
+pub fn cgroup_id(dir: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
 /// The cgroup2 mount `dir` is below (the deepest such mount point), from
 /// `<proc_root>/self/mountinfo`: its mount point and its root inside the hierarchy
 /// (mountinfo's fourth field), which together give a directory's depth in the hierarchy.

@@ -139,6 +139,9 @@ pub struct Egress {
     status: RwLock<BTreeMap<TenantName, Status>>,
     /// A non-empty table was loaded last (so an empty one must be written to remove it).
     written: AtomicBool,
+    /// The id of each element's cgroup (by its nft path) when this daemon last loaded the
+    /// table; `None` until its first load, when a check reads the elements from nft instead.
+    loaded: RwLock<Option<BTreeMap<String, u64>>>,
 }
 
 impl Default for Egress {
@@ -147,6 +150,7 @@ impl Default for Egress {
             ready: RwLock::new(Err(("not probed yet".into(), None))),
             status: RwLock::new(BTreeMap::new()),
             written: AtomicBool::new(false),
+            loaded: RwLock::new(None),
         }
     }
 }
@@ -202,6 +206,14 @@ impl Egress {
     /// over. With `check`, reads the table back first and reports how it differed from what
     /// it should be. A tenant whose cgroup directory is missing (or cannot be named to nft)
     /// is left out, and said so. Blocking.
+    ///
+    /// Reading back: a full listing names each map element's cgroup by walking
+    /// /sys/fs/cgroup (nft 1.0.6; about 0.9 s an element over 2,000 directories in the
+    /// emulated VM, under the write lock), so the listing is terse (table, chains, rules,
+    /// counters, maps without their elements), and each element is checked by the id its
+    /// cgroup had when this daemon loaded it against the id it has now: a cgroup made again
+    /// has a new one. Before this daemon's first load there is nothing to compare with: the
+    /// elements count as they should be, and the write binds them to the current ids.
     pub fn sync(&self, b: &dyn Backend, wants: &[Want], check: bool, now_ms: i64) -> Synced {
         let ready = self.ready.read().expect("egress lock").clone();
         let mut out = Synced::default();
@@ -242,9 +254,13 @@ impl Egress {
         }
         // A check reads the whole table (nft walks /sys/fs/cgroup to name each element's
         // cgroup); a change needs only the counters.
-        let (carry, absent): (Counters, bool) = match ready.nft.list(!check) {
-            Ok(listing) => {
+        let loaded = self.loaded.read().expect("egress lock").clone();
+        let (carry, absent): (Counters, bool) = match ready.nft.list(true) {
+            Ok(mut listing) => {
                 if check {
+                    if let Some(l) = listing.as_mut() {
+                        elements_from_ids(l, &table, loaded.as_ref());
+                    }
                     out.drift = nft::drift(&table, listing.as_ref());
                 }
                 let carry = listing.as_ref().map(Listing::counters).unwrap_or_default();
@@ -261,8 +277,17 @@ impl Egress {
             self.set_status(wants, &out.left_out, None, now_ms);
             return out;
         }
+        // The ids the rules will hold: nft resolves each path when it loads the table.
+        let ids: BTreeMap<String, u64> = owners
+            .iter()
+            .filter_map(|o| {
+                let dir = Path::new(nft::NFT_CGROUP_ROOT).join(&o.cgroup.path);
+                Some((o.cgroup.path.clone(), crate::cgroup::cgroup_id(&dir).ok()?))
+            })
+            .collect();
         match ready.nft.load(&table.script(&carry)) {
             Ok(()) => {
+                *self.loaded.write().expect("egress lock") = Some(ids);
                 self.written.store(!table.is_empty(), Ordering::Relaxed);
                 self.set_status(wants, &out.left_out, None, now_ms);
             }
@@ -351,6 +376,33 @@ impl Egress {
             _ => Vec::new(),
         };
         EgressSnapshot { counts, in_force }
+    }
+}
+
+/// Fills the elements of a terse listing's maps from what this daemon loaded (`ids`): each
+/// wanted element whose cgroup still has the id it had then, as nft would print it (its
+/// path); one whose cgroup has another id now, as its old id (what nft prints for a cgroup
+/// that is gone); one never loaded, not at all. Without `ids` (nothing loaded yet), every
+/// wanted element as it should be. Maps the listing does not have stay missing.
+fn elements_from_ids(l: &mut Listing, want: &Table, ids: Option<&BTreeMap<String, u64>>) {
+    for (level, els) in &want.maps {
+        let Some(held) = l.maps.get_mut(&nft::map_name(*level)) else {
+            continue;
+        };
+        held.clear();
+        for (path, chain) in els {
+            let Some(ids) = ids else {
+                held.push((path.clone(), format!("goto {chain}")));
+                continue;
+            };
+            let Some(id) = ids.get(path) else { continue };
+            let dir = Path::new(nft::NFT_CGROUP_ROOT).join(path);
+            let key = match crate::cgroup::cgroup_id(&dir) {
+                Ok(now) if now == *id => path.clone(),
+                _ => id.to_string(),
+            };
+            held.push((key, format!("goto {chain}")));
+        }
     }
 }
 
