@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse) the assets of the cgroup-v2 test VM:
 #   $CACHE/vmlinux         ELF kernel extracted from Debian's stock bzImage (booted via PVH)
-#   $CACHE/initramfs.cpio  busybox-static + the virtio/9p modules + tests/vm/guest-init as /init
+#   $CACHE/initramfs.cpio  busybox-static + the virtio/9p/ext4/nftables modules + tests/vm/guest-init as /init
 #   $CACHE/kernel-release  e.g. 6.1.0-56-amd64
 #   $CACHE/disk.img        1 GiB sparse template disk (run.sh gives every boot its own fresh copy)
 # CACHE = ${TENANTD_VM_CACHE:-/var/cache/tenantd-vm}
