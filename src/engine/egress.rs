@@ -208,8 +208,8 @@ impl Egress {
     /// is left out, and said so. Blocking.
     ///
     /// Reading back: a full listing names each map element's cgroup by walking
-    /// /sys/fs/cgroup (nft 1.0.6; about 0.9 s an element over 2,000 directories in the
-    /// emulated VM, under the write lock), so the listing is terse (table, chains, rules,
+    /// /sys/fs/cgroup (nft 1.0.6; about a second an element over 1,000 tenants in the
+    /// emulated VM, benches/egress_nft.sh, and under the write lock), so the listing is terse (table, chains, rules,
     /// counters, maps without their elements), and each element is checked by the id its
     /// cgroup had when this daemon loaded it against the id it has now: a cgroup made again
     /// has a new one. Before this daemon's first load there is nothing to compare with: the
