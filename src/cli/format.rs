@@ -771,6 +771,43 @@ pids limit        -     pids.max -
         );
     }
 
+    /// `tenantd tenant get` says which egress policy applies, whose it is and whether it is
+    /// in force.
+    #[test]
+    fn tenant_shows_its_egress_policy() {
+        use crate::engine::egress::EgressView;
+        let mut t = samples::tenants().remove(0);
+        let policy = serde_json::from_value(serde_json::json!(
+            {"default": "deny", "allow": ["10.0.0.0/8:443/tcp", "[::1]:5432"]}
+        ))
+        .unwrap();
+        t.egress = Some(EgressView {
+            policy,
+            from: crate::domain::TenantName::parse("team").unwrap(),
+            in_force: true,
+            why: None,
+            checked_ms: Some(1_700_000_361_000),
+        });
+        let out = tenant(&t);
+        assert!(
+            out.ends_with(
+                "egress:      default deny; allow [10.0.0.0/8:443/tcp [::1]:5432]; deny [] (from team); in force\n"
+            ),
+            "{out}"
+        );
+        let e = t.egress.as_mut().unwrap();
+        (e.in_force, e.why, e.from) = (
+            false,
+            Some("its cgroup directory /x is missing".into()),
+            t.name.clone(),
+        );
+        assert!(
+            tenant(&t).ends_with("(its own); NOT in force: its cgroup directory /x is missing\n"),
+            "{}",
+            tenant(&t)
+        );
+    }
+
     #[test]
     fn host_table() {
         assert_eq!(

@@ -441,3 +441,95 @@ fn probe(b: &dyn Backend, proc_root: &Path, path: &str) -> Result<Ready, (String
         mount_root,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::plan::PlanParams;
+
+    fn n(s: &str) -> TenantName {
+        TenantName::parse(s).unwrap()
+    }
+
+    fn spec(json: serde_json::Value) -> TenantSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    /// acme has a policy; web inherits it; api sets its own; db below api inherits api's.
+    fn state() -> DesiredState {
+        let specs = [
+            ("acme", spec(serde_json::json!({"network": {"egress": {"deny": ["127.0.0.2:5432"]}}}))),
+            ("web", spec(serde_json::json!({"parent": "acme"}))),
+            ("api", spec(serde_json::json!({"parent": "acme", "network": {"egress": {"default": "allow"}}}))),
+            ("db", spec(serde_json::json!({"parent": "api"}))),
+            ("other", spec(serde_json::json!({}))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (n(k), v))
+        .collect();
+        DesiredState::new(specs, PlanParams::default())
+    }
+
+    #[test]
+    fn a_tenant_is_under_its_own_policy_or_its_nearest_ancestors() {
+        let s = state();
+        let from = |t: &str| applying(&s, &n(t)).map(|(f, _)| f.to_string());
+        assert_eq!(from("acme").as_deref(), Some("acme"));
+        assert_eq!(from("web").as_deref(), Some("acme"));
+        assert_eq!(from("api").as_deref(), Some("api"));
+        assert_eq!(from("db").as_deref(), Some("api"));
+        assert_eq!(from("other"), None);
+    }
+
+    #[test]
+    fn the_table_holds_the_tenants_with_a_policy_of_their_own() {
+        let s = state();
+        let names = |w: &[Want]| -> Vec<String> {
+            let mut v: Vec<String> = w.iter().map(|w| w.tenant().to_string()).collect();
+            v.sort();
+            v
+        };
+        let all = wants(&s, None);
+        assert_eq!(names(&all), ["acme", "api"]);
+        let api = all.iter().find(|w| w.tenant().as_str() == "api").unwrap();
+        assert_eq!(api.lineage, vec![n("acme"), n("api")]);
+        // A change in place of what the state holds: db gains one, api loses its own.
+        let db =
+            spec(serde_json::json!({"parent": "api", "network": {"egress": {"default": "deny"}}}));
+        let lineage = [n("acme"), n("api"), n("db")];
+        assert_eq!(
+            names(&wants(&s, Some((&n("db"), Some(&db), &lineage)))),
+            ["acme", "api", "db"]
+        );
+        let bare = spec(serde_json::json!({"parent": "acme"}));
+        let lineage = [n("acme"), n("api")];
+        assert_eq!(
+            names(&wants(&s, Some((&n("api"), Some(&bare), &lineage)))),
+            ["acme"]
+        );
+        assert_eq!(
+            names(&wants(&s, Some((&n("acme"), None, &[n("acme")])))),
+            ["api"]
+        );
+    }
+
+    #[test]
+    fn a_policy_is_refused_until_a_probe_finds_egress_available() {
+        let e = Egress::default();
+        assert!(!e.support().available);
+        let with = spec(serde_json::json!({"network": {"egress": {}}}));
+        match e.admit(&with) {
+            Err(EngineError::Unsupported { field, message }) => {
+                assert_eq!(field, "network.egress");
+                assert!(message.contains("not probed yet"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        e.admit(&spec(serde_json::json!({"network": {}}))).unwrap();
+        e.admit(&TenantSpec::default()).unwrap();
+        // No status yet: not in force, and why.
+        let v = e.view(&state(), &n("web")).unwrap();
+        assert_eq!((v.from.as_str(), v.in_force), ("acme", false));
+        assert!(v.why.unwrap().contains("not written"));
+    }
+}
