@@ -18,8 +18,8 @@
 //!   delete.
 //! - `POST /v1/tenants/{x}/procs` is 403 for scoped tokens: a PID can be any process on the
 //!   host, and moving it would take it from another tenant or from the host.
-//! - Host-wide endpoints, `GET /v1/host` and `POST /v1/reconcile`, are 404 "no such endpoint"
-//!   as for an unknown path.
+//! - Host-wide endpoints, `GET /v1/host`, `GET /v1/nodes` and `POST /v1/reconcile`, are 404
+//!   "no such endpoint" as for an unknown path.
 //! - Lists are filtered: `GET /v1/tenants`, `/v1/events` (only events of tenants in the subtree
 //!   now; daemon-wide events never), the SLA report, and `/metrics` (the subtree's per-tenant
 //!   series only, none of tenantd's own instruments; every family's descriptor stays).
@@ -164,7 +164,7 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
             .collect())
     };
     match route.as_str() {
-        "/v1/host" | "/v1/reconcile" => {
+        "/v1/host" | "/v1/reconcile" | "/v1/nodes" => {
             return Err(Problem::no_endpoint(parts.uri.path()));
         }
         "/v1/reports/sla" => {

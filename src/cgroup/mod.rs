@@ -11,6 +11,7 @@
 //! cannot be tenant names, so they never collide.
 
 pub mod parse;
+pub mod proc_connector;
 pub mod stats;
 pub mod v1;
 pub mod v1_parse;
