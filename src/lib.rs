@@ -5,6 +5,7 @@
 //!    config   file + environment + flags -> one validated Config (read by cli only)
 //! 2  engine   where kernel, clock and store meet: apply, reconcile, placement, sampler
 //! 1  cgroup   the only code touching cgroupfs      store     all SQL, the only database code
+//!    net      the only code running nft (egress)
 //!    report   SLA report rendering                 metrics   every Prometheus name, rendering
 //!    launch   `tenantd run`'s namespaces, user and capabilities (`unsafe` only in launch/sys.rs)
 //! 0  domain   pure types and rules: specs, plan, stats, usage rows, SLA engine (no IO, no clock)
@@ -20,6 +21,7 @@ pub mod domain;
 pub mod engine;
 pub mod launch;
 pub mod metrics;
+pub mod net;
 pub mod report;
 pub mod store;
 
@@ -43,6 +45,7 @@ mod layer_order {
         ("report", 1),
         ("metrics", 1),
         ("launch", 1),
+        ("net", 1),
         ("engine", 2),
         ("api", 3),
         ("config", 3),

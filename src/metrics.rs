@@ -12,6 +12,7 @@
 //! `store`, `report`, `engine`, `api`, `config` or `cli` (the engine fills the snapshot and
 //! imports this module, not the other way round).
 
+use crate::domain::nft::EgressSnapshot;
 use crate::domain::plan::Limit;
 use crate::domain::sla::SlaTotals;
 use crate::domain::stats::{CgroupStats, IoDevStat, PressureTotals};
@@ -152,6 +153,7 @@ impl MetricDef {
 
 const T: &[&str] = &["tenant"];
 const TD: &[&str] = &["tenant", "device"];
+const EGRESS: &[&str] = &["tenant", "rule", "destination", "verdict"];
 
 macro_rules! def {
     ($name:literal, $kind:ident, $unit:expr, $labels:expr, $help:literal) => {
@@ -410,6 +412,28 @@ pub const METRICS: &[MetricDef] = &[
         T,
         "Share of its siblings' IO the tenant got in the last interval: device time under iocost, bytes elsewhere; only with an IO guarantee where io weights take effect, and absent after an interval in which none of them did IO"
     ),
+    // Per tenant: the egress policy (nftables counters of the policy's own table).
+    def!(
+        "tenantd_tenant_egress_packets",
+        Counter,
+        None,
+        EGRESS,
+        "Packets the tenant's egress policy rule matched (rule: deny[0], allow[1], default); a child without a policy of its own counts under the tenant whose policy it inherits"
+    ),
+    def!(
+        "tenantd_tenant_egress_bytes",
+        Counter,
+        Some("bytes"),
+        EGRESS,
+        "Bytes the tenant's egress policy rule matched"
+    ),
+    def!(
+        "tenantd_tenant_egress_in_force",
+        Gauge,
+        None,
+        T,
+        "1 when the tenant's own egress policy is loaded in the kernel and bound to its current cgroup, 0 when not (GET /v1/tenants/NAME says why)"
+    ),
     def!(
         "tenantd_tenant_memory_protection_breaches",
         Counter,
@@ -521,6 +545,8 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Metrics {
     snapshot: RwLock<Arc<Snapshot>>,
+    /// The egress counters, refreshed before each scrape (`set_egress`).
+    egress: RwLock<Arc<EgressSnapshot>>,
     pub sweep_seconds: Histogram,
     pub db_write_seconds: Histogram,
     pub reconcile_corrections: Counter,
@@ -538,6 +564,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            egress: RwLock::new(Arc::new(EgressSnapshot::default())),
             sweep_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             db_write_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             reconcile_corrections: Counter::default(),
@@ -574,6 +601,22 @@ impl Metrics {
         match self.snapshot.write() {
             Ok(mut g) => *g = s,
             Err(p) => *p.into_inner() = s,
+        }
+    }
+
+    /// Replaces the egress counters (the API does before it renders a scrape).
+    pub fn set_egress(&self, e: EgressSnapshot) {
+        let e = Arc::new(e);
+        match self.egress.write() {
+            Ok(mut g) => *g = e,
+            Err(p) => *p.into_inner() = e,
+        }
+    }
+
+    fn egress(&self) -> Arc<EgressSnapshot> {
+        match self.egress.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
@@ -642,7 +685,7 @@ impl Metrics {
     #[cfg(test)]
     fn registry(&self) -> Registry {
         let mut r = self.own_registry();
-        r.register_collector(Box::new(TenantCollector(self.snapshot())));
+        r.register_collector(Box::new(TenantCollector(self.snapshot(), self.egress())));
         r
     }
 
@@ -658,7 +701,7 @@ impl Metrics {
     /// per-tenant families written directly. Byte for byte what prometheus-client renders from
     /// `registry()` in either format (tests check both).
     pub fn render_as(&self, format: Format) -> String {
-        self.write(format, true, &self.snapshot())
+        self.write(format, true, &self.snapshot(), &self.egress())
     }
 
     /// Only the per-tenant series of the tenants `keep` accepts, and none of tenantd's own
@@ -674,10 +717,25 @@ impl Metrics {
                 .map(|(n, t)| (n.clone(), t.clone()))
                 .collect(),
         };
-        self.write(format, false, &only)
+        let e = self.egress();
+        let egress = EgressSnapshot {
+            counts: e
+                .counts
+                .iter()
+                .filter(|c| keep(&c.tenant))
+                .cloned()
+                .collect(),
+            in_force: e
+                .in_force
+                .iter()
+                .filter(|(t, _)| keep(t))
+                .cloned()
+                .collect(),
+        };
+        self.write(format, false, &only, &egress)
     }
 
-    fn write(&self, format: Format, own: bool, snap: &Snapshot) -> String {
+    fn write(&self, format: Format, own: bool, snap: &Snapshot, egress: &EgressSnapshot) -> String {
         use prometheus_client::encoding::{prometheus_text, text};
         let mut out = String::with_capacity(self.render_len.load(Ordering::Relaxed) + 4096);
         // Writing to a String cannot fail, and neither encoder fails otherwise. The registry
@@ -689,13 +747,11 @@ impl Metrics {
                 Format::Text => prometheus_text::encode(&mut out, &r),
             };
         }
-        let _ = tenant_families(
-            snap,
-            &mut Text {
-                out: &mut out,
-                format,
-            },
-        );
+        let mut sink = Text {
+            out: &mut out,
+            format,
+        };
+        let _ = tenant_families(snap, egress, &mut sink);
         if format == Format::OpenMetrics {
             let _ = text::encode_eof(&mut out);
         }
@@ -749,7 +805,7 @@ fn limit(l: Option<Limit>) -> Option<V> {
 /// Renders the per-tenant families from one snapshot (for the reference encoding).
 #[cfg(test)]
 #[derive(Debug)]
-struct TenantCollector(Arc<Snapshot>);
+struct TenantCollector(Arc<Snapshot>, Arc<EgressSnapshot>);
 
 /// Where the per-tenant families go: prometheus-client's encoder (the reference the fast
 /// path is tested against) or `Text`, which writes the same lines straight into one `String`.
@@ -886,7 +942,11 @@ impl FamilySink for Text<'_> {
 }
 
 /// Writes every per-tenant family of `snap` to `sink`, in the order of `METRICS`.
-fn tenant_families<S: FamilySink>(snap: &Snapshot, sink: &mut S) -> fmt::Result {
+fn tenant_families<S: FamilySink>(
+    snap: &Snapshot,
+    egress: &EgressSnapshot,
+    sink: &mut S,
+) -> fmt::Result {
     let ts = &snap.tenants;
     let per = |sink: &mut S, name: &str, f: &dyn Fn(&TenantSnapshot) -> Option<V>| {
         sink.family(def(name), ts.iter().map(|(n, t)| ([n.as_str()], f(t))))
@@ -1034,6 +1094,32 @@ fn tenant_families<S: FamilySink>(snap: &Snapshot, sink: &mut S) -> fmt::Result 
     per(sink, "tenantd_tenant_io_delivered_share_ratio", &|t| {
         t.sla.and_then(|s| s.io_delivered_ratio).map(V::F)
     })?;
+    for (name, bytes) in [
+        ("tenantd_tenant_egress_packets", false),
+        ("tenantd_tenant_egress_bytes", true),
+    ] {
+        sink.family(
+            def(name),
+            egress.counts.iter().map(|c| {
+                (
+                    [
+                        c.tenant.as_str(),
+                        c.rule.as_str(),
+                        c.destination.as_str(),
+                        c.verdict.as_str(),
+                    ],
+                    Some(V::U(if bytes { c.bytes } else { c.packets })),
+                )
+            }),
+        )?;
+    }
+    sink.family(
+        def("tenantd_tenant_egress_in_force"),
+        egress
+            .in_force
+            .iter()
+            .map(|(t, f)| ([t.as_str()], Some(V::U(u64::from(*f))))),
+    )?;
     per(sink, "tenantd_tenant_memory_protection_breaches", &|t| {
         t.sla.map(|s| V::U(s.memory_breaches))
     })?;
@@ -1043,7 +1129,7 @@ fn tenant_families<S: FamilySink>(snap: &Snapshot, sink: &mut S) -> fmt::Result 
 #[cfg(test)]
 impl Collector for TenantCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        tenant_families(&self.0, &mut enc)
+        tenant_families(&self.0, &self.1, &mut enc)
     }
 }
 

@@ -138,6 +138,18 @@ impl From<EngineError> for Problem {
                 Problem::new(StatusCode::CONFLICT, "conflict", message).field(field)
             }
             EngineError::BadPid { message, .. } => Problem::invalid("pid", message),
+            EngineError::Unsupported { field, message } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported-by-host",
+                message,
+            )
+            .field(field),
+            EngineError::NftRefused { message } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "kernel-refused",
+                format!("the egress policy was not put in force, nothing was stored: {message}"),
+            )
+            .field("network.egress"),
             EngineError::NotPermitted { field, message } => {
                 Problem::new(StatusCode::FORBIDDEN, "not-permitted", message).field(field)
             }

@@ -96,6 +96,7 @@ pub async fn host(State(st): State<AppState>) -> Res<impl IntoResponse> {
         memory_reserve_bytes: cap.memory_reserve_bytes,
         tenantd_version: env!("CARGO_PKG_VERSION").to_string(),
         pid: st.gov.self_pid(),
+        egress: st.gov.egress_support(),
     }))
 }
 
@@ -115,6 +116,8 @@ pub struct Host {
     pub tenantd_version: String,
     #[schema(minimum = 1)]
     pub pid: u32,
+    /// Whether tenant egress policies (nftables) can be enforced here, and why not.
+    pub egress: crate::engine::egress::EgressSupport,
 }
 
 /// `GET /v1/tenants`: tenants by name; every one without `limit`. With `limit`, when more

@@ -104,6 +104,8 @@ pub async fn metrics(
 ) -> Result<impl IntoResponse, Problem> {
     let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let only = super::scope::tenant_filter(&st, &caller).await?;
+    // The egress counters live in the kernel's table: read at each scrape (no table, no read).
+    st.metrics.set_egress(st.gov.egress_snapshot().await?);
     // Rendering 10,000 tenants takes tens of milliseconds of CPU: keep it off the workers.
     let m = st.metrics.clone();
     let body = tokio::task::spawn_blocking(move || match only {

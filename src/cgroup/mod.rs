@@ -759,6 +759,37 @@ pub fn v2_path_of_pid(proc_root: &Path, pid: u32) -> io::Result<Option<String>> 
         .map(|l| l.path))
 }
 
+/// A cgroup2 directory's id: its inode number, which is the cgroup's 64-bit id (kernfs uses
+/// the id as the inode number), what `socket cgroupv2` rules hold. A new cgroup at the same
+/// path has a new id.
+pub fn cgroup_id(dir: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// The cgroup2 mount `dir` is below (the deepest such mount point), from
+/// `<proc_root>/self/mountinfo`: its mount point and its root inside the hierarchy
+/// (mountinfo's fourth field), which together give a directory's depth in the hierarchy.
+pub fn v2_mount_of(proc_root: &Path, dir: &Path) -> Result<Option<(PathBuf, String)>> {
+    let path = proc_root.join("self/mountinfo");
+    let mi = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let mounts =
+        v1_parse::cgroup_mounts(&mi).map_err(|source| CgroupError::Parse { path, source })?;
+    Ok(mounts
+        .into_iter()
+        .filter(|m| m.v2 && dir.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.components().count())
+        .map(|m| (m.mount_point, m.root)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,6 +880,37 @@ mod tests {
             PathBuf::from("/r/a/b/_procs")
         );
         assert_eq!(p.to_string(), "/a/b");
+    }
+
+    /// The cgroup2 mount of a directory, from mountinfo captured on a v2 VM and a hybrid host.
+    #[test]
+    fn the_cgroup2_mount_of_a_directory() {
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroupfs");
+        let proc = std::env::temp_dir().join(format!("tenantd-v2-mount-{}", std::process::id()));
+        std::fs::create_dir_all(proc.join("self")).unwrap();
+        for (from, dir, want) in [
+            (
+                "6.1.0-56-amd64/proc-self-mountinfo",
+                "/sys/fs/cgroup/tenantd/acme",
+                Some(("/sys/fs/cgroup", "/")),
+            ),
+            (
+                "v1-host-6.18.44-fc-v657/proc/self-mountinfo",
+                "/sys/fs/cgroup/unified/x",
+                Some(("/sys/fs/cgroup/unified", "/")),
+            ),
+            (
+                "v1-host-6.18.44-fc-v657/proc/self-mountinfo",
+                "/sys/fs/cgroup/cpu/x",
+                None,
+            ),
+        ] {
+            std::fs::copy(fx.join(from), proc.join("self/mountinfo")).unwrap();
+            let got = v2_mount_of(&proc, Path::new(dir)).unwrap();
+            let want = want.map(|(m, r)| (PathBuf::from(m), r.to_string()));
+            assert_eq!(got, want, "{from}: {dir}");
+        }
+        std::fs::remove_dir_all(&proc).unwrap();
     }
 
     fn hybrid() -> HostMounts {

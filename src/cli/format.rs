@@ -298,6 +298,35 @@ pub fn tenant(t: &TenantView) -> String {
     for n in &t.not_applied {
         out += &format!("not applied on this host: {}: {}\n", n.setting, n.why);
     }
+    if let Some(e) = &t.egress {
+        let list = |l: &[crate::domain::egress::Destination]| {
+            l.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let p = &e.policy;
+        out += &format!(
+            "egress:      default {}; allow [{}]; deny [{}] ({}); {}\n",
+            if p.default == crate::domain::egress::EgressDefault::Allow {
+                "allow"
+            } else {
+                "deny"
+            },
+            list(&p.allow),
+            list(&p.deny),
+            if e.from == t.name {
+                "its own".to_string()
+            } else {
+                format!("from {}", e.from)
+            },
+            match (&e.in_force, &e.why) {
+                (true, _) => "in force".to_string(),
+                (false, Some(why)) => format!("NOT in force: {why}"),
+                (false, None) => "NOT in force".to_string(),
+            }
+        );
+    }
     out
 }
 
@@ -646,6 +675,16 @@ pub fn host(h: &Host) -> String {
         cg.kill,
     );
     s += &format!("mode: {}\n", h.mode.as_str());
+    s += &match (&h.egress.available, &h.egress.why) {
+        (true, _) => format!(
+            "egress policies: enforced ({})\n",
+            h.egress.nft.as_deref().unwrap_or("nft")
+        ),
+        (false, why) => format!(
+            "egress policies: refused here: {}\n",
+            why.as_deref().unwrap_or("unavailable")
+        ),
+    };
     for c in &h.cannot {
         s += &format!("cannot: {}: {}\n", c.what, c.why);
     }
@@ -753,6 +792,43 @@ pids limit        -     pids.max -
         );
     }
 
+    /// `tenantd tenant get` says which egress policy applies, whose it is and whether it is
+    /// in force.
+    #[test]
+    fn tenant_shows_its_egress_policy() {
+        use crate::engine::egress::EgressView;
+        let mut t = samples::tenants().remove(0);
+        let policy = serde_json::from_value(serde_json::json!(
+            {"default": "deny", "allow": ["10.0.0.0/8:443/tcp", "[::1]:5432"]}
+        ))
+        .unwrap();
+        t.egress = Some(EgressView {
+            policy,
+            from: crate::domain::TenantName::parse("team").unwrap(),
+            in_force: true,
+            why: None,
+            checked_ms: Some(1_700_000_361_000),
+        });
+        let out = tenant(&t);
+        assert!(
+            out.ends_with(
+                "egress:      default deny; allow [10.0.0.0/8:443/tcp [::1]:5432]; deny [] (from team); in force\n"
+            ),
+            "{out}"
+        );
+        let e = t.egress.as_mut().unwrap();
+        (e.in_force, e.why, e.from) = (
+            false,
+            Some("its cgroup directory /x is missing".into()),
+            t.name.clone(),
+        );
+        assert!(
+            tenant(&t).ends_with("(its own); NOT in force: its cgroup directory /x is missing\n"),
+            "{}",
+            tenant(&t)
+        );
+    }
+
     #[test]
     fn host_table() {
         assert_eq!(
@@ -763,6 +839,7 @@ controllers: cpu memory pids
 missing: io
 PSI: false  cgroup.kill: false
 mode: root
+egress policies: refused here: tenants run on cgroup v1 here
 
 DEVICE  NAME  SCHEDULER  IO WEIGHTS WORK  WHY
 8:0     sda   bfq        yes              BFQ

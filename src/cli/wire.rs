@@ -13,6 +13,7 @@ pub(super) mod samples {
     use crate::domain::tenant::{DevId, TenantSpec};
     use crate::domain::usage_row::{UsageEvents, UsageGauges, UsageRates, UsageRow};
     use crate::engine::TenantView;
+    use crate::engine::egress::EgressSupport;
     use crate::engine::placement::ProcInfo;
     use crate::report::{Point, Report, TenantReport};
     use crate::store::{Event, Retention, Store, StoredTenant, Usage};
@@ -66,6 +67,7 @@ pub(super) mod samples {
                 }],
                 procs: 2,
                 kernel_read_ms: Some(1_700_000_361_000),
+                egress: None,
             },
             TenantView {
                 name: n("batch"),
@@ -77,6 +79,7 @@ pub(super) mod samples {
                 not_applied: vec![],
                 procs: 0,
                 kernel_read_ms: None,
+                egress: None,
             },
         ]
     }
@@ -117,6 +120,11 @@ pub(super) mod samples {
             memory_reserve_bytes: 512 << 20,
             tenantd_version: "0.1.0".into(),
             pid: 4242,
+            egress: EgressSupport {
+                available: false,
+                why: Some("tenants run on cgroup v1 here".into()),
+                nft: None,
+            },
         }
     }
 

@@ -4,17 +4,21 @@
 //! stat figures a sweep reads (`cadence`), the desired state changed one tenant at a time
 //! (`desired`), SLA accounting (`sla`) and the engine that applies it to every sweep
 //! (`sla_engine`), the events the log records (`event`), and the rules that say which tenant a
-//! running process belongs to (`placement`), and which tenants a fleet node enforces (`fleet`).
+//! running process belongs to (`placement`), which tenants a fleet node enforces
+//! (`fleet`), the network egress policy (`egress`) and the nftables table that enforces it
+//! (`nft`).
 //!
 //! The one typed model: the other layers fill these types, store them and render them.
 //! Layer 0 (see `lib.rs`): the domain imports no other module of the crate.
 
 pub mod cadence;
 pub mod desired;
+pub mod egress;
 pub mod error;
 pub mod event;
 pub mod fleet;
 pub mod launch;
+pub mod nft;
 pub mod placement;
 pub mod plan;
 pub mod schema;

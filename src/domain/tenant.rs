@@ -106,6 +106,10 @@ pub struct TenantSpec {
     /// override them. tenantd itself starts nothing: only the CLI reads them.
     #[serde(default)]
     pub launch: Option<super::launch::LaunchSpec>,
+    /// Network egress policy (`network.egress`); children without one inherit their nearest
+    /// ancestor's.
+    #[serde(default)]
+    pub network: Option<super::egress::NetworkSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -438,6 +442,9 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
         ] {
             check_positive(&format!("io.limits[{i}].{f}"), v)?;
         }
+    }
+    if let Some(n) = &spec.network {
+        super::egress::validate(n)?;
     }
     Ok(())
 }

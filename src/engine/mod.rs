@@ -12,6 +12,7 @@
 //! `report` and `metrics`; never `api`, `config` or `cli`. `fleet` is a node's part in a
 //! fleet sharing one desired state in PostgreSQL (issue 19).
 
+pub mod egress;
 pub mod fleet;
 pub mod journal;
 pub mod placement;
@@ -61,6 +62,12 @@ pub enum EngineError {
     NotPermitted { field: String, message: String },
     #[error("internal task failed: {0}")]
     Join(String),
+    /// This host cannot do what the request asks (an egress policy without nftables).
+    #[error("{field}: {message}")]
+    Unsupported { field: String, message: String },
+    /// nft refused to load the egress table; nothing changed.
+    #[error("network.egress: {message}")]
+    NftRefused { message: String },
     /// The fleet store (issue 19) failed or could not be reached.
     #[error(transparent)]
     Fleet(crate::store::fleet::FleetError),
@@ -111,6 +118,10 @@ pub struct TenantView {
     /// memory, refreshed by every change, every placement and every reconcile pass.
     #[schema(required = true)]
     pub kernel_read_ms: Option<i64>,
+    /// The egress policy the tenant's sockets are under (its own or an ancestor's) and
+    /// whether it is in force; `None` when no policy applies.
+    #[schema(required = true)]
+    pub egress: Option<egress::EgressView>,
 }
 
 /// What the kernel held for one tenant when it was last read.
@@ -200,6 +211,9 @@ pub struct ReconcileReport {
     /// Directories under the root that no tenant owns (reported, never deleted).
     pub unknown: Vec<String>,
     pub errors: Vec<String>,
+    /// How the egress table (`nftables table inet tenantd`) differed from the desired state
+    /// before the pass wrote it again, each also a `drift_corrected` event.
+    pub egress_drift: Vec<String>,
 }
 
 /// The schema of `ReconcileReport::corrected`: `[directory, change]` pairs (the tuple form
@@ -262,6 +276,8 @@ pub struct Governor {
     reconcile_errors: Counter,
     /// Detected by `start`; until then the governor acts as root.
     mode: std::sync::OnceLock<RunMode>,
+    /// Egress policies: what the host offers, what is in force.
+    egress: Arc<egress::Egress>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -289,6 +305,7 @@ impl Governor {
             reconcile_corrections: Counter::default(),
             reconcile_errors: Counter::default(),
             mode: std::sync::OnceLock::new(),
+            egress: Arc::new(egress::Egress::default()),
         })
     }
 
@@ -339,6 +356,48 @@ impl Governor {
         Ok(blocking(move || delegated_cannot(b.as_ref(), need)).await??)
     }
 
+    /// What this host offers for egress policies (probed at start, and again by each
+    /// reconcile pass while unavailable).
+    pub fn egress_support(&self) -> egress::EgressSupport {
+        self.egress.support()
+    }
+
+    /// Every egress rule's counter and which policies are in force, for /metrics.
+    pub async fn egress_snapshot(&self) -> Result<crate::domain::nft::EgressSnapshot> {
+        let e = self.egress.clone();
+        blocking(move || e.snapshot()).await
+    }
+
+    /// Probes egress support (off the async runtime).
+    async fn probe_egress(&self) -> Result<()> {
+        let (e, b, proc) = (
+            self.egress.clone(),
+            self.backend.clone(),
+            self.cfg.proc_root.clone(),
+        );
+        let path = std::env::var("PATH").unwrap_or_default();
+        blocking(move || e.probe(b.as_ref(), &proc, &path)).await
+    }
+
+    /// Writes the egress table for the desired state (with `change` in place of its tenant,
+    /// see `egress::wants`); `check` reads it back first. Called with the write lock held.
+    async fn sync_egress(
+        &self,
+        change: Option<(TenantName, Option<TenantSpec>, Vec<TenantName>)>,
+        check: bool,
+    ) -> Result<egress::Synced> {
+        let wants = self
+            .read(|c| {
+                let ch = change
+                    .as_ref()
+                    .map(|(n, s, l)| (n, s.as_ref(), l.as_slice()));
+                egress::wants(&c.state, ch)
+            })
+            .await?;
+        let (e, b) = (self.egress.clone(), self.backend.clone());
+        blocking(move || e.sync(b.as_ref(), &wants, check, now_ms())).await
+    }
+
     pub async fn host(&self) -> Result<HostCgroup> {
         let b = self.backend.clone();
         Ok(blocking(move || b.host()).await??)
@@ -376,6 +435,7 @@ impl Governor {
             Ok(())
         })
         .await??;
+        self.probe_egress().await?;
         self.store
             .add_events(&[NewEvent {
                 ts_ms: now_ms(),
@@ -482,9 +542,10 @@ impl Governor {
                 })
                 .await?;
         }
+        let egress_drift = self.reconcile_egress(&mut report).await?;
         // Counted as soon as the kernel was written, even if recording the events fails.
         self.reconcile_corrections
-            .inc_by(report.corrected.len() as u64);
+            .inc_by((report.corrected.len() + egress_drift.len()) as u64);
         self.reconcile_errors.inc_by(report.errors.len() as u64);
         let ts = now_ms();
         let mut events: Vec<NewEvent> = report
@@ -507,6 +568,16 @@ impl Governor {
             actor: None,
             event: Event::CgroupCreated {},
         }));
+        events.extend(egress_drift.into_iter().map(|d| NewEvent {
+            ts_ms: ts,
+            tenant: d.tenant.map(|t| t.to_string()),
+            actor: None,
+            event: Event::DriftCorrected {
+                file: format!("nftables table {}", crate::domain::nft::TABLE),
+                was: d.what,
+                now: "written again from the desired state".into(),
+            },
+        }));
         self.store.add_events(&events).await?;
         for e in &report.errors {
             tracing::warn!("reconcile: {e}");
@@ -519,6 +590,36 @@ impl Governor {
         }
         self.refresh_kernel(None).await?;
         Ok(report)
+    }
+
+    /// The egress step of a reconcile pass: probes again while egress is unavailable, reads
+    /// the table back and writes it whole (so a recreated cgroup is bound again). Returns
+    /// how the kernel's table differed; failures and policies left out go to `errors`, and
+    /// each difference counts as a correction.
+    async fn reconcile_egress(
+        &self,
+        report: &mut ReconcileReport,
+    ) -> Result<Vec<crate::domain::nft::Drift>> {
+        let _w = self.writes.lock().await;
+        self.fresh_locked().await?;
+        if !self.egress.available() {
+            self.probe_egress().await?;
+        }
+        let synced = self.sync_egress(None, true).await?;
+        report.errors.extend(synced.failed);
+        report.errors.extend(
+            synced
+                .left_out
+                .into_iter()
+                .map(|(t, why)| format!("tenant '{t}': egress policy not in force: {why}")),
+        );
+        report
+            .egress_drift
+            .extend(synced.drift.iter().map(|d| match &d.tenant {
+                Some(t) => format!("tenant '{t}': {}", d.what),
+                None => d.what.clone(),
+            }));
+        Ok(synced.drift)
     }
 
     /// Finishes or undoes every journal record a change that did not end left behind (see
@@ -711,7 +812,7 @@ impl Governor {
                 let parts: Vec<_> = names
                     .by_ref()
                     .take(limit)
-                    .filter_map(|n| Some((n.clone(), c.parts(n)?)))
+                    .filter_map(|n| Some((n.clone(), c.parts(n)?, self.egress.view(&c.state, n))))
                     .collect();
                 (parts, names.next().is_some())
             })
@@ -720,7 +821,7 @@ impl Governor {
             let k = self.kernel.read().expect("kernel lock");
             parts
                 .iter()
-                .map(|(n, _)| n)
+                .map(|(n, _, _)| n)
                 .filter(|n| !k.contains_key(*n))
                 .cloned()
                 .collect()
@@ -729,16 +830,16 @@ impl Governor {
             self.refresh_kernel(Some(missing)).await?;
         }
         let next_after = if more {
-            parts.last().map(|(n, _)| n.clone())
+            parts.last().map(|(n, _, _)| n.clone())
         } else {
             None
         };
         let k = self.kernel.read().expect("kernel lock");
         let tenants = parts
             .drain(..)
-            .map(|(n, (st, plan, dir))| {
+            .map(|(n, (st, plan, dir), e)| {
                 let r = k.get(&n);
-                view(self.backend.as_ref(), &n, st, plan, &dir, r)
+                view(self.backend.as_ref(), &n, st, plan, &dir, r, e)
             })
             .collect();
         Ok(Listed {
@@ -748,8 +849,8 @@ impl Governor {
     }
 
     pub async fn get(&self, name: &TenantName) -> Result<TenantView> {
-        let (st, plan, dir) = self
-            .read(|c| c.parts(name))
+        let ((st, plan, dir), e) = self
+            .read(|c| Some((c.parts(name)?, self.egress.view(&c.state, name))))
             .await?
             .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
         let cached = self.kernel.read().expect("kernel lock").get(name).cloned();
@@ -770,6 +871,7 @@ impl Governor {
             plan,
             &dir,
             Some(&read),
+            e,
         ))
     }
 
@@ -784,6 +886,9 @@ impl Governor {
         spec: TenantSpec,
         actor: &str,
     ) -> Result<(TenantView, bool)> {
+        // A bad value is named before a host that cannot enforce a policy refuses it.
+        tenant::validate_spec(name, &spec)?;
+        self.egress.admit(&spec)?;
         let _w = self.writes.lock().await;
         self.fresh_locked().await?;
         let (cache, cap, n, s) = (self.desired.clone(), self.cap, name.clone(), spec.clone());
@@ -844,6 +949,35 @@ impl Governor {
             }
             return Err(e);
         }
+        // A change to a policy goes into the kernel's table before it is committed: one the
+        // table cannot hold (nft refuses it, its cgroup cannot be named) is refused, and the
+        // kernel change undone.
+        let own = |s: Option<&TenantSpec>| {
+            s.and_then(|s| s.network.as_ref())
+                .is_some_and(|n| n.egress.is_some())
+        };
+        let egress_touched = self.egress.available() && (own(old.as_ref()) || own(Some(&spec)));
+        if egress_touched {
+            let synced = self
+                .sync_egress(
+                    Some((name.clone(), Some(spec.clone()), change.lineage())),
+                    false,
+                )
+                .await;
+            let refused = match synced {
+                Ok(s) => s.failed.or_else(|| {
+                    s.left_out
+                        .into_iter()
+                        .find(|(t, _)| t == name)
+                        .map(|(_, why)| format!("its policy cannot go into the table: {why}"))
+                }),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(message) = refused {
+                self.undo_put(change, created, dir, step).await;
+                return Err(EngineError::NftRefused { message });
+            }
+        }
 
         // One time for the event and the row, so a tenant's history starts at its creation
         // event exactly (scoped callers see history from `created_ms` on).
@@ -872,26 +1006,9 @@ impl Governor {
             Ok(g) => g,
             Err(e) => {
                 // Keep the kernel as the store says: undo what was just written.
-                let b = self.backend.clone();
-                let (cfg, mode) = (self.cfg.clone(), self.mode());
-                let undo = blocking(move || {
-                    write_change(b.as_ref(), &cfg, mode, &change, Way::Back, None)?;
-                    if created {
-                        b.remove(&dir)?;
-                    }
-                    Ok::<(), CgroupError>(())
-                })
-                .await;
-                match undo {
-                    Ok(Ok(())) => {
-                        if let Some(id) = step {
-                            self.forget(id).await;
-                        }
-                    }
-                    Ok(Err(u)) => tracing::error!(
-                        "could not undo the kernel change after a store failure (reconcile will): {u}"
-                    ),
-                    Err(u) => tracing::error!("could not undo the kernel change: {u}"),
+                self.undo_put(change, created, dir, step).await;
+                if egress_touched && let Err(u) = self.sync_egress(None, false).await {
+                    tracing::error!("could not write the egress table back (reconcile will): {u}");
                 }
                 return Err(e.into());
             }
@@ -917,6 +1034,38 @@ impl Governor {
         // The tenant and its ancestors: the kernel values a change to it may alter.
         self.refresh_kernel(Some(lineage)).await?;
         Ok((self.get(name).await?, created))
+    }
+
+    /// Undoes the kernel side of a put that is not committed: the plans before it, the
+    /// directory it created, and its journal record once that is done.
+    async fn undo_put(
+        &self,
+        change: Arc<StateChange>,
+        created: bool,
+        dir: CgroupPath,
+        step: Option<i64>,
+    ) {
+        let b = self.backend.clone();
+        let (cfg, mode) = (self.cfg.clone(), self.mode());
+        let undo = blocking(move || {
+            write_change(b.as_ref(), &cfg, mode, &change, Way::Back, None)?;
+            if created {
+                b.remove(&dir)?;
+            }
+            Ok::<(), CgroupError>(())
+        })
+        .await;
+        match undo {
+            Ok(Ok(())) => {
+                if let Some(id) = step {
+                    self.forget(id).await;
+                }
+            }
+            Ok(Err(u)) => tracing::error!(
+                "could not undo the kernel change of a put that was not committed (reconcile will): {u}"
+            ),
+            Err(u) => tracing::error!("could not undo the kernel change: {u}"),
+        }
     }
 
     /// Deletes a tenant: refused while it has children, or live processes unless `mode` says
@@ -1038,6 +1187,23 @@ impl Governor {
             c.rows.remove(name);
         });
         self.kernel.write().expect("kernel lock").remove(name);
+        // Its policy leaves the table (its cgroup is gone, so the rule matched nothing).
+        let had_policy = stored
+            .spec
+            .network
+            .as_ref()
+            .is_some_and(|n| n.egress.is_some());
+        if had_policy && self.egress.available() {
+            let failed = match self.sync_egress(None, false).await {
+                Ok(s) => s.failed,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failed {
+                tracing::warn!(
+                    "tenant '{name}' deleted; writing the egress table failed (reconcile will): {e}"
+                );
+            }
+        }
         let events: Vec<NewEvent> = match &mode {
             DeleteMode::MoveTo(to) if !moved.is_empty() => vec![NewEvent {
                 ts_ms: now_ms(),
@@ -1239,6 +1405,7 @@ fn view(
     plan: Option<TenantPlan>,
     dir: &CgroupPath,
     read: Option<&KernelRead>,
+    egress: Option<egress::EgressView>,
 ) -> TenantView {
     let (effective, effective_error) = match read.map(|r| &r.effective) {
         Some(Ok(s)) => (Some(s.clone()), None),
@@ -1258,6 +1425,7 @@ fn view(
         effective_error,
         procs: read.map_or(0, |r| r.procs),
         kernel_read_ms: read.map(|r| r.read_ms),
+        egress,
     }
 }
 

@@ -60,6 +60,9 @@ _CROSS_FIELD = [
     ("PUT|PATCH", r"cpu\.limit_pct", r"below the guarantee"),
     ("PUT|PATCH", r"parent", r"cannot be its own parent|would create a cycle|does not exist"),
     ("PUT|PATCH", r"io\.limits\[\d+\]\.device", r"is listed twice"),
+    # network.egress entries: what the document's pattern cannot state (bits past the
+    # prefix, a port range running backwards, the grammar of IPv6 addresses).
+    ("PUT|PATCH", r"network\.egress\.(allow|deny)\[\d+\]", r"bits set past the prefix|runs backwards|is not an IPv4 or IPv6 address"),
     # maxLength counts characters; the server bounds label values in UTF-8 bytes.
     ("PUT|PATCH", r"labels\..+", r"bytes: label values have at most \d+"),
     ("DELETE", r"move_to", r"use either kill=true or move_to|does not exist|tenant being deleted"),

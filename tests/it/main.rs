@@ -10,6 +10,9 @@
 //! - `delegated`: the daemon as an unprivileged user in a subtree delegated the way systemd
 //!   delegates (issue 14): tenants below the root, the root's own files untouched, placement
 //!   the kernel refuses answered 403; in the VM (`#[ignore]`).
+//! - `egress`: per-tenant egress policies (issue 18): bad entries 422 naming the entry on any
+//!   host, refused on this v1 host; in the VM (`#[ignore]`) tenants' TCP and UDP over IPv4
+//!   and IPv6 refused or let through by tenantd's nftables table, drift, inheritance, counters.
 //! - `durability`: the desired state on a full disk (a small tmpfs): refused with 507, never
 //!   acknowledged and lost; recovery without a restart. Needs root and the v1 hierarchies.
 //! - `hostile`: the HTTP layer under hostile input (query values, bodies, headers, idle and
@@ -50,6 +53,7 @@ mod crash;
 mod dashboards;
 mod delegated;
 mod durability;
+mod egress;
 mod fleet;
 mod hostile;
 mod kernel;

@@ -177,18 +177,25 @@ impl Daemon {
     /// Starts the daemon with extra `serve` flags.
     pub fn start_with(root: &TestRoot, extra: &[&str]) -> Daemon {
         Daemon::launch(root.dir.path(), |port| {
-            let mut c = Command::new(bin());
-            c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-                .arg("--db")
-                .arg(root.db())
-                .arg("--cgroup-root")
-                .arg(&root.path)
-                .arg("--cgroup-mount")
-                .arg(&root.mount)
-                .args(["--reconcile-interval-s", "3600"])
-                .args(extra);
+            let mut c = Daemon::serve(root, port);
+            c.args(extra);
             c
         })
+    }
+
+    /// `tenantd serve` on `port` over `root` (its database, root and mount), reconciling
+    /// only when asked, for `launch`.
+    pub fn serve(root: &TestRoot, port: u16) -> Command {
+        let mut c = Command::new(bin());
+        c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--db")
+            .arg(root.db())
+            .arg("--cgroup-root")
+            .arg(&root.path)
+            .arg("--cgroup-mount")
+            .arg(&root.mount)
+            .args(["--reconcile-interval-s", "3600"]);
+        c
     }
 
     /// Starts the command `serve(port)` builds (it must run `tenantd serve --listen

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse) the assets of the cgroup-v2 test VM:
 #   $CACHE/vmlinux         ELF kernel extracted from Debian's stock bzImage (booted via PVH)
-#   $CACHE/initramfs.cpio  busybox-static + the virtio/9p modules + tests/vm/guest-init as /init
+#   $CACHE/initramfs.cpio  busybox-static + the virtio/9p/ext4/nftables modules + tests/vm/guest-init as /init
 #   $CACHE/kernel-release  e.g. 6.1.0-56-amd64
 #   $CACHE/disk.img        1 GiB sparse template disk (run.sh gives every boot its own fresh copy)
 # CACHE = ${TENANTD_VM_CACHE:-/var/cache/tenantd-vm}
@@ -63,7 +63,11 @@ fi
 [ -n "$KVER_PKG" ] && [ "$KVER_PKG" != "(none)" ] || die "no candidate version for $KPKG"
 # ext4: the SLA memory-protection test puts a filesystem on the scratch disk (file pages are
 # what memory.min protects; anonymous memory cannot be reclaimed without swap).
-MODULES=(virtio_pci virtio_blk 9p 9pnet_virtio crc32c_generic ext4)
+# nfnetlink .. nft_reject_inet: the egress policy's nftables table (tests/it/egress.rs): the
+# inet family, `socket cgroupv2` (nft_socket with its v4/v6 lookups) and `reject`; counters
+# are part of nf_tables itself in this kernel.
+MODULES=(virtio_pci virtio_blk 9p 9pnet_virtio crc32c_generic ext4
+    nfnetlink nf_tables nft_socket nf_socket_ipv4 nf_socket_ipv6 nft_reject_inet)
 KSTAMP="$KPKG=$KVER_PKG modules=${MODULES[*]}"
 
 extract_vmlinux() { # $1 = bzImage, $2 = output ELF
