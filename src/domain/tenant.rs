@@ -96,6 +96,10 @@ pub struct TenantSpec {
     pub io: IoSpec,
     #[serde(default)]
     pub pids: PidsSpec,
+    /// Which processes the daemon places in this tenant by itself, by user, group, program
+    /// and command line (absent: none; see `domain::placement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<super::placement::PlacementSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -339,6 +343,9 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
         ));
     }
     check_labels(&spec.labels)?;
+    if let Some(p) = &spec.placement {
+        p.validate()?;
+    }
     check_pct("cpu.guarantee_pct", spec.cpu.guarantee_pct, 100.0)?;
     check_pct("cpu.limit_pct", spec.cpu.limit_pct, MAX_CPU_LIMIT_PCT)?;
     if let Some(Percent(l)) = spec.cpu.limit_pct
