@@ -466,18 +466,20 @@ async fn placement_task(gov: Arc<Governor>, every: std::time::Duration, stop: Ca
         let p = placer.clone();
         match tokio::task::spawn_blocking(move || p.rescan()).await {
             Ok(r) if r.placed + r.failed > 0 => tracing::info!(
-                "placement rescan: {} processes, {} matched a rule, {} placed, {} failed ({} us)",
+                "placement rescan: {} processes, {} matched a rule, {} placed, {} failed ({} us, {} us of CPU)",
                 r.processes,
                 r.matched,
                 r.placed,
                 r.failed,
-                r.elapsed_us
+                r.elapsed_us,
+                r.cpu_us
             ),
             Ok(r) => tracing::debug!(
-                "placement rescan: {} processes, {} matched a rule ({} us)",
+                "placement rescan: {} processes, {} matched a rule ({} us, {} us of CPU)",
                 r.processes,
                 r.matched,
-                r.elapsed_us
+                r.elapsed_us,
+                r.cpu_us
             ),
             Err(e) => tracing::warn!("placement rescan failed: {e}"),
         }

@@ -325,6 +325,35 @@ impl AutoState {
         self.by_rule.lock().expect("by_rule lock").get(&id).cloned()
     }
 
+    /// Forgets the remembered processes whose PID no longer names them.
+    fn prune_gone(&self, proc_root: &Path) {
+        let alive = |&(pid, st): &ProcId| read_stat(proc_root, pid).is_some_and(|(_, s)| s == st);
+        let mut live: HashSet<ProcId> = HashSet::new();
+        for set in [
+            self.by_hand
+                .lock()
+                .expect("by_hand lock")
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            self.by_rule
+                .lock()
+                .expect("by_rule lock")
+                .keys()
+                .copied()
+                .collect(),
+            self.reported
+                .lock()
+                .expect("reported lock")
+                .iter()
+                .copied()
+                .collect(),
+        ] {
+            live.extend(set.into_iter().filter(alive));
+        }
+        self.prune(&live);
+    }
+
     /// Forgets processes that are gone (`live` holds every process a rescan saw).
     fn prune(&self, live: &HashSet<ProcId>) {
         self.by_hand
@@ -617,7 +646,16 @@ pub struct RescanReport {
     pub matched: usize,
     pub placed: usize,
     pub failed: usize,
+    /// Wall-clock time of the rescan (the moves included).
     pub elapsed_us: u64,
+    /// CPU time of the thread that ran it (the moves' async part runs elsewhere).
+    pub cpu_us: u64,
+}
+
+/// The CPU time of the calling thread, in microseconds.
+fn thread_cpu_us() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
 }
 
 /// The placer: `consider` one process, `rescan` them all. Cheap to clone.
@@ -649,53 +687,52 @@ impl Placer {
     }
 
     /// Considers every process of `/proc`, then forgets the hand-placed and rule-placed
-    /// processes that are gone and stores the burst's events.
+    /// processes that are gone and stores the burst's events. With no rule in force, /proc
+    /// is not listed: only the processes remembered are checked, to forget those gone.
     pub fn rescan(&self) -> RescanReport {
         let started = std::time::Instant::now();
+        let cpu = thread_cpu_us();
         let rules = self.gov.placement_rules(true);
         let mut report = RescanReport::default();
         let proc_root = self.gov.proc_root().to_path_buf();
-        let mut live = HashSet::new();
         let mut touched = Vec::new();
-        let entries = match std::fs::read_dir(&proc_root) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("placement rescan: cannot list {}: {e}", proc_root.display());
-                return report;
-            }
-        };
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
+        if rules.rules.is_empty() {
+            self.gov.auto.prune_gone(&proc_root);
+        } else {
+            let entries = match std::fs::read_dir(&proc_root) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("placement rescan: cannot list {}: {e}", proc_root.display());
+                    return report;
+                }
             };
-            report.processes += 1;
-            if rules.rules.is_empty() {
-                // Nothing to place; only the live set for pruning.
-                if let Some((_, st)) = read_stat(&proc_root, pid) {
-                    live.insert((pid, st));
+            let mut live = HashSet::new();
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                report.processes += 1;
+                match self.consider_with(&rules, pid, Some(&mut live)) {
+                    Outcome::Placed { tenant } => {
+                        report.matched += 1;
+                        report.placed += 1;
+                        touched.push(tenant);
+                    }
+                    Outcome::Failed { .. } => {
+                        report.matched += 1;
+                        report.failed += 1;
+                    }
+                    Outcome::AlreadyThere { .. }
+                    | Outcome::Left {
+                        tenant: Some(_), ..
+                    } => report.matched += 1,
+                    _ => {}
                 }
-                continue;
             }
-            let o = self.consider_with(&rules, pid, Some(&mut live));
-            match o {
-                Outcome::Placed { tenant } => {
-                    report.matched += 1;
-                    report.placed += 1;
-                    touched.push(tenant);
-                }
-                Outcome::Failed { .. } => {
-                    report.matched += 1;
-                    report.failed += 1;
-                }
-                Outcome::AlreadyThere { .. }
-                | Outcome::Left {
-                    tenant: Some(_), ..
-                } => report.matched += 1,
-                _ => {}
-            }
+            self.gov.auto.prune(&live);
         }
-        self.gov.auto.prune(&live);
         report.elapsed_us = started.elapsed().as_micros() as u64;
+        report.cpu_us = thread_cpu_us().saturating_sub(cpu);
         let gov = self.gov.clone();
         self.rt.block_on(async move {
             if !touched.is_empty() {

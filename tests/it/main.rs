@@ -44,6 +44,7 @@ mod hostile;
 mod kernel;
 mod openapi;
 mod placement;
+mod placement_rules;
 mod reconcile;
 mod scale;
 mod scoped;

@@ -262,6 +262,13 @@ impl Daemon {
         )
     }
 
+    /// The text body of a GET (for /metrics).
+    pub fn text(&self, path: &str) -> String {
+        let resp = self.http.get(self.url(path)).send();
+        resp.and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     /// Creates a tenant with PUT and asserts 201 Created.
     pub fn create(&self, name: &str, spec: serde_json::Value) {
         let (s, body) = self.call("PUT", &format!("/v1/tenants/{name}"), Some(spec));
