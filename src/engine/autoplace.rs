@@ -537,8 +537,11 @@ pub fn exe_path(link: PathBuf) -> PathBuf {
     }
 }
 
+/// At most `limit` bytes of a /proc file. The buffer starts at 4 KiB, so a status, stat or
+/// cmdline file (which the kernel formats whole on the first read) takes one read and the
+/// read that sees its end.
 fn read_small(p: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(512);
+    let mut buf = Vec::with_capacity(4096.min(limit as usize + 1));
     std::fs::File::open(p)?.take(limit).read_to_end(&mut buf)?;
     Ok(buf)
 }
@@ -676,7 +679,7 @@ impl Placer {
     /// not in. The connector's entry point: one call per exec, uid, gid or fork event.
     pub fn consider(&self, pid: u32) -> Outcome {
         let rules = self.gov.placement_rules(false);
-        let o = self.consider_with(&rules, pid, None);
+        let o = self.consider_with(&rules, pid);
         if let Outcome::Placed { tenant } = &o {
             let (gov, t) = (self.gov.clone(), tenant.clone());
             self.rt.spawn(async move {
@@ -686,9 +689,8 @@ impl Placer {
         o
     }
 
-    /// Considers every process of `/proc`, then forgets the hand-placed and rule-placed
-    /// processes that are gone and stores the burst's events. With no rule in force, /proc
-    /// is not listed: only the processes remembered are checked, to forget those gone.
+    /// Considers every process of `/proc` (none when no rule is in force), then forgets the
+    /// hand-placed and rule-placed processes that are gone and stores the burst's events.
     pub fn rescan(&self) -> RescanReport {
         let started = std::time::Instant::now();
         let cpu = thread_cpu_us();
@@ -696,9 +698,7 @@ impl Placer {
         let mut report = RescanReport::default();
         let proc_root = self.gov.proc_root().to_path_buf();
         let mut touched = Vec::new();
-        if rules.rules.is_empty() {
-            self.gov.auto.prune_gone(&proc_root);
-        } else {
+        if !rules.rules.is_empty() {
             let entries = match std::fs::read_dir(&proc_root) {
                 Ok(e) => e,
                 Err(e) => {
@@ -706,13 +706,12 @@ impl Placer {
                     return report;
                 }
             };
-            let mut live = HashSet::new();
             for e in entries.flatten() {
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                     continue;
                 };
                 report.processes += 1;
-                match self.consider_with(&rules, pid, Some(&mut live)) {
+                match self.consider_with(&rules, pid) {
                     Outcome::Placed { tenant } => {
                         report.matched += 1;
                         report.placed += 1;
@@ -729,8 +728,8 @@ impl Placer {
                     _ => {}
                 }
             }
-            self.gov.auto.prune(&live);
         }
+        self.gov.auto.prune_gone(&proc_root);
         report.elapsed_us = started.elapsed().as_micros() as u64;
         report.cpu_us = thread_cpu_us().saturating_sub(cpu);
         let gov = self.gov.clone();
@@ -745,42 +744,43 @@ impl Placer {
         report
     }
 
-    /// The decision for one process; `live` collects (PID, start time) of what was seen.
-    fn consider_with(
-        &self,
-        rules: &ActiveRules,
-        pid: u32,
-        live: Option<&mut HashSet<ProcId>>,
-    ) -> Outcome {
+    /// The decision for one process, then `act`. The facts the rules need are read first and
+    /// matched; only a process some rule names has its identity read (start time and flags
+    /// from /proc/PID/stat) and its facts read and matched again after it, so the facts that
+    /// decide are those of the process the move names (and `attach_by_rule` checks that
+    /// identity again right before and after the move). A rescan of processes no rule names
+    /// thus reads only what the rules look at.
+    fn consider_with(&self, rules: &ActiveRules, pid: u32) -> Outcome {
         let gov = &self.gov;
-        let left = |tenant: Option<&TenantName>, why, detail: String| Outcome::Left {
-            tenant: tenant.cloned(),
+        let left = |why, detail: String| Outcome::Left {
+            tenant: None,
             why,
             detail,
         };
         if pid <= 1 || pid == gov.self_pid() {
             return left(
-                None,
                 LeftWhy::NeverTouched,
                 "PID 1 and tenantd itself are never moved".into(),
             );
         }
+        if rules.rules.is_empty() {
+            return Outcome::NoRule;
+        }
         let proc_root = gov.proc_root();
+        let Some((facts, _)) = read_facts(proc_root, pid, 0, rules.needs) else {
+            return Outcome::Gone;
+        };
+        if rules.rules.place(&facts).is_none() {
+            return Outcome::NoRule;
+        }
         let Some((flags, st)) = read_stat(proc_root, pid) else {
             return Outcome::Gone;
         };
-        if let Some(l) = live {
-            l.insert((pid, st));
-        }
         if flags & PF_KTHREAD != 0 {
             return left(
-                None,
                 LeftWhy::KernelThread,
                 "kernel threads cannot be moved".into(),
             );
-        }
-        if rules.rules.is_empty() {
-            return Outcome::NoRule;
         }
         let Some((facts, ids)) = read_facts(proc_root, pid, st, rules.needs) else {
             return Outcome::Gone;
@@ -789,7 +789,6 @@ impl Placer {
             && s.tgid != pid
         {
             return left(
-                None,
                 LeftWhy::NeverTouched,
                 format!("{pid} is a thread of process {}", s.tgid),
             );
