@@ -587,6 +587,45 @@ fn read_facts(
     Some((facts, ids))
 }
 
+/// Whether some rule in force may match `pid`: its facts are read cheapest first (the exe
+/// link, then status, then cmdline, each only when a rule looks at it), and the reading stops
+/// once every rule has missed on a field read (a field that could not be read misses too).
+/// `None`: the process is gone. Never false for a process a rule matches.
+fn may_match(proc_root: &Path, pid: u32, rules: &ActiveRules) -> Option<bool> {
+    let dir = proc_root.join(pid.to_string());
+    let mut facts = ProcessFacts {
+        pid,
+        ..ProcessFacts::default()
+    };
+    let mut alive: Vec<&PlacementRule> = rules.rules.iter().map(|(_, r)| r).collect();
+    let needs = rules.needs;
+    for read in [RuleField::Exe, RuleField::Uids, RuleField::Cmdline] {
+        let known: &[RuleField] = match read {
+            RuleField::Exe if needs.exe => {
+                facts.exe = std::fs::read_link(dir.join("exe")).ok().map(exe_path);
+                &[RuleField::Exe]
+            }
+            RuleField::Uids if needs.ids => {
+                let status = read_small(&dir.join("status"), 64 * 1024).ok()?;
+                let s = parse_status_ids(&String::from_utf8_lossy(&status))?;
+                (facts.ruid, facts.euid, facts.gids) = (s.ruid, s.euid, s.gids);
+                &[RuleField::Uids, RuleField::Gids]
+            }
+            RuleField::Cmdline if needs.cmdline => {
+                let limit = crate::domain::placement::MAX_CMDLINE_MATCH_BYTES as u64 + 1;
+                facts.cmdline = read_small(&dir.join("cmdline"), limit).ok();
+                &[RuleField::Cmdline]
+            }
+            _ => continue,
+        };
+        alive.retain(|r| !r.misses(&facts).iter().any(|m| known.contains(&m.field)));
+        if alive.is_empty() {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
 // ---------------------------------------------------------------------------------------
 // The placer
 
@@ -745,7 +784,7 @@ impl Placer {
     }
 
     /// The decision for one process, then `act`. The facts the rules need are read first and
-    /// matched; only a process some rule names has its identity read (start time and flags
+    /// matched (`may_match`); only a process some rule may name has its identity read (start time and flags
     /// from /proc/PID/stat) and its facts read and matched again after it, so the facts that
     /// decide are those of the process the move names (and `attach_by_rule` checks that
     /// identity again right before and after the move). A rescan of processes no rule names
@@ -767,11 +806,10 @@ impl Placer {
             return Outcome::NoRule;
         }
         let proc_root = gov.proc_root();
-        let Some((facts, _)) = read_facts(proc_root, pid, 0, rules.needs) else {
-            return Outcome::Gone;
-        };
-        if rules.rules.place(&facts).is_none() {
-            return Outcome::NoRule;
+        match may_match(proc_root, pid, rules) {
+            None => return Outcome::Gone,
+            Some(false) => return Outcome::NoRule,
+            Some(true) => {}
         }
         let Some((flags, st)) = read_stat(proc_root, pid) else {
             return Outcome::Gone;
@@ -1274,6 +1312,107 @@ mod tests {
         // A status that cannot be read: no facts.
         std::fs::remove_file(p.join("status")).unwrap();
         assert!(read_facts(d.path(), 4242, 5, all).is_none());
+    }
+
+    /// The files are read again when their modification time or size changes, and only then.
+    #[test]
+    fn accounts_are_read_again_when_passwd_changes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("passwd"), "alice:x:1001:1001::/:/bin/sh\n").unwrap();
+        std::fs::write(d.path().join("group"), "hosting:x:2000:\n").unwrap();
+        let mut files = AccountsFiles {
+            dir: d.path().to_path_buf(),
+            stamps: (None, None),
+            generation: 0,
+            current: Arc::new(Accounts::default()),
+        };
+        assert!(files.refresh());
+        assert_eq!(files.current.user("alice"), Some(1001));
+        assert_eq!(files.current.group("hosting"), Some(2000));
+        assert!(!files.refresh(), "unchanged files are not read again");
+        std::fs::write(
+            d.path().join("passwd"),
+            "alice:x:1005:1001::/:/bin/sh\nbob:x:1002:1002::/:/bin/sh\n",
+        )
+        .unwrap();
+        assert!(files.refresh());
+        assert_eq!(files.generation, 2);
+        assert_eq!(
+            (files.current.user("alice"), files.current.user("bob")),
+            (Some(1005), Some(1002))
+        );
+        // A rule by name follows the new id; a name that is gone takes its rule out of force.
+        let spec: PlacementSpec = serde_json::from_str(r#"{"uids": ["bob"]}"#).unwrap();
+        let t = TenantName::parse("b").unwrap();
+        let leaf = CgroupPath::tenant(std::slice::from_ref(&t)).leaf();
+        let built = ActiveRules::build(
+            (None, 2),
+            vec![(t.clone(), spec.clone(), leaf.clone())],
+            &files.current,
+        );
+        let bob = ProcessFacts {
+            ruid: 1002,
+            euid: 1002,
+            ..ProcessFacts::default()
+        };
+        assert_eq!(
+            built.rules.place(&bob).map(|d| d.tenant.clone()),
+            Some(t.clone())
+        );
+        std::fs::write(d.path().join("passwd"), "alice:x:1005:1001::/:/bin/sh\n").unwrap();
+        assert!(files.refresh());
+        let built = ActiveRules::build((None, 3), vec![(t.clone(), spec, leaf)], &files.current);
+        assert!(built.rules.is_empty());
+        assert!(
+            built.not_in_force[&t].contains("no user named 'bob'"),
+            "{:?}",
+            built.not_in_force
+        );
+    }
+
+    /// A process whose exe no rule names has neither status nor cmdline read (they do not
+    /// exist in the scratch /proc, which would make it "gone"); one whose exe matches is read
+    /// on, and the answer agrees with the matcher.
+    #[test]
+    fn may_match_reads_the_cheapest_fact_first_and_stops() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("77");
+        std::fs::create_dir_all(&p).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/bash", p.join("exe")).unwrap();
+        let t = TenantName::parse("a").unwrap();
+        let leaf = CgroupPath::tenant(std::slice::from_ref(&t)).leaf();
+        let spec: PlacementSpec =
+            serde_json::from_str(r#"{"uids": [1001], "exe": ["/usr/bin/php*"], "cmdline": "x"}"#)
+                .unwrap();
+        let rules = ActiveRules::build(
+            (None, 1),
+            vec![(t.clone(), spec, leaf.clone())],
+            &Accounts::default(),
+        );
+        assert_eq!(may_match(d.path(), 77, &rules), Some(false));
+        std::fs::remove_file(p.join("exe")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/php8.2", p.join("exe")).unwrap();
+        assert_eq!(
+            may_match(d.path(), 77, &rules),
+            None,
+            "status is read now, and missing"
+        );
+        std::fs::write(p.join("status"), STATUS.replace("1001", "1002")).unwrap();
+        assert_eq!(
+            may_match(d.path(), 77, &rules),
+            Some(false),
+            "uid 1002 is not listed"
+        );
+        std::fs::write(p.join("status"), STATUS).unwrap();
+        std::fs::write(p.join("cmdline"), b"php\0x.php\0").unwrap();
+        assert_eq!(may_match(d.path(), 77, &rules), Some(true));
+        let all = Needs {
+            ids: true,
+            exe: true,
+            cmdline: true,
+        };
+        let (facts, _) = read_facts(d.path(), 77, 1, all).unwrap();
+        assert!(rules.rules.place(&facts).is_some());
     }
 
     #[test]

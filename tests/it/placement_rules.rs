@@ -116,16 +116,7 @@ impl Setup for V2Setup {
 impl Drop for V2Setup {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for e in std::fs::read_dir(self.root.dir.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if e.file_name().to_string_lossy().ends_with(".log") {
-                    let log = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    eprintln!("--- {}:\n{log}", e.path().display());
-                }
-            }
+            crate::support::print_logs(self.root.dir.path());
         }
         remove_tree(&self.outside);
     }
