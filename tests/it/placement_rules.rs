@@ -176,14 +176,16 @@ fn rules_place_and_leave<S: Setup>(s: &S) {
         let (web, ci) = (s.leaf_pids("web"), s.leaf_pids("ci"));
         web.contains(&by_uid.host) && ci.contains(&by_exe.host) && ci.contains(&both.host)
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The rescan runs every second: the next one places them (5 s leave room for a slow
+    // rescan under the VM's emulation).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !placed() {
         if std::time::Instant::now() > deadline {
             let why: Vec<Value> = [&by_uid, &by_exe, &both]
                 .iter()
                 .map(|p| s.explain(p.ns))
                 .collect();
-            panic!("the rescan did not place the uid and exe processes within 10 s: {why:#?}");
+            panic!("the rescan did not place the uid and exe processes within 5 s: {why:#?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
