@@ -9,6 +9,7 @@
 use crate::cgroup::CgroupVersion;
 use crate::domain::units::Bytes;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,6 +88,14 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// How log lines are written to stderr: `text` or `json` (one object a line) [text].
     pub log_format: Option<LogFormat>,
+    /// The fleet store (issue 19): `postgres://USER@HOST/DB`. Unset: this host runs alone.
+    pub store: Option<String>,
+    /// This node's name in the fleet [the hostname].
+    pub node: Option<String>,
+    /// This node's labels, which tenants' `nodes` selectors match.
+    pub node_labels: Option<BTreeMap<String, String>>,
+    /// Seconds without a heartbeat after which a node is shown as down [30].
+    pub node_timeout_s: Option<f64>,
 }
 
 /// The keys a reload (SIGHUP) applies; every other key takes effect at the next start.
@@ -140,6 +149,37 @@ pub struct Config {
     /// A validated `tracing` filter.
     pub log_level: String,
     pub log_format: LogFormat,
+    /// The fleet this node belongs to; `None`: this host runs alone.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// A node's fleet settings (`store`, `node`, `node_labels`, `node_timeout_s`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    pub store: String,
+    /// `None`: the hostname, read at start.
+    pub node: Option<String>,
+    pub node_labels: BTreeMap<String, String>,
+    pub node_timeout: Duration,
+}
+
+/// A node name: 1-63 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit.
+pub fn check_node_name(n: &str) -> Result<(), ConfigError> {
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.as_bytes()[0].is_ascii_alphanumeric()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        field: "node",
+        message: format!(
+            "'{}' is not a node name: use 1-63 characters from A-Z a-z 0-9 . _ - starting with a letter or digit",
+            n.chars().take(80).collect::<String>()
+        ),
+    })
 }
 
 impl FileConfig {
@@ -203,6 +243,10 @@ impl FileConfig {
             protected_cgroups: self.protected_cgroups.or(other.protected_cgroups),
             log_level: self.log_level.or(other.log_level),
             log_format: self.log_format.or(other.log_format),
+            store: self.store.or(other.store),
+            node: self.node.or(other.node),
+            node_labels: self.node_labels.or(other.node_labels),
+            node_timeout_s: self.node_timeout_s.or(other.node_timeout_s),
         }
     }
 
@@ -360,7 +404,45 @@ impl FileConfig {
                 ),
             });
         }
+        let node_timeout = secs("node_timeout_s", self.node_timeout_s, 30.0, 1.0)?;
+        let fleet = match self.store {
+            None => {
+                if self.node.is_some() || self.node_labels.is_some() {
+                    return Err(ConfigError::Invalid {
+                        field: "store",
+                        message: "node and node_labels need a fleet store: set store (--store postgres://USER@HOST/DB)".into(),
+                    });
+                }
+                None
+            }
+            Some(url) => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(ConfigError::Invalid {
+                        field: "store",
+                        message: "the fleet store is a PostgreSQL URL: postgres://USER@HOST/DB"
+                            .into(),
+                    });
+                }
+                if let Some(n) = &self.node {
+                    check_node_name(n)?;
+                }
+                let node_labels = self.node_labels.unwrap_or_default();
+                crate::domain::tenant::check_labels("node_labels", &node_labels).map_err(|e| {
+                    ConfigError::Invalid {
+                        field: "node_labels",
+                        message: e.to_string(),
+                    }
+                })?;
+                Some(FleetConfig {
+                    store: url,
+                    node: self.node,
+                    node_labels,
+                    node_timeout,
+                })
+            }
+        };
         Ok(Config {
+            fleet,
             log_level,
             log_format: self.log_format.unwrap_or_default(),
             protected_cgroups,
@@ -722,6 +804,64 @@ mod tests {
     }
 
     #[test]
+    fn fleet_keys() {
+        let none = FileConfig::default().resolve(root).unwrap();
+        assert_eq!(none.fleet, None, "no store: a single host");
+        let f = FileConfig {
+            store: Some("postgres://tenantd@127.0.0.1/fleet".into()),
+            node_labels: Some(BTreeMap::from([("role".into(), "web".into())])),
+            ..Default::default()
+        }
+        .resolve(root)
+        .unwrap()
+        .fleet
+        .unwrap();
+        assert_eq!(f.node, None, "the hostname, read at start");
+        assert_eq!(f.node_timeout, Duration::from_secs(30));
+        assert_eq!(f.node_labels["role"], "web");
+        let bad = |f: FileConfig| f.resolve(root).unwrap_err().to_string();
+        let store = || Some("postgres://h/db".to_string());
+        assert!(
+            bad(FileConfig {
+                store: Some("mysql://h/db".into()),
+                ..Default::default()
+            })
+            .starts_with("store: ")
+        );
+        assert!(
+            bad(FileConfig {
+                node: Some("n1".into()),
+                ..Default::default()
+            })
+            .starts_with("store: ")
+        );
+        assert!(
+            bad(FileConfig {
+                store: store(),
+                node: Some("../x".into()),
+                ..Default::default()
+            })
+            .starts_with("node: ")
+        );
+        assert!(
+            bad(FileConfig {
+                store: store(),
+                node_labels: Some(BTreeMap::from([("-x".into(), "y".into())])),
+                ..Default::default()
+            })
+            .starts_with("node_labels: ")
+        );
+        assert!(
+            bad(FileConfig {
+                store: store(),
+                node_timeout_s: Some(0.5),
+                ..Default::default()
+            })
+            .starts_with("node_timeout_s: ")
+        );
+    }
+
+    #[test]
     fn the_shipped_config_file_parses_and_shows_the_defaults() {
         // As shipped (everything commented out) it is the default configuration.
         let f: FileConfig = toml::from_str(SHIPPED).unwrap();
@@ -738,6 +878,15 @@ mod tests {
         assert_eq!(f.token_file.take(), Some("/etc/tenantd/tokens".into()));
         assert_eq!(f.protected_cgroups.take(), Some(vec!["/init.scope".into()]));
         assert_eq!(f.max_connections.take(), Some(512));
+        assert_eq!(
+            f.store.take(),
+            Some("postgres://tenantd@db.example/fleet".into())
+        );
+        assert_eq!(f.node.take(), Some("web-1".into()));
+        assert_eq!(
+            f.node_labels.take(),
+            Some(BTreeMap::from([("role".into(), "web".into())]))
+        );
         assert_eq!(format!("{:?}", f.resolve(root).unwrap()), want);
         // serde names every field it knows when it refuses an unknown one.
         let e = toml::from_str::<FileConfig>("no_such_key = 1").unwrap_err();

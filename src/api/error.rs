@@ -147,7 +147,17 @@ impl From<EngineError> for Problem {
                 "insufficient-storage",
                 e.to_string(),
             ),
-            e @ (EngineError::Store(_) | EngineError::Join(_)) => {
+            EngineError::Fleet(e @ crate::store::fleet::FleetError::Unreachable { .. }) => {
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    format!(
+                        "{e}: the change was not made; this node keeps enforcing the desired state it holds; retry when the store is back"
+                    ),
+                )
+                .field("store")
+            }
+            e @ (EngineError::Store(_) | EngineError::Join(_) | EngineError::Fleet(_)) => {
                 tracing::error!(
                     "{e}: {:?}",
                     std::error::Error::source(&e).map(|s| s.to_string())

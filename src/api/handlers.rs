@@ -12,6 +12,7 @@ use super::query::{
 use crate::cgroup::{Cannot, HostCgroup, RunMode};
 use crate::domain::{TenantName, TenantSpec};
 use crate::engine::autoplace::Explanation;
+use crate::engine::fleet::{FleetTenantView, Nodes};
 use crate::engine::placement::ProcInfo;
 use crate::engine::{DeleteMode, EngineError, Page, ReconcileReport, TenantView, now_ms};
 use crate::store::{Event, EventFilter, StoreError};
@@ -162,6 +163,7 @@ pub async fn get_tenant(
     responses(
         (status = 200, description = "replaced", body = TenantView, links(("GetTenant" = (operation_id = "getTenant", parameters(("name" = "$response.body#/name")))), ("PatchTenant" = (operation_id = "patchTenant", parameters(("name" = "$response.body#/name")))), ("DeleteTenant" = (operation_id = "deleteTenant", parameters(("name" = "$response.body#/name")))), ("AttachProc" = (operation_id = "attachProc", parameters(("name" = "$response.body#/name")))), ("ListProcs" = (operation_id = "listProcs", parameters(("name" = "$response.body#/name")))), ("GetUsage" = (operation_id = "getUsage", parameters(("name" = "$response.body#/name")))))),
         (status = 201, description = "created", body = TenantView, links(("GetTenant" = (operation_id = "getTenant", parameters(("name" = "$response.body#/name")))), ("PatchTenant" = (operation_id = "patchTenant", parameters(("name" = "$response.body#/name")))), ("DeleteTenant" = (operation_id = "deleteTenant", parameters(("name" = "$response.body#/name")))), ("AttachProc" = (operation_id = "attachProc", parameters(("name" = "$response.body#/name")))), ("ListProcs" = (operation_id = "listProcs", parameters(("name" = "$response.body#/name")))), ("GetUsage" = (operation_id = "getUsage", parameters(("name" = "$response.body#/name")))))),
+        (status = 202, description = "stored in the fleet (a node in a fleet, issue 19) and not enforced by this node: the fleet's record and the nodes that enforce it", body = FleetTenantView),
         (status = "default", response = Problem)))]
 pub async fn put_tenant(
     State(st): State<AppState>,
@@ -170,15 +172,32 @@ pub async fn put_tenant(
     JsonBody(spec): JsonBody<TenantSpec>,
 ) -> Res<impl IntoResponse> {
     super::scope::check_put(&st, &caller, &n, &spec).await?;
-    let (view, created) = st.gov.put(&n, spec, &caller.name).await?;
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
+    put_answer(&st, &n, spec, &caller.name, false).await
+}
+
+/// A PUT (or a PATCH, `patch`) applied here, or through the fleet store when the node is in a
+/// fleet: then a tenant this node does not enforce is answered 202 with the fleet's record.
+async fn put_answer(
+    st: &AppState,
+    n: &TenantName,
+    spec: TenantSpec,
+    actor: &str,
+    patch: bool,
+) -> Res<axum::response::Response> {
+    use crate::engine::fleet::Put;
+    let (view, created) = match &st.fleet {
+        None => st.gov.put(n, spec, actor).await?,
+        Some(f) => match f.put(n, spec, actor).await? {
+            Put::Local(view, created) => (*view, created),
+            Put::Elsewhere(rec) => return Ok((StatusCode::ACCEPTED, Json(*rec)).into_response()),
         },
-        Json(view),
-    ))
+    };
+    let status = if created && !patch {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
 }
 
 /// RFC 7396 JSON merge patch: objects merge, `null` removes, anything else replaces.
@@ -232,7 +251,9 @@ fn known_fields(patch: &serde_json::Value, template: &serde_json::Value, path: &
     request_body(content(
         (TenantPatch = "application/merge-patch+json"),
         (TenantPatch = "application/json"))),
-    responses((status = 200, description = "tenant", body = TenantView), (status = "default", response = Problem)))]
+    responses((status = 200, description = "tenant", body = TenantView),
+        (status = 202, description = "stored in the fleet and not enforced by this node", body = FleetTenantView),
+        (status = "default", response = Problem)))]
 pub async fn patch_tenant(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -247,13 +268,15 @@ pub async fn patch_tenant(
     }
     let template = serde_json::to_value(spec_template()).map_err(|_| Problem::internal())?;
     known_fields(&patch, &template, "")?;
-    let current = st.gov.get(&n).await?;
-    let mut doc = serde_json::to_value(&current.stored.spec).map_err(|_| Problem::internal())?;
+    let current = match &st.fleet {
+        None => st.gov.get(&n).await?.stored.spec,
+        Some(f) => f.spec(&n).await?,
+    };
+    let mut doc = serde_json::to_value(&current).map_err(|_| Problem::internal())?;
     merge(&mut doc, patch);
     let spec: TenantSpec = from_slice(doc.to_string().as_bytes())?;
     super::scope::check_put(&st, &caller, &n, &spec).await?;
-    let (view, _) = st.gov.put(&n, spec, &caller.name).await?;
-    Ok(Json(view))
+    put_answer(&st, &n, spec, &caller.name, true).await
 }
 
 /// A spec with every field present, for `known_fields` (a default spec leaves the optional
@@ -292,8 +315,25 @@ pub async fn delete_tenant(
         (false, Some(t)) => DeleteMode::MoveTo(t),
         (false, None) => DeleteMode::Refuse,
     };
-    st.gov.delete(&n, mode, &caller.name).await?;
+    match &st.fleet {
+        None => st.gov.delete(&n, mode, &caller.name).await?,
+        Some(f) => f.delete(&n, mode, &caller.name).await?,
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/nodes", operation_id = "listNodes",
+    summary = "the fleet's nodes (issue 19): labels, versions, last heartbeat, down, and what each holds of the tenants selected for it; 404 on a daemon without a fleet store",
+    responses((status = 200, description = "nodes", body = Nodes), (status = "default", response = Problem)))]
+pub async fn nodes(State(st): State<AppState>) -> Res<impl IntoResponse> {
+    let Some(f) = &st.fleet else {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no-fleet",
+            "this daemon runs alone: no fleet store is configured (store, --store)",
+        ));
+    };
+    Ok(Json(f.nodes().await?))
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{name}/procs", operation_id = "listProcs", params(TenantPath),

@@ -43,6 +43,9 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Retention of the usage levels, so a usage query picks a level that still has data.
     pub usage_retention: crate::store::Retention,
+    /// This node's link to its fleet (issue 19): writes go to the fleet store; `None` for a
+    /// single host.
+    pub fleet: Option<Arc<crate::engine::fleet::Fleet>>,
 }
 
 /// Longest request target (path and query) answered: longer ones get 414 problem+json.
@@ -151,6 +154,7 @@ pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(handlers::readyz))
         .routes(routes!(handlers::openapi))
         .routes(routes!(handlers::host))
+        .routes(routes!(handlers::nodes))
         .routes(routes!(handlers::list))
         .routes(routes!(
             handlers::put_tenant,

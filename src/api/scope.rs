@@ -18,7 +18,7 @@
 //!   delete.
 //! - `POST /v1/tenants/{x}/procs` is 403 for scoped tokens: a PID can be any process on the
 //!   host, and moving it would take it from another tenant or from the host.
-//! - Host-wide endpoints, `GET /v1/host`, `POST /v1/reconcile` and
+//! - Host-wide endpoints, `GET /v1/host`, `GET /v1/nodes`, `POST /v1/reconcile` and
 //!   `GET /v1/placement/explain` (a PID can be any process), are 404 "no such endpoint" as for
 //!   an unknown path.
 //! - A scoped admin cannot set or change a tenant's `placement` (403): a rule can pull any
@@ -167,7 +167,7 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
             .collect())
     };
     match route.as_str() {
-        "/v1/host" | "/v1/reconcile" | "/v1/placement/explain" => {
+        "/v1/host" | "/v1/reconcile" | "/v1/nodes" | "/v1/placement/explain" => {
             return Err(Problem::no_endpoint(parts.uri.path()));
         }
         "/v1/reports/sla" => {

@@ -243,6 +243,7 @@ mod tests {
             request_timeout: std::time::Duration::from_secs(5),
             metrics: crate::metrics::Metrics::new(),
             usage_retention: Default::default(),
+            fleet: None,
         };
         let get = |uri: &str| {
             let app = router(state.clone());

@@ -12,6 +12,7 @@
 
 pub mod delegate;
 pub mod parse;
+pub mod proc_connector;
 pub mod stats;
 pub mod v1;
 pub mod v1_parse;

@@ -195,6 +195,27 @@ pub fn tenants(list: &[TenantView]) -> String {
 }
 
 /// A tenant in detail for `tenant get`.
+/// One line for a tenant a PUT applied: on this host (a `TenantView`), or, from a node of a
+/// fleet that does not enforce it (202), stored in the fleet (a `FleetTenantView`).
+pub fn applied(name: &str, answer: &serde_json::Value) -> String {
+    if let Ok(v) = serde_json::from_value::<TenantView>(answer.clone()) {
+        return format!(
+            "applied tenant '{name}' (cpu.weight {})",
+            or_dash(v.effective.as_ref().map(|e| e.cpu_weight))
+        );
+    }
+    match serde_json::from_value::<crate::engine::fleet::FleetTenantView>(answer.clone()) {
+        Ok(f) if f.nodes.is_empty() => {
+            format!("applied tenant '{name}' to the fleet (no node selects it now)")
+        }
+        Ok(f) => format!(
+            "applied tenant '{name}' to the fleet (enforced on {}, not on this node)",
+            f.nodes.join(", ")
+        ),
+        Err(_) => format!("applied tenant '{name}'"),
+    }
+}
+
 pub fn tenant(t: &TenantView) -> String {
     let s = &t.stored.spec;
     let mut out = String::new();

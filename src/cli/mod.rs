@@ -310,7 +310,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                     let total = items.len();
                     let mut results = Vec::new();
                     for (i, (name, spec)) in items.into_iter().enumerate() {
-                        let v: TenantView = c
+                        let v: serde_json::Value = c
                             .send(Method::PUT, &format!("/v1/tenants/{name}"), &spec)
                             .await
                             .map_err(|e| {
@@ -319,11 +319,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                                 ))
                             })?;
                         if o.output == Output::Table {
-                            eprintln!(
-                                "[{}/{total}] applied tenant '{name}' (cpu.weight {})",
-                                i + 1,
-                                format::or_dash(v.effective.as_ref().map(|e| e.cpu_weight))
-                            );
+                            eprintln!("[{}/{total}] {}", i + 1, format::applied(&name, &v));
                         }
                         results.push(v);
                     }

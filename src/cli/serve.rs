@@ -13,12 +13,15 @@ use crate::config::{DEFAULT_CGROUP_MOUNT, FileConfig, LogFormat, default_root};
 use crate::domain::plan::PlanParams;
 use crate::domain::tenant::Capacity;
 use crate::engine::autoplace::Placer;
+use crate::engine::fleet::{Fleet, NodeConfig};
 use crate::engine::sampler::{Sampler, SamplerConfig};
 use crate::engine::{EngineConfig, Governor};
 use crate::metrics::Metrics;
+use crate::store::fleet::FleetStore;
 use crate::store::{NewEvent, Store};
 use anyhow::{Context, Result};
 use clap::Args;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +76,29 @@ pub struct ServeArgs {
     /// [default text].
     #[arg(long, env = "TENANTD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// The fleet store: postgres://USER@HOST/DB (issue 19). Unset: this host runs alone.
+    #[arg(long, env = "TENANTD_STORE")]
+    pub store: Option<String>,
+    /// This node's name in the fleet [default: the hostname].
+    #[arg(long, env = "TENANTD_NODE")]
+    pub node: Option<String>,
+    /// This node's labels, KEY=VALUE[,KEY=VALUE...]; tenants' `nodes` selectors match them.
+    #[arg(long, env = "TENANTD_NODE_LABELS", value_parser = parse_labels)]
+    pub node_labels: Option<BTreeMap<String, String>>,
+    /// Seconds without a heartbeat after which a node is shown as down [default 30].
+    #[arg(long, env = "TENANTD_NODE_TIMEOUT_S")]
+    pub node_timeout_s: Option<f64>,
+}
+
+/// `role=web,zone=a` as labels.
+fn parse_labels(s: &str) -> std::result::Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+            None => Err(format!("'{kv}' is not KEY=VALUE")),
+        })
+        .collect()
 }
 
 impl ServeArgs {
@@ -92,6 +118,10 @@ impl ServeArgs {
             sla_tolerance_pp: self.sla_tolerance_pp,
             log_level: self.log_level.clone(),
             log_format: self.log_format,
+            store: self.store.clone(),
+            node: self.node.clone(),
+            node_labels: self.node_labels.clone(),
+            node_timeout_s: self.node_timeout_s,
             ..Default::default()
         }
     }
@@ -142,6 +172,10 @@ fn raise_nofile() -> u64 {
     );
     now.current.unwrap_or(u64::MAX)
 }
+
+/// Between two full reads of the fleet's desired state when no announcement came (the safety
+/// net under LISTEN/NOTIFY).
+const FLEET_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Descriptors for everything but the sampler and the connections: the database pool, the
 /// listener, the log, pidfds while killing, and the sampler's transient opens.
@@ -329,6 +363,38 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         report.unknown.len(),
         report.errors.len()
     );
+    let fleet = match &cfg.fleet {
+        None => None,
+        Some(f) => {
+            let name = match &f.node {
+                Some(n) => n.clone(),
+                None => {
+                    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .context("cannot read the hostname for the node name (set node)")?;
+                    let h = h.trim().to_string();
+                    crate::config::check_node_name(&h)?;
+                    h
+                }
+            };
+            let store = FleetStore::new(&f.store, std::time::Duration::from_secs(2))?;
+            let fleet = Fleet::new(
+                gov.clone(),
+                store,
+                NodeConfig {
+                    name,
+                    labels: f.node_labels.clone(),
+                    timeout: f.node_timeout,
+                    poll: FLEET_POLL,
+                },
+            );
+            fleet
+                .start()
+                .await
+                .with_context(|| format!("cannot join the fleet store {}", fleet.store_shown()))?;
+            tasks.spawn(fleet.clone().run(shutdown.clone()));
+            Some(fleet)
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -353,6 +419,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tokens: tokens.clone(),
         max_body_bytes: cfg.max_body_bytes,
         request_timeout: cfg.request_timeout,
+        fleet,
     };
     {
         let (gov, stop, every) = (gov.clone(), shutdown.clone(), cfg.reconcile_interval);

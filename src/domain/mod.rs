@@ -4,7 +4,7 @@
 //! stat figures a sweep reads (`cadence`), the desired state changed one tenant at a time
 //! (`desired`), SLA accounting (`sla`) and the engine that applies it to every sweep
 //! (`sla_engine`), the events the log records (`event`), and the rules that say which tenant a
-//! running process belongs to (`placement`).
+//! running process belongs to (`placement`), and which tenants a fleet node enforces (`fleet`).
 //!
 //! The one typed model: the other layers fill these types, store them and render them.
 //! Layer 0 (see `lib.rs`): the domain imports no other module of the crate.
@@ -13,6 +13,7 @@ pub mod cadence;
 pub mod desired;
 pub mod error;
 pub mod event;
+pub mod fleet;
 pub mod placement;
 pub mod plan;
 pub mod schema;

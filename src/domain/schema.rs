@@ -166,6 +166,17 @@ pub fn spec_labels() -> Schema {
     labels(false)
 }
 
+/// `TenantSpec.nodes`: a label selector over node labels, or null for every node.
+pub fn node_selector() -> Schema {
+    OneOfBuilder::new()
+        .item(labels(false))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "the fleet nodes that enforce the tenant: every label must match a node's node_labels; null or absent for every node",
+        ))
+        .into()
+}
+
 /// The cgroup version a host runs tenants on, as `/v1/host` names it.
 pub struct CgroupVersionName;
 impl PartialSchema for CgroupVersionName {

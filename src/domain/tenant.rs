@@ -96,6 +96,12 @@ pub struct TenantSpec {
     pub io: IoSpec,
     #[serde(default)]
     pub pids: PidsSpec,
+    /// The nodes of a fleet that enforce this tenant (issue 19): a label selector over the
+    /// nodes' `node_labels`, every label must match (`{"role": "web"}`); absent for every
+    /// node. A single host (no `store`) ignores it.
+    #[serde(default)]
+    #[schema(schema_with = super::schema::node_selector)]
+    pub nodes: Option<BTreeMap<String, String>>,
     /// Which processes the daemon places in this tenant by itself, by user, group, program
     /// and command line (absent: none; see `domain::placement`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,20 +243,20 @@ fn check_positive(field: &str, v: Option<u64>) -> Result<(), DomainError> {
 /// Labels: at most [`MAX_LABELS`]; keys of 1-63 bytes from `A-Z a-z 0-9 . _ / -` starting with
 /// a letter or digit; values of at most 256 bytes without control characters. They are stored
 /// with every tenant and shown on every read, so they stay small.
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), DomainError> {
+pub(crate) fn check_labels(
+    what: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), DomainError> {
     if labels.len() > MAX_LABELS {
         return Err(DomainError::invalid(
-            "labels",
-            format!(
-                "{} labels given: a tenant may carry at most {MAX_LABELS}",
-                labels.len()
-            ),
+            what,
+            format!("{} labels given: at most {MAX_LABELS}", labels.len()),
         ));
     }
     for (k, v) in labels {
         // The field names the key, cut short so a huge key does not come back in full.
         let shown: String = k.chars().take(MAX_LABEL_KEY_BYTES).collect();
-        let field = format!("labels.{shown}");
+        let field = format!("{what}.{shown}");
         let key_ok = !k.is_empty()
             && k.len() <= MAX_LABEL_KEY_BYTES
             && k.as_bytes()[0].is_ascii_alphanumeric()
@@ -342,7 +348,10 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
             format!("tenant '{name}' cannot be its own parent"),
         ));
     }
-    check_labels(&spec.labels)?;
+    check_labels("labels", &spec.labels)?;
+    if let Some(sel) = &spec.nodes {
+        check_labels("nodes", sel)?;
+    }
     if let Some(p) = &spec.placement {
         p.validate()?;
     }

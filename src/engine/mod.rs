@@ -9,9 +9,11 @@
 //! the sampler (which runs the domain's SLA engine, stores its events and applies the weight
 //! it decides), report building (`report`) and the reads the API answers from (`reads`: every
 //! store access of the API goes through the engine). Imports `domain`, `cgroup`, `store`,
-//! `report` and `metrics`; never `api`, `config` or `cli`.
+//! `report` and `metrics`; never `api`, `config` or `cli`. `fleet` is a node's part in a
+//! fleet sharing one desired state in PostgreSQL (issue 19).
 
 pub mod autoplace;
+pub mod fleet;
 pub mod journal;
 pub mod placement;
 pub mod policy;
@@ -60,6 +62,9 @@ pub enum EngineError {
     NotPermitted { field: String, message: String },
     #[error("internal task failed: {0}")]
     Join(String),
+    /// The fleet store (issue 19) failed or could not be reached.
+    #[error(transparent)]
+    Fleet(crate::store::fleet::FleetError),
 }
 
 impl From<CgroupError> for EngineError {

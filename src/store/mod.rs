@@ -12,7 +12,9 @@
 //! `metrics`, `engine`, `api`, `config` or `cli`; only the engine calls it. Within it,
 //! `samples` (usage tables) and `sla` (SLA tables) both build on `rollup` (levels, retention)
 //! and `sweep` composes them in one transaction; no two of its modules import each other.
+//! `fleet` is the PostgreSQL store a fleet of nodes shares (issue 19), beside this SQLite one.
 
+pub mod fleet;
 mod intents;
 mod rollup;
 mod samples;

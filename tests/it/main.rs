@@ -32,19 +32,27 @@
 //!   them in violation; read with `capture-pane`, resized, quit with q and Ctrl-C. Needs tmux.
 //! - `scale`: issue 15, changes at scale: `GET /v1/tenants` pages (any host, scoped tokens
 //!   too); the state served after accepted and refused changes is the stored one (v1 here).
+//! - `proc_connector`: the kernel's process events (issue 17) on this host's kernel: fork,
+//!   exec, uid and gid changes and exit of processes the test starts, an overrun reported as
+//!   lost, the reader thread's stop. Root and the initial namespaces; any cgroup mode.
 //! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
 //!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
+//! - `pg`: a real PostgreSQL server the tests start and stop themselves (Debian's package),
+//!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host.
 
 mod api;
 mod crash;
 mod dashboards;
 mod delegated;
 mod durability;
+mod fleet;
 mod hostile;
 mod kernel;
 mod openapi;
+mod pg;
 mod placement;
 mod placement_rules;
+mod proc_connector;
 mod reconcile;
 mod scale;
 mod scoped;

@@ -486,6 +486,7 @@ fn issue13_finding_5_post_reconcile_counts_corrections() {
             request_timeout: Duration::from_secs(30),
             metrics: tenantd::metrics::Metrics::with_reconcile_counters(corrections, errors),
             usage_retention: Default::default(),
+            fleet: None,
         };
         let call = |method: &str, uri: &str| {
             let req = Request::builder()

@@ -346,7 +346,8 @@ fn issue_14_systemd_notify_ready_watchdog_reload_stopping() {
         UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
     let notes = Notifications(sock);
     let port = free_port();
-    let log = std::fs::File::create(dirs.tmp.path().join(format!("daemon-{port}.log"))).unwrap();
+    let log_path = dirs.tmp.path().join(format!("daemon-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
     // Started by hand: `Daemon::launch` waits for /healthz, and READY must be seen first.
     let child = dirs
         .inside(&serve_args(&dirs, port, &[]))
@@ -360,6 +361,7 @@ fn issue_14_systemd_notify_ready_watchdog_reload_stopping() {
     let mut d = Daemon {
         child,
         addr: format!("http://127.0.0.1:{port}"),
+        log_path,
         http: reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

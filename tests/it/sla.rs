@@ -188,12 +188,34 @@ fn a_hog_outside_the_root_is_a_violation_and_adaptive_enforcement_restores_the_g
     let _loops = d.busy("a", 2);
     root.wait_procs("a", 2);
     let _hog = Outside::hog(&root, 300, 2);
-    eventually(
-        60,
-        "the root's cpu.weight raised past the hog's 300",
-        || root.read("cpu.weight").parse::<u32>().unwrap() >= 300,
-    );
-    std::thread::sleep(Duration::from_secs(3));
+    // The controller raises the root's weight while a is delivered more than the tolerance
+    // (2 pp) below its guarantee and holds it once within: against the hog's 300 that is
+    // anywhere from about 277 (a at 48%) up, so wait for a clear rise (from 100) that has
+    // settled (no change for 5 s), then judge what counts: the share a is delivered.
+    let weight = || root.read("cpu.weight").parse::<u32>().unwrap();
+    let t0 = Instant::now();
+    let mut history = vec![(0.0, weight())];
+    let mut settled_at = Instant::now();
+    loop {
+        let w = weight();
+        if w != history.last().unwrap().1 {
+            history.push((t0.elapsed().as_secs_f64(), w));
+            settled_at = Instant::now();
+        }
+        if w >= 200 && settled_at.elapsed() >= Duration::from_secs(5) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(90) {
+            let (_, ev) = d.call("GET", "/v1/events?kind=sla_adjustment", None);
+            panic!(
+                "the root's cpu.weight did not rise past 200 and settle within 90 s; \
+                 (seconds, weight): {history:?}\nadjustment events: {ev}\ndaemon log:\n{}",
+                d.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("root cpu.weight (seconds after the hog, weight): {history:?}");
     let u0: u64 = root.usage_usec("a");
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(6));

@@ -165,6 +165,8 @@ pub struct Daemon {
     pub child: Child,
     pub addr: String,
     pub http: reqwest::blocking::Client,
+    /// Where the daemon's stderr goes.
+    pub log_path: PathBuf,
 }
 
 impl Daemon {
@@ -209,6 +211,7 @@ impl Daemon {
         let d = Daemon {
             child,
             addr: format!("http://127.0.0.1:{port}"),
+            log_path: log_path.clone(),
             // Idle connections are dropped after 5 s, before the daemon closes them (its
             // header-read timeout, 10 s, runs while a kept-alive connection waits): a request
             // sent on a connection the daemon is closing at that moment gets a reset.
@@ -237,6 +240,12 @@ impl Daemon {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.addr, path)
+    }
+
+    /// The daemon's log so far (for a failing test's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log_path.display()))
     }
 
     /// Sends a request; returns the status and the JSON body (Null when empty).
@@ -733,6 +742,7 @@ impl Api {
                 request_timeout,
                 metrics: tenantd::metrics::Metrics::new(),
                 usage_retention: Default::default(),
+                fleet: None,
             },
             dir,
         }
