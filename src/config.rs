@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub cgroup_version: Option<CgroupVersion>,
     pub token_file: Option<PathBuf>,
     pub reconcile_interval_s: Option<f64>,
+    /// Seconds between rescans of /proc for the tenants' placement rules [10].
+    pub placement_rescan_s: Option<f64>,
     pub best_effort_weight: Option<u32>,
     pub memory_reserve_bytes: Option<Bytes>,
     pub daemon_cpu_weight: Option<u32>,
@@ -123,6 +125,8 @@ pub struct Config {
     pub cgroup_version: CgroupVersion,
     pub token_file: Option<PathBuf>,
     pub reconcile_interval: Duration,
+    /// Between rescans of /proc for the placement rules.
+    pub placement_rescan: Duration,
     pub best_effort_weight: u32,
     pub memory_reserve_bytes: u64,
     pub daemon_cpu_weight: u32,
@@ -208,6 +212,7 @@ impl FileConfig {
             cgroup_version: self.cgroup_version.or(other.cgroup_version),
             token_file: self.token_file.or(other.token_file),
             reconcile_interval_s: self.reconcile_interval_s.or(other.reconcile_interval_s),
+            placement_rescan_s: self.placement_rescan_s.or(other.placement_rescan_s),
             best_effort_weight: self.best_effort_weight.or(other.best_effort_weight),
             memory_reserve_bytes: self.memory_reserve_bytes.or(other.memory_reserve_bytes),
             daemon_cpu_weight: self.daemon_cpu_weight.or(other.daemon_cpu_weight),
@@ -459,6 +464,7 @@ impl FileConfig {
             cgroup_version: self.cgroup_version.unwrap_or_default(),
             token_file: self.token_file,
             reconcile_interval: secs("reconcile_interval_s", self.reconcile_interval_s, 30.0, 0.1)?,
+            placement_rescan: secs("placement_rescan_s", self.placement_rescan_s, 10.0, 0.1)?,
             best_effort_weight: weight("best_effort_weight", self.best_effort_weight, 1)?,
             memory_reserve_bytes: self.memory_reserve_bytes.map(|b| b.0).unwrap_or(512 << 20),
             daemon_cpu_weight: weight("daemon_cpu_weight", self.daemon_cpu_weight, 500)?,

@@ -505,6 +505,20 @@ pub const METRICS: &[MetricDef] = &[
         "Idle or half-sent HTTP connections closed to make room for a new one at max_connections"
     ),
     def!(
+        "tenantd_processes_placed",
+        Counter,
+        None,
+        T,
+        "Processes a placement rule moved into the tenant"
+    ),
+    def!(
+        "tenantd_processes_not_placed",
+        Counter,
+        None,
+        &["tenant", "reason"],
+        "Processes the tenant's placement rule names that were left where they are (reason delegated: in a cgroup another manager delegated)"
+    ),
+    def!(
         "tenantd_build",
         Info,
         None,
@@ -524,6 +538,11 @@ fn def(name: &str) -> &'static MetricDef {
         .find(|d| d.name == name)
         .expect("every name used in code is in METRICS")
 }
+
+/// A counter per label set (`tenant`, and more for some), which the engine increments and
+/// `/metrics` renders with tenantd's own instruments.
+pub type TenantCounters =
+    prometheus_client::metrics::family::Family<Vec<(String, String)>, Counter>;
 
 /// What the sampler last saw of one tenant.
 #[derive(Debug, Clone, Default)]
@@ -555,6 +574,8 @@ pub struct Metrics {
     pub http_connections: Gauge,
     pub http_connections_refused: Counter,
     pub http_connections_evicted: Counter,
+    pub processes_placed: TenantCounters,
+    pub processes_not_placed: TenantCounters,
     tenants: Gauge,
     /// The size of the last render, to allocate the next one in one go.
     render_len: AtomicUsize,
@@ -573,6 +594,8 @@ impl Default for Metrics {
             http_connections: Gauge::default(),
             http_connections_refused: Counter::default(),
             http_connections_evicted: Counter::default(),
+            processes_placed: TenantCounters::default(),
+            processes_not_placed: TenantCounters::default(),
             tenants: Gauge::default(),
             render_len: AtomicUsize::new(0),
         }
@@ -590,6 +613,21 @@ impl Metrics {
         Arc::new(Metrics {
             reconcile_corrections: corrections,
             reconcile_errors: errors,
+            ..Metrics::default()
+        })
+    }
+
+    /// Metrics exposing the governor's reconcile counters and its placement counters
+    /// (`Governor::reconcile_counters`, `Governor::placement_counters`).
+    pub fn with_engine_counters(
+        (corrections, errors): (Counter, Counter),
+        (placed, not_placed): (TenantCounters, TenantCounters),
+    ) -> Arc<Self> {
+        Arc::new(Metrics {
+            reconcile_corrections: corrections,
+            reconcile_errors: errors,
+            processes_placed: placed,
+            processes_not_placed: not_placed,
             ..Metrics::default()
         })
     }
@@ -671,6 +709,16 @@ impl Metrics {
             &mut r,
             "tenantd_http_connections_evicted",
             self.http_connections_evicted.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_processes_placed",
+            self.processes_placed.clone(),
+        );
+        reg(
+            &mut r,
+            "tenantd_processes_not_placed",
+            self.processes_not_placed.clone(),
         );
         reg(
             &mut r,
@@ -1228,6 +1276,16 @@ mod tests {
         let m = Metrics::new();
         m.set_snapshot(snapshot(2));
         m.reconcile_corrections.inc();
+        // A labelled family is written once it has a series (the placer makes them).
+        m.processes_placed
+            .get_or_create(&vec![("tenant".into(), "t0".into())])
+            .inc_by(3);
+        m.processes_not_placed
+            .get_or_create(&vec![
+                ("tenant".into(), "t1".into()),
+                ("reason".into(), "delegated".into()),
+            ])
+            .inc();
         let text = m.render();
         assert!(text.ends_with("# EOF\n"));
         for line in [
@@ -1242,6 +1300,8 @@ mod tests {
             "tenantd_tenant_memory_limit_bytes{tenant=\"t1\"} 1073741824",
             "tenantd_tenants 2",
             "tenantd_reconcile_corrections_total 1",
+            "tenantd_processes_placed_total{tenant=\"t0\"} 3",
+            "tenantd_processes_not_placed_total{tenant=\"t1\",reason=\"delegated\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
@@ -1255,7 +1315,11 @@ mod tests {
         assert_eq!(families, names);
         // A deleted tenant disappears at the next scrape.
         m.set_snapshot(snapshot(1));
-        assert!(!m.render().contains("tenant=\"t1\""));
+        assert!(
+            !m.render()
+                .lines()
+                .any(|l| l.starts_with("tenantd_tenant_") && l.contains("tenant=\"t1\""))
+        );
     }
 
     /// `render` writes the per-tenant families itself; its bytes must be exactly those of

@@ -6,9 +6,12 @@ use super::error::Problem;
 use super::json::{JsonBody, from_slice};
 use super::openapi::TenantPatch;
 use super::path::TenantPath;
-use super::query::{DeleteParams, EventsParams, Params, TenantsParams, next_page_headers};
+use super::query::{
+    DeleteParams, EventsParams, ExplainParams, Params, TenantsParams, next_page_headers,
+};
 use crate::cgroup::{Cannot, HostCgroup, RunMode};
 use crate::domain::{TenantName, TenantSpec};
+use crate::engine::autoplace::Explanation;
 use crate::engine::fleet::{FleetTenantView, Nodes};
 use crate::engine::placement::ProcInfo;
 use crate::engine::{DeleteMode, EngineError, Page, ReconcileReport, TenantView, now_ms};
@@ -266,7 +269,7 @@ pub async fn patch_tenant(
             "a merge patch must be a JSON object",
         ));
     }
-    let template = serde_json::to_value(TenantSpec::default()).map_err(|_| Problem::internal())?;
+    let template = serde_json::to_value(spec_template()).map_err(|_| Problem::internal())?;
     known_fields(&patch, &template, "")?;
     let current = match &st.fleet {
         None => st.gov.get(&n).await?.stored.spec,
@@ -275,7 +278,23 @@ pub async fn patch_tenant(
     let mut doc = serde_json::to_value(&current).map_err(|_| Problem::internal())?;
     merge(&mut doc, patch);
     let spec: TenantSpec = from_slice(doc.to_string().as_bytes())?;
+    super::scope::check_put(&st, &caller, &n, &spec).await?;
     put_answer(&st, &n, spec, &caller.name, true).await
+}
+
+/// A spec with every field present, for `known_fields` (a default spec leaves the optional
+/// `placement` section out).
+fn spec_template() -> TenantSpec {
+    TenantSpec {
+        placement: Some(crate::domain::placement::PlacementSpec {
+            uids: Some(Vec::new()),
+            gids: Some(Vec::new()),
+            exe: Some(Vec::new()),
+            cmdline: Some(String::new()),
+            ..Default::default()
+        }),
+        ..TenantSpec::default()
+    }
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{name}", operation_id = "deleteTenant", params(TenantPath, DeleteParams),
@@ -367,6 +386,24 @@ pub struct Attached {
     pub pid: u32,
 }
 
+/// `GET /v1/placement/explain?pid=N`: which tenant the placement rules give the process,
+/// which rule matched, and for every rule the fields that did not; what the placer would do.
+/// Nothing is moved.
+#[utoipa::path(get, path = "/v1/placement/explain", operation_id = "explainPlacement", params(ExplainParams),
+    summary = "which tenant the placement rules give a process, and why (nothing is moved)",
+    responses((status = 200, description = "explanation", body = Explanation), (status = "default", response = Problem)))]
+pub async fn explain_placement(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Res<Json<Explanation>> {
+    let (ExplainParams { pid }, _) = ExplainParams::parse(q.as_deref(), now_ms())?;
+    let e = st.gov.clone().explain(pid).await?;
+    e.map(Json).ok_or_else(|| {
+        let gone = format!("no process with PID {pid} exists");
+        Problem::new(StatusCode::NOT_FOUND, "not-found", gone).field("pid")
+    })
+}
+
 #[utoipa::path(post, path = "/v1/reconcile", operation_id = "reconcile",
     summary = "reconcile now: create what is missing, restore drifted values, report unknown directories",
     responses((status = 200, description = "report", body = ReconcileReport), (status = "default", response = Problem)))]
@@ -423,7 +460,7 @@ mod tests {
     /// because a `null` for a field the spec does not have removed nothing and passed.
     #[test]
     fn a_merge_patch_naming_an_unknown_field_is_refused_even_with_null() {
-        let t = serde_json::to_value(TenantSpec::default()).unwrap();
+        let t = serde_json::to_value(spec_template()).unwrap();
         let check = |p: serde_json::Value| known_fields(&p, &t, "").map_err(|e| e.field);
         assert_eq!(
             check(serde_json::json!({"io": {}, "": null})),
@@ -437,11 +474,17 @@ mod tests {
             check(serde_json::json!({"bogus": 1})),
             Err(Some("bogus".into()))
         );
+        assert_eq!(
+            check(serde_json::json!({"placement": {"uid": null}})),
+            Err(Some("placement.uid".into()))
+        );
         for ok in [
             serde_json::json!({"cpu": {"guarantee_pct": null}}),
             serde_json::json!({"labels": {"any-key": "v", "gone": null}}),
             serde_json::json!({"memory": null, "parent": "x"}),
             serde_json::json!({"io": {"limits": [{"device": "8:0"}]}}),
+            serde_json::json!({"placement": {"cmdline": null, "priority": 3}}),
+            serde_json::json!({"placement": null}),
         ] {
             assert_eq!(check(ok.clone()), Ok(()), "{ok}");
         }

@@ -164,6 +164,7 @@ pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         ))
         .routes(routes!(handlers::list_procs, handlers::add_proc))
         .routes(routes!(handlers::reconcile))
+        .routes(routes!(handlers::explain_placement))
         .routes(routes!(report::sla))
         .routes(routes!(handlers::events))
         .routes(routes!(usage::usage))

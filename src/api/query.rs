@@ -295,6 +295,36 @@ impl Params for DeleteParams {
     }
 }
 
+/// `GET /v1/placement/explain`: the process to explain.
+#[derive(Debug, Clone, PartialEq, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExplainParams {
+    /// a process ID, as the daemon's /proc numbers it
+    #[param(value_type = i64, minimum = 1, maximum = 4194304)]
+    pub pid: u32,
+}
+
+impl Params for ExplainParams {
+    fn from_query(q: &Query, _: i64) -> Result<Self, Problem> {
+        let max = crate::domain::tenant::PID_MAX_LIMIT as i64;
+        let v = q
+            .get("pid")
+            .ok_or_else(|| Problem::invalid("pid", "pid is missing: give ?pid=N"))?;
+        digits(v)
+            .filter(|n| (1..=max).contains(n))
+            .map(|n| ExplainParams { pid: n as u32 })
+            .ok_or_else(|| {
+                Problem::invalid(
+                    "pid",
+                    format!(
+                        "'{}' is not a process ID: give a number from 1 to {max}",
+                        shown(v)
+                    ),
+                )
+            })
+    }
+}
+
 /// The most tenants one page of `GET /v1/tenants` holds.
 pub const TENANTS_MAX_LIMIT: i64 = 1000;
 

@@ -18,8 +18,11 @@
 //!   delete.
 //! - `POST /v1/tenants/{x}/procs` is 403 for scoped tokens: a PID can be any process on the
 //!   host, and moving it would take it from another tenant or from the host.
-//! - Host-wide endpoints, `GET /v1/host`, `GET /v1/nodes` and `POST /v1/reconcile`, are 404
-//!   "no such endpoint" as for an unknown path.
+//! - Host-wide endpoints, `GET /v1/host`, `GET /v1/nodes`, `POST /v1/reconcile` and
+//!   `GET /v1/placement/explain` (a PID can be any process), are 404 "no such endpoint" as for
+//!   an unknown path.
+//! - A scoped admin cannot set or change a tenant's `placement` (403): a rule can pull any
+//!   process of the host into the tenant, as a posted PID could.
 //! - Lists are filtered: `GET /v1/tenants`, `/v1/events` (only events of tenants in the subtree
 //!   now; daemon-wide events never), the SLA report, and `/metrics` (the subtree's per-tenant
 //!   series only, none of tenantd's own instruments; every family's descriptor stays).
@@ -164,7 +167,7 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
             .collect())
     };
     match route.as_str() {
-        "/v1/host" | "/v1/reconcile" | "/v1/nodes" => {
+        "/v1/host" | "/v1/reconcile" | "/v1/nodes" | "/v1/placement/explain" => {
             return Err(Problem::no_endpoint(parts.uri.path()));
         }
         "/v1/reports/sla" => {
@@ -231,8 +234,9 @@ async fn check(st: &AppState, req: Request) -> Result<Request, Problem> {
     Ok(Request::from_parts(parts, body))
 }
 
-/// `PUT /v1/tenants/{name}` for a scoped admin: not its own tenant, a parent inside the
-/// subtree, and a name not taken outside it.
+/// `PUT /v1/tenants/{name}` (and the spec a `PATCH` makes) for a scoped admin: not its own
+/// tenant, a parent inside the subtree, a name not taken outside it, and the placement rule
+/// as stored.
 pub async fn check_put(
     st: &AppState,
     caller: &Caller,
@@ -245,6 +249,7 @@ pub async fn check_put(
     if name == scope {
         return Err(read_only(caller, scope));
     }
+    placement_kept(st, caller, scope, name, spec).await?;
     let (parent_inside, taken_outside) = st
         .gov
         .with_tenants(|s| {
@@ -280,6 +285,33 @@ pub async fn check_put(
         return Err(missing(name));
     }
     Ok(())
+}
+
+/// A scoped admin's PUT or PATCH may keep a tenant's `placement` as stored, never set or
+/// change it: a rule can pull any process of the host into the tenant.
+async fn placement_kept(
+    st: &AppState,
+    caller: &Caller,
+    scope: &TenantName,
+    name: &TenantName,
+    spec: &TenantSpec,
+) -> Result<(), Problem> {
+    let stored = st
+        .gov
+        .with_tenants(|s| s.get(name).and_then(|t| t.spec.placement))
+        .await?;
+    if stored == spec.placement {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "token '{}' is scoped to tenant '{scope}' and cannot set placement rules (a rule can take any process of the host): ask the host's admin",
+            caller.name
+        ),
+    )
+    .field("placement"))
 }
 
 /// `GET /v1/tenants`: the subtree a caller's list (and its pages) holds (`None`: every

@@ -10,6 +10,7 @@
 //! every tenant's processes live in its leaf `R/<a>/<b>/_procs`. Names starting with `_`
 //! cannot be tenant names, so they never collide.
 
+pub mod delegate;
 pub mod parse;
 pub mod proc_connector;
 pub mod stats;

@@ -6,6 +6,7 @@ use crate::domain::plan::{Limit, Settings};
 use crate::domain::tenant::{Protection, TenantSpec};
 use crate::domain::units::{Bytes, Percent, format_bytes};
 use crate::engine::TenantView;
+use crate::engine::autoplace::{Explanation, Outcome};
 use crate::engine::placement::ProcInfo;
 use crate::report::Report;
 use crate::store::{Event, Level, Usage, UsagePoint};
@@ -480,6 +481,107 @@ pub fn procs(list: &[ProcInfo]) -> String {
     table(&["PID", "COMMAND"], &rows)
 }
 
+/// `tenantd procs explain PID`: the process's facts, the decision, what the placer does, and a
+/// row per rule with the fields that missed.
+pub fn explanation(e: &Explanation) -> String {
+    let p = &e.process;
+    let mut s = format!(
+        "PID {}  start time {}
+uid {} (effective {})  groups {}
+exe {}
+cmdline {}
+",
+        p.pid,
+        p.start_time,
+        p.ruid,
+        p.euid,
+        pids(&p.gids),
+        or_dash(p.exe.as_ref()),
+        p.cmdline
+            .as_ref()
+            .map(|a| a.join(" "))
+            .unwrap_or_else(|| "-".into()),
+    );
+    s += &match &e.decision {
+        Some(d) => format!(
+            "tenant {} (priority {}, specificity {}, won by {}{})
+",
+            d.tenant,
+            d.priority,
+            d.specificity,
+            serde_json::to_value(d.won_by)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            d.runner_up
+                .as_ref()
+                .map(|r| format!(" over {r}"))
+                .unwrap_or_default()
+        ),
+        None => "tenant - (no rule matches)
+"
+        .into(),
+    };
+    s += &format!(
+        "action: {}
+",
+        match &e.action {
+            Outcome::Placed { tenant } => format!("place in {tenant}"),
+            Outcome::AlreadyThere { tenant } => format!("none, already in {tenant}"),
+            Outcome::NoRule => "none, no rule matches".into(),
+            Outcome::Left { detail, .. } => format!("left where it is: {detail}"),
+            Outcome::Gone => "none, the process is gone".into(),
+            Outcome::Failed { detail, .. } => format!("failed: {detail}"),
+        }
+    );
+    let rows: Vec<Vec<String>> = e
+        .rules
+        .iter()
+        .map(|r| {
+            let missed: Vec<String> = r
+                .misses
+                .iter()
+                .map(|m| {
+                    let v = serde_json::to_value(m).unwrap_or_default();
+                    format!(
+                        "{} ({})",
+                        v["field"].as_str().unwrap_or_default(),
+                        v["reason"].as_str().unwrap_or_default().replace('_', " ")
+                    )
+                })
+                .collect();
+            vec![
+                r.tenant.to_string(),
+                r.priority.to_string(),
+                r.specificity.to_string(),
+                if r.matched { "yes".into() } else { "no".into() },
+                if missed.is_empty() {
+                    "-".into()
+                } else {
+                    missed.join(", ")
+                },
+                r.rule.clone(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        s += "
+";
+        s += &table(
+            &["TENANT", "PRIORITY", "FIELDS", "MATCH", "MISSED", "RULE"],
+            &rows,
+        );
+    }
+    for n in &e.not_in_force {
+        s += &format!(
+            "not in force: {}: {}
+",
+            n.tenant, n.why
+        );
+    }
+    s
+}
+
 /// `tenantd events`: newest first, the detail as short text (`-o json` has all of it).
 pub fn events(list: &[Event], times: &Times) -> String {
     let rows: Vec<Vec<String>> = list
@@ -651,6 +753,16 @@ pub fn event_detail(e: &DomainEvent, times: &Times) -> String {
             from,
             to,
         } => format!("{cgroup} {file} {from} -> {to}"),
+        E::ProcessPlaced {
+            count,
+            pids: p,
+            rule,
+        } => format!("{count} by rule {rule}: PIDs {}", pids(p)),
+        E::ProcessNotPlaced {
+            count,
+            pids: p,
+            why,
+        } => format!("{count} left: {why}: PIDs {}", pids(p)),
     }
 }
 

@@ -18,6 +18,7 @@ mod wire;
 
 use crate::api::{Attached, Host};
 use crate::engine::TenantView;
+use crate::engine::autoplace::Explanation;
 use crate::engine::placement::ProcInfo;
 use crate::report::Report;
 use crate::store::{Event, Usage};
@@ -202,6 +203,8 @@ pub enum ProcsCmd {
     Add { tenant: String, pid: u32 },
     /// List a tenant's processes.
     List { tenant: String },
+    /// Which tenant the placement rules give a process and why (nothing is moved).
+    Explain { pid: u32 },
 }
 
 /// A `-l` value: `LABEL=VALUE`.
@@ -377,6 +380,10 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                 ProcsCmd::List { tenant } => {
                     let v: Vec<ProcInfo> = c.get(&format!("/v1/tenants/{tenant}/procs")).await?;
                     print(o.output, &v, |v| format::procs(v));
+                }
+                ProcsCmd::Explain { pid } => {
+                    let v: Explanation = c.get(&format!("/v1/placement/explain?pid={pid}")).await?;
+                    print(o.output, &v, format::explanation);
                 }
             }
         }

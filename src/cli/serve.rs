@@ -12,6 +12,7 @@ use crate::cgroup::{Backend, CgroupVersion, Detected, HostMounts, choose};
 use crate::config::{DEFAULT_CGROUP_MOUNT, FileConfig, LogFormat, default_root};
 use crate::domain::plan::PlanParams;
 use crate::domain::tenant::Capacity;
+use crate::engine::autoplace::Placer;
 use crate::engine::fleet::{Fleet, NodeConfig};
 use crate::engine::sampler::{Sampler, SamplerConfig};
 use crate::engine::{EngineConfig, Governor};
@@ -55,6 +56,9 @@ pub struct ServeArgs {
     /// Seconds between usage samples [default 1].
     #[arg(long, env = "TENANTD_SAMPLE_INTERVAL_S")]
     pub sample_interval_s: Option<f64>,
+    /// Seconds between rescans of /proc for the placement rules [default 10].
+    #[arg(long, env = "TENANTD_PLACEMENT_RESCAN_S")]
+    pub placement_rescan_s: Option<f64>,
     /// Do not move the daemon into <root>/_tenantd (tests; not for production).
     #[arg(long)]
     pub no_move_self: bool,
@@ -108,6 +112,7 @@ impl ServeArgs {
             token_file: self.token_file.clone(),
             reconcile_interval_s: self.reconcile_interval_s,
             sample_interval_s: self.sample_interval_s,
+            placement_rescan_s: self.placement_rescan_s,
             move_self: self.no_move_self.then_some(false),
             sla_adaptive: self.sla_adaptive.then_some(true),
             sla_tolerance_pp: self.sla_tolerance_pp,
@@ -332,6 +337,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             protected_cgroups: cfg.protected_cgroups.clone().unwrap_or_else(|| {
                 crate::engine::policy::default_protected_cgroups(std::path::Path::new("/proc"))
             }),
+            etc_dir: PathBuf::from("/etc"),
+            delegation: crate::cgroup::delegate::DelegationCheck::detect(std::path::Path::new(
+                "/proc",
+            )),
         },
         host_capacity(cfg.memory_reserve_bytes)?,
     );
@@ -402,10 +411,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         cfg.db.display(),
         cfg.cgroup_root.display()
     );
-    let metrics = {
-        let (corrections, errors) = gov.reconcile_counters();
-        Metrics::with_reconcile_counters(corrections, errors)
-    };
+    let metrics = Metrics::with_engine_counters(gov.reconcile_counters(), gov.placement_counters());
     let state = AppState {
         metrics: metrics.clone(),
         usage_retention: cfg.usage_retention,
@@ -433,6 +439,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             }
         });
     }
+    tasks.spawn(placement_task(
+        gov.clone(),
+        cfg.placement_rescan,
+        shutdown.clone(),
+    ));
     let max_connections = connection_cap(nofile, cfg.max_connections);
     {
         let sampler_cfg = SamplerConfig {
@@ -499,6 +510,47 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await?;
     store.close().await;
     Ok(())
+}
+
+/// The placement rules' rescan of /proc: at start, at once after a tenant's rule changed, and
+/// every `every`; the events of placements made between rescans (by `Placer::consider`) are
+/// stored every second. The rescan runs on the blocking pool.
+async fn placement_task(gov: Arc<Governor>, every: std::time::Duration, stop: CancellationToken) {
+    let placer = Placer::new(gov.clone(), tokio::runtime::Handle::current());
+    let mut rescan = tokio::time::interval(every);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = flush.tick() => {
+                gov.flush_placement_events().await;
+                continue;
+            }
+            _ = rescan.tick() => {}
+            _ = gov.placement_changed() => rescan.reset(),
+        }
+        let p = placer.clone();
+        match tokio::task::spawn_blocking(move || p.rescan()).await {
+            Ok(r) if r.placed + r.failed > 0 => tracing::info!(
+                "placement rescan: {} processes, {} matched a rule, {} placed, {} failed ({} us, {} us of CPU)",
+                r.processes,
+                r.matched,
+                r.placed,
+                r.failed,
+                r.elapsed_us,
+                r.cpu_us
+            ),
+            Ok(r) => tracing::debug!(
+                "placement rescan: {} processes, {} matched a rule ({} us, {} us of CPU)",
+                r.processes,
+                r.matched,
+                r.elapsed_us,
+                r.cpu_us
+            ),
+            Err(e) => tracing::warn!("placement rescan failed: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,20 @@ pub enum Event {
         from: u32,
         to: u32,
     },
+    /// The tenant's placement rule moved processes into it: how many since the last such
+    /// event, the first PIDs (at most 20), and the rule as written.
+    ProcessPlaced {
+        count: u64,
+        pids: Vec<u32>,
+        rule: String,
+    },
+    /// Processes the tenant's placement rule names were left where they are (each reported
+    /// once): how many, the first PIDs, and why (a cgroup another manager delegated).
+    ProcessNotPlaced {
+        count: u64,
+        pids: Vec<u32>,
+        why: String,
+    },
 }
 
 /// New limit hits since the last sample, and the kernel's counter.
@@ -260,6 +274,16 @@ pub(crate) mod tests {
                 restart_needed: vec!["listen".into()],
                 failed: vec![],
             },
+            Event::ProcessPlaced {
+                count: 3,
+                pids: vec![7, 8, 9],
+                rule: "uids [1001]".into(),
+            },
+            Event::ProcessNotPlaced {
+                count: 1,
+                pids: vec![7],
+                why: "in /sys/fs/cgroup/system.slice/x.service, which another manager delegated (Delegate=yes); the rule has no override_delegated".into(),
+            },
         ]
     }
 
@@ -289,6 +313,8 @@ pub(crate) mod tests {
             Event::MemoryProtectionBreach { .. } => 19,
             Event::SlaAdjustment { .. } => 20,
             Event::DaemonReload { .. } => 21,
+            Event::ProcessPlaced { .. } => 22,
+            Event::ProcessNotPlaced { .. } => 23,
         }
     }
 
@@ -297,7 +323,7 @@ pub(crate) mod tests {
         let all = one_of_each();
         assert_eq!(
             all.iter().map(variant).collect::<Vec<_>>(),
-            (0..=21).collect::<Vec<_>>(),
+            (0..=23).collect::<Vec<_>>(),
             "one_of_each has every kind once"
         );
         for e in all {

@@ -155,7 +155,9 @@ pub struct PlacementSpec {
 }
 
 /// One of the fields a rule matches on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleField {
     Uids,
@@ -497,7 +499,7 @@ pub struct ProcessFacts {
 }
 
 /// Why a field of a rule did not match a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MissReason {
     /// The process's value is not one the rule names.
@@ -507,7 +509,7 @@ pub enum MissReason {
 }
 
 /// A field of a rule that did not match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Miss {
     pub field: RuleField,
     pub reason: MissReason,
@@ -661,7 +663,7 @@ pub fn check_conflicts<'a, T: Ord + fmt::Display + 'a>(
 }
 
 /// Why the winning rule beat the next rule that also matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WonBy {
     /// No other rule matched.

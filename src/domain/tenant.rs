@@ -110,6 +110,10 @@ pub struct TenantSpec {
     /// ancestor's.
     #[serde(default)]
     pub network: Option<super::egress::NetworkSpec>,
+    /// Which processes the daemon places in this tenant by itself, by user, group, program
+    /// and command line (absent: none; see `domain::placement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<super::placement::PlacementSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -355,6 +359,9 @@ pub fn validate_spec(name: &TenantName, spec: &TenantSpec) -> Result<(), DomainE
     check_labels("labels", &spec.labels)?;
     if let Some(sel) = &spec.nodes {
         check_labels("nodes", sel)?;
+    }
+    if let Some(p) = &spec.placement {
+        p.validate()?;
     }
     check_pct("cpu.guarantee_pct", spec.cpu.guarantee_pct, 100.0)?;
     check_pct("cpu.limit_pct", spec.cpu.limit_pct, MAX_CPU_LIMIT_PCT)?;

@@ -13,6 +13,7 @@
 //! fleet sharing one desired state in PostgreSQL (issue 19).
 
 pub mod egress;
+pub mod autoplace;
 pub mod fleet;
 pub mod journal;
 pub mod placement;
@@ -245,6 +246,11 @@ pub struct EngineConfig {
     /// Cgroups (paths as /proc/PID/cgroup shows them) whose processes are never moved into a
     /// tenant; resolved (`policy::default_protected_cgroups`) before it gets here.
     pub protected_cgroups: Vec<String>,
+    /// Where `passwd` and `group` are, for the user and group names of placement rules.
+    pub etc_dir: PathBuf,
+    /// The hierarchies where another manager marks the cgroups it delegated (placement
+    /// rules leave their processes alone); the default checks none.
+    pub delegation: crate::cgroup::delegate::DelegationCheck,
 }
 
 impl Default for EngineConfig {
@@ -256,6 +262,8 @@ impl Default for EngineConfig {
             daemon_memory_min_bytes: 0,
             proc_root: PathBuf::from("/proc"),
             protected_cgroups: Vec::new(),
+            etc_dir: PathBuf::from("/etc"),
+            delegation: Default::default(),
         }
     }
 }
@@ -278,6 +286,8 @@ pub struct Governor {
     mode: std::sync::OnceLock<RunMode>,
     /// Egress policies: what the host offers, what is in force.
     egress: Arc<egress::Egress>,
+    /// Placement rules at work (`autoplace`): accounts, rules in force, who was placed how.
+    auto: autoplace::AutoState,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -296,7 +306,6 @@ impl Governor {
         Arc::new(Governor {
             backend,
             store,
-            cfg,
             cap,
             self_pid: std::process::id(),
             writes: tokio::sync::Mutex::new(()),
@@ -306,6 +315,8 @@ impl Governor {
             reconcile_errors: Counter::default(),
             mode: std::sync::OnceLock::new(),
             egress: Arc::new(egress::Egress::default()),
+            auto: autoplace::AutoState::new(cfg.etc_dir.clone()),
+            cfg,
         })
     }
 
@@ -337,6 +348,26 @@ impl Governor {
             self.reconcile_corrections.clone(),
             self.reconcile_errors.clone(),
         )
+    }
+
+    /// The placement counters (`autoplace`): processes placed by rule, and processes a rule
+    /// names that were left where they are, per tenant. `Metrics::with_placement_counters`
+    /// exposes them.
+    pub fn placement_counters(
+        &self,
+    ) -> (
+        crate::metrics::TenantCounters,
+        crate::metrics::TenantCounters,
+    ) {
+        (
+            self.auto.placed_total.clone(),
+            self.auto.not_placed_total.clone(),
+        )
+    }
+
+    /// Waits until a tenant's placement rule changed (the rescan task runs then).
+    pub async fn placement_changed(&self) {
+        self.auto.changed.notified().await
     }
 
     /// Root, or delegated (then the root's own interface files are never written).
@@ -891,6 +922,15 @@ impl Governor {
         self.egress.admit(&spec)?;
         let _w = self.writes.lock().await;
         self.fresh_locked().await?;
+        // A new or changed placement rule: names resolved, no conflict with another tenant's
+        // (reads /etc/passwd and /etc/group only when they changed: a stat each otherwise).
+        let placement_changed = self
+            .read(|c| c.state.spec(name).and_then(|s| s.placement.clone()))
+            .await?
+            != spec.placement;
+        if placement_changed && let Some(p) = &spec.placement {
+            self.check_placement(name, p)?;
+        }
         let (cache, cap, n, s) = (self.desired.clone(), self.cap, name.clone(), spec.clone());
         let prepared = blocking(move || -> Result<Option<(StateChange, Option<TenantSpec>)>> {
             let g = cache.read().expect("desired lock");
@@ -1031,6 +1071,9 @@ impl Governor {
             );
         });
         drop(_w);
+        if placement_changed {
+            self.auto.changed.notify_one();
+        }
         // The tenant and its ancestors: the kernel values a change to it may alter.
         self.refresh_kernel(Some(lineage)).await?;
         Ok((self.get(name).await?, created))

@@ -10,6 +10,14 @@ use crate::store::NewEvent;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// Who asks for a move: an API caller (by hand), or a placement rule that matched the process
+/// with this start time.
+#[derive(Debug, Clone, Copy)]
+enum By<'a> {
+    Hand(&'a str),
+    Rule(u64),
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ProcInfo {
     #[schema(minimum = 1)]
@@ -46,6 +54,24 @@ impl Governor {
     /// move is not undone. The kill re-check in `delete` still keeps PID 1 and the daemon
     /// from being killed if such a move ever put them in a tenant.
     pub async fn attach(&self, name: &TenantName, pid: u32, actor: &str) -> Result<()> {
+        let start_time = self.attach_as(name, pid, By::Hand(actor)).await?;
+        // Placed by hand: no placement rule moves it from now on.
+        self.auto.placed_by_hand((pid, start_time));
+        self.refresh_kernel(Some(vec![name.clone()])).await?;
+        Ok(())
+    }
+
+    /// `attach` for the placer: the process must still be the one its rule matched (`pid`
+    /// with `start_time`), no event per process (the placer summarises them), and the kernel
+    /// values are read again by the caller, once per burst.
+    pub async fn attach_by_rule(&self, name: &TenantName, pid: u32, start_time: u64) -> Result<()> {
+        self.attach_as(name, pid, By::Rule(start_time))
+            .await
+            .map(|_| ())
+    }
+
+    /// The one placement path; returns the start time of the process moved.
+    async fn attach_as(&self, name: &TenantName, pid: u32, by: By<'_>) -> Result<u64> {
         let _w = self.writes.lock().await;
         self.fresh_locked().await?;
         let (plan, dir) = self
@@ -59,11 +85,25 @@ impl Governor {
         let policy = self.policy();
         let b = self.backend().clone();
         let l = leaf.clone();
+        let expected = match by {
+            By::Hand(_) => None,
+            By::Rule(st) => Some(st),
+        };
         let (admitted, from) = blocking(move || -> Result<(Admitted, Vec<PathBuf>)> {
             let admitted = policy.check(pid).map_err(|r| EngineError::BadPid {
                 pid,
                 message: r.to_string(),
             })?;
+            if let Some(st) = expected
+                && admitted.start_time != st
+            {
+                return Err(EngineError::BadPid {
+                    pid,
+                    message: format!(
+                        "PID {pid} now names another process than the one its rule matched (it exited and the PID was reused)"
+                    ),
+                });
+            }
             if !b.exists(&l) {
                 b.ensure(&dir, true)?;
                 b.apply(&dir, &plan.tenant)?;
@@ -96,13 +136,16 @@ impl Governor {
             self.forget(id).await;
             return Err(e);
         }
-        let event = NewEvent {
-            ts_ms: super::now_ms(),
-            tenant: Some(name.to_string()),
-            actor: Some(actor.to_string()),
-            event: crate::domain::event::Event::ProcessAttached { pid },
+        let events: Vec<NewEvent> = match by {
+            By::Hand(actor) => vec![NewEvent {
+                ts_ms: super::now_ms(),
+                tenant: Some(name.to_string()),
+                actor: Some(actor.to_string()),
+                event: crate::domain::event::Event::ProcessAttached { pid },
+            }],
+            By::Rule(_) => Vec::new(),
         };
-        if let Err(e) = self.store().finish_intent(id, &[event]).await {
+        if let Err(e) = self.store().finish_intent(id, &events).await {
             // Not stored, so not done: back where it was (the record stays if the store still
             // cannot write; the next pass finds nothing split and drops it).
             let (b, proc_root) = (self.backend().clone(), self.proc_root().to_path_buf());
@@ -117,9 +160,7 @@ impl Governor {
             self.forget(id).await;
             return Err(e.into());
         }
-        drop(_w);
-        self.refresh_kernel(Some(vec![name.clone()])).await?;
-        Ok(())
+        Ok(admitted.start_time)
     }
 
     /// The processes in the tenant's leaf.
@@ -164,6 +205,15 @@ fn move_checked(
     tenant: &str,
 ) -> Result<()> {
     let pid = adm.pid;
+    // Checked again right before the write: the journal record was synced in between.
+    if !policy.still_same(&adm) {
+        return Err(EngineError::BadPid {
+            pid,
+            message: format!(
+                "no process with PID {pid} exists any more, or the PID now names another process: nothing was moved"
+            ),
+        });
+    }
     let wrote = b.attach(leaf, pid);
     if !policy.still_same(&adm) {
         return Err(EngineError::Conflict {

@@ -321,7 +321,7 @@ async fn openapi_document_matches_the_router() {
         }
     }
     documented.sort();
-    assert_eq!(documented.len(), 17, "{documented:?}");
+    assert_eq!(documented.len(), 18, "{documented:?}");
     let served = documented;
     // The router and the document come from one list (`api::routes`); every documented
     // route is really served (not a 404/405 from the fallbacks).

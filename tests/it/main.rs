@@ -61,6 +61,7 @@ mod launch;
 mod openapi;
 mod pg;
 mod placement;
+mod placement_rules;
 mod proc_connector;
 mod reconcile;
 mod scale;

@@ -210,5 +210,48 @@ async fn finding_10_responses_match_the_openapi_document() {
         409,
     )
     .await;
+    // Placement rules (issue 17): a tenant with one, and `explain` of this test process
+    // (which plays the daemon here, so it is never moved; no rescan runs in this test).
+    let v = check(
+        &state,
+        &doc,
+        ("PUT", "/v1/tenants/site", tenant),
+        Some(json!({"placement": {"uids": [4242, "root"], "exe": ["/opt/site/bin/*"], "cmdline": "^php", "priority": 3}})),
+        201,
+    )
+    .await;
+    assert_eq!(v["spec"]["placement"]["priority"], 3, "{v}");
+    let explain = "/v1/placement/explain";
+    let me = std::process::id();
+    let v = check(
+        &state,
+        &doc,
+        ("GET", &format!("{explain}?pid={me}"), explain),
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(v["action"]["why"], "never_touched", "{v}");
+    assert_eq!(v["rules"][0]["tenant"], "site", "{v}");
+    for (q, want) in [("pid=4194000", 404), ("pid=0", 422), ("pid=1&pid=2", 422)] {
+        let v = check(
+            &state,
+            &doc,
+            ("GET", &format!("{explain}?{q}"), explain),
+            None,
+            want,
+        )
+        .await;
+        assert_eq!(v["field"], "pid", "{v}");
+    }
+    let v = check(
+        &state,
+        &doc,
+        ("PUT", "/v1/tenants/bad", tenant),
+        Some(json!({"placement": {"exe": ["bin/php"]}})),
+        422,
+    )
+    .await;
+    assert_eq!(v["field"], "placement.exe[0]", "{v}");
     drop(roots);
 }

@@ -31,7 +31,7 @@ pub(crate) enum Init {
 
 /// `unshare ... -- [sh -c '"$@" & wait' sh] tenantd serve ARGS`: the daemon in a new PID
 /// namespace with its own /proc.
-fn in_pid_namespace(init: Init, serve: &[String]) -> Vec<String> {
+pub(crate) fn in_pid_namespace(init: Init, serve: &[String]) -> Vec<String> {
     let mut v: Vec<String> = [
         "unshare",
         "--pid",
@@ -51,7 +51,7 @@ fn in_pid_namespace(init: Init, serve: &[String]) -> Vec<String> {
 }
 
 /// Every process's parent, from /proc/*/stat.
-fn parents() -> Vec<(u32, u32)> {
+pub(crate) fn parents() -> Vec<(u32, u32)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -171,14 +171,14 @@ pub(crate) struct NsDaemon {
     /// The daemon's host PID.
     pub(crate) host_pid: u32,
     /// The daemon's PID in its namespace (1 or 2).
-    ns_pid: u32,
+    pub(crate) ns_pid: u32,
     /// PID 1 of the namespace, as a host PID.
     init_host_pid: u32,
 }
 
 impl NsDaemon {
     /// Starts `launch(port)` (an unshare command line) and finds the daemon below it.
-    fn launch(log_dir: &Path, init: Init, cmd: impl FnOnce(u16) -> Command) -> NsDaemon {
+    pub(crate) fn launch(log_dir: &Path, init: Init, cmd: impl FnOnce(u16) -> Command) -> NsDaemon {
         let d = Daemon::launch(log_dir, cmd);
         let unshare = d.child.id();
         let below = descendants(unshare);
@@ -222,7 +222,7 @@ impl NsDaemon {
         )
     }
 
-    fn post_pid(&self, tenant: &str, pid: u32) -> (u16, serde_json::Value) {
+    pub(crate) fn post_pid(&self, tenant: &str, pid: u32) -> (u16, serde_json::Value) {
         self.d.call(
             "POST",
             &format!("/v1/tenants/{tenant}/procs"),
@@ -247,16 +247,23 @@ fn assert_refused(r: (u16, serde_json::Value), says: &str) {
 /// the namespace and whatever is left in those directories (all started by this test).
 pub(crate) struct V1Ns {
     // Declared first, so the namespace is killed before `dirs` cleans up.
-    ns: NsDaemon,
-    dirs: V1Dirs,
+    pub(crate) ns: NsDaemon,
+    pub(crate) dirs: V1Dirs,
 }
 
 impl V1Ns {
     pub(crate) fn start(name: &str, init: Init) -> V1Ns {
+        V1Ns::start_with(name, init, &[])
+    }
+
+    /// `start` with extra `serve` flags.
+    pub(crate) fn start_with(name: &str, init: Init, extra: &[&str]) -> V1Ns {
         let dirs = V1Dirs::create(&format!("place-{name}"));
         let db = dirs.db();
         let ns = NsDaemon::launch(dirs.tmp.path(), init, |port| {
-            dirs.inside(&in_pid_namespace(init, &V1Dirs::serve_args(port, &db)))
+            let mut serve = V1Dirs::serve_args(port, &db);
+            serve.extend(extra.iter().map(|a| a.to_string()));
+            dirs.inside(&in_pid_namespace(init, &serve))
         });
         V1Ns { ns, dirs }
     }
@@ -455,9 +462,18 @@ fn issue_12_delete_refuses_to_kill_the_daemon_in_a_tenant() {
 // cgroup v2 (the VM)
 
 /// The daemon on a v2 test root, in a PID namespace.
-fn v2_daemon(root: &crate::support::TestRoot, init: Init) -> NsDaemon {
+pub(crate) fn v2_daemon(root: &crate::support::TestRoot, init: Init) -> NsDaemon {
+    v2_daemon_with(root, init, &[])
+}
+
+/// `v2_daemon` with extra `serve` flags.
+pub(crate) fn v2_daemon_with(
+    root: &crate::support::TestRoot,
+    init: Init,
+    extra: &[&str],
+) -> NsDaemon {
     NsDaemon::launch(root.dir.path(), init, |port| {
-        let serve: Vec<String> = [
+        let mut serve: Vec<String> = [
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -472,6 +488,7 @@ fn v2_daemon(root: &crate::support::TestRoot, init: Init) -> NsDaemon {
         ]
         .map(String::from)
         .to_vec();
+        serve.extend(extra.iter().map(|a| a.to_string()));
         let argv = in_pid_namespace(init, &serve);
         let mut c = Command::new(&argv[0]);
         c.args(&argv[1..]);

@@ -278,6 +278,13 @@ impl Daemon {
         )
     }
 
+    /// The text body of a GET (for /metrics).
+    pub fn text(&self, path: &str) -> String {
+        let resp = self.http.get(self.url(path)).send();
+        resp.and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     /// Creates a tenant with PUT and asserts 201 Created.
     pub fn create(&self, name: &str, spec: serde_json::Value) {
         let (s, body) = self.call("PUT", &format!("/v1/tenants/{name}"), Some(spec));
@@ -642,16 +649,7 @@ impl V1Dirs {
 impl Drop for V1Dirs {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for e in std::fs::read_dir(self.tmp.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if e.file_name().to_string_lossy().ends_with(".log") {
-                    let log = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    eprintln!("--- {}:\n{log}", e.path().display());
-                }
-            }
+            print_logs(self.tmp.path());
         }
         // Whatever is left below the test's directories was started by this test.
         if self.roots.distinct().iter().all(|r| r.exists()) {
@@ -662,6 +660,16 @@ impl Drop for V1Dirs {
         }
         for r in self.roots.distinct() {
             rmdir_tree(r);
+        }
+    }
+}
+
+/// Prints every `*.log` file of `dir` (the daemon logs of a test that failed).
+pub fn print_logs(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".log") {
+            let log = std::fs::read_to_string(e.path()).unwrap_or_default();
+            eprintln!("--- {}:\n{log}", e.path().display());
         }
     }
 }

@@ -1,0 +1,1456 @@
+//! Placement rules at work (issue 17): the placer reads a process's facts from `/proc`, asks
+//! the domain's matcher (`domain::placement`) which tenant it belongs to, and moves it there
+//! through the governor's one placement path (`Governor::attach_by_rule`: policy, journal,
+//! checked in every hierarchy). The matching itself is pure and lives in the domain; this file
+//! only reads and moves.
+//!
+//! - [`Placer::consider`] is the per-process entry point (the proc connector calls it for an
+//!   exec, a uid or gid change, or a fork); [`Placer::rescan`] considers every process of
+//!   `/proc` (at start, after a rule changes, every `placement_rescan_s`). Both are
+//!   synchronous: call them from a thread that is not an async worker (a dedicated thread, or
+//!   `spawn_blocking`); a move waits for the runtime through the `Handle` given to `new`.
+//! - A process is named by its PID and its start time (field 22 of `/proc/PID/stat`), read
+//!   first and read again right before and after the move (`policy`, `placement`), so a
+//!   recycled PID is not moved for another.
+//! - Never touched: PID 1, the daemon, kernel threads, processes in a protected cgroup,
+//!   processes placed by hand (`POST .../procs`, `tenantd run`: kept by (PID, start time)),
+//!   processes already in a tenant that no rule of this daemon put there (a forked child of a
+//!   placed process stays with its parent), and processes in a cgroup another manager
+//!   delegated (`Delegate=yes`, `cgroup::delegate`) unless the rule says
+//!   `override_delegated`: those are reported once (`process_not_placed`), not moved.
+//! - User and group names are resolved from `<etc>/passwd` and `<etc>/group` (the directory is
+//!   `EngineConfig::etc_dir`); the rules are resolved again when either file's modification
+//!   time or size changes (checked by every rescan and every apply).
+//! - Moves are counted per tenant (`tenantd_processes_placed_total`) and summarised as one
+//!   `process_placed` event per tenant per flush (every rescan and every second), with a
+//!   count and the first PIDs, never one event per process.
+
+use super::{EngineError, Governor, now_ms};
+use crate::cgroup::CgroupPath;
+use crate::cgroup::v1_parse::proc_cgroup;
+use crate::domain::TenantName;
+use crate::domain::event::Event;
+use crate::domain::placement::{
+    IdOrName, Miss, PlacementRule, PlacementRules, PlacementSpec, ProcessFacts, RuleField, WonBy,
+    check_conflicts,
+};
+use crate::metrics::TenantCounters;
+use crate::store::NewEvent;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// PF_KTHREAD from include/linux/sched.h.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Most PIDs one `process_placed` or `process_not_placed` event lists (the count has all).
+pub const MAX_EVENT_PIDS: usize = 20;
+
+// ---------------------------------------------------------------------------------------
+// Users and groups
+
+/// User and group names of the host, as `/etc/passwd` and `/etc/group` list them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Accounts {
+    users: HashMap<String, u32>,
+    groups: HashMap<String, u32>,
+}
+
+impl Accounts {
+    /// From the text of a passwd and a group file: `NAME:PASSWORD:ID:...` lines; comments,
+    /// blank and malformed lines are skipped, the first line of a name wins.
+    pub fn parse(passwd: &str, group: &str) -> Accounts {
+        fn ids(text: &str) -> HashMap<String, u32> {
+            let mut out = HashMap::new();
+            for l in text.lines() {
+                let l = l.trim_end();
+                if l.is_empty() || l.starts_with('#') {
+                    continue;
+                }
+                let mut f = l.split(':');
+                let (Some(name), Some(_), Some(id)) = (f.next(), f.next(), f.next()) else {
+                    continue;
+                };
+                if let (false, Ok(id)) = (name.is_empty(), id.parse::<u32>()) {
+                    out.entry(name.to_string()).or_insert(id);
+                }
+            }
+            out
+        }
+        Accounts {
+            users: ids(passwd),
+            groups: ids(group),
+        }
+    }
+
+    pub fn user(&self, name: &str) -> Option<u32> {
+        self.users.get(name).copied()
+    }
+
+    pub fn group(&self, name: &str) -> Option<u32> {
+        self.groups.get(name).copied()
+    }
+}
+
+/// What identifies a version of a file: modification time and size (`None`: unreadable).
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    std::fs::metadata(p)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+/// The accounts as last read, and the stamps of the files they came from.
+struct AccountsFiles {
+    dir: PathBuf,
+    stamps: (Stamp, Stamp),
+    generation: u64,
+    current: Arc<Accounts>,
+}
+
+impl AccountsFiles {
+    /// Reads the files again when a stamp changed; true when it did.
+    fn refresh(&mut self) -> bool {
+        let (p, g) = (self.dir.join("passwd"), self.dir.join("group"));
+        let now = (stamp(&p), stamp(&g));
+        if now == self.stamps && self.generation > 0 {
+            return false;
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let accounts = Accounts::parse(&read(&p), &read(&g));
+        self.stamps = now;
+        self.generation += 1;
+        if *self.current != accounts {
+            if self.generation > 1 {
+                tracing::info!(
+                    "{} or {} changed: placement rules resolved again",
+                    p.display(),
+                    g.display()
+                );
+            }
+            self.current = Arc::new(accounts);
+        }
+        true
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The rules in force
+
+/// Which facts the rules in force look at (a rescan reads only those).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub ids: bool,
+    pub exe: bool,
+    pub cmdline: bool,
+}
+
+/// Every tenant's rule resolved against the accounts, as the placer uses it.
+pub struct ActiveRules {
+    /// The desired state's version and the accounts' generation it was built from.
+    built_from: (Option<u64>, u64),
+    pub rules: PlacementRules<TenantName>,
+    /// Rules of stored tenants that are not in force now, with why (a name the host no
+    /// longer has, a conflict after a name changed its id).
+    pub not_in_force: BTreeMap<TenantName, String>,
+    /// Each tenant's leaf and its rule as written (for events).
+    leaves: HashMap<TenantName, (CgroupPath, String)>,
+    pub needs: Needs,
+}
+
+impl ActiveRules {
+    fn empty() -> ActiveRules {
+        ActiveRules {
+            built_from: (None, 0),
+            rules: PlacementRules::new(Vec::new()).expect("no rules, no conflict"),
+            not_in_force: BTreeMap::new(),
+            leaves: HashMap::new(),
+            needs: Needs::default(),
+        }
+    }
+
+    /// Resolves each tenant's rule in name order; a rule that does not resolve, or that
+    /// conflicts with one kept before it, is not in force (and says why).
+    fn build(
+        built_from: (Option<u64>, u64),
+        specs: Vec<(TenantName, PlacementSpec, CgroupPath)>,
+        acc: &Accounts,
+    ) -> ActiveRules {
+        let mut kept: Vec<(TenantName, PlacementRule)> = Vec::new();
+        let mut not_in_force = BTreeMap::new();
+        let mut leaves = HashMap::new();
+        let mut needs = Needs::default();
+        for (t, spec, leaf) in specs {
+            let rule = match spec.resolve(|u| acc.user(u), |g| acc.group(g)) {
+                Ok(r) => r,
+                Err(e) => {
+                    not_in_force.insert(t, e.to_string());
+                    continue;
+                }
+            };
+            if let Err(e) = check_conflicts(&t, &rule, kept.iter().map(|(t, r)| (t, r))) {
+                not_in_force.insert(t, e.to_string());
+                continue;
+            }
+            for f in rule.fields() {
+                match f {
+                    RuleField::Uids | RuleField::Gids => needs.ids = true,
+                    RuleField::Exe => needs.exe = true,
+                    RuleField::Cmdline => needs.cmdline = true,
+                }
+            }
+            leaves.insert(t.clone(), (leaf, summary(&spec)));
+            kept.push((t, rule));
+        }
+        for (t, why) in &not_in_force {
+            tracing::warn!("tenant '{t}': its placement rule is not in force: {why}");
+        }
+        ActiveRules {
+            built_from,
+            rules: PlacementRules::new(kept).expect("kept rules conflict with none"),
+            not_in_force,
+            leaves,
+            needs,
+        }
+    }
+}
+
+/// A rule as one line, for events and logs: `uids [1001, 'alice'], exe ['/usr/bin/php']`.
+pub fn summary(s: &PlacementSpec) -> String {
+    let ids = |l: &[IdOrName]| {
+        l.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = Vec::new();
+    if let Some(u) = &s.uids {
+        parts.push(format!("uids [{}]", ids(u)));
+    }
+    if let Some(g) = &s.gids {
+        parts.push(format!("gids [{}]", ids(g)));
+    }
+    if let Some(e) = &s.exe {
+        let e: Vec<String> = e.iter().map(|p| format!("'{p}'")).collect();
+        parts.push(format!("exe [{}]", e.join(", ")));
+    }
+    if let Some(c) = &s.cmdline {
+        parts.push(format!("cmdline '{c}'"));
+    }
+    if s.priority != 0 {
+        parts.push(format!("priority {}", s.priority));
+    }
+    if s.override_delegated {
+        parts.push("override_delegated".into());
+    }
+    parts.join(", ")
+}
+
+// ---------------------------------------------------------------------------------------
+// The placer's state, kept in the governor
+
+/// A process across PID reuse: its PID and start time.
+pub type ProcId = (u32, u64);
+
+/// What was placed or reported since the last flush, per tenant.
+#[derive(Debug, Default)]
+struct Burst {
+    placed: BTreeMap<TenantName, (u64, Vec<u32>, String)>,
+    not_placed: BTreeMap<(TenantName, String), (u64, Vec<u32>)>,
+}
+
+/// The placer's state: the accounts, the rules in force, who was placed by hand or by rule,
+/// and what to report. Owned by the `Governor`.
+pub struct AutoState {
+    accounts: Mutex<AccountsFiles>,
+    rules: RwLock<Arc<ActiveRules>>,
+    by_hand: Mutex<HashSet<ProcId>>,
+    by_rule: Mutex<HashMap<ProcId, TenantName>>,
+    /// Processes reported as not placed (delegated), so each is reported once.
+    reported: Mutex<HashSet<ProcId>>,
+    burst: Mutex<Burst>,
+    /// Woken when a tenant's placement rule changed: the rescan task runs at once.
+    pub changed: tokio::sync::Notify,
+    pub placed_total: TenantCounters,
+    pub not_placed_total: TenantCounters,
+}
+
+impl AutoState {
+    pub fn new(etc_dir: PathBuf) -> AutoState {
+        AutoState {
+            accounts: Mutex::new(AccountsFiles {
+                dir: etc_dir,
+                stamps: (None, None),
+                generation: 0,
+                current: Arc::new(Accounts::default()),
+            }),
+            rules: RwLock::new(Arc::new(ActiveRules::empty())),
+            by_hand: Mutex::new(HashSet::new()),
+            by_rule: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashSet::new()),
+            burst: Mutex::new(Burst::default()),
+            changed: tokio::sync::Notify::new(),
+            placed_total: TenantCounters::default(),
+            not_placed_total: TenantCounters::default(),
+        }
+    }
+
+    /// The accounts, read again first when a file changed; with their generation.
+    fn accounts(&self) -> (Arc<Accounts>, u64) {
+        let mut a = self.accounts.lock().expect("accounts lock");
+        a.refresh();
+        (a.current.clone(), a.generation)
+    }
+
+    /// The accounts as last read (no file is looked at).
+    fn accounts_now(&self) -> (Arc<Accounts>, u64) {
+        let a = self.accounts.lock().expect("accounts lock");
+        (a.current.clone(), a.generation)
+    }
+
+    /// Records a process placed by hand: no rule moves it from now on.
+    pub(super) fn placed_by_hand(&self, id: ProcId) {
+        self.by_rule.lock().expect("by_rule lock").remove(&id);
+        self.by_hand.lock().expect("by_hand lock").insert(id);
+    }
+
+    fn is_by_hand(&self, id: ProcId) -> bool {
+        self.by_hand.lock().expect("by_hand lock").contains(&id)
+    }
+
+    fn placed_by(&self, id: ProcId) -> Option<TenantName> {
+        self.by_rule.lock().expect("by_rule lock").get(&id).cloned()
+    }
+
+    /// Forgets the remembered processes whose PID no longer names them.
+    fn prune_gone(&self, proc_root: &Path) {
+        let alive = |&(pid, st): &ProcId| read_stat(proc_root, pid).is_some_and(|(_, s)| s == st);
+        let mut live: HashSet<ProcId> = HashSet::new();
+        for set in [
+            self.by_hand
+                .lock()
+                .expect("by_hand lock")
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            self.by_rule
+                .lock()
+                .expect("by_rule lock")
+                .keys()
+                .copied()
+                .collect(),
+            self.reported
+                .lock()
+                .expect("reported lock")
+                .iter()
+                .copied()
+                .collect(),
+        ] {
+            live.extend(set.into_iter().filter(alive));
+        }
+        self.prune(&live);
+    }
+
+    /// Forgets processes that are gone (`live` holds every process a rescan saw).
+    fn prune(&self, live: &HashSet<ProcId>) {
+        self.by_hand
+            .lock()
+            .expect("by_hand lock")
+            .retain(|p| live.contains(p));
+        self.by_rule
+            .lock()
+            .expect("by_rule lock")
+            .retain(|p, _| live.contains(p));
+        self.reported
+            .lock()
+            .expect("reported lock")
+            .retain(|p| live.contains(p));
+    }
+}
+
+impl Governor {
+    /// The rules in force, built again when the stored specs or the accounts changed since.
+    /// `refresh_accounts` looks at the files first (a rescan and an apply do; a single
+    /// `consider` does not).
+    pub fn placement_rules(&self, refresh_accounts: bool) -> Arc<ActiveRules> {
+        let (acc, generation) = if refresh_accounts {
+            self.auto.accounts()
+        } else {
+            self.auto.accounts_now()
+        };
+        let version = self.cached_version();
+        {
+            let r = self.auto.rules.read().expect("rules lock");
+            if r.built_from == (version, generation) {
+                return r.clone();
+            }
+        }
+        let specs: Vec<(TenantName, PlacementSpec, CgroupPath)> = {
+            let g = self.desired.read().expect("desired lock");
+            match g.as_ref() {
+                Some(c) => c
+                    .state
+                    .specs()
+                    .iter()
+                    .filter_map(|(n, s)| {
+                        let p = s.placement.clone()?;
+                        Some((n.clone(), p, CgroupPath::tenant(&c.state.lineage(n)).leaf()))
+                    })
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        let built = Arc::new(ActiveRules::build((version, generation), specs, &acc));
+        *self.auto.rules.write().expect("rules lock") = built.clone();
+        built
+    }
+
+    /// The apply-time check of a tenant's new placement rule: names resolved against the
+    /// host's accounts (422 naming the field), no conflict with another tenant's rule in
+    /// force (409 naming both tenants).
+    pub(super) fn check_placement(
+        &self,
+        name: &TenantName,
+        spec: &PlacementSpec,
+    ) -> Result<(), EngineError> {
+        spec.validate()?;
+        let active = self.placement_rules(true);
+        let (acc, _) = self.auto.accounts_now();
+        let rule = spec.resolve(|u| acc.user(u), |g| acc.group(g))?;
+        check_conflicts(name, &rule, active.rules.iter())?;
+        Ok(())
+    }
+
+    /// Stores the placements and refusals of the last burst as one event per tenant.
+    pub async fn flush_placement_events(&self) {
+        let burst = std::mem::take(&mut *self.auto.burst.lock().expect("burst lock"));
+        if burst.placed.is_empty() && burst.not_placed.is_empty() {
+            return;
+        }
+        let ts = now_ms();
+        let mut events: Vec<NewEvent> = burst
+            .placed
+            .into_iter()
+            .map(|(t, (count, pids, rule))| NewEvent {
+                ts_ms: ts,
+                tenant: Some(t.to_string()),
+                actor: None,
+                event: Event::ProcessPlaced { count, pids, rule },
+            })
+            .collect();
+        events.extend(
+            burst
+                .not_placed
+                .into_iter()
+                .map(|((t, why), (count, pids))| NewEvent {
+                    ts_ms: ts,
+                    tenant: Some(t.to_string()),
+                    actor: None,
+                    event: Event::ProcessNotPlaced { count, pids, why },
+                }),
+        );
+        if let Err(e) = self.store().add_events(&events).await {
+            tracing::warn!("placement events not stored: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading /proc (pure parsers, then the reads)
+
+/// The ids of `/proc/PID/status`: `Uid:` and `Gid:` (real, effective, saved, filesystem),
+/// `Groups:`, and `Tgid:`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatusIds {
+    pub tgid: u32,
+    pub ruid: u32,
+    pub euid: u32,
+    /// Real and effective gid, then the supplementary groups.
+    pub gids: Vec<u32>,
+}
+
+/// Parses the lines of /proc/PID/status the placer needs; `None` when one is missing.
+pub fn parse_status_ids(text: &str) -> Option<StatusIds> {
+    let (mut tgid, mut uid, mut gid, mut groups) = (None, None, None, None);
+    for l in text.lines() {
+        if let Some(v) = l.strip_prefix("Tgid:") {
+            tgid = v.trim().parse().ok();
+        } else if let Some(v) = l.strip_prefix("Uid:") {
+            let mut n = v.split_whitespace().map(|x| x.parse::<u32>());
+            uid = match (n.next(), n.next()) {
+                (Some(Ok(r)), Some(Ok(e))) => Some((r, e)),
+                _ => None,
+            };
+        } else if let Some(v) = l.strip_prefix("Gid:") {
+            let mut n = v.split_whitespace().map(|x| x.parse::<u32>());
+            gid = match (n.next(), n.next()) {
+                (Some(Ok(r)), Some(Ok(e))) => Some((r, e)),
+                _ => None,
+            };
+        } else if let Some(v) = l.strip_prefix("Groups:") {
+            groups = v
+                .split_whitespace()
+                .map(|x| x.parse::<u32>().ok())
+                .collect::<Option<Vec<u32>>>();
+            // Groups comes after Uid and Gid.
+            break;
+        }
+    }
+    let ((ruid, euid), (rgid, egid)) = (uid?, gid?);
+    let mut gids = vec![rgid];
+    if egid != rgid {
+        gids.push(egid);
+    }
+    for g in groups.unwrap_or_default() {
+        if !gids.contains(&g) {
+            gids.push(g);
+        }
+    }
+    Some(StatusIds {
+        tgid: tgid?,
+        ruid,
+        euid,
+        gids,
+    })
+}
+
+/// Field 9 (flags) and 22 (start time) of /proc/PID/stat, counted after the last ')' of the
+/// command name (which may hold spaces and parentheses).
+pub fn parse_stat_fields(text: &str) -> Option<(u64, u64)> {
+    let rest = text.rsplit_once(')')?.1;
+    let mut f = rest.split_ascii_whitespace();
+    // After ')': field 3 (state) is the first; flags is field 9, start time field 22.
+    let flags = f.nth(6)?.parse().ok()?;
+    let start = f.nth(12)?.parse().ok()?;
+    Some((flags, start))
+}
+
+/// `/proc/PID/exe` as the matcher wants it: the binary's path, without the ` (deleted)` the
+/// kernel appends once the file was replaced (a package upgrade keeps the program running).
+pub fn exe_path(link: PathBuf) -> PathBuf {
+    match link.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(s) => PathBuf::from(s),
+        None => link,
+    }
+}
+
+/// At most `limit` bytes of a /proc file. The buffer starts at 4 KiB, so a status, stat or
+/// cmdline file (which the kernel formats whole on the first read) takes one read and the
+/// read that sees its end.
+fn read_small(p: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(4096.min(limit as usize + 1));
+    std::fs::File::open(p)?.take(limit).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The start time and flags of `pid`, `None` when it is gone.
+fn read_stat(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
+    let mut p = proc_root.join(pid.to_string());
+    p.push("stat");
+    let text = read_small(&p, 4096).ok()?;
+    parse_stat_fields(std::str::from_utf8(&text).ok()?)
+}
+
+/// Reads what `needs` asks of `pid` into facts (fields not needed stay empty); `None` when
+/// the process is gone or its status cannot be read.
+fn read_facts(
+    proc_root: &Path,
+    pid: u32,
+    start_time: u64,
+    needs: Needs,
+) -> Option<(ProcessFacts, Option<StatusIds>)> {
+    let dir = proc_root.join(pid.to_string());
+    let mut facts = ProcessFacts {
+        pid,
+        start_time,
+        ..ProcessFacts::default()
+    };
+    let mut ids = None;
+    if needs.ids {
+        let status = read_small(&dir.join("status"), 64 * 1024).ok()?;
+        let s = parse_status_ids(&String::from_utf8_lossy(&status))?;
+        facts.ruid = s.ruid;
+        facts.euid = s.euid;
+        facts.gids = s.gids.clone();
+        ids = Some(s);
+    }
+    if needs.exe {
+        facts.exe = std::fs::read_link(dir.join("exe")).ok().map(exe_path);
+    }
+    if needs.cmdline {
+        let limit = crate::domain::placement::MAX_CMDLINE_MATCH_BYTES as u64 + 1;
+        facts.cmdline = read_small(&dir.join("cmdline"), limit).ok();
+    }
+    Some((facts, ids))
+}
+
+/// Whether some rule in force may match `pid`: its facts are read cheapest first (the exe
+/// link, then status, then cmdline, each only when a rule looks at it), and the reading stops
+/// once every rule has missed on a field read (a field that could not be read misses too).
+/// `None`: the process is gone. Never false for a process a rule matches.
+fn may_match(proc_root: &Path, pid: u32, rules: &ActiveRules) -> Option<bool> {
+    let dir = proc_root.join(pid.to_string());
+    let mut facts = ProcessFacts {
+        pid,
+        ..ProcessFacts::default()
+    };
+    let mut alive: Vec<&PlacementRule> = rules.rules.iter().map(|(_, r)| r).collect();
+    let needs = rules.needs;
+    for read in [RuleField::Exe, RuleField::Uids, RuleField::Cmdline] {
+        let known: &[RuleField] = match read {
+            RuleField::Exe if needs.exe => {
+                facts.exe = std::fs::read_link(dir.join("exe")).ok().map(exe_path);
+                &[RuleField::Exe]
+            }
+            RuleField::Uids if needs.ids => {
+                let status = read_small(&dir.join("status"), 64 * 1024).ok()?;
+                let s = parse_status_ids(&String::from_utf8_lossy(&status))?;
+                (facts.ruid, facts.euid, facts.gids) = (s.ruid, s.euid, s.gids);
+                &[RuleField::Uids, RuleField::Gids]
+            }
+            RuleField::Cmdline if needs.cmdline => {
+                let limit = crate::domain::placement::MAX_CMDLINE_MATCH_BYTES as u64 + 1;
+                facts.cmdline = read_small(&dir.join("cmdline"), limit).ok();
+                &[RuleField::Cmdline]
+            }
+            _ => continue,
+        };
+        alive.retain(|r| !r.misses(&facts).iter().any(|m| known.contains(&m.field)));
+        if alive.is_empty() {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
+// ---------------------------------------------------------------------------------------
+// The placer
+
+/// What the placer did with one process, or why it left it alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Outcome {
+    /// Moved into the tenant its rule names.
+    Placed {
+        #[schema(value_type = String)]
+        tenant: TenantName,
+    },
+    /// Already in the tenant its rule names.
+    AlreadyThere {
+        #[schema(value_type = String)]
+        tenant: TenantName,
+    },
+    /// No rule matches it.
+    NoRule,
+    /// A rule names a tenant, but the process is never moved: `why` says which case.
+    Left {
+        #[schema(value_type = Option<String>)]
+        tenant: Option<TenantName>,
+        why: LeftWhy,
+        detail: String,
+    },
+    /// The process exited (or its PID now names another process).
+    Gone,
+    /// The move failed; it stays where it was.
+    Failed {
+        #[schema(value_type = String)]
+        tenant: TenantName,
+        detail: String,
+    },
+}
+
+/// Why a process a rule may name is left where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftWhy {
+    /// PID 1, the daemon or one of its threads, or a thread of another process.
+    NeverTouched,
+    KernelThread,
+    /// Placed by hand (`POST .../procs`, `tenantd run`).
+    PlacedByHand,
+    /// Already in a tenant that no rule of this daemon put it in (a child of a placed
+    /// process, or placed before a restart).
+    InTenant,
+    /// In a protected cgroup (`protected_cgroups`).
+    Protected,
+    /// In a cgroup another manager delegated (`Delegate=yes`) and the rule has no
+    /// `override_delegated`.
+    Delegated,
+}
+
+/// What one rescan saw and did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RescanReport {
+    pub processes: usize,
+    pub matched: usize,
+    pub placed: usize,
+    pub failed: usize,
+    /// Wall-clock time of the rescan (the moves included).
+    pub elapsed_us: u64,
+    /// CPU time of the thread that ran it (the moves' async part runs elsewhere).
+    pub cpu_us: u64,
+}
+
+/// The CPU time of the calling thread, in microseconds.
+fn thread_cpu_us() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
+}
+
+/// The placer: `consider` one process, `rescan` them all. Cheap to clone.
+#[derive(Clone)]
+pub struct Placer {
+    gov: Arc<Governor>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Placer {
+    /// `rt` runs the moves (the governor's store is async); `consider` and `rescan` must not
+    /// be called on one of its async workers.
+    pub fn new(gov: Arc<Governor>, rt: tokio::runtime::Handle) -> Placer {
+        Placer { gov, rt }
+    }
+
+    /// Considers `pid` against the rules in force and moves it when one names a tenant it is
+    /// not in. The connector's entry point: one call per exec, uid, gid or fork event.
+    pub fn consider(&self, pid: u32) -> Outcome {
+        let rules = self.gov.placement_rules(false);
+        let o = self.consider_with(&rules, pid);
+        if let Outcome::Placed { tenant } = &o {
+            let (gov, t) = (self.gov.clone(), tenant.clone());
+            self.rt.spawn(async move {
+                let _ = gov.refresh_kernel(Some(vec![t])).await;
+            });
+        }
+        o
+    }
+
+    /// Considers every process of `/proc` (none when no rule is in force), then forgets the
+    /// hand-placed and rule-placed processes that are gone and stores the burst's events.
+    pub fn rescan(&self) -> RescanReport {
+        let started = std::time::Instant::now();
+        let cpu = thread_cpu_us();
+        let rules = self.gov.placement_rules(true);
+        let mut report = RescanReport::default();
+        let proc_root = self.gov.proc_root().to_path_buf();
+        let mut touched = Vec::new();
+        if !rules.rules.is_empty() {
+            let entries = match std::fs::read_dir(&proc_root) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("placement rescan: cannot list {}: {e}", proc_root.display());
+                    return report;
+                }
+            };
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                report.processes += 1;
+                match self.consider_with(&rules, pid) {
+                    Outcome::Placed { tenant } => {
+                        report.matched += 1;
+                        report.placed += 1;
+                        touched.push(tenant);
+                    }
+                    Outcome::Failed { .. } => {
+                        report.matched += 1;
+                        report.failed += 1;
+                    }
+                    Outcome::AlreadyThere { .. }
+                    | Outcome::Left {
+                        tenant: Some(_), ..
+                    } => report.matched += 1,
+                    _ => {}
+                }
+            }
+        }
+        self.gov.auto.prune_gone(&proc_root);
+        report.elapsed_us = started.elapsed().as_micros() as u64;
+        report.cpu_us = thread_cpu_us().saturating_sub(cpu);
+        let gov = self.gov.clone();
+        self.rt.block_on(async move {
+            if !touched.is_empty() {
+                touched.sort();
+                touched.dedup();
+                let _ = gov.refresh_kernel(Some(touched)).await;
+            }
+            gov.flush_placement_events().await;
+        });
+        report
+    }
+
+    /// The decision for one process, then `act`. The facts the rules need are read first and
+    /// matched (`may_match`); only a process some rule may name has its identity read (start time and flags
+    /// from /proc/PID/stat) and its facts read and matched again after it, so the facts that
+    /// decide are those of the process the move names (and `attach_by_rule` checks that
+    /// identity again right before and after the move). A rescan of processes no rule names
+    /// thus reads only what the rules look at.
+    fn consider_with(&self, rules: &ActiveRules, pid: u32) -> Outcome {
+        let gov = &self.gov;
+        let left = |why, detail: String| Outcome::Left {
+            tenant: None,
+            why,
+            detail,
+        };
+        if pid <= 1 || pid == gov.self_pid() {
+            return left(
+                LeftWhy::NeverTouched,
+                "PID 1 and tenantd itself are never moved".into(),
+            );
+        }
+        if rules.rules.is_empty() {
+            return Outcome::NoRule;
+        }
+        let proc_root = gov.proc_root();
+        match may_match(proc_root, pid, rules) {
+            None => return Outcome::Gone,
+            Some(false) => return Outcome::NoRule,
+            Some(true) => {}
+        }
+        let Some((flags, st)) = read_stat(proc_root, pid) else {
+            return Outcome::Gone;
+        };
+        if flags & PF_KTHREAD != 0 {
+            return left(
+                LeftWhy::KernelThread,
+                "kernel threads cannot be moved".into(),
+            );
+        }
+        let Some((facts, ids)) = read_facts(proc_root, pid, st, rules.needs) else {
+            return Outcome::Gone;
+        };
+        if let Some(s) = &ids
+            && s.tgid != pid
+        {
+            return left(
+                LeftWhy::NeverTouched,
+                format!("{pid} is a thread of process {}", s.tgid),
+            );
+        }
+        let Some(d) = rules.rules.place(&facts) else {
+            return Outcome::NoRule;
+        };
+        let tenant = d.tenant.clone();
+        let override_delegated = d.override_delegated;
+        self.act(rules, pid, st, tenant, override_delegated)
+    }
+
+    /// The checks after a rule named `tenant` for the process (`pid`, `st`), then the move.
+    fn act(
+        &self,
+        rules: &ActiveRules,
+        pid: u32,
+        st: u64,
+        tenant: TenantName,
+        override_delegated: bool,
+    ) -> Outcome {
+        let gov = &self.gov;
+        match gov.placement_checks(rules, pid, st, &tenant, override_delegated) {
+            Ok(None) => {}
+            Ok(Some(at)) => tracing::info!(
+                "PID {pid}: in {}, which another manager delegated (Delegate=yes); moved into tenant '{tenant}' as its rule says override_delegated",
+                at.display()
+            ),
+            Err(o) => {
+                if let Outcome::Left {
+                    why: LeftWhy::Delegated,
+                    detail,
+                    ..
+                } = &o
+                {
+                    self.report_not_placed(&tenant, pid, st, detail);
+                }
+                return o;
+            }
+        }
+        let Some((_, rule_text)) = rules.leaves.get(&tenant) else {
+            return Outcome::NoRule;
+        };
+        let moved = self.rt.block_on(gov.attach_by_rule(&tenant, pid, st));
+        match moved {
+            Ok(()) => {
+                gov.auto
+                    .by_rule
+                    .lock()
+                    .expect("by_rule lock")
+                    .insert((pid, st), tenant.clone());
+                gov.auto
+                    .placed_total
+                    .get_or_create(&vec![("tenant".to_string(), tenant.to_string())])
+                    .inc();
+                let mut burst = gov.auto.burst.lock().expect("burst lock");
+                let e = burst
+                    .placed
+                    .entry(tenant.clone())
+                    .or_insert_with(|| (0, Vec::new(), rule_text.clone()));
+                e.0 += 1;
+                if e.1.len() < MAX_EVENT_PIDS {
+                    e.1.push(pid);
+                }
+                tracing::debug!("PID {pid} placed in tenant '{tenant}' by its rule");
+                Outcome::Placed { tenant }
+            }
+            Err(EngineError::BadPid { .. })
+                if read_stat(gov.proc_root(), pid).map(|s| s.1) != Some(st) =>
+            {
+                Outcome::Gone
+            }
+            Err(e) => {
+                tracing::warn!("PID {pid}: placing it in tenant '{tenant}' failed: {e}");
+                Outcome::Failed {
+                    tenant,
+                    detail: e.to_string(),
+                }
+            }
+        }
+    }
+
+    /// Counts and reports (once per process) a process a rule names but that is not moved.
+    fn report_not_placed(&self, tenant: &TenantName, pid: u32, st: u64, why: &str) {
+        let auto = &self.gov.auto;
+        if !auto
+            .reported
+            .lock()
+            .expect("reported lock")
+            .insert((pid, st))
+        {
+            return;
+        }
+        auto.not_placed_total
+            .get_or_create(&vec![
+                ("tenant".to_string(), tenant.to_string()),
+                ("reason".to_string(), "delegated".to_string()),
+            ])
+            .inc();
+        tracing::info!("PID {pid} matches tenant '{tenant}' but is not moved: {why}");
+        let mut burst = auto.burst.lock().expect("burst lock");
+        let e = burst
+            .not_placed
+            .entry((tenant.clone(), why.to_string()))
+            .or_default();
+        e.0 += 1;
+        if e.1.len() < MAX_EVENT_PIDS {
+            e.1.push(pid);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Explain
+
+/// A process's facts as the rules saw them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExplainedProcess {
+    #[schema(minimum = 1)]
+    pub pid: u32,
+    /// Field 22 of /proc/PID/stat (clock ticks after boot).
+    pub start_time: u64,
+    pub ruid: u32,
+    pub euid: u32,
+    /// Real and effective gid, then the supplementary groups.
+    pub gids: Vec<u32>,
+    /// The resolved /proc/PID/exe; null when it cannot be read (a kernel thread, no access).
+    #[schema(required = true)]
+    pub exe: Option<String>,
+    /// The arguments (at most 4096 bytes of them, as the cmdline regex sees); null when they
+    /// cannot be read.
+    #[schema(required = true)]
+    pub cmdline: Option<Vec<String>>,
+    /// The lines of /proc/PID/cgroup.
+    pub cgroup: Vec<String>,
+}
+
+/// The winning rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExplainedDecision {
+    #[schema(value_type = String)]
+    pub tenant: TenantName,
+    pub priority: u32,
+    pub specificity: u8,
+    pub won_by: WonBy,
+    #[schema(value_type = Option<String>, required = true)]
+    pub runner_up: Option<TenantName>,
+}
+
+/// One rule's verdict on the process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExplainedRule {
+    #[schema(value_type = String)]
+    pub tenant: TenantName,
+    /// The rule as written, on one line.
+    pub rule: String,
+    pub priority: u32,
+    pub specificity: u8,
+    pub matched: bool,
+    /// The fields that did not match (empty when the rule matched).
+    pub misses: Vec<Miss>,
+}
+
+/// A tenant's rule that is stored but not in force, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RuleNotInForce {
+    #[schema(value_type = String)]
+    pub tenant: TenantName,
+    pub why: String,
+}
+
+/// The `GET /v1/placement/explain?pid=N` answer: which tenant the process would go to, why,
+/// and what the placer would do with it now (nothing is moved).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Explanation {
+    pub process: ExplainedProcess,
+    /// The tenant the rules name (null: no rule matches).
+    #[schema(required = true)]
+    pub decision: Option<ExplainedDecision>,
+    /// What the placer does with the process: place it, leave it (and why), or nothing.
+    pub action: Outcome,
+    /// Every rule in force, in precedence order (the first that matches wins).
+    pub rules: Vec<ExplainedRule>,
+    pub not_in_force: Vec<RuleNotInForce>,
+}
+
+impl Governor {
+    /// `explain_sync` off the async workers, with the stored tenants loaded.
+    pub async fn explain(self: Arc<Self>, pid: u32) -> Result<Option<Explanation>, EngineError> {
+        self.fresh().await?;
+        super::blocking(move || self.explain_sync(pid)).await
+    }
+
+    /// Why `pid` would go where it would, without moving it. `None`: no such process.
+    pub fn explain_sync(&self, pid: u32) -> Option<Explanation> {
+        let rules = self.placement_rules(true);
+        let proc_root = self.proc_root();
+        let (_, st) = read_stat(proc_root, pid)?;
+        let all = Needs {
+            ids: true,
+            exe: true,
+            cmdline: true,
+        };
+        let (facts, _) = read_facts(proc_root, pid, st, all)?;
+        let cgroup: Vec<String> = std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup")))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        let e = rules.rules.explain(&facts);
+        let decision = e.decision.as_ref().map(|d| ExplainedDecision {
+            tenant: d.tenant.clone(),
+            priority: d.priority,
+            specificity: d.specificity,
+            won_by: d.won_by,
+            runner_up: d.runner_up.cloned(),
+        });
+        let explained_rules = e
+            .rules
+            .iter()
+            .map(|v| ExplainedRule {
+                tenant: v.tenant.clone(),
+                rule: rules
+                    .leaves
+                    .get(v.tenant)
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default(),
+                priority: v.priority,
+                specificity: v.specificity,
+                matched: v.matched(),
+                misses: v.misses.clone(),
+            })
+            .collect();
+        let action = self.would(&rules, pid, st, decision.as_ref());
+        Some(Explanation {
+            process: ExplainedProcess {
+                pid,
+                start_time: st,
+                ruid: facts.ruid,
+                euid: facts.euid,
+                gids: facts.gids.clone(),
+                exe: facts.exe.as_ref().map(|p| p.display().to_string()),
+                cmdline: facts.cmdline.as_ref().map(|c| {
+                    crate::domain::placement::matched_cmdline(c)
+                        .split(|b| *b == 0)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect()
+                }),
+                cgroup,
+            },
+            decision,
+            action,
+            rules: explained_rules,
+            not_in_force: rules
+                .not_in_force
+                .iter()
+                .map(|(t, why)| RuleNotInForce {
+                    tenant: t.clone(),
+                    why: why.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// What the placer would do with the process, without doing it.
+    fn would(
+        &self,
+        rules: &ActiveRules,
+        pid: u32,
+        st: u64,
+        decision: Option<&ExplainedDecision>,
+    ) -> Outcome {
+        if pid <= 1 || pid == self.self_pid() {
+            return Outcome::Left {
+                tenant: decision.map(|d| d.tenant.clone()),
+                why: LeftWhy::NeverTouched,
+                detail: "PID 1 and tenantd itself are never moved".into(),
+            };
+        }
+        if read_stat(self.proc_root(), pid).is_some_and(|(f, _)| f & PF_KTHREAD != 0) {
+            return Outcome::Left {
+                tenant: None,
+                why: LeftWhy::KernelThread,
+                detail: "kernel threads cannot be moved".into(),
+            };
+        }
+        let Some(d) = decision else {
+            return Outcome::NoRule;
+        };
+        let override_delegated = rules
+            .rules
+            .iter()
+            .find(|(n, _)| **n == d.tenant)
+            .is_some_and(|(_, r)| r.override_delegated());
+        match self.placement_checks(rules, pid, st, &d.tenant, override_delegated) {
+            Ok(_) => Outcome::Placed {
+                tenant: d.tenant.clone(),
+            },
+            Err(o) => o,
+        }
+    }
+
+    /// The checks between a rule naming `tenant` for the process (`pid`, `st`) and its move,
+    /// in order: placed by hand, already there, in a tenant no rule put it in, protected,
+    /// delegated. `Err` is what happens instead of the move; `Ok(Some(dir))` is a move out of
+    /// the delegated cgroup `dir` that the rule's `override_delegated` allows.
+    fn placement_checks(
+        &self,
+        rules: &ActiveRules,
+        pid: u32,
+        st: u64,
+        tenant: &TenantName,
+        override_delegated: bool,
+    ) -> Result<Option<PathBuf>, Outcome> {
+        let left = |why, detail: String| Outcome::Left {
+            tenant: Some(tenant.clone()),
+            why,
+            detail,
+        };
+        if self.auto.is_by_hand((pid, st)) {
+            return Err(left(
+                LeftWhy::PlacedByHand,
+                "placed by hand; it stays where it was put".into(),
+            ));
+        }
+        let Some((leaf, _)) = rules.leaves.get(tenant) else {
+            return Err(Outcome::NoRule);
+        };
+        let b = self.backend();
+        let located = b.locate(self.proc_root(), pid).map_err(|_| Outcome::Gone)?;
+        if located == b.dirs(leaf) {
+            return Err(Outcome::AlreadyThere {
+                tenant: tenant.clone(),
+            });
+        }
+        let root = b.dirs(&CgroupPath::root());
+        let in_ours = located.iter().zip(&root).any(|(at, r)| at.starts_with(r));
+        if in_ours && self.auto.placed_by((pid, st)).is_none() {
+            return Err(left(
+                LeftWhy::InTenant,
+                "already in a tenant that no rule put it in (a child stays with its parent)".into(),
+            ));
+        }
+        let cg_text = std::fs::read_to_string(self.proc_root().join(format!("{pid}/cgroup")))
+            .map_err(|_| Outcome::Gone)?;
+        if let Some(paths) = super::policy::parse_cgroup_paths(&cg_text)
+            && let Some((cg, prot)) =
+                super::policy::protected_match(&paths, &self.cfg.protected_cgroups)
+        {
+            return Err(left(
+                LeftWhy::Protected,
+                format!("in cgroup {cg}, which is protected ({prot} is in protected_cgroups)"),
+            ));
+        }
+        if in_ours {
+            return Ok(None);
+        }
+        let delegated = proc_cgroup(&cg_text).ok().and_then(|lines| {
+            self.cfg
+                .delegation
+                .delegated(&lines, &self.delegation_stop())
+        });
+        match delegated {
+            Some(at) if !override_delegated => Err(left(
+                LeftWhy::Delegated,
+                format!(
+                    "in {}, which another manager delegated (Delegate=yes); the rule has no override_delegated",
+                    at.display()
+                ),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// The directories the delegation walk never reports nor passes: the governor root in
+    /// every hierarchy and the daemon's own cgroup (systemd delegates tenantd's own unit).
+    fn delegation_stop(&self) -> Vec<PathBuf> {
+        self.backend().dirs(&CgroupPath::root())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_and_group_parse_skipping_junk() {
+        let a = Accounts::parse(
+            "root:x:0:0:root:/root:/bin/bash\n# comment\n\nalice:x:1001:1001::/home/alice:/bin/sh\nbad line\nbob:x:notanumber:1\nalice:x:9:9::/:/bin/sh\n",
+            "root:x:0:\nhosting:x:2000:alice,bob\n:x:5:\n",
+        );
+        assert_eq!(a.user("alice"), Some(1001), "the first line of a name wins");
+        assert_eq!(a.user("root"), Some(0));
+        assert_eq!(a.user("bob"), None);
+        assert_eq!(a.group("hosting"), Some(2000));
+        assert_eq!(a.group(""), None);
+    }
+
+    /// A captured /proc/PID/status of a process started with `setpriv --reuid=1001
+    /// --regid=1001 --groups=2000,27` (kernel 6.1, trimmed to the lines before Groups and
+    /// the next few).
+    const STATUS: &str = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nNgid:\t0\nPid:\t4242\nPPid:\t1\nTracerPid:\t0\nUid:\t1001\t1001\t1001\t1001\nGid:\t1001\t1001\t1001\t1001\nFDSize:\t64\nGroups:\t27 2000 \nNStgid:\t4242\n";
+
+    #[test]
+    fn status_ids_parse_uids_gids_and_groups() {
+        assert_eq!(
+            parse_status_ids(STATUS),
+            Some(StatusIds {
+                tgid: 4242,
+                ruid: 1001,
+                euid: 1001,
+                gids: vec![1001, 27, 2000],
+            })
+        );
+        // A setuid program: real and effective differ; no supplementary groups.
+        let setuid = "Tgid:\t7\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\nGroups:\t\n";
+        assert_eq!(
+            parse_status_ids(setuid),
+            Some(StatusIds {
+                tgid: 7,
+                ruid: 1000,
+                euid: 0,
+                gids: vec![1000],
+            })
+        );
+        assert_eq!(parse_status_ids("Tgid:\t7\n"), None);
+        // Our own status, from the running kernel.
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        let s = parse_status_ids(&own).unwrap();
+        assert_eq!(s.tgid, std::process::id());
+        assert_eq!(s.euid, rustix::process::geteuid().as_raw());
+    }
+
+    #[test]
+    fn stat_fields_survive_odd_names() {
+        let line = "4242 (a) (b) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(parse_stat_fields(line), Some((4194560, 987654)));
+        assert_eq!(parse_stat_fields("12 (x) S 1"), None);
+        // Agrees with the policy's parser (procfs) on our own stat.
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let p = super::super::policy::parse_stat(&own).unwrap();
+        assert_eq!(parse_stat_fields(&own), Some((p.flags, p.start_time)));
+    }
+
+    #[test]
+    fn a_replaced_binary_still_matches_by_its_path() {
+        assert_eq!(
+            exe_path(PathBuf::from("/usr/sbin/php-fpm8.2 (deleted)")),
+            PathBuf::from("/usr/sbin/php-fpm8.2")
+        );
+        assert_eq!(exe_path(PathBuf::from("/bin/sh")), PathBuf::from("/bin/sh"));
+    }
+
+    /// Facts from a scratch /proc-like directory: only what the rules need is read.
+    #[test]
+    fn facts_read_only_what_the_rules_need() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("4242");
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("status"), STATUS).unwrap();
+        std::fs::write(p.join("cmdline"), b"gunicorn: worker [acme]\0-w\0").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3.11", p.join("exe")).unwrap();
+        let none = Needs::default();
+        let (f, ids) = read_facts(d.path(), 4242, 5, none).unwrap();
+        assert_eq!(
+            (f.pid, f.start_time, f.ruid, f.exe, f.cmdline),
+            (4242, 5, 0, None, None)
+        );
+        assert!(ids.is_none());
+        let all = Needs {
+            ids: true,
+            exe: true,
+            cmdline: true,
+        };
+        let (f, _) = read_facts(d.path(), 4242, 5, all).unwrap();
+        assert_eq!((f.ruid, f.euid), (1001, 1001));
+        assert_eq!(f.gids, vec![1001, 27, 2000]);
+        assert_eq!(f.exe, Some(PathBuf::from("/usr/bin/python3.11")));
+        assert_eq!(
+            f.cmdline.as_deref(),
+            Some(&b"gunicorn: worker [acme]\0-w\0"[..])
+        );
+        // A status that cannot be read: no facts.
+        std::fs::remove_file(p.join("status")).unwrap();
+        assert!(read_facts(d.path(), 4242, 5, all).is_none());
+    }
+
+    /// The files are read again when their modification time or size changes, and only then.
+    #[test]
+    fn accounts_are_read_again_when_passwd_changes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("passwd"), "alice:x:1001:1001::/:/bin/sh\n").unwrap();
+        std::fs::write(d.path().join("group"), "hosting:x:2000:\n").unwrap();
+        let mut files = AccountsFiles {
+            dir: d.path().to_path_buf(),
+            stamps: (None, None),
+            generation: 0,
+            current: Arc::new(Accounts::default()),
+        };
+        assert!(files.refresh());
+        assert_eq!(files.current.user("alice"), Some(1001));
+        assert_eq!(files.current.group("hosting"), Some(2000));
+        assert!(!files.refresh(), "unchanged files are not read again");
+        std::fs::write(
+            d.path().join("passwd"),
+            "alice:x:1005:1001::/:/bin/sh\nbob:x:1002:1002::/:/bin/sh\n",
+        )
+        .unwrap();
+        assert!(files.refresh());
+        assert_eq!(files.generation, 2);
+        assert_eq!(
+            (files.current.user("alice"), files.current.user("bob")),
+            (Some(1005), Some(1002))
+        );
+        // A rule by name follows the new id; a name that is gone takes its rule out of force.
+        let spec: PlacementSpec = serde_json::from_str(r#"{"uids": ["bob"]}"#).unwrap();
+        let t = TenantName::parse("b").unwrap();
+        let leaf = CgroupPath::tenant(std::slice::from_ref(&t)).leaf();
+        let built = ActiveRules::build(
+            (None, 2),
+            vec![(t.clone(), spec.clone(), leaf.clone())],
+            &files.current,
+        );
+        let bob = ProcessFacts {
+            ruid: 1002,
+            euid: 1002,
+            ..ProcessFacts::default()
+        };
+        assert_eq!(
+            built.rules.place(&bob).map(|d| d.tenant.clone()),
+            Some(t.clone())
+        );
+        std::fs::write(d.path().join("passwd"), "alice:x:1005:1001::/:/bin/sh\n").unwrap();
+        assert!(files.refresh());
+        let built = ActiveRules::build((None, 3), vec![(t.clone(), spec, leaf)], &files.current);
+        assert!(built.rules.is_empty());
+        assert!(
+            built.not_in_force[&t].contains("no user named 'bob'"),
+            "{:?}",
+            built.not_in_force
+        );
+    }
+
+    /// A process whose exe no rule names has neither status nor cmdline read (they do not
+    /// exist in the scratch /proc, which would make it "gone"); one whose exe matches is read
+    /// on, and the answer agrees with the matcher.
+    #[test]
+    fn may_match_reads_the_cheapest_fact_first_and_stops() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("77");
+        std::fs::create_dir_all(&p).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/bash", p.join("exe")).unwrap();
+        let t = TenantName::parse("a").unwrap();
+        let leaf = CgroupPath::tenant(std::slice::from_ref(&t)).leaf();
+        let spec: PlacementSpec =
+            serde_json::from_str(r#"{"uids": [1001], "exe": ["/usr/bin/php*"], "cmdline": "x"}"#)
+                .unwrap();
+        let rules = ActiveRules::build(
+            (None, 1),
+            vec![(t.clone(), spec, leaf.clone())],
+            &Accounts::default(),
+        );
+        assert_eq!(may_match(d.path(), 77, &rules), Some(false));
+        std::fs::remove_file(p.join("exe")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/php8.2", p.join("exe")).unwrap();
+        assert_eq!(
+            may_match(d.path(), 77, &rules),
+            None,
+            "status is read now, and missing"
+        );
+        std::fs::write(p.join("status"), STATUS.replace("1001", "1002")).unwrap();
+        assert_eq!(
+            may_match(d.path(), 77, &rules),
+            Some(false),
+            "uid 1002 is not listed"
+        );
+        std::fs::write(p.join("status"), STATUS).unwrap();
+        std::fs::write(p.join("cmdline"), b"php\0x.php\0").unwrap();
+        assert_eq!(may_match(d.path(), 77, &rules), Some(true));
+        let all = Needs {
+            ids: true,
+            exe: true,
+            cmdline: true,
+        };
+        let (facts, _) = read_facts(d.path(), 77, 1, all).unwrap();
+        assert!(rules.rules.place(&facts).is_some());
+    }
+
+    #[test]
+    fn rules_not_in_force_say_why_and_the_rest_stay() {
+        let acc = Accounts::parse("alice:x:1001:1001::/:/bin/sh\n", "");
+        let spec = |j: &str| serde_json::from_str::<PlacementSpec>(j).unwrap();
+        let t = |n: &str| TenantName::parse(n).unwrap();
+        let leaf = |n: &str| CgroupPath::tenant(&[t(n)]).leaf();
+        let built = ActiveRules::build(
+            (Some(1), 1),
+            vec![
+                (t("a"), spec(r#"{"uids": ["alice"]}"#), leaf("a")),
+                (t("b"), spec(r#"{"uids": ["carol"]}"#), leaf("b")),
+                (t("c"), spec(r#"{"uids": [1001]}"#), leaf("c")),
+                (
+                    t("d"),
+                    spec(r#"{"exe": ["/usr/bin/*"], "priority": 5}"#),
+                    leaf("d"),
+                ),
+            ],
+            &acc,
+        );
+        assert_eq!(built.rules.len(), 2);
+        assert!(built.not_in_force[&t("b")].contains("placement.uids[0]"));
+        assert!(
+            built.not_in_force[&t("c")].contains("'c' and 'a'"),
+            "{:?}",
+            built.not_in_force
+        );
+        assert_eq!(
+            built.needs,
+            Needs {
+                ids: true,
+                exe: true,
+                cmdline: false
+            }
+        );
+        assert_eq!(built.leaves[&t("a")].1, "uids ['alice']");
+        assert_eq!(built.leaves[&t("d")].1, "exe ['/usr/bin/*'], priority 5");
+    }
+}
