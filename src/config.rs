@@ -49,6 +49,9 @@ pub struct FileConfig {
     pub reconcile_interval_s: Option<f64>,
     /// Seconds between rescans of /proc for the tenants' placement rules [10].
     pub placement_rescan_s: Option<f64>,
+    /// Place processes at exec and at uid/gid changes from the kernel's process events (the
+    /// netlink proc connector) [true]; the rescan runs either way.
+    pub process_events: Option<bool>,
     pub best_effort_weight: Option<u32>,
     pub memory_reserve_bytes: Option<Bytes>,
     pub daemon_cpu_weight: Option<u32>,
@@ -127,6 +130,8 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// Between rescans of /proc for the placement rules.
     pub placement_rescan: Duration,
+    /// Listen to the kernel's process events for the placement rules.
+    pub process_events: bool,
     pub best_effort_weight: u32,
     pub memory_reserve_bytes: u64,
     pub daemon_cpu_weight: u32,
@@ -213,6 +218,7 @@ impl FileConfig {
             token_file: self.token_file.or(other.token_file),
             reconcile_interval_s: self.reconcile_interval_s.or(other.reconcile_interval_s),
             placement_rescan_s: self.placement_rescan_s.or(other.placement_rescan_s),
+            process_events: self.process_events.or(other.process_events),
             best_effort_weight: self.best_effort_weight.or(other.best_effort_weight),
             memory_reserve_bytes: self.memory_reserve_bytes.or(other.memory_reserve_bytes),
             daemon_cpu_weight: self.daemon_cpu_weight.or(other.daemon_cpu_weight),
@@ -465,6 +471,7 @@ impl FileConfig {
             token_file: self.token_file,
             reconcile_interval: secs("reconcile_interval_s", self.reconcile_interval_s, 30.0, 0.1)?,
             placement_rescan: secs("placement_rescan_s", self.placement_rescan_s, 10.0, 0.1)?,
+            process_events: self.process_events.unwrap_or(true),
             best_effort_weight: weight("best_effort_weight", self.best_effort_weight, 1)?,
             memory_reserve_bytes: self.memory_reserve_bytes.map(|b| b.0).unwrap_or(512 << 20),
             daemon_cpu_weight: weight("daemon_cpu_weight", self.daemon_cpu_weight, 500)?,

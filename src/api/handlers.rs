@@ -215,6 +215,12 @@ fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
                 }
             }
         }
+        // A patch object over a non-object (absent, null, a scalar) merges into an empty
+        // object, so its `null`s remove nothing rather than land in the spec.
+        (t, serde_json::Value::Object(p)) => {
+            *t = serde_json::Value::Object(serde_json::Map::new());
+            merge(t, serde_json::Value::Object(p));
+        }
         (t, p) => *t = p,
     }
 }
@@ -488,5 +494,24 @@ mod tests {
         ] {
             assert_eq!(check(ok.clone()), Ok(()), "{ok}");
         }
+    }
+
+    /// Found by schemathesis: `PATCH {"nodes": {"0": null}}` over a spec without `nodes` kept
+    /// the `null` (the patch object replaced the absent value whole) and answered 422.
+    /// RFC 7396: a patch object over a non-object merges into an empty object.
+    #[test]
+    fn a_patch_object_over_an_absent_field_drops_its_nulls() {
+        let mut doc = serde_json::json!({"cpu": {}, "nodes": null});
+        merge(
+            &mut doc,
+            serde_json::json!({"nodes": {"0": null, "role": "web"}, "launch": {"user": null}}),
+        );
+        assert_eq!(
+            doc,
+            serde_json::json!({"cpu": {}, "nodes": {"role": "web"}, "launch": {}})
+        );
+        let mut scalar = serde_json::json!(3);
+        merge(&mut scalar, serde_json::json!({"a": {"b": null}}));
+        assert_eq!(scalar, serde_json::json!({"a": {}}));
     }
 }

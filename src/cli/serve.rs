@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Seconds between rescans of /proc for the placement rules [default 10].
     #[arg(long, env = "TENANTD_PLACEMENT_RESCAN_S")]
     pub placement_rescan_s: Option<f64>,
+    /// Do not listen to the kernel's process events (netlink proc connector): the placement
+    /// rules then place processes at the rescan only.
+    #[arg(long)]
+    pub no_process_events: bool,
     /// Do not move the daemon into <root>/_tenantd (tests; not for production).
     #[arg(long)]
     pub no_move_self: bool,
@@ -113,6 +117,7 @@ impl ServeArgs {
             reconcile_interval_s: self.reconcile_interval_s,
             sample_interval_s: self.sample_interval_s,
             placement_rescan_s: self.placement_rescan_s,
+            process_events: self.no_process_events.then_some(false),
             move_self: self.no_move_self.then_some(false),
             sla_adaptive: self.sla_adaptive.then_some(true),
             sla_tolerance_pp: self.sla_tolerance_pp,
@@ -442,6 +447,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     tasks.spawn(placement_task(
         gov.clone(),
         cfg.placement_rescan,
+        cfg.process_events,
         shutdown.clone(),
     ));
     let max_connections = connection_cap(nofile, cfg.max_connections);
@@ -512,11 +518,28 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The placement rules' rescan of /proc: at start, at once after a tenant's rule changed, and
-/// every `every`; the events of placements made between rescans (by `Placer::consider`) are
-/// stored every second. The rescan runs on the blocking pool.
-async fn placement_task(gov: Arc<Governor>, every: std::time::Duration, stop: CancellationToken) {
+/// The placement rules' rescan of /proc: at start, at once after a tenant's rule changed or
+/// the kernel's process events were lost, and every `every`; with `events`, a reader thread of
+/// the kernel's process events places a process at its exec and uid/gid changes
+/// (`process_event_reader`). The events of placements made between rescans (by
+/// `Placer::consider`) are stored every second. The rescan runs on the blocking pool.
+async fn placement_task(
+    gov: Arc<Governor>,
+    every: std::time::Duration,
+    events: bool,
+    stop: CancellationToken,
+) {
     let placer = Placer::new(gov.clone(), tokio::runtime::Handle::current());
+    let lost = Arc::new(tokio::sync::Notify::new());
+    let reader = if events {
+        process_event_reader(placer.clone(), lost.clone(), every)
+    } else {
+        tracing::info!(
+            "placement: process events off (process_events = false): processes are placed at the rescan, every {} s",
+            every.as_secs_f64()
+        );
+        None
+    };
     let mut rescan = tokio::time::interval(every);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -529,6 +552,7 @@ async fn placement_task(gov: Arc<Governor>, every: std::time::Duration, stop: Ca
             }
             _ = rescan.tick() => {}
             _ = gov.placement_changed() => rescan.reset(),
+            _ = lost.notified() => rescan.reset(),
         }
         let p = placer.clone();
         match tokio::task::spawn_blocking(move || p.rescan()).await {
@@ -549,6 +573,59 @@ async fn placement_task(gov: Arc<Governor>, every: std::time::Duration, stop: Ca
                 r.cpu_us
             ),
             Err(e) => tracing::warn!("placement rescan failed: {e}"),
+        }
+    }
+    if let Some(r) = reader {
+        // Stopping joins the thread; a `consider` in flight finishes first.
+        match tokio::task::spawn_blocking(move || r.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("process events: the reader stopped with: {e}"),
+            Err(e) => tracing::warn!("process events: cannot stop the reader: {e}"),
+        }
+    }
+}
+
+/// Starts the reader of the kernel's process events (`cgroup::proc_connector`) on a thread of
+/// its own: an exec, uid or gid change of a process (its thread group leader) is considered
+/// by the placer at once; a fork is not, since the child stays in its parent's cgroup and has
+/// its parent's facts until it execs or changes ids, which are events of their own. Events
+/// the kernel dropped wake the rescan (`lost`). Where the kernel refuses the subscription (no
+/// CAP_NET_ADMIN, not in the initial namespaces, no CONFIG_PROC_EVENTS) the log says why and
+/// placement relies on the rescan alone.
+fn process_event_reader(
+    placer: Placer,
+    lost: Arc<tokio::sync::Notify>,
+    every: std::time::Duration,
+) -> Option<crate::cgroup::proc_connector::ReaderThread> {
+    use crate::cgroup::proc_connector::{ProcConnector, ProcEvent};
+    let on_event = move |s: crate::cgroup::proc_connector::Stamped| match s.event {
+        ProcEvent::Exec { pid, tgid }
+        | ProcEvent::Uid { pid, tgid, .. }
+        | ProcEvent::Gid { pid, tgid, .. }
+            if pid == tgid =>
+        {
+            placer.consider(tgid);
+        }
+        ProcEvent::Lost(why) => {
+            tracing::debug!("process events lost ({why:?}): rescanning /proc");
+            lost.notify_one();
+        }
+        _ => {}
+    };
+    match ProcConnector::open().and_then(|c| c.spawn(on_event)) {
+        Ok(r) => {
+            tracing::info!(
+                "placement: listening to the kernel's process events (exec, uid, gid); /proc is rescanned every {} s as well",
+                every.as_secs_f64()
+            );
+            Some(r)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "placement: the kernel's process events are unavailable ({e}): processes are placed at the rescan only, every {} s",
+                every.as_secs_f64()
+            );
+            None
         }
     }
 }

@@ -12,8 +12,8 @@
 //! `report` and `metrics`; never `api`, `config` or `cli`. `fleet` is a node's part in a
 //! fleet sharing one desired state in PostgreSQL (issue 19).
 
-pub mod egress;
 pub mod autoplace;
+pub mod egress;
 pub mod fleet;
 pub mod journal;
 pub mod placement;

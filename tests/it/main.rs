@@ -32,6 +32,9 @@
 //!   with exit status and signals passed through, and the one-line refusals.
 //! - `placement`: PID 1, the daemon and its threads are never moved or killed (issue 12), on
 //!   v1 here and on v2 in the VM, with the daemon in its own PID namespace.
+//! - `placement_events`: placement rules driven by the kernel's process events (exec, a uid
+//!   change after start) and by the rescan alone with the events off (issue 17; v2 VM, the
+//!   daemon in the VM's initial PID namespace, where a proc connector subscription is taken).
 //! - `openapi`: real answers (cgroup v1 backend, this CI host) validate against the document's
 //!   schemas; tests/fuzz/schemathesis.sh does the same for generated requests.
 //! - `v1`: the cgroup v1 backend for real on a v1 or hybrid host (this CI host); not ignored,
@@ -61,6 +64,7 @@ mod launch;
 mod openapi;
 mod pg;
 mod placement;
+mod placement_events;
 mod placement_rules;
 mod proc_connector;
 mod reconcile;
