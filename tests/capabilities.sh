@@ -54,6 +54,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# events CAPS-SPEC: starts the daemon with that bounding set and prints what its log says of
+# the kernel's process events (it subscribes at start; with no placement rule it moves nothing).
+events() {
+    local spec="$1" port=$((20000 + RANDOM % 20000)) daemon said=none
+    local addr="http://127.0.0.1:$port" log="$WORK/events-$port"
+    (
+        for d in "${DIRS[@]}"; do echo "$BASHPID" >"$d/cgroup.procs"; done
+        exec setpriv --bounding-set="$spec" --inh-caps=-all "$BIN" serve --listen "127.0.0.1:$port" \
+            --db "$WORK/events-db-$port" --reconcile-interval-s 3600 2>"$log"
+    ) &
+    daemon=$!
+    for _ in $(seq 100); do "$BIN" host --addr "$addr" >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 50); do
+        grep -q "listening to the kernel's process events" "$log" && { said=listening; break; }
+        grep -q "process events are unavailable" "$log" && { said=unavailable; break; }
+        sleep 0.1
+    done
+    kill "$daemon"
+    wait "$daemon" 2>/dev/null
+    echo "events=$said"
+}
+
 # run CAPS-SPEC: starts the daemon with that bounding set, attaches a uid-65534 sleep,
 # deletes with --kill; prints "attach=OK|FAIL delete=OK|FAIL killed=yes|no".
 run() {
@@ -90,6 +112,13 @@ case "$got" in
 *delete=FAIL*killed=no) ok "without kill: $got (a SIGKILL to another user's process needs CAP_KILL)" ;;
 *) fail "without kill: $got (expected the delete with kill to fail)" ;;
 esac
+
+# CAP_NET_ADMIN: the subscription to the kernel's process events (placement at exec).
+got="$(events "$spec")"
+[ "$got" = "events=listening" ] && ok "with $CAPS: $got" || fail "with $CAPS: $got (expected the daemon to subscribe)"
+got="$(events "${spec/,+net_admin/}")"
+[ "$got" = "events=unavailable" ] && ok "without net_admin: $got (the proc connector needs CAP_NET_ADMIN)" ||
+    fail "without net_admin: $got (expected the log to say the events are unavailable)"
 
 # CAP_DAC_OVERRIDE: undoing an attach writes the process back into the cgroup it came from,
 # which may belong to another user (a user manager's delegated subtree).

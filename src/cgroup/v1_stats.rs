@@ -403,6 +403,22 @@ pub struct V1StatsReader {
     /// Whether the last read of the `tasks` files found a thread, and the CPU usage then.
     had_threads: bool,
     usage_at_tasks: Option<u64>,
+    /// The CPU usage when cpuacct.stat was last read, and the user and system time it gave.
+    usage_at_stat: Option<u64>,
+    user_system: (Option<u64>, Option<u64>),
+    /// Whether the guard directory is on cgroupfs (kernfs), where a held file of a removed
+    /// cgroup answers ENODEV: no `fstat` of the guard per sweep is needed to tell.
+    kernfs: bool,
+}
+
+/// Whether `dir` is on a cgroup filesystem (v1 or v2: both are kernfs). False when it cannot
+/// be told.
+fn on_cgroupfs(dir: &File) -> bool {
+    const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
+    const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+    rustix::fs::fstatfs(dir).is_ok_and(|s| {
+        u64::try_from(s.f_type).is_ok_and(|t| t == CGROUP_SUPER_MAGIC || t == CGROUP2_SUPER_MAGIC)
+    })
 }
 
 fn ino_of(p: &Path) -> Result<Option<u64>> {
@@ -481,7 +497,11 @@ impl V1StatsReader {
             slow: None,
             had_threads: true,
             usage_at_tasks: None,
+            usage_at_stat: None,
+            user_system: (None, None),
+            kernfs: false,
         };
+        r.kernfs = r.held_guard.as_ref().is_some_and(on_cgroupfs);
         r.open_files()?;
         // Staggered, so that readers opened together do not walk again in the same sweep.
         r.walk_age = u32::try_from(ino % u64::from(WALK_EVERY)).unwrap_or(0);
@@ -540,7 +560,29 @@ impl V1StatsReader {
 
     /// Finds the directories of the subtrees again and opens their summed and `tasks` files.
     fn walk(&mut self) -> Result<()> {
+        self.walk_keeping(false)
+    }
+
+    /// `walk`, keeping open the held files of the directories found again (`keep`) instead
+    /// of opening them anew (issue 15: most of a walk's cost). Not after a file answered that
+    /// its directory is gone: a directory recreated under the same name needs new files.
+    fn walk_keeping(&mut self, keep: bool) -> Result<()> {
         self.walk_age = 0;
+        let mut open: HashMap<PathBuf, FileAt> = HashMap::new();
+        if keep {
+            let summed = self.files.iter_mut().filter(|(f, _)| f.summed());
+            for at in summed.map(|(_, at)| at).chain([&mut self.tasks]) {
+                open.extend(
+                    at.drain(..)
+                        .filter(|f| f.held.is_some())
+                        .map(|f| (f.path.clone(), f)),
+                );
+            }
+        }
+        let mut reopen = |path: PathBuf, hold: bool, below: bool| match open.remove(&path) {
+            Some(f) if hold => Ok(Some(f)),
+            _ => FileAt::open(path, hold, below),
+        };
         let mut trees: Vec<(&str, Vec<PathBuf>)> = Vec::new();
         let tasks_in = if self.dirs.cpu.is_some() {
             "cpu"
@@ -572,7 +614,7 @@ impl V1StatsReader {
             let mut at = Vec::new();
             for (k, dir) in tree(controller).unwrap_or_default().iter().enumerate() {
                 // Summed files have one name.
-                if let Some(f) = FileAt::open(dir.join(names[0]), hold, k > 0)? {
+                if let Some(f) = reopen(dir.join(names[0]), hold, k > 0)? {
                     at.push(f);
                 }
             }
@@ -581,7 +623,7 @@ impl V1StatsReader {
         let hold = self.hold.contains(Figure::CpuPressure);
         let mut tasks = Vec::new();
         for (k, dir) in tree(tasks_in).unwrap_or_default().iter().enumerate() {
-            if let Some(f) = FileAt::open(dir.join("tasks"), hold, k > 0)? {
+            if let Some(f) = reopen(dir.join("tasks"), hold, k > 0)? {
                 tasks.push(f);
             }
         }
@@ -600,7 +642,9 @@ impl V1StatsReader {
     /// says so; the figures not read repeat their last values. `Ok(None)` as `sample` says.
     pub fn sample_with(&mut self, buf: &mut Vec<u8>, cadence: &Cadence) -> Result<Option<Sample>> {
         if self.walk_age >= WALK_EVERY {
-            self.walk()?;
+            // Only cgroupfs tells a held file of a removed directory (ENODEV): elsewhere
+            // (tests, benchmarks) every walk opens the files anew.
+            self.walk_keeping(self.kernfs)?;
         }
         self.walk_age = self.walk_age.saturating_add(1);
         // A subdirectory gone since the walk: walked again, and read again, once.
@@ -665,8 +709,17 @@ impl V1StatsReader {
         figures: Figures,
         out: &mut CgroupStats,
     ) -> Result<std::result::Result<(), Gone>> {
+        let mut stat_read = None;
         for (file, at) in &self.files {
             if !figures.contains(file.figure()) {
+                continue;
+            }
+            // User and system time only grow while the tenant's threads run, and then its
+            // CPU usage (cpuacct.usage, read just before) moves too: unmoved, they are what
+            // they were (no SLA verdict reads them). Throttling (cpu.stat) is read anyway.
+            let usage = out.cpu.usage_usec;
+            if *file == V1File::CpuacctStat && usage.is_some() && usage == self.usage_at_stat {
+                (out.cpu.user_usec, out.cpu.system_usec) = self.user_system;
                 continue;
             }
             for f in at {
@@ -686,6 +739,12 @@ impl V1StatsReader {
                     source,
                 })?;
             }
+            if *file == V1File::CpuacctStat {
+                stat_read = Some((usage, (out.cpu.user_usec, out.cpu.system_usec)));
+            }
+        }
+        if let Some((usage, user_system)) = stat_read {
+            (self.usage_at_stat, self.user_system) = (usage, user_system);
         }
         // A tenant that had no thread at the last read and used no CPU since has none that
         // waited: the `tasks` files (each read builds and sorts a pid list in the kernel)
@@ -729,6 +788,12 @@ impl V1StatsReader {
     /// removed one has no links left (cgroupfs answers ENODEV on its held files before);
     /// otherwise its path is looked up again and the inode compared.
     fn same_guard(&self) -> Result<bool> {
+        // On cgroupfs the held files just read would have answered ENODEV (`Gone`) had the
+        // directory been removed, recreated or not (the CPU figures' files are always held
+        // with the guard): nothing more to ask.
+        if self.kernfs {
+            return Ok(true);
+        }
         super::stats::still_there(self.held_guard.as_ref(), &self.guard, self.ino)
     }
 }
@@ -971,5 +1036,107 @@ mod tests {
         // Gone: no sample.
         std::fs::remove_dir_all(cpuacct).unwrap();
         assert!(sample_dirs(&mut slot, &dirs, &proc).unwrap().is_none());
+    }
+
+    /// Issue 15: cpuacct.stat (user and system time, which no verdict reads) is read again
+    /// only when cpuacct.usage moved since its last read; in between its values repeat.
+    #[test]
+    fn user_and_system_time_are_read_again_only_when_the_cpu_usage_moves() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("cpuacct/t");
+        std::fs::create_dir_all(&d).unwrap();
+        let dirs = V1Dirs {
+            cpuacct: Some(d.clone()),
+            ..V1Dirs::default()
+        };
+        let write = |usage_ns: u64, user: u64| {
+            std::fs::write(d.join("cpuacct.usage"), format!("{usage_ns}\n")).unwrap();
+            std::fs::write(d.join("cpuacct.stat"), format!("user {user}\nsystem 7\n")).unwrap();
+        };
+        let user = |slot: &mut Option<V1StatsReader>| {
+            let s = sample_dirs(slot, &dirs, tmp.path()).unwrap().unwrap();
+            (s.stats.cpu.usage_usec, s.stats.cpu.user_usec)
+        };
+        let hz = procfs::ticks_per_second().max(1);
+        let usec = |ticks: u64| Some(ticks * 1_000_000 / hz);
+        let mut slot = None;
+        write(5_000_000, 10);
+        assert_eq!(user(&mut slot), (Some(5000), usec(10)));
+        // The file moved, the usage did not (a file, not the kernel): repeated.
+        write(5_000_000, 11);
+        assert_eq!(user(&mut slot), (Some(5000), usec(10)));
+        write(6_000_000, 12);
+        assert_eq!(user(&mut slot), (Some(6000), usec(12)));
+    }
+
+    /// The guard's filesystem: cgroupfs (where a held file of a removed cgroup answers
+    /// ENODEV, so no `fstat` per sweep is needed) is told from any other.
+    #[test]
+    fn cgroupfs_is_told_from_other_filesystems() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!on_cgroupfs(&File::open(tmp.path()).unwrap()));
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let cgroup = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+            .map(|f| f[1].to_string())
+            .expect("no cgroup filesystem is mounted here: this test cannot run");
+        assert!(on_cgroupfs(&File::open(&cgroup).unwrap()), "{cgroup}");
+    }
+
+    /// Issue 15: a periodic walk keeps the held files of the directories it finds again (no
+    /// open and close per file every `WALK_EVERY` sweeps); a walk after a file answered that
+    /// its directory is gone opens them anew.
+    #[test]
+    fn a_walk_keeps_the_held_files_of_the_directories_found_again() {
+        use std::os::fd::AsRawFd;
+        let tmp = tempfile::tempdir().unwrap();
+        let memory = tmp.path().join("memory/t");
+        std::fs::create_dir_all(memory.join("_procs")).unwrap();
+        let cpuacct = tmp.path().join("cpuacct/t");
+        std::fs::create_dir_all(&cpuacct).unwrap();
+        std::fs::write(cpuacct.join("cpuacct.usage"), "1000\n").unwrap();
+        for d in [memory.clone(), memory.join("_procs")] {
+            std::fs::write(d.join("memory.oom_control"), "oom_kill 1\n").unwrap();
+        }
+        let dirs = V1Dirs {
+            cpuacct: Some(cpuacct),
+            memory: Some(memory.clone()),
+            ..V1Dirs::default()
+        };
+        let mut r = V1StatsReader::open(&dirs, tmp.path()).unwrap().unwrap();
+        let fds = |r: &V1StatsReader| -> Vec<i32> {
+            let (_, at) = r
+                .files
+                .iter()
+                .find(|(f, _)| *f == V1File::OomControl)
+                .unwrap();
+            at.iter()
+                .map(|f| f.held.as_ref().unwrap().as_raw_fd())
+                .collect()
+        };
+        let before = fds(&r);
+        assert_eq!(before.len(), 2, "the tenant's and its leaf's");
+        // A directory made below is found, the others keep their files.
+        std::fs::create_dir(memory.join("child")).unwrap();
+        std::fs::write(memory.join("child/memory.oom_control"), "oom_kill 4\n").unwrap();
+        r.walk_keeping(true).unwrap();
+        let kept = fds(&r);
+        assert_eq!(kept.len(), 3);
+        assert!(
+            before.iter().all(|fd| kept.contains(fd)),
+            "{before:?} {kept:?}"
+        );
+        let s = r.sample().unwrap().unwrap();
+        assert_eq!(s.stats.memory_events.oom_kill, Some(6));
+        // Opened anew while the old ones are still open: other descriptors.
+        r.walk_keeping(false).unwrap();
+        let anew = fds(&r);
+        assert_eq!(anew.len(), 3);
+        assert!(
+            anew.iter().all(|fd| !kept.contains(fd)),
+            "{kept:?} {anew:?}"
+        );
     }
 }

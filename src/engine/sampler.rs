@@ -93,6 +93,23 @@ struct Readers {
     /// see `held_tenants_budget_for`.
     held_v2: usize,
     held_v1: usize,
+    /// Descriptors left for the sampler's files, and how many a tenant takes on each
+    /// backend when it holds the fresh figures' files and when it holds every file.
+    fds: usize,
+    per_tenant_v2: (usize, usize),
+    per_tenant_v1: (usize, usize),
+}
+
+/// Of `n` tenants, how many hold every file and how many (those first) at least the fresh
+/// figures' files, with `fds` descriptors and `(fresh, all)` taken per tenant: every tenant
+/// that can holds the fresh ones, and the descriptors left make the first ones hold every
+/// file (issue 15: a file held is `pread`, one opened when the cadence reads it costs an
+/// open, a path lookup and a close). Returns (every file, fresh files).
+fn hold_tiers(n: usize, fds: usize, (fresh, all): (usize, usize)) -> (usize, usize) {
+    let held = n.min(fds / fresh.max(1));
+    let left = fds.saturating_sub(held * fresh);
+    let every = held.min(left / all.saturating_sub(fresh).max(1));
+    (every, held)
 }
 
 impl Readers {
@@ -108,6 +125,12 @@ impl Readers {
             // The files and the directory.
             held_v2: held_tenants_budget_for(reserve, files_of(held) + 1),
             held_v1: held_tenants_budget_for(reserve, v1_stats::held_per_tenant(held)),
+            fds: held_tenants_budget_for(reserve, 1),
+            per_tenant_v2: (files_of(held) + 1, files_of(Figures::ALL) + 1),
+            per_tenant_v1: (
+                v1_stats::held_per_tenant(held),
+                v1_stats::held_per_tenant(Figures::ALL),
+            ),
         }
     }
 }
@@ -793,12 +816,22 @@ fn read_all(
         v2,
         v1,
         buf,
-        held_v2,
-        held_v1,
+        fds,
+        per_tenant_v2,
+        per_tenant_v1,
         ..
     } = readers;
-    let hold = |i: usize, budget: usize, c: &Cadence| {
-        if i < budget { c.fresh } else { Figures::NONE }
+    let n = targets.dirs.len();
+    let tiers_v2 = hold_tiers(n, *fds, *per_tenant_v2);
+    let tiers_v1 = hold_tiers(n, *fds, *per_tenant_v1);
+    let hold = |i: usize, (every, held): (usize, usize), c: &Cadence| {
+        if i < every {
+            Figures::ALL
+        } else if i < held {
+            c.fresh
+        } else {
+            Figures::NONE
+        }
     };
     targets
         .dirs
@@ -808,14 +841,14 @@ fn read_all(
             let c = cadence.for_tenant(targets.specs.get(name).map(|s| &**s));
             match source {
                 SampleSource::V2(path) => {
-                    sample_dir_with(&mut v2[i], path, buf, hold(i, *held_v2, &c), &c)
+                    sample_dir_with(&mut v2[i], path, buf, hold(i, tiers_v2, &c), &c)
                 }
                 SampleSource::V1 { dirs, proc } => v1_stats::sample_dirs_with(
                     &mut v1[i],
                     dirs,
                     proc,
                     buf,
-                    hold(i, *held_v1, &c),
+                    hold(i, tiers_v1, &c),
                     &c,
                 ),
             }
@@ -848,6 +881,31 @@ mod tests {
                 memory_current: Some(100),
                 ..Default::default()
             },
+        }
+    }
+
+    /// Every tenant that can holds its fresh files; the descriptors left make the first ones
+    /// hold every file; none is counted twice.
+    #[test]
+    fn descriptors_left_make_the_first_tenants_hold_every_file() {
+        // (tenants, descriptors, (fresh, all)) -> (every file, fresh files)
+        let cases = [
+            ((1000, 19_488, (11, 20)), (943, 1000)),
+            ((100, 19_488, (11, 20)), (100, 100)),
+            ((10_000, 19_488, (11, 20)), (0, 1771)),
+            ((2000, 19_488, (11, 20)), (0, 1771)),
+            ((1700, 19_488, (11, 20)), (87, 1700)),
+            ((10, 0, (11, 20)), (0, 0)),
+            ((10, 100, (3, 3)), (10, 10)),
+        ];
+        for ((n, fds, per), want) in cases {
+            let (every, held) = hold_tiers(n, fds, per);
+            assert_eq!(
+                (every, held),
+                want,
+                "{n} tenants, {fds} descriptors, {per:?}"
+            );
+            assert!(every * per.1 + (held - every) * per.0 <= fds);
         }
     }
 
