@@ -136,15 +136,19 @@ impl fmt::Display for IdOrName {
 pub struct PlacementSpec {
     /// Users (uid or name): the process's real or effective uid is one of them.
     #[serde(default)]
+    #[schema(schema_with = placement_uids)]
     pub uids: Option<Vec<IdOrName>>,
     /// Groups (gid or name): one of the process's groups is one of them.
     #[serde(default)]
+    #[schema(schema_with = placement_gids)]
     pub gids: Option<Vec<IdOrName>>,
     /// Absolute paths or globs over the resolved `/proc/PID/exe`.
     #[serde(default)]
+    #[schema(schema_with = placement_exe)]
     pub exe: Option<Vec<String>>,
     /// A regex over the NUL-joined argv.
     #[serde(default)]
+    #[schema(schema_with = placement_cmdline)]
     pub cmdline: Option<String>,
     /// Higher wins when rules of several tenants match one process.
     #[serde(default)]
@@ -811,6 +815,72 @@ fn decide<'a, T>(
         runner_up: next.map(|(t, _)| t),
         override_delegated: rule.override_delegated,
     }
+}
+
+// The OpenAPI schema of the rule's lists and regex: what a document can state of `validate`.
+
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+
+/// A non-empty list of at most `MAX_LIST_ITEMS` items, or null (placement rule lists).
+fn rule_list(item: impl Into<RefOr<Schema>>, what: &str) -> Schema {
+    use utoipa::openapi::schema::ArrayBuilder;
+    OneOfBuilder::new()
+        .item(
+            ArrayBuilder::new()
+                .items(item.into())
+                .min_items(Some(1))
+                .max_items(Some(MAX_LIST_ITEMS)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(what))
+        .into()
+}
+
+/// `placement.uids` and `placement.gids`: ids (0 to 2^32-2) or names. A name is not empty, not
+/// all digits, and has no whitespace, control character, ':' or '/' (its length is bounded in
+/// UTF-8 bytes, `MAX_NAME_BYTES`, which a schema cannot state).
+fn ids_or_names(what: &str) -> Schema {
+    let id = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(u32::MAX - 1));
+    let name = ObjectBuilder::new().schema_type(Type::String).pattern(Some(
+        "^[^\\s:/\\u0000-\\u001f\\u007f-\\u009f]*[^\\s:/0-9\\u0000-\\u001f\\u007f-\\u009f][^\\s:/\\u0000-\\u001f\\u007f-\\u009f]*$",
+    ));
+    rule_list(OneOfBuilder::new().item(id).item(name), what)
+}
+
+pub fn placement_uids() -> Schema {
+    ids_or_names("users (uid or name): the process's real or effective uid is one of them")
+}
+
+pub fn placement_gids() -> Schema {
+    ids_or_names("groups (gid or name): one of the process's groups is one of them")
+}
+
+/// `placement.exe`: absolute paths or globs (their other rules, no empty/./.. part, a glob
+/// that compiles, are checked by the server).
+pub fn placement_exe() -> Schema {
+    rule_list(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^/")),
+        "absolute paths or globs over the resolved /proc/PID/exe",
+    )
+}
+
+/// `placement.cmdline`: a non-empty regex (whether it compiles is the server's to say).
+pub fn placement_cmdline() -> Schema {
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some("a regex over the NUL-joined argv"))
+        .into()
 }
 
 #[cfg(test)]

@@ -63,6 +63,13 @@ _CROSS_FIELD = [
     # network.egress entries: what the document's pattern cannot state (bits past the
     # prefix, a port range running backwards, the grammar of IPv6 addresses).
     ("PUT|PATCH", r"network\.egress\.(allow|deny)\[\d+\]", r"bits set past the prefix|runs backwards|is not an IPv4 or IPv6 address"),
+    # Placement rules: what the document cannot state (a rule naming no field, names and
+    # patterns bounded in UTF-8 bytes, exe paths that are not plain, globs and regexes that do
+    # not compile) and the host's state (an unknown user or group name).
+    ("PUT|PATCH", r"placement", r"names no process"),
+    ("PUT|PATCH", r"placement\.(uids|gids)\[\d+\]", r"there is no (user|group) named|is longer than \d+ bytes"),
+    ("PUT|PATCH", r"placement\.exe(\[\d+\])?", r"is longer than \d+ bytes|contains a NUL byte|ends with '/'|has an empty, '\.' or '\.\.' part|is not a valid glob|the globs do not compile"),
+    ("PUT|PATCH", r"placement\.cmdline", r"is not a valid regex|compiles to more than|the pattern has \d+ bytes"),
     # maxLength counts characters; the server bounds label values in UTF-8 bytes.
     ("PUT|PATCH", r"labels\..+", r"bytes: label values have at most \d+"),
     ("DELETE", r"move_to", r"use either kill=true or move_to|does not exist|tenant being deleted"),
