@@ -162,11 +162,13 @@ def q(v, p):
     return v[min(len(v) - 1, int(p * len(v)))] / 1000 if v else float("nan")
 cpu_ms = (b - a) / hz * 1000
 idle = (i1 - i0) / hz / 3 * 100
+per_placement = "%.1f ms" % (cpu_ms / placed_metric) if placed_metric else "n/a"
+verdict = ("met" if q(ex, .99) < 10 else "NOT met") if ex else "n/a (nothing placed)"
 print(f"placement: {n} execs ({n/(w1-w0):.0f}/s over {w1-w0:.1f} s), {tenants} tenants, {rules} rules: "
       f"exec->placed p50 {q(ex,.5):.2f} ms, p90 {q(ex,.9):.2f} ms, p99 {q(ex,.99):.2f} ms, max {q(ex,1):.1f} ms "
       f"(from before the spawn: p50 {q(sp,.5):.2f}, p99 {q(sp,.99):.2f} ms); "
-      f"placed before exit {len(ok)}/{n} = {len(ok)/n*100:.2f}%; "
+      f"placed before exit {len(ok)}/{n} = {len(ok)/n*100:.2f}% (after exit, as zombies: {sum(r[3] == '2' for r in rows)}); "
       f"daemon CPU {cpu_ms/n*1000:.0f} ms per 1,000 execs ({b-a} ticks, {(b-a)/hz/(w1-w0)*100:.0f}% of a core; idle before {idle:.1f}%); "
-      f"daemon placed {placed_metric} ({cpu_ms/max(placed_metric,1):.1f} ms CPU per placement); events lost {lost}; load {load}; "
-      f"p99 < 10 ms: {'met' if ex and q(ex,.99) < 10 else 'NOT met'}")
+      f"daemon placed {placed_metric} ({per_placement} CPU per placement); events lost {lost}; load {load}; "
+      f"p99 < 10 ms: {verdict}")
 PY

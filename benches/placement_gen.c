@@ -13,7 +13,8 @@
 //   K spawn_to_placed_us exec_to_placed_us placed(0/1)
 // where spawn is the CLOCK_MONOTONIC time before posix_spawn, exec the time it returned (the
 // child has exec'd by then), placed the first poll that saw the child in its tenant (-1 if
-// none did before it exited). The polling loop sleeps POLL_US (default 50) between sweeps
+// none did before it exited); placed is 1, 0 (never seen placed) or 2 (first seen placed as a
+// zombie: moved after it exited, not counted as placed). The polling loop sleeps POLL_US (default 50) between sweeps
 // and only polls children not yet placed. Nothing but its own children is read or signalled.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -117,6 +118,17 @@ int main(int argc, char **argv) {
           buf[n] = 0;
           if (placed(buf, root, ch->k, nlines)) {
             ch->t_placed = now_ns();
+            // A zombie (exited, not yet reaped) does not count as placed before its exit.
+            char f[64], st[512];
+            snprintf(f, sizeof f, "/proc/%d/stat", ch->pid);
+            int sfd = open(f, O_RDONLY | O_CLOEXEC);
+            ssize_t m = sfd >= 0 ? read(sfd, st, sizeof st - 1) : -1;
+            if (sfd >= 0) close(sfd);
+            if (m > 0) {
+              st[m] = 0;
+              char *r = strrchr(st, ')');
+              if (r && r[1] == ' ' && (r[2] == 'Z' || r[2] == 'X')) ch->t_placed = -2;
+            }
             close(ch->fd);
             ch->fd = -1;
           }
@@ -145,7 +157,8 @@ int main(int argc, char **argv) {
     if (ch->pid == 0) continue;
     fprintf(out, "%d %lld %lld %d\n", ch->k,
             ch->t_placed < 0 ? -1 : (ch->t_placed - ch->t_spawn) / 1000,
-            ch->t_placed < 0 ? -1 : (ch->t_placed - ch->t_exec) / 1000, ch->t_placed >= 0);
+            ch->t_placed < 0 ? -1 : (ch->t_placed - ch->t_exec) / 1000,
+            ch->t_placed >= 0 ? 1 : ch->t_placed == -2 ? 2 : 0);
   }
   fclose(out);
   fprintf(stderr, "placement_gen: %ld started, %ld failed to start, in %.2f s\n", started, failed,
