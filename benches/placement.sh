@@ -35,19 +35,22 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (cgroup directories, process events)"; exit 1; }
 [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] || { echo "this bench needs a v1 or hybrid host"; exit 1; }
 source benches/v1_daemon.sh
-RATE=1000 SECONDS_=10 TENANTS=100 RULES=300 LIFE=0.05 BIN="" NOMATCH=""
+# Options with a value set OPT_<NAME>; the defaults follow.
+NOMATCH=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --rate) RATE="$2"; shift 2 ;;
-    --seconds) SECONDS_="$2"; shift 2 ;;
-    --tenants) TENANTS="$2"; shift 2 ;;
-    --rules) RULES="$2"; shift 2 ;;
-    --life) LIFE="$2"; shift 2 ;;
-    --bin) BIN="$2"; shift 2 ;;
+    --rate|--seconds|--tenants|--rules|--life|--bin)
+      [ $# -ge 2 ] || { echo "$1 needs a value"; exit 2; }
+      o="${1#--}"; printf -v "OPT_${o^^}" '%s' "$2"; shift 2 ;;
     --no-match) NOMATCH=1; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
+done
+RATE="${OPT_RATE:-1000}" SECONDS_="${OPT_SECONDS:-10}" TENANTS="${OPT_TENANTS:-100}"
+RULES="${OPT_RULES:-300}" LIFE="${OPT_LIFE:-0.05}" BIN="${OPT_BIN:-}"
+for v in "$RATE" "$SECONDS_" "$TENANTS" "$RULES" "$LIFE"; do
+  [[ "$v" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "not a number: $v"; exit 2; }
 done
 [ "$RULES" -ge "$TENANTS" ] || { echo "--rules must be at least --tenants"; exit 2; }
 if [ -z "$BIN" ]; then
