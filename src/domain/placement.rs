@@ -112,6 +112,13 @@ impl<'de> Deserialize<'de> for IdOrName {
                     Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
                 }
             }
+            /// A whole number written as a float (`1001.0`; JSON Schema's integer allows it).
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<IdOrName, E> {
+                match super::units::whole(v) {
+                    Some(u) => self.visit_u64(u),
+                    None => Err(E::invalid_value(serde::de::Unexpected::Float(v), &self)),
+                }
+            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdOrName, E> {
                 Ok(IdOrName::Name(v.to_string()))
             }
@@ -151,7 +158,7 @@ pub struct PlacementSpec {
     #[schema(schema_with = placement_cmdline)]
     pub cmdline: Option<String>,
     /// Higher wins when rules of several tenants match one process.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::units::count::u32")]
     pub priority: u32,
     /// Move a matching process even out of a systemd unit's delegated subtree.
     #[serde(default)]
@@ -890,6 +897,26 @@ mod tests {
 
     fn spec(json: &str) -> PlacementSpec {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// Found by schemathesis: JSON Schema's integer allows `1001.0`, so ids and the priority
+    /// written as whole floats are taken; a fraction is not.
+    #[test]
+    fn ids_and_priority_written_as_whole_floats_are_taken() {
+        let s = spec(r#"{"uids": [1001.0, "alice"], "gids": [7e1], "priority": 3.0}"#);
+        assert_eq!(
+            s.uids,
+            Some(vec![IdOrName::Id(1001), IdOrName::Name("alice".into())])
+        );
+        assert_eq!(s.gids, Some(vec![IdOrName::Id(70)]));
+        assert_eq!(s.priority, 3);
+        for bad in [
+            r#"{"uids": [1.5]}"#,
+            r#"{"uids": [4294967295.0]}"#,
+            r#"{"priority": 2.5}"#,
+        ] {
+            assert!(serde_json::from_str::<PlacementSpec>(bad).is_err(), "{bad}");
+        }
     }
 
     /// Resolves with a tiny passwd/group: alice 1001, bob 1002; hosting 2000.

@@ -62,7 +62,7 @@ _CROSS_FIELD = [
     ("PUT|PATCH", r"io\.limits\[\d+\]\.device", r"is listed twice"),
     # network.egress entries: what the document's pattern cannot state (bits past the
     # prefix, a port range running backwards, the grammar of IPv6 addresses).
-    ("PUT|PATCH", r"network\.egress\.(allow|deny)\[\d+\]", r"bits set past the prefix|runs backwards|is not an IPv4 or IPv6 address"),
+    ("PUT|PATCH", r"network\.egress\.(allow|deny)\[\d+\]", r"bits set past the prefix|runs backwards|is not an IPv4 or IPv6 address|no address"),
     # Placement rules: what the document cannot state (a rule naming no field, names and
     # patterns bounded in UTF-8 bytes, exe paths that are not plain, globs and regexes that do
     # not compile) and the host's state (an unknown user or group name).
