@@ -54,18 +54,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# events CAPS-SPEC: starts the daemon with that bounding set and prints what its log says of
-# the kernel's process events (it subscribes at start; with no placement rule it moves nothing).
-events() {
-    local spec="$1" port=$((20000 + RANDOM % 20000)) daemon said=none
-    local addr="http://127.0.0.1:$port" log="$WORK/events-$port"
+# serve CAPS-SPEC PORT: starts the daemon in our cgroups with that bounding set, logging to
+# $WORK/log-PORT, and waits until it answers; its PID is in $daemon.
+serve() {
+    local spec="$1" port="$2"
     (
         for d in "${DIRS[@]}"; do echo "$BASHPID" >"$d/cgroup.procs"; done
         exec setpriv --bounding-set="$spec" --inh-caps=-all "$BIN" serve --listen "127.0.0.1:$port" \
-            --db "$WORK/events-db-$port" --reconcile-interval-s 3600 2>"$log"
+            --db "$WORK/db-$port" --reconcile-interval-s 3600 2>"$WORK/log-$port"
     ) &
     daemon=$!
-    for _ in $(seq 100); do "$BIN" host --addr "$addr" >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 100); do "$BIN" host --addr "http://127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
+# events CAPS-SPEC: starts the daemon with that bounding set and prints what its log says of
+# the kernel's process events (it subscribes at start; with no placement rule it moves nothing).
+events() {
+    local port=$((20000 + RANDOM % 20000)) daemon said=none
+    local log="$WORK/log-$port"
+    serve "$1" "$port"
     for _ in $(seq 50); do
         grep -q "listening to the kernel's process events" "$log" && { said=listening; break; }
         grep -q "process events are unavailable" "$log" && { said=unavailable; break; }
@@ -79,15 +86,9 @@ events() {
 # run CAPS-SPEC: starts the daemon with that bounding set, attaches a uid-65534 sleep,
 # deletes with --kill; prints "attach=OK|FAIL delete=OK|FAIL killed=yes|no".
 run() {
-    local spec="$1" port=$((20000 + RANDOM % 20000)) daemon sleeper attach=FAIL del=FAIL killed=no
-    local addr="http://127.0.0.1:$port" db="$WORK/db-$port"
-    (
-        for d in "${DIRS[@]}"; do echo "$BASHPID" >"$d/cgroup.procs"; done
-        exec setpriv --bounding-set="$spec" --inh-caps=-all "$BIN" serve --listen "127.0.0.1:$port" \
-            --db "$db" --reconcile-interval-s 3600 2>"$WORK/log-$port"
-    ) &
-    daemon=$!
-    for _ in $(seq 100); do "$BIN" host --addr "$addr" >/dev/null 2>&1 && break; sleep 0.1; done
+    local port=$((20000 + RANDOM % 20000)) daemon sleeper attach=FAIL del=FAIL killed=no
+    local addr="http://127.0.0.1:$port"
+    serve "$1" "$port"
     printf 'name = "caps"\ncpu = { guarantee_pct = "10%%" }\n' >"$WORK/t.toml"
     "$BIN" tenant apply --addr "$addr" -f "$WORK/t.toml" >/dev/null 2>&1
     setpriv --reuid=65534 --regid=65534 --clear-groups sleep 120 &
