@@ -450,6 +450,11 @@ pub struct ReportParams {
     pub tenant: Option<TenantName>,
     #[param(value_type = Option<crate::api::query::ReportFormat>, inline)]
     pub format: &'static str,
+    /// `node` (default): this node's tenants from its own history; `fleet`: every node's,
+    /// per tenant across nodes and per node, from the minutes they shipped to the fleet store
+    /// (a daemon with a fleet store only)
+    #[param(value_type = Option<crate::api::query::ReportScope>, inline)]
+    pub scope: &'static str,
 }
 
 impl Params for ReportParams {
@@ -460,9 +465,25 @@ impl Params for ReportParams {
             to: time("to")?,
             tenant: q.tenant("tenant")?,
             format: q.one_of("format", REPORT_FORMATS)?.unwrap_or("json"),
+            scope: q.one_of("scope", REPORT_SCOPES)?.unwrap_or("node"),
         })
     }
 }
+
+/// The scopes of the SLA report: this node, or the whole fleet.
+pub const REPORT_SCOPES: &[&str] = &["node", "fleet"];
+
+/// The schema of `ReportParams::scope`: one of `REPORT_SCOPES`.
+pub struct ReportScope;
+impl utoipa::PartialSchema for ReportScope {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(REPORT_SCOPES.iter().copied()))
+            .into()
+    }
+}
+impl utoipa::ToSchema for ReportScope {}
 
 /// The schema of `ReportParams::format`: one of `REPORT_FORMATS`.
 pub struct ReportFormat;

@@ -12,9 +12,11 @@
 //! `metrics`, `engine`, `api`, `config` or `cli`; only the engine calls it. Within it,
 //! `samples` (usage tables) and `sla` (SLA tables) both build on `rollup` (levels, retention)
 //! and `sweep` composes them in one transaction; no two of its modules import each other.
-//! `fleet` is the PostgreSQL store a fleet of nodes shares (issue 19), beside this SQLite one.
+//! `fleet` is the PostgreSQL store a fleet of nodes shares (issue 19), beside this SQLite one;
+//! `fleet_history` ships this node's minutes there and reads the fleet's back.
 
 pub mod fleet;
+pub mod fleet_history;
 mod intents;
 mod rollup;
 mod samples;

@@ -49,7 +49,8 @@
 //! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
 //!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
 //! - `pg`: a real PostgreSQL server the tests start and stop themselves (Debian's package),
-//!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host.
+//!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host,
+//!   and `fleet_history`: their minutes shipped there, through an outage, and the fleet report.
 
 mod api;
 mod crash;
@@ -58,6 +59,7 @@ mod delegated;
 mod durability;
 mod egress;
 mod fleet;
+mod fleet_history;
 mod hostile;
 mod kernel;
 mod launch;
