@@ -473,29 +473,33 @@ impl Params for ReportParams {
 /// The scopes of the SLA report: this node, or the whole fleet.
 pub const REPORT_SCOPES: &[&str] = &["node", "fleet"];
 
-/// The schema of `ReportParams::scope`: one of `REPORT_SCOPES`.
-pub struct ReportScope;
-impl utoipa::PartialSchema for ReportScope {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .enum_values(Some(REPORT_SCOPES.iter().copied()))
-            .into()
-    }
+/// A string schema whose values are one of a list: `$name` for `$values`.
+macro_rules! one_of_schema {
+    ($(#[$doc:meta])* $name:ident, $values:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some($values.iter().copied()))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $name {}
+    };
 }
-impl utoipa::ToSchema for ReportScope {}
 
-/// The schema of `ReportParams::format`: one of `REPORT_FORMATS`.
-pub struct ReportFormat;
-impl utoipa::PartialSchema for ReportFormat {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .enum_values(Some(REPORT_FORMATS.iter().copied()))
-            .into()
-    }
-}
-impl utoipa::ToSchema for ReportFormat {}
+one_of_schema!(
+    /// The schema of `ReportParams::scope`: one of `REPORT_SCOPES`.
+    ReportScope,
+    REPORT_SCOPES
+);
+one_of_schema!(
+    /// The schema of `ReportParams::format`: one of `REPORT_FORMATS`.
+    ReportFormat,
+    REPORT_FORMATS
+);
 
 #[cfg(test)]
 mod tests {

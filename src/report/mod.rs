@@ -491,6 +491,36 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_csv_has_a_node_column_empty_across_nodes() {
+        let one = report().tenants.remove(0);
+        let f = FleetReport {
+            from_ms: 0,
+            to_ms: 60_000,
+            generated_ms: 1,
+            store: "postgres://t@h:5432/f".into(),
+            tenants: vec![one.clone()],
+            nodes: vec![NodeReport {
+                node: "n1".into(),
+                tenants: vec![one],
+            }],
+        };
+        let c = fleet_csv(&f);
+        let lines: Vec<&str> = c.lines().collect();
+        assert_eq!(lines.len(), 3, "{c}");
+        assert_eq!(lines[0], format!("node,{CSV_HEADER}"));
+        assert!(lines[1].starts_with(",acme,0.500000,"), "{c}");
+        assert!(lines[2].starts_with("n1,acme,0.500000,"), "{c}");
+        assert_eq!(
+            lines[2].split(',').count(),
+            lines[0].split(',').count() + 1,
+            "labels hold a quoted comma"
+        );
+        let h = fleet_html(&f);
+        assert!(h.contains("<h2>Across nodes</h2>") && h.contains("<h2>Node n1</h2>"));
+        assert!(h.contains("1 node(s): n1") && !h.contains("<script"));
+    }
+
+    #[test]
     fn html_is_self_contained_and_shades_violations() {
         let h = html(&report());
         assert!(h.starts_with("<!doctype html>"));

@@ -177,8 +177,8 @@ fn usage_minute(r: &SqliteRow) -> Result<UsageMinute> {
 }
 
 /// (tenant, bucket, covered, contended, violation, delivered sum, delivered contended sum,
-/// worst contended share, guarantee)
-type SlaRollupRow = (
+/// worst contended share, guarantee): a row of `sla_rollup` as it ships.
+pub type SlaRollupRow = (
     String,
     i64,
     f64,

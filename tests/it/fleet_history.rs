@@ -19,21 +19,10 @@ use tenantd::domain::sla_engine::Verdict;
 use tenantd::domain::usage_row::UsageRow;
 use tenantd::store::Store;
 use tenantd::store::fleet::FleetStore;
-use tenantd::store::fleet_history::{Kind, Rows, is_integer, usage_columns};
+use tenantd::store::fleet_history::{Kind, Rows, SlaRollupRow, is_integer, usage_columns};
 
-/// (tenant, bucket, covered, contended, violation, delivered x s, delivered x contended s,
-/// worst contended share, guarantee)
-type SlaRow = (
-    String,
-    i64,
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
-    Option<f64>,
-    Option<f64>,
-);
+/// A minute of `sla_rollup` (and of `sla_minutes` less its counts).
+type SlaRow = SlaRollupRow;
 /// (tenant, bucket, samples, covered, cpu cores x s, memory sum, memory max, OOM kills)
 type UsageMin = (
     String,
@@ -65,16 +54,21 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A node's SQLite file, read-only beside the running daemon.
+async fn read_only(db: &Path) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions;
+    sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("open {} read-only: {e}", db.display()))
+}
+
 /// A node's minute rollups in its own SQLite file (read-only, beside the running daemon).
 fn local(db: &Path) -> (Vec<SlaRow>, Vec<UsageMin>) {
     rt().block_on(async {
-        use sqlx::ConnectOptions;
-        let mut c = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(db)
-            .read_only(true)
-            .connect()
-            .await
-            .unwrap();
+        let mut c = read_only(db).await;
         let sla = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {SLA_COLS} FROM sla_rollup WHERE step_s = 60 ORDER BY bucket_ms, tenant"
         )))
@@ -117,13 +111,7 @@ fn shipped(url: &str, node: &str) -> (Vec<SlaRow>, Vec<UsageMin>) {
 /// The last minute `node` noted as shipped in its SQLite file, per kind.
 fn marks(db: &Path) -> Vec<(String, i64)> {
     rt().block_on(async {
-        use sqlx::ConnectOptions;
-        let mut c = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(db)
-            .read_only(true)
-            .connect()
-            .await
-            .unwrap();
+        let mut c = read_only(db).await;
         sqlx::query_as("SELECT kind, bucket_ms FROM fleet_shipped ORDER BY kind")
             .fetch_all(&mut c)
             .await
@@ -483,6 +471,19 @@ fn three_nodes_ship_their_minutes_through_an_outage_and_the_fleet_report_adds_th
         }
         assert_eq!(t["guarantee_ratio"], parts[0]["guarantee_ratio"]);
     }
+    for n in nodes {
+        for t in n["tenants"].as_array().unwrap() {
+            eprintln!(
+                "{} {}: contended {:.1} s, violation {:.1} s, {:.1} CPU-s, {:.6} GiB-h",
+                n["node"],
+                t["tenant"],
+                t["contended_seconds"],
+                t["violation_seconds"],
+                t["cpu_seconds"],
+                t["memory_gib_hours"]
+            );
+        }
+    }
     let shop = fleet["tenants"]
         .as_array()
         .unwrap()
@@ -572,4 +573,38 @@ fn three_nodes_ship_their_minutes_through_an_outage_and_the_fleet_report_adds_th
     );
     assert!(ls.len() >= before.0.len() && lu.len() >= before.1.len());
     eprintln!("the test took {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// With the store up, the minute that closes reaches it from every node within seconds
+/// (a node ships every 5 s; the minute is rolled up by its first sweep after the end).
+#[test]
+fn every_node_ships_a_closed_minute_within_seconds() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let nodes = [
+        Node::start("n1", "role=web", &url),
+        Node::start("n2", "role=web", &url),
+        Node::start("n3", "role=db", &url),
+    ];
+    let (s, b) = nodes[0].d().call(
+        "PUT",
+        "/v1/tenants/base",
+        Some(spec(30, 10.0, serde_json::Value::Null)),
+    );
+    assert_eq!(s, 201, "{b}");
+    let minute = now_ms() / 60_000 * 60_000;
+    let end = minute + 60_000;
+    std::thread::sleep(Duration::from_millis((end - now_ms()).max(0) as u64));
+    let mut took = Vec::new();
+    for n in &nodes {
+        eventually(20, &format!("{}: the minute in the store", n.name), || {
+            let (s, u) = shipped(&url, n.name);
+            s.iter()
+                .any(|r| r.1 == minute && r.0 == "base" && r.2 > 0.0)
+                && u.iter().any(|r| r.1 == minute && r.0 == "base" && r.2 > 0)
+        });
+        took.push((now_ms() - end) as f64 / 1000.0);
+    }
+    eprintln!("a closed minute was in the store {took:?} s after its end (n1, n2, n3)");
+    assert!(took.iter().all(|t| *t < 10.0), "{took:?}");
 }
