@@ -7,7 +7,7 @@
 //!
 //! The issue's "within 100 ms" is measured, not assumed, and does not hold here: the VM is
 //! emulated (TCG, many times slower than the host, and shared with other work), where an
-//! exec or a uid change reaches its tenant in 50-350 ms (README, "Placement rules"). The test
+//! exec or a uid change reaches its tenant in 40-520 ms (README, "Placement rules"). The test
 //! prints every latency, how many were within 100 ms, and asserts the bound this VM holds
 //! (`EVENT_BOUND`, 1 s); the host's numbers are `benches/placement.sh`'s.
 
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 const ACCOUNT_UID: u32 = 4242;
 
 /// What an event-driven placement is held to in the emulated VM (exec or uid change to the
-/// process in its tenant). The issue asks for 100 ms, which this VM does not hold (p50 of
-/// 100-175 ms, up to 350 ms measured), so the bound is 1 s.
+/// process in its tenant). The issue asks for 100 ms, which this VM does not hold (p50
+/// 100-210 ms, up to 520 ms, in runs on a loaded host), so the bound is 1 s.
 const EVENT_BOUND: Duration = Duration::from_millis(1000);
 
 /// Processes timed per case.
