@@ -35,6 +35,9 @@
 //! - `placement_events`: placement rules driven by the kernel's process events (exec, a uid
 //!   change after start) and by the rescan alone with the events off (issue 17; v2 VM, the
 //!   daemon in the VM's initial PID namespace, where a proc connector subscription is taken).
+//! - `placement_recycle`: a placement decided for a process that exited never moves the
+//!   process that got its PID (issue 17): the placer in a PID namespace of its own, the PID
+//!   reused on purpose through `ns_last_pid`; v1 here, v2 in the VM (`#[ignore]`).
 //! - `openapi`: real answers (cgroup v1 backend, this CI host) validate against the document's
 //!   schemas; tests/fuzz/schemathesis.sh does the same for generated requests.
 //! - `v1`: the cgroup v1 backend for real on a v1 or hybrid host (this CI host); not ignored,
@@ -65,6 +68,7 @@ mod openapi;
 mod pg;
 mod placement;
 mod placement_events;
+mod placement_recycle;
 mod placement_rules;
 mod proc_connector;
 mod reconcile;
