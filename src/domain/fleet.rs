@@ -262,6 +262,23 @@ mod tests {
         s
     }
 
+    /// Nodes of 4 CPUs and 8 GiB, each with a `role` label: (name, role).
+    fn nodes(roles: &[(&str, &str)]) -> Vec<NodeCapacity> {
+        let capacity = Capacity {
+            cpus: 4.0,
+            memory_bytes: 8 << 30,
+            memory_reserve_bytes: 0,
+        };
+        roles
+            .iter()
+            .map(|(n, role)| NodeCapacity {
+                name: n.to_string(),
+                labels: labels(&[("role", role)]),
+                capacity,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_selector_matches_when_every_label_does() {
         let node = labels(&[("role", "web"), ("zone", "a")]);
@@ -300,17 +317,7 @@ mod tests {
 
     #[test]
     fn admission_is_per_node_and_names_the_node_and_its_headroom() {
-        let cap = Capacity {
-            cpus: 4.0,
-            memory_bytes: 8 << 30,
-            memory_reserve_bytes: 0,
-        };
-        let node = |n: &str, role: &str| NodeCapacity {
-            name: n.into(),
-            labels: labels(&[("role", role)]),
-            capacity: cap,
-        };
-        let nodes = [node("n1", "web"), node("n2", "web"), node("n3", "db")];
+        let nodes = nodes(&[("n1", "web"), ("n2", "web"), ("n3", "db")]);
         let all = BTreeMap::from([
             (name("web1"), spec(60.0, Some(&[("role", "web")]), None)),
             (name("db1"), spec(70.0, Some(&[("role", "db")]), None)),
@@ -379,17 +386,7 @@ mod tests {
     /// priority and specificity that can match one process, where both are enforced.
     #[test]
     fn placement_rules_conflict_only_where_both_are_enforced() {
-        let cap = Capacity {
-            cpus: 4.0,
-            memory_bytes: 8 << 30,
-            memory_reserve_bytes: 0,
-        };
-        let node = |n: &str, role: &str| NodeCapacity {
-            name: n.into(),
-            labels: labels(&[("role", role)]),
-            capacity: cap,
-        };
-        let nodes = [node("n1", "web"), node("n2", "db")];
+        let nodes = nodes(&[("n1", "web"), ("n2", "db")]);
         let placed = |sel: Option<&[(&str, &str)]>, parent: Option<&str>, rule| {
             let mut s = spec(10.0, sel, parent);
             s.placement = Some(serde_json::from_value(rule).unwrap());

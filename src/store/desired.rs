@@ -16,7 +16,9 @@
 //! Layer 1 (see `lib.rs`): imports `domain` and the store's own files; the engine calls it.
 
 use super::fleet::{FleetError, FleetStore, Snapshot, Write, Written};
-use super::{NewEvent, Store, StoreError, TenantsChanged, insert_event, q, upsert_tenant};
+use super::{
+    NewEvent, Store, StoreError, TenantsChanged, delete_row, insert_event, q, upsert_tenant,
+};
 use crate::domain::event::Event;
 use crate::domain::{DomainError, TenantName, TenantSpec, tenant};
 use sqlx::Row;
@@ -257,13 +259,7 @@ impl DesiredStore for Store {
                     children,
                 }));
             }
-            let n = sqlx::query("DELETE FROM tenants WHERE name = ?1")
-                .bind(name.as_str())
-                .execute(w.conn())
-                .await
-                .map_err(q("delete tenant"))?
-                .rows_affected();
-            if n == 0 {
+            if !delete_row(w.conn(), name).await? {
                 return Ok(Err(DesiredError::NotFound(name.clone())));
             }
             let event = NewEvent {

@@ -614,16 +614,11 @@ impl Store {
     pub async fn delete_tenant(&self, name: &TenantName, event: NewEvent) -> Result<bool> {
         let mut w = self.begin_write().await?;
         let r = async {
-            let n = sqlx::query("DELETE FROM tenants WHERE name = ?1")
-                .bind(name.as_str())
-                .execute(w.conn())
-                .await
-                .map_err(q("delete tenant"))?
-                .rows_affected();
-            if n > 0 {
+            let deleted = delete_row(w.conn(), name).await?;
+            if deleted {
                 insert_event(w.conn(), &event).await?;
             }
-            Ok(n > 0)
+            Ok(deleted)
         }
         .await;
         let _changed = TenantsChanged(&self.tenants_version);
@@ -713,6 +708,17 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Removes a tenant's row; false when there was none.
+async fn delete_row(tx: &mut sqlx::SqliteConnection, name: &TenantName) -> Result<bool> {
+    let n = sqlx::query("DELETE FROM tenants WHERE name = ?1")
+        .bind(name.as_str())
+        .execute(tx)
+        .await
+        .map_err(q("delete tenant"))?
+        .rows_affected();
+    Ok(n > 0)
 }
 
 /// Creates or replaces a tenant's row (`json` is `spec` serialized); its new generation.
