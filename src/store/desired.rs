@@ -15,7 +15,7 @@
 //!
 //! Layer 1 (see `lib.rs`): imports `domain` and the store's own files; the engine calls it.
 
-use super::fleet::{FleetError, FleetStore, Snapshot, Write, Written};
+use super::fleet::{FleetError, FleetStore, FleetTenant, Snapshot, Write, Written};
 use super::{
     NewEvent, Store, StoreError, TenantsChanged, delete_row, insert_event, q, upsert_tenant,
 };
@@ -286,6 +286,17 @@ fn live_children(snap: &Snapshot, name: &TenantName) -> Vec<TenantName> {
         .collect()
 }
 
+/// A fleet tenant as the desired state, `None` once deleted.
+fn live(t: FleetTenant) -> Option<Desired> {
+    t.deleted.is_none().then_some(Desired {
+        spec: t.spec,
+        generation: t.generation,
+        created_ms: t.created_ms,
+        updated_ms: t.updated_ms,
+        actor: t.actor,
+    })
+}
+
 /// `r` of a fleet write whose check may have refused it with `refusal`.
 fn refused<T>(r: std::result::Result<T, FleetError>, refusal: Option<DesiredError>) -> Result<T> {
     match (r, refusal) {
@@ -323,16 +334,10 @@ impl DesiredStore for FleetStore {
 
     async fn get(&self, name: &TenantName) -> Result<Desired> {
         let mut snap = self.snapshot().await?;
-        match snap.tenants.remove(name) {
-            Some(t) if t.deleted.is_none() => Ok(Desired {
-                spec: t.spec,
-                generation: t.generation,
-                created_ms: t.created_ms,
-                updated_ms: t.updated_ms,
-                actor: t.actor,
-            }),
-            _ => Err(DesiredError::NotFound(name.clone())),
-        }
+        snap.tenants
+            .remove(name)
+            .and_then(live)
+            .ok_or_else(|| DesiredError::NotFound(name.clone()))
     }
 
     async fn list(&self) -> Result<Vec<(TenantName, Desired)>> {
@@ -341,17 +346,7 @@ impl DesiredStore for FleetStore {
         Ok(snap
             .tenants
             .into_iter()
-            .filter(|(_, t)| t.deleted.is_none())
-            .map(|(n, t)| {
-                let d = Desired {
-                    spec: t.spec,
-                    generation: t.generation,
-                    created_ms: t.created_ms,
-                    updated_ms: t.updated_ms,
-                    actor: t.actor,
-                };
-                (n, d)
-            })
+            .filter_map(|(n, t)| Some((n, live(t)?)))
             .collect())
     }
 
