@@ -51,6 +51,8 @@
 //!   lost, the reader thread's stop. Root and the initial namespaces; any cgroup mode.
 //! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
 //!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
+//! - `store_suite`: one suite of cases for the desired state's store trait, each run against a
+//!   real SQLite file and a real PostgreSQL server (issue 19).
 //! - `pg`: a real PostgreSQL server the tests start and stop themselves (Debian's package),
 //!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host.
 
@@ -77,6 +79,7 @@ mod scoped;
 mod service;
 mod sla;
 mod storage;
+mod store_suite;
 mod support;
 mod top;
 mod usage;
