@@ -728,6 +728,31 @@ impl Placer {
         o
     }
 
+    /// Carries out a decision taken earlier for the process `id` (PID and start time): moves
+    /// it into `tenant`, whose rule named it, after the same checks as `consider`. For a
+    /// caller that decides apart from the move (`explain`, a queue of decisions): the move is
+    /// refused (`Gone`) when the PID names another process by then, so a decision never
+    /// passes to the next holder of a recycled PID.
+    pub fn place_decided(&self, id: ProcId, tenant: &TenantName) -> Outcome {
+        let rules = self.gov.placement_rules(false);
+        let Some(override_delegated) = rules
+            .rules
+            .iter()
+            .find(|(t, _)| *t == tenant)
+            .map(|(_, r)| r.override_delegated())
+        else {
+            return Outcome::NoRule;
+        };
+        let o = self.act(&rules, id.0, id.1, tenant.clone(), override_delegated);
+        if matches!(o, Outcome::Placed { .. }) {
+            let (gov, t) = (self.gov.clone(), tenant.clone());
+            self.rt.spawn(async move {
+                let _ = gov.refresh_kernel(Some(vec![t])).await;
+            });
+        }
+        o
+    }
+
     /// Considers every process of `/proc` (none when no rule is in force), then forgets the
     /// hand-placed and rule-placed processes that are gone and stores the burst's events.
     pub fn rescan(&self) -> RescanReport {

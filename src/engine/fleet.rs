@@ -11,6 +11,7 @@
 use super::{DeleteMode, EngineError, Governor, Result, TenantView, now_ms};
 use crate::domain::fleet::{self, Labels, NodeCapacity, TenantState};
 use crate::domain::tenant::{self, DomainError, TenantName, TenantSpec};
+use crate::store::desired::{DesiredError, DesiredStore};
 use crate::store::fleet::{FleetError, FleetStore, NodeRow, Snapshot, TenantReport, Write};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -107,6 +108,23 @@ pub struct Nodes {
     pub this_node: String,
     pub node_timeout_s: f64,
     pub nodes: Vec<NodeView>,
+}
+
+impl From<DesiredError> for EngineError {
+    fn from(e: DesiredError) -> Self {
+        match e {
+            DesiredError::NotFound(n) => EngineError::NotFound(n.to_string()),
+            e @ DesiredError::NoParent { .. } => EngineError::Domain(DomainError::NotFound {
+                field: "parent".into(),
+                message: e.to_string(),
+            }),
+            e @ DesiredError::HasChildren { .. } => {
+                EngineError::Domain(DomainError::conflict("name", e.to_string()))
+            }
+            DesiredError::Local(e) => EngineError::Store(e),
+            DesiredError::Fleet(e) => e.into(),
+        }
+    }
 }
 
 impl From<FleetError> for EngineError {
@@ -227,8 +245,13 @@ impl Fleet {
 
     /// Logs when the store stops or starts answering (once per change).
     fn contact<T>(&self, r: &std::result::Result<T, FleetError>) {
-        match r {
-            Err(e @ FleetError::Unreachable { .. }) => {
+        self.contact_with(r.as_ref().err())
+    }
+
+    /// `contact` of the error the store answered, if any.
+    fn contact_with(&self, e: Option<&FleetError>) {
+        match e {
+            Some(e @ FleetError::Unreachable { .. }) => {
                 if !self.unreachable.swap(true, Ordering::AcqRel) {
                     let cause = std::error::Error::source(e)
                         .map(|s| s.to_string())
@@ -374,13 +397,12 @@ impl Fleet {
 
     /// A live tenant's spec as the fleet stores it (what a PATCH starts from).
     pub async fn spec(&self, name: &TenantName) -> Result<TenantSpec> {
-        let r = self.store.snapshot().await;
-        self.contact(&r);
-        r?.tenants
-            .get(name)
-            .filter(|t| t.deleted.is_none())
-            .map(|t| t.spec.clone())
-            .ok_or_else(|| EngineError::NotFound(name.to_string()))
+        let r = self.store.get(name).await;
+        self.contact_with(match &r {
+            Err(DesiredError::Fleet(e)) => Some(e),
+            _ => None,
+        });
+        Ok(r?.spec)
     }
 
     /// Every registered node, with what it reported.

@@ -1,7 +1,7 @@
 //! The intent journal's SQL: a kernel step recorded before it starts, removed in the same
 //! transaction that commits the change it belongs to (or once it was undone).
 
-use super::{NewEvent, Result, Store, TenantsChanged, insert_event, q};
+use super::{NewEvent, Result, Store, TenantsChanged, delete_row, insert_event, q};
 use crate::domain::TenantName;
 use sqlx::Row;
 
@@ -92,13 +92,7 @@ impl Store {
     ) -> Result<Option<i64>> {
         let mut w = self.begin_write().await?;
         let r = async {
-            let n = sqlx::query("DELETE FROM tenants WHERE name = ?1")
-                .bind(name.as_str())
-                .execute(w.conn())
-                .await
-                .map_err(q("delete tenant"))?
-                .rows_affected();
-            if n == 0 {
+            if !delete_row(w.conn(), name).await? {
                 return Ok(None);
             }
             insert_event(w.conn(), &event).await?;

@@ -557,3 +557,79 @@ async fn the_fleet_store_checks_writes_and_announces_them() {
     drop(changes);
     store.close().await;
 }
+
+/// Placement rules in a fleet (issue 19 with issue 17): two tenants whose rules conflict (the
+/// same priority and specificity, able to match one process) are refused as on a single host
+/// (409 on `placement`, naming both tenants), and only where both would be enforced: the
+/// refusal names that node. Rules on nodes apart do not conflict; a change that moves a rule
+/// onto a node with a conflicting one is refused too, and a refused change writes nothing.
+#[test]
+fn placement_rules_that_conflict_on_a_node_are_refused_naming_it() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let n1 = Node::start("n1", "role=web", &url);
+    let n2 = Node::start("n2", "role=db", &url);
+    // No process has this program: nothing is placed anywhere.
+    let rule = |priority: u32| serde_json::json!({"exe": ["/nonexistent/tenantd-fleet-test/app"], "priority": priority});
+    let with = |nodes: serde_json::Value, priority| serde_json::json!({"pids": {"limit": 40}, "nodes": nodes, "placement": rule(priority)});
+    let web = serde_json::json!({"role": "web"});
+    let db = serde_json::json!({"role": "db"});
+    let (s, b) = n1
+        .d()
+        .call("PUT", "/v1/tenants/a", Some(with(web.clone(), 0)));
+    assert_eq!(s, 201, "{b}");
+    // The same rule on the other node: no process can meet both.
+    let (s, b) = n2
+        .d()
+        .call("PUT", "/v1/tenants/b", Some(with(db.clone(), 0)));
+    assert_eq!(s, 201, "{b}");
+
+    // Everywhere: on n1 it meets a's rule. Refused on any node's API, naming n1 and both.
+    for n in [&n1, &n2] {
+        let (s, b) = n.d().call(
+            "PUT",
+            "/v1/tenants/c",
+            Some(with(serde_json::Value::Null, 0)),
+        );
+        assert_eq!(s, 409, "{b}");
+        assert_eq!(b["field"], "placement", "{b}");
+        let detail = b["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(
+                "on node 'n1': the rules of tenants 'c' and 'a' have the same priority (0)"
+            ),
+            "{detail}"
+        );
+    }
+    for n in [&n1, &n2] {
+        let (s, b) = n.d().call("GET", "/v1/tenants/c", None);
+        assert_eq!(s, 404, "nothing was written: {b}");
+    }
+    // Moving b onto the web nodes meets a's rule there.
+    let (s, b) = n2.d().call(
+        "PATCH",
+        "/v1/tenants/b",
+        Some(serde_json::json!({"nodes": {"role": "web"}})),
+    );
+    assert_eq!(s, 409, "{b}");
+    let detail = b["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("on node 'n1': the rules of tenants 'b' and 'a'"),
+        "{detail}"
+    );
+    // A change that leaves the rule where it is, and a higher priority everywhere, pass.
+    let (s, b) = n1.d().call(
+        "PATCH",
+        "/v1/tenants/b",
+        Some(serde_json::json!({"pids": {"limit": 41}})),
+    );
+    assert_eq!(s, 202, "{b}");
+    let (s, b) = n1.d().call(
+        "PUT",
+        "/v1/tenants/c",
+        Some(with(serde_json::Value::Null, 1)),
+    );
+    assert_eq!(s, 201, "{b}");
+    converge("c", Some("40"), &[&n1, &n2], &[], 10);
+    converge("b", Some("41"), &[&n2], &[&n1], 10);
+}
