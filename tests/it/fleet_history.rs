@@ -366,6 +366,11 @@ fn three_nodes_ship_their_minutes_through_an_outage_and_the_fleet_report_adds_th
         Some(spec(5, 1.0, serde_json::Value::Null)),
     );
     assert_eq!((s, b["field"].as_str()), (503, Some("store")), "{b}");
+    // The fleet report needs the store too: 503 naming it, not an empty report.
+    let (s, b) = n1
+        .d()
+        .call("GET", "/v1/reports/sla?scope=fleet&from=5m", None);
+    assert_eq!((s, b["field"].as_str()), (503, Some("store")), "{b}");
     // Enforcement goes on: drift on n3 is corrected from its local copy.
     std::fs::write(n3.file("pids", "base", "pids.max"), "1000").unwrap();
     let (s, b) = n3.d().call("POST", "/v1/reconcile", None);
@@ -586,6 +591,28 @@ fn three_nodes_ship_their_minutes_through_an_outage_and_the_fleet_report_adds_th
     // An unknown scope is refused naming it.
     let (s, b) = n1.d().call("GET", "/v1/reports/sla?scope=world", None);
     assert_eq!((s, b["field"].as_str()), (422, Some("scope")), "{b}");
+    // One tenant: only its rows, on the nodes that hold it; a name never seen is 404.
+    let (s, one) = n3.d().call(
+        "GET",
+        &format!("/v1/reports/sla?scope=fleet&tenant=shop&{q}"),
+        None,
+    );
+    assert_eq!(s, 200, "{one}");
+    assert_eq!(one["tenants"].as_array().unwrap().len(), 1, "{one}");
+    same_figures("shop alone", &one["tenants"][0], shop);
+    let per_node: Vec<usize> = one["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["tenants"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(per_node, [1, 1, 0], "{one}");
+    let (s, b) = n3.d().call(
+        "GET",
+        &format!("/v1/reports/sla?scope=fleet&tenant=nope&{q}"),
+        None,
+    );
+    assert_eq!(s, 404, "{b}");
 
     // n2 killed with SIGKILL and restarted: it rejoins (heartbeat, shown up) and holds in
     // the store exactly the minutes it held before.
