@@ -397,6 +397,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot join the fleet store {}", fleet.store_shown()))?;
             tasks.spawn(fleet.clone().run(shutdown.clone()));
+            tasks.spawn(crate::engine::fleet_history::ship(
+                fleet.clone(),
+                shutdown.clone(),
+            ));
             Some(fleet)
         }
     };

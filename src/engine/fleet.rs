@@ -195,6 +195,17 @@ impl Fleet {
         self.store.shown()
     }
 
+    /// The fleet store and this node's governor (whose SQLite store holds the history the
+    /// node ships: `engine::fleet_history`).
+    pub fn parts(&self) -> (&FleetStore, &Arc<Governor>) {
+        (&self.store, &self.gov)
+    }
+
+    /// Whether the store's schema was checked and migrated (the node joined).
+    pub fn joined(&self) -> bool {
+        self.prepared.load(Ordering::Acquire)
+    }
+
     /// Checks and migrates the store's schema, registers this node and applies what the
     /// fleet wants. A store that cannot be reached is not an error: the node starts from its
     /// local copy and `run` tries again. A schema newer than this version knows is.

@@ -10,11 +10,13 @@
 //! it decides), report building (`report`) and the reads the API answers from (`reads`: every
 //! store access of the API goes through the engine). Imports `domain`, `cgroup`, `store`,
 //! `report` and `metrics`; never `api`, `config` or `cli`. `fleet` is a node's part in a
-//! fleet sharing one desired state in PostgreSQL (issue 19).
+//! fleet sharing one desired state in PostgreSQL (issue 19); `fleet_history` ships the node's
+//! minutes there and builds the fleet SLA report.
 
 pub mod autoplace;
 pub mod egress;
 pub mod fleet;
+pub mod fleet_history;
 pub mod journal;
 pub mod placement;
 pub mod policy;

@@ -173,8 +173,13 @@ impl FleetStore {
         &self.shown
     }
 
+    /// The pool (`store::fleet_history` writes and reads the fleet's history through it).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// `e` as a query error, or `Unreachable` when the database did not answer.
-    fn err(&self, op: &'static str) -> impl FnOnce(sqlx::Error) -> FleetError + '_ {
+    pub(super) fn err(&self, op: &'static str) -> impl FnOnce(sqlx::Error) -> FleetError + '_ {
         move |source| {
             if unreachable(&source) {
                 FleetError::Unreachable {

@@ -13,10 +13,12 @@
 //! `samples` (usage tables) and `sla` (SLA tables) both build on `rollup` (levels, retention)
 //! and `sweep` composes them in one transaction; no two of its modules import each other.
 //! `fleet` is the PostgreSQL store a fleet of nodes shares (issue 19), beside this SQLite one;
-//! `desired` is what both do with the desired state, one trait (`DesiredStore`) for both.
+//! `fleet_history` ships this node's minutes there and reads the fleet's back. `desired` is
+//! what both do with the desired state, one trait (`DesiredStore`) for both.
 
 pub mod desired;
 pub mod fleet;
+pub mod fleet_history;
 mod intents;
 mod rollup;
 mod samples;

@@ -10,13 +10,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tenantd::store::fleet::{FleetError, FleetStore};
 
-/// A node: its directories and daemon.
-struct Node {
+/// A node: its directories and daemon (`fleet_history` starts them too).
+pub struct Node {
     // Dropped (killed) before the directories.
-    d: Option<Daemon>,
-    dirs: V1Dirs,
-    name: &'static str,
-    labels: &'static str,
+    pub d: Option<Daemon>,
+    pub dirs: V1Dirs,
+    pub name: &'static str,
+    pub labels: &'static str,
 }
 
 impl Node {
@@ -39,10 +39,13 @@ impl Node {
         args
     }
 
-    fn start(name: &'static str, labels: &'static str, url: &str) -> Node {
+    pub fn start(name: &'static str, labels: &'static str, url: &str) -> Node {
+        // Numbered: tests of one process (`cargo test`) start nodes of the same names.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut n = Node {
             d: None,
-            dirs: V1Dirs::create(&format!("fleet-{name}")),
+            dirs: V1Dirs::create(&format!("fleet-{name}-{k}")),
             name,
             labels,
         };
@@ -50,7 +53,7 @@ impl Node {
         n
     }
 
-    fn launch(&mut self, url: &str) {
+    pub fn launch(&mut self, url: &str) {
         let args = self.args(url);
         let dirs = &self.dirs;
         self.d = Some(Daemon::launch(dirs.tmp.path(), |port| {
@@ -62,23 +65,23 @@ impl Node {
         }));
     }
 
-    fn d(&self) -> &Daemon {
+    pub fn d(&self) -> &Daemon {
         self.d.as_ref().expect("running")
     }
 
     /// A file of tenant `t` in `controller`'s hierarchy on this node.
-    fn file(&self, controller: &str, t: &str, file: &str) -> PathBuf {
+    pub fn file(&self, controller: &str, t: &str, file: &str) -> PathBuf {
         self.dirs.under_root(controller, t).join(file)
     }
 
-    fn pids_max(&self, t: &str) -> Option<String> {
+    pub fn pids_max(&self, t: &str) -> Option<String> {
         std::fs::read_to_string(self.file("pids", t, "pids.max"))
             .ok()
             .map(|s| s.trim().to_string())
     }
 }
 
-fn spec(pids: u64, cpu: f64, nodes: serde_json::Value) -> serde_json::Value {
+pub fn spec(pids: u64, cpu: f64, nodes: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"cpu": {"guarantee_pct": cpu}, "pids": {"limit": pids}, "nodes": nodes})
 }
 

@@ -54,7 +54,8 @@
 //! - `store_suite`: one suite of cases for the desired state's store trait, each run against a
 //!   real SQLite file and a real PostgreSQL server (issue 19).
 //! - `pg`: a real PostgreSQL server the tests start and stop themselves (Debian's package),
-//!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host.
+//!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host,
+//!   and `fleet_history`: their minutes shipped there, through an outage, and the fleet report.
 
 mod api;
 mod crash;
@@ -63,6 +64,7 @@ mod delegated;
 mod durability;
 mod egress;
 mod fleet;
+mod fleet_history;
 mod hostile;
 mod kernel;
 mod launch;
