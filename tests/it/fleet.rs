@@ -394,6 +394,33 @@ fn three_nodes_share_one_desired_state_through_an_outage() {
         answer.0 == 200
     });
     converge("shop", Some("99"), &[&n1, &n2], &[&n3], 10);
+
+    // A value changed by hand on n2 is reported as drifted (with the file and both values)
+    // until a reconcile pass restores it.
+    std::fs::write(n2.file("pids", "shop", "pids.max"), "1000").unwrap();
+    let n2_shop = |nodes: &serde_json::Value| -> Option<(u64, serde_json::Value)> {
+        let n = nodes["nodes"].as_array()?.iter().find(|n| n["name"] == "n2")?;
+        let p = n["problems"].as_array()?.iter().find(|p| p["tenant"] == "shop");
+        Some((n["drifted"].as_u64()?, p.cloned().unwrap_or_default()))
+    };
+    let mut nodes = serde_json::Value::Null;
+    eventually(30, "n2 reports shop drifted", || {
+        nodes = n1.d().call("GET", "/v1/nodes", None).1;
+        n2_shop(&nodes).is_some_and(|(d, _)| d == 1)
+    });
+    let (_, problem) = n2_shop(&nodes).unwrap();
+    assert_eq!(problem["state"], "drifted", "{nodes}");
+    let reason = problem["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("pids.max is 1000 in the kernel, the plan says 99"),
+        "the reason names the file and both values: {reason}"
+    );
+    let (s, b) = n2.d().call("POST", "/v1/reconcile", None);
+    assert_eq!(s, 200, "{b}");
+    eventually(30, "n2 reports shop in force again", || {
+        nodes = n1.d().call("GET", "/v1/nodes", None).1;
+        n2_shop(&nodes).is_some_and(|(d, p)| d == 0 && p.is_null())
+    });
     let (s, b) = n3
         .d()
         .call("PUT", "/v1/tenants/late", Some(spec(5, 1.0, web.clone())));
