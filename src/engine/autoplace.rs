@@ -494,27 +494,38 @@ pub struct StatusIds {
 
 /// Parses the lines of /proc/PID/status the placer needs; `None` when one is missing.
 pub fn parse_status_ids(text: &str) -> Option<StatusIds> {
+    parse_status_id_bytes(text.as_bytes())
+}
+
+/// `parse_status_ids` over the file's bytes: only the lines it needs are taken as text (the
+/// `Name:` line before them holds the command name, which need not be UTF-8).
+pub fn parse_status_id_bytes(text: &[u8]) -> Option<StatusIds> {
     let (mut tgid, mut uid, mut gid, mut groups) = (None, None, None, None);
-    for l in text.lines() {
-        if let Some(v) = l.strip_prefix("Tgid:") {
-            tgid = v.trim().parse().ok();
-        } else if let Some(v) = l.strip_prefix("Uid:") {
-            let mut n = v.split_whitespace().map(|x| x.parse::<u32>());
-            uid = match (n.next(), n.next()) {
-                (Some(Ok(r)), Some(Ok(e))) => Some((r, e)),
-                _ => None,
-            };
-        } else if let Some(v) = l.strip_prefix("Gid:") {
-            let mut n = v.split_whitespace().map(|x| x.parse::<u32>());
-            gid = match (n.next(), n.next()) {
-                (Some(Ok(r)), Some(Ok(e))) => Some((r, e)),
-                _ => None,
-            };
-        } else if let Some(v) = l.strip_prefix("Groups:") {
-            groups = v
-                .split_whitespace()
-                .map(|x| x.parse::<u32>().ok())
-                .collect::<Option<Vec<u32>>>();
+    /// The rest of a line that starts with `key` (`Some(None)`: not text).
+    fn value<'a>(l: &'a [u8], key: &[u8]) -> Option<Option<&'a str>> {
+        let v = l.strip_prefix(key)?;
+        Some(std::str::from_utf8(v).ok())
+    }
+    let two = |v: &str| {
+        let mut n = v.split_whitespace().map(|x| x.parse::<u32>());
+        match (n.next(), n.next()) {
+            (Some(Ok(r)), Some(Ok(e))) => Some((r, e)),
+            _ => None,
+        }
+    };
+    for l in text.split(|b| *b == b'\n') {
+        if let Some(v) = value(l, b"Tgid:") {
+            tgid = v.and_then(|v| v.trim().parse().ok());
+        } else if let Some(v) = value(l, b"Uid:") {
+            uid = v.and_then(two);
+        } else if let Some(v) = value(l, b"Gid:") {
+            gid = v.and_then(two);
+        } else if let Some(v) = value(l, b"Groups:") {
+            groups = v.and_then(|v| {
+                v.split_whitespace()
+                    .map(|x| x.parse::<u32>().ok())
+                    .collect::<Option<Vec<u32>>>()
+            });
             // Groups comes after Uid and Gid.
             break;
         }
@@ -566,6 +577,28 @@ fn read_small(p: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The ids of `/proc/PID/status` (`dir` is `/proc/PID`): one read into a buffer on the stack
+/// (the kernel formats the whole file for it, about 1.5 KiB, and the lines needed are among
+/// the first), the whole file read only when it fills the buffer (many groups). What a
+/// rescan of a host's processes spends most on, so no allocation but the answer's.
+fn read_status_ids(dir: &Path) -> Option<StatusIds> {
+    let p = dir.join("status");
+    let mut buf = [0u8; 4096];
+    let mut f = std::fs::File::open(&p).ok()?;
+    let n = loop {
+        match f.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    };
+    if n < buf.len() {
+        return parse_status_id_bytes(&buf[..n]);
+    }
+    let whole = read_small(&p, 64 * 1024).ok()?;
+    parse_status_id_bytes(&whole)
+}
+
 /// The start time and flags of `pid`, `None` when it is gone.
 fn read_stat(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
     let mut p = proc_root.join(pid.to_string());
@@ -590,8 +623,7 @@ fn read_facts(
     };
     let mut ids = None;
     if needs.ids {
-        let status = read_small(&dir.join("status"), 64 * 1024).ok()?;
-        let s = parse_status_ids(&String::from_utf8_lossy(&status))?;
+        let s = read_status_ids(&dir)?;
         facts.ruid = s.ruid;
         facts.euid = s.euid;
         facts.gids = s.gids.clone();
@@ -626,8 +658,7 @@ fn may_match(proc_root: &Path, pid: u32, rules: &ActiveRules) -> Option<bool> {
                 &[RuleField::Exe]
             }
             RuleField::Uids if needs.ids => {
-                let status = read_small(&dir.join("status"), 64 * 1024).ok()?;
-                let s = parse_status_ids(&String::from_utf8_lossy(&status))?;
+                let s = read_status_ids(&dir)?;
                 (facts.ruid, facts.euid, facts.gids) = (s.ruid, s.euid, s.gids);
                 &[RuleField::Uids, RuleField::Gids]
             }
@@ -751,7 +782,7 @@ impl Placer {
     /// with the reads still queued). One answer per distinct PID, in order.
     pub fn consider_batch(&self, pids: &[u32]) -> Vec<(u32, Outcome)> {
         let rules = self.gov.placement_rules(false);
-        let out = self.consider_many(&rules, pids);
+        let out = self.consider_many(&rules, pids, false);
         self.refresh_later(out.iter().filter_map(|(_, o)| match o {
             Outcome::Placed { tenant } => Some(tenant.clone()),
             _ => None,
@@ -818,7 +849,7 @@ impl Placer {
             report.processes = pids.len();
             let outcomes = pids
                 .chunks(RESCAN_BATCH)
-                .flat_map(|c| self.consider_many(&rules, c));
+                .flat_map(|c| self.consider_many(&rules, c, true));
             for (_, o) in outcomes {
                 match o {
                     Outcome::Placed { tenant } => {
@@ -855,7 +886,13 @@ impl Placer {
 
     /// `pids` (each once) against `rules`: each is decided on its own (`decide`), then the
     /// moves go to the governor as one batch and their outcomes are recorded (`record`).
-    fn consider_many(&self, rules: &ActiveRules, pids: &[u32]) -> Vec<(u32, Outcome)> {
+    /// `prefilter`: see `decide`.
+    fn consider_many(
+        &self,
+        rules: &ActiveRules,
+        pids: &[u32],
+        prefilter: bool,
+    ) -> Vec<(u32, Outcome)> {
         let mut seen = HashSet::with_capacity(pids.len());
         let mut out: Vec<(u32, Option<Outcome>)> = Vec::with_capacity(pids.len());
         // (index in `out`, PID, start time, tenant)
@@ -864,7 +901,7 @@ impl Placer {
             if !seen.insert(pid) {
                 continue;
             }
-            match self.decide(rules, pid) {
+            match self.decide(rules, pid, prefilter) {
                 Ok((st, tenant)) => {
                     moves.push((out.len(), pid, st, tenant));
                     out.push((pid, None));
@@ -903,14 +940,22 @@ impl Placer {
     }
 
     /// The decision for one process: `Ok((start time, tenant))` when it is to be moved,
-    /// otherwise what happens instead. The facts the rules need are read first and matched
-    /// (`may_match`); only a process some rule may name has its identity read (start time
-    /// and flags from /proc/PID/stat) and its facts read and matched again after it, so the
-    /// facts that decide are those of the process the move names (and `attach_by_rule`
-    /// checks that identity again right before and after the move). A rescan of processes
-    /// no rule names thus reads only what the rules look at. Then the checks between the
-    /// rule and the move (`placement_checks`); a delegated process is reported here.
-    fn decide(&self, rules: &ActiveRules, pid: u32) -> Result<(u64, TenantName), Outcome> {
+    /// otherwise what happens instead. The process's identity (start time and flags from
+    /// /proc/PID/stat) is read before the facts that decide, so those are the facts of the
+    /// process the move names (and `attach_by_rule` checks that identity again right before
+    /// and after the move). With `prefilter` (a rescan, where most processes match no rule)
+    /// the facts the rules need are first read cheapest first and matched (`may_match`), and
+    /// only a process some rule may name has its identity and facts read and matched again:
+    /// a rescan of processes no rule names reads only what the rules look at. Without it (an
+    /// exec or id change, most often of a process a rule names) the rules are matched once.
+    /// Then the checks between the rule and the move (`placement_checks`); a delegated
+    /// process is reported here.
+    fn decide(
+        &self,
+        rules: &ActiveRules,
+        pid: u32,
+        prefilter: bool,
+    ) -> Result<(u64, TenantName), Outcome> {
         let gov = &self.gov;
         let left = |why, detail: String| Outcome::Left {
             tenant: None,
@@ -927,10 +972,12 @@ impl Placer {
             return Err(Outcome::NoRule);
         }
         let proc_root = gov.proc_root();
-        match may_match(proc_root, pid, rules) {
-            None => return Err(Outcome::Gone),
-            Some(false) => return Err(Outcome::NoRule),
-            Some(true) => {}
+        if prefilter {
+            match may_match(proc_root, pid, rules) {
+                None => return Err(Outcome::Gone),
+                Some(false) => return Err(Outcome::NoRule),
+                Some(true) => {}
+            }
         }
         let Some((flags, st)) = read_stat(proc_root, pid) else {
             return Err(Outcome::Gone);
@@ -1383,6 +1430,10 @@ mod tests {
             })
         );
         assert_eq!(parse_status_ids("Tgid:\t7\n"), None);
+        // A command name that is not UTF-8 does not hide the ids.
+        let mut odd = b"Name:\tx\xff\xfe\n".to_vec();
+        odd.extend_from_slice(STATUS.split_once('\n').unwrap().1.as_bytes());
+        assert_eq!(parse_status_id_bytes(&odd), parse_status_ids(STATUS));
         // Our own status, from the running kernel.
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         let s = parse_status_ids(&own).unwrap();
@@ -1439,6 +1490,19 @@ mod tests {
             f.cmdline.as_deref(),
             Some(&b"gunicorn: worker [acme]\0-w\0"[..])
         );
+        // A status longer than the first read (many supplementary groups) is read whole.
+        let groups: Vec<String> = (5000..6500).map(|g| g.to_string()).collect();
+        std::fs::write(
+            p.join("status"),
+            STATUS.replace(
+                "Groups:\t27 2000 ",
+                &format!("Groups:\t{}", groups.join(" ")),
+            ),
+        )
+        .unwrap();
+        let (f, _) = read_facts(d.path(), 4242, 5, all).unwrap();
+        assert_eq!(f.gids.len(), 1 + 1500);
+        assert_eq!(f.gids.last(), Some(&6499));
         // A status that cannot be read: no facts.
         std::fs::remove_file(p.join("status")).unwrap();
         assert!(read_facts(d.path(), 4242, 5, all).is_none());
