@@ -840,12 +840,23 @@ impl Placer {
         else {
             return Outcome::NoRule;
         };
-        let o = self.act(&rules, id.0, id.1, tenant.clone(), override_delegated);
+        let (pid, st) = id;
+        if let Err(o) = self.cleared(&rules, pid, st, tenant, override_delegated) {
+            return o;
+        }
+        let batch = [(tenant.clone(), pid, st)];
+        let o = match self.rt.block_on(self.gov.attach_by_rule(&batch)) {
+            Ok(done) => match done.into_iter().next() {
+                Some(r) => self.record(&rules, pid, st, tenant.clone(), r),
+                None => Outcome::Gone,
+            },
+            Err(e) => Outcome::Failed {
+                tenant: tenant.clone(),
+                detail: e.to_string(),
+            },
+        };
         if matches!(o, Outcome::Placed { .. }) {
-            let (gov, t) = (self.gov.clone(), tenant.clone());
-            self.rt.spawn(async move {
-                let _ = gov.refresh_kernel(Some(vec![t])).await;
-            });
+            self.refresh_later([tenant.clone()]);
         }
         o
     }
@@ -1028,7 +1039,24 @@ impl Placer {
             return Err(Outcome::NoRule);
         };
         let tenant = d.tenant.clone();
-        match gov.placement_checks(rules, pid, st, &tenant, d.override_delegated) {
+        self.cleared(rules, pid, st, &tenant, d.override_delegated)?;
+        Ok((st, tenant))
+    }
+
+    /// The checks between a rule that names `tenant` for the process (`pid`, `st`) and its
+    /// move (`placement_checks`); a delegated process is reported here.
+    fn cleared(
+        &self,
+        rules: &ActiveRules,
+        pid: u32,
+        st: u64,
+        tenant: &TenantName,
+        override_delegated: bool,
+    ) -> Result<(), Outcome> {
+        match self
+            .gov
+            .placement_checks(rules, pid, st, tenant, override_delegated)
+        {
             Ok(None) => {}
             Ok(Some(at)) => tracing::info!(
                 "PID {pid}: in {}, which another manager delegated (Delegate=yes); moved into tenant '{tenant}' as its rule says override_delegated",
@@ -1041,15 +1069,15 @@ impl Placer {
                     ..
                 } = &o
                 {
-                    self.report_not_placed(&tenant, pid, st, detail);
+                    self.report_not_placed(tenant, pid, st, detail);
                 }
                 return Err(o);
             }
         }
-        if !rules.leaves.contains_key(&tenant) {
+        if !rules.leaves.contains_key(tenant) {
             return Err(Outcome::NoRule);
         }
-        Ok((st, tenant))
+        Ok(())
     }
 
     /// What a move of the batch did, remembered (`by_rule`), counted and added to the burst.
@@ -1672,6 +1700,9 @@ mod tests {
             }
             fn apply(&self, dir: &CgroupPath, want: &Settings) -> R<Vec<Change>> {
                 self.v2.apply(dir, want)
+            }
+            fn drift(&self, dir: &CgroupPath, want: &Settings) -> R<Vec<Change>> {
+                self.v2.drift(dir, want)
             }
             fn read(&self, dir: &CgroupPath) -> R<Settings> {
                 self.v2.read(dir)

@@ -399,8 +399,14 @@ fn three_nodes_share_one_desired_state_through_an_outage() {
     // until a reconcile pass restores it.
     std::fs::write(n2.file("pids", "shop", "pids.max"), "1000").unwrap();
     let n2_shop = |nodes: &serde_json::Value| -> Option<(u64, serde_json::Value)> {
-        let n = nodes["nodes"].as_array()?.iter().find(|n| n["name"] == "n2")?;
-        let p = n["problems"].as_array()?.iter().find(|p| p["tenant"] == "shop");
+        let n = nodes["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == "n2")?;
+        let p = n["problems"]
+            .as_array()?
+            .iter()
+            .find(|p| p["tenant"] == "shop");
         Some((n["drifted"].as_u64()?, p.cloned().unwrap_or_default()))
     };
     let mut nodes = serde_json::Value::Null;
