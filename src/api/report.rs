@@ -83,10 +83,13 @@ async fn fleet(
     format: &str,
 ) -> Result<Response, Problem> {
     let Some(f) = &st.fleet else {
-        return Err(Problem::invalid(
-            "scope",
+        // What this daemon was started without, like a host that cannot: not a bad value.
+        return Err(Problem::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported-by-host",
             "scope=fleet needs a fleet store: this daemon runs alone (no store configured: store, --store); leave scope out for this node's report",
-        ));
+        )
+        .field("scope"));
     };
     if caller.scope.is_some() {
         return Err(Problem::new(
