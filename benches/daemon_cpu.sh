@@ -12,6 +12,8 @@
 # file-backed from /proc/PID/smaps_rollup) and the cost of one GET /metrics: the daemon's
 # utime+stime around SCRAPES (default 20; 0 skips) sequential scrapes divided by SCRAPES, raw
 # and net of the sampler's rate in the last window, with the wall time of each.
+# NOFILE=N starts the daemon with an open-file limit of N (soft and hard), as the unit's
+# `LimitNOFILE=524288` does (packaging/tenantd.service); unset, it inherits this shell's.
 #
 # Where it writes:
 # - cgroup v1 or hybrid host: `<own cgroup>/tenantd-bench-cpu-<pid>` in each v1 hierarchy
@@ -27,6 +29,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source benches/v1_daemon.sh
 WINDOW=60 REPEAT=1 INTERVAL=1 BUSY=0 BIN="" COUNTS=()
 SETTLE_S="${SETTLE_S:-15}"
+NOFILE="${NOFILE:-}"
+LIMIT=""
+[ -z "$NOFILE" ] || LIMIT="ulimit -Hn $NOFILE && ulimit -Sn $NOFILE && "
 while [ $# -gt 0 ]; do
   case "$1" in
     --window) WINDOW="$2"; shift 2 ;;
@@ -89,9 +94,10 @@ for n in "${COUNTS[@]}"; do
   trap cleanup EXIT
   if [ "$MODE" = v1 ]; then
     # A shell that moves itself into the directories, then becomes the daemon.
-    sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec "$0" serve --sample-interval-s '"$INTERVAL"' --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --reconcile-interval-s 3600 --cgroup-version v1' \
+    sh -c "$LIMIT"'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec "$0" serve --sample-interval-s '"$INTERVAL"' --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --reconcile-interval-s 3600 --cgroup-version v1' \
       "$BIN" "${dirs[@]}" 2>"$work/daemon.log" &
   else
+    [ -z "$NOFILE" ] || { ulimit -Hn "$NOFILE"; ulimit -Sn "$NOFILE"; }
     "$BIN" serve --sample-interval-s "$INTERVAL" --listen "127.0.0.1:$PORT" --db "$work/db" \
       --reconcile-interval-s 3600 "${args[@]}" 2>"$work/daemon.log" &
   fi

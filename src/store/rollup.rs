@@ -120,6 +120,17 @@ pub(super) async fn read_blocks<T>(
     Ok(rows)
 }
 
+/// `delete_window`'s statement: one seek per sweep time of the window (`sample_ticks`) over
+/// the tenants' range, so a slice deletes its own rows without scanning the whole window's
+/// (issue 15). ?1..?4 = window start, end, first and last tenant.
+pub(super) fn delete_window_sql(table: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE ts_ms IN
+         (SELECT ts_ms FROM sample_ticks WHERE ts_ms >= ?1 AND ts_ms < ?2)
+         AND tenant >= ?3 AND tenant <= ?4"
+    )
+}
+
 /// Deletes the rows of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
 /// last] from a raw table (moved into blocks). `table` is one of the store's own tables.
 pub(super) async fn delete_window(
@@ -129,16 +140,14 @@ pub(super) async fn delete_window(
     (first, last): (&str, &str),
 ) -> Result<()> {
     // `table` is a constant of this crate: no user text.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM {table} WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3 AND tenant <= ?4"
-    )))
-    .bind(start_ms)
-    .bind(start_ms + BLOCK_MS)
-    .bind(first)
-    .bind(last)
-    .execute(&mut *tx)
-    .await
-    .map_err(q("delete compacted raw rows"))?;
+    sqlx::query(sqlx::AssertSqlSafe(delete_window_sql(table)))
+        .bind(start_ms)
+        .bind(start_ms + BLOCK_MS)
+        .bind(first)
+        .bind(last)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("delete compacted raw rows"))?;
     Ok(())
 }
 

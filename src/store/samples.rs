@@ -430,23 +430,30 @@ fn row_of(r: &SqliteRow) -> Result<UsageRow> {
     })
 }
 
+/// `raw_usage_window`'s query: ?1..?4 = window start, end, first and last tenant.
+pub(super) fn usage_window_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT {} FROM sample_ticks t CROSS JOIN usage_raw u ON u.ts_ms = t.ts_ms
+             WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 AND u.tenant >= ?3 AND u.tenant <= ?4
+             ORDER BY t.ts_ms, u.tenant",
+            raw_select("u.")
+        )
+    })
+}
+
 /// The raw rows of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
-/// last], by tenant then time: what a compaction moves into blocks.
+/// last], by time then tenant: what a compaction moves into blocks. Found with one seek per
+/// sweep time (`sample_ticks`) over the tenants' range, in the table's own order (no sort),
+/// so a slice of the tenants reads its own rows, not the whole window's (issue 15).
 pub(super) async fn raw_usage_window(
     tx: &mut SqliteConnection,
     start_ms: i64,
     (first, last): (&str, &str),
 ) -> Result<Vec<UsageRow>> {
-    static SQL: OnceLock<String> = OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "SELECT {} FROM usage_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3
-             AND tenant <= ?4 ORDER BY tenant, ts_ms",
-            raw_select("")
-        )
-    });
     // Built only from the const column lists: no user text.
-    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+    sqlx::query(sqlx::AssertSqlSafe(usage_window_sql()))
         .bind(start_ms)
         .bind(start_ms + BLOCK_MS)
         .bind(first)
