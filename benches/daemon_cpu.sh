@@ -138,11 +138,26 @@ def sweep_sum_count():
     return (m.get("tenantd_sweep_duration_seconds_sum", 0.0),
             m.get("tenantd_db_write_duration_seconds_sum", 0.0),
             m.get("tenantd_sweep_duration_seconds_count", 0.0))
+def threads():
+    # utime+stime per thread name (the sampler's tokio workers, sqlx's SQLite thread, the
+    # process-event reader), summed over the threads of each name.
+    out = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            s = open(f"/proc/{pid}/task/{t}/stat").read()
+        except OSError:
+            continue
+        f = s.rsplit(")", 1)[1].split()
+        out[t] = (s[s.index("(") + 1:s.rindex(")")], int(f[11]) + int(f[12]))
+    return out
 shares = []
 for r in range(repeat):
-    a, (s0, d0, c0), w0 = ticks(), sweep_sum_count(), time.monotonic()
+    a, (s0, d0, c0), w0, ta = ticks(), sweep_sum_count(), time.monotonic(), threads()
     time.sleep(window)
-    b, (s1, d1, c1), w1 = ticks(), sweep_sum_count(), time.monotonic()
+    b, (s1, d1, c1), w1, tb = ticks(), sweep_sum_count(), time.monotonic(), threads()
+    by = {}
+    for t, (comm, v) in tb.items():
+        by[comm] = by.get(comm, 0) + v - ta.get(t, (comm, 0))[1]
     share = (b - a) / hz / (w1 - w0) * 100
     shares.append(share)
     sweep_ms = (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
@@ -152,6 +167,8 @@ for r in range(repeat):
           f"daemon CPU {share:.2f}% of one core ({b-a} ticks), RSS {status('VmRSS')/1024:.1f} MiB, "
           f"{fds} fds, per sweep (wall): read {sweep_ms:.2f} ms, db write {db_ms:.2f} ms, load {open('/proc/loadavg').read().split()[0]}",
           flush=True)
+    print(f"[{mode}]   by thread: " + ", ".join(f"{c} {v / hz / (w1 - w0) * 100:.2f}%"
+          for c, v in sorted(by.items(), key=lambda x: -x[1]) if v > 0), flush=True)
 # Memory: the resident set now and its peak, and how it splits (smaps_rollup: anonymous =
 # the heap and stacks; file = the mapped binary and libraries).
 roll = {}

@@ -11,6 +11,7 @@
 
 use super::rollup::{
     BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
+    window_args,
 };
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::usage_block::decode_usage;
@@ -452,15 +453,13 @@ pub(super) async fn raw_usage_window(
     start_ms: i64,
     (first, last): (&str, &str),
 ) -> Result<Vec<UsageRow>> {
+    const OP: &str = "read a window of raw usage";
+    let args = window_args(start_ms, (first, last), OP)?;
     // Built only from the const column lists: no user text.
-    sqlx::query(sqlx::AssertSqlSafe(usage_window_sql()))
-        .bind(start_ms)
-        .bind(start_ms + BLOCK_MS)
-        .bind(first)
-        .bind(last)
+    sqlx::query_with(sqlx::AssertSqlSafe(usage_window_sql()), args)
         .fetch_all(&mut *tx)
         .await
-        .map_err(q("read a window of raw usage"))?
+        .map_err(q(OP))?
         .iter()
         .map(row_of)
         .collect()
@@ -708,7 +707,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A tenant using `cores` CPUs and holding `mem` bytes, sampled at `ts_ms` after `dt_ms`.
@@ -974,24 +973,25 @@ mod tests {
     /// A tenant's raw rows are found by primary-key lookups per sweep time, never by a scan
     /// of every tenant's rows (which is what made per-tenant queries slow on a busy host), and
     /// its blocks by their key.
+    /// SQLite's query plan of `sql`, whose parameters ?1..?4 are bound to a time, a time, a
+    /// tenant and a tenant (the values do not change the plan), its lines joined by "; ".
+    pub(in crate::store) async fn query_plan(pool: sqlx::SqlitePool, sql: String) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind(0_i64)
+                .bind(600_000_i64)
+                .bind("a")
+                .bind("m")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
+    }
+
     #[tokio::test]
     async fn raw_queries_look_rows_up_by_time_and_tenant() {
         let (_d, s) = store().await;
-        let plan = |sql: String| {
-            let pool = s.pool().clone();
-            async move {
-                let rows: Vec<(i64, i64, i64, String)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                        .bind(0_i64)
-                        .bind(1000_i64)
-                        .bind("a")
-                        .bind(1_i64)
-                        .fetch_all(&pool)
-                        .await
-                        .unwrap();
-                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
-            }
-        };
+        let plan = |sql: String| query_plan(s.pool().clone(), sql);
         let p = plan(tail_sql().into()).await;
         assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
         assert!(

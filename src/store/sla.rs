@@ -4,7 +4,7 @@
 //! `store::sweep` (the one transaction writing both).
 
 use super::rollup::{
-    BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
+    BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded, window_args,
 };
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::sla_engine::Verdict;
@@ -185,14 +185,12 @@ pub(super) async fn raw_verdict_window(
     start_ms: i64,
     (first, last): (&str, &str),
 ) -> Result<Vec<Verdict>> {
-    let rows: Vec<VerdictRow> = sqlx::query_as(VERDICT_WINDOW_SQL)
-        .bind(start_ms)
-        .bind(start_ms + BLOCK_MS)
-        .bind(first)
-        .bind(last)
+    const OP: &str = "read a window of sla verdicts";
+    let args = window_args(start_ms, (first, last), OP)?;
+    let rows: Vec<VerdictRow> = sqlx::query_as_with(VERDICT_WINDOW_SQL, args)
         .fetch_all(&mut *tx)
         .await
-        .map_err(q("read a window of sla verdicts"))?;
+        .map_err(q(OP))?;
     Ok(rows.into_iter().map(verdict).collect())
 }
 

@@ -454,25 +454,12 @@ mod compact_tests {
     #[tokio::test]
     async fn a_compaction_slice_seeks_its_own_tenants_rows() {
         use super::super::rollup::delete_window_sql;
+        use super::super::samples::tests::query_plan;
         use super::super::samples::usage_window_sql;
         use super::super::sla::VERDICT_WINDOW_SQL;
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("t.db")).await.unwrap();
-        let plan = |sql: String| {
-            let pool = s.pool().clone();
-            async move {
-                let rows: Vec<(i64, i64, i64, String)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                        .bind(0_i64)
-                        .bind(600_000_i64)
-                        .bind("a")
-                        .bind("m")
-                        .fetch_all(&pool)
-                        .await
-                        .unwrap();
-                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
-            }
-        };
+        let plan = |sql: String| query_plan(s.pool().clone(), sql);
         for (sql, table) in [
             (usage_window_sql().to_string(), "u"),
             (VERDICT_WINDOW_SQL.to_string(), "s"),
