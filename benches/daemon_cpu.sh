@@ -30,8 +30,12 @@ source benches/v1_daemon.sh
 WINDOW=60 REPEAT=1 INTERVAL=1 BUSY=0 BIN="" COUNTS=()
 SETTLE_S="${SETTLE_S:-15}"
 NOFILE="${NOFILE:-}"
-LIMIT=""
-[ -z "$NOFILE" ] || LIMIT="ulimit -Hn $NOFILE && ulimit -Sn $NOFILE && "
+# Set here, before any directory is made, and fatal when refused (raising the hard limit
+# needs CAP_SYS_RESOURCE): the daemon inherits it.
+if [ -n "$NOFILE" ]; then
+  { ulimit -Hn "$NOFILE" && ulimit -Sn "$NOFILE"; } 2>/dev/null ||
+    { echo "cannot set the open-file limit to $NOFILE (raising the hard limit needs CAP_SYS_RESOURCE)"; exit 1; }
+fi
 while [ $# -gt 0 ]; do
   case "$1" in
     --window) WINDOW="$2"; shift 2 ;;
@@ -94,10 +98,9 @@ for n in "${COUNTS[@]}"; do
   trap cleanup EXIT
   if [ "$MODE" = v1 ]; then
     # A shell that moves itself into the directories, then becomes the daemon.
-    sh -c "$LIMIT"'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec "$0" serve --sample-interval-s '"$INTERVAL"' --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --reconcile-interval-s 3600 --cgroup-version v1' \
+    sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$0" serve --sample-interval-s '"$INTERVAL"' --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --reconcile-interval-s 3600 --cgroup-version v1' \
       "$BIN" "${dirs[@]}" 2>"$work/daemon.log" &
   else
-    [ -z "$NOFILE" ] || { ulimit -Hn "$NOFILE"; ulimit -Sn "$NOFILE"; }
     "$BIN" serve --sample-interval-s "$INTERVAL" --listen "127.0.0.1:$PORT" --db "$work/db" \
       --reconcile-interval-s 3600 "${args[@]}" 2>"$work/daemon.log" &
   fi
