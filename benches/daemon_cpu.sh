@@ -85,6 +85,8 @@ for n in "${COUNTS[@]}"; do
     if [ -n "${DPID:-}" ] && ! kill -0 "$DPID" 2>/dev/null; then
       echo "the daemon exited; the end of its log:"; tail -20 "$work/daemon.log"
     fi
+    # What the daemon logged as errors (an HTTP 500 is logged once, with its cause).
+    grep -E " (ERROR|WARN) " "$work/daemon.log" 2>/dev/null | grep -v "slow statement" | tail -5 || true
     [ -z "${DPID:-}" ] || kill -9 "$DPID" 2>/dev/null || true
     wait 2>/dev/null || true
     for d in "${dirs[@]}"; do
