@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Latency of changes at scale (issue 15, target 1), measured against `tenantd serve` itself on
-# a cgroup v1 or hybrid host:
+# a cgroup v1 or hybrid host, or on pure cgroup v2 (the VM:
+# `bash tests/vm/run.sh -- bash benches/changes.sh 1000`, with a host-built release binary):
 #   sudo bash benches/changes.sh [TENANTS...]      (default: 1000 10000)
 # For each count and each shape (flat: every tenant at the top level; tree: count/100 parents
 # with 99 children each, 100 x 100 at 10,000) it creates the directories of a governor root
@@ -16,21 +17,22 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (cgroup directories)"; exit 1; }
-cargo build --release --quiet
+# In the VM the tree is read-only: the host-built binary is used as it is.
+[ -n "${TENANTD_IN_VM:-}" ] || cargo build --release --quiet
 source benches/v1_daemon.sh
 BIN="$PWD/target/release/tenantd"
 COUNTS=("$@"); [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 10000)
 RESULTS=$(mktemp)
 for n in "${COUNTS[@]}"; do
  for shape in flat tree; do
-  v1_dirs "tenantd-bench-changes-$$"
+  gov_dirs "tenantd-bench-changes-$$"
   work=$(mktemp -d)
   trap v1_cleanup EXIT
   PORT=$(free_port)
-  v1_serve "$BIN" "$PORT" "$work/db" "$work/daemon.log"
-  if python3 - "$PORT" "$n" "$shape" "$RESULTS" <<'PY'
+  gov_serve "$BIN" "$PORT" "$work/db" "$work/daemon.log"
+  if python3 - "$PORT" "$n" "$shape" "$RESULTS" "$MODE" <<'PY'
 import http.client, json, sys, time
-port, n, shape, results = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+port, n, shape, results, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
 def call(method, path, body=None, ctype="application/json"):
     conn.request(method, path, body=None if body is None else json.dumps(body),
@@ -75,7 +77,7 @@ out["DELETE"] = measure([("DELETE", f"/v1/tenants/{t}", None, "application/json"
 out["GET"] = measure([("GET", f"/v1/tenants/{t}", None, "application/json") for t, p in picked])
 print(f"load average {open('/proc/loadavg').read().split()[0]}", flush=True)
 for op, (p50, p99) in out.items():
-    print(f"{n} tenants ({shape}): {op:6} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms", flush=True)
+    print(f"[{mode}] {n} tenants ({shape}): {op:6} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms", flush=True)
 with open(results, "a") as f:
     f.write(json.dumps({"n": n, "shape": shape, "ms": out}) + "\n")
 PY

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The running daemon's own CPU time with N idle tenants (issue 15, target 2 "Sampling"):
 #   sudo bash benches/daemon_cpu.sh [--window S] [--repeat R] [--interval S] [--busy K]
-#                                   [--10k] [--bin PATH] [N...]          (default N: 300 1000)
+#                                   [--10k] [--bin PATH] [--bare] [N...]  (default N: 300 1000)
 # For each N it starts a release `tenantd serve` (sample_interval_s 1 unless --interval) with a
 # governor root of its own, creates N tenants through the HTTP API (the first K run a busy
 # loop with --busy K, to show the cost of active tenants), waits for the sampler to settle
@@ -15,6 +15,11 @@
 # NOFILE=N starts the daemon with an open-file limit of N (soft and hard), as the unit's
 # `LimitNOFILE=524288` does (packaging/tenantd.service); unset, it inherits this shell's.
 #
+# --bare (cgroup v2): then stops the daemon, leaving its N tenant cgroups, and runs the bare
+# `pread` reader (benches/bare_reader.c: the 11 stat files of every tenant held open and re-read
+# every second, no parsing) over the same cgroups for the same window, and prints the daemon's
+# CPU share divided by the reader's: the ratio issue 15 asks for, from one run.
+#
 # Where it writes:
 # - cgroup v1 or hybrid host: `<own cgroup>/tenantd-bench-cpu-<pid>` in each v1 hierarchy
 #   (from /proc/self/cgroup, refusing to run if one exists), the daemon started inside them
@@ -27,7 +32,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (cgroup directories)"; exit 1; }
 source benches/v1_daemon.sh
-WINDOW=60 REPEAT=1 INTERVAL=1 BUSY=0 BIN="" COUNTS=()
+WINDOW=60 REPEAT=1 INTERVAL=1 BUSY=0 BIN="" BARE="" COUNTS=()
 SETTLE_S="${SETTLE_S:-15}"
 NOFILE="${NOFILE:-}"
 # Set here, before any directory is made, and fatal when refused (raising the hard limit
@@ -44,7 +49,8 @@ while [ $# -gt 0 ]; do
     --busy) BUSY="$2"; shift 2 ;;
     --bin) BIN="$2"; shift 2 ;;
     --10k) COUNTS+=(10000); shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --bare) BARE=1; shift ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     -*) echo "unknown option $1"; exit 2 ;;
     *) COUNTS+=("$1"); shift ;;
   esac
@@ -65,6 +71,13 @@ if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
   MODE=v2
 else
   MODE=v1
+fi
+READER="$PWD/target/bare_reader"
+if [ -n "$BARE" ]; then
+  [ "$MODE" = v2 ] || { echo "--bare reads cgroup v2 files: run it in the VM (tests/vm/run.sh)"; exit 2; }
+  # Built on the host before the VM boots (the guest has no compiler and a read-only tree).
+  if [ -z "${TENANTD_IN_VM:-}" ]; then cc -O2 -o "$READER" benches/bare_reader.c; fi
+  [ -x "$READER" ] || { echo "no $READER: cc -O2 -o target/bare_reader benches/bare_reader.c on the host first"; exit 1; }
 fi
 
 for n in "${COUNTS[@]}"; do
@@ -109,7 +122,7 @@ for n in "${COUNTS[@]}"; do
   DPID=$!
   for _ in $(seq 300); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
   curl -sf "127.0.0.1:$PORT/healthz" >/dev/null || { echo "daemon did not start:"; cat "$work/daemon.log"; exit 1; }
-  python3 - "$PORT" "$n" "$DPID" "$HZ" "$WINDOW" "$REPEAT" "$SETTLE_S" "$BUSY" "$BIN" "$MODE" "$INTERVAL" <<'PY'
+  SHARE_FILE="$work/share" python3 - "$PORT" "$n" "$DPID" "$HZ" "$WINDOW" "$REPEAT" "$SETTLE_S" "$BUSY" "$BIN" "$MODE" "$INTERVAL" <<'PY'
 import json, os, subprocess, sys, time, urllib.request
 port, n, pid, hz, window, repeat, settle, busy = (int(float(x)) for x in sys.argv[1:9])
 bin_, mode, interval = sys.argv[9], sys.argv[10], sys.argv[11]
@@ -211,10 +224,23 @@ listed = json.loads(call("GET", "/v1/tenants"))
 have = len(listed) if isinstance(listed, list) else len(listed.get("tenants", listed.get("items", [])))
 if have != n:
     print(f"[{mode}] WARNING: the daemon holds {have} tenants, not {n}: something else talks to port {port}", flush=True)
+open(os.environ["SHARE_FILE"], "w").write(f"{shares[-1]:.4f}")
 if repeat > 1:
     print(f"[{mode}] {n} tenants: {min(shares):.2f}-{max(shares):.2f}% over {repeat} windows of {window} s", flush=True)
 for p in procs: p.kill()
 PY
   grep -i "open-file\|hold" "$work/daemon.log" | head -3 || true
+  if [ -n "$BARE" ]; then
+    # The daemon's share of its last window, then the reader over the same cgroups alone.
+    kill -9 "$DPID"; wait "$DPID" 2>/dev/null || true; DPID=""
+    out=$("$READER" "${dirs[0]}" "$WINDOW")
+    echo "[$MODE] $n tenants: $out"
+    python3 - "$work/share" "$out" <<'PY'
+import re, sys
+daemon = float(open(sys.argv[1]).read())
+bare = float(re.search(r"CPU ([0-9.]+)% of one core", sys.argv[2]).group(1))
+print(f"ratio daemon / bare pread reader: {daemon:.2f}% / {bare:.2f}% = {daemon / bare:.2f}x", flush=True)
+PY
+  fi
   cleanup; DPID=""; trap - EXIT
 done

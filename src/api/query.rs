@@ -450,6 +450,11 @@ pub struct ReportParams {
     pub tenant: Option<TenantName>,
     #[param(value_type = Option<crate::api::query::ReportFormat>, inline)]
     pub format: &'static str,
+    /// `node` (default): this node's tenants from its own history; `fleet`: every node's,
+    /// per tenant across nodes and per node, from the minutes they shipped to the fleet store
+    /// (a daemon with a fleet store only)
+    #[param(value_type = Option<crate::api::query::ReportScope>, inline)]
+    pub scope: &'static str,
 }
 
 impl Params for ReportParams {
@@ -460,21 +465,41 @@ impl Params for ReportParams {
             to: time("to")?,
             tenant: q.tenant("tenant")?,
             format: q.one_of("format", REPORT_FORMATS)?.unwrap_or("json"),
+            scope: q.one_of("scope", REPORT_SCOPES)?.unwrap_or("node"),
         })
     }
 }
 
-/// The schema of `ReportParams::format`: one of `REPORT_FORMATS`.
-pub struct ReportFormat;
-impl utoipa::PartialSchema for ReportFormat {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .enum_values(Some(REPORT_FORMATS.iter().copied()))
-            .into()
-    }
+/// The scopes of the SLA report: this node, or the whole fleet.
+pub const REPORT_SCOPES: &[&str] = &["node", "fleet"];
+
+/// A string schema whose values are one of a list: `$name` for `$values`.
+macro_rules! one_of_schema {
+    ($(#[$doc:meta])* $name:ident, $values:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some($values.iter().copied()))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $name {}
+    };
 }
-impl utoipa::ToSchema for ReportFormat {}
+
+one_of_schema!(
+    /// The schema of `ReportParams::scope`: one of `REPORT_SCOPES`.
+    ReportScope,
+    REPORT_SCOPES
+);
+one_of_schema!(
+    /// The schema of `ReportParams::format`: one of `REPORT_FORMATS`.
+    ReportFormat,
+    REPORT_FORMATS
+);
 
 #[cfg(test)]
 mod tests {

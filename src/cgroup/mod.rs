@@ -233,6 +233,9 @@ pub trait Backend: Send + Sync + 'static {
     /// it (`PageSize::memory`, `normal`, v1's shares and blkio weight scales), so a value is
     /// rewritten, and reported, exactly when it drifted.
     fn apply(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>>;
+    /// What `apply` would write now, without writing: each value the kernel holds that
+    /// differs from `want` (changed by hand, or not written yet), compared the same way.
+    fn drift(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>>;
     /// Reads the values the kernel holds now.
     fn read(&self, dir: &CgroupPath) -> Result<Settings>;
     /// PIDs directly in `dir`.

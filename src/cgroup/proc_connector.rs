@@ -742,6 +742,16 @@ impl ProcConnector {
     where
         F: FnMut(Stamped) + Send + 'static,
     {
+        self.spawn_batches(move |batch| batch.events.into_iter().for_each(&mut on_event))
+    }
+
+    /// `spawn` handing `on_batch` each [`Batch`]: every event already queued when the
+    /// thread reads (up to [`MAX_DATAGRAMS_PER_BATCH`] datagrams), so a consumer slower than
+    /// the events gets them in ever larger batches instead of falling behind one by one.
+    pub fn spawn_batches<F>(self, mut on_batch: F) -> Result<ReaderThread, ConnectorError>
+    where
+        F: FnMut(Batch) + Send + 'static,
+    {
         let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
             .map_err(|e| io_err("create the stop eventfd")(e.into()))?;
         let wake = Arc::new(wake);
@@ -751,7 +761,7 @@ impl ProcConnector {
             .name("tenantd-procev".into())
             .spawn(move || {
                 while let Some(batch) = conn.recv_or_stop(None, Some(stop.as_fd()))? {
-                    batch.events.into_iter().for_each(&mut on_event);
+                    on_batch(batch);
                 }
                 Ok(())
             })

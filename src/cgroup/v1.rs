@@ -242,6 +242,164 @@ fn magnitude(l: Limit) -> u64 {
 }
 
 impl V1 {
+    /// Compares every value of `want` with the kernel's and returns each that differs, in
+    /// the order `apply` writes them; writes them when `write` (else only reads: `drift`).
+    fn settle(&self, dir: &CgroupPath, want: &Settings, write: bool) -> Result<Vec<Change>> {
+        if want.memory_min_bytes > 0 {
+            return Err(V1::unsupported(
+                format!("memory.min of {} bytes for {dir}", want.memory_min_bytes),
+                "cgroup v1 has no hard memory protection (memory.min exists only in cgroup v2): use a soft guarantee (memory.low, mapped to memory.soft_limit_in_bytes) or run tenantd on a cgroup v2 host",
+            ));
+        }
+        let have = self.held(dir)?;
+        // Every field of `Held` by name (no `..`): a new one does not build until it is
+        // compared and written below.
+        let Held {
+            shares,
+            cfs_quota,
+            cfs_period,
+            limit,
+            memsw,
+            soft,
+            io_weight,
+            throttle,
+            pids_max,
+        } = self.wanted(dir, want, &have)?;
+        let mut changes = Vec::new();
+        let mut put = |controller: &str, file: &str, was: String, now: String| -> Result<()> {
+            let Some(p) = self.file_in(controller, dir, file) else {
+                return Err(V1::unsupported(
+                    format!("{file} for {dir}"),
+                    format!("the {controller} v1 hierarchy is not mounted (see GET /v1/host)"),
+                ));
+            };
+            if write {
+                write_file(&p, &now)?;
+            }
+            changes.push(Change {
+                file: file.to_string(),
+                was,
+                now,
+            });
+            Ok(())
+        };
+
+        if have.shares != shares {
+            put(
+                "cpu",
+                "cpu.shares",
+                have.shares.to_string(),
+                shares.to_string(),
+            )?;
+        }
+        if have.cfs_period != cfs_period {
+            // Lift the quota first, so no intermediate quota/period pair is refused.
+            if have.cfs_quota != Limit::Max {
+                put(
+                    "cpu",
+                    "cpu.cfs_quota_us",
+                    v1_text(have.cfs_quota),
+                    "-1".into(),
+                )?;
+            }
+            put(
+                "cpu",
+                "cpu.cfs_period_us",
+                have.cfs_period.to_string(),
+                cfs_period.to_string(),
+            )?;
+            if cfs_quota != Limit::Max {
+                put("cpu", "cpu.cfs_quota_us", "-1".into(), v1_text(cfs_quota))?;
+            }
+        } else if have.cfs_quota != cfs_quota {
+            put(
+                "cpu",
+                "cpu.cfs_quota_us",
+                v1_text(have.cfs_quota),
+                v1_text(cfs_quota),
+            )?;
+        }
+
+        // memory.limit_in_bytes <= memory.memsw.limit_in_bytes must hold after every write:
+        // raise memsw before the limit, lower it after.
+        let memsw_new = match (have.memsw, memsw) {
+            (Some(now), Some(new)) if now != new => Some((now, new)),
+            _ => None,
+        };
+        let page = self.page;
+        let write_memsw =
+            |put: &mut dyn FnMut(&str, &str, String, String) -> Result<()>| -> Result<()> {
+                if let Some((now, new)) = memsw_new {
+                    put(
+                        "memory",
+                        "memory.memsw.limit_in_bytes",
+                        page.v1_bytes(now).to_string(),
+                        v1_text(new),
+                    )?;
+                }
+                Ok(())
+            };
+        let raise_memsw_first =
+            memsw_new.is_some_and(|(now, new)| magnitude(new) >= magnitude(now));
+        if raise_memsw_first {
+            write_memsw(&mut put)?;
+        }
+        if have.limit != limit {
+            put(
+                "memory",
+                "memory.limit_in_bytes",
+                page.v1_bytes(have.limit).to_string(),
+                v1_text(limit),
+            )?;
+        }
+        if !raise_memsw_first {
+            write_memsw(&mut put)?;
+        }
+        if have.soft != soft {
+            put(
+                "memory",
+                "memory.soft_limit_in_bytes",
+                page.v1_bytes(have.soft).to_string(),
+                v1_text(soft),
+            )?;
+        }
+
+        if let (Some((file, h)), Some((_, w))) = (&have.io_weight, &io_weight)
+            && h != w
+        {
+            put("blkio", file, h.to_string(), w.to_string())?;
+        }
+
+        // blkio.throttle.*: one file per field; "MAJ:MIN 0" removes a rule.
+        let devices: BTreeSet<DevId> = throttle
+            .keys()
+            .chain(have.throttle.keys())
+            .copied()
+            .collect();
+        for d in devices {
+            let w = throttle.get(&d);
+            let h = have.throttle.get(&d);
+            for (i, file) in THROTTLE.iter().enumerate() {
+                let wv = w.map_or(Limit::Max, |m| throttle_field(m, i));
+                let hv = h.map_or(Limit::Max, |m| throttle_field(m, i));
+                if wv != hv {
+                    let text = |l: Limit| format!("{d} {}", l.value().unwrap_or(0));
+                    put("blkio", file, text(hv), text(wv))?;
+                }
+            }
+        }
+
+        if have.pids_max != pids_max {
+            put(
+                "pids",
+                "pids.max",
+                have.pids_max.to_string(),
+                pids_max.to_string(),
+            )?;
+        }
+        Ok(changes)
+    }
+
     pub fn new(roots: V1Roots, sys: impl Into<PathBuf>, proc: impl Into<PathBuf>) -> Self {
         V1 {
             roots,
@@ -600,157 +758,11 @@ impl Backend for V1 {
     }
 
     fn apply(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>> {
-        if want.memory_min_bytes > 0 {
-            return Err(V1::unsupported(
-                format!("memory.min of {} bytes for {dir}", want.memory_min_bytes),
-                "cgroup v1 has no hard memory protection (memory.min exists only in cgroup v2): use a soft guarantee (memory.low, mapped to memory.soft_limit_in_bytes) or run tenantd on a cgroup v2 host",
-            ));
-        }
-        let have = self.held(dir)?;
-        // Every field of `Held` by name (no `..`): a new one does not build until it is
-        // compared and written below.
-        let Held {
-            shares,
-            cfs_quota,
-            cfs_period,
-            limit,
-            memsw,
-            soft,
-            io_weight,
-            throttle,
-            pids_max,
-        } = self.wanted(dir, want, &have)?;
-        let mut changes = Vec::new();
-        let mut put = |controller: &str, file: &str, was: String, now: String| -> Result<()> {
-            let Some(p) = self.file_in(controller, dir, file) else {
-                return Err(V1::unsupported(
-                    format!("{file} for {dir}"),
-                    format!("the {controller} v1 hierarchy is not mounted (see GET /v1/host)"),
-                ));
-            };
-            write_file(&p, &now)?;
-            changes.push(Change {
-                file: file.to_string(),
-                was,
-                now,
-            });
-            Ok(())
-        };
+        self.settle(dir, want, true)
+    }
 
-        if have.shares != shares {
-            put(
-                "cpu",
-                "cpu.shares",
-                have.shares.to_string(),
-                shares.to_string(),
-            )?;
-        }
-        if have.cfs_period != cfs_period {
-            // Lift the quota first, so no intermediate quota/period pair is refused.
-            if have.cfs_quota != Limit::Max {
-                put(
-                    "cpu",
-                    "cpu.cfs_quota_us",
-                    v1_text(have.cfs_quota),
-                    "-1".into(),
-                )?;
-            }
-            put(
-                "cpu",
-                "cpu.cfs_period_us",
-                have.cfs_period.to_string(),
-                cfs_period.to_string(),
-            )?;
-            if cfs_quota != Limit::Max {
-                put("cpu", "cpu.cfs_quota_us", "-1".into(), v1_text(cfs_quota))?;
-            }
-        } else if have.cfs_quota != cfs_quota {
-            put(
-                "cpu",
-                "cpu.cfs_quota_us",
-                v1_text(have.cfs_quota),
-                v1_text(cfs_quota),
-            )?;
-        }
-
-        // memory.limit_in_bytes <= memory.memsw.limit_in_bytes must hold after every write:
-        // raise memsw before the limit, lower it after.
-        let memsw_new = match (have.memsw, memsw) {
-            (Some(now), Some(new)) if now != new => Some((now, new)),
-            _ => None,
-        };
-        let page = self.page;
-        let write_memsw =
-            |put: &mut dyn FnMut(&str, &str, String, String) -> Result<()>| -> Result<()> {
-                if let Some((now, new)) = memsw_new {
-                    put(
-                        "memory",
-                        "memory.memsw.limit_in_bytes",
-                        page.v1_bytes(now).to_string(),
-                        v1_text(new),
-                    )?;
-                }
-                Ok(())
-            };
-        let raise_memsw_first =
-            memsw_new.is_some_and(|(now, new)| magnitude(new) >= magnitude(now));
-        if raise_memsw_first {
-            write_memsw(&mut put)?;
-        }
-        if have.limit != limit {
-            put(
-                "memory",
-                "memory.limit_in_bytes",
-                page.v1_bytes(have.limit).to_string(),
-                v1_text(limit),
-            )?;
-        }
-        if !raise_memsw_first {
-            write_memsw(&mut put)?;
-        }
-        if have.soft != soft {
-            put(
-                "memory",
-                "memory.soft_limit_in_bytes",
-                page.v1_bytes(have.soft).to_string(),
-                v1_text(soft),
-            )?;
-        }
-
-        if let (Some((file, h)), Some((_, w))) = (&have.io_weight, &io_weight)
-            && h != w
-        {
-            put("blkio", file, h.to_string(), w.to_string())?;
-        }
-
-        // blkio.throttle.*: one file per field; "MAJ:MIN 0" removes a rule.
-        let devices: BTreeSet<DevId> = throttle
-            .keys()
-            .chain(have.throttle.keys())
-            .copied()
-            .collect();
-        for d in devices {
-            let w = throttle.get(&d);
-            let h = have.throttle.get(&d);
-            for (i, file) in THROTTLE.iter().enumerate() {
-                let wv = w.map_or(Limit::Max, |m| throttle_field(m, i));
-                let hv = h.map_or(Limit::Max, |m| throttle_field(m, i));
-                if wv != hv {
-                    let text = |l: Limit| format!("{d} {}", l.value().unwrap_or(0));
-                    put("blkio", file, text(hv), text(wv))?;
-                }
-            }
-        }
-
-        if have.pids_max != pids_max {
-            put(
-                "pids",
-                "pids.max",
-                have.pids_max.to_string(),
-                pids_max.to_string(),
-            )?;
-        }
-        Ok(changes)
+    fn drift(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>> {
+        self.settle(dir, want, false)
     }
 
     fn read(&self, dir: &CgroupPath) -> Result<Settings> {

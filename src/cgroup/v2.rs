@@ -29,6 +29,105 @@ pub struct V2 {
 }
 
 impl V2 {
+    /// Compares every value of `want` with the kernel's and returns each that differs, in
+    /// the order `apply` writes them; writes them when `write` (else only reads: `drift`).
+    fn settle(&self, dir: &CgroupPath, want: &Settings, write: bool) -> Result<Vec<Change>> {
+        let path = dir.under(&self.root);
+        let have = self.held(dir)?;
+        // Every field of `Held` by name (no `..`): a new one does not build until it is
+        // compared and written below.
+        let Held {
+            cpu_weight,
+            cpu_max,
+            memory_min,
+            memory_low,
+            memory_high,
+            memory_max,
+            memory_swap_max,
+            io_weight,
+            io_max,
+            pids_max,
+        } = self.wanted(want);
+        let mut changes = Vec::new();
+        let mut put = |file: &str, was: String, now: String| -> Result<()> {
+            let p = path.join(file);
+            if !p.exists() {
+                return Err(CgroupError::Unsupported {
+                    what: format!("{file} for {}", path.display()),
+                    why: "its controller is not enabled for this cgroup (see GET /v1/host)".into(),
+                });
+            }
+            if write {
+                write_file(&p, &now)?;
+            }
+            changes.push(Change {
+                file: file.to_string(),
+                was,
+                now,
+            });
+            Ok(())
+        };
+        if have.cpu_weight != cpu_weight {
+            put(
+                "cpu.weight",
+                have.cpu_weight.to_string(),
+                cpu_weight.to_string(),
+            )?;
+        }
+        if have.cpu_max != cpu_max {
+            put("cpu.max", cpu_max_text(have.cpu_max), cpu_max_text(cpu_max))?;
+        }
+        for (file, h, w) in [
+            ("memory.min", have.memory_min, memory_min),
+            ("memory.low", have.memory_low, memory_low),
+            ("memory.high", have.memory_high, memory_high),
+            ("memory.max", have.memory_max, memory_max),
+            ("memory.swap.max", have.memory_swap_max, memory_swap_max),
+        ] {
+            if h != w {
+                put(file, limit_text(h), limit_text(w))?;
+            }
+        }
+        if have.io_weight.default != io_weight.default {
+            put(
+                "io.weight",
+                format!("default {}", have.io_weight.default),
+                format!("default {}", io_weight.default),
+            )?;
+        }
+        // Per-device weights tenantd never sets: "MAJ:MIN default" removes one.
+        for (d, w) in &have.io_weight.devices {
+            if io_weight.devices.get(d) != Some(w) {
+                put("io.weight", format!("{d} {w}"), format!("{d} default"))?;
+            }
+        }
+        // io.max: write each wanted line that differs, and reset devices no longer limited.
+        for (d, w) in &io_max {
+            let h = have.io_max.get(d);
+            if h != Some(w) {
+                put("io.max", h.map(io_line).unwrap_or_default(), io_line(w))?;
+            }
+        }
+        for h in have
+            .io_max
+            .values()
+            .filter(|h| !io_max.contains_key(&h.device))
+        {
+            let reset = IoMax {
+                device: h.device,
+                rbps: Limit::Max,
+                wbps: Limit::Max,
+                riops: Limit::Max,
+                wiops: Limit::Max,
+            };
+            put("io.max", io_line(h), io_line(&reset))?;
+        }
+        if have.pids_max != pids_max {
+            put("pids.max", limit_text(have.pids_max), limit_text(pids_max))?;
+        }
+        Ok(changes)
+    }
+
     pub fn new(
         mount: impl Into<PathBuf>,
         root: impl Into<PathBuf>,
@@ -262,98 +361,11 @@ impl Backend for V2 {
     }
 
     fn apply(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>> {
-        let path = dir.under(&self.root);
-        let have = self.held(dir)?;
-        // Every field of `Held` by name (no `..`): a new one does not build until it is
-        // compared and written below.
-        let Held {
-            cpu_weight,
-            cpu_max,
-            memory_min,
-            memory_low,
-            memory_high,
-            memory_max,
-            memory_swap_max,
-            io_weight,
-            io_max,
-            pids_max,
-        } = self.wanted(want);
-        let mut changes = Vec::new();
-        let mut put = |file: &str, was: String, now: String| -> Result<()> {
-            let p = path.join(file);
-            if !p.exists() {
-                return Err(CgroupError::Unsupported {
-                    what: format!("{file} for {}", path.display()),
-                    why: "its controller is not enabled for this cgroup (see GET /v1/host)".into(),
-                });
-            }
-            write_file(&p, &now)?;
-            changes.push(Change {
-                file: file.to_string(),
-                was,
-                now,
-            });
-            Ok(())
-        };
-        if have.cpu_weight != cpu_weight {
-            put(
-                "cpu.weight",
-                have.cpu_weight.to_string(),
-                cpu_weight.to_string(),
-            )?;
-        }
-        if have.cpu_max != cpu_max {
-            put("cpu.max", cpu_max_text(have.cpu_max), cpu_max_text(cpu_max))?;
-        }
-        for (file, h, w) in [
-            ("memory.min", have.memory_min, memory_min),
-            ("memory.low", have.memory_low, memory_low),
-            ("memory.high", have.memory_high, memory_high),
-            ("memory.max", have.memory_max, memory_max),
-            ("memory.swap.max", have.memory_swap_max, memory_swap_max),
-        ] {
-            if h != w {
-                put(file, limit_text(h), limit_text(w))?;
-            }
-        }
-        if have.io_weight.default != io_weight.default {
-            put(
-                "io.weight",
-                format!("default {}", have.io_weight.default),
-                format!("default {}", io_weight.default),
-            )?;
-        }
-        // Per-device weights tenantd never sets: "MAJ:MIN default" removes one.
-        for (d, w) in &have.io_weight.devices {
-            if io_weight.devices.get(d) != Some(w) {
-                put("io.weight", format!("{d} {w}"), format!("{d} default"))?;
-            }
-        }
-        // io.max: write each wanted line that differs, and reset devices no longer limited.
-        for (d, w) in &io_max {
-            let h = have.io_max.get(d);
-            if h != Some(w) {
-                put("io.max", h.map(io_line).unwrap_or_default(), io_line(w))?;
-            }
-        }
-        for h in have
-            .io_max
-            .values()
-            .filter(|h| !io_max.contains_key(&h.device))
-        {
-            let reset = IoMax {
-                device: h.device,
-                rbps: Limit::Max,
-                wbps: Limit::Max,
-                riops: Limit::Max,
-                wiops: Limit::Max,
-            };
-            put("io.max", io_line(h), io_line(&reset))?;
-        }
-        if have.pids_max != pids_max {
-            put("pids.max", limit_text(have.pids_max), limit_text(pids_max))?;
-        }
-        Ok(changes)
+        self.settle(dir, want, true)
+    }
+
+    fn drift(&self, dir: &CgroupPath, want: &Settings) -> Result<Vec<Change>> {
+        self.settle(dir, want, false)
     }
 
     fn read(&self, dir: &CgroupPath) -> Result<Settings> {

@@ -8,7 +8,7 @@ use crate::domain::units::{Bytes, Percent, format_bytes};
 use crate::engine::TenantView;
 use crate::engine::autoplace::{Explanation, Outcome};
 use crate::engine::placement::ProcInfo;
-use crate::report::Report;
+use crate::report::{FleetReport, Report, TenantReport};
 use crate::store::{Event, Level, Usage, UsagePoint};
 use std::fmt::Display;
 
@@ -430,9 +430,31 @@ pub fn usage(u: &Usage, times: &Times) -> String {
 
 /// The SLA report as a table: one line per tenant.
 pub fn report(r: &Report) -> String {
+    tenants_table(&r.tenants)
+}
+
+/// `tenantd report --fleet`: the table across nodes, then one per node under its name.
+pub fn fleet_report(r: &FleetReport) -> String {
+    let mut out = format!(
+        "fleet {} ({} nodes), across nodes:\n{}",
+        r.store,
+        r.nodes.len(),
+        tenants_table(&r.tenants)
+    );
+    for n in &r.nodes {
+        out.push_str(&format!(
+            "\nnode {}:\n{}",
+            n.node,
+            tenants_table(&n.tenants)
+        ));
+    }
+    out
+}
+
+/// One row per tenant of a report.
+fn tenants_table(tenants: &[TenantReport]) -> String {
     let ratio = |v: Option<f64>| or_dash(v.map(|x| format!("{:.1}%", x * 100.0)));
-    let rows: Vec<Vec<String>> = r
-        .tenants
+    let rows: Vec<Vec<String>> = tenants
         .iter()
         .map(|t| {
             vec![

@@ -20,7 +20,7 @@ use crate::api::{Attached, Host};
 use crate::engine::TenantView;
 use crate::engine::autoplace::Explanation;
 use crate::engine::placement::ProcInfo;
-use crate::report::Report;
+use crate::report::{FleetReport, Report};
 use crate::store::{Event, Usage};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use client::{Client, ClientError, TENANTS_PAGE};
@@ -119,6 +119,10 @@ pub enum Cmd {
         to: Option<String>,
         #[arg(long)]
         tenant: Option<String>,
+        /// The whole fleet's report (a node of a fleet only): per tenant across nodes, then
+        /// per node, from the minutes the nodes shipped to the fleet store.
+        #[arg(long)]
+        fleet: bool,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -396,6 +400,7 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
             from,
             to,
             tenant,
+            fleet,
             client: o,
         } => {
             let c = Client::new(&o.addr, o.token.clone());
@@ -410,8 +415,14 @@ async fn client_main(cmd: Cmd) -> Result<(), ClientError> {
                     q.push(format!("{k}={v}"));
                 }
             }
+            if fleet {
+                q.push("scope=fleet".into());
+            }
             let path = format!("/v1/reports/sla?{}", q.join("&"));
-            if format == "json" {
+            if format == "json" && fleet {
+                let v: FleetReport = c.get(&path).await?;
+                print(o.output, &v, format::fleet_report);
+            } else if format == "json" {
                 let v: Report = c.get(&path).await?;
                 print(o.output, &v, format::report);
             } else {

@@ -397,6 +397,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot join the fleet store {}", fleet.store_shown()))?;
             tasks.spawn(fleet.clone().run(shutdown.clone()));
+            tasks.spawn(crate::engine::fleet_history::ship(
+                fleet.clone(),
+                shutdown.clone(),
+            ));
             Some(fleet)
         }
     };
@@ -587,7 +591,9 @@ async fn placement_task(
 
 /// Starts the reader of the kernel's process events (`cgroup::proc_connector`) on a thread of
 /// its own: an exec, uid or gid change of a process (its thread group leader) is considered
-/// by the placer at once; a fork is not, since the child stays in its parent's cgroup and has
+/// by the placer at once, every such process of the events queued so far in one batch
+/// (`Placer::consider_batch`: one write lock and journal transaction for the batch's moves,
+/// so under a burst the batches grow instead of the queue); a fork is not, since the child stays in its parent's cgroup and has
 /// its parent's facts until it execs or changes ids, which are events of their own. Events
 /// the kernel dropped wake the rescan (`lost`). Where the kernel refuses the subscription (no
 /// CAP_NET_ADMIN, not in the initial namespaces, no CONFIG_PROC_EVENTS) the log says why and
@@ -598,21 +604,30 @@ fn process_event_reader(
     every: std::time::Duration,
 ) -> Option<crate::cgroup::proc_connector::ReaderThread> {
     use crate::cgroup::proc_connector::{ProcConnector, ProcEvent};
-    let on_event = move |s: crate::cgroup::proc_connector::Stamped| match s.event {
-        ProcEvent::Exec { pid, tgid }
-        | ProcEvent::Uid { pid, tgid, .. }
-        | ProcEvent::Gid { pid, tgid, .. }
-            if pid == tgid =>
-        {
-            placer.consider(tgid);
+    let mut pids = Vec::new();
+    let on_batch = move |b: crate::cgroup::proc_connector::Batch| {
+        pids.clear();
+        for s in b.events {
+            match s.event {
+                ProcEvent::Exec { pid, tgid }
+                | ProcEvent::Uid { pid, tgid, .. }
+                | ProcEvent::Gid { pid, tgid, .. }
+                    if pid == tgid =>
+                {
+                    pids.push(tgid);
+                }
+                ProcEvent::Lost(why) => {
+                    tracing::debug!("process events lost ({why:?}): rescanning /proc");
+                    lost.notify_one();
+                }
+                _ => {}
+            }
         }
-        ProcEvent::Lost(why) => {
-            tracing::debug!("process events lost ({why:?}): rescanning /proc");
-            lost.notify_one();
+        if !pids.is_empty() {
+            placer.consider_batch(&pids);
         }
-        _ => {}
     };
-    match ProcConnector::open().and_then(|c| c.spawn(on_event)) {
+    match ProcConnector::open().and_then(|c| c.spawn_batches(on_batch)) {
         Ok(r) => {
             tracing::info!(
                 "placement: listening to the kernel's process events (exec, uid, gid); /proc is rescanned every {} s as well",

@@ -25,6 +25,7 @@
 //!   `process_placed` event per tenant per flush (every rescan and every second), with a
 //!   count and the first PIDs, never one event per process.
 
+use super::placement::Attached;
 use super::{EngineError, Governor, now_ms};
 use crate::cgroup::CgroupPath;
 use crate::cgroup::v1_parse::proc_cgroup;
@@ -37,10 +38,14 @@ use crate::domain::placement::{
 use crate::metrics::TenantCounters;
 use crate::store::NewEvent;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+
+/// How many processes of a rescan go to the governor in one batch (one write lock, one
+/// journal transaction each way): bounds how long a rescan holds the lock at a time.
+const RESCAN_BATCH: usize = 128;
 
 /// PF_KTHREAD from include/linux/sched.h.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -262,6 +267,18 @@ struct Burst {
     not_placed: BTreeMap<(TenantName, String), (u64, Vec<u32>)>,
 }
 
+/// The tenants to read again (`Governor::refresh_kernel`) after placements, coalesced: one
+/// task at a time reads every tenant queued so far, so a burst of placements into a tenant
+/// costs one read of it, not one per process.
+#[derive(Debug, Default)]
+struct RefreshQueue {
+    pending: BTreeSet<TenantName>,
+    /// Whether a task is reading (it takes what is queued until nothing is).
+    running: bool,
+    /// How many tenant reads were started (for tests and the bench's reasoning).
+    reads: u64,
+}
+
 /// The placer's state: the accounts, the rules in force, who was placed by hand or by rule,
 /// and what to report. Owned by the `Governor`.
 pub struct AutoState {
@@ -272,6 +289,8 @@ pub struct AutoState {
     /// Processes reported as not placed (delegated), so each is reported once.
     reported: Mutex<HashSet<ProcId>>,
     burst: Mutex<Burst>,
+    /// Tenants whose kernel values are to be read again after placements between rescans.
+    refresh: Mutex<RefreshQueue>,
     /// Woken when a tenant's placement rule changed: the rescan task runs at once.
     pub changed: tokio::sync::Notify,
     pub placed_total: TenantCounters,
@@ -292,6 +311,7 @@ impl AutoState {
             by_rule: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashSet::new()),
             burst: Mutex::new(Burst::default()),
+            refresh: Mutex::new(RefreshQueue::default()),
             changed: tokio::sync::Notify::new(),
             placed_total: TenantCounters::default(),
             not_placed_total: TenantCounters::default(),
@@ -317,7 +337,7 @@ impl AutoState {
         self.by_hand.lock().expect("by_hand lock").insert(id);
     }
 
-    fn is_by_hand(&self, id: ProcId) -> bool {
+    pub(super) fn is_by_hand(&self, id: ProcId) -> bool {
         self.by_hand.lock().expect("by_hand lock").contains(&id)
     }
 
@@ -474,27 +494,38 @@ pub struct StatusIds {
 
 /// Parses the lines of /proc/PID/status the placer needs; `None` when one is missing.
 pub fn parse_status_ids(text: &str) -> Option<StatusIds> {
+    parse_status_id_bytes(text.as_bytes())
+}
+
+/// `parse_status_ids` over the file's bytes: only the lines it needs are taken as text (the
+/// `Name:` line before them holds the command name, which need not be UTF-8).
+pub fn parse_status_id_bytes(text: &[u8]) -> Option<StatusIds> {
     let (mut tgid, mut uid, mut gid, mut groups) = (None, None, None, None);
-    for l in text.lines() {
-        if let Some(v) = l.strip_prefix("Tgid:") {
-            tgid = v.trim().parse().ok();
-        } else if let Some(v) = l.strip_prefix("Uid:") {
-            let mut n = v.split_whitespace().map(|x| x.parse::<u32>());
-            uid = match (n.next(), n.next()) {
-                (Some(Ok(r)), Some(Ok(e))) => Some((r, e)),
-                _ => None,
-            };
-        } else if let Some(v) = l.strip_prefix("Gid:") {
-            let mut n = v.split_whitespace().map(|x| x.parse::<u32>());
-            gid = match (n.next(), n.next()) {
-                (Some(Ok(r)), Some(Ok(e))) => Some((r, e)),
-                _ => None,
-            };
-        } else if let Some(v) = l.strip_prefix("Groups:") {
-            groups = v
-                .split_whitespace()
-                .map(|x| x.parse::<u32>().ok())
-                .collect::<Option<Vec<u32>>>();
+    /// The rest of a line that starts with `key` (`Some(None)`: not text).
+    fn value<'a>(l: &'a [u8], key: &[u8]) -> Option<Option<&'a str>> {
+        let v = l.strip_prefix(key)?;
+        Some(std::str::from_utf8(v).ok())
+    }
+    let two = |v: &str| {
+        let mut n = v.split_whitespace().map(|x| x.parse::<u32>());
+        match (n.next(), n.next()) {
+            (Some(Ok(r)), Some(Ok(e))) => Some((r, e)),
+            _ => None,
+        }
+    };
+    for l in text.split(|b| *b == b'\n') {
+        if let Some(v) = value(l, b"Tgid:") {
+            tgid = v.and_then(|v| v.trim().parse().ok());
+        } else if let Some(v) = value(l, b"Uid:") {
+            uid = v.and_then(two);
+        } else if let Some(v) = value(l, b"Gid:") {
+            gid = v.and_then(two);
+        } else if let Some(v) = value(l, b"Groups:") {
+            groups = v.and_then(|v| {
+                v.split_whitespace()
+                    .map(|x| x.parse::<u32>().ok())
+                    .collect::<Option<Vec<u32>>>()
+            });
             // Groups comes after Uid and Gid.
             break;
         }
@@ -546,6 +577,28 @@ fn read_small(p: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The ids of `/proc/PID/status` (`dir` is `/proc/PID`): one read into a buffer on the stack
+/// (the kernel formats the whole file for it, about 1.5 KiB, and the lines needed are among
+/// the first), the whole file read only when it fills the buffer (many groups). What a
+/// rescan of a host's processes spends most on, so no allocation but the answer's.
+fn read_status_ids(dir: &Path) -> Option<StatusIds> {
+    let p = dir.join("status");
+    let mut buf = [0u8; 4096];
+    let mut f = std::fs::File::open(&p).ok()?;
+    let n = loop {
+        match f.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    };
+    if n < buf.len() {
+        return parse_status_id_bytes(&buf[..n]);
+    }
+    let whole = read_small(&p, 64 * 1024).ok()?;
+    parse_status_id_bytes(&whole)
+}
+
 /// The start time and flags of `pid`, `None` when it is gone.
 fn read_stat(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
     let mut p = proc_root.join(pid.to_string());
@@ -570,8 +623,7 @@ fn read_facts(
     };
     let mut ids = None;
     if needs.ids {
-        let status = read_small(&dir.join("status"), 64 * 1024).ok()?;
-        let s = parse_status_ids(&String::from_utf8_lossy(&status))?;
+        let s = read_status_ids(&dir)?;
         facts.ruid = s.ruid;
         facts.euid = s.euid;
         facts.gids = s.gids.clone();
@@ -606,8 +658,7 @@ fn may_match(proc_root: &Path, pid: u32, rules: &ActiveRules) -> Option<bool> {
                 &[RuleField::Exe]
             }
             RuleField::Uids if needs.ids => {
-                let status = read_small(&dir.join("status"), 64 * 1024).ok()?;
-                let s = parse_status_ids(&String::from_utf8_lossy(&status))?;
+                let s = read_status_ids(&dir)?;
                 (facts.ruid, facts.euid, facts.gids) = (s.ruid, s.euid, s.gids);
                 &[RuleField::Uids, RuleField::Gids]
             }
@@ -715,15 +766,97 @@ impl Placer {
     }
 
     /// Considers `pid` against the rules in force and moves it when one names a tenant it is
-    /// not in. The connector's entry point: one call per exec, uid, gid or fork event.
+    /// not in: `consider_batch` of one.
     pub fn consider(&self, pid: u32) -> Outcome {
+        self.consider_batch(&[pid])
+            .pop()
+            .map(|(_, o)| o)
+            .unwrap_or(Outcome::Gone)
+    }
+
+    /// The connector's entry point: the processes of one burst of exec, uid and gid events
+    /// (`pids`, in the order received; a PID named twice is considered once). Each is matched
+    /// and checked on its own, then the moves go through the governor together
+    /// (`attach_by_rule`: one write lock and one journal transaction for them all), and the
+    /// tenants that received a process are read again once, after the burst (coalesced
+    /// with the reads still queued). One answer per distinct PID, in order.
+    pub fn consider_batch(&self, pids: &[u32]) -> Vec<(u32, Outcome)> {
         let rules = self.gov.placement_rules(false);
-        let o = self.consider_with(&rules, pid);
-        if let Outcome::Placed { tenant } = &o {
-            let (gov, t) = (self.gov.clone(), tenant.clone());
-            self.rt.spawn(async move {
-                let _ = gov.refresh_kernel(Some(vec![t])).await;
-            });
+        let out = self.consider_many(&rules, pids, false);
+        self.refresh_later(out.iter().filter_map(|(_, o)| match o {
+            Outcome::Placed { tenant } => Some(tenant.clone()),
+            _ => None,
+        }));
+        out
+    }
+
+    /// Queues `tenants` for a read of their kernel values; starts the reading task unless
+    /// one is running (it takes whatever is queued until nothing is).
+    fn refresh_later(&self, tenants: impl IntoIterator<Item = TenantName>) {
+        let auto = &self.gov.auto;
+        {
+            let mut q = auto.refresh.lock().expect("refresh lock");
+            q.pending.extend(tenants);
+            if q.running || q.pending.is_empty() {
+                return;
+            }
+            q.running = true;
+        }
+        let gov = self.gov.clone();
+        self.rt.spawn(async move {
+            loop {
+                let names: Vec<TenantName> = {
+                    let mut q = gov.auto.refresh.lock().expect("refresh lock");
+                    if q.pending.is_empty() {
+                        q.running = false;
+                        break;
+                    }
+                    q.reads += q.pending.len() as u64;
+                    std::mem::take(&mut q.pending).into_iter().collect()
+                };
+                let _ = gov.refresh_kernel(Some(names)).await;
+            }
+        });
+    }
+
+    /// How many tenant reads `refresh_later` started so far, and whether one is running.
+    pub fn refresh_reads(&self) -> (u64, bool) {
+        let q = self.gov.auto.refresh.lock().expect("refresh lock");
+        (q.reads, q.running || !q.pending.is_empty())
+    }
+
+    /// Carries out a decision taken earlier for the process `id` (PID and start time): moves
+    /// it into `tenant`, whose rule named it, after the same checks as `consider`. For a
+    /// caller that decides apart from the move (`explain`, a queue of decisions): the move is
+    /// refused (`Gone`) when the PID names another process by then, so a decision never
+    /// passes to the next holder of a recycled PID.
+    pub fn place_decided(&self, id: ProcId, tenant: &TenantName) -> Outcome {
+        let rules = self.gov.placement_rules(false);
+        let Some(override_delegated) = rules
+            .rules
+            .iter()
+            .find(|(t, _)| *t == tenant)
+            .map(|(_, r)| r.override_delegated())
+        else {
+            return Outcome::NoRule;
+        };
+        let (pid, st) = id;
+        if let Err(o) = self.cleared(&rules, pid, st, tenant, override_delegated) {
+            return o;
+        }
+        let batch = [(tenant.clone(), pid, st)];
+        let o = match self.rt.block_on(self.gov.attach_by_rule(&batch)) {
+            Ok(done) => match done.into_iter().next() {
+                Some(r) => self.record(&rules, pid, st, tenant.clone(), r),
+                None => Outcome::Gone,
+            },
+            Err(e) => Outcome::Failed {
+                tenant: tenant.clone(),
+                detail: e.to_string(),
+            },
+        };
+        if matches!(o, Outcome::Placed { .. }) {
+            self.refresh_later([tenant.clone()]);
         }
         o
     }
@@ -745,12 +878,16 @@ impl Placer {
                     return report;
                 }
             };
-            for e in entries.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                    continue;
-                };
-                report.processes += 1;
-                match self.consider_with(&rules, pid) {
+            let pids: Vec<u32> = entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+                .collect();
+            report.processes = pids.len();
+            let outcomes = pids
+                .chunks(RESCAN_BATCH)
+                .flat_map(|c| self.consider_many(&rules, c, true));
+            for (_, o) in outcomes {
+                match o {
                     Outcome::Placed { tenant } => {
                         report.matched += 1;
                         report.placed += 1;
@@ -783,13 +920,78 @@ impl Placer {
         report
     }
 
-    /// The decision for one process, then `act`. The facts the rules need are read first and
-    /// matched (`may_match`); only a process some rule may name has its identity read (start time and flags
-    /// from /proc/PID/stat) and its facts read and matched again after it, so the facts that
-    /// decide are those of the process the move names (and `attach_by_rule` checks that
-    /// identity again right before and after the move). A rescan of processes no rule names
-    /// thus reads only what the rules look at.
-    fn consider_with(&self, rules: &ActiveRules, pid: u32) -> Outcome {
+    /// `pids` (each once) against `rules`: each is decided on its own (`decide`), then the
+    /// moves go to the governor as one batch and their outcomes are recorded (`record`).
+    /// `prefilter`: see `decide`.
+    fn consider_many(
+        &self,
+        rules: &ActiveRules,
+        pids: &[u32],
+        prefilter: bool,
+    ) -> Vec<(u32, Outcome)> {
+        let mut seen = HashSet::with_capacity(pids.len());
+        let mut out: Vec<(u32, Option<Outcome>)> = Vec::with_capacity(pids.len());
+        // (index in `out`, PID, start time, tenant)
+        let mut moves: Vec<(usize, u32, u64, TenantName)> = Vec::new();
+        for &pid in pids {
+            if !seen.insert(pid) {
+                continue;
+            }
+            match self.decide(rules, pid, prefilter) {
+                Ok((st, tenant)) => {
+                    moves.push((out.len(), pid, st, tenant));
+                    out.push((pid, None));
+                }
+                Err(o) => out.push((pid, Some(o))),
+            }
+        }
+        if !moves.is_empty() {
+            let batch: Vec<(TenantName, u32, u64)> = moves
+                .iter()
+                .map(|(_, pid, st, t)| (t.clone(), *pid, *st))
+                .collect();
+            match self.rt.block_on(self.gov.attach_by_rule(&batch)) {
+                Ok(done) => {
+                    for ((i, pid, st, tenant), r) in moves.into_iter().zip(done) {
+                        out[i].1 = Some(self.record(rules, pid, st, tenant, r));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "placing {} processes by their rules failed (none was moved): {e}",
+                        moves.len()
+                    );
+                    for (i, _, _, tenant) in moves {
+                        out[i].1 = Some(Outcome::Failed {
+                            tenant,
+                            detail: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(pid, o)| (pid, o.unwrap_or(Outcome::Gone)))
+            .collect()
+    }
+
+    /// The decision for one process: `Ok((start time, tenant))` when it is to be moved,
+    /// otherwise what happens instead. The process's identity (start time and flags from
+    /// /proc/PID/stat) is read before the facts that decide, so those are the facts of the
+    /// process the move names (and `attach_by_rule` checks that identity again right before
+    /// and after the move). With `prefilter` (a rescan, where most processes match no rule)
+    /// the facts the rules need are first read cheapest first and matched (`may_match`), and
+    /// only a process some rule may name has its identity and facts read and matched again:
+    /// a rescan of processes no rule names reads only what the rules look at. Without it (an
+    /// exec or id change, most often of a process a rule names) the rules are matched once.
+    /// Then the checks between the rule and the move (`placement_checks`); a delegated
+    /// process is reported here.
+    fn decide(
+        &self,
+        rules: &ActiveRules,
+        pid: u32,
+        prefilter: bool,
+    ) -> Result<(u64, TenantName), Outcome> {
         let gov = &self.gov;
         let left = |why, detail: String| Outcome::Left {
             tenant: None,
@@ -797,59 +999,64 @@ impl Placer {
             detail,
         };
         if pid <= 1 || pid == gov.self_pid() {
-            return left(
+            return Err(left(
                 LeftWhy::NeverTouched,
                 "PID 1 and tenantd itself are never moved".into(),
-            );
+            ));
         }
         if rules.rules.is_empty() {
-            return Outcome::NoRule;
+            return Err(Outcome::NoRule);
         }
         let proc_root = gov.proc_root();
-        match may_match(proc_root, pid, rules) {
-            None => return Outcome::Gone,
-            Some(false) => return Outcome::NoRule,
-            Some(true) => {}
+        if prefilter {
+            match may_match(proc_root, pid, rules) {
+                None => return Err(Outcome::Gone),
+                Some(false) => return Err(Outcome::NoRule),
+                Some(true) => {}
+            }
         }
         let Some((flags, st)) = read_stat(proc_root, pid) else {
-            return Outcome::Gone;
+            return Err(Outcome::Gone);
         };
         if flags & PF_KTHREAD != 0 {
-            return left(
+            return Err(left(
                 LeftWhy::KernelThread,
                 "kernel threads cannot be moved".into(),
-            );
+            ));
         }
         let Some((facts, ids)) = read_facts(proc_root, pid, st, rules.needs) else {
-            return Outcome::Gone;
+            return Err(Outcome::Gone);
         };
         if let Some(s) = &ids
             && s.tgid != pid
         {
-            return left(
+            return Err(left(
                 LeftWhy::NeverTouched,
                 format!("{pid} is a thread of process {}", s.tgid),
-            );
+            ));
         }
         let Some(d) = rules.rules.place(&facts) else {
-            return Outcome::NoRule;
+            return Err(Outcome::NoRule);
         };
         let tenant = d.tenant.clone();
-        let override_delegated = d.override_delegated;
-        self.act(rules, pid, st, tenant, override_delegated)
+        self.cleared(rules, pid, st, &tenant, d.override_delegated)?;
+        Ok((st, tenant))
     }
 
-    /// The checks after a rule named `tenant` for the process (`pid`, `st`), then the move.
-    fn act(
+    /// The checks between a rule that names `tenant` for the process (`pid`, `st`) and its
+    /// move (`placement_checks`); a delegated process is reported here.
+    fn cleared(
         &self,
         rules: &ActiveRules,
         pid: u32,
         st: u64,
-        tenant: TenantName,
+        tenant: &TenantName,
         override_delegated: bool,
-    ) -> Outcome {
-        let gov = &self.gov;
-        match gov.placement_checks(rules, pid, st, &tenant, override_delegated) {
+    ) -> Result<(), Outcome> {
+        match self
+            .gov
+            .placement_checks(rules, pid, st, tenant, override_delegated)
+        {
             Ok(None) => {}
             Ok(Some(at)) => tracing::info!(
                 "PID {pid}: in {}, which another manager delegated (Delegate=yes); moved into tenant '{tenant}' as its rule says override_delegated",
@@ -862,17 +1069,29 @@ impl Placer {
                     ..
                 } = &o
                 {
-                    self.report_not_placed(&tenant, pid, st, detail);
+                    self.report_not_placed(tenant, pid, st, detail);
                 }
-                return o;
+                return Err(o);
             }
         }
-        let Some((_, rule_text)) = rules.leaves.get(&tenant) else {
-            return Outcome::NoRule;
-        };
-        let moved = self.rt.block_on(gov.attach_by_rule(&tenant, pid, st));
+        if !rules.leaves.contains_key(tenant) {
+            return Err(Outcome::NoRule);
+        }
+        Ok(())
+    }
+
+    /// What a move of the batch did, remembered (`by_rule`), counted and added to the burst.
+    fn record(
+        &self,
+        rules: &ActiveRules,
+        pid: u32,
+        st: u64,
+        tenant: TenantName,
+        moved: Result<Attached, EngineError>,
+    ) -> Outcome {
+        let gov = &self.gov;
         match moved {
-            Ok(()) => {
+            Ok(Attached::Moved { .. }) => {
                 gov.auto
                     .by_rule
                     .lock()
@@ -882,11 +1101,16 @@ impl Placer {
                     .placed_total
                     .get_or_create(&vec![("tenant".to_string(), tenant.to_string())])
                     .inc();
+                let rule_text = rules
+                    .leaves
+                    .get(&tenant)
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
                 let mut burst = gov.auto.burst.lock().expect("burst lock");
                 let e = burst
                     .placed
                     .entry(tenant.clone())
-                    .or_insert_with(|| (0, Vec::new(), rule_text.clone()));
+                    .or_insert_with(|| (0, Vec::new(), rule_text));
                 e.0 += 1;
                 if e.1.len() < MAX_EVENT_PIDS {
                     e.1.push(pid);
@@ -894,6 +1118,12 @@ impl Placer {
                 tracing::debug!("PID {pid} placed in tenant '{tenant}' by its rule");
                 Outcome::Placed { tenant }
             }
+            Ok(Attached::AlreadyThere) => Outcome::AlreadyThere { tenant },
+            Ok(Attached::PlacedByHand) => Outcome::Left {
+                tenant: Some(tenant),
+                why: LeftWhy::PlacedByHand,
+                detail: "placed by hand; it stays where it was put".into(),
+            },
             Err(EngineError::BadPid { .. })
                 if read_stat(gov.proc_root(), pid).map(|s| s.1) != Some(st) =>
             {
@@ -1253,6 +1483,10 @@ mod tests {
             })
         );
         assert_eq!(parse_status_ids("Tgid:\t7\n"), None);
+        // A command name that is not UTF-8 does not hide the ids.
+        let mut odd = b"Name:\tx\xff\xfe\n".to_vec();
+        odd.extend_from_slice(STATUS.split_once('\n').unwrap().1.as_bytes());
+        assert_eq!(parse_status_id_bytes(&odd), parse_status_ids(STATUS));
         // Our own status, from the running kernel.
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         let s = parse_status_ids(&own).unwrap();
@@ -1309,6 +1543,19 @@ mod tests {
             f.cmdline.as_deref(),
             Some(&b"gunicorn: worker [acme]\0-w\0"[..])
         );
+        // A status longer than the first read (many supplementary groups) is read whole.
+        let groups: Vec<String> = (5000..6500).map(|g| g.to_string()).collect();
+        std::fs::write(
+            p.join("status"),
+            STATUS.replace(
+                "Groups:\t27 2000 ",
+                &format!("Groups:\t{}", groups.join(" ")),
+            ),
+        )
+        .unwrap();
+        let (f, _) = read_facts(d.path(), 4242, 5, all).unwrap();
+        assert_eq!(f.gids.len(), 1 + 1500);
+        assert_eq!(f.gids.last(), Some(&6499));
         // A status that cannot be read: no facts.
         std::fs::remove_file(p.join("status")).unwrap();
         assert!(read_facts(d.path(), 4242, 5, all).is_none());
@@ -1413,6 +1660,340 @@ mod tests {
         };
         let (facts, _) = read_facts(d.path(), 77, 1, all).unwrap();
         assert!(rules.rules.place(&facts).is_some());
+    }
+
+    /// The batch path against a scratch /proc and a scratch v2 tree: a backend that, like the
+    /// kernel, shows a moved process in its new cgroup in `<proc>/PID/cgroup`.
+    mod batch {
+        use super::*;
+        use crate::cgroup::{Backend, Change, HostCgroup, v2::V2};
+        use crate::domain::TenantSpec;
+        use crate::domain::plan::Settings;
+        use crate::engine::EngineConfig;
+
+        struct MovesProcs {
+            v2: V2,
+            mount: PathBuf,
+            proc_root: PathBuf,
+        }
+
+        impl MovesProcs {
+            fn show_in(&self, pid: u32, dir: &Path) {
+                let rel = dir.strip_prefix(&self.mount).unwrap();
+                let cg = self.proc_root.join(format!("{pid}/cgroup"));
+                if cg.exists() {
+                    std::fs::write(cg, format!("0::/{}\n", rel.display())).unwrap();
+                }
+            }
+        }
+
+        type R<T> = crate::cgroup::Result<T>;
+        impl Backend for MovesProcs {
+            fn host(&self) -> R<HostCgroup> {
+                self.v2.host()
+            }
+            fn prepare_root(&self) -> R<()> {
+                self.v2.prepare_root()
+            }
+            fn ensure(&self, dir: &CgroupPath, leaf: bool) -> R<bool> {
+                self.v2.ensure(dir, leaf)
+            }
+            fn apply(&self, dir: &CgroupPath, want: &Settings) -> R<Vec<Change>> {
+                self.v2.apply(dir, want)
+            }
+            fn drift(&self, dir: &CgroupPath, want: &Settings) -> R<Vec<Change>> {
+                self.v2.drift(dir, want)
+            }
+            fn read(&self, dir: &CgroupPath) -> R<Settings> {
+                self.v2.read(dir)
+            }
+            fn procs(&self, dir: &CgroupPath) -> R<Vec<u32>> {
+                self.v2.procs(dir)
+            }
+            fn populated(&self, dir: &CgroupPath) -> R<bool> {
+                self.v2.populated(dir)
+            }
+            fn subtree_procs(&self, dir: &CgroupPath) -> R<Vec<u32>> {
+                self.v2.subtree_procs(dir)
+            }
+            fn attach(&self, dir: &CgroupPath, pid: u32) -> R<()> {
+                self.v2.attach(dir, pid)?;
+                self.show_in(pid, &self.v2.path_of(dir));
+                Ok(())
+            }
+            fn place(&self, pid: u32, from: &[PathBuf], to: &[PathBuf]) -> R<()> {
+                if from != to {
+                    self.show_in(pid, &to[0]);
+                }
+                Ok(())
+            }
+            fn dirs(&self, dir: &CgroupPath) -> Vec<PathBuf> {
+                self.v2.dirs(dir)
+            }
+            fn locate(&self, proc_root: &Path, pid: u32) -> R<Vec<PathBuf>> {
+                self.v2.locate(proc_root, pid)
+            }
+            fn kill(&self, dir: &CgroupPath) -> R<()> {
+                self.v2.kill(dir)
+            }
+            fn remove(&self, dir: &CgroupPath) -> R<()> {
+                self.v2.remove(dir)
+            }
+            fn children(&self, dir: &CgroupPath) -> R<Vec<String>> {
+                self.v2.children(dir)
+            }
+            fn exists(&self, dir: &CgroupPath) -> bool {
+                self.v2.exists(dir)
+            }
+            fn path_of(&self, dir: &CgroupPath) -> PathBuf {
+                self.v2.path_of(dir)
+            }
+        }
+
+        const FIXTURE: &str = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/cgroupfs/6.1.0-56-amd64/fixture/work"
+        );
+
+        /// A cgroup directory of the scratch tree, with the fixture's files.
+        fn cgroup_dir(dir: &Path) {
+            std::fs::create_dir_all(dir).unwrap();
+            for f in std::fs::read_dir(FIXTURE).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+            }
+            // Without the per-device line the fixture has (its device is not this host's).
+            std::fs::write(dir.join("io.weight"), "default 100\n").unwrap();
+        }
+
+        /// A process of the scratch /proc: `sleep` with this argv[0], start time `st`,
+        /// outside the governor root.
+        fn process(proc_root: &Path, pid: u32, st: u64, argv0: &str) {
+            let d = proc_root.join(pid.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("stat"),
+                format!("{pid} (sleep) S 1 {pid} {pid} 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {st} 1000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"),
+            )
+            .unwrap();
+            std::fs::write(d.join("status"), STATUS.replace("4242", &pid.to_string())).unwrap();
+            std::fs::write(d.join("cmdline"), format!("{argv0}\x000.05\x00")).unwrap();
+            let _ = std::fs::remove_file(d.join("exe"));
+            std::os::unix::fs::symlink("/usr/bin/sleep", d.join("exe")).unwrap();
+            std::fs::write(d.join("cgroup"), "0::/outside\n").unwrap();
+        }
+
+        struct Setup {
+            _tmp: tempfile::TempDir,
+            rt: tokio::runtime::Runtime,
+            gov: Arc<Governor>,
+            proc_root: PathBuf,
+            root: PathBuf,
+        }
+
+        /// A governor over the scratch tree with tenants `a` and `b`, whose rules match
+        /// argv[0] `job-a` and `job-b`.
+        fn setup() -> Setup {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mount, root, proc_root) = (
+                tmp.path().to_path_buf(),
+                tmp.path().join("root"),
+                tmp.path().join("proc"),
+            );
+            std::fs::create_dir_all(proc_root.join("self")).unwrap();
+            for d in ["", "a", "a/_procs", "b", "b/_procs", "outside"] {
+                cgroup_dir(&root.join(d));
+            }
+            cgroup_dir(&mount.join("outside"));
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let cfg = EngineConfig {
+                proc_root: proc_root.clone(),
+                etc_dir: tmp.path().join("etc"),
+                ..EngineConfig::default()
+            };
+            let backend = Arc::new(MovesProcs {
+                v2: V2::new(&mount, &root, "/sys"),
+                mount: mount.clone(),
+                proc_root: proc_root.clone(),
+            });
+            let gov = rt.block_on(async {
+                let store = crate::store::Store::open(&tmp.path().join("t.db"))
+                    .await
+                    .unwrap();
+                let gov = Governor::new(
+                    backend,
+                    store,
+                    cfg,
+                    crate::domain::tenant::Capacity {
+                        cpus: 2.0,
+                        memory_bytes: 1 << 30,
+                        memory_reserve_bytes: 0,
+                    },
+                );
+                for t in ["a", "b"] {
+                    let spec: TenantSpec = serde_json::from_value(serde_json::json!({
+                        "placement": {"cmdline": format!("^job-{t}\\x00")}
+                    }))
+                    .unwrap();
+                    gov.put(&TenantName::parse(t).unwrap(), spec, "test")
+                        .await
+                        .unwrap();
+                }
+                gov
+            });
+            Setup {
+                _tmp: tmp,
+                rt,
+                gov,
+                proc_root,
+                root,
+            }
+        }
+
+        impl Setup {
+            fn placer(&self) -> Placer {
+                Placer::new(self.gov.clone(), self.rt.handle().clone())
+            }
+            fn cgroup_of(&self, pid: u32) -> String {
+                std::fs::read_to_string(self.proc_root.join(format!("{pid}/cgroup")))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            }
+            fn procs_of(&self, t: &str) -> String {
+                std::fs::read_to_string(self.root.join(t).join("_procs/cgroup.procs"))
+                    .unwrap_or_default()
+            }
+            fn intents(&self) -> usize {
+                self.rt.block_on(self.gov.store().intents()).unwrap().len()
+            }
+        }
+
+        /// Two processes of one burst go to the same tenant, a third to another, one PID is
+        /// named twice: each distinct PID is answered once, all are placed, the journal is
+        /// empty after, and each tenant is read again once for the burst.
+        #[test]
+        fn a_burst_is_placed_together_and_each_tenant_read_once() {
+            let s = setup();
+            let p = &s.proc_root;
+            process(p, 4_000_001, 11, "job-a");
+            process(p, 4_000_002, 12, "job-a");
+            process(p, 4_000_003, 13, "job-b");
+            process(p, 4_000_004, 14, "other");
+            let placer = s.placer();
+            let (reads0, _) = placer.refresh_reads();
+            let out =
+                placer.consider_batch(&[4_000_001, 4_000_002, 4_000_003, 4_000_001, 4_000_004]);
+            let a = TenantName::parse("a").unwrap();
+            let b = TenantName::parse("b").unwrap();
+            assert_eq!(
+                out,
+                vec![
+                    (4_000_001, Outcome::Placed { tenant: a.clone() }),
+                    (4_000_002, Outcome::Placed { tenant: a.clone() }),
+                    (4_000_003, Outcome::Placed { tenant: b.clone() }),
+                    (4_000_004, Outcome::NoRule),
+                ]
+            );
+            assert_eq!(s.cgroup_of(4_000_001), "0::/root/a/_procs");
+            assert_eq!(s.cgroup_of(4_000_002), "0::/root/a/_procs");
+            assert_eq!(s.cgroup_of(4_000_003), "0::/root/b/_procs");
+            assert_eq!(s.cgroup_of(4_000_004), "0::/outside");
+            assert_eq!(s.intents(), 0, "the batch's journal records are removed");
+            // One read of each tenant that received processes, not one per process.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let reads = loop {
+                let (reads, busy) = placer.refresh_reads();
+                if !busy || std::time::Instant::now() > deadline {
+                    break reads;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
+            assert_eq!(reads - reads0, 2, "tenants a and b, once each");
+            // Considered again: already there, nothing written, no read queued.
+            let again = placer.consider_batch(&[4_000_002]);
+            assert_eq!(
+                again,
+                vec![(4_000_002, Outcome::AlreadyThere { tenant: a })]
+            );
+            assert_eq!(placer.refresh_reads().0, reads);
+            // Counted per tenant, summarised as one event per tenant.
+            let burst = s.gov.auto.burst.lock().unwrap();
+            assert_eq!(burst.placed[&TenantName::parse("a").unwrap()].0, 2);
+            assert_eq!(burst.placed[&b].0, 1);
+        }
+
+        /// In one batch of moves: a process whose PID was reused since its rule matched it
+        /// (another start time), one that exited, one placed by hand meanwhile, and one that
+        /// is still itself. Only the last is moved; the journal is empty after.
+        #[test]
+        fn a_batch_moves_only_the_processes_that_are_still_themselves() {
+            let s = setup();
+            let p = &s.proc_root;
+            let a = TenantName::parse("a").unwrap();
+            process(p, 4_000_011, 21, "job-a");
+            process(p, 4_000_012, 99, "job-a"); // matched with start time 22: recycled
+            process(p, 4_000_014, 24, "job-a");
+            s.gov.auto.placed_by_hand((4_000_014, 24));
+            process(p, 4_000_015, 25, "job-a");
+            let moves = vec![
+                (a.clone(), 4_000_011, 21),
+                (a.clone(), 4_000_012, 22),
+                (a.clone(), 4_000_013, 23), // gone
+                (a.clone(), 4_000_014, 24),
+                (a.clone(), 4_000_015, 25),
+            ];
+            let done = s.rt.block_on(s.gov.attach_by_rule(&moves)).unwrap();
+            assert!(
+                matches!(done[0], Ok(Attached::Moved { start_time: 21 })),
+                "{done:?}"
+            );
+            assert!(
+                matches!(&done[1], Err(EngineError::BadPid { message, .. }) if message.contains("reused")),
+                "{done:?}"
+            );
+            assert!(
+                matches!(done[2], Err(EngineError::BadPid { .. })),
+                "{done:?}"
+            );
+            assert!(matches!(done[3], Ok(Attached::PlacedByHand)), "{done:?}");
+            assert!(
+                matches!(done[4], Ok(Attached::Moved { start_time: 25 })),
+                "{done:?}"
+            );
+            assert_eq!(s.cgroup_of(4_000_011), "0::/root/a/_procs");
+            assert_eq!(
+                s.cgroup_of(4_000_012),
+                "0::/outside",
+                "the new holder of the PID stays"
+            );
+            assert_eq!(
+                s.cgroup_of(4_000_014),
+                "0::/outside",
+                "placed by hand: left"
+            );
+            assert_eq!(s.cgroup_of(4_000_015), "0::/root/a/_procs");
+            assert!(!s.procs_of("a").contains("4000012"), "{}", s.procs_of("a"));
+            assert_eq!(s.intents(), 0);
+            // Through the placer: the recycled and the vanished PID are answered, not moved.
+            let placer = s.placer();
+            std::fs::remove_dir_all(p.join("4000011")).unwrap();
+            let out = placer.consider_batch(&[4_000_011, 4_000_012]);
+            // (Gone, or no rule when the rules only read a file it no longer has.)
+            assert!(
+                matches!(out[0], (4_000_011, Outcome::Gone | Outcome::NoRule)),
+                "{out:?}"
+            );
+            assert_eq!(
+                out[1],
+                (4_000_012, Outcome::Placed { tenant: a }),
+                "the PID's new holder matches on its own facts, read after its start time"
+            );
+        }
     }
 
     #[test]

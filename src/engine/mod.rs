@@ -10,11 +10,13 @@
 //! it decides), report building (`report`) and the reads the API answers from (`reads`: every
 //! store access of the API goes through the engine). Imports `domain`, `cgroup`, `store`,
 //! `report` and `metrics`; never `api`, `config` or `cli`. `fleet` is a node's part in a
-//! fleet sharing one desired state in PostgreSQL (issue 19).
+//! fleet sharing one desired state in PostgreSQL (issue 19); `fleet_history` ships the node's
+//! minutes there and builds the fleet SLA report.
 
 pub mod autoplace;
 pub mod egress;
 pub mod fleet;
+pub mod fleet_history;
 pub mod journal;
 pub mod placement;
 pub mod policy;
@@ -124,6 +126,10 @@ pub struct TenantView {
     #[schema(required = true)]
     pub egress: Option<egress::EgressView>,
 }
+
+/// What drifted of one tenant (`Governor::drift`): the values the kernel holds that differ
+/// from its plan, or why the kernel could not be read.
+pub type Drift = std::result::Result<Vec<crate::cgroup::Change>, String>;
 
 /// What the kernel held for one tenant when it was last read.
 #[derive(Debug, Clone)]
@@ -822,6 +828,41 @@ impl Governor {
         }
         k.extend(reads);
         Ok(())
+    }
+
+    /// What drifted in the kernel from each named tenant's plan (its directory and its
+    /// leaf), read now and not written: empty when the kernel holds the plan, `Err` with the
+    /// reason when it cannot be read. Tenants not in the desired state are left out. For the
+    /// fleet's per-node report; a reconcile pass restores what drifted.
+    pub async fn drift(&self, names: Vec<TenantName>) -> Result<Vec<(TenantName, Drift)>> {
+        let targets: Vec<(TenantName, CgroupPath, TenantPlan)> = self
+            .read(|c| {
+                names
+                    .into_iter()
+                    .filter_map(|n| {
+                        let plan = c.state.plan(&n)?.clone();
+                        Some((n.clone(), CgroupPath::tenant(&c.state.lineage(&n)), plan))
+                    })
+                    .collect()
+            })
+            .await?;
+        let b = self.backend.clone();
+        blocking(move || {
+            targets
+                .into_iter()
+                .map(|(n, dir, plan)| {
+                    let mut found = Vec::new();
+                    for (d, want) in [(dir.clone(), &plan.tenant), (dir.leaf(), &plan.leaf)] {
+                        match b.drift(&d, want) {
+                            Ok(c) => found.extend(c),
+                            Err(e) => return (n, Err(e.to_string())),
+                        }
+                    }
+                    (n, Ok(found))
+                })
+                .collect()
+        })
+        .await
     }
 
     /// One page of the tenants, by name, with spec, plan and the last kernel values read

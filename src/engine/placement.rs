@@ -6,7 +6,7 @@ use super::policy::{Admitted, Policy};
 use super::{EngineError, Governor, Result, blocking};
 use crate::cgroup::CgroupPath;
 use crate::domain::TenantName;
-use crate::store::NewEvent;
+use crate::store::{NewEvent, NewIntent};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -61,106 +61,194 @@ impl Governor {
         Ok(())
     }
 
-    /// `attach` for the placer: the process must still be the one its rule matched (`pid`
-    /// with `start_time`), no event per process (the placer summarises them), and the kernel
-    /// values are read again by the caller, once per burst.
-    pub async fn attach_by_rule(&self, name: &TenantName, pid: u32, start_time: u64) -> Result<()> {
-        self.attach_as(name, pid, By::Rule(start_time))
-            .await
-            .map(|_| ())
+    /// `attach` for the placer, for a batch of processes at once (`(tenant, PID, start
+    /// time)`): each process must still be the one its rule matched (`PID` with that start
+    /// time), no event per process (the placer summarises them), and the kernel values are
+    /// read again by the caller, once per burst. One write lock, one journal transaction
+    /// before the moves and one after them for the whole batch. `Err`: the batch failed as a
+    /// whole (the journal could not be written) and nothing was moved; otherwise one answer
+    /// per process, in order.
+    pub async fn attach_by_rule(
+        &self,
+        moves: &[(TenantName, u32, u64)],
+    ) -> Result<Vec<Result<Attached>>> {
+        let items: Vec<(&TenantName, u32, By<'_>)> = moves
+            .iter()
+            .map(|(t, pid, st)| (t, *pid, By::Rule(*st)))
+            .collect();
+        self.attach_batch(&items).await
     }
 
-    /// The one placement path; returns the start time of the process moved.
+    /// The one placement path, for one process (an API call).
     async fn attach_as(&self, name: &TenantName, pid: u32, by: By<'_>) -> Result<u64> {
+        let mut done = self.attach_batch(&[(name, pid, by)]).await?;
+        match done.pop() {
+            Some(Ok(Attached::Moved { start_time })) => Ok(start_time),
+            Some(Err(e)) => Err(e),
+            other => Err(EngineError::Join(format!(
+                "placement of PID {pid} answered {other:?}"
+            ))),
+        }
+    }
+
+    /// The one placement path: under the write lock, each process is checked (`policy`, and
+    /// for a rule's move its start time and that it was not placed by hand meanwhile) and
+    /// where it is in every hierarchy read; the batch's steps are journaled in one
+    /// transaction, each process is moved and checked (`move_checked`), and the steps are
+    /// removed (with the events of the moves by hand) in one transaction. When that last
+    /// write fails the moves are undone. A tenant directory missing in some hierarchy is made
+    /// again (with the tenant's values) before the process goes there.
+    async fn attach_batch(
+        &self,
+        items: &[(&TenantName, u32, By<'_>)],
+    ) -> Result<Vec<Result<Attached>>> {
         let _w = self.writes.lock().await;
         self.fresh_locked().await?;
-        let (plan, dir) = self
-            .read(|c| {
-                let plan = c.state.plan(name).cloned()?;
-                Some((plan, CgroupPath::tenant(&c.state.lineage(name))))
-            })
-            .await?
-            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
-        let leaf = dir.leaf();
+        let mut out: Vec<Option<Result<Attached>>> = Vec::with_capacity(items.len());
+        let mut prepare = Vec::new();
+        {
+            let g = self.desired.read().expect("desired lock");
+            let c = g.as_ref().expect("loaded by fresh_locked");
+            for (i, (name, pid, by)) in items.iter().enumerate() {
+                let expected = match by {
+                    By::Hand(_) => None,
+                    By::Rule(st) => Some(*st),
+                };
+                if let Some(st) = expected
+                    && self.auto.is_by_hand((*pid, st))
+                {
+                    out.push(Some(Ok(Attached::PlacedByHand)));
+                    continue;
+                }
+                match c.state.plan(name) {
+                    Some(plan) => {
+                        let dir = CgroupPath::tenant(&c.state.lineage(name));
+                        prepare.push((i, *pid, expected, dir, plan.clone()));
+                        out.push(None);
+                    }
+                    None => out.push(Some(Err(EngineError::NotFound(name.to_string())))),
+                }
+            }
+        }
         let policy = self.policy();
         let b = self.backend().clone();
-        let l = leaf.clone();
-        let expected = match by {
-            By::Hand(_) => None,
-            By::Rule(st) => Some(st),
-        };
-        let (admitted, from) = blocking(move || -> Result<(Admitted, Vec<PathBuf>)> {
-            let admitted = policy.check(pid).map_err(|r| EngineError::BadPid {
-                pid,
-                message: r.to_string(),
-            })?;
-            if let Some(st) = expected
-                && admitted.start_time != st
-            {
-                return Err(EngineError::BadPid {
+        // Checked, and where each process is now: (index, admitted, leaf, from).
+        let (checked, refused) = blocking(move || {
+            let tids = policy.daemon_tids();
+            let mut made: Vec<CgroupPath> = Vec::new();
+            let (mut checked, mut refused) = (Vec::new(), Vec::new());
+            for (i, pid, expected, dir, plan) in prepare {
+                let leaf = dir.leaf();
+                let r = check_one(
+                    b.as_ref(),
+                    &policy,
+                    &tids,
                     pid,
-                    message: format!(
-                        "PID {pid} now names another process than the one its rule matched (it exited and the PID was reused)"
-                    ),
-                });
+                    expected,
+                    &dir,
+                    &plan,
+                    &mut made,
+                );
+                match r {
+                    Ok((_, from)) if expected.is_some() && from == b.dirs(&leaf) => {
+                        refused.push((i, Ok(Attached::AlreadyThere)));
+                    }
+                    Ok((admitted, from)) => checked.push((i, admitted, leaf, from)),
+                    Err(e) => refused.push((i, Err(e))),
+                }
             }
-            if !b.exists(&l) {
-                b.ensure(&dir, true)?;
-                b.apply(&dir, &plan.tenant)?;
-                b.apply(&l, &plan.leaf)?;
-            }
-            let from = b
-                .locate(&policy.proc_root, pid)
-                .map_err(|e| gone_or(e, pid))?;
-            Ok((admitted, from))
+            (checked, refused)
         })
-        .await??;
-        let step = Step::Attach {
-            leaf: journal::text(&leaf),
-            pid,
-            start_time: admitted.start_time,
-            from: from.clone(),
-        };
-        let id = self.store().add_intent(&step.intent(name)).await?;
-        let (b, policy, tenant, f) = (
-            self.backend().clone(),
-            self.policy(),
-            name.to_string(),
-            from.clone(),
-        );
-        let l = leaf.clone();
-        let moved = blocking(move || move_checked(b.as_ref(), &policy, &l, admitted, &f, &tenant))
-            .await
-            .and_then(|r| r);
-        if let Err(e) = moved {
-            self.forget(id).await;
-            return Err(e);
+        .await?;
+        for (i, r) in refused {
+            out[i] = Some(r);
         }
-        let events: Vec<NewEvent> = match by {
-            By::Hand(actor) => vec![NewEvent {
-                ts_ms: super::now_ms(),
-                tenant: Some(name.to_string()),
-                actor: Some(actor.to_string()),
-                event: crate::domain::event::Event::ProcessAttached { pid },
-            }],
-            By::Rule(_) => Vec::new(),
-        };
-        if let Err(e) = self.store().finish_intent(id, &events).await {
-            // Not stored, so not done: back where it was (the record stays if the store still
-            // cannot write; the next pass finds nothing split and drops it).
-            let (b, proc_root) = (self.backend().clone(), self.proc_root().to_path_buf());
-            let undo = blocking(move || {
-                let now = b.locate(&proc_root, pid)?;
-                b.place(pid, &now, &from)
+        if !checked.is_empty() {
+            let steps: Vec<NewIntent> = checked
+                .iter()
+                .map(|(i, adm, leaf, from)| {
+                    Step::Attach {
+                        leaf: journal::text(leaf),
+                        pid: adm.pid,
+                        start_time: adm.start_time,
+                        from: from.clone(),
+                    }
+                    .intent(items[*i].0)
+                })
+                .collect();
+            let ids = self.store().add_intents(&steps).await?;
+            let (b, policy) = (self.backend().clone(), self.policy());
+            let tenants: Vec<String> = checked
+                .iter()
+                .map(|(i, ..)| items[*i].0.to_string())
+                .collect();
+            let (checked, moved) = blocking(move || {
+                let moved: Vec<Result<()>> = checked
+                    .iter()
+                    .zip(&tenants)
+                    .map(|((_, adm, leaf, from), t)| {
+                        move_checked(b.as_ref(), &policy, leaf, *adm, from, t)
+                    })
+                    .collect();
+                (checked, moved)
             })
-            .await;
-            if !matches!(undo, Ok(Ok(()))) {
-                tracing::warn!("PID {pid}: moving it back after a store failure failed: {undo:?}");
+            .await?;
+            let events: Vec<NewEvent> = checked
+                .iter()
+                .zip(&moved)
+                .filter(|(_, m)| m.is_ok())
+                .filter_map(|((i, adm, ..), _)| match items[*i].2 {
+                    By::Hand(actor) => Some(NewEvent {
+                        ts_ms: super::now_ms(),
+                        tenant: Some(items[*i].0.to_string()),
+                        actor: Some(actor.to_string()),
+                        event: crate::domain::event::Event::ProcessAttached { pid: adm.pid },
+                    }),
+                    By::Rule(_) => None,
+                })
+                .collect();
+            // The steps of failed moves (undone by `move_checked`) go with the rest.
+            if let Err(e) = self.store().finish_intents(&ids, &events).await {
+                // Not stored, so not done: back where they were (the records stay if the store
+                // still cannot write; the next pass finds nothing split and drops them).
+                let back: Vec<(u32, Vec<PathBuf>)> = checked
+                    .iter()
+                    .zip(&moved)
+                    .filter(|(_, m)| m.is_ok())
+                    .map(|((_, adm, _, from), _)| (adm.pid, from.clone()))
+                    .collect();
+                let (b, proc_root) = (self.backend().clone(), self.proc_root().to_path_buf());
+                let undo = blocking(move || {
+                    for (pid, from) in back {
+                        let r = b
+                            .locate(&proc_root, pid)
+                            .and_then(|now| b.place(pid, &now, &from));
+                        if let Err(e) = r {
+                            tracing::warn!(
+                                "PID {pid}: moving it back after a store failure failed: {e}"
+                            );
+                        }
+                    }
+                })
+                .await;
+                if let Err(e) = undo {
+                    tracing::warn!("moving processes back after a store failure failed: {e}");
+                }
+                for id in ids {
+                    self.forget(id).await;
+                }
+                return Err(e.into());
             }
-            self.forget(id).await;
-            return Err(e.into());
+            for ((i, adm, ..), m) in checked.into_iter().zip(moved) {
+                out[i] = Some(m.map(|()| Attached::Moved {
+                    start_time: adm.start_time,
+                }));
+            }
         }
-        Ok(admitted.start_time)
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every item answered"))
+            .collect())
     }
 
     /// The processes in the tenant's leaf.
@@ -180,6 +268,64 @@ impl Governor {
         })
         .await?
     }
+}
+
+/// What a placement of a batch did with one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// Moved into the tenant (the process's start time).
+    Moved { start_time: u64 },
+    /// A rule's move of a process already in the tenant's leaf in every hierarchy: nothing
+    /// was written.
+    AlreadyThere,
+    /// A rule's move of a process placed by hand since the rule matched it: left where it is.
+    PlacedByHand,
+}
+
+/// The checks of one process of a batch before its step is journaled: the policy (with the
+/// daemon's threads read once for the batch), for a rule's move that its PID still names
+/// the process the rule matched (`expected` start time), the tenant's directories made again
+/// if missing (looked at once per batch: `made` lists those known to exist), and where the process is now in every hierarchy.
+#[allow(clippy::too_many_arguments)]
+fn check_one(
+    b: &dyn crate::cgroup::Backend,
+    policy: &Policy,
+    tids: &[u32],
+    pid: u32,
+    expected: Option<u64>,
+    dir: &CgroupPath,
+    plan: &crate::domain::plan::TenantPlan,
+    made: &mut Vec<CgroupPath>,
+) -> Result<(Admitted, Vec<PathBuf>)> {
+    let admitted = policy
+        .check_with(pid, tids)
+        .map_err(|r| EngineError::BadPid {
+            pid,
+            message: r.to_string(),
+        })?;
+    if let Some(st) = expected
+        && admitted.start_time != st
+    {
+        return Err(EngineError::BadPid {
+            pid,
+            message: format!(
+                "PID {pid} now names another process than the one its rule matched (it exited and the PID was reused)"
+            ),
+        });
+    }
+    let leaf = dir.leaf();
+    if !made.contains(dir) {
+        if !b.exists(&leaf) {
+            b.ensure(dir, true)?;
+            b.apply(dir, &plan.tenant)?;
+            b.apply(&leaf, &plan.leaf)?;
+        }
+        made.push(dir.clone());
+    }
+    let from = b
+        .locate(&policy.proc_root, pid)
+        .map_err(|e| gone_or(e, pid))?;
+    Ok((admitted, from))
 }
 
 /// A kernel error about `pid`: "no such process" when the process is gone.

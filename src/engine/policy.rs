@@ -271,7 +271,16 @@ impl Policy {
 
     /// Why `pid` may not be moved, or its identity when it may.
     pub fn check(&self, pid: u32) -> std::result::Result<Admitted, Refusal> {
-        if let Some(r) = never_touch(pid, self.self_pid, &self.daemon_tids()) {
+        self.check_with(pid, &self.daemon_tids())
+    }
+
+    /// `check` with the daemon's threads as read once (`daemon_tids`) for a batch of PIDs.
+    pub fn check_with(
+        &self,
+        pid: u32,
+        daemon_tids: &[u32],
+    ) -> std::result::Result<Admitted, Refusal> {
+        if let Some(r) = never_touch(pid, self.self_pid, daemon_tids) {
             return Err(r);
         }
         // stat first: its start time is compared after the move, so every read below and the

@@ -56,6 +56,30 @@ pub struct Report {
     pub tenants: Vec<TenantReport>,
 }
 
+/// One node's part of a fleet report: the tenants it enforced, from the minutes it shipped.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NodeReport {
+    pub node: String,
+    pub tenants: Vec<TenantReport>,
+}
+
+/// The SLA report of a fleet (issue 19, `scope=fleet`): per tenant across every node that
+/// enforced it, and per node, from the minutes the nodes shipped to the fleet store. Times
+/// and sums add up over nodes; shares are weighted by contended time; the 5th percentile is
+/// taken over every node's per-minute means. The period is whole minutes.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = FleetSlaReport)]
+pub struct FleetReport {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub generated_ms: i64,
+    /// The fleet store, without a password.
+    pub store: String,
+    /// Per tenant, across nodes.
+    pub tenants: Vec<TenantReport>,
+    pub nodes: Vec<NodeReport>,
+}
+
 fn pct(r: Option<f64>) -> String {
     r.map(|v| format!("{:.1}%", v * 100.0))
         .unwrap_or_else(|| "-".into())
@@ -99,36 +123,59 @@ fn csv_field(s: &str) -> String {
 }
 
 pub fn csv(r: &Report) -> String {
-    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     let mut out = String::from(CSV_HEADER);
     out.push('\n');
     for t in &r.tenants {
-        let labels = t
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(";");
-        let _ = writeln!(
-            out,
-            "{},{},{:.3},{},{:.3},{:.6},{},{},{},{},{:.3},{:.6},{},{}",
-            csv_field(&t.tenant),
-            opt(t.guarantee_ratio),
-            t.contended_seconds,
-            t.violations,
-            t.violation_seconds,
-            t.attainment_ratio,
-            opt(t.delivered_mean_contended_ratio),
-            opt(t.delivered_p5_contended_ratio),
-            t.memory_protection_breaches,
-            t.oom_kills,
-            t.cpu_seconds,
-            t.memory_gib_hours,
-            t.io_bytes,
-            csv_field(&labels)
-        );
+        csv_row(&mut out, t);
     }
     out
+}
+
+/// The fleet report as CSV: the columns of `csv` after a `node` column, which is empty on the
+/// rows across nodes (first) and names the node on each node's rows (after them).
+pub fn fleet_csv(r: &FleetReport) -> String {
+    let mut out = format!("node,{CSV_HEADER}\n");
+    for t in &r.tenants {
+        out.push(',');
+        csv_row(&mut out, t);
+    }
+    for n in &r.nodes {
+        for t in &n.tenants {
+            out.push_str(&csv_field(&n.node));
+            out.push(',');
+            csv_row(&mut out, t);
+        }
+    }
+    out
+}
+
+/// One tenant's line of `CSV_HEADER`'s columns.
+fn csv_row(out: &mut String, t: &TenantReport) {
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    let labels = t
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(";");
+    let _ = writeln!(
+        out,
+        "{},{},{:.3},{},{:.3},{:.6},{},{},{},{},{:.3},{:.6},{},{}",
+        csv_field(&t.tenant),
+        opt(t.guarantee_ratio),
+        t.contended_seconds,
+        t.violations,
+        t.violation_seconds,
+        t.attainment_ratio,
+        opt(t.delivered_mean_contended_ratio),
+        opt(t.delivered_p5_contended_ratio),
+        t.memory_protection_breaches,
+        t.oom_kills,
+        t.cpu_seconds,
+        t.memory_gib_hours,
+        t.io_bytes,
+        csv_field(&labels)
+    );
 }
 
 fn esc(s: &str) -> String {
@@ -237,27 +284,29 @@ svg text{font-size:10px;fill:#555}.grid{stroke:#eee}.guar{stroke:#1a7f37;stroke-
 .share{fill:none;stroke:#0550ae;stroke-width:1.5}.viol{fill:#ff000026}.legend span{margin-right:1.5rem}\
 section{break-inside:avoid;page-break-inside:avoid}@page{size:A4 landscape;margin:12mm}@media print{body{margin:0;max-width:none}table{font-size:9px}}";
 
-/// One self-contained HTML file: a summary table, then a section and chart per tenant.
-pub fn html(r: &Report) -> String {
-    let mut s = String::new();
+/// The page's head and its opening paragraph `intro` (already escaped).
+fn html_head(s: &mut String, from_ms: i64, to_ms: i64, generated_ms: i64, intro: &str) {
     let _ = write!(
         s,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>SLA report {} to {}</title><style>{CSS}</style></head><body>",
-        utc(r.from_ms),
-        utc(r.to_ms)
+        utc(from_ms),
+        utc(to_ms)
     );
     let _ = write!(
         s,
-        "<h1>SLA report</h1><p>Host <b>{}</b>, from {} to {}. Generated {} by tenantd {}.</p>\
+        "<h1>SLA report</h1><p>{intro}, from {} to {}. Generated {} by tenantd {}.</p>\
          <p>A tenant is <i>contended</i> when it wanted more CPU than it got (its tasks waited for a CPU); a <i>violation</i> is contended time with the delivered share below the guarantee minus the tolerance. Attainment = 1 − violation time / contended time.</p>",
-        esc(&r.host),
-        utc(r.from_ms),
-        utc(r.to_ms),
-        utc(r.generated_ms),
+        utc(from_ms),
+        utc(to_ms),
+        utc(generated_ms),
         env!("CARGO_PKG_VERSION")
     );
+}
+
+/// The summary table: one row per tenant.
+fn html_table(s: &mut String, tenants: &[TenantReport]) {
     s.push_str("<table><tr><th>tenant</th><th>guarantee</th><th>attainment</th><th>violations</th><th>violation time</th><th>contended time</th><th>mean share (contended)</th><th>p5 share (contended)</th><th>memory breaches</th><th>OOM kills</th><th>CPU</th><th>memory</th><th>IO</th></tr>");
-    for t in &r.tenants {
+    for t in tenants {
         let bad = if t.violations > 0 {
             " class=\"bad\""
         } else {
@@ -282,7 +331,11 @@ pub fn html(r: &Report) -> String {
         );
     }
     s.push_str("</table>");
-    for t in &r.tenants {
+}
+
+/// A section and chart per tenant.
+fn html_sections(s: &mut String, tenants: &[TenantReport], from_ms: i64, to_ms: i64) {
+    for t in tenants {
         let labels = t
             .labels
             .iter()
@@ -302,9 +355,51 @@ pub fn html(r: &Report) -> String {
             t.attainment_ratio * 100.0,
             t.violations,
             t.violation_seconds,
-            chart(t, r.from_ms, r.to_ms)
+            chart(t, from_ms, to_ms)
         );
     }
+}
+
+/// One self-contained HTML file: a summary table, then a section and chart per tenant.
+pub fn html(r: &Report) -> String {
+    let mut s = String::new();
+    html_head(
+        &mut s,
+        r.from_ms,
+        r.to_ms,
+        r.generated_ms,
+        &format!("Host <b>{}</b>", esc(&r.host)),
+    );
+    html_table(&mut s, &r.tenants);
+    html_sections(&mut s, &r.tenants, r.from_ms, r.to_ms);
+    s.push_str("</body></html>\n");
+    s
+}
+
+/// The fleet report as one self-contained HTML file: the summary table across nodes, one
+/// per node, then a section and chart per tenant across nodes.
+pub fn fleet_html(r: &FleetReport) -> String {
+    let mut s = String::new();
+    let names: Vec<String> = r.nodes.iter().map(|n| esc(&n.node)).collect();
+    html_head(
+        &mut s,
+        r.from_ms,
+        r.to_ms,
+        r.generated_ms,
+        &format!(
+            "Fleet <b>{}</b>, {} node(s): {}",
+            esc(&r.store),
+            r.nodes.len(),
+            names.join(", ")
+        ),
+    );
+    s.push_str("<h2>Across nodes</h2>");
+    html_table(&mut s, &r.tenants);
+    for n in &r.nodes {
+        let _ = write!(s, "<h2>Node {}</h2>", esc(&n.node));
+        html_table(&mut s, &n.tenants);
+    }
+    html_sections(&mut s, &r.tenants, r.from_ms, r.to_ms);
     s.push_str("</body></html>\n");
     s
 }
@@ -393,6 +488,36 @@ mod tests {
             "{}",
             lines[1]
         );
+    }
+
+    #[test]
+    fn the_fleet_csv_has_a_node_column_empty_across_nodes() {
+        let one = report().tenants.remove(0);
+        let f = FleetReport {
+            from_ms: 0,
+            to_ms: 60_000,
+            generated_ms: 1,
+            store: "postgres://t@h:5432/f".into(),
+            tenants: vec![one.clone()],
+            nodes: vec![NodeReport {
+                node: "n1".into(),
+                tenants: vec![one],
+            }],
+        };
+        let c = fleet_csv(&f);
+        let lines: Vec<&str> = c.lines().collect();
+        assert_eq!(lines.len(), 3, "{c}");
+        assert_eq!(lines[0], format!("node,{CSV_HEADER}"));
+        assert!(lines[1].starts_with(",acme,0.500000,"), "{c}");
+        assert!(lines[2].starts_with("n1,acme,0.500000,"), "{c}");
+        assert_eq!(
+            lines[2].split(',').count(),
+            lines[0].split(',').count() + 1,
+            "labels hold a quoted comma"
+        );
+        let h = fleet_html(&f);
+        assert!(h.contains("<h2>Across nodes</h2>") && h.contains("<h2>Node n1</h2>"));
+        assert!(h.contains("1 node(s): n1") && !h.contains("<script"));
     }
 
     #[test]

@@ -173,8 +173,13 @@ impl FleetStore {
         &self.shown
     }
 
+    /// The pool (`store::fleet_history` writes and reads the fleet's history through it).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// `e` as a query error, or `Unreachable` when the database did not answer.
-    fn err(&self, op: &'static str) -> impl FnOnce(sqlx::Error) -> FleetError + '_ {
+    pub(super) fn err(&self, op: &'static str) -> impl FnOnce(sqlx::Error) -> FleetError + '_ {
         move |source| {
             if unreachable(&source) {
                 FleetError::Unreachable {
@@ -296,7 +301,7 @@ impl FleetStore {
         let live = snap.tenants.get(name).filter(|t| t.deleted.is_none());
         let written = match change {
             Write::Put(spec) => {
-                let json = serde_json::to_string(spec).expect("a spec always serializes");
+                let json = spec_jsonb(spec);
                 let generation: i64 = sqlx::query_scalar(
                     "INSERT INTO tenants (name, parent, spec, generation, created_ms, updated_ms, actor, deleted)
                      VALUES ($1, $2, $3::jsonb, 1, $4, $4, $5, NULL)
@@ -468,7 +473,9 @@ impl Changes {
 
 async fn read_snapshot(tx: &mut sqlx::PgConnection, store: &FleetStore) -> Result<Snapshot> {
     let rows = sqlx::query(
-        "SELECT name, spec::text AS spec, generation, created_ms, updated_ms, actor, deleted
+        "SELECT name,
+             CASE jsonb_typeof(spec) WHEN 'string' THEN spec #>> '{}' ELSE spec::text END AS spec,
+             generation, created_ms, updated_ms, actor, deleted
          FROM tenants",
     )
     .fetch_all(&mut *tx)
@@ -525,6 +532,19 @@ async fn read_snapshot(tx: &mut sqlx::PgConnection, store: &FleetStore) -> Resul
         });
     }
     Ok(Snapshot { tenants, nodes })
+}
+
+/// `spec` as the text of the JSONB value stored for it: its JSON object, or, when the spec
+/// holds a NUL character (a cmdline regex may: argv is NUL-joined), that JSON text as one JSON
+/// string, since JSONB cannot hold `\u0000` ("unsupported Unicode escape sequence") and the
+/// fleet must hold every spec a single host does. `read_snapshot` reads both.
+fn spec_jsonb(spec: &TenantSpec) -> String {
+    let json = serde_json::to_string(spec).expect("a spec always serializes");
+    if json.contains("\\u0000") {
+        serde_json::to_string(&json).expect("a string always serializes")
+    } else {
+        json
+    }
 }
 
 /// Whether `e` says the database did not answer (down, restarting, unreachable), as opposed

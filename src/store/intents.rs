@@ -1,7 +1,7 @@
 //! The intent journal's SQL: a kernel step recorded before it starts, removed in the same
 //! transaction that commits the change it belongs to (or once it was undone).
 
-use super::{NewEvent, Result, Store, TenantsChanged, insert_event, q};
+use super::{NewEvent, Result, Store, TenantsChanged, delete_row, insert_event, q};
 use crate::domain::TenantName;
 use sqlx::Row;
 
@@ -63,6 +63,38 @@ impl Store {
         w.commit(r).await
     }
 
+    /// `add_intent` for several steps in one transaction (one sync): the placer's batch.
+    /// The ids are in the order of `steps`.
+    pub async fn add_intents(&self, steps: &[NewIntent]) -> Result<Vec<i64>> {
+        let mut w = self.begin_write().await?;
+        let r = async {
+            let mut ids = Vec::with_capacity(steps.len());
+            for i in steps {
+                ids.push(insert_intent(w.conn(), i).await?);
+            }
+            Ok(ids)
+        }
+        .await;
+        w.commit(r).await
+    }
+
+    /// `finish_intent` for several steps in one transaction: removes them and records
+    /// `events`.
+    pub async fn finish_intents(&self, ids: &[i64], events: &[NewEvent]) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        let r = async {
+            for id in ids {
+                remove_intent(w.conn(), *id).await?;
+            }
+            for e in events {
+                insert_event(w.conn(), e).await?;
+            }
+            Ok(())
+        }
+        .await;
+        w.commit(r).await
+    }
+
     /// The steps not committed or undone yet, oldest first.
     pub async fn intents(&self) -> Result<Vec<Intent>> {
         let rows = sqlx::query("SELECT id, ts_ms, tenant, body FROM intents ORDER BY id")
@@ -92,13 +124,7 @@ impl Store {
     ) -> Result<Option<i64>> {
         let mut w = self.begin_write().await?;
         let r = async {
-            let n = sqlx::query("DELETE FROM tenants WHERE name = ?1")
-                .bind(name.as_str())
-                .execute(w.conn())
-                .await
-                .map_err(q("delete tenant"))?
-                .rows_affected();
-            if n == 0 {
+            if !delete_row(w.conn(), name).await? {
                 return Ok(None);
             }
             insert_event(w.conn(), &event).await?;
@@ -167,6 +193,16 @@ mod tests {
         }
     }
 
+    async fn intent_ids(store: &Store) -> Vec<i64> {
+        store
+            .intents()
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.id)
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_record_lives_until_its_change_commits_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -193,14 +229,7 @@ mod tests {
         store.close().await;
         // What a crash leaves: only the record whose change never committed.
         let store = Store::open(&path).await.unwrap();
-        let ids: Vec<i64> = store
-            .intents()
-            .await
-            .unwrap()
-            .iter()
-            .map(|i| i.id)
-            .collect();
-        assert_eq!(ids, vec![left]);
+        assert_eq!(intent_ids(&store).await, vec![left]);
         store
             .finish_intent(
                 left,
@@ -215,6 +244,43 @@ mod tests {
             .await
             .unwrap();
         assert!(store.intents().await.unwrap().is_empty());
+    }
+
+    /// A batch of records is written in one transaction and removed in one, with the
+    /// events; a record of the batch not finished stays.
+    #[tokio::test]
+    async fn a_batch_of_records_is_added_and_finished_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::open(&path).await.unwrap();
+        let ids = store
+            .add_intents(&[step(1), step(2), step(3)])
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 3);
+        let listed: Vec<(i64, i64)> = store
+            .intents()
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| (i.id, i.ts_ms))
+            .collect();
+        assert_eq!(listed, vec![(ids[0], 1), (ids[1], 2), (ids[2], 3)]);
+        assert!(store.add_intents(&[]).await.unwrap().is_empty());
+        let done = ev(
+            Event::CgroupRemoved {
+                path: "a".into(),
+                why: "test".into(),
+            },
+            4,
+        );
+        store
+            .finish_intents(&[ids[0], ids[2]], std::slice::from_ref(&done))
+            .await
+            .unwrap();
+        store.close().await;
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(intent_ids(&store).await, vec![ids[1]]);
     }
 
     #[tokio::test]

@@ -12,9 +12,13 @@
 //! `metrics`, `engine`, `api`, `config` or `cli`; only the engine calls it. Within it,
 //! `samples` (usage tables) and `sla` (SLA tables) both build on `rollup` (levels, retention)
 //! and `sweep` composes them in one transaction; no two of its modules import each other.
-//! `fleet` is the PostgreSQL store a fleet of nodes shares (issue 19), beside this SQLite one.
+//! `fleet` is the PostgreSQL store a fleet of nodes shares (issue 19), beside this SQLite one;
+//! `fleet_history` ships this node's minutes there and reads the fleet's back. `desired` is
+//! what both do with the desired state, one trait (`DesiredStore`) for both.
 
+pub mod desired;
 pub mod fleet;
+pub mod fleet_history;
 mod intents;
 mod rollup;
 mod samples;
@@ -591,20 +595,7 @@ impl Store {
         let json = serde_json::to_string(spec).expect("a spec always serializes");
         let mut w = self.begin_write().await?;
         let r = async {
-            let generation: i64 = sqlx::query_scalar(
-                "INSERT INTO tenants (name, parent, spec, generation, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?4)
-                 ON CONFLICT(name) DO UPDATE SET parent = ?2, spec = ?3,
-                     generation = tenants.generation + 1, updated_ms = ?4
-                 RETURNING generation",
-            )
-            .bind(name.as_str())
-            .bind(spec.parent.as_ref().map(|p| p.as_str()))
-            .bind(&json)
-            .bind(now_ms)
-            .fetch_one(w.conn())
-            .await
-            .map_err(q("save tenant"))?;
+            let generation = upsert_tenant(w.conn(), name, spec, &json, now_ms).await?;
             insert_event(w.conn(), &event).await?;
             if let Some(id) = intent {
                 sqlx::query("DELETE FROM intents WHERE id = ?1")
@@ -620,18 +611,16 @@ impl Store {
         w.commit(r).await
     }
 
-    /// Deletes a tenant and records `event`, in one transaction. False if it did not exist.
+    /// Deletes a tenant and records `event`, in one transaction. False if it did not exist
+    /// (and then no event is recorded).
     pub async fn delete_tenant(&self, name: &TenantName, event: NewEvent) -> Result<bool> {
         let mut w = self.begin_write().await?;
         let r = async {
-            let n = sqlx::query("DELETE FROM tenants WHERE name = ?1")
-                .bind(name.as_str())
-                .execute(w.conn())
-                .await
-                .map_err(q("delete tenant"))?
-                .rows_affected();
-            insert_event(w.conn(), &event).await?;
-            Ok(n > 0)
+            let deleted = delete_row(w.conn(), name).await?;
+            if deleted {
+                insert_event(w.conn(), &event).await?;
+            }
+            Ok(deleted)
         }
         .await;
         let _changed = TenantsChanged(&self.tenants_version);
@@ -721,6 +710,41 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Removes a tenant's row; false when there was none.
+async fn delete_row(tx: &mut sqlx::SqliteConnection, name: &TenantName) -> Result<bool> {
+    let n = sqlx::query("DELETE FROM tenants WHERE name = ?1")
+        .bind(name.as_str())
+        .execute(tx)
+        .await
+        .map_err(q("delete tenant"))?
+        .rows_affected();
+    Ok(n > 0)
+}
+
+/// Creates or replaces a tenant's row (`json` is `spec` serialized); its new generation.
+async fn upsert_tenant(
+    tx: &mut sqlx::SqliteConnection,
+    name: &TenantName,
+    spec: &TenantSpec,
+    json: &str,
+    now_ms: i64,
+) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO tenants (name, parent, spec, generation, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, 1, ?4, ?4)
+         ON CONFLICT(name) DO UPDATE SET parent = ?2, spec = ?3,
+             generation = tenants.generation + 1, updated_ms = ?4
+         RETURNING generation",
+    )
+    .bind(name.as_str())
+    .bind(spec.parent.as_ref().map(|p| p.as_str()))
+    .bind(json)
+    .bind(now_ms)
+    .fetch_one(tx)
+    .await
+    .map_err(q("save tenant"))
 }
 
 async fn insert_event(tx: &mut sqlx::SqliteConnection, e: &NewEvent) -> Result<()> {

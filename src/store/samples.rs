@@ -170,7 +170,9 @@ fn raw_columns() -> &'static [&'static str] {
     })
 }
 
-fn rollup_columns() -> &'static [String] {
+/// The columns of `usage_rollup`, in table order (the fleet store's `usage_minutes` holds
+/// the same after `node`, less `step_s`).
+pub(super) fn rollup_columns() -> &'static [String] {
     static C: OnceLock<Vec<String>> = OnceLock::new();
     C.get_or_init(|| {
         let mut c: Vec<String> = ["step_s", "tenant", "bucket_ms", "samples", "covered_s"]

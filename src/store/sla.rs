@@ -113,6 +113,19 @@ pub struct SlaBucket {
     pub guarantee_ratio: Option<f64>,
 }
 
+/// A bucket of a series from its sums.
+pub(super) fn sla_bucket((b, cov, con, vio, dsum, dcsum, g): BucketRow) -> SlaBucket {
+    SlaBucket {
+        ts_ms: b,
+        covered_s: cov,
+        contended_s: con,
+        violation_s: vio,
+        delivered_mean_ratio: if cov > 0.0 { dsum / cov } else { 0.0 },
+        delivered_contended_mean_ratio: (con > 0.0).then(|| dcsum / con),
+        guarantee_ratio: g,
+    }
+}
+
 /// What a report needs of one tenant's SLA over a period.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SlaSeries {
@@ -424,18 +437,7 @@ impl Store {
             self.rollup_buckets(tenant, from_ms, to_ms, ms, level)
                 .await?
         };
-        let buckets = rows
-            .into_iter()
-            .map(|(b, cov, con, vio, dsum, dcsum, g)| SlaBucket {
-                ts_ms: b,
-                covered_s: cov,
-                contended_s: con,
-                violation_s: vio,
-                delivered_mean_ratio: if cov > 0.0 { dsum / cov } else { 0.0 },
-                delivered_contended_mean_ratio: (con > 0.0).then(|| dcsum / con),
-                guarantee_ratio: g,
-            })
-            .collect();
+        let buckets = rows.into_iter().map(sla_bucket).collect();
         Ok(SlaSeries {
             level,
             step_s,

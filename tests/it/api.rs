@@ -71,6 +71,27 @@ async fn probes_and_openapi_need_no_token() {
     assert_eq!(doc, committed, "the served document is the committed one");
 }
 
+/// Issue 19: the fleet report needs a fleet store; without one `scope=fleet` is refused
+/// naming `scope`, and so is an unknown scope.
+#[tokio::test]
+async fn a_fleet_report_without_a_fleet_store_is_refused_naming_scope() {
+    let a = api(tokens()).await;
+    for (uri, detail) in [
+        ("/v1/reports/sla?scope=fleet", "no store configured"),
+        (
+            "/v1/reports/sla?scope=fleet&format=csv",
+            "no store configured",
+        ),
+        ("/v1/reports/sla?scope=everywhere", "fleet"),
+    ] {
+        let r = send(&a, "GET", uri, Some(VIEWER), None).await;
+        assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("scope"), detail);
+    }
+    let r = send(&a, "GET", "/v1/reports/sla?scope=node", Some(VIEWER), None).await;
+    assert_eq!(r.0, StatusCode::OK, "{:?}", r.2);
+    assert!(r.2["host"].is_string(), "{:?}", r.2);
+}
+
 #[tokio::test]
 async fn tokens_and_roles() {
     let a = api(tokens()).await;

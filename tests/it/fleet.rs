@@ -10,13 +10,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tenantd::store::fleet::{FleetError, FleetStore};
 
-/// A node: its directories and daemon.
-struct Node {
+/// A node: its directories and daemon (`fleet_history` starts them too).
+pub struct Node {
     // Dropped (killed) before the directories.
-    d: Option<Daemon>,
-    dirs: V1Dirs,
-    name: &'static str,
-    labels: &'static str,
+    pub d: Option<Daemon>,
+    pub dirs: V1Dirs,
+    pub name: &'static str,
+    pub labels: &'static str,
 }
 
 impl Node {
@@ -39,10 +39,13 @@ impl Node {
         args
     }
 
-    fn start(name: &'static str, labels: &'static str, url: &str) -> Node {
+    pub fn start(name: &'static str, labels: &'static str, url: &str) -> Node {
+        // Numbered: tests of one process (`cargo test`) start nodes of the same names.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut n = Node {
             d: None,
-            dirs: V1Dirs::create(&format!("fleet-{name}")),
+            dirs: V1Dirs::create(&format!("fleet-{name}-{k}")),
             name,
             labels,
         };
@@ -50,7 +53,7 @@ impl Node {
         n
     }
 
-    fn launch(&mut self, url: &str) {
+    pub fn launch(&mut self, url: &str) {
         let args = self.args(url);
         let dirs = &self.dirs;
         self.d = Some(Daemon::launch(dirs.tmp.path(), |port| {
@@ -62,23 +65,23 @@ impl Node {
         }));
     }
 
-    fn d(&self) -> &Daemon {
+    pub fn d(&self) -> &Daemon {
         self.d.as_ref().expect("running")
     }
 
     /// A file of tenant `t` in `controller`'s hierarchy on this node.
-    fn file(&self, controller: &str, t: &str, file: &str) -> PathBuf {
+    pub fn file(&self, controller: &str, t: &str, file: &str) -> PathBuf {
         self.dirs.under_root(controller, t).join(file)
     }
 
-    fn pids_max(&self, t: &str) -> Option<String> {
+    pub fn pids_max(&self, t: &str) -> Option<String> {
         std::fs::read_to_string(self.file("pids", t, "pids.max"))
             .ok()
             .map(|s| s.trim().to_string())
     }
 }
 
-fn spec(pids: u64, cpu: f64, nodes: serde_json::Value) -> serde_json::Value {
+pub fn spec(pids: u64, cpu: f64, nodes: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"cpu": {"guarantee_pct": cpu}, "pids": {"limit": pids}, "nodes": nodes})
 }
 
@@ -391,6 +394,39 @@ fn three_nodes_share_one_desired_state_through_an_outage() {
         answer.0 == 200
     });
     converge("shop", Some("99"), &[&n1, &n2], &[&n3], 10);
+
+    // A value changed by hand on n2 is reported as drifted (with the file and both values)
+    // until a reconcile pass restores it.
+    std::fs::write(n2.file("pids", "shop", "pids.max"), "1000").unwrap();
+    let n2_shop = |nodes: &serde_json::Value| -> Option<(u64, serde_json::Value)> {
+        let n = nodes["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == "n2")?;
+        let p = n["problems"]
+            .as_array()?
+            .iter()
+            .find(|p| p["tenant"] == "shop");
+        Some((n["drifted"].as_u64()?, p.cloned().unwrap_or_default()))
+    };
+    let mut nodes = serde_json::Value::Null;
+    eventually(30, "n2 reports shop drifted", || {
+        nodes = n1.d().call("GET", "/v1/nodes", None).1;
+        n2_shop(&nodes).is_some_and(|(d, _)| d == 1)
+    });
+    let (_, problem) = n2_shop(&nodes).unwrap();
+    assert_eq!(problem["state"], "drifted", "{nodes}");
+    let reason = problem["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("pids.max is 1000 in the kernel, the plan says 99"),
+        "the reason names the file and both values: {reason}"
+    );
+    let (s, b) = n2.d().call("POST", "/v1/reconcile", None);
+    assert_eq!(s, 200, "{b}");
+    eventually(30, "n2 reports shop in force again", || {
+        nodes = n1.d().call("GET", "/v1/nodes", None).1;
+        n2_shop(&nodes).is_some_and(|(d, p)| d == 0 && p.is_null())
+    });
     let (s, b) = n3
         .d()
         .call("PUT", "/v1/tenants/late", Some(spec(5, 1.0, web.clone())));
@@ -553,4 +589,80 @@ async fn the_fleet_store_checks_writes_and_announces_them() {
     // The subscription holds a connection of the pool, which `close` waits for.
     drop(changes);
     store.close().await;
+}
+
+/// Placement rules in a fleet (issue 19 with issue 17): two tenants whose rules conflict (the
+/// same priority and specificity, able to match one process) are refused as on a single host
+/// (409 on `placement`, naming both tenants), and only where both would be enforced: the
+/// refusal names that node. Rules on nodes apart do not conflict; a change that moves a rule
+/// onto a node with a conflicting one is refused too, and a refused change writes nothing.
+#[test]
+fn placement_rules_that_conflict_on_a_node_are_refused_naming_it() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let n1 = Node::start("n1", "role=web", &url);
+    let n2 = Node::start("n2", "role=db", &url);
+    // No process has this program: nothing is placed anywhere.
+    let rule = |priority: u32| serde_json::json!({"exe": ["/nonexistent/tenantd-fleet-test/app"], "priority": priority});
+    let with = |nodes: serde_json::Value, priority| serde_json::json!({"pids": {"limit": 40}, "nodes": nodes, "placement": rule(priority)});
+    let web = serde_json::json!({"role": "web"});
+    let db = serde_json::json!({"role": "db"});
+    let (s, b) = n1
+        .d()
+        .call("PUT", "/v1/tenants/a", Some(with(web.clone(), 0)));
+    assert_eq!(s, 201, "{b}");
+    // The same rule on the other node: no process can meet both.
+    let (s, b) = n2
+        .d()
+        .call("PUT", "/v1/tenants/b", Some(with(db.clone(), 0)));
+    assert_eq!(s, 201, "{b}");
+
+    // Everywhere: on n1 it meets a's rule. Refused on any node's API, naming n1 and both.
+    for n in [&n1, &n2] {
+        let (s, b) = n.d().call(
+            "PUT",
+            "/v1/tenants/c",
+            Some(with(serde_json::Value::Null, 0)),
+        );
+        assert_eq!(s, 409, "{b}");
+        assert_eq!(b["field"], "placement", "{b}");
+        let detail = b["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(
+                "on node 'n1': the rules of tenants 'c' and 'a' have the same priority (0)"
+            ),
+            "{detail}"
+        );
+    }
+    for n in [&n1, &n2] {
+        let (s, b) = n.d().call("GET", "/v1/tenants/c", None);
+        assert_eq!(s, 404, "nothing was written: {b}");
+    }
+    // Moving b onto the web nodes meets a's rule there.
+    let (s, b) = n2.d().call(
+        "PATCH",
+        "/v1/tenants/b",
+        Some(serde_json::json!({"nodes": {"role": "web"}})),
+    );
+    assert_eq!(s, 409, "{b}");
+    let detail = b["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("on node 'n1': the rules of tenants 'b' and 'a'"),
+        "{detail}"
+    );
+    // A change that leaves the rule where it is, and a higher priority everywhere, pass.
+    let (s, b) = n1.d().call(
+        "PATCH",
+        "/v1/tenants/b",
+        Some(serde_json::json!({"pids": {"limit": 41}})),
+    );
+    assert_eq!(s, 202, "{b}");
+    let (s, b) = n1.d().call(
+        "PUT",
+        "/v1/tenants/c",
+        Some(with(serde_json::Value::Null, 1)),
+    );
+    assert_eq!(s, 201, "{b}");
+    converge("c", Some("40"), &[&n1, &n2], &[], 10);
+    converge("b", Some("41"), &[&n2], &[&n1], 10);
 }

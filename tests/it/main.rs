@@ -35,6 +35,9 @@
 //! - `placement_events`: placement rules driven by the kernel's process events (exec, a uid
 //!   change after start) and by the rescan alone with the events off (issue 17; v2 VM, the
 //!   daemon in the VM's initial PID namespace, where a proc connector subscription is taken).
+//! - `placement_recycle`: a placement decided for a process that exited never moves the
+//!   process that got its PID (issue 17): the placer in a PID namespace of its own, the PID
+//!   reused on purpose through `ns_last_pid`; v1 here, v2 in the VM (`#[ignore]`).
 //! - `openapi`: real answers (cgroup v1 backend, this CI host) validate against the document's
 //!   schemas; tests/fuzz/schemathesis.sh does the same for generated requests.
 //! - `v1`: the cgroup v1 backend for real on a v1 or hybrid host (this CI host); not ignored,
@@ -48,8 +51,11 @@
 //!   lost, the reader thread's stop. Root and the initial namespaces; any cgroup mode.
 //! - `reconcile`: reconcile corrects exactly the values that drifted, each setting at its
 //!   extremes: v1 on this host, v2 in the VM (`#[ignore]`).
+//! - `store_suite`: one suite of cases for the desired state's store trait, each run against a
+//!   real SQLite file and a real PostgreSQL server (issue 19).
 //! - `pg`: a real PostgreSQL server the tests start and stop themselves (Debian's package),
-//!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host.
+//!   for `fleet`: three nodes sharing one desired state in it (issue 19), v1 on this host,
+//!   and `fleet_history`: their minutes shipped there, through an outage, and the fleet report.
 
 mod api;
 mod crash;
@@ -58,6 +64,7 @@ mod delegated;
 mod durability;
 mod egress;
 mod fleet;
+mod fleet_history;
 mod hostile;
 mod kernel;
 mod launch;
@@ -65,6 +72,7 @@ mod openapi;
 mod pg;
 mod placement;
 mod placement_events;
+mod placement_recycle;
 mod placement_rules;
 mod proc_connector;
 mod reconcile;
@@ -73,6 +81,7 @@ mod scoped;
 mod service;
 mod sla;
 mod storage;
+mod store_suite;
 mod support;
 mod top;
 mod usage;

@@ -29,19 +29,21 @@ pub(crate) enum Init {
     Shell,
 }
 
+/// `unshare --pid --fork --mount-proc --kill-child --`: what follows runs in a new PID
+/// namespace with its own /proc, killed with unshare.
+pub(crate) const UNSHARE_PID: [&str; 6] = [
+    "unshare",
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--kill-child",
+    "--",
+];
+
 /// `unshare ... -- [sh -c '"$@" & wait' sh] tenantd serve ARGS`: the daemon in a new PID
 /// namespace with its own /proc.
 pub(crate) fn in_pid_namespace(init: Init, serve: &[String]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "unshare",
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        "--",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut v: Vec<String> = UNSHARE_PID.map(String::from).to_vec();
     if init == Init::Shell {
         v.extend(["sh", "-c", "\"$@\" & wait", "sh"].map(String::from));
     }

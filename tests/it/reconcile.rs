@@ -24,8 +24,8 @@ use tenantd::cgroup::v1::{V1, V1Roots};
 use tenantd::cgroup::v2::V2;
 use tenantd::cgroup::{Backend, CgroupPath, Change};
 use tenantd::domain::plan::{IoMax, Limit, Setting, Settings};
-use tenantd::domain::tenant::{Capacity, DevId, TenantName, TenantSpec};
-use tenantd::engine::{EngineConfig, Governor, ReconcileReport};
+use tenantd::domain::tenant::{DevId, TenantName, TenantSpec};
+use tenantd::engine::{Governor, ReconcileReport};
 use tenantd::store::Store;
 use tower::ServiceExt;
 
@@ -138,16 +138,7 @@ impl Sandbox {
         let store = Store::open(&self.dirs.tmp.path().join("t.db"))
             .await
             .unwrap();
-        Governor::new(
-            Arc::new(self.backend()),
-            store,
-            EngineConfig::default(),
-            Capacity {
-                cpus: 2.0,
-                memory_bytes: 8 << 30,
-                memory_reserve_bytes: 0,
-            },
-        )
+        crate::support::governor(Arc::new(self.backend()), store, 0)
     }
 }
 

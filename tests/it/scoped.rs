@@ -163,6 +163,41 @@ fn names(a: &Answer) -> Vec<String> {
     v
 }
 
+/// Issue 19: the fleet report spans every node, so a scoped token gets 403 naming `scope`
+/// (before the store is asked); an unscoped one reaches the store, here one that cannot be
+/// reached: 503 naming it.
+#[tokio::test]
+async fn a_scoped_token_cannot_ask_for_the_fleet_report() {
+    use tenantd::engine::fleet::{Fleet, NodeConfig};
+    use tenantd::store::fleet::FleetStore;
+    let mut a = api().await;
+    let store = FleetStore::new(
+        "postgres://tenantd@127.0.0.1:1/fleet",
+        std::time::Duration::from_secs(2),
+    )
+    .unwrap();
+    a.state.fleet = Some(Fleet::new(
+        a.state.gov.clone(),
+        store,
+        NodeConfig {
+            name: "n1".into(),
+            labels: Default::default(),
+            timeout: std::time::Duration::from_secs(30),
+            poll: std::time::Duration::from_secs(5),
+        },
+    ));
+    for token in [ADMIN, VIEWER] {
+        let r = send(&a, "GET", "/v1/reports/sla?scope=fleet", token, None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        let b: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(b["field"], "scope", "{b}");
+    }
+    let r = send(&a, "GET", "/v1/reports/sla?scope=fleet", ROOT, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let b: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(b["field"], "store", "{b}");
+}
+
 #[tokio::test]
 async fn a_scoped_token_sees_and_changes_only_its_subtree() {
     let a = api().await;

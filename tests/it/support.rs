@@ -700,6 +700,21 @@ impl V1Daemon {
     }
 }
 
+/// A governor in the test's own process over `backend` and `store`: default configuration,
+/// 2 CPUs and 8 GiB, `reserve_bytes` of it reserved.
+pub fn governor(backend: Arc<dyn Backend>, store: Store, reserve_bytes: u64) -> Arc<Governor> {
+    Governor::new(
+        backend,
+        store,
+        EngineConfig::default(),
+        Capacity {
+            cpus: 2.0,
+            memory_bytes: 8 << 30,
+            memory_reserve_bytes: reserve_bytes,
+        },
+    )
+}
+
 // ---------------------------------------------------------------------------------------
 // The API through `router(state).oneshot`, without a daemon
 
@@ -731,16 +746,7 @@ impl Api {
             let missing = dir.path().join("no-cgroupfs-here");
             Arc::new(V2::new(&missing, missing.join("tenantd"), "/sys"))
         });
-        let gov = Governor::new(
-            backend,
-            store,
-            EngineConfig::default(),
-            Capacity {
-                cpus: 2.0,
-                memory_bytes: 8 << 30,
-                memory_reserve_bytes: 1 << 30,
-            },
-        );
+        let gov = governor(backend, store, 1 << 30);
         Api {
             state: AppState {
                 gov,
