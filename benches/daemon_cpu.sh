@@ -12,6 +12,8 @@
 # file-backed from /proc/PID/smaps_rollup) and the cost of one GET /metrics: the daemon's
 # utime+stime around SCRAPES (default 20; 0 skips) sequential scrapes divided by SCRAPES, raw
 # and net of the sampler's rate in the last window, with the wall time of each.
+# NOFILE=N starts the daemon with an open-file limit of N (soft and hard), as the unit's
+# `LimitNOFILE=524288` does (packaging/tenantd.service); unset, it inherits this shell's.
 #
 # --bare (cgroup v2): then stops the daemon, leaving its N tenant cgroups, and runs the bare
 # `pread` reader (benches/bare_reader.c: the 11 stat files of every tenant held open and re-read
@@ -32,6 +34,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source benches/v1_daemon.sh
 WINDOW=60 REPEAT=1 INTERVAL=1 BUSY=0 BIN="" BARE="" COUNTS=()
 SETTLE_S="${SETTLE_S:-15}"
+NOFILE="${NOFILE:-}"
+# Set here, before any directory is made, and fatal when refused (raising the hard limit
+# needs CAP_SYS_RESOURCE): the daemon inherits it.
+if [ -n "$NOFILE" ]; then
+  { ulimit -Hn "$NOFILE" && ulimit -Sn "$NOFILE"; } 2>/dev/null ||
+    { echo "cannot set the open-file limit to $NOFILE (raising the hard limit needs CAP_SYS_RESOURCE)"; exit 1; }
+fi
 while [ $# -gt 0 ]; do
   case "$1" in
     --window) WINDOW="$2"; shift 2 ;;
@@ -89,6 +98,8 @@ for n in "${COUNTS[@]}"; do
     if [ -n "${DPID:-}" ] && ! kill -0 "$DPID" 2>/dev/null; then
       echo "the daemon exited; the end of its log:"; tail -20 "$work/daemon.log"
     fi
+    # What the daemon logged as errors (an HTTP 500 is logged once, with its cause).
+    grep -E " (ERROR|WARN) " "$work/daemon.log" 2>/dev/null | grep -v "slow statement" | tail -5 || true
     [ -z "${DPID:-}" ] || kill -9 "$DPID" 2>/dev/null || true
     wait 2>/dev/null || true
     for d in "${dirs[@]}"; do
@@ -102,7 +113,7 @@ for n in "${COUNTS[@]}"; do
   trap cleanup EXIT
   if [ "$MODE" = v1 ]; then
     # A shell that moves itself into the directories, then becomes the daemon.
-    sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec "$0" serve --sample-interval-s '"$INTERVAL"' --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --reconcile-interval-s 3600 --cgroup-version v1' \
+    sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$0" serve --sample-interval-s '"$INTERVAL"' --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --reconcile-interval-s 3600 --cgroup-version v1' \
       "$BIN" "${dirs[@]}" 2>"$work/daemon.log" &
   else
     "$BIN" serve --sample-interval-s "$INTERVAL" --listen "127.0.0.1:$PORT" --db "$work/db" \
@@ -145,11 +156,26 @@ def sweep_sum_count():
     return (m.get("tenantd_sweep_duration_seconds_sum", 0.0),
             m.get("tenantd_db_write_duration_seconds_sum", 0.0),
             m.get("tenantd_sweep_duration_seconds_count", 0.0))
+def threads():
+    # utime+stime per thread name (the sampler's tokio workers, sqlx's SQLite thread, the
+    # process-event reader), summed over the threads of each name.
+    out = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            s = open(f"/proc/{pid}/task/{t}/stat").read()
+        except OSError:
+            continue
+        f = s.rsplit(")", 1)[1].split()
+        out[t] = (s[s.index("(") + 1:s.rindex(")")], int(f[11]) + int(f[12]))
+    return out
 shares = []
 for r in range(repeat):
-    a, (s0, d0, c0), w0 = ticks(), sweep_sum_count(), time.monotonic()
+    a, (s0, d0, c0), w0, ta = ticks(), sweep_sum_count(), time.monotonic(), threads()
     time.sleep(window)
-    b, (s1, d1, c1), w1 = ticks(), sweep_sum_count(), time.monotonic()
+    b, (s1, d1, c1), w1, tb = ticks(), sweep_sum_count(), time.monotonic(), threads()
+    by = {}
+    for t, (comm, v) in tb.items():
+        by[comm] = by.get(comm, 0) + v - ta.get(t, (comm, 0))[1]
     share = (b - a) / hz / (w1 - w0) * 100
     shares.append(share)
     sweep_ms = (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
@@ -159,6 +185,8 @@ for r in range(repeat):
           f"daemon CPU {share:.2f}% of one core ({b-a} ticks), RSS {status('VmRSS')/1024:.1f} MiB, "
           f"{fds} fds, per sweep (wall): read {sweep_ms:.2f} ms, db write {db_ms:.2f} ms, load {open('/proc/loadavg').read().split()[0]}",
           flush=True)
+    print(f"[{mode}]   by thread: " + ", ".join(f"{c} {v / hz / (w1 - w0) * 100:.2f}%"
+          for c, v in sorted(by.items(), key=lambda x: -x[1]) if v > 0), flush=True)
 # Memory: the resident set now and its peak, and how it splits (smaps_rollup: anonymous =
 # the heap and stacks; file = the mapped binary and libraries).
 roll = {}

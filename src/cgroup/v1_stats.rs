@@ -56,6 +56,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One v1 usage file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,10 +306,13 @@ impl RunqWait {
     }
 }
 
-/// One file of one directory: held open and re-read with `pread`, or opened when read.
+/// One file of one directory: held open and re-read with `pread`, or opened when read. The
+/// directory is shared by its files and the name is static: no path of its own per file
+/// (issue 15: at 10,000 tenants the paths were some 20 MB).
 #[derive(Debug)]
 struct FileAt {
-    path: PathBuf,
+    dir: Arc<Path>,
+    name: &'static str,
     held: Option<File>,
     /// Whether the file is in a subdirectory of the tenant's directory (gone: walk again).
     below: bool,
@@ -323,32 +327,37 @@ enum Gone {
 }
 
 impl FileAt {
-    /// The file at `path`, held when `hold` and it can be (EMFILE/ENFILE: opened when read).
-    /// `Ok(None)` when it does not exist.
-    fn open(path: PathBuf, hold: bool, below: bool) -> Result<Option<FileAt>> {
+    /// The file `name` in `dir`, held when `hold` and it can be (EMFILE/ENFILE: opened when
+    /// read). `Ok(None)` when it does not exist.
+    fn open(
+        dir: &Arc<Path>,
+        name: &'static str,
+        hold: bool,
+        below: bool,
+    ) -> Result<Option<FileAt>> {
+        let at = |held| FileAt {
+            dir: dir.clone(),
+            name,
+            held,
+            below,
+        };
         if !hold {
-            return Ok(Some(FileAt {
-                path,
-                held: None,
-                below,
-            }));
+            return Ok(Some(at(None)));
         }
+        let path = dir.join(name);
         match File::open(&path) {
-            Ok(f) => Ok(Some(FileAt {
-                path,
-                held: Some(f),
-                below,
-            })),
+            Ok(f) => Ok(Some(at(Some(f)))),
             Err(e) if is_gone(&e) => Ok(None),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                Ok(Some(FileAt {
-                    path,
-                    held: None,
-                    below,
-                }))
+                Ok(Some(at(None)))
             }
             Err(source) => Err(CgroupError::Read { path, source }),
         }
+    }
+
+    /// The file's path.
+    fn path(&self) -> PathBuf {
+        self.dir.join(self.name)
     }
 
     /// The file's bytes; `Ok(None)` when it is absent (not held and not found).
@@ -365,7 +374,7 @@ impl FileAt {
         };
         let read = match &self.held {
             Some(f) => pread_all(f, buf),
-            None => match File::open(&self.path) {
+            None => match File::open(self.path()) {
                 Ok(f) => pread_all(&f, buf),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
                 Err(e) => Err(e),
@@ -406,10 +415,18 @@ pub struct V1StatsReader {
     /// The CPU usage when cpuacct.stat was last read, and the user and system time it gave.
     usage_at_stat: Option<u64>,
     user_system: (Option<u64>, Option<u64>),
+    /// Whether the tenant has a CPU quota of its own (`cpu.cfs_quota_us` set from its
+    /// `limit_pct`): only then is cpu.stat read every sweep (`set_own_cpu_quota`).
+    own_quota: bool,
+    /// cpu.stat as last read: periods, throttled periods, throttled time.
+    throttling: Option<Throttling>,
     /// Whether the guard directory is on cgroupfs (kernfs), where a held file of a removed
     /// cgroup answers ENODEV: no `fstat` of the guard per sweep is needed to tell.
     kernfs: bool,
 }
+
+/// cpu.stat's figures: `nr_periods`, `nr_throttled`, `throttled_time` (as µs).
+type Throttling = (Option<u64>, Option<u64>, Option<u64>);
 
 /// Whether `dir` is on a cgroup filesystem (v1 or v2: both are kernfs). False when it cannot
 /// be told.
@@ -434,15 +451,15 @@ fn ino_of(p: &Path) -> Result<Option<u64>> {
 
 /// `dir` and every directory below it, parents first. Directories that vanish meanwhile are
 /// skipped.
-fn subtree(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
+fn subtree(dir: &Path) -> Vec<Arc<Path>> {
+    let mut out: Vec<Arc<Path>> = vec![Arc::from(dir)];
     let mut i = 0;
     while i < out.len() {
         if let Ok(rd) = std::fs::read_dir(&out[i]) {
             out.extend(
                 rd.flatten()
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
+                    .map(|e| Arc::from(e.path())),
             );
         }
         i += 1;
@@ -499,6 +516,8 @@ impl V1StatsReader {
             usage_at_tasks: None,
             usage_at_stat: None,
             user_system: (None, None),
+            own_quota: true,
+            throttling: None,
             kernfs: false,
         };
         r.kernfs = r.held_guard.as_ref().is_some_and(on_cgroupfs);
@@ -526,6 +545,17 @@ impl V1StatsReader {
         self.tasks.len()
     }
 
+    /// Says whether the tenant has a CPU quota of its own (a `limit_pct`; true until told).
+    /// Without one, cpu.stat is read with the slow figures only (issue 15: half the reads of
+    /// an idle tenant's sweep): the kernel throttles a v1 group, and counts its periods, by
+    /// the group's own `cpu.cfs_quota_us` alone, and with none (-1) the bandwidth timer never
+    /// runs, so `nr_periods`, `nr_throttled` and `throttled_time` stay as they are
+    /// (kernel/sched/fair.c `sched_cfs_period_timer`; Documentation/scheduler/sched-bwc.rst).
+    /// A quota set behind tenantd's back is seen within the slow figures' cadence.
+    pub fn set_own_cpu_quota(&mut self, own: bool) {
+        self.own_quota = own;
+    }
+
     /// Walks the subtrees again at the next sample.
     pub fn rewalk(&mut self) {
         self.walk_age = WALK_EVERY;
@@ -535,19 +565,28 @@ impl V1StatsReader {
     /// walks the subtrees (`walk`).
     fn open_files(&mut self) -> Result<()> {
         self.files.clear();
+        // Each directory once, shared by its files.
+        let mut shared: Vec<(&str, Arc<Path>)> = Vec::new();
         for (file, controller, names) in FILES {
             let mut at = Vec::new();
             if !file.summed()
                 && let Some(dir) = self.dirs.get(controller)
             {
+                let dir = match shared.iter().find(|(c, _)| *c == controller) {
+                    Some((_, d)) => d.clone(),
+                    None => {
+                        let d: Arc<Path> = Arc::from(dir);
+                        shared.push((controller, d.clone()));
+                        d
+                    }
+                };
                 let hold = self.hold.contains(file.figure());
                 for name in names {
-                    let path = dir.join(name);
                     // Not held: the first name that exists now is the one read.
-                    if !hold && names.len() > 1 && !path.exists() {
+                    if !hold && names.len() > 1 && !dir.join(name).exists() {
                         continue;
                     }
-                    if let Some(f) = FileAt::open(path, hold, false)? {
+                    if let Some(f) = FileAt::open(&dir, name, hold, false)? {
                         at.push(f);
                         break;
                     }
@@ -575,15 +614,17 @@ impl V1StatsReader {
                 open.extend(
                     at.drain(..)
                         .filter(|f| f.held.is_some())
-                        .map(|f| (f.path.clone(), f)),
+                        .map(|f| (f.path(), f)),
                 );
             }
         }
-        let mut reopen = |path: PathBuf, hold: bool, below: bool| match open.remove(&path) {
+        let mut reopen = |dir: &Arc<Path>, name: &'static str, hold: bool, below: bool| match open
+            .remove(&dir.join(name))
+        {
             Some(f) if hold => Ok(Some(f)),
-            _ => FileAt::open(path, hold, below),
+            _ => FileAt::open(dir, name, hold, below),
         };
-        let mut trees: Vec<(&str, Vec<PathBuf>)> = Vec::new();
+        let mut trees: Vec<(&str, Vec<Arc<Path>>)> = Vec::new();
         let tasks_in = if self.dirs.cpu.is_some() {
             "cpu"
         } else {
@@ -614,7 +655,7 @@ impl V1StatsReader {
             let mut at = Vec::new();
             for (k, dir) in tree(controller).unwrap_or_default().iter().enumerate() {
                 // Summed files have one name.
-                if let Some(f) = reopen(dir.join(names[0]), hold, k > 0)? {
+                if let Some(f) = reopen(dir, names[0], hold, k > 0)? {
                     at.push(f);
                 }
             }
@@ -623,7 +664,7 @@ impl V1StatsReader {
         let hold = self.hold.contains(Figure::CpuPressure);
         let mut tasks = Vec::new();
         for (k, dir) in tree(tasks_in).unwrap_or_default().iter().enumerate() {
-            if let Some(f) = reopen(dir.join("tasks"), hold, k > 0)? {
+            if let Some(f) = reopen(dir, "tasks", hold, k > 0)? {
                 tasks.push(f);
             }
         }
@@ -680,13 +721,22 @@ impl V1StatsReader {
     ) -> Result<std::result::Result<(CgroupStats, Figures), Gone>> {
         let mut stats = CgroupStats::default();
         let fresh = cadence.fresh;
-        if let Err(g) = self.read_figures(buf, fresh, &mut stats)? {
+        // Without a quota of its own, cpu.stat is read with the slow figures (and the first
+        // time); otherwise it repeats (`set_own_cpu_quota`).
+        let throttling = self.throttling.filter(|_| !self.own_quota);
+        if let Err(g) = self.read_figures(buf, fresh, throttling, &mut stats)? {
             return Ok(Err(g));
         }
         let read = cadence::figures_to_read(cadence, self.slow.as_ref(), stats.cpu.usage_usec);
         let slow = read.minus(fresh);
         if slow != Figures::NONE {
-            if let Err(g) = self.read_figures(buf, slow, &mut stats)? {
+            if let Err(g) = self.read_figures(buf, slow, None, &mut stats)? {
+                return Ok(Err(g));
+            }
+            if throttling.is_some()
+                && fresh.contains(Figure::Cpu)
+                && let Err(g) = self.read_file(buf, V1File::CpuStat, &mut stats)?
+            {
                 return Ok(Err(g));
             }
         } else {
@@ -702,44 +752,42 @@ impl V1StatsReader {
         Ok(Ok((stats, read)))
     }
 
-    /// Reads the files of `figures` into `out` (the run-queue wait for `CpuPressure`).
+    /// Reads the files of `figures` into `out` (the run-queue wait for `CpuPressure`); with
+    /// `throttling`, cpu.stat is not read and those values are taken.
     fn read_figures(
         &mut self,
         buf: &mut Vec<u8>,
         figures: Figures,
+        throttling: Option<Throttling>,
         out: &mut CgroupStats,
     ) -> Result<std::result::Result<(), Gone>> {
         let mut stat_read = None;
-        for (file, at) in &self.files {
+        for i in 0..self.files.len() {
+            let file = self.files[i].0;
             if !figures.contains(file.figure()) {
                 continue;
             }
             // User and system time only grow while the tenant's threads run, and then its
             // CPU usage (cpuacct.usage, read just before) moves too: unmoved, they are what
-            // they were (no SLA verdict reads them). Throttling (cpu.stat) is read anyway.
+            // they were (no SLA verdict reads them). Throttling (cpu.stat) is read anyway
+            // when the tenant has a quota of its own (`set_own_cpu_quota`).
             let usage = out.cpu.usage_usec;
-            if *file == V1File::CpuacctStat && usage.is_some() && usage == self.usage_at_stat {
+            if file == V1File::CpuacctStat && usage.is_some() && usage == self.usage_at_stat {
                 (out.cpu.user_usec, out.cpu.system_usec) = self.user_system;
                 continue;
             }
-            for f in at {
-                let text = match f.read(buf) {
-                    Ok(Some(t)) => t,
-                    Ok(None) => continue,
-                    Err((g, e)) if is_gone(&e) => return Ok(Err(g)),
-                    Err((_, source)) => {
-                        return Err(CgroupError::Read {
-                            path: f.path.clone(),
-                            source,
-                        });
-                    }
-                };
-                apply(*file, text, self.user_hz, out).map_err(|source| CgroupError::Parse {
-                    path: f.path.clone(),
-                    source,
-                })?;
+            if let (V1File::CpuStat, Some(t)) = (file, throttling) {
+                (
+                    out.cpu.nr_periods,
+                    out.cpu.nr_throttled,
+                    out.cpu.throttled_usec,
+                ) = t;
+                continue;
             }
-            if *file == V1File::CpuacctStat {
+            if let Err(g) = self.read_file(buf, file, out)? {
+                return Ok(Err(g));
+            }
+            if file == V1File::CpuacctStat {
                 stat_read = Some((usage, (out.cpu.user_usec, out.cpu.system_usec)));
             }
         }
@@ -760,14 +808,14 @@ impl V1StatsReader {
             for f in &self.tasks {
                 match f.read(buf) {
                     Ok(Some(t)) => tids.extend(pids(t).map_err(|source| CgroupError::Parse {
-                        path: f.path.clone(),
+                        path: f.path(),
                         source,
                     })?),
                     Ok(None) => {}
                     Err((g, e)) if is_gone(&e) => return Ok(Err(g)),
                     Err((_, source)) => {
                         return Err(CgroupError::Read {
-                            path: f.path.clone(),
+                            path: f.path(),
                             source,
                         });
                     }
@@ -780,6 +828,44 @@ impl V1StatsReader {
                 Some((tid, Schedstat::from_file(path).ok()?.run_delay))
             });
             out.runq_wait_usec = Some(self.runq.feed(waits));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Reads `file` (each of its directories, for a summed one) into `out`; cpu.stat's
+    /// figures are kept for the sweeps that do not read it.
+    fn read_file(
+        &mut self,
+        buf: &mut Vec<u8>,
+        file: V1File,
+        out: &mut CgroupStats,
+    ) -> Result<std::result::Result<(), Gone>> {
+        let Some((_, at)) = self.files.iter().find(|(f, _)| *f == file) else {
+            return Ok(Ok(()));
+        };
+        for f in at {
+            let text = match f.read(buf) {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err((g, e)) if is_gone(&e) => return Ok(Err(g)),
+                Err((_, source)) => {
+                    return Err(CgroupError::Read {
+                        path: f.path(),
+                        source,
+                    });
+                }
+            };
+            apply(file, text, self.user_hz, out).map_err(|source| CgroupError::Parse {
+                path: f.path(),
+                source,
+            })?;
+        }
+        if file == V1File::CpuStat {
+            self.throttling = Some((
+                out.cpu.nr_periods,
+                out.cpu.nr_throttled,
+                out.cpu.throttled_usec,
+            ));
         }
         Ok(Ok(()))
     }
@@ -810,19 +896,20 @@ pub fn sample_dirs(
         dirs,
         proc,
         &mut Vec::new(),
-        Figures::ALL,
+        (Figures::ALL, true),
         &Cadence::EVERY_SWEEP,
     )
 }
 
 /// `sample_dirs` holding the files of `hold` (reopened when the reader holds others), with
-/// `cadence` (`V1StatsReader::sample_with`).
+/// `cadence` (`V1StatsReader::sample_with`) and whether the tenant has a CPU quota of its own
+/// (`V1StatsReader::set_own_cpu_quota`).
 pub fn sample_dirs_with(
     slot: &mut Option<V1StatsReader>,
     dirs: &V1Dirs,
     proc: &Path,
     buf: &mut Vec<u8>,
-    hold: Figures,
+    (hold, own_cpu_quota): (Figures, bool),
     cadence: &Cadence,
 ) -> Result<Option<Sample>> {
     for _ in 0..2 {
@@ -835,6 +922,7 @@ pub fn sample_dirs_with(
         let Some(r) = slot.as_mut() else {
             return Ok(None);
         };
+        r.set_own_cpu_quota(own_cpu_quota);
         match r.sample_with(buf, cadence)? {
             Some(s) => return Ok(Some(s)),
             None => *slot = None,
@@ -1067,6 +1155,71 @@ mod tests {
         assert_eq!(user(&mut slot), (Some(5000), usec(10)));
         write(6_000_000, 12);
         assert_eq!(user(&mut slot), (Some(6000), usec(12)));
+    }
+
+    /// cpu.stat (throttling) of a tenant without a CPU quota of its own is read with the slow
+    /// figures only (when its usage moved, or every `idle_every` sweeps); with one, every
+    /// sweep (issue 15: half an idle tenant's reads).
+    #[test]
+    fn throttling_is_read_every_sweep_only_for_a_tenant_with_its_own_quota() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cpu, acct) = (tmp.path().join("cpu/t"), tmp.path().join("cpuacct/t"));
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::create_dir_all(&acct).unwrap();
+        let dirs = V1Dirs {
+            cpu: Some(cpu.clone()),
+            cpuacct: Some(acct.clone()),
+            ..V1Dirs::default()
+        };
+        let write = |usage_ns: u64, throttled: u64| {
+            std::fs::write(acct.join("cpuacct.usage"), format!("{usage_ns}\n")).unwrap();
+            std::fs::write(
+                cpu.join("cpu.stat"),
+                format!(
+                    "nr_periods {throttled}\nnr_throttled {throttled}\nthrottled_time {}\n",
+                    throttled * 1000
+                ),
+            )
+            .unwrap();
+        };
+        let cadence = Cadence::default().for_tenant(false, false);
+        let mut buf = Vec::new();
+        let mut throttled = |slot: &mut Option<V1StatsReader>, own: bool| {
+            let s = sample_dirs_with(
+                slot,
+                &dirs,
+                tmp.path(),
+                &mut buf,
+                (cadence.fresh, own),
+                &cadence,
+            )
+            .unwrap()
+            .unwrap();
+            (s.stats.cpu.nr_throttled, s.stats.cpu.throttled_usec)
+        };
+        let (mut without, mut with) = (None, None);
+        write(5_000_000, 1);
+        assert_eq!(throttled(&mut without, false), (Some(1), Some(1)));
+        assert_eq!(throttled(&mut with, true), (Some(1), Some(1)));
+        // The file moved, the usage did not (a file, not the kernel).
+        write(5_000_000, 2);
+        assert_eq!(
+            throttled(&mut with, true),
+            (Some(2), Some(2)),
+            "own quota: every sweep"
+        );
+        let mut repeated = 1;
+        while throttled(&mut without, false) == (Some(1), Some(1)) {
+            repeated += 1;
+            assert!(
+                repeated <= cadence.idle_every,
+                "read within idle_every sweeps"
+            );
+        }
+        assert!(repeated > 1, "not read in the sweep after the first");
+        // The usage moved: the slow figures, and cpu.stat with them, are read.
+        write(6_000_000, 3);
+        assert_eq!(throttled(&mut without, false), (Some(3), Some(3)));
     }
 
     /// The guard's filesystem: cgroupfs (where a held file of a removed cgroup answers

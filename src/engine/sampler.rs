@@ -838,7 +838,8 @@ fn read_all(
         .iter()
         .enumerate()
         .map(|(i, (name, source))| {
-            let c = cadence.for_tenant(targets.specs.get(name).map(|s| &**s));
+            let spec = targets.specs.get(name).map(|s| &**s);
+            let c = cadence.for_tenant(spec);
             match source {
                 SampleSource::V2(path) => {
                     sample_dir_with(&mut v2[i], path, buf, hold(i, tiers_v2, &c), &c)
@@ -848,7 +849,10 @@ fn read_all(
                     dirs,
                     proc,
                     buf,
-                    hold(i, tiers_v1, &c),
+                    (
+                        hold(i, tiers_v1, &c),
+                        spec.is_none_or(|s| s.cpu.limit_pct.is_some()),
+                    ),
                     &c,
                 ),
             }

@@ -5,10 +5,11 @@
 //! blocks are summed exactly as the SQL over raw rows sums them. Imports only the store's
 //! error helpers; `store::samples` and `store::sla` both import it, and it imports neither.
 
-use super::{Result, StoreError, q};
+use super::{Result, StoreError, bind, q};
 use crate::domain::usage_block::BlockError;
 use serde::Serialize;
 use sqlx::SqliteConnection;
+use sqlx::sqlite::SqliteArguments;
 
 /// The window one `raw_blocks` row holds (migrations/0006_raw_blocks.sql): the raw rows and
 /// verdicts of one tenant in [start_ms, start_ms + BLOCK_MS), `start_ms` a multiple of it.
@@ -120,6 +121,33 @@ pub(super) async fn read_blocks<T>(
     Ok(rows)
 }
 
+/// The arguments ?1..?4 of a statement over one window of some tenants (`delete_window_sql`,
+/// the compaction's reads): the window [start_ms, start_ms + BLOCK_MS), the tenants [first,
+/// last].
+pub(super) fn window_args(
+    start_ms: i64,
+    (first, last): (&str, &str),
+    op: &'static str,
+) -> Result<SqliteArguments> {
+    let mut a = SqliteArguments::default();
+    bind(&mut a, start_ms, op)?;
+    bind(&mut a, start_ms + BLOCK_MS, op)?;
+    bind(&mut a, first, op)?;
+    bind(&mut a, last, op)?;
+    Ok(a)
+}
+
+/// `delete_window`'s statement: one seek per sweep time of the window (`sample_ticks`) over
+/// the tenants' range, so a slice deletes its own rows without scanning the whole window's
+/// (issue 15). ?1..?4 = window start, end, first and last tenant.
+pub(super) fn delete_window_sql(table: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE ts_ms IN
+         (SELECT ts_ms FROM sample_ticks WHERE ts_ms >= ?1 AND ts_ms < ?2)
+         AND tenant >= ?3 AND tenant <= ?4"
+    )
+}
+
 /// Deletes the rows of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
 /// last] from a raw table (moved into blocks). `table` is one of the store's own tables.
 pub(super) async fn delete_window(
@@ -128,17 +156,13 @@ pub(super) async fn delete_window(
     start_ms: i64,
     (first, last): (&str, &str),
 ) -> Result<()> {
+    const OP: &str = "delete compacted raw rows";
     // `table` is a constant of this crate: no user text.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM {table} WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3 AND tenant <= ?4"
-    )))
-    .bind(start_ms)
-    .bind(start_ms + BLOCK_MS)
-    .bind(first)
-    .bind(last)
-    .execute(&mut *tx)
-    .await
-    .map_err(q("delete compacted raw rows"))?;
+    let args = window_args(start_ms, (first, last), OP)?;
+    sqlx::query_with(sqlx::AssertSqlSafe(delete_window_sql(table)), args)
+        .execute(&mut *tx)
+        .await
+        .map_err(q(OP))?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 
 use super::rollup::{
     BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
+    window_args,
 };
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::usage_block::decode_usage;
@@ -432,30 +433,35 @@ fn row_of(r: &SqliteRow) -> Result<UsageRow> {
     })
 }
 
+/// `raw_usage_window`'s query: ?1..?4 = window start, end, first and last tenant.
+pub(super) fn usage_window_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT {} FROM sample_ticks t CROSS JOIN usage_raw u ON u.ts_ms = t.ts_ms
+             WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 AND u.tenant >= ?3 AND u.tenant <= ?4
+             ORDER BY t.ts_ms, u.tenant",
+            raw_select("u.")
+        )
+    })
+}
+
 /// The raw rows of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
-/// last], by tenant then time: what a compaction moves into blocks.
+/// last], by time then tenant: what a compaction moves into blocks. Found with one seek per
+/// sweep time (`sample_ticks`) over the tenants' range, in the table's own order (no sort),
+/// so a slice of the tenants reads its own rows, not the whole window's (issue 15).
 pub(super) async fn raw_usage_window(
     tx: &mut SqliteConnection,
     start_ms: i64,
     (first, last): (&str, &str),
 ) -> Result<Vec<UsageRow>> {
-    static SQL: OnceLock<String> = OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "SELECT {} FROM usage_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3
-             AND tenant <= ?4 ORDER BY tenant, ts_ms",
-            raw_select("")
-        )
-    });
+    const OP: &str = "read a window of raw usage";
+    let args = window_args(start_ms, (first, last), OP)?;
     // Built only from the const column lists: no user text.
-    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(start_ms)
-        .bind(start_ms + BLOCK_MS)
-        .bind(first)
-        .bind(last)
+    sqlx::query_with(sqlx::AssertSqlSafe(usage_window_sql()), args)
         .fetch_all(&mut *tx)
         .await
-        .map_err(q("read a window of raw usage"))?
+        .map_err(q(OP))?
         .iter()
         .map(row_of)
         .collect()
@@ -703,7 +709,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A tenant using `cores` CPUs and holding `mem` bytes, sampled at `ts_ms` after `dt_ms`.
@@ -969,24 +975,25 @@ mod tests {
     /// A tenant's raw rows are found by primary-key lookups per sweep time, never by a scan
     /// of every tenant's rows (which is what made per-tenant queries slow on a busy host), and
     /// its blocks by their key.
+    /// SQLite's query plan of `sql`, whose parameters ?1..?4 are bound to a time, a time, a
+    /// tenant and a tenant (the values do not change the plan), its lines joined by "; ".
+    pub(in crate::store) async fn query_plan(pool: sqlx::SqlitePool, sql: String) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind(0_i64)
+                .bind(600_000_i64)
+                .bind("a")
+                .bind("m")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
+    }
+
     #[tokio::test]
     async fn raw_queries_look_rows_up_by_time_and_tenant() {
         let (_d, s) = store().await;
-        let plan = |sql: String| {
-            let pool = s.pool().clone();
-            async move {
-                let rows: Vec<(i64, i64, i64, String)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                        .bind(0_i64)
-                        .bind(1000_i64)
-                        .bind("a")
-                        .bind(1_i64)
-                        .fetch_all(&pool)
-                        .await
-                        .unwrap();
-                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
-            }
-        };
+        let plan = |sql: String| query_plan(s.pool().clone(), sql);
         let p = plan(tail_sql().into()).await;
         assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
         assert!(

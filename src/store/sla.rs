@@ -4,7 +4,7 @@
 //! `store::sweep` (the one transaction writing both).
 
 use super::rollup::{
-    BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
+    BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded, window_args,
 };
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::sla_engine::Verdict;
@@ -181,25 +181,29 @@ fn verdict(r: VerdictRow) -> Verdict {
     }
 }
 
+/// `raw_verdict_window`'s query: ?1..?4 = window start, end, first and last tenant.
+pub(super) const VERDICT_WINDOW_SQL: &str =
+    "SELECT s.tenant, s.ts_ms, s.interval_ms, s.guarantee_ratio, s.delivered_ratio,
+     s.contended, s.violating
+     FROM sample_ticks t CROSS JOIN sla_raw s ON s.ts_ms = t.ts_ms
+     WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 AND s.tenant >= ?3 AND s.tenant <= ?4
+     ORDER BY t.ts_ms, s.tenant";
+
 /// The verdicts of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
-/// last], by tenant then time: what a compaction moves into blocks.
+/// last], by time then tenant: what a compaction moves into blocks. Found with one seek per
+/// sweep time (`sample_ticks`) over the tenants' range, so a slice of the tenants reads its
+/// own rows, not the whole window's (issue 15: at 10,000 tenants a compaction is 40 slices).
 pub(super) async fn raw_verdict_window(
     tx: &mut SqliteConnection,
     start_ms: i64,
     (first, last): (&str, &str),
 ) -> Result<Vec<Verdict>> {
-    let rows: Vec<VerdictRow> = sqlx::query_as(
-        "SELECT tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating
-         FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3 AND tenant <= ?4
-         ORDER BY tenant, ts_ms",
-    )
-    .bind(start_ms)
-    .bind(start_ms + BLOCK_MS)
-    .bind(first)
-    .bind(last)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(q("read a window of sla verdicts"))?;
+    const OP: &str = "read a window of sla verdicts";
+    let args = window_args(start_ms, (first, last), OP)?;
+    let rows: Vec<VerdictRow> = sqlx::query_as_with(VERDICT_WINDOW_SQL, args)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(q(OP))?;
     Ok(rows.into_iter().map(verdict).collect())
 }
 

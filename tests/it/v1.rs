@@ -1030,7 +1030,7 @@ fn issue_15_held_v1_reader_sees_new_subdirectories_and_recreated_tenants() {
     let cadence = Cadence::default().for_tenant(true, false);
     let (mut slot, mut buf) = (None, Vec::new());
     let mut sample = |slot: &mut Option<_>| {
-        sample_dirs_with(slot, &dirs, proc, &mut buf, cadence.fresh, &cadence)
+        sample_dirs_with(slot, &dirs, proc, &mut buf, (cadence.fresh, true), &cadence)
             .expect("sample")
             .expect("the tenant exists")
     };
@@ -1068,15 +1068,29 @@ fn issue_15_held_v1_reader_sees_new_subdirectories_and_recreated_tenants() {
     // Deleted and recreated: a new inode, a new reader, a sample of the new directories.
     sb.backend.remove(&t).unwrap();
     assert!(
-        sample_dirs_with(&mut slot, &dirs, proc, &mut buf, cadence.fresh, &cadence)
-            .unwrap()
-            .is_none(),
+        sample_dirs_with(
+            &mut slot,
+            &dirs,
+            proc,
+            &mut buf,
+            (cadence.fresh, true),
+            &cadence
+        )
+        .unwrap()
+        .is_none(),
         "a deleted tenant gives no sample"
     );
     sb.tenant("t");
-    let again = sample_dirs_with(&mut slot, &dirs, proc, &mut buf, cadence.fresh, &cadence)
-        .unwrap()
-        .expect("the recreated tenant is sampled");
+    let again = sample_dirs_with(
+        &mut slot,
+        &dirs,
+        proc,
+        &mut buf,
+        (cadence.fresh, true),
+        &cadence,
+    )
+    .unwrap()
+    .expect("the recreated tenant is sampled");
     assert_ne!(again.ino, first.ino);
     assert_eq!(again.stats.cpu.usage_usec, Some(0));
     assert_eq!(walked(&slot), 2);
