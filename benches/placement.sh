@@ -95,7 +95,7 @@ chmod -R a+rX "$work/bin"
 # The daemon, moved into the bench's directories before it execs (its default root is
 # `<them>/tenantd`); the debug level of serve.rs logs every loss of process events.
 TENANTD_LOG="${TENANTD_LOG:-info,tenantd::cli::serve=debug}" \
-  sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec '"$BIN"' serve --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --cgroup-version v1 --placement-rescan-s 3600 --reconcile-interval-s 3600' \
+  sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec '"$BIN"' serve --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --cgroup-version v1 --placement-rescan-s 3600 --reconcile-interval-s 3600' \
   sh "${dirs[@]}" 2>"$work/daemon.log" &
 daemon=$!
 for _ in $(seq 150); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
@@ -141,7 +141,7 @@ p0=$(placed_total)
 lost0=$(grep -c "process events lost" "$work/daemon.log" || true)
 load=$(cut -d' ' -f1 /proc/loadavg)
 a=$(ticks); w0=$(date +%s.%N)
-sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec "$0" '"$RATE $SECONDS_ $LIFE $TENANTS $PREFIX $work/bin $N_EXE $ROOT ${#dirs[@]} $work/samples" \
+sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$0" '"$RATE $SECONDS_ $LIFE $TENANTS $PREFIX $work/bin $N_EXE $ROOT ${#dirs[@]} $work/samples" \
   "$work/gen" "${dirs[@]}" &
 gen=$!
 wait "$gen" || { echo "the generator failed"; exit 1; }

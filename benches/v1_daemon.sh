@@ -29,10 +29,11 @@ v1_cleanup() {
   rm -rf "$work"
 }
 
-# v1_serve BIN PORT DB LOG: starts `BIN serve` inside `dirs` (its default root is there) with
+# v1_serve BIN PORT DB LOG: starts `BIN serve` inside `dirs` (its default root is there; a move
+# that fails stops it before it starts, so no daemon ever runs in the caller's own cgroups) with
 # the v1 backend, sets `daemon` to its PID and waits for /healthz.
 v1_serve() {
-  sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs"; done; exec '"$1"' serve --listen 127.0.0.1:'"$2"' --db '"$3"' --cgroup-version v1' \
+  sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec '"$1"' serve --listen 127.0.0.1:'"$2"' --db '"$3"' --cgroup-version v1' \
     sh "${dirs[@]}" 2>"$4" &
   daemon=$!
   disown "$daemon"
