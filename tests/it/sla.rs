@@ -308,7 +308,30 @@ fn a_hard_memory_guarantee_keeps_its_pages_while_a_hog_takes_the_rest() {
         p0 > 150 << 20 && q0 > 150 << 20,
         "the reads were cached: {p0} {q0}"
     );
-    // The hog allocates anonymous memory until the host must reclaim.
+    // The hog allocates anonymous memory until the host must reclaim: all it can have without
+    // the protected pages (MemAvailable counts them as reclaimable; memory.min keeps them),
+    // less a margin, so every unprotected page cache goes and the OOM killer has no cause.
+    // A fixed size does not fit: the guest's free memory varies with the tests before (a
+    // fixed 640 MiB drove the kernel to OOM in one CI run, and the daemon with it).
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .expect("MemAvailable in /proc/meminfo")
+        << 10;
+    let hog = available.saturating_sub(p0 + (48 << 20));
+    eprintln!(
+        "MemAvailable {} MiB: the hog takes {} MiB",
+        available >> 20,
+        hog >> 20
+    );
+    assert!(
+        hog > q0 + (64 << 20),
+        "this VM has too little memory to show reclaim ({} MiB available with {} MiB protected): give it more (TENANTD_VM_MEM)",
+        available >> 20,
+        p0 >> 20
+    );
     let out = d
         .cli()
         .args([
@@ -318,7 +341,7 @@ fn a_hard_memory_guarantee_keeps_its_pages_while_a_hog_takes_the_rest() {
             "--",
             "python3",
             "-c",
-            "import time; b = bytearray(640 * 1024 * 1024); time.sleep(1)",
+            &format!("import time; b = bytearray({hog}); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)"),
         ])
         .output()
         .unwrap();
