@@ -491,6 +491,27 @@ pub(crate) fn read_file(path: &Path) -> Result<String> {
     })
 }
 
+/// One value of a backend's `settle` pass that differs from the plan: written to `p` when
+/// `write` (`apply`), and recorded as changed either way (`drift` only reads).
+pub(crate) fn settle_value(
+    changes: &mut Vec<Change>,
+    p: &Path,
+    write: bool,
+    file: &str,
+    was: String,
+    now: String,
+) -> Result<()> {
+    if write {
+        write_file(p, &now)?;
+    }
+    changes.push(Change {
+        file: file.to_string(),
+        was,
+        now,
+    });
+    Ok(())
+}
+
 /// Writes a value into a cgroup file; the error names the file and the value.
 pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(|source| CgroupError::Write {

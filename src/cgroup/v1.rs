@@ -26,7 +26,7 @@ use super::parse;
 use super::v1_parse::{self, CgroupMount, ProcCgroup};
 use super::{
     Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF,
-    NotApplied, Result, normal, optional, read_file, write_file,
+    NotApplied, Result, normal, optional, read_file, settle_value, write_file,
 };
 use crate::domain::plan::{IoMax, Limit, Setting, Settings};
 use crate::domain::tenant::DevId;
@@ -273,15 +273,7 @@ impl V1 {
                     format!("the {controller} v1 hierarchy is not mounted (see GET /v1/host)"),
                 ));
             };
-            if write {
-                write_file(&p, &now)?;
-            }
-            changes.push(Change {
-                file: file.to_string(),
-                was,
-                now,
-            });
-            Ok(())
+            settle_value(&mut changes, &p, write, file, was, now)
         };
 
         if have.shares != shares {

@@ -5,7 +5,7 @@ use super::parse;
 use super::v1_parse;
 use super::{
     Backend, BlockDevice, CgroupError, CgroupPath, Change, DAEMON_LEAF, HostCgroup, LEAF, Result,
-    normal, optional, parsed, read_file, write_file,
+    normal, optional, parsed, read_file, settle_value, write_file,
 };
 use crate::domain::plan::{IoMax, Limit, Settings};
 use crate::domain::tenant::DevId;
@@ -57,15 +57,7 @@ impl V2 {
                     why: "its controller is not enabled for this cgroup (see GET /v1/host)".into(),
                 });
             }
-            if write {
-                write_file(&p, &now)?;
-            }
-            changes.push(Change {
-                file: file.to_string(),
-                was,
-                now,
-            });
-            Ok(())
+            settle_value(&mut changes, &p, write, file, was, now)
         };
         if have.cpu_weight != cpu_weight {
             put(
