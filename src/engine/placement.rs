@@ -164,19 +164,35 @@ impl Governor {
             out[i] = Some(r);
         }
         if !checked.is_empty() {
-            let steps: Vec<NewIntent> = checked
+            // A rule's move needs no record where it is one write (one hierarchy: v2), and
+            // records to the move log where a crash could split it (v1); a move by hand
+            // records to the database, with its event.
+            let by_rule = items.iter().all(|(_, _, by)| matches!(by, By::Rule(_)));
+            let b = self.backend().clone();
+            let one_write = checked
                 .iter()
-                .map(|(i, adm, leaf, from)| {
-                    Step::Attach {
-                        leaf: journal::text(leaf),
-                        pid: adm.pid,
-                        start_time: adm.start_time,
-                        from: from.clone(),
-                    }
-                    .intent(items[*i].0)
-                })
-                .collect();
-            let ids = self.store().add_intents(&steps).await?;
+                .all(|(_, _, leaf, _)| b.dirs(leaf).len() <= 1);
+            let steps = || -> Vec<NewIntent> {
+                checked
+                    .iter()
+                    .map(|(i, adm, leaf, from)| {
+                        Step::Attach {
+                            leaf: journal::text(leaf),
+                            pid: adm.pid,
+                            start_time: adm.start_time,
+                            from: from.clone(),
+                        }
+                        .intent(items[*i].0)
+                    })
+                    .collect()
+            };
+            let journal = if by_rule && one_write {
+                Journal::None
+            } else if by_rule && self.record_moves(&steps()) {
+                Journal::Moves
+            } else {
+                Journal::Store(self.store().add_intents(&steps()).await?)
+            };
             let (b, policy) = (self.backend().clone(), self.policy());
             let tenants: Vec<String> = checked
                 .iter()
@@ -193,6 +209,17 @@ impl Governor {
                 (checked, moved)
             })
             .await?;
+            let ids = match journal {
+                Journal::Store(ids) => ids,
+                Journal::Moves => {
+                    self.moves_done();
+                    Vec::new()
+                }
+                Journal::None => Vec::new(),
+            };
+            if ids.is_empty() {
+                return Ok(answers(out, checked, moved));
+            }
             let events: Vec<NewEvent> = checked
                 .iter()
                 .zip(&moved)
@@ -239,16 +266,47 @@ impl Governor {
                 }
                 return Err(e.into());
             }
-            for ((i, adm, ..), m) in checked.into_iter().zip(moved) {
-                out[i] = Some(m.map(|()| Attached::Moved {
-                    start_time: adm.start_time,
-                }));
+            return Ok(answers(out, checked, moved));
+        }
+        Ok(answers(out, Vec::new(), Vec::new()))
+    }
+
+    /// Records a batch of rules' moves to the move log (opened at its first use); false when
+    /// it cannot be written (the caller records to the database instead).
+    fn record_moves(&self, steps: &[NewIntent]) -> bool {
+        let mut g = self.auto.moves.lock().expect("moves lock");
+        let r = match g.as_mut() {
+            Some(log) => log.record(steps),
+            None => crate::store::MoveLog::open(&self.store().move_log_path()).and_then(|mut l| {
+                let r = l.record(steps);
+                *g = Some(l);
+                r
+            }),
+        };
+        match r {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "the move log {} cannot be written ({e}): the rules' moves are recorded in the database",
+                    self.store().move_log_path().display()
+                );
+                false
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|r| r.expect("every item answered"))
-            .collect())
+    }
+
+    /// The batch recorded by `record_moves` is over (each move whole or undone).
+    fn moves_done(&self) {
+        let mut g = self.auto.moves.lock().expect("moves lock");
+        if let Some(log) = g.as_mut()
+            && let Err(e) = log.clear()
+        {
+            // Kept: the next batch cuts it off first, and a restart finds the moves whole.
+            tracing::warn!(
+                "the move log {} cannot be cut off: {e}",
+                log.path().display()
+            );
+        }
     }
 
     /// The processes in the tenant's leaf.
@@ -268,6 +326,32 @@ impl Governor {
         })
         .await?
     }
+}
+
+/// Where a batch's moves are recorded before they start.
+enum Journal {
+    /// In the database (moves by hand): the records' ids.
+    Store(Vec<i64>),
+    /// In the move log (rules' moves that a crash could split across v1 hierarchies).
+    Moves,
+    /// Nowhere: each move is one write (one hierarchy), whole or not done.
+    None,
+}
+
+/// Each item's answer: those answered before the moves (`out`), then each move's.
+fn answers(
+    mut out: Vec<Option<Result<Attached>>>,
+    checked: Vec<(usize, Admitted, CgroupPath, Vec<PathBuf>)>,
+    moved: Vec<Result<()>>,
+) -> Vec<Result<Attached>> {
+    for ((i, adm, ..), m) in checked.into_iter().zip(moved) {
+        out[i] = Some(m.map(|()| Attached::Moved {
+            start_time: adm.start_time,
+        }));
+    }
+    out.into_iter()
+        .map(|r| r.expect("every item answered"))
+        .collect()
 }
 
 /// What a placement of a batch did with one process.
