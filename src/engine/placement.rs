@@ -64,10 +64,11 @@ impl Governor {
     /// `attach` for the placer, for a batch of processes at once (`(tenant, PID, start
     /// time)`): each process must still be the one its rule matched (`PID` with that start
     /// time), no event per process (the placer summarises them), and the kernel values are
-    /// read again by the caller, once per burst. One write lock, one journal transaction
-    /// before the moves and one after them for the whole batch. `Err`: the batch failed as a
-    /// whole (the journal could not be written) and nothing was moved; otherwise one answer
-    /// per process, in order.
+    /// read again by the caller, once per burst. One write lock for the whole batch; its
+    /// records go to the move log (one write before the moves, one cut after them) on v1 and
+    /// nowhere on v2 (`Journal`), never to the database. `Err`: the batch failed as a whole
+    /// (the journal could not be written) and nothing was moved; otherwise one answer per
+    /// process, in order.
     pub async fn attach_by_rule(
         &self,
         moves: &[(TenantName, u32, u64)],
@@ -93,10 +94,10 @@ impl Governor {
 
     /// The one placement path: under the write lock, each process is checked (`policy`, and
     /// for a rule's move its start time and that it was not placed by hand meanwhile) and
-    /// where it is in every hierarchy read; the batch's steps are journaled in one
-    /// transaction, each process is moved and checked (`move_checked`), and the steps are
-    /// removed (with the events of the moves by hand) in one transaction. When that last
-    /// write fails the moves are undone. A tenant directory missing in some hierarchy is made
+    /// where it is in every hierarchy read; the batch's steps are journaled (moves by hand: in
+    /// one database transaction; a rule's: see `Journal`), each process is moved and checked
+    /// (`move_checked`), and the steps are removed (with the events of the moves by hand, in
+    /// one transaction). When that last database write fails the moves are undone. A tenant directory missing in some hierarchy is made
     /// again (with the tenant's values) before the process goes there.
     async fn attach_batch(
         &self,
