@@ -733,19 +733,18 @@ fn limit_events_of(
 /// The snapshot `/metrics` renders: each sample's stats with the tenant's spec, no SLA totals
 /// yet (`Sampler::judge` adds them). Returns it.
 fn snapshot(specs: &HashMap<String, Arc<TenantSpec>>, samples: &[(&str, Sample)]) -> Snapshot {
-    let mut snap = Snapshot::default();
-    for (name, sample) in samples {
+    let tenants = samples.iter().map(|(name, sample)| {
         let spec = specs.get(*name).cloned().unwrap_or_default();
-        snap.tenants.insert(
-            name.to_string(),
-            TenantSnapshot {
-                stats: sample.stats.clone(),
-                spec,
-                sla: None,
-            },
-        );
+        let t = TenantSnapshot {
+            stats: sample.stats.clone(),
+            spec,
+            sla: None,
+        };
+        (name.to_string(), t)
+    });
+    Snapshot {
+        tenants: tenants.collect(),
     }
-    snap
 }
 
 /// The tenants the SLA engine judges: those with rates. Returns (tenant, rates) in sample order.
