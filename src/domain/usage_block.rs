@@ -118,12 +118,22 @@ struct BitReader<'a> {
 }
 
 impl<'a> BitReader<'a> {
+    /// `n` bits (at most 64), a byte's worth at a time (issue 15: the sampler decodes the
+    /// first row it holds of every tenant every sweep).
     fn bits(&mut self, n: u32) -> Result<u64> {
-        let mut v = 0u64;
-        for _ in 0..n {
-            let byte = *self.data.get(self.pos / 8).ok_or(BlockError("truncated"))?;
-            v = (v << 1) | u64::from((byte >> (7 - self.pos % 8)) & 1);
-            self.pos += 1;
+        debug_assert!(n <= 64);
+        if self.pos + n as usize > self.data.len() * 8 {
+            return Err(BlockError("truncated"));
+        }
+        let (mut v, mut left) = (0u64, n);
+        while left > 0 {
+            let byte = self.data[self.pos / 8];
+            let avail = 8 - (self.pos % 8) as u32;
+            let take = avail.min(left);
+            let part = (u32::from(byte) >> (avail - take)) & ((1 << take) - 1);
+            v = (v << take) | u64::from(part);
+            self.pos += take as usize;
+            left -= take;
         }
         Ok(v)
     }
