@@ -287,7 +287,14 @@ impl Store {
     }
 
     async fn write_fold(&self, now_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        // The write lock first: the fold reads, then writes, and a deferred transaction whose
+        // snapshot an API write overtook meanwhile fails at its first write (SQLITE_BUSY,
+        // which the busy timeout does not wait out); seen at start, while tenants are created.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q("begin"))?;
         let oldest = self.held_lock().oldest();
         let held = |range: (i64, i64)| self.held_lock().all_rows(range);
         fold_chunk_minutes(&mut tx, now_ms, oldest, &held).await?;
