@@ -175,12 +175,31 @@ impl Held {
             .collect()
     }
 
-    /// Every tenant's rows held in [from_ms, to_ms), by tenant.
-    pub(super) fn all_rows(&self, (from_ms, to_ms): (i64, i64)) -> HashMap<String, Vec<UsageRow>> {
+    /// The rows held in [from_ms, to_ms) of the tenants in [first, last], by tenant.
+    pub(super) fn all_rows(
+        &self,
+        (from_ms, to_ms): (i64, i64),
+        (first, last): (&str, &str),
+    ) -> HashMap<String, Vec<UsageRow>> {
         self.tenants
             .keys()
+            .filter(|n| (first..=last).contains(&n.as_str()))
             .map(|n| (n.clone(), self.rows(n, (from_ms, to_ms))))
             .filter(|(_, r)| !r.is_empty())
+            .collect()
+    }
+
+    /// The tenants with rows held from before `to_ms`.
+    pub(super) fn names_before(&self, to_ms: i64) -> Vec<String> {
+        self.tenants
+            .iter()
+            .filter(|(_, t)| {
+                t.writing
+                    .iter()
+                    .chain(std::iter::once(&t.rows))
+                    .any(|h| h.first_ts().is_some_and(|f| f < to_ms))
+            })
+            .map(|(n, _)| n.clone())
             .collect()
     }
 
