@@ -309,37 +309,6 @@ async fn measure(p: Profile, tenants: usize, minutes: i64) {
         t.elapsed().as_secs_f64() * 1e6 / (ts_list.len() * tenants) as f64
     );
     alone.close().await;
-    // The sampler's write path since (issue 15, sampling cost): rows held in memory and
-    // written as a compressed chunk per tenant every 9 s with the sweep's verdicts, then the
-    // compaction of the chunks of closed windows into blocks.
-    let held = Store::open(&dir.path().join("held.db"))
-        .await
-        .expect("open");
-    let t = Instant::now();
-    for (rows, verdicts) in &ts_list {
-        held.add_sweep_held(rows, verdicts, &[])
-            .await
-            .expect("sweep");
-    }
-    held.flush_held().await.expect("flush");
-    let held_write = t.elapsed();
-    let t = Instant::now();
-    let moved = held
-        .compact_raw(ts + 3_600_000, &mut |_, _| {})
-        .await
-        .expect("compact");
-    let compact = t.elapsed();
-    let samples = (ts_list.len() * tenants) as f64;
-    println!(
-        "held in memory, written as chunks: {:.2} s to write ({:.1} us per tenant-sample; raw rows above: {:.1} us), \
-         compaction from chunks {:.2} s for {moved} chunk rows and verdicts ({:.1} us per tenant-sample)",
-        held_write.as_secs_f64(),
-        held_write.as_secs_f64() * 1e6 / samples,
-        write.as_secs_f64() * 1e6 / samples,
-        compact.as_secs_f64(),
-        compact.as_secs_f64() * 1e6 / samples,
-    );
-    held.close().await;
 
     // Compressed blocks of `len` samples per tenant, stored one row per (tenant, start).
     println!("compressed blocks (one SQLite row per tenant and block; raw usage + verdicts):");

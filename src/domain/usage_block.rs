@@ -32,7 +32,7 @@ pub struct BlockError(&'static str);
 type Result<T> = std::result::Result<T, BlockError>;
 
 /// Bits, most significant first.
-#[derive(Debug, Default, Clone)]
+#[derive(Default)]
 struct BitWriter {
     buf: Vec<u8>,
     acc: u64,
@@ -118,22 +118,12 @@ struct BitReader<'a> {
 }
 
 impl<'a> BitReader<'a> {
-    /// `n` bits (at most 64), a byte's worth at a time (issue 15: the sampler decodes the
-    /// first row it holds of every tenant every sweep).
     fn bits(&mut self, n: u32) -> Result<u64> {
-        debug_assert!(n <= 64);
-        if self.pos + n as usize > self.data.len() * 8 {
-            return Err(BlockError("truncated"));
-        }
-        let (mut v, mut left) = (0u64, n);
-        while left > 0 {
-            let byte = self.data[self.pos / 8];
-            let avail = 8 - (self.pos % 8) as u32;
-            let take = avail.min(left);
-            let part = (u32::from(byte) >> (avail - take)) & ((1 << take) - 1);
-            v = (v << take) | u64::from(part);
-            self.pos += take as usize;
-            left -= take;
+        let mut v = 0u64;
+        for _ in 0..n {
+            let byte = *self.data.get(self.pos / 8).ok_or(BlockError("truncated"))?;
+            v = (v << 1) | u64::from((byte >> (7 - self.pos % 8)) & 1);
+            self.pos += 1;
         }
         Ok(v)
     }
@@ -712,181 +702,6 @@ pub fn decode_verdicts(tenant: &str, block: &[u8]) -> Result<Vec<Verdict>> {
         .collect())
 }
 
-/// One tenant's samples not yet stored (issue 15, sampling cost): held in memory as a bit
-/// stream a few bytes a sample, until the store writes them as one chunk (`encode_usage`).
-/// The first row is coded against an empty row and byte-aligned; every later row against
-/// that first row: per value one bit "as in the first row", else the value (integers as
-/// the difference, floats in Gorilla's XOR code). An idle tenant's row costs about 8 bytes,
-/// against about 640 for a `UsageRow`. Appending decodes only the first row.
-#[derive(Debug, Default, Clone)]
-pub struct HeldRows {
-    w: BitWriter,
-    rows: u16,
-}
-
-/// The integer values of a row in held order: interval, counters, gauges, events.
-fn held_ints(r: &UsageRow) -> impl Iterator<Item = Option<i64>> + '_ {
-    std::iter::once(r.interval_ms)
-        .chain(r.counters.values())
-        .chain(r.gauges.values())
-        .chain(r.events.values())
-}
-
-const HELD_INTS: usize = 1 + UsageCounters::LEN + UsageGauges::LEN + UsageEvents::LEN;
-
-impl HeldRows {
-    /// How many rows are held.
-    pub fn len(&self) -> usize {
-        usize::from(self.rows)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-
-    /// Bytes of heap the rows take.
-    pub fn heap_bytes(&self) -> usize {
-        self.w.buf.capacity()
-    }
-
-    /// Appends `r`, which must be later than the rows held (the store checks).
-    pub fn push(&mut self, r: &UsageRow) {
-        let first = if self.rows == 0 {
-            UsageRow::default()
-        } else {
-            // The first row is whole bytes at the start of the stream.
-            let mut rd = BitReader {
-                data: &self.w.buf,
-                pos: 0,
-            };
-            match get_held_row(&mut rd, &UsageRow::default(), "") {
-                Ok(f) => f,
-                Err(_) => unreachable!("the first held row was written by push"),
-            }
-        };
-        put_held_row(&mut self.w, r, &first);
-        if self.rows == 0 && self.w.n > 0 {
-            let pad = 8 - self.w.n;
-            self.w.bits(0, pad);
-        }
-        self.rows = self.rows.saturating_add(1);
-    }
-
-    /// The rows held, in the order pushed, named `tenant`.
-    pub fn rows(&self, tenant: &str) -> Vec<UsageRow> {
-        let mut data = self.w.buf.clone();
-        if self.w.n > 0 {
-            data.push((self.w.acc << (8 - self.w.n)) as u8);
-        }
-        let mut rd = BitReader {
-            data: &data,
-            pos: 0,
-        };
-        let mut out = Vec::with_capacity(self.len());
-        let base = UsageRow::default();
-        for i in 0..self.rows {
-            let against = if i == 0 { &base } else { &out[0] };
-            match get_held_row(&mut rd, against, tenant) {
-                Ok(r) => out.push(r),
-                Err(_) => unreachable!("held rows were written by push"),
-            }
-            if i == 0 {
-                rd.pos = rd.pos.div_ceil(8) * 8;
-            }
-        }
-        out
-    }
-
-    /// The time of the first row held.
-    pub fn first_ts(&self) -> Option<i64> {
-        (self.rows > 0).then(|| {
-            let mut rd = BitReader {
-                data: &self.w.buf,
-                pos: 0,
-            };
-            rd.int().unwrap_or_default()
-        })
-    }
-
-    /// Empties the buffer, keeping its allocation.
-    pub fn clear(&mut self) {
-        self.w.buf.clear();
-        self.w.acc = 0;
-        self.w.n = 0;
-        self.rows = 0;
-    }
-}
-
-fn put_held_row(w: &mut BitWriter, r: &UsageRow, first: &UsageRow) {
-    w.int(r.ts_ms.wrapping_sub(first.ts_ms));
-    for (v, f) in held_ints(r).zip(held_ints(first)) {
-        if v == f {
-            w.bit(true);
-            continue;
-        }
-        w.bit(false);
-        w.bit(v.is_some());
-        if let Some(v) = v {
-            w.int(v.wrapping_sub(f.unwrap_or(0)));
-        }
-    }
-    for (v, f) in r.rates.values().into_iter().zip(first.rates.values()) {
-        let (vb, fb) = (v.map(f64::to_bits), f.map(f64::to_bits));
-        if vb == fb {
-            w.bit(true);
-            continue;
-        }
-        w.bit(false);
-        w.bit(vb.is_some());
-        if let Some(vb) = vb {
-            let x = vb ^ fb.unwrap_or(0);
-            let tz = x.trailing_zeros().min(63);
-            w.bits(u64::from(tz), 6);
-            w.uint(x >> tz);
-        }
-    }
-}
-
-fn get_held_row(rd: &mut BitReader, first: &UsageRow, tenant: &str) -> Result<UsageRow> {
-    let ts_ms = first.ts_ms.wrapping_add(rd.int()?);
-    let mut ints = [None; HELD_INTS];
-    for (slot, f) in ints.iter_mut().zip(held_ints(first)) {
-        *slot = if rd.bit()? {
-            f
-        } else if rd.bit()? {
-            Some(f.unwrap_or(0).wrapping_add(rd.int()?))
-        } else {
-            None
-        };
-    }
-    let mut rates = [None; UsageRates::LEN];
-    for (slot, f) in rates.iter_mut().zip(first.rates.values()) {
-        *slot = if rd.bit()? {
-            f
-        } else if rd.bit()? {
-            let tz = rd.bits(6)? as u32;
-            let x = rd.uint()? << tz;
-            Some(f64::from_bits(x ^ f.map(f64::to_bits).unwrap_or(0)))
-        } else {
-            None
-        };
-    }
-    let (c0, g0, e0) = (
-        1,
-        1 + UsageCounters::LEN,
-        1 + UsageCounters::LEN + UsageGauges::LEN,
-    );
-    Ok(UsageRow {
-        tenant: tenant.to_string(),
-        ts_ms,
-        interval_ms: ints[0],
-        counters: UsageCounters::from_values(std::array::from_fn(|i| ints[c0 + i])),
-        gauges: UsageGauges::from_values(std::array::from_fn(|i| ints[g0 + i])),
-        rates: UsageRates::from_values(rates),
-        events: UsageEvents::from_values(std::array::from_fn(|i| ints[e0 + i])),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1074,35 +889,6 @@ mod tests {
             prop_assert_eq!(key(&back), key(&rows));
         }
 
-        /// Rows held in memory (`HeldRows`) come back exactly, every float bit for bit,
-        /// whatever they hold, and the chunk the store makes of them decodes to the same.
-        #[test]
-        fn held_rows_round_trip_exactly(rows in proptest::collection::vec(any_row(), 0..20)) {
-            let mut h = HeldRows::default();
-            for r in &rows {
-                h.push(r);
-            }
-            prop_assert_eq!(h.len(), rows.len());
-            let back = h.rows("t");
-            let named: Vec<UsageRow> = rows.iter().map(|r| UsageRow { tenant: "t".into(), ..r.clone() }).collect();
-            prop_assert_eq!(bits(&back), bits(&named));
-            prop_assert_eq!(h.first_ts(), rows.first().map(|r| r.ts_ms));
-            let chunk = decode_usage("t", &encode_usage(&back)).unwrap();
-            prop_assert_eq!(bits(&chunk), bits(&named));
-        }
-
-        /// Sampled rows held cost a few bytes each once the first is held.
-        #[test]
-        fn held_sampled_rows_are_small(rows in sampled_rows()) {
-            let mut h = HeldRows::default();
-            for r in rows.iter().take(10) {
-                h.push(r);
-            }
-            let back = h.rows("t");
-            prop_assert_eq!(bits(&back), bits(&rows[..rows.len().min(10)]));
-            prop_assert!(h.w.buf.len() <= 400 + 120 * rows.len().min(10), "{} bytes", h.w.buf.len());
-        }
-
         /// Damaged bytes give an error or some rows, never a panic.
         #[test]
         fn damaged_blocks_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
@@ -1134,46 +920,6 @@ mod tests {
         let block = encode_usage(&rows);
         assert_eq!(decode_usage("t", &block).unwrap(), rows);
         assert!(block.len() < 120, "{} bytes", block.len());
-    }
-
-    /// An idle tenant's held row (after the first) costs under 10 bytes: the
-    /// in-memory buffer of 10,000 tenants' 10 s is about a megabyte.
-    #[test]
-    fn idle_held_rows_cost_a_few_bytes() {
-        let s = Sample::whole(
-            1,
-            CgroupStats {
-                memory_current: Some(4096),
-                cpu: CpuStat {
-                    usage_usec: Some(123_456_789),
-                    ..CpuStat::default()
-                },
-                ..CgroupStats::default()
-            },
-        );
-        let mut h = HeldRows::default();
-        let mut rows = Vec::new();
-        // A steady tenant's chunk: every row has rates (only a tenant's very first has none).
-        for i in 1..11 {
-            let r = usage::rates(&s, (i - 1) * 1000, &s, i * 1000);
-            let row =
-                UsageRow::from_sample("t", 1_800_000_000_000 + i * 1000 + i % 3, &s, r.as_ref());
-            h.push(&row);
-            rows.push(row);
-        }
-        assert_eq!(h.rows("t"), rows);
-        let first = {
-            let mut one = HeldRows::default();
-            one.push(&rows[0]);
-            one.w.buf.len()
-        };
-        let per_row = (h.w.buf.len() - first) / 9;
-        assert!(
-            per_row <= 8,
-            "{per_row} bytes a row after the first ({first})"
-        );
-        h.clear();
-        assert!(h.is_empty() && h.rows("t").is_empty() && h.first_ts().is_none());
     }
 
     #[test]

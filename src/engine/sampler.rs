@@ -352,12 +352,6 @@ impl Sampler {
                 },
             }
         }
-        // The raw samples held in memory: a stop loses none of them.
-        if let Err(e) = self.gov.store().flush_held().await {
-            tracing::warn!(
-                "usage sampler: the last raw samples could not be stored at shutdown: {e}"
-            );
-        }
     }
 
     /// The tenants to sample, taken from the governor's desired state in memory only when
@@ -632,8 +626,7 @@ impl Sampler {
         }
     }
 
-    /// Writes the sweep's verdicts and events in one transaction with the chunks of the rows
-    /// held whose period ended (`Store::add_sweep_held`), adds them to the
+    /// Writes the sweep's rows, verdicts and events in one transaction, adds them to the
     /// minute rolled up in memory and writes the minute it closes; times both writes as
     /// `db_write_seconds`. Returns the store's error.
     async fn write(
@@ -645,9 +638,7 @@ impl Sampler {
     ) -> Result<()> {
         let store = self.gov.store();
         let started = Instant::now();
-        // The rows are held in memory and written as a chunk per tenant every 9 s
-        // (`store::chunks`); verdicts and events are committed now.
-        store.add_sweep_held(rows, verdicts, events).await?;
+        store.add_sweep(rows, verdicts, events).await?;
         let closed = add_to_minute(&mut self.minute, ts_ms, rows, verdicts);
         if let Some(c) = closed.filter(|c| c.whole) {
             // Whatever is older and not rolled up yet is folded from raw first: a rollup marks
@@ -1171,13 +1162,11 @@ mod tests {
                 && kinds.iter().any(|e| matches!(e, Event::MemoryMax(_))),
             "{kinds:?}"
         );
-        // The raw rows are held in memory, then written as chunks: read as the API reads.
-        let cores: Option<f64> = store
-            .raw_usage("web", 0, i64::MAX)
-            .await
-            .unwrap()
-            .last()
-            .and_then(|r| r.rates.cpu_cores);
+        let cores: Option<f64> =
+            sqlx::query_scalar("SELECT cpu_cores FROM usage_raw ORDER BY ts_ms DESC LIMIT 1")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
         assert!(cores.unwrap() > 1.0, "1 CPU second in ~20 ms: {cores:?}");
         assert!(
             metrics
@@ -1256,16 +1245,13 @@ mod tests {
         set_cpu_usage(&root.join("c"), 31_500_000);
         assert_eq!(sampler.sweep_at(t0 + 1000).await.unwrap().sampled, 3);
 
-        let mut rows: Vec<(String, i64, Option<f64>)> = Vec::new();
-        for t in ["0d", "a", "b", "c"] {
-            for r in store.raw_usage(t, t0 + 1000, t0 + 1001).await.unwrap() {
-                rows.push((
-                    r.tenant,
-                    r.counters.cpu_usage_usec.unwrap(),
-                    r.rates.cpu_cores,
-                ));
-            }
-        }
+        let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
+            "SELECT tenant, cpu_usage_usec, cpu_cores FROM usage_raw WHERE ts_ms = ?1 ORDER BY tenant",
+        )
+        .bind(t0 + 1000)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
         assert_eq!(
             rows,
             vec![
@@ -1279,9 +1265,12 @@ mod tests {
         put(&store, "b").await;
         set_cpu_usage(&root.join("b"), 25_000_000);
         assert_eq!(sampler.sweep_at(t0 + 2000).await.unwrap().sampled, 4);
-        let b = store.raw_usage("b", t0 + 2000, t0 + 2001).await.unwrap();
-        assert_eq!(b.len(), 1);
-        let b_rate = b[0].rates.cpu_cores;
+        let b_rate: Option<f64> =
+            sqlx::query_scalar("SELECT cpu_cores FROM usage_raw WHERE ts_ms = ?1 AND tenant = 'b'")
+                .bind(t0 + 2000)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
         assert_eq!(b_rate, None);
     }
 
@@ -1324,20 +1313,14 @@ mod tests {
         let rows = |tenant: &'static str| {
             let store = store.clone();
             async move {
-                let r: Vec<Row> = store
-                    .raw_usage(tenant, 0, i64::MAX)
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|r| {
-                        (
-                            r.ts_ms,
-                            r.counters.io_read_bytes,
-                            r.rates.io_read_bytes_per_s,
-                            r.gauges.memory_current_bytes,
-                        )
-                    })
-                    .collect();
+                let r: Vec<Row> = sqlx::query_as(
+                    "SELECT ts_ms, io_read_bytes, io_read_bytes_per_s, memory_current_bytes \
+                     FROM usage_raw WHERE tenant = ?1 ORDER BY ts_ms",
+                )
+                .bind(tenant)
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
                 r
             }
         };

@@ -16,7 +16,6 @@
 //! `fleet_history` ships this node's minutes there and reads the fleet's back. `desired` is
 //! what both do with the desired state, one trait (`DesiredStore`) for both.
 
-mod chunks;
 pub mod desired;
 pub mod fleet;
 pub mod fleet_history;
@@ -355,8 +354,6 @@ pub struct Store {
     /// Bumped after every committed change to the tenants table (`tenants_version`). This
     /// process is the table's only writer: the CLI goes through the HTTP API.
     tenants_version: Arc<AtomicU64>,
-    /// Raw usage not written yet: each tenant's current chunk (`store::chunks`).
-    held: Arc<std::sync::Mutex<chunks::Held>>,
 }
 
 impl Store {
@@ -414,7 +411,6 @@ impl Store {
             path: path.into(),
             writable: Arc::new(AtomicBool::new(true)),
             tenants_version: Arc::new(AtomicU64::new(0)),
-            held: Arc::default(),
         };
         let conn = store
             .writer

@@ -9,7 +9,6 @@
 //! usage tables only: it imports `store::rollup` (levels, retention) and the domain, never
 //! `store::sla` (the SLA tables) nor `store::sweep` (the one transaction writing both).
 
-use super::chunks::{CHUNK_MS, chunks_in, read_chunks};
 use super::rollup::{
     BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
     window_args,
@@ -580,156 +579,17 @@ pub(super) async fn fold_usage(tx: &mut SqliteConnection, now_ms: i64) -> Result
     Ok(())
 }
 
-/// The raw table's rows of the tenants in [first, last] in [from_ms, to_ms), by tenant, each
-/// in time order.
-async fn raw_rows_between(
-    tx: &mut SqliteConnection,
-    (from_ms, to_ms): (i64, i64),
-    (first, last): (&str, &str),
-) -> Result<Vec<UsageRow>> {
-    static SQL: OnceLock<String> = OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "SELECT {} FROM usage_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 AND tenant >= ?3
-             AND tenant <= ?4 ORDER BY tenant, ts_ms",
-            raw_select("")
-        )
-    });
-    // Built only from the const column lists: no user text.
-    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(from_ms)
-        .bind(to_ms)
-        .bind(first)
-        .bind(last)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(q("read raw usage"))?
-        .iter()
-        .map(row_of)
-        .collect()
-}
-
-/// Folds the closed minutes not rolled up yet in which chunks or rows held in memory
-/// (`held`, every tenant's rows from the oldest held) have samples, from those and the raw
-/// table's rows together, with the sums the sampler's in-memory minutes use (`MinuteRollup`):
-/// the minute the daemon started in, and a minute a crash cut. Does nothing (the SQL fold
-/// then takes the raw table's rows) when no chunk or held row is in them.
-/// The rows held in memory in a time range of the tenants in a name range, by tenant.
-pub(super) type HeldRowsOf<'a> = dyn Fn((i64, i64), (&str, &str)) -> std::collections::HashMap<String, Vec<UsageRow>>
-    + Sync
-    + 'a;
-
-pub(super) async fn fold_chunk_minutes(
-    tx: &mut SqliteConnection,
-    now_ms: i64,
-    (oldest_held, held_names): (Option<i64>, &[String]),
-    held: &HeldRowsOf<'_>,
-) -> Result<()> {
-    const MS: i64 = 60_000;
-    let done: Option<i64> =
-        sqlx::query_scalar("SELECT max(bucket_ms) FROM usage_rollup WHERE step_s = 60")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(q("find the last rollup"))?;
-    let first_chunk: Option<i64> = sqlx::query_scalar("SELECT min(start_ms) FROM raw_chunks")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(q("find the first chunk"))?;
-    let closed = now_ms.div_euclid(MS) * MS;
-    let start = match done {
-        Some(b) => b + MS,
-        None => match first_chunk.into_iter().chain(oldest_held).min() {
-            Some(t) => t.div_euclid(MS) * MS,
-            None => return Ok(()),
-        },
-    };
-    if closed <= start {
-        return Ok(());
-    }
-    let any_chunk: Option<i64> = sqlx::query_scalar(
-        "SELECT start_ms FROM raw_chunks WHERE start_ms > ?1 AND start_ms < ?2 LIMIT 1",
-    )
-    .bind(start - CHUNK_MS)
-    .bind(closed)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(q("find chunks to roll up"))?;
-    let held_in_range = oldest_held.is_some_and(|t| t < closed);
-    if any_chunk.is_none() && !held_in_range {
-        return Ok(());
-    }
-    // Bounded work per call: at most `FOLD_MINUTES` minutes (the next call goes on from the
-    // last minute rolled up), tenants in slices of `FOLD_TENANTS`: a decoded row takes some
-    // 700 bytes, and a minute of 10,000 tenants decoded at once took 420 MB.
-    let closed = closed.min(start + FOLD_MINUTES * MS);
-    let mut names: Vec<String> = sqlx::query_scalar(
-        "SELECT tenant FROM raw_chunks WHERE start_ms > ?1 AND start_ms < ?2
-         UNION SELECT tenant FROM usage_raw WHERE ts_ms >= ?3 AND ts_ms < ?2",
-    )
-    .bind(start - CHUNK_MS)
-    .bind(closed)
-    .bind(start)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(q("list the tenants to roll up"))?;
-    names.extend(held_names.iter().cloned());
-    names.sort_unstable();
-    names.dedup();
-    for slice in names.chunks(FOLD_TENANTS) {
-        let tenants = (slice[0].as_str(), slice[slice.len() - 1].as_str());
-        let mut by_tenant: std::collections::BTreeMap<String, Vec<UsageRow>> = Default::default();
-        for r in raw_rows_between(tx, (start, closed), tenants).await? {
-            by_tenant.entry(r.tenant.clone()).or_default().push(r);
-        }
-        let chunks = chunks_in(tx, (start - CHUNK_MS, closed), tenants).await?;
-        for (tenant, rows) in chunks {
-            let e = by_tenant.entry(tenant).or_default();
-            *e = super::rollup::merge_by_time(std::mem::take(e), rows, |r| r.ts_ms);
-        }
-        for (tenant, rows) in held((start, closed), tenants) {
-            let e = by_tenant.entry(tenant).or_default();
-            *e = super::rollup::merge_by_time(std::mem::take(e), rows, |r| r.ts_ms);
-        }
-        let mut minutes: Vec<MinuteRollup> = Vec::new();
-        for (tenant, rows) in &by_tenant {
-            for r in rows.iter().filter(|r| (start..closed).contains(&r.ts_ms)) {
-                let b = r.ts_ms.div_euclid(MS) * MS;
-                if minutes
-                    .last()
-                    .is_none_or(|m| m.tenant != *tenant || m.bucket_ms != b)
-                {
-                    minutes.push(MinuteRollup::new(tenant, b));
-                }
-                if let Some(m) = minutes.last_mut() {
-                    m.add(r);
-                }
-            }
-        }
-        insert_minute_rollups(tx, &minutes).await?;
-    }
-    Ok(())
-}
-
-/// Minutes `fold_chunk_minutes` rolls up at most per call.
-const FOLD_MINUTES: i64 = 10;
-
-/// Tenants whose rows `fold_chunk_minutes` decodes at once.
-const FOLD_TENANTS: usize = 256;
-
 impl Store {
     /// Writes one tick's samples in one transaction; see `Store::add_sweep`.
     pub async fn add_usage(&self, rows: &[UsageRow]) -> Result<()> {
         self.add_sweep(rows, &[], &[]).await
     }
 
-    /// A tenant's raw rows in [from_ms, to_ms) in time order: the compressed blocks' rows,
-    /// the raw table's and the chunks' (the windows not compacted yet), read in one
-    /// transaction so that a compaction between the reads can neither hide nor double a row,
-    /// and the rows held in memory (`store::chunks`), taken first: a chunk written meanwhile
-    /// is then read twice, and kept once.
+    /// A tenant's raw rows in [from_ms, to_ms) in time order: the compressed blocks' rows and
+    /// the raw table's (the windows not compacted yet), read in one transaction so that a
+    /// compaction between the two reads can neither hide nor double a row.
     pub async fn raw_usage(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<UsageRow>> {
         const OP: &str = "read raw usage";
-        let held = self.held_lock().rows(tenant, (from_ms, to_ms));
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let rows = read_blocks(
             &mut tx,
@@ -751,11 +611,8 @@ impl Store {
             .iter()
             .map(row_of)
             .collect::<Result<Vec<_>>>()?;
-        let chunks = read_chunks(&mut tx, tenant, (from_ms, to_ms)).await?;
         tx.commit().await.map_err(q("commit"))?;
-        let rows = merge_by_time(rows, tail, |r| r.ts_ms);
-        let rows = merge_by_time(rows, chunks, |r| r.ts_ms);
-        Ok(merge_by_time(rows, held, |r| r.ts_ms))
+        Ok(merge_by_time(rows, tail, |r| r.ts_ms))
     }
 
     /// Deletes what each level keeps no longer. Returns the rows removed.
@@ -773,12 +630,6 @@ impl Store {
             .rows_affected();
         // A block goes once all of its window is older than `raw_ms` (both raw tables keep
         // `raw_ms`, their blocks with them).
-        n += sqlx::query("DELETE FROM raw_chunks WHERE start_ms < ?1")
-            .bind(now_ms - keep.raw_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(q("prune raw chunks"))?
-            .rows_affected();
         n += sqlx::query("DELETE FROM raw_blocks WHERE start_ms + ?2 <= ?1")
             .bind(now_ms - keep.raw_ms)
             .bind(BLOCK_MS)

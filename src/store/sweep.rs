@@ -2,15 +2,11 @@
 //! verdicts and events (`add_sweep`), the minutes rolled up in memory (`add_minute_rollups`),
 //! the fold of closed buckets into rollups (`roll_up`) and the compaction of a closed window
 //! of raw rows and verdicts into one compressed block per tenant (`compact_raw`, issue 15).
-//! It composes `store::samples`, `store::sla` and `store::chunks`, which import none of it
-//! nor each other. The sampler's raw usage is held in memory and written as chunks with the
-//! sweep's verdicts (`add_sweep_held`, `store::chunks`).
+//! It composes `store::samples` and `store::sla`, which import neither it nor each other.
 
-use super::chunks::{CHUNKS_PER_TX, Chunk, chunks_in, delete_chunks, insert_chunks};
 use super::rollup::{BLOCK_MS, delete_window, merge_by_time};
 use super::samples::{
-    MinuteRollup, fold_chunk_minutes, fold_usage, insert_minute_rollups, insert_usage,
-    raw_usage_window,
+    MinuteRollup, fold_usage, insert_minute_rollups, insert_usage, raw_usage_window,
 };
 use super::sla::{SlaMinute, fold_sla, insert_sla, insert_sla_minutes, raw_verdict_window};
 use super::{NewEvent, Result, Store, StoreError, insert_event, q};
@@ -44,8 +40,7 @@ const SPREAD_CALLS: usize = 5;
 async fn window_tenants(tx: &mut SqliteConnection, start_ms: i64) -> Result<Vec<String>> {
     sqlx::query_scalar(
         "SELECT tenant FROM usage_raw WHERE ts_ms >= ?1 AND ts_ms < ?2
-         UNION SELECT tenant FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2
-         UNION SELECT tenant FROM raw_chunks WHERE start_ms >= ?1 AND start_ms < ?2 ORDER BY 1",
+         UNION SELECT tenant FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY 1",
     )
     .bind(start_ms)
     .bind(start_ms + BLOCK_MS)
@@ -54,8 +49,8 @@ async fn window_tenants(tx: &mut SqliteConnection, start_ms: i64) -> Result<Vec<
     .map_err(q("list the tenants of a raw window"))
 }
 
-/// Moves the raw rows, chunks and verdicts of the window [start_ms, start_ms + BLOCK_MS) of
-/// the tenants in [first, last] into one `raw_blocks` row per tenant. A block already there (rows
+/// Moves the raw rows and verdicts of the window [start_ms, start_ms + BLOCK_MS) of the
+/// tenants in [first, last] into one `raw_blocks` row per tenant. A block already there (rows
 /// written into a compacted window after a clock step back) is merged with them, the raw
 /// table's rows winning for a time both hold. Returns the rows moved.
 async fn compact_window(
@@ -66,17 +61,9 @@ async fn compact_window(
     let mut by_tenant: BTreeMap<String, TenantWindow> = BTreeMap::new();
     let usage = raw_usage_window(tx, start_ms, tenants).await?;
     let verdicts = raw_verdict_window(tx, start_ms, tenants).await?;
-    let window = (start_ms, start_ms + BLOCK_MS);
-    let chunks = chunks_in(tx, window, tenants).await?;
-    let moved =
-        (usage.len() + verdicts.len() + chunks.values().map(Vec::len).sum::<usize>()) as u64;
+    let moved = (usage.len() + verdicts.len()) as u64;
     for r in usage {
         by_tenant.entry(r.tenant.clone()).or_default().0.push(r);
-    }
-    for (tenant, rows) in chunks {
-        let e = by_tenant.entry(tenant).or_default();
-        // The raw table's rows (a database written before chunks) win for a time both hold.
-        e.0 = merge_by_time(rows, std::mem::take(&mut e.0), |r| r.ts_ms);
     }
     for v in verdicts {
         by_tenant.entry(v.tenant.clone()).or_default().1.push(v);
@@ -119,7 +106,6 @@ async fn compact_window(
     }
     delete_window(tx, "usage_raw", start_ms, tenants).await?;
     delete_window(tx, "sla_raw", start_ms, tenants).await?;
-    delete_chunks(tx, window, tenants).await?;
     Ok(moved)
 }
 
@@ -142,77 +128,11 @@ impl Store {
         self.tracked(r, true)
     }
 
-    /// The sampler's write of one sweep (issue 15, sampling cost): the usage rows are held in
-    /// memory (`store::chunks`) and written as one compressed chunk per tenant once the
-    /// tenant's 9 s period ends, in the transaction of the sweep's verdicts and events (the
-    /// first `CHUNKS_PER_TX` of them; more, at the end of a 10-minute window, in transactions
-    /// of their own). The verdicts are committed every sweep as before: the SLA engine's
-    /// totals in `/metrics` report them at once.
-    pub async fn add_sweep_held(
-        &self,
-        usage: &[UsageRow],
-        sla: &[Verdict],
-        events: &[NewEvent],
-    ) -> Result<()> {
-        let chunks = self.held_lock().push(usage);
-        if chunks.is_empty() && sla.is_empty() && events.is_empty() {
-            return Ok(());
-        }
-        let r = self.write_held(&chunks, sla, events).await;
-        self.tracked(r, true)
-    }
-
-    /// Writes every row held, at shutdown: a stop loses nothing.
-    pub async fn flush_held(&self) -> Result<()> {
-        let chunks = self.held_lock().close_all();
-        let r = self.write_held(&chunks, &[], &[]).await;
-        self.tracked(r, !chunks.is_empty())
-    }
-
-    /// The rows held in memory and their heap bytes (tests, benchmarks).
-    pub fn held_size(&self) -> (usize, usize) {
-        self.held_lock().size()
-    }
-
-    pub(super) fn held_lock(&self) -> std::sync::MutexGuard<'_, super::chunks::Held> {
-        // A panic while holding it leaves whole rows: the data is still consistent.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn write_held(
-        &self,
-        chunks: &[Chunk],
-        sla: &[Verdict],
-        events: &[NewEvent],
-    ) -> Result<()> {
-        let mut parts = chunks.chunks(CHUNKS_PER_TX);
-        let first = parts.next().unwrap_or(&[]);
-        self.write_sweep_with(&[], sla, events, first).await?;
-        self.held_lock().written(first);
-        for part in parts {
-            let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-            insert_chunks(&mut tx, part).await?;
-            tx.commit().await.map_err(q("commit"))?;
-            self.held_lock().written(part);
-        }
-        Ok(())
-    }
-
     async fn write_sweep(
         &self,
         usage: &[UsageRow],
         sla: &[Verdict],
         events: &[NewEvent],
-    ) -> Result<()> {
-        self.write_sweep_with(usage, sla, events, &[]).await
-    }
-
-    async fn write_sweep_with(
-        &self,
-        usage: &[UsageRow],
-        sla: &[Verdict],
-        events: &[NewEvent],
-        chunks: &[Chunk],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let mut ticks: Vec<i64> = usage
@@ -234,7 +154,6 @@ impl Store {
         for e in events {
             insert_event(&mut tx, e).await?;
         }
-        insert_chunks(&mut tx, chunks).await?;
         tx.commit().await.map_err(q("commit"))
     }
 
@@ -287,21 +206,7 @@ impl Store {
     }
 
     async fn write_fold(&self, now_ms: i64) -> Result<()> {
-        // The write lock first: the fold reads, then writes, and a deferred transaction whose
-        // snapshot an API write overtook meanwhile fails at its first write (SQLITE_BUSY,
-        // which the busy timeout does not wait out); seen at start, while tenants are created.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q("begin"))?;
-        let (oldest, names) = {
-            let h = self.held_lock();
-            (h.oldest(), h.names_before(now_ms))
-        };
-        let held =
-            |range: (i64, i64), tenants: (&str, &str)| self.held_lock().all_rows(range, tenants);
-        fold_chunk_minutes(&mut tx, now_ms, (oldest, &names), &held).await?;
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         fold_usage(&mut tx, now_ms).await?;
         fold_sla(&mut tx, now_ms).await?;
         tx.commit().await.map_err(q("commit"))
@@ -329,11 +234,10 @@ impl Store {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<u64> {
         const FIRST: &str = "SELECT min(ts) FROM (SELECT min(ts_ms) AS ts FROM usage_raw
-             UNION ALL SELECT min(ts_ms) FROM sla_raw UNION ALL SELECT min(start_ms) FROM raw_chunks)";
+             UNION ALL SELECT min(ts_ms) FROM sla_raw)";
         const NEXT: &str =
             "SELECT min(ts) FROM (SELECT min(ts_ms) AS ts FROM usage_raw WHERE ts_ms >= ?1
-             UNION ALL SELECT min(ts_ms) FROM sla_raw WHERE ts_ms >= ?1
-             UNION ALL SELECT min(start_ms) FROM raw_chunks WHERE start_ms >= ?1)";
+             UNION ALL SELECT min(ts_ms) FROM sla_raw WHERE ts_ms >= ?1)";
         let first: Option<i64> = sqlx::query_scalar(FIRST)
             .fetch_one(&self.pool)
             .await
@@ -602,154 +506,6 @@ mod compact_tests {
         assert_eq!(count(&s, "SELECT count(*) FROM usage_raw").await, 0);
         assert_eq!(count(&s, "SELECT count(*) FROM raw_blocks").await, 1);
         assert_eq!(s.raw_usage("a", 0, 10_000).await.unwrap(), want, "after");
-    }
-}
-
-/// The sampler's write path (issue 15, sampling cost): rows held in memory, written as
-/// chunks, folded into blocks and minutes.
-#[cfg(test)]
-mod held_tests {
-    use super::*;
-    use crate::domain::usage_row::{UsageCounters, UsageRates};
-    use crate::store::chunks::CHUNK_MS;
-    use crate::store::rollup::{Level, Retention};
-
-    fn row(tenant: &str, ts_ms: i64, k: i64) -> UsageRow {
-        UsageRow {
-            tenant: tenant.into(),
-            ts_ms,
-            interval_ms: Some(1000 + k % 3),
-            counters: UsageCounters {
-                cpu_usage_usec: Some(1_000_000 + k * 250_000),
-                ..Default::default()
-            },
-            rates: UsageRates {
-                cpu_cores: Some(0.25 + (k % 7) as f64 / 1000.0),
-                ..Default::default()
-            },
-            gauges: crate::domain::usage_row::UsageGauges {
-                memory_current_bytes: Some(4096 * (100 + k % 5)),
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
-    /// Sweeps of three tenants at 1 s: (tenant, rows in time order).
-    fn sweeps(start: i64, n: i64) -> Vec<Vec<UsageRow>> {
-        (0..n)
-            .map(|k| {
-                ["a", "b", "c"]
-                    .iter()
-                    .map(|t| row(t, start + k * 1000 + k % 3, k))
-                    .collect()
-            })
-            .collect()
-    }
-
-    async fn count(s: &Store, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap()
-    }
-
-    /// After every sweep, a raw read answers every row so far, the last seconds from memory;
-    /// what the database holds (read by a second store on the same file, which holds
-    /// nothing) is never more than a chunk period behind; after the flush at shutdown it
-    /// answers exactly what memory and the store answered together.
-    #[tokio::test]
-    async fn raw_reads_serve_the_rows_held_and_the_store_catches_up_within_a_period() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let s = Store::open(&path).await.unwrap();
-        let disk = Store::open(&path).await.unwrap();
-        let start = 1_800_000_000_000_i64;
-        let mut all: Vec<UsageRow> = Vec::new();
-        let mut served = Vec::new();
-        for rows in sweeps(start, 40) {
-            let ts = rows[0].ts_ms;
-            s.add_sweep_held(&rows, &[], &[]).await.unwrap();
-            all.push(rows[0].clone());
-            served = s.raw_usage("a", 0, i64::MAX).await.unwrap();
-            assert_eq!(served, all, "at {ts}");
-            let stored = disk.raw_usage("a", 0, i64::MAX).await.unwrap();
-            let newest = stored.last().map_or(start - 1000, |r| r.ts_ms);
-            assert!(
-                ts - newest < CHUNK_MS + 1000,
-                "the database is {} ms behind at {ts}",
-                ts - newest
-            );
-            assert_eq!(
-                stored[..],
-                all[..stored.len()],
-                "a prefix of what was served"
-            );
-        }
-        assert!(s.held_size().0 > 0, "some rows are held at the end");
-        s.flush_held().await.unwrap();
-        assert_eq!(s.held_size(), (0, 0));
-        assert_eq!(disk.raw_usage("a", 0, i64::MAX).await.unwrap(), served);
-        assert!(
-            count(&disk, "SELECT count(*) FROM usage_raw").await == 0,
-            "no raw rows"
-        );
-        let chunks = count(&disk, "SELECT count(*) FROM raw_chunks").await;
-        assert!(
-            (3 * 40 / 9..=3 * 40 / 4).contains(&chunks),
-            "{chunks} chunks of 3 x 40 rows"
-        );
-    }
-
-    /// The compaction folds a closed window's chunks into its block, the minute fold takes
-    /// the minutes the sampler did not roll up in memory from chunks and held rows, and
-    /// every answer stays the same.
-    #[tokio::test]
-    async fn chunks_are_compacted_into_blocks_and_rolled_up_into_minutes() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
-        // Starts 17 s into a window: one window closes 10 minutes later.
-        let start = 1_800_000_000_000_i64 / BLOCK_MS * BLOCK_MS + 17_000;
-        let mut all = Vec::new();
-        for rows in sweeps(start, 35 * 60) {
-            s.add_sweep_held(&rows, &[], &[]).await.unwrap();
-            all.push(rows[1].clone());
-        }
-        let now = all.last().unwrap().ts_ms + 1000;
-        let before = s.raw_usage("b", 0, i64::MAX).await.unwrap();
-        assert_eq!(before, all);
-        let keep = Retention::default();
-        // A window compacted, and at most 10 minutes folded, per call (bounded work).
-        for _ in 0..5 {
-            s.roll_up(now).await.unwrap();
-        }
-        assert_eq!(
-            count(&s, "SELECT count(*) FROM raw_blocks").await,
-            3 * 2,
-            "two windows"
-        );
-        let left: i64 = sqlx::query_scalar("SELECT min(start_ms) FROM raw_chunks")
-            .fetch_one(s.pool())
-            .await
-            .unwrap();
-        let third = start / BLOCK_MS * BLOCK_MS + 2 * BLOCK_MS;
-        assert!(left >= third, "chunks of the compacted windows are gone");
-        assert_eq!(s.raw_usage("b", 0, i64::MAX).await.unwrap(), all);
-        // Every closed minute is rolled up, from chunks and held rows, with every sample.
-        let m = s.usage("b", start, now, 60, now, &keep).await.unwrap();
-        assert_eq!(m.level, Level::Minute);
-        let closed = now / 60_000 * 60_000;
-        let mut per_minute: BTreeMap<i64, (i64, f64, i64)> = BTreeMap::new();
-        for r in all.iter().filter(|r| r.ts_ms < closed) {
-            let e = per_minute.entry(r.ts_ms / 60_000 * 60_000).or_default();
-            let i = r.interval_ms.unwrap();
-            e.0 += 1;
-            e.1 += r.rates.cpu_cores.unwrap() * i as f64;
-            e.2 += i;
-        }
-        assert_eq!(m.points.len(), per_minute.len(), "every closed minute");
-        for (p, (b, (n, sum, ms))) in m.points.iter().zip(&per_minute) {
-            assert_eq!((p.ts_ms, p.samples), (*b, *n));
-            let (x, y) = (p.rates.cpu_cores_mean.unwrap(), sum / *ms as f64);
-            assert!((x - y).abs() < 1e-12, "{x} {y}");
-        }
     }
 }
 
@@ -1080,23 +836,6 @@ mod migration_tests {
             count("SELECT count(*) FROM usage_rollup").await.unwrap(),
             rollups_before
         );
-        check(&store).await;
-        // The sampler of this version then writes chunks from memory (migration 0009): the
-        // answers about what was there stay the same.
-        for k in 1..=12 {
-            let rows: Vec<UsageRow> = ["t0", "t1", "t2"]
-                .iter()
-                .map(|t| UsageRow {
-                    tenant: t.to_string(),
-                    ts_ms: now + k * 1000,
-                    interval_ms: Some(1000),
-                    ..UsageRow::default()
-                })
-                .collect();
-            store.add_sweep_held(&rows, &[], &[]).await.unwrap();
-        }
-        store.flush_held().await.unwrap();
-        assert!(count("SELECT count(*) FROM raw_chunks").await.unwrap() >= 3);
         check(&store).await;
         // Reopening changes nothing.
         store.close().await;

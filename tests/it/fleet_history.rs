@@ -124,19 +124,6 @@ fn raw_since(db: &Path, tenant: &str, since_ms: i64) -> (i64, i64) {
             .await
             .unwrap();
         }
-        // The sampler writes raw usage as compressed chunks of about 9 s (issue 15).
-        let chunks: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT usage FROM raw_chunks WHERE tenant = ?1 AND start_ms > ?2 - 10000",
-        )
-        .bind(tenant)
-        .bind(since_ms)
-        .fetch_all(&mut c)
-        .await
-        .unwrap();
-        for b in chunks {
-            let rows = tenantd::domain::usage_block::decode_usage(tenant, &b).unwrap();
-            n[0] += rows.iter().filter(|r| r.ts_ms > since_ms).count() as i64;
-        }
         (n[0], n[1])
     })
 }
@@ -413,9 +400,8 @@ fn three_nodes_ship_their_minutes_through_an_outage_and_the_fleet_report_adds_th
     // about every second (the interval) since the store went down.
     let rows = raw_since(&n1.dirs.db(), "shop", down_ms);
     let want = (now_ms() - down_ms) / 1000 - 3;
-    // Raw usage reaches the file in chunks of up to 9 s (issue 15); verdicts every sweep.
     assert!(
-        rows.0 >= want - 9 && rows.1 >= want,
+        rows.0 >= want && rows.1 >= want,
         "samples and verdicts since the store went down: {rows:?}, want {want}"
     );
     // A node killed and restarted while the store is down starts from its local copy.

@@ -1,8 +1,7 @@
 //! Storage (issue 15, target 3): a daemon killed with SIGKILL at a random moment of its sweeps
-//! loses at most the promised 10 s of raw samples (the sampler holds each tenant's current 9 s
-//! in memory and writes them as one chunk), and nothing older it had reported: every point
-//! `GET /v1/tenants/{name}/usage` answered before the kill that is more than 10 s older than
-//! the kill, and every SLA verdict behind the SLA report, is in the database afterwards.
+//! loses at most the promised 10 s of raw samples, and nothing it had already reported: every
+//! point `GET /v1/tenants/{name}/usage` answered before the kill, and every SLA verdict behind
+//! the SLA report, is in the database afterwards.
 //!
 //! A v1 daemon as in `v1.rs` (this host is hybrid): it writes kernel state only below
 //! directories of the test's own cgroup, and the guard removes them. Panics, never skips, when
@@ -57,9 +56,8 @@ fn issue15_a_kill9_mid_sweep_loses_at_most_10_s_of_raw_samples_and_nothing_repor
         assert_eq!(u["level"], "raw", "{u}");
         u
     };
-    // Long enough that some reported points are older than the crash window at the kill.
-    eventually(40, "14 sweeps of tenant a", || {
-        points(&usage(v.d())).len() >= 14
+    eventually(30, "8 sweeps of tenant a", || {
+        points(&usage(v.d())).len() >= 8
     });
     // Killed at a random moment of the 1 s sweep cycle (the seed is printed).
     let mut seed = now_ms() as u64;
@@ -95,23 +93,11 @@ fn issue15_a_kill9_mid_sweep_loses_at_most_10_s_of_raw_samples_and_nothing_repor
         "the newest raw sample is {} ms older than the kill",
         killed_ms - newest
     );
-    // Every point reported before the kill is there, with the same values, but those of the
-    // last 10 s before the kill (the crash window): of those, what is there is the same.
+    // Every point reported before the kill is there, with the same values.
     let have: std::collections::BTreeMap<i64, &tenantd::domain::usage_row::UsageRow> =
         rows.iter().map(|r| (r.ts_ms, r)).collect();
-    let old = reported
-        .iter()
-        .filter(|(ts, ..)| ts + 1000 <= killed_ms - 10_000)
-        .count();
-    assert!(
-        old >= 1,
-        "points older than the crash window were reported: {reported:?}"
-    );
     for (ts, n, cores, mem) in &reported {
         let in_second: Vec<_> = have.range(*ts..ts + 1000).map(|(_, r)| *r).collect();
-        if ts + 1000 > killed_ms - 10_000 && in_second.len() as i64 != *n {
-            continue; // in the crash window, lost
-        }
         assert_eq!(in_second.len() as i64, *n, "samples of the point at {ts}");
         if *n == 1 {
             assert_eq!(

@@ -404,29 +404,18 @@ pub fn recent_raw_usage(
         .build()
         .unwrap();
     rt.block_on(async {
-        // Raw usage is stored as blocks, chunks (issue 15) and older raw rows: read as the API
-        // reads the database.
         let store = tenantd::store::Store::open(db).await.unwrap();
-        let rows = store.raw_usage(tenant, 0, i64::MAX).await.unwrap();
-        store.close().await;
-        let newest = rows.last().map_or(0, |r| r.ts_ms);
-        let recent: Vec<_> = rows
-            .iter()
-            .filter(|r| r.rates.cpu_cores.is_some() && r.ts_ms >= newest - window_ms)
-            .collect();
-        let ms: i64 = recent.iter().filter_map(|r| r.interval_ms).sum();
-        let cores: f64 = recent
-            .iter()
-            .filter_map(|r| Some(r.rates.cpu_cores? * r.interval_ms? as f64))
-            .sum();
-        (
-            recent.len() as i64,
-            (ms > 0).then(|| cores / ms as f64),
-            recent
-                .iter()
-                .filter_map(|r| r.gauges.memory_current_bytes)
-                .max(),
+        let r = sqlx::query_as(
+            "SELECT count(*), sum(cpu_cores * interval_ms) / sum(interval_ms), max(memory_current_bytes) FROM usage_raw
+             WHERE tenant = ?1 AND cpu_cores IS NOT NULL AND ts_ms >= (SELECT max(ts_ms) FROM usage_raw) - ?2",
         )
+        .bind(tenant)
+        .bind(window_ms)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        store.close().await;
+        r
     })
 }
 
