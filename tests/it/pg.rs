@@ -72,7 +72,7 @@ impl Postgres {
                 dir.path().display()
             );
         }
-        let pg = Postgres {
+        let mut pg = Postgres {
             dir,
             bin,
             port: super::support::free_port(),
@@ -91,7 +91,18 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        pg.up();
+        // Another test can bind the free port between its choice and the server's bind (a
+        // clean-clone CI saw "Address already in use"): such a start is tried again on
+        // another port, at most five times.
+        for attempt in 0.. {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pg.up())) {
+                Ok(()) => break,
+                Err(_) if attempt < 4 && pg.log().contains("Address already in use") => {
+                    pg.port = super::support::free_port();
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
         let st = Command::new(pg.bin.join("psql"))
             .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", ROLE])
             .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c"])
