@@ -12,6 +12,10 @@
 # file-backed from /proc/PID/smaps_rollup) and the cost of one GET /metrics: the daemon's
 # utime+stime around SCRAPES (default 20; 0 skips) sequential scrapes divided by SCRAPES, raw
 # and net of the sampler's rate in the last window, with the wall time of each.
+# INSPECT='CMD' runs CMD (bash, the daemon's pid in $DPID) against the live daemon after the
+# measurement and prints VmRSS/VmHWM after it (e.g. gdb -p "$DPID" -batch -ex 'call malloc_stats()');
+# WRAP='CMD' (v1 only) starts the daemon as `CMD tenantd serve ...` (WRAP='heaptrack -o FILE':
+# then the CPU and memory figures are the wrapper's, not the daemon's; only the profile counts).
 # NOFILE=N starts the daemon with an open-file limit of N (soft and hard), as the unit's
 # `LimitNOFILE=524288` does (packaging/tenantd.service); unset, it inherits this shell's.
 #
@@ -50,7 +54,7 @@ while [ $# -gt 0 ]; do
     --bin) BIN="$2"; shift 2 ;;
     --10k) COUNTS+=(10000); shift ;;
     --bare) BARE=1; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     -*) echo "unknown option $1"; exit 2 ;;
     *) COUNTS+=("$1"); shift ;;
   esac
@@ -113,7 +117,7 @@ for n in "${COUNTS[@]}"; do
   trap cleanup EXIT
   if [ "$MODE" = v1 ]; then
     # A shell that moves itself into the directories, then becomes the daemon.
-    sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$0" serve --sample-interval-s '"$INTERVAL"' --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --reconcile-interval-s 3600 --cgroup-version v1' \
+    sh -c 'for d in "$@"; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec ${WRAP:-} "$0" serve --sample-interval-s '"$INTERVAL"' --listen 127.0.0.1:'"$PORT"' --db '"$work"'/db --reconcile-interval-s 3600 --cgroup-version v1' \
       "$BIN" "${dirs[@]}" 2>"$work/daemon.log" &
   else
     "$BIN" serve --sample-interval-s "$INTERVAL" --listen "127.0.0.1:$PORT" --db "$work/db" \
@@ -230,6 +234,12 @@ if repeat > 1:
 for p in procs: p.kill()
 PY
   grep -i "open-file\|hold" "$work/daemon.log" | head -3 || true
+  if [ -n "${INSPECT:-}" ]; then
+    # A command of the caller's run against the live daemon (its pid in $DPID), e.g. gdb's
+    # `call malloc_trim(0)` or `call malloc_stats()`; the resident set is printed after it.
+    DPID="$DPID" bash -c "$INSPECT" || true
+    echo "[$MODE] $n tenants: after INSPECT: $(grep -E '^Vm(RSS|HWM)' /proc/$DPID/status | tr -s ' \t\n' ' ')"
+  fi
   if [ -n "$BARE" ]; then
     # The daemon's share of its last window, then the reader over the same cgroups alone.
     kill -9 "$DPID"; wait "$DPID" 2>/dev/null || true; DPID=""

@@ -4,8 +4,8 @@
 #                                  [--life S] [--no-match] [--bin PATH]
 #                                  (defaults: 1000/s, 10 s, 100 tenants, 300 rules, 0.05 s)
 # Starts `tenantd serve` (v1 backend, --placement-rescan-s 3600) in the host's initial PID
-# namespace, so it subscribes to the kernel's process events (it must log "listening to the
-# kernel's process events", or the bench stops), creates T tenants whose rules the
+# namespace, so it subscribes to the kernel's process events once the rules exist (it must log
+# "listening to the kernel's process events", or the bench stops), creates T tenants whose rules the
 # generator's processes match and N-T more whose rules match nothing (N rules in force in
 # all, one per tenant: a spec has one `placement`), then runs benches/placement_gen.c: R
 # execs a second for S seconds of `sleep LIFE` (default 0.05), spread round-robin over the T
@@ -100,9 +100,6 @@ TENANTD_LOG="${TENANTD_LOG:-info,tenantd::cli::serve=debug}" \
 daemon=$!
 for _ in $(seq 150); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
 curl -sf "127.0.0.1:$PORT/healthz" >/dev/null || { echo "the daemon did not start:"; cat "$work/daemon.log"; exit 1; }
-for _ in $(seq 50); do grep -q "listening to the kernel's process events" "$work/daemon.log" && break; sleep 0.1; done
-grep -q "listening to the kernel's process events" "$work/daemon.log" || {
-  echo "the daemon does not listen to the kernel's process events:"; grep -i "process events" "$work/daemon.log"; exit 1; }
 
 # The tenants and their rules, through the API.
 RULE_PREFIX="$PREFIX${NOMATCH:+-nomatch}"
@@ -128,6 +125,10 @@ for k in range(1, rules + 1):
     put(f"t{k}", {"placement": rule})
 print(f"{rules} tenants with a rule each ({n_exe} by exe glob) created through the API in {time.time()-t0:.1f} s", flush=True)
 PY
+# The daemon listens to process events only while a rule is in force (since the first rule).
+for _ in $(seq 50); do grep -q "listening to the kernel's process events" "$work/daemon.log" && break; sleep 0.1; done
+grep -q "listening to the kernel's process events" "$work/daemon.log" || {
+  echo "the daemon does not listen to the kernel's process events:"; grep -i "process events" "$work/daemon.log"; exit 1; }
 ROOT="$NAME/tenantd"
 [ -d "${dirs[0]}/tenantd/t1" ] || { echo "no ${dirs[0]}/tenantd/t1: the tenants' cgroups are not where this bench looks"; exit 1; }
 

@@ -375,8 +375,8 @@ mod layer_order {
         );
     }
 
-    /// `unsafe` is denied in the crate and allowed in one file, `launch/sys.rs` (fork, and the
-    /// ioctl that brings a new network namespace's loopback up).
+    /// `unsafe` is denied in the crate and allowed in one file, `launch/sys.rs` (fork, the
+    /// ioctl that brings a new network namespace's loopback up, and glibc's malloc_trim).
     #[test]
     fn unsafe_code_is_allowed_in_one_file_only() {
         let allowing: Vec<String> = all_sources()

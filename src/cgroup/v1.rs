@@ -215,6 +215,61 @@ pub struct V1 {
     sys: PathBuf,
     proc: PathBuf,
     page: super::PageSize,
+    /// The cgroup mounts `locate` maps each process's lines through.
+    mounts: MountsCache,
+}
+
+/// The cgroup mounts of `/proc/self/mountinfo`, parsed once and again only when the kernel
+/// says the mount table changed: the file stays open and `poll` reports `POLLPRI` on it after
+/// a mount or unmount (proc(5), "/proc/pid/mountinfo"). A placement reads it at every
+/// `locate` otherwise (issue 17: the kernel formats every mount of the host for each read).
+/// Only for the real `/proc`; another root (the tests') is read every time.
+#[derive(Debug, Default)]
+struct MountsCache(std::sync::Mutex<Option<(fs::File, std::sync::Arc<Vec<CgroupMount>>)>>);
+
+/// A clone starts with nothing cached.
+impl Clone for MountsCache {
+    fn clone(&self) -> Self {
+        MountsCache::default()
+    }
+}
+
+impl MountsCache {
+    fn get(&self, proc_root: &Path) -> Result<std::sync::Arc<Vec<CgroupMount>>> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use std::io::Read;
+        let mi_path = proc_root.join("self/mountinfo");
+        let parse = |text: &[u8]| {
+            v1_parse::cgroup_mounts(text).map_err(|source| CgroupError::Parse {
+                path: mi_path.clone(),
+                source,
+            })
+        };
+        if proc_root != Path::new("/proc") {
+            return Ok(std::sync::Arc::new(parse(read_file(&mi_path)?.as_bytes())?));
+        }
+        let mut g = self.0.lock().expect("mounts lock");
+        if let Some((f, mounts)) = g.as_ref() {
+            let mut fds = [PollFd::new(f, PollFlags::PRI)];
+            let now = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            if matches!(poll(&mut fds, Some(&now)), Ok(0)) {
+                return Ok(mounts.clone());
+            }
+        }
+        let read_err = |source| CgroupError::Read {
+            path: mi_path.clone(),
+            source,
+        };
+        let mut f = fs::File::open(&mi_path).map_err(read_err)?;
+        let mut text = Vec::with_capacity(16 * 1024);
+        f.read_to_end(&mut text).map_err(read_err)?;
+        let mounts = std::sync::Arc::new(parse(&text)?);
+        *g = Some((f, mounts.clone()));
+        Ok(mounts)
+    }
 }
 
 const THROTTLE: [&str; 4] = [
@@ -398,6 +453,7 @@ impl V1 {
             sys: sys.into(),
             proc: proc.into(),
             page: super::PageSize::of_host(),
+            mounts: MountsCache::default(),
         }
     }
 
@@ -865,13 +921,7 @@ impl Backend for V1 {
     /// Each hierarchy's line of /proc/PID/cgroup, found by the controllers of the mount that
     /// holds the governor root there (this process's /proc/self/mountinfo).
     fn locate(&self, proc_root: &Path, pid: u32) -> Result<Vec<PathBuf>> {
-        let mi_path = proc_root.join("self/mountinfo");
-        let mounts = v1_parse::cgroup_mounts(&read_file(&mi_path)?).map_err(|source| {
-            CgroupError::Parse {
-                path: mi_path.clone(),
-                source,
-            }
-        })?;
+        let mounts = self.mounts.get(proc_root)?;
         let cg_path = proc_root.join(pid.to_string()).join("cgroup");
         let lines =
             v1_parse::proc_cgroup(&read_file(&cg_path)?).map_err(|source| CgroupError::Parse {

@@ -387,10 +387,9 @@ impl FileAt {
 /// Samples one tenant's v1 directories, holding the files of the figures read every sweep.
 #[derive(Debug)]
 pub struct V1StatsReader {
-    dirs: V1Dirs,
+    /// The tenant's directories, shared by their files and walks (one copy of each path).
+    dirs: Roots,
     proc: PathBuf,
-    /// The directory whose inode guards deltas (cpuacct, else cpu).
-    guard: PathBuf,
     ino: u64,
     /// The guard directory, held while files are: `fstat` tells a removed one (no links).
     held_guard: Option<File>,
@@ -425,6 +424,38 @@ pub struct V1StatsReader {
     kernfs: bool,
 }
 
+/// A tenant's directory in each v1 hierarchy, each path allocated once and shared by the
+/// reader's files and subtree walks (issue 15: at 10,000 tenants a `V1Dirs` copy, a shared
+/// copy per controller and a copy per walk root were some 10 MB of the same paths).
+#[derive(Debug)]
+struct Roots([Option<Arc<Path>>; 5]);
+
+impl Roots {
+    const CONTROLLERS: [&'static str; 5] = ["cpu", "cpuacct", "memory", "blkio", "pids"];
+
+    fn of(dirs: &V1Dirs) -> Roots {
+        Roots(Self::CONTROLLERS.map(|c| dirs.get(c).map(Arc::from)))
+    }
+
+    fn get(&self, controller: &str) -> Option<&Arc<Path>> {
+        let i = Self::CONTROLLERS.iter().position(|c| *c == controller)?;
+        self.0[i].as_ref()
+    }
+
+    /// Whether these are `dirs`' directories.
+    fn same_as(&self, dirs: &V1Dirs) -> bool {
+        Self::CONTROLLERS
+            .iter()
+            .zip(&self.0)
+            .all(|(c, mine)| mine.as_deref() == dirs.get(c))
+    }
+
+    /// The directory whose inode guards deltas (cpuacct, else cpu).
+    fn guard(&self) -> Option<&Arc<Path>> {
+        self.get("cpuacct").or(self.get("cpu"))
+    }
+}
+
 /// cpu.stat's figures: `nr_periods`, `nr_throttled`, `throttled_time` (as µs).
 type Throttling = (Option<u64>, Option<u64>, Option<u64>);
 
@@ -451,8 +482,8 @@ fn ino_of(p: &Path) -> Result<Option<u64>> {
 
 /// `dir` and every directory below it, parents first. Directories that vanish meanwhile are
 /// skipped.
-fn subtree(dir: &Path) -> Vec<Arc<Path>> {
-    let mut out: Vec<Arc<Path>> = vec![Arc::from(dir)];
+fn subtree(dir: &Arc<Path>) -> Vec<Arc<Path>> {
+    let mut out: Vec<Arc<Path>> = vec![dir.clone()];
     let mut i = 0;
     while i < out.len() {
         if let Ok(rd) = std::fs::read_dir(&out[i]) {
@@ -464,6 +495,7 @@ fn subtree(dir: &Path) -> Vec<Arc<Path>> {
         }
         i += 1;
     }
+    out.shrink_to_fit();
     out
 }
 
@@ -481,24 +513,24 @@ impl V1StatsReader {
         proc: &Path,
         hold: Figures,
     ) -> Result<Option<V1StatsReader>> {
-        let Some(guard) = dirs.cpuacct.as_ref().or(dirs.cpu.as_ref()) else {
+        let dirs = Roots::of(dirs);
+        let Some(guard) = dirs.guard().cloned() else {
             return Ok(None);
         };
-        let Some(ino) = ino_of(guard)? else {
+        let Some(ino) = ino_of(&guard)? else {
             return Ok(None);
         };
         let held_guard = match hold {
             Figures::NONE => None,
-            _ => match File::open(guard) {
+            _ => match File::open(&guard) {
                 Ok(f) => Some(f),
                 Err(e) if is_gone(&e) => return Ok(None),
                 Err(_) => None,
             },
         };
         let mut r = V1StatsReader {
-            dirs: dirs.clone(),
+            dirs,
             proc: proc.into(),
-            guard: guard.clone(),
             ino,
             held_guard,
             user_hz: match procfs::ticks_per_second() {
@@ -524,14 +556,10 @@ impl V1StatsReader {
         r.open_files()?;
         // Staggered, so that readers opened together do not walk again in the same sweep.
         r.walk_age = u32::try_from(ino % u64::from(WALK_EVERY)).unwrap_or(0);
-        match ino_of(guard)? {
+        match ino_of(&guard)? {
             Some(now) if now == ino => Ok(Some(r)),
             _ => Ok(None),
         }
-    }
-
-    pub fn dirs(&self) -> &V1Dirs {
-        &self.dirs
     }
 
     /// The figures whose files this reader holds.
@@ -565,21 +593,14 @@ impl V1StatsReader {
     /// walks the subtrees (`walk`).
     fn open_files(&mut self) -> Result<()> {
         self.files.clear();
-        // Each directory once, shared by its files.
-        let mut shared: Vec<(&str, Arc<Path>)> = Vec::new();
+        self.files.reserve_exact(FILES.len());
         for (file, controller, names) in FILES {
-            let mut at = Vec::new();
+            // At most one file: exactly sized (issue 15: a `Vec` grown by `push` takes four,
+            // 1.4 KB a tenant), none allocated when there is none.
+            let mut at = Vec::with_capacity(1);
             if !file.summed()
-                && let Some(dir) = self.dirs.get(controller)
+                && let Some(dir) = self.dirs.get(controller).cloned()
             {
-                let dir = match shared.iter().find(|(c, _)| *c == controller) {
-                    Some((_, d)) => d.clone(),
-                    None => {
-                        let d: Arc<Path> = Arc::from(dir);
-                        shared.push((controller, d.clone()));
-                        d
-                    }
-                };
                 let hold = self.hold.contains(file.figure());
                 for name in names {
                     // Not held: the first name that exists now is the one read.
@@ -592,6 +613,7 @@ impl V1StatsReader {
                     }
                 }
             }
+            at.shrink_to_fit();
             self.files.push((file, at));
         }
         self.walk()
@@ -625,7 +647,7 @@ impl V1StatsReader {
             _ => FileAt::open(dir, name, hold, below),
         };
         let mut trees: Vec<(&str, Vec<Arc<Path>>)> = Vec::new();
-        let tasks_in = if self.dirs.cpu.is_some() {
+        let tasks_in = if self.dirs.get("cpu").is_some() {
             "cpu"
         } else {
             "cpuacct"
@@ -659,6 +681,7 @@ impl V1StatsReader {
                     at.push(f);
                 }
             }
+            at.shrink_to_fit();
             self.files[i].1 = at;
         }
         let hold = self.hold.contains(Figure::CpuPressure);
@@ -668,6 +691,7 @@ impl V1StatsReader {
                 tasks.push(f);
             }
         }
+        tasks.shrink_to_fit();
         self.tasks = tasks;
         Ok(())
     }
@@ -880,7 +904,10 @@ impl V1StatsReader {
         if self.kernfs {
             return Ok(true);
         }
-        super::stats::still_there(self.held_guard.as_ref(), &self.guard, self.ino)
+        let Some(guard) = self.dirs.guard() else {
+            return Ok(false);
+        };
+        super::stats::still_there(self.held_guard.as_ref(), guard, self.ino)
     }
 }
 
@@ -915,7 +942,7 @@ pub fn sample_dirs_with(
     for _ in 0..2 {
         if slot
             .as_ref()
-            .is_none_or(|r| r.dirs != *dirs || r.hold != hold)
+            .is_none_or(|r| !r.dirs.same_as(dirs) || r.hold != hold)
         {
             *slot = V1StatsReader::open_holding(dirs, proc, hold)?;
         }
@@ -1238,12 +1265,9 @@ mod tests {
         assert!(on_cgroupfs(&File::open(&cgroup).unwrap()), "{cgroup}");
     }
 
-    /// Issue 15: a periodic walk keeps the held files of the directories it finds again (no
-    /// open and close per file every `WALK_EVERY` sweeps); a walk after a file answered that
-    /// its directory is gone opens them anew.
-    #[test]
-    fn a_walk_keeps_the_held_files_of_the_directories_found_again() {
-        use std::os::fd::AsRawFd;
+    /// A tenant's cpuacct directory (cpuacct.usage) and memory directory with a leaf
+    /// `_procs` below it (memory.oom_control in both), in a temporary directory.
+    fn tenant_with_a_leaf() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let memory = tmp.path().join("memory/t");
         std::fs::create_dir_all(memory.join("_procs")).unwrap();
@@ -1253,6 +1277,62 @@ mod tests {
         for d in [memory.clone(), memory.join("_procs")] {
             std::fs::write(d.join("memory.oom_control"), "oom_kill 1\n").unwrap();
         }
+        (tmp, cpuacct, memory)
+    }
+
+    /// Issue 15 (memory at 10,000 tenants): each of a tenant's directories is one allocation,
+    /// shared by the reader, every file in it and the walks of its subtree, also after a
+    /// walk; and a file's list holds no spare room.
+    #[test]
+    fn a_readers_files_share_one_copy_of_each_directory() {
+        let (tmp, cpuacct, memory) = tenant_with_a_leaf();
+        std::fs::write(cpuacct.join("cpuacct.stat"), "user 1\nsystem 2\n").unwrap();
+        for d in [memory.clone(), memory.join("_procs")] {
+            std::fs::write(d.join("memory.usage_in_bytes"), "4096\n").unwrap();
+        }
+        let dirs = V1Dirs {
+            cpuacct: Some(cpuacct.clone()),
+            memory: Some(memory.clone()),
+            ..V1Dirs::default()
+        };
+        let mut r = V1StatsReader::open(&dirs, tmp.path()).unwrap().unwrap();
+        let check = |r: &V1StatsReader| {
+            let mut seen = 0;
+            for (_, at) in &r.files {
+                assert_eq!(at.capacity(), at.len(), "{at:?}");
+                for f in at {
+                    let own = r.dirs.0.iter().flatten().find(|d| **d == f.dir);
+                    if let Some(own) = own {
+                        assert!(Arc::ptr_eq(own, &f.dir), "{} copied", f.dir.display());
+                        seen += 1;
+                    } else {
+                        assert_eq!(&*f.dir, memory.join("_procs"), "only the leaf is below");
+                    }
+                }
+            }
+            assert!(seen >= 4, "{seen} files in the tenant's own directories");
+            assert_eq!(r.tasks.capacity(), r.tasks.len());
+        };
+        check(&r);
+        r.rewalk();
+        r.sample().unwrap().unwrap();
+        check(&r);
+        // Another tenant's directories open the reader anew; the same ones do not.
+        assert!(r.dirs.same_as(&dirs));
+        let other = V1Dirs {
+            cpuacct: Some(cpuacct.join("x")),
+            ..dirs.clone()
+        };
+        assert!(!r.dirs.same_as(&other));
+    }
+
+    /// Issue 15: a periodic walk keeps the held files of the directories it finds again (no
+    /// open and close per file every `WALK_EVERY` sweeps); a walk after a file answered that
+    /// its directory is gone opens them anew.
+    #[test]
+    fn a_walk_keeps_the_held_files_of_the_directories_found_again() {
+        use std::os::fd::AsRawFd;
+        let (tmp, cpuacct, memory) = tenant_with_a_leaf();
         let dirs = V1Dirs {
             cpuacct: Some(cpuacct),
             memory: Some(memory.clone()),

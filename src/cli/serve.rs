@@ -182,6 +182,12 @@ fn raise_nofile() -> u64 {
 /// net under LISTEN/NOTIFY).
 const FLEET_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often `tenantd serve` gives the heap's free pages back (`launch::trim_heap`): the
+/// sampler frees and reallocates some 30 MB every sweep at 10,000 tenants, so a trim after
+/// every sweep would fault most of it in again each second (README "10,000 tenants on the
+/// running daemon").
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Descriptors for everything but the sampler and the connections: the database pool, the
 /// listener, the log, pidfds while killing, and the sampler's transient opens.
 const FDS_OTHER: u64 = 128;
@@ -448,6 +454,23 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             }
         });
     }
+    {
+        // glibc keeps what the sweeps free in its arenas (issue 15: 30-36 MB at 10,000
+        // tenants); this gives it back every TRIM_EVERY, off the async workers.
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(TRIM_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        let _ = tokio::task::spawn_blocking(crate::launch::trim_heap).await;
+                    }
+                }
+            }
+        });
+    }
     tasks.spawn(placement_task(
         gov.clone(),
         cfg.placement_rescan,
@@ -525,7 +548,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 /// The placement rules' rescan of /proc: at start, at once after a tenant's rule changed or
 /// the kernel's process events were lost, and every `every`; with `events`, a reader thread of
 /// the kernel's process events places a process at its exec and uid/gid changes
-/// (`process_event_reader`). The events of placements made between rescans (by
+/// (`process_event_reader`). The reader runs only while a rule is in force (issue 15: it
+/// wakes for every fork, exec and exit of the host): it is started before the rescan that
+/// follows the first rule (so that rescan places what ran before the subscription) and stopped
+/// (unsubscribed) when the last rule goes. The events of placements made between rescans (by
 /// `Placer::consider`) are stored every second. The rescan runs on the blocking pool.
 async fn placement_task(
     gov: Arc<Governor>,
@@ -535,18 +561,20 @@ async fn placement_task(
 ) {
     let placer = Placer::new(gov.clone(), tokio::runtime::Handle::current());
     let lost = Arc::new(tokio::sync::Notify::new());
-    let reader = if events {
-        process_event_reader(placer.clone(), lost.clone(), every)
-    } else {
+    let mut reader: Option<crate::cgroup::proc_connector::ReaderThread> = None;
+    // Whether the reader was tried since rules came into force (a refusal is not retried
+    // until the rules go and come back).
+    let mut tried = false;
+    if !events {
         tracing::info!(
             "placement: process events off (process_events = false): processes are placed at the rescan, every {} s",
             every.as_secs_f64()
         );
-        None
-    };
+    }
     let mut rescan = tokio::time::interval(every);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut first = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -558,6 +586,31 @@ async fn placement_task(
             _ = gov.placement_changed() => rescan.reset(),
             _ = lost.notified() => rescan.reset(),
         }
+        if events {
+            let any_rule = {
+                let g = gov.clone();
+                tokio::task::spawn_blocking(move || !g.placement_rules(true).rules.is_empty())
+                    .await
+                    .unwrap_or(true)
+            };
+            if any_rule && reader.is_none() && !tried {
+                tried = true;
+                reader = process_event_reader(placer.clone(), lost.clone(), every);
+            } else if !any_rule {
+                tried = false;
+                if let Some(r) = reader.take() {
+                    stop_reader(r).await;
+                    tracing::info!(
+                        "placement: no placement rule is in force: stopped listening to the kernel's process events"
+                    );
+                } else if first {
+                    tracing::info!(
+                        "placement: no placement rule is in force: not listening to the kernel's process events until one is"
+                    );
+                }
+            }
+        }
+        first = false;
         let p = placer.clone();
         match tokio::task::spawn_blocking(move || p.rescan()).await {
             Ok(r) if r.placed + r.failed > 0 => tracing::info!(
@@ -580,12 +633,17 @@ async fn placement_task(
         }
     }
     if let Some(r) = reader {
-        // Stopping joins the thread; a `consider` in flight finishes first.
-        match tokio::task::spawn_blocking(move || r.stop()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("process events: the reader stopped with: {e}"),
-            Err(e) => tracing::warn!("process events: cannot stop the reader: {e}"),
-        }
+        stop_reader(r).await;
+    }
+}
+
+/// Stops the reader of process events (unsubscribing it); joins the thread, so a `consider`
+/// in flight finishes first.
+async fn stop_reader(r: crate::cgroup::proc_connector::ReaderThread) {
+    match tokio::task::spawn_blocking(move || r.stop()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("process events: the reader stopped with: {e}"),
+        Err(e) => tracing::warn!("process events: cannot stop the reader: {e}"),
     }
 }
 

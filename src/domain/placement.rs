@@ -60,7 +60,7 @@
 
 use super::error::DomainError;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use regex::bytes::{Regex, RegexBuilder};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -80,6 +80,8 @@ pub const CMDLINE_REGEX_SIZE_LIMIT: usize = 64 * 1024;
 pub const CMDLINE_DFA_SIZE_LIMIT: usize = 256 * 1024;
 /// Deepest nesting of groups and repetitions in a cmdline regex (`regex`'s `nest_limit`).
 pub const CMDLINE_NEST_LIMIT: u32 = 32;
+/// Most bytes of lazy DFA cache the set of every rule's cmdline regex may grow.
+pub const CMDLINE_SET_DFA_SIZE_LIMIT: usize = 8 * 1024 * 1024;
 /// How many bytes of the NUL-joined argv a cmdline regex sees.
 pub const MAX_CMDLINE_MATCH_BYTES: usize = 4096;
 
@@ -555,10 +557,22 @@ impl PlacementRule {
 
     /// Whether every field present matches `p`.
     pub fn matches(&self, p: &ProcessFacts) -> bool {
+        self.matches_with(p, || None)
+    }
+
+    /// `matches`, with the cmdline regex's answer taken from `cmdline` when it gives one (the
+    /// rules' set matched once for all of them), asked only when every other field matched.
+    fn matches_with(&self, p: &ProcessFacts, cmdline: impl FnOnce() -> Option<bool>) -> bool {
         self.field_matches(RuleField::Uids, p).is_ok()
             && self.field_matches(RuleField::Gids, p).is_ok()
             && self.field_matches(RuleField::Exe, p).is_ok()
-            && self.field_matches(RuleField::Cmdline, p).is_ok()
+            && match (&self.cmdline, &p.cmdline) {
+                (Some(_), Some(_)) => match cmdline() {
+                    Some(hit) => hit,
+                    None => self.field_matches(RuleField::Cmdline, p).is_ok(),
+                },
+                _ => self.field_matches(RuleField::Cmdline, p).is_ok(),
+            }
     }
 
     /// Every field present that does not match `p`, in field order (empty: the rule matches).
@@ -727,6 +741,30 @@ pub struct Explanation<'a, T> {
 #[derive(Debug, Clone)]
 pub struct PlacementRules<T> {
     rules: Vec<(T, PlacementRule)>,
+    /// Every rule's cmdline regex in one set (one pass over a command line answers them all;
+    /// issue 17: 300 rules matched one by one were most of a placement's CPU), with the
+    /// index in `rules` of each of its patterns. `None` without cmdline rules, or when the
+    /// set does not compile within its limits (each rule's own regex answers then).
+    cmdline_set: Option<(RegexSet, Vec<usize>)>,
+}
+
+/// The set of the rules' cmdline regexes, built as each is (`CmdlineRegex::compile`).
+fn cmdline_set<T>(rules: &[(T, PlacementRule)]) -> Option<(RegexSet, Vec<usize>)> {
+    let (at, texts): (Vec<usize>, Vec<&str>) = rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, r))| Some((i, r.cmdline.as_ref()?.text.as_str())))
+        .unzip();
+    if texts.len() < 2 {
+        return None;
+    }
+    let set = RegexSetBuilder::new(&texts)
+        .size_limit(CMDLINE_REGEX_SIZE_LIMIT.saturating_mul(texts.len()))
+        .dfa_size_limit(CMDLINE_SET_DFA_SIZE_LIMIT)
+        .nest_limit(CMDLINE_NEST_LIMIT)
+        .build()
+        .ok()?;
+    Some((set, at))
 }
 
 impl<T: Ord + fmt::Display> PlacementRules<T> {
@@ -757,7 +795,8 @@ impl<T: Ord + fmt::Display> PlacementRules<T> {
                 .then(b.specificity().cmp(&a.specificity()))
                 .then(ta.cmp(tb))
         });
-        Ok(PlacementRules { rules })
+        let cmdline_set = cmdline_set(&rules);
+        Ok(PlacementRules { rules, cmdline_set })
     }
 
     pub fn len(&self) -> usize {
@@ -775,9 +814,28 @@ impl<T: Ord + fmt::Display> PlacementRules<T> {
 
     /// The tenant `p` goes to, `None` when no rule matches.
     pub fn place(&self, p: &ProcessFacts) -> Option<Decision<'_, T>> {
-        let mut hits = self.rules.iter().filter(|(_, r)| r.matches(p));
-        let (tenant, rule) = hits.next()?;
-        Some(decide(tenant, rule, hits.next().map(|(t, r)| (t, r))))
+        // The set is matched at most once, when the first rule gets to its cmdline field.
+        let mut set_hits: Option<Option<Vec<bool>>> = None;
+        let mut hits = self.rules.iter().enumerate().filter(|(i, (_, r))| {
+            r.matches_with(p, || {
+                let hits = set_hits.get_or_insert_with(|| self.cmdline_hits(p));
+                hits.as_ref().map(|h| h[*i])
+            })
+        });
+        let (_, (tenant, rule)) = hits.next()?;
+        Some(decide(tenant, rule, hits.next().map(|(_, (t, r))| (t, r))))
+    }
+
+    /// Which rules' cmdline regex matches `p`'s command line (indexed as `rules`), from the
+    /// set: `None` without a set or a command line.
+    fn cmdline_hits(&self, p: &ProcessFacts) -> Option<Vec<bool>> {
+        let (set, at) = self.cmdline_set.as_ref()?;
+        let argv = p.cmdline.as_deref()?;
+        let mut hits = vec![false; self.rules.len()];
+        for k in set.matches(matched_cmdline(argv)).iter() {
+            hits[at[k]] = true;
+        }
+        Some(hits)
     }
 
     /// Every rule's verdict on `p`, and the decision `place` makes.
@@ -1506,6 +1564,60 @@ priority = 100
                 exe: exe.map(Into::into),
                 cmdline: argv.map(|a| a.as_bytes().to_vec()),
             })
+    }
+
+    /// 300 cmdline rules (the issue's benchmark) are matched as one set, and the set's answer
+    /// is each rule's own: the process goes where matching the rules one by one sends it.
+    #[test]
+    fn many_cmdline_rules_are_matched_as_one_set_with_the_same_answer() {
+        let list: Vec<(String, PlacementRule)> = (0..300)
+            .map(|k| {
+                let j = match k % 3 {
+                    0 => format!(r#"{{"cmdline": "^job-{k}\\x00"}}"#),
+                    1 => format!(r#"{{"cmdline": "--tenant=t{k}\\b", "uids": [{k}]}}"#),
+                    _ => format!(r#"{{"cmdline": "w{k}$", "exe": ["/opt/{k}/*"]}}"#),
+                };
+                (format!("t{k:03}"), rule(&j))
+            })
+            .collect();
+        let rules = PlacementRules::new(list.clone()).unwrap();
+        assert!(rules.cmdline_set.is_some(), "the set compiles");
+        let one_by_one = |p: &ProcessFacts| {
+            list.iter()
+                .filter(|(_, r)| r.matches(p))
+                .max_by(|(ta, a), (tb, b)| {
+                    (a.priority(), a.specificity())
+                        .cmp(&(b.priority(), b.specificity()))
+                        .then(tb.cmp(ta))
+                })
+                .map(|(t, _)| t.clone())
+        };
+        let procs = [
+            proc_(5, "/bin/x", &["job-33", "a"]),
+            proc_(5, "/bin/x", &["job-33x"]),
+            proc_(4, "/bin/x", &["run", "--tenant=t4"]),
+            proc_(7, "/bin/x", &["run", "--tenant=t4"]),
+            proc_(0, "/opt/5/bin", &["x", "w5"]),
+            proc_(0, "/opt/6/bin", &["x", "w5"]),
+            proc_(4, "/opt/5/bin", &["job-0", "--tenant=t4", "w5"]),
+            ProcessFacts {
+                cmdline: None,
+                ..proc_(4, "/bin/x", &[])
+            },
+        ];
+        for p in &procs {
+            let got = rules.place(p).map(|d| d.tenant.clone());
+            assert_eq!(got, one_by_one(p), "{:?}", p.cmdline);
+        }
+        assert_eq!(
+            rules.place(&procs[0]).map(|d| d.tenant.as_str()),
+            Some("t033")
+        );
+        assert_eq!(rules.place(&procs[1]).map(|d| d.tenant.as_str()), None);
+        assert_eq!(
+            rules.place(&procs[6]).map(|d| d.tenant.as_str()),
+            Some("t004")
+        );
     }
 
     proptest! {

@@ -47,6 +47,10 @@ use std::sync::{Arc, Mutex, RwLock};
 /// journal transaction each way): bounds how long a rescan holds the lock at a time.
 const RESCAN_BATCH: usize = 128;
 
+/// Least time between two reads of the kernel values of tenants that received processes
+/// between rescans (`Placer::refresh_later`).
+const REFRESH_GAP: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// PF_KTHREAD from include/linux/sched.h.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
@@ -295,6 +299,9 @@ pub struct AutoState {
     pub changed: tokio::sync::Notify,
     pub placed_total: TenantCounters,
     pub not_placed_total: TenantCounters,
+    /// The journal of the rules' moves split across v1 hierarchies (`store::MoveLog`), opened
+    /// at its first use next to the database.
+    pub(super) moves: Mutex<Option<crate::store::MoveLog>>,
 }
 
 impl AutoState {
@@ -315,6 +322,7 @@ impl AutoState {
             changed: tokio::sync::Notify::new(),
             placed_total: TenantCounters::default(),
             not_placed_total: TenantCounters::default(),
+            moves: Mutex::new(None),
         }
     }
 
@@ -815,6 +823,9 @@ impl Placer {
                     std::mem::take(&mut q.pending).into_iter().collect()
                 };
                 let _ = gov.refresh_kernel(Some(names)).await;
+                // What arrives meanwhile is read together, at most every REFRESH_GAP: under a
+                // stream of placements the tenants were read again back to back otherwise.
+                tokio::time::sleep(REFRESH_GAP).await;
             }
         });
     }

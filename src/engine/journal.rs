@@ -9,11 +9,15 @@
 //!   kill, move or `rmdir`. Left over, the delete was committed: it is finished.
 //! - Attach: recorded with where the process was in every hierarchy before it is moved.
 //!   Left over, the move may be split across v1 hierarchies: it is moved back where it was.
+//!   A placement rule's move is recorded in the move log instead (`store::MoveLog`: a file of
+//!   its own, no sync, no database lock), and only where a crash could split it (v1: one write
+//!   per hierarchy); on v2 it is one write of `cgroup.procs`, whole or not done, and needs no
+//!   record. What the move log keeps is recovered here like an attach record.
 //!
 //! Directories no record names are still only reported, never removed.
 
 use super::policy::{Admitted, Policy, Refusal};
-use super::{EngineError, Result, now_ms};
+use super::{EngineError, Governor, Result, blocking, now_ms};
 use crate::cgroup::{Backend, CgroupError, CgroupPath};
 use crate::domain::event::Event;
 use crate::domain::tenant::{TenantName, TenantSpec};
@@ -140,6 +144,65 @@ pub fn recover(
                 .unwrap_or("?")
         )),
     }
+}
+
+impl Governor {
+    /// Recovers what the move log kept (a batch of rules' moves the daemon stopped in the
+    /// middle of) like attach records, stores the events of the moves undone, and keeps the
+    /// records that stay (with why) for the next pass.
+    pub(super) async fn recover_moves(&self) -> Result<Vec<String>> {
+        let path = self.store().move_log_path();
+        let left = {
+            let mut g = self.auto.moves.lock().expect("moves lock");
+            if g.is_none() && !path.exists() {
+                return Ok(Vec::new());
+            }
+            if g.is_none() {
+                *g =
+                    Some(crate::store::MoveLog::open(&path).map_err(|e| move_log_error(&path, e))?);
+            }
+            let log = g.as_ref().expect("opened above");
+            log.left().map_err(|e| move_log_error(&path, e))?
+        };
+        if left.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sp = self.specs().await?;
+        let (b, policy) = (self.backend().clone(), self.policy());
+        let (events, stay, why) = blocking(move || {
+            let (mut events, mut stay, mut why) = (Vec::new(), Vec::new(), Vec::new());
+            for i in left {
+                match recover(b.as_ref(), &policy, &sp, &i) {
+                    Outcome::Done(e) => {
+                        tracing::info!(
+                            "move log record {} ({}): finished or undone after a crash",
+                            i.id,
+                            i.tenant
+                        );
+                        events.extend(e);
+                    }
+                    Outcome::Stays(w) => {
+                        why.push(w);
+                        stay.push(i);
+                    }
+                }
+            }
+            (events, stay, why)
+        })
+        .await?;
+        if !events.is_empty() {
+            self.store().add_events(&events).await?;
+        }
+        let mut g = self.auto.moves.lock().expect("moves lock");
+        if let Some(log) = g.as_mut() {
+            log.keep(&stay).map_err(|e| move_log_error(&path, e))?;
+        }
+        Ok(why)
+    }
+}
+
+fn move_log_error(path: &std::path::Path, e: std::io::Error) -> EngineError {
+    EngineError::Join(format!("the move log {}: {e}", path.display()))
 }
 
 fn undo_create(b: &dyn Backend, t: &str, dir: &str) -> Result<Vec<NewEvent>> {

@@ -663,9 +663,10 @@ impl Governor {
     /// `journal`); returns why records stay (tried again on the next pass). Called with the
     /// write lock held, so no change is under way.
     async fn recover_journal(&self) -> Result<Vec<String>> {
+        let mut stays = self.recover_moves().await?;
         let intents = self.store.intents().await?;
         if intents.is_empty() {
-            return Ok(Vec::new());
+            return Ok(stays);
         }
         let sp = self.specs().await?;
         let (b, policy) = (self.backend.clone(), self.policy());
@@ -676,7 +677,6 @@ impl Governor {
                 .collect::<Vec<_>>()
         })
         .await?;
-        let mut stays = Vec::new();
         for (id, o) in outcomes {
             match o {
                 journal::Outcome::Done(events) => {
@@ -1195,6 +1195,8 @@ impl Governor {
             Ok((dir, target, c.state.preview(&n, None), stored))
         })
         .await??;
+        // The placer stops listening to process events when the last rule goes (issue 15).
+        let had_rule = stored.spec.placement.is_some();
         let empty = match (&mode, target) {
             (DeleteMode::Kill, _) => Emptying::Kill,
             (DeleteMode::MoveTo(_), Some(to)) => Emptying::MoveTo(journal::text(&to)),
@@ -1304,6 +1306,9 @@ impl Governor {
             // The delete itself is stored: answered as done; the record is dropped by the next
             // pass, which finds nothing left to remove.
             tracing::warn!("tenant '{name}' deleted; removing its journal record failed: {e}");
+        }
+        if had_rule {
+            self.auto.changed.notify_one();
         }
         self.refresh_kernel(Some(ancestors)).await?;
         Ok(())

@@ -64,10 +64,11 @@ impl Governor {
     /// `attach` for the placer, for a batch of processes at once (`(tenant, PID, start
     /// time)`): each process must still be the one its rule matched (`PID` with that start
     /// time), no event per process (the placer summarises them), and the kernel values are
-    /// read again by the caller, once per burst. One write lock, one journal transaction
-    /// before the moves and one after them for the whole batch. `Err`: the batch failed as a
-    /// whole (the journal could not be written) and nothing was moved; otherwise one answer
-    /// per process, in order.
+    /// read again by the caller, once per burst. One write lock for the whole batch; its
+    /// records go to the move log (one write before the moves, one cut after them) on v1 and
+    /// nowhere on v2 (`Journal`), never to the database. `Err`: the batch failed as a whole
+    /// (the journal could not be written) and nothing was moved; otherwise one answer per
+    /// process, in order.
     pub async fn attach_by_rule(
         &self,
         moves: &[(TenantName, u32, u64)],
@@ -93,10 +94,10 @@ impl Governor {
 
     /// The one placement path: under the write lock, each process is checked (`policy`, and
     /// for a rule's move its start time and that it was not placed by hand meanwhile) and
-    /// where it is in every hierarchy read; the batch's steps are journaled in one
-    /// transaction, each process is moved and checked (`move_checked`), and the steps are
-    /// removed (with the events of the moves by hand) in one transaction. When that last
-    /// write fails the moves are undone. A tenant directory missing in some hierarchy is made
+    /// where it is in every hierarchy read; the batch's steps are journaled (moves by hand: in
+    /// one database transaction; a rule's: see `Journal`), each process is moved and checked
+    /// (`move_checked`), and the steps are removed (with the events of the moves by hand, in
+    /// one transaction). When that last database write fails the moves are undone. A tenant directory missing in some hierarchy is made
     /// again (with the tenant's values) before the process goes there.
     async fn attach_batch(
         &self,
@@ -164,19 +165,35 @@ impl Governor {
             out[i] = Some(r);
         }
         if !checked.is_empty() {
-            let steps: Vec<NewIntent> = checked
+            // A rule's move needs no record where it is one write (one hierarchy: v2), and
+            // records to the move log where a crash could split it (v1); a move by hand
+            // records to the database, with its event.
+            let by_rule = items.iter().all(|(_, _, by)| matches!(by, By::Rule(_)));
+            let b = self.backend().clone();
+            let one_write = checked
                 .iter()
-                .map(|(i, adm, leaf, from)| {
-                    Step::Attach {
-                        leaf: journal::text(leaf),
-                        pid: adm.pid,
-                        start_time: adm.start_time,
-                        from: from.clone(),
-                    }
-                    .intent(items[*i].0)
-                })
-                .collect();
-            let ids = self.store().add_intents(&steps).await?;
+                .all(|(_, _, leaf, _)| b.dirs(leaf).len() <= 1);
+            let steps = || -> Vec<NewIntent> {
+                checked
+                    .iter()
+                    .map(|(i, adm, leaf, from)| {
+                        Step::Attach {
+                            leaf: journal::text(leaf),
+                            pid: adm.pid,
+                            start_time: adm.start_time,
+                            from: from.clone(),
+                        }
+                        .intent(items[*i].0)
+                    })
+                    .collect()
+            };
+            let journal = if by_rule && one_write {
+                Journal::None
+            } else if by_rule && self.record_moves(&steps()) {
+                Journal::Moves
+            } else {
+                Journal::Store(self.store().add_intents(&steps()).await?)
+            };
             let (b, policy) = (self.backend().clone(), self.policy());
             let tenants: Vec<String> = checked
                 .iter()
@@ -193,6 +210,17 @@ impl Governor {
                 (checked, moved)
             })
             .await?;
+            let ids = match journal {
+                Journal::Store(ids) => ids,
+                Journal::Moves => {
+                    self.moves_done();
+                    Vec::new()
+                }
+                Journal::None => Vec::new(),
+            };
+            if ids.is_empty() {
+                return Ok(answers(out, checked, moved));
+            }
             let events: Vec<NewEvent> = checked
                 .iter()
                 .zip(&moved)
@@ -239,16 +267,47 @@ impl Governor {
                 }
                 return Err(e.into());
             }
-            for ((i, adm, ..), m) in checked.into_iter().zip(moved) {
-                out[i] = Some(m.map(|()| Attached::Moved {
-                    start_time: adm.start_time,
-                }));
+            return Ok(answers(out, checked, moved));
+        }
+        Ok(answers(out, Vec::new(), Vec::new()))
+    }
+
+    /// Records a batch of rules' moves to the move log (opened at its first use); false when
+    /// it cannot be written (the caller records to the database instead).
+    fn record_moves(&self, steps: &[NewIntent]) -> bool {
+        let mut g = self.auto.moves.lock().expect("moves lock");
+        let r = match g.as_mut() {
+            Some(log) => log.record(steps),
+            None => crate::store::MoveLog::open(&self.store().move_log_path()).and_then(|mut l| {
+                let r = l.record(steps);
+                *g = Some(l);
+                r
+            }),
+        };
+        match r {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "the move log {} cannot be written ({e}): the rules' moves are recorded in the database",
+                    self.store().move_log_path().display()
+                );
+                false
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|r| r.expect("every item answered"))
-            .collect())
+    }
+
+    /// The batch recorded by `record_moves` is over (each move whole or undone).
+    fn moves_done(&self) {
+        let mut g = self.auto.moves.lock().expect("moves lock");
+        if let Some(log) = g.as_mut()
+            && let Err(e) = log.clear()
+        {
+            // Kept: the next batch cuts it off first, and a restart finds the moves whole.
+            tracing::warn!(
+                "the move log {} cannot be cut off: {e}",
+                log.path().display()
+            );
+        }
     }
 
     /// The processes in the tenant's leaf.
@@ -268,6 +327,32 @@ impl Governor {
         })
         .await?
     }
+}
+
+/// Where a batch's moves are recorded before they start.
+enum Journal {
+    /// In the database (moves by hand): the records' ids.
+    Store(Vec<i64>),
+    /// In the move log (rules' moves that a crash could split across v1 hierarchies).
+    Moves,
+    /// Nowhere: each move is one write (one hierarchy), whole or not done.
+    None,
+}
+
+/// Each item's answer: those answered before the moves (`out`), then each move's.
+fn answers(
+    mut out: Vec<Option<Result<Attached>>>,
+    checked: Vec<(usize, Admitted, CgroupPath, Vec<PathBuf>)>,
+    moved: Vec<Result<()>>,
+) -> Vec<Result<Attached>> {
+    for ((i, adm, ..), m) in checked.into_iter().zip(moved) {
+        out[i] = Some(m.map(|()| Attached::Moved {
+            start_time: adm.start_time,
+        }));
+    }
+    out.into_iter()
+        .map(|r| r.expect("every item answered"))
+        .collect()
 }
 
 /// What a placement of a batch did with one process.

@@ -733,19 +733,18 @@ fn limit_events_of(
 /// The snapshot `/metrics` renders: each sample's stats with the tenant's spec, no SLA totals
 /// yet (`Sampler::judge` adds them). Returns it.
 fn snapshot(specs: &HashMap<String, Arc<TenantSpec>>, samples: &[(&str, Sample)]) -> Snapshot {
-    let mut snap = Snapshot::default();
-    for (name, sample) in samples {
+    let tenants = samples.iter().map(|(name, sample)| {
         let spec = specs.get(*name).cloned().unwrap_or_default();
-        snap.tenants.insert(
-            name.to_string(),
-            TenantSnapshot {
-                stats: sample.stats.clone(),
-                spec,
-                sla: None,
-            },
-        );
+        let t = TenantSnapshot {
+            stats: sample.stats.clone(),
+            spec,
+            sla: None,
+        };
+        (name.to_string(), t)
+    });
+    Snapshot {
+        tenants: tenants.collect(),
     }
-    snap
 }
 
 /// The tenants the SLA engine judges: those with rates. Returns (tenant, rates) in sample order.
@@ -833,6 +832,10 @@ fn read_all(
             Figures::NONE
         }
     };
+    release_demoted(v1, |i| {
+        let spec = targets.specs.get(&targets.dirs[i].0).map(|s| &**s);
+        hold(i, tiers_v1, &cadence.for_tenant(spec))
+    });
     targets
         .dirs
         .iter()
@@ -860,11 +863,71 @@ fn read_all(
         .collect()
 }
 
+/// Closes, before a sweep opens anything, the v1 readers that hold files their tier
+/// (`want`, by slot) no longer gives them; the sweep opens them again holding their tier.
+/// Issue 15: the tiers move as tenants are added, and a sweep that opened the promoted
+/// tenants' files (early in the list) before it closed the demoted ones' (later) passed the
+/// descriptor limit for a moment: the sampler's reads failed with EMFILE, and so did a PUT's
+/// read of a cgroup file (an HTTP 500 while 10,000 tenants were created).
+fn release_demoted(v1: &mut [Option<V1StatsReader>], want: impl Fn(usize) -> Figures) {
+    for (i, slot) in v1.iter_mut().enumerate() {
+        if slot
+            .as_ref()
+            .is_some_and(|r| r.hold().minus(want(i)) != Figures::NONE)
+        {
+            *slot = None;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::stats::{CgroupStats, CpuStat, MemoryEvents};
     use crate::domain::tenant::TenantName;
+
+    /// Issue 15 (the HTTP 500 during creation): readers holding more than their new tier
+    /// are closed before the sweep opens any file; the others, promoted ones included, stay.
+    #[test]
+    fn demoted_readers_close_their_files_before_the_sweep_opens_any() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = |name: &str, hold: Figures| {
+            let cpuacct = tmp.path().join("cpuacct").join(name);
+            std::fs::create_dir_all(&cpuacct).unwrap();
+            std::fs::write(cpuacct.join("cpuacct.usage"), "1000\n").unwrap();
+            let dirs = crate::cgroup::v1::V1Dirs {
+                cpuacct: Some(cpuacct),
+                ..Default::default()
+            };
+            Some(
+                V1StatsReader::open_holding(&dirs, tmp.path(), hold)
+                    .unwrap()
+                    .unwrap(),
+            )
+        };
+        let fresh = SLA_FIGURES;
+        let mut v1 = vec![
+            open("a", Figures::ALL),
+            open("b", Figures::ALL),
+            open("c", fresh),
+            open("d", Figures::NONE),
+            None,
+        ];
+        let want = [
+            Figures::ALL,
+            fresh,
+            Figures::NONE,
+            Figures::ALL,
+            Figures::ALL,
+        ];
+        release_demoted(&mut v1, |i| want[i]);
+        let holds: Vec<Option<Figures>> = v1.iter().map(|r| r.as_ref().map(|r| r.hold())).collect();
+        assert_eq!(
+            holds,
+            [Some(Figures::ALL), None, None, Some(Figures::NONE), None],
+            "kept: the same tier and a promotion; closed: the demoted"
+        );
+    }
 
     fn s(usage: u64, oom: u64, high: u64) -> Sample {
         Sample {

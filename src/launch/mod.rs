@@ -10,6 +10,8 @@
 mod pid;
 mod sys;
 
+pub use sys::trim_heap;
+
 use crate::domain::launch::{Bounding, CapSet, Capability, Ident, LaunchPlan, ProcCreds};
 use caps::CapSet as Set;
 use nix::mount::{MsFlags, mount};

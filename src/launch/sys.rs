@@ -1,5 +1,6 @@
-//! The two system calls of the launch that need `unsafe`: `fork` (for `--private-pid`) and the
-//! `SIOCSIFFLAGS` ioctl that brings the loopback interface of a new network namespace up.
+//! The calls that need `unsafe`, the crate's only ones: `fork` (for `--private-pid`) and the
+//! `SIOCSIFFLAGS` ioctl that brings the loopback interface of a new network namespace up, and
+//! glibc's `malloc_trim` for `tenantd serve` (`trim_heap`).
 #![allow(unsafe_code)]
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
@@ -12,6 +13,23 @@ pub fn fork() -> nix::Result<ForkResult> {
     // joined, which the caller checked in /proc/self/status), so no lock can be held by a
     // thread that does not exist in the child, and the child may allocate and run Rust code.
     unsafe { nix::unistd::fork() }
+}
+
+/// Gives the heap's free pages back to the kernel: glibc's `malloc_trim(0)`, which releases
+/// the free memory of every arena, not only the top of the main one (glibc >= 2.8; issue 15:
+/// at 10,000 tenants the daemon's two arenas kept 30-36 MB free). Returns whether any was
+/// released. A no-op on other C libraries.
+pub fn trim_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes no pointers and is thread-safe (it locks each arena);
+        // it only returns free pages, so no live allocation is touched.
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
 }
 
 /// Brings `lo` up in the current network namespace (a new namespace has it down).
@@ -48,4 +66,21 @@ pub fn loopback_up() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 15: memory freed in small blocks (below the mmap threshold, so it stays in the
+    /// arena) is given back: glibc answers that it released some.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn trim_heap_gives_freed_memory_back() {
+        let blocks: Vec<Vec<u8>> = (0..32 * 1024).map(|i| vec![i as u8; 1024]).collect();
+        assert_eq!(blocks.len(), 32 * 1024);
+        drop(blocks);
+        assert!(
+            super::trim_heap(),
+            "32 MiB freed in 1 KiB blocks, none released"
+        );
+    }
 }

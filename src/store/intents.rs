@@ -1,9 +1,13 @@
 //! The intent journal's SQL: a kernel step recorded before it starts, removed in the same
-//! transaction that commits the change it belongs to (or once it was undone).
+//! transaction that commits the change it belongs to (or once it was undone). And the move
+//! log ([`MoveLog`]): the placement rules' moves recorded in a file of their own, written
+//! without a sync and without the database's write lock.
 
 use super::{NewEvent, Result, Store, TenantsChanged, delete_row, insert_event, q};
 use crate::domain::TenantName;
 use sqlx::Row;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 /// A kernel step to record before it starts; `body` is the engine's own JSON for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +174,126 @@ impl Store {
     }
 }
 
+/// The placement rules' journal of moves (issue 17): the records of one batch of moves, kept
+/// in a file next to the database (`<database>-moves`) from before the first move until the
+/// last one is checked, then cut off. Only what a crash *of the daemon* can leave half-done
+/// is recorded here: a move split across v1 hierarchies, which the next start undoes like an
+/// attach record of the database (`engine::journal::recover`).
+///
+/// Why neither the database nor a sync: a record names a live process (PID and start time)
+/// and where it was, so it only matters while that process lives. A daemon crash leaves what
+/// was written in the kernel's page cache, where the next start reads it; a crash of the
+/// host (what a sync guards against) ends every process the record could name. So a record
+/// is one `pwrite` and its end one `ftruncate`, and neither waits for the database's write
+/// lock (held by the sampler's transactions) nor for a disk. One batch at a time (the
+/// governor's write lock is held from the record to its end), so the file holds at most one
+/// batch: one JSON object per line, as [`Intent`]; a line that does not parse (a torn write
+/// when the host lost power) is dropped.
+#[derive(Debug)]
+pub struct MoveLog {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Set from a record until the file is cut off again (a failed cut is redone first).
+    dirty: bool,
+    next_id: i64,
+}
+
+impl MoveLog {
+    /// Opens (or creates) the log at `path`, keeping what a crash left in it for `left`.
+    pub fn open(path: &Path) -> std::io::Result<MoveLog> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let dirty = file.metadata()?.len() > 0;
+        Ok(MoveLog {
+            path: path.to_path_buf(),
+            file,
+            dirty,
+            next_id: 1,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The records a crash left (a batch whose end was never written), oldest first.
+    pub fn left(&self) -> std::io::Result<Vec<Intent>> {
+        let text = std::fs::read(&self.path)?;
+        Ok(text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_slice(l).ok()?;
+                Some(Intent {
+                    id: v.get("id")?.as_i64()?,
+                    ts_ms: v.get("ts_ms")?.as_i64()?,
+                    tenant: v.get("tenant")?.as_str()?.to_string(),
+                    body: v.get("body")?.clone(),
+                })
+            })
+            .collect())
+    }
+
+    /// Records `steps` (one batch) before their moves: one write at the start of the file.
+    /// Returns their ids (for `keep` after a recovery).
+    pub fn record(&mut self, steps: &[NewIntent]) -> std::io::Result<Vec<i64>> {
+        if self.dirty {
+            self.file.set_len(0)?;
+        }
+        let mut buf = Vec::with_capacity(steps.len() * 160);
+        let mut ids = Vec::with_capacity(steps.len());
+        for s in steps {
+            let id = self.next_id;
+            self.next_id += 1;
+            ids.push(id);
+            let line = serde_json::json!({
+                "id": id, "ts_ms": s.ts_ms, "tenant": s.tenant, "body": s.body,
+            });
+            serde_json::to_writer(&mut buf, &line).expect("JSON to memory");
+            buf.push(b'\n');
+        }
+        self.dirty = true;
+        self.file.write_all_at(&buf, 0)?;
+        Ok(ids)
+    }
+
+    /// The batch's moves are over (each whole, or undone): its records go.
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// After a recovery: only `stay` remain (tried again by the next pass).
+    pub fn keep(&mut self, stay: &[Intent]) -> std::io::Result<()> {
+        if stay.is_empty() {
+            return self.clear();
+        }
+        let steps: Vec<NewIntent> = stay
+            .iter()
+            .map(|i| NewIntent {
+                ts_ms: i.ts_ms,
+                tenant: i.tenant.clone(),
+                body: i.body.clone(),
+            })
+            .collect();
+        self.record(&steps).map(|_| ())
+    }
+}
+
+impl Store {
+    /// Where this database's [`MoveLog`] lives: `<database>-moves`.
+    pub fn move_log_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push("-moves");
+        PathBuf::from(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +405,47 @@ mod tests {
         store.close().await;
         let store = Store::open(&path).await.unwrap();
         assert_eq!(intent_ids(&store).await, vec![ids[1]]);
+    }
+
+    /// What a daemon crash leaves in the move log (a batch recorded, never cleared) is read
+    /// back by the next open; a cleared batch leaves nothing; a torn line is dropped; `keep`
+    /// leaves only the records that stay.
+    #[test]
+    fn the_move_log_keeps_a_batch_until_it_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db-moves");
+        let mut log = MoveLog::open(&path).unwrap();
+        assert!(log.left().unwrap().is_empty());
+        log.record(&[step(1), step(2)]).unwrap();
+        log.clear().unwrap();
+        assert!(log.left().unwrap().is_empty());
+        // A batch recorded, then the daemon stopped before its end.
+        let ids = log.record(&[step(3), step(4)]).unwrap();
+        drop(log);
+        let mut log = MoveLog::open(&path).unwrap();
+        let left = log.left().unwrap();
+        assert_eq!(
+            left.iter().map(|i| (i.id, i.ts_ms)).collect::<Vec<_>>(),
+            vec![(ids[0], 3), (ids[1], 4)]
+        );
+        assert_eq!(left[0].body, step(3).body);
+        assert_eq!(left[0].tenant, "a");
+        // The next batch replaces the leftover one whole (it is cut off first).
+        log.record(&[step(5)]).unwrap();
+        assert_eq!(log.left().unwrap().len(), 1);
+        log.keep(&left[1..]).unwrap();
+        let now = log.left().unwrap();
+        assert_eq!((now.len(), now[0].ts_ms), (1, 4));
+        log.keep(&[]).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // A torn last line (power lost mid-write) is dropped, the whole ones are kept.
+        log.record(&[step(6)]).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"id\": 9, \"ts_").unwrap();
+        assert_eq!(log.left().unwrap().len(), 1);
     }
 
     #[tokio::test]

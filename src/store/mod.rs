@@ -25,7 +25,7 @@ mod samples;
 mod sla;
 mod sweep;
 
-pub use intents::{Intent, NewIntent};
+pub use intents::{Intent, MoveLog, NewIntent};
 pub use rollup::{Level, Retention};
 pub use samples::{MinuteRollup, Usage, UsagePoint};
 pub use sla::{SlaBucket, SlaMinute, SlaSeries};

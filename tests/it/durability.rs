@@ -651,6 +651,88 @@ fn issue13_finding_3_attach_is_whole_on_every_hierarchy_or_undone() {
     let _ = split_at_restart;
 }
 
+/// Issue 17: a placement rule's move is recorded in the move log (`<db>-moves`, no sync, no
+/// database lock) instead of the database. What a crash leaves there is recovered at the next
+/// start like an attach record: here the daemon is killed, the process is put in the tenant in
+/// one hierarchy only (a move split by the crash) and its record written as the daemon writes
+/// it; the next start moves it back where it was in every hierarchy, says so, stores
+/// `attach_undone` and empties the log. A record of a move that was whole is dropped.
+#[test]
+fn issue17_a_rules_move_split_by_a_crash_is_undone_from_the_move_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("tenantd.db");
+    let mut v = DiskDaemon::start("f17", db.clone());
+    v.d().create("t", json!({}));
+    let roots = v.dirs.roots.distinct();
+    assert!(roots.len() > 1, "needs several v1 hierarchies: {roots:?}");
+    let split = sleeper_in(&v.dirs);
+    let whole = sleeper_in(&v.dirs);
+    if let Some(mut d) = v.d.take() {
+        d.kill9();
+    }
+    let leaf = |r: &Path| {
+        r.join(tenantd::cgroup::v1::DEFAULT_ROOT_NAME)
+            .join("t/_procs/cgroup.procs")
+    };
+    std::fs::write(leaf(roots[0]), split.pid().to_string()).unwrap();
+    for r in &roots {
+        std::fs::write(leaf(r), whole.pid().to_string()).unwrap();
+    }
+    let mut want = vec![false; roots.len()];
+    want[0] = true;
+    assert_eq!(in_tenant(&v.dirs, "t", split.pid()), want);
+    let start_time = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = stat.rsplit_once(')').unwrap().1;
+        rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+    };
+    let record = |id: u64, pid: u32| {
+        json!({"id": id, "ts_ms": 1, "tenant": "t", "body": {
+            "step": "attach", "leaf": "t/_procs", "pid": pid, "start_time": start_time(pid),
+            "from": roots,
+        }})
+        .to_string()
+    };
+    let log = PathBuf::from(format!("{}-moves", db.display()));
+    std::fs::write(
+        &log,
+        format!("{}\n{}\n", record(1, split.pid()), record(2, whole.pid())),
+    )
+    .unwrap();
+    v.d = Some(v.dirs.launch(&db));
+    eventually(20, "the split move is undone", || {
+        in_tenant(&v.dirs, "t", split.pid()) == vec![false; roots.len()]
+    });
+    assert_eq!(
+        in_tenant(&v.dirs, "t", whole.pid()),
+        vec![true; roots.len()],
+        "a whole move stays"
+    );
+    eventually(10, "the move log is emptied", || {
+        std::fs::metadata(&log).is_ok_and(|m| m.len() == 0)
+    });
+    let logs = v.logs();
+    for id in [1, 2] {
+        assert!(
+            logs.contains(&format!(
+                "move log record {id} (t): finished or undone after a crash"
+            )),
+            "{logs}"
+        );
+    }
+    let (s, ev) = v.d().call("GET", "/v1/events?tenant=t", None);
+    assert_eq!(s, 200, "{ev}");
+    let undone: Vec<&Value> = ev
+        .as_array()
+        .or_else(|| ev["events"].as_array())
+        .expect("a list of events")
+        .iter()
+        .filter(|e| e.to_string().contains("attach_undone"))
+        .collect();
+    assert_eq!(undone.len(), 1, "{ev}");
+    assert!(undone[0].to_string().contains(&split.pid().to_string()));
+}
+
 #[test]
 fn issue13_finding_4_a_delete_with_a_directory_missing_in_one_hierarchy() {
     let tmp = tempfile::tempdir().unwrap();

@@ -134,10 +134,11 @@ fn explains(d: &Daemon, pid: u32, tenant: Option<&str>, outcome: &str, why: Opti
 /// and a tenant without a rule for processes placed by hand.
 fn daemon_with_rules(root: &TestRoot) -> Daemon {
     let d = Daemon::start_with(root, &["--placement-rescan-s", "3600"]);
+    d.create("acct", json!({"placement": {"uids": [ACCOUNT_UID]}}));
+    // The reader starts with the first rule (issue 15).
     eventually(10, "the reader of process events started", || {
         d.log().contains("listening to the kernel's process events")
     });
-    d.create("acct", json!({"placement": {"uids": [ACCOUNT_UID]}}));
     d.create(
         "ci",
         json!({"placement": {"exe": ["/**/bin/sleep"], "cmdline": "\\x00612\\.5$"}}),
@@ -146,6 +147,68 @@ fn daemon_with_rules(root: &TestRoot) -> Daemon {
     // The rules' own rescans have run (they find nothing); the next is an hour away.
     std::thread::sleep(Duration::from_millis(500));
     d
+}
+
+/// Whether the daemon `pid` runs the reader thread of the kernel's process events.
+fn reader_thread(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "tenantd-procev")
+        })
+}
+
+/// Issue 15 (sampling CPU): the daemon listens to the kernel's process events (which wake it
+/// for every fork, exec and exit of the host) only while a placement rule is in force: not at
+/// a start without rules, from the first rule on, not after the last rule went, and again
+/// with a new rule. Seen in the log and in the daemon's threads (`tenantd-procev`). On this
+/// host, in the initial namespaces, so the subscription is real; the rule names a command
+/// line no process has.
+#[test]
+fn issue_15_process_events_are_listened_to_only_while_a_rule_is_in_force() {
+    let dirs = crate::support::V1Dirs::create("procev-gate");
+    let mut d = dirs.launch(&dirs.db());
+    let pid = d.child.id();
+    eventually(10, "the start without rules is logged", || {
+        d.log()
+            .contains("no placement rule is in force: not listening to the kernel's process events")
+    });
+    let listening = |d: &Daemon| {
+        d.log()
+            .matches("listening to the kernel's process events (exec")
+            .count()
+    };
+    assert_eq!(listening(&d), 0, "{}", d.log());
+    assert!(!reader_thread(pid), "no reader thread without a rule");
+    let rule = json!({"placement": {"cmdline": format!("^tenantd-test-never-{pid}\\x00")}});
+    for round in 1..=2 {
+        d.create("ruled", rule.clone());
+        eventually(10, "the reader starts with the first rule", || {
+            listening(&d) == round
+        });
+        assert!(
+            !d.log().contains("process events are unavailable"),
+            "this test needs the proc connector (root, initial namespaces): {}",
+            d.log()
+        );
+        // (The thread names itself once it runs.)
+        eventually(5, "the reader thread runs while a rule is in force", || {
+            reader_thread(pid)
+        });
+        let (s, b) = d.call("DELETE", "/v1/tenants/ruled", None);
+        assert!(s == 200 || s == 204, "{s} {b}");
+        eventually(10, "the reader stops with the last rule", || {
+            d.log()
+                .matches("stopped listening to the kernel's process events")
+                .count()
+                == round
+        });
+        eventually(5, "the reader thread is gone", || !reader_thread(pid));
+    }
+    d.kill9();
 }
 
 #[test]
