@@ -67,15 +67,19 @@ serve() {
     for _ in $(seq 100); do "$BIN" host --addr "http://127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.1; done
 }
 
-# events CAPS-SPEC: starts the daemon with that bounding set and prints what its log says of
-# the kernel's process events (it subscribes at start; with no placement rule it moves nothing).
+# events CAPS-SPEC: starts the daemon with that bounding set, gives it a placement rule (the
+# daemon subscribes to the kernel's process events only while a rule is in force; this one
+# names an exe no process runs, so it moves nothing) and prints what its log says of them.
 events() {
     local port=$((20000 + RANDOM % 20000)) daemon said=none
     local log="$WORK/log-$port"
     serve "$1" "$port"
+    printf 'name = "probe"\nplacement = { exe = ["/nonexistent/tenantd-caps-probe-%s"] }\n' "$$" >"$WORK/rule.toml"
+    "$BIN" tenant apply --addr "http://127.0.0.1:$port" -f "$WORK/rule.toml" >/dev/null 2>&1 ||
+        echo "warning: the probe rule was refused" >&2
     for _ in $(seq 50); do
-        grep -q "listening to the kernel's process events" "$log" && { said=listening; break; }
-        grep -q "process events are unavailable" "$log" && { said=unavailable; break; }
+        grep -q "placement: listening to the kernel's process events (" "$log" && { said=listening; break; }
+        grep -q "placement: the kernel's process events are unavailable (" "$log" && { said=unavailable; break; }
         sleep 0.1
     done
     kill "$daemon"
