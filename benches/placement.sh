@@ -16,7 +16,8 @@
 #   the fraction placed before they exited; the daemon's utime+stime (/proc/PID/stat) per
 #   1,000 execs over the run (and its idle rate just before); the daemon's
 #   tenantd_processes_placed_total and its CPU per placement; events lost (the daemon's
-#   "process events lost" log lines). --no-match is the control: the same rules, but the
+#   "process events lost" log lines); KEEP_LOG=FILE keeps the daemon's log there. --no-match
+#   is the control: the same rules, but the
 #   rules' markers and exe directories differ from the generator's (nothing matches), to
 #   see what the generator reaches and what the daemon spends on the events alone.
 #
@@ -43,7 +44,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "$1 needs a value"; exit 2; }
       o="${1#--}"; printf -v "OPT_${o^^}" '%s' "$2"; shift 2 ;;
     --no-match) NOMATCH=1; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
 done
@@ -83,6 +84,7 @@ cleanup() {
   done
   for d in "${dirs[@]}"; do [ ! -e "$d" ] || find "$d" -depth -type d -delete 2>/dev/null; done
   for d in "${dirs[@]}"; do [ ! -e "$d" ] || echo "could not remove $d (still holds: $(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | tr '\n' ' '))"; done
+  [ -z "${KEEP_LOG:-}" ] || cp "$work/daemon.log" "$KEEP_LOG"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -18,6 +18,26 @@ enum By<'a> {
     Rule(u64),
 }
 
+/// Where the kernel work of a placement (the checks, the writes to `cgroup.procs`) runs.
+#[derive(Debug, Clone, Copy)]
+enum Thread {
+    /// On the blocking pool: the caller is an async worker (an API request).
+    Pool,
+    /// On the caller's own thread, which is never an async worker (the placer's event reader
+    /// or rescan, which call through `Runtime::block_on`): a hand-off to the pool would add a
+    /// wake-up of another thread to every batch, milliseconds when the host's CPUs are busy.
+    Caller,
+}
+
+impl Thread {
+    async fn run<T: Send + 'static>(self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        match self {
+            Thread::Pool => blocking(f).await,
+            Thread::Caller => Ok(f()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ProcInfo {
     #[schema(minimum = 1)]
@@ -66,7 +86,9 @@ impl Governor {
     /// time), no event per process (the placer summarises them), and the kernel values are
     /// read again by the caller, once per burst. One write lock for the whole batch; its
     /// records go to the move log (one write before the moves, one cut after them) on v1 and
-    /// nowhere on v2 (`Journal`), never to the database. `Err`: the batch failed as a whole
+    /// nowhere on v2 (`Journal`), never to the database. The checks and the moves run on the
+    /// caller's thread (`Thread::Caller`): the placer calls through `Runtime::block_on`, never
+    /// from an async worker. `Err`: the batch failed as a whole
     /// (the journal could not be written) and nothing was moved; otherwise one answer per
     /// process, in order.
     pub async fn attach_by_rule(
@@ -77,12 +99,12 @@ impl Governor {
             .iter()
             .map(|(t, pid, st)| (t, *pid, By::Rule(*st)))
             .collect();
-        self.attach_batch(&items).await
+        self.attach_batch(&items, Thread::Caller).await
     }
 
     /// The one placement path, for one process (an API call).
     async fn attach_as(&self, name: &TenantName, pid: u32, by: By<'_>) -> Result<u64> {
-        let mut done = self.attach_batch(&[(name, pid, by)]).await?;
+        let mut done = self.attach_batch(&[(name, pid, by)], Thread::Pool).await?;
         match done.pop() {
             Some(Ok(Attached::Moved { start_time })) => Ok(start_time),
             Some(Err(e)) => Err(e),
@@ -102,6 +124,7 @@ impl Governor {
     async fn attach_batch(
         &self,
         items: &[(&TenantName, u32, By<'_>)],
+        thread: Thread,
     ) -> Result<Vec<Result<Attached>>> {
         let _w = self.writes.lock().await;
         self.fresh_locked().await?;
@@ -134,33 +157,34 @@ impl Governor {
         let policy = self.policy();
         let b = self.backend().clone();
         // Checked, and where each process is now: (index, admitted, leaf, from).
-        let (checked, refused) = blocking(move || {
-            let tids = policy.daemon_tids();
-            let mut made: Vec<CgroupPath> = Vec::new();
-            let (mut checked, mut refused) = (Vec::new(), Vec::new());
-            for (i, pid, expected, dir, plan) in prepare {
-                let leaf = dir.leaf();
-                let r = check_one(
-                    b.as_ref(),
-                    &policy,
-                    &tids,
-                    pid,
-                    expected,
-                    &dir,
-                    &plan,
-                    &mut made,
-                );
-                match r {
-                    Ok((_, from)) if expected.is_some() && from == b.dirs(&leaf) => {
-                        refused.push((i, Ok(Attached::AlreadyThere)));
+        let (checked, refused) = thread
+            .run(move || {
+                let tids = policy.daemon_tids();
+                let mut made: Vec<CgroupPath> = Vec::new();
+                let (mut checked, mut refused) = (Vec::new(), Vec::new());
+                for (i, pid, expected, dir, plan) in prepare {
+                    let leaf = dir.leaf();
+                    let r = check_one(
+                        b.as_ref(),
+                        &policy,
+                        &tids,
+                        pid,
+                        expected,
+                        &dir,
+                        &plan,
+                        &mut made,
+                    );
+                    match r {
+                        Ok((_, from)) if expected.is_some() && from == b.dirs(&leaf) => {
+                            refused.push((i, Ok(Attached::AlreadyThere)));
+                        }
+                        Ok((admitted, from)) => checked.push((i, admitted, leaf, from)),
+                        Err(e) => refused.push((i, Err(e))),
                     }
-                    Ok((admitted, from)) => checked.push((i, admitted, leaf, from)),
-                    Err(e) => refused.push((i, Err(e))),
                 }
-            }
-            (checked, refused)
-        })
-        .await?;
+                (checked, refused)
+            })
+            .await?;
         for (i, r) in refused {
             out[i] = Some(r);
         }
@@ -199,17 +223,18 @@ impl Governor {
                 .iter()
                 .map(|(i, ..)| items[*i].0.to_string())
                 .collect();
-            let (checked, moved) = blocking(move || {
-                let moved: Vec<Result<()>> = checked
-                    .iter()
-                    .zip(&tenants)
-                    .map(|((_, adm, leaf, from), t)| {
-                        move_checked(b.as_ref(), &policy, leaf, *adm, from, t)
-                    })
-                    .collect();
-                (checked, moved)
-            })
-            .await?;
+            let (checked, moved) = thread
+                .run(move || {
+                    let moved: Vec<Result<()>> = checked
+                        .iter()
+                        .zip(&tenants)
+                        .map(|((_, adm, leaf, from), t)| {
+                            move_checked(b.as_ref(), &policy, leaf, *adm, from, t)
+                        })
+                        .collect();
+                    (checked, moved)
+                })
+                .await?;
             let ids = match journal {
                 Journal::Store(ids) => ids,
                 Journal::Moves => {
