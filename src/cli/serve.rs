@@ -21,6 +21,7 @@ use crate::store::fleet::FleetStore;
 use crate::store::{NewEvent, Store};
 use anyhow::{Context, Result};
 use clap::Args;
+use prometheus_client::metrics::histogram::Histogram;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -475,6 +476,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         gov.clone(),
         cfg.placement_rescan,
         cfg.process_events,
+        metrics.placement_latency.clone(),
         shutdown.clone(),
     ));
     let max_connections = connection_cap(nofile, cfg.max_connections);
@@ -557,6 +559,7 @@ async fn placement_task(
     gov: Arc<Governor>,
     every: std::time::Duration,
     events: bool,
+    latency: Histogram,
     stop: CancellationToken,
 ) {
     let placer = Placer::new(gov.clone(), tokio::runtime::Handle::current());
@@ -595,7 +598,7 @@ async fn placement_task(
             };
             if any_rule && reader.is_none() && !tried {
                 tried = true;
-                reader = process_event_reader(placer.clone(), lost.clone(), every);
+                reader = process_event_reader(placer.clone(), lost.clone(), latency.clone(), every);
             } else if !any_rule {
                 tried = false;
                 if let Some(r) = reader.take() {
@@ -637,6 +640,12 @@ async fn placement_task(
     }
 }
 
+/// CLOCK_MONOTONIC now, the clock of the kernel's stamp on a process event (`ktime_get_ns`).
+fn monotonic_now() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// Stops the reader of process events (unsubscribing it); joins the thread, so a `consider`
 /// in flight finishes first.
 async fn stop_reader(r: crate::cgroup::proc_connector::ReaderThread) {
@@ -655,16 +664,23 @@ async fn stop_reader(r: crate::cgroup::proc_connector::ReaderThread) {
 /// its parent's facts until it execs or changes ids, which are events of their own. Events
 /// the kernel dropped wake the rescan (`lost`). Where the kernel refuses the subscription (no
 /// CAP_NET_ADMIN, not in the initial namespaces, no CONFIG_PROC_EVENTS) the log says why and
-/// placement relies on the rescan alone.
+/// placement relies on the rescan alone. Each process a batch placed adds its latency, from
+/// the kernel's stamp on its event to the end of the batch's moves, to `latency`
+/// (`tenantd_placement_latency_seconds`).
 fn process_event_reader(
     placer: Placer,
     lost: Arc<tokio::sync::Notify>,
+    latency: Histogram,
     every: std::time::Duration,
 ) -> Option<crate::cgroup::proc_connector::ReaderThread> {
     use crate::cgroup::proc_connector::{ProcConnector, ProcEvent};
+    use crate::engine::autoplace::Outcome;
     let mut pids = Vec::new();
+    // The kernel's stamp of each PID's first event in the batch (CLOCK_MONOTONIC).
+    let mut stamped: std::collections::HashMap<u32, std::time::Duration> = Default::default();
     let on_batch = move |b: crate::cgroup::proc_connector::Batch| {
         pids.clear();
+        stamped.clear();
         for s in b.events {
             match s.event {
                 ProcEvent::Exec { pid, tgid }
@@ -673,6 +689,9 @@ fn process_event_reader(
                     if pid == tgid =>
                 {
                     pids.push(tgid);
+                    if let Some(t) = s.kernel_time {
+                        stamped.entry(tgid).or_insert(t);
+                    }
                 }
                 ProcEvent::Lost(why) => {
                     tracing::debug!("process events lost ({why:?}): rescanning /proc");
@@ -682,7 +701,13 @@ fn process_event_reader(
             }
         }
         if !pids.is_empty() {
-            placer.consider_batch(&pids);
+            let outcomes = placer.consider_batch(&pids);
+            let now = monotonic_now();
+            for (pid, o) in outcomes {
+                if let (Outcome::Placed { .. }, Some(t)) = (o, stamped.get(&pid)) {
+                    latency.observe(now.saturating_sub(*t).as_secs_f64());
+                }
+            }
         }
     };
     match ProcConnector::open().and_then(|c| c.spawn_batches(on_batch)) {
