@@ -262,17 +262,22 @@ mod tests {
         );
     }
 
+    /// A validator of the document's schema `name`, its references resolved in the document.
+    fn validator(name: &str) -> jsonschema::Validator {
+        let doc = super::document();
+        let mut schema = doc["components"]["schemas"][name].clone();
+        schema["components"] = doc["components"].clone();
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(&schema)
+            .unwrap()
+    }
+
     /// A merge patch's null removes a field at any depth (RFC 7396): the PATCH schema admits it
     /// where the API does, and still refuses a value of the wrong type.
     #[test]
     fn a_merge_patch_that_removes_a_nested_field_validates_against_the_patch_schema() {
-        let doc = super::document();
-        let mut schema = doc["components"]["schemas"]["TenantPatch"].clone();
-        schema["components"] = doc["components"].clone();
-        let v = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .build(&schema)
-            .unwrap();
+        let v = validator("TenantPatch");
         for ok in [
             serde_json::json!({"launch": {"private_network": null}}),
             serde_json::json!({"launch": {"no_new_privs": null, "private_tmp": true}}),
@@ -291,13 +296,7 @@ mod tests {
     fn every_event_kind_validates_against_the_event_schema() {
         use crate::domain::event::tests::one_of_each;
         use crate::store::Event;
-        let doc = super::document();
-        let mut schema = doc["components"]["schemas"]["Event"].clone();
-        schema["components"] = doc["components"].clone();
-        let v = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .build(&schema)
-            .unwrap();
+        let v = validator("Event");
         let row = |kind: String, detail: serde_json::Value| {
             serde_json::to_value(Event {
                 id: 7,
