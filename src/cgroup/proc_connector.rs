@@ -158,6 +158,13 @@ pub struct Stamped {
     pub kernel_time: Option<Duration>,
 }
 
+/// CLOCK_MONOTONIC now: the clock of [`Stamped::kernel_time`] (`ktime_get_ns()`), so the age
+/// of an event is `monotonic_now() - kernel_time`.
+pub fn monotonic_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// The events of one or more datagrams, in the order received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {

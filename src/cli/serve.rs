@@ -640,12 +640,6 @@ async fn placement_task(
     }
 }
 
-/// CLOCK_MONOTONIC now, the clock of the kernel's stamp on a process event (`ktime_get_ns`).
-fn monotonic_now() -> std::time::Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
-
 /// Stops the reader of process events (unsubscribing it); joins the thread, so a `consider`
 /// in flight finishes first.
 async fn stop_reader(r: crate::cgroup::proc_connector::ReaderThread) {
@@ -673,7 +667,7 @@ fn process_event_reader(
     latency: Histogram,
     every: std::time::Duration,
 ) -> Option<crate::cgroup::proc_connector::ReaderThread> {
-    use crate::cgroup::proc_connector::{ProcConnector, ProcEvent};
+    use crate::cgroup::proc_connector::{ProcConnector, ProcEvent, monotonic_now};
     use crate::engine::autoplace::Outcome;
     let mut pids = Vec::new();
     // The kernel's stamp of each PID's first event in the batch (CLOCK_MONOTONIC).

@@ -54,8 +54,7 @@ impl Notifier {
 
     /// `RELOADING=1` with the monotonic time `Type=notify-reload` expects; `ready` ends it.
     pub fn reloading(&self) {
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+        let usec = crate::cgroup::proc_connector::monotonic_now().as_micros();
         self.send(&format!(
             "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading"
         ));

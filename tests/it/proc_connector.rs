@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tenantd::cgroup::proc_connector::{Lost, ProcConnector, ProcEvent, Stamped};
+use tenantd::cgroup::proc_connector::{Lost, ProcConnector, ProcEvent, Stamped, monotonic_now};
 
 /// The environment variable that makes `proc_connector_open_in_this_process` print instead of
 /// assert: set when another test runs it in a namespace or without privileges.
@@ -44,7 +44,7 @@ fn events_of(
                     pids.push(child_tgid);
                 }
                 let t = kernel_time.expect("a kernel event has the kernel's time");
-                assert!(t <= monotonic(), "{event:?} at {t:?} is in the future");
+                assert!(t <= monotonic_now(), "{event:?} at {t:?} is in the future");
                 seen.push(event);
             }
         }
@@ -66,11 +66,6 @@ fn about(e: &ProcEvent, pids: &[u32]) -> bool {
         | ProcEvent::Exit { tgid, .. } => any(&[tgid]),
         ProcEvent::Lost(_) => false,
     }
-}
-
-fn monotonic() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Starts `cmd`, waits for it to succeed; its PID.
