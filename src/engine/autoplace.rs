@@ -153,6 +153,8 @@ impl AccountsFiles {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Needs {
     pub ids: bool,
+    /// Some rule names groups: the supplementary ones (only in `status`) are needed.
+    pub groups: bool,
     pub exe: bool,
     pub cmdline: bool,
 }
@@ -206,7 +208,8 @@ impl ActiveRules {
             }
             for f in rule.fields() {
                 match f {
-                    RuleField::Uids | RuleField::Gids => needs.ids = true,
+                    RuleField::Uids => needs.ids = true,
+                    RuleField::Gids => (needs.ids, needs.groups) = (true, true),
                     RuleField::Exe => needs.exe = true,
                     RuleField::Cmdline => needs.cmdline = true,
                 }
@@ -607,6 +610,33 @@ fn read_status_ids(dir: &Path) -> Option<StatusIds> {
     parse_status_id_bytes(&whole)
 }
 
+/// The ids of process `pid` (`dir` is `/proc/PID`), `None` when it is gone: with `pidfd`
+/// (`dir` is in this PID namespace's own /proc, and no rule names groups: `Placer::pidfd`)
+/// through a pidfd (`launch::pidfd_ids`, 2-4 us where `status` costs 8), its primary groups
+/// only; otherwise, and where the kernel does not answer that way, from `status`.
+fn read_ids(dir: &Path, pid: u32, pidfd: bool) -> Option<StatusIds> {
+    if pidfd {
+        match crate::launch::pidfd_ids(pid) {
+            Ok(i) => {
+                let mut gids = vec![i.rgid];
+                if i.egid != i.rgid {
+                    gids.push(i.egid);
+                }
+                return Some(StatusIds {
+                    tgid: i.tgid,
+                    ruid: i.ruid,
+                    euid: i.euid,
+                    gids,
+                });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
+            // A thread's id, no descriptor left, an older kernel: `status` says.
+            Err(_) => {}
+        }
+    }
+    read_status_ids(dir)
+}
+
 /// The start time and flags of `pid`, `None` when it is gone.
 fn read_stat(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
     let mut p = proc_root.join(pid.to_string());
@@ -651,7 +681,7 @@ fn read_facts(
 /// link, then status, then cmdline, each only when a rule looks at it), and the reading stops
 /// once every rule has missed on a field read (a field that could not be read misses too).
 /// `None`: the process is gone. Never false for a process a rule matches.
-fn may_match(proc_root: &Path, pid: u32, rules: &ActiveRules) -> Option<bool> {
+fn may_match(proc_root: &Path, pid: u32, rules: &ActiveRules, pidfd: bool) -> Option<bool> {
     let dir = proc_root.join(pid.to_string());
     let mut facts = ProcessFacts {
         pid,
@@ -666,7 +696,7 @@ fn may_match(proc_root: &Path, pid: u32, rules: &ActiveRules) -> Option<bool> {
                 &[RuleField::Exe]
             }
             RuleField::Uids if needs.ids => {
-                let s = read_status_ids(&dir)?;
+                let s = read_ids(&dir, pid, pidfd && !needs.groups)?;
                 (facts.ruid, facts.euid, facts.gids) = (s.ruid, s.euid, s.gids);
                 &[RuleField::Uids, RuleField::Gids]
             }
@@ -764,13 +794,29 @@ fn thread_cpu_us() -> u64 {
 pub struct Placer {
     gov: Arc<Governor>,
     rt: tokio::runtime::Handle,
+    /// Whether a rescan may read ids through pidfds (`read_ids`): the governor's /proc is
+    /// this process's own PID namespace's (its `self` names this process, so a PID read
+    /// there is a PID `pidfd_open` means), and the kernel answers `PIDFD_GET_INFO`.
+    pidfd: bool,
 }
 
 impl Placer {
     /// `rt` runs the moves (the governor's store is async); `consider` and `rescan` must not
     /// be called on one of its async workers.
     pub fn new(gov: Arc<Governor>, rt: tokio::runtime::Handle) -> Placer {
-        Placer { gov, rt }
+        let me = std::process::id();
+        let own = std::fs::read_link(gov.proc_root().join("self"))
+            .is_ok_and(|l| l.to_str() == Some(me.to_string().as_str()));
+        let pidfd = own && crate::launch::pidfd_ids(me).is_ok();
+        tracing::debug!(
+            "placement: a rescan reads ids {}",
+            if pidfd {
+                "through pidfds (PIDFD_GET_INFO)"
+            } else {
+                "from /proc/PID/status"
+            }
+        );
+        Placer { gov, rt, pidfd }
     }
 
     /// Considers `pid` against the rules in force and moves it when one names a tenant it is
@@ -1020,7 +1066,7 @@ impl Placer {
         }
         let proc_root = gov.proc_root();
         if prefilter {
-            match may_match(proc_root, pid, rules) {
+            match may_match(proc_root, pid, rules, self.pidfd) {
                 None => return Err(Outcome::Gone),
                 Some(false) => return Err(Outcome::NoRule),
                 Some(true) => {}
@@ -1268,6 +1314,7 @@ impl Governor {
         let (_, st) = read_stat(proc_root, pid)?;
         let all = Needs {
             ids: true,
+            groups: true,
             exe: true,
             cmdline: true,
         };
@@ -1543,6 +1590,7 @@ mod tests {
         assert!(ids.is_none());
         let all = Needs {
             ids: true,
+            groups: true,
             exe: true,
             cmdline: true,
         };
@@ -1647,25 +1695,26 @@ mod tests {
             vec![(t.clone(), spec, leaf.clone())],
             &Accounts::default(),
         );
-        assert_eq!(may_match(d.path(), 77, &rules), Some(false));
+        assert_eq!(may_match(d.path(), 77, &rules, false), Some(false));
         std::fs::remove_file(p.join("exe")).unwrap();
         std::os::unix::fs::symlink("/usr/bin/php8.2", p.join("exe")).unwrap();
         assert_eq!(
-            may_match(d.path(), 77, &rules),
+            may_match(d.path(), 77, &rules, false),
             None,
             "status is read now, and missing"
         );
         std::fs::write(p.join("status"), STATUS.replace("1001", "1002")).unwrap();
         assert_eq!(
-            may_match(d.path(), 77, &rules),
+            may_match(d.path(), 77, &rules, false),
             Some(false),
             "uid 1002 is not listed"
         );
         std::fs::write(p.join("status"), STATUS).unwrap();
         std::fs::write(p.join("cmdline"), b"php\0x.php\0").unwrap();
-        assert_eq!(may_match(d.path(), 77, &rules), Some(true));
+        assert_eq!(may_match(d.path(), 77, &rules, false), Some(true));
         let all = Needs {
             ids: true,
+            groups: true,
             exe: true,
             cmdline: true,
         };
@@ -2007,6 +2056,50 @@ mod tests {
         }
     }
 
+    /// On this process, in the real /proc: the ids read through a pidfd decide as those of
+    /// `status` do, a rule by groups reads `status` (the supplementary groups), and a PID no
+    /// process has is gone either way.
+    #[test]
+    fn may_match_through_a_pidfd_agrees_with_status() {
+        let me = std::process::id();
+        let status = read_status_ids(Path::new(&format!("/proc/{me}"))).unwrap();
+        let fast = read_ids(Path::new(&format!("/proc/{me}")), me, true).unwrap();
+        assert_eq!(
+            (fast.tgid, fast.ruid, fast.euid),
+            (me, status.ruid, status.euid)
+        );
+        assert!(status.gids.starts_with(&fast.gids), "{fast:?} {status:?}");
+        let t = TenantName::parse("a").unwrap();
+        let leaf = CgroupPath::tenant(std::slice::from_ref(&t)).leaf();
+        let rules = |j: String| {
+            let spec: PlacementSpec = serde_json::from_str(&j).unwrap();
+            ActiveRules::build(
+                (None, 1),
+                vec![(t.clone(), spec, leaf.clone())],
+                &Accounts::default(),
+            )
+        };
+        let proc = Path::new("/proc");
+        for (rule, want) in [
+            (format!(r#"{{"uids": [{}]}}"#, status.euid), Some(true)),
+            (format!(r#"{{"uids": [{}]}}"#, status.euid + 1), Some(false)),
+            (format!(r#"{{"gids": [{}]}}"#, status.gids[0]), Some(true)),
+        ] {
+            let r = rules(rule.clone());
+            assert_eq!(r.needs.groups, rule.contains("gids"), "{rule}");
+            for pidfd in [true, false] {
+                assert_eq!(
+                    may_match(proc, me, &r, pidfd),
+                    want,
+                    "{rule}, pidfd {pidfd}"
+                );
+            }
+        }
+        let r = rules(r#"{"uids": [0]}"#.into());
+        assert_eq!(may_match(proc, 1 << 23, &r, true), None);
+        assert_eq!(may_match(proc, 1 << 23, &r, false), None);
+    }
+
     #[test]
     fn rules_not_in_force_say_why_and_the_rest_stay() {
         let acc = Accounts::parse("alice:x:1001:1001::/:/bin/sh\n", "");
@@ -2038,6 +2131,7 @@ mod tests {
             built.needs,
             Needs {
                 ids: true,
+                groups: false,
                 exe: true,
                 cmdline: false
             }

@@ -84,6 +84,25 @@ impl From<CgroupError> for EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+impl EngineError {
+    /// The error and each cause under it that its text does not already say, joined by
+    /// ": ", for a log line: "database roll up usage failed: error returned from database:
+    /// (code: 5) database is locked", not only its first part.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cur = std::error::Error::source(self);
+        while let Some(c) = cur {
+            let t = c.to_string();
+            if !text.contains(&t) {
+                text.push_str(": ");
+                text.push_str(&t);
+            }
+            cur = c.source();
+        }
+        text
+    }
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1751,4 +1770,26 @@ fn delegated_cannot(
             ),
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_errors_log_text_names_its_cause_once() {
+        let store = EngineError::Store(crate::store::StoreError::Query {
+            op: "roll up usage",
+            source: sqlx::Error::Protocol("database is locked".into()),
+        });
+        assert_eq!(store.to_string(), "database roll up usage failed");
+        let text = store.with_causes();
+        assert!(
+            text.starts_with("database roll up usage failed: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("database is locked").count(), 1, "{text}");
+        let not_found = EngineError::NotFound("acme".into());
+        assert_eq!(not_found.with_causes(), not_found.to_string());
+    }
 }

@@ -338,7 +338,7 @@ impl Sampler {
                 _ = tick.tick() => match self.sweep().await {
                     Err(e) => {
                         self.metrics.sampler_errors.inc();
-                        let e = e.to_string();
+                        let e = e.with_causes();
                         if failing.as_ref() != Some(&e) {
                             tracing::warn!("usage sampler: {e}; retrying every interval, logged again when this changes");
                             failing = Some(e);

@@ -1,6 +1,7 @@
 //! The calls that need `unsafe`, the crate's only ones: `fork` (for `--private-pid`) and the
 //! `SIOCSIFFLAGS` ioctl that brings the loopback interface of a new network namespace up, and
-//! glibc's `malloc_trim` for `tenantd serve` (`trim_heap`).
+//! glibc's `malloc_trim` for `tenantd serve` (`trim_heap`), and the `PIDFD_GET_INFO` ioctl
+//! the placement rescan reads a process's ids with (`pidfd_ids`).
 #![allow(unsafe_code)]
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
@@ -30,6 +31,82 @@ pub fn trim_heap() -> bool {
     {
         false
     }
+}
+
+/// A process's ids as `PIDFD_GET_INFO` (Linux 6.13) gives them, in the caller's user and PID
+/// namespaces: what `/proc/PID/status` says in its `Tgid:`, `Uid:` and `Gid:` lines (real and
+/// effective), without the supplementary groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidfdIds {
+    pub tgid: u32,
+    pub ruid: u32,
+    pub euid: u32,
+    pub rgid: u32,
+    pub egid: u32,
+}
+
+/// `struct pidfd_info` of `<linux/pidfd.h>`, its first published size (64 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    spare0: u32,
+}
+
+/// `PIDFD_INFO_CREDS`: the ids are asked for (and always returned).
+const PIDFD_INFO_CREDS: u64 = 1 << 1;
+/// `_IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info)`.
+const PIDFD_GET_INFO: u64 = (3 << 30) | ((size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
+
+/// The ids of process `pid` (of the caller's PID namespace) through a pidfd: one
+/// `pidfd_open`, one ioctl and a close, with no text for the kernel to format (a rescan of
+/// 5,000 processes: 2-4 us each against 8 us for `status`; issue 17). Errors: `ESRCH` when
+/// the process is gone, `ENOTTY` (or `EINVAL`) on a kernel older than 6.13, `EINVAL` for a
+/// thread that does not lead its group.
+pub fn pidfd_ids(pid: u32) -> std::io::Result<PidfdIds> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_CREDS,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: `fd` is an open pidfd; the ioctl writes at most `size_of::<PidfdInfo>()` bytes
+    // (the size encoded in the request) into `info`, which lives across the call.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut PidfdInfo,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if info.mask & PIDFD_INFO_CREDS == 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOTTY));
+    }
+    Ok(PidfdIds {
+        tgid: info.tgid,
+        ruid: info.ruid,
+        euid: info.euid,
+        rgid: info.rgid,
+        egid: info.egid,
+    })
 }
 
 /// Brings `lo` up in the current network namespace (a new namespace has it down).
@@ -73,6 +150,32 @@ mod tests {
     /// Issue 15: memory freed in small blocks (below the mmap threshold, so it stays in the
     /// arena) is given back: glibc answers that it released some.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn pidfd_ids_are_the_ids_status_shows() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = |key: &str| -> Vec<u32> {
+            let l = status.lines().find(|l| l.starts_with(key)).unwrap();
+            l[key.len()..]
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect()
+        };
+        let (uid, gid, tgid) = (line("Uid:"), line("Gid:"), line("Tgid:"));
+        match super::pidfd_ids(std::process::id()) {
+            Ok(ids) => assert_eq!(
+                (ids.tgid, ids.ruid, ids.euid, ids.rgid, ids.egid),
+                (tgid[0], uid[0], uid[1], gid[0], gid[1])
+            ),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => {
+                eprintln!("NOT TESTED: this kernel has no PIDFD_GET_INFO (Linux 6.13): {e}")
+            }
+            Err(e) => panic!("pidfd_ids of this process: {e}"),
+        }
+        // A PID no process has (above the largest pid_max) is gone.
+        let e = super::pidfd_ids(1 << 23).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ESRCH), "{e}");
+    }
+
     #[test]
     fn trim_heap_gives_freed_memory_back() {
         let blocks: Vec<Vec<u8>> = (0..32 * 1024).map(|i| vec![i as u8; 1024]).collect();

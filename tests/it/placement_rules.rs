@@ -633,9 +633,12 @@ fn issue_17_measure_rescan_of_5000_processes() {
             .collect()
     };
     // Each rule matches none of the sleeps, so the rescan reads what the rule looks at for
-    // every process: status (uids), the exe link, the command line.
+    // every process: the ids (through a pidfd, or status for groups), the exe link, the
+    // command line.
     for (what, placement) in [
         ("uids", json!({"uids": [4999]})),
+        // Groups: the supplementary ones are only in `status`, read for every process.
+        ("gids", json!({"gids": [4999]})),
         ("exe", json!({"exe": ["/opt/none/*"]})),
         (
             "uids, exe and cmdline",
