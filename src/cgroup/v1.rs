@@ -34,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The v1 controllers tenantd uses, in the order the backend visits them.
@@ -129,6 +130,7 @@ impl V1Hierarchies {
     }
 
     fn roots_with(&self, f: impl Fn(&V1Mount) -> PathBuf) -> V1Roots {
+        let f = |m: &V1Mount| Arc::<Path>::from(f(m));
         V1Roots {
             cpu: self.cpu.as_ref().map(&f),
             cpuacct: self.cpuacct.as_ref().map(&f),
@@ -166,11 +168,14 @@ fn find_mount(mounts: &[CgroupMount], cgroups: &[ProcCgroup], controller: &str) 
 /// The governor's root in each v1 hierarchy; `None` where the controller is not mounted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct V1Roots {
-    pub cpu: Option<PathBuf>,
-    pub cpuacct: Option<PathBuf>,
-    pub memory: Option<PathBuf>,
-    pub blkio: Option<PathBuf>,
-    pub pids: Option<PathBuf>,
+    /// Shared, not copied: the sampler keeps one `V1Dirs` per tenant and its reader takes the
+    /// same paths (10,000 tenants: 6 MB a copy; issue 15), and a co-mounted cpu,cpuacct
+    /// directory is one path for both.
+    pub cpu: Option<Arc<Path>>,
+    pub cpuacct: Option<Arc<Path>>,
+    pub memory: Option<Arc<Path>>,
+    pub blkio: Option<Arc<Path>>,
+    pub pids: Option<Arc<Path>>,
 }
 
 impl V1Roots {
@@ -463,10 +468,15 @@ impl V1 {
 
     /// The directory of `dir` in each hierarchy.
     pub fn dirs_of(&self, dir: &CgroupPath) -> V1Dirs {
-        let d = |c: &str| self.roots.get(c).map(|r| dir.under(r));
+        let d = |c: &str| self.roots.get(c).map(|r| Arc::<Path>::from(dir.under(r)));
+        let cpu = d("cpu");
+        let cpuacct = match (&self.roots.cpu, &self.roots.cpuacct, &cpu) {
+            (Some(a), Some(b), Some(c)) if a == b => Some(c.clone()),
+            _ => d("cpuacct"),
+        };
         V1Dirs {
-            cpu: d("cpu"),
-            cpuacct: d("cpuacct"),
+            cpu,
+            cpuacct,
             memory: d("memory"),
             blkio: d("blkio"),
             pids: d("pids"),

@@ -434,7 +434,13 @@ impl Roots {
     const CONTROLLERS: [&'static str; 5] = ["cpu", "cpuacct", "memory", "blkio", "pids"];
 
     fn of(dirs: &V1Dirs) -> Roots {
-        Roots(Self::CONTROLLERS.map(|c| dirs.get(c).map(Arc::from)))
+        Roots(Self::CONTROLLERS.map(|c| match c {
+            "cpu" => dirs.cpu.clone(),
+            "cpuacct" => dirs.cpuacct.clone(),
+            "memory" => dirs.memory.clone(),
+            "blkio" => dirs.blkio.clone(),
+            _ => dirs.pids.clone(),
+        }))
     }
 
     fn get(&self, controller: &str) -> Option<&Arc<Path>> {
@@ -1097,11 +1103,11 @@ mod tests {
             d
         };
         let dirs = V1Dirs {
-            cpu: Some(mk("cpu")),
-            cpuacct: Some(mk("cpuacct")),
-            memory: Some(mk("memory")),
-            blkio: Some(mk("blkio")),
-            pids: Some(mk("pids")),
+            cpu: Some(mk("cpu").into()),
+            cpuacct: Some(mk("cpuacct").into()),
+            memory: Some(mk("memory").into()),
+            blkio: Some(mk("blkio").into()),
+            pids: Some(mk("pids").into()),
         };
         for (_, c, names) in FILES {
             for n in names {
@@ -1161,7 +1167,7 @@ mod tests {
         let d = tmp.path().join("cpuacct/t");
         std::fs::create_dir_all(&d).unwrap();
         let dirs = V1Dirs {
-            cpuacct: Some(d.clone()),
+            cpuacct: Some(d.clone().into()),
             ..V1Dirs::default()
         };
         let write = |usage_ns: u64, user: u64| {
@@ -1194,8 +1200,8 @@ mod tests {
         std::fs::create_dir_all(&cpu).unwrap();
         std::fs::create_dir_all(&acct).unwrap();
         let dirs = V1Dirs {
-            cpu: Some(cpu.clone()),
-            cpuacct: Some(acct.clone()),
+            cpu: Some(cpu.clone().into()),
+            cpuacct: Some(acct.clone().into()),
             ..V1Dirs::default()
         };
         let write = |usage_ns: u64, throttled: u64| {
@@ -1291,8 +1297,8 @@ mod tests {
             std::fs::write(d.join("memory.usage_in_bytes"), "4096\n").unwrap();
         }
         let dirs = V1Dirs {
-            cpuacct: Some(cpuacct.clone()),
-            memory: Some(memory.clone()),
+            cpuacct: Some(cpuacct.clone().into()),
+            memory: Some(memory.clone().into()),
             ..V1Dirs::default()
         };
         let mut r = V1StatsReader::open(&dirs, tmp.path()).unwrap().unwrap();
@@ -1317,10 +1323,15 @@ mod tests {
         r.rewalk();
         r.sample().unwrap().unwrap();
         check(&r);
+        // The reader shares the caller's paths (the sampler's `V1Dirs`), it does not copy them.
+        assert!(Arc::ptr_eq(
+            r.dirs.get("memory").unwrap(),
+            dirs.memory.as_ref().unwrap()
+        ));
         // Another tenant's directories open the reader anew; the same ones do not.
         assert!(r.dirs.same_as(&dirs));
         let other = V1Dirs {
-            cpuacct: Some(cpuacct.join("x")),
+            cpuacct: Some(cpuacct.join("x").into()),
             ..dirs.clone()
         };
         assert!(!r.dirs.same_as(&other));
@@ -1334,8 +1345,8 @@ mod tests {
         use std::os::fd::AsRawFd;
         let (tmp, cpuacct, memory) = tenant_with_a_leaf();
         let dirs = V1Dirs {
-            cpuacct: Some(cpuacct),
-            memory: Some(memory.clone()),
+            cpuacct: Some(cpuacct.into()),
+            memory: Some(memory.clone().into()),
             ..V1Dirs::default()
         };
         let mut r = V1StatsReader::open(&dirs, tmp.path()).unwrap().unwrap();

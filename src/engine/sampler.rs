@@ -215,7 +215,9 @@ pub struct Sampler {
     metrics: Arc<Metrics>,
     cfg: SamplerConfig,
     readers: Option<Readers>,
-    last: HashMap<String, Last>,
+    /// Boxed: a hash table keeps about a third of its slots empty, and a slot is as large as
+    /// its value (760 bytes; 12.9 MB unboxed at 10,000 tenants, 8.4 MB boxed; issue 15).
+    last: HashMap<String, Box<Last>>,
     /// Sweeps so far; marks which previous samples are current.
     sweeps: u64,
     last_prune: Option<Instant>,
@@ -238,8 +240,10 @@ struct Minute {
     /// Whether this process wrote every sample of the minute (it was sampling before the
     /// minute began). A minute it saw only part of is folded from the raw rows instead.
     whole: bool,
-    usage: HashMap<String, MinuteRollup>,
-    sla: HashMap<String, SlaMinute>,
+    /// Boxed, as `Sampler::last`: at 10,000 tenants the table's empty slots would otherwise
+    /// hold a whole rollup each (issue 15, target 4).
+    usage: HashMap<String, Box<MinuteRollup>>,
+    sla: HashMap<String, Box<SlaMinute>>,
 }
 
 impl Minute {
@@ -251,7 +255,7 @@ impl Minute {
                 None => {
                     let mut m = MinuteRollup::new(&r.tenant, bucket);
                     m.add(r);
-                    self.usage.insert(r.tenant.clone(), m);
+                    self.usage.insert(r.tenant.clone(), Box::new(m));
                 }
             }
         }
@@ -261,7 +265,7 @@ impl Minute {
                 None => {
                     let mut m = SlaMinute::new(&v.tenant, bucket);
                     m.add(v);
-                    self.sla.insert(v.tenant.to_string(), m);
+                    self.sla.insert(v.tenant.to_string(), Box::new(m));
                 }
             }
         }
@@ -535,13 +539,13 @@ impl Sampler {
                 None => {
                     self.last.insert(
                         name.to_string(),
-                        Last {
+                        Box::new(Last {
                             sample: Sample::default(),
                             ts_ms,
                             slow_ms: whole.then_some(ts_ms),
                             rates: r.clone().filter(|_| whole),
                             sweep,
-                        },
+                        }),
                     );
                 }
             }
@@ -644,8 +648,8 @@ impl Sampler {
             // Whatever is older and not rolled up yet is folded from raw first: a rollup marks
             // everything before it as done.
             store.roll_up(c.index * 60_000).await?;
-            let usage: Vec<MinuteRollup> = c.usage.into_values().collect();
-            let sla: Vec<SlaMinute> = c.sla.into_values().collect();
+            let usage: Vec<MinuteRollup> = c.usage.into_values().map(|m| *m).collect();
+            let sla: Vec<SlaMinute> = c.sla.into_values().map(|m| *m).collect();
             store.add_minute_rollups(&usage, &sla).await?;
         }
         self.metrics
@@ -685,7 +689,7 @@ impl Sampler {
 /// The rates of each sample since the tenant's previous sample in `last`. Returns one entry
 /// per sample, `None` for a tenant with no (usable) previous sample.
 fn rates_since(
-    last: &HashMap<String, Last>,
+    last: &HashMap<String, Box<Last>>,
     ts_ms: i64,
     samples: &[(&str, Sample)],
 ) -> Vec<Option<Rates>> {
@@ -896,7 +900,7 @@ mod tests {
             std::fs::create_dir_all(&cpuacct).unwrap();
             std::fs::write(cpuacct.join("cpuacct.usage"), "1000\n").unwrap();
             let dirs = crate::cgroup::v1::V1Dirs {
-                cpuacct: Some(cpuacct),
+                cpuacct: Some(cpuacct.into()),
                 ..Default::default()
             };
             Some(

@@ -102,7 +102,7 @@ impl Sandbox {
         if fake_blkio {
             // prepare_root wants a cgroup directory (one with cgroup.procs) above the root.
             std::fs::write(dirs.tmp.path().join("cgroup.procs"), "").unwrap();
-            roots.blkio = Some(dirs.tmp.path().join("root"));
+            roots.blkio = Some(dirs.tmp.path().join("root").into());
         }
         let sb = Sandbox { roots, dirs };
         sb.backend()

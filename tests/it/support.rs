@@ -554,7 +554,7 @@ impl V1Dirs {
     pub fn new(name: &str) -> V1Dirs {
         let h = v1_hierarchies();
         let dir = format!("tenantd-test-{name}-{}", std::process::id());
-        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir));
+        let own = |c: &str| h.get(c).map(|m| m.own.join(&dir).into());
         let roots = V1Roots {
             cpu: own("cpu"),
             cpuacct: own("cpuacct"),
