@@ -167,10 +167,30 @@ fn a_hog_outside_the_root_is_a_violation_and_adaptive_enforcement_restores_the_g
         root.wait_procs("a", 2);
         let _hog = Outside::hog(&root, 300, 2);
         let t0 = Instant::now();
-        eventually(90, "an sla_violation event for a", || {
-            let (_, ev) = d.call("GET", "/v1/events?tenant=a&kind=sla_violation", None);
-            ev.as_array().is_some_and(|a| !a.is_empty())
-        });
+        eventually_or(
+            90,
+            "an sla_violation event for a",
+            || {
+                let (_, ev) = d.call("GET", "/v1/events?tenant=a&kind=sla_violation", None);
+                ev.as_array().is_some_and(|a| !a.is_empty())
+            },
+            || {
+                let cpu = |p: &std::path::Path| {
+                    std::fs::read_to_string(p.join("cpu.stat"))
+                        .unwrap_or_else(|e| format!("{}: {e}", p.display()))
+                };
+                let (_, usage) = d.call("GET", "/v1/tenants/a/usage?from=30s&step=1s", None);
+                let (_, events) = d.call("GET", "/v1/events?tenant=a", None);
+                let log = d.log();
+                let tail: Vec<&str> = log.lines().rev().take(80).collect();
+                format!(
+                    "a's cpu.stat:\n{}\nthe hog's cpu.stat:\n{}\na's usage: {usage}\na's events: {events}\ndaemon log (last 80 lines, newest first):\n{}",
+                    cpu(&root.path.join("a")),
+                    cpu(&_hog.path),
+                    tail.join("\n")
+                )
+            },
+        );
         eprintln!(
             "violation detected {:?} after the hog started",
             t0.elapsed()

@@ -374,13 +374,26 @@ pub fn cgroup_of(pid: u32) -> String {
 }
 
 /// Waits until `f` is true or panics with `what` after `secs`.
-pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+pub fn eventually(secs: u64, what: &str, f: impl FnMut() -> bool) {
+    eventually_or(secs, what, f, String::new)
+}
+
+/// `eventually`, whose panic also says what `context` finds at that moment (the daemon's
+/// log, the kernel's counters): a wait that times out in CI explains itself.
+pub fn eventually_or(
+    secs: u64,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {secs} s waiting for: {what}\n{}",
+                context()
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
