@@ -62,7 +62,7 @@ use super::error::DomainError;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 
@@ -575,6 +575,11 @@ impl PlacementRule {
             }
     }
 
+    /// Whether `field` is present and does not match `p` (`misses` with no allocation).
+    pub fn misses_on(&self, field: RuleField, p: &ProcessFacts) -> bool {
+        self.field_matches(field, p).is_err()
+    }
+
     /// Every field present that does not match `p`, in field order (empty: the rule matches).
     pub fn misses(&self, p: &ProcessFacts) -> Vec<Miss> {
         self.fields()
@@ -619,6 +624,8 @@ impl PlacementRule {
     /// The fields both rules have on which they overlap, when they could match one process
     /// (every shared field overlaps); `None` when some shared field keeps them apart.
     fn overlap(&self, other: &PlacementRule) -> Option<Vec<RuleField>> {
+        #[cfg(test)]
+        tests::OVERLAP_TESTS.with(|n| n.set(n.get() + 1));
         let mut shared = Vec::new();
         let sets = |a: &Option<BTreeSet<u32>>, b: &Option<BTreeSet<u32>>| match (a, b) {
             (Some(a), Some(b)) => Some(!a.is_disjoint(b)),
@@ -655,36 +662,128 @@ impl PlacementRule {
 
 /// Checks that `rule`, `tenant`'s, conflicts with none of `others` (other tenants' rules; an
 /// entry of `tenant` itself is skipped): see the module header. The error is a conflict on
-/// `placement` that names both tenants.
+/// `placement` that names both tenants (the other the first in name order).
 pub fn check_conflicts<'a, T: Ord + fmt::Display + 'a>(
     tenant: &T,
     rule: &PlacementRule,
     others: impl IntoIterator<Item = (&'a T, &'a PlacementRule)>,
 ) -> Result<(), DomainError> {
-    let mut others: Vec<_> = others.into_iter().filter(|(t, _)| *t != tenant).collect();
-    others.sort_by(|a, b| a.0.cmp(b.0));
-    for (other, o) in others {
-        if o.priority != rule.priority || o.specificity() != rule.specificity() {
-            continue;
-        }
-        if let Some(shared) = rule.overlap(o) {
-            let on = if shared.is_empty() {
-                "they name different fields, and a process can have both".to_string()
-            } else {
-                let names: Vec<&str> = shared.iter().map(|f| f.path()).collect();
-                format!("they overlap on {}", names.join(", "))
-            };
-            return Err(DomainError::conflict(
-                "placement",
-                format!(
-                    "the rules of tenants '{tenant}' and '{other}' have the same priority ({}) and specificity ({}) and can match one process ({on}): give one a different priority, or make them exclusive",
-                    rule.priority,
-                    rule.specificity()
-                ),
-            ));
+    let first = others
+        .into_iter()
+        .filter(|(t, o)| {
+            *t != tenant && o.priority == rule.priority && o.specificity() == rule.specificity()
+        })
+        .filter_map(|(t, o)| Some((t, rule.overlap(o)?)))
+        .min_by(|a, b| a.0.cmp(b.0));
+    match first {
+        Some((other, shared)) => Err(conflict_error(tenant, other, rule, &shared)),
+        None => Ok(()),
+    }
+}
+
+/// The conflict of `tenant`'s `rule` with `other`'s, on the `shared` fields.
+fn conflict_error(
+    tenant: &dyn fmt::Display,
+    other: &dyn fmt::Display,
+    rule: &PlacementRule,
+    shared: &[RuleField],
+) -> DomainError {
+    let on = if shared.is_empty() {
+        "they name different fields, and a process can have both".to_string()
+    } else {
+        let names: Vec<&str> = shared.iter().map(|f| f.path()).collect();
+        format!("they overlap on {}", names.join(", "))
+    };
+    DomainError::conflict(
+        "placement",
+        format!(
+            "the rules of tenants '{tenant}' and '{other}' have the same priority ({}) and specificity ({}) and can match one process ({on}): give one a different priority, or make them exclusive",
+            rule.priority,
+            rule.specificity()
+        ),
+    )
+}
+
+/// Rules grouped for conflict checks, so that a check costs the rules that may conflict, not
+/// every rule (a shared host has a rule per account: 10,000 rules checked pair by pair were
+/// 50 million overlap tests each time the rules were built). Only rules of one priority and
+/// specificity can conflict, and two rules that both name uids only when they share one; a
+/// rule without uids is checked against its whole group.
+pub struct ConflictIndex<'a, T> {
+    groups: HashMap<(u32, u8), ConflictGroup<'a, T>>,
+}
+
+struct ConflictGroup<'a, T> {
+    rules: Vec<(&'a T, &'a PlacementRule)>,
+    by_uid: HashMap<u32, Vec<usize>>,
+    without_uids: Vec<usize>,
+}
+
+impl<'a, T: Ord + fmt::Display> ConflictIndex<'a, T> {
+    pub fn new() -> Self {
+        ConflictIndex {
+            groups: HashMap::new(),
         }
     }
-    Ok(())
+
+    pub fn insert(&mut self, tenant: &'a T, rule: &'a PlacementRule) {
+        let g = self
+            .groups
+            .entry((rule.priority, rule.specificity()))
+            .or_insert_with(|| ConflictGroup {
+                rules: Vec::new(),
+                by_uid: HashMap::new(),
+                without_uids: Vec::new(),
+            });
+        let i = g.rules.len();
+        g.rules.push((tenant, rule));
+        match &rule.uids {
+            Some(uids) => {
+                for u in uids {
+                    g.by_uid.entry(*u).or_default().push(i);
+                }
+            }
+            None => g.without_uids.push(i),
+        }
+    }
+
+    /// `check_conflicts` of `rule` against the rules inserted whose tenant `also` admits.
+    pub fn check(
+        &self,
+        tenant: &T,
+        rule: &PlacementRule,
+        also: impl Fn(&T) -> bool,
+    ) -> Result<(), DomainError> {
+        let Some(g) = self.groups.get(&(rule.priority, rule.specificity())) else {
+            return Ok(());
+        };
+        let mut candidates: Vec<usize> = match &rule.uids {
+            Some(uids) => uids
+                .iter()
+                .filter_map(|u| g.by_uid.get(u))
+                .flatten()
+                .chain(&g.without_uids)
+                .copied()
+                .collect(),
+            None => (0..g.rules.len()).collect(),
+        };
+        candidates.sort_unstable();
+        candidates.dedup();
+        check_conflicts(
+            tenant,
+            rule,
+            candidates
+                .into_iter()
+                .map(|i| g.rules[i])
+                .filter(|(t, _)| also(t)),
+        )
+    }
+}
+
+impl<'a, T: Ord + fmt::Display> Default for ConflictIndex<'a, T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Why the winning rule beat the next rule that also matched.
@@ -746,6 +845,11 @@ pub struct PlacementRules<T> {
     /// index in `rules` of each of its patterns. `None` without cmdline rules, or when the
     /// set does not compile within its limits (each rule's own regex answers then).
     cmdline_set: Option<(RegexSet, Vec<usize>)>,
+    /// The rules that name uids, by uid, and those that name none (indexes in `rules`, in
+    /// precedence order): a process is matched against the rules of its two uids and the
+    /// rules without uids, not against every rule (a shared host's one rule per account).
+    by_uid: HashMap<u32, Vec<usize>>,
+    without_uids: Vec<usize>,
 }
 
 /// The set of the rules' cmdline regexes, built as each is (`CmdlineRegex::compile`).
@@ -781,12 +885,13 @@ impl<T: Ord + fmt::Display> PlacementRules<T> {
             }
             by_name.insert(t, r);
         }
+        let mut index = ConflictIndex::new();
         for (t, r) in &by_name {
-            check_conflicts(
-                t,
-                r,
-                by_name.range((std::ops::Bound::Excluded(t), std::ops::Bound::Unbounded)),
-            )?;
+            index.insert(t, r);
+        }
+        // The first tenant in name order with a conflict, against the first after it.
+        for (t, r) in &by_name {
+            index.check(t, r, |o| o > t)?;
         }
         let mut rules: Vec<(T, PlacementRule)> = by_name.into_iter().collect();
         rules.sort_by(|(ta, a), (tb, b)| {
@@ -796,7 +901,42 @@ impl<T: Ord + fmt::Display> PlacementRules<T> {
                 .then(ta.cmp(tb))
         });
         let cmdline_set = cmdline_set(&rules);
-        Ok(PlacementRules { rules, cmdline_set })
+        let mut by_uid: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut without_uids = Vec::new();
+        for (i, (_, r)) in rules.iter().enumerate() {
+            match &r.uids {
+                Some(uids) => uids
+                    .iter()
+                    .for_each(|u| by_uid.entry(*u).or_default().push(i)),
+                None => without_uids.push(i),
+            }
+        }
+        Ok(PlacementRules {
+            rules,
+            cmdline_set,
+            by_uid,
+            without_uids,
+        })
+    }
+
+    /// The indexes (in precedence order) of the rules a process with these uids may match:
+    /// those that list one of them, and those that name no uid.
+    pub fn candidates(&self, ruid: u32, euid: u32) -> Vec<usize> {
+        let mut out: Vec<usize> = [ruid, euid]
+            .iter()
+            .filter_map(|u| self.by_uid.get(u))
+            .flatten()
+            .chain(&self.without_uids)
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The rule at `index` (as `candidates` gives them).
+    pub fn get(&self, index: usize) -> Option<(&T, &PlacementRule)> {
+        self.rules.get(index).map(|(t, r)| (t, r))
     }
 
     pub fn len(&self) -> usize {
@@ -816,12 +956,16 @@ impl<T: Ord + fmt::Display> PlacementRules<T> {
     pub fn place(&self, p: &ProcessFacts) -> Option<Decision<'_, T>> {
         // The set is matched at most once, when the first rule gets to its cmdline field.
         let mut set_hits: Option<Option<Vec<bool>>> = None;
-        let mut hits = self.rules.iter().enumerate().filter(|(i, (_, r))| {
-            r.matches_with(p, || {
-                let hits = set_hits.get_or_insert_with(|| self.cmdline_hits(p));
-                hits.as_ref().map(|h| h[*i])
-            })
-        });
+        let mut hits = self
+            .candidates(p.ruid, p.euid)
+            .into_iter()
+            .map(|i| (i, &self.rules[i]))
+            .filter(|(i, (_, r))| {
+                r.matches_with(p, || {
+                    let hits = set_hits.get_or_insert_with(|| self.cmdline_hits(p));
+                    hits.as_ref().map(|h| h[*i])
+                })
+            });
         let (_, (tenant, rule)) = hits.next()?;
         Some(decide(tenant, rule, hits.next().map(|(_, (t, r))| (t, r))))
     }
@@ -1677,6 +1821,20 @@ priority = 100
             }
         }
 
+        /// The indexed conflict check refuses exactly what a check of every pair refuses
+        /// (the first tenant in name order against the first after it), with the same text.
+        #[test]
+        fn the_conflict_index_refuses_what_every_pair_does(
+            specs in proptest::collection::vec(arb_rule(2), 1..10),
+        ) {
+            let named: BTreeMap<String, PlacementRule> = specs.iter().enumerate()
+                .map(|(i, s)| (format!("t{i}"), rule(s))).collect();
+            let pairwise = named.iter().find_map(|(t, r)| {
+                check_conflicts(t, r, named.iter().filter(|(o, _)| *o > t)).err()
+            });
+            prop_assert_eq!(PlacementRules::new(named.clone()).err(), pairwise);
+        }
+
         /// Rules at the same priority and specificity that both match a process conflict,
         /// unless the only reason is a pair the check documents as let through.
         #[test]
@@ -1701,6 +1859,66 @@ priority = 100
             let shared: Vec<_> = ra.fields().into_iter().filter(|f| rb.fields().contains(f)).collect();
             prop_assert!(shared.into_iter().any(escape), "{} / {} / {:?}", a, b, p);
         }
+    }
+
+    thread_local! {
+        /// How many pairs of rules `overlap` compared (this thread): the conflict check's work.
+        pub(super) static OVERLAP_TESTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A shared host's rules, one account each (issue 17's example at issue 15's scale): the
+    /// conflict checks of 10,000 rules by uid cost about one pair test per rule, not the 50
+    /// million of every pair, and a process is matched against its own account's rule and the
+    /// rules without uids, not all of them. Counted, not timed.
+    #[test]
+    fn ten_thousand_accounts_cost_linear_work() {
+        let n = 10_000u32;
+        let named: Vec<(String, PlacementRule)> = (0..n)
+            .map(|i| {
+                (
+                    format!("acct{i:05}"),
+                    rule(&format!(r#"{{"uids": [{}]}}"#, 10_000 + i)),
+                )
+            })
+            .chain([(
+                "ci".to_string(),
+                rule(r#"{"exe": ["/opt/ci/*"], "priority": 10}"#),
+            )])
+            .collect();
+        OVERLAP_TESTS.with(|c| c.set(0));
+        let rules = PlacementRules::new(named).unwrap();
+        let pairs = OVERLAP_TESTS.with(|c| c.get());
+        assert!(
+            pairs <= 2 * u64::from(n),
+            "{pairs} pair tests for {n} rules"
+        );
+        // Its account's rule and the rule without uids (first: the higher priority).
+        assert_eq!(
+            rules.candidates(10_042, 10_042),
+            vec![rules_index(&rules, "ci"), rules_index(&rules, "acct00042")]
+        );
+        let p = proc_(10_042, "/bin/sh", &["sh"]);
+        assert_eq!(
+            rules.place(&p).map(|d| d.tenant.as_str()),
+            Some("acct00042")
+        );
+        // Two uids: both accounts' rules and the rule without uids are the candidates.
+        assert_eq!(rules.candidates(10_001, 10_002).len(), 2 + 1);
+        let ci = proc_(0, "/opt/ci/runner", &["runner"]);
+        assert_eq!(rules.place(&ci).map(|d| d.tenant.as_str()), Some("ci"));
+        // A conflict is still found: a second rule for uid 10042 at the same precedence.
+        let e = PlacementRules::new([
+            ("a".to_string(), rule(r#"{"uids": [10042]}"#)),
+            ("b".to_string(), rule(r#"{"uids": [7, 10042]}"#)),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("'a' and 'b'"), "{e}");
+    }
+
+    fn rules_index(rules: &PlacementRules<String>, name: &str) -> usize {
+        (0..rules.len())
+            .find(|i| rules.get(*i).is_some_and(|(t, _)| t == name))
+            .unwrap()
     }
 
     /// A Fisher-Yates shuffle driven by a seed (proptest shrinks the seed).

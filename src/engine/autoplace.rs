@@ -32,8 +32,8 @@ use crate::cgroup::v1_parse::proc_cgroup;
 use crate::domain::TenantName;
 use crate::domain::event::Event;
 use crate::domain::placement::{
-    IdOrName, Miss, PlacementRule, PlacementRules, PlacementSpec, ProcessFacts, RuleField, WonBy,
-    check_conflicts,
+    ConflictIndex, IdOrName, Miss, PlacementRule, PlacementRules, PlacementSpec, ProcessFacts,
+    RuleField, WonBy, check_conflicts,
 };
 use crate::metrics::TenantCounters;
 use crate::store::NewEvent;
@@ -194,16 +194,33 @@ impl ActiveRules {
         let mut not_in_force = BTreeMap::new();
         let mut leaves = HashMap::new();
         let mut needs = Needs::default();
+        let mut resolved = Vec::new();
         for (t, spec, leaf) in specs {
-            let rule = match spec.resolve(|u| acc.user(u), |g| acc.group(g)) {
-                Ok(r) => r,
+            match spec.resolve(|u| acc.user(u), |g| acc.group(g)) {
+                Ok(r) => resolved.push((t, r, leaf, spec)),
                 Err(e) => {
                     not_in_force.insert(t, e.to_string());
-                    continue;
                 }
-            };
-            if let Err(e) = check_conflicts(&t, &rule, kept.iter().map(|(t, r)| (t, r))) {
-                not_in_force.insert(t, e.to_string());
+            }
+        }
+        // Each rule against the rules kept before it (in the order given), through an index:
+        // the cost is the rules that may conflict, not every pair.
+        let mut keep = vec![false; resolved.len()];
+        let mut index = ConflictIndex::new();
+        for (i, (t, rule, _, _)) in resolved.iter().enumerate() {
+            match index.check(t, rule, |_| true) {
+                Ok(()) => {
+                    index.insert(t, rule);
+                    keep[i] = true;
+                }
+                Err(e) => {
+                    not_in_force.insert(t.clone(), e.to_string());
+                }
+            }
+        }
+        drop(index);
+        for ((t, rule, leaf, spec), keep) in resolved.into_iter().zip(keep) {
+            if !keep {
                 continue;
             }
             for f in rule.fields() {
@@ -678,26 +695,43 @@ fn read_facts(
 }
 
 /// Whether some rule in force may match `pid`: its facts are read cheapest first (the exe
-/// link, then status, then cmdline, each only when a rule looks at it), and the reading stops
-/// once every rule has missed on a field read (a field that could not be read misses too).
-/// `None`: the process is gone. Never false for a process a rule matches.
+/// link, then the ids, then cmdline, each only when a rule looks at it; the ids first when
+/// they come through a pidfd, since the rules' uid index then narrows every later check to
+/// the rules of the process's uids), and the reading stops once every rule has missed on a
+/// field read (a field that could not be read misses too). `None`: the process is gone.
+/// Never false for a process a rule matches.
 fn may_match(proc_root: &Path, pid: u32, rules: &ActiveRules, pidfd: bool) -> Option<bool> {
     let dir = proc_root.join(pid.to_string());
     let mut facts = ProcessFacts {
         pid,
         ..ProcessFacts::default()
     };
-    let mut alive: Vec<&PlacementRule> = rules.rules.iter().map(|(_, r)| r).collect();
     let needs = rules.needs;
-    for read in [RuleField::Exe, RuleField::Uids, RuleField::Cmdline] {
+    let ids_cheap = pidfd && !needs.groups;
+    let order = if ids_cheap {
+        [RuleField::Uids, RuleField::Exe, RuleField::Cmdline]
+    } else {
+        [RuleField::Exe, RuleField::Uids, RuleField::Cmdline]
+    };
+    // The rules not missed yet (indexes in precedence order); `None`: all of them.
+    let mut alive: Option<Vec<usize>> = None;
+    for read in order {
         let known: &[RuleField] = match read {
             RuleField::Exe if needs.exe => {
                 facts.exe = std::fs::read_link(dir.join("exe")).ok().map(exe_path);
                 &[RuleField::Exe]
             }
             RuleField::Uids if needs.ids => {
-                let s = read_ids(&dir, pid, pidfd && !needs.groups)?;
+                let s = read_ids(&dir, pid, ids_cheap)?;
                 (facts.ruid, facts.euid, facts.gids) = (s.ruid, s.euid, s.gids);
+                let of_uids = rules.rules.candidates(facts.ruid, facts.euid);
+                alive = Some(match alive {
+                    None => of_uids,
+                    Some(a) => a
+                        .into_iter()
+                        .filter(|i| of_uids.binary_search(i).is_ok())
+                        .collect(),
+                });
                 &[RuleField::Uids, RuleField::Gids]
             }
             RuleField::Cmdline if needs.cmdline => {
@@ -707,10 +741,20 @@ fn may_match(proc_root: &Path, pid: u32, rules: &ActiveRules, pidfd: bool) -> Op
             }
             _ => continue,
         };
-        alive.retain(|r| !r.misses(&facts).iter().any(|m| known.contains(&m.field)));
-        if alive.is_empty() {
+        let hit = |i: &usize| {
+            rules
+                .rules
+                .get(*i)
+                .is_some_and(|(_, r)| !known.iter().any(|f| r.misses_on(*f, &facts)))
+        };
+        let left: Vec<usize> = match alive {
+            None => (0..rules.rules.len()).filter(hit).collect(),
+            Some(a) => a.into_iter().filter(hit).collect(),
+        };
+        if left.is_empty() {
             return Some(false);
         }
+        alive = Some(left);
     }
     Some(true)
 }
