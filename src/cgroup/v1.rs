@@ -180,12 +180,17 @@ pub struct V1Roots {
 
 impl V1Roots {
     pub fn get(&self, controller: &str) -> Option<&Path> {
+        self.shared(controller).map(|p| &**p)
+    }
+
+    /// `get`'s path as held, to share rather than copy.
+    pub fn shared(&self, controller: &str) -> Option<&Arc<Path>> {
         match controller {
-            "cpu" => self.cpu.as_deref(),
-            "cpuacct" => self.cpuacct.as_deref(),
-            "memory" => self.memory.as_deref(),
-            "blkio" => self.blkio.as_deref(),
-            "pids" => self.pids.as_deref(),
+            "cpu" => self.cpu.as_ref(),
+            "cpuacct" => self.cpuacct.as_ref(),
+            "memory" => self.memory.as_ref(),
+            "blkio" => self.blkio.as_ref(),
+            "pids" => self.pids.as_ref(),
             _ => None,
         }
     }

@@ -434,13 +434,7 @@ impl Roots {
     const CONTROLLERS: [&'static str; 5] = ["cpu", "cpuacct", "memory", "blkio", "pids"];
 
     fn of(dirs: &V1Dirs) -> Roots {
-        Roots(Self::CONTROLLERS.map(|c| match c {
-            "cpu" => dirs.cpu.clone(),
-            "cpuacct" => dirs.cpuacct.clone(),
-            "memory" => dirs.memory.clone(),
-            "blkio" => dirs.blkio.clone(),
-            _ => dirs.pids.clone(),
-        }))
+        Roots(Self::CONTROLLERS.map(|c| dirs.shared(c).cloned()))
     }
 
     fn get(&self, controller: &str) -> Option<&Arc<Path>> {
@@ -456,11 +450,9 @@ impl Roots {
         Self::CONTROLLERS
             .iter()
             .zip(&self.0)
-            .all(|(c, mine)| match (mine, dirs.get(c)) {
+            .all(|(c, mine)| match (mine, dirs.shared(c)) {
                 (None, None) => true,
-                (Some(a), Some(b)) => {
-                    std::ptr::eq(&**a, b) || a.as_os_str() == b.as_os_str() || **a == *b
-                }
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a.as_os_str() == b.as_os_str() || a == b,
                 _ => false,
             })
     }

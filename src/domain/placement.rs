@@ -715,8 +715,40 @@ pub struct ConflictIndex<'a, T> {
 
 struct ConflictGroup<'a, T> {
     rules: Vec<(&'a T, &'a PlacementRule)>,
+    uids: UidIndex,
+}
+
+/// Rules (by their index in a list) by the uids they name, and those that name none.
+#[derive(Debug, Clone, Default)]
+struct UidIndex {
     by_uid: HashMap<u32, Vec<usize>>,
     without_uids: Vec<usize>,
+}
+
+impl UidIndex {
+    fn insert(&mut self, i: usize, rule: &PlacementRule) {
+        match &rule.uids {
+            Some(uids) => uids
+                .iter()
+                .for_each(|u| self.by_uid.entry(*u).or_default().push(i)),
+            None => self.without_uids.push(i),
+        }
+    }
+
+    /// The indexes, ascending and each once, of the rules that name one of `uids` and of the
+    /// rules that name none.
+    fn candidates<'u>(&self, uids: impl IntoIterator<Item = &'u u32>) -> Vec<usize> {
+        let mut out: Vec<usize> = uids
+            .into_iter()
+            .filter_map(|u| self.by_uid.get(u))
+            .flatten()
+            .chain(&self.without_uids)
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
 
 impl<'a, T: Ord + fmt::Display> ConflictIndex<'a, T> {
@@ -732,19 +764,10 @@ impl<'a, T: Ord + fmt::Display> ConflictIndex<'a, T> {
             .entry((rule.priority, rule.specificity()))
             .or_insert_with(|| ConflictGroup {
                 rules: Vec::new(),
-                by_uid: HashMap::new(),
-                without_uids: Vec::new(),
+                uids: UidIndex::default(),
             });
-        let i = g.rules.len();
+        g.uids.insert(g.rules.len(), rule);
         g.rules.push((tenant, rule));
-        match &rule.uids {
-            Some(uids) => {
-                for u in uids {
-                    g.by_uid.entry(*u).or_default().push(i);
-                }
-            }
-            None => g.without_uids.push(i),
-        }
     }
 
     /// `check_conflicts` of `rule` against the rules inserted whose tenant `also` admits.
@@ -757,18 +780,10 @@ impl<'a, T: Ord + fmt::Display> ConflictIndex<'a, T> {
         let Some(g) = self.groups.get(&(rule.priority, rule.specificity())) else {
             return Ok(());
         };
-        let mut candidates: Vec<usize> = match &rule.uids {
-            Some(uids) => uids
-                .iter()
-                .filter_map(|u| g.by_uid.get(u))
-                .flatten()
-                .chain(&g.without_uids)
-                .copied()
-                .collect(),
+        let candidates: Vec<usize> = match &rule.uids {
+            Some(uids) => g.uids.candidates(uids),
             None => (0..g.rules.len()).collect(),
         };
-        candidates.sort_unstable();
-        candidates.dedup();
         check_conflicts(
             tenant,
             rule,
@@ -848,8 +863,7 @@ pub struct PlacementRules<T> {
     /// The rules that name uids, by uid, and those that name none (indexes in `rules`, in
     /// precedence order): a process is matched against the rules of its two uids and the
     /// rules without uids, not against every rule (a shared host's one rule per account).
-    by_uid: HashMap<u32, Vec<usize>>,
-    without_uids: Vec<usize>,
+    uids: UidIndex,
 }
 
 /// The set of the rules' cmdline regexes, built as each is (`CmdlineRegex::compile`).
@@ -901,37 +915,21 @@ impl<T: Ord + fmt::Display> PlacementRules<T> {
                 .then(ta.cmp(tb))
         });
         let cmdline_set = cmdline_set(&rules);
-        let mut by_uid: HashMap<u32, Vec<usize>> = HashMap::new();
-        let mut without_uids = Vec::new();
+        let mut uids = UidIndex::default();
         for (i, (_, r)) in rules.iter().enumerate() {
-            match &r.uids {
-                Some(uids) => uids
-                    .iter()
-                    .for_each(|u| by_uid.entry(*u).or_default().push(i)),
-                None => without_uids.push(i),
-            }
+            uids.insert(i, r);
         }
         Ok(PlacementRules {
             rules,
             cmdline_set,
-            by_uid,
-            without_uids,
+            uids,
         })
     }
 
     /// The indexes (in precedence order) of the rules a process with these uids may match:
     /// those that list one of them, and those that name no uid.
     pub fn candidates(&self, ruid: u32, euid: u32) -> Vec<usize> {
-        let mut out: Vec<usize> = [ruid, euid]
-            .iter()
-            .filter_map(|u| self.by_uid.get(u))
-            .flatten()
-            .chain(&self.without_uids)
-            .copied()
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+        self.uids.candidates(&[ruid, euid])
     }
 
     /// The rule at `index` (as `candidates` gives them).
