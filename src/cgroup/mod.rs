@@ -14,6 +14,7 @@ pub mod delegate;
 pub mod parse;
 pub mod proc_connector;
 pub mod stats;
+pub mod subtree_watch;
 pub mod v1;
 pub mod v1_parse;
 pub mod v1_stats;

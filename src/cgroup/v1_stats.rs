@@ -38,12 +38,15 @@
 //! its link count does, but checking it costs as much as the walk it saves), when a file of a
 //! walked subdirectory answers that it is gone, and when the caller says the subtree changed
 //! (`V1StatsReader::rewalk`: the sampler does when a tenant below was created or deleted).
+//! Given a `SubtreeWatch`, a reader watches every directory it walked and is walked again
+//! only when one got a new directory (`rewalk_changed`), not on the timer.
 //!
 //! Like `cgroup::stats`, this fills the domain's types (`domain::stats`) and defines none of
 //! its own; it may import `domain`, never `store`, `engine`, `api` or `metrics`.
 
 use super::parse::{PResult, flat_keyed, pids};
 use super::stats::pread_all;
+use super::subtree_watch::{Changes, SubtreeWatch, Watched};
 use super::v1::V1Dirs;
 use super::v1_parse;
 use super::{CgroupError, Result, is_gone};
@@ -51,7 +54,7 @@ use crate::domain::cadence::{self, Cadence, Figure, Figures, SlowRead};
 use crate::domain::stats::{CgroupStats, CpuStat, IoDevStat, MemoryStat, Sample};
 use procfs::FromRead;
 use procfs::process::Schedstat;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -404,6 +407,8 @@ pub struct V1StatsReader {
     tasks: Vec<FileAt>,
     /// Sweeps since the subtrees were walked.
     walk_age: u32,
+    /// The inotify watches of the walked directories; complete, the timer walks no more.
+    watched: Option<Watched>,
     /// The last values read of every figure (those not read in a sweep are repeated).
     cache: CgroupStats,
     /// The last read of the figures outside the cadence's fresh ones.
@@ -487,12 +492,16 @@ fn ino_of(p: &Path) -> Result<Option<u64>> {
     }
 }
 
-/// `dir` and every directory below it, parents first. Directories that vanish meanwhile are
-/// skipped.
-fn subtree(dir: &Arc<Path>) -> Vec<Arc<Path>> {
+/// `dir` and every directory below it, parents first, each watched (`watch`) before it is
+/// listed, so a directory made meanwhile is either listed or reported. Directories that vanish
+/// meanwhile are skipped.
+fn subtree(dir: &Arc<Path>, mut watch: Option<&mut Watched>) -> Vec<Arc<Path>> {
     let mut out: Vec<Arc<Path>> = vec![dir.clone()];
     let mut i = 0;
     while i < out.len() {
+        if let Some(w) = watch.as_deref_mut() {
+            w.add(&out[i]);
+        }
         if let Ok(rd) = std::fs::read_dir(&out[i]) {
             out.extend(
                 rd.flatten()
@@ -510,15 +519,16 @@ impl V1StatsReader {
     /// `Ok(None)` when the tenant's cpuacct (or cpu) directory does not exist. Holds every
     /// file.
     pub fn open(dirs: &V1Dirs, proc: &Path) -> Result<Option<V1StatsReader>> {
-        Self::open_holding(dirs, proc, Figures::ALL)
+        Self::open_holding(dirs, proc, Figures::ALL, None)
     }
 
     /// Like `open`, holding only the files of the figures of `hold` (none: every file is
-    /// opened when read).
+    /// opened when read), and watching its subtrees with `watch` when given.
     pub fn open_holding(
         dirs: &V1Dirs,
         proc: &Path,
         hold: Figures,
+        watch: Option<&SubtreeWatch>,
     ) -> Result<Option<V1StatsReader>> {
         let dirs = Roots::of(dirs);
         let Some(guard) = dirs.guard().cloned() else {
@@ -549,6 +559,7 @@ impl V1StatsReader {
             files: Vec::new(),
             tasks: Vec::new(),
             walk_age: 0,
+            watched: watch.map(SubtreeWatch::start),
             cache: CgroupStats::default(),
             slow: None,
             had_threads: true,
@@ -589,6 +600,11 @@ impl V1StatsReader {
     /// A quota set behind tenantd's back is seen within the slow figures' cadence.
     pub fn set_own_cpu_quota(&mut self, own: bool) {
         self.own_quota = own;
+    }
+
+    /// Whether every directory of the last walk is watched (then only `rewalk` walks again).
+    pub fn watched(&self) -> bool {
+        self.watched.as_ref().is_some_and(Watched::complete)
     }
 
     /// Walks the subtrees again at the next sample.
@@ -636,6 +652,9 @@ impl V1StatsReader {
     /// its directory is gone: a directory recreated under the same name needs new files.
     fn walk_keeping(&mut self, keep: bool) -> Result<()> {
         self.walk_age = 0;
+        // The new walk's watches are taken before the last one's are given back, so the
+        // directories found again keep theirs.
+        let mut watched = self.watched.as_ref().map(|w| w.watch().start());
         let mut open: HashMap<PathBuf, FileAt> = HashMap::new();
         if keep {
             let summed = self.files.iter_mut().filter(|(f, _)| f.summed());
@@ -667,7 +686,7 @@ impl V1StatsReader {
             if !trees.iter().any(|(c, _)| *c == controller)
                 && let Some(dir) = self.dirs.get(controller)
             {
-                trees.push((controller, subtree(dir)));
+                trees.push((controller, subtree(dir, watched.as_mut())));
             }
         }
         let tree = |c: &str| {
@@ -700,6 +719,7 @@ impl V1StatsReader {
         }
         tasks.shrink_to_fit();
         self.tasks = tasks;
+        self.watched = watched;
         Ok(())
     }
 
@@ -718,7 +738,9 @@ impl V1StatsReader {
             // (tests, benchmarks) every walk opens the files anew.
             self.walk_keeping(self.kernfs)?;
         }
-        self.walk_age = self.walk_age.saturating_add(1);
+        if !self.watched() {
+            self.walk_age = self.walk_age.saturating_add(1);
+        }
         // A subdirectory gone since the walk: walked again, and read again, once.
         for attempt in 0..2 {
             match self.read_sweep(buf, cadence)? {
@@ -932,7 +954,32 @@ pub fn sample_dirs(
         &mut Vec::new(),
         (Figures::ALL, true),
         &Cadence::EVERY_SWEEP,
+        None,
     )
+}
+
+/// Tells the readers whose watched directories got a new directory since the last call (all
+/// of them after an overflow) to walk their subtrees at their next sample. Returns how many.
+pub fn rewalk_changed<'r>(
+    watch: &SubtreeWatch,
+    readers: impl IntoIterator<Item = &'r mut V1StatsReader>,
+) -> usize {
+    let changes = watch.changed();
+    if changes == Changes::Below(HashSet::new()) {
+        return 0;
+    }
+    let mut n = 0;
+    for r in readers {
+        let hit = match &changes {
+            Changes::Anything => true,
+            Changes::Below(wds) => r.watched.as_ref().is_some_and(|w| w.any_of(wds)),
+        };
+        if hit {
+            r.rewalk();
+            n += 1;
+        }
+    }
+    n
 }
 
 /// `sample_dirs` holding the files of `hold` (reopened when the reader holds others), with
@@ -945,13 +992,14 @@ pub fn sample_dirs_with(
     buf: &mut Vec<u8>,
     (hold, own_cpu_quota): (Figures, bool),
     cadence: &Cadence,
+    watch: Option<&SubtreeWatch>,
 ) -> Result<Option<Sample>> {
     for _ in 0..2 {
         if slot
             .as_ref()
             .is_none_or(|r| !r.dirs.same_as(dirs) || r.hold != hold)
         {
-            *slot = V1StatsReader::open_holding(dirs, proc, hold)?;
+            *slot = V1StatsReader::open_holding(dirs, proc, hold, watch)?;
         }
         let Some(r) = slot.as_mut() else {
             return Ok(None);
@@ -1226,6 +1274,7 @@ mod tests {
                 &mut buf,
                 (cadence.fresh, own),
                 &cadence,
+                None,
             )
             .unwrap()
             .unwrap();

@@ -20,6 +20,7 @@ use crate::cgroup::SampleSource;
 use crate::cgroup::stats::{
     FD_RESERVE_DEFAULT, StatsReader, files_of, held_tenants_budget_for, sample_dir_with,
 };
+use crate::cgroup::subtree_watch::SubtreeWatch;
 use crate::cgroup::v1_stats::{self, V1StatsReader};
 use crate::domain::cadence::{Cadence, Figures, SLA_FIGURES, SLA_IO_FIGURES};
 use crate::domain::event::{Event, LimitHits};
@@ -98,6 +99,9 @@ struct Readers {
     fds: usize,
     per_tenant_v2: (usize, usize),
     per_tenant_v1: (usize, usize),
+    /// The v1 readers' inotify watch of their subtrees, made at the first v1 tenant; `Err`
+    /// once the kernel refused one (the readers then walk every `WALK_EVERY` sweeps).
+    watch: Option<std::result::Result<SubtreeWatch, ()>>,
 }
 
 /// Of `n` tenants, how many hold every file and how many (those first) at least the fresh
@@ -131,6 +135,7 @@ impl Readers {
                 v1_stats::held_per_tenant(held),
                 v1_stats::held_per_tenant(Figures::ALL),
             ),
+            watch: None,
         }
     }
 }
@@ -822,8 +827,13 @@ fn read_all(
         fds,
         per_tenant_v2,
         per_tenant_v1,
+        watch,
         ..
     } = readers;
+    let watch = v1_watch(watch, targets);
+    if let Some(w) = watch {
+        v1_stats::rewalk_changed(w, v1.iter_mut().flatten());
+    }
     let n = targets.dirs.len();
     let tiers_v2 = hold_tiers(n, *fds, *per_tenant_v2);
     let tiers_v1 = hold_tiers(n, *fds, *per_tenant_v1);
@@ -861,10 +871,33 @@ fn read_all(
                         spec.is_none_or(|s| s.cpu.limit_pct.is_some()),
                     ),
                     &c,
+                    watch,
                 ),
             }
         })
         .collect()
+}
+
+/// The subtree watch of the v1 readers, made when the first v1 tenant is listed; `None` when
+/// no tenant is on v1 or inotify refused (logged once: the readers walk on a timer).
+fn v1_watch<'w>(
+    watch: &'w mut Option<std::result::Result<SubtreeWatch, ()>>,
+    targets: &Targets,
+) -> Option<&'w SubtreeWatch> {
+    if watch.is_none()
+        && targets
+            .dirs
+            .iter()
+            .any(|(_, s)| matches!(s, SampleSource::V1 { .. }))
+    {
+        *watch = Some(SubtreeWatch::new().map_err(|e| {
+            tracing::warn!(
+                "usage sampler: no inotify instance ({e}): v1 tenants' subtrees are walked every {} sweeps instead of when they change",
+                v1_stats::WALK_EVERY
+            )
+        }));
+    }
+    watch.as_ref()?.as_ref().ok()
 }
 
 /// Closes, before a sweep opens anything, the v1 readers that hold files their tier
@@ -904,7 +937,7 @@ mod tests {
                 ..Default::default()
             };
             Some(
-                V1StatsReader::open_holding(&dirs, tmp.path(), hold)
+                V1StatsReader::open_holding(&dirs, tmp.path(), hold, None)
                     .unwrap()
                     .unwrap(),
             )

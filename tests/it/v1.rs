@@ -1015,24 +1015,43 @@ fn without_rfc3339(mut v: serde_json::Value) -> serde_json::Value {
     v
 }
 
+/// One sample of `dirs` through the held reader in `slot` (the sampler's `sample_dirs_with`,
+/// holding the fresh figures' files of `cadence`, with a CPU quota of its own), reading
+/// `/proc`; `None` when the tenant is gone.
+fn held_sample(
+    slot: &mut Option<tenantd::cgroup::v1_stats::V1StatsReader>,
+    dirs: &tenantd::cgroup::v1::V1Dirs,
+    buf: &mut Vec<u8>,
+    cadence: &tenantd::domain::cadence::Cadence,
+    watch: Option<&tenantd::cgroup::subtree_watch::SubtreeWatch>,
+) -> Option<tenantd::domain::stats::Sample> {
+    tenantd::cgroup::v1_stats::sample_dirs_with(
+        slot,
+        dirs,
+        Path::new("/proc"),
+        buf,
+        (cadence.fresh, true),
+        cadence,
+        watch,
+    )
+    .expect("sample")
+}
+
 /// Issue 15: the held v1 reader walks a tenant's subtrees only every `WALK_EVERY` sweeps (or
 /// when told to), yet sees a new child tenant's directories within that many sweeps; and a
 /// tenant deleted and recreated under the same name (a new inode, its held files answering
 /// ENODEV) is sampled again, from the new directories.
 #[test]
 fn issue_15_held_v1_reader_sees_new_subdirectories_and_recreated_tenants() {
-    use tenantd::cgroup::v1_stats::{WALK_EVERY, sample_dirs_with};
+    use tenantd::cgroup::v1_stats::WALK_EVERY;
     use tenantd::domain::cadence::Cadence;
     let sb = Sandbox::new("held");
     let t = sb.tenant("t");
     let dirs = sb.backend.dirs_of(&t);
-    let proc = Path::new("/proc");
     let cadence = Cadence::default().for_tenant(true, false);
     let (mut slot, mut buf) = (None, Vec::new());
     let mut sample = |slot: &mut Option<_>| {
-        sample_dirs_with(slot, &dirs, proc, &mut buf, (cadence.fresh, true), &cadence)
-            .expect("sample")
-            .expect("the tenant exists")
+        held_sample(slot, &dirs, &mut buf, &cadence, None).expect("the tenant exists")
     };
     let first = sample(&mut slot);
     let walked = |slot: &Option<tenantd::cgroup::v1_stats::V1StatsReader>| {
@@ -1068,30 +1087,75 @@ fn issue_15_held_v1_reader_sees_new_subdirectories_and_recreated_tenants() {
     // Deleted and recreated: a new inode, a new reader, a sample of the new directories.
     sb.backend.remove(&t).unwrap();
     assert!(
-        sample_dirs_with(
-            &mut slot,
-            &dirs,
-            proc,
-            &mut buf,
-            (cadence.fresh, true),
-            &cadence
-        )
-        .unwrap()
-        .is_none(),
+        held_sample(&mut slot, &dirs, &mut buf, &cadence, None).is_none(),
         "a deleted tenant gives no sample"
     );
     sb.tenant("t");
-    let again = sample_dirs_with(
-        &mut slot,
-        &dirs,
-        proc,
-        &mut buf,
-        (cadence.fresh, true),
-        &cadence,
-    )
-    .unwrap()
-    .expect("the recreated tenant is sampled");
+    let again = held_sample(&mut slot, &dirs, &mut buf, &cadence, None)
+        .expect("the recreated tenant is sampled");
     assert_ne!(again.ino, first.ino);
     assert_eq!(again.stats.cpu.usage_usec, Some(0));
     assert_eq!(walked(&slot), 2);
+}
+
+/// Issue 15 (sampling cost): with a `SubtreeWatch`, a held v1 reader never walks its subtrees
+/// on the timer, and a directory made below the tenant by someone else (a plain `mkdir` in
+/// its cpu directory, as a tool inside the tenant would) is walked at the next sweep: the
+/// kernel's inotify event on cgroupfs says so. Dropping the reader gives its watches back
+/// (cgroupfs never drops them by itself).
+#[test]
+fn issue_15_watched_v1_reader_walks_only_when_a_directory_is_made() {
+    use tenantd::cgroup::subtree_watch::SubtreeWatch;
+    use tenantd::cgroup::v1_stats::{WALK_EVERY, rewalk_changed};
+    use tenantd::domain::cadence::Cadence;
+    let sb = Sandbox::new("watched");
+    let t = sb.tenant("t");
+    let dirs = sb.backend.dirs_of(&t);
+    let cadence = Cadence::default().for_tenant(true, false);
+    let watch = SubtreeWatch::new().expect("an inotify instance");
+    let (mut slot, mut buf) = (None, Vec::new());
+    let mut sample = |slot: &mut Option<_>| {
+        held_sample(slot, &dirs, &mut buf, &cadence, Some(&watch)).expect("the tenant exists")
+    };
+    let walked = |slot: &Option<tenantd::cgroup::v1_stats::V1StatsReader>| {
+        slot.as_ref().expect("a reader").walked_dirs()
+    };
+    sample(&mut slot);
+    assert!(slot.as_ref().unwrap().watched(), "every directory watched");
+    assert_eq!(
+        walked(&slot),
+        2,
+        "the tenant's directory and its _procs leaf"
+    );
+    let watches = watch.len();
+    assert!(
+        watches >= 4,
+        "the memory, pids and cpu trees' directories: {watches}"
+    );
+    // Made behind the reader's back, and no event read: no walk on the timer finds it.
+    let cpu = dirs
+        .cpu
+        .clone()
+        .or(dirs.cpuacct.clone())
+        .expect("a cpu directory");
+    std::fs::create_dir(cpu.join("made-by-hand")).expect("mkdir in the tenant's cpu directory");
+    for _ in 0..2 * WALK_EVERY {
+        sample(&mut slot);
+    }
+    assert_eq!(
+        walked(&slot),
+        2,
+        "a watched reader walked on the timer ({} sweeps)",
+        2 * WALK_EVERY
+    );
+    // The event names the reader; its next sample walks and finds the new directory.
+    assert_eq!(rewalk_changed(&watch, slot.iter_mut()), 1);
+    sample(&mut slot);
+    assert_eq!(walked(&slot), 3, "the new directory's tasks file");
+    assert_eq!(watch.len(), watches + 1, "the new directory is watched too");
+    assert_eq!(rewalk_changed(&watch, slot.iter_mut()), 0, "nothing new");
+    std::fs::remove_dir(cpu.join("made-by-hand")).unwrap();
+    // Dropped (the tenant left the sampler): every watch is given back.
+    drop(slot.take());
+    assert!(watch.is_empty(), "{} watches left", watch.len());
 }
