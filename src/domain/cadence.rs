@@ -5,7 +5,9 @@
 //! (memory.stat, memory.peak, io.stat, the pressure files, pids, v1's failcnts) are "slow": read together,
 //! every sweep for a tenant whose CPU usage moved since their last read, and at most every
 //! `Cadence::idle_every` sweeps for one whose usage did not (an idle tenant's memory.stat does
-//! not change). Between two reads of the slow figures a sample repeats their last values.
+//! not change), that stretch doubling at each read that finds the tenant still idle, up to
+//! `Cadence::idle_max` sweeps (as cAdvisor's dynamic housekeeping backs off from containers
+//! that do nothing). Between two reads of the slow figures a sample repeats their last values.
 //! Pure: the readers (`cgroup::stats`, `cgroup::v1_stats`) ask `figures_to_read` and keep a
 //! `SlowRead`; the rates of slow figures are taken over their own stretch (`domain::usage`).
 //!
@@ -122,9 +124,13 @@ pub const SLA_FIGURES: Figures = SLA_CPU_FIGURES.union(SLA_MEMORY_FIGURES);
 /// has an io guarantee): io.stat and io.pressure.
 pub const SLA_IO_FIGURES: Figures = Figures::of(&[Figure::Io, Figure::IoPressure]);
 
-/// Default for `Cadence::idle_every`: a slow figure of an idle tenant is at most 10 sweeps
-/// old (10 s at the default 1 s interval).
+/// Default for `Cadence::idle_every`: a slow figure of a tenant idle since its last read is
+/// at most 10 sweeps old (10 s at the default 1 s interval).
 pub const IDLE_EVERY_DEFAULT: u32 = 10;
+
+/// Default for `Cadence::idle_max`: a slow figure of a tenant idle for minutes is at most 60
+/// sweeps old (60 s at the default 1 s interval).
+pub const IDLE_MAX_DEFAULT: u32 = 60;
 
 /// How often each figure is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +138,11 @@ pub struct Cadence {
     /// Figures read every sweep (what the SLA engine judges is added per tenant,
     /// `for_tenant`).
     pub fresh: Figures,
-    /// The others are read at least every this many sweeps (>= 1).
+    /// The others are read at least every this many sweeps (>= 1) after a read that found
+    /// the tenant active, ...
     pub idle_every: u32,
+    /// ... the stretch doubling at each read that finds it still idle, up to this many.
+    pub idle_max: u32,
     /// ... and every this many (>= 1, <= `idle_every`) while the tenant's CPU usage moves.
     pub active_every: u32,
 }
@@ -143,6 +152,7 @@ impl Default for Cadence {
         Cadence {
             fresh: Figures::NONE,
             idle_every: IDLE_EVERY_DEFAULT,
+            idle_max: IDLE_MAX_DEFAULT,
             active_every: 1,
         }
     }
@@ -153,6 +163,7 @@ impl Cadence {
     pub const EVERY_SWEEP: Cadence = Cadence {
         fresh: Figures::ALL,
         idle_every: 1,
+        idle_max: 1,
         active_every: 1,
     };
 
@@ -179,6 +190,9 @@ pub struct SlowRead {
     pub age: u32,
     /// The CPU usage (µs) read in that sweep.
     pub usage_usec: Option<u64>,
+    /// Reads of the slow figures in a row that found the CPU usage where the read before left
+    /// it (0: the tenant used CPU since, or this is the first read).
+    pub idle_reads: u32,
 }
 
 /// The figures to read this sweep: `cadence.fresh` when the slow ones were read recently
@@ -186,7 +200,8 @@ pub struct SlowRead {
 /// (`None`: never, so everything is read); `usage_now` the CPU usage just read (a fresh
 /// figure). A tenant whose usage moved since `last`, or whose usage cannot be read, is
 /// active: its slow figures are re-read once `active_every` sweeps have passed, an idle one's
-/// once `idle_every` have.
+/// once `idle_every` have, doubled for each idle read in a row (`SlowRead::idle_reads`) up to
+/// `idle_max`.
 pub fn figures_to_read(
     cadence: &Cadence,
     last: Option<&SlowRead>,
@@ -199,13 +214,22 @@ pub fn figures_to_read(
     let every = if active {
         cadence.active_every
     } else {
-        cadence.idle_every
+        idle_stretch(cadence, last.idle_reads)
     };
     if last.age.saturating_add(1) >= every.max(1) {
         Figures::ALL
     } else {
         cadence.fresh
     }
+}
+
+/// Sweeps between two reads of an idle tenant's slow figures after `idle_reads` idle reads in
+/// a row: `idle_every`, doubled for each, at most `idle_max` (and never less than
+/// `idle_every`, nor 0).
+pub fn idle_stretch(cadence: &Cadence, idle_reads: u32) -> u32 {
+    let first = cadence.idle_every.max(1);
+    let doubled = first.saturating_mul(1u32 << idle_reads.min(16));
+    doubled.min(cadence.idle_max.max(first))
 }
 
 /// The record after a sweep that read `read` with CPU usage `usage_now`: a new one when the
@@ -216,9 +240,14 @@ pub fn after_sweep(
     usage_now: Option<u64>,
 ) -> Option<SlowRead> {
     if read.is_all() {
+        let still = last.is_some_and(|l| usage_now.is_some() && l.usage_usec == usage_now);
         Some(SlowRead {
             age: 0,
             usage_usec: usage_now,
+            idle_reads: match last {
+                Some(l) if still => l.idle_reads.saturating_add(1),
+                _ => 0,
+            },
         })
     } else {
         last.map(|l| SlowRead {
@@ -236,6 +265,7 @@ mod tests {
         SlowRead {
             age,
             usage_usec: Some(usage),
+            idle_reads: 0,
         }
     }
 
@@ -301,6 +331,46 @@ mod tests {
             last = after_sweep(last, r, Some(usage));
         }
         assert_eq!(full, [0, 10, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]);
+    }
+
+    /// Idle for minutes, the reads of the slow figures back off: 10, 20, 40 sweeps, then
+    /// every 60 (`idle_max`); the first sweep with CPU used reads them, and the stretch
+    /// starts again at 10.
+    #[test]
+    fn an_idle_tenant_backs_off_to_idle_max_and_wakes_at_once() {
+        let c = Cadence::default();
+        let mut last = None;
+        let mut full = Vec::new();
+        for sweep in 0..400u64 {
+            let usage = if sweep < 300 { 100 } else { 200 };
+            let r = figures_to_read(&c, last.as_ref(), Some(usage));
+            if r.is_all() {
+                full.push(sweep);
+            }
+            last = after_sweep(last, r, Some(usage));
+        }
+        assert_eq!(full, [0, 10, 30, 70, 130, 190, 250, 300, 310, 330, 370]);
+        assert_eq!(
+            (0..6).map(|n| idle_stretch(&c, n)).collect::<Vec<_>>(),
+            [10, 20, 40, 60, 60, 60]
+        );
+        // Neither a cap below the first stretch nor a huge count breaks it.
+        let odd = Cadence {
+            idle_every: 10,
+            idle_max: 3,
+            ..c
+        };
+        assert_eq!(idle_stretch(&odd, 5), 10);
+        assert_eq!(idle_stretch(&c, u32::MAX), 60);
+        // Usage that cannot be read is never idle: no back-off.
+        let mut last = None;
+        let mut unknown = 0;
+        for _ in 0..20 {
+            let r = figures_to_read(&c, last.as_ref(), None);
+            unknown += usize::from(r.is_all());
+            last = after_sweep(last, r, None);
+        }
+        assert_eq!(unknown, 20);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! Each sweep reads the figures the SLA engine judges (`domain::cadence::Cadence::for_tenant`:
 //! CPU, memory for a tenant with a memory guarantee, io while io guarantees are judged) of
 //! every tenant, and the others as
-//! `SamplerConfig::cadence` says: an idle tenant's at most every `idle_every` sweeps. The rows
+//! `SamplerConfig::cadence` says: an idle tenant's every `idle_every` sweeps, backing off to
+//! `idle_max` while it stays idle (`domain::cadence::idle_stretch`). The rows
 //! and the snapshot repeat the last value of a figure not read; its rates are taken over the
 //! stretch since its previous read (`usage::rates_with_cadence`).
 //!
