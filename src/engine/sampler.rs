@@ -273,7 +273,8 @@ impl Minute {
 }
 
 struct Targets {
-    /// By name as the sampler meets them, shared with each snapshot (no copy per sweep).
+    /// By name as the sampler meets them: the desired state's specs, shared with it and with
+    /// each snapshot (no copy per sweep, none of the desired state's).
     specs: HashMap<String, Arc<TenantSpec>>,
     dirs: Vec<(String, SampleSource)>,
 }
@@ -372,7 +373,7 @@ impl Sampler {
         let mut dirs = Vec::with_capacity(all.len());
         for (n, spec, dir) in all {
             dirs.push((n.to_string(), self.gov.backend().sample_source(&dir)));
-            specs.insert(n.to_string(), Arc::new(spec));
+            specs.insert(n.to_string(), spec);
         }
         let t = Arc::new(Targets { specs, dirs });
         self.tenants = Some((version, t.clone()));
