@@ -621,14 +621,19 @@ impl std::ops::Index<&str> for TenantMap {
 }
 
 /// Sorted by name; of two entries with one name the last wins, as `BTreeMap::insert` would.
+/// Entries given in strictly increasing name order (the sampler's: its targets come from the
+/// desired state's `BTreeMap`) are kept as given: the stable sort would allocate a scratch
+/// buffer half the map's size first (issue 15: 5.4 MB a sweep at 10,000 tenants).
 impl FromIterator<(String, TenantSnapshot)> for TenantMap {
     fn from_iter<I: IntoIterator<Item = (String, TenantSnapshot)>>(it: I) -> Self {
         let mut v: Vec<(String, TenantSnapshot)> = it.into_iter().collect();
-        // Reversed, then a stable sort: of equal names the last given comes first, and
-        // `dedup_by` keeps the first of each run.
-        v.reverse();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v.dedup_by(|a, b| a.0 == b.0);
+        if !v.is_sorted_by(|a, b| a.0 < b.0) {
+            // Reversed, then a stable sort: of equal names the last given comes first, and
+            // `dedup_by` keeps the first of each run.
+            v.reverse();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v.dedup_by(|a, b| a.0 == b.0);
+        }
         v.shrink_to_fit();
         TenantMap(v)
     }
@@ -1369,6 +1374,13 @@ mod tests {
         assert_eq!(names, ["a", "aa", "b", "c"]);
         assert_eq!(m["c"].stats.cpu.usage_usec, Some(7));
         assert!(TenantMap::default().is_empty());
+        // Given in name order (the sampler's way), kept as given.
+        let sorted: TenantMap = [("a", 1), ("b", 2)]
+            .iter()
+            .map(|&(n, u)| (n.to_string(), t(u)))
+            .collect();
+        let want = [("a", 1), ("b", 2)].map(|(n, u)| (n.to_string(), u));
+        assert_eq!(usage(&sorted), want);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::plan::{self, PlanParams, Protected, TenantPlan};
 use super::tenant::Shares;
 use super::tenant::{self, Capacity, DomainError, Others, Protection, TenantName, TenantSpec};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// What a subtree holds back: memory.min (`hard`), memory.low (`soft`), and every guarantee
 /// whatever its kind (`any`, admission's total).
@@ -61,7 +62,10 @@ impl Held {
 #[derive(Debug, Clone)]
 pub struct DesiredState {
     params: PlanParams,
-    specs: BTreeMap<TenantName, TenantSpec>,
+    /// Shared (`Arc`): the sampler's targets and the `/metrics` snapshot hold the same specs
+    /// (issue 15 target 4: at 10,000 tenants its copy and this map's half-empty nodes of
+    /// whole specs cost about 10 MB).
+    specs: BTreeMap<TenantName, Arc<TenantSpec>>,
     /// The children of each parent (`None`: the top level), in name order, with their shares
     /// (admission sums the siblings' without a lookup per sibling).
     kids: HashMap<Option<TenantName>, BTreeMap<TenantName, Shares>>,
@@ -116,6 +120,8 @@ struct Walk {
 impl DesiredState {
     /// Plans every tenant once (O(n)).
     pub fn new(specs: BTreeMap<TenantName, TenantSpec>, params: PlanParams) -> DesiredState {
+        let specs: BTreeMap<TenantName, Arc<TenantSpec>> =
+            specs.into_iter().map(|(n, s)| (n, Arc::new(s))).collect();
         let plans = plan::plan(&specs, params).into_iter().collect();
         let held: HashMap<TenantName, Held> = {
             let tree = tenant::Tree::new(&specs);
@@ -161,12 +167,12 @@ impl DesiredState {
         }
     }
 
-    pub fn specs(&self) -> &BTreeMap<TenantName, TenantSpec> {
+    pub fn specs(&self) -> &BTreeMap<TenantName, Arc<TenantSpec>> {
         &self.specs
     }
 
     pub fn spec(&self, name: &TenantName) -> Option<&TenantSpec> {
-        self.specs.get(name)
+        self.specs.get(name).map(|s| &**s)
     }
 
     pub fn plan(&self, name: &TenantName) -> Option<&TenantPlan> {
@@ -234,7 +240,7 @@ impl DesiredState {
     /// The sums after `name` takes `spec` (`None`: is removed), walking up from it.
     fn walk(&self, name: &TenantName, spec: Option<&TenantSpec>) -> Walk {
         let top_before = self.below.get(&None).copied().unwrap_or_default();
-        let parent = spec.or(self.specs.get(name)).and_then(|s| s.parent.clone());
+        let parent = spec.or(self.spec(name)).and_then(|s| s.parent.clone());
         let old = self.held.get(name).copied().unwrap_or_default();
         let new = match spec {
             Some(s) => {
@@ -285,9 +291,7 @@ impl DesiredState {
         let w = self.walk(name, spec);
         let below: HashMap<&Option<TenantName>, Held> =
             w.below.iter().map(|(k, b)| (k, *b)).collect();
-        let parent = spec
-            .or(self.specs.get(name))
-            .and_then(|s| s.parent.as_ref());
+        let parent = spec.or(self.spec(name)).and_then(|s| s.parent.as_ref());
         let mut plans: Vec<PlanChange> = w
             .held
             .iter()
@@ -295,7 +299,7 @@ impl DesiredState {
                 let s = if n == name {
                     spec.expect("the tenant is in the walk only with a spec")
                 } else {
-                    &self.specs[n]
+                    &*self.specs[n]
                 };
                 let key = Some(n.clone());
                 let under = below
@@ -365,7 +369,7 @@ impl DesiredState {
             if n == name {
                 spec.expect("present only with a spec")
             } else {
-                &self.specs[n]
+                &*self.specs[n]
             }
         })
     }
@@ -378,7 +382,7 @@ impl DesiredState {
                     .entry(s.parent.clone())
                     .or_default()
                     .insert(c.name.clone(), Shares::of(&s));
-                self.specs.insert(c.name.clone(), s);
+                self.specs.insert(c.name.clone(), Arc::new(s));
             }
             None => {
                 if let Some(old) = self.specs.remove(&c.name) {
@@ -424,9 +428,7 @@ pub struct Except<'a> {
 
 impl Others for Except<'_> {
     fn get(&self, name: &TenantName) -> Option<&TenantSpec> {
-        (name != self.name)
-            .then(|| self.state.specs.get(name))
-            .flatten()
+        (name != self.name).then(|| self.state.spec(name)).flatten()
     }
 
     fn count(&self) -> usize {
@@ -450,7 +452,7 @@ impl Others for Except<'_> {
             // about): the walk assumes the parent stays, so count it the long way.
             (Some(o), Some(s)) if o.parent != s.parent => {
                 let mut all = self.state.specs.clone();
-                all.insert(name.clone(), s.clone());
+                all.insert(name.clone(), Arc::new(s.clone()));
                 tenant::committed_memory(&all)
             }
             _ => self.state.walk(name, spec).top_after.any,
@@ -475,6 +477,13 @@ mod tests {
         memory_reserve_bytes: 4 << 20,
     };
 
+    /// The specs of `s` as the callers of `DesiredState::new` hold them (owned).
+    fn owned(s: &DesiredState) -> BTreeMap<TenantName, TenantSpec> {
+        let all = s.specs.iter();
+        all.map(|(n, sp)| (n.clone(), TenantSpec::clone(sp)))
+            .collect()
+    }
+
     /// The state agrees with planning everything from scratch.
     fn check(s: &DesiredState) {
         let want = plan::plan(&s.specs, s.params);
@@ -488,7 +497,7 @@ mod tests {
             "root protection"
         );
         assert_eq!(s.committed_memory(), tenant::committed_memory(&s.specs));
-        let fresh = DesiredState::new(s.specs.clone(), s.params);
+        let fresh = DesiredState::new(owned(s), s.params);
         assert_eq!(fresh.held, s.held, "held");
         assert_eq!(fresh.below, s.below, "below");
         assert_eq!(fresh.kids, s.kids, "kids");
@@ -545,7 +554,7 @@ mod tests {
                             },
                             ..Default::default()
                         };
-                        let mut others = s.specs.clone();
+                        let mut others = owned(&s);
                         let old = others.remove(&t);
                         let want = tenant::admit(&t, &spec, &others, CAP);
                         let got = s.admit(&t, &spec, CAP);

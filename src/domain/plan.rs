@@ -18,6 +18,7 @@
 
 use super::tenant::{DevId, Protection, TenantName, TenantSpec, Tree};
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -226,7 +227,7 @@ struct Held<'a> {
 }
 
 impl<'a> Held<'a> {
-    fn new(tree: &Tree<'a>) -> Self {
+    fn new<S: Borrow<TenantSpec>>(tree: &Tree<'a, S>) -> Self {
         Held {
             hard: tree.committed(|s| own(s, Protection::Hard)),
             soft: tree.committed(|s| own(s, Protection::Soft)),
@@ -242,14 +243,19 @@ impl<'a> Held<'a> {
     }
 
     /// The sum over `parent`'s children (`None`: the top level).
-    fn children(&self, tree: &Tree<'a>, parent: Option<&TenantName>, kind: Protection) -> u64 {
+    fn children<S: Borrow<TenantSpec>>(
+        &self,
+        tree: &Tree<'a, S>,
+        parent: Option<&TenantName>,
+        kind: Protection,
+    ) -> u64 {
         tree.children(parent).map(|(n, _)| self.of(n, kind)).sum()
     }
 }
 
 /// Maps every tenant to the settings that deliver its SLA. `all` must be admitted already.
-pub fn plan(
-    all: &BTreeMap<TenantName, TenantSpec>,
+pub fn plan<S: Borrow<TenantSpec>>(
+    all: &BTreeMap<TenantName, S>,
     params: PlanParams,
 ) -> BTreeMap<TenantName, TenantPlan> {
     let tree = Tree::new(all);
@@ -267,7 +273,7 @@ pub fn plan(
         };
         out.insert(
             name.clone(),
-            plan_tenant(spec, params, subtree, below, &children),
+            plan_tenant(spec.borrow(), params, subtree, below, &children),
         );
     }
     out
@@ -351,8 +357,8 @@ pub fn plan_tenant(
 
 /// Protection the governor's own root needs so that its tenants' guarantees hold:
 /// (memory.min, memory.low) = top-level sums plus the daemon's own protection.
-pub fn root_protection(
-    all: &BTreeMap<TenantName, TenantSpec>,
+pub fn root_protection<S: Borrow<TenantSpec>>(
+    all: &BTreeMap<TenantName, S>,
     daemon_min_bytes: u64,
 ) -> (u64, u64) {
     let tree = Tree::new(all);

@@ -5,6 +5,7 @@
 pub use super::error::DomainError;
 use super::units::{Bytes, Percent};
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -624,7 +625,7 @@ fn round2(v: f64) -> f64 {
 
 /// The memory the whole tree holds back: the sum over top-level subtrees of max(own
 /// guarantee, sum of its children's), hard and soft alike.
-pub fn committed_memory(all: &BTreeMap<TenantName, TenantSpec>) -> u64 {
+pub fn committed_memory<S: Borrow<TenantSpec>>(all: &BTreeMap<TenantName, S>) -> u64 {
     let tree = Tree::new(all);
     let held = tree.committed(|s| s.memory.guarantee_bytes.map_or(0, |b| b.0));
     tree.children(None).map(|(n, _)| held[n]).sum()
@@ -650,26 +651,27 @@ pub fn guaranteed_cpus(spec: &TenantSpec, others: &impl Others, host_cpus: f64) 
 
 /// Tenants in an order where every parent comes before its children (siblings by name);
 /// a tenant not reachable from the top level (which admission never lets exist) is left out.
-pub fn topo_order(all: &BTreeMap<TenantName, TenantSpec>) -> Vec<TenantName> {
+pub fn topo_order<S: Borrow<TenantSpec>>(all: &BTreeMap<TenantName, S>) -> Vec<TenantName> {
     Tree::new(all).topo_order().into_iter().cloned().collect()
 }
 
 /// Who is whose child, indexed once in O(n): the walks of the tree (parents-first order, what
 /// a subtree holds back) then cost O(n) in all, where a scan of every tenant per node cost
-/// O(n^2) (issue 15: 1.6 s to plan 10,000 tenants).
-pub struct Tree<'a> {
-    all: &'a BTreeMap<TenantName, TenantSpec>,
+/// O(n^2) (issue 15: 1.6 s to plan 10,000 tenants). The specs are held as they are (`S`):
+/// owned, or shared as the desired state holds them (`Arc<TenantSpec>`).
+pub struct Tree<'a, S = TenantSpec> {
+    all: &'a BTreeMap<TenantName, S>,
     /// The top-level tenants, and the children of each parent, each list in name order.
     top: Vec<&'a TenantName>,
     children: HashMap<&'a TenantName, Vec<&'a TenantName>>,
 }
 
-impl<'a> Tree<'a> {
-    pub fn new(all: &'a BTreeMap<TenantName, TenantSpec>) -> Self {
+impl<'a, S: Borrow<TenantSpec>> Tree<'a, S> {
+    pub fn new(all: &'a BTreeMap<TenantName, S>) -> Self {
         let (mut top, mut children) = (Vec::new(), HashMap::<_, Vec<_>>::new());
         for (n, s) in all {
             work::step();
-            match &s.parent {
+            match &s.borrow().parent {
                 Some(p) => children.entry(p).or_default().push(n),
                 None => top.push(n),
             }
@@ -691,7 +693,7 @@ impl<'a> Tree<'a> {
     ) -> impl Iterator<Item = (&'a TenantName, &'a TenantSpec)> + '_ {
         self.kids(parent).iter().map(|n| {
             work::step();
-            (*n, &self.all[*n])
+            (*n, self.all[*n].borrow())
         })
     }
 
@@ -735,7 +737,7 @@ impl<'a> Tree<'a> {
         for n in order.into_iter().rev() {
             let kids: u64 = self.kids(Some(n)).iter().map(|c| held[*c]).sum();
             work::step();
-            held.insert(n, own(&self.all[n]).max(kids));
+            held.insert(n, own(self.all[n].borrow()).max(kids));
         }
         held
     }
@@ -763,14 +765,18 @@ pub(crate) mod work {
 }
 
 /// The chain of names from the top-level ancestor down to `name`.
-pub fn lineage(name: &TenantName, all: &BTreeMap<TenantName, TenantSpec>) -> Vec<TenantName> {
+pub fn lineage<S: Borrow<TenantSpec>>(
+    name: &TenantName,
+    all: &BTreeMap<TenantName, S>,
+) -> Vec<TenantName> {
+    let parent = |n: &TenantName| all.get(n).and_then(|s| s.borrow().parent.clone());
     let mut chain = vec![name.clone()];
-    let mut cur = all.get(name).and_then(|s| s.parent.clone());
+    let mut cur = parent(name);
     while let Some(p) = cur {
         if chain.contains(&p) || chain.len() > all.len() {
             break;
         }
-        cur = all.get(&p).and_then(|s| s.parent.clone());
+        cur = parent(&p);
         chain.push(p);
     }
     chain.reverse();

@@ -780,7 +780,12 @@ impl Governor {
 
     /// Every tenant's spec in the desired state (the stored one), by name.
     pub async fn specs(&self) -> Result<BTreeMap<TenantName, TenantSpec>> {
-        self.read(|c| c.state.specs().clone()).await
+        self.read(|c| {
+            let all = c.state.specs().iter();
+            all.map(|(n, s)| (n.clone(), TenantSpec::clone(s)))
+                .collect()
+        })
+        .await
     }
 
     /// Answers `f` about the stored tenants from memory (no database read): the name, spec
@@ -1429,8 +1434,10 @@ impl Governor {
     /// Every tenant's spec and directory from the desired state in memory, with the
     /// `Store::tenants_version` they are (the sampler's list: no database read per change;
     /// issue 15). The version is the cache's: behind the store's while a change commits, so
-    /// the sampler asks again at its next sweep.
-    pub async fn sample_targets(&self) -> Result<(u64, Vec<(TenantName, TenantSpec, CgroupPath)>)> {
+    /// the sampler asks again at its next sweep. The specs are the desired state's own, shared.
+    pub async fn sample_targets(
+        &self,
+    ) -> Result<(u64, Vec<(TenantName, Arc<TenantSpec>, CgroupPath)>)> {
         self.read(|c| {
             let all = c
                 .state
