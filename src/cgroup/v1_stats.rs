@@ -54,7 +54,7 @@ use crate::domain::cadence::{self, Cadence, Figure, Figures, SlowRead};
 use crate::domain::stats::{CgroupStats, CpuStat, IoDevStat, MemoryStat, Sample};
 use procfs::FromRead;
 use procfs::process::Schedstat;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -965,7 +965,7 @@ pub fn rewalk_changed<'r>(
     readers: impl IntoIterator<Item = &'r mut V1StatsReader>,
 ) -> usize {
     let changes = watch.changed();
-    if changes == Changes::Below(HashSet::new()) {
+    if matches!(&changes, Changes::Below(wds) if wds.is_empty()) {
         return 0;
     }
     let mut n = 0;

@@ -825,6 +825,7 @@ fn read_all(
         .is_some_and(|t| Arc::ptr_eq(t, targets))
     {
         readers.realign(targets);
+        ensure_v1_watch(&mut readers.watch, targets);
     }
     let Readers {
         v2,
@@ -836,7 +837,7 @@ fn read_all(
         watch,
         ..
     } = readers;
-    let watch = v1_watch(watch, targets);
+    let watch = watch.as_ref().and_then(|w| w.as_ref().ok());
     if let Some(w) = watch {
         v1_stats::rewalk_changed(w, v1.iter_mut().flatten());
     }
@@ -884,12 +885,10 @@ fn read_all(
         .collect()
 }
 
-/// The subtree watch of the v1 readers, made when the first v1 tenant is listed; `None` when
-/// no tenant is on v1 or inotify refused (logged once: the readers walk on a timer).
-fn v1_watch<'w>(
-    watch: &'w mut Option<std::result::Result<SubtreeWatch, ()>>,
-    targets: &Targets,
-) -> Option<&'w SubtreeWatch> {
+/// Makes the subtree watch of the v1 readers when the first v1 tenant is listed (asked when
+/// the targets change, not every sweep); a refusal is logged once and kept (the readers then
+/// walk on a timer).
+fn ensure_v1_watch(watch: &mut Option<std::result::Result<SubtreeWatch, ()>>, targets: &Targets) {
     if watch.is_none()
         && targets
             .dirs
@@ -903,7 +902,6 @@ fn v1_watch<'w>(
             )
         }));
     }
-    watch.as_ref()?.as_ref().ok()
 }
 
 /// Closes, before a sweep opens anything, the v1 readers that hold files their tier
