@@ -132,22 +132,96 @@ impl V1File {
 /// Sweeps between two walks of a tenant's subtrees when nothing says they changed.
 pub const WALK_EVERY: u32 = 30;
 
-/// Descriptors a v1 reader holding the files of `figures` takes for a tenant whose subtrees
-/// are its directory and its `_procs` leaf (two files of each summed file and of `tasks`),
-/// and the guard directory: 9 for `SLA_FIGURES` (cpuacct.usage, cpuacct.stat, cpu.stat,
-/// memory.usage_in_bytes, two memory.oom_control, two `tasks`). For the descriptor budget.
-pub fn held_per_tenant(figures: Figures) -> usize {
+/// Which of a tenant's v1 files its reader keeps open (the others are opened when read).
+///
+/// Issue 15: at 10,000 tenants this host's 20,000 descriptors held the fresh figures' files
+/// of only 1,757 tenants (9 each); the other 8,243 opened, read and closed cpuacct.usage
+/// every sweep and looked their guard directory up again (half the daemon's CPU). An idle
+/// tenant's sweep reads one file, so `lean` holds just the files a sweep reads whatever the
+/// tenant does, and every tenant can hold those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V1Hold {
+    /// The figures whose files are held.
+    pub figures: Figures,
+    /// Of those figures' files, only the ones read every sweep even while the tenant is
+    /// idle: not cpuacct.stat (read when the CPU usage moved), not cpu.stat unless the tenant
+    /// has a CPU quota of its own (`quota`; `V1StatsReader::set_own_cpu_quota`), no `tasks`
+    /// (read while the tenant has threads or its CPU usage moved).
+    pub lean: bool,
+    /// With `lean`: the tenant has a CPU quota of its own, so cpu.stat is held. False
+    /// otherwise, so that equal holds compare equal.
+    pub quota: bool,
+}
+
+impl From<Figures> for V1Hold {
+    /// Every file of `figures`.
+    fn from(figures: Figures) -> V1Hold {
+        V1Hold {
+            figures,
+            lean: false,
+            quota: false,
+        }
+    }
+}
+
+impl V1Hold {
+    /// Nothing held: every file is opened when read.
+    pub const NONE: V1Hold = V1Hold {
+        figures: Figures::NONE,
+        lean: false,
+        quota: false,
+    };
+
+    /// The files of `figures` that a sweep reads whatever the tenant does, cpu.stat among
+    /// them when the tenant has a CPU quota of its own (`quota`).
+    pub fn lean(figures: Figures, quota: bool) -> V1Hold {
+        V1Hold {
+            figures,
+            lean: true,
+            quota,
+        }
+    }
+
+    /// Whether `file` is held.
+    pub fn holds(self, file: V1File) -> bool {
+        self.figures.contains(file.figure())
+            && match file {
+                V1File::CpuacctStat => !self.lean,
+                V1File::CpuStat => !self.lean || self.quota,
+                _ => true,
+            }
+    }
+
+    /// Whether the `tasks` files are held.
+    pub fn holds_tasks(self) -> bool {
+        self.figures.contains(Figure::CpuPressure) && !self.lean
+    }
+
+    /// Whether every file this holds, `other` holds too.
+    pub fn within(self, other: V1Hold) -> bool {
+        FILES
+            .iter()
+            .all(|(f, _, _)| !self.holds(*f) || other.holds(*f))
+            && (!self.holds_tasks() || other.holds_tasks())
+    }
+}
+
+/// Descriptors a v1 reader holding `hold` takes on cgroupfs for a tenant whose subtrees are
+/// its directory and its `_procs` leaf (two files of each summed file and of `tasks`), and
+/// the guard directory when no held file tells that the tenant's directory is gone (a held
+/// cpuacct.usage does: cgroupfs answers ENODEV). 8 for `SLA_FIGURES` (cpuacct.usage,
+/// cpuacct.stat, cpu.stat, memory.usage_in_bytes, two memory.oom_control, two `tasks`), 1
+/// for its lean hold without a memory guarantee or quota. For the descriptor budget.
+pub fn held_per_tenant(hold: impl Into<V1Hold>) -> usize {
+    let hold = hold.into();
     let files: usize = FILES
         .iter()
-        .filter(|(f, _, _)| figures.contains(f.figure()))
+        .filter(|(f, _, _)| hold.holds(*f))
         .map(|(f, _, _)| if f.summed() { 2 } else { 1 })
         .sum();
-    let tasks = if figures.contains(Figure::CpuPressure) {
-        2
-    } else {
-        0
-    };
-    files + tasks + 1
+    let tasks = if hold.holds_tasks() { 2 } else { 0 };
+    let guard = usize::from(files + tasks > 0 && !hold.holds(V1File::CpuacctUsage));
+    files + tasks + guard
 }
 
 /// The files a v1 sample reads: the file, its hierarchy, and its names, first found wins.
@@ -398,8 +472,8 @@ pub struct V1StatsReader {
     held_guard: Option<File>,
     user_hz: u64,
     runq: RunqWait,
-    /// The figures whose files are held.
-    hold: Figures,
+    /// Which files are held.
+    hold: V1Hold,
     /// Per entry of `FILES`: the file (the first name found) in the tenant's directory, or in
     /// every directory of its subtree for the summed ones.
     files: Vec<(V1File, Vec<FileAt>)>,
@@ -425,7 +499,8 @@ pub struct V1StatsReader {
     /// cpu.stat as last read: periods, throttled periods, throttled time.
     throttling: Option<Throttling>,
     /// Whether the guard directory is on cgroupfs (kernfs), where a held file of a removed
-    /// cgroup answers ENODEV: no `fstat` of the guard per sweep is needed to tell.
+    /// cgroup answers ENODEV: a held cpuacct.usage, read every sweep, tells without a look
+    /// at the guard directory.
     kernfs: bool,
 }
 
@@ -473,10 +548,10 @@ type Throttling = (Option<u64>, Option<u64>, Option<u64>);
 
 /// Whether `dir` is on a cgroup filesystem (v1 or v2: both are kernfs). False when it cannot
 /// be told.
-fn on_cgroupfs(dir: &File) -> bool {
+fn on_cgroupfs(dir: &Path) -> bool {
     const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
     const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
-    rustix::fs::fstatfs(dir).is_ok_and(|s| {
+    rustix::fs::statfs(dir).is_ok_and(|s| {
         u64::try_from(s.f_type).is_ok_and(|t| t == CGROUP_SUPER_MAGIC || t == CGROUP2_SUPER_MAGIC)
     })
 }
@@ -522,14 +597,15 @@ impl V1StatsReader {
         Self::open_holding(dirs, proc, Figures::ALL, None)
     }
 
-    /// Like `open`, holding only the files of the figures of `hold` (none: every file is
-    /// opened when read), and watching its subtrees with `watch` when given.
+    /// Like `open`, holding only the files `hold` says (none: every file is opened when
+    /// read), and watching its subtrees with `watch` when given.
     pub fn open_holding(
         dirs: &V1Dirs,
         proc: &Path,
-        hold: Figures,
+        hold: impl Into<V1Hold>,
         watch: Option<&SubtreeWatch>,
     ) -> Result<Option<V1StatsReader>> {
+        let hold = hold.into();
         let dirs = Roots::of(dirs);
         let Some(guard) = dirs.guard().cloned() else {
             return Ok(None);
@@ -537,13 +613,19 @@ impl V1StatsReader {
         let Some(ino) = ino_of(&guard)? else {
             return Ok(None);
         };
-        let held_guard = match hold {
-            Figures::NONE => None,
-            _ => match File::open(&guard) {
+        let kernfs = on_cgroupfs(&guard);
+        // On cgroupfs a held cpuacct.usage answers ENODEV once the directory is removed
+        // (`same_guard`): the guard directory itself is held only where nothing else tells.
+        let usage_tells =
+            kernfs && hold.holds(V1File::CpuacctUsage) && dirs.get("cpuacct").is_some();
+        let held_guard = if hold == V1Hold::NONE || usage_tells {
+            None
+        } else {
+            match File::open(&guard) {
                 Ok(f) => Some(f),
                 Err(e) if is_gone(&e) => return Ok(None),
                 Err(_) => None,
-            },
+            }
         };
         let mut r = V1StatsReader {
             dirs,
@@ -568,9 +650,8 @@ impl V1StatsReader {
             user_system: (None, None),
             own_quota: true,
             throttling: None,
-            kernfs: false,
+            kernfs,
         };
-        r.kernfs = r.held_guard.as_ref().is_some_and(on_cgroupfs);
         r.open_files()?;
         // Staggered, so that readers opened together do not walk again in the same sweep.
         r.walk_age = u32::try_from(ino % u64::from(WALK_EVERY)).unwrap_or(0);
@@ -580,8 +661,8 @@ impl V1StatsReader {
         }
     }
 
-    /// The figures whose files this reader holds.
-    pub fn hold(&self) -> Figures {
+    /// The files this reader holds.
+    pub fn hold(&self) -> V1Hold {
         self.hold
     }
 
@@ -600,6 +681,14 @@ impl V1StatsReader {
     /// A quota set behind tenantd's back is seen within the slow figures' cadence.
     pub fn set_own_cpu_quota(&mut self, own: bool) {
         self.own_quota = own;
+    }
+
+    /// Whether cpuacct.usage (in the guard directory) is held open.
+    fn usage_held(&self) -> bool {
+        self.dirs.get("cpuacct").is_some()
+            && self.files.iter().any(|(f, at)| {
+                *f == V1File::CpuacctUsage && at.first().is_some_and(|a| a.held.is_some())
+            })
     }
 
     /// Whether every directory of the last walk is watched (then only `rewalk` walks again).
@@ -624,7 +713,7 @@ impl V1StatsReader {
             if !file.summed()
                 && let Some(dir) = self.dirs.get(controller).cloned()
             {
-                let hold = self.hold.contains(file.figure());
+                let hold = self.hold.holds(file);
                 for name in names {
                     // Not held: the first name that exists now is the one read.
                     if !hold && names.len() > 1 && !dir.join(name).exists() {
@@ -699,7 +788,7 @@ impl V1StatsReader {
             if !file.summed() {
                 continue;
             }
-            let hold = self.hold.contains(file.figure());
+            let hold = self.hold.holds(file);
             let mut at = Vec::new();
             for (k, dir) in tree(controller).unwrap_or_default().iter().enumerate() {
                 // Summed files have one name.
@@ -710,7 +799,7 @@ impl V1StatsReader {
             at.shrink_to_fit();
             self.files[i].1 = at;
         }
-        let hold = self.hold.contains(Figure::CpuPressure);
+        let hold = self.hold.holds_tasks();
         let mut tasks = Vec::new();
         for (k, dir) in tree(tasks_in).unwrap_or_default().iter().enumerate() {
             if let Some(f) = reopen(dir, "tasks", hold, k > 0)? {
@@ -745,7 +834,7 @@ impl V1StatsReader {
         for attempt in 0..2 {
             match self.read_sweep(buf, cadence)? {
                 Ok((stats, read)) => {
-                    if !self.same_guard()? {
+                    if !self.same_guard(read)? {
                         return Ok(None);
                     }
                     let usage = stats.cpu.usage_usec;
@@ -923,14 +1012,13 @@ impl V1StatsReader {
         Ok(Ok(()))
     }
 
-    /// Whether the guard directory is still the one the reader was opened on: held, a
-    /// removed one has no links left (cgroupfs answers ENODEV on its held files before);
-    /// otherwise its path is looked up again and the inode compared.
-    fn same_guard(&self) -> Result<bool> {
-        // On cgroupfs the held files just read would have answered ENODEV (`Gone`) had the
-        // directory been removed, recreated or not (the CPU figures' files are always held
-        // with the guard): nothing more to ask.
-        if self.kernfs {
+    /// Whether the guard directory is still the one the reader was opened on, after a sweep
+    /// that read the figures of `read`: held, a removed one has no links left; otherwise its
+    /// path is looked up again and the inode compared.
+    fn same_guard(&self, read: Figures) -> Result<bool> {
+        // On cgroupfs a held cpuacct.usage just read would have answered ENODEV (`Gone`) had
+        // the directory been removed, recreated or not: nothing more to ask.
+        if self.kernfs && read.contains(Figure::Cpu) && self.usage_held() {
             return Ok(true);
         }
         let Some(guard) = self.dirs.guard() else {
@@ -952,7 +1040,7 @@ pub fn sample_dirs(
         dirs,
         proc,
         &mut Vec::new(),
-        (Figures::ALL, true),
+        (Figures::ALL.into(), true),
         &Cadence::EVERY_SWEEP,
         None,
     )
@@ -990,7 +1078,7 @@ pub fn sample_dirs_with(
     dirs: &V1Dirs,
     proc: &Path,
     buf: &mut Vec<u8>,
-    (hold, own_cpu_quota): (Figures, bool),
+    (hold, own_cpu_quota): (V1Hold, bool),
     cadence: &Cadence,
     watch: Option<&SubtreeWatch>,
 ) -> Result<Option<Sample>> {
@@ -1272,7 +1360,7 @@ mod tests {
                 &dirs,
                 tmp.path(),
                 &mut buf,
-                (cadence.fresh, own),
+                (cadence.fresh.into(), own),
                 &cadence,
                 None,
             )
@@ -1310,7 +1398,7 @@ mod tests {
     #[test]
     fn cgroupfs_is_told_from_other_filesystems() {
         let tmp = tempfile::tempdir().unwrap();
-        assert!(!on_cgroupfs(&File::open(tmp.path()).unwrap()));
+        assert!(!on_cgroupfs(tmp.path()));
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         let cgroup = mounts
             .lines()
@@ -1318,7 +1406,7 @@ mod tests {
             .find(|f| f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2"))
             .map(|f| f[1].to_string())
             .expect("no cgroup filesystem is mounted here: this test cannot run");
-        assert!(on_cgroupfs(&File::open(&cgroup).unwrap()), "{cgroup}");
+        assert!(on_cgroupfs(Path::new(&cgroup)), "{cgroup}");
     }
 
     /// A tenant's cpuacct directory (cpuacct.usage) and memory directory with a leaf

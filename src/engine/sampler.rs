@@ -22,8 +22,8 @@ use crate::cgroup::stats::{
     FD_RESERVE_DEFAULT, StatsReader, files_of, held_tenants_budget_for, sample_dir_with,
 };
 use crate::cgroup::subtree_watch::SubtreeWatch;
-use crate::cgroup::v1_stats::{self, V1StatsReader};
-use crate::domain::cadence::{Cadence, Figures, SLA_FIGURES, SLA_IO_FIGURES};
+use crate::cgroup::v1_stats::{self, V1Hold, V1StatsReader};
+use crate::domain::cadence::{Cadence, Figures, SLA_CPU_FIGURES, SLA_FIGURES, SLA_IO_FIGURES};
 use crate::domain::event::{Event, LimitHits};
 use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine, Verdict};
 use crate::domain::stats::Sample;
@@ -95,11 +95,14 @@ struct Readers {
     /// see `held_tenants_budget_for`.
     held_v2: usize,
     held_v1: usize,
-    /// Descriptors left for the sampler's files, and how many a tenant takes on each
-    /// backend when it holds the fresh figures' files and when it holds every file.
+    /// Descriptors left for the sampler's files, and how many a tenant takes on v2 when it
+    /// holds the fresh figures' files and when it holds every file.
     fds: usize,
     per_tenant_v2: (usize, usize),
-    per_tenant_v1: (usize, usize),
+    /// The v1 tenants' tiers (`v1_tiers`, by slot), and what they were made for: whether io
+    /// is judged, the fresh figures (`None`: made again, as when the targets change).
+    tiers_v1: Vec<Tier>,
+    tiers_for: Option<(bool, Figures)>,
     /// The v1 readers' inotify watch of their subtrees, made at the first v1 tenant; `Err`
     /// once the kernel refused one (the readers then walk every `WALK_EVERY` sweeps).
     watch: Option<std::result::Result<SubtreeWatch, ()>>,
@@ -117,6 +120,93 @@ fn hold_tiers(n: usize, fds: usize, (fresh, all): (usize, usize)) -> (usize, usi
     (every, held)
 }
 
+/// How many of its files a v1 tenant's reader keeps open (`v1_tiers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// None: every file is opened when read.
+    Opened,
+    /// The files a sweep reads whatever the tenant does (`V1Hold::lean`).
+    Lean,
+    /// The files of the fresh figures.
+    Fresh,
+    /// Every file.
+    Every,
+}
+
+impl Tier {
+    /// What a reader of this tier holds, for the fresh figures `fresh` of a tenant with or
+    /// without a CPU quota of its own.
+    fn hold(self, fresh: Figures, quota: bool) -> V1Hold {
+        match self {
+            Tier::Opened => V1Hold::NONE,
+            Tier::Lean => V1Hold::lean(fresh, quota),
+            Tier::Fresh => fresh.into(),
+            Tier::Every => Figures::ALL.into(),
+        }
+    }
+}
+
+/// Descriptors a v1 tenant's lean, fresh and every-file holds take (`v1_stats::held_per_tenant`).
+type HoldCosts = (usize, usize, usize);
+
+/// The tier of each of `costs` (what its lean, fresh and every-file holds take, in
+/// descriptors), in order, within `fds` descriptors: every tenant that can holds its lean
+/// files (one for a tenant with neither a memory guarantee nor a CPU limit), then the
+/// descriptors left raise the first ones to their fresh figures' files, then to every file
+/// (issue 15: a file held is `pread`; one opened when read costs an open, a path lookup and a
+/// close, and the lookup of the guard directory that tells a recreated tenant).
+fn tiers_within(costs: &[HoldCosts], fds: usize) -> Vec<Tier> {
+    let mut left = fds;
+    let mut tiers = vec![Tier::Opened; costs.len()];
+    type Cost = fn(&HoldCosts) -> usize;
+    let steps: [(Tier, Tier, Cost); 3] = [
+        (Tier::Opened, Tier::Lean, |c| c.0),
+        (Tier::Lean, Tier::Fresh, |c| c.1.saturating_sub(c.0)),
+        (Tier::Fresh, Tier::Every, |c| c.2.saturating_sub(c.1)),
+    ];
+    for (from, to, cost) in steps {
+        for (t, c) in tiers.iter_mut().zip(costs) {
+            if *t == from && cost(c) <= left {
+                left -= cost(c);
+                *t = to;
+            }
+        }
+    }
+    tiers
+}
+
+/// `tiers_within` for the v1 targets of a sweep of `cadence` (a v2 target costs nothing: its
+/// reader is another one, and a host has one backend).
+fn v1_tiers(targets: &Targets, cadence: &SweepCadence, fds: usize) -> Vec<Tier> {
+    // Three kinds of tenant at most: memoised by (fresh figures, quota).
+    let mut memo: Vec<((Figures, bool), HoldCosts)> = Vec::new();
+    let costs: Vec<HoldCosts> = targets
+        .dirs
+        .iter()
+        .map(|(name, source)| {
+            if !matches!(source, SampleSource::V1 { .. }) {
+                return (0, 0, 0);
+            }
+            let spec = targets.specs.get(name).map(|s| &**s);
+            let key = (
+                cadence.for_tenant(spec).fresh,
+                spec.is_none_or(|s| s.cpu.limit_pct.is_some()),
+            );
+            if let Some((_, c)) = memo.iter().find(|(k, _)| *k == key) {
+                return *c;
+            }
+            let c = (
+                v1_stats::held_per_tenant(V1Hold::lean(key.0, key.1)),
+                v1_stats::held_per_tenant(key.0),
+                v1_stats::held_per_tenant(Figures::ALL),
+            );
+            memo.push((key, c));
+            c
+        })
+        .collect();
+    tiers_within(&costs, fds)
+}
+
 impl Readers {
     /// Readers that hold the files of `cadence.fresh` (and of the io figures the SLA may
     /// judge) for as many tenants as the descriptor limit less `reserve` allows.
@@ -129,13 +219,17 @@ impl Readers {
             buf: Vec::new(),
             // The files and the directory.
             held_v2: held_tenants_budget_for(reserve, files_of(held) + 1),
-            held_v1: held_tenants_budget_for(reserve, v1_stats::held_per_tenant(held)),
+            held_v1: held_tenants_budget_for(
+                reserve,
+                v1_stats::held_per_tenant(V1Hold::lean(
+                    cadence.fresh.union(SLA_CPU_FIGURES),
+                    false,
+                )),
+            ),
             fds: held_tenants_budget_for(reserve, 1),
             per_tenant_v2: (files_of(held) + 1, files_of(Figures::ALL) + 1),
-            per_tenant_v1: (
-                v1_stats::held_per_tenant(held),
-                v1_stats::held_per_tenant(Figures::ALL),
-            ),
+            tiers_v1: Vec::new(),
+            tiers_for: None,
             watch: None,
         }
     }
@@ -315,7 +409,7 @@ impl Sampler {
     pub fn new(gov: Arc<Governor>, metrics: Arc<Metrics>, cfg: SamplerConfig) -> Self {
         let readers = Readers::new(cfg.fd_reserve, &cfg.cadence);
         tracing::info!(
-            "sampling: the first {} tenants (cgroup v2) or {} (v1) keep their stat files open; raise LimitNOFILE to hold more",
+            "sampling: the first {} tenants (cgroup v2) keep their stat files open; on cgroup v1 up to {} keep the files a sweep of an idle tenant reads (fewer with memory guarantees or CPU limits); raise LimitNOFILE to hold more",
             readers.held_v2,
             readers.held_v1
         );
@@ -826,6 +920,12 @@ fn read_all(
     {
         readers.realign(targets);
         ensure_v1_watch(&mut readers.watch, targets);
+        readers.tiers_for = None;
+    }
+    let for_now = (cadence.judges_io, cadence.cadence.fresh);
+    if readers.tiers_for != Some(for_now) {
+        readers.tiers_v1 = v1_tiers(targets, cadence, readers.fds);
+        readers.tiers_for = Some(for_now);
     }
     let Readers {
         v2,
@@ -833,7 +933,7 @@ fn read_all(
         buf,
         fds,
         per_tenant_v2,
-        per_tenant_v1,
+        tiers_v1,
         watch,
         ..
     } = readers;
@@ -843,7 +943,6 @@ fn read_all(
     }
     let n = targets.dirs.len();
     let tiers_v2 = hold_tiers(n, *fds, *per_tenant_v2);
-    let tiers_v1 = hold_tiers(n, *fds, *per_tenant_v1);
     let hold = |i: usize, (every, held): (usize, usize), c: &Cadence| {
         if i < every {
             Figures::ALL
@@ -853,9 +952,11 @@ fn read_all(
             Figures::NONE
         }
     };
+    let own_quota = |spec: Option<&TenantSpec>| spec.is_none_or(|s| s.cpu.limit_pct.is_some());
+    let hold_v1 = |i: usize, c: &Cadence, quota: bool| tiers_v1[i].hold(c.fresh, quota);
     release_demoted(v1, |i| {
         let spec = targets.specs.get(&targets.dirs[i].0).map(|s| &**s);
-        hold(i, tiers_v1, &cadence.for_tenant(spec))
+        hold_v1(i, &cadence.for_tenant(spec), own_quota(spec))
     });
     targets
         .dirs
@@ -873,10 +974,7 @@ fn read_all(
                     dirs,
                     proc,
                     buf,
-                    (
-                        hold(i, tiers_v1, &c),
-                        spec.is_none_or(|s| s.cpu.limit_pct.is_some()),
-                    ),
+                    (hold_v1(i, &c, own_quota(spec)), own_quota(spec)),
                     &c,
                     watch,
                 ),
@@ -910,12 +1008,9 @@ fn ensure_v1_watch(watch: &mut Option<std::result::Result<SubtreeWatch, ()>>, ta
 /// tenants' files (early in the list) before it closed the demoted ones' (later) passed the
 /// descriptor limit for a moment: the sampler's reads failed with EMFILE, and so did a PUT's
 /// read of a cgroup file (an HTTP 500 while 10,000 tenants were created).
-fn release_demoted(v1: &mut [Option<V1StatsReader>], want: impl Fn(usize) -> Figures) {
+fn release_demoted(v1: &mut [Option<V1StatsReader>], want: impl Fn(usize) -> V1Hold) {
     for (i, slot) in v1.iter_mut().enumerate() {
-        if slot
-            .as_ref()
-            .is_some_and(|r| r.hold().minus(want(i)) != Figures::NONE)
-        {
+        if slot.as_ref().is_some_and(|r| !r.hold().within(want(i))) {
             *slot = None;
         }
     }
@@ -961,11 +1056,17 @@ mod tests {
             Figures::ALL,
             Figures::ALL,
         ];
-        release_demoted(&mut v1, |i| want[i]);
-        let holds: Vec<Option<Figures>> = v1.iter().map(|r| r.as_ref().map(|r| r.hold())).collect();
+        release_demoted(&mut v1, |i| want[i].into());
+        let holds: Vec<Option<V1Hold>> = v1.iter().map(|r| r.as_ref().map(|r| r.hold())).collect();
         assert_eq!(
             holds,
-            [Some(Figures::ALL), None, None, Some(Figures::NONE), None],
+            [
+                Some(Figures::ALL.into()),
+                None,
+                None,
+                Some(V1Hold::NONE),
+                None
+            ],
             "kept: the same tier and a promotion; closed: the demoted"
         );
     }
@@ -990,6 +1091,53 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    /// Issue 15: every v1 tenant that can holds its lean files first (one descriptor for most
+    /// at 10,000 tenants), then the descriptors left raise the first ones to their fresh
+    /// figures' files and then to every file; a tenant whose step does not fit is passed over,
+    /// and none is counted twice.
+    #[test]
+    fn every_v1_tenant_holds_its_lean_files_before_any_holds_more() {
+        use Tier::*;
+        // (lean, fresh, every) per tenant: a plain tenant, and one with a memory guarantee.
+        let plain = (1, 7, 16);
+        let memory = (4, 10, 16);
+        let budget = |tiers: &[Tier], costs: &[HoldCosts]| -> usize {
+            tiers
+                .iter()
+                .zip(costs)
+                .map(|(t, c)| match t {
+                    Opened => 0,
+                    Lean => c.0,
+                    Fresh => c.1,
+                    Every => c.2,
+                })
+                .sum()
+        };
+        let costs = vec![plain; 10_000];
+        let tiers = tiers_within(&costs, 19_488);
+        assert!(
+            tiers.iter().all(|t| *t != Opened),
+            "10,000 hold their lean file"
+        );
+        // 9,488 left: 1,581 raised to fresh (6 more each), 2 left over.
+        assert_eq!(tiers.iter().filter(|t| **t == Fresh).count(), 1_581);
+        assert_eq!(tiers[..1_581], vec![Fresh; 1_581][..], "the first ones");
+        assert_eq!(budget(&tiers, &costs), 19_486);
+        // Few tenants: all of them hold every file.
+        assert_eq!(tiers_within(&costs[..100], 19_488), vec![Every; 100]);
+        // Too few descriptors for all: the first ones hold, a larger step is passed over for
+        // a smaller one after it.
+        let mixed = [memory, plain, memory, plain, plain];
+        let tiers = tiers_within(&mixed, 7);
+        assert_eq!(tiers, [Lean, Lean, Opened, Lean, Lean]);
+        assert_eq!(budget(&tiers, &mixed), 7);
+        // Lean: 11; 12 left raise the first two to fresh (6 each).
+        let tiers = tiers_within(&mixed, 23);
+        assert_eq!(tiers, [Fresh, Fresh, Lean, Lean, Lean]);
+        assert_eq!(budget(&tiers, &mixed), 23);
+        assert_eq!(tiers_within(&mixed, 0), [Opened; 5]);
     }
 
     /// Every tenant that can holds its fresh files; the descriptors left make the first ones

@@ -1030,7 +1030,7 @@ fn held_sample(
         dirs,
         Path::new("/proc"),
         buf,
-        (cadence.fresh, true),
+        (cadence.fresh.into(), true),
         cadence,
         watch,
     )
@@ -1062,7 +1062,7 @@ fn issue_15_held_v1_reader_sees_new_subdirectories_and_recreated_tenants() {
         2,
         "the tenant's directory and its _procs leaf"
     );
-    assert_eq!(slot.as_ref().unwrap().hold(), cadence.fresh);
+    assert_eq!(slot.as_ref().unwrap().hold(), cadence.fresh.into());
     // A child tenant: two more directories, seen within WALK_EVERY sweeps.
     let _c = sb.tenant("t/c");
     let mut sweeps = 0;
@@ -1158,4 +1158,83 @@ fn issue_15_watched_v1_reader_walks_only_when_a_directory_is_made() {
     // Dropped (the tenant left the sampler): every watch is given back.
     drop(slot.take());
     assert!(watch.is_empty(), "{} watches left", watch.len());
+}
+
+/// Issue 15 (10,000 tenants within 20,000 descriptors): a lean v1 reader holds only the files
+/// a sweep of an idle tenant reads (cpuacct.usage; cpu.stat too for a tenant with a CPU quota
+/// of its own), no guard directory, yet tells a tenant deleted and recreated under the same
+/// name: cgroupfs answers ENODEV on the held cpuacct.usage of the removed directory.
+#[test]
+fn issue_15_lean_v1_reader_holds_one_file_and_tells_a_recreated_tenant() {
+    use tenantd::cgroup::v1_stats::{V1Hold, held_per_tenant, sample_dirs_with};
+    use tenantd::domain::cadence::Cadence;
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let sb = Sandbox::new("lean");
+    let t = sb.tenant("t");
+    let dirs = sb.backend.dirs_of(&t);
+    let cadence = Cadence::default().for_tenant(false, false);
+    let mut buf = Vec::new();
+    for quota in [false, true] {
+        let hold = V1Hold::lean(cadence.fresh, quota);
+        let before = fds();
+        let mut slot = None;
+        let s = sample_dirs_with(
+            &mut slot,
+            &dirs,
+            Path::new("/proc"),
+            &mut buf,
+            (hold, quota),
+            &cadence,
+            None,
+        )
+        .expect("sample")
+        .expect("the tenant exists");
+        assert!(s.stats.cpu.usage_usec.is_some());
+        let held = fds() - before;
+        assert_eq!(
+            held,
+            1 + usize::from(quota),
+            "descriptors held (quota {quota})"
+        );
+        assert_eq!(
+            held,
+            held_per_tenant(hold),
+            "the budget counts what is held"
+        );
+    }
+    let hold = V1Hold::lean(cadence.fresh, false);
+    let mut slot = None;
+    let sample = |slot: &mut Option<_>, buf: &mut Vec<u8>| {
+        sample_dirs_with(
+            slot,
+            &dirs,
+            Path::new("/proc"),
+            buf,
+            (hold, false),
+            &cadence,
+            None,
+        )
+        .expect("sample")
+    };
+    let first = sample(&mut slot, &mut buf).expect("the tenant exists");
+    sb.backend.remove(&t).unwrap();
+    assert!(
+        sample(&mut slot, &mut buf).is_none(),
+        "a deleted tenant gives no sample"
+    );
+    let first_ino = first.ino;
+    sb.tenant("t");
+    let mut slot = None;
+    let again = sample(&mut slot, &mut buf).expect("the recreated tenant is sampled");
+    assert_ne!(again.ino, first_ino);
+    // Deleted and recreated between two sweeps of the same reader: the held file of the old
+    // directory answers ENODEV and the reader opens the new one.
+    sb.backend.remove(&t).unwrap();
+    sb.tenant("t");
+    let third = sample(&mut slot, &mut buf).expect("the tenant made again is sampled");
+    assert_ne!(
+        third.ino, again.ino,
+        "the new directory's inode, not the old one's"
+    );
+    assert_eq!(third.stats.cpu.usage_usec, Some(0));
 }
