@@ -180,6 +180,23 @@ pub fn files_of(figures: Figures) -> usize {
     FIGURE_OF.iter().filter(|f| figures.contains(**f)).count()
 }
 
+/// Descriptors a reader holding the files of `figures` takes on cgroupfs: the files, and the
+/// directory when no held file tells that it is gone (a held cpu.stat does: cgroupfs answers
+/// ENODEV on a removed cgroup's files, `StatsReader::same_directory`). For the budget.
+pub fn held_per_dir(figures: Figures) -> usize {
+    files_of(figures) + usize::from(figures != Figures::NONE && !figures.contains(Figure::Cpu))
+}
+
+/// Whether `dir` is on a cgroup filesystem (v1 or v2: both are kernfs, where a held file of a
+/// removed cgroup answers ENODEV). False when it cannot be told.
+pub(super) fn on_cgroupfs(dir: &Path) -> bool {
+    const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
+    const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+    rustix::fs::statfs(dir).is_ok_and(|s| {
+        u64::try_from(s.f_type).is_ok_and(|t| t == CGROUP_SUPER_MAGIC || t == CGROUP2_SUPER_MAGIC)
+    })
+}
+
 /// Copies the fields file `FILES[i]` gives (`apply`) from `from` into `to`.
 fn carry(i: usize, from: &CgroupStats, to: &mut CgroupStats) {
     match i {
@@ -274,9 +291,13 @@ pub struct StatsReader {
     cache: CgroupStats,
     /// The last read of the figures outside the cadence's fresh ones.
     slow: Option<SlowRead>,
-    /// The directory itself, held with the files: `fstat` on it tells a removed directory
-    /// (no links left) without walking the path again.
+    /// The directory itself, held with the files where no held file tells a removed
+    /// directory: `fstat` on it does (no links left) without walking the path again.
     held_dir: Option<File>,
+    /// Whether cpu.stat is held on cgroupfs: read every sweep, it answers ENODEV once the
+    /// cgroup is removed (recreated or not), so neither the directory nor an `fstat` of it
+    /// per sweep is needed (issue 15: a third of an idle tenant's syscalls).
+    cpu_tells: bool,
 }
 
 impl StatsReader {
@@ -293,7 +314,8 @@ impl StatsReader {
     }
 
     /// Like `open`, holding only the files of `hold` (and the directory, unless `hold` is
-    /// empty); the others are opened when they are read.
+    /// empty or a held cpu.stat on cgroupfs tells a removed one); the others are opened when
+    /// they are read.
     pub fn open_holding(dir: &Path, hold: Figures) -> Result<Option<StatsReader>> {
         let ino = match std::fs::metadata(dir) {
             Ok(m) => m.ino(),
@@ -305,20 +327,6 @@ impl StatsReader {
                 });
             }
         };
-        let mut held_dir = None;
-        if hold != Figures::NONE {
-            match File::open(dir) {
-                Ok(d) => held_dir = Some(d),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {}
-                Err(e) if is_gone(&e) => return Ok(None),
-                Err(source) => {
-                    return Err(CgroupError::Read {
-                        path: dir.into(),
-                        source,
-                    });
-                }
-            }
-        }
         let mut files = Vec::with_capacity(FILES.len());
         for (name, figure) in FILES.into_iter().zip(FIGURE_OF) {
             if !hold.contains(figure) {
@@ -335,6 +343,23 @@ impl StatsReader {
                 }
                 Err(e) if is_gone(&e) => return Ok(None),
                 Err(source) => return Err(CgroupError::Read { path, source }),
+            }
+        }
+        let cpu = FIGURE_OF.iter().position(|f| *f == Figure::Cpu);
+        let cpu_tells =
+            cpu.is_some_and(|i| matches!(files[i], Handle::Held(_))) && on_cgroupfs(dir);
+        let mut held_dir = None;
+        if hold != Figures::NONE && !cpu_tells {
+            match File::open(dir) {
+                Ok(d) => held_dir = Some(d),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {}
+                Err(e) if is_gone(&e) => return Ok(None),
+                Err(source) => {
+                    return Err(CgroupError::Read {
+                        path: dir.into(),
+                        source,
+                    });
+                }
             }
         }
         // The directory may have been replaced while the files were being opened.
@@ -357,6 +382,7 @@ impl StatsReader {
             cache: CgroupStats::default(),
             slow: None,
             held_dir,
+            cpu_tells,
         }))
     }
 
@@ -409,7 +435,7 @@ impl StatsReader {
                 }
             }
         }
-        if !self.same_directory()? {
+        if !self.same_directory(read)? {
             return Ok(None);
         }
         self.slow = cadence::after_sweep(self.slow, read, usage);
@@ -463,9 +489,19 @@ impl StatsReader {
         Ok(true)
     }
 
-    /// Whether the directory is still the one the files were opened in (`still_there`).
-    fn same_directory(&self) -> Result<bool> {
+    /// Whether the directory is still the one the files were opened in, after a sweep that
+    /// read the figures of `read`: told by the held cpu.stat just read (`cpu_tells`), else
+    /// `still_there`.
+    fn same_directory(&self, read: Figures) -> Result<bool> {
+        if self.cpu_tells && read.contains(Figure::Cpu) {
+            return Ok(true);
+        }
         still_there(self.held_dir.as_ref(), &self.dir, self.ino)
+    }
+
+    /// Whether the directory itself is held open (`held_per_dir`).
+    pub fn holds_dir(&self) -> bool {
+        self.held_dir.is_some()
     }
 }
 
@@ -551,10 +587,10 @@ pub fn held_tenants_budget() -> usize {
 
 /// How many tenants can hold all their stat files open: the soft `RLIMIT_NOFILE` (getrlimit)
 /// less `reserve` descriptors for sockets, the database and the rest, divided by the files
-/// per tenant (the stat files and the directory itself). Raise `LimitNOFILE` to hold more;
-/// the rest are opened on each sample.
+/// per tenant (`held_per_dir`). Raise `LimitNOFILE` to hold more; the rest are opened on
+/// each sample.
 pub fn held_tenants_budget_with(reserve: usize) -> usize {
-    held_tenants_budget_for(reserve, FILES.len() + 1)
+    held_tenants_budget_for(reserve, held_per_dir(Figures::ALL))
 }
 
 /// `held_tenants_budget_with` for readers that hold `per_tenant` descriptors each (at least 1).

@@ -45,7 +45,7 @@
 //! its own; it may import `domain`, never `store`, `engine`, `api` or `metrics`.
 
 use super::parse::{PResult, flat_keyed, pids};
-use super::stats::pread_all;
+use super::stats::{on_cgroupfs, pread_all};
 use super::subtree_watch::{Changes, SubtreeWatch, Watched};
 use super::v1::V1Dirs;
 use super::v1_parse;
@@ -545,16 +545,6 @@ impl Roots {
 
 /// cpu.stat's figures: `nr_periods`, `nr_throttled`, `throttled_time` (as µs).
 type Throttling = (Option<u64>, Option<u64>, Option<u64>);
-
-/// Whether `dir` is on a cgroup filesystem (v1 or v2: both are kernfs). False when it cannot
-/// be told.
-fn on_cgroupfs(dir: &Path) -> bool {
-    const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
-    const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
-    rustix::fs::statfs(dir).is_ok_and(|s| {
-        u64::try_from(s.f_type).is_ok_and(|t| t == CGROUP_SUPER_MAGIC || t == CGROUP2_SUPER_MAGIC)
-    })
-}
 
 fn ino_of(p: &Path) -> Result<Option<u64>> {
     match std::fs::metadata(p) {

@@ -19,7 +19,7 @@
 use super::{EngineError, Governor, Result, now_ms};
 use crate::cgroup::SampleSource;
 use crate::cgroup::stats::{
-    FD_RESERVE_DEFAULT, StatsReader, files_of, held_tenants_budget_for, sample_dir_with,
+    FD_RESERVE_DEFAULT, StatsReader, held_per_dir, held_tenants_budget_for, sample_dir_with,
 };
 use crate::cgroup::subtree_watch::SubtreeWatch;
 use crate::cgroup::v1_stats::{self, V1Hold, V1StatsReader};
@@ -217,8 +217,8 @@ impl Readers {
             v2: Vec::new(),
             v1: Vec::new(),
             buf: Vec::new(),
-            // The files and the directory.
-            held_v2: held_tenants_budget_for(reserve, files_of(held) + 1),
+            // The files (and the directory where they cannot tell it is gone).
+            held_v2: held_tenants_budget_for(reserve, held_per_dir(held)),
             held_v1: held_tenants_budget_for(
                 reserve,
                 v1_stats::held_per_tenant(V1Hold::lean(
@@ -227,7 +227,7 @@ impl Readers {
                 )),
             ),
             fds: held_tenants_budget_for(reserve, 1),
-            per_tenant_v2: (files_of(held) + 1, files_of(Figures::ALL) + 1),
+            per_tenant_v2: (held_per_dir(held), held_per_dir(Figures::ALL)),
             tiers_v1: Vec::new(),
             tiers_for: None,
             watch: None,
