@@ -125,13 +125,13 @@ pub(super) async fn read_blocks<T>(
 /// the compaction's reads): the window [start_ms, start_ms + BLOCK_MS), the tenants [first,
 /// last].
 pub(super) fn window_args(
-    start_ms: i64,
+    (start_ms, end_ms): (i64, i64),
     (first, last): (&str, &str),
     op: &'static str,
 ) -> Result<SqliteArguments> {
     let mut a = SqliteArguments::default();
     bind(&mut a, start_ms, op)?;
-    bind(&mut a, start_ms + BLOCK_MS, op)?;
+    bind(&mut a, end_ms, op)?;
     bind(&mut a, first, op)?;
     bind(&mut a, last, op)?;
     Ok(a)
@@ -158,7 +158,7 @@ pub(super) async fn delete_window(
 ) -> Result<()> {
     const OP: &str = "delete compacted raw rows";
     // `table` is a constant of this crate: no user text.
-    let args = window_args(start_ms, (first, last), OP)?;
+    let args = window_args((start_ms, start_ms + BLOCK_MS), (first, last), OP)?;
     sqlx::query_with(sqlx::AssertSqlSafe(delete_window_sql(table)), args)
         .execute(&mut *tx)
         .await

@@ -446,17 +446,17 @@ pub(super) fn usage_window_sql() -> &'static str {
     })
 }
 
-/// The raw rows of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
-/// last], by time then tenant: what a compaction moves into blocks. Found with one seek per
+/// The raw rows in [start_ms, end_ms) of the tenants in [first, last], by time then tenant:
+/// what a compaction moves into blocks, a slice of its window at a time. Found with one seek per
 /// sweep time (`sample_ticks`) over the tenants' range, in the table's own order (no sort),
 /// so a slice of the tenants reads its own rows, not the whole window's (issue 15).
 pub(super) async fn raw_usage_window(
     tx: &mut SqliteConnection,
-    start_ms: i64,
+    range: (i64, i64),
     (first, last): (&str, &str),
 ) -> Result<Vec<UsageRow>> {
     const OP: &str = "read a window of raw usage";
-    let args = window_args(start_ms, (first, last), OP)?;
+    let args = window_args(range, (first, last), OP)?;
     // Built only from the const column lists: no user text.
     sqlx::query_with(sqlx::AssertSqlSafe(usage_window_sql()), args)
         .fetch_all(&mut *tx)

@@ -189,17 +189,17 @@ pub(super) const VERDICT_WINDOW_SQL: &str =
      WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 AND s.tenant >= ?3 AND s.tenant <= ?4
      ORDER BY t.ts_ms, s.tenant";
 
-/// The verdicts of one window [start_ms, start_ms + BLOCK_MS) of the tenants in [first,
-/// last], by time then tenant: what a compaction moves into blocks. Found with one seek per
+/// The verdicts in [start_ms, end_ms) of the tenants in [first, last], by time then tenant:
+/// what a compaction moves into blocks, a slice of its window at a time. Found with one seek per
 /// sweep time (`sample_ticks`) over the tenants' range, so a slice of the tenants reads its
 /// own rows, not the whole window's (issue 15: at 10,000 tenants a compaction is 40 slices).
 pub(super) async fn raw_verdict_window(
     tx: &mut SqliteConnection,
-    start_ms: i64,
+    range: (i64, i64),
     (first, last): (&str, &str),
 ) -> Result<Vec<Verdict>> {
     const OP: &str = "read a window of sla verdicts";
-    let args = window_args(start_ms, (first, last), OP)?;
+    let args = window_args(range, (first, last), OP)?;
     let rows: Vec<VerdictRow> = sqlx::query_as_with(VERDICT_WINDOW_SQL, args)
         .fetch_all(&mut *tx)
         .await
