@@ -23,6 +23,19 @@ use tenantd::domain::usage_block::{decode_usage, decode_verdicts, encode_usage, 
 use tenantd::domain::usage_row::UsageRow;
 use tenantd::store::Store;
 
+/// This process's CPU time so far, every thread (user + system, /proc/self/stat), in s.
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / procfs::ticks_per_second() as f64
+}
+
 /// xorshift64*: reproducible streams without a dependency.
 struct Rng(u64);
 
@@ -298,15 +311,18 @@ async fn measure(p: Profile, tenants: usize, minutes: i64) {
     for (rows, verdicts) in &ts_list {
         alone.add_sweep(rows, verdicts, &[]).await.expect("sweep");
     }
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_s());
     let moved = alone
         .compact_raw(ts + 3_600_000, &mut |_, _| {})
         .await
         .expect("compact");
+    let cpu = cpu_s() - cpu;
     println!(
-        "compaction alone: {:.2} s for {moved} rows and verdicts ({:.1} us per tenant-sample)",
+        "compaction alone: {:.2} s for {moved} rows and verdicts ({:.1} us per tenant-sample; CPU of every thread {:.2} s, {:.1} us per tenant-sample)",
         t.elapsed().as_secs_f64(),
-        t.elapsed().as_secs_f64() * 1e6 / (ts_list.len() * tenants) as f64
+        t.elapsed().as_secs_f64() * 1e6 / (ts_list.len() * tenants) as f64,
+        cpu,
+        cpu * 1e6 / (ts_list.len() * tenants) as f64
     );
     alone.close().await;
 

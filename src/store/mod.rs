@@ -81,6 +81,9 @@ pub enum StoreError {
 /// SQLite's result code for a full disk (`SQLITE_FULL`), and the extended code for a wal-index
 /// (`-shm`) that could not grow (`SQLITE_IOERR_SHMSIZE`), which on a full disk comes first.
 /// https://www.sqlite.org/rescode.html
+/// Rows a query's sqlx worker may send ahead of the task that reads them (`Store::open`).
+const ROW_BUFFER: usize = 1024;
+
 const SQLITE_FULL: i32 = 13;
 const SQLITE_IOERR_SHMSIZE: i32 = 4874;
 
@@ -373,7 +376,11 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // Rows cross from sqlx's worker thread to the task through a bounded channel; at
+            // sqlx's 50 a compaction's 150,000 rows woke the task again and again (futex and
+            // context switches were half its CPU). The rows are small: 1,024 is about 1 MB.
+            .row_buffer_size(ROW_BUFFER);
         let writer_opts = opts.clone().synchronous(SqliteSynchronous::Full);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
