@@ -134,7 +134,7 @@ impl Store {
         sla: &[Verdict],
         events: &[NewEvent],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.sweeps.begin().await.map_err(q("begin"))?;
         let mut ticks: Vec<i64> = usage
             .iter()
             .map(|r| r.ts_ms)
@@ -169,7 +169,7 @@ impl Store {
     }
 
     async fn write_minute_rollups(&self, usage: &[MinuteRollup], sla: &[SlaMinute]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.sweeps.begin().await.map_err(q("begin"))?;
         insert_minute_rollups(&mut tx, usage).await?;
         insert_sla_minutes(&mut tx, sla).await?;
         tx.commit().await.map_err(q("commit"))
