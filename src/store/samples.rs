@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Row, SqliteConnection};
+use std::borrow::Borrow;
 use std::sync::OnceLock;
 
 /// Cumulative kernel counters kept in the raw rows (for re-deriving rates; not rolled up).
@@ -483,9 +484,35 @@ pub(super) fn f(r: &sqlx::sqlite::SqliteRow, c: &str) -> Option<f64> {
     }
 }
 
+/// The usage rows of one sweep as they come, `CHUNK` at a time: no more than one statement's
+/// rows are held (a whole sweep's were 6.4 MB at 10,000 tenants, 640 bytes a row; issue 15,
+/// target 4). Returns the distinct sample times, in order.
+pub(super) async fn insert_usage_from<R: Borrow<UsageRow>>(
+    tx: &mut SqliteConnection,
+    rows: impl Iterator<Item = R>,
+) -> Result<Vec<i64>> {
+    let mut ticks = Vec::new();
+    let mut chunk: Vec<R> = Vec::with_capacity(CHUNK);
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        chunk.extend(rows.by_ref().take(CHUNK));
+        for r in &chunk {
+            let ts = r.borrow().ts_ms;
+            if ticks.last() != Some(&ts) {
+                ticks.push(ts);
+            }
+        }
+        insert_usage(tx, &chunk).await?;
+        chunk.clear();
+    }
+    ticks.sort_unstable();
+    ticks.dedup();
+    Ok(ticks)
+}
+
 /// The usage rows of one sweep, in multi-row INSERTs of `CHUNK` (the statement text only
 /// depends on the chunk length, so it stays in the connection's statement cache).
-pub(super) async fn insert_usage(tx: &mut SqliteConnection, rows: &[UsageRow]) -> Result<()> {
+async fn insert_usage<R: Borrow<UsageRow>>(tx: &mut SqliteConnection, rows: &[R]) -> Result<()> {
     const OP: &str = "write usage samples";
     static HEAD: OnceLock<String> = OnceLock::new();
     let cols = raw_columns();
@@ -495,6 +522,7 @@ pub(super) async fn insert_usage(tx: &mut SqliteConnection, rows: &[UsageRow]) -
         let mut a = SqliteArguments::default();
         sqlx::Arguments::reserve(&mut a, chunk.len() * cols.len(), 0);
         for r in chunk {
+            let r = r.borrow();
             bind(&mut a, r.tenant.as_str(), OP)?;
             bind(&mut a, r.ts_ms, OP)?;
             bind(&mut a, r.interval_ms, OP)?;

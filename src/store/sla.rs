@@ -312,7 +312,12 @@ impl Store {
     /// Records verdicts in one transaction; see `Store::add_sweep`. The rollups are folded
     /// from them by `Store::roll_up`.
     pub async fn add_sla(&self, rows: &[Verdict]) -> Result<()> {
-        self.add_sweep(&[], rows, &[]).await
+        self.add_sweep(
+            std::iter::empty::<crate::domain::usage_row::UsageRow>(),
+            rows,
+            &[],
+        )
+        .await
     }
 
     /// A tenant's verdicts in [from_ms, to_ms) in time order: the compressed blocks' and the
