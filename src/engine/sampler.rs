@@ -680,8 +680,9 @@ impl Sampler {
             // Whatever is older and not rolled up yet is folded from raw first: a rollup marks
             // everything before it as done.
             store.roll_up(c.index * 60_000).await?;
-            let usage: Vec<MinuteRollup> = c.usage.into_values().map(|m| *m).collect();
-            let sla: Vec<SlaMinute> = c.sla.into_values().map(|m| *m).collect();
+            // References: a copy of 10,000 tenants' minute was 6.9 MB (issue 15, target 4).
+            let usage: Vec<&MinuteRollup> = c.usage.values().map(|m| &**m).collect();
+            let sla: Vec<&SlaMinute> = c.sla.values().map(|m| &**m).collect();
             store.add_minute_rollups(&usage, &sla).await?;
         }
         self.metrics

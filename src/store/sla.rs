@@ -66,9 +66,9 @@ impl SlaMinute {
 }
 
 /// Writes minutes rolled up in memory; a minute already rolled up is left as it is.
-pub(super) async fn insert_sla_minutes(
+pub(super) async fn insert_sla_minutes<R: std::borrow::Borrow<SlaMinute>>(
     tx: &mut SqliteConnection,
-    rows: &[SlaMinute],
+    rows: &[R],
 ) -> Result<()> {
     const OP: &str = "write sla minute rollups";
     const HEAD: &str =
@@ -77,6 +77,7 @@ pub(super) async fn insert_sla_minutes(
     for chunk in statement_chunks(rows, SLA_CHUNK) {
         let mut a = SqliteArguments::default();
         for m in chunk {
+            let m = m.borrow();
             bind(&mut a, 60_i64, OP)?;
             bind(&mut a, m.tenant.as_str(), OP)?;
             bind(&mut a, m.bucket_ms, OP)?;

@@ -157,18 +157,23 @@ impl Store {
         tx.commit().await.map_err(q("commit"))
     }
 
-    /// Writes closed minutes rolled up in memory (`MinuteRollup`, `SlaMinute`), one
-    /// transaction; a minute already rolled up is left as it is.
-    pub async fn add_minute_rollups(
+    /// Writes closed minutes rolled up in memory (`MinuteRollup`, `SlaMinute`, or references
+    /// to them: the sampler's are not copied), one transaction; a minute already rolled up is
+    /// left as it is.
+    pub async fn add_minute_rollups<U: Borrow<MinuteRollup>, S: Borrow<SlaMinute>>(
         &self,
-        usage: &[MinuteRollup],
-        sla: &[SlaMinute],
+        usage: &[U],
+        sla: &[S],
     ) -> Result<()> {
         let r = self.write_minute_rollups(usage, sla).await;
         self.tracked(r, false)
     }
 
-    async fn write_minute_rollups(&self, usage: &[MinuteRollup], sla: &[SlaMinute]) -> Result<()> {
+    async fn write_minute_rollups<U: Borrow<MinuteRollup>, S: Borrow<SlaMinute>>(
+        &self,
+        usage: &[U],
+        sla: &[S],
+    ) -> Result<()> {
         let mut tx = self.sweeps.begin().await.map_err(q("begin"))?;
         insert_minute_rollups(&mut tx, usage).await?;
         insert_sla_minutes(&mut tx, sla).await?;
