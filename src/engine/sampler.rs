@@ -205,7 +205,8 @@ fn subtrees_changed<'t>(prev: Option<&'t Targets>, next: &'t Targets) -> HashSet
 }
 
 struct Last {
-    sample: Sample,
+    /// Shared with the snapshot published with it (`metrics::SharedStats`).
+    sample: Arc<Sample>,
     ts_ms: i64,
     /// When the figures `sample` did not read were read (`None`: not seen by this sampler).
     slow_ms: Option<i64>,
@@ -504,17 +505,18 @@ impl Sampler {
 
     /// Keeps the samples read, counts the tenants whose directory was missing and logs and
     /// counts (`sampler_errors`) those that failed. Returns the samples by tenant, in target
-    /// order, and the report with `sampled`, `missing` and `errors` filled.
+    /// order, each in the `Arc` that the snapshot and then the previous samples share, and the
+    /// report with `sampled`, `missing` and `errors` filled.
     fn keep_samples<'t>(
         &self,
         tt: &'t Targets,
         results: Vec<ReadResult>,
-    ) -> (Vec<(&'t str, Sample)>, SweepReport) {
+    ) -> (Samples<'t>, SweepReport) {
         let mut report = SweepReport::default();
         let mut samples = Vec::with_capacity(results.len());
         for ((name, _), res) in tt.dirs.iter().zip(results) {
             match res {
-                Ok(Some(s)) => samples.push((name.as_str(), s)),
+                Ok(Some(s)) => samples.push((name.as_str(), Arc::new(s))),
                 Ok(None) => report.missing += 1,
                 Err(e) => {
                     report.errors += 1;
@@ -554,7 +556,7 @@ impl Sampler {
                     self.last.insert(
                         name.to_string(),
                         Box::new(Last {
-                            sample: Sample::default(),
+                            sample: Arc::default(),
                             ts_ms,
                             slow_ms: whole.then_some(ts_ms),
                             rates: r.clone().filter(|_| whole),
@@ -569,7 +571,7 @@ impl Sampler {
     /// Makes this sweep's samples the previous ones (`remember` noted the rest); tenants
     /// that are gone, or were not read this time, leave no previous sample behind. Returns
     /// nothing.
-    fn forget_unread(&mut self, samples: Vec<(&str, Sample)>) {
+    fn forget_unread(&mut self, samples: Samples<'_>) {
         let sweep = self.sweeps;
         for (name, sample) in samples {
             if let Some(p) = self.last.get_mut(name) {
@@ -586,7 +588,7 @@ impl Sampler {
     fn judge(
         &mut self,
         ts_ms: i64,
-        samples: &[(&str, Sample)],
+        samples: &[(&str, Arc<Sample>)],
         rates: &[Option<Rates>],
         mut snap: Snapshot,
         events: &mut Vec<NewEvent>,
@@ -724,7 +726,7 @@ impl Sampler {
 fn rates_since(
     last: &HashMap<String, Box<Last>>,
     ts_ms: i64,
-    samples: &[(&str, Sample)],
+    samples: &[(&str, Arc<Sample>)],
 ) -> Vec<Option<Rates>> {
     samples
         .iter()
@@ -746,7 +748,7 @@ fn rates_since(
 /// sample, in order, each made when it is asked for.
 fn usage_rows<'s>(
     ts_ms: i64,
-    samples: &'s [(&str, Sample)],
+    samples: &'s [(&str, Arc<Sample>)],
     rates: &'s [Option<Rates>],
 ) -> impl ExactSizeIterator<Item = UsageRow> + Send + 's {
     samples
@@ -759,7 +761,7 @@ fn usage_rows<'s>(
 /// order.
 fn limit_events_of(
     ts_ms: i64,
-    samples: &[(&str, Sample)],
+    samples: &[(&str, Arc<Sample>)],
     rates: &[Option<Rates>],
 ) -> Vec<NewEvent> {
     samples
@@ -772,11 +774,11 @@ fn limit_events_of(
 
 /// The snapshot `/metrics` renders: each sample's stats with the tenant's spec, no SLA totals
 /// yet (`Sampler::judge` adds them). Returns it.
-fn snapshot(specs: &HashMap<String, Arc<TenantSpec>>, samples: &[(&str, Sample)]) -> Snapshot {
+fn snapshot(specs: &HashMap<String, Arc<TenantSpec>>, samples: &[(&str, Arc<Sample>)]) -> Snapshot {
     let tenants = samples.iter().map(|(name, sample)| {
         let spec = specs.get(*name).cloned().unwrap_or_default();
         let t = TenantSnapshot {
-            stats: sample.stats.clone(),
+            stats: sample.clone().into(),
             spec,
             sla: None,
         };
@@ -808,6 +810,9 @@ fn start_minute(
 }
 
 type ReadResult = std::result::Result<Option<Sample>, crate::cgroup::CgroupError>;
+
+/// A sweep's samples by tenant, in target order.
+type Samples<'t> = Vec<(&'t str, Arc<Sample>)>;
 
 /// The cadence of one sweep, made for each tenant by `Cadence::for_tenant`.
 #[derive(Debug, Clone, Copy)]
