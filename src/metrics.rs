@@ -560,35 +560,54 @@ pub struct TenantSnapshot {
     pub sla: Option<SlaTotals>,
 }
 
-/// A tenant's stats as the sampler last read them: the sampler's own previous sample, shared
-/// rather than copied into every sweep's snapshot (424 bytes a tenant, 4.2 MB at 10,000
-/// tenants, and as much again while a new snapshot is made; issue 15, target 4). Reads see
-/// the `CgroupStats`; a write copies them first while they are shared (`Arc::make_mut`).
-#[derive(Debug, Clone, Default)]
-pub struct SharedStats(Arc<Sample>);
+/// A tenant's stats as the sampler last read them: its entry in the sampler's own samples of
+/// that sweep (one `Vec` of every tenant's, which the sampler keeps as the previous samples),
+/// shared rather than copied into every sweep's snapshot (424 bytes a tenant, 4.2 MB at
+/// 10,000 tenants, and as much again while a new snapshot is made; issue 15, target 4).
+/// Reads see the `CgroupStats`; a write copies them first (tests only).
+#[derive(Debug, Clone)]
+pub struct SharedStats {
+    sweep: Arc<Vec<Sample>>,
+    at: usize,
+}
+
+impl SharedStats {
+    /// The stats of `sweep[at]`.
+    pub fn of(sweep: Arc<Vec<Sample>>, at: usize) -> Self {
+        assert!(at < sweep.len(), "a sample of the sweep");
+        SharedStats { sweep, at }
+    }
+}
+
+impl Default for SharedStats {
+    fn default() -> Self {
+        CgroupStats::default().into()
+    }
+}
 
 impl std::ops::Deref for SharedStats {
     type Target = CgroupStats;
     fn deref(&self) -> &CgroupStats {
-        &self.0.stats
+        &self.sweep[self.at].stats
     }
 }
 
 impl std::ops::DerefMut for SharedStats {
     fn deref_mut(&mut self) -> &mut CgroupStats {
-        &mut Arc::make_mut(&mut self.0).stats
-    }
-}
-
-impl From<Arc<Sample>> for SharedStats {
-    fn from(s: Arc<Sample>) -> Self {
-        SharedStats(s)
+        if self.sweep.len() != 1 || Arc::get_mut(&mut self.sweep).is_none() {
+            *self = self.sweep[self.at].stats.clone().into();
+        }
+        let own = Arc::get_mut(&mut self.sweep).expect("a copy of its own");
+        &mut own[0].stats
     }
 }
 
 impl From<CgroupStats> for SharedStats {
     fn from(stats: CgroupStats) -> Self {
-        SharedStats(Arc::new(Sample::whole(0, stats)))
+        SharedStats {
+            sweep: Arc::new(vec![Sample::whole(0, stats)]),
+            at: 0,
+        }
     }
 }
 

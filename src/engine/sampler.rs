@@ -30,7 +30,7 @@ use crate::domain::stats::Sample;
 use crate::domain::tenant::TenantSpec;
 use crate::domain::usage::{self, Rates};
 use crate::domain::usage_row::UsageRow;
-use crate::metrics::{Metrics, Snapshot, TenantSnapshot};
+use crate::metrics::{Metrics, SharedStats, Snapshot, TenantSnapshot};
 use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -205,8 +205,8 @@ fn subtrees_changed<'t>(prev: Option<&'t Targets>, next: &'t Targets) -> HashSet
 }
 
 struct Last {
-    /// Shared with the snapshot published with it (`metrics::SharedStats`).
-    sample: Arc<Sample>,
+    /// Where its sample is in `Sampler::prev`.
+    at: usize,
     ts_ms: i64,
     /// When the figures `sample` did not read were read (`None`: not seen by this sampler).
     slow_ms: Option<i64>,
@@ -225,6 +225,8 @@ pub struct Sampler {
     /// Boxed: a hash table keeps about a third of its slots empty, and a slot is as large as
     /// its value (760 bytes; 12.9 MB unboxed at 10,000 tenants, 8.4 MB boxed; issue 15).
     last: HashMap<String, Box<Last>>,
+    /// The last sweep's samples (`Last::at`), shared with the snapshot published with them.
+    prev: Arc<Vec<Sample>>,
     /// Sweeps so far; marks which previous samples are current.
     sweeps: u64,
     last_prune: Option<Instant>,
@@ -329,6 +331,7 @@ impl Sampler {
             cfg,
             readers: Some(readers),
             last: HashMap::new(),
+            prev: Arc::default(),
             sweeps: 0,
             last_prune: None,
             io_checked: None,
@@ -404,10 +407,10 @@ impl Sampler {
         let cadence = self.cadence(&targets);
         let results = self.read(&targets, cadence).await?;
         let (samples, mut report) = self.keep_samples(&targets, results);
-        let rates = rates_since(&self.last, ts_ms, &samples);
+        let rates = rates_since(&self.last, &self.prev, ts_ms, &samples);
         let mut events = limit_events_of(ts_ms, &samples, &rates);
         let snap = snapshot(&targets.specs, &samples);
-        self.remember(ts_ms, samples.iter().map(|(n, s)| (*n, s.read)), &rates);
+        self.remember(ts_ms, samples.iter().map(|(n, s)| (n, s.read)), &rates);
         let (verdicts, root_weight) = self.judge(ts_ms, &samples, &rates, snap, &mut events);
         self.adjust_root_weight(ts_ms, root_weight, &mut events)
             .await;
@@ -513,10 +516,14 @@ impl Sampler {
         results: Vec<ReadResult>,
     ) -> (Samples<'t>, SweepReport) {
         let mut report = SweepReport::default();
+        let mut names = Vec::with_capacity(results.len());
         let mut samples = Vec::with_capacity(results.len());
         for ((name, _), res) in tt.dirs.iter().zip(results) {
             match res {
-                Ok(Some(s)) => samples.push((name.as_str(), Arc::new(s))),
+                Ok(Some(s)) => {
+                    names.push(name.as_str());
+                    samples.push(s);
+                }
                 Ok(None) => report.missing += 1,
                 Err(e) => {
                     report.errors += 1;
@@ -526,6 +533,10 @@ impl Sampler {
             }
         }
         report.sampled = samples.len();
+        let samples = Samples {
+            names,
+            all: Arc::new(samples),
+        };
         (samples, report)
     }
 
@@ -556,7 +567,7 @@ impl Sampler {
                     self.last.insert(
                         name.to_string(),
                         Box::new(Last {
-                            sample: Arc::default(),
+                            at: 0,
                             ts_ms,
                             slow_ms: whole.then_some(ts_ms),
                             rates: r.clone().filter(|_| whole),
@@ -573,11 +584,12 @@ impl Sampler {
     /// nothing.
     fn forget_unread(&mut self, samples: Samples<'_>) {
         let sweep = self.sweeps;
-        for (name, sample) in samples {
+        for (at, name) in samples.names.into_iter().enumerate() {
             if let Some(p) = self.last.get_mut(name) {
-                p.sample = sample;
+                p.at = at;
             }
         }
+        self.prev = samples.all;
         self.last.retain(|_, l| l.sweep == sweep);
     }
 
@@ -588,17 +600,15 @@ impl Sampler {
     fn judge(
         &mut self,
         ts_ms: i64,
-        samples: &[(&str, Arc<Sample>)],
+        samples: &Samples<'_>,
         rates: &[Option<Rates>],
         mut snap: Snapshot,
         events: &mut Vec<NewEvent>,
     ) -> (Vec<Verdict>, Option<(u32, u32)>) {
         // The SLA engine reads the stats and specs the snapshot already holds, and the rates
         // where they are (a copy was 3 MB at 10,000 tenants, 5 MB with the `Vec`'s growth).
-        let inputs: Vec<Input<'_>> = samples
-            .iter()
-            .zip(rates)
-            .filter_map(|(&(name, _), rates)| {
+        let inputs: Vec<Input<'_>> = (samples.names.iter().zip(rates))
+            .filter_map(|(&name, rates)| {
                 let rates = rates.as_ref()?;
                 let t = snap.tenants.get(name)?;
                 Some(Input {
@@ -725,15 +735,16 @@ impl Sampler {
 /// per sample, `None` for a tenant with no (usable) previous sample.
 fn rates_since(
     last: &HashMap<String, Box<Last>>,
+    prev: &[Sample],
     ts_ms: i64,
-    samples: &[(&str, Arc<Sample>)],
+    samples: &Samples<'_>,
 ) -> Vec<Option<Rates>> {
     samples
         .iter()
         .map(|(name, sample)| {
-            let p = last.get(*name)?;
+            let p = last.get(name)?;
             usage::rates_with_cadence(
-                &p.sample,
+                prev.get(p.at)?,
                 p.ts_ms,
                 p.slow_ms,
                 p.rates.as_ref(),
@@ -748,7 +759,7 @@ fn rates_since(
 /// sample, in order, each made when it is asked for.
 fn usage_rows<'s>(
     ts_ms: i64,
-    samples: &'s [(&str, Arc<Sample>)],
+    samples: &'s Samples<'_>,
     rates: &'s [Option<Rates>],
 ) -> impl ExactSizeIterator<Item = UsageRow> + Send + 's {
     samples
@@ -759,11 +770,7 @@ fn usage_rows<'s>(
 
 /// The limit-hit events of every sample with rates (`limit_events`). Returns them in sample
 /// order.
-fn limit_events_of(
-    ts_ms: i64,
-    samples: &[(&str, Arc<Sample>)],
-    rates: &[Option<Rates>],
-) -> Vec<NewEvent> {
+fn limit_events_of(ts_ms: i64, samples: &Samples<'_>, rates: &[Option<Rates>]) -> Vec<NewEvent> {
     samples
         .iter()
         .zip(rates)
@@ -772,13 +779,13 @@ fn limit_events_of(
         .collect()
 }
 
-/// The snapshot `/metrics` renders: each sample's stats with the tenant's spec, no SLA totals
-/// yet (`Sampler::judge` adds them). Returns it.
-fn snapshot(specs: &HashMap<String, Arc<TenantSpec>>, samples: &[(&str, Arc<Sample>)]) -> Snapshot {
-    let tenants = samples.iter().map(|(name, sample)| {
+/// The snapshot `/metrics` renders: each sample's stats (shared, `SharedStats`) with the
+/// tenant's spec, no SLA totals yet (`Sampler::judge` adds them). Returns it.
+fn snapshot(specs: &HashMap<String, Arc<TenantSpec>>, samples: &Samples<'_>) -> Snapshot {
+    let tenants = samples.names.iter().enumerate().map(|(at, name)| {
         let spec = specs.get(*name).cloned().unwrap_or_default();
         let t = TenantSnapshot {
-            stats: sample.clone().into(),
+            stats: SharedStats::of(samples.all.clone(), at),
             spec,
             sla: None,
         };
@@ -811,8 +818,23 @@ fn start_minute(
 
 type ReadResult = std::result::Result<Option<Sample>, crate::cgroup::CgroupError>;
 
-/// A sweep's samples by tenant, in target order.
-type Samples<'t> = Vec<(&'t str, Arc<Sample>)>;
+/// A sweep's samples by tenant, in target order: the names, and the samples in one `Vec`
+/// that the snapshot published with them and then `Sampler::prev` share.
+struct Samples<'t> {
+    names: Vec<&'t str>,
+    all: Arc<Vec<Sample>>,
+}
+
+impl<'t> Samples<'t> {
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// (tenant, sample), in target order.
+    fn iter(&self) -> impl ExactSizeIterator<Item = (&'t str, &Sample)> + Send + '_ {
+        self.names.iter().copied().zip(self.all.iter())
+    }
+}
 
 /// The cadence of one sweep, made for each tenant by `Cadence::for_tenant`.
 #[derive(Debug, Clone, Copy)]
