@@ -863,7 +863,7 @@ mod tests {
             s.tenants.insert(
                 name.into(),
                 TenantSnapshot {
-                    stats,
+                    stats: stats.into(),
                     spec: Default::default(),
                     sla,
                 },

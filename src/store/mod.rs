@@ -161,6 +161,23 @@ fn bind<'t, T: sqlx::Encode<'t, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
     sqlx::Arguments::add(args, v).map_err(|e| q(op)(sqlx::Error::Encode(e)))
 }
 
+/// A pool of at most `max` connections. A COMMIT that fails with SQLITE_FULL has rolled back
+/// already, so the ROLLBACK sqlx then queues fails too and sqlx still counts the transaction
+/// as open: its next BEGIN on that connection is a SAVEPOINT inside a transaction that never
+/// ends (writes acknowledged but never committed, reads of a stale snapshot, the write lock
+/// held). Such a connection is closed instead of reused. The ping runs after the queued
+/// ROLLBACK.
+fn pool_options(max: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                conn.ping().await?;
+                Ok(!conn.is_in_transaction())
+            })
+        })
+}
+
 /// A tenant as stored: its spec and bookkeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StoredTenant {
@@ -350,6 +367,14 @@ async fn close_writer(slot: &mut Slot) {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// The one connection that writes the sampler's sweeps and closed minutes
+    /// (`add_sweep`, `add_minute_rollups`). Their multi-row INSERTs are the largest compiled
+    /// statements the store has (about 3.4 kB of SQLite's memory per row of a statement:
+    /// some 0.9 MB for one of 256 usage rows) and each connection keeps its own compiled
+    /// copy of every one it ran; on the pool, whose idle connections take turns, every
+    /// connection came to hold all of them (22 MB of SQLite's memory at 10,000 tenants,
+    /// heaptrack; issue 15, target 4). Reads and the other writes stay on `pool`.
+    sweeps: SqlitePool,
     writer: Arc<Writer>,
     path: PathBuf,
     /// False from a write that found the filesystem full until a write commits again.
@@ -382,26 +407,17 @@ impl Store {
             // context switches were half its CPU). The rows are small: 1,024 is about 1 MB.
             .row_buffer_size(ROW_BUFFER);
         let writer_opts = opts.clone().synchronous(SqliteSynchronous::Full);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            // A COMMIT that fails with SQLITE_FULL has rolled back already, so the ROLLBACK
-            // sqlx then queues fails too and sqlx still counts the transaction as open: its
-            // next BEGIN on that connection is a SAVEPOINT inside a transaction that never
-            // ends (writes acknowledged but never committed, reads of a stale snapshot, the
-            // write lock held). Such a connection is closed instead of reused. The ping runs
-            // after the queued ROLLBACK.
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    conn.ping().await?;
-                    Ok(!conn.is_in_transaction())
-                })
-            })
-            .connect_with(opts)
+        let open_err = |source| StoreError::Open {
+            path: path.into(),
+            source,
+        };
+        let pool = pool_options(4)
+            .connect_with(opts.clone())
             .await
-            .map_err(|source| StoreError::Open {
-                path: path.into(),
-                source,
-            })?;
+            .map_err(open_err)?;
+        // Opened at the first sweep, not here: a store that never samples holds no second
+        // connection.
+        let sweeps = pool_options(1).connect_lazy_with(opts);
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -411,6 +427,7 @@ impl Store {
             })?;
         let store = Store {
             pool,
+            sweeps,
             writer: Arc::new(Writer {
                 opts: writer_opts,
                 slot: tokio::sync::Mutex::new(Slot::default()),
@@ -538,6 +555,7 @@ impl Store {
 
     pub async fn close(&self) {
         close_writer(&mut *self.writer.slot.lock().await).await;
+        self.sweeps.close().await;
         self.pool.close().await;
     }
 

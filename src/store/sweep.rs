@@ -6,7 +6,7 @@
 
 use super::rollup::{BLOCK_MS, delete_window, merge_by_time};
 use super::samples::{
-    MinuteRollup, fold_usage, insert_minute_rollups, insert_usage, raw_usage_window,
+    MinuteRollup, fold_usage, insert_minute_rollups, insert_usage_from, raw_usage_window,
 };
 use super::sla::{SlaMinute, fold_sla, insert_sla, insert_sla_minutes, raw_verdict_window};
 use super::{NewEvent, Result, Store, StoreError, insert_event, q};
@@ -14,6 +14,7 @@ use crate::domain::sla_engine::Verdict;
 use crate::domain::usage_block::{decode_usage, decode_verdicts, encode_usage, encode_verdicts};
 use crate::domain::usage_row::UsageRow;
 use sqlx::SqliteConnection;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 /// The windows `roll_up(now_ms)` may compact end at or before this: the start of `now_ms`'s
@@ -130,14 +131,17 @@ impl Store {
     /// Writes one sweep in ONE transaction: the usage rows, the SLA verdicts, the events, and
     /// the sweep's time in `sample_ticks` (how a tenant's raw rows are found again). Raw rows
     /// are keyed (ts_ms, tenant), so a sweep appends at the end of each table instead of
-    /// writing one page per tenant. Rollups are made from closed buckets by `roll_up`.
-    pub async fn add_sweep(
+    /// writing one page per tenant. Rollups are made from closed buckets by `roll_up`. The
+    /// usage rows are taken as they come, a statement's worth at a time (the sampler makes
+    /// them while they are written); a slice's `iter()` does as well.
+    pub async fn add_sweep<R: Borrow<UsageRow>>(
         &self,
-        usage: &[UsageRow],
+        usage: impl IntoIterator<Item = R>,
         sla: &[Verdict],
         events: &[NewEvent],
     ) -> Result<()> {
-        if usage.is_empty() && sla.is_empty() && events.is_empty() {
+        let mut usage = usage.into_iter().peekable();
+        if usage.peek().is_none() && sla.is_empty() && events.is_empty() {
             return Ok(());
         }
         // Never empty here: a success committed rows.
@@ -145,18 +149,15 @@ impl Store {
         self.tracked(r, true)
     }
 
-    async fn write_sweep(
+    async fn write_sweep<R: Borrow<UsageRow>>(
         &self,
-        usage: &[UsageRow],
+        usage: impl Iterator<Item = R>,
         sla: &[Verdict],
         events: &[NewEvent],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let mut ticks: Vec<i64> = usage
-            .iter()
-            .map(|r| r.ts_ms)
-            .chain(sla.iter().map(|r| r.ts_ms))
-            .collect();
+        let mut tx = self.sweeps.begin().await.map_err(q("begin"))?;
+        let mut ticks = insert_usage_from(&mut tx, usage).await?;
+        ticks.extend(sla.iter().map(|r| r.ts_ms));
         ticks.sort_unstable();
         ticks.dedup();
         for ts in ticks {
@@ -166,7 +167,6 @@ impl Store {
                 .await
                 .map_err(q("record the sample time"))?;
         }
-        insert_usage(&mut tx, usage).await?;
         insert_sla(&mut tx, sla).await?;
         for e in events {
             insert_event(&mut tx, e).await?;
@@ -174,19 +174,24 @@ impl Store {
         tx.commit().await.map_err(q("commit"))
     }
 
-    /// Writes closed minutes rolled up in memory (`MinuteRollup`, `SlaMinute`), one
-    /// transaction; a minute already rolled up is left as it is.
-    pub async fn add_minute_rollups(
+    /// Writes closed minutes rolled up in memory (`MinuteRollup`, `SlaMinute`, or references
+    /// to them: the sampler's are not copied), one transaction; a minute already rolled up is
+    /// left as it is.
+    pub async fn add_minute_rollups<U: Borrow<MinuteRollup>, S: Borrow<SlaMinute>>(
         &self,
-        usage: &[MinuteRollup],
-        sla: &[SlaMinute],
+        usage: &[U],
+        sla: &[S],
     ) -> Result<()> {
         let r = self.write_minute_rollups(usage, sla).await;
         self.tracked(r, false)
     }
 
-    async fn write_minute_rollups(&self, usage: &[MinuteRollup], sla: &[SlaMinute]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+    async fn write_minute_rollups<U: Borrow<MinuteRollup>, S: Borrow<SlaMinute>>(
+        &self,
+        usage: &[U],
+        sla: &[S],
+    ) -> Result<()> {
+        let mut tx = self.sweeps.begin().await.map_err(q("begin"))?;
         insert_minute_rollups(&mut tx, usage).await?;
         insert_sla_minutes(&mut tx, sla).await?;
         tx.commit().await.map_err(q("commit"))
@@ -728,7 +733,7 @@ mod migration_tests {
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-            insert_usage(&mut tx, rows).await.unwrap();
+            insert_usage_from(&mut tx, rows.iter()).await.unwrap();
             insert_sla(&mut tx, verdicts).await.unwrap();
             tx.commit().await.unwrap();
         }
