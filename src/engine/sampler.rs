@@ -175,6 +175,12 @@ fn tiers_within(costs: &[HoldCosts], fds: usize) -> Vec<Tier> {
     tiers
 }
 
+/// Whether a v1 tenant has a CPU quota of its own (a `limit_pct`; a tenant without a spec is
+/// taken to have one, so its cpu.stat is read every sweep).
+fn own_cpu_quota(spec: Option<&TenantSpec>) -> bool {
+    spec.is_none_or(|s| s.cpu.limit_pct.is_some())
+}
+
 /// `tiers_within` for the v1 targets of a sweep of `cadence` (a v2 target costs nothing: its
 /// reader is another one, and a host has one backend).
 fn v1_tiers(targets: &Targets, cadence: &SweepCadence, fds: usize) -> Vec<Tier> {
@@ -188,10 +194,7 @@ fn v1_tiers(targets: &Targets, cadence: &SweepCadence, fds: usize) -> Vec<Tier> 
                 return (0, 0, 0);
             }
             let spec = targets.specs.get(name).map(|s| &**s);
-            let key = (
-                cadence.for_tenant(spec).fresh,
-                spec.is_none_or(|s| s.cpu.limit_pct.is_some()),
-            );
+            let key = (cadence.for_tenant(spec).fresh, own_cpu_quota(spec));
             if let Some((_, c)) = memo.iter().find(|(k, _)| *k == key) {
                 return *c;
             }
@@ -990,11 +993,10 @@ fn read_all(
             Figures::NONE
         }
     };
-    let own_quota = |spec: Option<&TenantSpec>| spec.is_none_or(|s| s.cpu.limit_pct.is_some());
     let hold_v1 = |i: usize, c: &Cadence, quota: bool| tiers_v1[i].hold(c.fresh, quota);
     release_demoted(v1, |i| {
         let spec = targets.specs.get(&targets.dirs[i].0).map(|s| &**s);
-        hold_v1(i, &cadence.for_tenant(spec), own_quota(spec))
+        hold_v1(i, &cadence.for_tenant(spec), own_cpu_quota(spec))
     });
     targets
         .dirs
@@ -1012,7 +1014,7 @@ fn read_all(
                     dirs,
                     proc,
                     buf,
-                    (hold_v1(i, &c, own_quota(spec)), own_quota(spec)),
+                    (hold_v1(i, &c, own_cpu_quota(spec)), own_cpu_quota(spec)),
                     &c,
                     watch,
                 ),

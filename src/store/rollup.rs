@@ -121,9 +121,8 @@ pub(super) async fn read_blocks<T>(
     Ok(rows)
 }
 
-/// The arguments ?1..?4 of a statement over one window of some tenants (`delete_window_sql`,
-/// the compaction's reads): the window [start_ms, start_ms + BLOCK_MS), the tenants [first,
-/// last].
+/// The arguments ?1..?4 of a statement over a time range of some tenants (`delete_window_sql`,
+/// the compaction's reads): the times [start_ms, end_ms), the tenants [first, last].
 pub(super) fn window_args(
     (start_ms, end_ms): (i64, i64),
     (first, last): (&str, &str),

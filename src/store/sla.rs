@@ -194,7 +194,8 @@ pub(super) const VERDICT_WINDOW_SQL: &str =
 /// The verdicts in [start_ms, end_ms) of the tenants in [first, last], by time then tenant:
 /// what a compaction moves into blocks, a slice of its window at a time. Found with one seek per
 /// sweep time (`sample_ticks`) over the tenants' range, so a slice of the tenants reads its
-/// own rows, not the whole window's (issue 15: at 10,000 tenants a compaction is 40 slices).
+/// own rows, not the whole window's (issue 15: at 10,000 tenants a window is compacted in 625
+/// transactions of `sweep::TENANTS_PER_TX`).
 pub(super) async fn raw_verdict_window(
     tx: &mut SqliteConnection,
     range: (i64, i64),
