@@ -17,6 +17,7 @@
 //! what both do with the desired state, one trait (`DesiredStore`) for both.
 
 pub mod desired;
+mod direct;
 pub mod fleet;
 pub mod fleet_history;
 mod intents;

@@ -5,6 +5,7 @@
 //! blocks are summed exactly as the SQL over raw rows sums them. Imports only the store's
 //! error helpers; `store::samples` and `store::sla` both import it, and it imports neither.
 
+use super::direct::Stmt;
 use super::{Result, StoreError, bind, q};
 use crate::domain::usage_block::BlockError;
 use serde::Serialize;
@@ -134,6 +135,18 @@ pub(super) fn window_args(
     bind(&mut a, first, op)?;
     bind(&mut a, last, op)?;
     Ok(a)
+}
+
+/// `window_args` bound to a direct statement (`store::direct`), the compaction's reads.
+pub(super) fn bind_window(
+    st: &mut Stmt<'_>,
+    (start_ms, end_ms): (i64, i64),
+    (first, last): (&str, &str),
+) -> Result<()> {
+    st.bind(1, start_ms)?;
+    st.bind(2, end_ms)?;
+    st.bind(3, first)?;
+    st.bind(4, last)
 }
 
 /// `delete_window`'s statement: one seek per sweep time of the window (`sample_ticks`) over

@@ -9,9 +9,10 @@
 //! usage tables only: it imports `store::rollup` (levels, retention) and the domain, never
 //! `store::sla` (the SLA tables) nor `store::sweep` (the one transaction writing both).
 
+use super::direct::{Direct, Stmt, blocking};
 use super::rollup::{
-    BLOCK_MS, BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded,
-    window_args,
+    BLOCK_MS, BlockColumn, Level, Retention, SqlSum, bind_window, merge_by_time, read_blocks,
+    unfolded,
 };
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::usage_block::decode_usage;
@@ -210,14 +211,9 @@ pub struct Usage {
     pub points: Vec<UsagePoint>,
 }
 
-/// Samples per multi-row INSERT (40 columns each; SQLite allows 32,766 variables). The sweep
-/// connection keeps every length `statement_chunks` makes compiled, about 3.4 kB of SQLite's
-/// memory per row: with 128, 0.9 MB in all (1.7 MB for one statement of 500 rows, 3.4 MB for
-/// all its lengths); a statement of 128 rows is still one call into SQLite per 5,000
-/// values (issue 15, target 4).
-const CHUNK: usize = 128;
-
-/// Minute rollups per multi-row INSERT: 45 columns each, kept compiled as `CHUNK`'s are.
+/// Minute rollups per multi-row INSERT (45 columns each). The connection keeps every length
+/// `statement_chunks` makes compiled, about 3.4 kB of SQLite's memory per row (issue 15,
+/// target 4).
 const ROLLUP_CHUNK: usize = 128;
 
 fn raw_columns() -> &'static [&'static str] {
@@ -511,22 +507,42 @@ pub(super) fn usage_window_sql() -> &'static str {
 /// The raw rows in [start_ms, end_ms) of the tenants in [first, last], by time then tenant:
 /// what a compaction moves into blocks, a slice of its window at a time. Found with one seek per
 /// sweep time (`sample_ticks`) over the tenants' range, in the table's own order (no sort),
-/// so a slice of the tenants reads its own rows, not the whole window's (issue 15).
+/// so a slice of the tenants reads its own rows, not the whole window's (issue 15). Read with
+/// direct SQLite calls (`store::direct`): through sqlx, copying each row's 40 values in and
+/// out was 60% of a compaction's CPU.
 pub(super) async fn raw_usage_window(
     tx: &mut SqliteConnection,
     range: (i64, i64),
-    (first, last): (&str, &str),
+    tenants: (&str, &str),
 ) -> Result<Vec<UsageRow>> {
     const OP: &str = "read a window of raw usage";
-    let args = window_args(range, (first, last), OP)?;
-    // Built only from the const column lists: no user text.
-    sqlx::query_with(sqlx::AssertSqlSafe(usage_window_sql()), args)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(q(OP))?
-        .iter()
-        .map(row_of)
-        .collect()
+    let mut d = Direct::lock(tx, OP).await?;
+    blocking(|| {
+        let mut st = d.prepare(usage_window_sql(), OP)?;
+        bind_window(&mut st, range, tenants)?;
+        let mut rows = Vec::new();
+        while st.step()? {
+            rows.push(direct_row(&st));
+        }
+        Ok(rows)
+    })
+}
+
+/// The current row of a statement selecting `raw_select`'s columns, as `row_of` reads it.
+fn direct_row(st: &Stmt<'_>) -> UsageRow {
+    let c0 = 3;
+    let g0 = c0 + COUNTERS.len();
+    let r0 = g0 + GAUGES.len();
+    let e0 = r0 + RATES.len();
+    UsageRow {
+        tenant: st.text(0),
+        ts_ms: st.int(1).unwrap_or(0),
+        interval_ms: st.int(2),
+        counters: UsageCounters::from_values(std::array::from_fn(|i| st.int(c0 + i))),
+        gauges: UsageGauges::from_values(std::array::from_fn(|i| st.int(g0 + i))),
+        rates: UsageRates::from_values(std::array::from_fn(|i| st.real(r0 + i))),
+        events: UsageEvents::from_values(std::array::from_fn(|i| st.int(e0 + i))),
+    }
 }
 
 /// A numeric column as f64, whether SQLite answered INTEGER or REAL.
@@ -541,67 +557,59 @@ pub(super) fn f(r: &sqlx::sqlite::SqliteRow, c: &str) -> Option<f64> {
     }
 }
 
-/// The usage rows of one sweep as they come, `CHUNK` at a time: no more than one statement's
-/// rows are held (a whole sweep's were 6.4 MB at 10,000 tenants, 640 bytes a row; issue 15,
-/// target 4). Returns the distinct sample times, in order.
+/// The usage rows of one sweep as they come, each bound and stepped in place by direct
+/// SQLite calls (`store::direct`): no row is held beyond its own step (a whole sweep's were
+/// 6.4 MB at 10,000 tenants; issue 15, target 4), and no value is copied into an sqlx argument
+/// first (binding and clearing 47,000 values was 40% of the sweep's write). Returns the
+/// distinct sample times, in order.
 pub(super) async fn insert_usage_from<R: Borrow<UsageRow>>(
     tx: &mut SqliteConnection,
     rows: impl Iterator<Item = R>,
 ) -> Result<Vec<i64>> {
-    let mut ticks = Vec::new();
-    let mut chunk: Vec<R> = Vec::with_capacity(CHUNK);
-    let mut rows = rows.peekable();
-    while rows.peek().is_some() {
-        chunk.extend(rows.by_ref().take(CHUNK));
-        for r in &chunk {
-            let ts = r.borrow().ts_ms;
-            if ticks.last() != Some(&ts) {
-                ticks.push(ts);
-            }
-        }
-        insert_usage(tx, &chunk).await?;
-        chunk.clear();
-    }
-    ticks.sort_unstable();
-    ticks.dedup();
-    Ok(ticks)
-}
-
-/// The usage rows of one sweep, in multi-row INSERTs of `CHUNK` (the statement text only
-/// depends on the chunk length, so it stays in the connection's statement cache).
-async fn insert_usage<R: Borrow<UsageRow>>(tx: &mut SqliteConnection, rows: &[R]) -> Result<()> {
     const OP: &str = "write usage samples";
-    static HEAD: OnceLock<String> = OnceLock::new();
+    static SQL: OnceLock<String> = OnceLock::new();
     let cols = raw_columns();
-    let head =
-        HEAD.get_or_init(|| format!("INSERT OR REPLACE INTO usage_raw ({})", cols.join(", ")));
-    for chunk in statement_chunks(rows, CHUNK) {
-        let mut a = SqliteArguments::default();
-        sqlx::Arguments::reserve(&mut a, chunk.len() * cols.len(), 0);
-        for r in chunk {
+    let sql = SQL.get_or_init(|| {
+        let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+        format!(
+            "INSERT OR REPLACE INTO usage_raw ({}) VALUES ({})",
+            cols.join(", "),
+            params.join(", ")
+        )
+    });
+    let mut d = Direct::lock(tx, OP).await?;
+    blocking(|| {
+        let mut st = d.prepare(sql, OP)?;
+        let mut ticks = Vec::new();
+        for r in rows {
             let r = r.borrow();
-            bind(&mut a, r.tenant.as_str(), OP)?;
-            bind(&mut a, r.ts_ms, OP)?;
-            bind(&mut a, r.interval_ms, OP)?;
+            if ticks.last() != Some(&r.ts_ms) {
+                ticks.push(r.ts_ms);
+            }
+            st.bind(1, r.tenant.as_str())?;
+            st.bind(2, r.ts_ms)?;
+            st.bind(3, r.interval_ms)?;
             // In `raw_columns` order: counters, gauges, rates, events, each group's values in
             // its `COLUMNS` order.
+            let mut i = 4;
             for x in r.counters.values().into_iter().chain(r.gauges.values()) {
-                bind(&mut a, x, OP)?;
+                st.bind(i, x)?;
+                i += 1;
             }
             for x in r.rates.values() {
-                bind(&mut a, x, OP)?;
+                st.bind(i, x)?;
+                i += 1;
             }
             for x in r.events.values() {
-                bind(&mut a, x, OP)?;
+                st.bind(i, x)?;
+                i += 1;
             }
+            st.execute()?;
         }
-        let sql = values_sql(head, cols.len(), chunk.len());
-        sqlx::query_with(sqlx::AssertSqlSafe(sql), a)
-            .execute(&mut *tx)
-            .await
-            .map_err(q(OP))?;
-    }
-    Ok(())
+        ticks.sort_unstable();
+        ticks.dedup();
+        Ok(ticks)
+    })
 }
 
 /// Minutes rolled up in memory (`MinuteRollup`), in multi-row INSERTs of `ROLLUP_CHUNK`; a

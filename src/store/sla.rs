@@ -3,8 +3,9 @@
 //! imports `store::rollup` (levels, retention), never `store::samples` (the usage tables) nor
 //! `store::sweep` (the one transaction writing both).
 
+use super::direct::{Direct, blocking};
 use super::rollup::{
-    BlockColumn, Level, Retention, SqlSum, merge_by_time, read_blocks, unfolded, window_args,
+    BlockColumn, Level, Retention, SqlSum, bind_window, merge_by_time, read_blocks, unfolded,
 };
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::sla_engine::Verdict;
@@ -64,6 +65,10 @@ impl SlaMinute {
         }
     }
 }
+
+/// Minute rollups per statement: 10 parameters each, within SQLite's 32,766; about 0.7 kB of
+/// compiled statement per row, kept for every length `statement_chunks` makes.
+const SLA_CHUNK: usize = 256;
 
 /// Writes minutes rolled up in memory; a minute already rolled up is left as it is.
 pub(super) async fn insert_sla_minutes<R: std::borrow::Borrow<SlaMinute>>(
@@ -138,32 +143,29 @@ pub struct SlaSeries {
     pub contended_shares: Vec<f64>,
 }
 
-/// Verdicts per statement: 10 parameters at most each, within SQLite's 32,766; about 0.7 kB
-/// of compiled statement per row, kept for every length (see `samples::CHUNK`).
-const SLA_CHUNK: usize = 256;
-
-/// The verdicts of one sweep, in multi-row INSERTs of `SLA_CHUNK`.
+/// The verdicts of one sweep, each bound and stepped in place by direct SQLite calls
+/// (`store::direct`, as the usage rows).
 pub(super) async fn insert_sla(tx: &mut SqliteConnection, rows: &[Verdict]) -> Result<()> {
     const OP: &str = "record sla verdicts";
-    const HEAD: &str = "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating)";
-    for chunk in statement_chunks(rows, SLA_CHUNK) {
-        let mut a = SqliteArguments::default();
-        sqlx::Arguments::reserve(&mut a, chunk.len() * 7, 0);
-        for r in chunk {
-            bind(&mut a, r.tenant.as_str(), OP)?;
-            bind(&mut a, r.ts_ms, OP)?;
-            bind(&mut a, r.interval_ms, OP)?;
-            bind(&mut a, r.guarantee_ratio, OP)?;
-            bind(&mut a, r.delivered_ratio, OP)?;
-            bind(&mut a, r.contended, OP)?;
-            bind(&mut a, r.violating, OP)?;
-        }
-        sqlx::query_with(sqlx::AssertSqlSafe(values_sql(HEAD, 7, chunk.len())), a)
-            .execute(&mut *tx)
-            .await
-            .map_err(q(OP))?;
+    const SQL: &str = "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    if rows.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut d = Direct::lock(tx, OP).await?;
+    blocking(|| {
+        let mut st = d.prepare(SQL, OP)?;
+        for r in rows {
+            st.bind(1, r.tenant.as_str())?;
+            st.bind(2, r.ts_ms)?;
+            st.bind(3, r.interval_ms)?;
+            st.bind(4, r.guarantee_ratio)?;
+            st.bind(5, r.delivered_ratio)?;
+            st.bind(6, r.contended)?;
+            st.bind(7, r.violating)?;
+            st.execute()?;
+        }
+        Ok(())
+    })
 }
 
 /// A verdict as sla_raw holds it: (tenant, ts, interval, guarantee, delivered, contended,
@@ -199,15 +201,27 @@ pub(super) const VERDICT_WINDOW_SQL: &str =
 pub(super) async fn raw_verdict_window(
     tx: &mut SqliteConnection,
     range: (i64, i64),
-    (first, last): (&str, &str),
+    tenants: (&str, &str),
 ) -> Result<Vec<Verdict>> {
     const OP: &str = "read a window of sla verdicts";
-    let args = window_args(range, (first, last), OP)?;
-    let rows: Vec<VerdictRow> = sqlx::query_as_with(VERDICT_WINDOW_SQL, args)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(q(OP))?;
-    Ok(rows.into_iter().map(verdict).collect())
+    let mut d = Direct::lock(tx, OP).await?;
+    blocking(|| {
+        let mut st = d.prepare(VERDICT_WINDOW_SQL, OP)?;
+        bind_window(&mut st, range, tenants)?;
+        let mut rows = Vec::new();
+        while st.step()? {
+            rows.push(Verdict {
+                tenant: st.text(0),
+                ts_ms: st.int(1).unwrap_or(0),
+                interval_ms: st.int(2).unwrap_or(0),
+                guarantee_ratio: st.real(3),
+                delivered_ratio: st.real(4).unwrap_or(0.0),
+                contended: st.int(5).is_some_and(|v| v != 0),
+                violating: st.int(6).is_some_and(|v| v != 0),
+            });
+        }
+        Ok(rows)
+    })
 }
 
 /// Buckets of `ms` (aligned to multiples of it) of verdicts in time order, summed as the SQL
