@@ -383,7 +383,13 @@ pub struct Store {
     /// Bumped after every committed change to the tenants table (`tenants_version`). This
     /// process is the table's only writer: the CLI goes through the HTTP API.
     tenants_version: Arc<AtomicU64>,
+    /// The raw window `roll_up` is compacting over several calls (its start) and the
+    /// tenants of it left for the next calls (`sweep::write_compact`).
+    window_left: Arc<std::sync::Mutex<Option<WindowLeft>>>,
 }
+
+/// A raw window's start and the tenants of it not compacted yet.
+type WindowLeft = (i64, Vec<String>);
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies the migrations.
@@ -436,6 +442,7 @@ impl Store {
             path: path.into(),
             writable: Arc::new(AtomicBool::new(true)),
             tenants_version: Arc::new(AtomicU64::new(0)),
+            window_left: Arc::default(),
         };
         let conn = store
             .writer
