@@ -292,13 +292,13 @@ pub async fn patch_tenant(
 /// `placement` section out).
 fn spec_template() -> TenantSpec {
     TenantSpec {
-        placement: Some(crate::domain::placement::PlacementSpec {
+        placement: Some(Box::new(crate::domain::placement::PlacementSpec {
             uids: Some(Vec::new()),
             gids: Some(Vec::new()),
             exe: Some(Vec::new()),
             cmdline: Some(String::new()),
             ..Default::default()
-        }),
+        })),
         ..TenantSpec::default()
     }
 }

@@ -385,14 +385,48 @@ impl RunqWait {
 
 /// One file of one directory: held open and re-read with `pread`, or opened when read. The
 /// directory is shared by its files and the name is static: no path of its own per file
-/// (issue 15: at 10,000 tenants the paths were some 20 MB).
+/// (issue 15: at 10,000 tenants the paths were some 20 MB). 24 bytes: a reader keeps some
+/// 20 of them (issue 15, target 4).
 #[derive(Debug)]
 struct FileAt {
     dir: Arc<Path>,
-    name: &'static str,
     held: Option<File>,
+    name: Name,
     /// Whether the file is in a subdirectory of the tenant's directory (gone: walk again).
     below: bool,
+}
+
+/// A file's name: the `i`th of its entry's names in `FILES`, or `tasks`. Two bytes where a
+/// `&'static str` takes sixteen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Of(V1File, u8),
+    Tasks,
+}
+
+impl Name {
+    /// The names of `file` in `FILES`, first found wins.
+    fn all_of(file: V1File) -> &'static [&'static str] {
+        FILES
+            .iter()
+            .find(|(f, _, _)| *f == file)
+            .map_or(&[], |(_, _, names)| *names)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Name::Of(file, i) => Self::all_of(file)[usize::from(i)],
+            Name::Tasks => "tasks",
+        }
+    }
+
+    /// The usage file it is, `None` for `tasks`.
+    fn file(self) -> Option<V1File> {
+        match self {
+            Name::Of(file, _) => Some(file),
+            Name::Tasks => None,
+        }
+    }
 }
 
 /// Why a read found no file.
@@ -406,22 +440,17 @@ enum Gone {
 impl FileAt {
     /// The file `name` in `dir`, held when `hold` and it can be (EMFILE/ENFILE: opened when
     /// read). `Ok(None)` when it does not exist.
-    fn open(
-        dir: &Arc<Path>,
-        name: &'static str,
-        hold: bool,
-        below: bool,
-    ) -> Result<Option<FileAt>> {
+    fn open(dir: &Arc<Path>, name: Name, hold: bool, below: bool) -> Result<Option<FileAt>> {
         let at = |held| FileAt {
             dir: dir.clone(),
-            name,
             held,
+            name,
             below,
         };
         if !hold {
             return Ok(Some(at(None)));
         }
-        let path = dir.join(name);
+        let path = dir.join(name.as_str());
         match File::open(&path) {
             Ok(f) => Ok(Some(at(Some(f)))),
             Err(e) if is_gone(&e) => Ok(None),
@@ -434,7 +463,12 @@ impl FileAt {
 
     /// The file's path.
     fn path(&self) -> PathBuf {
-        self.dir.join(self.name)
+        self.dir.join(self.name.as_str())
+    }
+
+    /// Whether this is `file` (of any directory).
+    fn is(&self, file: V1File) -> bool {
+        self.name.file() == Some(file)
     }
 
     /// The file's bytes; `Ok(None)` when it is absent (not held and not found).
@@ -474,9 +508,10 @@ pub struct V1StatsReader {
     runq: RunqWait,
     /// Which files are held.
     hold: V1Hold,
-    /// Per entry of `FILES`: the file (the first name found) in the tenant's directory, or in
-    /// every directory of its subtree for the summed ones.
-    files: Vec<(V1File, Vec<FileAt>)>,
+    /// In the order of `FILES`: each file (the first name found) in the tenant's directory,
+    /// or in every directory of its subtree for the summed ones. One `Vec` (issue 15, target
+    /// 4: a `Vec` per entry of `FILES` and 40-byte entries were 1.1 KB a tenant, this 0.4 KB).
+    files: Vec<FileAt>,
     /// The `tasks` files of the cpu (else cpuacct) subtree.
     tasks: Vec<FileAt>,
     /// Sweeps since the subtrees were walked.
@@ -676,9 +711,11 @@ impl V1StatsReader {
     /// Whether cpuacct.usage (in the guard directory) is held open.
     fn usage_held(&self) -> bool {
         self.dirs.get("cpuacct").is_some()
-            && self.files.iter().any(|(f, at)| {
-                *f == V1File::CpuacctUsage && at.first().is_some_and(|a| a.held.is_some())
-            })
+            && self
+                .files
+                .iter()
+                .find(|f| f.is(V1File::CpuacctUsage))
+                .is_some_and(|f| f.held.is_some())
     }
 
     /// Whether every directory of the last walk is watched (then only `rewalk` walks again).
@@ -695,29 +732,28 @@ impl V1StatsReader {
     /// walks the subtrees (`walk`).
     fn open_files(&mut self) -> Result<()> {
         self.files.clear();
-        self.files.reserve_exact(FILES.len());
         for (file, controller, names) in FILES {
-            // At most one file: exactly sized (issue 15: a `Vec` grown by `push` takes four,
-            // 1.4 KB a tenant), none allocated when there is none.
-            let mut at = Vec::with_capacity(1);
-            if !file.summed()
-                && let Some(dir) = self.dirs.get(controller).cloned()
-            {
-                let hold = self.hold.holds(file);
-                for name in names {
-                    // Not held: the first name that exists now is the one read.
-                    if !hold && names.len() > 1 && !dir.join(name).exists() {
-                        continue;
-                    }
-                    if let Some(f) = FileAt::open(&dir, name, hold, false)? {
-                        at.push(f);
-                        break;
-                    }
+            let Some(dir) = self
+                .dirs
+                .get(controller)
+                .cloned()
+                .filter(|_| !file.summed())
+            else {
+                continue;
+            };
+            let hold = self.hold.holds(file);
+            for (i, name) in (0u8..).zip(names) {
+                // Not held: the first name that exists now is the one read.
+                if !hold && names.len() > 1 && !dir.join(name).exists() {
+                    continue;
+                }
+                if let Some(f) = FileAt::open(&dir, Name::Of(file, i), hold, false)? {
+                    self.files.push(f);
+                    break;
                 }
             }
-            at.shrink_to_fit();
-            self.files.push((file, at));
         }
+        // The walk adds the summed files and sizes the list exactly.
         self.walk()
     }
 
@@ -735,18 +771,16 @@ impl V1StatsReader {
         // directories found again keep theirs.
         let mut watched = self.watched.as_ref().map(|w| w.watch().start());
         let mut open: HashMap<PathBuf, FileAt> = HashMap::new();
+        // The files of the tenant's own directories stay, the summed ones are found again.
+        let (summed, own): (Vec<FileAt>, Vec<FileAt>) = std::mem::take(&mut self.files)
+            .into_iter()
+            .partition(|f| f.name.file().is_some_and(V1File::summed));
         if keep {
-            let summed = self.files.iter_mut().filter(|(f, _)| f.summed());
-            for at in summed.map(|(_, at)| at).chain([&mut self.tasks]) {
-                open.extend(
-                    at.drain(..)
-                        .filter(|f| f.held.is_some())
-                        .map(|f| (f.path(), f)),
-                );
-            }
+            let held = summed.into_iter().chain(std::mem::take(&mut self.tasks));
+            open.extend(held.filter(|f| f.held.is_some()).map(|f| (f.path(), f)));
         }
-        let mut reopen = |dir: &Arc<Path>, name: &'static str, hold: bool, below: bool| match open
-            .remove(&dir.join(name))
+        let mut reopen = |dir: &Arc<Path>, name: Name, hold: bool, below: bool| match open
+            .remove(&dir.join(name.as_str()))
         {
             Some(f) if hold => Ok(Some(f)),
             _ => FileAt::open(dir, name, hold, below),
@@ -774,25 +808,31 @@ impl V1StatsReader {
                 .find(|(t, _)| *t == c)
                 .map(|(_, d)| d.as_slice())
         };
-        for (i, (file, controller, names)) in FILES.into_iter().enumerate() {
+        let summed_at = FILES
+            .iter()
+            .filter(|(f, _, _)| f.summed())
+            .map(|(_, c, _)| tree(c).map_or(0, <[_]>::len));
+        let mut files = Vec::with_capacity(own.len() + summed_at.sum::<usize>());
+        let mut own = own.into_iter().peekable();
+        for (file, controller, _) in FILES {
             if !file.summed() {
+                files.extend(own.next_if(|f| f.is(file)));
                 continue;
             }
             let hold = self.hold.holds(file);
-            let mut at = Vec::new();
             for (k, dir) in tree(controller).unwrap_or_default().iter().enumerate() {
                 // Summed files have one name.
-                if let Some(f) = reopen(dir, names[0], hold, k > 0)? {
-                    at.push(f);
+                if let Some(f) = reopen(dir, Name::Of(file, 0), hold, k > 0)? {
+                    files.push(f);
                 }
             }
-            at.shrink_to_fit();
-            self.files[i].1 = at;
         }
+        files.shrink_to_fit();
+        self.files = files;
         let hold = self.hold.holds_tasks();
         let mut tasks = Vec::new();
         for (k, dir) in tree(tasks_in).unwrap_or_default().iter().enumerate() {
-            if let Some(f) = reopen(dir, "tasks", hold, k > 0)? {
+            if let Some(f) = reopen(dir, Name::Tasks, hold, k > 0)? {
                 tasks.push(f);
             }
         }
@@ -894,8 +934,7 @@ impl V1StatsReader {
         out: &mut CgroupStats,
     ) -> Result<std::result::Result<(), Gone>> {
         let mut stat_read = None;
-        for i in 0..self.files.len() {
-            let file = self.files[i].0;
+        for (file, _, _) in FILES {
             if !figures.contains(file.figure()) {
                 continue;
             }
@@ -972,10 +1011,7 @@ impl V1StatsReader {
         file: V1File,
         out: &mut CgroupStats,
     ) -> Result<std::result::Result<(), Gone>> {
-        let Some((_, at)) = self.files.iter().find(|(f, _)| *f == file) else {
-            return Ok(Ok(()));
-        };
-        for f in at {
+        for f in self.files.iter().filter(|f| f.is(file)) {
             let text = match f.read(buf) {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
@@ -1416,7 +1452,8 @@ mod tests {
 
     /// Issue 15 (memory at 10,000 tenants): each of a tenant's directories is one allocation,
     /// shared by the reader, every file in it and the walks of its subtree, also after a
-    /// walk; and a file's list holds no spare room.
+    /// walk; the files are one list in the order of `FILES`, with no spare room, of 24-byte
+    /// entries.
     #[test]
     fn a_readers_files_share_one_copy_of_each_directory() {
         let (tmp, cpuacct, memory) = tenant_with_a_leaf();
@@ -1432,21 +1469,22 @@ mod tests {
         let mut r = V1StatsReader::open(&dirs, tmp.path()).unwrap().unwrap();
         let check = |r: &V1StatsReader| {
             let mut seen = 0;
-            for (_, at) in &r.files {
-                assert_eq!(at.capacity(), at.len(), "{at:?}");
-                for f in at {
-                    let own = r.dirs.0.iter().flatten().find(|d| **d == f.dir);
-                    if let Some(own) = own {
-                        assert!(Arc::ptr_eq(own, &f.dir), "{} copied", f.dir.display());
-                        seen += 1;
-                    } else {
-                        assert_eq!(&*f.dir, memory.join("_procs"), "only the leaf is below");
-                    }
+            assert_eq!(r.files.capacity(), r.files.len());
+            let order = |f: &FileAt| FILES.iter().position(|(x, _, _)| f.is(*x));
+            assert!(r.files.is_sorted_by_key(order), "{:?}", r.files);
+            for f in &r.files {
+                let own = r.dirs.0.iter().flatten().find(|d| **d == f.dir);
+                if let Some(own) = own {
+                    assert!(Arc::ptr_eq(own, &f.dir), "{} copied", f.dir.display());
+                    seen += 1;
+                } else {
+                    assert_eq!(&*f.dir, memory.join("_procs"), "only the leaf is below");
                 }
             }
             assert!(seen >= 4, "{seen} files in the tenant's own directories");
             assert_eq!(r.tasks.capacity(), r.tasks.len());
         };
+        assert_eq!(std::mem::size_of::<FileAt>(), 24);
         check(&r);
         r.rewalk();
         r.sample().unwrap().unwrap();
@@ -1485,12 +1523,9 @@ mod tests {
         };
         let mut r = V1StatsReader::open(&dirs, tmp.path()).unwrap().unwrap();
         let fds = |r: &V1StatsReader| -> Vec<i32> {
-            let (_, at) = r
-                .files
+            r.files
                 .iter()
-                .find(|(f, _)| *f == V1File::OomControl)
-                .unwrap();
-            at.iter()
+                .filter(|f| f.is(V1File::OomControl))
                 .map(|f| f.held.as_ref().unwrap().as_raw_fd())
                 .collect()
         };

@@ -84,7 +84,7 @@ pub fn options(flags: &LaunchArgs, tenant: Option<&LaunchSpec>) -> Result<Launch
 async fn prepare(tenant: &str, o: &ClientOpts, flags: &LaunchArgs) -> Result<Launch, ClientError> {
     let c = Client::new(&o.addr, o.token.clone());
     let view: TenantView = c.get(&format!("/v1/tenants/{tenant}")).await?;
-    let launch = options(flags, view.stored.spec.launch.as_ref())?;
+    let launch = options(flags, view.stored.spec.launch.as_deref())?;
     let me = std::process::id();
     let _: Attached = c
         .send(

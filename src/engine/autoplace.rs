@@ -444,7 +444,7 @@ impl Governor {
                     .specs()
                     .iter()
                     .filter_map(|(n, s)| {
-                        let p = s.placement.clone()?;
+                        let p = s.placement.as_deref()?.clone();
                         Some((n.clone(), p, CgroupPath::tenant(&c.state.lineage(n)).leaf()))
                     })
                     .collect(),
