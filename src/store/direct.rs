@@ -95,7 +95,8 @@ impl<'c> Direct<'c> {
                 db,
                 sql.as_ptr().cast(),
                 len,
-                ffi::SQLITE_PREPARE_PERSISTENT,
+                // Not SQLITE_PREPARE_PERSISTENT: the statement lives for one call.
+                0,
                 &mut st,
                 std::ptr::null_mut(),
             )
