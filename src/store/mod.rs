@@ -369,12 +369,13 @@ async fn close_writer(slot: &mut Slot) {
 pub struct Store {
     pool: SqlitePool,
     /// The one connection that writes the sampler's sweeps and closed minutes
-    /// (`add_sweep`, `add_minute_rollups`). Their multi-row INSERTs are the largest compiled
-    /// statements the store has (about 3.4 kB of SQLite's memory per row of a statement:
-    /// some 0.9 MB for one of 256 usage rows) and each connection keeps its own compiled
-    /// copy of every one it ran; on the pool, whose idle connections take turns, every
-    /// connection came to hold all of them (22 MB of SQLite's memory at 10,000 tenants,
-    /// heaptrack; issue 15, target 4). Reads and the other writes stay on `pool`.
+    /// (`add_sweep`, `add_minute_rollups`). The closed minutes' multi-row INSERTs are the
+    /// largest compiled statements the store keeps (about 3.4 kB of SQLite's memory per row
+    /// of a statement), and each connection keeps its own compiled copy of every one it ran;
+    /// on the pool, whose idle connections take turns, every connection came to hold all of
+    /// them (22 MB of SQLite's memory at 10,000 tenants with the usage rows' INSERTs of then,
+    /// heaptrack; issue 15, target 4). The raw rows now go through `store::direct`, whose
+    /// statements live for one call. Reads and the other writes stay on `pool`.
     sweeps: SqlitePool,
     writer: Arc<Writer>,
     path: PathBuf,
