@@ -1,14 +1,16 @@
-//! Direct SQLite calls (through libsqlite3-sys, the library sqlx itself links) for the store's
-//! two hot paths: a sweep's raw rows written, and a compaction's raw rows read back (issue 15).
+//! Direct SQLite calls (through libsqlite3-sys, the library sqlx itself links) for the raw
+//! rows: a sweep's rows written, a compaction's read back, and a tenant's read for an answer
+//! (issue 15).
 //!
 //! sqlx copies every bound value into an owned argument and every fetched value into an owned
 //! `SqliteValue`, and sends rows between its worker thread and the task. For the raw rows (some
 //! 40 values each, one row per tenant and sweep) that copying was most of the cost: a profile
-//! of a compaction put 60% of its CPU in `row_of`, sqlx's `try_get` and the drop of its rows,
-//! and the sweep's write spent 40% of its time binding and clearing 47,000 values. Here a
-//! statement is prepared once per call, each row is bound and stepped in place, and each column
-//! read straight from SQLite's result, inside the sqlx connection's own transaction (the handle
-//! is locked out of sqlx's worker while we use it). Everything else stays on sqlx.
+//! of a compaction put 60% of its CPU in turning sqlx's rows into ours (`try_get`, then the
+//! drop of sqlx's rows), and the sweep's write spent 40% of its time binding and clearing
+//! 47,000 values. Here a statement is prepared once per call, each row is bound and stepped in
+//! place, and each column read straight from SQLite's result, inside the sqlx connection's own
+//! transaction (the handle is locked out of sqlx's worker while we use it). Everything else
+//! stays on sqlx.
 #![allow(unsafe_code)]
 
 use super::{Result, StoreError};
@@ -112,6 +114,27 @@ impl<'c> Direct<'c> {
             _lock: PhantomData,
         })
     }
+}
+
+/// Runs the SELECT `sql` on `conn` directly: `bind` binds its parameters, `row` makes a value
+/// of each row it answers. The one loop of every direct read.
+pub(super) async fn query_rows<T>(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    op: &'static str,
+    bind: impl FnOnce(&mut Stmt<'_>) -> Result<()>,
+    mut row: impl FnMut(&Stmt<'_>) -> T,
+) -> Result<Vec<T>> {
+    let mut d = Direct::lock(conn, op).await?;
+    blocking(|| {
+        let mut st = d.prepare(sql, op)?;
+        bind(&mut st)?;
+        let mut rows = Vec::new();
+        while st.step()? {
+            rows.push(row(&st));
+        }
+        Ok(rows)
+    })
 }
 
 fn too_long(op: &'static str) -> StoreError {

@@ -82,11 +82,11 @@ pub enum StoreError {
 /// SQLite's result code for a full disk (`SQLITE_FULL`), and the extended code for a wal-index
 /// (`-shm`) that could not grow (`SQLITE_IOERR_SHMSIZE`), which on a full disk comes first.
 /// https://www.sqlite.org/rescode.html
-/// Rows a query's sqlx worker may send ahead of the task that reads them (`Store::open`).
-const ROW_BUFFER: usize = 1024;
-
 const SQLITE_FULL: i32 = 13;
 const SQLITE_IOERR_SHMSIZE: i32 = 4874;
+
+/// Rows a query's sqlx worker may send ahead of the task that reads them (`Store::open`).
+const ROW_BUFFER: usize = 1024;
 
 /// Whether `e` says the database's filesystem is full.
 fn is_full(e: &sqlx::Error) -> bool {

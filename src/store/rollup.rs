@@ -149,6 +149,17 @@ pub(super) fn bind_window(
     st.bind(4, last)
 }
 
+/// The parameters ?1..?3 of a tenant's raw rows in [from_ms, to_ms) (the raw answers' tails).
+pub(super) fn bind_tenant_range(
+    st: &mut Stmt<'_>,
+    tenant: &str,
+    (from_ms, to_ms): (i64, i64),
+) -> Result<()> {
+    st.bind(1, tenant)?;
+    st.bind(2, from_ms)?;
+    st.bind(3, to_ms)
+}
+
 /// `delete_window`'s statement: one seek per sweep time of the window (`sample_ticks`) over
 /// the tenants' range, so a slice deletes its own rows without scanning the whole window's
 /// (issue 15). ?1..?4 = window start, end, first and last tenant.

@@ -9,10 +9,10 @@
 //! usage tables only: it imports `store::rollup` (levels, retention) and the domain, never
 //! `store::sla` (the SLA tables) nor `store::sweep` (the one transaction writing both).
 
-use super::direct::{Direct, Stmt, blocking};
+use super::direct::{Direct, Stmt, blocking, query_rows};
 use super::rollup::{
-    BLOCK_MS, BlockColumn, Level, Retention, SqlSum, bind_window, merge_by_time, read_blocks,
-    unfolded,
+    BLOCK_MS, BlockColumn, Level, Retention, SqlSum, bind_tenant_range, bind_window, merge_by_time,
+    read_blocks, unfolded,
 };
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::usage_block::decode_usage;
@@ -22,7 +22,7 @@ use crate::domain::usage_row::{
 };
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, SqliteConnection};
 use std::borrow::Borrow;
 use std::sync::OnceLock;
@@ -462,35 +462,6 @@ fn tail_sql() -> &'static str {
     })
 }
 
-/// A raw row selected with `raw_select`: its values by position, in `raw_columns` order
-/// (tenant, ts_ms, interval_ms, counters, gauges, rates, events).
-fn row_of(r: &SqliteRow) -> Result<UsageRow> {
-    const OP: &str = "read raw usage";
-    let int = |i: usize| r.try_get::<Option<i64>, _>(i).map_err(q(OP));
-    let ints = |at: usize, n: usize| (at..at + n).map(int).collect::<Result<Vec<_>>>();
-    let c0 = 3;
-    let g0 = c0 + COUNTERS.len();
-    let r0 = g0 + GAUGES.len();
-    let e0 = r0 + RATES.len();
-    let (counters, gauges, events) = (
-        ints(c0, COUNTERS.len())?,
-        ints(g0, GAUGES.len())?,
-        ints(e0, EVENTS.len())?,
-    );
-    let rates = (r0..e0)
-        .map(|i| r.try_get::<Option<f64>, _>(i).map_err(q(OP)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(UsageRow {
-        tenant: r.try_get(0).map_err(q(OP))?,
-        ts_ms: r.try_get(1).map_err(q(OP))?,
-        interval_ms: int(2)?,
-        counters: UsageCounters::from_values(std::array::from_fn(|i| counters[i])),
-        gauges: UsageGauges::from_values(std::array::from_fn(|i| gauges[i])),
-        rates: UsageRates::from_values(std::array::from_fn(|i| rates[i])),
-        events: UsageEvents::from_values(std::array::from_fn(|i| events[i])),
-    })
-}
-
 /// `raw_usage_window`'s query: ?1..?4 = window start, end, first and last tenant.
 pub(super) fn usage_window_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
@@ -515,20 +486,18 @@ pub(super) async fn raw_usage_window(
     range: (i64, i64),
     tenants: (&str, &str),
 ) -> Result<Vec<UsageRow>> {
-    const OP: &str = "read a window of raw usage";
-    let mut d = Direct::lock(tx, OP).await?;
-    blocking(|| {
-        let mut st = d.prepare(usage_window_sql(), OP)?;
-        bind_window(&mut st, range, tenants)?;
-        let mut rows = Vec::new();
-        while st.step()? {
-            rows.push(direct_row(&st));
-        }
-        Ok(rows)
-    })
+    query_rows(
+        tx,
+        usage_window_sql(),
+        "read a window of raw usage",
+        |st| bind_window(st, range, tenants),
+        direct_row,
+    )
+    .await
 }
 
-/// The current row of a statement selecting `raw_select`'s columns, as `row_of` reads it.
+/// The current row of a statement selecting `raw_select`'s columns: its values by position,
+/// in `raw_columns` order (tenant, ts_ms, interval_ms, counters, gauges, rates, events).
 fn direct_row(st: &Stmt<'_>) -> UsageRow {
     let c0 = 3;
     let g0 = c0 + COUNTERS.len();
@@ -698,17 +667,14 @@ impl Store {
             |r| r.ts_ms,
         )
         .await?;
-        // Built only from the const column lists: no user text.
-        let tail = sqlx::query(sqlx::AssertSqlSafe(tail_sql()))
-            .bind(tenant)
-            .bind(from_ms)
-            .bind(to_ms)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(q(OP))?
-            .iter()
-            .map(row_of)
-            .collect::<Result<Vec<_>>>()?;
+        let tail = query_rows(
+            &mut tx,
+            tail_sql(),
+            OP,
+            |st| bind_tenant_range(st, tenant, (from_ms, to_ms)),
+            direct_row,
+        )
+        .await?;
         tx.commit().await.map_err(q("commit"))?;
         Ok(merge_by_time(rows, tail, |r| r.ts_ms))
     }

@@ -3,9 +3,10 @@
 //! imports `store::rollup` (levels, retention), never `store::samples` (the usage tables) nor
 //! `store::sweep` (the one transaction writing both).
 
-use super::direct::{Direct, blocking};
+use super::direct::{Direct, Stmt, blocking, query_rows};
 use super::rollup::{
-    BlockColumn, Level, Retention, SqlSum, bind_window, merge_by_time, read_blocks, unfolded,
+    BlockColumn, Level, Retention, SqlSum, bind_tenant_range, bind_window, merge_by_time,
+    read_blocks, unfolded,
 };
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::sla_engine::Verdict;
@@ -168,20 +169,17 @@ pub(super) async fn insert_sla(tx: &mut SqliteConnection, rows: &[Verdict]) -> R
     })
 }
 
-/// A verdict as sla_raw holds it: (tenant, ts, interval, guarantee, delivered, contended,
-/// violating).
-type VerdictRow = (String, i64, i64, Option<f64>, f64, bool, bool);
-
-fn verdict(r: VerdictRow) -> Verdict {
-    let (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating) = r;
+/// The current row of a statement selecting a verdict's columns in `sla_raw`'s order (tenant,
+/// ts, interval, guarantee, delivered, contended, violating).
+fn direct_verdict(st: &Stmt<'_>) -> Verdict {
     Verdict {
-        tenant,
-        ts_ms,
-        interval_ms,
-        guarantee_ratio,
-        delivered_ratio,
-        contended,
-        violating,
+        tenant: st.text(0),
+        ts_ms: st.int(1).unwrap_or(0),
+        interval_ms: st.int(2).unwrap_or(0),
+        guarantee_ratio: st.real(3),
+        delivered_ratio: st.real(4).unwrap_or(0.0),
+        contended: st.int(5).is_some_and(|v| v != 0),
+        violating: st.int(6).is_some_and(|v| v != 0),
     }
 }
 
@@ -203,25 +201,14 @@ pub(super) async fn raw_verdict_window(
     range: (i64, i64),
     tenants: (&str, &str),
 ) -> Result<Vec<Verdict>> {
-    const OP: &str = "read a window of sla verdicts";
-    let mut d = Direct::lock(tx, OP).await?;
-    blocking(|| {
-        let mut st = d.prepare(VERDICT_WINDOW_SQL, OP)?;
-        bind_window(&mut st, range, tenants)?;
-        let mut rows = Vec::new();
-        while st.step()? {
-            rows.push(Verdict {
-                tenant: st.text(0),
-                ts_ms: st.int(1).unwrap_or(0),
-                interval_ms: st.int(2).unwrap_or(0),
-                guarantee_ratio: st.real(3),
-                delivered_ratio: st.real(4).unwrap_or(0.0),
-                contended: st.int(5).is_some_and(|v| v != 0),
-                violating: st.int(6).is_some_and(|v| v != 0),
-            });
-        }
-        Ok(rows)
-    })
+    query_rows(
+        tx,
+        VERDICT_WINDOW_SQL,
+        "read a window of sla verdicts",
+        |st| bind_window(st, range, tenants),
+        direct_verdict,
+    )
+    .await
 }
 
 /// Buckets of `ms` (aligned to multiples of it) of verdicts in time order, summed as the SQL
@@ -356,23 +343,18 @@ impl Store {
         )
         .await?;
         // Raw rows are keyed (ts_ms, tenant): one lookup per sweep time in the range.
-        let tail: Vec<VerdictRow> = sqlx::query_as(
+        let tail = query_rows(
+            &mut tx,
             "SELECT r.tenant, r.ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating
              FROM sample_ticks t CROSS JOIN sla_raw r ON r.ts_ms = t.ts_ms
              WHERE r.tenant = ?1 AND t.ts_ms >= ?2 AND t.ts_ms < ?3 ORDER BY t.ts_ms",
+            OP,
+            |st| bind_tenant_range(st, tenant, (from_ms, to_ms)),
+            direct_verdict,
         )
-        .bind(tenant)
-        .bind(from_ms)
-        .bind(to_ms)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(q(OP))?;
+        .await?;
         tx.commit().await.map_err(q("commit"))?;
-        Ok(merge_by_time(
-            rows,
-            tail.into_iter().map(verdict).collect(),
-            |r| r.ts_ms,
-        ))
+        Ok(merge_by_time(rows, tail, |r| r.ts_ms))
     }
 
     /// Buckets of `ms` and the contended shares of a rollup level.
