@@ -101,6 +101,16 @@ impl TestRoot {
         });
     }
 
+    /// Waits until at least one process lives in the tenant's leaf: for a shell loop whose
+    /// count changes as it forks (`sh` alone between two `dd`s, `sh` and `dd` while one runs).
+    pub fn wait_some_procs(&self, tenant: &str) {
+        eventually(30, &format!("a process in {tenant}"), || {
+            !self
+                .read(&format!("{tenant}/_procs/cgroup.procs"))
+                .is_empty()
+        });
+    }
+
     pub fn read(&self, rel: &str) -> String {
         let p = self.path.join(rel);
         std::fs::read_to_string(&p)
