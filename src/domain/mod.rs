@@ -1,6 +1,7 @@
 //! Pure domain logic: no clock, no IO, no async. Tenants and their SLA, the mapping to kernel
 //! settings, the stats a cgroup reads as (`stats`), rates from samples (`usage`), the row the
-//! usage history keeps (`usage_row`) and its compressed column blocks (`usage_block`), which
+//! usage history keeps (`usage_row`), its compressed column blocks (`usage_block`) and a sweep's
+//! raw rows of a run of tenants as one body (`raw_slice`), which
 //! stat figures a sweep reads (`cadence`), the desired state changed one tenant at a time
 //! (`desired`), SLA accounting (`sla`) and the engine that applies it to every sweep
 //! (`sla_engine`), the events the log records (`event`), and the rules that say which tenant a
@@ -21,6 +22,7 @@ pub mod launch;
 pub mod nft;
 pub mod placement;
 pub mod plan;
+pub mod raw_slice;
 pub mod schema;
 pub mod sla;
 pub mod sla_engine;

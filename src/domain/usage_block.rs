@@ -29,6 +29,13 @@ const VERSION: u8 = 1;
 #[error("usage block cannot be decoded: {0}")]
 pub struct BlockError(&'static str);
 
+impl BlockError {
+    /// An error of stored bytes of this family of formats (`raw_slice` too), saying `why`.
+    pub(crate) const fn new(why: &'static str) -> Self {
+        BlockError(why)
+    }
+}
+
 type Result<T> = std::result::Result<T, BlockError>;
 
 /// Bits, most significant first.

@@ -1429,11 +1429,14 @@ mod tests {
                 && kinds.iter().any(|e| matches!(e, Event::MemoryMax(_))),
             "{kinds:?}"
         );
-        let cores: Option<f64> =
-            sqlx::query_scalar("SELECT cpu_cores FROM usage_raw ORDER BY ts_ms DESC LIMIT 1")
-                .fetch_one(store.pool())
-                .await
-                .unwrap();
+        let cores = store
+            .raw_usage("web", 0, i64::MAX)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .rates
+            .cpu_cores;
         assert!(cores.unwrap() > 1.0, "1 CPU second in ~20 ms: {cores:?}");
         assert!(
             metrics
@@ -1545,13 +1548,28 @@ mod tests {
         set_cpu_usage(&root.join("c"), 31_500_000);
         assert_eq!(sampler.sweep_at(t0 + 1000).await.unwrap().sampled, 3);
 
-        let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
-            "SELECT tenant, cpu_usage_usec, cpu_cores FROM usage_raw WHERE ts_ms = ?1 ORDER BY tenant",
-        )
-        .bind(t0 + 1000)
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
+        let at = |t: &'static str, ts: i64| {
+            let store = store.clone();
+            async move {
+                let rows = store.raw_usage(t, ts, ts + 1).await.unwrap();
+                let r = rows.first().unwrap_or_else(|| panic!("{t} at {ts}"));
+                (
+                    r.tenant.clone(),
+                    r.counters.cpu_usage_usec,
+                    r.rates.cpu_cores,
+                )
+            }
+        };
+        let mut rows = Vec::new();
+        for t in ["0d", "a", "c"] {
+            let (name, usage, cores) = at(t, t0 + 1000).await;
+            rows.push((name, usage.unwrap(), cores));
+        }
+        assert_eq!(
+            store.raw_usage("b", t0 + 1000, t0 + 1001).await.unwrap(),
+            [],
+            "b is gone"
+        );
         assert_eq!(
             rows,
             vec![
@@ -1565,12 +1583,7 @@ mod tests {
         put(&store, "b").await;
         set_cpu_usage(&root.join("b"), 25_000_000);
         assert_eq!(sampler.sweep_at(t0 + 2000).await.unwrap().sampled, 4);
-        let b_rate: Option<f64> =
-            sqlx::query_scalar("SELECT cpu_cores FROM usage_raw WHERE ts_ms = ?1 AND tenant = 'b'")
-                .bind(t0 + 2000)
-                .fetch_one(store.pool())
-                .await
-                .unwrap();
+        let b_rate = at("b", t0 + 2000).await.2;
         assert_eq!(b_rate, None);
     }
 
@@ -1613,14 +1626,20 @@ mod tests {
         let rows = |tenant: &'static str| {
             let store = store.clone();
             async move {
-                let r: Vec<Row> = sqlx::query_as(
-                    "SELECT ts_ms, io_read_bytes, io_read_bytes_per_s, memory_current_bytes \
-                     FROM usage_raw WHERE tenant = ?1 ORDER BY ts_ms",
-                )
-                .bind(tenant)
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
+                let r: Vec<Row> = store
+                    .raw_usage(tenant, 0, i64::MAX)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.ts_ms,
+                            r.counters.io_read_bytes,
+                            r.rates.io_read_bytes_per_s,
+                            r.gauges.memory_current_bytes,
+                        )
+                    })
+                    .collect();
                 r
             }
         };

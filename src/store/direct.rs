@@ -219,6 +219,17 @@ impl Param for &str {
     }
 }
 
+impl Param for &[u8] {
+    unsafe fn bind_to(&self, st: *mut ffi::sqlite3_stmt, i: c_int) -> c_int {
+        // SQLITE_TRANSIENT: SQLite copies the bytes before this returns.
+        let Ok(len) = c_int::try_from(self.len()) else {
+            return ffi::SQLITE_TOOBIG;
+        };
+        // SAFETY: the caller's contract; the bytes are valid for `len` during the call.
+        unsafe { ffi::sqlite3_bind_blob(st, i, self.as_ptr().cast(), len, ffi::SQLITE_TRANSIENT()) }
+    }
+}
+
 impl<T: Param> Param for Option<T> {
     unsafe fn bind_to(&self, st: *mut ffi::sqlite3_stmt, i: c_int) -> c_int {
         match self {
@@ -284,6 +295,22 @@ impl Stmt<'_> {
     pub(super) fn real(&self, c: usize) -> Option<f64> {
         // SAFETY: as `null`.
         (!self.null(c)).then(|| unsafe { ffi::sqlite3_column_double(self.st.as_ptr(), c as c_int) })
+    }
+
+    /// Column `c` of the current row as bytes (empty for NULL), borrowed until the next step.
+    pub(super) fn blob(&self, c: usize) -> &[u8] {
+        // SAFETY: `st` has a row. `sqlite3_column_blob` returns the value's bytes (null for
+        // NULL or empty), valid until the next step, reset or conversion of the column: the
+        // borrow of `self` ends before `step` (which takes `&mut self`) can run. Its length is
+        // `sqlite3_column_bytes`, asked after it as SQLite's documentation says.
+        unsafe {
+            let p = ffi::sqlite3_column_blob(self.st.as_ptr(), c as c_int);
+            if p.is_null() {
+                return &[];
+            }
+            let n = ffi::sqlite3_column_bytes(self.st.as_ptr(), c as c_int);
+            std::slice::from_raw_parts(p.cast(), usize::try_from(n).unwrap_or(0))
+        }
     }
 
     /// Column `c` of the current row as text (empty for NULL).

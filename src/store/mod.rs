@@ -24,6 +24,7 @@ mod intents;
 mod rollup;
 mod samples;
 mod sla;
+mod slices;
 mod sweep;
 
 pub use intents::{Intent, MoveLog, NewIntent};
@@ -389,8 +390,8 @@ pub struct Store {
     window_left: Arc<std::sync::Mutex<Option<WindowLeft>>>,
 }
 
-/// A raw window's start and the tenants of it not compacted yet.
-type WindowLeft = (i64, Vec<String>);
+/// A raw window's start and its units not compacted yet.
+type WindowLeft = (i64, Vec<sweep::Work>);
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies the migrations.

@@ -9,11 +9,12 @@
 //! usage tables only: it imports `store::rollup` (levels, retention) and the domain, never
 //! `store::sla` (the SLA tables) nor `store::sweep` (the one transaction writing both).
 
-use super::direct::{Direct, Stmt, blocking, query_rows};
+use super::direct::{Stmt, query_rows};
 use super::rollup::{
     BLOCK_MS, BlockColumn, Level, Retention, SqlSum, bind_tenant_range, bind_window, merge_by_time,
     read_blocks, unfolded,
 };
+use super::slices::tenant_tail;
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::usage_block::decode_usage;
 use crate::domain::usage_row::{
@@ -216,7 +217,7 @@ pub struct Usage {
 /// target 4).
 const ROLLUP_CHUNK: usize = 128;
 
-fn raw_columns() -> &'static [&'static str] {
+pub(super) fn raw_columns() -> &'static [&'static str] {
     static C: OnceLock<Vec<&'static str>> = OnceLock::new();
     C.get_or_init(|| {
         let mut c = vec!["tenant", "ts_ms", "interval_ms"];
@@ -245,51 +246,32 @@ pub(super) fn rollup_columns() -> &'static [String] {
     })
 }
 
-/// `INSERT INTO usage_rollup SELECT ...` folding the closed buckets in [?1, ?2) of the level
-/// below `to` into `to`: raw rows into minutes, minute rows into hours.
-fn rollup_sql(to: Level) -> &'static str {
-    static S: OnceLock<[String; 2]> = OnceLock::new();
-    let [minute, hour] = S.get_or_init(|| {
+/// `INSERT INTO usage_rollup SELECT ...` folding the closed hours in [?1, ?2) of minute
+/// rollups into hour rollups.
+fn hour_rollup_sql() -> &'static str {
+    static S: OnceLock<String> = OnceLock::new();
+    S.get_or_init(|| {
         let cols = rollup_columns().join(", ");
-        let build = |to: Level| {
-            let ms = to.step_s() * 1000;
-            let mut sel = vec![format!("{}", to.step_s()), "tenant".into(), format!("(ts / {ms}) * {ms} AS b")];
-            if to == Level::Minute {
-                sel.push("count(*)".into());
-                sel.push("coalesce(sum(interval_ms), 0) / 1000.0".into());
-                for r in RATES {
-                    sel.push(format!("sum({r} * interval_ms) / 1000.0, max({r})"));
-                }
-                for g in GAUGES {
-                    sel.push(format!("sum({g}), max({g})"));
-                }
-                for e in EVENTS {
-                    sel.push(format!("sum({e})"));
-                }
-                format!(
-                    "INSERT INTO usage_rollup ({cols}) SELECT {} FROM (SELECT *, ts_ms AS ts FROM usage_raw \
-                     WHERE ts_ms >= ?1 AND ts_ms < ?2) GROUP BY tenant, b ON CONFLICT DO NOTHING",
-                    sel.join(", ")
-                )
-            } else {
-                sel.push("sum(samples)".into());
-                sel.push("sum(covered_s)".into());
-                for r in RATES.iter().chain(&GAUGES) {
-                    sel.push(format!("sum({r}_sum), max({r}_max)"));
-                }
-                for e in EVENTS {
-                    sel.push(format!("sum({e})"));
-                }
-                format!(
-                    "INSERT INTO usage_rollup ({cols}) SELECT {} FROM (SELECT *, bucket_ms AS ts FROM usage_rollup \
-                     WHERE step_s = 60 AND bucket_ms >= ?1 AND bucket_ms < ?2) GROUP BY tenant, b ON CONFLICT DO NOTHING",
-                    sel.join(", ")
-                )
-            }
-        };
-        [build(Level::Minute), build(Level::Hour)]
-    });
-    if to == Level::Hour { hour } else { minute }
+        let ms = Level::Hour.step_s() * 1000;
+        let mut sel = vec![
+            format!("{}", Level::Hour.step_s()),
+            "tenant".into(),
+            format!("(ts / {ms}) * {ms} AS b"),
+        ];
+        sel.push("sum(samples)".into());
+        sel.push("sum(covered_s)".into());
+        for r in RATES.iter().chain(&GAUGES) {
+            sel.push(format!("sum({r}_sum), max({r}_max)"));
+        }
+        for e in EVENTS {
+            sel.push(format!("sum({e})"));
+        }
+        format!(
+            "INSERT INTO usage_rollup ({cols}) SELECT {} FROM (SELECT *, bucket_ms AS ts FROM usage_rollup \
+             WHERE step_s = 60 AND bucket_ms >= ?1 AND bucket_ms < ?2) GROUP BY tenant, b ON CONFLICT DO NOTHING",
+            sel.join(", ")
+        )
+    })
 }
 
 /// The usage query of a rollup level: ?1 from, ?2 step (ms), ?3 tenant, ?4 to. The raw level
@@ -498,7 +480,7 @@ pub(super) async fn raw_usage_window(
 
 /// The current row of a statement selecting `raw_select`'s columns: its values by position,
 /// in `raw_columns` order (tenant, ts_ms, interval_ms, counters, gauges, rates, events).
-fn direct_row(st: &Stmt<'_>) -> UsageRow {
+pub(super) fn direct_row(st: &Stmt<'_>) -> UsageRow {
     let c0 = 3;
     let g0 = c0 + COUNTERS.len();
     let r0 = g0 + GAUGES.len();
@@ -524,61 +506,6 @@ pub(super) fn f(r: &sqlx::sqlite::SqliteRow, c: &str) -> Option<f64> {
             .flatten()
             .map(|v| v as f64),
     }
-}
-
-/// The usage rows of one sweep as they come, each bound and stepped in place by direct
-/// SQLite calls (`store::direct`): no row is held beyond its own step (a whole sweep's were
-/// 6.4 MB at 10,000 tenants; issue 15, target 4), and no value is copied into an sqlx argument
-/// first (binding and clearing 47,000 values was 40% of the sweep's write). Returns the
-/// distinct sample times, in order.
-pub(super) async fn insert_usage_from<R: Borrow<UsageRow>>(
-    tx: &mut SqliteConnection,
-    rows: impl Iterator<Item = R>,
-) -> Result<Vec<i64>> {
-    const OP: &str = "write usage samples";
-    static SQL: OnceLock<String> = OnceLock::new();
-    let cols = raw_columns();
-    let sql = SQL.get_or_init(|| {
-        let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-        format!(
-            "INSERT OR REPLACE INTO usage_raw ({}) VALUES ({})",
-            cols.join(", "),
-            params.join(", ")
-        )
-    });
-    let mut d = Direct::lock(tx, OP).await?;
-    blocking(|| {
-        let mut st = d.prepare(sql, OP)?;
-        let mut ticks = Vec::new();
-        for r in rows {
-            let r = r.borrow();
-            if ticks.last() != Some(&r.ts_ms) {
-                ticks.push(r.ts_ms);
-            }
-            st.bind(1, r.tenant.as_str())?;
-            st.bind(2, r.ts_ms)?;
-            st.bind(3, r.interval_ms)?;
-            // In `raw_columns` order: counters, gauges, rates, events, each group's values in
-            // its `COLUMNS` order.
-            let mut i = 4;
-            for x in r.counters.values().into_iter().chain(r.gauges.values()) {
-                st.bind(i, x)?;
-                i += 1;
-            }
-            for x in r.rates.values() {
-                st.bind(i, x)?;
-                i += 1;
-            }
-            for x in r.events.values() {
-                st.bind(i, x)?;
-                i += 1;
-            }
-            st.execute()?;
-        }
-        ticks.sort_unstable();
-        ticks.dedup();
-        Ok(ticks)
-    })
 }
 
 /// Minutes rolled up in memory (`MinuteRollup`), in multi-row INSERTs of `ROLLUP_CHUNK`; a
@@ -621,28 +548,22 @@ pub(super) async fn insert_minute_rollups<R: Borrow<MinuteRollup>>(
     Ok(())
 }
 
-/// Folds the closed minutes of `usage_raw` into minute rollups, and the closed hours of those
-/// into hour rollups; a bucket appears once `now_ms` is past its end.
+/// Folds the closed hours of minute rollups into hour rollups; an hour appears once `now_ms`
+/// is past its end. (Minutes are folded from raw by `sweep::fold_minutes`.)
 pub(super) async fn fold_usage(tx: &mut SqliteConnection, now_ms: i64) -> Result<()> {
-    for (to, from_sql) in [
-        (Level::Minute, "SELECT min(ts_ms) FROM usage_raw"),
-        (
-            Level::Hour,
-            "SELECT min(bucket_ms) FROM usage_rollup WHERE step_s = 60",
-        ),
-    ] {
-        let done = "SELECT max(bucket_ms) FROM usage_rollup WHERE step_s = ?1";
-        let Some((start, closed)) = unfolded(tx, to.step_s(), done, from_sql, now_ms).await? else {
-            continue;
-        };
-        // Built only from the const column lists: no user text.
-        sqlx::query(sqlx::AssertSqlSafe(rollup_sql(to)))
-            .bind(start)
-            .bind(closed)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("roll up usage"))?;
-    }
+    const FIRST: &str = "SELECT min(bucket_ms) FROM usage_rollup WHERE step_s = 60";
+    let done = "SELECT max(bucket_ms) FROM usage_rollup WHERE step_s = ?1";
+    let Some((start, closed)) = unfolded(tx, Level::Hour.step_s(), done, FIRST, now_ms).await?
+    else {
+        return Ok(());
+    };
+    // Built only from the const column lists: no user text.
+    sqlx::query(sqlx::AssertSqlSafe(hour_rollup_sql()))
+        .bind(start)
+        .bind(closed)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("roll up usage"))?;
     Ok(())
 }
 
@@ -675,8 +596,10 @@ impl Store {
             direct_row,
         )
         .await?;
+        let slices = tenant_tail::<UsageRow>(&mut tx, tenant, (from_ms, to_ms)).await?;
         tx.commit().await.map_err(q("commit"))?;
-        Ok(merge_by_time(rows, tail, |r| r.ts_ms))
+        let rows = merge_by_time(rows, tail, |r| r.ts_ms);
+        Ok(merge_by_time(rows, slices, |r| r.ts_ms))
     }
 
     /// Deletes what each level keeps no longer. Returns the rows removed.
@@ -691,6 +614,13 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(q("prune raw usage"))?
+            .rows_affected();
+        // Slices hold verdicts too: both raw tables kept `raw_ms`.
+        n += sqlx::query("DELETE FROM raw_slices WHERE ts_ms < ?1")
+            .bind(now_ms - keep.raw_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(q("prune raw slices"))?
             .rows_affected();
         // A block goes once all of its window is older than `raw_ms` (both raw tables keep
         // `raw_ms`, their blocks with them).

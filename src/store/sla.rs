@@ -3,11 +3,12 @@
 //! imports `store::rollup` (levels, retention), never `store::samples` (the usage tables) nor
 //! `store::sweep` (the one transaction writing both).
 
-use super::direct::{Direct, Stmt, blocking, query_rows};
+use super::direct::{Stmt, query_rows};
 use super::rollup::{
     BlockColumn, Level, Retention, SqlSum, bind_tenant_range, bind_window, merge_by_time,
     read_blocks, unfolded,
 };
+use super::slices::tenant_tail;
 use super::{Result, Store, bind, q, statement_chunks, values_sql};
 use crate::domain::sla_engine::Verdict;
 use crate::domain::usage_block::decode_verdicts;
@@ -144,34 +145,9 @@ pub struct SlaSeries {
     pub contended_shares: Vec<f64>,
 }
 
-/// The verdicts of one sweep, each bound and stepped in place by direct SQLite calls
-/// (`store::direct`, as the usage rows).
-pub(super) async fn insert_sla(tx: &mut SqliteConnection, rows: &[Verdict]) -> Result<()> {
-    const OP: &str = "record sla verdicts";
-    const SQL: &str = "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio, delivered_ratio, contended, violating) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut d = Direct::lock(tx, OP).await?;
-    blocking(|| {
-        let mut st = d.prepare(SQL, OP)?;
-        for r in rows {
-            st.bind(1, r.tenant.as_str())?;
-            st.bind(2, r.ts_ms)?;
-            st.bind(3, r.interval_ms)?;
-            st.bind(4, r.guarantee_ratio)?;
-            st.bind(5, r.delivered_ratio)?;
-            st.bind(6, r.contended)?;
-            st.bind(7, r.violating)?;
-            st.execute()?;
-        }
-        Ok(())
-    })
-}
-
 /// The current row of a statement selecting a verdict's columns in `sla_raw`'s order (tenant,
 /// ts, interval, guarantee, delivered, contended, violating).
-fn direct_verdict(st: &Stmt<'_>) -> Verdict {
+pub(super) fn direct_verdict(st: &Stmt<'_>) -> Verdict {
     Verdict {
         tenant: st.text(0),
         ts_ms: st.int(1).unwrap_or(0),
@@ -270,18 +246,9 @@ pub(super) fn raw_buckets(rows: &[Verdict], ms: i64) -> (Vec<BucketRow>, Vec<f64
     (out, shares)
 }
 
-/// Folds the closed minutes of `sla_raw` into minute rollups, and the closed hours of those
-/// into hour rollups; like the usage rollups, a bucket appears once `now_ms` is past its end.
+/// Folds the closed hours of minute rollups into hour rollups; like the usage rollups, an
+/// hour appears once `now_ms` is past its end. (Minutes: `sweep::fold_minutes`.)
 pub(super) async fn fold_sla(tx: &mut SqliteConnection, now_ms: i64) -> Result<()> {
-    const MINUTE: &str =
-        "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
-             delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio)
-         SELECT 60, tenant, (ts_ms / 60000) * 60000 AS b, sum(interval_ms) / 1000.0,
-             sum(contended * interval_ms) / 1000.0, sum(violating * interval_ms) / 1000.0,
-             sum(delivered_ratio * interval_ms) / 1000.0,
-             sum(delivered_ratio * contended * interval_ms) / 1000.0,
-             min(CASE WHEN contended THEN delivered_ratio END), max(guarantee_ratio)
-         FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY tenant, b ON CONFLICT DO NOTHING";
     const HOUR: &str = "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
              delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio)
          SELECT 3600, tenant, (bucket_ms / 3600000) * 3600000 AS b, sum(covered_s), sum(contended_s),
@@ -289,25 +256,17 @@ pub(super) async fn fold_sla(tx: &mut SqliteConnection, now_ms: i64) -> Result<(
              min(delivered_contended_min), max(guarantee_ratio)
          FROM sla_rollup WHERE step_s = 60 AND bucket_ms >= ?1 AND bucket_ms < ?2
          GROUP BY tenant, b ON CONFLICT DO NOTHING";
-    for (step, first_sql, fold_sql) in [
-        (60_i64, "SELECT min(ts_ms) FROM sla_raw", MINUTE),
-        (
-            3600,
-            "SELECT min(bucket_ms) FROM sla_rollup WHERE step_s = 60",
-            HOUR,
-        ),
-    ] {
-        let done = "SELECT max(bucket_ms) FROM sla_rollup WHERE step_s = ?1";
-        let Some((start, closed)) = unfolded(tx, step, done, first_sql, now_ms).await? else {
-            continue;
-        };
-        sqlx::query(fold_sql)
-            .bind(start)
-            .bind(closed)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("roll up sla verdicts"))?;
-    }
+    const FIRST: &str = "SELECT min(bucket_ms) FROM sla_rollup WHERE step_s = 60";
+    let done = "SELECT max(bucket_ms) FROM sla_rollup WHERE step_s = ?1";
+    let Some((start, closed)) = unfolded(tx, 3600, done, FIRST, now_ms).await? else {
+        return Ok(());
+    };
+    sqlx::query(HOUR)
+        .bind(start)
+        .bind(closed)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("roll up sla verdicts"))?;
     Ok(())
 }
 
@@ -353,8 +312,10 @@ impl Store {
             direct_verdict,
         )
         .await?;
+        let slices = tenant_tail::<Verdict>(&mut tx, tenant, (from_ms, to_ms)).await?;
         tx.commit().await.map_err(q("commit"))?;
-        Ok(merge_by_time(rows, tail, |r| r.ts_ms))
+        let rows = merge_by_time(rows, tail, |r| r.ts_ms);
+        Ok(merge_by_time(rows, slices, |r| r.ts_ms))
     }
 
     /// Buckets of `ms` and the contended shares of a rollup level.
@@ -479,11 +440,20 @@ mod tests {
                 .collect();
             store.add_sla(&rows).await.unwrap();
         }
-        let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM sla_raw")
+        // Each sweep's verdicts as slices of `SLICE_TENANTS`, every verdict found again.
+        let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_slices")
             .fetch_one(store.pool())
             .await
             .unwrap();
-        assert_eq!(raw, 2 * names.len() as i64);
+        let per_sweep = names
+            .len()
+            .div_ceil(crate::domain::raw_slice::SLICE_TENANTS);
+        assert_eq!(raw, 2 * per_sweep as i64);
+        for n in [&names[0], &names[names.len() - 1]] {
+            let got = store.raw_verdicts(n, 0, i64::MAX).await.unwrap();
+            assert_eq!(got.len(), 2, "{n}");
+            assert_eq!(got[1].delivered_ratio, 0.25);
+        }
         let rollups = || async {
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sla_rollup")
                 .fetch_one(store.pool())

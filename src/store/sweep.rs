@@ -4,13 +4,18 @@
 //! of raw rows and verdicts into one compressed block per tenant (`compact_raw`, issue 15).
 //! It composes `store::samples` and `store::sla`, which import neither it nor each other.
 
+use super::direct::query_rows;
 use super::rollup::{BLOCK_MS, delete_window, merge_by_time};
-use super::samples::{
-    MinuteRollup, fold_usage, insert_minute_rollups, insert_usage_from, raw_usage_window,
-};
-use super::sla::{SlaMinute, fold_sla, insert_sla, insert_sla_minutes, raw_verdict_window};
+use super::rollup::{bind_window, unfolded};
+use super::samples::{MinuteRollup, fold_usage, insert_minute_rollups, raw_usage_window};
+use super::samples::{direct_row, usage_window_sql};
+use super::sla::{SlaMinute, fold_sla, insert_sla_minutes, raw_verdict_window};
+use super::sla::{VERDICT_WINDOW_SQL, direct_verdict};
+use super::slices::{delete_rows, for_each_entry, insert_slices, take_key, window_keys};
 use super::{NewEvent, Result, Store, StoreError, insert_event, q};
+use crate::domain::raw_slice;
 use crate::domain::sla_engine::Verdict;
+use crate::domain::usage_block::BlockError;
 use crate::domain::usage_block::{decode_usage, decode_verdicts, encode_usage, encode_verdicts};
 use crate::domain::usage_row::UsageRow;
 use sqlx::SqliteConnection;
@@ -61,31 +66,81 @@ async fn window_tenants(tx: &mut SqliteConnection, start_ms: i64) -> Result<Vec<
     .map_err(q("list the tenants of a raw window"))
 }
 
-/// Moves the raw rows and verdicts of the window [start_ms, start_ms + BLOCK_MS) of the
-/// tenants in [first, last] into one `raw_blocks` row per tenant. A block already there (rows
-/// written into a compacted window after a clock step back) is merged with them, the raw
-/// table's rows winning for a time both hold. Returns the rows moved.
-async fn compact_window(
-    tx: &mut SqliteConnection,
-    start_ms: i64,
-    tenants: (&str, &str),
-) -> Result<u64> {
+/// A window's unit of compaction, one transaction each: a run of tenants of the raw tables
+/// written before `raw_slices` (their first and last), or the slices of one first tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Work {
+    Tenants(String, String),
+    Slices(String),
+}
+
+/// The units of the window [start_ms, start_ms + BLOCK_MS): the old tables' tenants in runs
+/// of `TENANTS_PER_TX`, then the slices' first tenants.
+async fn window_work(tx: &mut SqliteConnection, start_ms: i64) -> Result<Vec<Work>> {
+    let tenants = window_tenants(tx, start_ms).await?;
+    let mut work: Vec<Work> = tenants
+        .chunks(TENANTS_PER_TX)
+        .map(|b| Work::Tenants(b[0].clone(), b[b.len() - 1].clone()))
+        .collect();
+    let keys = window_keys(tx, (start_ms, start_ms + BLOCK_MS)).await?;
+    work.extend(keys.into_iter().map(Work::Slices));
+    Ok(work)
+}
+
+/// Moves one unit of the window [start_ms, start_ms + BLOCK_MS) into one `raw_blocks` row per
+/// tenant. Returns the rows and verdicts moved.
+async fn compact_work(tx: &mut SqliteConnection, start_ms: i64, work: &Work) -> Result<u64> {
+    let window = (start_ms, start_ms + BLOCK_MS);
     let mut by_tenant: BTreeMap<String, TenantWindow> = BTreeMap::new();
     let mut moved = 0;
-    let mut slice = start_ms;
-    while slice < start_ms + BLOCK_MS {
-        let range = (slice, (slice + SLICE_MS).min(start_ms + BLOCK_MS));
-        let usage = raw_usage_window(tx, range, tenants).await?;
-        let verdicts = raw_verdict_window(tx, range, tenants).await?;
-        moved += (usage.len() + verdicts.len()) as u64;
-        for r in usage {
-            by_tenant.entry(r.tenant.clone()).or_default().0.push(r);
+    match work {
+        Work::Tenants(first, last) => {
+            let tenants = (first.as_str(), last.as_str());
+            let mut slice = start_ms;
+            while slice < window.1 {
+                let range = (slice, (slice + SLICE_MS).min(window.1));
+                let usage = raw_usage_window(tx, range, tenants).await?;
+                let verdicts = raw_verdict_window(tx, range, tenants).await?;
+                moved += (usage.len() + verdicts.len()) as u64;
+                for r in usage {
+                    by_tenant.entry(r.tenant.clone()).or_default().0.push(r);
+                }
+                for v in verdicts {
+                    by_tenant.entry(v.tenant.clone()).or_default().1.push(v);
+                }
+                slice = range.1;
+            }
+            write_blocks(tx, start_ms, by_tenant).await?;
+            delete_window(tx, "usage_raw", start_ms, tenants).await?;
+            delete_window(tx, "sla_raw", start_ms, tenants).await?;
         }
-        for v in verdicts {
-            by_tenant.entry(v.tenant.clone()).or_default().1.push(v);
+        Work::Slices(key) => {
+            let rowids = take_key(tx, window, key, |tenant, u, v| {
+                let w = match by_tenant.get_mut(tenant) {
+                    Some(w) => w,
+                    None => by_tenant.entry(tenant.to_string()).or_default(),
+                };
+                moved += u64::from(u.is_some()) + u64::from(v.is_some());
+                w.0.extend(u);
+                w.1.extend(v);
+            })
+            .await?;
+            write_blocks(tx, start_ms, by_tenant).await?;
+            delete_rows(tx, &rowids).await?;
         }
-        slice = range.1;
     }
+    Ok(moved)
+}
+
+/// Writes each tenant's rows and verdicts of the window starting at `start_ms` as its block.
+/// A block already there (rows written into a compacted window after a clock step back, or a
+/// tenant whose run of slices changed within the window) is merged with them, the new rows
+/// winning for a time both hold.
+async fn write_blocks(
+    tx: &mut SqliteConnection,
+    start_ms: i64,
+    by_tenant: BTreeMap<String, TenantWindow>,
+) -> Result<()> {
     const OP: &str = "write raw blocks";
     for (tenant, (mut rows, mut verdicts)) in by_tenant {
         let old: Option<(Option<Blob>, Option<Blob>)> =
@@ -122,9 +177,111 @@ async fn compact_window(
             .await
             .map_err(q(OP))?;
     }
-    delete_window(tx, "usage_raw", start_ms, tenants).await?;
-    delete_window(tx, "sla_raw", start_ms, tenants).await?;
-    Ok(moved)
+    Ok(())
+}
+
+/// Folds the closed minutes of raw rows and verdicts that no minute rollup holds yet (the
+/// minute the daemon started in, minutes before it) into minute rollups, a minute at a time:
+/// from the slices, and from the old tables' rows of a database written before them. Each
+/// minute's rows are folded as they are read (`MinuteRollup::add`, `SlaMinute::add`, in time
+/// order as the sampler folds them), never held: one minute of 10,000 tenants is 600,000.
+async fn fold_minutes(tx: &mut SqliteConnection, now_ms: i64) -> Result<()> {
+    const FIRST: &str = "SELECT min(ts) FROM (SELECT min(ts_ms) AS ts FROM usage_raw
+         UNION ALL SELECT min(ts_ms) FROM sla_raw UNION ALL SELECT min(ts_ms) FROM raw_slices)";
+    const NEXT: &str = "SELECT min(ts_ms) FROM sample_ticks WHERE ts_ms >= ?1 AND ts_ms < ?2";
+    const MINUTE: i64 = 60_000;
+    let usage = unfolded(
+        tx,
+        60,
+        "SELECT max(bucket_ms) FROM usage_rollup WHERE step_s = ?1",
+        FIRST,
+        now_ms,
+    )
+    .await?;
+    let sla = unfolded(
+        tx,
+        60,
+        "SELECT max(bucket_ms) FROM sla_rollup WHERE step_s = ?1",
+        FIRST,
+        now_ms,
+    )
+    .await?;
+    let (Some(start), Some(closed)) = (
+        usage.iter().chain(&sla).map(|r| r.0).min(),
+        usage.iter().chain(&sla).map(|r| r.1).max(),
+    ) else {
+        return Ok(());
+    };
+    let all = ("", "\u{10ffff}");
+    let mut m = start;
+    while m < closed {
+        // The next minute with a sweep: the minutes the daemon was stopped are skipped.
+        let next: Option<i64> = sqlx::query_scalar(NEXT)
+            .bind(m)
+            .bind(closed)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q("find the next sample time"))?;
+        let Some(t) = next else { break };
+        m = t.div_euclid(MINUTE) * MINUTE;
+        let range = (m, m + MINUTE);
+        let fold_u = usage.is_some_and(|(s, c)| m >= s && m < c);
+        let fold_s = sla.is_some_and(|(s, c)| m >= s && m < c);
+        let mut u: BTreeMap<String, MinuteRollup> = BTreeMap::new();
+        let mut v: BTreeMap<String, SlaMinute> = BTreeMap::new();
+        let mut add_u = |r: &UsageRow| match u.get_mut(&r.tenant) {
+            Some(x) => x.add(r),
+            None => u
+                .entry(r.tenant.clone())
+                .or_insert_with(|| MinuteRollup::new(&r.tenant, m))
+                .add(r),
+        };
+        let mut add_v = |r: &Verdict| match v.get_mut(&r.tenant) {
+            Some(x) => x.add(r),
+            None => v
+                .entry(r.tenant.clone())
+                .or_insert_with(|| SlaMinute::new(&r.tenant, m))
+                .add(r),
+        };
+        if fold_u {
+            query_rows(
+                tx,
+                usage_window_sql(),
+                "fold raw usage",
+                |st| bind_window(st, range, all),
+                |st| add_u(&direct_row(st)),
+            )
+            .await?;
+        }
+        if fold_s {
+            query_rows(
+                tx,
+                VERDICT_WINDOW_SQL,
+                "fold sla verdicts",
+                |st| bind_window(st, range, all),
+                |st| add_v(&direct_verdict(st)),
+            )
+            .await?;
+        }
+        for_each_entry(tx, range, |ts, e| {
+            let corrupt = |err: BlockError| StoreError::Corrupt {
+                name: e.tenant.to_string(),
+                why: err.to_string(),
+            };
+            if let Some(b) = e.usage.filter(|_| fold_u) {
+                add_u(&raw_slice::usage_row(e.tenant, ts, b).map_err(corrupt)?);
+            }
+            if let Some(b) = e.verdict.filter(|_| fold_s) {
+                add_v(&raw_slice::verdict(e.tenant, ts, b).map_err(corrupt)?);
+            }
+            Ok(())
+        })
+        .await?;
+        insert_minute_rollups(tx, &u.values().collect::<Vec<_>>()).await?;
+        insert_sla_minutes(tx, &v.values().collect::<Vec<_>>()).await?;
+        m += MINUTE;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -156,10 +313,7 @@ impl Store {
         events: &[NewEvent],
     ) -> Result<()> {
         let mut tx = self.sweeps.begin().await.map_err(q("begin"))?;
-        let mut ticks = insert_usage_from(&mut tx, usage).await?;
-        ticks.extend(sla.iter().map(|r| r.ts_ms));
-        ticks.sort_unstable();
-        ticks.dedup();
+        let ticks = insert_slices(&mut tx, usage, sla).await?;
         for ts in ticks {
             sqlx::query("INSERT OR IGNORE INTO sample_ticks (ts_ms) VALUES (?1)")
                 .bind(ts)
@@ -167,7 +321,6 @@ impl Store {
                 .await
                 .map_err(q("record the sample time"))?;
         }
-        insert_sla(&mut tx, sla).await?;
         for e in events {
             insert_event(&mut tx, e).await?;
         }
@@ -229,6 +382,7 @@ impl Store {
 
     async fn write_fold(&self, now_ms: i64) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        fold_minutes(&mut tx, now_ms).await?;
         fold_usage(&mut tx, now_ms).await?;
         fold_sla(&mut tx, now_ms).await?;
         tx.commit().await.map_err(q("commit"))
@@ -256,10 +410,11 @@ impl Store {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<u64> {
         const FIRST: &str = "SELECT min(ts) FROM (SELECT min(ts_ms) AS ts FROM usage_raw
-             UNION ALL SELECT min(ts_ms) FROM sla_raw)";
+             UNION ALL SELECT min(ts_ms) FROM sla_raw UNION ALL SELECT min(ts_ms) FROM raw_slices)";
         const NEXT: &str =
             "SELECT min(ts) FROM (SELECT min(ts_ms) AS ts FROM usage_raw WHERE ts_ms >= ?1
-             UNION ALL SELECT min(ts_ms) FROM sla_raw WHERE ts_ms >= ?1)";
+             UNION ALL SELECT min(ts_ms) FROM sla_raw WHERE ts_ms >= ?1
+             UNION ALL SELECT min(ts_ms) FROM raw_slices WHERE ts_ms >= ?1)";
         let first: Option<i64> = sqlx::query_scalar(FIRST)
             .fetch_one(&self.pool)
             .await
@@ -270,32 +425,32 @@ impl Store {
         let mut moved = 0;
         while start + BLOCK_MS <= end_ms {
             // A window spread over several calls is listed once: each listing scans all of
-            // its rows left (0.3 s of CPU for a window of 1,000 tenants), and the calls after
-            // the first take the tenants the first listed and left. Listed again once that
-            // list is used up, so rows no list held are found too.
+            // its rows left (0.3 s of CPU for a window of 1,000 tenants in the old tables),
+            // and the calls after the first take the units the first listed and left.
+            // Listed again once that list is used up, so rows no list held are found too.
             let left = spread
                 .then(|| self.window_left.lock().ok().and_then(|mut l| l.take()))
                 .flatten();
-            let mut tenants = match left {
-                Some((s, t)) if s == start && !t.is_empty() => t,
+            let mut work = match left {
+                Some((s, w)) if s == start && !w.is_empty() => w,
                 _ => {
                     let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-                    let t = window_tenants(&mut tx, start).await?;
+                    let w = window_work(&mut tx, start).await?;
                     tx.commit().await.map_err(q("commit"))?;
-                    t
+                    w
                 }
             };
-            let whole = !spread || tenants.len() <= MIN_PER_CALL;
+            let min_units = MIN_PER_CALL / TENANTS_PER_TX;
+            let whole = !spread || work.len() <= min_units;
             let rest = if whole {
                 Vec::new()
             } else {
-                let share = tenants.len().div_ceil(SPREAD_CALLS).max(MIN_PER_CALL);
-                tenants.split_off(share)
+                let share = work.len().div_ceil(SPREAD_CALLS).max(min_units);
+                work.split_off(share)
             };
-            for batch in tenants.chunks(TENANTS_PER_TX) {
-                let range = (batch[0].as_str(), batch[batch.len() - 1].as_str());
+            for unit in &work {
                 let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-                moved += compact_window(&mut tx, start, range).await?;
+                moved += compact_work(&mut tx, start, unit).await?;
                 tx.commit().await.map_err(q("commit"))?;
             }
             if spread {
@@ -332,14 +487,21 @@ mod tests {
     use sqlx::{Column, Row};
     use std::collections::HashMap;
 
-    /// The minutes the sampler rolls up in memory are the rows the SQL fold makes of the same
-    /// raw rows, column for column: NULL rates and gauges, intervals of different lengths,
-    /// first samples without rates, events, contended and violating verdicts.
+    /// The minutes the sampler rolls up in memory are the rows the SQL fold of the releases
+    /// before made of the same raw rows (in the old tables), and the rows the fold from the
+    /// slices makes (a minute the daemon did not see whole), column for column: NULL rates and
+    /// gauges, intervals of different lengths, first samples without rates, events, contended
+    /// and violating verdicts.
     #[tokio::test]
     async fn minutes_rolled_up_in_memory_equal_the_sql_fold() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (d1, d2, d3) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
         let folded = Store::open(&d1.path().join("t.db")).await.unwrap();
         let in_memory = Store::open(&d2.path().join("t.db")).await.unwrap();
+        let sql = Store::open(&d3.path().join("t.db")).await.unwrap();
         let tenants = ["a", "b", "c"];
         let mut usage: HashMap<String, MinuteRollup> = HashMap::new();
         let mut sla: HashMap<String, SlaMinute> = HashMap::new();
@@ -395,8 +557,22 @@ mod tests {
                     .add(v);
             }
             folded.add_sweep(&rows, &verdicts, &[]).await.unwrap();
+            let mut tx = sql.pool().begin().await.unwrap();
+            super::compact_tests::insert_old(&mut tx, &rows, &verdicts).await;
+            tx.commit().await.unwrap();
         }
         folded.roll_up(180_000).await.unwrap();
+        for q in [
+            super::migration_tests::old_minute_fold_sql(),
+            super::migration_tests::OLD_SLA_MINUTE_FOLD.to_string(),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(q))
+                .bind(0)
+                .bind(180_000)
+                .execute(sql.pool())
+                .await
+                .unwrap();
+        }
         let usage: Vec<_> = usage.into_values().collect();
         let sla: Vec<_> = sla.into_values().collect();
         in_memory.add_minute_rollups(&usage, &sla).await.unwrap();
@@ -419,17 +595,20 @@ mod tests {
                         .collect::<Vec<_>>()
                 }
             };
-            let (a, b) = (dump(&folded).await, dump(&in_memory).await);
-            assert_eq!(a.len(), 3, "{table}: one minute of three tenants");
-            assert_eq!(a.len(), b.len(), "{table}");
-            for (ra, rb) in a.iter().zip(&b) {
-                for (c, (x, y)) in ra.iter().zip(rb).enumerate() {
-                    let same = match (x, y) {
-                        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    assert!(same, "{table} column {c}: SQL fold {x:?}, in memory {y:?}");
+            let b = dump(&in_memory).await;
+            for (what, other) in [("SQL fold", &sql), ("fold of slices", &folded)] {
+                let a = dump(other).await;
+                assert_eq!(a.len(), 3, "{table}: one minute of three tenants");
+                assert_eq!(a.len(), b.len(), "{table}");
+                for (ra, rb) in a.iter().zip(&b) {
+                    for (c, (x, y)) in ra.iter().zip(rb).enumerate() {
+                        let same = match (x, y) {
+                            (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                            (None, None) => true,
+                            _ => false,
+                        };
+                        assert!(same, "{table} column {c}: {what} {x:?}, in memory {y:?}");
+                    }
                 }
             }
         }
@@ -437,7 +616,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod compact_tests {
+pub(super) mod compact_tests {
     use super::*;
 
     fn row(tenant: &str, ts_ms: i64, mem: i64) -> UsageRow {
@@ -449,6 +628,54 @@ mod compact_tests {
         };
         r.gauges.memory_current_bytes = Some(mem);
         r
+    }
+
+    /// Rows and verdicts written into the raw tables as the releases before `raw_slices`
+    /// wrote them (`INSERT OR REPLACE`, one row each), for the tests of the old layout.
+    pub(in crate::store) async fn insert_old(
+        tx: &mut SqliteConnection,
+        rows: &[UsageRow],
+        verdicts: &[Verdict],
+    ) {
+        let cols = super::super::samples::raw_columns();
+        let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "INSERT OR REPLACE INTO usage_raw ({}) VALUES ({})",
+            cols.join(", "),
+            params.join(", ")
+        );
+        for r in rows {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(&r.tenant)
+                .bind(r.ts_ms)
+                .bind(r.interval_ms);
+            for x in r.counters.values().into_iter().chain(r.gauges.values()) {
+                q = q.bind(x);
+            }
+            for x in r.rates.values() {
+                q = q.bind(x);
+            }
+            for x in r.events.values() {
+                q = q.bind(x);
+            }
+            q.execute(&mut *tx).await.unwrap();
+        }
+        for v in verdicts {
+            sqlx::query(
+                "INSERT OR REPLACE INTO sla_raw (tenant, ts_ms, interval_ms, guarantee_ratio,
+                 delivered_ratio, contended, violating) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(&v.tenant)
+            .bind(v.ts_ms)
+            .bind(v.interval_ms)
+            .bind(v.guarantee_ratio)
+            .bind(v.delivered_ratio)
+            .bind(v.contended)
+            .bind(v.violating)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
     }
 
     async fn count(s: &Store, sql: &'static str) -> i64 {
@@ -467,7 +694,7 @@ mod compact_tests {
             s.add_usage(&rows).await.unwrap();
         }
         let mut calls = 0;
-        while count(&s, "SELECT count(*) FROM usage_raw").await > 0 {
+        while count(&s, "SELECT count(*) FROM raw_slices").await > 0 {
             s.roll_up(3_600_000).await.unwrap();
             calls += 1;
             if calls == 1 {
@@ -564,6 +791,7 @@ mod compact_tests {
 /// per call, and after it, bit for bit.
 #[cfg(test)]
 mod migration_tests {
+    use super::compact_tests::insert_old;
     use super::*;
     use crate::domain::stats::{CgroupStats, CpuStat, MemoryStat, PressureTotals, Sample};
     use crate::domain::usage;
@@ -649,6 +877,44 @@ mod migration_tests {
         }
         out
     }
+
+    /// The minute fold of raw usage rows of the releases before `raw_slices`, verbatim: the
+    /// minutes in [?1, ?2).
+    pub(super) fn old_minute_fold_sql() -> String {
+        let cols = crate::store::samples::rollup_columns().join(", ");
+        let mut sel = vec![
+            "60".to_string(),
+            "tenant".into(),
+            "(ts / 60000) * 60000 AS b".into(),
+            "count(*)".into(),
+            "coalesce(sum(interval_ms), 0) / 1000.0".into(),
+        ];
+        for r in UsageRates::COLUMNS {
+            sel.push(format!("sum({r} * interval_ms) / 1000.0, max({r})"));
+        }
+        for g in UsageGauges::COLUMNS {
+            sel.push(format!("sum({g}), max({g})"));
+        }
+        for e in UsageEvents::COLUMNS {
+            sel.push(format!("sum({e})"));
+        }
+        format!(
+            "INSERT INTO usage_rollup ({cols}) SELECT {} FROM (SELECT *, ts_ms AS ts FROM usage_raw \
+             WHERE ts_ms >= ?1 AND ts_ms < ?2) GROUP BY tenant, b ON CONFLICT DO NOTHING",
+            sel.join(", ")
+        )
+    }
+
+    /// The minute fold of SLA verdicts of the releases before `raw_slices`, verbatim.
+    pub(super) const OLD_SLA_MINUTE_FOLD: &str =
+        "INSERT INTO sla_rollup (step_s, tenant, bucket_ms, covered_s, contended_s, violation_s,
+             delivered_sum, delivered_contended_sum, delivered_contended_min, guarantee_ratio)
+         SELECT 60, tenant, (ts_ms / 60000) * 60000 AS b, sum(interval_ms) / 1000.0,
+             sum(contended * interval_ms) / 1000.0, sum(violating * interval_ms) / 1000.0,
+             sum(delivered_ratio * interval_ms) / 1000.0,
+             sum(delivered_ratio * contended * interval_ms) / 1000.0,
+             min(CASE WHEN contended THEN delivered_ratio END), max(guarantee_ratio)
+         FROM sla_raw WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY tenant, b ON CONFLICT DO NOTHING";
 
     /// The raw-level usage query of the release before compressed blocks, verbatim: ?1 from,
     /// ?2 step (ms), ?3 tenant, ?4 to.
@@ -760,11 +1026,19 @@ mod migration_tests {
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-            insert_usage_from(&mut tx, rows.iter()).await.unwrap();
-            insert_sla(&mut tx, verdicts).await.unwrap();
+            insert_old(&mut tx, rows, verdicts).await;
             tx.commit().await.unwrap();
         }
         let mut tx = pool.begin().await.unwrap();
+        let closed = newest.div_euclid(60_000) * 60_000;
+        for sql in [old_minute_fold_sql(), OLD_SLA_MINUTE_FOLD.to_string()] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(0)
+                .bind(closed)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
         fold_usage(&mut tx, newest).await.unwrap();
         fold_sla(&mut tx, newest).await.unwrap();
         tx.commit().await.unwrap();

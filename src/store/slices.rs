@@ -1,0 +1,513 @@
+//! The raw rows of each sweep as `raw_slices` rows (migrations/0009_raw_slices.sql): one body
+//! (`domain::raw_slice`) per sweep time and run of `SLICE_TENANTS` tenants, written, found
+//! again for one tenant, read for a compaction or a fold, and deleted, all by direct SQLite
+//! calls (`store::direct`).
+
+use super::direct::{Direct, Stmt, blocking, query_rows};
+use super::{Result, StoreError};
+use crate::domain::raw_slice::{self, Entry, SLICE_TENANTS};
+use crate::domain::sla_engine::Verdict;
+use crate::domain::usage_block::BlockError;
+use crate::domain::usage_row::UsageRow;
+use sqlx::SqliteConnection;
+use std::borrow::Borrow;
+use std::ops::Range;
+
+/// One tenant's parts at one time, their bytes in an arena (`Parts::bytes`).
+#[derive(Clone)]
+struct Item {
+    ts_ms: i64,
+    name: Range<usize>,
+    usage: Option<Range<usize>>,
+    verdict: Option<Range<usize>>,
+}
+
+/// A sweep's entries before they are cut into slices: every name and part in one buffer, so
+/// 10,000 tenants cost two allocations, not 20,000.
+#[derive(Default)]
+struct Parts {
+    bytes: Vec<u8>,
+    items: Vec<Item>,
+}
+
+impl Parts {
+    fn push_bytes(&mut self, b: &[u8]) -> Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(b);
+        start..self.bytes.len()
+    }
+
+    fn push_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+        let start = self.bytes.len();
+        f(&mut self.bytes);
+        start..self.bytes.len()
+    }
+
+    fn name(&self, i: &Item) -> &[u8] {
+        &self.bytes[i.name.clone()]
+    }
+
+    fn entry(&self, i: &Item) -> Entry<'_> {
+        Entry {
+            // Pushed from `&str`s only.
+            tenant: std::str::from_utf8(self.name(i)).unwrap_or_default(),
+            usage: i.usage.clone().map(|r| &self.bytes[r]),
+            verdict: i.verdict.clone().map(|r| &self.bytes[r]),
+        }
+    }
+}
+
+fn corrupt(name: &str) -> impl Fn(BlockError) -> StoreError + '_ {
+    move |e| StoreError::Corrupt {
+        name: name.to_string(),
+        why: e.to_string(),
+    }
+}
+
+/// Writes one sweep's usage rows (taken as they come) and verdicts as slices: per sample time,
+/// the tenants in name order cut into runs of `SLICE_TENANTS`, one row each. A time that
+/// already has slices (a second write of the same sweep time) has them merged: a tenant's
+/// part written last wins, as `INSERT OR REPLACE` of the raw tables did. Returns the distinct
+/// sample times, in order.
+pub(super) async fn insert_slices<R: Borrow<UsageRow>>(
+    tx: &mut SqliteConnection,
+    rows: impl Iterator<Item = R>,
+    verdicts: &[Verdict],
+) -> Result<Vec<i64>> {
+    const OP: &str = "write raw slices";
+    let mut p = Parts::default();
+    for r in rows {
+        let r = r.borrow();
+        let name = p.push_bytes(r.tenant.as_bytes());
+        let usage = Some(p.push_with(|b| raw_slice::put_usage(b, r)));
+        p.items.push(Item {
+            ts_ms: r.ts_ms,
+            name,
+            usage,
+            verdict: None,
+        });
+    }
+    for v in verdicts {
+        let name = p.push_bytes(v.tenant.as_bytes());
+        let verdict = Some(p.push_with(|b| raw_slice::put_verdict(b, v)));
+        p.items.push(Item {
+            ts_ms: v.ts_ms,
+            name,
+            usage: None,
+            verdict,
+        });
+    }
+    if p.items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut d = Direct::lock(tx, OP).await?;
+    blocking(|| {
+        let mut existing = d.prepare("SELECT rowid, body FROM raw_slices WHERE ts_ms = ?1", OP)?;
+        let old: Vec<(i64, i64, Vec<u8>)> = {
+            let mut ticks: Vec<i64> = p.items.iter().map(|i| i.ts_ms).collect();
+            ticks.sort_unstable();
+            ticks.dedup();
+            let mut old = Vec::new();
+            for ts in ticks {
+                existing.bind(1, ts)?;
+                while existing.step()? {
+                    old.push((ts, existing.int(0).unwrap_or(0), existing.blob(1).to_vec()));
+                }
+                existing.reset();
+            }
+            old
+        };
+        drop(existing);
+        // Earlier writes of the same times first: a stable sort keeps them before the new
+        // parts, which win below.
+        let fresh = std::mem::take(&mut p.items);
+        if !old.is_empty() {
+            let mut delete = d.prepare("DELETE FROM raw_slices WHERE rowid = ?1", OP)?;
+            for (ts, rowid, body) in &old {
+                for e in raw_slice::entries(body).map_err(corrupt("raw slice"))? {
+                    let name = p.push_bytes(e.tenant.as_bytes());
+                    let usage = e.usage.map(|u| p.push_bytes(u));
+                    let verdict = e.verdict.map(|v| p.push_bytes(v));
+                    p.items.push(Item {
+                        ts_ms: *ts,
+                        name,
+                        usage,
+                        verdict,
+                    });
+                }
+                delete.bind(1, *rowid)?;
+                delete.execute()?;
+            }
+        }
+        p.items.extend(fresh);
+        let mut items = std::mem::take(&mut p.items);
+        items.sort_by(|a, b| (a.ts_ms, p.name(a)).cmp(&(b.ts_ms, p.name(b))));
+        // One item per (time, tenant), the later parts over the earlier.
+        let mut merged: Vec<Item> = Vec::with_capacity(items.len());
+        for i in items {
+            match merged.last_mut() {
+                Some(m) if m.ts_ms == i.ts_ms && p.name(m) == p.name(&i) => {
+                    m.usage = i.usage.or(m.usage.take());
+                    m.verdict = i.verdict.or(m.verdict.take());
+                }
+                _ => merged.push(i),
+            }
+        }
+        let mut insert = d.prepare(
+            "INSERT INTO raw_slices (ts_ms, first_tenant, last_tenant, body) VALUES (?1, ?2, ?3, ?4)",
+            OP,
+        )?;
+        let mut ticks = Vec::new();
+        for same_time in merged.chunk_by(|a, b| a.ts_ms == b.ts_ms) {
+            ticks.push(same_time[0].ts_ms);
+            for run in same_time.chunks(SLICE_TENANTS) {
+                let entries: Vec<Entry<'_>> = run.iter().map(|i| p.entry(i)).collect();
+                let body = raw_slice::encode_slice(&entries);
+                insert.bind(1, run[0].ts_ms)?;
+                insert.bind(2, entries[0].tenant)?;
+                insert.bind(3, entries[entries.len() - 1].tenant)?;
+                insert.bind(4, body.as_slice())?;
+                insert.execute()?;
+            }
+        }
+        Ok(ticks)
+    })
+}
+
+/// A tenant's slice at each sweep time in [?2, ?3) (?1 = the tenant): the one of greatest
+/// first tenant not after its name, one index seek per time.
+const TAIL_SQL: &str = "SELECT t.ts_ms, (SELECT s.body FROM raw_slices s
+     WHERE s.ts_ms = t.ts_ms AND s.first_tenant <= ?1 ORDER BY s.first_tenant DESC LIMIT 1)
+     FROM sample_ticks t WHERE t.ts_ms >= ?2 AND t.ts_ms < ?3 ORDER BY t.ts_ms";
+
+/// Which part of an entry a reader wants, and how it decodes.
+pub(super) trait Part: Sized {
+    fn bytes<'a>(e: &Entry<'a>) -> Option<&'a [u8]>;
+    fn decode(tenant: &str, ts_ms: i64, part: &[u8]) -> std::result::Result<Self, BlockError>;
+}
+
+impl Part for UsageRow {
+    fn bytes<'a>(e: &Entry<'a>) -> Option<&'a [u8]> {
+        e.usage
+    }
+    fn decode(tenant: &str, ts_ms: i64, part: &[u8]) -> std::result::Result<Self, BlockError> {
+        raw_slice::usage_row(tenant, ts_ms, part)
+    }
+}
+
+impl Part for Verdict {
+    fn bytes<'a>(e: &Entry<'a>) -> Option<&'a [u8]> {
+        e.verdict
+    }
+    fn decode(tenant: &str, ts_ms: i64, part: &[u8]) -> std::result::Result<Self, BlockError> {
+        raw_slice::verdict(tenant, ts_ms, part)
+    }
+}
+
+/// `tenant`'s part `T` in the slices of [from_ms, to_ms), in time order.
+pub(super) async fn tenant_tail<T: Part>(
+    tx: &mut SqliteConnection,
+    tenant: &str,
+    (from_ms, to_ms): (i64, i64),
+) -> Result<Vec<T>> {
+    let found = query_rows(
+        tx,
+        TAIL_SQL,
+        "read raw slices",
+        |st| {
+            st.bind(1, tenant)?;
+            st.bind(2, from_ms)?;
+            st.bind(3, to_ms)
+        },
+        |st| -> std::result::Result<Option<T>, BlockError> {
+            let body = st.blob(1);
+            if body.is_empty() {
+                return Ok(None);
+            }
+            let entries = raw_slice::entries(body)?;
+            let Ok(i) = entries.binary_search_by(|e| e.tenant.cmp(tenant)) else {
+                return Ok(None);
+            };
+            T::bytes(&entries[i])
+                .map(|b| T::decode(tenant, st.int(0).unwrap_or(0), b))
+                .transpose()
+        },
+    )
+    .await?;
+    let mut out = Vec::with_capacity(found.len());
+    for f in found {
+        out.extend(f.map_err(corrupt(tenant))?);
+    }
+    Ok(out)
+}
+
+/// Calls `f` with every entry of every slice of [from_ms, to_ms), in time order (then name
+/// order), one body decoded at a time: what a fold from raw reads.
+pub(super) async fn for_each_entry(
+    tx: &mut SqliteConnection,
+    (from_ms, to_ms): (i64, i64),
+    mut f: impl FnMut(i64, &Entry<'_>) -> Result<()>,
+) -> Result<()> {
+    let results = query_rows(
+        tx,
+        "SELECT ts_ms, body FROM raw_slices WHERE ts_ms >= ?1 AND ts_ms < ?2
+         ORDER BY ts_ms, first_tenant",
+        "read raw slices",
+        |st| {
+            st.bind(1, from_ms)?;
+            st.bind(2, to_ms)
+        },
+        |st| -> Result<()> {
+            let ts = st.int(0).unwrap_or(0);
+            for e in raw_slice::entries(st.blob(1)).map_err(corrupt("raw slice"))? {
+                f(ts, &e)?;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    results.into_iter().collect()
+}
+
+/// The first tenants of the slices in [start_ms, end_ms): one per run of tenants, each a
+/// compaction's unit.
+pub(super) async fn window_keys(
+    tx: &mut SqliteConnection,
+    (start_ms, end_ms): (i64, i64),
+) -> Result<Vec<String>> {
+    query_rows(
+        tx,
+        "SELECT DISTINCT first_tenant FROM raw_slices WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY 1",
+        "list the slices of a raw window",
+        |st| {
+            st.bind(1, start_ms)?;
+            st.bind(2, end_ms)
+        },
+        |st| st.text(0),
+    )
+    .await
+}
+
+/// Calls `f` with each entry's usage row and verdict, decoded, in the slices of [start_ms,
+/// end_ms) whose first tenant is `key`, in time order, and returns the slices' rowids (for
+/// `delete_rows` once moved). Found with one seek per sweep time (`sample_ticks`).
+pub(super) async fn take_key(
+    tx: &mut SqliteConnection,
+    (start_ms, end_ms): (i64, i64),
+    key: &str,
+    mut f: impl FnMut(&str, Option<UsageRow>, Option<Verdict>),
+) -> Result<Vec<i64>> {
+    let mut rowids = Vec::new();
+    let results = query_rows(
+        tx,
+        "SELECT s.rowid, s.ts_ms, s.body FROM sample_ticks t CROSS JOIN raw_slices s
+         ON s.ts_ms = t.ts_ms AND s.first_tenant = ?3
+         WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 ORDER BY t.ts_ms",
+        "read a window of raw slices",
+        |st| {
+            st.bind(1, start_ms)?;
+            st.bind(2, end_ms)?;
+            st.bind(3, key)
+        },
+        |st: &Stmt<'_>| -> Result<()> {
+            rowids.push(st.int(0).unwrap_or(0));
+            let ts = st.int(1).unwrap_or(0);
+            for e in raw_slice::entries(st.blob(2)).map_err(corrupt(key))? {
+                let usage = e
+                    .usage
+                    .map(|b| raw_slice::usage_row(e.tenant, ts, b))
+                    .transpose()
+                    .map_err(corrupt(e.tenant))?;
+                let verdict = e
+                    .verdict
+                    .map(|b| raw_slice::verdict(e.tenant, ts, b))
+                    .transpose()
+                    .map_err(corrupt(e.tenant))?;
+                f(e.tenant, usage, verdict);
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    results.into_iter().collect::<Result<()>>()?;
+    Ok(rowids)
+}
+
+/// Deletes the slices of `rowids` (moved into blocks).
+pub(super) async fn delete_rows(tx: &mut SqliteConnection, rowids: &[i64]) -> Result<()> {
+    const OP: &str = "delete compacted raw slices";
+    let mut d = Direct::lock(tx, OP).await?;
+    blocking(|| {
+        let mut st = d.prepare("DELETE FROM raw_slices WHERE rowid = ?1", OP)?;
+        for r in rowids {
+            st.bind(1, *r)?;
+            st.execute()?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::raw_slice::SLICE_TENANTS;
+    use crate::domain::sla_engine::Verdict;
+    use crate::domain::usage_row::UsageRow;
+    use crate::store::Store;
+    use crate::store::sweep::compact_tests::insert_old;
+
+    fn row(tenant: &str, ts_ms: i64, mem: i64) -> UsageRow {
+        let mut r = UsageRow {
+            tenant: tenant.into(),
+            ts_ms,
+            interval_ms: Some(1000),
+            ..Default::default()
+        };
+        r.gauges.memory_current_bytes = Some(mem);
+        r
+    }
+
+    fn verdict(tenant: &str, ts_ms: i64, delivered: f64) -> Verdict {
+        Verdict {
+            tenant: tenant.into(),
+            ts_ms,
+            interval_ms: 1000,
+            guarantee_ratio: Some(0.5),
+            delivered_ratio: delivered,
+            contended: true,
+            violating: delivered < 0.5,
+        }
+    }
+
+    async fn slices_at(s: &Store, ts: i64) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT first_tenant, last_tenant FROM raw_slices WHERE ts_ms = ?1 ORDER BY first_tenant",
+        )
+        .bind(ts)
+        .fetch_all(s.pool())
+        .await
+        .unwrap()
+    }
+
+    /// Writes of the same sweep time in several calls (usage, then verdicts, then a tenant
+    /// again and a new one) end as one set of runs that do not overlap, each tenant's part
+    /// written last winning, as `INSERT OR REPLACE` into the raw tables did.
+    #[tokio::test]
+    async fn writes_of_one_time_merge_into_runs_that_do_not_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("t{i:04}")).collect();
+        let rows: Vec<UsageRow> = names.iter().map(|n| row(n, 1_000, 1)).collect();
+        s.add_usage(&rows).await.unwrap();
+        assert_eq!(
+            slices_at(&s, 1_000).await.len(),
+            40_usize.div_ceil(SLICE_TENANTS)
+        );
+        let verdicts: Vec<Verdict> = names[..10]
+            .iter()
+            .map(|n| verdict(n, 1_000, 0.25))
+            .collect();
+        s.add_sla(&verdicts).await.unwrap();
+        s.add_usage(&[row("t0005", 1_000, 99), row("a-new", 1_000, 7)])
+            .await
+            .unwrap();
+        let runs = slices_at(&s, 1_000).await;
+        assert_eq!(runs.len(), 41_usize.div_ceil(SLICE_TENANTS), "{runs:?}");
+        assert_eq!(runs[0].0, "a-new");
+        for w in runs.windows(2) {
+            assert!(w[0].1 < w[1].0, "runs overlap: {runs:?}");
+        }
+        assert_eq!(
+            s.raw_usage("t0005", 0, 2_000).await.unwrap(),
+            [row("t0005", 1_000, 99)]
+        );
+        assert_eq!(
+            s.raw_usage("a-new", 0, 2_000).await.unwrap(),
+            [row("a-new", 1_000, 7)]
+        );
+        for n in &names {
+            let want = if n == "t0005" { 99 } else { 1 };
+            assert_eq!(
+                s.raw_usage(n, 0, 2_000).await.unwrap(),
+                [row(n, 1_000, want)],
+                "{n}"
+            );
+        }
+        assert_eq!(
+            s.raw_verdicts("t0005", 0, 2_000).await.unwrap(),
+            [verdict("t0005", 1_000, 0.25)],
+            "a later usage row keeps the verdict"
+        );
+        assert_eq!(s.raw_verdicts("t0010", 0, 2_000).await.unwrap(), []);
+        assert_eq!(
+            s.raw_usage("t0040", 0, 2_000).await.unwrap(),
+            [],
+            "no such tenant"
+        );
+        assert_eq!(
+            s.raw_usage("zzz", 0, 2_000).await.unwrap(),
+            [],
+            "after every run"
+        );
+    }
+
+    /// A database upgraded mid-window holds rows in the old tables and slices: answers hold
+    /// both, the minute that has both is folded from both, and the window is compacted from
+    /// both into one block per tenant, leaving neither.
+    #[tokio::test]
+    async fn rows_of_the_old_tables_and_slices_are_read_folded_and_compacted_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let old: Vec<UsageRow> = (0..30).map(|k| row("a", 60_000 + k * 1000, k)).collect();
+        let old_v: Vec<Verdict> = (0..30)
+            .map(|k| verdict("a", 60_000 + k * 1000, 0.75))
+            .collect();
+        let mut tx = s.pool().begin().await.unwrap();
+        insert_old(&mut tx, &old, &old_v).await;
+        for r in &old {
+            sqlx::query("INSERT INTO sample_ticks (ts_ms) VALUES (?1)")
+                .bind(r.ts_ms)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        for k in 30..60 {
+            let ts = 60_000 + k * 1000;
+            s.add_sweep(&[row("a", ts, k)], &[verdict("a", ts, 0.25)], &[])
+                .await
+                .unwrap();
+        }
+        let want: Vec<UsageRow> = (0..60).map(|k| row("a", 60_000 + k * 1000, k)).collect();
+        assert_eq!(s.raw_usage("a", 0, 200_000).await.unwrap(), want);
+        assert_eq!(s.raw_verdicts("a", 0, 200_000).await.unwrap().len(), 60);
+
+        s.roll_up(120_000).await.unwrap();
+        let (samples, mem_max): (i64, i64) = sqlx::query_as(
+            "SELECT samples, memory_current_bytes_max FROM usage_rollup WHERE step_s = 60 AND tenant = 'a'",
+        )
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+        assert_eq!((samples, mem_max), (60, 59), "the minute holds both halves");
+        let (covered, violation): (f64, f64) = sqlx::query_as(
+            "SELECT covered_s, violation_s FROM sla_rollup WHERE step_s = 60 AND tenant = 'a'",
+        )
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+        assert_eq!((covered, violation), (60.0, 30.0));
+
+        let moved = s.compact_raw(600_000, &mut |_, _| {}).await.unwrap();
+        assert_eq!(moved, 120);
+        for table in ["usage_raw", "sla_raw", "raw_slices"] {
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(n, 0, "{table}");
+        }
+        assert_eq!(s.raw_usage("a", 0, 200_000).await.unwrap(), want);
+        assert_eq!(s.raw_verdicts("a", 0, 200_000).await.unwrap().len(), 60);
+    }
+}
