@@ -427,7 +427,7 @@ async fn db_size_per_tenant_day(dense: bool) {
         }
     };
     let total = size_after(&[]).await;
-    let without_raw = size_after(&["DELETE FROM usage_raw", "DELETE FROM raw_blocks"]).await;
+    let without_raw = size_after(&["DELETE FROM raw_slices", "DELETE FROM raw_blocks"]).await;
     store.close().await;
     println!(
         "\n== database size, one tenant, one day at 1 s, {} ({raw} raw rows, {rollups} rollup rows; written in {:.1} s)",

@@ -113,18 +113,7 @@ fn shipped(url: &str, node: &str) -> (Vec<SlaRow>, Vec<UsageMin>) {
 fn raw_since(db: &Path, tenant: &str, since_ms: i64) -> (i64, i64) {
     rt().block_on(async {
         let mut c = read_only(db).await;
-        let mut n = [0; 2];
-        for (i, table) in ["usage_raw", "sla_raw"].iter().enumerate() {
-            n[i] = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT count(*) FROM {table} WHERE tenant = ?1 AND ts_ms > ?2"
-            )))
-            .bind(tenant)
-            .bind(since_ms)
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-        }
-        (n[0], n[1])
+        super::support::raw_slice_counts(&mut c, tenant, since_ms).await
     })
 }
 

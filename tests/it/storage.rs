@@ -198,7 +198,16 @@ fn issue15_measure_database_growth_per_tenant_per_day() {
         let minutes = q("SELECT count(DISTINCT bucket_ms) FROM usage_rollup WHERE step_s = 60")
             .await
             .unwrap();
-        let raw = q("SELECT count(*) FROM usage_raw").await.unwrap();
+        // Tenant-samples in the raw tail: usage rows in the slices.
+        let mut c = store.pool().acquire().await.unwrap();
+        let mut raw = 0;
+        for t in 0..n {
+            let name = format!("t{t:04}");
+            raw += super::support::raw_slice_counts(&mut c, &name, i64::MIN)
+                .await
+                .0;
+        }
+        drop(c);
         store.close().await;
         (windows as f64 * 10.0, minutes, raw)
     });
@@ -219,7 +228,7 @@ fn issue15_measure_database_growth_per_tenant_per_day() {
         ran_min,
     );
     let ticks = per_day(get(&["sample_ticks"]), ran_min);
-    let tail = get(&["usage_raw", "sla_raw"]);
+    let tail = get(&["raw_slices", "raw_slices_at"]);
     eprintln!("dbstat: {stat:?}");
     eprintln!(
         "file {:.2} MB after {ran_min:.1} min; per tenant per day: raw blocks {blocks:.3} MB \

@@ -428,18 +428,54 @@ pub fn recent_raw_usage(
         .unwrap();
     rt.block_on(async {
         let store = tenantd::store::Store::open(db).await.unwrap();
-        let r = sqlx::query_as(
-            "SELECT count(*), sum(cpu_cores * interval_ms) / sum(interval_ms), max(memory_current_bytes) FROM usage_raw
-             WHERE tenant = ?1 AND cpu_cores IS NOT NULL AND ts_ms >= (SELECT max(ts_ms) FROM usage_raw) - ?2",
-        )
-        .bind(tenant)
-        .bind(window_ms)
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+        let rows = store.raw_usage(tenant, 0, i64::MAX).await.unwrap();
         store.close().await;
-        r
+        let last = rows.iter().map(|r| r.ts_ms).max().unwrap_or(0);
+        let recent: Vec<_> = rows
+            .iter()
+            .filter(|r| r.rates.cpu_cores.is_some() && r.ts_ms >= last - window_ms)
+            .collect();
+        let ms: i64 = recent.iter().map(|r| r.interval_ms.unwrap_or(0)).sum();
+        let weighted: f64 = recent
+            .iter()
+            .map(|r| r.rates.cpu_cores.unwrap_or(0.0) * r.interval_ms.unwrap_or(0) as f64)
+            .sum();
+        (
+            recent.len() as i64,
+            (ms > 0).then(|| weighted / ms as f64),
+            recent
+                .iter()
+                .filter_map(|r| r.gauges.memory_current_bytes)
+                .max(),
+        )
     })
+}
+
+/// How many usage rows and verdicts of `tenant` the raw slices of `conn`'s database hold
+/// after `since_ms` (decoded as the store decodes them, `domain::raw_slice`).
+pub async fn raw_slice_counts(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    since_ms: i64,
+) -> (i64, i64) {
+    let bodies: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT body FROM raw_slices WHERE ts_ms > ?1 AND first_tenant <= ?2 AND last_tenant >= ?2",
+    )
+    .bind(since_ms)
+    .bind(tenant)
+    .fetch_all(conn)
+    .await
+    .unwrap();
+    let mut n = (0, 0);
+    for b in &bodies {
+        for e in tenantd::domain::raw_slice::entries(b).unwrap() {
+            if e.tenant == tenant {
+                n.0 += i64::from(e.usage.is_some());
+                n.1 += i64::from(e.verdict.is_some());
+            }
+        }
+    }
+    n
 }
 
 /// The VM's scratch disk: its MAJ:MIN (`TENANTD_TEST_BLOCKDEV`) and its /dev path.
