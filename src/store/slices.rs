@@ -288,6 +288,11 @@ pub(super) async fn window_keys(
     .await
 }
 
+/// The slices of one first tenant (?3) in [?1, ?2), one index seek per sweep time.
+const TAKE_SQL: &str = "SELECT s.rowid, s.ts_ms, s.body FROM sample_ticks t CROSS JOIN raw_slices s
+     ON s.ts_ms = t.ts_ms AND s.first_tenant = ?3
+     WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 ORDER BY t.ts_ms";
+
 /// Calls `f` with each entry's usage row and verdict, decoded, in the slices of [start_ms,
 /// end_ms) whose first tenant is `key`, in time order, and returns the slices' rowids (for
 /// `delete_rows` once moved). Found with one seek per sweep time (`sample_ticks`).
@@ -300,9 +305,7 @@ pub(super) async fn take_key(
     let mut rowids = Vec::new();
     let results = query_rows(
         tx,
-        "SELECT s.rowid, s.ts_ms, s.body FROM sample_ticks t CROSS JOIN raw_slices s
-         ON s.ts_ms = t.ts_ms AND s.first_tenant = ?3
-         WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 ORDER BY t.ts_ms",
+        TAKE_SQL,
         "read a window of raw slices",
         |st| {
             st.bind(1, start_ms)?;
@@ -386,6 +389,29 @@ mod tests {
         .fetch_all(s.pool())
         .await
         .unwrap()
+    }
+
+    /// A tenant's slice at a time, and a run's slices in a window, are found by seeks of
+    /// the index, one per sweep time, never by a scan of the window.
+    #[tokio::test]
+    async fn slices_are_found_by_seeks_of_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let plan =
+            |sql: &str| crate::store::samples::tests::query_plan(s.pool().clone(), sql.to_string());
+        let p = plan(super::TAIL_SQL).await;
+        assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
+        assert!(
+            p.contains("SEARCH s USING COVERING INDEX raw_slices_at (ts_ms=? AND first_tenant<?)")
+                || p.contains("SEARCH s USING INDEX raw_slices_at (ts_ms=? AND first_tenant<?)"),
+            "{p}"
+        );
+        let p = plan(super::TAKE_SQL).await;
+        assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
+        assert!(
+            p.contains("SEARCH s USING INDEX raw_slices_at (ts_ms=? AND first_tenant=?)"),
+            "{p}"
+        );
     }
 
     /// Writes of the same sweep time in several calls (usage, then verdicts, then a tenant
