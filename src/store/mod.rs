@@ -11,7 +11,8 @@
 //! `domain::usage_row::UsageRow`) and imports `domain` only, never `cgroup`, `report`,
 //! `metrics`, `engine`, `api`, `config` or `cli`; only the engine calls it. Within it,
 //! `samples` (usage tables) and `sla` (SLA tables) both build on `rollup` (levels, retention)
-//! and `sweep` composes them in one transaction; no two of its modules import each other.
+//! and `slices` (the raw level of both: a sweep's rows as a few `raw_slices` rows), and `sweep`
+//! composes them in one transaction; no two of its modules import each other.
 //! `fleet` is the PostgreSQL store a fleet of nodes shares (issue 19), beside this SQLite one;
 //! `fleet_history` ships this node's minutes there and reads the fleet's back. `desired` is
 //! what both do with the desired state, one trait (`DesiredStore`) for both.
