@@ -31,6 +31,13 @@ pub(super) fn compactable_before(now_ms: i64) -> i64 {
 
 type Blob = Vec<u8>;
 
+/// How the transactions that read raw rows and then write begin: with the write lock taken
+/// first (waiting for it as the busy timeout allows). Begun deferred, their first read took a
+/// snapshot, and a commit of another connection before their first write failed that write at
+/// once with SQLITE_BUSY: a sweep's write of its slices failed so while 10,000 tenants were
+/// created through the API.
+const IMMEDIATE: &str = "BEGIN IMMEDIATE";
+
 /// One tenant's rows and verdicts of a window.
 type TenantWindow = (Vec<UsageRow>, Vec<Verdict>);
 
@@ -312,7 +319,11 @@ impl Store {
         sla: &[Verdict],
         events: &[NewEvent],
     ) -> Result<()> {
-        let mut tx = self.sweeps.begin().await.map_err(q("begin"))?;
+        let mut tx = self
+            .sweeps
+            .begin_with(IMMEDIATE)
+            .await
+            .map_err(q("begin"))?;
         let ticks = insert_slices(&mut tx, usage, sla).await?;
         for ts in ticks {
             sqlx::query("INSERT OR IGNORE INTO sample_ticks (ts_ms) VALUES (?1)")
@@ -381,7 +392,7 @@ impl Store {
     }
 
     async fn write_fold(&self, now_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let mut tx = self.pool.begin_with(IMMEDIATE).await.map_err(q("begin"))?;
         fold_minutes(&mut tx, now_ms).await?;
         fold_usage(&mut tx, now_ms).await?;
         fold_sla(&mut tx, now_ms).await?;
@@ -449,7 +460,7 @@ impl Store {
                 work.split_off(share)
             };
             for unit in &work {
-                let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+                let mut tx = self.pool.begin_with(IMMEDIATE).await.map_err(q("begin"))?;
                 moved += compact_work(&mut tx, start, unit).await?;
                 tx.commit().await.map_err(q("commit"))?;
             }
@@ -680,6 +691,41 @@ pub(super) mod compact_tests {
 
     async fn count(s: &Store, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap()
+    }
+
+    /// A sweep's write, which reads its time's slices before it writes, waits for another
+    /// connection's write to commit and then succeeds. Begun deferred, its read took a
+    /// snapshot and the write after the other's commit failed at once with SQLITE_BUSY (as it
+    /// did once while 10,000 tenants were created through the API); so did the fold and the
+    /// compaction, which read before they write too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_waits_for_another_writer_instead_of_failing() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let s = Store::open(&path).await.unwrap();
+        s.add_usage(&[row("a", 1_000, 1)]).await.unwrap();
+        let mut other = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        for sql in [
+            "BEGIN IMMEDIATE",
+            "INSERT INTO sample_ticks (ts_ms) VALUES (5)",
+        ] {
+            sqlx::query(sql).execute(&mut other).await.unwrap();
+        }
+        let (s2, s3) = (s.clone(), s.clone());
+        let sweep = tokio::spawn(async move { s2.add_usage(&[row("a", 2_000, 2)]).await });
+        let fold = tokio::spawn(async move { s3.roll_up(3_600_000).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!sweep.is_finished(), "the sweep waits for the lock");
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        sweep.await.unwrap().unwrap();
+        fold.await.unwrap().unwrap();
+        assert_eq!(
+            s.raw_usage("a", 0, 3_000).await.unwrap(),
+            [row("a", 1_000, 1), row("a", 2_000, 2)]
+        );
     }
 
     /// `roll_up` compacts a window of many tenants over several calls, a batch of tenants per
