@@ -984,6 +984,28 @@ pub(super) mod tests {
         rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
     }
 
+    /// A tenant's slice at a time, and a run's slices in a window, are found by seeks of
+    /// the index, one per sweep time, never by a scan of the window.
+    #[tokio::test]
+    async fn slices_are_found_by_seeks_of_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let plan = |sql: &str| query_plan(s.pool().clone(), sql.to_string());
+        let p = plan(crate::store::slices::TAIL_SQL).await;
+        assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
+        assert!(
+            p.contains("SEARCH s USING COVERING INDEX raw_slices_at (ts_ms=? AND first_tenant<?)")
+                || p.contains("SEARCH s USING INDEX raw_slices_at (ts_ms=? AND first_tenant<?)"),
+            "{p}"
+        );
+        let p = plan(crate::store::slices::TAKE_SQL).await;
+        assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
+        assert!(
+            p.contains("SEARCH s USING INDEX raw_slices_at (ts_ms=? AND first_tenant=?)"),
+            "{p}"
+        );
+    }
+
     #[tokio::test]
     async fn raw_queries_look_rows_up_by_time_and_tenant() {
         let (_d, s) = store().await;

@@ -176,7 +176,7 @@ pub(super) async fn insert_slices<R: Borrow<UsageRow>>(
 
 /// A tenant's slice at each sweep time in [?2, ?3) (?1 = the tenant): the one of greatest
 /// first tenant not after its name, one index seek per time.
-const TAIL_SQL: &str = "SELECT t.ts_ms, (SELECT s.body FROM raw_slices s
+pub(super) const TAIL_SQL: &str = "SELECT t.ts_ms, (SELECT s.body FROM raw_slices s
      WHERE s.ts_ms = t.ts_ms AND s.first_tenant <= ?1 ORDER BY s.first_tenant DESC LIMIT 1)
      FROM sample_ticks t WHERE t.ts_ms >= ?2 AND t.ts_ms < ?3 ORDER BY t.ts_ms";
 
@@ -289,7 +289,8 @@ pub(super) async fn window_keys(
 }
 
 /// The slices of one first tenant (?3) in [?1, ?2), one index seek per sweep time.
-const TAKE_SQL: &str = "SELECT s.rowid, s.ts_ms, s.body FROM sample_ticks t CROSS JOIN raw_slices s
+pub(super) const TAKE_SQL: &str =
+    "SELECT s.rowid, s.ts_ms, s.body FROM sample_ticks t CROSS JOIN raw_slices s
      ON s.ts_ms = t.ts_ms AND s.first_tenant = ?3
      WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 ORDER BY t.ts_ms";
 
@@ -356,7 +357,6 @@ mod tests {
     use crate::domain::sla_engine::Verdict;
     use crate::domain::usage_row::UsageRow;
     use crate::store::Store;
-    use crate::store::sweep::compact_tests::insert_old;
 
     fn row(tenant: &str, ts_ms: i64, mem: i64) -> UsageRow {
         let mut r = UsageRow {
@@ -389,29 +389,6 @@ mod tests {
         .fetch_all(s.pool())
         .await
         .unwrap()
-    }
-
-    /// A tenant's slice at a time, and a run's slices in a window, are found by seeks of
-    /// the index, one per sweep time, never by a scan of the window.
-    #[tokio::test]
-    async fn slices_are_found_by_seeks_of_their_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
-        let plan =
-            |sql: &str| crate::store::samples::tests::query_plan(s.pool().clone(), sql.to_string());
-        let p = plan(super::TAIL_SQL).await;
-        assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
-        assert!(
-            p.contains("SEARCH s USING COVERING INDEX raw_slices_at (ts_ms=? AND first_tenant<?)")
-                || p.contains("SEARCH s USING INDEX raw_slices_at (ts_ms=? AND first_tenant<?)"),
-            "{p}"
-        );
-        let p = plan(super::TAKE_SQL).await;
-        assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
-        assert!(
-            p.contains("SEARCH s USING INDEX raw_slices_at (ts_ms=? AND first_tenant=?)"),
-            "{p}"
-        );
     }
 
     /// Writes of the same sweep time in several calls (usage, then verdicts, then a tenant
@@ -474,66 +451,5 @@ mod tests {
             [],
             "after every run"
         );
-    }
-
-    /// A database upgraded mid-window holds rows in the old tables and slices: answers hold
-    /// both, the minute that has both is folded from both, and the window is compacted from
-    /// both into one block per tenant, leaving neither.
-    #[tokio::test]
-    async fn rows_of_the_old_tables_and_slices_are_read_folded_and_compacted_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
-        let old: Vec<UsageRow> = (0..30).map(|k| row("a", 60_000 + k * 1000, k)).collect();
-        let old_v: Vec<Verdict> = (0..30)
-            .map(|k| verdict("a", 60_000 + k * 1000, 0.75))
-            .collect();
-        let mut tx = s.pool().begin().await.unwrap();
-        insert_old(&mut tx, &old, &old_v).await;
-        for r in &old {
-            sqlx::query("INSERT INTO sample_ticks (ts_ms) VALUES (?1)")
-                .bind(r.ts_ms)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-        }
-        tx.commit().await.unwrap();
-        for k in 30..60 {
-            let ts = 60_000 + k * 1000;
-            s.add_sweep(&[row("a", ts, k)], &[verdict("a", ts, 0.25)], &[])
-                .await
-                .unwrap();
-        }
-        let want: Vec<UsageRow> = (0..60).map(|k| row("a", 60_000 + k * 1000, k)).collect();
-        assert_eq!(s.raw_usage("a", 0, 200_000).await.unwrap(), want);
-        assert_eq!(s.raw_verdicts("a", 0, 200_000).await.unwrap().len(), 60);
-
-        s.roll_up(120_000).await.unwrap();
-        let (samples, mem_max): (i64, i64) = sqlx::query_as(
-            "SELECT samples, memory_current_bytes_max FROM usage_rollup WHERE step_s = 60 AND tenant = 'a'",
-        )
-        .fetch_one(s.pool())
-        .await
-        .unwrap();
-        assert_eq!((samples, mem_max), (60, 59), "the minute holds both halves");
-        let (covered, violation): (f64, f64) = sqlx::query_as(
-            "SELECT covered_s, violation_s FROM sla_rollup WHERE step_s = 60 AND tenant = 'a'",
-        )
-        .fetch_one(s.pool())
-        .await
-        .unwrap();
-        assert_eq!((covered, violation), (60.0, 30.0));
-
-        let moved = s.compact_raw(600_000, &mut |_, _| {}).await.unwrap();
-        assert_eq!(moved, 120);
-        for table in ["usage_raw", "sla_raw", "raw_slices"] {
-            let n: i64 =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                    .fetch_one(s.pool())
-                    .await
-                    .unwrap();
-            assert_eq!(n, 0, "{table}");
-        }
-        assert_eq!(s.raw_usage("a", 0, 200_000).await.unwrap(), want);
-        assert_eq!(s.raw_verdicts("a", 0, 200_000).await.unwrap().len(), 60);
     }
 }

@@ -693,6 +693,79 @@ pub(super) mod compact_tests {
         sqlx::query_scalar(sql).fetch_one(s.pool()).await.unwrap()
     }
 
+    fn verdict(tenant: &str, ts_ms: i64, delivered: f64) -> Verdict {
+        Verdict {
+            tenant: tenant.into(),
+            ts_ms,
+            interval_ms: 1000,
+            guarantee_ratio: Some(0.5),
+            delivered_ratio: delivered,
+            contended: true,
+            violating: delivered < 0.5,
+        }
+    }
+
+    /// A database upgraded mid-window holds rows in the old tables and slices: answers hold
+    /// both, the minute that has both is folded from both, and the window is compacted from
+    /// both into one block per tenant, leaving neither.
+    #[tokio::test]
+    async fn rows_of_the_old_tables_and_slices_are_read_folded_and_compacted_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let old: Vec<UsageRow> = (0..30).map(|k| row("a", 60_000 + k * 1000, k)).collect();
+        let old_v: Vec<Verdict> = (0..30)
+            .map(|k| verdict("a", 60_000 + k * 1000, 0.75))
+            .collect();
+        let mut tx = s.pool().begin().await.unwrap();
+        insert_old(&mut tx, &old, &old_v).await;
+        for r in &old {
+            sqlx::query("INSERT INTO sample_ticks (ts_ms) VALUES (?1)")
+                .bind(r.ts_ms)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        for k in 30..60 {
+            let ts = 60_000 + k * 1000;
+            s.add_sweep(&[row("a", ts, k)], &[verdict("a", ts, 0.25)], &[])
+                .await
+                .unwrap();
+        }
+        let want: Vec<UsageRow> = (0..60).map(|k| row("a", 60_000 + k * 1000, k)).collect();
+        assert_eq!(s.raw_usage("a", 0, 200_000).await.unwrap(), want);
+        assert_eq!(s.raw_verdicts("a", 0, 200_000).await.unwrap().len(), 60);
+
+        s.roll_up(120_000).await.unwrap();
+        let (samples, mem_max): (i64, i64) = sqlx::query_as(
+            "SELECT samples, memory_current_bytes_max FROM usage_rollup WHERE step_s = 60 AND tenant = 'a'",
+        )
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+        assert_eq!((samples, mem_max), (60, 59), "the minute holds both halves");
+        let (covered, violation): (f64, f64) = sqlx::query_as(
+            "SELECT covered_s, violation_s FROM sla_rollup WHERE step_s = 60 AND tenant = 'a'",
+        )
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+        assert_eq!((covered, violation), (60.0, 30.0));
+
+        let moved = s.compact_raw(600_000, &mut |_, _| {}).await.unwrap();
+        assert_eq!(moved, 120);
+        for table in ["usage_raw", "sla_raw", "raw_slices"] {
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(n, 0, "{table}");
+        }
+        assert_eq!(s.raw_usage("a", 0, 200_000).await.unwrap(), want);
+        assert_eq!(s.raw_verdicts("a", 0, 200_000).await.unwrap().len(), 60);
+    }
+
     /// A sweep's write, which reads its time's slices before it writes, waits for another
     /// connection's write to commit and then succeeds. Begun deferred, its read took a
     /// snapshot and the write after the other's commit failed at once with SQLITE_BUSY (as it
