@@ -119,7 +119,8 @@ pub(super) async fn insert_slices<R: Borrow<UsageRow>>(
         };
         drop(existing);
         // Earlier writes of the same times first: a stable sort keeps them before the new
-        // parts, which win below.
+        // parts, which win below. (Without any, the sweep's own items are sorted in place:
+        // no second list of 10,000 entries.)
         let fresh = std::mem::take(&mut p.items);
         if !old.is_empty() {
             let mut delete = d.prepare("DELETE FROM raw_slices WHERE rowid = ?1", OP)?;
@@ -139,20 +140,22 @@ pub(super) async fn insert_slices<R: Borrow<UsageRow>>(
                 delete.execute()?;
             }
         }
-        p.items.extend(fresh);
-        let mut items = std::mem::take(&mut p.items);
-        items.sort_by(|a, b| (a.ts_ms, p.name(a)).cmp(&(b.ts_ms, p.name(b))));
+        let mut merged = if p.items.is_empty() {
+            fresh
+        } else {
+            p.items.extend(fresh);
+            std::mem::take(&mut p.items)
+        };
+        merged.sort_by(|a, b| (a.ts_ms, p.name(a)).cmp(&(b.ts_ms, p.name(b))));
         // One item per (time, tenant), the later parts over the earlier.
-        let mut merged: Vec<Item> = Vec::with_capacity(items.len());
-        for i in items {
-            match merged.last_mut() {
-                Some(m) if m.ts_ms == i.ts_ms && p.name(m) == p.name(&i) => {
-                    m.usage = i.usage.or(m.usage.take());
-                    m.verdict = i.verdict.or(m.verdict.take());
-                }
-                _ => merged.push(i),
+        merged.dedup_by(|later, kept| {
+            let same = later.ts_ms == kept.ts_ms && p.name(later) == p.name(kept);
+            if same {
+                kept.usage = later.usage.take().or(kept.usage.take());
+                kept.verdict = later.verdict.take().or(kept.verdict.take());
             }
-        }
+            same
+        });
         let mut insert = d.prepare(
             "INSERT INTO raw_slices (ts_ms, first_tenant, last_tenant, body) VALUES (?1, ?2, ?3, ?4)",
             OP,
