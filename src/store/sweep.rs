@@ -391,8 +391,15 @@ impl Store {
         .map(|_| ())
     }
 
+    /// On the sweeps' connection: the minute rollups' multi-row INSERTs are compiled there
+    /// already (`add_minute_rollups`), and each connection keeps its own copy of every
+    /// statement it ran (see `Store::sweeps`).
     async fn write_fold(&self, now_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin_with(IMMEDIATE).await.map_err(q("begin"))?;
+        let mut tx = self
+            .sweeps
+            .begin_with(IMMEDIATE)
+            .await
+            .map_err(q("begin"))?;
         fold_minutes(&mut tx, now_ms).await?;
         fold_usage(&mut tx, now_ms).await?;
         fold_sla(&mut tx, now_ms).await?;
