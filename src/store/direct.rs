@@ -313,20 +313,10 @@ impl Stmt<'_> {
         }
     }
 
-    /// Column `c` of the current row as text (empty for NULL).
+    /// Column `c` of the current row as text (empty for NULL): its bytes (`blob`, which
+    /// SQLite answers for a TEXT value as its UTF-8), copied at once.
     pub(super) fn text(&self, c: usize) -> String {
-        // SAFETY: `st` has a row. `sqlite3_column_text` returns the value as UTF-8 (or null for
-        // NULL), valid until the next step or a conversion of the same column; its length is
-        // `sqlite3_column_bytes`, asked after it as SQLite's documentation says. Copied at once.
-        unsafe {
-            let p = ffi::sqlite3_column_text(self.st.as_ptr(), c as c_int);
-            if p.is_null() {
-                return String::new();
-            }
-            let n = ffi::sqlite3_column_bytes(self.st.as_ptr(), c as c_int);
-            let bytes = std::slice::from_raw_parts(p, usize::try_from(n).unwrap_or(0));
-            String::from_utf8_lossy(bytes).into_owned()
-        }
+        String::from_utf8_lossy(self.blob(c)).into_owned()
     }
 }
 

@@ -72,6 +72,15 @@ pub(super) fn merge_by_time<T>(mut older: Vec<T>, newer: Vec<T>, ts: impl Fn(&T)
     out
 }
 
+/// Maps an error decoding stored bytes of `name` (a block, a slice or an entry of one) to the
+/// store's `Corrupt`, naming what could not be read.
+pub(super) fn corrupt(name: &str) -> impl Fn(BlockError) -> StoreError + '_ {
+    move |e| StoreError::Corrupt {
+        name: name.to_string(),
+        why: e.to_string(),
+    }
+}
+
 /// Which half of a `raw_blocks` row: the usage rows or the SLA verdicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BlockColumn {
@@ -109,10 +118,7 @@ pub(super) async fn read_blocks<T>(
         .map_err(q("read raw blocks"))?;
     let mut rows = Vec::new();
     for b in blocks {
-        let decoded = decode(tenant, &b).map_err(|e| StoreError::Corrupt {
-            name: tenant.to_string(),
-            why: e.to_string(),
-        })?;
+        let decoded = decode(tenant, &b).map_err(corrupt(tenant))?;
         rows.extend(
             decoded
                 .into_iter()

@@ -3,8 +3,9 @@
 //! again for one tenant, read for a compaction or a fold, and deleted, all by direct SQLite
 //! calls (`store::direct`).
 
+use super::Result;
 use super::direct::{Direct, Stmt, blocking, query_rows};
-use super::{Result, StoreError};
+use super::rollup::corrupt;
 use crate::domain::raw_slice::{self, Entry, SLICE_TENANTS};
 use crate::domain::sla_engine::Verdict;
 use crate::domain::usage_block::BlockError;
@@ -54,13 +55,6 @@ impl Parts {
             usage: i.usage.clone().map(|r| &self.bytes[r]),
             verdict: i.verdict.clone().map(|r| &self.bytes[r]),
         }
-    }
-}
-
-fn corrupt(name: &str) -> impl Fn(BlockError) -> StoreError + '_ {
-    move |e| StoreError::Corrupt {
-        name: name.to_string(),
-        why: e.to_string(),
     }
 }
 
@@ -352,107 +346,4 @@ pub(super) async fn delete_rows(tx: &mut SqliteConnection, rowids: &[i64]) -> Re
         }
         Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::domain::raw_slice::SLICE_TENANTS;
-    use crate::domain::sla_engine::Verdict;
-    use crate::domain::usage_row::UsageRow;
-    use crate::store::Store;
-
-    fn row(tenant: &str, ts_ms: i64, mem: i64) -> UsageRow {
-        let mut r = UsageRow {
-            tenant: tenant.into(),
-            ts_ms,
-            interval_ms: Some(1000),
-            ..Default::default()
-        };
-        r.gauges.memory_current_bytes = Some(mem);
-        r
-    }
-
-    fn verdict(tenant: &str, ts_ms: i64, delivered: f64) -> Verdict {
-        Verdict {
-            tenant: tenant.into(),
-            ts_ms,
-            interval_ms: 1000,
-            guarantee_ratio: Some(0.5),
-            delivered_ratio: delivered,
-            contended: true,
-            violating: delivered < 0.5,
-        }
-    }
-
-    async fn slices_at(s: &Store, ts: i64) -> Vec<(String, String)> {
-        sqlx::query_as(
-            "SELECT first_tenant, last_tenant FROM raw_slices WHERE ts_ms = ?1 ORDER BY first_tenant",
-        )
-        .bind(ts)
-        .fetch_all(s.pool())
-        .await
-        .unwrap()
-    }
-
-    /// Writes of the same sweep time in several calls (usage, then verdicts, then a tenant
-    /// again and a new one) end as one set of runs that do not overlap, each tenant's part
-    /// written last winning, as `INSERT OR REPLACE` into the raw tables did.
-    #[tokio::test]
-    async fn writes_of_one_time_merge_into_runs_that_do_not_overlap() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
-        let names: Vec<String> = (0..40).map(|i| format!("t{i:04}")).collect();
-        let rows: Vec<UsageRow> = names.iter().map(|n| row(n, 1_000, 1)).collect();
-        s.add_usage(&rows).await.unwrap();
-        assert_eq!(
-            slices_at(&s, 1_000).await.len(),
-            40_usize.div_ceil(SLICE_TENANTS)
-        );
-        let verdicts: Vec<Verdict> = names[..10]
-            .iter()
-            .map(|n| verdict(n, 1_000, 0.25))
-            .collect();
-        s.add_sla(&verdicts).await.unwrap();
-        s.add_usage(&[row("t0005", 1_000, 99), row("a-new", 1_000, 7)])
-            .await
-            .unwrap();
-        let runs = slices_at(&s, 1_000).await;
-        assert_eq!(runs.len(), 41_usize.div_ceil(SLICE_TENANTS), "{runs:?}");
-        assert_eq!(runs[0].0, "a-new");
-        for w in runs.windows(2) {
-            assert!(w[0].1 < w[1].0, "runs overlap: {runs:?}");
-        }
-        assert_eq!(
-            s.raw_usage("t0005", 0, 2_000).await.unwrap(),
-            [row("t0005", 1_000, 99)]
-        );
-        assert_eq!(
-            s.raw_usage("a-new", 0, 2_000).await.unwrap(),
-            [row("a-new", 1_000, 7)]
-        );
-        for n in &names {
-            let want = if n == "t0005" { 99 } else { 1 };
-            assert_eq!(
-                s.raw_usage(n, 0, 2_000).await.unwrap(),
-                [row(n, 1_000, want)],
-                "{n}"
-            );
-        }
-        assert_eq!(
-            s.raw_verdicts("t0005", 0, 2_000).await.unwrap(),
-            [verdict("t0005", 1_000, 0.25)],
-            "a later usage row keeps the verdict"
-        );
-        assert_eq!(s.raw_verdicts("t0010", 0, 2_000).await.unwrap(), []);
-        assert_eq!(
-            s.raw_usage("t0040", 0, 2_000).await.unwrap(),
-            [],
-            "no such tenant"
-        );
-        assert_eq!(
-            s.raw_usage("zzz", 0, 2_000).await.unwrap(),
-            [],
-            "after every run"
-        );
-    }
 }

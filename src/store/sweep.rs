@@ -6,16 +6,15 @@
 
 use super::direct::query_rows;
 use super::rollup::{BLOCK_MS, delete_window, merge_by_time};
-use super::rollup::{bind_window, unfolded};
+use super::rollup::{bind_window, corrupt, unfolded};
 use super::samples::{MinuteRollup, fold_usage, insert_minute_rollups, raw_usage_window};
 use super::samples::{direct_row, usage_window_sql};
 use super::sla::{SlaMinute, fold_sla, insert_sla_minutes, raw_verdict_window};
 use super::sla::{VERDICT_WINDOW_SQL, direct_verdict};
 use super::slices::{delete_rows, for_each_entry, insert_slices, take_key, window_keys};
-use super::{NewEvent, Result, Store, StoreError, insert_event, q};
+use super::{NewEvent, Result, Store, insert_event, q};
 use crate::domain::raw_slice;
 use crate::domain::sla_engine::Verdict;
-use crate::domain::usage_block::BlockError;
 use crate::domain::usage_block::{decode_usage, decode_verdicts, encode_usage, encode_verdicts};
 use crate::domain::usage_row::UsageRow;
 use sqlx::SqliteConnection;
@@ -59,6 +58,21 @@ const SLICE_MS: i64 = 60_000;
 /// minute), so a 10-minute window is compacted over about 5 calls instead of stalling one
 /// sweep with all of it.
 const SPREAD_CALLS: usize = 5;
+
+/// Calls `f` with `map`'s value of `tenant`, made by `new` if it has none: one lookup when it
+/// is there, and the name copied only when it is not (not for each of a window's or a minute's
+/// 600 samples).
+fn with_entry<V, R>(
+    map: &mut BTreeMap<String, V>,
+    tenant: &str,
+    new: impl FnOnce() -> V,
+    f: impl FnOnce(&mut V) -> R,
+) -> R {
+    match map.get_mut(tenant) {
+        Some(v) => f(v),
+        None => f(map.entry(tenant.to_string()).or_insert_with(new)),
+    }
+}
 
 /// The tenants with raw rows or verdicts in the window [start_ms, start_ms + BLOCK_MS).
 async fn window_tenants(tx: &mut SqliteConnection, start_ms: i64) -> Result<Vec<String>> {
@@ -123,13 +137,11 @@ async fn compact_work(tx: &mut SqliteConnection, start_ms: i64, work: &Work) -> 
         }
         Work::Slices(key) => {
             let rowids = take_key(tx, window, key, |tenant, u, v| {
-                let w = match by_tenant.get_mut(tenant) {
-                    Some(w) => w,
-                    None => by_tenant.entry(tenant.to_string()).or_default(),
-                };
                 moved += u64::from(u.is_some()) + u64::from(v.is_some());
-                w.0.extend(u);
-                w.1.extend(v);
+                with_entry(&mut by_tenant, tenant, TenantWindow::default, |w| {
+                    w.0.extend(u);
+                    w.1.extend(v);
+                });
             })
             .await?;
             write_blocks(tx, start_ms, by_tenant).await?;
@@ -158,18 +170,14 @@ async fn write_blocks(
                 .await
                 .map_err(q(OP))?;
         if let Some((u, s)) = old {
-            let corrupt = |e: crate::domain::usage_block::BlockError| StoreError::Corrupt {
-                name: tenant.clone(),
-                why: e.to_string(),
-            };
             let u = u
                 .map(|b| decode_usage(&tenant, &b))
                 .transpose()
-                .map_err(corrupt)?;
+                .map_err(corrupt(&tenant))?;
             let s = s
                 .map(|b| decode_verdicts(&tenant, &b))
                 .transpose()
-                .map_err(corrupt)?;
+                .map_err(corrupt(&tenant))?;
             rows = merge_by_time(u.unwrap_or_default(), rows, |r| r.ts_ms);
             verdicts = merge_by_time(s.unwrap_or_default(), verdicts, |v| v.ts_ms);
         }
@@ -197,22 +205,15 @@ async fn fold_minutes(tx: &mut SqliteConnection, now_ms: i64) -> Result<()> {
          UNION ALL SELECT min(ts_ms) FROM sla_raw UNION ALL SELECT min(ts_ms) FROM raw_slices)";
     const NEXT: &str = "SELECT min(ts_ms) FROM sample_ticks WHERE ts_ms >= ?1 AND ts_ms < ?2";
     const MINUTE: i64 = 60_000;
-    let usage = unfolded(
-        tx,
-        60,
+    // The minutes not rolled up yet, of usage and of verdicts (each table has its own last).
+    let mut todo = [None; 2];
+    for (t, done) in todo.iter_mut().zip([
         "SELECT max(bucket_ms) FROM usage_rollup WHERE step_s = ?1",
-        FIRST,
-        now_ms,
-    )
-    .await?;
-    let sla = unfolded(
-        tx,
-        60,
         "SELECT max(bucket_ms) FROM sla_rollup WHERE step_s = ?1",
-        FIRST,
-        now_ms,
-    )
-    .await?;
+    ]) {
+        *t = unfolded(tx, 60, done, FIRST, now_ms).await?;
+    }
+    let [usage, sla] = todo;
     let (Some(start), Some(closed)) = (
         usage.iter().chain(&sla).map(|r| r.0).min(),
         usage.iter().chain(&sla).map(|r| r.1).max(),
@@ -236,19 +237,21 @@ async fn fold_minutes(tx: &mut SqliteConnection, now_ms: i64) -> Result<()> {
         let fold_s = sla.is_some_and(|(s, c)| m >= s && m < c);
         let mut u: BTreeMap<String, MinuteRollup> = BTreeMap::new();
         let mut v: BTreeMap<String, SlaMinute> = BTreeMap::new();
-        let mut add_u = |r: &UsageRow| match u.get_mut(&r.tenant) {
-            Some(x) => x.add(r),
-            None => u
-                .entry(r.tenant.clone())
-                .or_insert_with(|| MinuteRollup::new(&r.tenant, m))
-                .add(r),
+        let mut add_u = |r: &UsageRow| {
+            with_entry(
+                &mut u,
+                &r.tenant,
+                || MinuteRollup::new(&r.tenant, m),
+                |x| x.add(r),
+            )
         };
-        let mut add_v = |r: &Verdict| match v.get_mut(&r.tenant) {
-            Some(x) => x.add(r),
-            None => v
-                .entry(r.tenant.clone())
-                .or_insert_with(|| SlaMinute::new(&r.tenant, m))
-                .add(r),
+        let mut add_v = |r: &Verdict| {
+            with_entry(
+                &mut v,
+                &r.tenant,
+                || SlaMinute::new(&r.tenant, m),
+                |x| x.add(r),
+            )
         };
         if fold_u {
             query_rows(
@@ -271,15 +274,11 @@ async fn fold_minutes(tx: &mut SqliteConnection, now_ms: i64) -> Result<()> {
             .await?;
         }
         for_each_entry(tx, range, |ts, e| {
-            let corrupt = |err: BlockError| StoreError::Corrupt {
-                name: e.tenant.to_string(),
-                why: err.to_string(),
-            };
             if let Some(b) = e.usage.filter(|_| fold_u) {
-                add_u(&raw_slice::usage_row(e.tenant, ts, b).map_err(corrupt)?);
+                add_u(&raw_slice::usage_row(e.tenant, ts, b).map_err(corrupt(e.tenant))?);
             }
             if let Some(b) = e.verdict.filter(|_| fold_s) {
-                add_v(&raw_slice::verdict(e.tenant, ts, b).map_err(corrupt)?);
+                add_v(&raw_slice::verdict(e.tenant, ts, b).map_err(corrupt(e.tenant))?);
             }
             Ok(())
         })
@@ -771,6 +770,82 @@ pub(super) mod compact_tests {
         }
         assert_eq!(s.raw_usage("a", 0, 200_000).await.unwrap(), want);
         assert_eq!(s.raw_verdicts("a", 0, 200_000).await.unwrap().len(), 60);
+    }
+
+    async fn slices_at(s: &Store, ts: i64) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT first_tenant, last_tenant FROM raw_slices WHERE ts_ms = ?1 ORDER BY first_tenant",
+        )
+        .bind(ts)
+        .fetch_all(s.pool())
+        .await
+        .unwrap()
+    }
+
+    /// Writes of the same sweep time in several calls (usage, then verdicts, then a tenant
+    /// again and a new one) end as one set of runs that do not overlap, each tenant's part
+    /// written last winning, as `INSERT OR REPLACE` into the raw tables did.
+    #[tokio::test]
+    async fn writes_of_one_time_merge_into_runs_that_do_not_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).await.unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("t{i:04}")).collect();
+        let rows: Vec<UsageRow> = names.iter().map(|n| row(n, 1_000, 1)).collect();
+        s.add_usage(&rows).await.unwrap();
+        assert_eq!(
+            slices_at(&s, 1_000).await.len(),
+            40_usize.div_ceil(raw_slice::SLICE_TENANTS)
+        );
+        let verdicts: Vec<Verdict> = names[..10]
+            .iter()
+            .map(|n| verdict(n, 1_000, 0.25))
+            .collect();
+        s.add_sla(&verdicts).await.unwrap();
+        s.add_usage(&[row("t0005", 1_000, 99), row("a-new", 1_000, 7)])
+            .await
+            .unwrap();
+        let runs = slices_at(&s, 1_000).await;
+        assert_eq!(
+            runs.len(),
+            41_usize.div_ceil(raw_slice::SLICE_TENANTS),
+            "{runs:?}"
+        );
+        assert_eq!(runs[0].0, "a-new");
+        for w in runs.windows(2) {
+            assert!(w[0].1 < w[1].0, "runs overlap: {runs:?}");
+        }
+        assert_eq!(
+            s.raw_usage("t0005", 0, 2_000).await.unwrap(),
+            [row("t0005", 1_000, 99)]
+        );
+        assert_eq!(
+            s.raw_usage("a-new", 0, 2_000).await.unwrap(),
+            [row("a-new", 1_000, 7)]
+        );
+        for n in &names {
+            let want = if n == "t0005" { 99 } else { 1 };
+            assert_eq!(
+                s.raw_usage(n, 0, 2_000).await.unwrap(),
+                [row(n, 1_000, want)],
+                "{n}"
+            );
+        }
+        assert_eq!(
+            s.raw_verdicts("t0005", 0, 2_000).await.unwrap(),
+            [verdict("t0005", 1_000, 0.25)],
+            "a later usage row keeps the verdict"
+        );
+        assert_eq!(s.raw_verdicts("t0010", 0, 2_000).await.unwrap(), []);
+        assert_eq!(
+            s.raw_usage("t0040", 0, 2_000).await.unwrap(),
+            [],
+            "no such tenant"
+        );
+        assert_eq!(
+            s.raw_usage("zzz", 0, 2_000).await.unwrap(),
+            [],
+            "after every run"
+        );
     }
 
     /// A sweep's write, which reads its time's slices before it writes, waits for another
