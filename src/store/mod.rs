@@ -391,8 +391,9 @@ pub struct Store {
     window_left: Arc<std::sync::Mutex<Option<WindowLeft>>>,
 }
 
-/// A raw window's start and its units not compacted yet.
-type WindowLeft = (i64, Vec<sweep::Work>);
+/// A raw window being compacted over several calls: its start, its units not compacted yet,
+/// and the rowids of the slices the units before moved (deleted after its last unit).
+type WindowLeft = (i64, Vec<sweep::Work>, Vec<i64>);
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies the migrations.

@@ -334,16 +334,47 @@ pub(super) async fn take_key(
     Ok(rowids)
 }
 
-/// Deletes the slices of `rowids` (moved into blocks).
+/// The runs of consecutive integers in `sorted`, as (first, last).
+fn runs(sorted: &[i64]) -> impl Iterator<Item = (i64, i64)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = *sorted.get(i)?;
+        let mut last = first;
+        i += 1;
+        while sorted.get(i) == Some(&(last + 1)) {
+            last += 1;
+            i += 1;
+        }
+        Some((first, last))
+    })
+}
+
+/// Deletes the slices of `rowids` (moved into blocks), sorted: each run of consecutive
+/// rowids with one statement, so a whole window's slices go in page order.
 pub(super) async fn delete_rows(tx: &mut SqliteConnection, rowids: &[i64]) -> Result<()> {
     const OP: &str = "delete compacted raw slices";
     let mut d = Direct::lock(tx, OP).await?;
     blocking(|| {
-        let mut st = d.prepare("DELETE FROM raw_slices WHERE rowid = ?1", OP)?;
-        for r in rowids {
-            st.bind(1, *r)?;
+        let mut st = d.prepare("DELETE FROM raw_slices WHERE rowid BETWEEN ?1 AND ?2", OP)?;
+        for (first, last) in runs(rowids) {
+            st.bind(1, first)?;
+            st.bind(2, last)?;
             st.execute()?;
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn runs_are_the_consecutive_stretches_of_sorted_rowids() {
+        let r = |v: &[i64]| runs(v).collect::<Vec<_>>();
+        assert_eq!(r(&[]), []);
+        assert_eq!(r(&[5]), [(5, 5)]);
+        assert_eq!(r(&[1, 2, 3, 7, 9, 10]), [(1, 3), (7, 7), (9, 10)]);
+        assert_eq!(r(&[-2, -1, 0, 1]), [(-2, 1)]);
+    }
 }
