@@ -9,7 +9,9 @@
 # utime+stime (/proc/PID/stat) over R windows of S seconds (default 1 x 60 s) and prints each
 # as a share of one core, with the daemon's RSS, its open descriptors and its mean sweep time
 # (`tenantd_sweep_seconds` from /metrics). Then the memory (VmRSS, VmHWM, anonymous vs
-# file-backed from /proc/PID/smaps_rollup) and the cost of one GET /metrics: the daemon's
+# file-backed from /proc/PID/smaps_rollup), what the kernel charges to the daemon's own cgroup
+# (v1 memory.usage_in_bytes and memory.kmem.usage_in_bytes; v2 memory.current and memory.stat's
+# kernel, slab, file, anon: a held cgroup file once read keeps a 4 KiB buffer) and the cost of one GET /metrics: the daemon's
 # utime+stime around SCRAPES (default 20; 0 skips) sequential scrapes divided by SCRAPES, raw
 # and net of the sampler's rate in the last window, with the wall time of each.
 # INSPECT='CMD' runs CMD (bash, the daemon's pid in $DPID) against the live daemon after the
@@ -54,7 +56,7 @@ while [ $# -gt 0 ]; do
     --bin) BIN="$2"; shift 2 ;;
     --10k) COUNTS+=(10000); shift ;;
     --bare) BARE=1; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     -*) echo "unknown option $1"; exit 2 ;;
     *) COUNTS+=("$1"); shift ;;
   esac
@@ -201,6 +203,30 @@ for l in open(f"/proc/{pid}/smaps_rollup"):
 print(f"[{mode}] {n} tenants: VmRSS {status('VmRSS')/1024:.1f} MiB, VmHWM {status('VmHWM')/1024:.1f} MiB "
       f"(anonymous {roll.get('Anonymous', 0)/1024:.1f} MiB, file-backed {(roll.get('Rss', 0)-roll.get('Anonymous', 0))/1024:.1f} MiB), "
       f"{status('Threads')} threads", flush=True)
+# What the kernel charges to the daemon's own cgroup besides its resident set: each cgroup file
+# it holds open and has read keeps a page-sized seq_file buffer there (kernel memory).
+cg = {l.split(":", 2)[1]: l.split(":", 2)[2].strip() for l in open(f"/proc/{pid}/cgroup")}
+def cg_read(path):
+    try:
+        return open(path).read()
+    except OSError:
+        return None
+if mode == "v1" and "memory" in cg:
+    d = f"/sys/fs/cgroup/memory{cg['memory']}"
+    use, kmem = cg_read(f"{d}/memory.usage_in_bytes"), cg_read(f"{d}/memory.kmem.usage_in_bytes")
+    if use and kmem:
+        print(f"[{mode}] {n} tenants: the daemon's memory cgroup: {int(use)/2**20:.1f} MiB charged, "
+              f"of which kernel {int(kmem)/2**20:.1f} MiB (memory.kmem.usage_in_bytes)", flush=True)
+elif mode == "v2" and "" in cg:
+    d = f"/sys/fs/cgroup{cg['']}"
+    use, st = cg_read(f"{d}/memory.current"), cg_read(f"{d}/memory.stat")
+    if use and st:
+        kv = dict((l.split()[0], int(l.split()[1])) for l in st.splitlines() if len(l.split()) == 2)
+        print(f"[{mode}] {n} tenants: the daemon's cgroup: {int(use)/2**20:.1f} MiB charged, of which "
+              f"kernel {kv.get('kernel', 0)/2**20:.1f} MiB (slab {kv.get('slab', 0)/2**20:.1f} MiB), "
+              f"file {kv.get('file', 0)/2**20:.1f} MiB, anon {kv.get('anon', 0)/2**20:.1f} MiB (memory.stat)", flush=True)
+else:
+    print(f"[{mode}] {n} tenants: the daemon's memory cgroup charge: not readable here", flush=True)
 # One GET /metrics: the daemon's utime+stime over SCRAPES sequential scrapes, divided by
 # SCRAPES, raw and net of the sampler's own rate in the last window (the sweeps run meanwhile).
 scrapes = int(os.environ.get("SCRAPES", "20"))

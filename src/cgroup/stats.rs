@@ -441,12 +441,33 @@ impl StatsReader {
         self.slow = cadence::after_sweep(self.slow, read, usage);
         if slow != Figures::NONE {
             self.cache.clone_from(&stats);
+            self.hold_slow(cadence::hold_slow(cadence, self.slow.as_ref()), fresh);
         }
         Ok(Some(Sample {
             ino: self.ino,
             stats,
             read,
         }))
+    }
+
+    /// Keeps the files of the figures held but not `fresh` open (`keep`), reopening those
+    /// closed, or closes them until the next read that keeps them (`cadence::hold_slow`).
+    fn hold_slow(&mut self, keep: bool, fresh: Figures) {
+        let dir = &self.dir;
+        for (i, h) in self.files.iter_mut().enumerate() {
+            if fresh.contains(FIGURE_OF[i]) || !self.hold.contains(FIGURE_OF[i]) {
+                continue;
+            }
+            match h {
+                Handle::Held(_) if !keep => *h = Handle::Reopen,
+                Handle::Reopen if keep => {
+                    if let Ok(f) = File::open(dir.join(FILES[i])) {
+                        *h = Handle::Held(f);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Reads the files of `figures` into `out`. `Ok(false)` when the cgroup vanished.
@@ -859,6 +880,16 @@ mod tests {
         );
     }
 
+    /// The names of the files `slot`'s reader holds open.
+    fn held(slot: &Option<StatsReader>) -> Vec<&'static str> {
+        let files = slot.as_ref().unwrap().files.iter();
+        files
+            .zip(FILES)
+            .filter(|(h, _)| matches!(h, Handle::Held(_)))
+            .map(|(_, f)| f)
+            .collect()
+    }
+
     /// Issue 15: with the default cadence, for a tenant with a memory guarantee, the SLA's
     /// files (cpu.stat, memory.current, memory.events, cpu.pressure) are read every sweep and
     /// only they are held; memory.stat and the rest of an idle tenant are read every `idle_every` sweeps and repeated between,
@@ -875,14 +906,8 @@ mod tests {
         };
         let first = sample(&mut slot);
         assert!(first.read.is_all());
-        let held = slot.as_ref().unwrap().files.iter();
-        let held: Vec<&str> = held
-            .zip(FILES)
-            .filter(|(h, _)| matches!(h, Handle::Held(_)))
-            .map(|(_, f)| f)
-            .collect();
         assert_eq!(
-            held,
+            held(&slot),
             [
                 "cpu.stat",
                 "memory.current",
@@ -922,5 +947,49 @@ mod tests {
         let s = sample(&mut slot);
         assert!(s.read.is_all());
         assert_eq!(s.stats.pids_current, Some(6));
+    }
+
+    /// A cgroup file kept open after a read keeps a page of kernel memory (its seq_file
+    /// buffer): a reader that may hold every file holds the slow figures' after a read that
+    /// found the tenant active (and after the first), closes them after one that found it
+    /// idle, and opens them again when a read finds it active, reading the same values.
+    #[test]
+    fn slow_files_are_held_while_the_tenant_is_active_and_closed_while_it_is_idle() {
+        let dir = fixture_dir();
+        let c = Cadence::default().for_tenant(false, false);
+        let (mut slot, mut buf) = (None, Vec::new());
+        let mut sample = |slot: &mut Option<StatsReader>| {
+            sample_dir_with(slot, dir.path(), &mut buf, Figures::ALL, &c)
+                .unwrap()
+                .unwrap()
+        };
+        let first = sample(&mut slot);
+        let every = held(&slot);
+        assert!(
+            every.contains(&"memory.stat") && every.len() > 4,
+            "{every:?}"
+        );
+        for _ in 1..c.idle_every {
+            assert_eq!(sample(&mut slot).read, c.fresh);
+            assert_eq!(
+                held(&slot),
+                every,
+                "until the next read of the slow figures"
+            );
+        }
+        let idle = sample(&mut slot);
+        assert!(idle.read.is_all());
+        assert_eq!(idle.stats, first.stats);
+        assert_eq!(held(&slot), ["cpu.stat", "cpu.pressure"], "idle: closed");
+        let cpu = std::fs::read_to_string(dir.path().join("cpu.stat")).unwrap();
+        let moved = cpu.replace("usage_usec 25178281", "usage_usec 25178282");
+        std::fs::write(dir.path().join("cpu.stat"), moved).unwrap();
+        let active = sample(&mut slot);
+        assert!(active.read.is_all());
+        assert_eq!(
+            active.stats.memory, first.stats.memory,
+            "read again, closed or not"
+        );
+        assert_eq!(held(&slot), every, "active: held again");
     }
 }

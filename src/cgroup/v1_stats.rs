@@ -871,6 +871,8 @@ impl V1StatsReader {
                     self.slow = cadence::after_sweep(self.slow, read, usage);
                     if read != cadence.fresh {
                         self.cache.clone_from(&stats);
+                        let keep = cadence::hold_slow(cadence, self.slow.as_ref());
+                        self.hold_slow(keep, cadence.fresh);
                     }
                     return Ok(Some(Sample {
                         ino: self.ino,
@@ -883,6 +885,22 @@ impl V1StatsReader {
             }
         }
         Ok(None)
+    }
+
+    /// Keeps the files held of the figures not `fresh` open (`keep`), reopening those
+    /// closed, or closes them until the next read that keeps them (`cadence::hold_slow`).
+    fn hold_slow(&mut self, keep: bool, fresh: Figures) {
+        for f in &mut self.files {
+            let Some(file) = f.name.file() else { continue };
+            if fresh.contains(file.figure()) || !self.hold.holds(file) {
+                continue;
+            }
+            if !keep {
+                f.held = None;
+            } else if f.held.is_none() {
+                f.held = File::open(f.path()).ok();
+            }
+        }
     }
 
     /// One sweep's reads: the fresh figures, then the rest when due (or their last values).
@@ -1417,6 +1435,70 @@ mod tests {
         // The usage moved: the slow figures, and cpu.stat with them, are read.
         write(6_000_000, 3);
         assert_eq!(throttled(&mut without, false), (Some(3), Some(3)));
+    }
+
+    /// A cgroup file kept open after a read keeps a page of kernel memory: a reader that may
+    /// hold every file closes the slow figures' files after a read that found the tenant
+    /// idle and opens them again after one that found it active.
+    #[test]
+    fn slow_files_are_closed_while_the_tenant_is_idle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (acct, mem) = (tmp.path().join("cpuacct/t"), tmp.path().join("memory/t"));
+        std::fs::create_dir_all(&acct).unwrap();
+        std::fs::create_dir_all(&mem).unwrap();
+        let dirs = V1Dirs {
+            cpuacct: Some(acct.clone().into()),
+            memory: Some(mem.clone().into()),
+            ..V1Dirs::default()
+        };
+        std::fs::write(acct.join("cpuacct.stat"), "user 1\nsystem 1\n").unwrap();
+        std::fs::write(mem.join("memory.usage_in_bytes"), "4096\n").unwrap();
+        std::fs::write(mem.join("memory.stat"), "total_rss 4096\ntotal_cache 0\n").unwrap();
+        let usage = |ns: u64| std::fs::write(acct.join("cpuacct.usage"), format!("{ns}\n"));
+        usage(5_000_000).unwrap();
+        let cadence = Cadence::default().for_tenant(false, false);
+        let mut buf = Vec::new();
+        let mut sample = |slot: &mut Option<V1StatsReader>| {
+            sample_dirs_with(
+                slot,
+                &dirs,
+                tmp.path(),
+                &mut buf,
+                (Figures::ALL.into(), false),
+                &cadence,
+                None,
+            )
+            .unwrap()
+            .unwrap()
+            .read
+        };
+        let held = |slot: &Option<V1StatsReader>| -> Vec<&'static str> {
+            let files = slot.as_ref().unwrap().files.iter();
+            files
+                .filter(|f| f.held.is_some())
+                .map(|f| f.name.as_str())
+                .collect()
+        };
+        let mut slot = None;
+        assert!(sample(&mut slot).is_all());
+        let every = held(&slot);
+        assert!(every.contains(&"memory.stat"), "{every:?}");
+        let mut sweeps = 1;
+        while !sample(&mut slot).is_all() {
+            sweeps += 1;
+            assert!(
+                sweeps <= cadence.idle_every,
+                "read within idle_every sweeps"
+            );
+        }
+        assert_eq!(
+            held(&slot),
+            ["cpuacct.usage", "cpuacct.stat"],
+            "idle: the slow figures' files closed"
+        );
+        usage(6_000_000).unwrap();
+        assert!(sample(&mut slot).is_all());
+        assert_eq!(held(&slot), every, "active: held again");
     }
 
     /// The guard's filesystem: cgroupfs (where a held file of a removed cgroup answers
