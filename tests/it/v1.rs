@@ -1238,3 +1238,57 @@ fn issue_15_lean_v1_reader_holds_one_file_and_tells_a_recreated_tenant() {
     );
     assert_eq!(third.stats.cpu.usage_usec, Some(0));
 }
+
+/// Issue 15, session 17: a held cgroup file once read keeps a page of kernel memory, so a v1
+/// reader that may hold every file of an idle tenant gives back the slow figures' files after
+/// a read that finds it idle, on the real kernel: fewer descriptors, the same figures.
+#[test]
+fn issue_15_an_idle_v1_tenants_slow_files_are_given_back() {
+    use tenantd::cgroup::v1_stats::sample_dirs_with;
+    use tenantd::domain::cadence::{Cadence, Figures};
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let sb = Sandbox::new("slowfiles");
+    let t = sb.tenant("t");
+    let dirs = sb.backend.dirs_of(&t);
+    let cadence = Cadence::default().for_tenant(false, false);
+    let (mut slot, mut buf) = (None, Vec::new());
+    let mut sample = |slot: &mut Option<_>| {
+        sample_dirs_with(
+            slot,
+            &dirs,
+            Path::new("/proc"),
+            &mut buf,
+            (Figures::ALL.into(), false),
+            &cadence,
+            None,
+        )
+        .expect("sample")
+        .expect("the tenant exists")
+    };
+    let before = fds();
+    let first = sample(&mut slot);
+    assert!(first.read.is_all());
+    let every = fds() - before;
+    let mut sweeps = 1;
+    let idle = loop {
+        let s = sample(&mut slot);
+        if s.read.is_all() {
+            break s;
+        }
+        sweeps += 1;
+        assert!(
+            sweeps <= cadence.idle_every,
+            "read within idle_every sweeps"
+        );
+    };
+    let lean = fds() - before;
+    assert!(
+        lean < every,
+        "the slow files given back: {every} descriptors before the idle read, {lean} after"
+    );
+    assert_eq!(
+        idle.stats.memory, first.stats.memory,
+        "an empty tenant's memory.stat"
+    );
+    assert_eq!(idle.stats.pids_current, first.stats.pids_current);
+}
