@@ -15,6 +15,7 @@ use super::stats::CgroupStats;
 use super::tenant::{Protection, TenantSpec};
 use super::usage::Rates;
 use std::collections::{HashMap, HashSet};
+use std::hash::Hasher;
 
 /// How the SLA is judged and enforced.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,6 +86,22 @@ pub struct SlaEngine {
     /// Whether io.weight takes effect on any device (GET /v1/host); IO guarantees are only
     /// judged where the kernel can deliver them.
     io_weights_effective: Option<bool>,
+    /// The count and a hash of the last sweep's tenant names, which the maps were pruned to
+    /// (`forget_gone`).
+    live_names: Option<(usize, u64)>,
+}
+
+/// Calls `f` with `map`'s value of `name`, made by `Default` if it has none: the name is
+/// copied only then, not for every tenant and sweep.
+fn with_state<V: Default, R>(
+    map: &mut HashMap<String, V>,
+    name: &str,
+    f: impl FnOnce(&mut V) -> R,
+) -> R {
+    match map.get_mut(name) {
+        Some(v) => f(v),
+        None => f(map.entry(name.to_string()).or_default()),
+    }
 }
 
 impl SlaEngine {
@@ -127,8 +144,14 @@ impl SlaEngine {
     /// parent.
     pub fn observe(&mut self, ts_ms: i64, host_cpus: f64, inputs: &[Input<'_>]) -> Tick {
         let mut tick = Tick::default();
+        // The usage of the tenants that are some tenant's parent (none in a flat list).
+        let parents: HashSet<&str> = inputs
+            .iter()
+            .filter_map(|i| i.spec.parent.as_ref().map(|p| p.as_str()))
+            .collect();
         let cores: HashMap<&str, f64> = inputs
             .iter()
+            .filter(|i| parents.contains(i.name))
             .filter_map(|i| Some((i.name, i.rates.cpu_cores?)))
             .collect();
         let mut top_shortfall: Option<f64> = None;
@@ -175,27 +198,30 @@ impl SlaEngine {
         events: &mut Vec<TenantEvent>,
     ) -> Judgement {
         let secs = i.rates.interval_s;
-        let tracker = self.trackers.entry(i.name.to_string()).or_default();
-        let (v, event) = tracker.feed(iv, guarantee, &self.cfg.params);
-        let totals = self.totals.entry(i.name.to_string()).or_default();
-        totals.delivered_ratio = Some(v.delivered);
-        if v.contended {
-            totals.contended_s += secs;
-        }
-        if v.violating {
-            totals.violation_s += secs;
-        }
-        if let Some(e) = event {
-            events.push(TenantEvent {
-                tenant: i.name.to_string(),
-                // The top consumers are known once every tenant was judged
-                // (`name_top_consumers`).
-                event: Event::SlaViolation(CpuViolation {
-                    violation: violation(&e, &mut totals.violations),
-                    top_consumers: Vec::new(),
-                }),
-            });
-        }
+        let params = &self.cfg.params;
+        let (v, event) = with_state(&mut self.trackers, i.name, |t| {
+            t.feed(iv, guarantee, params)
+        });
+        with_state(&mut self.totals, i.name, |totals| {
+            totals.delivered_ratio = Some(v.delivered);
+            if v.contended {
+                totals.contended_s += secs;
+            }
+            if v.violating {
+                totals.violation_s += secs;
+            }
+            if let Some(e) = event {
+                events.push(TenantEvent {
+                    tenant: i.name.to_string(),
+                    // The top consumers are known once every tenant was judged
+                    // (`name_top_consumers`).
+                    event: Event::SlaViolation(CpuViolation {
+                        violation: violation(&e, &mut totals.violations),
+                        top_consumers: Vec::new(),
+                    }),
+                });
+            }
+        });
         v
     }
 
@@ -219,7 +245,10 @@ impl SlaEngine {
             return;
         };
         let low = i.stats.memory_events.low.unwrap_or(0);
-        let prev_low = self.last_low.insert(i.name.to_string(), low);
+        let prev_low = match self.last_low.get_mut(i.name) {
+            Some(l) => Some(std::mem::replace(l, low)),
+            None => self.last_low.insert(i.name.to_string(), low),
+        };
         let breach = match i.spec.memory.protection {
             Protection::Soft => prev_low.is_some_and(|p| low > p),
             Protection::Hard => {
@@ -318,6 +347,19 @@ impl SlaEngine {
 
     /// Forgets tenants that are gone (a set, so a sweep stays linear in the tenants).
     fn forget_gone(&mut self, inputs: &[Input<'_>]) {
+        // Every name the maps hold came from some sweep's inputs: when this sweep's are the
+        // last sweep's, the maps hold none other (issue 15: four passes of 10,000 lookups a
+        // sweep, for a list that changes when a tenant is created or deleted).
+        let mut h = std::hash::DefaultHasher::new();
+        for i in inputs {
+            h.write(i.name.as_bytes());
+            h.write_u8(0xff);
+        }
+        let names = (inputs.len(), h.finish());
+        if self.live_names == Some(names) {
+            return;
+        }
+        self.live_names = Some(names);
         let live: HashSet<&str> = inputs.iter().map(|i| i.name).collect();
         self.trackers.retain(|n, _| live.contains(n.as_str()));
         self.io_trackers.retain(|n, _| live.contains(n.as_str()));
@@ -454,6 +496,36 @@ mod tests {
         let mut s = TenantSpec::default();
         s.cpu.guarantee_pct = Some(Percent(g));
         s
+    }
+
+    /// A tenant gone from a sweep's inputs is forgotten at once, one that comes back starts
+    /// anew, and the others keep their totals whether the list changed or not (the maps are
+    /// pruned only when the list of names changed).
+    #[test]
+    fn a_tenant_gone_from_the_inputs_is_forgotten_and_starts_anew() {
+        let mut e = SlaEngine::new(SlaConfig::default());
+        let a = spec(50.0);
+        let (r, stats) = (rates(0.5, 0.9), CgroupStats::default());
+        let both = |e: &mut SlaEngine, ts| {
+            e.observe(
+                ts,
+                2.0,
+                &[input("a", &a, &r, &stats), input("b", &a, &r, &stats)],
+            );
+        };
+        let contended = |e: &SlaEngine, t: &str| e.totals(t).map(|t| t.contended_s);
+        both(&mut e, 1000);
+        both(&mut e, 2000);
+        assert_eq!(contended(&e, "b"), Some(2.0));
+        e.observe(3000, 2.0, &[input("a", &a, &r, &stats)]);
+        assert_eq!(contended(&e, "b"), None, "gone: forgotten");
+        both(&mut e, 4000);
+        assert_eq!(contended(&e, "b"), Some(1.0), "back: anew");
+        both(&mut e, 5000);
+        assert_eq!(contended(&e, "a"), Some(5.0));
+        assert_eq!(contended(&e, "b"), Some(2.0));
+        e.observe(6000, 2.0, &[input("b", &a, &r, &stats)]);
+        assert_eq!(contended(&e, "a"), None, "gone: forgotten");
     }
 
     #[test]
