@@ -90,6 +90,11 @@ impl Figures {
         Figures(self.0 | other.0)
     }
 
+    /// The figures in both sets.
+    pub const fn intersect(self, other: Figures) -> Figures {
+        Figures(self.0 & other.0)
+    }
+
     /// The figures of this set not in `other`.
     pub const fn minus(self, other: Figures) -> Figures {
         Figures(self.0 & !other.0)
