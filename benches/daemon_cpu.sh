@@ -112,7 +112,7 @@ for n in "${COUNTS[@]}"; do
       find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     done
     sleep 1
-    for d in "${dirs[@]}"; do [ ! -e "$d" ] || find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; done
+    for d in "${dirs[@]}"; do [ ! -e "$d" ] || find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; done
     for d in "${dirs[@]}"; do [ ! -e "$d" ] || echo "could not remove $d"; done
     rm -rf "$work"
   }
