@@ -641,6 +641,11 @@ impl TenantMap {
         self.find(name).ok().map(|i| &self.0[i].1)
     }
 
+    /// The `k`th entry in name order, with its name.
+    pub fn at(&self, k: usize) -> Option<(&str, &TenantSnapshot)> {
+        self.0.get(k).map(|(n, t)| (n.as_str(), t))
+    }
+
     /// Adds or replaces `name`'s entry, keeping the order (a shift of the entries after it:
     /// for tests and small maps; the sampler collects the whole map at once).
     pub fn insert(&mut self, name: String, t: TenantSnapshot) {

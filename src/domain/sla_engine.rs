@@ -6,6 +6,7 @@
 //!
 //! It keeps the `SlaTotals` per tenant; the maths is `sla`'s.
 
+use super::NameMap;
 use super::event::{Consumer, CpuViolation, Event, Violation};
 use super::sla::{
     DeviceIo, Interval, IoInterval, SlaEvent, SlaParams, SlaTotals, Tracker, Verdict as Judgement,
@@ -15,7 +16,7 @@ use super::stats::CgroupStats;
 use super::tenant::{Protection, TenantSpec};
 use super::usage::Rates;
 use std::collections::{HashMap, HashSet};
-use std::hash::Hasher;
+use std::hash::{BuildHasher, Hasher};
 
 /// How the SLA is judged and enforced.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,12 +78,12 @@ pub struct Tick {
 #[derive(Debug, Default)]
 pub struct SlaEngine {
     cfg: SlaConfig,
-    trackers: HashMap<String, Tracker>,
-    totals: HashMap<String, SlaTotals>,
-    last_low: HashMap<String, u64>,
+    trackers: NameMap<Tracker>,
+    totals: NameMap<SlaTotals>,
+    last_low: NameMap<u64>,
     /// (the root's weight when tenantd found it, the weight it holds now).
     root: Option<(u32, u32)>,
-    io_trackers: HashMap<String, Tracker>,
+    io_trackers: NameMap<Tracker>,
     /// Whether io.weight takes effect on any device (GET /v1/host); IO guarantees are only
     /// judged where the kernel can deliver them.
     io_weights_effective: Option<bool>,
@@ -93,11 +94,7 @@ pub struct SlaEngine {
 
 /// Calls `f` with `map`'s value of `name`, made by `Default` if it has none: the name is
 /// copied only then, not for every tenant and sweep.
-fn with_state<V: Default, R>(
-    map: &mut HashMap<String, V>,
-    name: &str,
-    f: impl FnOnce(&mut V) -> R,
-) -> R {
+fn with_state<V: Default, R>(map: &mut NameMap<V>, name: &str, f: impl FnOnce(&mut V) -> R) -> R {
     match map.get_mut(name) {
         Some(v) => f(v),
         None => f(map.entry(name.to_string()).or_default()),
@@ -350,7 +347,8 @@ impl SlaEngine {
         // Every name the maps hold came from some sweep's inputs: when this sweep's are the
         // last sweep's, the maps hold none other (issue 15: four passes of 10,000 lookups a
         // sweep, for a list that changes when a tenant is created or deleted).
-        let mut h = std::hash::DefaultHasher::new();
+        // A fixed seed: the hashes of two sweeps compare.
+        let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
         for i in inputs {
             h.write(i.name.as_bytes());
             h.write_u8(0xff);

@@ -23,6 +23,7 @@ use crate::cgroup::stats::{
 };
 use crate::cgroup::subtree_watch::SubtreeWatch;
 use crate::cgroup::v1_stats::{self, V1Hold, V1StatsReader};
+use crate::domain::NameMap;
 use crate::domain::cadence::{Cadence, Figures, SLA_CPU_FIGURES, SLA_FIGURES, SLA_IO_FIGURES};
 use crate::domain::event::{Event, LimitHits};
 use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine, Verdict};
@@ -329,9 +330,16 @@ pub struct Sampler {
     readers: Option<Readers>,
     /// Boxed: a hash table keeps about a third of its slots empty, and a slot is as large as
     /// its value (760 bytes; 12.9 MB unboxed at 10,000 tenants, 8.4 MB boxed; issue 15).
-    last: HashMap<String, Box<Last>>,
+    last: NameMap<Box<Last>>,
     /// The last sweep's samples (`Last::at`), shared with the snapshot published with them.
     prev: Arc<Vec<Sample>>,
+    /// The samples of the sweep before the last, emptied, for the next sweep to read into
+    /// (empty when a scrape still held them): at 10,000 tenants a new `Vec` of 4.4 MB a
+    /// sweep, given back to the kernel when freed (`MALLOC_MMAP_THRESHOLD_`), was faulted in
+    /// page by page every sweep (issue 15: 7% of the daemon's CPU with the rates' `Vec`).
+    spare: Vec<Sample>,
+    /// The rates' `Vec` of the last sweep, emptied, for the same reason.
+    rates: Vec<Option<Rates>>,
     /// Sweeps so far; marks which previous samples are current.
     sweeps: u64,
     last_prune: Option<Instant>,
@@ -356,8 +364,8 @@ struct Minute {
     whole: bool,
     /// Boxed, as `Sampler::last`: at 10,000 tenants the table's empty slots would otherwise
     /// hold a whole rollup each (issue 15, target 4).
-    usage: HashMap<String, Box<MinuteRollup>>,
-    sla: HashMap<String, Box<SlaMinute>>,
+    usage: NameMap<Box<MinuteRollup>>,
+    sla: NameMap<Box<SlaMinute>>,
 }
 
 impl Minute {
@@ -472,8 +480,10 @@ impl Sampler {
             metrics,
             cfg,
             readers: Some(readers),
-            last: HashMap::new(),
+            last: NameMap::default(),
             prev: Arc::default(),
+            spare: Vec::new(),
+            rates: Vec::new(),
             sweeps: 0,
             last_prune: None,
             io_checked: None,
@@ -552,9 +562,10 @@ impl Sampler {
         let cadence = self.cadence(&targets);
         let results = self.read(&targets, cadence).await?;
         let (samples, mut report) = self.keep_samples(&targets, results);
-        let rates = rates_since(&self.last, &self.prev, ts_ms, &samples);
+        let mut rates = std::mem::take(&mut self.rates);
+        rates_since(&self.last, &self.prev, ts_ms, &samples, &mut rates);
         let mut events = limit_events_of(ts_ms, &samples, &rates);
-        let snap = snapshot(&targets.specs, &samples);
+        let snap = snapshot(&targets.spec_at, &samples);
         self.remember(ts_ms, samples.iter().map(|(n, s)| (n, s.read)), &rates);
         let (verdicts, root_weight) = self.judge(ts_ms, &samples, &rates, snap, &mut events);
         self.adjust_root_weight(ts_ms, root_weight, &mut events)
@@ -565,7 +576,8 @@ impl Sampler {
         let rows = usage_rows(ts_ms, &samples, &rates);
         let written = self.write(ts_ms, rows, &verdicts, &events).await;
         report.rows = samples.len();
-        drop(rates);
+        rates.clear();
+        self.rates = rates;
         self.forget_unread(samples);
         written?;
         self.roll_up(ts_ms).await?;
@@ -632,15 +644,20 @@ impl Sampler {
         }
     }
 
-    /// Reads every target on the blocking pool and times it as `sweep_seconds`. Returns one
-    /// result per target, in the order of `targets.dirs`.
-    async fn read(&mut self, tt: &Arc<Targets>, cadence: SweepCadence) -> Result<Vec<ReadResult>> {
+    /// Reads every target on the blocking pool, into the samples of the sweep before last
+    /// (`spare`) when nothing holds them any more, and times it as `sweep_seconds`. Returns
+    /// what was read (`ReadAll`).
+    async fn read(&mut self, tt: &Arc<Targets>, cadence: SweepCadence) -> Result<ReadAll> {
         let targets = tt.clone();
         let mut readers = self.readers.take().unwrap_or_default();
+        let mut into = ReadAll {
+            samples: std::mem::take(&mut self.spare),
+            ..ReadAll::default()
+        };
         let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
-            let results = read_all(&mut readers, &targets, &cadence);
-            (readers, results)
+            read_all(&mut readers, &targets, &cadence, &mut into);
+            (readers, into)
         })
         .await;
         let (readers, results) = joined.map_err(|e| EngineError::Join(e.to_string()))?;
@@ -651,36 +668,26 @@ impl Sampler {
         Ok(results)
     }
 
-    /// Keeps the samples read, counts the tenants whose directory was missing and logs and
-    /// counts (`sampler_errors`) those that failed. Returns the samples by tenant, in target
-    /// order, each in the `Arc` that the snapshot and then the previous samples share, and the
-    /// report with `sampled`, `missing` and `errors` filled.
-    fn keep_samples<'t>(
-        &self,
-        tt: &'t Targets,
-        results: Vec<ReadResult>,
-    ) -> (Samples<'t>, SweepReport) {
-        let mut report = SweepReport::default();
-        let mut names = Vec::with_capacity(results.len());
-        let mut samples = Vec::with_capacity(results.len());
-        for ((name, _), res) in tt.dirs.iter().zip(results) {
-            match res {
-                Ok(Some(s)) => {
-                    names.push(name.as_str());
-                    samples.push(s);
-                }
-                Ok(None) => report.missing += 1,
-                Err(e) => {
-                    report.errors += 1;
-                    self.metrics.sampler_errors.inc();
-                    tracing::warn!("usage sampler: tenant '{name}': {e}");
-                }
-            }
+    /// Keeps the samples read and logs and counts (`sampler_errors`) the tenants that failed.
+    /// Returns the samples by tenant, in target order, in the `Arc` that the snapshot and
+    /// then the previous samples share, and the report with `sampled`, `missing` and `errors`
+    /// filled.
+    fn keep_samples<'t>(&self, tt: &'t Targets, read: ReadAll) -> (Samples<'t>, SweepReport) {
+        let mut report = SweepReport {
+            missing: read.missing,
+            errors: read.errors.len(),
+            sampled: read.samples.len(),
+            ..SweepReport::default()
+        };
+        for (i, e) in &read.errors {
+            self.metrics.sampler_errors.inc();
+            tracing::warn!("usage sampler: tenant '{}': {e}", tt.dirs[*i].0);
         }
-        report.sampled = samples.len();
+        report.sampled = read.samples.len();
         let samples = Samples {
-            names,
-            all: Arc::new(samples),
+            names: read.at.iter().map(|&i| tt.dirs[i].0.as_str()).collect(),
+            at: read.at,
+            all: Arc::new(read.samples),
         };
         (samples, report)
     }
@@ -734,7 +741,12 @@ impl Sampler {
                 p.at = at;
             }
         }
-        self.prev = samples.all;
+        let before = std::mem::replace(&mut self.prev, samples.all);
+        // The snapshot that shared them was replaced (`judge`); a scrape may still hold it.
+        if let Ok(mut v) = Arc::try_unwrap(before) {
+            v.clear();
+            self.spare = v;
+        }
         self.last.retain(|_, l| l.sweep == sweep);
     }
 
@@ -752,10 +764,15 @@ impl Sampler {
     ) -> (Vec<Verdict>, Option<(u32, u32)>) {
         // The SLA engine reads the stats and specs the snapshot already holds, and the rates
         // where they are (a copy was 3 MB at 10,000 tenants, 5 MB with the `Vec`'s growth).
-        let inputs: Vec<Input<'_>> = (samples.names.iter().zip(rates))
-            .filter_map(|(&name, rates)| {
+        // The snapshot's entries are the samples' in their order when the names came sorted
+        // (the targets are): each is found at its place, a binary search only otherwise.
+        let inputs: Vec<Input<'_>> = (samples.names.iter().zip(rates).enumerate())
+            .filter_map(|(k, (&name, rates))| {
                 let rates = rates.as_ref()?;
-                let t = snap.tenants.get(name)?;
+                let t = match snap.tenants.at(k) {
+                    Some((n, t)) if n == name => t,
+                    _ => snap.tenants.get(name)?,
+                };
                 Some(Input {
                     name,
                     spec: &t.spec,
@@ -876,28 +893,26 @@ impl Sampler {
     }
 }
 
-/// The rates of each sample since the tenant's previous sample in `last`. Returns one entry
-/// per sample, `None` for a tenant with no (usable) previous sample.
+/// The rates of each sample since the tenant's previous sample in `last`, into `out` (empty):
+/// one entry per sample, `None` for a tenant with no (usable) previous sample.
 fn rates_since(
-    last: &HashMap<String, Box<Last>>,
+    last: &NameMap<Box<Last>>,
     prev: &[Sample],
     ts_ms: i64,
     samples: &Samples<'_>,
-) -> Vec<Option<Rates>> {
-    samples
-        .iter()
-        .map(|(name, sample)| {
-            let p = last.get(name)?;
-            usage::rates_with_cadence(
-                prev.get(p.at)?,
-                p.ts_ms,
-                p.slow_ms,
-                p.rates.as_ref(),
-                sample,
-                ts_ms,
-            )
-        })
-        .collect()
+    out: &mut Vec<Option<Rates>>,
+) {
+    out.extend(samples.iter().map(|(name, sample)| {
+        let p = last.get(name)?;
+        usage::rates_with_cadence(
+            prev.get(p.at)?,
+            p.ts_ms,
+            p.slow_ms,
+            p.rates.as_ref(),
+            sample,
+            ts_ms,
+        )
+    }));
 }
 
 /// The stored row of each sample with its rates (`UsageRow::from_sample`). Returns one row per
@@ -925,10 +940,11 @@ fn limit_events_of(ts_ms: i64, samples: &Samples<'_>, rates: &[Option<Rates>]) -
 }
 
 /// The snapshot `/metrics` renders: each sample's stats (shared, `SharedStats`) with the
-/// tenant's spec, no SLA totals yet (`Sampler::judge` adds them). Returns it.
-fn snapshot(specs: &HashMap<String, Arc<TenantSpec>>, samples: &Samples<'_>) -> Snapshot {
+/// tenant's spec (`spec_at`: by target), no SLA totals yet (`Sampler::judge` adds them).
+/// Returns it.
+fn snapshot(spec_at: &[Option<Arc<TenantSpec>>], samples: &Samples<'_>) -> Snapshot {
     let tenants = samples.names.iter().enumerate().map(|(at, name)| {
-        let spec = specs.get(*name).cloned().unwrap_or_default();
+        let spec = spec_at[samples.at[at]].clone().unwrap_or_default();
         let t = TenantSnapshot {
             stats: SharedStats::of(samples.all.clone(), at),
             spec,
@@ -955,18 +971,28 @@ fn start_minute(
         _ => minute.replace(Minute {
             index,
             whole: minute.is_some(),
-            usage: HashMap::with_capacity(rows),
-            sla: HashMap::with_capacity(verdicts),
+            usage: NameMap::with_capacity_and_hasher(rows, Default::default()),
+            sla: NameMap::with_capacity_and_hasher(verdicts, Default::default()),
         }),
     }
 }
 
-type ReadResult = std::result::Result<Option<Sample>, crate::cgroup::CgroupError>;
+/// What one sweep read, in target order: the samples, the target (index in `Targets::dirs`)
+/// of each, how many targets' directories were missing, and the targets that failed.
+#[derive(Default)]
+struct ReadAll {
+    samples: Vec<Sample>,
+    at: Vec<usize>,
+    missing: usize,
+    errors: Vec<(usize, crate::cgroup::CgroupError)>,
+}
 
-/// A sweep's samples by tenant, in target order: the names, and the samples in one `Vec`
-/// that the snapshot published with them and then `Sampler::prev` share.
+/// A sweep's samples by tenant, in target order: the names, the target of each (index in
+/// `Targets::dirs`), and the samples in one `Vec` that the snapshot published with them and
+/// then `Sampler::prev` share.
 struct Samples<'t> {
     names: Vec<&'t str>,
+    at: Vec<usize>,
     all: Arc<Vec<Sample>>,
 }
 
@@ -995,13 +1021,15 @@ impl SweepCadence {
     }
 }
 
-/// Reads every target with its cadence, in the order of `targets.dirs`; drops the readers of
-/// tenants no longer listed. Runs on the blocking pool.
+/// Reads every target with its cadence, in the order of `targets.dirs`, into `into`
+/// (empty: its vectors are kept for their room); drops the readers of tenants no longer
+/// listed. Runs on the blocking pool. Returns nothing.
 fn read_all(
     readers: &mut Readers,
     targets: &Arc<Targets>,
     cadence: &SweepCadence,
-) -> Vec<ReadResult> {
+    into: &mut ReadAll,
+) {
     if !readers
         .targets
         .as_ref()
@@ -1046,29 +1074,36 @@ fn read_all(
         let spec = targets.spec_at[i].as_deref();
         hold_v1(i, &cadence.for_tenant(spec), own_cpu_quota(spec))
     });
-    targets
-        .dirs
-        .iter()
-        .enumerate()
-        .map(|(i, (_, source))| {
-            let spec = targets.spec_at[i].as_deref();
-            let c = cadence.for_tenant(spec);
-            match source {
-                SampleSource::V2(path) => {
-                    sample_dir_with(&mut v2[i], path, buf, hold(i, tiers_v2, &c), &c)
-                }
-                SampleSource::V1 { dirs, proc } => v1_stats::sample_dirs_with(
-                    &mut v1[i],
-                    dirs,
-                    proc,
-                    buf,
-                    (hold_v1(i, &c, own_cpu_quota(spec)), own_cpu_quota(spec)),
-                    &c,
-                    watch,
-                ),
+    // Made at their size: a `Vec` of 10,000 samples grown by doubling copied them four
+    // times, into memory the kernel had to fault in each time.
+    into.samples.reserve(n);
+    into.at.reserve(n);
+    for (i, (_, source)) in targets.dirs.iter().enumerate() {
+        let spec = targets.spec_at[i].as_deref();
+        let c = cadence.for_tenant(spec);
+        let read = match source {
+            SampleSource::V2(path) => {
+                sample_dir_with(&mut v2[i], path, buf, hold(i, tiers_v2, &c), &c)
             }
-        })
-        .collect()
+            SampleSource::V1 { dirs, proc } => v1_stats::sample_dirs_with(
+                &mut v1[i],
+                dirs,
+                proc,
+                buf,
+                (hold_v1(i, &c, own_cpu_quota(spec)), own_cpu_quota(spec)),
+                &c,
+                watch,
+            ),
+        };
+        match read {
+            Ok(Some(s)) => {
+                into.samples.push(s);
+                into.at.push(i);
+            }
+            Ok(None) => into.missing += 1,
+            Err(e) => into.errors.push((i, e)),
+        }
+    }
 }
 
 /// Makes the subtree watch of the v1 readers when the first v1 tenant is listed (asked when
@@ -1465,6 +1500,37 @@ mod tests {
         assert!(!metrics.render().contains("tenant=\"web\""));
     }
 
+    /// A sweep reads into the samples of the sweep before the last once nothing holds them
+    /// (issue 15: a new `Vec` a sweep was faulted in page by page), and leaves them to a
+    /// scrape that still holds their snapshot.
+    #[tokio::test]
+    async fn a_sweep_reads_into_the_samples_nothing_holds_any_more() {
+        let tmp = tempfile::tempdir().unwrap();
+        tenant_dir(&tmp.path().join("root"), "web", 100);
+        let (mut sampler, store, metrics) = sampler_in(tmp.path()).await;
+        put(&store, "web").await;
+        sampler.sweep().await.unwrap();
+        let scrape = metrics.snapshot();
+        sampler.sweep().await.unwrap();
+        assert_eq!(
+            sampler.spare.capacity(),
+            0,
+            "a scrape holds the first sweep's"
+        );
+        drop(scrape);
+        sampler.sweep().await.unwrap();
+        let second = sampler.spare.as_ptr();
+        assert!(sampler.spare.capacity() >= 1 && sampler.spare.is_empty());
+        sampler.sweep().await.unwrap();
+        assert_eq!(
+            sampler.prev.as_ptr(),
+            second,
+            "the fourth read into the second's"
+        );
+        assert_eq!(sampler.prev.len(), 1);
+        assert_eq!(metrics.snapshot().tenants.len(), 1);
+    }
+
     /// New targets move each open reader to its tenant's new position and close those of
     /// tenants no longer listed; a tenant new to the list starts without one.
     #[test]
@@ -1489,8 +1555,10 @@ mod tests {
             cadence: Cadence::default(),
             judges_io: false,
         };
-        let read = read_all(&mut readers, &first, &c);
-        assert!(read.iter().all(|r| matches!(r, Ok(Some(_)))), "{read:?}");
+        let mut read = ReadAll::default();
+        read_all(&mut readers, &first, &c, &mut read);
+        assert_eq!(read.at, [0, 1, 2], "{:?}", read.errors);
+        assert_eq!((read.samples.len(), read.missing), (3, 0));
         let second = targets(&["0d", "a", "c"]);
         readers.realign(&second);
         let dirs: Vec<Option<std::path::PathBuf>> = readers
