@@ -682,7 +682,23 @@ impl std::ops::Index<&str> for TenantMap {
 /// buffer half the map's size first (issue 15: 5.4 MB a sweep at 10,000 tenants).
 impl FromIterator<(String, TenantSnapshot)> for TenantMap {
     fn from_iter<I: IntoIterator<Item = (String, TenantSnapshot)>>(it: I) -> Self {
-        let mut v: Vec<(String, TenantSnapshot)> = it.into_iter().collect();
+        let mut m = TenantMap::collect_in(Vec::new(), it);
+        m.0.shrink_to_fit();
+        m
+    }
+}
+
+impl TenantMap {
+    /// As `collect`, into `room` (emptied first; `into_room`), whose allocation it keeps:
+    /// the sampler's snapshot of 10,000 tenants was a new 1.4 MB `Vec` a sweep, faulted in
+    /// page by page (issue 15).
+    pub fn collect_in(
+        mut room: Vec<(String, TenantSnapshot)>,
+        it: impl IntoIterator<Item = (String, TenantSnapshot)>,
+    ) -> Self {
+        room.clear();
+        room.extend(it);
+        let mut v = room;
         if !v.is_sorted_by(|a, b| a.0 < b.0) {
             // Reversed, then a stable sort: of equal names the last given comes first, and
             // `dedup_by` keeps the first of each run.
@@ -690,8 +706,14 @@ impl FromIterator<(String, TenantSnapshot)> for TenantMap {
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v.dedup_by(|a, b| a.0 == b.0);
         }
-        v.shrink_to_fit();
         TenantMap(v)
+    }
+
+    /// The entries' `Vec`, emptied, for `collect_in`.
+    pub fn into_room(self) -> Vec<(String, TenantSnapshot)> {
+        let mut v = self.0;
+        v.clear();
+        v
     }
 }
 
@@ -773,13 +795,19 @@ impl Metrics {
         })
     }
 
-    /// Replaces the snapshot (the sampler calls this once per sweep).
+    /// Replaces the snapshot.
     pub fn set_snapshot(&self, s: Snapshot) {
+        self.replace_snapshot(s);
+    }
+
+    /// Replaces the snapshot (the sampler does once per sweep). Returns the one it replaced,
+    /// which a scrape may still hold.
+    pub fn replace_snapshot(&self, s: Snapshot) -> Arc<Snapshot> {
         self.tenants.set(s.tenants.len() as i64);
         let s = Arc::new(s);
         match self.snapshot.write() {
-            Ok(mut g) => *g = s,
-            Err(p) => *p.into_inner() = s,
+            Ok(mut g) => std::mem::replace(&mut *g, s),
+            Err(p) => std::mem::replace(&mut *p.into_inner(), s),
         }
     }
 
@@ -1438,6 +1466,17 @@ mod tests {
             .collect();
         let want = [("a", 1), ("b", 2)].map(|(n, u)| (n.to_string(), u));
         assert_eq!(usage(&sorted), want);
+        // Collected in the room of another map: its allocation, the same entries.
+        let room = m.into_room();
+        let (at, cap) = (room.as_ptr(), room.capacity());
+        assert!(room.is_empty() && cap >= 4);
+        let again = TenantMap::collect_in(
+            room,
+            [("b", 2), ("a", 1)].map(|(n, u)| (n.to_string(), t(u))),
+        );
+        assert_eq!(usage(&again), want, "sorted like collect");
+        let v = again.into_room();
+        assert_eq!((v.as_ptr(), v.capacity()), (at, cap));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::domain::stats::Sample;
 use crate::domain::tenant::TenantSpec;
 use crate::domain::usage::{self, Rates};
 use crate::domain::usage_row::UsageRow;
-use crate::metrics::{Metrics, SharedStats, Snapshot, TenantSnapshot};
+use crate::metrics::{Metrics, SharedStats, Snapshot, TenantMap, TenantSnapshot};
 use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -340,6 +340,9 @@ pub struct Sampler {
     spare: Vec<Sample>,
     /// The rates' `Vec` of the last sweep, emptied, for the same reason.
     rates: Vec<Option<Rates>>,
+    /// The entries' `Vec` of the snapshot the last sweep replaced, for the same reason
+    /// (empty when a scrape still held it).
+    snap_room: Vec<(String, TenantSnapshot)>,
     /// Sweeps so far; marks which previous samples are current.
     sweeps: u64,
     last_prune: Option<Instant>,
@@ -484,6 +487,7 @@ impl Sampler {
             prev: Arc::default(),
             spare: Vec::new(),
             rates: Vec::new(),
+            snap_room: Vec::new(),
             sweeps: 0,
             last_prune: None,
             io_checked: None,
@@ -565,7 +569,8 @@ impl Sampler {
         let mut rates = std::mem::take(&mut self.rates);
         rates_since(&self.last, &self.prev, ts_ms, &samples, &mut rates);
         let mut events = limit_events_of(ts_ms, &samples, &rates);
-        let snap = snapshot(&targets.spec_at, &samples);
+        let room = std::mem::take(&mut self.snap_room);
+        let snap = snapshot(&targets.spec_at, &samples, room);
         self.remember(ts_ms, samples.iter().map(|(n, s)| (n, s.read)), &rates);
         let (verdicts, root_weight) = self.judge(ts_ms, &samples, &rates, snap, &mut events);
         self.adjust_root_weight(ts_ms, root_weight, &mut events)
@@ -578,6 +583,7 @@ impl Sampler {
         report.rows = samples.len();
         rates.clear();
         self.rates = rates;
+        self.sla.give_back(verdicts);
         self.forget_unread(samples);
         written?;
         self.roll_up(ts_ms).await?;
@@ -785,7 +791,10 @@ impl Sampler {
         for (name, t) in snap.tenants.iter_mut() {
             t.sla = self.sla.totals(name);
         }
-        self.metrics.set_snapshot(snap);
+        let before = self.metrics.replace_snapshot(snap);
+        if let Ok(before) = Arc::try_unwrap(before) {
+            self.snap_room = before.tenants.into_room();
+        }
         events.extend(sla.events.into_iter().map(|e| NewEvent {
             ts_ms,
             tenant: Some(e.tenant),
@@ -942,7 +951,11 @@ fn limit_events_of(ts_ms: i64, samples: &Samples<'_>, rates: &[Option<Rates>]) -
 /// The snapshot `/metrics` renders: each sample's stats (shared, `SharedStats`) with the
 /// tenant's spec (`spec_at`: by target), no SLA totals yet (`Sampler::judge` adds them).
 /// Returns it.
-fn snapshot(spec_at: &[Option<Arc<TenantSpec>>], samples: &Samples<'_>) -> Snapshot {
+fn snapshot(
+    spec_at: &[Option<Arc<TenantSpec>>],
+    samples: &Samples<'_>,
+    room: Vec<(String, TenantSnapshot)>,
+) -> Snapshot {
     let tenants = samples.names.iter().enumerate().map(|(at, name)| {
         let spec = spec_at[samples.at[at]].clone().unwrap_or_default();
         let t = TenantSnapshot {
@@ -953,7 +966,7 @@ fn snapshot(spec_at: &[Option<Arc<TenantSpec>>], samples: &Samples<'_>) -> Snaps
         (name.to_string(), t)
     });
     Snapshot {
-        tenants: tenants.collect(),
+        tenants: TenantMap::collect_in(room, tenants),
     }
 }
 
@@ -1521,6 +1534,11 @@ mod tests {
         sampler.sweep().await.unwrap();
         let second = sampler.spare.as_ptr();
         assert!(sampler.spare.capacity() >= 1 && sampler.spare.is_empty());
+        assert!(
+            sampler.snap_room.capacity() >= 1,
+            "the second's snapshot's entries too"
+        );
+        assert!(sampler.rates.capacity() >= 1);
         sampler.sweep().await.unwrap();
         assert_eq!(
             sampler.prev.as_ptr(),
