@@ -517,6 +517,11 @@ fn man_pages(out_dir: Option<&std::path::Path>) -> std::io::Result<()> {
 /// Entry point for the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Serve(_)) {
+        // The daemon's allocator as its unit sets it, whoever starts it (before the runtime's
+        // threads exist): two arenas, large blocks given back when freed.
+        crate::launch::tune_allocator(2, 128 * 1024);
+    }
     // `tenantd run` needs a single-threaded process once its requests are done (see
     // `cli/run.rs`): a runtime on the main thread alone, with no workers to join.
     let mut builder = if matches!(cli.cmd, Cmd::Run { .. }) {

@@ -10,7 +10,7 @@
 mod pid;
 mod sys;
 
-pub use sys::{PidfdIds, pidfd_ids, trim_heap};
+pub use sys::{PidfdIds, pidfd_ids, trim_heap, tune_allocator};
 
 use crate::domain::launch::{Bounding, CapSet, Capability, Ident, LaunchPlan, ProcCreds};
 use caps::CapSet as Set;

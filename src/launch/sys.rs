@@ -1,6 +1,6 @@
 //! The calls that need `unsafe`, the crate's only ones: `fork` (for `--private-pid`) and the
 //! `SIOCSIFFLAGS` ioctl that brings the loopback interface of a new network namespace up, and
-//! glibc's `malloc_trim` for `tenantd serve` (`trim_heap`), and the `PIDFD_GET_INFO` ioctl
+//! glibc's `malloc_trim` and `mallopt` for `tenantd serve` (`trim_heap`, `tune_allocator`), and the `PIDFD_GET_INFO` ioctl
 //! the placement rescan reads a process's ids with (`pidfd_ids`).
 #![allow(unsafe_code)]
 
@@ -30,6 +30,34 @@ pub fn trim_heap() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+/// Caps glibc's malloc at `arenas` arenas and makes it give every block of `mmap_bytes` or
+/// more back to the kernel when freed, each unless the environment already sets it
+/// (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, as packaging/tenantd.service does). Call it
+/// before any thread starts. Returns which of the two it set. A no-op on other C libraries.
+///
+/// Issue 15, target 4: glibc gives each new thread an arena of its own, up to eight per core;
+/// the store's compaction runs on whichever blocking thread holds the sampler at the time, and
+/// at 1,000 tenants eight arenas each kept 10-11 MB of its freed working set between two trims
+/// (the resident set 52 -> 102 MiB for a live heap under 30 MB, heaptrack and smaps).
+pub fn tune_allocator(arenas: i32, mmap_bytes: i32) -> (bool, bool) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let set = |var: &str, param: libc::c_int, value: i32| {
+            // SAFETY: mallopt takes no pointers; called before any other thread exists.
+            std::env::var_os(var).is_none() && unsafe { libc::mallopt(param, value) == 1 }
+        };
+        (
+            set("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, arenas),
+            set("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, mmap_bytes),
+        )
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (arenas, mmap_bytes);
+        (false, false)
     }
 }
 
@@ -174,6 +202,16 @@ mod tests {
         // A PID no process has (above the largest pid_max) is gone.
         let e = super::pidfd_ids(1 << 23).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ESRCH), "{e}");
+    }
+
+    /// glibc takes both settings, each only where the environment does not set it.
+    #[test]
+    fn tune_allocator_sets_what_the_environment_leaves() {
+        let unset = |v: &str| std::env::var_os(v).is_none();
+        assert_eq!(
+            super::tune_allocator(2, 128 * 1024),
+            (unset("MALLOC_ARENA_MAX"), unset("MALLOC_MMAP_THRESHOLD_"))
+        );
     }
 
     #[test]
