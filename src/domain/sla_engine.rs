@@ -150,7 +150,7 @@ impl SlaEngine {
     /// parent.
     pub fn observe(&mut self, ts_ms: i64, host_cpus: f64, inputs: &[Input<'_>]) -> Tick {
         let mut tick = Tick {
-            verdicts: std::mem::take(&mut self.verdict_room),
+            verdicts: super::take_room(&mut self.verdict_room, inputs.len()),
             ..Tick::default()
         };
         // The usage of the tenants that are some tenant's parent (none in a flat list).

@@ -23,7 +23,6 @@ use crate::cgroup::stats::{
 };
 use crate::cgroup::subtree_watch::SubtreeWatch;
 use crate::cgroup::v1_stats::{self, V1Hold, V1StatsReader};
-use crate::domain::NameMap;
 use crate::domain::cadence::{Cadence, Figures, SLA_CPU_FIGURES, SLA_FIGURES, SLA_IO_FIGURES};
 use crate::domain::event::{Event, LimitHits};
 use crate::domain::sla_engine::{Input, SlaConfig, SlaEngine, Verdict};
@@ -31,6 +30,7 @@ use crate::domain::stats::Sample;
 use crate::domain::tenant::TenantSpec;
 use crate::domain::usage::{self, Rates};
 use crate::domain::usage_row::UsageRow;
+use crate::domain::{NameMap, take_room};
 use crate::metrics::{Metrics, SharedStats, Snapshot, TenantMap, TenantSnapshot};
 use crate::store::{MinuteRollup, NewEvent, Retention, SlaMinute};
 use std::collections::{HashMap, HashSet};
@@ -566,10 +566,10 @@ impl Sampler {
         let cadence = self.cadence(&targets);
         let results = self.read(&targets, cadence).await?;
         let (samples, mut report) = self.keep_samples(&targets, results);
-        let mut rates = std::mem::take(&mut self.rates);
+        let mut rates = take_room(&mut self.rates, samples.len());
         rates_since(&self.last, &self.prev, ts_ms, &samples, &mut rates);
         let mut events = limit_events_of(ts_ms, &samples, &rates);
-        let room = std::mem::take(&mut self.snap_room);
+        let room = take_room(&mut self.snap_room, samples.len());
         let snap = snapshot(&targets.spec_at, &samples, room);
         self.remember(ts_ms, samples.iter().map(|(n, s)| (n, s.read)), &rates);
         let (verdicts, root_weight) = self.judge(ts_ms, &samples, &rates, snap, &mut events);
@@ -657,7 +657,7 @@ impl Sampler {
         let targets = tt.clone();
         let mut readers = self.readers.take().unwrap_or_default();
         let mut into = ReadAll {
-            samples: std::mem::take(&mut self.spare),
+            samples: take_room(&mut self.spare, tt.dirs.len()),
             ..ReadAll::default()
         };
         let started = Instant::now();
