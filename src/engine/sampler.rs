@@ -679,7 +679,7 @@ impl Sampler {
     /// then the previous samples share, and the report with `sampled`, `missing` and `errors`
     /// filled.
     fn keep_samples<'t>(&self, tt: &'t Targets, read: ReadAll) -> (Samples<'t>, SweepReport) {
-        let mut report = SweepReport {
+        let report = SweepReport {
             missing: read.missing,
             errors: read.errors.len(),
             sampled: read.samples.len(),
@@ -689,7 +689,6 @@ impl Sampler {
             self.metrics.sampler_errors.inc();
             tracing::warn!("usage sampler: tenant '{}': {e}", tt.dirs[*i].0);
         }
-        report.sampled = read.samples.len();
         let samples = Samples {
             names: read.at.iter().map(|&i| tt.dirs[i].0.as_str()).collect(),
             at: read.at,
