@@ -54,6 +54,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A port no socket holds now, chosen by the kernel: a random one collided with a socket of
+# something else on the host once (the daemon could not listen, and the check failed as if
+# the capability were at fault).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # serve CAPS-SPEC PORT: starts the daemon in our cgroups with that bounding set, logging to
 # $WORK/log-PORT, and waits until it answers; its PID is in $daemon.
 serve() {
@@ -71,7 +78,8 @@ serve() {
 # daemon subscribes to the kernel's process events only while a rule is in force; this one
 # names an exe no process runs, so it moves nothing) and prints what its log says of them.
 events() {
-    local port=$((20000 + RANDOM % 20000)) daemon said=none
+    local port daemon said=none
+    port="$(free_port)"
     local log="$WORK/log-$port"
     serve "$1" "$port"
     printf 'name = "probe"\nplacement = { exe = ["/nonexistent/tenantd-caps-probe-%s"] }\n' "$$" >"$WORK/rule.toml"
@@ -82,7 +90,10 @@ events() {
         grep -q "placement: the kernel's process events are unavailable (" "$log" && { said=unavailable; break; }
         sleep 0.1
     done
-    kill "$daemon"
+    if ! kill "$daemon" 2>/dev/null; then
+        echo "the daemon had exited; its log:" >&2
+        tail -5 "$log" >&2
+    fi
     wait "$daemon" 2>/dev/null
     echo "events=$said"
 }
@@ -90,7 +101,8 @@ events() {
 # run CAPS-SPEC: starts the daemon with that bounding set, attaches a uid-65534 sleep,
 # deletes with --kill; prints "attach=OK|FAIL delete=OK|FAIL killed=yes|no".
 run() {
-    local port=$((20000 + RANDOM % 20000)) daemon sleeper attach=FAIL del=FAIL killed=no
+    local port daemon sleeper attach=FAIL del=FAIL killed=no
+    port="$(free_port)"
     local addr="http://127.0.0.1:$port"
     serve "$1" "$port"
     printf 'name = "caps"\ncpu = { guarantee_pct = "10%%" }\n' >"$WORK/t.toml"
