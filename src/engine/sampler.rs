@@ -1086,8 +1086,8 @@ fn read_all(
         let spec = targets.spec_at[i].as_deref();
         hold_v1(i, &cadence.for_tenant(spec), own_cpu_quota(spec))
     });
-    // Made at their size: a `Vec` of 10,000 samples grown by doubling copied them four
-    // times, into memory the kernel had to fault in each time.
+    // Room for every target at once (none to add when the spare held the same tenants):
+    // pushed one by one, a `Vec` grown by doubling would copy the samples it holds each time.
     into.samples.reserve(n);
     into.at.reserve(n);
     for (i, (_, source)) in targets.dirs.iter().enumerate() {
