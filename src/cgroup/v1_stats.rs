@@ -964,11 +964,7 @@ impl V1StatsReader {
         if slow != Figures::NONE {
             let taskless = self.taskless(stats.cpu.usage_usec);
             if taskless {
-                for (file, _, _) in FILES {
-                    if !fresh.contains(file.figure()) && !TASKLESS_SLOW.contains(file.figure()) {
-                        file.carry(&self.cache, &mut stats);
-                    }
-                }
+                self.carry_all_but(fresh.union(TASKLESS_SLOW), &mut stats);
                 slow = slow.intersect(TASKLESS_SLOW);
             }
             if let Err(g) = self.read_figures(buf, slow, None, &mut stats)? {
@@ -982,16 +978,22 @@ impl V1StatsReader {
                 return Ok(Err(g));
             }
         } else {
-            for (file, _, _) in FILES {
-                if !read.contains(file.figure()) {
-                    file.carry(&self.cache, &mut stats);
-                }
-            }
-            if !read.contains(Figure::CpuPressure) {
-                stats.runq_wait_usec = self.cache.runq_wait_usec;
-            }
+            self.carry_all_but(read, &mut stats);
         }
         Ok(Ok((stats, read)))
+    }
+
+    /// Repeats into `stats` the last values of every figure not in `read` (its files and the
+    /// run-queue wait).
+    fn carry_all_but(&self, read: Figures, stats: &mut CgroupStats) {
+        for (file, _, _) in FILES {
+            if !read.contains(file.figure()) {
+                file.carry(&self.cache, stats);
+            }
+        }
+        if !read.contains(Figure::CpuPressure) {
+            stats.runq_wait_usec = self.cache.runq_wait_usec;
+        }
     }
 
     /// Reads the files of `figures` into `out` (the run-queue wait for `CpuPressure`); with
