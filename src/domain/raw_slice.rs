@@ -229,14 +229,28 @@ fn skip_verdict(r: &mut Reader<'_>) -> Result<()> {
 
 /// The entries of a body, in its order.
 pub fn entries(body: &[u8]) -> Result<Vec<Entry<'_>>> {
-    let mut r = Reader { data: body, pos: 0 };
-    if r.byte()? != VERSION {
-        return Err(BlockError::new("raw slice of an unknown version"));
+    Entries::new(body)?.collect()
+}
+
+/// The entries of a body read one at a time (what `entries` collects); the last is an error
+/// when bytes follow it.
+pub struct Entries<'a> {
+    r: Reader<'a>,
+    left: usize,
+}
+
+impl<'a> Entries<'a> {
+    pub fn new(body: &'a [u8]) -> Result<Self> {
+        let mut r = Reader { data: body, pos: 0 };
+        if r.byte()? != VERSION {
+            return Err(BlockError::new("raw slice of an unknown version"));
+        }
+        let left = r.len()?;
+        Ok(Entries { r, left })
     }
-    let n = r.len()?;
-    // Each entry takes at least two bytes: a corrupt count cannot ask for more.
-    let mut out = Vec::with_capacity(n.min(body.len() / 2));
-    for _ in 0..n {
+
+    fn entry(&mut self) -> Result<Entry<'a>> {
+        let r = &mut self.r;
         let len = r.len()?;
         let tenant = std::str::from_utf8(r.take(len)?)
             .map_err(|_| BlockError::new("raw slice tenant name is not UTF-8"))?;
@@ -246,21 +260,126 @@ pub fn entries(body: &[u8]) -> Result<Vec<Entry<'_>>> {
                 return Ok(None);
             }
             let start = r.pos;
-            skip(&mut r)?;
-            Ok(Some(&body[start..r.pos]))
+            skip(r)?;
+            Ok(Some(&r.data[start..r.pos]))
         };
         let usage = part(parts & HAS_USAGE != 0, skip_usage)?;
         let verdict = part(parts & HAS_VERDICT != 0, skip_verdict)?;
-        out.push(Entry {
+        self.left -= 1;
+        if self.left == 0 && self.r.pos != self.r.data.len() {
+            return Err(BlockError::new("raw slice has trailing bytes"));
+        }
+        Ok(Entry {
             tenant,
             usage,
             verdict,
-        });
+        })
     }
-    if r.pos != body.len() {
-        return Err(BlockError::new("raw slice has trailing bytes"));
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<Entry<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let e = self.entry();
+        if e.is_err() {
+            // Nothing after an error.
+            self.left = 0;
+        }
+        Some(e)
     }
-    Ok(out)
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // Each entry takes at least two bytes: a corrupt count cannot ask for more.
+        let most = self
+            .left
+            .min(self.r.data.len().saturating_sub(self.r.pos) / 2);
+        (most.min(1), Some(most))
+    }
+}
+
+/// One sweep time's bodies, read entry by entry.
+struct TimeCursor<'a> {
+    ts_ms: i64,
+    bodies: &'a [(i64, &'a [u8])],
+    entries: Option<Entries<'a>>,
+    head: Option<Entry<'a>>,
+}
+
+impl<'a> TimeCursor<'a> {
+    /// Moves `head` to the next entry, of this body or of the next.
+    fn advance(&mut self) -> Result<()> {
+        loop {
+            if let Some(e) = self.entries.as_mut().and_then(Iterator::next) {
+                self.head = Some(e?);
+                return Ok(());
+            }
+            let Some(((_, body), rest)) = self.bodies.split_first() else {
+                self.head = None;
+                return Ok(());
+            };
+            self.bodies = rest;
+            self.entries = Some(Entries::new(body)?);
+        }
+    }
+}
+
+/// The entries of a window's slices, tenant by tenant (names ascending), each tenant's in
+/// time order: how a compaction makes one block per tenant while it reads each body once and
+/// holds the entries of one tenant at a time (not a decoded row per sample of every tenant).
+/// The slices are given in time order, those of one time in name order (as a sweep writes
+/// them).
+pub struct TenantRuns<'a> {
+    times: Vec<TimeCursor<'a>>,
+    run: Vec<Timed<'a>>,
+}
+
+/// An entry and the sweep time of its body.
+pub type Timed<'a> = (i64, Entry<'a>);
+
+impl<'a> TenantRuns<'a> {
+    pub fn new(slices: &'a [(i64, &'a [u8])]) -> Result<Self> {
+        let mut times: Vec<TimeCursor<'a>> = slices
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|bodies| TimeCursor {
+                ts_ms: bodies[0].0,
+                bodies,
+                entries: None,
+                head: None,
+            })
+            .collect();
+        for t in &mut times {
+            t.advance()?;
+        }
+        Ok(TenantRuns {
+            times,
+            run: Vec::new(),
+        })
+    }
+
+    /// The next tenant and its entries (with their times), or `None` after the last.
+    pub fn next_tenant(&mut self) -> Result<Option<(&'a str, &[Timed<'a>])>> {
+        let Some(tenant) = self
+            .times
+            .iter()
+            .filter_map(|t| t.head)
+            .map(|e| e.tenant)
+            .min()
+        else {
+            return Ok(None);
+        };
+        self.run.clear();
+        for t in &mut self.times {
+            if let Some(e) = t.head.filter(|e| e.tenant == tenant) {
+                self.run.push((t.ts_ms, e));
+                t.advance()?;
+            }
+        }
+        Ok(Some((tenant, &self.run)))
+    }
 }
 
 /// The usage row `put_usage` wrote in `part`, of `tenant` at `ts_ms`.
@@ -469,6 +588,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A window's slices come back tenant by tenant, each tenant's entries in time order,
+    /// whatever run each was written in at each time and whether it was there at all.
+    #[test]
+    fn tenant_runs_gather_each_tenants_entries_across_runs_and_times() {
+        // Each tenant's verdict part tells it apart (its interval).
+        let part = |interval_ms: i64| {
+            let mut out = Vec::new();
+            let v = Verdict {
+                tenant: String::new(),
+                ts_ms: 0,
+                interval_ms,
+                guarantee_ratio: None,
+                delivered_ratio: 0.0,
+                contended: false,
+                violating: false,
+            };
+            put_verdict(&mut out, &v);
+            out
+        };
+        let (va, vb, vc, vd) = (part(1), part(2), part(3), part(4));
+        fn e<'a>(tenant: &'a str, p: &'a [u8]) -> Entry<'a> {
+            Entry {
+                tenant,
+                usage: None,
+                verdict: Some(p),
+            }
+        }
+        let (va, vb, vc, vd) = (va.as_slice(), vb.as_slice(), vc.as_slice(), vd.as_slice());
+        // Time 1: runs [a, b] and [c]; time 2: [a] and [c, d] (b gone, d new); time 3: [b].
+        let bodies = [
+            (1, encode_slice(&[e("a", va), e("b", vb)])),
+            (1, encode_slice(&[e("c", vc)])),
+            (2, encode_slice(&[e("a", va)])),
+            (2, encode_slice(&[e("c", vc), e("d", vd)])),
+            (3, encode_slice(&[e("b", vb)])),
+        ];
+        let slices: Vec<(i64, &[u8])> = bodies.iter().map(|(t, b)| (*t, b.as_slice())).collect();
+        let mut runs = TenantRuns::new(&slices).unwrap();
+        let mut got = Vec::new();
+        while let Some((tenant, entries)) = runs.next_tenant().unwrap() {
+            let times: Vec<(i64, Vec<u8>)> = entries
+                .iter()
+                .map(|(t, e)| (*t, e.verdict.unwrap().to_vec()))
+                .collect();
+            got.push((tenant.to_string(), times));
+        }
+        let want = |t: &str, v: &[(i64, &[u8])]| {
+            let v = v.iter().map(|(t, p)| (*t, p.to_vec())).collect::<Vec<_>>();
+            (t.to_string(), v)
+        };
+        assert_eq!(
+            got,
+            [
+                want("a", &[(1, va), (2, va)]),
+                want("b", &[(1, vb), (3, vb)]),
+                want("c", &[(1, vc), (2, vc)]),
+                want("d", &[(2, vd)]),
+            ]
+        );
+        // A damaged body is an error, never a panic or a silent skip.
+        let mut bad = bodies[1].1.clone();
+        bad.push(0);
+        let slices = [(1, bodies[0].1.as_slice()), (1, bad.as_slice())];
+        let mut runs = TenantRuns::new(&slices).unwrap();
+        let mut r = Ok(None);
+        for _ in 0..3 {
+            r = runs.next_tenant().map(|t| t.map(|(n, _)| n.to_string()));
+            if r.is_err() {
+                break;
+            }
+        }
+        assert!(r.is_err(), "{r:?}");
     }
 
     #[test]

@@ -180,20 +180,18 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 
 /// Which values of a column are present: "00" none, "01" all, else "1", the first sample's
 /// bit and the lengths of the runs of equal bits (a first sample without rates is one run).
-fn put_presence(w: &mut BitWriter, present: &[bool]) {
-    if present.iter().all(|p| !p) {
+fn put_presence<T>(w: &mut BitWriter, col: &[Option<T>]) {
+    if col.iter().all(Option::is_none) {
         w.bits(0b00, 2);
-    } else if present.iter().all(|p| *p) {
+    } else if col.iter().all(Option::is_some) {
         w.bits(0b01, 2);
     } else {
         w.bit(true);
-        w.bit(present[0]);
+        w.bit(col[0].is_some());
         let mut i = 0;
-        while i < present.len() {
-            let run = present[i..]
-                .iter()
-                .take_while(|p| **p == present[i])
-                .count();
+        while i < col.len() {
+            let p = col[i].is_some();
+            let run = col[i..].iter().take_while(|v| v.is_some() == p).count();
             w.uint(run as u64 - 1);
             i += run;
         }
@@ -223,16 +221,18 @@ fn spread<T: Copy>(present: &[bool], values: Vec<T>) -> Vec<Option<T>> {
         .collect()
 }
 
-/// The integers an int column stores: the first value, then deltas (`order` 1), or the first
-/// delta then deltas of deltas (`order` 2); wrapping, so any i64 sequence round-trips.
-fn differences(values: &[i64], order: usize) -> Vec<i64> {
-    let mut d = values.to_vec();
-    for pass in 0..order {
-        for i in (pass + 1..d.len()).rev() {
-            d[i] = d[i].wrapping_sub(d[i - 1]);
+/// The integers an int column stores after its first value: deltas (`order` 1), or the first
+/// delta then deltas of deltas (`order` 2); wrapping, so any i64 sequence round-trips. Made as
+/// they are used, three times a column: no copy of the column each time.
+fn differences(values: &[i64], order: usize) -> impl Iterator<Item = i64> + '_ {
+    let delta = move |i: usize| values[i].wrapping_sub(values[i - 1]);
+    (1..values.len()).map(move |i| {
+        if order == 1 || i == 1 {
+            delta(i)
+        } else {
+            delta(i).wrapping_sub(delta(i - 1))
         }
-    }
-    d
+    })
 }
 
 fn undo_differences(mut d: Vec<i64>, order: usize) -> Vec<i64> {
@@ -244,10 +244,21 @@ fn undo_differences(mut d: Vec<i64>, order: usize) -> Vec<i64> {
     d
 }
 
-/// The divisor a column's differences (all but the first value) share: 1 when none useful.
-fn common_divisor(d: &[i64]) -> u64 {
-    let g = d[1..].iter().fold(0u64, |g, v| gcd(g, v.unsigned_abs()));
+/// The divisor a column's differences share: 1 when none useful.
+fn common_divisor(d: impl Iterator<Item = i64>) -> u64 {
+    let mut g = 0;
+    for v in d {
+        g = gcd(g, v.unsigned_abs());
+        if g == 1 {
+            return 1;
+        }
+    }
     if g == 0 || g > i64::MAX as u64 { 1 } else { g }
+}
+
+/// `d` divided by `g` (1 most of the time: no division then).
+fn divided(d: i64, g: u64) -> i64 {
+    if g == 1 { d } else { d / g as i64 }
 }
 
 /// Present integers: "00" all equal (the value), else "01" deltas / "10" deltas of deltas,
@@ -262,19 +273,20 @@ fn put_ints(w: &mut BitWriter, v: &[i64]) {
         return;
     }
     let cost = |order: usize| {
-        let d = differences(v, order);
-        let g = common_divisor(&d);
-        let body: u64 = d[1..].iter().map(|x| uint_bits(zigzag(x / g as i64))).sum();
-        (body + uint_bits(g), d, g)
+        let g = common_divisor(differences(v, order));
+        let body: u64 = differences(v, order)
+            .map(|x| uint_bits(zigzag(divided(x, g))))
+            .sum();
+        (body + uint_bits(g), g)
     };
-    let (c1, d1, g1) = cost(1);
-    let (c2, d2, g2) = cost(2);
-    let (order, d, g) = if c2 < c1 { (2, d2, g2) } else { (1, d1, g1) };
+    let (c1, g1) = cost(1);
+    let (c2, g2) = cost(2);
+    let (order, g) = if c2 < c1 { (2, g2) } else { (1, g1) };
     w.bits(order as u64, 2);
     w.uint(g);
-    w.int(d[0]);
-    for x in &d[1..] {
-        w.int(x / g as i64);
+    w.int(first);
+    for x in differences(v, order) {
+        w.int(divided(x, g));
     }
 }
 
@@ -300,12 +312,18 @@ fn get_ints(r: &mut BitReader, m: usize) -> Result<Vec<i64>> {
     Ok(undo_differences(d, order))
 }
 
-/// A column of optional values: presence, then the present values with `put`.
-fn put_column<T: Copy>(w: &mut BitWriter, col: &[Option<T>], put: fn(&mut BitWriter, &[T])) {
-    let present: Vec<bool> = col.iter().map(Option::is_some).collect();
-    put_presence(w, &present);
-    let v: Vec<T> = col.iter().flatten().copied().collect();
-    put(w, &v);
+/// A column of optional values: presence, then the present values with `put` (gathered in
+/// `room`, kept from column to column).
+fn put_column<T: Copy>(
+    w: &mut BitWriter,
+    col: &[Option<T>],
+    room: &mut Vec<T>,
+    put: fn(&mut BitWriter, &[T]),
+) {
+    put_presence(w, col);
+    room.clear();
+    room.extend(col.iter().flatten());
+    put(w, room);
 }
 
 fn get_column<T: Copy>(
@@ -316,10 +334,6 @@ fn get_column<T: Copy>(
     let present = get_presence(r, n)?;
     let m = present.iter().filter(|p| **p).count();
     Ok(spread(&present, get(r, m)?))
-}
-
-fn put_int_column(w: &mut BitWriter, col: &[Option<i64>]) {
-    put_column(w, col, put_ints);
 }
 
 fn get_int_column(r: &mut BitReader, n: usize) -> Result<Vec<Option<i64>>> {
@@ -473,12 +487,17 @@ fn put_rate_column(
     col: &[Option<f64>],
     source: Option<(Form, Option<&[Option<i64>]>)>,
     interval: &[Option<i64>],
+    room: &mut Room,
 ) {
-    let present: Vec<bool> = col.iter().map(Option::is_some).collect();
-    put_presence(w, &present);
-    let mut codes = Vec::new();
-    let mut counts = Vec::new();
-    let mut raws = Vec::new();
+    put_presence(w, col);
+    let Room {
+        codes,
+        ints: counts,
+        floats: raws,
+    } = room;
+    codes.clear();
+    counts.clear();
+    raws.clear();
     for (i, v) in col.iter().enumerate() {
         let Some(v) = *v else { continue };
         let code = match (source, interval[i]) {
@@ -511,8 +530,8 @@ fn put_rate_column(
         w.uint(run as u64 - 1);
         i += run;
     }
-    put_ints(w, &counts);
-    put_floats(w, &raws);
+    put_ints(w, counts);
+    put_floats(w, raws);
 }
 
 /// The growth of a counter as `domain::usage::delta` takes it: none when it went back.
@@ -571,39 +590,195 @@ fn get_rate_column(
     Ok(out)
 }
 
-/// One column of every row, in row order.
-fn column<T: Copy, const N: usize>(
-    rows: &[UsageRow],
-    values: impl Fn(&UsageRow) -> [Option<T>; N],
-) -> Vec<Vec<Option<T>>> {
-    let all: Vec<[Option<T>; N]> = rows.iter().map(values).collect();
-    (0..N).map(|c| all.iter().map(|r| r[c]).collect()).collect()
+/// One tenant's samples column by column, in time order: what a block stores. Filled from
+/// rows (`Columns::push`) and emptied (`clear`) with its room kept, so that a compaction encodes
+/// tenant after tenant with the same vectors, and holds no `UsageRow` (640 bytes) per sample.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageColumns {
+    ts: Vec<i64>,
+    interval: Vec<Option<i64>>,
+    counters: [Vec<Option<i64>>; UsageCounters::LEN],
+    gauges: [Vec<Option<i64>>; UsageGauges::LEN],
+    rates: [Vec<Option<f64>>; UsageRates::LEN],
+    events: [Vec<Option<i64>>; UsageEvents::LEN],
 }
 
-/// Encodes one tenant's rows (in time order) into one block. The tenant's name is not
-/// stored: it is the block's key.
+/// Appends each value to its column.
+fn push_all<T: Copy, const N: usize>(cols: &mut [Vec<Option<T>>; N], values: [Option<T>; N]) {
+    for (c, v) in cols.iter_mut().zip(values) {
+        c.push(v);
+    }
+}
+
+/// A tenant's samples column by column (`UsageColumns`, `VerdictColumns`).
+pub trait Columns: Default {
+    type Row;
+
+    /// Appends one sample (its tenant is not stored).
+    fn push(&mut self, r: &Self::Row);
+
+    /// The samples held.
+    fn len(&self) -> usize;
+
+    /// Empties every column, keeping its room.
+    fn clear(&mut self);
+
+    /// The samples as rows of `tenant`.
+    fn rows(&self, tenant: &str) -> Vec<Self::Row>;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The columns of `rows` (in time order).
+    fn of(rows: &[Self::Row]) -> Self {
+        let mut c = Self::default();
+        rows.iter().for_each(|r| c.push(r));
+        c
+    }
+}
+
+impl Columns for UsageColumns {
+    type Row = UsageRow;
+
+    fn push(&mut self, r: &UsageRow) {
+        self.ts.push(r.ts_ms);
+        self.interval.push(r.interval_ms);
+        push_all(&mut self.counters, r.counters.values());
+        push_all(&mut self.gauges, r.gauges.values());
+        push_all(&mut self.rates, r.rates.values());
+        push_all(&mut self.events, r.events.values());
+    }
+
+    fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    fn clear(&mut self) {
+        self.ts.clear();
+        self.interval.clear();
+        self.counters.iter_mut().for_each(Vec::clear);
+        self.gauges.iter_mut().for_each(Vec::clear);
+        self.rates.iter_mut().for_each(Vec::clear);
+        self.events.iter_mut().for_each(Vec::clear);
+    }
+
+    fn rows(&self, tenant: &str) -> Vec<UsageRow> {
+        let at = |cols: &[Vec<Option<i64>>], c: usize, i: usize| cols[c][i];
+        (0..self.len())
+            .map(|i| UsageRow {
+                tenant: tenant.to_string(),
+                ts_ms: self.ts[i],
+                interval_ms: self.interval[i],
+                counters: UsageCounters::from_values(std::array::from_fn(|c| {
+                    at(&self.counters, c, i)
+                })),
+                gauges: UsageGauges::from_values(std::array::from_fn(|c| at(&self.gauges, c, i))),
+                rates: UsageRates::from_values(std::array::from_fn(|c| self.rates[c][i])),
+                events: UsageEvents::from_values(std::array::from_fn(|c| at(&self.events, c, i))),
+            })
+            .collect()
+    }
+}
+
+/// One tenant's SLA verdicts column by column, in time order (see `UsageColumns`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VerdictColumns {
+    ts: Vec<i64>,
+    interval: Vec<i64>,
+    guarantee: Vec<Option<f64>>,
+    delivered: Vec<f64>,
+    contended: Vec<i64>,
+    violating: Vec<i64>,
+}
+
+impl Columns for VerdictColumns {
+    type Row = Verdict;
+
+    fn push(&mut self, v: &Verdict) {
+        self.ts.push(v.ts_ms);
+        self.interval.push(v.interval_ms);
+        self.guarantee.push(v.guarantee_ratio);
+        self.delivered.push(v.delivered_ratio);
+        self.contended.push(i64::from(v.contended));
+        self.violating.push(i64::from(v.violating));
+    }
+
+    fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    fn clear(&mut self) {
+        self.ts.clear();
+        self.interval.clear();
+        self.guarantee.clear();
+        self.delivered.clear();
+        self.contended.clear();
+        self.violating.clear();
+    }
+
+    fn rows(&self, tenant: &str) -> Vec<Verdict> {
+        (0..self.len())
+            .map(|i| Verdict {
+                tenant: tenant.to_string(),
+                ts_ms: self.ts[i],
+                interval_ms: self.interval[i],
+                guarantee_ratio: self.guarantee[i],
+                delivered_ratio: self.delivered[i],
+                contended: self.contended[i] != 0,
+                violating: self.violating[i] != 0,
+            })
+            .collect()
+    }
+}
+
+/// The scratch vectors of encoding, kept from column to column and block to block.
+#[derive(Default)]
+pub struct Room {
+    ints: Vec<i64>,
+    floats: Vec<f64>,
+    codes: Vec<RateCode>,
+}
+
+impl Room {
+    /// Encodes one tenant's samples into one block. The tenant's name is not stored: it is
+    /// the block's key.
+    pub fn usage(&mut self, c: &UsageColumns) -> Vec<u8> {
+        let mut w = BitWriter::default();
+        w.bits(u64::from(VERSION), 8);
+        w.uint(c.len() as u64);
+        put_ints(&mut w, &c.ts);
+        put_column(&mut w, &c.interval, &mut self.ints, put_ints);
+        for col in c.counters.iter().chain(&c.gauges) {
+            put_column(&mut w, col, &mut self.ints, put_ints);
+        }
+        for (name, col) in UsageRates::COLUMNS.iter().zip(&c.rates) {
+            put_rate_column(&mut w, col, source(name, &c.counters), &c.interval, self);
+        }
+        for col in &c.events {
+            put_column(&mut w, col, &mut self.ints, put_ints);
+        }
+        w.finish()
+    }
+
+    /// Encodes one tenant's SLA verdicts into one block.
+    pub fn verdicts(&mut self, c: &VerdictColumns) -> Vec<u8> {
+        let mut w = BitWriter::default();
+        w.bits(u64::from(VERSION), 8);
+        w.uint(c.len() as u64);
+        put_ints(&mut w, &c.ts);
+        put_ints(&mut w, &c.interval);
+        put_column(&mut w, &c.guarantee, &mut self.floats, put_floats);
+        put_floats(&mut w, &c.delivered);
+        put_ints(&mut w, &c.contended);
+        put_ints(&mut w, &c.violating);
+        w.finish()
+    }
+}
+
+/// Encodes one tenant's rows (in time order) into one block (`Room::usage`).
 pub fn encode_usage(rows: &[UsageRow]) -> Vec<u8> {
-    let mut w = BitWriter::default();
-    w.bits(u64::from(VERSION), 8);
-    w.uint(rows.len() as u64);
-    let ts: Vec<i64> = rows.iter().map(|r| r.ts_ms).collect();
-    put_ints(&mut w, &ts);
-    let interval: Vec<Option<i64>> = rows.iter().map(|r| r.interval_ms).collect();
-    put_int_column(&mut w, &interval);
-    let counters = column(rows, |r| r.counters.values());
-    for c in counters.iter().chain(&column(rows, |r| r.gauges.values())) {
-        put_int_column(&mut w, c);
-    }
-    for (name, c) in UsageRates::COLUMNS
-        .iter()
-        .zip(column(rows, |r| r.rates.values()))
-    {
-        put_rate_column(&mut w, &c, source(name, &counters), &interval);
-    }
-    for c in column(rows, |r| r.events.values()) {
-        put_int_column(&mut w, &c);
-    }
-    w.finish()
+    Room::default().usage(&UsageColumns::of(rows))
 }
 
 /// A rate's form and its paired counter's column, if any.
@@ -637,76 +812,40 @@ fn open(block: &[u8]) -> Result<(BitReader<'_>, usize)> {
 /// The rows of one block of `tenant`, as `encode_usage` was given them.
 pub fn decode_usage(tenant: &str, block: &[u8]) -> Result<Vec<UsageRow>> {
     let (mut r, n) = open(block)?;
-    let ts = get_ints(&mut r, n)?;
-    let interval = get_int_column(&mut r, n)?;
-    let counters: Vec<Vec<Option<i64>>> = (0..UsageCounters::LEN)
-        .map(|_| get_int_column(&mut r, n))
-        .collect::<Result<_>>()?;
-    let gauges: Vec<Vec<Option<i64>>> = (0..UsageGauges::LEN)
-        .map(|_| get_int_column(&mut r, n))
-        .collect::<Result<_>>()?;
-    let rates: Vec<Vec<Option<f64>>> = UsageRates::COLUMNS
-        .iter()
-        .map(|name| get_rate_column(&mut r, n, source(name, &counters), &interval))
-        .collect::<Result<_>>()?;
-    let events: Vec<Vec<Option<i64>>> = (0..UsageEvents::LEN)
-        .map(|_| get_int_column(&mut r, n))
-        .collect::<Result<_>>()?;
-    Ok((0..n)
-        .map(|i| UsageRow {
-            tenant: tenant.to_string(),
-            ts_ms: ts[i],
-            interval_ms: interval[i],
-            counters: UsageCounters::from_values(std::array::from_fn(|c| counters[c][i])),
-            gauges: UsageGauges::from_values(std::array::from_fn(|c| gauges[c][i])),
-            rates: UsageRates::from_values(std::array::from_fn(|c| rates[c][i])),
-            events: UsageEvents::from_values(std::array::from_fn(|c| events[c][i])),
-        })
-        .collect())
+    let mut c = UsageColumns {
+        ts: get_ints(&mut r, n)?,
+        interval: get_int_column(&mut r, n)?,
+        ..UsageColumns::default()
+    };
+    for col in c.counters.iter_mut().chain(&mut c.gauges) {
+        *col = get_int_column(&mut r, n)?;
+    }
+    for (i, name) in UsageRates::COLUMNS.iter().enumerate() {
+        c.rates[i] = get_rate_column(&mut r, n, source(name, &c.counters), &c.interval)?;
+    }
+    for col in &mut c.events {
+        *col = get_int_column(&mut r, n)?;
+    }
+    Ok(c.rows(tenant))
 }
 
-/// Encodes one tenant's SLA verdicts (in time order) into one block.
+/// Encodes one tenant's SLA verdicts (in time order) into one block (`Room::verdicts`).
 pub fn encode_verdicts(rows: &[Verdict]) -> Vec<u8> {
-    let mut w = BitWriter::default();
-    w.bits(u64::from(VERSION), 8);
-    w.uint(rows.len() as u64);
-    let ints = |f: fn(&Verdict) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
-    put_ints(&mut w, &ints(|v| v.ts_ms));
-    put_ints(&mut w, &ints(|v| v.interval_ms));
-    put_column(
-        &mut w,
-        &rows.iter().map(|v| v.guarantee_ratio).collect::<Vec<_>>(),
-        put_floats,
-    );
-    put_floats(
-        &mut w,
-        &rows.iter().map(|v| v.delivered_ratio).collect::<Vec<_>>(),
-    );
-    put_ints(&mut w, &ints(|v| i64::from(v.contended)));
-    put_ints(&mut w, &ints(|v| i64::from(v.violating)));
-    w.finish()
+    Room::default().verdicts(&VerdictColumns::of(rows))
 }
 
 /// The verdicts of one block of `tenant`, as `encode_verdicts` was given them.
 pub fn decode_verdicts(tenant: &str, block: &[u8]) -> Result<Vec<Verdict>> {
     let (mut r, n) = open(block)?;
-    let ts = get_ints(&mut r, n)?;
-    let interval = get_ints(&mut r, n)?;
-    let guarantee = get_column(&mut r, n, get_floats)?;
-    let delivered = get_floats(&mut r, n)?;
-    let contended = get_ints(&mut r, n)?;
-    let violating = get_ints(&mut r, n)?;
-    Ok((0..n)
-        .map(|i| Verdict {
-            tenant: tenant.to_string(),
-            ts_ms: ts[i],
-            interval_ms: interval[i],
-            guarantee_ratio: guarantee[i],
-            delivered_ratio: delivered[i],
-            contended: contended[i] != 0,
-            violating: violating[i] != 0,
-        })
-        .collect())
+    let c = VerdictColumns {
+        ts: get_ints(&mut r, n)?,
+        interval: get_ints(&mut r, n)?,
+        guarantee: get_column(&mut r, n, get_floats)?,
+        delivered: get_floats(&mut r, n)?,
+        contended: get_ints(&mut r, n)?,
+        violating: get_ints(&mut r, n)?,
+    };
+    Ok(c.rows(tenant))
 }
 
 #[cfg(test)]

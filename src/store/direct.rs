@@ -72,7 +72,9 @@ pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// A sqlx connection's SQLite handle, locked out of sqlx's worker for direct calls.
 pub(super) struct Direct<'c> {
-    handle: LockedSqliteHandle<'c>,
+    /// Held for `db`'s sake: sqlx's worker cannot use the connection while it is.
+    _handle: LockedSqliteHandle<'c>,
+    db: *mut ffi::sqlite3,
 }
 
 impl<'c> Direct<'c> {
@@ -81,13 +83,18 @@ impl<'c> Direct<'c> {
             .lock_handle()
             .await
             .map_err(|source| StoreError::Query { op, source })?;
-        Ok(Direct { handle })
+        let mut handle = handle;
+        let db = handle.as_raw_handle().as_ptr();
+        Ok(Direct {
+            _handle: handle,
+            db,
+        })
     }
 
     /// Prepares `sql` (one statement, the store's own constant text). The statement is
-    /// finalized when dropped; it cannot outlive the lock.
-    pub(super) fn prepare(&mut self, sql: &str, op: &'static str) -> Result<Stmt<'_>> {
-        let db = self.handle.as_raw_handle().as_ptr();
+    /// finalized when dropped; it cannot outlive the lock. Several may be open at once.
+    pub(super) fn prepare(&self, sql: &str, op: &'static str) -> Result<Stmt<'_>> {
+        let db = self.db;
         let mut st = std::ptr::null_mut();
         let len = c_int::try_from(sql.len()).map_err(|_| too_long(op))?;
         // SAFETY: `db` is the open connection this lock holds; `sql` is valid for `len` bytes;
@@ -125,7 +132,7 @@ pub(super) async fn query_rows<T>(
     bind: impl FnOnce(&mut Stmt<'_>) -> Result<()>,
     mut row: impl FnMut(&Stmt<'_>) -> T,
 ) -> Result<Vec<T>> {
-    let mut d = Direct::lock(conn, op).await?;
+    let d = Direct::lock(conn, op).await?;
     blocking(|| {
         let mut st = d.prepare(sql, op)?;
         bind(&mut st)?;
@@ -343,7 +350,7 @@ mod tests {
             .unwrap();
         let mut tx = c.begin().await.unwrap();
         {
-            let mut d = Direct::lock(&mut tx, "test").await.unwrap();
+            let d = Direct::lock(&mut tx, "test").await.unwrap();
             let mut st = d
                 .prepare("INSERT INTO t (s, i, r, b) VALUES (?1, ?2, ?3, ?4)", "test")
                 .unwrap();
@@ -373,7 +380,7 @@ mod tests {
                 ("".into(), Some(-1), Some(f64::MIN_POSITIVE), true),
             ]
         );
-        let mut d = Direct::lock(&mut c, "test").await.unwrap();
+        let d = Direct::lock(&mut c, "test").await.unwrap();
         let mut st = d
             .prepare(
                 "SELECT s, i, r, b FROM t WHERE i IS NOT ?1 ORDER BY rowid",
@@ -404,7 +411,7 @@ mod tests {
             .await
             .unwrap();
         {
-            let mut d = Direct::lock(&mut c, "test").await.unwrap();
+            let d = Direct::lock(&mut c, "test").await.unwrap();
             let e = d.prepare("SELECT nope FROM t", "read t").err().unwrap();
             assert!(e.to_string().contains("read t"), "{e}");
             let mut st = d

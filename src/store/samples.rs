@@ -1001,9 +1001,13 @@ pub(super) mod tests {
         let p = plan(crate::store::slices::TAKE_SQL).await;
         assert!(p.contains("SEARCH t USING INTEGER PRIMARY KEY"), "{p}");
         assert!(
-            p.contains("SEARCH s USING INDEX raw_slices_at (ts_ms=? AND first_tenant=?)"),
+            p.contains(
+                "SEARCH s USING INDEX raw_slices_at (ts_ms=? AND first_tenant>? AND first_tenant<?)"
+            ),
             "{p}"
         );
+        // In time then name order as the index gives them: no sort of a unit's slices.
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
     }
 
     #[tokio::test]

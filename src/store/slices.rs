@@ -94,7 +94,7 @@ pub(super) async fn insert_slices<R: Borrow<UsageRow>>(
     if p.items.is_empty() {
         return Ok(Vec::new());
     }
-    let mut d = Direct::lock(tx, OP).await?;
+    let d = Direct::lock(tx, OP).await?;
     blocking(|| {
         let mut existing = d.prepare("SELECT rowid, body FROM raw_slices WHERE ts_ms = ?1", OP)?;
         let old: Vec<(i64, i64, Vec<u8>)> = {
@@ -266,76 +266,153 @@ pub(super) async fn for_each_entry(
     results.into_iter().collect()
 }
 
-/// The first tenants of the slices in [start_ms, end_ms): one per run of tenants, each a
-/// compaction's unit.
-pub(super) async fn window_keys(
+/// The bytes of slices a compaction unit reads at once, at most (as estimated by
+/// `window_units`): 16 tenants' window of 10 minutes decoded into rows was about 6 MB, and a
+/// unit of one run read each page of the window's slices once per run it holds (a dozen idle
+/// runs share a page).
+const UNIT_BYTES: i64 = 4 << 20;
+
+/// Runs of slices (of `SLICE_TENANTS` tenants) a compaction unit takes at most. One in the
+/// unit tests, whose windows of a few hundred tenants and sweeps would be one unit: they
+/// check how a window is spread over calls and transactions with many units (`units` has a
+/// test of its own).
+#[cfg(not(test))]
+const UNIT_RUNS: usize = 64;
+#[cfg(test)]
+const UNIT_RUNS: usize = 1;
+
+/// The runs of slices in [start_ms, end_ms) cut into compaction units, each its first and
+/// last run's first tenant: consecutive runs whose slices of the window hold about
+/// `UNIT_BYTES` together, by the runs' sizes at the window's last sweep time (see `units`).
+pub(super) async fn window_units(
     tx: &mut SqliteConnection,
     (start_ms, end_ms): (i64, i64),
-) -> Result<Vec<String>> {
-    query_rows(
-        tx,
-        "SELECT DISTINCT first_tenant FROM raw_slices WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY 1",
-        "list the slices of a raw window",
-        |st| {
+) -> Result<Vec<(String, String)>> {
+    const OP: &str = "list the slices of a raw window";
+    let d = Direct::lock(tx, OP).await?;
+    blocking(|| {
+        let window = |st: &mut Stmt<'_>| -> Result<()> {
             st.bind(1, start_ms)?;
             st.bind(2, end_ms)
-        },
-        |st| st.text(0),
-    )
-    .await
+        };
+        let mut st = d.prepare(
+            "SELECT DISTINCT first_tenant FROM raw_slices WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY 1",
+            OP,
+        )?;
+        window(&mut st)?;
+        let mut keys = Vec::new();
+        while st.step()? {
+            keys.push(st.text(0));
+        }
+        let mut st = d.prepare(
+            "SELECT first_tenant, length(body) FROM raw_slices WHERE ts_ms =
+             (SELECT max(ts_ms) FROM raw_slices WHERE ts_ms >= ?1 AND ts_ms < ?2) ORDER BY 1",
+            OP,
+        )?;
+        window(&mut st)?;
+        let mut sizes = Vec::new();
+        while st.step()? {
+            sizes.push((st.text(0), st.int(1).unwrap_or(0)));
+        }
+        let mut st = d.prepare(
+            "SELECT count(*) FROM sample_ticks WHERE ts_ms >= ?1 AND ts_ms < ?2",
+            OP,
+        )?;
+        window(&mut st)?;
+        let ticks = if st.step()? {
+            st.int(0).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(units(keys, &sizes, ticks, UNIT_BYTES, UNIT_RUNS))
+    })
 }
 
-/// The slices of one first tenant (?3) in [?1, ?2), one index seek per sweep time.
+/// `keys` (sorted) cut into consecutive units whose slices over `ticks` sweeps hold at most
+/// `budget` bytes, as estimated from `sizes` (a run's size at one sweep, sorted by key; the
+/// mean of those for a run not there), and at most `max_runs` runs; a run bigger than the
+/// budget is a unit of its own. Each unit as its first and last key.
+fn units(
+    keys: Vec<String>,
+    sizes: &[(String, i64)],
+    ticks: i64,
+    budget: i64,
+    max_runs: usize,
+) -> Vec<(String, String)> {
+    let mean = match sizes.len() {
+        0 => 0,
+        n => sizes.iter().map(|s| s.1).sum::<i64>() / n as i64,
+    };
+    let mut sized = sizes.iter().peekable();
+    let mut out: Vec<(String, String)> = Vec::new();
+    let (mut bytes, mut runs) = (0_i64, 0_usize);
+    for key in keys {
+        while sized.next_if(|s| s.0 < key).is_some() {}
+        let size = sized.next_if(|s| s.0 == key).map_or(mean, |s| s.1);
+        let cost = size.saturating_mul(ticks.max(1));
+        match out.last_mut() {
+            Some(unit) if runs < max_runs && bytes.saturating_add(cost) <= budget => {
+                unit.1 = key;
+                bytes += cost;
+                runs += 1;
+            }
+            _ => {
+                out.push((key.clone(), key));
+                (bytes, runs) = (cost, 1);
+            }
+        }
+    }
+    out
+}
+
+/// The slices of the runs whose first tenant lies in [?3, ?4], in [?1, ?2): one index seek
+/// per sweep time, then the runs in name order.
 pub(super) const TAKE_SQL: &str =
     "SELECT s.rowid, s.ts_ms, s.body FROM sample_ticks t CROSS JOIN raw_slices s
-     ON s.ts_ms = t.ts_ms AND s.first_tenant = ?3
-     WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 ORDER BY t.ts_ms";
+     ON s.ts_ms = t.ts_ms AND s.first_tenant >= ?3 AND s.first_tenant <= ?4
+     WHERE t.ts_ms >= ?1 AND t.ts_ms < ?2 ORDER BY t.ts_ms, s.first_tenant";
 
-/// Calls `f` with each entry's tenant, usage row and verdict, decoded, in the slices of
-/// [start_ms, end_ms) whose first tenant is `key`, in time order, and returns the slices'
-/// rowids (for `delete_rows` once moved). Found with one seek per sweep time
-/// (`sample_ticks`). The rows and verdicts carry no name (an empty `tenant`): a block is
-/// keyed by its tenant and stores none, and a copy of the name for each of a window's
-/// samples was two allocations a tenant and second of history (issue 15: 12 million a
-/// window at 10,000 tenants).
-pub(super) async fn take_key(
-    tx: &mut SqliteConnection,
+/// The slices of a compaction unit, read at once: their bodies one after another in one
+/// buffer (not an allocation each), each slice's time and place in it, and their rowids (for
+/// `delete_rows` once moved).
+#[derive(Default)]
+pub(super) struct Taken {
+    bytes: Vec<u8>,
+    at: Vec<(i64, Range<usize>)>,
+    pub(super) rowids: Vec<i64>,
+}
+
+impl Taken {
+    /// Each slice's time and body, in time order, those of one time in name order.
+    pub(super) fn slices(&self) -> Vec<(i64, &[u8])> {
+        self.at
+            .iter()
+            .map(|(ts, r)| (*ts, &self.bytes[r.clone()]))
+            .collect()
+    }
+}
+
+/// The slices of [start_ms, end_ms) whose first tenant lies in [first, last] (a unit of
+/// `window_units`).
+pub(super) fn take_runs(
+    d: &Direct<'_>,
     (start_ms, end_ms): (i64, i64),
-    key: &str,
-    mut f: impl FnMut(&str, Option<UsageRow>, Option<Verdict>),
-) -> Result<Vec<i64>> {
-    let mut rowids = Vec::new();
-    let results = query_rows(
-        tx,
-        TAKE_SQL,
-        "read a window of raw slices",
-        |st| {
-            st.bind(1, start_ms)?;
-            st.bind(2, end_ms)?;
-            st.bind(3, key)
-        },
-        |st: &Stmt<'_>| -> Result<()> {
-            rowids.push(st.int(0).unwrap_or(0));
-            let ts = st.int(1).unwrap_or(0);
-            for e in raw_slice::entries(st.blob(2)).map_err(corrupt(key))? {
-                let usage = e
-                    .usage
-                    .map(|b| raw_slice::usage_row("", ts, b))
-                    .transpose()
-                    .map_err(corrupt(e.tenant))?;
-                let verdict = e
-                    .verdict
-                    .map(|b| raw_slice::verdict("", ts, b))
-                    .transpose()
-                    .map_err(corrupt(e.tenant))?;
-                f(e.tenant, usage, verdict);
-            }
-            Ok(())
-        },
-    )
-    .await?;
-    results.into_iter().collect::<Result<()>>()?;
-    Ok(rowids)
+    (first, last): (&str, &str),
+) -> Result<Taken> {
+    let mut st = d.prepare(TAKE_SQL, "read a window of raw slices")?;
+    st.bind(1, start_ms)?;
+    st.bind(2, end_ms)?;
+    st.bind(3, first)?;
+    st.bind(4, last)?;
+    let mut t = Taken::default();
+    while st.step()? {
+        t.rowids.push(st.int(0).unwrap_or(0));
+        let ts = st.int(1).unwrap_or(0);
+        let start = t.bytes.len();
+        t.bytes.extend_from_slice(st.blob(2));
+        t.at.push((ts, start..t.bytes.len()));
+    }
+    Ok(t)
 }
 
 /// The runs of consecutive integers in `sorted`, as (first, last).
@@ -357,7 +434,7 @@ fn runs(sorted: &[i64]) -> impl Iterator<Item = (i64, i64)> + '_ {
 /// rowids with one statement, so a whole window's slices go in page order.
 pub(super) async fn delete_rows(tx: &mut SqliteConnection, rowids: &[i64]) -> Result<()> {
     const OP: &str = "delete compacted raw slices";
-    let mut d = Direct::lock(tx, OP).await?;
+    let d = Direct::lock(tx, OP).await?;
     blocking(|| {
         let mut st = d.prepare("DELETE FROM raw_slices WHERE rowid BETWEEN ?1 AND ?2", OP)?;
         for (first, last) in runs(rowids) {
@@ -371,7 +448,50 @@ pub(super) async fn delete_rows(tx: &mut SqliteConnection, rowids: &[i64]) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::runs;
+    use super::{runs, units};
+
+    #[test]
+    fn units_hold_runs_up_to_the_budget() {
+        let keys = |v: &[&str]| v.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let sizes = |v: &[(&str, i64)]| {
+            v.iter()
+                .map(|(k, n)| (k.to_string(), *n))
+                .collect::<Vec<_>>()
+        };
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(units(Vec::new(), &[], 600, 1000, 4), []);
+        // 10 bytes a sweep, 10 sweeps: 100 bytes a run, 3 runs in 300 bytes.
+        let k = keys(&["a", "b", "c", "d", "e", "f", "g"]);
+        let s = sizes(&[
+            ("a", 10),
+            ("b", 10),
+            ("c", 10),
+            ("d", 10),
+            ("e", 10),
+            ("f", 10),
+            ("g", 10),
+        ]);
+        assert_eq!(
+            units(k.clone(), &s, 10, 300, 64),
+            pairs(&[("a", "c"), ("d", "f"), ("g", "g")])
+        );
+        // At most 2 runs a unit.
+        assert_eq!(
+            units(k.clone(), &s, 10, 300, 2),
+            pairs(&[("a", "b"), ("c", "d"), ("e", "f"), ("g", "g")])
+        );
+        // A run bigger than the budget is a unit of its own; runs not sized at the last
+        // sweep count as the mean of those that were (40: "b" and "d").
+        let s = sizes(&[("a", 60), ("c", 10), ("e", 8), ("x", 82)]);
+        assert_eq!(
+            units(keys(&["a", "b", "c", "d", "e"]), &s, 1, 50, 64),
+            pairs(&[("a", "a"), ("b", "c"), ("d", "e")])
+        );
+    }
 
     #[test]
     fn runs_are_the_consecutive_stretches_of_sorted_rowids() {

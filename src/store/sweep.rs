@@ -5,17 +5,19 @@
 //! It composes `store::samples` and `store::sla`, which import neither it nor each other.
 
 use super::direct::query_rows;
+use super::direct::{Direct, Stmt, blocking};
 use super::rollup::{BLOCK_MS, delete_window, merge_by_time};
 use super::rollup::{bind_window, corrupt, unfolded};
 use super::samples::{MinuteRollup, fold_usage, insert_minute_rollups, raw_usage_window};
 use super::samples::{direct_row, usage_window_sql};
 use super::sla::{SlaMinute, fold_sla, insert_sla_minutes, raw_verdict_window};
 use super::sla::{VERDICT_WINDOW_SQL, direct_verdict};
-use super::slices::{delete_rows, for_each_entry, insert_slices, take_key, window_keys};
+use super::slices::{delete_rows, for_each_entry, insert_slices, take_runs, window_units};
 use super::{NewEvent, Result, Store, insert_event, q};
 use crate::domain::raw_slice;
 use crate::domain::sla_engine::Verdict;
-use crate::domain::usage_block::{decode_usage, decode_verdicts, encode_usage, encode_verdicts};
+use crate::domain::usage_block::{BlockError, decode_usage, decode_verdicts};
+use crate::domain::usage_block::{Columns, Room, UsageColumns, VerdictColumns};
 use crate::domain::usage_row::UsageRow;
 use sqlx::SqliteConnection;
 use std::borrow::Borrow;
@@ -27,8 +29,6 @@ use std::collections::BTreeMap;
 pub(super) fn compactable_before(now_ms: i64) -> i64 {
     now_ms.div_euclid(60_000) * 60_000 - BLOCK_MS
 }
-
-type Blob = Vec<u8>;
 
 /// How the transactions that read raw rows and then write begin: with the write lock taken
 /// first (waiting for it as the busy timeout allows). Begun deferred, their first read took a
@@ -88,23 +88,24 @@ async fn window_tenants(tx: &mut SqliteConnection, start_ms: i64) -> Result<Vec<
 }
 
 /// A window's unit of compaction, one transaction each: a run of tenants of the raw tables
-/// written before `raw_slices` (their first and last), or the slices of one first tenant.
+/// written before `raw_slices` (their first and last), or the slices of the runs of tenants
+/// whose first tenants lie between two (`slices::window_units`).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Work {
     Tenants(String, String),
-    Slices(String),
+    Slices(String, String),
 }
 
 /// The units of the window [start_ms, start_ms + BLOCK_MS): the old tables' tenants in runs
-/// of `TENANTS_PER_TX`, then the slices' first tenants.
+/// of `TENANTS_PER_TX`, then the slices' units.
 async fn window_work(tx: &mut SqliteConnection, start_ms: i64) -> Result<Vec<Work>> {
     let tenants = window_tenants(tx, start_ms).await?;
     let mut work: Vec<Work> = tenants
         .chunks(TENANTS_PER_TX)
         .map(|b| Work::Tenants(b[0].clone(), b[b.len() - 1].clone()))
         .collect();
-    let keys = window_keys(tx, (start_ms, start_ms + BLOCK_MS)).await?;
-    work.extend(keys.into_iter().map(Work::Slices));
+    let units = window_units(tx, (start_ms, start_ms + BLOCK_MS)).await?;
+    work.extend(units.into_iter().map(|(a, b)| Work::Slices(a, b)));
     Ok(work)
 }
 
@@ -146,74 +147,139 @@ async fn compact_work(
             delete_window(tx, "usage_raw", start_ms, tenants).await?;
             delete_window(tx, "sla_raw", start_ms, tenants).await?;
         }
-        Work::Slices(key) => {
-            // Each tenant's vectors made at their size: grown by doubling, their copies and
-            // page faults were a sixth of the compaction's CPU (`cargo bench --bench storage`).
-            let ticks: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM sample_ticks WHERE ts_ms >= ?1 AND ts_ms < ?2",
-            )
-            .bind(window.0)
-            .bind(window.1)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(q("count the sweeps of a raw window"))?;
-            let ticks = usize::try_from(ticks).unwrap_or(0);
-            let new = || (Vec::with_capacity(ticks), Vec::with_capacity(ticks));
-            let rowids = take_key(tx, window, key, |tenant, u, v| {
-                moved += u64::from(u.is_some()) + u64::from(v.is_some());
-                with_entry(&mut by_tenant, tenant, new, |w| {
-                    w.0.extend(u);
-                    w.1.extend(v);
-                });
-            })
-            .await?;
-            write_blocks(tx, start_ms, by_tenant).await?;
-            taken.extend(rowids);
+        Work::Slices(first, last) => {
+            const OP: &str = "compact raw slices";
+            let d = Direct::lock(tx, OP).await?;
+            moved = blocking(|| -> Result<u64> {
+                let slices = take_runs(&d, window, (first, last))?;
+                let mut blocks = BlockWriter::new(&d, start_ms)?;
+                let mut moved = 0;
+                let list = slices.slices();
+                let mut runs = raw_slice::TenantRuns::new(&list).map_err(corrupt(first))?;
+                while let Some((tenant, entries)) = runs.next_tenant().map_err(corrupt(first))? {
+                    for (ts, e) in entries {
+                        if let Some(b) = e.usage {
+                            let row = raw_slice::usage_row("", *ts, b).map_err(corrupt(tenant))?;
+                            blocks.usage.push(&row);
+                        }
+                        if let Some(b) = e.verdict {
+                            let v = raw_slice::verdict("", *ts, b).map_err(corrupt(tenant))?;
+                            blocks.verdicts.push(&v);
+                        }
+                    }
+                    moved += (blocks.usage.len() + blocks.verdicts.len()) as u64;
+                    blocks.write(tenant)?;
+                }
+                taken.extend(slices.rowids);
+                Ok(moved)
+            })?;
         }
     }
     Ok(moved)
 }
 
-/// Writes each tenant's rows and verdicts of the window starting at `start_ms` as its block.
-/// A block already there (rows written into a compacted window after a clock step back, or a
-/// tenant whose run of slices changed within the window) is merged with them, the new rows
-/// winning for a time both hold.
+/// Writes each tenant's rows and verdicts of the window starting at `start_ms` as its block
+/// (`BlockWriter`).
 async fn write_blocks(
     tx: &mut SqliteConnection,
     start_ms: i64,
     by_tenant: BTreeMap<String, TenantWindow>,
 ) -> Result<()> {
-    const OP: &str = "write raw blocks";
-    for (tenant, (mut rows, mut verdicts)) in by_tenant {
-        let old: Option<(Option<Blob>, Option<Blob>)> =
-            sqlx::query_as("SELECT usage, sla FROM raw_blocks WHERE tenant = ?1 AND start_ms = ?2")
-                .bind(&tenant)
-                .bind(start_ms)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(q(OP))?;
-        if let Some((u, s)) = old {
-            let u = u
-                .map(|b| decode_usage(&tenant, &b))
-                .transpose()
-                .map_err(corrupt(&tenant))?;
-            let s = s
-                .map(|b| decode_verdicts(&tenant, &b))
-                .transpose()
-                .map_err(corrupt(&tenant))?;
-            rows = merge_by_time(u.unwrap_or_default(), rows, |r| r.ts_ms);
-            verdicts = merge_by_time(s.unwrap_or_default(), verdicts, |v| v.ts_ms);
+    let d = Direct::lock(tx, "write raw blocks").await?;
+    blocking(|| {
+        let mut blocks = BlockWriter::new(&d, start_ms)?;
+        for (tenant, (rows, verdicts)) in by_tenant {
+            rows.iter().for_each(|r| blocks.usage.push(r));
+            verdicts.iter().for_each(|v| blocks.verdicts.push(v));
+            blocks.write(&tenant)?;
         }
-        let usage = (!rows.is_empty()).then(|| encode_usage(&rows));
-        let sla = (!verdicts.is_empty()).then(|| encode_verdicts(&verdicts));
-        sqlx::query("INSERT OR REPLACE INTO raw_blocks (tenant, start_ms, usage, sla) VALUES (?1, ?2, ?3, ?4)")
-            .bind(&tenant)
-            .bind(start_ms)
-            .bind(usage)
-            .bind(sla)
-            .execute(&mut *tx)
-            .await
-            .map_err(q(OP))?;
+        Ok(())
+    })
+}
+
+/// Writes tenants' blocks of the window starting at `start_ms`, one row each, of what
+/// `usage` and `verdicts` hold (emptied after each, their room kept, as the encoder's). A
+/// block already there (rows written into a compacted window after a clock step back, or a
+/// tenant whose run of slices changed within the window) is merged with them, the new rows
+/// winning for a time both hold.
+struct BlockWriter<'d> {
+    old: Stmt<'d>,
+    put: Stmt<'d>,
+    start_ms: i64,
+    usage: UsageColumns,
+    verdicts: VerdictColumns,
+    room: Room,
+}
+
+impl<'d> BlockWriter<'d> {
+    fn new(d: &'d Direct<'_>, start_ms: i64) -> Result<Self> {
+        const OP: &str = "write raw blocks";
+        Ok(BlockWriter {
+            old: d.prepare(
+                "SELECT usage, sla FROM raw_blocks WHERE tenant = ?1 AND start_ms = ?2",
+                OP,
+            )?,
+            put: d.prepare(
+                "INSERT OR REPLACE INTO raw_blocks (tenant, start_ms, usage, sla) VALUES (?1, ?2, ?3, ?4)",
+                OP,
+            )?,
+            start_ms,
+            usage: UsageColumns::default(),
+            verdicts: VerdictColumns::default(),
+            room: Room::default(),
+        })
+    }
+
+    /// Writes `tenant`'s block.
+    fn write(&mut self, tenant: &str) -> Result<()> {
+        self.old.bind(1, tenant)?;
+        self.old.bind(2, self.start_ms)?;
+        let found = self.old.step();
+        if found.as_ref().is_ok_and(|f| *f) {
+            let merged = self.merge_old(tenant);
+            self.old.reset();
+            merged?;
+        } else {
+            self.old.reset();
+            found?;
+        }
+        let usage = (!self.usage.is_empty()).then(|| self.room.usage(&self.usage));
+        let sla = (!self.verdicts.is_empty()).then(|| self.room.verdicts(&self.verdicts));
+        self.put.bind(1, tenant)?;
+        self.put.bind(2, self.start_ms)?;
+        self.put.bind(3, usage.as_deref())?;
+        self.put.bind(4, sla.as_deref())?;
+        self.put.execute()?;
+        self.usage.clear();
+        self.verdicts.clear();
+        Ok(())
+    }
+
+    /// Merges the block `old` found under the rows and verdicts held.
+    fn merge_old(&mut self, tenant: &str) -> Result<()> {
+        let at = |r: &UsageRow| r.ts_ms;
+        merge_under(&mut self.usage, self.old.blob(0), decode_usage, at)
+            .map_err(corrupt(tenant))?;
+        let at = |v: &Verdict| v.ts_ms;
+        merge_under(&mut self.verdicts, self.old.blob(1), decode_verdicts, at)
+            .map_err(corrupt(tenant))
+    }
+}
+
+/// A block's decoder (`decode_usage`, `decode_verdicts`).
+type Decode<R> = fn(&str, &[u8]) -> std::result::Result<Vec<R>, BlockError>;
+
+/// `cols` with the samples of the encoded `block` (none when empty) under them: the samples
+/// of `cols` win for a time both hold.
+fn merge_under<C: Columns>(
+    cols: &mut C,
+    block: &[u8],
+    decode: Decode<C::Row>,
+    ts: impl Fn(&C::Row) -> i64,
+) -> std::result::Result<(), BlockError> {
+    if !block.is_empty() {
+        let rows = merge_by_time(decode("", block)?, cols.rows(""), ts);
+        *cols = C::of(&rows);
     }
     Ok(())
 }
