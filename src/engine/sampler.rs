@@ -831,15 +831,11 @@ impl Sampler {
         }
     }
 
-    /// Writes the minute the sweep closes, if any, then the sweep's rows, verdicts and events
-    /// in one transaction, and adds them to the minute rolled up in memory (the rows as they
-    /// are written); times both writes as `db_write_seconds`. The closed minute goes first so
-    /// that its 10,000 tenants' rollups are freed before the new minute's are made (both at
-    /// once were the daemon's memory peak each minute, issue 15, target 4). Returns the
-    /// store's error, the sweep written all the same when only the minute failed: a minute
-    /// not written is folded from the raw rows later (`Store::roll_up` folds every closed
-    /// minute no rollup holds), and when the sweep fails, the new minute, which has rows the
-    /// store may not hold, is folded from the raw rows when it closes (`Minute::whole`).
+    /// Writes the sweep's rows, verdicts and events in one transaction, adds them to the
+    /// minute rolled up in memory (the rows as they are written) and writes the minute it
+    /// closes; times both writes as `db_write_seconds`. Returns the store's error; then the
+    /// minute the sweep would have closed stays open, and the current one, which has rows
+    /// the store may not hold, is folded from the raw rows when it closes (`Minute::whole`).
     async fn write(
         &mut self,
         ts_ms: i64,
@@ -850,28 +846,27 @@ impl Sampler {
         let store = self.gov.store();
         let started = Instant::now();
         let closed = start_minute(&mut self.minute, ts_ms, (rows.len(), verdicts.len()));
-        let mut flushed = Ok(());
-        if let Some(c) = closed.filter(|c| c.whole) {
-            // Whatever is older and not rolled up yet is folded from raw first: a rollup marks
-            // everything before it as done.
-            flushed = store.roll_up(c.index * 60_000).await;
-            if flushed.is_ok() {
-                // References: a copy of 10,000 tenants' minute was 6.9 MB (issue 15, target 4).
-                let usage: Vec<&MinuteRollup> = c.usage.values().map(|m| &**m).collect();
-                let sla: Vec<&SlaMinute> = c.sla.values().map(|m| &**m).collect();
-                flushed = store.add_minute_rollups(&usage, &sla).await;
-            }
-        }
         let minute = self.minute.as_mut().expect("started above");
         let written = store
             .add_sweep(rows.inspect(|r| minute.add_row(r)), verdicts, events)
             .await;
         if let Err(e) = written {
-            minute.whole = false;
+            match closed {
+                Some(c) => self.minute = Some(c),
+                None => minute.whole = false,
+            }
             return Err(e.into());
         }
         minute.add_verdicts(verdicts);
-        flushed?;
+        if let Some(c) = closed.filter(|c| c.whole) {
+            // Whatever is older and not rolled up yet is folded from raw first: a rollup marks
+            // everything before it as done.
+            store.roll_up(c.index * 60_000).await?;
+            // References: a copy of 10,000 tenants' minute was 6.9 MB (issue 15, target 4).
+            let usage: Vec<&MinuteRollup> = c.usage.values().map(|m| &**m).collect();
+            let sla: Vec<&SlaMinute> = c.sla.values().map(|m| &**m).collect();
+            store.add_minute_rollups(&usage, &sla).await?;
+        }
         self.metrics
             .db_write_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -270,7 +270,7 @@ pub(super) async fn for_each_entry(
 /// `window_units`): 16 tenants' window of 10 minutes decoded into rows was about 6 MB, and a
 /// unit of one run read each page of the window's slices once per run it holds (a dozen idle
 /// runs share a page).
-const UNIT_BYTES: i64 = 2 << 20;
+const UNIT_BYTES: i64 = 4 << 20;
 
 /// Runs of slices (of `SLICE_TENANTS` tenants) a compaction unit takes at most. One in the
 /// unit tests, whose windows of a few hundred tenants and sweeps would be one unit: they
