@@ -9,6 +9,7 @@ use super::path::TenantPath;
 use super::query::{Params, UsageParams};
 use crate::engine::now_ms;
 use crate::metrics::Format;
+use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
@@ -107,16 +108,22 @@ pub async fn metrics(
     // The egress counters live in the kernel's table: read at each scrape (no table, no read).
     st.metrics.set_egress(st.gov.egress_snapshot().await?);
     // Rendering 10,000 tenants takes tens of milliseconds of CPU: keep it off the workers.
+    // The body goes out in pieces as they are written (`Metrics::render_chunks`), at most
+    // `CHUNKS_AHEAD` of them waiting for the client.
     let m = st.metrics.clone();
-    let body = tokio::task::spawn_blocking(move || match only {
-        None => m.render_as(format),
-        Some(names) => m.render_tenants(format, |n| names.contains(n)),
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!("rendering /metrics failed: {e}");
-        Problem::internal()
-    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+    let render = tokio::task::spawn_blocking(move || {
+        let keep = only.map(|names| move |n: &str| names.contains(n));
+        let keep = keep.as_ref().map(|k| k as &dyn Fn(&str) -> bool);
+        let mut send = |piece: String| tx.blocking_send(Bytes::from(piece)).is_ok();
+        m.render_chunks(format, keep, CHUNK_BYTES, &mut send);
+    });
+    tokio::spawn(async move {
+        if let Err(e) = render.await {
+            tracing::error!("rendering /metrics failed: {e}");
+        }
+    });
+    let body = axum::body::Body::new(Pieces(rx));
     Ok((
         StatusCode::OK,
         [
@@ -125,6 +132,29 @@ pub async fn metrics(
         ],
         body,
     ))
+}
+
+/// The size of the pieces `GET /metrics` sends.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Pieces of a `GET /metrics` body rendered and not yet taken by the client, at most.
+const CHUNKS_AHEAD: usize = 2;
+
+/// A response body of the pieces a renderer sends, ending when it drops its sender.
+struct Pieces(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|piece| piece.map(|b| Ok(http_body::Frame::data(b))))
+    }
 }
 
 #[cfg(test)]

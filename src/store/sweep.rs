@@ -40,14 +40,15 @@ const IMMEDIATE: &str = "BEGIN IMMEDIATE";
 /// One tenant's rows and verdicts of a window.
 type TenantWindow = (Vec<UsageRow>, Vec<Verdict>);
 
-/// Tenants whose window one compaction transaction moves: a short write lock, bounded memory
-/// (issue 15: 256 tenants' 10 minutes at 1 s were 153,600 rows decoded at once, and the
-/// running daemon's resident set grew from 65 to 119 MiB at 1,000 tenants once compaction
-/// began; 16 tenants' decoded rows are about 6 MB).
+/// Tenants of the raw tables (the layout before slices) whose window one compaction
+/// transaction moves: a short write lock, bounded memory (issue 15: 256 tenants' 10 minutes
+/// at 1 s were 153,600 rows decoded at once, and the running daemon's resident set grew from
+/// 65 to 119 MiB at 1,000 tenants once compaction began; 16 tenants' decoded rows are about
+/// 6 MB). The slices' units are cut by their bytes instead (`slices::window_units`).
 const TENANTS_PER_TX: usize = 16;
 
-/// Of a window's tenants, `roll_up` compacts at least this many per call (in transactions
-/// of `TENANTS_PER_TX`).
+/// `roll_up` compacts at least `MIN_PER_CALL / TENANTS_PER_TX` units of a window per call
+/// (256 tenants of the raw tables; of slices, 16 units of up to 64 runs of 16 tenants).
 const MIN_PER_CALL: usize = 256;
 
 /// A compaction reads its window this much at a time, so that SQLite's rows of only one
