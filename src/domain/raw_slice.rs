@@ -293,11 +293,9 @@ impl<'a> Iterator for Entries<'a> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        // Each entry takes at least two bytes: a corrupt count cannot ask for more.
-        let most = self
-            .left
-            .min(self.r.data.len().saturating_sub(self.r.pos) / 2);
-        (most.min(1), Some(most))
+        // At least one (an entry or an error) while any is left. A corrupt count promises
+        // no more: `collect` reserves by the lower bound and grows as entries are read.
+        (usize::from(self.left > 0), Some(self.left))
     }
 }
 

@@ -48,7 +48,7 @@ type TenantWindow = (Vec<UsageRow>, Vec<Verdict>);
 const TENANTS_PER_TX: usize = 16;
 
 /// `roll_up` compacts at least `MIN_PER_CALL / TENANTS_PER_TX` units of a window per call
-/// (256 tenants of the raw tables; of slices, 16 units of up to 64 runs of 16 tenants).
+/// (256 tenants of the raw tables; of slices, 16 units of up to 16 runs of 16 tenants).
 const MIN_PER_CALL: usize = 256;
 
 /// A compaction reads its window this much at a time, so that SQLite's rows of only one
